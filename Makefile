@@ -1,0 +1,81 @@
+# viperfs -- see README.md.  Plain make; WERROR=1 and SANITIZE=... as in git/redis.
+
+CC ?= cc
+PREFIX ?= /usr/local
+PYTHON ?= /usr/bin/python3
+
+CFLAGS_BASE = -std=gnu11 -O2 -g -Wall -Wextra -Wstrict-prototypes \
+	-Wmissing-prototypes -Wvla -Wwrite-strings -Wformat=2 -fno-common \
+	-D_FILE_OFFSET_BITS=64 -pthread
+ifeq ($(WERROR),1)
+CFLAGS_BASE += -Werror
+endif
+ifneq ($(SANITIZE),)
+CFLAGS_BASE += -fsanitize=$(SANITIZE) -fno-omit-frame-pointer
+LDFLAGS += -fsanitize=$(SANITIZE)
+endif
+CFLAGS ?=
+override CFLAGS := $(CFLAGS_BASE) $(CFLAGS)
+
+FUSE_CFLAGS = $(shell pkg-config --cflags fuse3 2>/dev/null)
+FUSE_LIBS = $(shell pkg-config --libs fuse3 2>/dev/null || echo -lfuse3)
+
+BUILD ?= build
+ENGINE_SRC = $(wildcard engine/*.c)
+ENGINE_OBJ = $(ENGINE_SRC:%.c=$(BUILD)/%.o)
+FS_OBJ = $(patsubst %.c,$(BUILD)/%.o,$(wildcard fs/*.c))
+UNIT_SRC = $(wildcard tests/unit/test_*.c)
+UNIT_BIN = $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
+ENGINE_LIBS = -lxxhash -lm -pthread
+
+.PHONY: all deps test unit integration check bench clean install demo
+all: deps $(BUILD)/viperfs $(BUILD)/viperctl
+
+# Installs the Debian packages the build and tests need, if any is missing.
+deps:
+	@sh mount-scripts/install-deps.sh
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(FUSE_CFLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/libviper.a: $(ENGINE_OBJ)
+	ar rcs $@ $^
+
+$(BUILD)/viperfs: $(FS_OBJ) $(BUILD)/libviper.a
+	$(CC) $(LDFLAGS) -o $@ $(FS_OBJ) $(BUILD)/libviper.a $(FUSE_LIBS) $(ENGINE_LIBS)
+
+$(BUILD)/viperctl: $(BUILD)/tools/viperctl.o
+	$(CC) $(LDFLAGS) -o $@ $^
+
+$(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libviper.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libviper.a -lcmocka $(ENGINE_LIBS)
+
+unit: all $(UNIT_BIN)
+	@sh tests/run-unit.sh $(UNIT_BIN)
+
+integration: all
+	@$(PYTHON) -m pytest -q -p no:cacheprovider tests/integration
+
+# Unit tests, then integration tests on real mounts; one summary line at the end.
+test: all $(UNIT_BIN)
+	@sh tests/run-all.sh "$(PYTHON)" $(UNIT_BIN)
+
+check:
+	$(MAKE) BUILD=build-san SANITIZE=address,undefined test
+
+bench: all
+	@$(PYTHON) tests/bench/bench.py $(BENCH_ARGS)
+
+demo: all
+	@sh mount-scripts/demo.sh
+
+install: all
+	install -D -m 0755 $(BUILD)/viperfs $(DESTDIR)$(PREFIX)/bin/viperfs
+	install -D -m 0755 $(BUILD)/viperctl $(DESTDIR)$(PREFIX)/bin/viperctl
+
+clean:
+	rm -rf build build-san
+
+-include $(ENGINE_OBJ:.o=.d) $(FS_OBJ:.o=.d)

@@ -1,0 +1,87 @@
+/*
+ * config: the one table of viperfs options.
+ *
+ * The same table feeds `-o name=value` mount options, the optional config
+ * file (`-o config=FILE`, lines of `name = value`, `#` comments) and
+ * `viperfs --help`.  Values are parsed and checked here, once.
+ *
+ * THREADING: a struct vp_config is filled before the daemon starts its
+ * threads and is read-only afterwards.
+ */
+#ifndef VP_CONFIG_H
+#define VP_CONFIG_H
+
+#include <limits.h>
+#include <stdint.h>
+#include <stdio.h>
+
+enum vp_flush_policy {
+	VP_FLUSH_LATEST,	/* a version superseded before its flush is skipped */
+	VP_FLUSH_ALL,		/* every committed version is flushed */
+	VP_FLUSH_EVERY,		/* every flush_every-th version, and the last one at unmount */
+};
+
+enum vp_fsync_mode {
+	VP_FSYNC_CACHE,		/* fsync returns once the data is a committed version in the cache */
+	VP_FSYNC_PFS,		/* fsync waits until that version is on the PFS */
+};
+
+struct vp_config {
+	uint64_t ram_cache;		/* bytes of chunk memory */
+	uint64_t ram_prefault;		/* bytes faulted in at start */
+	double cache_wait;		/* seconds a writer waits for cache space */
+	enum vp_flush_policy flush_policy;
+	unsigned int flush_every;	/* with VP_FLUSH_EVERY */
+	uint64_t flush_bw;		/* bytes per second to the PFS, 0: no cap */
+	double flush_interval;		/* seconds between flush passes, 0: continuous */
+	unsigned int flush_inflight;	/* files written to the PFS at once */
+	double flush_retry_max;		/* longest back-off between retries, seconds */
+	enum vp_fsync_mode fsync_mode;
+	double unmount_wait;		/* seconds to drain flushes at unmount, 0: forever */
+	int log_level;			/* syslog level */
+	char log_file[PATH_MAX];	/* empty: stderr in foreground, else syslog */
+	char control[PATH_MAX];		/* control socket path, empty: derived */
+	char config_file[PATH_MAX];	/* the file given with config=, if any */
+};
+
+/* Fills every field with its documented default. */
+void vp_config_defaults(struct vp_config *cfg);
+
+/*
+ * Sets one option from its text.  Returns 0, -ENOENT for an unknown name,
+ * or -EINVAL for a bad value; on error a message is written to err.
+ * "config" loads the named file at once.
+ */
+int vp_config_set(struct vp_config *cfg, const char *name, const char *value,
+		  char *err, size_t errlen);
+
+/*
+ * Parses a comma-separated option list ("a=1,b=2").  Names that are not
+ * viperfs options are appended, comma-separated, to passthru (for libfuse)
+ * if passthru is not NULL, else they are an error.  Returns 0 or -errno.
+ */
+int vp_config_parse_opts(struct vp_config *cfg, const char *opts,
+			 char *passthru, size_t passthru_len,
+			 char *err, size_t errlen);
+
+/* Reads a config file.  Returns 0 or -errno with a message in err. */
+int vp_config_load_file(struct vp_config *cfg, const char *path,
+			char *err, size_t errlen);
+
+/* Prints the option table: name, default, help. */
+void vp_config_help(FILE *out);
+
+/*
+ * Parses a size: a number with an optional K/M/G/T suffix (powers of 1024,
+ * an optional trailing "B" or "iB"), or a percentage of physical memory
+ * ("25%").  Returns 0 or -EINVAL.
+ */
+int vp_parse_size(const char *text, uint64_t *out);
+
+/* Parses seconds: "1.5", "250ms", "2s", "5m".  Returns 0 or -EINVAL. */
+int vp_parse_seconds(const char *text, double *out);
+
+/* Formats bytes as "1.5 GiB" into buf; returns buf. */
+char *vp_format_size(uint64_t bytes, char *buf, size_t len);
+
+#endif

@@ -1,0 +1,215 @@
+/* ctl: see ctl.h. */
+#define _GNU_SOURCE
+#include "ctl.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "ns.h"
+
+struct vp_ctl {
+	struct vp_ns *ns;
+	int listen_fd;
+	int stop_pipe[2];
+	pthread_t thread;
+	char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+	pthread_mutex_t lock;
+	pthread_cond_t idle;
+	unsigned int active;	/* protected by lock */
+	int stopping;		/* atomic */
+};
+
+struct conn {
+	struct vp_ctl *ctl;
+	int fd;
+};
+
+static void json_error(FILE *out, const char *msg)
+{
+	fputs("{\"error\":\"", out);
+	for (; *msg; msg++)
+		fputc(*msg == '"' ? '\'' : *msg, out);
+	fputs("\"}\n", out);
+}
+
+static void serve_flush(struct vp_ctl *ctl, const char *path, FILE *out)
+{
+	struct vp_ns *ns = ctl->ns;
+	struct vp_flush_progress p;
+	int rc = vp_ns_flush_start(ns, path, &p);
+
+	if (rc) {
+		json_error(out, "no such path in the mount");
+		return;
+	}
+	do {
+		rc = vp_ns_flush_poll(ns, &p, 0.2);
+		fprintf(out, "{\"done\":%llu,\"total\":%llu,\"ops_left\":%llu,\"error\":\"%s\"%s}\n",
+			(unsigned long long)p.bytes_done,
+			(unsigned long long)p.bytes_total,
+			(unsigned long long)p.ops_left,
+			p.last_error ? strerror(-p.last_error) : "",
+			rc ? ",\"finished\":true" : "");
+		if (fflush(out) == EOF)
+			return;	/* the client went away */
+	} while (rc == 0 && !__atomic_load_n(&ctl->stopping, __ATOMIC_RELAXED));
+}
+
+static void *conn_main(void *arg)
+{
+	struct conn *c = arg;
+	struct vp_ctl *ctl = c->ctl;
+	char line[PATH_MAX + 32];
+	FILE *in = fdopen(dup(c->fd), "r");
+	FILE *out = fdopen(c->fd, "w");
+
+	if (in && out && fgets(line, sizeof(line), in)) {
+		char *arg2;
+
+		line[strcspn(line, "\r\n")] = '\0';
+		arg2 = strchr(line, ' ');
+		if (arg2)
+			*arg2++ = '\0';
+		else
+			arg2 = line + strlen(line);
+		if (!strcmp(line, "status"))
+			vp_ns_status_json(ctl->ns, out);
+		else if (!strcmp(line, "versions") &&
+			 vp_ns_versions_json(ctl->ns, arg2, out))
+			json_error(out, "no such path in the mount");
+		else if (!strcmp(line, "flush"))
+			serve_flush(ctl, arg2, out);
+		else if (!strcmp(line, "ping"))
+			fputs("{\"pong\":true}\n", out);
+		else if (strcmp(line, "versions"))
+			json_error(out, "unknown request; try status, versions PATH, flush PATH");
+	}
+	if (in)
+		fclose(in);
+	if (out)
+		fclose(out);
+	else
+		close(c->fd);
+	free(c);
+	pthread_mutex_lock(&ctl->lock);
+	if (--ctl->active == 0)
+		pthread_cond_broadcast(&ctl->idle);
+	pthread_mutex_unlock(&ctl->lock);
+	return NULL;
+}
+
+static void *accept_main(void *arg)
+{
+	struct vp_ctl *ctl = arg;
+
+	for (;;) {
+		struct pollfd pfd[2] = {
+			{ .fd = ctl->listen_fd, .events = POLLIN },
+			{ .fd = ctl->stop_pipe[0], .events = POLLIN },
+		};
+		struct conn *c;
+		pthread_t t;
+		int fd;
+
+		if (poll(pfd, 2, -1) < 0 && errno != EINTR)
+			break;
+		if (pfd[1].revents)
+			break;
+		if (!(pfd[0].revents & POLLIN))
+			continue;
+		fd = accept4(ctl->listen_fd, NULL, NULL, SOCK_CLOEXEC);
+		if (fd < 0)
+			continue;
+		c = malloc(sizeof(*c));
+		if (!c) {
+			close(fd);
+			continue;
+		}
+		c->ctl = ctl;
+		c->fd = fd;
+		pthread_mutex_lock(&ctl->lock);
+		ctl->active++;
+		pthread_mutex_unlock(&ctl->lock);
+		if (pthread_create(&t, NULL, conn_main, c)) {
+			close(fd);
+			free(c);
+			pthread_mutex_lock(&ctl->lock);
+			ctl->active--;
+			pthread_mutex_unlock(&ctl->lock);
+			continue;
+		}
+		pthread_detach(t);
+	}
+	return NULL;
+}
+
+struct vp_ctl *vp_ctl_start(struct vp_ns *ns, const char *path, char *err,
+			    size_t errlen)
+{
+	struct sockaddr_un addr = { .sun_family = AF_UNIX };
+	struct vp_ctl *ctl;
+
+	if (strlen(path) >= sizeof(addr.sun_path)) {
+		snprintf(err, errlen, "control socket path '%s' is too long", path);
+		return NULL;
+	}
+	ctl = calloc(1, sizeof(*ctl));
+	if (!ctl) {
+		snprintf(err, errlen, "out of memory");
+		return NULL;
+	}
+	ctl->ns = ns;
+	strcpy(ctl->path, path);
+	strcpy(addr.sun_path, path);
+	pthread_mutex_init(&ctl->lock, NULL);
+	pthread_cond_init(&ctl->idle, NULL);
+	ctl->listen_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (ctl->listen_fd < 0 || pipe2(ctl->stop_pipe, O_CLOEXEC))
+		goto err_msg;
+	unlink(path);	/* a socket left by a daemon that died */
+	if (bind(ctl->listen_fd, (struct sockaddr *)&addr, sizeof(addr)) ||
+	    chmod(path, 0600) || listen(ctl->listen_fd, 16))
+		goto err_msg;
+	if (pthread_create(&ctl->thread, NULL, accept_main, ctl)) {
+		errno = EAGAIN;
+		goto err_msg;
+	}
+	return ctl;
+
+err_msg:
+	snprintf(err, errlen, "control socket '%s': %s", path, strerror(errno));
+	if (ctl->listen_fd >= 0)
+		close(ctl->listen_fd);
+	free(ctl);
+	return NULL;
+}
+
+void vp_ctl_stop(struct vp_ctl *ctl)
+{
+	if (!ctl)
+		return;
+	__atomic_store_n(&ctl->stopping, 1, __ATOMIC_RELAXED);
+	if (write(ctl->stop_pipe[1], "x", 1) != 1)
+		vp_log(LOG_WARNING, "ctl", "could not wake the control thread");
+	pthread_join(ctl->thread, NULL);
+	close(ctl->listen_fd);
+	unlink(ctl->path);
+	pthread_mutex_lock(&ctl->lock);
+	while (ctl->active)
+		pthread_cond_wait(&ctl->idle, &ctl->lock);
+	pthread_mutex_unlock(&ctl->lock);
+	close(ctl->stop_pipe[0]);
+	close(ctl->stop_pipe[1]);
+	free(ctl);
+}

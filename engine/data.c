@@ -1,0 +1,475 @@
+/* data: see data.h. */
+#define _GNU_SOURCE
+#include "data.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include "pool.h"
+
+struct vp_chunk {
+	int refs;		/* atomic */
+	void *mem;		/* from the pool, chunk_size bytes */
+};
+
+/* Largest file: 16 TiB with 1 MiB chunks keeps slot arrays sane. */
+#define VP_DATA_MAX_BYTES (1ULL << 44)
+
+/* Reads of holes point here; in .bss, so it costs no memory until read. */
+static char zero_region[4 << 20];
+
+static struct vp_chunk *chunk_new(struct vp_pool *pool, double wait_s,
+				  int *err)
+{
+	struct vp_chunk *c = malloc(sizeof(*c));
+
+	if (!c) {
+		*err = -ENOMEM;
+		return NULL;
+	}
+	c->mem = vp_pool_get_chunk(pool, wait_s, err);
+	if (!c->mem) {
+		free(c);
+		return NULL;
+	}
+	c->refs = 1;
+	return c;
+}
+
+static void chunk_get(struct vp_chunk *c)
+{
+	int old = __atomic_fetch_add(&c->refs, 1, __ATOMIC_RELAXED);
+
+	assert(old > 0);
+	(void)old;
+}
+
+static void chunk_put(struct vp_pool *pool, struct vp_chunk *c)
+{
+	if (__atomic_sub_fetch(&c->refs, 1, __ATOMIC_ACQ_REL) == 0) {
+		vp_pool_put_chunk(pool, c->mem);
+		free(c);
+	}
+}
+
+static struct vp_data *data_alloc(struct vp_pool *pool)
+{
+	struct vp_data *d = calloc(1, sizeof(*d));
+
+	if (!d)
+		return NULL;
+	d->refs = 1;
+	pthread_mutex_init(&d->lock, NULL);
+	d->pool = pool;
+	d->chunk_size = vp_pool_chunk_size(pool);
+	d->backing_fd = -1;
+	return d;
+}
+
+struct vp_data *vp_data_new(struct vp_pool *pool)
+{
+	return data_alloc(pool);
+}
+
+/* Makes room for n slots.  Called with d->lock held. */
+static int reserve_slots_locked(struct vp_data *d, size_t n)
+{
+	struct vp_chunk **slots;
+	size_t cap = d->nslots ? d->nslots : 16;
+
+	if (n <= d->nslots)
+		return 0;
+	while (cap < n)
+		cap *= 2;
+	slots = realloc(d->slots, cap * sizeof(*slots));
+	if (!slots)
+		return -ENOMEM;
+	memset(slots + d->nslots, 0, (cap - d->nslots) * sizeof(*slots));
+	d->slots = slots;
+	d->nslots = cap;
+	return 0;
+}
+
+struct vp_data *vp_data_new_backed(struct vp_pool *pool, int fd, uint64_t size)
+{
+	struct vp_data *d = data_alloc(pool);
+
+	if (!d) {
+		close(fd);
+		return NULL;
+	}
+	d->backing_fd = fd;
+	d->size = size;
+	d->backing_limit = size;
+	if (reserve_slots_locked(d, (size + d->chunk_size - 1) / d->chunk_size)) {
+		vp_data_put(d);
+		return NULL;
+	}
+	return d;
+}
+
+struct vp_data *vp_data_clone(struct vp_data *src)
+{
+	struct vp_data *d = data_alloc(src->pool);
+
+	if (!d)
+		return NULL;
+	pthread_mutex_lock(&src->lock);
+	if (reserve_slots_locked(d, src->nslots))
+		goto err_unlock;
+	if (src->backing_fd >= 0) {
+		d->backing_fd = fcntl(src->backing_fd, F_DUPFD_CLOEXEC, 0);
+		if (d->backing_fd < 0)
+			goto err_unlock;
+	}
+	for (size_t i = 0; i < src->nslots; i++) {
+		if (src->slots[i]) {
+			chunk_get(src->slots[i]);
+			d->slots[i] = src->slots[i];
+		}
+	}
+	d->size = src->size;
+	d->backing_limit = src->backing_limit;
+	d->resident = src->resident;
+	pthread_mutex_unlock(&src->lock);
+	return d;
+
+err_unlock:
+	pthread_mutex_unlock(&src->lock);
+	vp_data_put(d);
+	return NULL;
+}
+
+struct vp_data *vp_data_get(struct vp_data *d)
+{
+	int old = __atomic_fetch_add(&d->refs, 1, __ATOMIC_RELAXED);
+
+	assert(old > 0);
+	(void)old;
+	return d;
+}
+
+void vp_data_put(struct vp_data *d)
+{
+	if (!d || __atomic_sub_fetch(&d->refs, 1, __ATOMIC_ACQ_REL) != 0)
+		return;
+	for (size_t i = 0; i < d->nslots; i++)
+		if (d->slots[i])
+			chunk_put(d->pool, d->slots[i]);
+	if (d->backing_fd >= 0)
+		close(d->backing_fd);
+	free(d->slots);
+	pthread_mutex_destroy(&d->lock);
+	free(d);
+}
+
+uint64_t vp_data_size(struct vp_data *d)
+{
+	return __atomic_load_n(&d->size, __ATOMIC_ACQUIRE);
+}
+
+uint64_t vp_data_resident(struct vp_data *d)
+{
+	uint64_t r;
+
+	pthread_mutex_lock(&d->lock);
+	r = d->resident;
+	pthread_mutex_unlock(&d->lock);
+	return r;
+}
+
+int vp_data_fully_resident(struct vp_data *d)
+{
+	int full = 1;
+
+	pthread_mutex_lock(&d->lock);
+	if (d->backing_fd >= 0) {
+		size_t n = (d->backing_limit + d->chunk_size - 1) / d->chunk_size;
+
+		for (size_t i = 0; i < n && full; i++)
+			full = d->slots[i] != NULL;
+	}
+	pthread_mutex_unlock(&d->lock);
+	return full;
+}
+
+/*
+ * Fills mem with the bytes that chunk idx has when its slot is empty:
+ * backing file bytes below backing_limit, zeros after.  Called with
+ * d->lock held.  Returns 0 or -EIO.
+ */
+static int fill_empty_locked(struct vp_data *d, size_t idx, void *mem)
+{
+	uint64_t start = (uint64_t)idx * d->chunk_size;
+	size_t from_file = 0;
+
+	if (d->backing_fd >= 0 && start < d->backing_limit) {
+		uint64_t avail = d->backing_limit - start;
+
+		from_file = avail < d->chunk_size ? (size_t)avail : d->chunk_size;
+		for (size_t done = 0; done < from_file;) {
+			ssize_t n = pread(d->backing_fd, (char *)mem + done,
+					  from_file - done, (off_t)(start + done));
+
+			if (n < 0 && errno == EINTR)
+				continue;
+			if (n < 0)
+				return -EIO;
+			if (n == 0) {	/* the file shrank under us: zeros */
+				from_file = done;
+				break;
+			}
+			done += (size_t)n;
+		}
+	}
+	memset((char *)mem + from_file, 0, d->chunk_size - from_file);
+	return 0;
+}
+
+/*
+ * Makes slot idx a chunk this data alone holds, ready to be written.
+ * If whole is set the caller overwrites all of it, so no fill is needed.
+ * Called with d->lock held; may block for space.
+ */
+static int own_chunk_locked(struct vp_data *d, size_t idx, int whole,
+			    double wait_s)
+{
+	struct vp_chunk *old = d->slots[idx], *c;
+	int err;
+
+	if (old && __atomic_load_n(&old->refs, __ATOMIC_ACQUIRE) == 1)
+		return 0;
+	c = chunk_new(d->pool, wait_s, &err);
+	if (!c)
+		return err;
+	if (old)
+		memcpy(c->mem, old->mem, d->chunk_size);
+	else if (!whole && (err = fill_empty_locked(d, idx, c->mem))) {
+		chunk_put(d->pool, c);
+		return err;
+	}
+	if (old)
+		chunk_put(d->pool, old);
+	else
+		d->resident += d->chunk_size;
+	d->slots[idx] = c;
+	return 0;
+}
+
+ssize_t vp_data_write(struct vp_data *d, const void *buf, size_t len,
+		      uint64_t off, double wait_s)
+{
+	const char *src = buf;
+	size_t done = 0;
+	int rc = 0;
+
+	if (off > VP_DATA_MAX_BYTES || len > VP_DATA_MAX_BYTES - off)
+		return -EFBIG;
+	if (len == 0)
+		return 0;
+	pthread_mutex_lock(&d->lock);
+	rc = reserve_slots_locked(d, (off + len + d->chunk_size - 1) / d->chunk_size);
+	if (rc)
+		goto out_unlock;
+	while (done < len) {
+		uint64_t pos = off + done;
+		size_t idx = pos / d->chunk_size;
+		size_t in = pos % d->chunk_size;
+		size_t n = d->chunk_size - in;
+		int whole;
+
+		if (n > len - done)
+			n = len - done;
+		/* a chunk wholly past the old end needs no fill either */
+		whole = n == d->chunk_size ||
+			((uint64_t)idx * d->chunk_size >= d->size &&
+			 (uint64_t)idx * d->chunk_size >= d->backing_limit &&
+			 in == 0);
+		rc = own_chunk_locked(d, idx, whole, wait_s);
+		if (rc)
+			break;
+		if (whole && n < d->chunk_size)
+			memset((char *)d->slots[idx]->mem + n, 0, d->chunk_size - n);
+		memcpy((char *)d->slots[idx]->mem + in, src + done, n);
+		done += n;
+		if (off + done > d->size)
+			__atomic_store_n(&d->size, off + done, __ATOMIC_RELEASE);
+	}
+out_unlock:
+	pthread_mutex_unlock(&d->lock);
+	return done ? (ssize_t)done : rc;
+}
+
+int vp_data_truncate(struct vp_data *d, uint64_t size, double wait_s)
+{
+	int rc = 0;
+
+	if (size > VP_DATA_MAX_BYTES)
+		return -EFBIG;
+	pthread_mutex_lock(&d->lock);
+	if (size < d->size) {
+		size_t keep = (size + d->chunk_size - 1) / d->chunk_size;
+		size_t tail = size % d->chunk_size;
+
+		/* zero the cut part of the last chunk, so growing reads zeros */
+		if (tail && keep <= d->nslots &&
+		    (d->slots[keep - 1] || (d->backing_fd >= 0 &&
+		     (uint64_t)(keep - 1) * d->chunk_size < d->backing_limit))) {
+			rc = own_chunk_locked(d, keep - 1, 0, wait_s);
+			if (rc)
+				goto out_unlock;
+			memset((char *)d->slots[keep - 1]->mem + tail, 0,
+			       d->chunk_size - tail);
+		}
+		for (size_t i = keep; i < d->nslots; i++) {
+			if (d->slots[i]) {
+				chunk_put(d->pool, d->slots[i]);
+				d->slots[i] = NULL;
+				d->resident -= d->chunk_size;
+			}
+		}
+		if (d->backing_limit > size)
+			d->backing_limit = size;
+	} else {
+		rc = reserve_slots_locked(d, (size + d->chunk_size - 1) / d->chunk_size);
+		if (rc)
+			goto out_unlock;
+	}
+	__atomic_store_n(&d->size, size, __ATOMIC_RELEASE);
+out_unlock:
+	pthread_mutex_unlock(&d->lock);
+	return rc;
+}
+
+ssize_t vp_data_read(struct vp_data *d, uint64_t off, size_t len,
+		     struct vp_read *rd)
+{
+	int rc = 0;
+
+	memset(rd, 0, sizeof(*rd));
+	rd->pool = d->pool;
+	pthread_mutex_lock(&d->lock);
+	if (off >= d->size)
+		goto out_unlock;
+	if (len > d->size - off)
+		len = (size_t)(d->size - off);
+	while (rd->len < len && rd->nseg < VP_READ_MAX_SEGS) {
+		uint64_t pos = off + rd->len;
+		size_t idx = pos / d->chunk_size;
+		size_t in = pos % d->chunk_size;
+		size_t n = d->chunk_size - in;
+		struct vp_chunk *c = idx < d->nslots ? d->slots[idx] : NULL;
+		struct vp_read_seg *seg = &rd->seg[rd->nseg];
+
+		if (n > len - rd->len)
+			n = len - rd->len;
+		if (!c && d->backing_fd >= 0 &&
+		    (uint64_t)idx * d->chunk_size < d->backing_limit) {
+			/* cache the PFS bytes if there is room, else bounce */
+			c = chunk_new(d->pool, 0, &rc);
+			if (c) {
+				rc = fill_empty_locked(d, idx, c->mem);
+				if (rc) {
+					chunk_put(d->pool, c);
+					break;
+				}
+				d->slots[idx] = c;
+				d->resident += d->chunk_size;
+			} else {
+				void *tmp = malloc(d->chunk_size);
+
+				rc = tmp ? fill_empty_locked(d, idx, tmp) : -ENOMEM;
+				if (rc) {
+					free(tmp);
+					break;
+				}
+				rd->bounce[rd->nseg] = tmp;
+				seg->ptr = (char *)tmp + in;
+			}
+		}
+		if (c) {
+			chunk_get(c);
+			rd->held[rd->nseg] = c;
+			seg->ptr = (char *)c->mem + in;
+		} else if (!rd->bounce[rd->nseg]) {
+			if (n > sizeof(zero_region))
+				n = sizeof(zero_region);
+			seg->ptr = zero_region;
+		}
+		seg->len = n;
+		rd->nseg++;
+		rd->len += n;
+	}
+out_unlock:
+	pthread_mutex_unlock(&d->lock);
+	if (rd->len == 0 && rc) {
+		vp_read_release(rd);
+		return rc;
+	}
+	return (ssize_t)rd->len;
+}
+
+void vp_read_release(struct vp_read *rd)
+{
+	for (unsigned int i = 0; i < rd->nseg; i++) {
+		if (rd->held[i])
+			chunk_put(rd->pool, rd->held[i]);
+		free(rd->bounce[i]);
+	}
+	rd->nseg = 0;
+	rd->len = 0;
+}
+
+ssize_t vp_data_pread(struct vp_data *d, void *buf, size_t len, uint64_t off)
+{
+	size_t done = 0;
+
+	while (done < len) {
+		struct vp_read rd;
+		ssize_t n = vp_data_read(d, off + done, len - done, &rd);
+
+		if (n <= 0) {
+			if (n < 0 && done == 0)
+				return n;
+			break;
+		}
+		for (unsigned int i = 0; i < rd.nseg; i++) {
+			memcpy((char *)buf + done, rd.seg[i].ptr, rd.seg[i].len);
+			done += rd.seg[i].len;
+		}
+		vp_read_release(&rd);
+	}
+	return (ssize_t)done;
+}
+
+int vp_data_checksum(struct vp_data *d, uint64_t *sum)
+{
+	XXH3_state_t *st = XXH3_createState();
+	uint64_t off = 0, size = vp_data_size(d);
+	int rc = 0;
+
+	if (!st)
+		return -ENOMEM;
+	XXH3_64bits_reset(st);
+	while (off < size) {
+		struct vp_read rd;
+		ssize_t n = vp_data_read(d, off, (size_t)(size - off), &rd);
+
+		if (n <= 0) {
+			rc = n < 0 ? (int)n : -EIO;
+			break;
+		}
+		for (unsigned int i = 0; i < rd.nseg; i++)
+			XXH3_64bits_update(st, rd.seg[i].ptr, rd.seg[i].len);
+		off += (uint64_t)n;
+		vp_read_release(&rd);
+	}
+	*sum = XXH3_64bits_digest(st);
+	XXH3_freeState(st);
+	return rc;
+}

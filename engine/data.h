@@ -1,0 +1,114 @@
+/*
+ * data: the bytes of one file version, in fixed-size chunks.
+ *
+ * DESIGN: a struct vp_data is an array of chunk slots over a byte range
+ * [0, size).  A slot is a refcounted chunk from the pool, or empty.  An
+ * empty slot reads as zeros, unless the data has a backing file (the PFS
+ * copy it was loaded from), in which case it is filled from that file on
+ * first access and then cached, if the pool has room.
+ *
+ * Chunks are copy-on-write: vp_data_clone() shares them, and a write to a
+ * chunk that anyone else holds (another data, or a reader in the middle of
+ * a reply) copies it first.  So a committed version stays immutable while a
+ * writer edits a clone of it, and readers never see torn chunks.
+ *
+ * INVARIANTS: bytes at or past `backing_limit` never come from the backing
+ * file (a truncate below it and an extension read zeros).
+ *
+ * THREADING: every function is thread-safe; d->lock is taken inside.  Lock
+ * order: data->lock, then pool->lock.  Never call in with a namespace lock
+ * held.  Writes and fills may block (cache backpressure, PFS reads).
+ */
+#ifndef VP_DATA_H
+#define VP_DATA_H
+
+#include <pthread.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+struct vp_pool;
+struct vp_chunk;
+
+struct vp_data {
+	int refs;			/* atomic */
+	pthread_mutex_t lock;
+	struct vp_pool *pool;		/* borrowed; outlives every data */
+	size_t chunk_size;
+	/* protected by lock: */
+	struct vp_chunk **slots;
+	size_t nslots;			/* capacity of slots */
+	uint64_t size;			/* also read atomically without lock */
+	int backing_fd;			/* -1: none; owned */
+	uint64_t backing_limit;
+	uint64_t resident;		/* bytes of chunks held */
+};
+
+/* One piece of a read: len bytes at ptr, valid until vp_read_release(). */
+struct vp_read_seg {
+	const void *ptr;
+	size_t len;
+};
+
+#define VP_READ_MAX_SEGS 8
+
+struct vp_read {
+	struct vp_read_seg seg[VP_READ_MAX_SEGS];
+	unsigned int nseg;
+	size_t len;			/* sum of seg[].len */
+	/* private: */
+	struct vp_chunk *held[VP_READ_MAX_SEGS];
+	void *bounce[VP_READ_MAX_SEGS];
+	struct vp_pool *pool;
+};
+
+/* Returns a new empty data (one reference, yours) or NULL (ENOMEM). */
+struct vp_data *vp_data_new(struct vp_pool *pool);
+
+/*
+ * Returns a new data of `size` bytes read lazily from fd, which it takes
+ * ownership of (also on failure).  NULL on ENOMEM.
+ */
+struct vp_data *vp_data_new_backed(struct vp_pool *pool, int fd,
+				   uint64_t size);
+
+/* Returns a new data with the same bytes, sharing chunks (copy-on-write). */
+struct vp_data *vp_data_clone(struct vp_data *src);
+
+/* Takes a reference; returns d. */
+struct vp_data *vp_data_get(struct vp_data *d);
+/* Drops a reference; the last one frees the data and its chunks. */
+void vp_data_put(struct vp_data *d);
+
+uint64_t vp_data_size(struct vp_data *d);
+/* Bytes of chunk memory this data holds (shared chunks count in each). */
+uint64_t vp_data_resident(struct vp_data *d);
+/* True if every byte is in memory (nothing left to read from a backing file). */
+int vp_data_fully_resident(struct vp_data *d);
+
+/*
+ * Writes len bytes at off, growing the data.  Waits up to wait_s for cache
+ * space.  Returns len, or -ENOSPC, -ENOMEM, -EIO (backing read), -EFBIG.
+ */
+ssize_t vp_data_write(struct vp_data *d, const void *buf, size_t len,
+		      uint64_t off, double wait_s);
+
+/* Sets the size.  Returns 0 or -errno (a COW copy may need space). */
+int vp_data_truncate(struct vp_data *d, uint64_t size, double wait_s);
+
+/*
+ * Reads up to len bytes at off (short at EOF; 0 past it) as segments that
+ * point into the cache where they can.  len is cut so that at most
+ * VP_READ_MAX_SEGS chunks are touched.  rd must be released with
+ * vp_read_release().  Returns bytes read or -errno (-EIO on a failed fill).
+ */
+ssize_t vp_data_read(struct vp_data *d, uint64_t off, size_t len,
+		     struct vp_read *rd);
+void vp_read_release(struct vp_read *rd);
+
+/* Copies up to len bytes at off into buf.  Returns bytes or -errno. */
+ssize_t vp_data_pread(struct vp_data *d, void *buf, size_t len, uint64_t off);
+
+/* The xxh3-64 of the whole content.  Returns 0 or -errno. */
+int vp_data_checksum(struct vp_data *d, uint64_t *sum);
+
+#endif

@@ -1,0 +1,31 @@
+/*
+ * log: the one logger of viperfs.
+ *
+ * Messages go to stderr (foreground, tests) or syslog (daemonised), with a
+ * level filter.  Subsystem names are short words ("flush", "cache", "fs").
+ *
+ * THREADING: every function may be called from any thread.
+ */
+#ifndef VP_LOG_H
+#define VP_LOG_H
+
+#include <syslog.h>
+
+/* Where log lines go.  VP_LOG_STDERR is the default until vp_log_open(). */
+enum vp_log_sink { VP_LOG_STDERR, VP_LOG_SYSLOG, VP_LOG_FILE };
+
+/*
+ * Opens the sink.  For VP_LOG_FILE, path names the file (appended to);
+ * returns 0 or -errno.  level is a syslog level (LOG_ERR ... LOG_DEBUG).
+ */
+int vp_log_open(enum vp_log_sink sink, const char *path, int level);
+void vp_log_close(void);
+void vp_log_set_level(int level);
+
+/* Parses "error", "warning", "notice", "info", "debug"; -1 if unknown. */
+int vp_log_level_parse(const char *name);
+
+void vp_log(int level, const char *subsys, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+#endif

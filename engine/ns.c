@@ -1,0 +1,1842 @@
+/* ns: see ns.h and ns_i.h. */
+#define _GNU_SOURCE
+#include <assert.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "ns_i.h"
+
+#define CHUNK_SIZE (1u << 20)
+#define VP_NAME_MAX 255
+#define XATTR_VERSION "user.viperfs.version"
+#define XATTR_STATE "user.viperfs.state"
+#define XATTR_CONTROL "user.viperfs.control"
+
+double vp_now(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static struct timespec wall_now(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return ts;
+}
+
+/* ---- nodes and hash tables ------------------------------------------ */
+
+static size_t name_hash(uint64_t parent, const char *name, size_t size)
+{
+	uint64_t h = 1469598103934665603ULL ^ parent;
+
+	for (; *name; name++)
+		h = (h ^ (unsigned char)*name) * 1099511628211ULL;
+	return (size_t)(h % size);
+}
+
+void vp_node_get(struct vp_node *n)
+{
+	int old = __atomic_fetch_add(&n->refs, 1, __ATOMIC_RELAXED);
+
+	assert(old > 0);
+	(void)old;
+}
+
+static void ino_remove_locked(struct vp_ns *ns, struct vp_node *n)
+{
+	struct vp_node **p = &ns->by_ino[n->ino % ns->hash_size];
+
+	while (*p && *p != n)
+		p = &(*p)->ino_next;
+	if (*p)
+		*p = n->ino_next;
+	ns->nnodes--;
+}
+
+static void node_free(struct vp_node *n)
+{
+	free(n->name);
+	free(n->pfs_name);
+	free(n->symlink);
+	free(n);
+}
+
+/* Drops a reference; the last one frees the node.  ns->lock held. */
+void vp_node_put(struct vp_ns *ns, struct vp_node *n)
+{
+	while (n && __atomic_sub_fetch(&n->refs, 1, __ATOMIC_ACQ_REL) == 0) {
+		struct vp_node *pfs_parent = n->pfs_parent;
+
+		assert(!n->parent);
+		ino_remove_locked(ns, n);
+		vp_lru_del_locked(ns, n);
+		vp_data_put(n->cur);
+		vp_data_put(n->work);
+		node_free(n);
+		n = pfs_parent;	/* drop the PFS place's ref, iteratively */
+	}
+}
+
+static void rehash_locked(struct vp_ns *ns)
+{
+	size_t size = ns->hash_size * 4;
+	struct vp_node **by_name = calloc(size, sizeof(*by_name));
+	struct vp_node **by_ino = calloc(size, sizeof(*by_ino));
+
+	if (!by_name || !by_ino) {
+		free(by_name);
+		free(by_ino);
+		return;		/* longer chains, still correct */
+	}
+	for (size_t i = 0; i < ns->hash_size; i++) {
+		struct vp_node *n, *next;
+
+		for (n = ns->by_ino[i]; n; n = next) {
+			next = n->ino_next;
+			n->ino_next = by_ino[n->ino % size];
+			by_ino[n->ino % size] = n;
+		}
+		for (n = ns->by_name[i]; n; n = next) {
+			size_t h = name_hash(n->parent->ino, n->name, size);
+
+			next = n->hash_next;
+			n->hash_next = by_name[h];
+			by_name[h] = n;
+		}
+	}
+	free(ns->by_name);
+	free(ns->by_ino);
+	ns->by_name = by_name;
+	ns->by_ino = by_ino;
+	ns->hash_size = size;
+}
+
+static struct vp_node *node_new_locked(struct vp_ns *ns, enum vp_node_type type,
+				       mode_t mode, uid_t uid, gid_t gid)
+{
+	struct vp_node *n = calloc(1, sizeof(*n));
+
+	if (!n)
+		return NULL;
+	n->refs = 1;		/* the caller's, usually the link */
+	n->ino = ns->next_ino++;
+	n->type = type;
+	n->mode = mode;
+	n->uid = uid;
+	n->gid = gid;
+	n->atime = n->mtime = n->ctime = wall_now();
+	n->pfs_version = VP_NO_VERSION;
+	n->flushing_version = VP_NO_VERSION;
+	n->kcache_version = VP_NO_VERSION;
+	if (ns->nnodes >= ns->hash_size)
+		rehash_locked(ns);
+	n->ino_next = ns->by_ino[n->ino % ns->hash_size];
+	ns->by_ino[n->ino % ns->hash_size] = n;
+	ns->nnodes++;
+	return n;
+}
+
+static struct vp_node *ino_find_locked(struct vp_ns *ns, uint64_t ino)
+{
+	struct vp_node *n = ns->by_ino[ino % ns->hash_size];
+
+	while (n && n->ino != ino)
+		n = n->ino_next;
+	return n;
+}
+
+static struct vp_node *child_find_locked(struct vp_ns *ns,
+					 struct vp_node *dir, const char *name)
+{
+	struct vp_node *n = ns->by_name[name_hash(dir->ino, name, ns->hash_size)];
+
+	while (n && (n->parent != dir || strcmp(n->name, name)))
+		n = n->hash_next;
+	return n;
+}
+
+/* Links n (whose ref the link takes over) as dir/name.  ns->lock held. */
+static int link_locked(struct vp_ns *ns, struct vp_node *dir,
+		       struct vp_node *n, const char *name)
+{
+	size_t h;
+	char *copy = strdup(name);
+
+	if (!copy)
+		return -ENOMEM;
+	free(n->name);
+	n->name = copy;
+	n->parent = dir;
+	h = name_hash(dir->ino, name, ns->hash_size);
+	n->hash_next = ns->by_name[h];
+	ns->by_name[h] = n;
+	n->sib_prev = NULL;
+	n->sib_next = dir->children;
+	if (dir->children)
+		dir->children->sib_prev = n;
+	dir->children = n;
+	dir->nchildren++;
+	if (n->type == VP_NODE_DIR)
+		dir->nsubdirs++;
+	dir->mtime = dir->ctime = wall_now();
+	return 0;
+}
+
+/* Takes n out of its directory without dropping the link's ref. */
+static void detach_locked(struct vp_ns *ns, struct vp_node *n)
+{
+	struct vp_node *dir = n->parent;
+	struct vp_node **p = &ns->by_name[name_hash(dir->ino, n->name, ns->hash_size)];
+
+	while (*p != n)
+		p = &(*p)->hash_next;
+	*p = n->hash_next;
+	if (n->sib_prev)
+		n->sib_prev->sib_next = n->sib_next;
+	else
+		dir->children = n->sib_next;
+	if (n->sib_next)
+		n->sib_next->sib_prev = n->sib_prev;
+	dir->nchildren--;
+	if (n->type == VP_NODE_DIR)
+		dir->nsubdirs--;
+	dir->mtime = dir->ctime = wall_now();
+	n->parent = NULL;
+	n->ctime = wall_now();
+}
+
+/* Unlinks n and drops the link's reference. */
+static void unlink_locked(struct vp_ns *ns, struct vp_node *n)
+{
+	detach_locked(ns, n);
+	vp_node_put(ns, n);
+}
+
+void vp_lru_add_locked(struct vp_ns *ns, struct vp_node *n)
+{
+	vp_lru_del_locked(ns, n);
+	n->lru_prev = ns->lru_tail;
+	n->lru_next = NULL;
+	if (ns->lru_tail)
+		ns->lru_tail->lru_next = n;
+	else
+		ns->lru_head = n;
+	ns->lru_tail = n;
+	n->in_lru = 1;
+}
+
+void vp_lru_del_locked(struct vp_ns *ns, struct vp_node *n)
+{
+	if (!n->in_lru)
+		return;
+	if (n->lru_prev)
+		n->lru_prev->lru_next = n->lru_next;
+	else
+		ns->lru_head = n->lru_next;
+	if (n->lru_next)
+		n->lru_next->lru_prev = n->lru_prev;
+	else
+		ns->lru_tail = n->lru_prev;
+	n->lru_prev = n->lru_next = NULL;
+	n->in_lru = 0;
+}
+
+/* ---- paths ----------------------------------------------------------- */
+
+/* Builds a path by walking up parent links (live or PFS places). */
+static int build_path(struct vp_ns *ns, struct vp_node *n, int pfs, char *buf,
+		      size_t len)
+{
+	const char *parts[PATH_MAX / 2];
+	size_t nparts = 0, used = 0;
+
+	while (n != ns->root) {
+		const char *name = pfs ? n->pfs_name : n->name;
+		struct vp_node *up = pfs ? n->pfs_parent : n->parent;
+
+		if (!up || !name || nparts == sizeof(parts) / sizeof(parts[0]))
+			return -ENOENT;
+		parts[nparts++] = name;
+		n = up;
+	}
+	buf[0] = '\0';
+	while (nparts--) {
+		size_t l = strlen(parts[nparts]);
+
+		if (used + l + 2 > len)
+			return -ENAMETOOLONG;
+		if (used)
+			buf[used++] = '/';
+		memcpy(buf + used, parts[nparts], l + 1);
+		used += l;
+	}
+	return 0;
+}
+
+int vp_pfs_path_locked(struct vp_ns *ns, struct vp_node *n, char *buf,
+		       size_t len)
+{
+	return build_path(ns, n, 1, buf, len);
+}
+
+static int live_path_locked(struct vp_ns *ns, struct vp_node *n, char *buf,
+			    size_t len)
+{
+	return build_path(ns, n, 0, buf, len);
+}
+
+/*
+ * Checks a name for a new entry in dir.  The PFS path it will have must
+ * fit PATH_MAX with room for the staging name.
+ */
+static int check_new_name_locked(struct vp_ns *ns, struct vp_node *dir,
+				 const char *name)
+{
+	char path[PATH_MAX];
+	size_t len = strlen(name);
+
+	if (len == 0 || strchr(name, '/') || !strcmp(name, ".") ||
+	    !strcmp(name, ".."))
+		return -EINVAL;
+	if (len > VP_NAME_MAX)
+		return -ENAMETOOLONG;
+	if (dir == ns->root && !strcmp(name, VP_STAGING_DIR)) {
+		vp_log(LOG_WARNING, "fs", "refused to create '%s': the name is reserved for viperfs' staging folder",
+		       name);
+		return -EPERM;
+	}
+	if (live_path_locked(ns, dir, path, sizeof(path) - 80 - len))
+		return -ENAMETOOLONG;
+	return 0;
+}
+
+/* ---- attributes ------------------------------------------------------ */
+
+static uint64_t node_size_locked(struct vp_node *n)
+{
+	if (n->type == VP_NODE_SYMLINK)
+		return strlen(n->symlink);
+	if (n->type == VP_NODE_DIR)
+		return 4096;
+	if (n->work)
+		return vp_data_size(n->work);
+	return n->size;
+}
+
+static void fill_stat_locked(struct vp_node *n, struct stat *st)
+{
+	memset(st, 0, sizeof(*st));
+	st->st_ino = n->ino;
+	st->st_mode = n->mode;
+	st->st_nlink = n->type == VP_NODE_DIR ? 2 + n->nsubdirs : 1;
+	st->st_uid = n->uid;
+	st->st_gid = n->gid;
+	st->st_size = (off_t)node_size_locked(n);
+	st->st_blocks = (st->st_size + 511) / 512;
+	st->st_blksize = CHUNK_SIZE;
+	st->st_atim = n->atime;
+	st->st_mtim = n->mtime;
+	st->st_ctim = n->ctime;
+}
+
+/* ---- loading from the PFS ------------------------------------------- */
+
+static uint64_t read_version_xattr(int dirfd, const char *name)
+{
+	char buf[32];
+	ssize_t n;
+	int fd = openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
+
+	if (fd < 0)
+		return 0;
+	n = fgetxattr(fd, XATTR_VERSION, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0)
+		return 0;
+	buf[n] = '\0';
+	return strtoull(buf, NULL, 10);
+}
+
+struct pfs_entry {
+	char *name;
+	struct stat st;
+	char *target;
+	uint64_t version;
+};
+
+/* Reads a PFS directory into a new array.  No ns->lock held. */
+static int read_pfs_dir(int fd, int is_root, struct pfs_entry **out, size_t *count)
+{
+	int dfd = dup(fd);
+	DIR *d = dfd >= 0 ? fdopendir(dfd) : NULL;
+	struct pfs_entry *ents = NULL;
+	size_t n = 0, cap = 0;
+	struct dirent *de;
+
+	if (!d) {
+		if (dfd >= 0)
+			close(dfd);
+		return -errno;
+	}
+	while ((de = readdir(d))) {
+		struct pfs_entry *e;
+
+		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
+			continue;
+		if (is_root && !strcmp(de->d_name, VP_STAGING_DIR))
+			continue;
+		if (strlen(de->d_name) > VP_NAME_MAX)
+			continue;
+		if (n == cap) {
+			struct pfs_entry *more;
+
+			cap = cap ? cap * 2 : 32;
+			more = realloc(ents, cap * sizeof(*ents));
+			if (!more)
+				break;
+			ents = more;
+		}
+		e = &ents[n];
+		memset(e, 0, sizeof(*e));
+		if (fstatat(fd, de->d_name, &e->st, AT_SYMLINK_NOFOLLOW))
+			continue;
+		if (!S_ISREG(e->st.st_mode) && !S_ISDIR(e->st.st_mode) &&
+		    !S_ISLNK(e->st.st_mode))
+			continue;	/* sockets, devices: not model files */
+		if (S_ISLNK(e->st.st_mode)) {
+			char buf[PATH_MAX];
+			ssize_t l = readlinkat(fd, de->d_name, buf, sizeof(buf) - 1);
+
+			if (l < 0)
+				continue;
+			buf[l] = '\0';
+			e->target = strdup(buf);
+		}
+		if (S_ISREG(e->st.st_mode))
+			e->version = read_version_xattr(fd, de->d_name);
+		e->name = strdup(de->d_name);
+		if (!e->name)
+			break;
+		n++;
+	}
+	closedir(d);
+	*out = ents;
+	*count = n;
+	return 0;
+}
+
+/*
+ * Makes sure dir's entries from the PFS are in the tree.  No locks held on
+ * entry.  Returns 0 or -errno (a PFS that cannot be read is an -EIO).
+ */
+static int ensure_loaded(struct vp_ns *ns, struct vp_node *dir)
+{
+	char path[PATH_MAX];
+	struct pfs_entry *ents = NULL;
+	size_t count = 0;
+	int fd, rc = 0;
+
+	pthread_mutex_lock(&ns->lock);
+	rc = dir->loaded;
+	pthread_mutex_unlock(&ns->lock);
+	if (rc)
+		return 0;
+
+	pthread_mutex_lock(&ns->pfs_lock);
+	pthread_mutex_lock(&ns->lock);
+	if (dir->loaded) {
+		rc = 0;
+		goto out_unlock;
+	}
+	if (vp_pfs_path_locked(ns, dir, path, sizeof(path))) {
+		dir->loaded = 1;	/* not on the PFS: nothing to read */
+		rc = 0;
+		goto out_unlock;
+	}
+	pthread_mutex_unlock(&ns->lock);
+
+	fd = vp_pfs_open_dir(ns->pfs_root_fd, path);
+	if (fd >= 0) {
+		rc = read_pfs_dir(fd, dir == ns->root, &ents, &count);
+		close(fd);
+	} else {
+		rc = fd;
+	}
+	pthread_mutex_lock(&ns->lock);
+	if (rc) {
+		vp_log(LOG_ERR, "fs", "reading directory '%s' on the PFS '%s': %s",
+		       path, ns->pfs_dir, strerror(-rc));
+		rc = rc == -ENOENT ? 0 : -EIO;
+		if (!rc)
+			dir->loaded = 1;
+		goto out_unlock;
+	}
+	for (size_t i = 0; i < count; i++) {
+		struct pfs_entry *e = &ents[i];
+		enum vp_node_type type = S_ISDIR(e->st.st_mode) ? VP_NODE_DIR :
+			S_ISLNK(e->st.st_mode) ? VP_NODE_SYMLINK : VP_NODE_FILE;
+		struct vp_node *n;
+
+		if (child_find_locked(ns, dir, e->name))
+			continue;
+		n = node_new_locked(ns, type, e->st.st_mode, e->st.st_uid,
+				    e->st.st_gid);
+		if (!n) {
+			rc = -ENOMEM;
+			break;
+		}
+		n->atime = e->st.st_atim;
+		n->mtime = e->st.st_mtim;
+		n->ctime = e->st.st_ctim;
+		n->symlink = e->target;
+		e->target = NULL;
+		n->size = (uint64_t)e->st.st_size;
+		n->version = e->version;
+		n->pfs_version = n->version;
+		vp_node_get(dir);
+		n->pfs_parent = dir;
+		n->pfs_name = strdup(e->name);
+		if (!n->pfs_name || link_locked(ns, dir, n, e->name)) {
+			n->parent = NULL;
+			vp_node_put(ns, n);
+			rc = -ENOMEM;
+			break;
+		}
+	}
+	if (!rc)
+		dir->loaded = 1;
+out_unlock:
+	pthread_mutex_unlock(&ns->lock);
+	pthread_mutex_unlock(&ns->pfs_lock);
+	for (size_t i = 0; i < count; i++) {
+		free(ents[i].name);
+		free(ents[i].target);
+	}
+	free(ents);
+	return rc;
+}
+
+/*
+ * Returns a new reference to the bytes of n's latest version, reading
+ * them lazily from the PFS if they are not in the cache.  No locks held.
+ */
+static int version_data(struct vp_ns *ns, struct vp_node *n,
+			struct vp_data **out)
+{
+	char path[PATH_MAX];
+	struct vp_data *d;
+	struct stat st;
+	uint64_t version;
+	int fd, rc;
+
+	pthread_mutex_lock(&ns->lock);
+	if (n->cur) {
+		*out = vp_data_get(n->cur);
+		pthread_mutex_unlock(&ns->lock);
+		return 0;
+	}
+	pthread_mutex_unlock(&ns->lock);
+
+	pthread_mutex_lock(&ns->pfs_lock);
+	pthread_mutex_lock(&ns->lock);
+	if (n->cur) {
+		*out = vp_data_get(n->cur);
+		rc = 0;
+		goto out_unlock;
+	}
+	version = n->version;
+	if (n->pfs_version != version) {
+		/* a version nobody wrote and that is not on the PFS: empty */
+		rc = -EIO;
+		vp_log(LOG_ERR, "fs", "file ino %" PRIu64 " has no bytes in the cache and none on the PFS",
+		       n->ino);
+		goto out_unlock;
+	}
+	rc = vp_pfs_path_locked(ns, n, path, sizeof(path));
+	pthread_mutex_unlock(&ns->lock);
+	if (rc) {
+		pthread_mutex_unlock(&ns->pfs_lock);
+		return -EIO;
+	}
+	fd = vp_pfs_openat(ns->pfs_root_fd, path, O_RDONLY | O_NOFOLLOW, 0);
+	if (fd < 0 || fstat(fd, &st)) {
+		rc = fd < 0 ? fd : -errno;
+		vp_log(LOG_ERR, "fs", "reading '%s' from the PFS '%s': %s",
+		       path, ns->pfs_dir, strerror(-rc));
+		if (fd >= 0)
+			close(fd);
+		pthread_mutex_unlock(&ns->pfs_lock);
+		return -EIO;
+	}
+	d = vp_data_new_backed(ns->pool, fd, (uint64_t)st.st_size);
+	pthread_mutex_lock(&ns->lock);
+	if (!d) {
+		rc = -ENOMEM;
+	} else if (n->cur) {
+		vp_data_put(d);
+		*out = vp_data_get(n->cur);
+		rc = 0;
+	} else {
+		n->cur = d;
+		n->size = vp_data_size(d);
+		*out = vp_data_get(d);
+		if (!n->work)
+			vp_lru_add_locked(ns, n);
+		rc = 0;
+	}
+out_unlock:
+	pthread_mutex_unlock(&ns->lock);
+	pthread_mutex_unlock(&ns->pfs_lock);
+	return rc;
+}
+
+/* ---- lifecycle ------------------------------------------------------- */
+
+struct vp_ns *vp_ns_new(const struct vp_config *cfg, const char *pfs_dir,
+			char *err, size_t errlen)
+{
+	struct vp_ns *ns = calloc(1, sizeof(*ns));
+	struct stat st;
+	int rc;
+
+	if (!ns) {
+		snprintf(err, errlen, "out of memory");
+		return NULL;
+	}
+	ns->cfg = *cfg;
+	ns->pfs_root_fd = ns->staging_fd = -1;
+	if (!realpath(pfs_dir, ns->pfs_dir)) {
+		snprintf(err, errlen, "PFS directory '%s': %s; create it or name another",
+			 pfs_dir, strerror(errno));
+		goto err_free;
+	}
+	ns->pfs_root_fd = vp_pfs_open_root(ns->pfs_dir, err, errlen);
+	if (ns->pfs_root_fd < 0)
+		goto err_free;
+	if (mkdirat(ns->pfs_root_fd, VP_STAGING_DIR, 0700) && errno != EEXIST) {
+		snprintf(err, errlen, "cannot create staging folder '%s/%s': %s",
+			 ns->pfs_dir, VP_STAGING_DIR, strerror(errno));
+		goto err_close;
+	}
+	ns->staging_fd = openat(ns->pfs_root_fd, VP_STAGING_DIR,
+				O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (ns->staging_fd < 0) {
+		snprintf(err, errlen, "cannot open staging folder '%s/%s': %s",
+			 ns->pfs_dir, VP_STAGING_DIR, strerror(errno));
+		goto err_close;
+	}
+	vp_pfs_clear_staging(ns->staging_fd);
+
+	ns->pool = vp_pool_new(CHUNK_SIZE, cfg->ram_cache, cfg->ram_prefault);
+	if (!ns->pool) {
+		snprintf(err, errlen, "cannot set up a RAM cache of %llu bytes: %s (ram_cache must be at least 1M)",
+			 (unsigned long long)cfg->ram_cache, strerror(errno));
+		goto err_close;
+	}
+	vp_pool_set_pressure_cb(ns->pool, vp_flush_pressure, ns);
+	vp_tbucket_init(&ns->flush_bucket, cfg->flush_bw,
+			cfg->flush_bw ? (cfg->flush_bw / 8 > CHUNK_SIZE ? cfg->flush_bw / 8 : CHUNK_SIZE) : 0,
+			vp_now);
+	pthread_mutex_init(&ns->pfs_lock, NULL);
+	pthread_mutex_init(&ns->lock, NULL);
+	pthread_condattr_t ca;
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&ns->flush_cond, &ca);
+	pthread_cond_init(&ns->worker_cond, &ca);
+	pthread_cond_init(&ns->evict_cond, &ca);
+	pthread_condattr_destroy(&ca);
+
+	ns->hash_size = 1024;
+	ns->by_name = calloc(ns->hash_size, sizeof(*ns->by_name));
+	ns->by_ino = calloc(ns->hash_size, sizeof(*ns->by_ino));
+	ns->next_ino = VP_ROOT_INO;
+	ns->next_seq = 1;
+	if (!ns->by_name || !ns->by_ino) {
+		snprintf(err, errlen, "out of memory");
+		goto err_pool;
+	}
+	fstat(ns->pfs_root_fd, &st);
+	ns->root = node_new_locked(ns, VP_NODE_DIR, st.st_mode, st.st_uid,
+				   st.st_gid);
+	if (!ns->root) {
+		snprintf(err, errlen, "out of memory");
+		goto err_pool;
+	}
+	ns->root->atime = st.st_atim;
+	ns->root->mtime = st.st_mtim;
+	ns->root->ctime = st.st_ctim;
+	rc = vp_flush_start(ns);
+	if (rc) {
+		snprintf(err, errlen, "cannot start flush threads: %s",
+			 strerror(-rc));
+		goto err_root;
+	}
+	return ns;
+
+err_root:
+	node_free(ns->root);
+err_pool:
+	free(ns->by_name);
+	free(ns->by_ino);
+	vp_pool_free(ns->pool);
+err_close:
+	if (ns->staging_fd >= 0)
+		close(ns->staging_fd);
+	close(ns->pfs_root_fd);
+err_free:
+	free(ns);
+	return NULL;
+}
+
+const struct vp_config *vp_ns_config(struct vp_ns *ns)
+{
+	return &ns->cfg;
+}
+
+void vp_ns_set_control_path(struct vp_ns *ns, const char *path)
+{
+	pthread_mutex_lock(&ns->lock);
+	snprintf(ns->control_path, sizeof(ns->control_path), "%s", path);
+	pthread_mutex_unlock(&ns->lock);
+}
+
+/* Queues a forced flush of every unflushed file below n.  ns->lock held. */
+static void force_subtree_locked(struct vp_ns *ns, struct vp_node *n)
+{
+	if (n->type == VP_NODE_DIR) {
+		for (struct vp_node *c = n->children; c; c = c->sib_next)
+			force_subtree_locked(ns, c);
+		return;
+	}
+	if (n->type != VP_NODE_FILE || !n->cur)
+		return;
+	if (n->pending) {
+		n->pending->forced = 1;
+		return;
+	}
+	if (n->pfs_version != n->version && n->flushing_version != n->version)
+		vp_flush_commit_locked(ns, n, 1);
+}
+
+static unsigned int count_unflushed_locked(struct vp_ns *ns, struct vp_node *n,
+					   int report)
+{
+	unsigned int count = 0;
+
+	if (n->type == VP_NODE_DIR) {
+		for (struct vp_node *c = n->children; c; c = c->sib_next)
+			count += count_unflushed_locked(ns, c, report);
+	} else if (n->type == VP_NODE_FILE && n->cur &&
+		   n->pfs_version != n->version) {
+		char path[PATH_MAX];
+
+		count++;
+		if (report && !live_path_locked(ns, n, path, sizeof(path)))
+			vp_log(LOG_ERR, "flush", "'%s' version %" PRIu64 " (%" PRIu64 " bytes) did not reach the PFS '%s' before exit",
+			       path, n->version, n->size, ns->pfs_dir);
+	}
+	return count;
+}
+
+unsigned int vp_ns_free(struct vp_ns *ns)
+{
+	struct vp_flush_progress p;
+	double deadline;
+	unsigned int left;
+	int rc;
+
+	if (vp_ns_flush_start(ns, "", &p) == 0) {
+		deadline = ns->cfg.unmount_wait > 0 ?
+			vp_now() + ns->cfg.unmount_wait : 0;
+		if (p.ops_left)
+			vp_log(LOG_NOTICE, "flush", "unmount: writing %" PRIu64 " bytes still pending to the PFS",
+			       p.bytes_total);
+		do {
+			double wait = 1.0;
+
+			if (deadline && deadline - vp_now() < wait)
+				wait = deadline - vp_now();
+			if (wait <= 0)
+				break;
+			rc = vp_ns_flush_poll(ns, &p, wait);
+		} while (rc == 0);
+	}
+	pthread_mutex_lock(&ns->lock);
+	left = count_unflushed_locked(ns, ns->root, 1);
+	pthread_mutex_unlock(&ns->lock);
+	vp_flush_stop(ns);
+
+	/* the kernel is gone: free every node whatever its count */
+	for (size_t i = 0; i < ns->hash_size; i++) {
+		struct vp_node *n, *next;
+
+		for (n = ns->by_ino[i]; n; n = next) {
+			next = n->ino_next;
+			vp_data_put(n->cur);
+			vp_data_put(n->work);
+			node_free(n);
+		}
+	}
+	free(ns->by_name);
+	free(ns->by_ino);
+	vp_pool_free(ns->pool);
+	vp_tbucket_release(&ns->flush_bucket);
+	close(ns->staging_fd);
+	close(ns->pfs_root_fd);
+	pthread_cond_destroy(&ns->flush_cond);
+	pthread_cond_destroy(&ns->worker_cond);
+	pthread_cond_destroy(&ns->evict_cond);
+	pthread_mutex_destroy(&ns->lock);
+	pthread_mutex_destroy(&ns->pfs_lock);
+	free(ns);
+	return left;
+}
+
+/* ---- names ----------------------------------------------------------- */
+
+/* Finds a directory by inode, loaded; returns it with a ref, or NULL. */
+static int get_loaded_dir(struct vp_ns *ns, uint64_t ino, struct vp_node **out)
+{
+	struct vp_node *dir;
+	int rc;
+
+	pthread_mutex_lock(&ns->lock);
+	dir = ino_find_locked(ns, ino);
+	if (dir)
+		vp_node_get(dir);
+	pthread_mutex_unlock(&ns->lock);
+	if (!dir)
+		return -ESTALE;
+	if (dir->type != VP_NODE_DIR) {
+		rc = -ENOTDIR;
+		goto err_put;
+	}
+	rc = ensure_loaded(ns, dir);
+	if (rc)
+		goto err_put;
+	*out = dir;
+	return 0;
+err_put:
+	pthread_mutex_lock(&ns->lock);
+	vp_node_put(ns, dir);
+	pthread_mutex_unlock(&ns->lock);
+	return rc;
+}
+
+static void put_unlocked(struct vp_ns *ns, struct vp_node *n)
+{
+	pthread_mutex_lock(&ns->lock);
+	vp_node_put(ns, n);
+	pthread_mutex_unlock(&ns->lock);
+}
+
+int vp_ns_lookup(struct vp_ns *ns, uint64_t parent, const char *name,
+		 struct stat *st)
+{
+	struct vp_node *dir, *n;
+	int rc;
+
+	if (strlen(name) > VP_NAME_MAX)
+		return -ENAMETOOLONG;
+	rc = get_loaded_dir(ns, parent, &dir);
+	if (rc)
+		return rc;
+	pthread_mutex_lock(&ns->lock);
+	n = child_find_locked(ns, dir, name);
+	if (n) {
+		vp_node_get(n);		/* the kernel's lookup */
+		fill_stat_locked(n, st);
+	} else {
+		rc = -ENOENT;
+	}
+	vp_node_put(ns, dir);
+	pthread_mutex_unlock(&ns->lock);
+	return rc;
+}
+
+void vp_ns_forget(struct vp_ns *ns, uint64_t ino, uint64_t nlookup)
+{
+	struct vp_node *n;
+
+	if (ino == VP_ROOT_INO)
+		return;
+	pthread_mutex_lock(&ns->lock);
+	n = ino_find_locked(ns, ino);
+	while (n && nlookup--) {
+		if (__atomic_load_n(&n->refs, __ATOMIC_RELAXED) == 1) {
+			vp_node_put(ns, n);
+			break;
+		}
+		vp_node_put(ns, n);
+	}
+	pthread_mutex_unlock(&ns->lock);
+}
+
+int vp_ns_getattr(struct vp_ns *ns, uint64_t ino, struct stat *st)
+{
+	struct vp_node *n;
+	int rc = 0;
+
+	pthread_mutex_lock(&ns->lock);
+	n = ino_find_locked(ns, ino);
+	if (n)
+		fill_stat_locked(n, st);
+	else
+		rc = -ESTALE;
+	pthread_mutex_unlock(&ns->lock);
+	return rc;
+}
+
+/* Commits n's working copy as a new version.  ns->lock held. */
+static void commit_locked(struct vp_ns *ns, struct vp_node *n,
+			  struct vp_data *bytes)
+{
+	vp_lru_del_locked(ns, n);
+	vp_data_put(n->cur);
+	n->cur = bytes;
+	n->size = vp_data_size(bytes);
+	n->version++;
+	n->mtime = n->ctime = wall_now();
+	ns->st_commits++;
+	if (n->parent)
+		vp_flush_commit_locked(ns, n, 0);
+}
+
+int vp_ns_setattr(struct vp_ns *ns, uint64_t ino, const struct vp_setattr *sa,
+		  struct vp_handle *h, struct stat *st)
+{
+	struct vp_node *n;
+	struct vp_data *target = NULL;
+	int rc = 0, commit_new = 0;
+
+	pthread_mutex_lock(&ns->lock);
+	n = ino_find_locked(ns, ino);
+	if (!n) {
+		pthread_mutex_unlock(&ns->lock);
+		return -ESTALE;
+	}
+	vp_node_get(n);
+	if (sa->set_size) {
+		if (n->type == VP_NODE_DIR) {
+			rc = -EISDIR;
+			goto out_unlock;
+		}
+		if (n->type != VP_NODE_FILE) {
+			rc = -EINVAL;
+			goto out_unlock;
+		}
+		if (h && h->writable)
+			target = vp_data_get(h->data);
+		else if (n->work)
+			target = vp_data_get(n->work);
+		else
+			commit_new = 1;
+	}
+	pthread_mutex_unlock(&ns->lock);
+
+	if (commit_new) {
+		/* truncate(2) of a closed file: a commit point of its own */
+		struct vp_data *base = NULL;
+
+		rc = version_data(ns, n, &base);
+		if (!rc) {
+			target = vp_data_clone(base);
+			vp_data_put(base);
+			if (!target)
+				rc = -ENOMEM;
+		}
+	}
+	if (target && !rc)
+		rc = vp_data_truncate(target, sa->size, ns->cfg.cache_wait);
+
+	pthread_mutex_lock(&ns->lock);
+	if (rc)
+		goto out_unlock;
+	if (target) {
+		if (commit_new && !n->work) {
+			commit_locked(ns, n, target);
+			target = NULL;
+		} else if (commit_new) {
+			/* a writer opened meanwhile: cut its copy too */
+			pthread_mutex_unlock(&ns->lock);
+			rc = vp_data_truncate(n->work, sa->size, ns->cfg.cache_wait);
+			pthread_mutex_lock(&ns->lock);
+			__atomic_store_n(&n->dirty, 1, __ATOMIC_RELEASE);
+		} else {
+			__atomic_store_n(&n->dirty, 1, __ATOMIC_RELEASE);
+		}
+		n->mtime = n->ctime = wall_now();
+	}
+	if (sa->set_mode)
+		n->mode = (n->mode & S_IFMT) | (sa->mode & 07777);
+	if (sa->set_uid)
+		n->uid = sa->uid;
+	if (sa->set_gid)
+		n->gid = sa->gid;
+	if (sa->set_atime)
+		n->atime = sa->atime_now ? wall_now() : sa->atime;
+	if (sa->set_mtime)
+		n->mtime = sa->mtime_now ? wall_now() : sa->mtime;
+	if (sa->set_mode || sa->set_uid || sa->set_gid || sa->set_atime ||
+	    sa->set_mtime) {
+		n->ctime = wall_now();
+		if (n->parent || n == ns->root)
+			vp_flush_log_locked(ns, OP_ATTR, n, NULL, NULL, NULL);
+	}
+	fill_stat_locked(n, st);
+out_unlock:
+	vp_node_put(ns, n);
+	pthread_mutex_unlock(&ns->lock);
+	if (target)
+		vp_data_put(target);
+	return rc;
+}
+
+/* Common start of mkdir/symlink/create: a loaded dir and a free name. */
+static int prepare_new(struct vp_ns *ns, uint64_t parent, const char *name,
+		       struct vp_node **dirp)
+{
+	int rc = get_loaded_dir(ns, parent, dirp);
+
+	if (rc)
+		return rc;
+	pthread_mutex_lock(&ns->lock);
+	if (!(*dirp)->parent && *dirp != ns->root)
+		rc = -ENOENT;	/* the directory was removed */
+	else
+		rc = check_new_name_locked(ns, *dirp, name);
+	if (!rc && child_find_locked(ns, *dirp, name))
+		rc = -EEXIST;
+	if (rc) {
+		vp_node_put(ns, *dirp);
+		pthread_mutex_unlock(&ns->lock);
+	}
+	return rc;	/* on success, ns->lock is held */
+}
+
+int vp_ns_mkdir(struct vp_ns *ns, uint64_t parent, const char *name,
+		mode_t mode, uid_t uid, gid_t gid, struct stat *st)
+{
+	struct vp_node *dir, *n;
+	int rc = prepare_new(ns, parent, name, &dir);
+
+	if (rc)
+		return rc;
+	n = node_new_locked(ns, VP_NODE_DIR, S_IFDIR | (mode & 07777), uid, gid);
+	if (!n) {
+		rc = -ENOMEM;
+		goto out_unlock;
+	}
+	n->loaded = 1;
+	rc = link_locked(ns, dir, n, name);
+	if (rc) {
+		vp_node_put(ns, n);
+		goto out_unlock;
+	}
+	vp_flush_log_locked(ns, OP_MKDIR, n, dir, name, NULL);
+	vp_node_get(n);		/* the kernel's lookup */
+	fill_stat_locked(n, st);
+out_unlock:
+	vp_node_put(ns, dir);
+	pthread_mutex_unlock(&ns->lock);
+	return rc;
+}
+
+int vp_ns_symlink(struct vp_ns *ns, uint64_t parent, const char *name,
+		  const char *target, uid_t uid, gid_t gid, struct stat *st)
+{
+	struct vp_node *dir, *n;
+	int rc;
+
+	if (strlen(target) >= PATH_MAX)
+		return -ENAMETOOLONG;
+	rc = prepare_new(ns, parent, name, &dir);
+	if (rc)
+		return rc;
+	n = node_new_locked(ns, VP_NODE_SYMLINK, S_IFLNK | 0777, uid, gid);
+	if (!n || !(n->symlink = strdup(target))) {
+		if (n)
+			vp_node_put(ns, n);
+		rc = -ENOMEM;
+		goto out_unlock;
+	}
+	rc = link_locked(ns, dir, n, name);
+	if (rc) {
+		vp_node_put(ns, n);
+		goto out_unlock;
+	}
+	vp_flush_log_locked(ns, OP_SYMLINK, n, dir, name, NULL);
+	vp_node_get(n);
+	fill_stat_locked(n, st);
+out_unlock:
+	vp_node_put(ns, dir);
+	pthread_mutex_unlock(&ns->lock);
+	return rc;
+}
+
+int vp_ns_readlink(struct vp_ns *ns, uint64_t ino, char *buf, size_t len)
+{
+	struct vp_node *n;
+	int rc = 0;
+
+	pthread_mutex_lock(&ns->lock);
+	n = ino_find_locked(ns, ino);
+	if (!n)
+		rc = -ESTALE;
+	else if (n->type != VP_NODE_SYMLINK)
+		rc = -EINVAL;
+	else if (strlen(n->symlink) >= len)
+		rc = -ENAMETOOLONG;
+	else
+		strcpy(buf, n->symlink);
+	pthread_mutex_unlock(&ns->lock);
+	return rc;
+}
+
+static int remove_entry(struct vp_ns *ns, uint64_t parent, const char *name,
+			int want_dir)
+{
+	struct vp_node *dir, *n;
+	int rc = get_loaded_dir(ns, parent, &dir);
+
+	if (rc)
+		return rc;
+	pthread_mutex_lock(&ns->lock);
+	n = child_find_locked(ns, dir, name);
+	if (n)
+		vp_node_get(n);
+	pthread_mutex_unlock(&ns->lock);
+	if (!n) {
+		rc = -ENOENT;
+		goto out_put_dir;
+	}
+	if (want_dir && n->type == VP_NODE_DIR)
+		rc = ensure_loaded(ns, n);	/* to know if it is empty */
+
+	pthread_mutex_lock(&ns->lock);
+	if (rc)
+		goto out_unlock;
+	if (n->parent != dir) {
+		rc = -ENOENT;	/* moved meanwhile */
+	} else if (want_dir && n->type != VP_NODE_DIR) {
+		rc = -ENOTDIR;
+	} else if (!want_dir && n->type == VP_NODE_DIR) {
+		rc = -EISDIR;
+	} else if (want_dir && n->nchildren) {
+		rc = -ENOTEMPTY;
+	} else {
+		vp_flush_cancel_locked(ns, n);
+		vp_flush_log_locked(ns, OP_UNLINK, n, NULL, NULL, NULL);
+		unlink_locked(ns, n);
+	}
+out_unlock:
+	vp_node_put(ns, n);
+	pthread_mutex_unlock(&ns->lock);
+out_put_dir:
+	put_unlocked(ns, dir);
+	return rc;
+}
+
+int vp_ns_unlink(struct vp_ns *ns, uint64_t parent, const char *name)
+{
+	return remove_entry(ns, parent, name, 0);
+}
+
+int vp_ns_rmdir(struct vp_ns *ns, uint64_t parent, const char *name)
+{
+	return remove_entry(ns, parent, name, 1);
+}
+
+int vp_ns_rename(struct vp_ns *ns, uint64_t parent, const char *name,
+		 uint64_t newparent, const char *newname, unsigned int flags)
+{
+	struct vp_node *dir, *newdir = NULL, *n = NULL, *victim = NULL;
+	int rc;
+
+	if (flags & ~1u)	/* RENAME_NOREPLACE is 1; EXCHANGE, WHITEOUT: no */
+		return -EINVAL;
+	rc = get_loaded_dir(ns, parent, &dir);
+	if (rc)
+		return rc;
+	rc = get_loaded_dir(ns, newparent, &newdir);
+	if (rc)
+		goto out_put_dir;
+	pthread_mutex_lock(&ns->lock);
+	victim = child_find_locked(ns, newdir, newname);
+	if (victim)
+		vp_node_get(victim);
+	pthread_mutex_unlock(&ns->lock);
+	if (victim && victim->type == VP_NODE_DIR) {
+		rc = ensure_loaded(ns, victim);
+		if (rc)
+			goto out_put;
+	}
+
+	pthread_mutex_lock(&ns->lock);
+	n = child_find_locked(ns, dir, name);
+	if (!n) {
+		rc = -ENOENT;
+		goto out_unlock;
+	}
+	if (victim != child_find_locked(ns, newdir, newname)) {
+		rc = -EBUSY;	/* raced with another change: let the caller retry */
+		goto out_unlock;
+	}
+	rc = check_new_name_locked(ns, newdir, newname);
+	if (rc)
+		goto out_unlock;
+	if (victim == n)
+		goto out_unlock;
+	if (victim && (flags & 1)) {
+		rc = -EEXIST;
+		goto out_unlock;
+	}
+	if (n->type == VP_NODE_DIR) {
+		for (struct vp_node *up = newdir; up; up = up->parent) {
+			if (up == n) {
+				rc = -EINVAL;
+				goto out_unlock;
+			}
+		}
+	}
+	if (victim) {
+		if (victim->type == VP_NODE_DIR && n->type != VP_NODE_DIR)
+			rc = -EISDIR;
+		else if (victim->type != VP_NODE_DIR && n->type == VP_NODE_DIR)
+			rc = -ENOTDIR;
+		else if (victim->type == VP_NODE_DIR && victim->nchildren)
+			rc = -ENOTEMPTY;
+		if (rc)
+			goto out_unlock;
+	}
+	vp_flush_log_locked(ns, OP_RENAME, n, newdir, newname, victim);
+	if (victim) {
+		vp_flush_cancel_locked(ns, victim);
+		unlink_locked(ns, victim);
+	}
+	detach_locked(ns, n);
+	rc = link_locked(ns, newdir, n, newname);
+	assert(rc == 0 || rc == -ENOMEM);
+out_unlock:
+	pthread_mutex_unlock(&ns->lock);
+out_put:
+	pthread_mutex_lock(&ns->lock);
+	if (victim)
+		vp_node_put(ns, victim);
+	vp_node_put(ns, newdir);
+	pthread_mutex_unlock(&ns->lock);
+out_put_dir:
+	put_unlocked(ns, dir);
+	return rc;
+}
+
+int vp_ns_statfs(struct vp_ns *ns, struct statvfs *sv)
+{
+	if (fstatvfs(ns->pfs_root_fd, sv))
+		return -errno;
+	sv->f_namemax = VP_NAME_MAX;
+	return 0;
+}
+
+/* ---- files ----------------------------------------------------------- */
+
+static struct vp_handle *handle_new(struct vp_node *n, struct vp_data *d,
+				    int writable)
+{
+	struct vp_handle *h = calloc(1, sizeof(*h));
+
+	if (!h)
+		return NULL;
+	vp_node_get(n);
+	h->node = n;
+	h->data = d;	/* takes the caller's reference */
+	h->writable = writable;
+	return h;
+}
+
+int vp_handle_writable(const struct vp_handle *h)
+{
+	return h->writable;
+}
+
+static void release_locked(struct vp_ns *ns, struct vp_node *n,
+			   struct vp_data *d, int writable);
+
+/*
+ * Opens n.  No locks held on entry.  For a writable open the working copy
+ * is made (a clone of the latest version, or empty with O_TRUNC).
+ */
+static int open_node(struct vp_ns *ns, struct vp_node *n, int flags,
+		     struct vp_handle **hp, int *keep_cache)
+{
+	int writable = (flags & O_ACCMODE) != O_RDONLY;
+	struct vp_data *d = NULL, *base = NULL;
+	int rc = 0;
+
+	*keep_cache = 0;
+	if (n->type == VP_NODE_DIR)
+		return -EISDIR;
+	if (n->type != VP_NODE_FILE)
+		return -ELOOP;
+
+	pthread_mutex_lock(&ns->lock);
+	if (n->work) {
+		d = vp_data_get(n->work);
+	} else if (!writable && n->cur) {
+		d = vp_data_get(n->cur);
+		*keep_cache = n->kcache_version == n->version;
+		n->kcache_version = n->version;
+		if (n->in_lru)
+			vp_lru_add_locked(ns, n);	/* most recently used */
+	}
+	pthread_mutex_unlock(&ns->lock);
+
+	if (!d && (!writable || !(flags & O_TRUNC))) {
+		rc = version_data(ns, n, &base);
+		if (rc)
+			return rc;
+		if (!writable) {
+			d = base;
+			base = NULL;
+			pthread_mutex_lock(&ns->lock);
+			n->kcache_version = n->version;
+			pthread_mutex_unlock(&ns->lock);
+		}
+	}
+	if (!d) {
+		d = base ? vp_data_clone(base) : vp_data_new(ns->pool);
+		vp_data_put(base);
+		if (!d)
+			return -ENOMEM;
+	}
+
+	pthread_mutex_lock(&ns->lock);
+	if (writable) {
+		if (!n->work) {
+			n->work = vp_data_get(d);
+		} else if (n->work != d) {
+			vp_data_put(d);		/* another writer won the race */
+			d = vp_data_get(n->work);
+		}
+		n->writers++;
+		vp_lru_del_locked(ns, n);
+	}
+	pthread_mutex_unlock(&ns->lock);
+
+	if (writable && (flags & O_TRUNC) && vp_data_size(d)) {
+		rc = vp_data_truncate(d, 0, ns->cfg.cache_wait);
+		if (rc)
+			vp_log(LOG_ERR, "fs", "truncate at open: %s", strerror(-rc));
+	}
+	if (writable && (flags & O_TRUNC))
+		__atomic_store_n(&n->dirty, 1, __ATOMIC_RELEASE);
+	*hp = handle_new(n, d, writable);
+	if (!*hp) {
+		vp_node_get(n);
+		pthread_mutex_lock(&ns->lock);
+		release_locked(ns, n, d, writable);
+		pthread_mutex_unlock(&ns->lock);
+		return -ENOMEM;
+	}
+	return 0;
+}
+
+int vp_ns_open(struct vp_ns *ns, uint64_t ino, int flags,
+	       struct vp_handle **hp, int *keep_cache)
+{
+	struct vp_node *n;
+	int rc;
+
+	pthread_mutex_lock(&ns->lock);
+	n = ino_find_locked(ns, ino);
+	if (n)
+		vp_node_get(n);
+	pthread_mutex_unlock(&ns->lock);
+	if (!n)
+		return -ESTALE;
+	rc = open_node(ns, n, flags, hp, keep_cache);
+	put_unlocked(ns, n);
+	return rc;
+}
+
+int vp_ns_create(struct vp_ns *ns, uint64_t parent, const char *name,
+		 mode_t mode, int flags, uid_t uid, gid_t gid,
+		 struct stat *st, struct vp_handle **hp)
+{
+	struct vp_node *dir, *n;
+	struct vp_data *d;
+	int rc, keep_cache;
+
+	rc = prepare_new(ns, parent, name, &dir);
+	if (rc == -EEXIST && !(flags & O_EXCL)) {
+		/* lost a race with another creator: open what is there */
+		rc = vp_ns_lookup(ns, parent, name, st);
+		if (rc)
+			return rc;
+		rc = vp_ns_open(ns, st->st_ino, flags, hp, &keep_cache);
+		if (rc)
+			vp_ns_forget(ns, st->st_ino, 1);
+		return rc;
+	}
+	if (rc)
+		return rc;
+	d = vp_data_new(ns->pool);
+	n = d ? node_new_locked(ns, VP_NODE_FILE, S_IFREG | (mode & 07777), uid, gid) : NULL;
+	if (!n) {
+		vp_data_put(d);
+		rc = -ENOMEM;
+		goto out_unlock;
+	}
+	rc = link_locked(ns, dir, n, name);
+	if (rc) {
+		vp_node_put(ns, n);
+		vp_data_put(d);
+		goto out_unlock;
+	}
+	n->work = vp_data_get(d);
+	n->writers = 1;
+	n->dirty = 1;		/* even an empty file is a version */
+	*hp = handle_new(n, d, 1);
+	if (!*hp) {
+		rc = -ENOMEM;	/* the empty file stays, with no writer */
+		n->writers = 0;
+		vp_data_put(n->work);
+		n->work = NULL;
+		vp_data_put(d);
+		commit_locked(ns, n, vp_data_new(ns->pool));
+		goto out_unlock;
+	}
+	vp_node_get(n);		/* the kernel's lookup */
+	fill_stat_locked(n, st);
+out_unlock:
+	vp_node_put(ns, dir);
+	pthread_mutex_unlock(&ns->lock);
+	return rc;
+}
+
+/* Drops what a handle holds; the last writer commits.  ns->lock held. */
+static void release_locked(struct vp_ns *ns, struct vp_node *n,
+			   struct vp_data *d, int writable)
+{
+	if (writable) {
+		assert(n->writers > 0);
+		if (--n->writers == 0) {
+			struct vp_data *work = n->work;
+
+			n->work = NULL;
+			if (__atomic_exchange_n(&n->dirty, 0, __ATOMIC_ACQ_REL))
+				commit_locked(ns, n, work);
+			else
+				vp_data_put(work);
+			if (n->cur && n->pfs_version == n->version)
+				vp_lru_add_locked(ns, n);
+		}
+	}
+	vp_data_put(d);
+	vp_node_put(ns, n);
+}
+
+int vp_ns_release(struct vp_ns *ns, struct vp_handle *h)
+{
+	pthread_mutex_lock(&ns->lock);
+	release_locked(ns, h->node, h->data, h->writable);
+	pthread_mutex_unlock(&ns->lock);
+	free(h);
+	return 0;
+}
+
+ssize_t vp_ns_write(struct vp_ns *ns, struct vp_handle *h, const void *buf,
+		    size_t len, uint64_t off)
+{
+	ssize_t n;
+
+	if (!h->writable)
+		return -EBADF;
+	n = vp_data_write(h->data, buf, len, off, ns->cfg.cache_wait);
+	if (n > 0) {
+		__atomic_store_n(&h->node->dirty, 1, __ATOMIC_RELEASE);
+		__atomic_add_fetch(&ns->st_bytes_written, (uint64_t)n, __ATOMIC_RELAXED);
+	} else if (n == -ENOSPC) {
+		vp_log(LOG_WARNING, "cache",
+		       "write refused: the RAM cache (ram_cache) is full of data not yet on the PFS and none was freed in %.1f s; raise ram_cache or flush_bw",
+		       ns->cfg.cache_wait);
+	}
+	return n;
+}
+
+ssize_t vp_ns_read(struct vp_ns *ns, struct vp_handle *h, uint64_t off,
+		   size_t len, struct vp_read *rd)
+{
+	ssize_t n = vp_data_read(h->data, off, len, rd);
+
+	if (n > 0)
+		__atomic_add_fetch(&ns->st_bytes_read, (uint64_t)n, __ATOMIC_RELAXED);
+	return n;
+}
+
+int vp_ns_fsync(struct vp_ns *ns, struct vp_handle *h)
+{
+	struct vp_node *n = h->node;
+	struct vp_flush_progress p;
+	char path[PATH_MAX];
+	int rc;
+
+	if (ns->cfg.fsync_mode == VP_FSYNC_CACHE)
+		return 0;
+	/* fsync=pfs: make what was written a version, and wait for the PFS */
+	if (h->writable && __atomic_exchange_n(&n->dirty, 0, __ATOMIC_ACQ_REL)) {
+		struct vp_data *snap = vp_data_clone(h->data);
+
+		if (!snap) {
+			__atomic_store_n(&n->dirty, 1, __ATOMIC_RELEASE);
+			return -ENOMEM;
+		}
+		pthread_mutex_lock(&ns->lock);
+		commit_locked(ns, n, snap);
+		pthread_mutex_unlock(&ns->lock);
+	}
+	pthread_mutex_lock(&ns->lock);
+	rc = live_path_locked(ns, n, path, sizeof(path));
+	pthread_mutex_unlock(&ns->lock);
+	if (rc)
+		return 0;	/* unlinked: nothing will reach the PFS */
+	rc = vp_ns_flush_start(ns, path, &p);
+	while (rc == 0)
+		rc = vp_ns_flush_poll(ns, &p, 1.0);
+	return rc < 0 ? rc : 0;
+}
+
+int vp_ns_fsyncdir(struct vp_ns *ns, uint64_t ino)
+{
+	struct vp_flush_progress p;
+	int rc;
+
+	(void)ino;
+	if (ns->cfg.fsync_mode == VP_FSYNC_CACHE)
+		return 0;
+	/* every entry logged so far, so the directory's own changes are in */
+	rc = vp_ns_flush_start(ns, "", &p);
+	while (rc == 0)
+		rc = vp_ns_flush_poll(ns, &p, 1.0);
+	return rc < 0 ? rc : 0;
+}
+
+/* ---- directories ----------------------------------------------------- */
+
+int vp_ns_opendir(struct vp_ns *ns, uint64_t ino, struct vp_dir **dp)
+{
+	struct vp_node *dir;
+	struct vp_dir *d;
+	size_t i = 0;
+	int rc = get_loaded_dir(ns, ino, &dir);
+
+	if (rc)
+		return rc;
+	pthread_mutex_lock(&ns->lock);
+	d = calloc(1, sizeof(*d));
+	if (d)
+		d->ents = calloc(dir->nchildren + 2, sizeof(*d->ents));
+	if (!d || !d->ents) {
+		rc = -ENOMEM;
+		goto out_unlock;
+	}
+	d->ents[i].ino = dir->ino;
+	d->ents[i].type = S_IFDIR;
+	d->ents[i++].name = strdup(".");
+	d->ents[i].ino = dir->parent ? dir->parent->ino : dir->ino;
+	d->ents[i].type = S_IFDIR;
+	d->ents[i++].name = strdup("..");
+	for (struct vp_node *c = dir->children; c; c = c->sib_next) {
+		d->ents[i].ino = c->ino;
+		d->ents[i].type = c->mode & S_IFMT;
+		d->ents[i++].name = strdup(c->name);
+	}
+	d->n = i;
+	for (i = 0; i < d->n; i++)
+		if (!d->ents[i].name)
+			rc = -ENOMEM;
+out_unlock:
+	vp_node_put(ns, dir);
+	pthread_mutex_unlock(&ns->lock);
+	if (rc) {
+		vp_ns_releasedir(d);
+		return rc;
+	}
+	*dp = d;
+	return 0;
+}
+
+const struct vp_dirent *vp_dir_entry(const struct vp_dir *dir, size_t i)
+{
+	return i < dir->n ? &dir->ents[i] : NULL;
+}
+
+void vp_ns_releasedir(struct vp_dir *dir)
+{
+	if (!dir)
+		return;
+	if (dir->ents)
+		for (size_t i = 0; i < dir->n; i++)
+			free(dir->ents[i].name);
+	free(dir->ents);
+	free(dir);
+}
+
+/* ---- xattrs, status -------------------------------------------------- */
+
+static const char *state_locked(struct vp_node *n)
+{
+	if (n->pfs_version == n->version)
+		return "flushed";
+	if (n->flushing_version == n->version)
+		return "flushing";
+	return "cached";
+}
+
+static ssize_t copy_value(const char *value, char *buf, size_t len)
+{
+	size_t l = strlen(value);
+
+	if (len == 0)
+		return (ssize_t)l;
+	if (l > len)
+		return -ERANGE;
+	memcpy(buf, value, l);
+	return (ssize_t)l;
+}
+
+ssize_t vp_ns_getxattr(struct vp_ns *ns, uint64_t ino, const char *name,
+		       char *buf, size_t len)
+{
+	char value[PATH_MAX];
+	struct vp_node *n;
+	ssize_t rc = -ENODATA;
+
+	pthread_mutex_lock(&ns->lock);
+	n = ino_find_locked(ns, ino);
+	if (!n) {
+		rc = -ESTALE;
+		goto out_unlock;
+	}
+	value[0] = '\0';
+	if (n->type == VP_NODE_FILE && !strcmp(name, XATTR_VERSION))
+		snprintf(value, sizeof(value), "%" PRIu64, n->version);
+	else if (n->type == VP_NODE_FILE && !strcmp(name, XATTR_STATE))
+		snprintf(value, sizeof(value), "%s", state_locked(n));
+	else if (n == ns->root && !strcmp(name, XATTR_CONTROL) &&
+		 ns->control_path[0])
+		snprintf(value, sizeof(value), "%s", ns->control_path);
+	else
+		goto out_unlock;
+	rc = copy_value(value, buf, len);
+out_unlock:
+	pthread_mutex_unlock(&ns->lock);
+	return rc;
+}
+
+ssize_t vp_ns_listxattr(struct vp_ns *ns, uint64_t ino, char *buf, size_t len)
+{
+	static const char file_names[] = XATTR_VERSION "\0" XATTR_STATE;
+	static const char root_names[] = XATTR_CONTROL;
+	struct vp_node *n;
+	const char *names = "";
+	size_t l = 0;
+
+	pthread_mutex_lock(&ns->lock);
+	n = ino_find_locked(ns, ino);
+	if (n && n->type == VP_NODE_FILE) {
+		names = file_names;
+		l = sizeof(file_names);
+	} else if (n == ns->root && ns->control_path[0]) {
+		names = root_names;
+		l = sizeof(root_names);
+	}
+	pthread_mutex_unlock(&ns->lock);
+	if (!n)
+		return -ESTALE;
+	if (len == 0)
+		return (ssize_t)l;
+	if (l > len)
+		return -ERANGE;
+	memcpy(buf, names, l);
+	return (ssize_t)l;
+}
+
+/* Finds a node by its live path ("" or "/" is the root).  ns->lock held. */
+static struct vp_node *resolve_locked(struct vp_ns *ns, const char *path)
+{
+	struct vp_node *n = ns->root;
+	char copy[PATH_MAX], *save = NULL, *part;
+
+	if (strlen(path) >= sizeof(copy))
+		return NULL;
+	strcpy(copy, path);
+	for (part = strtok_r(copy, "/", &save); part && n;
+	     part = strtok_r(NULL, "/", &save)) {
+		if (!strcmp(part, "."))
+			continue;
+		n = n->type == VP_NODE_DIR ? child_find_locked(ns, n, part) : NULL;
+	}
+	return n;
+}
+
+int vp_ns_flush_start(struct vp_ns *ns, const char *path,
+		      struct vp_flush_progress *p)
+{
+	struct vp_node *n;
+	int rc = 0;
+
+	memset(p, 0, sizeof(*p));
+	pthread_mutex_lock(&ns->lock);
+	n = resolve_locked(ns, path);
+	if (!n) {
+		rc = -ENOENT;
+		goto out_unlock;
+	}
+	force_subtree_locked(ns, n);
+	p->target_seq = ns->next_seq - 1;
+	if (p->target_seq > ns->force_seq)
+		ns->force_seq = p->target_seq;
+	pthread_cond_broadcast(&ns->flush_cond);
+out_unlock:
+	pthread_mutex_unlock(&ns->lock);
+	if (!rc)
+		vp_ns_flush_poll(ns, p, 0);
+	return rc;
+}
+
+int vp_ns_flush_poll(struct vp_ns *ns, struct vp_flush_progress *p,
+		     double wait_s)
+{
+	uint64_t left_bytes = 0, left_ops = 0;
+	int rc;
+
+	pthread_mutex_lock(&ns->lock);
+	if (wait_s > 0 && ns->done_seq < p->target_seq) {
+		struct timespec ts;
+		double until = vp_now() + wait_s;
+
+		ts.tv_sec = (time_t)until;
+		ts.tv_nsec = (long)((until - (double)ts.tv_sec) * 1e9);
+		pthread_cond_timedwait(&ns->flush_cond, &ns->lock, &ts);
+	}
+	for (struct flush_op *op = ns->log_head; op && op->seq <= p->target_seq;
+	     op = op->next) {
+		left_ops++;
+		if (op->type == OP_DATA && op->data)
+			left_bytes += op->size - __atomic_load_n(&op->written, __ATOMIC_RELAXED);
+	}
+	if (p->bytes_total < left_bytes + p->bytes_done)
+		p->bytes_total = left_bytes + p->bytes_done;
+	p->bytes_done = p->bytes_total - left_bytes;
+	p->ops_left = left_ops;
+	p->last_error = ns->last_error;
+	rc = ns->done_seq >= p->target_seq;
+	pthread_mutex_unlock(&ns->lock);
+	return rc;
+}
+
+void vp_ns_status_json(struct vp_ns *ns, FILE *out)
+{
+	struct vp_pool_stats ps;
+	uint64_t queued = 0, queued_bytes = 0, files = 0, dirty = 0;
+
+	vp_pool_get_stats(ns->pool, &ps);
+	pthread_mutex_lock(&ns->lock);
+	for (struct flush_op *op = ns->log_head; op; op = op->next) {
+		queued++;
+		if (op->type == OP_DATA && op->data)
+			queued_bytes += op->size;
+	}
+	for (size_t i = 0; i < ns->hash_size; i++)
+		for (struct vp_node *n = ns->by_ino[i]; n; n = n->ino_next)
+			if (n->type == VP_NODE_FILE && n->parent) {
+				files++;
+				dirty += n->pfs_version != n->version;
+			}
+	fprintf(out,
+		"{\"pfs_dir\":\"%s\",\"ram\":{\"budget\":%" PRIu64 ",\"used\":%" PRIu64
+		",\"mapped\":%" PRIu64 ",\"waits\":%" PRIu64 ",\"enospc\":%" PRIu64 "},"
+		"\"files\":%" PRIu64 ",\"unflushed_files\":%" PRIu64 ","
+		"\"flush\":{\"queued_ops\":%" PRIu64 ",\"queued_bytes\":%" PRIu64
+		",\"preparing\":%u,\"flushed_versions\":%" PRIu64 ",\"flushed_bytes\":%" PRIu64
+		",\"skipped_versions\":%" PRIu64 ",\"retries\":%" PRIu64
+		",\"last_lag_s\":%.3f,\"last_error\":\"%s\",\"last_error_path\":\"%s\"},"
+		"\"commits\":%" PRIu64 ",\"evictions\":%" PRIu64
+		",\"bytes_written\":%" PRIu64 ",\"bytes_read\":%" PRIu64 "}\n",
+		ns->pfs_dir, ps.budget, ps.used, ps.mapped, ps.waits, ps.enospc,
+		files, dirty, queued, queued_bytes, ns->preparing,
+		ns->st_flushed_versions, ns->st_flushed_bytes,
+		ns->st_skipped_versions, ns->st_retries, ns->st_last_flush_lag,
+		ns->last_error ? strerror(-ns->last_error) : "",
+		ns->last_error ? ns->last_error_path : "",
+		ns->st_commits, ns->st_evictions,
+		__atomic_load_n(&ns->st_bytes_written, __ATOMIC_RELAXED),
+		__atomic_load_n(&ns->st_bytes_read, __ATOMIC_RELAXED));
+	pthread_mutex_unlock(&ns->lock);
+}
+
+static void json_string(FILE *out, const char *s)
+{
+	fputc('"', out);
+	for (; *s; s++) {
+		unsigned char c = (unsigned char)*s;
+
+		if (c == '"' || c == '\\')
+			fprintf(out, "\\%c", c);
+		else if (c < 0x20)
+			fprintf(out, "\\u%04x", c);
+		else
+			fputc(c, out);
+	}
+	fputc('"', out);
+}
+
+static void versions_locked(struct vp_ns *ns, struct vp_node *n, FILE *out,
+			    int *first)
+{
+	char path[PATH_MAX];
+
+	if (n->type == VP_NODE_DIR) {
+		for (struct vp_node *c = n->children; c; c = c->sib_next)
+			versions_locked(ns, c, out, first);
+		return;
+	}
+	if (n->type != VP_NODE_FILE || live_path_locked(ns, n, path, sizeof(path)))
+		return;
+	fprintf(out, "%s{\"path\":", *first ? "" : ",");
+	json_string(out, path);
+	fprintf(out, ",\"version\":%" PRIu64 ",\"size\":%" PRIu64 ",\"state\":\"%s\",\"writers\":%u}",
+		n->version, node_size_locked(n), state_locked(n), n->writers);
+	*first = 0;
+}
+
+int vp_ns_versions_json(struct vp_ns *ns, const char *path, FILE *out)
+{
+	struct vp_node *n;
+	int first = 1;
+
+	pthread_mutex_lock(&ns->lock);
+	n = resolve_locked(ns, path);
+	if (n) {
+		fputc('[', out);
+		versions_locked(ns, n, out, &first);
+		fputs("]\n", out);
+	}
+	pthread_mutex_unlock(&ns->lock);
+	return n ? 0 : -ENOENT;
+}

@@ -1,0 +1,167 @@
+/*
+ * ns: the viperfs namespace -- inodes, names, versions, open handles -- over
+ * a PFS directory, with the PFS flush scheduler (flush.c) behind it.
+ *
+ * DESIGN: the tree lives in memory.  Directories are read from the PFS
+ * lazily, on first lookup or readdir; file bytes are read from the PFS on
+ * first open and then cached (data.h).  New bytes go to a per-file working
+ * copy; the last writable handle's release (or a truncate of a closed
+ * file, or fsync with fsync=pfs) commits it as a new immutable version with
+ * the next version number.  Every namespace change and every committed
+ * version is appended to the flush log, which flush.c replays on the PFS
+ * in order (flush.h says how).
+ *
+ * This header is the engine's face to fs/: inode numbers, attributes,
+ * handles and errno codes, nothing of FUSE.  Functions return 0, a size,
+ * or -errno.  Lookups that the kernel keeps (lookup, create, mkdir,
+ * symlink) take one node reference that vp_ns_forget() drops.
+ *
+ * THREADING: every function is thread-safe.  Functions that read or write
+ * file bytes, or touch the PFS, may block.
+ */
+#ifndef VP_NS_H
+#define VP_NS_H
+
+#include <stdint.h>
+#include <stdio.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/types.h>
+#include <time.h>
+
+#include "config.h"
+#include "data.h"
+
+#define VP_ROOT_INO 1
+
+struct vp_ns;
+struct vp_handle;
+struct vp_dir;
+
+struct vp_setattr {
+	int set_mode, set_uid, set_gid, set_size, set_atime, set_mtime;
+	int atime_now, mtime_now;
+	mode_t mode;
+	uid_t uid;
+	gid_t gid;
+	uint64_t size;
+	struct timespec atime, mtime;
+};
+
+struct vp_dirent {
+	uint64_t ino;
+	mode_t type;		/* S_IFDIR, S_IFREG or S_IFLNK */
+	char *name;
+};
+
+struct vp_flush_progress {
+	uint64_t target_seq;	/* the log entry to wait for */
+	uint64_t bytes_total;	/* bytes to write up to target_seq */
+	uint64_t bytes_done;
+	uint64_t ops_left;
+	int last_error;		/* -errno of the last failed PFS operation, or 0 */
+};
+
+/*
+ * Opens the namespace over pfs_dir: checks that it exists and is
+ * writable, clears what a crash left in its staging folder, and starts the
+ * flush threads.  cfg is copied.  Returns NULL with a message in err.
+ */
+struct vp_ns *vp_ns_new(const struct vp_config *cfg, const char *pfs_dir,
+			char *err, size_t errlen);
+
+/*
+ * Flushes what is not yet on the PFS (waiting up to cfg->unmount_wait),
+ * logs what could not be flushed, stops the threads and frees everything.
+ * Open handles must have been released.  Returns the number of file
+ * versions left unflushed.
+ */
+unsigned int vp_ns_free(struct vp_ns *ns);
+
+const struct vp_config *vp_ns_config(struct vp_ns *ns);
+
+/* Names and attributes.  *st gets the node's attributes on success. */
+int vp_ns_lookup(struct vp_ns *ns, uint64_t parent, const char *name,
+		 struct stat *st);
+void vp_ns_forget(struct vp_ns *ns, uint64_t ino, uint64_t nlookup);
+int vp_ns_getattr(struct vp_ns *ns, uint64_t ino, struct stat *st);
+/* h may be NULL; a size change goes to h's working copy when it has one. */
+int vp_ns_setattr(struct vp_ns *ns, uint64_t ino, const struct vp_setattr *sa,
+		  struct vp_handle *h, struct stat *st);
+int vp_ns_mkdir(struct vp_ns *ns, uint64_t parent, const char *name,
+		mode_t mode, uid_t uid, gid_t gid, struct stat *st);
+int vp_ns_symlink(struct vp_ns *ns, uint64_t parent, const char *name,
+		  const char *target, uid_t uid, gid_t gid, struct stat *st);
+/* Copies the target, NUL-terminated, into buf of size len. */
+int vp_ns_readlink(struct vp_ns *ns, uint64_t ino, char *buf, size_t len);
+int vp_ns_unlink(struct vp_ns *ns, uint64_t parent, const char *name);
+int vp_ns_rmdir(struct vp_ns *ns, uint64_t parent, const char *name);
+/* flags: 0, RENAME_NOREPLACE or RENAME_EXCHANGE (the latter: -EINVAL). */
+int vp_ns_rename(struct vp_ns *ns, uint64_t parent, const char *name,
+		 uint64_t newparent, const char *newname, unsigned int flags);
+int vp_ns_statfs(struct vp_ns *ns, struct statvfs *sv);
+
+/*
+ * Files.  vp_ns_create() and vp_ns_open() return a new handle in *hp that
+ * vp_ns_release() frees.  *keep_cache says whether the kernel's cached
+ * pages of this inode are still the bytes this handle reads.
+ */
+int vp_ns_create(struct vp_ns *ns, uint64_t parent, const char *name,
+		 mode_t mode, int flags, uid_t uid, gid_t gid,
+		 struct stat *st, struct vp_handle **hp);
+int vp_ns_open(struct vp_ns *ns, uint64_t ino, int flags,
+	       struct vp_handle **hp, int *keep_cache);
+/* Releases a handle; the last writable one commits a version. */
+int vp_ns_release(struct vp_ns *ns, struct vp_handle *h);
+int vp_handle_writable(const struct vp_handle *h);
+ssize_t vp_ns_write(struct vp_ns *ns, struct vp_handle *h, const void *buf,
+		    size_t len, uint64_t off);
+/* Reads through the handle's version (data.h's vp_data_read). */
+ssize_t vp_ns_read(struct vp_ns *ns, struct vp_handle *h, uint64_t off,
+		   size_t len, struct vp_read *rd);
+/* fsync of a file; what it waits for is cfg->fsync_mode. */
+int vp_ns_fsync(struct vp_ns *ns, struct vp_handle *h);
+
+/* fsync of a directory: with fsync=pfs, waits until the PFS has caught up. */
+int vp_ns_fsyncdir(struct vp_ns *ns, uint64_t ino);
+
+/* Directories: a stable snapshot of the entries, taken at open. */
+int vp_ns_opendir(struct vp_ns *ns, uint64_t ino, struct vp_dir **dp);
+/* Entry i of the snapshot, or NULL past the end. */
+const struct vp_dirent *vp_dir_entry(const struct vp_dir *dir, size_t i);
+void vp_ns_releasedir(struct vp_dir *dir);
+
+/*
+ * Extended attributes: viperfs' own, read-only: "user.viperfs.version",
+ * "user.viperfs.state" (cached, flushing, flushed) and, on the root,
+ * "user.viperfs.control" (the control socket).  Returns the value length;
+ * with len 0 only the length.  -ENODATA for other names.
+ */
+ssize_t vp_ns_getxattr(struct vp_ns *ns, uint64_t ino, const char *name,
+		       char *buf, size_t len);
+ssize_t vp_ns_listxattr(struct vp_ns *ns, uint64_t ino, char *buf, size_t len);
+
+/*
+ * Flush control.  vp_ns_flush_start() queues a flush of every version not
+ * yet on the PFS under path ("" or "/" for all), even where the flush
+ * policy would skip it, and fills *p with a target to wait for.
+ * vp_ns_flush_poll() updates *p and waits up to wait_s for progress;
+ * it returns 1 when the target is reached, 0 if not yet, -errno on error.
+ */
+int vp_ns_flush_start(struct vp_ns *ns, const char *path,
+		      struct vp_flush_progress *p);
+int vp_ns_flush_poll(struct vp_ns *ns, struct vp_flush_progress *p,
+		     double wait_s);
+
+/* Writes a JSON object describing the mount (tiers, flush, stats). */
+void vp_ns_status_json(struct vp_ns *ns, FILE *out);
+/*
+ * Writes a JSON array of {path, version, size, state} for path and, if it
+ * is a directory, everything below it.  Returns 0 or -ENOENT.
+ */
+int vp_ns_versions_json(struct vp_ns *ns, const char *path, FILE *out);
+
+/* Sets the control socket path that getxattr reports. */
+void vp_ns_set_control_path(struct vp_ns *ns, const char *path);
+
+#endif

@@ -1,0 +1,69 @@
+/*
+ * pool: fixed-size chunk memory for the RAM cache tier, under a budget.
+ *
+ * DESIGN: a page fault costs 15-20 us here, so chunk memory comes from
+ * slabs that are faulted in when they are mapped (MADV_POPULATE_WRITE,
+ * transparent huge pages where the kernel gives them) and then kept: a
+ * freed chunk goes back on a free list, warm, and is not returned to the
+ * kernel until the pool is freed.
+ *
+ * Backpressure: when the budget is used up, vp_pool_alloc() calls the
+ * pressure callback (which should make clean data go away, e.g. by waking
+ * the flusher's evictor) and waits, for a bounded time, for a chunk to be
+ * freed.  Then it fails with -ENOSPC.
+ *
+ * THREADING: all functions are thread-safe.  The pressure callback is
+ * called with no pool lock held.  pool->lock is a leaf lock.
+ */
+#ifndef VP_POOL_H
+#define VP_POOL_H
+
+#include <pthread.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct vp_pool_stats {
+	uint64_t budget;	/* bytes */
+	uint64_t used;		/* bytes handed out */
+	uint64_t mapped;	/* bytes mapped and faulted in */
+	uint64_t waits;		/* allocations that had to wait for space */
+	uint64_t enospc;	/* allocations that gave up */
+};
+
+struct vp_pool;
+
+/*
+ * Creates a pool of chunk_size chunks (a multiple of the page size) with
+ * budget bytes at most, prefault bytes of it mapped and faulted in now.
+ * Returns NULL with errno set.
+ */
+struct vp_pool *vp_pool_new(size_t chunk_size, uint64_t budget,
+			    uint64_t prefault);
+
+/* Frees the pool.  Every chunk must have been freed. */
+void vp_pool_free(struct vp_pool *pool);
+
+/*
+ * Sets the function called when an allocation finds the budget used up.
+ * Call before other threads use the pool.
+ */
+void vp_pool_set_pressure_cb(struct vp_pool *pool, void (*cb)(void *),
+			     void *arg);
+
+/*
+ * Returns one chunk of memory (contents undefined), or NULL with *err set
+ * to -ENOSPC when none was freed within wait_s seconds (0: do not wait),
+ * or -ENOMEM when the kernel refused memory.  May block.
+ */
+void *vp_pool_get_chunk(struct vp_pool *pool, double wait_s, int *err);
+
+/* Gives a chunk back.  Never blocks for long. */
+void vp_pool_put_chunk(struct vp_pool *pool, void *mem);
+
+size_t vp_pool_chunk_size(const struct vp_pool *pool);
+void vp_pool_get_stats(struct vp_pool *pool, struct vp_pool_stats *st);
+
+/* Bytes that may still be handed out before the budget is reached. */
+uint64_t vp_pool_available(struct vp_pool *pool);
+
+#endif
