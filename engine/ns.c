@@ -724,10 +724,11 @@ static void force_subtree_locked(struct vp_ns *ns, struct vp_node *n)
 	}
 	if (n->type != VP_NODE_FILE || !n->cur)
 		return;
-	if (n->pending) {
+	if (n->pending && n->pending->version == n->version) {
 		n->pending->forced = 1;
 		return;
 	}
+	/* a queued entry with an older version (flush=every:N) takes the newest */
 	if (n->pfs_version != n->version && n->flushing_version != n->version)
 		vp_flush_commit_locked(ns, n, 1);
 }

@@ -99,7 +99,14 @@ struct vp_pool *vp_pool_new(size_t chunk_size, uint64_t budget,
 	if (!pool)
 		return NULL;
 	pthread_mutex_init(&pool->lock, NULL);
-	pthread_cond_init(&pool->freed, NULL);
+	{
+		pthread_condattr_t ca;
+
+		pthread_condattr_init(&ca);
+		pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+		pthread_cond_init(&pool->freed, &ca);
+		pthread_condattr_destroy(&ca);
+	}
 	pool->chunk_size = chunk_size;
 	pool->budget = budget / chunk_size * chunk_size;
 	if (prefault > pool->budget)

@@ -16,7 +16,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stddef.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include "../engine/config.h"
@@ -101,6 +104,34 @@ static void raise_read_ahead(const char *mountpoint)
 		if (fclose(f))
 			vp_log(LOG_DEBUG, "fs", "could not raise read_ahead_kb: %s", strerror(errno));
 	}
+}
+
+/*
+ * Tells a supervisor that the mount is ready, with the sd_notify protocol
+ * (systemd Type=notify, and the tests): a datagram "READY=1" to the Unix
+ * socket named by $NOTIFY_SOCKET.  No-op without it.
+ */
+static void notify_ready(void)
+{
+	const char *path = getenv("NOTIFY_SOCKET");
+	struct sockaddr_un addr = { .sun_family = AF_UNIX };
+	char msg[64];
+	int fd;
+
+	if (!path || !*path || strlen(path) >= sizeof(addr.sun_path))
+		return;
+	strcpy(addr.sun_path, path);
+	if (addr.sun_path[0] == '@')
+		addr.sun_path[0] = '\0';	/* abstract namespace */
+	fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return;
+	snprintf(msg, sizeof(msg), "READY=1\nMAINPID=%d", (int)getpid());
+	if (sendto(fd, msg, strlen(msg), 0, (struct sockaddr *)&addr,
+		   (socklen_t)(offsetof(struct sockaddr_un, sun_path) + strlen(path))) < 0)
+		vp_log(LOG_WARNING, "fs", "could not notify '%s' of readiness: %s",
+		       path, strerror(errno));
+	close(fd);
 }
 
 static int default_control_path(char *buf, size_t len)
@@ -259,6 +290,7 @@ int main(int argc, char **argv)
 	}
 
 	vp_log(LOG_NOTICE, "fs", "mounted '%s' on '%s'", pfs_dir, mountpoint);
+	notify_ready();
 	if (report_fd >= 0) {
 		int devnull = open("/dev/null", O_RDWR);
 

@@ -1,0 +1,164 @@
+"""Fixtures for integration tests on real viperfs mounts.
+
+Every mount is a real FUSE file system served by build/viperfs, started
+with -f so the test knows its PID, and awaited through the sd_notify
+readiness message (no sleeps).  Teardown unmounts, waits for the daemon
+to exit (killing only that PID if it hangs), unmounts any tmpfs the test
+made, and removes the temporary directories -- also when the test failed.
+"""
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+VIPERFS = os.path.join(ROOT, "build", "viperfs")
+VIPERCTL = os.path.join(ROOT, "build", "viperctl")
+
+
+def is_mounted(path):
+    path = os.path.realpath(path)
+    with open("/proc/self/mounts") as f:
+        return any(line.split()[1] == path for line in f)
+
+
+class Mount:
+    """One viperfs daemon serving pfs at mnt."""
+
+    def __init__(self, base, pfs, mnt, opts):
+        self.base, self.pfs, self.mnt, self.opts = base, pfs, mnt, opts
+        self.proc = None
+        self.log = os.path.join(base, "viperfs-%d.log" % time.monotonic_ns())
+
+    def start(self, timeout=30):
+        sock_path = os.path.join(self.base, "notify.sock")
+        if os.path.exists(sock_path):
+            os.unlink(sock_path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(sock_path)
+        sock.settimeout(timeout)
+        opts = "control=%s,log_file=%s,ram_prefault=8M" % (
+            os.path.join(self.base, "ctl.sock"), self.log)
+        if self.opts:
+            opts += "," + self.opts
+        env = dict(os.environ, NOTIFY_SOCKET=sock_path)
+        self.proc = subprocess.Popen([VIPERFS, "-f", "-o", opts, self.pfs, self.mnt],
+                                     env=env, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE)
+        try:
+            msg = sock.recv(256).decode()
+        except socket.timeout:
+            self.proc.kill()
+            err = self.proc.communicate()[1].decode()
+            raise RuntimeError("viperfs did not become ready: %s %s" % (err, self.read_log()))
+        finally:
+            sock.close()
+            os.unlink(sock_path)
+        assert "READY=1" in msg
+        assert is_mounted(self.mnt)
+        return self
+
+    def read_log(self):
+        try:
+            with open(self.log) as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def path(self, *parts):
+        return os.path.join(self.mnt, *parts)
+
+    def pfs_path(self, *parts):
+        return os.path.join(self.pfs, *parts)
+
+    def ctl(self, *args, check=True):
+        r = subprocess.run([VIPERCTL, *args], capture_output=True, text=True, timeout=300)
+        if check and r.returncode != 0:
+            raise AssertionError("viperctl %s: %s %s" % (args, r.stdout, r.stderr))
+        return r
+
+    def flush(self, path=None):
+        self.ctl("flush", path or self.mnt)
+
+    def stop(self, timeout=120):
+        """Unmounts and waits for the daemon to finish flushing and exit."""
+        if self.proc is None:
+            return None
+        if is_mounted(self.mnt):
+            subprocess.run(["fusermount3", "-u", self.mnt], capture_output=True)
+        try:
+            rc = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            rc = self.proc.wait()
+        if is_mounted(self.mnt):
+            subprocess.run(["fusermount3", "-uz", self.mnt], capture_output=True)
+        self.proc.stderr.close()
+        self.proc = None
+        return rc
+
+    def kill9(self):
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        self.proc.stderr.close()
+        self.proc = None
+        # the kernel keeps the dead mount until it is unmounted
+        subprocess.run(["fusermount3", "-uz", self.mnt], capture_output=True)
+
+
+class World:
+    """Temporary directories, tmpfs mounts and viperfs mounts of one test."""
+
+    def __init__(self):
+        self.base = tempfile.mkdtemp(prefix="viperfs-it-")
+        self.mounts = []
+        self.tmpfs = []
+
+    def dir(self, name):
+        p = os.path.join(self.base, name)
+        os.makedirs(p, exist_ok=True)
+        return p
+
+    def make_tmpfs(self, name, size="512m"):
+        p = self.dir(name)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=%s" % size, "tmpfs", p], check=True)
+        self.tmpfs.append(p)
+        return p
+
+    def set_readonly(self, path, ro):
+        subprocess.run(["mount", "-o", "remount,%s" % ("ro" if ro else "rw"), path], check=True)
+
+    def mount(self, opts="", pfs=None, mnt=None):
+        m = Mount(self.base, pfs or self.dir("pfs"), mnt or self.dir("mnt"), opts)
+        self.mounts.append(m)
+        return m.start()
+
+    def cleanup(self):
+        for m in self.mounts:
+            try:
+                m.stop(timeout=60)
+            except Exception:
+                pass
+        for p in reversed(self.tmpfs):
+            subprocess.run(["umount", "-l", p], capture_output=True)
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+@pytest.fixture
+def world():
+    w = World()
+    try:
+        yield w
+    finally:
+        w.cleanup()
+
+
+@pytest.fixture
+def mnt(world):
+    """A fresh mount over an empty PFS directory, with default options."""
+    return world.mount()

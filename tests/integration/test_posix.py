@@ -1,0 +1,225 @@
+"""POSIX behaviour that model loaders and servers rely on, on a real mount."""
+import ctypes
+import errno
+import fcntl
+import mmap
+import os
+import stat
+import subprocess
+
+import pytest
+
+
+def read(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def write(path, data):
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def test_create_write_read_and_version_xattr(mnt):
+    p = mnt.path("a.bin")
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    write(p, data)
+    assert read(p) == data
+    assert os.stat(p).st_size == len(data)
+    assert os.getxattr(p, "user.viperfs.version") == b"1"
+    write(p, b"second")
+    assert os.getxattr(p, "user.viperfs.version") == b"2"
+    assert read(p) == b"second"
+    assert mnt.ctl("version", p).stdout.strip() == "2"
+
+
+def test_positional_overwrite_holes_and_truncate(mnt):
+    p = mnt.path("h.bin")
+    fd = os.open(p, os.O_CREAT | os.O_RDWR, 0o644)
+    os.pwrite(fd, b"tail", 5 * 1024 * 1024)        # a hole before it
+    os.pwrite(fd, b"head", 0)
+    os.pwrite(fd, b"XY", 1)                           # overwrite in place
+    assert os.pread(fd, 4, 0) == b"hXYd"              # reads own writes
+    os.ftruncate(fd, 5 * 1024 * 1024 + 2)
+    os.close(fd)
+    data = read(p)
+    assert len(data) == 5 * 1024 * 1024 + 2
+    assert data[:4] == b"hXYd"
+    assert data[4:5 * 1024 * 1024] == bytes(5 * 1024 * 1024 - 4)
+    assert data[-2:] == b"ta"
+    os.truncate(p, 3)                                 # truncate a closed file
+    assert read(p) == b"hXY"
+    with open(p, "r+b") as f:                         # reopen and extend
+        f.seek(10)
+        f.write(b"!")
+    assert read(p) == b"hXY" + bytes(7) + b"!"
+
+
+def test_namespace_ops_and_dir_mtime(mnt):
+    d = mnt.path("models")
+    os.mkdir(d)
+    m0 = os.stat(d).st_mtime_ns
+    write(os.path.join(d, "x"), b"1")
+    m1 = os.stat(d).st_mtime_ns
+    assert m1 > m0                                    # create changes it
+    os.rename(os.path.join(d, "x"), os.path.join(d, "y"))
+    m2 = os.stat(d).st_mtime_ns
+    assert m2 > m1                                    # rename changes it
+    os.unlink(os.path.join(d, "y"))
+    assert os.stat(d).st_mtime_ns > m2                # unlink changes it
+    assert os.listdir(d) == []
+    os.makedirs(mnt.path("a", "b", "c"))
+    write(mnt.path("a", "b", "c", "f"), b"deep")
+    os.rename(mnt.path("a"), mnt.path("z"))
+    assert read(mnt.path("z", "b", "c", "f")) == b"deep"
+    with pytest.raises(OSError) as e:
+        os.rmdir(mnt.path("z"))
+    assert e.value.errno == errno.ENOTEMPTY
+    # atomic replacing rename of files and of an empty directory
+    write(mnt.path("old"), b"old")
+    write(mnt.path("new"), b"new")
+    os.replace(mnt.path("new"), mnt.path("old"))
+    assert read(mnt.path("old")) == b"new"
+    assert not os.path.exists(mnt.path("new"))
+    os.mkdir(mnt.path("e1"))
+    os.mkdir(mnt.path("e2"))
+    os.replace(mnt.path("e1"), mnt.path("e2"))
+    assert sorted(os.listdir(mnt.mnt)) == ["e2", "models", "old", "z"]
+
+
+def test_symlink_attrs_and_bad_names(mnt):
+    write(mnt.path("target"), b"t")
+    os.symlink("target", mnt.path("link"))
+    assert os.readlink(mnt.path("link")) == "target"
+    assert read(mnt.path("link")) == b"t"
+    assert stat.S_ISLNK(os.lstat(mnt.path("link")).st_mode)
+    os.chmod(mnt.path("target"), 0o600)
+    assert stat.S_IMODE(os.stat(mnt.path("target")).st_mode) == 0o600
+    os.chown(mnt.path("target"), 1234, 5678)
+    st = os.stat(mnt.path("target"))
+    assert (st.st_uid, st.st_gid) == (1234, 5678)
+    os.utime(mnt.path("target"), ns=(1_000_000_000, 2_000_000_000))
+    assert os.stat(mnt.path("target")).st_mtime_ns == 2_000_000_000
+    with pytest.raises(OSError) as e:
+        open(mnt.path("n" * 256), "wb")
+    assert e.value.errno == errno.ENAMETOOLONG
+    with pytest.raises(OSError) as e:
+        os.mkdir(mnt.path(".viperfs-staging"))
+    assert e.value.errno == errno.EPERM
+    with pytest.raises(OSError) as e:
+        os.mknod(mnt.path("fifo"), 0o600 | stat.S_IFIFO)
+    assert e.value.errno == errno.EPERM
+    with pytest.raises(OSError) as e:
+        os.link(mnt.path("target"), mnt.path("hard"))
+    assert e.value.errno == errno.EPERM
+
+
+def test_fsync_flock_statfs_fallocate(mnt):
+    p = mnt.path("f")
+    fd = os.open(p, os.O_CREAT | os.O_RDWR, 0o644)
+    os.write(fd, b"data")
+    os.fsync(fd)
+    os.fdatasync(fd)
+    dfd = os.open(mnt.mnt, os.O_RDONLY | os.O_DIRECTORY)
+    os.fsync(dfd)
+    os.close(dfd)
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+    assert libc.fallocate(fd, 0, 0, 1 << 20) == -1
+    assert ctypes.get_errno() in (errno.EOPNOTSUPP, errno.ENOTSUP)
+    os.posix_fallocate(fd, 0, 8192)          # glibc falls back to writing zeros
+    assert os.fstat(fd).st_size == 8192
+    fd2 = os.open(p, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    with pytest.raises(BlockingIOError):
+        fcntl.flock(fd2, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    fcntl.flock(fd2, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.close(fd2)
+    os.close(fd)
+    sv = os.statvfs(mnt.mnt)
+    assert sv.f_blocks > 0 and sv.f_namemax == 255
+
+
+def test_mmap_shared_and_private(mnt):
+    p = mnt.path("w.npy")
+    data = os.urandom(2 * 1024 * 1024)
+    write(p, data)
+    with open(p, "rb") as f:
+        with mmap.mmap(f.fileno(), 0, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ) as m:
+            assert m[:] == data
+        with mmap.mmap(f.fileno(), 0, flags=mmap.MAP_PRIVATE,
+                       prot=mmap.PROT_READ | mmap.PROT_WRITE) as m:
+            m[0:4] = b"priv"                # private: not written back
+            assert m[:4] == b"priv"
+    assert read(p) == data
+
+
+def test_reader_of_replaced_file_keeps_old_bytes(mnt):
+    p = mnt.path("model.pt")
+    old = os.urandom(1 << 20)
+    write(p, old)
+    with open(p, "rb") as reader:
+        head = reader.read(1000)
+        new = os.urandom(1 << 20)
+        write(mnt.path("model.pt.tmp"), new)
+        os.replace(mnt.path("model.pt.tmp"), p)
+        assert head + reader.read() == old        # the version it opened
+    assert read(p) == new                         # new opens get the new one
+
+
+def test_existing_pfs_tree_is_shown_and_read_lazily(world):
+    pfs = world.dir("pfs")
+    os.makedirs(os.path.join(pfs, "run1", "ckpt"))
+    blob = os.urandom(3 << 20)
+    write(os.path.join(pfs, "run1", "ckpt", "weights.bin"), blob)
+    os.symlink("ckpt/weights.bin", os.path.join(pfs, "run1", "latest"))
+    m = world.mount()
+    assert sorted(os.listdir(m.mnt)) == ["run1"]      # staging folder hidden
+    assert sorted(os.listdir(m.path("run1"))) == ["ckpt", "latest"]
+    assert read(m.path("run1", "latest")) == blob
+    assert os.getxattr(m.path("run1", "ckpt", "weights.bin"), "user.viperfs.state") == b"flushed"
+
+
+def test_daemon_mode_returns_once_mounted_and_bad_pfs_is_refused(world):
+    from conftest import VIPERFS, is_mounted
+    mnt = world.dir("dmnt")
+    r = subprocess.run([VIPERFS, "-o", "control=%s/d.sock,ram_prefault=0" % world.base,
+                        world.dir("dpfs"), mnt], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert is_mounted(mnt)                  # ready when the command returned
+    write(os.path.join(mnt, "x"), b"y")
+    subprocess.run(["fusermount3", "-u", mnt], check=True)
+
+    r = subprocess.run([VIPERFS, world.base + "/nonexistent", mnt],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1
+    assert "nonexistent" in r.stderr and "No such file" in r.stderr
+    ro = world.make_tmpfs("ro-pfs", "16m")
+    world.set_readonly(ro, True)
+    r = subprocess.run([VIPERFS, ro, mnt], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1
+    assert "not writable" in r.stderr and "Read-only" in r.stderr
+    r = subprocess.run([VIPERFS, "-o", "flush=sometimes", world.dir("dpfs"), mnt],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "flush" in r.stderr
+    assert not is_mounted(mnt)
+
+
+def test_config_file_and_help(world):
+    from conftest import VIPERFS
+    cfg = os.path.join(world.base, "viperfs.conf")
+    with open(cfg, "w") as f:
+        f.write("# test\nfsync = pfs\nflush_interval = 1h\n")
+    m = world.mount("config=%s" % cfg)
+    p = m.path("durable")
+    with open(p, "wb") as f:
+        f.write(b"on the pfs when fsync returns")
+        f.flush()
+        os.fsync(f.fileno())
+        # fsync=pfs: the bytes are on the PFS now, despite flush_interval=1h
+        assert read(m.pfs_path("durable")) == b"on the pfs when fsync returns"
+    h = subprocess.run([VIPERFS, "--help"], capture_output=True, text=True)
+    assert h.returncode == 0
+    for opt in ("ram_cache", "flush_bw", "flush_interval", "fsync", "cache_wait"):
+        assert opt in h.stdout

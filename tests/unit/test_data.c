@@ -1,0 +1,216 @@
+/* Unit tests: chunked version data, holes, truncate, copy-on-write. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "../../engine/data.h"
+#include "../../engine/pool.h"
+
+#define CHUNK (1u << 20)
+
+static int setup(void **state)
+{
+	*state = vp_pool_new(CHUNK, 64 * CHUNK, 0);
+	return *state ? 0 : -1;
+}
+
+static int teardown(void **state)
+{
+	struct vp_pool *pool = *state;
+	struct vp_pool_stats st;
+
+	vp_pool_get_stats(pool, &st);
+	assert_int_equal(st.used, 0);	/* every chunk came back */
+	vp_pool_free(pool);
+	return 0;
+}
+
+static void fill(char *buf, size_t len, unsigned int seed)
+{
+	for (size_t i = 0; i < len; i++)
+		buf[i] = (char)((i * 31 + seed) & 0xff);
+}
+
+static void test_write_read_across_chunks(void **state)
+{
+	struct vp_data *d = vp_data_new(*state);
+	size_t len = 3 * CHUNK + 12345;
+	char *in = malloc(len), *out = malloc(len);
+
+	fill(in, len, 7);
+	/* an unaligned write spanning four chunks */
+	assert_int_equal(vp_data_write(d, in, len, 1000, 0), (ssize_t)len);
+	assert_int_equal(vp_data_size(d), len + 1000);
+	assert_int_equal(vp_data_pread(d, out, len, 1000), (ssize_t)len);
+	assert_memory_equal(in, out, len);
+	/* the first 1000 bytes are a hole: zeros */
+	assert_int_equal(vp_data_pread(d, out, 1000, 0), 1000);
+	for (int i = 0; i < 1000; i++)
+		assert_int_equal(out[i], 0);
+	/* reads past EOF are empty, reads across it short */
+	assert_int_equal(vp_data_pread(d, out, 10, len + 1000), 0);
+	assert_int_equal(vp_data_pread(d, out, 100, len + 950), 50);
+	vp_data_put(d);
+	free(in);
+	free(out);
+}
+
+static void test_holes_and_overwrite(void **state)
+{
+	struct vp_data *d = vp_data_new(*state);
+	char buf[4096], out[4096];
+
+	memset(buf, 'a', sizeof(buf));
+	/* write far out: everything before is a hole that holds no memory */
+	assert_int_equal(vp_data_write(d, buf, 10, 20ULL * CHUNK, 0), 10);
+	assert_int_equal(vp_data_size(d), 20ULL * CHUNK + 10);
+	assert_int_equal(vp_data_resident(d), CHUNK);
+	assert_int_equal(vp_data_pread(d, out, 4096, 5ULL * CHUNK), 4096);
+	for (int i = 0; i < 4096; i++)
+		assert_int_equal(out[i], 0);
+	/* positional overwrite in the middle of written bytes */
+	memset(buf, 'b', 4);
+	assert_int_equal(vp_data_write(d, buf, 4, 20ULL * CHUNK + 3, 0), 4);
+	assert_int_equal(vp_data_pread(d, out, 10, 20ULL * CHUNK), 10);
+	assert_memory_equal(out, "aaabbbbaaa", 10);
+	vp_data_put(d);
+}
+
+static void test_truncate_then_grow_reads_zeros(void **state)
+{
+	struct vp_data *d = vp_data_new(*state);
+	char buf[8192], out[8192];
+
+	memset(buf, 'x', sizeof(buf));
+	assert_int_equal(vp_data_write(d, buf, sizeof(buf), 0, 0), sizeof(buf));
+	assert_int_equal(vp_data_truncate(d, 100, 0), 0);
+	assert_int_equal(vp_data_size(d), 100);
+	assert_int_equal(vp_data_truncate(d, 8192, 0), 0);
+	assert_int_equal(vp_data_pread(d, out, 8192, 0), 8192);
+	for (int i = 0; i < 100; i++)
+		assert_int_equal(out[i], 'x');
+	for (int i = 100; i < 8192; i++)
+		assert_int_equal(out[i], 0);
+	assert_int_equal(vp_data_truncate(d, 0, 0), 0);
+	assert_int_equal(vp_data_resident(d), 0);
+	vp_data_put(d);
+}
+
+static void test_clone_is_copy_on_write(void **state)
+{
+	struct vp_data *a = vp_data_new(*state), *b;
+	char buf[100], out[100];
+	uint64_t sa, sb, sa2;
+
+	memset(buf, '1', sizeof(buf));
+	vp_data_write(a, buf, sizeof(buf), 0, 0);
+	vp_data_checksum(a, &sa);
+	b = vp_data_clone(a);
+	assert_non_null(b);
+	memset(buf, '2', 10);
+	assert_int_equal(vp_data_write(b, buf, 10, 50, 0), 10);
+	/* the original is untouched */
+	assert_int_equal(vp_data_pread(a, out, 100, 0), 100);
+	for (int i = 0; i < 100; i++)
+		assert_int_equal(out[i], '1');
+	vp_data_checksum(a, &sa2);
+	vp_data_checksum(b, &sb);
+	assert_true(sa == sa2);
+	assert_true(sa != sb);
+	vp_data_put(a);
+	assert_int_equal(vp_data_pread(b, out, 100, 0), 100);
+	assert_int_equal(out[55], '2');
+	vp_data_put(b);
+}
+
+static void test_reader_keeps_chunk_while_writer_changes_it(void **state)
+{
+	struct vp_data *d = vp_data_new(*state);
+	struct vp_read rd;
+	char buf[64];
+
+	memset(buf, 'o', sizeof(buf));
+	vp_data_write(d, buf, sizeof(buf), 0, 0);
+	assert_int_equal(vp_data_read(d, 0, 64, &rd), 64);
+	memset(buf, 'n', sizeof(buf));
+	vp_data_write(d, buf, sizeof(buf), 0, 0);	/* must copy, not scribble */
+	assert_int_equal(((const char *)rd.seg[0].ptr)[0], 'o');
+	vp_read_release(&rd);
+	assert_int_equal(vp_data_pread(d, buf, 1, 0), 1);
+	assert_int_equal(buf[0], 'n');
+	vp_data_put(d);
+}
+
+static void test_backed_data_reads_file_lazily(void **state)
+{
+	char path[] = "/tmp/vp-test-backed-XXXXXX";
+	int fd = mkstemp(path);
+	size_t len = 2 * CHUNK + 77;
+	char *in = malloc(len), *out = malloc(len);
+	struct vp_data *d, *w;
+
+	fill(in, len, 3);
+	assert_int_equal(write(fd, in, len), (ssize_t)len);
+	d = vp_data_new_backed(*state, fd, len);
+	assert_int_equal(vp_data_resident(d), 0);
+	assert_false(vp_data_fully_resident(d));
+	assert_int_equal(vp_data_pread(d, out, len, 0), (ssize_t)len);
+	assert_memory_equal(in, out, len);
+	assert_true(vp_data_fully_resident(d));	/* cached on first read */
+
+	/* a working copy edits one byte; the rest still comes from the file */
+	w = vp_data_clone(d);
+	vp_data_put(d);
+	assert_int_equal(vp_data_write(w, "Z", 1, CHUNK + 5, 0), 1);
+	in[CHUNK + 5] = 'Z';
+	/* truncating below the file's end and growing reads zeros, not file bytes */
+	assert_int_equal(vp_data_truncate(w, CHUNK + 10, 0), 0);
+	assert_int_equal(vp_data_truncate(w, len, 0), 0);
+	memset(in + CHUNK + 10, 0, len - CHUNK - 10);
+	assert_int_equal(vp_data_pread(w, out, len, 0), (ssize_t)len);
+	assert_memory_equal(in, out, len);
+	vp_data_put(w);
+	unlink(path);
+	free(in);
+	free(out);
+}
+
+static void test_write_blocks_then_enospc(void **state)
+{
+	struct vp_pool *small = vp_pool_new(CHUNK, 2 * CHUNK, 0);
+	struct vp_data *d = vp_data_new(small);
+	char *buf = calloc(1, 3 * CHUNK);
+	struct vp_pool_stats st;
+
+	(void)state;
+	/* two chunks fit; the third waits 50 ms and gives up */
+	assert_int_equal(vp_data_write(d, buf, 3 * CHUNK, 0, 0.05), 2 * CHUNK);
+	assert_int_equal(vp_data_write(d, buf, CHUNK, 2 * CHUNK, 0.05), -ENOSPC);
+	/* what was written is intact */
+	assert_int_equal(vp_data_size(d), 2 * CHUNK);
+	vp_pool_get_stats(small, &st);
+	assert_int_equal(st.enospc, 2);
+	vp_data_put(d);
+	vp_pool_free(small);
+	free(buf);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_write_read_across_chunks),
+		cmocka_unit_test(test_holes_and_overwrite),
+		cmocka_unit_test(test_truncate_then_grow_reads_zeros),
+		cmocka_unit_test(test_clone_is_copy_on_write),
+		cmocka_unit_test(test_reader_keeps_chunk_while_writer_changes_it),
+		cmocka_unit_test(test_backed_data_reads_file_lazily),
+		cmocka_unit_test(test_write_blocks_then_enospc),
+	};
+	return cmocka_run_group_tests_name("data", tests, setup, teardown);
+}

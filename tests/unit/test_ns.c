@@ -1,0 +1,403 @@
+/*
+ * Unit tests: the namespace and its flush log, against a temporary
+ * directory as the PFS (no FUSE mount).  They look at the log through
+ * ns_i.h, as engine-internal tests may.
+ */
+#define _GNU_SOURCE
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "../../engine/log.h"
+#include "../../engine/ns_i.h"
+
+struct fixture {
+	char pfs[64];
+	char outside[64];
+	struct vp_ns *ns;
+};
+
+static struct vp_ns *open_ns(struct fixture *fx, const char *opts)
+{
+	struct vp_config cfg;
+	char err[512];
+
+	vp_config_defaults(&cfg);
+	cfg.ram_cache = 64ULL << 20;
+	cfg.ram_prefault = 0;
+	cfg.log_level = LOG_CRIT;
+	if (opts)
+		assert_int_equal(vp_config_parse_opts(&cfg, opts, NULL, 0, err, sizeof(err)), 0);
+	fx->ns = vp_ns_new(&cfg, fx->pfs, err, sizeof(err));
+	if (!fx->ns)
+		fail_msg("vp_ns_new: %s", err);
+	return fx->ns;
+}
+
+static int setup(void **state)
+{
+	struct fixture *fx = calloc(1, sizeof(*fx));
+
+	strcpy(fx->pfs, "/tmp/vp-test-pfs-XXXXXX");
+	strcpy(fx->outside, "/tmp/vp-test-out-XXXXXX");
+	if (!mkdtemp(fx->pfs) || !mkdtemp(fx->outside))
+		return -1;
+	*state = fx;
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	struct fixture *fx = *state;
+	char cmd[256];
+
+	if (fx->ns)
+		vp_ns_free(fx->ns);
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s' '%s'", fx->pfs, fx->outside);
+	if (system(cmd))
+		return -1;
+	free(fx);
+	return 0;
+}
+
+/* Creates (or truncates) parent/name with content, and closes it. */
+static uint64_t put_file(struct vp_ns *ns, uint64_t parent, const char *name,
+			 const char *content)
+{
+	struct vp_handle *h;
+	struct stat st;
+	int keep, rc;
+
+	rc = vp_ns_lookup(ns, parent, name, &st);
+	if (rc == -ENOENT) {
+		assert_int_equal(vp_ns_create(ns, parent, name, 0644, O_WRONLY | O_CREAT,
+					      0, 0, &st, &h), 0);
+	} else {
+		assert_int_equal(rc, 0);
+		vp_ns_forget(ns, st.st_ino, 1);
+		assert_int_equal(vp_ns_open(ns, st.st_ino, O_WRONLY | O_TRUNC, &h, &keep), 0);
+	}
+	assert_int_equal(vp_ns_write(ns, h, content, strlen(content), 0),
+			 (ssize_t)strlen(content));
+	assert_int_equal(vp_ns_release(ns, h), 0);
+	return st.st_ino;
+}
+
+static void flush_all(struct vp_ns *ns)
+{
+	struct vp_flush_progress p;
+	int rc = vp_ns_flush_start(ns, "", &p);
+
+	while (rc == 0)
+		rc = vp_ns_flush_poll(ns, &p, 1.0);
+	assert_int_equal(rc, 1);
+}
+
+static void assert_pfs_file(struct fixture *fx, const char *rel, const char *want)
+{
+	char path[256], buf[256] = "";
+	int fd;
+	ssize_t n;
+
+	snprintf(path, sizeof(path), "%s/%s", fx->pfs, rel);
+	fd = open(path, O_RDONLY);
+	if (fd < 0)
+		fail_msg("'%s' is not on the PFS: %s", rel, strerror(errno));
+	n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	assert_true(n >= 0);
+	buf[n] = '\0';
+	assert_string_equal(buf, want);
+}
+
+static void assert_pfs_missing(struct fixture *fx, const char *rel)
+{
+	char path[256];
+	struct stat st;
+
+	snprintf(path, sizeof(path), "%s/%s", fx->pfs, rel);
+	assert_int_equal(lstat(path, &st), -1);
+}
+
+static unsigned int count_log(struct vp_ns *ns, enum flush_op_type type)
+{
+	unsigned int n = 0;
+
+	pthread_mutex_lock(&ns->lock);
+	for (struct flush_op *op = ns->log_head; op; op = op->next)
+		n += op->type == type;
+	pthread_mutex_unlock(&ns->lock);
+	return n;
+}
+
+static void test_name_validation(void **state)
+{
+	struct fixture *fx = *state;
+	struct vp_ns *ns = open_ns(fx, NULL);
+	struct stat st;
+	struct vp_handle *h;
+	char longname[300];
+
+	memset(longname, 'n', 256);
+	longname[256] = '\0';
+	assert_int_equal(vp_ns_mkdir(ns, VP_ROOT_INO, longname, 0755, 0, 0, &st), -ENAMETOOLONG);
+	assert_int_equal(vp_ns_lookup(ns, VP_ROOT_INO, longname, &st), -ENAMETOOLONG);
+	assert_int_equal(vp_ns_mkdir(ns, VP_ROOT_INO, "a/b", 0755, 0, 0, &st), -EINVAL);
+	assert_int_equal(vp_ns_mkdir(ns, VP_ROOT_INO, "", 0755, 0, 0, &st), -EINVAL);
+	assert_int_equal(vp_ns_mkdir(ns, VP_ROOT_INO, VP_STAGING_DIR, 0755, 0, 0, &st), -EPERM);
+	assert_int_equal(vp_ns_lookup(ns, VP_ROOT_INO, VP_STAGING_DIR, &st), -ENOENT);
+	assert_int_equal(vp_ns_mkdir(ns, VP_ROOT_INO, "d", 0755, 0, 0, &st), 0);
+	assert_int_equal(vp_ns_mkdir(ns, VP_ROOT_INO, "d", 0755, 0, 0, &st), -EEXIST);
+	assert_int_equal(vp_ns_create(ns, VP_ROOT_INO, "d", 0644, O_CREAT | O_EXCL | O_WRONLY,
+				      0, 0, &st, &h), -EEXIST);
+	assert_int_equal(vp_ns_rmdir(ns, VP_ROOT_INO, "nope"), -ENOENT);
+	put_file(ns, VP_ROOT_INO, "f", "x");
+	assert_int_equal(vp_ns_rmdir(ns, VP_ROOT_INO, "f"), -ENOTDIR);
+	assert_int_equal(vp_ns_unlink(ns, VP_ROOT_INO, "d"), -EISDIR);
+	assert_int_equal(vp_ns_rename(ns, VP_ROOT_INO, "f", VP_ROOT_INO, "d", 0), -EISDIR);
+	assert_int_equal(vp_ns_rename(ns, VP_ROOT_INO, "d", VP_ROOT_INO, "f", 0), -ENOTDIR);
+	assert_int_equal(vp_ns_lookup(ns, VP_ROOT_INO, "d", &st), 0);
+	/* a directory cannot move below itself */
+	assert_int_equal(vp_ns_rename(ns, VP_ROOT_INO, "d", st.st_ino, "x", 0), -EINVAL);
+	vp_ns_forget(ns, st.st_ino, 1);
+}
+
+static void test_versions_and_snapshot_readers(void **state)
+{
+	struct fixture *fx = *state;
+	struct vp_ns *ns = open_ns(fx, "flush_interval=1h");
+	struct vp_handle *reader;
+	struct vp_read rd;
+	char value[32];
+	uint64_t ino;
+	ssize_t n;
+	int keep;
+
+	ino = put_file(ns, VP_ROOT_INO, "m.pt", "version one");
+	n = vp_ns_getxattr(ns, ino, "user.viperfs.version", value, sizeof(value));
+	assert_int_equal(n, 1);
+	assert_memory_equal(value, "1", 1);
+	n = vp_ns_getxattr(ns, ino, "user.viperfs.state", value, sizeof(value));
+	assert_int_equal(n, 6);
+	assert_memory_equal(value, "cached", 6);
+
+	assert_int_equal(vp_ns_open(ns, ino, O_RDONLY, &reader, &keep), 0);
+	put_file(ns, VP_ROOT_INO, "m.pt", "version two!");
+	n = vp_ns_getxattr(ns, ino, "user.viperfs.version", value, sizeof(value));
+	assert_memory_equal(value, "2", 1);
+	/* the reader still sees the version it opened */
+	n = vp_ns_read(ns, reader, 0, 100, &rd);
+	assert_int_equal(n, 11);
+	assert_memory_equal(rd.seg[0].ptr, "version one", 11);
+	vp_read_release(&rd);
+	vp_ns_release(ns, reader);
+	/* an open for write without a change makes no version */
+	{
+		struct vp_handle *h;
+
+		assert_int_equal(vp_ns_open(ns, ino, O_RDWR, &h, &keep), 0);
+		vp_ns_release(ns, h);
+		vp_ns_getxattr(ns, ino, "user.viperfs.version", value, sizeof(value));
+		assert_memory_equal(value, "2", 1);
+	}
+}
+
+static void test_coalescing_latest(void **state)
+{
+	struct fixture *fx = *state;
+	struct vp_ns *ns = open_ns(fx, "flush_interval=1h");
+
+	put_file(ns, VP_ROOT_INO, "ckpt", "v1");
+	put_file(ns, VP_ROOT_INO, "ckpt", "v2");
+	put_file(ns, VP_ROOT_INO, "ckpt", "v3");
+	/* one entry, now carrying version 3; two versions skipped */
+	assert_int_equal(count_log(ns, OP_DATA), 1);
+	pthread_mutex_lock(&ns->lock);
+	assert_int_equal(ns->log_head->version, 3);
+	assert_int_equal(ns->st_skipped_versions, 2);
+	pthread_mutex_unlock(&ns->lock);
+	assert_pfs_missing(fx, "ckpt");	/* held back by flush_interval */
+	flush_all(ns);
+	assert_pfs_file(fx, "ckpt", "v3");
+}
+
+static void test_flush_all_keeps_every_version(void **state)
+{
+	struct fixture *fx = *state;
+	struct vp_ns *ns = open_ns(fx, "flush_interval=1h,flush=all");
+
+	put_file(ns, VP_ROOT_INO, "ckpt", "v1");
+	put_file(ns, VP_ROOT_INO, "ckpt", "v2");
+	put_file(ns, VP_ROOT_INO, "ckpt", "v3");
+	assert_int_equal(count_log(ns, OP_DATA), 3);
+	flush_all(ns);
+	assert_pfs_file(fx, "ckpt", "v3");
+	pthread_mutex_lock(&ns->lock);
+	assert_int_equal(ns->st_flushed_versions, 3);
+	pthread_mutex_unlock(&ns->lock);
+}
+
+static void test_flush_every_n(void **state)
+{
+	struct fixture *fx = *state;
+	struct vp_ns *ns = open_ns(fx, "flush_interval=1h,flush=every:2");
+
+	put_file(ns, VP_ROOT_INO, "ckpt", "v1");
+	assert_int_equal(count_log(ns, OP_DATA), 0);	/* v1: skipped */
+	put_file(ns, VP_ROOT_INO, "ckpt", "v2");
+	assert_int_equal(count_log(ns, OP_DATA), 1);	/* v2: queued */
+	put_file(ns, VP_ROOT_INO, "ckpt", "v3");
+	pthread_mutex_lock(&ns->lock);
+	assert_int_equal(ns->log_head->version, 2);	/* v3 not coalesced in */
+	pthread_mutex_unlock(&ns->lock);
+	/* a forced flush (viperctl flush, unmount) still writes the last one */
+	flush_all(ns);
+	assert_pfs_file(fx, "ckpt", "v3");
+}
+
+static void test_renames_replay_in_order(void **state)
+{
+	struct fixture *fx = *state;
+	struct vp_ns *ns = open_ns(fx, "flush_interval=1h");
+	struct stat st;
+
+	/* the safe-save pattern: write a temp file, rename it over the target */
+	put_file(ns, VP_ROOT_INO, "model.pt", "old");
+	flush_all(ns);
+	put_file(ns, VP_ROOT_INO, "model.pt.tmp", "new");
+	assert_int_equal(vp_ns_rename(ns, VP_ROOT_INO, "model.pt.tmp", VP_ROOT_INO, "model.pt", 0), 0);
+	/* a directory filled, then renamed into place (save_pretrained) */
+	assert_int_equal(vp_ns_mkdir(ns, VP_ROOT_INO, "tmp-ckpt", 0755, 0, 0, &st), 0);
+	put_file(ns, st.st_ino, "weights.bin", "w");
+	assert_int_equal(vp_ns_rename(ns, VP_ROOT_INO, "tmp-ckpt", VP_ROOT_INO, "ckpt-1", 0), 0);
+	put_file(ns, st.st_ino, "config.json", "{}");	/* written after the rename */
+	vp_ns_forget(ns, st.st_ino, 1);
+	assert_int_equal(vp_ns_rename(ns, VP_ROOT_INO, "ckpt-1", VP_ROOT_INO, "ckpt-2", 1 /* NOREPLACE */), 0);
+	assert_pfs_file(fx, "model.pt", "old");
+	flush_all(ns);
+	assert_pfs_file(fx, "model.pt", "new");
+	assert_pfs_missing(fx, "model.pt.tmp");
+	assert_pfs_missing(fx, "tmp-ckpt");
+	assert_pfs_missing(fx, "ckpt-1");
+	assert_pfs_file(fx, "ckpt-2/weights.bin", "w");
+	assert_pfs_file(fx, "ckpt-2/config.json", "{}");
+	/* unlink reaches the PFS too */
+	assert_int_equal(vp_ns_unlink(ns, VP_ROOT_INO, "model.pt"), 0);
+	flush_all(ns);
+	assert_pfs_missing(fx, "model.pt");
+}
+
+static void test_loads_existing_pfs_tree_lazily(void **state)
+{
+	struct fixture *fx = *state;
+	struct vp_handle *h;
+	struct vp_read rd;
+	struct stat st;
+	char path[256];
+	FILE *f;
+	int keep;
+
+	snprintf(path, sizeof(path), "%s/sub", fx->pfs);
+	mkdir(path, 0755);
+	snprintf(path, sizeof(path), "%s/sub/old.bin", fx->pfs);
+	f = fopen(path, "w");
+	fputs("from the pfs", f);
+	fclose(f);
+	open_ns(fx, NULL);
+	assert_int_equal(vp_ns_lookup(fx->ns, VP_ROOT_INO, "sub", &st), 0);
+	assert_true(S_ISDIR(st.st_mode));
+	assert_int_equal(vp_ns_lookup(fx->ns, st.st_ino, "old.bin", &st), 0);
+	assert_int_equal(st.st_size, 12);
+	assert_int_equal(vp_ns_open(fx->ns, st.st_ino, O_RDONLY, &h, &keep), 0);
+	assert_int_equal(vp_ns_read(fx->ns, h, 5, 100, &rd), 7);
+	assert_memory_equal(rd.seg[0].ptr, "the pfs", 7);
+	vp_read_release(&rd);
+	vp_ns_release(fx->ns, h);
+}
+
+static void test_symlink_on_pfs_cannot_redirect_flush(void **state)
+{
+	struct fixture *fx = *state;
+	struct vp_ns *ns = open_ns(fx, "flush_interval=1h");
+	struct stat st;
+	char a[256], b[256];
+
+	assert_int_equal(vp_ns_mkdir(ns, VP_ROOT_INO, "d", 0755, 0, 0, &st), 0);
+	flush_all(ns);
+	/* someone swaps the PFS directory for a symlink pointing outside */
+	snprintf(a, sizeof(a), "%s/d", fx->pfs);
+	snprintf(b, sizeof(b), "%s/d.moved", fx->pfs);
+	assert_int_equal(rename(a, b), 0);
+	assert_int_equal(symlink(fx->outside, a), 0);
+	put_file(ns, st.st_ino, "escape.bin", "should stay inside");
+	vp_ns_forget(ns, st.st_ino, 1);
+	flush_all(ns);	/* the entry is refused and skipped, not retried forever */
+	snprintf(a, sizeof(a), "%s/escape.bin", fx->outside);
+	assert_int_equal(access(a, F_OK), -1);
+	/* and the bytes stay in the cache, unflushed */
+	assert_int_equal(vp_ns_lookup(ns, VP_ROOT_INO, "d", &st), 0);
+	assert_int_equal(vp_ns_lookup(ns, st.st_ino, "escape.bin", &st), 0);
+	{
+		char v[16];
+		ssize_t n = vp_ns_getxattr(ns, st.st_ino, "user.viperfs.state", v, sizeof(v));
+
+		assert_int_equal(n, 6);
+		assert_memory_equal(v, "cached", 6);
+	}
+}
+
+static void test_crash_leftovers_are_cleared(void **state)
+{
+	struct fixture *fx = *state;
+	char path[256];
+	int fd;
+
+	snprintf(path, sizeof(path), "%s/%s", fx->pfs, VP_STAGING_DIR);
+	mkdir(path, 0700);
+	snprintf(path, sizeof(path), "%s/%s/7-3.tmp", fx->pfs, VP_STAGING_DIR);
+	fd = open(path, O_CREAT | O_WRONLY, 0600);
+	assert_true(fd >= 0);
+	close(fd);
+	open_ns(fx, NULL);
+	assert_int_equal(access(path, F_OK), -1);
+}
+
+static void test_missing_pfs_is_refused(void **state)
+{
+	struct vp_config cfg;
+	char err[512];
+
+	(void)state;
+	vp_config_defaults(&cfg);
+	cfg.ram_prefault = 0;
+	assert_null(vp_ns_new(&cfg, "/nonexistent/pfs", err, sizeof(err)));
+	assert_non_null(strstr(err, "/nonexistent/pfs"));
+	assert_non_null(strstr(err, "No such file"));
+}
+
+#define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		T(test_name_validation),
+		T(test_versions_and_snapshot_readers),
+		T(test_coalescing_latest),
+		T(test_flush_all_keeps_every_version),
+		T(test_flush_every_n),
+		T(test_renames_replay_in_order),
+		T(test_loads_existing_pfs_tree_lazily),
+		T(test_symlink_on_pfs_cannot_redirect_flush),
+		T(test_crash_leftovers_are_cleared),
+		cmocka_unit_test(test_missing_pfs_is_refused),
+	};
+	return cmocka_run_group_tests_name("ns", tests, NULL, NULL);
+}
