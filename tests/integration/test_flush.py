@@ -1,0 +1,185 @@
+"""The PFS side: flush at unmount, crash safety, backpressure, a failing PFS."""
+import errno
+import hashlib
+import json
+import os
+import subprocess
+import time
+
+import pytest
+
+
+def read(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def write(path, data):
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def pfs_files(pfs):
+    """Every file on the PFS under its final name, staging excluded."""
+    out = {}
+    for root, dirs, files in os.walk(pfs):
+        dirs[:] = [d for d in dirs if d != ".viperfs-staging"]
+        for name in files:
+            p = os.path.join(root, name)
+            out[os.path.relpath(p, pfs)] = read(p)
+    return out
+
+
+def wait_for(pred, timeout=60, what="condition"):
+    """Polls a state that has no event to wait on, with a deadline."""
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting for " + what)
+        time.sleep(0.02)
+
+
+def state(path):
+    return os.getxattr(path, "user.viperfs.state").decode()
+
+
+def test_pfs_equals_mount_after_unmount(world):
+    m = world.mount()
+    expected = {}
+    os.makedirs(m.path("run", "epoch-1"))
+    for i in range(5):
+        data = os.urandom((i + 1) * 700_000)
+        rel = os.path.join("run", "epoch-1", "shard-%d.bin" % i)
+        write(m.path(rel), data)
+        expected[rel] = data
+    write(m.path("run", "tmp"), b"x")
+    os.replace(m.path("run", "tmp"), m.path("run", "final"))
+    expected["run/final"] = b"x"
+    os.symlink("epoch-1", m.path("run", "latest"))
+    assert m.stop() == 0
+    assert pfs_files(m.pfs) == expected
+    assert os.readlink(m.pfs_path("run", "latest")) == "epoch-1"
+    assert os.listdir(m.pfs_path(".viperfs-staging")) == []
+    assert "everything is on the PFS" in m.read_log()
+
+
+def test_kill9_mid_flush_leaves_no_partial_file(world):
+    # 4 MB/s to the PFS: a 24 MiB file takes ~6 s, so we can kill it midway
+    m = world.mount("flush_bw=4M")
+    small = {"small-%d" % i: os.urandom(100_000) for i in range(3)}
+    for name, data in small.items():
+        write(m.path(name), data)
+    for name in small:
+        wait_for(lambda: state(m.path(name)) == "flushed", what=name + " flushed")
+    big = os.urandom(24 << 20)
+    write(m.path("big.pt"), big)
+    wait_for(lambda: state(m.path("big.pt")) == "flushing", what="big.pt flushing")
+    staging = m.pfs_path(".viperfs-staging")
+    wait_for(lambda: any(os.path.getsize(os.path.join(staging, f)) > 0
+                         for f in os.listdir(staging)), what="staging file growing")
+    m.kill9()
+    on_pfs = pfs_files(m.pfs)
+    # no partial file under a final name; the flushed ones are complete
+    assert "big.pt" not in on_pfs
+    for name, data in small.items():
+        assert on_pfs[name] == data
+    assert os.listdir(staging) != []            # the partial one is only in staging
+    m2 = world.mount(pfs=m.pfs, mnt=m.mnt)
+    assert sorted(os.listdir(m2.mnt)) == sorted(small)
+    for name, data in small.items():
+        assert read(m2.path(name)) == data
+    assert os.listdir(staging) == []            # leftovers cleared at start
+    assert "partial file" in m2.read_log()
+
+
+def test_cache_full_blocks_then_enospc_and_loses_nothing(world):
+    pfs = world.make_tmpfs("pfs", "256m")
+    m = world.mount("ram_cache=32M,cache_wait=1.5", pfs=pfs)
+    kept = os.urandom(8 << 20)
+    write(m.path("kept.bin"), kept)
+    m.flush()
+    world.set_readonly(pfs, True)               # nothing more can be flushed
+    committed = os.urandom(12 << 20)
+    write(m.path("committed.bin"), committed)    # fits, stays dirty in RAM
+    t0 = time.monotonic()
+    with pytest.raises(OSError) as e:
+        write(m.path("too-big.bin"), os.urandom(40 << 20))
+    blocked = time.monotonic() - t0
+    assert e.value.errno == errno.ENOSPC
+    assert blocked >= 1.4                       # it waited (bounded) first
+    # nothing committed was dropped to make room
+    assert read(m.path("committed.bin")) == committed
+    assert read(m.path("kept.bin")) == kept     # evicted if needed, re-read from PFS
+    st = json.loads(m.ctl("status", m.mnt).stdout)
+    assert st["ram"]["enospc"] >= 1 and st["ram"]["used"] <= st["ram"]["budget"]
+    os.unlink(m.path("too-big.bin"))
+    world.set_readonly(pfs, False)
+    m.flush()
+    assert read(os.path.join(pfs, "committed.bin")) == committed
+    assert not os.path.exists(os.path.join(pfs, "too-big.bin"))
+
+
+def test_pfs_goes_readonly_then_recovers(world):
+    pfs = world.make_tmpfs("pfs", "128m")
+    m = world.mount("flush_retry_max=0.5", pfs=pfs)
+    write(m.path("before"), b"before")
+    m.flush()
+    world.set_readonly(pfs, True)
+    data = os.urandom(5 << 20)
+    write(m.path("during"), data)
+    os.mkdir(m.path("dir-during"))
+    write(m.path("dir-during", "f"), b"f")
+    assert read(m.path("during")) == data          # served from the cache
+    wait_for(lambda: json.loads(m.ctl("status", m.mnt).stdout)["flush"]["retries"] >= 2,
+             what="flush retries")
+    st = json.loads(m.ctl("status", m.mnt).stdout)
+    assert st["flush"]["last_error"] == "Read-only file system"
+    assert state(m.path("during")) != "flushed"
+    assert "retrying in" in m.read_log() and "keeping it in cache" in m.read_log()
+    world.set_readonly(pfs, False)
+    m.flush()
+    assert read(os.path.join(pfs, "during")) == data
+    assert read(os.path.join(pfs, "dir-during", "f")) == b"f"
+    assert state(m.path("during")) == "flushed"
+    assert "flushing resumed" in m.read_log()
+
+
+def test_viperctl_flush_status_versions(world):
+    m = world.mount("flush_interval=1h")
+    write(m.path("a"), b"1")
+    write(m.path("a"), b"22")
+    vs = json.loads(m.ctl("versions", m.mnt).stdout)
+    assert vs == [{"path": "a", "version": 2, "size": 2, "state": "cached", "writers": 0}]
+    assert not os.path.exists(m.pfs_path("a"))
+    r = m.ctl("flush", m.mnt)
+    assert "flushed" in r.stdout
+    assert read(m.pfs_path("a")) == b"22"
+    st = json.loads(m.ctl("status", m.mnt).stdout)
+    assert st["flush"]["skipped_versions"] == 1 and st["flush"]["flushed_versions"] == 1
+    r = m.ctl("flush", "/tmp", check=False)
+    assert r.returncode != 0 and "not inside a viperfs mount" in r.stderr
+
+
+def test_flush_bw_caps_pfs_write_rate(world):
+    m = world.mount("flush_bw=8M")
+    data = os.urandom(16 << 20)
+    write(m.path("paced"), data)
+    t0 = time.monotonic()
+    m.flush()
+    took = time.monotonic() - t0
+    # 16 MiB at 8 MiB/s with a 1 MiB burst: at least ~1.8 s (a lower bound only)
+    assert took >= 1.7
+    assert hashlib.sha256(read(m.pfs_path("paced"))).digest() == hashlib.sha256(data).digest()
+
+
+def test_flushed_versions_are_evicted_and_read_back(world):
+    m = world.mount("ram_cache=32M,cache_wait=20")
+    blobs = {}
+    for i in range(5):                      # 60 MiB through a 32 MiB cache
+        blobs[i] = os.urandom(12 << 20)
+        write(m.path("ckpt-%d" % i), blobs[i])
+    st = json.loads(m.ctl("status", m.mnt).stdout)
+    assert st["evictions"] >= 2
+    assert st["ram"]["used"] <= st["ram"]["budget"]
+    for i, data in blobs.items():            # evicted ones come back from the PFS
+        assert read(m.path("ckpt-%d" % i)) == data
