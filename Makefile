@@ -60,7 +60,7 @@ integration: all
 
 # Unit tests, then integration tests on real mounts; one summary line at the end.
 test: all $(UNIT_BIN)
-	@sh tests/run-all.sh "$(PYTHON)" $(UNIT_BIN)
+	@VIPERFS_BUILD=$(abspath $(BUILD)) sh tests/run-all.sh "$(PYTHON)" $(UNIT_BIN)
 
 check:
 	$(MAKE) BUILD=build-san SANITIZE=address,undefined test

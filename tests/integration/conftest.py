@@ -17,8 +17,9 @@ import time
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-VIPERFS = os.path.join(ROOT, "build", "viperfs")
-VIPERCTL = os.path.join(ROOT, "build", "viperctl")
+BUILD = os.environ.get("VIPERFS_BUILD", os.path.join(ROOT, "build"))
+VIPERFS = os.path.join(BUILD, "viperfs")
+VIPERCTL = os.path.join(BUILD, "viperctl")
 
 
 def is_mounted(path):
@@ -47,15 +48,18 @@ class Mount:
         if self.opts:
             opts += "," + self.opts
         env = dict(os.environ, NOTIFY_SOCKET=sock_path)
+        self.stderr_path = self.log + ".stderr"
+        self.stderr = open(self.stderr_path, "w")
         self.proc = subprocess.Popen([VIPERFS, "-f", "-o", opts, self.pfs, self.mnt],
                                      env=env, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE)
+                                     stderr=self.stderr)
         try:
             msg = sock.recv(256).decode()
         except socket.timeout:
             self.proc.kill()
-            err = self.proc.communicate()[1].decode()
-            raise RuntimeError("viperfs did not become ready: %s %s" % (err, self.read_log()))
+            self.proc.wait()
+            raise RuntimeError("viperfs did not become ready: %s %s" % (
+                self.sanitizer_report(), self.read_log()))
         finally:
             sock.close()
             os.unlink(sock_path)
@@ -69,6 +73,17 @@ class Mount:
                 return f.read()
         except OSError:
             return ""
+
+    def sanitizer_report(self):
+        """What ASan/UBSan/LSan printed, if anything (make check)."""
+        try:
+            with open(self.stderr_path) as f:
+                text = f.read()
+        except (OSError, AttributeError):
+            return ""
+        bad = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
+               "WARNING: ThreadSanitizer")
+        return text if any(b in text for b in bad) else ""
 
     def path(self, *parts):
         return os.path.join(self.mnt, *parts)
@@ -98,14 +113,14 @@ class Mount:
             rc = self.proc.wait()
         if is_mounted(self.mnt):
             subprocess.run(["fusermount3", "-uz", self.mnt], capture_output=True)
-        self.proc.stderr.close()
+        self.stderr.close()
         self.proc = None
         return rc
 
     def kill9(self):
         os.kill(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
-        self.proc.stderr.close()
+        self.stderr.close()
         self.proc = None
         # the kernel keeps the dead mount until it is unmounted
         subprocess.run(["fusermount3", "-uz", self.mnt], capture_output=True)
@@ -139,14 +154,18 @@ class World:
         return m.start()
 
     def cleanup(self):
+        reports = []
         for m in self.mounts:
             try:
                 m.stop(timeout=60)
             except Exception:
                 pass
+            if m.sanitizer_report():
+                reports.append(m.sanitizer_report())
         for p in reversed(self.tmpfs):
             subprocess.run(["umount", "-l", p], capture_output=True)
         shutil.rmtree(self.base, ignore_errors=True)
+        return reports
 
 
 @pytest.fixture
@@ -155,7 +174,8 @@ def world():
     try:
         yield w
     finally:
-        w.cleanup()
+        reports = w.cleanup()
+    assert not reports, "the daemon's sanitizers reported:\n" + "\n".join(reports)
 
 
 @pytest.fixture
