@@ -77,7 +77,11 @@ static int wait_for_child(int fd)
 	return 0;
 }
 
-/* Raises the mount's read-ahead to 1 MiB (found in /proc/self/mountinfo). */
+/*
+ * Raises the mount's read-ahead to 4 MiB (the bdi is found in
+ * /proc/self/mountinfo): four 1 MiB READs in flight measured best for cold
+ * reads here (docs/design.md).
+ */
 static void raise_read_ahead(const char *mountpoint)
 {
 	FILE *f = fopen("/proc/self/mountinfo", "re");
@@ -100,7 +104,7 @@ static void raise_read_ahead(const char *mountpoint)
 	snprintf(path, sizeof(path), "/sys/class/bdi/%u:%u/read_ahead_kb", major, minor);
 	f = fopen(path, "we");
 	if (f) {
-		fputs("1024", f);
+		fputs("4096", f);
 		if (fclose(f))
 			vp_log(LOG_DEBUG, "fs", "could not raise read_ahead_kb: %s", strerror(errno));
 	}
