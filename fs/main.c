@@ -30,6 +30,39 @@
 
 #define VIPERFS_VERSION "0.1.0"
 
+/*
+ * FUSE mount options passed through to libfuse; any other name is a typo
+ * the user should hear about, not a vague libfuse error.
+ */
+static int check_passthru(const char *opts, char *err, size_t errlen)
+{
+	static const char *const known[] = {
+		"allow_other", "allow_root", "auto_unmount", "default_permissions",
+		"ro", "rw", "nosuid", "suid", "nodev", "dev", "noexec", "exec",
+		"atime", "noatime", "relatime", "fsname", "subtype", NULL,
+	};
+	char *copy = strdup(opts), *save = NULL, *tok;
+	int rc = 0;
+
+	if (!copy)
+		return -1;
+	for (tok = strtok_r(copy, ",", &save); tok && !rc;
+	     tok = strtok_r(NULL, ",", &save)) {
+		size_t len = strcspn(tok, "=");
+		int ok = 0;
+
+		for (int i = 0; known[i] && !ok; i++)
+			ok = strlen(known[i]) == len && !strncmp(tok, known[i], len);
+		if (!ok) {
+			snprintf(err, errlen, "unknown option '%.*s'; 'viperfs --help' lists them",
+				 (int)len, tok);
+			rc = -1;
+		}
+	}
+	free(copy);
+	return rc;
+}
+
 static void usage(FILE *out)
 {
 	fprintf(out,
@@ -204,6 +237,10 @@ int main(int argc, char **argv)
 	}
 	if (npos != 2) {
 		usage(stderr);
+		return 2;
+	}
+	if (check_passthru(passthru, err, sizeof(err))) {
+		fprintf(stderr, "viperfs: %s\n", err);
 		return 2;
 	}
 	if (debug)

@@ -203,6 +203,9 @@ def test_daemon_mode_returns_once_mounted_and_bad_pfs_is_refused(world):
     r = subprocess.run([VIPERFS, "-o", "flush=sometimes", world.dir("dpfs"), mnt],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "flush" in r.stderr
+    r = subprocess.run([VIPERFS, "-o", "ram_cach=1G", world.dir("dpfs"), mnt],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "unknown option 'ram_cach'" in r.stderr
     assert not is_mounted(mnt)
 
 

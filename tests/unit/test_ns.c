@@ -170,6 +170,28 @@ static void test_name_validation(void **state)
 	vp_ns_forget(ns, st.st_ino, 1);
 }
 
+static void test_overlong_path_is_refused(void **state)
+{
+	struct fixture *fx = *state;
+	struct vp_ns *ns = open_ns(fx, NULL);
+	uint64_t dir = VP_ROOT_INO;
+	char name[256];
+	struct stat st;
+	int depth, rc = 0;
+
+	memset(name, 'd', 250);
+	name[250] = '\0';
+	/* 250-byte names: the 16th level would pass PATH_MAX on the PFS */
+	for (depth = 0; depth < 20; depth++) {
+		rc = vp_ns_mkdir(ns, dir, name, 0755, 0, 0, &st);
+		if (rc)
+			break;
+		dir = st.st_ino;
+	}
+	assert_int_equal(rc, -ENAMETOOLONG);
+	assert_true(depth >= 14 && depth <= 16);
+}
+
 static void test_versions_and_snapshot_readers(void **state)
 {
 	struct fixture *fx = *state;
@@ -389,6 +411,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		T(test_name_validation),
+		T(test_overlong_path_is_refused),
 		T(test_versions_and_snapshot_readers),
 		T(test_coalescing_latest),
 		T(test_flush_all_keeps_every_version),
