@@ -45,8 +45,9 @@ $(BUILD)/libviper.a: $(ENGINE_OBJ)
 $(BUILD)/viperfs: $(FS_OBJ) $(BUILD)/libviper.a
 	$(CC) $(LDFLAGS) -o $@ $(FS_OBJ) $(BUILD)/libviper.a $(FUSE_LIBS) $(ENGINE_LIBS)
 
-$(BUILD)/viperctl: $(BUILD)/tools/viperctl.o
-	$(CC) $(LDFLAGS) -o $@ $^
+VIPERCTL_OBJ = $(patsubst %.c,$(BUILD)/%.o,$(wildcard tools/*.c))
+$(BUILD)/viperctl: $(VIPERCTL_OBJ) $(BUILD)/libviper.a
+	$(CC) $(LDFLAGS) -o $@ $(VIPERCTL_OBJ) $(BUILD)/libviper.a $(ENGINE_LIBS)
 
 $(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libviper.a
 	@mkdir -p $(dir $@)
@@ -78,4 +79,4 @@ install: all
 clean:
 	rm -rf build build-san
 
--include $(ENGINE_OBJ:.o=.d) $(FS_OBJ:.o=.d)
+-include $(ENGINE_OBJ:.o=.d) $(FS_OBJ:.o=.d) $(VIPERCTL_OBJ:.o=.d)

@@ -353,6 +353,7 @@ static int publish(struct vp_ns *ns, struct flush_op *op, char *where, size_t wl
 		ns->st_flushed_versions++;
 		ns->st_flushed_bytes += op->size;
 		ns->st_last_flush_lag = vp_now() - op->queued_at;
+		ns->st_lag_sum += ns->st_last_flush_lag;
 		if (n->version == op->version && n->cur && !n->work)
 			vp_lru_add_locked(ns, n);
 	}

@@ -1329,6 +1329,7 @@ static int open_node(struct vp_ns *ns, struct vp_node *n, int flags,
 	if (writable) {
 		if (!n->work) {
 			n->work = vp_data_get(d);
+			n->work_started = vp_now();
 		} else if (n->work != d) {
 			vp_data_put(d);		/* another writer won the race */
 			d = vp_data_get(n->work);
@@ -1409,6 +1410,7 @@ int vp_ns_create(struct vp_ns *ns, uint64_t parent, const char *name,
 		goto out_unlock;
 	}
 	n->work = vp_data_get(d);
+	n->work_started = vp_now();
 	n->writers = 1;
 	n->dirty = 1;		/* even an empty file is a version */
 	*hp = handle_new(n, d, 1);
@@ -1439,8 +1441,11 @@ static void release_locked(struct vp_ns *ns, struct vp_node *n,
 			struct vp_data *work = n->work;
 
 			n->work = NULL;
-			if (__atomic_exchange_n(&n->dirty, 0, __ATOMIC_ACQ_REL))
+			if (__atomic_exchange_n(&n->dirty, 0, __ATOMIC_ACQ_REL)) {
+				/* the producer's stall for this checkpoint: open to close */
+				ns->st_stalls[ns->st_stall_n++ % 64] = vp_now() - n->work_started;
 				commit_locked(ns, n, work);
+			}
 			else
 				vp_data_put(work);
 			if (n->cur && n->pfs_version == n->version)
@@ -1751,6 +1756,29 @@ int vp_ns_flush_poll(struct vp_ns *ns, struct vp_flush_progress *p,
 	return rc;
 }
 
+static int cmp_double(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+
+	return (x > y) - (x < y);
+}
+
+/*
+ * The median open-to-close time of the last 64 commits: the producer's
+ * stall per checkpoint, robust to a log file held open for hours.
+ */
+static double median_stall_locked(struct vp_ns *ns)
+{
+	double v[64];
+	size_t n = ns->st_stall_n < 64 ? (size_t)ns->st_stall_n : 64;
+
+	if (!n)
+		return 0;
+	memcpy(v, ns->st_stalls, n * sizeof(double));
+	qsort(v, n, sizeof(double), cmp_double);
+	return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
 void vp_ns_status_json(struct vp_ns *ns, FILE *out)
 {
 	struct vp_pool_stats ps;
@@ -1776,16 +1804,19 @@ void vp_ns_status_json(struct vp_ns *ns, FILE *out)
 		"\"flush\":{\"queued_ops\":%" PRIu64 ",\"queued_bytes\":%" PRIu64
 		",\"preparing\":%u,\"flushed_versions\":%" PRIu64 ",\"flushed_bytes\":%" PRIu64
 		",\"skipped_versions\":%" PRIu64 ",\"retries\":%" PRIu64
-		",\"last_lag_s\":%.3f,\"last_error\":\"%s\",\"last_error_path\":\"%s\"},"
-		"\"commits\":%" PRIu64 ",\"evictions\":%" PRIu64
+		",\"last_lag_s\":%.3f,\"mean_lag_s\":%.6f,\"last_error\":\"%s\",\"last_error_path\":\"%s\"},"
+		"\"commits\":%" PRIu64 ",\"checkpoint_stall_s\":%.6f,\"evictions\":%" PRIu64
 		",\"bytes_written\":%" PRIu64 ",\"bytes_read\":%" PRIu64 "}\n",
 		ns->pfs_dir, ps.budget, ps.used, ps.mapped, ps.waits, ps.enospc,
 		files, dirty, queued, queued_bytes, ns->preparing,
 		ns->st_flushed_versions, ns->st_flushed_bytes,
 		ns->st_skipped_versions, ns->st_retries, ns->st_last_flush_lag,
+		ns->st_flushed_versions ? ns->st_lag_sum / (double)ns->st_flushed_versions : 0.0,
 		ns->last_error ? strerror(-ns->last_error) : "",
 		ns->last_error ? ns->last_error_path : "",
-		ns->st_commits, ns->st_evictions,
+		ns->st_commits,
+		median_stall_locked(ns),
+		ns->st_evictions,
 		__atomic_load_n(&ns->st_bytes_written, __ATOMIC_RELAXED),
 		__atomic_load_n(&ns->st_bytes_read, __ATOMIC_RELAXED));
 	pthread_mutex_unlock(&ns->lock);

@@ -62,6 +62,7 @@ struct vp_node {
 	struct vp_data *work;		/* working copy while writable handles exist */
 	unsigned int writers;
 	int dirty;			/* work changed since the last commit */
+	double work_started;		/* vp_now() when work was made */
 	uint64_t kcache_version;	/* version the kernel page cache may hold */
 	struct flush_op *pending;	/* queued DATA entry not yet started */
 	uint64_t flushing_version;	/* version being written, or VP_NO_VERSION */
@@ -145,6 +146,9 @@ struct vp_ns {
 	uint64_t st_skipped_versions, st_evictions, st_retries;
 	uint64_t st_bytes_written, st_bytes_read;
 	double st_last_flush_lag;	/* seconds from commit to on-PFS */
+	double st_lag_sum;		/* for the mean flush lag */
+	double st_stalls[64];		/* open-to-close of the last commits, a ring */
+	uint64_t st_stall_n;
 
 	pthread_t dispatcher;
 	pthread_t evictor;

@@ -22,12 +22,16 @@
 #include <sys/xattr.h>
 #include <unistd.h>
 
+#include "vpctl.h"
+
 static void usage(FILE *out)
 {
 	fputs("usage: viperctl status [MNT] [--json]\n"
 	      "       viperctl versions PATH\n"
 	      "       viperctl version PATH\n"
-	      "       viperctl flush [PATH]\n", out);
+	      "       viperctl flush [PATH]\n"
+	      "       viperctl plan LOSS.csv --t-iter S --t-infer S --t-ckpt S --inferences M ...\n"
+	      "                     (viperctl plan --help for all options)\n", out);
 }
 
 /*
@@ -129,6 +133,38 @@ static int vpctl_copy(FILE *in)
 	return rc;
 }
 
+static double json_double(const char *text, const char *key, int *found)
+{
+	char pat[64];
+	const char *p;
+
+	snprintf(pat, sizeof(pat), "\"%s\":", key);
+	p = strstr(text, pat);
+	*found = p != NULL;
+	return p ? strtod(p + strlen(pat), NULL) : 0;
+}
+
+int vpctl_measured_times(const char *mnt, double *t_ckpt, double *t_load)
+{
+	FILE *in = vpctl_request(mnt, "status", 0);
+	char text[8192];
+	size_t n;
+	int f1, f2;
+
+	if (!in)
+		return -1;
+	n = fread(text, 1, sizeof(text) - 1, in);
+	fclose(in);
+	text[n] = '\0';
+	*t_ckpt = json_double(text, "checkpoint_stall_s", &f1);
+	*t_load = json_double(text, "mean_lag_s", &f2);
+	if (!f1 || !f2) {
+		fprintf(stderr, "viperctl: the daemon of '%s' did not report its timings\n", mnt);
+		return -1;
+	}
+	return 0;
+}
+
 static unsigned long long json_num(const char *line, const char *key)
 {
 	char pat[64];
@@ -222,6 +258,8 @@ int main(int argc, char **argv)
 	}
 	if (!strcmp(cmd, "flush"))
 		return vpctl_flush(path);
+	if (!strcmp(cmd, "plan"))
+		return vpctl_plan(argc - 1, argv + 1);
 	fprintf(stderr, "viperctl: unknown command '%s'\n", cmd);
 	usage(stderr);
 	return 2;
