@@ -14,7 +14,7 @@
 #include "log.h"
 
 enum opt_type { OPT_SIZE, OPT_SECONDS, OPT_UINT, OPT_PATH, OPT_FLUSH,
-		OPT_FSYNC, OPT_LOGLEVEL, OPT_CONFIG };
+		OPT_FSYNC, OPT_LOGLEVEL, OPT_CONFIG, OPT_PUBLISH, OPT_COUNT };
 
 struct opt {
 	const char *name;
@@ -55,6 +55,20 @@ static const struct opt options[] = {
 	  "control socket for viperctl (default: /run/viperfs/<pid>.sock)" },
 	{ "config", OPT_CONFIG, OFF(config_file), "",
 	  "read options from FILE, one 'name = value' a line" },
+	{ "publish", OPT_PUBLISH, 0, "all",
+	  "which versions ship and flush: all, or schedule (the planner picks; needs plan_t_infer, plan_inferences)" },
+	{ "loss_log", OPT_PATH, OFF(loss_log), "loss.csv",
+	  "with publish=schedule: the loss log the job writes in the mount (iter,loss CSV, Keras CSVLogger, Lightning metrics.csv)" },
+	{ "plan_warmup", OPT_UINT, OFF(plan_warmup), "200",
+	  "with publish=schedule: training iterations of warm-up before the first fit" },
+	{ "plan_refit", OPT_UINT, OFF(plan_refit), "200",
+	  "with publish=schedule: iterations between re-fits" },
+	{ "plan_t_infer", OPT_SECONDS, OFF(plan_t_infer), "0",
+	  "with publish=schedule: seconds per inference on the consumers" },
+	{ "plan_inferences", OPT_COUNT, OFF(plan_inferences), "0",
+	  "with publish=schedule: inferences served after warm-up" },
+	{ "plan_lambda", OPT_SECONDS, OFF(plan_lambda), "0",
+	  "with publish=schedule: weight of producer stall against inference loss" },
 };
 
 #define N_OPTIONS (sizeof(options) / sizeof(options[0]))
@@ -207,6 +221,23 @@ static int set_one(struct vp_config *cfg, const struct opt *o,
 			rc = -EINVAL;
 		else
 			cfg->log_level = level;
+		break;
+	}
+	case OPT_PUBLISH:
+		if (!strcmp(value, "all"))
+			cfg->publish = VP_PUBLISH_ALL;
+		else if (!strcmp(value, "schedule"))
+			cfg->publish = VP_PUBLISH_SCHEDULE;
+		else
+			rc = -EINVAL;
+		break;
+	case OPT_COUNT: {
+		char *end;
+
+		errno = 0;
+		*(uint64_t *)(void *)field = strtoull(value, &end, 10);
+		if (!isdigit((unsigned char)*value) || *end || errno)
+			rc = -EINVAL;
 		break;
 	}
 	case OPT_CONFIG:

@@ -26,6 +26,11 @@ enum vp_fsync_mode {
 	VP_FSYNC_PFS,		/* fsync waits until that version is on the PFS */
 };
 
+enum vp_publish_policy {
+	VP_PUBLISH_ALL,		/* every version (as the flush policy says) */
+	VP_PUBLISH_SCHEDULE,	/* only versions the planner's schedule selects */
+};
+
 struct vp_config {
 	uint64_t ram_cache;		/* bytes of chunk memory */
 	uint64_t ram_prefault;		/* bytes faulted in at start */
@@ -42,6 +47,13 @@ struct vp_config {
 	char log_file[PATH_MAX];	/* empty: stderr in foreground, else syslog */
 	char control[PATH_MAX];		/* control socket path, empty: derived */
 	char config_file[PATH_MAX];	/* the file given with config=, if any */
+	enum vp_publish_policy publish;
+	char loss_log[PATH_MAX];	/* path in the mount the planner follows */
+	unsigned int plan_warmup;	/* iterations before the first fit */
+	unsigned int plan_refit;	/* iterations between fits */
+	double plan_t_infer;		/* seconds per inference on the consumers */
+	uint64_t plan_inferences;	/* M: inferences served after warm-up */
+	double plan_lambda;		/* weight of producer overhead */
 };
 
 /* Fills every field with its documented default. */

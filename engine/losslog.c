@@ -58,8 +58,9 @@ static int find_column(char **cols, int n, const char *const *names)
 	return -1;
 }
 
-int vp_losslog_read(const char *path, struct vp_losslog *log, char *err,
-		    size_t errlen)
+/* Parses an open stream; path names it in messages.  Closes f. */
+static int parse_stream(FILE *f, const char *path, struct vp_losslog *log,
+			char *err, size_t errlen)
 {
 	static const char *const iter_names[] = {
 		"step", "iteration", "iter", "global_step", "it", "epoch", NULL,
@@ -71,16 +72,10 @@ int vp_losslog_read(const char *path, struct vp_losslog *log, char *err,
 	char line[8192], *cols[MAX_COLS];
 	int icol = 0, lcol = 1, header = 0, n;
 	size_t cap = 0;
-	FILE *f = fopen(path, "re");
 	double v;
 	int rc = 0;
 
 	memset(log, 0, sizeof(*log));
-	if (!f) {
-		rc = -errno;
-		snprintf(err, errlen, "loss log '%s': %s", path, strerror(-rc));
-		return rc;
-	}
 	if (!fgets(line, sizeof(line), f)) {
 		snprintf(err, errlen, "loss log '%s' is empty", path);
 		fclose(f);
@@ -154,6 +149,34 @@ int vp_losslog_read(const char *path, struct vp_losslog *log, char *err,
 	if (rc)
 		vp_losslog_release(log);
 	return rc;
+}
+
+int vp_losslog_read(const char *path, struct vp_losslog *log, char *err,
+		    size_t errlen)
+{
+	FILE *f = fopen(path, "re");
+	int rc;
+
+	if (!f) {
+		rc = -errno;
+		memset(log, 0, sizeof(*log));
+		snprintf(err, errlen, "loss log '%s': %s", path, strerror(-rc));
+		return rc;
+	}
+	return parse_stream(f, path, log, err, errlen);
+}
+
+int vp_losslog_parse(const char *buf, size_t len, const char *name,
+		     struct vp_losslog *log, char *err, size_t errlen)
+{
+	FILE *f = len ? fmemopen((void *)buf, len, "r") : NULL;
+
+	memset(log, 0, sizeof(*log));
+	if (!f) {
+		snprintf(err, errlen, "loss log '%s' is empty", name);
+		return -EINVAL;
+	}
+	return parse_stream(f, name, log, err, errlen);
 }
 
 void vp_losslog_release(struct vp_losslog *log)

@@ -26,6 +26,9 @@ struct vp_losslog {
 /* Reads path into *log.  Returns 0 or -errno with a message in err. */
 int vp_losslog_read(const char *path, struct vp_losslog *log, char *err,
 		    size_t errlen);
+/* The same from len bytes in memory (a log read out of the cache). */
+int vp_losslog_parse(const char *buf, size_t len, const char *name,
+		     struct vp_losslog *log, char *err, size_t errlen);
 void vp_losslog_release(struct vp_losslog *log);
 
 #endif

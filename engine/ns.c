@@ -647,6 +647,13 @@ struct vp_ns *vp_ns_new(const struct vp_config *cfg, const char *pfs_dir,
 		goto err_close;
 	}
 	vp_pool_set_pressure_cb(ns->pool, vp_flush_pressure, ns);
+	if (cfg->publish == VP_PUBLISH_SCHEDULE) {
+		ns->sched = vp_sched_new(cfg, err, errlen);
+		if (!ns->sched) {
+			vp_pool_free(ns->pool);
+			goto err_close;
+		}
+	}
 	vp_tbucket_init(&ns->flush_bucket, cfg->flush_bw,
 			cfg->flush_bw ? (cfg->flush_bw / 8 > CHUNK_SIZE ? cfg->flush_bw / 8 : CHUNK_SIZE) : 0,
 			vp_now);
@@ -693,6 +700,7 @@ err_pool:
 	free(ns->by_name);
 	free(ns->by_ino);
 	vp_pool_free(ns->pool);
+	vp_sched_free(ns->sched);
 err_close:
 	if (ns->staging_fd >= 0)
 		close(ns->staging_fd);
@@ -795,6 +803,7 @@ unsigned int vp_ns_free(struct vp_ns *ns)
 	free(ns->by_name);
 	free(ns->by_ino);
 	vp_pool_free(ns->pool);
+	vp_sched_free(ns->sched);
 	vp_tbucket_release(&ns->flush_bucket);
 	close(ns->staging_fd);
 	close(ns->pfs_root_fd);
@@ -902,9 +911,22 @@ int vp_ns_getattr(struct vp_ns *ns, uint64_t ino, struct stat *st)
 	return rc;
 }
 
-/* Commits n's working copy as a new version.  ns->lock held. */
-static void commit_locked(struct vp_ns *ns, struct vp_node *n,
-			  struct vp_data *bytes)
+static struct vp_node *resolve_locked(struct vp_ns *ns, const char *path);
+
+/* The loss log and the schedule file flush as usual under publish=schedule. */
+static int policy_exempt_locked(struct vp_ns *ns, struct vp_node *n)
+{
+	return n == resolve_locked(ns, ns->cfg.loss_log) ||
+	       (n->parent == ns->root && !strcmp(n->name, VP_SCHEDULE_FILE));
+}
+
+/*
+ * Commits n's working copy as a new version.  ns->lock held.  Returns 1
+ * when the publish=schedule policy must decide on it: the caller then
+ * calls publish_decide() with no lock held.
+ */
+static int commit_locked(struct vp_ns *ns, struct vp_node *n,
+			 struct vp_data *bytes)
 {
 	vp_lru_del_locked(ns, n);
 	vp_data_put(n->cur);
@@ -913,8 +935,80 @@ static void commit_locked(struct vp_ns *ns, struct vp_node *n,
 	n->version++;
 	n->mtime = n->ctime = wall_now();
 	ns->st_commits++;
-	if (n->parent)
+	if (!n->parent)
+		return 0;
+	if (ns->sched && !policy_exempt_locked(ns, n))
+		return 1;
+	vp_flush_commit_locked(ns, n, 0);
+	return 0;
+}
+
+static double median_stall_locked(struct vp_ns *ns);
+static void write_internal_file(struct vp_ns *ns, const char *name,
+				const char *text);
+
+/*
+ * publish=schedule: reads the loss log, asks the policy, and queues the
+ * flush of n's version if it is selected.  No locks held; n is borrowed
+ * (the caller holds a reference).
+ */
+static void publish_decide(struct vp_ns *ns, struct vp_node *n, uint64_t version)
+{
+	struct vp_sched_decision d;
+	struct vp_losslog log = { 0 }, *logp = NULL;
+	struct vp_node *logn;
+	struct vp_data *bytes = NULL;
+	char path[PATH_MAX], err[256];
+	double stall, lag;
+
+	pthread_mutex_lock(&ns->lock);
+	logn = resolve_locked(ns, ns->cfg.loss_log);
+	if (logn && logn->type == VP_NODE_FILE) {
+		vp_node_get(logn);
+		if (logn->work)
+			bytes = vp_data_get(logn->work);
+	} else {
+		logn = NULL;
+	}
+	stall = median_stall_locked(ns);
+	lag = ns->st_flushed_versions ? ns->st_lag_sum / (double)ns->st_flushed_versions : 0;
+	pthread_mutex_unlock(&ns->lock);
+	if (logn && !bytes && version_data(ns, logn, &bytes))
+		bytes = NULL;
+	if (bytes) {
+		uint64_t size = vp_data_size(bytes);
+		char *buf = size ? malloc(size) : NULL;
+
+		if (buf && vp_data_pread(bytes, buf, size, 0) == (ssize_t)size &&
+		    vp_losslog_parse(buf, size, ns->cfg.loss_log, &log, err, sizeof(err)) == 0)
+			logp = &log;
+		free(buf);
+		vp_data_put(bytes);
+	}
+	vp_sched_decide(ns->sched, logp, vp_now(), stall, lag, &d);
+
+	pthread_mutex_lock(&ns->lock);
+	if (logn)
+		vp_node_put(ns, logn);
+	if (d.selected && n->version == version && n->parent && n->cur)
 		vp_flush_commit_locked(ns, n, 0);
+	else if (!d.selected)
+		ns->st_skipped_versions++;
+	if (live_path_locked(ns, n, path, sizeof(path)))
+		strcpy(path, "(unlinked)");
+	pthread_mutex_unlock(&ns->lock);
+	vp_log(d.selected ? LOG_INFO : LOG_DEBUG, "plan",
+	       "'%s' version %llu at iteration %llu: %s (%s)", path,
+	       (unsigned long long)version, (unsigned long long)d.iteration,
+	       d.selected ? "published" : "kept on this node only", d.why);
+	vp_losslog_release(&log);
+	if (d.replanned) {
+		char *json = vp_sched_json(ns->sched);
+
+		if (json)
+			write_internal_file(ns, VP_SCHEDULE_FILE, json);
+		free(json);
+	}
 }
 
 int vp_ns_setattr(struct vp_ns *ns, uint64_t ino, const struct vp_setattr *sa,
@@ -922,7 +1016,8 @@ int vp_ns_setattr(struct vp_ns *ns, uint64_t ino, const struct vp_setattr *sa,
 {
 	struct vp_node *n;
 	struct vp_data *target = NULL;
-	int rc = 0, commit_new = 0;
+	int rc = 0, commit_new = 0, decide = 0;
+	uint64_t decide_version = 0;
 
 	pthread_mutex_lock(&ns->lock);
 	n = ino_find_locked(ns, ino);
@@ -969,7 +1064,8 @@ int vp_ns_setattr(struct vp_ns *ns, uint64_t ino, const struct vp_setattr *sa,
 		goto out_unlock;
 	if (target) {
 		if (commit_new && !n->work) {
-			commit_locked(ns, n, target);
+			decide = commit_locked(ns, n, target);
+			decide_version = n->version;
 			target = NULL;
 		} else if (commit_new) {
 			/* a writer opened meanwhile: cut its copy too */
@@ -1000,8 +1096,10 @@ int vp_ns_setattr(struct vp_ns *ns, uint64_t ino, const struct vp_setattr *sa,
 	}
 	fill_stat_locked(n, st);
 out_unlock:
-	vp_node_put(ns, n);
 	pthread_mutex_unlock(&ns->lock);
+	if (decide)
+		publish_decide(ns, n, decide_version);
+	put_unlocked(ns, n);
 	if (target)
 		vp_data_put(target);
 	return rc;
@@ -1274,8 +1372,8 @@ int vp_handle_writable(const struct vp_handle *h)
 	return h->writable;
 }
 
-static void release_locked(struct vp_ns *ns, struct vp_node *n,
-			   struct vp_data *d, int writable);
+static int release_locked(struct vp_ns *ns, struct vp_node *n,
+			  struct vp_data *d, int writable, uint64_t *version);
 
 /*
  * Opens n.  No locks held on entry.  For a writable open the working copy
@@ -1350,7 +1448,7 @@ static int open_node(struct vp_ns *ns, struct vp_node *n, int flags,
 	if (!*hp) {
 		vp_node_get(n);
 		pthread_mutex_lock(&ns->lock);
-		release_locked(ns, n, d, writable);
+		release_locked(ns, n, d, writable, NULL);	/* nothing was written */
 		pthread_mutex_unlock(&ns->lock);
 		return -ENOMEM;
 	}
@@ -1420,7 +1518,8 @@ int vp_ns_create(struct vp_ns *ns, uint64_t parent, const char *name,
 		vp_data_put(n->work);
 		n->work = NULL;
 		vp_data_put(d);
-		commit_locked(ns, n, vp_data_new(ns->pool));
+		if (commit_locked(ns, n, vp_data_new(ns->pool)))
+			vp_flush_commit_locked(ns, n, 0);	/* an empty file: just keep it */
 		goto out_unlock;
 	}
 	vp_node_get(n);		/* the kernel's lookup */
@@ -1431,10 +1530,15 @@ out_unlock:
 	return rc;
 }
 
-/* Drops what a handle holds; the last writer commits.  ns->lock held. */
-static void release_locked(struct vp_ns *ns, struct vp_node *n,
-			   struct vp_data *d, int writable)
+/*
+ * Drops what a handle holds; the last writer commits.  ns->lock held.
+ * Returns 1 (with the version in *version) when publish_decide() is owed.
+ */
+static int release_locked(struct vp_ns *ns, struct vp_node *n,
+			  struct vp_data *d, int writable, uint64_t *version)
 {
+	int decide = 0;
+
 	if (writable) {
 		assert(n->writers > 0);
 		if (--n->writers == 0) {
@@ -1444,7 +1548,9 @@ static void release_locked(struct vp_ns *ns, struct vp_node *n,
 			if (__atomic_exchange_n(&n->dirty, 0, __ATOMIC_ACQ_REL)) {
 				/* the producer's stall for this checkpoint: open to close */
 				ns->st_stalls[ns->st_stall_n++ % 64] = vp_now() - n->work_started;
-				commit_locked(ns, n, work);
+				decide = commit_locked(ns, n, work);
+				if (version)
+					*version = n->version;
 			}
 			else
 				vp_data_put(work);
@@ -1454,14 +1560,23 @@ static void release_locked(struct vp_ns *ns, struct vp_node *n,
 	}
 	vp_data_put(d);
 	vp_node_put(ns, n);
+	return decide;
 }
 
 int vp_ns_release(struct vp_ns *ns, struct vp_handle *h)
 {
+	struct vp_node *n = h->node;
+	uint64_t version = 0;
+	int decide;
+
 	pthread_mutex_lock(&ns->lock);
-	release_locked(ns, h->node, h->data, h->writable);
+	vp_node_get(n);		/* for publish_decide, after the handle's is gone */
+	decide = release_locked(ns, n, h->data, h->writable, &version);
 	pthread_mutex_unlock(&ns->lock);
 	free(h);
+	if (decide)
+		publish_decide(ns, n, version);
+	put_unlocked(ns, n);
 	return 0;
 }
 
@@ -1494,6 +1609,51 @@ ssize_t vp_ns_read(struct vp_ns *ns, struct vp_handle *h, uint64_t off,
 	return n;
 }
 
+/*
+ * Commits what h's writers wrote so far as a version, as a copy-on-write
+ * snapshot: the working copy goes on.  No locks held.  Returns 0 or -errno.
+ */
+static int commit_snapshot(struct vp_ns *ns, struct vp_handle *h)
+{
+	struct vp_node *n = h->node;
+	struct vp_data *snap;
+	uint64_t version;
+	int decide;
+
+	if (!h->writable || !__atomic_exchange_n(&n->dirty, 0, __ATOMIC_ACQ_REL))
+		return 0;
+	snap = vp_data_clone(h->data);
+	if (!snap) {
+		__atomic_store_n(&n->dirty, 1, __ATOMIC_RELEASE);
+		return -ENOMEM;
+	}
+	pthread_mutex_lock(&ns->lock);
+	ns->st_stalls[ns->st_stall_n++ % 64] = vp_now() - n->work_started;
+	decide = commit_locked(ns, n, snap);
+	version = n->version;
+	pthread_mutex_unlock(&ns->lock);
+	if (decide)
+		publish_decide(ns, n, version);
+	return 0;
+}
+
+int vp_ns_flush(struct vp_ns *ns, struct vp_handle *h)
+{
+	int last;
+
+	if (!h->writable)
+		return 0;
+	pthread_mutex_lock(&ns->lock);
+	last = h->node->writers == 1;
+	pthread_mutex_unlock(&ns->lock);
+	/*
+	 * close() waits for FLUSH but not for RELEASE, so the version is
+	 * committed here, where the writer waits, when this is the last
+	 * writable handle: once close() returns, everyone sees the version.
+	 */
+	return last ? commit_snapshot(ns, h) : 0;
+}
+
 int vp_ns_fsync(struct vp_ns *ns, struct vp_handle *h)
 {
 	struct vp_node *n = h->node;
@@ -1504,17 +1664,9 @@ int vp_ns_fsync(struct vp_ns *ns, struct vp_handle *h)
 	if (ns->cfg.fsync_mode == VP_FSYNC_CACHE)
 		return 0;
 	/* fsync=pfs: make what was written a version, and wait for the PFS */
-	if (h->writable && __atomic_exchange_n(&n->dirty, 0, __ATOMIC_ACQ_REL)) {
-		struct vp_data *snap = vp_data_clone(h->data);
-
-		if (!snap) {
-			__atomic_store_n(&n->dirty, 1, __ATOMIC_RELEASE);
-			return -ENOMEM;
-		}
-		pthread_mutex_lock(&ns->lock);
-		commit_locked(ns, n, snap);
-		pthread_mutex_unlock(&ns->lock);
-	}
+	rc = commit_snapshot(ns, h);
+	if (rc)
+		return rc;
 	pthread_mutex_lock(&ns->lock);
 	rc = live_path_locked(ns, n, path, sizeof(path));
 	pthread_mutex_unlock(&ns->lock);
@@ -1524,6 +1676,36 @@ int vp_ns_fsync(struct vp_ns *ns, struct vp_handle *h)
 	while (rc == 0)
 		rc = vp_ns_flush_poll(ns, &p, 1.0);
 	return rc < 0 ? rc : 0;
+}
+
+/*
+ * Replaces root/name with text, as a new version, through the namespace
+ * (not the mount).  Used for the schedule file.  No locks held.
+ */
+static void write_internal_file(struct vp_ns *ns, const char *name,
+				const char *text)
+{
+	struct vp_handle *h;
+	struct stat st;
+	int keep, rc;
+
+	rc = vp_ns_lookup(ns, VP_ROOT_INO, name, &st);
+	if (rc == 0) {
+		rc = vp_ns_open(ns, st.st_ino, O_WRONLY | O_TRUNC, &h, &keep);
+		vp_ns_forget(ns, st.st_ino, 1);
+	} else if (rc == -ENOENT) {
+		rc = vp_ns_create(ns, VP_ROOT_INO, name, 0644, O_WRONLY | O_CREAT,
+				  0, 0, &st, &h);
+		if (rc == 0)
+			vp_ns_forget(ns, st.st_ino, 1);
+	}
+	if (rc) {
+		vp_log(LOG_WARNING, "plan", "could not write '%s': %s", name, strerror(-rc));
+		return;
+	}
+	if (vp_ns_write(ns, h, text, strlen(text), 0) < 0)
+		vp_log(LOG_WARNING, "plan", "could not write '%s'", name);
+	vp_ns_release(ns, h);
 }
 
 int vp_ns_fsyncdir(struct vp_ns *ns, uint64_t ino)

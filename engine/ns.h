@@ -119,6 +119,11 @@ ssize_t vp_ns_write(struct vp_ns *ns, struct vp_handle *h, const void *buf,
 /* Reads through the handle's version (data.h's vp_data_read). */
 ssize_t vp_ns_read(struct vp_ns *ns, struct vp_handle *h, uint64_t off,
 		   size_t len, struct vp_read *rd);
+/*
+ * close() of a file descriptor (FUSE FLUSH): if h is the last writable
+ * handle, what was written becomes a version now.
+ */
+int vp_ns_flush(struct vp_ns *ns, struct vp_handle *h);
 /* fsync of a file; what it waits for is cfg->fsync_mode. */
 int vp_ns_fsync(struct vp_ns *ns, struct vp_handle *h);
 

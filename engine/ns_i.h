@@ -22,10 +22,12 @@
 #include "data.h"
 #include "ns.h"
 #include "pool.h"
+#include "sched.h"
 #include "tbucket.h"
 
 #define VP_NO_VERSION UINT64_MAX
 #define VP_STAGING_DIR ".viperfs-staging"
+#define VP_SCHEDULE_FILE ".viperfs-schedule.json"
 
 enum vp_node_type { VP_NODE_DIR, VP_NODE_FILE, VP_NODE_SYMLINK };
 
@@ -114,6 +116,7 @@ struct vp_ns {
 	int staging_fd;			/* the staging folder in it */
 	struct vp_pool *pool;
 	struct tbucket flush_bucket;
+	struct vp_sched *sched;		/* publish=schedule, else NULL */
 	char control_path[PATH_MAX];
 	int stop;			/* protected by lock */
 

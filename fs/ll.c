@@ -305,8 +305,7 @@ static void vpfs_write(fuse_req_t req, fuse_ino_t ino, const char *buf,
 static void vpfs_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	(void)ino;
-	(void)fi;
-	reply_err(req, 0);	/* the version is committed at release */
+	reply_err(req, vp_ns_flush(ns_of(req), handle_of(fi)));
 }
 
 static void vpfs_release(fuse_req_t req, fuse_ino_t ino,
