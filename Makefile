@@ -28,7 +28,7 @@ UNIT_SRC = $(wildcard tests/unit/test_*.c)
 UNIT_BIN = $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 ENGINE_LIBS = -lxxhash -lm -pthread
 
-.PHONY: all deps test unit integration check bench clean install demo
+.PHONY: all deps test unit integration check bench clean install demo plan-report
 all: deps $(BUILD)/viperfs $(BUILD)/viperctl
 
 # Installs the Debian packages the build and tests need, if any is missing.
@@ -68,6 +68,10 @@ check:
 
 bench: all
 	@$(PYTHON) tests/bench/bench.py $(BENCH_ARGS)
+
+# The planner's real run: NT3-like CNN, actual CIL of each schedule (~3 min).
+plan-report: all
+	@$(PYTHON) tests/planner/nt3_run.py
 
 demo: all
 	@sh mount-scripts/demo.sh
