@@ -28,7 +28,7 @@ UNIT_SRC = $(wildcard tests/unit/test_*.c)
 UNIT_BIN = $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 ENGINE_LIBS = -lxxhash -lm -pthread
 
-.PHONY: all deps test unit integration check bench clean install demo plan-report
+.PHONY: all deps test unit integration check bench clean install demo plan-report check-thread
 all: deps $(BUILD)/viperfs $(BUILD)/viperctl
 
 # Installs the Debian packages the build and tests need, if any is missing.
@@ -66,6 +66,9 @@ test: all $(UNIT_BIN)
 check:
 	$(MAKE) BUILD=build-san SANITIZE=address,undefined test
 
+check-thread:
+	$(MAKE) BUILD=build-tsan SANITIZE=thread test
+
 bench: all
 	@$(PYTHON) tests/bench/bench.py $(BENCH_ARGS)
 
@@ -81,6 +84,6 @@ install: all
 	install -D -m 0755 $(BUILD)/viperctl $(DESTDIR)$(PREFIX)/bin/viperctl
 
 clean:
-	rm -rf build build-san
+	rm -rf build build-san build-tsan
 
 -include $(ENGINE_OBJ:.o=.d) $(FS_OBJ:.o=.d) $(VIPERCTL_OBJ:.o=.d)
