@@ -818,17 +818,25 @@ unsigned int vp_ns_free(struct vp_ns *ns)
 
 /* ---- names ----------------------------------------------------------- */
 
-/* Finds a directory by inode, loaded; returns it with a ref, or NULL. */
-static int get_loaded_dir(struct vp_ns *ns, uint64_t ino, struct vp_node **out)
+/* Returns the node of ino with a new reference, or NULL.  No lock held. */
+static struct vp_node *get_node(struct vp_ns *ns, uint64_t ino)
 {
-	struct vp_node *dir;
-	int rc;
+	struct vp_node *n;
 
 	pthread_mutex_lock(&ns->lock);
-	dir = ino_find_locked(ns, ino);
-	if (dir)
-		vp_node_get(dir);
+	n = ino_find_locked(ns, ino);
+	if (n)
+		vp_node_get(n);
 	pthread_mutex_unlock(&ns->lock);
+	return n;
+}
+
+/* Finds a directory by inode, loaded; returns it with a ref, or -errno. */
+static int get_loaded_dir(struct vp_ns *ns, uint64_t ino, struct vp_node **out)
+{
+	struct vp_node *dir = get_node(ns, ino);
+	int rc;
+
 	if (!dir)
 		return -ESTALE;
 	if (dir->type != VP_NODE_DIR) {
@@ -1458,14 +1466,9 @@ static int open_node(struct vp_ns *ns, struct vp_node *n, int flags,
 int vp_ns_open(struct vp_ns *ns, uint64_t ino, int flags,
 	       struct vp_handle **hp, int *keep_cache)
 {
-	struct vp_node *n;
+	struct vp_node *n = get_node(ns, ino);
 	int rc;
 
-	pthread_mutex_lock(&ns->lock);
-	n = ino_find_locked(ns, ino);
-	if (n)
-		vp_node_get(n);
-	pthread_mutex_unlock(&ns->lock);
 	if (!n)
 		return -ESTALE;
 	rc = open_node(ns, n, flags, hp, keep_cache);

@@ -392,42 +392,38 @@ static void vpfs_statfs(fuse_req_t req, fuse_ino_t ino)
 		fuse_reply_statfs(req, &sv);
 }
 
-static void vpfs_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
-			  size_t size)
+/* Replies to getxattr/listxattr: a size probe (size 0) or the value. */
+static void reply_xattr(fuse_req_t req, ssize_t n, const char *buf, size_t size)
 {
-	char *buf = size ? malloc(size) : NULL;
-	ssize_t n;
-
-	if (size && !buf) {
-		reply_err(req, -ENOMEM);
-		return;
-	}
-	n = vp_ns_getxattr(ns_of(req), ino, name, buf, size);
 	if (n < 0)
 		reply_err(req, (int)n);
 	else if (size == 0)
 		fuse_reply_xattr(req, (size_t)n);
 	else
 		fuse_reply_buf(req, buf, (size_t)n);
+}
+
+static void vpfs_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
+			  size_t size)
+{
+	char *buf = size ? malloc(size) : NULL;
+
+	if (size && !buf)
+		reply_err(req, -ENOMEM);
+	else
+		reply_xattr(req, vp_ns_getxattr(ns_of(req), ino, name, buf, size),
+			    buf, size);
 	free(buf);
 }
 
 static void vpfs_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 {
 	char *buf = size ? malloc(size) : NULL;
-	ssize_t n;
 
-	if (size && !buf) {
+	if (size && !buf)
 		reply_err(req, -ENOMEM);
-		return;
-	}
-	n = vp_ns_listxattr(ns_of(req), ino, buf, size);
-	if (n < 0)
-		reply_err(req, (int)n);
-	else if (size == 0)
-		fuse_reply_xattr(req, (size_t)n);
 	else
-		fuse_reply_buf(req, buf, (size_t)n);
+		reply_xattr(req, vp_ns_listxattr(ns_of(req), ino, buf, size), buf, size);
 	free(buf);
 }
 

@@ -22,6 +22,16 @@ VIPERFS = os.path.join(BUILD, "viperfs")
 VIPERCTL = os.path.join(BUILD, "viperctl")
 
 
+def read(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def write(path, data):
+    with open(path, "wb") as f:
+        f.write(data)
+
+
 def is_mounted(path):
     path = os.path.realpath(path)
     with open("/proc/self/mounts") as f:

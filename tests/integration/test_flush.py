@@ -9,14 +9,7 @@ import time
 import pytest
 
 
-def read(path):
-    with open(path, "rb") as f:
-        return f.read()
-
-
-def write(path, data):
-    with open(path, "wb") as f:
-        f.write(data)
+from conftest import read, write
 
 
 def pfs_files(pfs):

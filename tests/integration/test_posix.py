@@ -10,14 +10,7 @@ import subprocess
 import pytest
 
 
-def read(path):
-    with open(path, "rb") as f:
-        return f.read()
-
-
-def write(path, data):
-    with open(path, "wb") as f:
-        f.write(data)
+from conftest import read, write
 
 
 def test_create_write_read_and_version_xattr(mnt):
