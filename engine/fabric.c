@@ -1,0 +1,569 @@
+/* fabric: see fabric.h. */
+#define _GNU_SOURCE
+#include "fabric.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <rdma/fabric.h>
+#include <rdma/fi_cm.h>
+#include <rdma/fi_domain.h>
+#include <rdma/fi_endpoint.h>
+#include <rdma/fi_errno.h>
+#include <rdma/fi_rma.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "log.h"
+
+#define DEFAULT_PROVIDER "tcp;ofi_rxm"
+#define N_RECV 32
+#define N_SEND 32
+
+enum op_kind { OP_RECV, OP_SEND, OP_READ };
+
+/*
+ * The context of one posted operation.  FI_CONTEXT mode: the provider
+ * may use the struct fi_context at its head.
+ */
+struct op {
+	struct fi_context fictx;	/* first */
+	enum op_kind kind;
+	int done;			/* protected by fab->lock */
+	int status;			/* 0 or -errno, protected by fab->lock */
+	unsigned int index;		/* recv/send buffer slot */
+	struct batch *batch;		/* reads */
+};
+
+struct batch {
+	unsigned int outstanding;	/* protected by fab->lock */
+	int failed;
+};
+
+struct vp_fab_mr {
+	struct vp_fab *fab;
+	struct fid_mr *mr;
+};
+
+struct vp_fab {
+	struct fi_info *info;
+	struct fid_fabric *fabric;
+	struct fid_domain *domain;
+	struct fid_ep *ep;
+	struct fid_cq *cq;
+	struct fid_av *av;
+	uint64_t mr_mode;		/* what the provider kept */
+	char provider[64];
+	vp_fab_recv_cb cb;
+	void *cb_arg;
+
+	char *buf;			/* N_RECV + N_SEND message buffers */
+	struct fid_mr *buf_mr;
+	void *buf_desc;
+	struct op recv_ops[N_RECV];
+	struct op send_ops[N_SEND];
+
+	pthread_t progress;
+	int stop;			/* atomic */
+	pthread_mutex_t lock;
+	pthread_cond_t cond;		/* an operation completed */
+	uint64_t send_busy;		/* bitmap of send slots in use, protected by lock */
+	uint64_t next_key;		/* for providers without FI_MR_PROV_KEY */
+};
+
+int vp_fab_errno(int rc)
+{
+	if (rc >= 0)
+		return rc;
+	switch (-rc) {
+	case FI_EAGAIN: return -EAGAIN;
+	case FI_ETIMEDOUT: return -ETIMEDOUT;
+	case FI_ENOMEM: return -ENOMEM;
+	case FI_ENODATA: return -ENODATA;
+	case FI_ECANCELED: return -ECANCELED;
+	case FI_ECONNREFUSED: return -ECONNREFUSED;
+	case FI_EHOSTUNREACH: return -EHOSTUNREACH;
+	default:
+		return -rc < 256 ? rc : -EIO;	/* libfabric reuses errno values below 256 */
+	}
+}
+
+static double mono(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void abs_deadline(struct timespec *ts, double when)
+{
+	ts->tv_sec = (time_t)when;
+	ts->tv_nsec = (long)((when - (double)ts->tv_sec) * 1e9);
+}
+
+static char *recv_buf(struct vp_fab *fab, unsigned int i)
+{
+	return fab->buf + (size_t)i * VP_FAB_MAX_MSG;
+}
+
+static char *send_buf(struct vp_fab *fab, unsigned int i)
+{
+	return fab->buf + (size_t)(N_RECV + i) * VP_FAB_MAX_MSG;
+}
+
+static int post_recv(struct vp_fab *fab, unsigned int i)
+{
+	struct op *op = &fab->recv_ops[i];
+	int rc;
+
+	op->kind = OP_RECV;
+	op->index = i;
+	do {
+		rc = (int)fi_recv(fab->ep, recv_buf(fab, i), VP_FAB_MAX_MSG,
+				  fab->buf_desc, FI_ADDR_UNSPEC, &op->fictx);
+	} while (rc == -FI_EAGAIN && (fi_cq_read(fab->cq, NULL, 0), 1));
+	return vp_fab_errno(rc);
+}
+
+/* Handles one completion (or error completion).  No lock held. */
+static void complete(struct vp_fab *fab, struct op *op, int status, size_t len)
+{
+	if (op->kind == OP_RECV) {
+		if (status == 0 && fab->cb)
+			fab->cb(fab->cb_arg, recv_buf(fab, op->index), len);
+		if (!__atomic_load_n(&fab->stop, __ATOMIC_RELAXED) &&
+		    post_recv(fab, op->index))
+			vp_log(LOG_ERR, "fabric", "could not re-post a receive buffer");
+		return;
+	}
+	pthread_mutex_lock(&fab->lock);
+	if (op->kind == OP_READ) {
+		struct batch *b = op->batch;
+
+		if (status)
+			b->failed = status;
+		b->outstanding--;
+		free(op);
+	} else {
+		op->status = status;
+		op->done = 1;
+	}
+	pthread_cond_broadcast(&fab->cond);
+	pthread_mutex_unlock(&fab->lock);
+}
+
+static void *progress_main(void *arg)
+{
+	struct vp_fab *fab = arg;
+
+	while (!__atomic_load_n(&fab->stop, __ATOMIC_RELAXED)) {
+		struct fi_cq_data_entry ent[16];
+		ssize_t n = fi_cq_sread(fab->cq, ent, 16, NULL, 100);
+
+		if (n == -FI_EAVAIL) {
+			struct fi_cq_err_entry e = { 0 };
+
+			if (fi_cq_readerr(fab->cq, &e, 0) > 0 && e.op_context) {
+				struct op *op = e.op_context;
+
+				if (op->kind != OP_RECV || e.err != FI_ECANCELED)
+					vp_log(LOG_DEBUG, "fabric", "operation failed: %s",
+					       fi_strerror(e.err));
+				complete(fab, op, e.err == FI_ECANCELED ? -ECANCELED : -EIO, 0);
+			}
+			continue;
+		}
+		if (n == -FI_EAGAIN || n == -FI_ETIMEDOUT || n == -FI_EINTR)
+			continue;
+		if (n < 0) {
+			/* no wait object: poll */
+			if (n == -FI_ENOSYS) {
+				n = fi_cq_read(fab->cq, ent, 16);
+				if (n == -FI_EAGAIN) {
+					struct timespec ts = { 0, 50000 };
+
+					nanosleep(&ts, NULL);
+					continue;
+				}
+			}
+			if (n < 0)
+				continue;
+		}
+		for (ssize_t i = 0; i < n; i++)
+			complete(fab, ent[i].op_context, 0, ent[i].len);
+	}
+	return NULL;
+}
+
+struct vp_fab *vp_fab_open(const char *provider, const char *node,
+			   const char *service, int listen, vp_fab_recv_cb cb,
+			   void *cb_arg, char *err, size_t errlen)
+{
+	struct fi_info *hints = fi_allocinfo();
+	struct fi_cq_attr cq_attr = { .format = FI_CQ_FORMAT_DATA,
+				      .wait_obj = FI_WAIT_UNSPEC, .size = 1024 };
+	struct fi_av_attr av_attr = { .type = FI_AV_UNSPEC };
+	struct vp_fab *fab = calloc(1, sizeof(*fab));
+	const char *env = getenv("FI_PROVIDER");
+	size_t buflen = (size_t)(N_RECV + N_SEND) * VP_FAB_MAX_MSG;
+	int rc;
+
+	if (!hints || !fab) {
+		snprintf(err, errlen, "out of memory");
+		goto err_free;
+	}
+	if (!provider || !*provider)
+		provider = env && *env ? env : DEFAULT_PROVIDER;
+	snprintf(fab->provider, sizeof(fab->provider), "%s", provider);
+	fab->cb = cb;
+	fab->cb_arg = cb_arg;
+	pthread_mutex_init(&fab->lock, NULL);
+	{
+		pthread_condattr_t ca;
+
+		pthread_condattr_init(&ca);
+		pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+		pthread_cond_init(&fab->cond, &ca);
+		pthread_condattr_destroy(&ca);
+	}
+
+	hints->ep_attr->type = FI_EP_RDM;
+	hints->caps = FI_MSG | FI_RMA | FI_READ | FI_REMOTE_READ;
+	hints->mode = FI_CONTEXT;
+	hints->domain_attr->mr_mode = FI_MR_LOCAL | FI_MR_VIRT_ADDR |
+		FI_MR_ALLOCATED | FI_MR_PROV_KEY | FI_MR_ENDPOINT;
+	hints->domain_attr->threading = FI_THREAD_SAFE;
+	hints->fabric_attr->prov_name = strdup(provider);
+	rc = fi_getinfo(FI_VERSION(1, 17), listen ? node : NULL,
+			listen ? service : NULL, listen ? FI_SOURCE : 0, hints,
+			&fab->info);
+	if (rc) {
+		snprintf(err, errlen, "no libfabric provider '%s' for an RDM endpoint%s%s%s%s: %s",
+			 provider, listen ? " on " : "", listen && node ? node : "",
+			 listen ? ":" : "", listen && service ? service : "",
+			 fi_strerror(-rc));
+		goto err_free;
+	}
+	fab->mr_mode = fab->info->domain_attr->mr_mode;
+	if ((rc = fi_fabric(fab->info->fabric_attr, &fab->fabric, NULL)) ||
+	    (rc = fi_domain(fab->fabric, fab->info, &fab->domain, NULL)) ||
+	    (rc = fi_cq_open(fab->domain, &cq_attr, &fab->cq, NULL)) ||
+	    (rc = fi_av_open(fab->domain, &av_attr, &fab->av, NULL)) ||
+	    (rc = fi_endpoint(fab->domain, fab->info, &fab->ep, NULL)) ||
+	    (rc = fi_ep_bind(fab->ep, &fab->cq->fid, FI_TRANSMIT | FI_RECV)) ||
+	    (rc = fi_ep_bind(fab->ep, &fab->av->fid, 0)) ||
+	    (rc = fi_enable(fab->ep))) {
+		snprintf(err, errlen, "libfabric endpoint with '%s': %s", provider,
+			 fi_strerror(-rc));
+		goto err_close;
+	}
+	if (posix_memalign((void **)&fab->buf, 4096, buflen)) {
+		snprintf(err, errlen, "out of memory");
+		goto err_close;
+	}
+	memset(fab->buf, 0, buflen);	/* first touch now, not on the hot path */
+	rc = vp_fab_mr_reg(fab, fab->buf, buflen, (struct vp_fab_mr **)NULL, NULL, NULL);
+	if (rc) {
+		snprintf(err, errlen, "registering message buffers: %s", strerror(-rc));
+		goto err_close;
+	}
+	for (unsigned int i = 0; i < N_RECV; i++) {
+		rc = post_recv(fab, i);
+		if (rc) {
+			snprintf(err, errlen, "posting receives: %s", strerror(-rc));
+			goto err_close;
+		}
+	}
+	if (pthread_create(&fab->progress, NULL, progress_main, fab)) {
+		snprintf(err, errlen, "cannot start the progress thread");
+		goto err_close;
+	}
+	fi_freeinfo(hints);
+	vp_log(LOG_INFO, "fabric", "endpoint open with provider '%s' (mr_mode 0x%llx)%s%s%s%s",
+	       fab->provider, (unsigned long long)fab->mr_mode,
+	       listen ? ", listening on " : "", listen && node ? node : "",
+	       listen ? ":" : "", listen && service ? service : "");
+	return fab;
+
+err_close:
+	fab->stop = 1;
+	fab->progress = 0;
+	vp_fab_close(fab);
+	fi_freeinfo(hints);
+	return NULL;
+err_free:
+	if (fab && fab->info)
+		fi_freeinfo(fab->info);
+	free(fab);
+	if (hints)
+		fi_freeinfo(hints);
+	return NULL;
+}
+
+void vp_fab_close(struct vp_fab *fab)
+{
+	if (!fab)
+		return;
+	__atomic_store_n(&fab->stop, 1, __ATOMIC_RELAXED);
+	if (fab->progress)
+		pthread_join(fab->progress, NULL);
+	if (fab->ep)
+		fi_close(&fab->ep->fid);
+	if (fab->buf_mr)
+		fi_close(&fab->buf_mr->fid);
+	if (fab->av)
+		fi_close(&fab->av->fid);
+	if (fab->cq)
+		fi_close(&fab->cq->fid);
+	if (fab->domain)
+		fi_close(&fab->domain->fid);
+	if (fab->fabric)
+		fi_close(&fab->fabric->fid);
+	if (fab->info)
+		fi_freeinfo(fab->info);
+	free(fab->buf);
+	pthread_cond_destroy(&fab->cond);
+	pthread_mutex_destroy(&fab->lock);
+	free(fab);
+}
+
+const char *vp_fab_provider(const struct vp_fab *fab)
+{
+	return fab->provider;
+}
+
+int vp_fab_name(struct vp_fab *fab, void *buf, size_t len)
+{
+	size_t l = len;
+	int rc = fi_getname(&fab->ep->fid, buf, &l);
+
+	return rc ? vp_fab_errno(rc) : (int)l;
+}
+
+int vp_fab_insert_name(struct vp_fab *fab, const void *name, size_t len,
+		       vp_fab_addr *out)
+{
+	fi_addr_t a;
+
+	(void)len;
+	if (fi_av_insert(fab->av, name, 1, &a, 0, NULL) != 1)
+		return -EINVAL;
+	*out = a;
+	return 0;
+}
+
+int vp_fab_insert_host(struct vp_fab *fab, const char *node,
+		       const char *service, vp_fab_addr *out)
+{
+	struct fi_info *hints = fi_dupinfo(fab->info), *info = NULL;
+	int rc;
+
+	if (!hints)
+		return -ENOMEM;
+	free(hints->src_addr);
+	hints->src_addr = NULL;
+	hints->src_addrlen = 0;
+	free(hints->dest_addr);
+	hints->dest_addr = NULL;
+	hints->dest_addrlen = 0;
+	rc = fi_getinfo(FI_VERSION(1, 17), node, service, 0, hints, &info);
+	fi_freeinfo(hints);
+	if (rc)
+		return vp_fab_errno(rc);
+	rc = info->dest_addr ? vp_fab_insert_name(fab, info->dest_addr,
+						   info->dest_addrlen, out) : -EHOSTUNREACH;
+	fi_freeinfo(info);
+	return rc;
+}
+
+void vp_fab_remove(struct vp_fab *fab, vp_fab_addr addr)
+{
+	fi_addr_t a = addr;
+
+	fi_av_remove(fab->av, &a, 1, 0);
+}
+
+int vp_fab_mr_reg(struct vp_fab *fab, void *buf, size_t len,
+		  struct vp_fab_mr **mrp, uint64_t *key, uint64_t *remote_addr)
+{
+	struct fid_mr *mr;
+	uint64_t requested = 0;
+	int rc;
+
+	if (!(fab->mr_mode & FI_MR_PROV_KEY))
+		requested = __atomic_add_fetch(&fab->next_key, 1, __ATOMIC_RELAXED);
+	rc = fi_mr_reg(fab->domain, buf, len,
+		       FI_SEND | FI_RECV | FI_READ | FI_REMOTE_READ, 0,
+		       requested, 0, &mr, NULL);
+	if (rc)
+		return vp_fab_errno(rc);
+	if (fab->mr_mode & FI_MR_ENDPOINT) {
+		rc = fi_mr_bind(mr, &fab->ep->fid, 0);
+		if (!rc)
+			rc = fi_mr_enable(mr);
+		if (rc) {
+			fi_close(&mr->fid);
+			return vp_fab_errno(rc);
+		}
+	}
+	if (!mrp) {	/* the message buffers */
+		fab->buf_mr = mr;
+		fab->buf_desc = fi_mr_desc(mr);
+		return 0;
+	}
+	*mrp = calloc(1, sizeof(**mrp));
+	if (!*mrp) {
+		fi_close(&mr->fid);
+		return -ENOMEM;
+	}
+	(*mrp)->fab = fab;
+	(*mrp)->mr = mr;
+	if (key)
+		*key = fi_mr_key(mr);
+	if (remote_addr)
+		*remote_addr = (fab->mr_mode & FI_MR_VIRT_ADDR) ? (uint64_t)(uintptr_t)buf : 0;
+	return 0;
+}
+
+void vp_fab_mr_close(struct vp_fab_mr *mr)
+{
+	if (!mr)
+		return;
+	fi_close(&mr->mr->fid);
+	free(mr);
+}
+
+int vp_fab_send(struct vp_fab *fab, vp_fab_addr dest, const void *msg,
+		size_t len, double deadline_s)
+{
+	double deadline = mono() + deadline_s;
+	struct timespec ts;
+	struct op *op;
+	unsigned int slot;
+	int rc;
+
+	if (len > VP_FAB_MAX_MSG)
+		return -EMSGSIZE;
+	abs_deadline(&ts, deadline);
+	pthread_mutex_lock(&fab->lock);
+	while (fab->send_busy == (1ULL << N_SEND) - 1) {
+		if (pthread_cond_timedwait(&fab->cond, &fab->lock, &ts) == ETIMEDOUT) {
+			pthread_mutex_unlock(&fab->lock);
+			return -ETIMEDOUT;
+		}
+	}
+	slot = (unsigned int)__builtin_ctzll(~fab->send_busy);
+	fab->send_busy |= 1ULL << slot;
+	op = &fab->send_ops[slot];
+	op->kind = OP_SEND;
+	op->index = slot;
+	op->done = 0;
+	op->status = 0;
+	pthread_mutex_unlock(&fab->lock);
+
+	memcpy(send_buf(fab, slot), msg, len);
+	for (;;) {
+		rc = (int)fi_send(fab->ep, send_buf(fab, slot), len, fab->buf_desc,
+				  dest, &op->fictx);
+		if (rc != -FI_EAGAIN || mono() > deadline)
+			break;
+		sched_yield();
+	}
+	pthread_mutex_lock(&fab->lock);
+	if (rc == 0) {
+		while (!op->done) {
+			if (pthread_cond_timedwait(&fab->cond, &fab->lock, &ts) == ETIMEDOUT) {
+				/*
+				 * The slot stays busy: the provider may still
+				 * complete it.  A dead peer's slots leak until
+				 * close, bounded by N_SEND.
+				 */
+				pthread_mutex_unlock(&fab->lock);
+				return -ETIMEDOUT;
+			}
+		}
+		rc = op->status;
+	} else {
+		rc = rc == -FI_EAGAIN ? -ETIMEDOUT : vp_fab_errno(rc);
+	}
+	fab->send_busy &= ~(1ULL << slot);
+	pthread_cond_broadcast(&fab->cond);
+	pthread_mutex_unlock(&fab->lock);
+	return rc;
+}
+
+int vp_fab_read(struct vp_fab *fab, vp_fab_addr src, struct vp_fab_mr *local_mr,
+		const struct vp_fab_read_req *reqs, size_t n, unsigned int inflight,
+		double deadline_s)
+{
+	struct batch *b = calloc(1, sizeof(*b));
+	double deadline = mono() + deadline_s;
+	void *desc = fi_mr_desc(local_mr->mr);
+	struct timespec ts;
+	size_t next = 0;
+	int rc = 0;
+
+	if (!b)
+		return -ENOMEM;
+	if (inflight == 0)
+		inflight = 1;
+	abs_deadline(&ts, deadline);
+	pthread_mutex_lock(&fab->lock);
+	while (next < n || b->outstanding) {
+		if (b->failed)
+			break;
+		if (next < n && b->outstanding < inflight) {
+			struct op *op = calloc(1, sizeof(*op));
+			int prc;
+
+			if (!op) {
+				rc = -ENOMEM;
+				break;
+			}
+			op->kind = OP_READ;
+			op->batch = b;
+			b->outstanding++;
+			pthread_mutex_unlock(&fab->lock);
+			prc = (int)fi_read(fab->ep, reqs[next].local, reqs[next].len, desc,
+					   src, reqs[next].remote_addr, reqs[next].key,
+					   &op->fictx);
+			pthread_mutex_lock(&fab->lock);
+			if (prc == -FI_EAGAIN) {
+				b->outstanding--;
+				free(op);
+				if (mono() > deadline) {
+					rc = -ETIMEDOUT;
+					break;
+				}
+				pthread_mutex_unlock(&fab->lock);
+				sched_yield();
+				pthread_mutex_lock(&fab->lock);
+				continue;
+			}
+			if (prc) {
+				b->outstanding--;
+				free(op);
+				rc = vp_fab_errno(prc);
+				break;
+			}
+			next++;
+			continue;
+		}
+		if (pthread_cond_timedwait(&fab->cond, &fab->lock, &ts) == ETIMEDOUT) {
+			rc = -ETIMEDOUT;
+			break;
+		}
+	}
+	if (!rc && b->failed)
+		rc = -EIO;
+	if (b->outstanding) {
+		/* reads still posted: the batch must outlive them; leak it (bounded by timeouts) */
+		pthread_mutex_unlock(&fab->lock);
+		return rc ? rc : -ETIMEDOUT;
+	}
+	pthread_mutex_unlock(&fab->lock);
+	free(b);
+	return rc;
+}

@@ -1,0 +1,106 @@
+/*
+ * fabric: the libfabric transport of replication (FI_EP_RDM).
+ *
+ * One struct vp_fab is one endpoint with its fabric, domain, address
+ * vector and completion queue, and a progress thread that reads the CQ.
+ * It gives: messages (copied into registered, pre-posted buffers; a
+ * callback per received message), memory registration for RMA, and RMA
+ * reads of a peer's registered memory, pipelined, each with a deadline.
+ *
+ * DESIGN:
+ *  - The provider is cfg'd (FI_PROVIDER wins, as libfabric users expect);
+ *    the default is "tcp;ofi_rxm".  We ask for the mr_mode bits that
+ *    verbs, EFA and CXI need (FI_MR_LOCAL, VIRT_ADDR, ALLOCATED, PROV_KEY,
+ *    ENDPOINT) and honour whichever the provider keeps, so the same code
+ *    runs on RDMA fabrics.
+ *  - The owner of registered memory must drive progress even when the
+ *    peer only reads: the progress thread always runs.
+ *  - A dead peer often yields no completion at all: every wait has a
+ *    deadline; an operation past it is reported -ETIMEDOUT (its context
+ *    stays owned by the fabric until the provider lets go of it).
+ *
+ * THREADING: thread-safe (FI_THREAD_SAFE domain); callbacks run on the
+ * progress thread and must not block for long.
+ */
+#ifndef VP_FABRIC_H
+#define VP_FABRIC_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct vp_fab;
+struct vp_fab_mr;
+
+typedef uint64_t vp_fab_addr;	/* an fi_addr_t */
+
+#define VP_FAB_MAX_MSG (64u << 10)	/* largest control message */
+#define VP_FAB_NAME_MAX 64		/* largest endpoint name */
+
+/*
+ * Called on the progress thread for each message received; msg is valid
+ * during the call only.
+ */
+typedef void (*vp_fab_recv_cb)(void *arg, const void *msg, size_t len);
+
+/*
+ * Opens an endpoint.  provider: NULL or "" for $FI_PROVIDER or the
+ * default.  With listen set, node:service is the local address to bind
+ * (node may be NULL: any); otherwise the endpoint takes any local
+ * address.  Returns NULL with a message in err.
+ */
+struct vp_fab *vp_fab_open(const char *provider, const char *node,
+			   const char *service, int listen, vp_fab_recv_cb cb,
+			   void *cb_arg, char *err, size_t errlen);
+/* Stops the progress thread and frees everything.  Registered memory must be closed first. */
+void vp_fab_close(struct vp_fab *fab);
+
+/* The provider in use, e.g. "tcp;ofi_rxm". */
+const char *vp_fab_provider(const struct vp_fab *fab);
+
+/* This endpoint's name, for a peer's vp_fab_insert_name().  Returns its length or -errno. */
+int vp_fab_name(struct vp_fab *fab, void *buf, size_t len);
+/* Adds a peer by its endpoint name.  Returns 0 or -errno. */
+int vp_fab_insert_name(struct vp_fab *fab, const void *name, size_t len,
+		       vp_fab_addr *out);
+/* Adds a peer by node:service (resolved by the provider).  Returns 0 or -errno. */
+int vp_fab_insert_host(struct vp_fab *fab, const char *node,
+		       const char *service, vp_fab_addr *out);
+void vp_fab_remove(struct vp_fab *fab, vp_fab_addr addr);
+
+/*
+ * Sends len bytes (at most VP_FAB_MAX_MSG) to dest and waits for the
+ * send completion until deadline_s seconds from now.  May block.
+ * Returns 0, -ETIMEDOUT, or another -errno.
+ */
+int vp_fab_send(struct vp_fab *fab, vp_fab_addr dest, const void *msg,
+		size_t len, double deadline_s);
+
+/*
+ * Registers buf[0..len) for remote reads (and local use as a read
+ * target).  *key and *remote_addr are what a peer passes to
+ * vp_fab_read().  Returns 0 or -errno.
+ */
+int vp_fab_mr_reg(struct vp_fab *fab, void *buf, size_t len,
+		  struct vp_fab_mr **mr, uint64_t *key, uint64_t *remote_addr);
+void vp_fab_mr_close(struct vp_fab_mr *mr);
+
+struct vp_fab_read_req {
+	void *local;		/* target, inside local_mr's region */
+	size_t len;
+	uint64_t remote_addr;	/* as the peer's vp_fab_mr_reg() said, plus an offset */
+	uint64_t key;
+};
+
+/*
+ * Reads n pieces from src's registered memory into local_mr's, keeping
+ * up to inflight reads outstanding, and waits until all completed or the
+ * deadline passed.  Returns 0, -ETIMEDOUT, or -EIO (a piece failed).
+ */
+int vp_fab_read(struct vp_fab *fab, vp_fab_addr src, struct vp_fab_mr *local_mr,
+		const struct vp_fab_read_req *reqs, size_t n, unsigned int inflight,
+		double deadline_s);
+
+/* Translates a -FI_E* code (or -errno) to -errno. */
+int vp_fab_errno(int fi_rc);
+
+#endif
