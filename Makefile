@@ -28,7 +28,7 @@ UNIT_SRC = $(wildcard tests/unit/test_*.c)
 UNIT_BIN = $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 ENGINE_LIBS = -lfabric -lxxhash -lm -pthread
 
-.PHONY: all deps test unit integration check bench clean install demo plan-report check-thread
+.PHONY: all deps test unit integration check bench clean install demo plan-report check-thread fuzz
 all: deps $(BUILD)/viperfs $(BUILD)/viperctl
 
 # Installs the Debian packages the build and tests need, if any is missing.
@@ -75,6 +75,15 @@ bench: all
 # The planner's real run: NT3-like CNN, actual CIL of each schedule (~3 min).
 plan-report: all
 	@$(PYTHON) tests/planner/nt3_run.py
+
+# libFuzzer on the replication wire decoder (clang); FUZZ_TIME seconds.
+FUZZ_TIME ?= 60
+fuzz: deps
+	@mkdir -p $(BUILD)/fuzz tests/fuzz/corpus
+	clang -g -O1 -fsanitize=fuzzer,address,undefined -D_GNU_SOURCE -o $(BUILD)/fuzz/fuzz_proto \
+		tests/fuzz/fuzz_proto.c engine/proto.c
+	$(BUILD)/fuzz/fuzz_proto -max_total_time=$(FUZZ_TIME) -max_len=65536 \
+		-print_final_stats=1 tests/fuzz/corpus
 
 demo: all
 	@sh mount-scripts/demo.sh

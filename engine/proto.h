@@ -1,0 +1,125 @@
+/*
+ * proto: the replication wire protocol -- message layouts, encoding, and a
+ * decoder that validates every field before anything else sees it.
+ *
+ * Every message: a 20-byte header {magic "VPR1", u16 version, u16 type,
+ * u32 payload length, u64 sender's peer id} and a payload, little-endian.
+ * Strings are u16 length + bytes (no NUL inside, none at the end).
+ *
+ *   HELLO      consumer -> producer: nonce, the consumer's endpoint name
+ *   CHALLENGE  producer -> consumer: peer id, nonce, HMAC proving the producer
+ *   AUTH       consumer -> producer: HMAC proving the consumer
+ *   WELCOME    producer -> consumer: subscribed; a catch-up follows
+ *   REFUSED    either way: a reason; the peer is dropped
+ *   ANNOUNCE   producer -> consumer: a file version (path, version, size,
+ *              mode, mtime, xxh3 checksum) and where its chunks are (RMA
+ *              address + key per chunk; key 0 = a hole); big files take
+ *              several ANNOUNCEs, each with a range of chunks
+ *   OP         producer -> consumer: mkdir, rename, unlink, rmdir, symlink
+ *   SYNC_END   producer -> consumer: the catch-up is complete
+ *   DONE       consumer -> producer: a version is installed (or skipped)
+ *   HEARTBEAT  both ways
+ *
+ * Paths are relative to the mount, "/"-separated, and each component is
+ * 1..255 bytes, not "." or "..", without "/" or NUL: a decoded path can
+ * never leave the mount.  Sizes are checked against the chunk layout.
+ */
+#ifndef VP_PROTO_H
+#define VP_PROTO_H
+
+#include <limits.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#define VP_PROTO_MAGIC 0x31525056u	/* "VPR1" */
+#define VP_PROTO_VERSION 1
+#define VP_PROTO_HDR 20
+#define VP_PROTO_NONCE 16
+#define VP_PROTO_MAC 32			/* HMAC-SHA256 */
+#define VP_PROTO_NAME_MAX 64		/* endpoint names */
+#define VP_PROTO_MAX_FILE (1ULL << 44)
+#define VP_PROTO_CHUNKS_PER_MSG 2048	/* 32 KiB of chunk descriptors */
+
+enum vp_msg_type {
+	VP_MSG_HELLO = 1, VP_MSG_CHALLENGE, VP_MSG_AUTH, VP_MSG_WELCOME,
+	VP_MSG_REFUSED, VP_MSG_ANNOUNCE, VP_MSG_OP, VP_MSG_SYNC_END,
+	VP_MSG_DONE, VP_MSG_HEARTBEAT,
+};
+
+enum vp_op_kind { VP_OP_MKDIR = 1, VP_OP_RENAME, VP_OP_UNLINK, VP_OP_RMDIR,
+		  VP_OP_SYMLINK };
+
+struct vp_chunk_ref {
+	uint64_t addr;
+	uint64_t key;		/* 0: a hole, reads as zeros */
+};
+
+struct vp_msg {
+	enum vp_msg_type type;
+	uint64_t peer_id;
+	union {
+		struct {
+			uint8_t nonce[VP_PROTO_NONCE];
+			uint16_t name_len;
+			uint8_t name[VP_PROTO_NAME_MAX];
+		} hello;
+		struct {
+			uint64_t assigned_id;
+			uint8_t nonce[VP_PROTO_NONCE];
+			uint8_t mac[VP_PROTO_MAC];
+		} challenge;
+		struct {
+			uint8_t mac[VP_PROTO_MAC];
+		} auth;
+		struct {
+			char reason[128];
+		} refused;
+		struct {
+			uint64_t seq, version, size, checksum;
+			uint32_t mode;
+			int64_t mtime_ns;
+			uint32_t chunk_size, nchunks, first, count;
+			char path[PATH_MAX];
+			struct vp_chunk_ref chunk[VP_PROTO_CHUNKS_PER_MSG];
+		} announce;
+		struct {
+			uint64_t seq;
+			uint32_t kind;	/* enum vp_op_kind */
+			uint32_t mode;
+			char path[PATH_MAX];
+			char path2[PATH_MAX];	/* rename target, symlink target */
+		} op;
+		struct {
+			uint64_t seq;
+		} sync_end;
+		struct {
+			uint64_t seq, version;
+			int32_t status;		/* 0 installed, else -errno */
+		} done;
+		struct {
+			uint64_t latest_seq;
+		} heartbeat;
+	} u;
+};
+
+/*
+ * Encodes m into buf.  Returns the length, or -EMSGSIZE / -EINVAL (a field
+ * that would not decode: callers validate their own paths with
+ * vp_proto_check_path()).
+ */
+ssize_t vp_msg_encode(const struct vp_msg *m, void *buf, size_t len);
+
+/*
+ * Decodes and validates len bytes into *m.  Returns 0, or -EBADMSG with a
+ * reason in why (for the log) when anything is off.
+ */
+int vp_msg_decode(const void *buf, size_t len, struct vp_msg *m,
+		  const char **why);
+
+/* 0 if path is a valid relative mount path (see above), else -EINVAL. */
+int vp_proto_check_path(const char *path);
+
+const char *vp_msg_type_name(enum vp_msg_type t);
+
+#endif

@@ -1,0 +1,202 @@
+#define _GNU_SOURCE
+/* Unit tests: the replication wire codec and its validation. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+#include <errno.h>
+#include <stdlib.h>
+#define _GNU_SOURCE
+#include <string.h>
+
+#include "../../engine/proto.h"
+
+static uint8_t buf[64 << 10];
+
+static struct vp_msg *msg_new(enum vp_msg_type t)
+{
+	struct vp_msg *m = calloc(1, sizeof(*m));
+
+	m->type = t;
+	m->peer_id = 42;
+	return m;
+}
+
+static struct vp_msg *roundtrip(const struct vp_msg *m)
+{
+	struct vp_msg *out = calloc(1, sizeof(*out));
+	const char *why = NULL;
+	ssize_t n = vp_msg_encode(m, buf, sizeof(buf));
+
+	assert_true(n >= VP_PROTO_HDR);
+	if (vp_msg_decode(buf, (size_t)n, out, &why))
+		fail_msg("decode of %s: %s", vp_msg_type_name(m->type), why);
+	assert_int_equal(out->type, m->type);
+	assert_int_equal(out->peer_id, 42);
+	return out;
+}
+
+static void test_roundtrips(void **state)
+{
+	struct vp_msg *m, *d;
+
+	(void)state;
+	m = msg_new(VP_MSG_ANNOUNCE);
+	m->u.announce.seq = 7;
+	m->u.announce.version = 3;
+	m->u.announce.size = 3 * (1u << 20) + 5;
+	m->u.announce.checksum = 0x1234567890abcdefULL;
+	m->u.announce.mode = 0644;
+	m->u.announce.mtime_ns = -5;
+	m->u.announce.chunk_size = 1u << 20;
+	m->u.announce.nchunks = 4;
+	m->u.announce.first = 1;
+	m->u.announce.count = 3;
+	strcpy(m->u.announce.path, "run/ckpt-1/model.pt");
+	for (int i = 0; i < 3; i++) {
+		m->u.announce.chunk[i].addr = 0x7f0000000000ULL + (uint64_t)i;
+		m->u.announce.chunk[i].key = (uint64_t)i * 11;
+	}
+	d = roundtrip(m);
+	assert_int_equal(d->u.announce.size, m->u.announce.size);
+	assert_int_equal(d->u.announce.mtime_ns, -5);
+	assert_string_equal(d->u.announce.path, "run/ckpt-1/model.pt");
+	assert_int_equal(d->u.announce.chunk[2].addr, 0x7f0000000002ULL);
+	assert_int_equal(d->u.announce.chunk[2].key, 22);
+	free(m);
+	free(d);
+
+	m = msg_new(VP_MSG_OP);
+	m->u.op.kind = VP_OP_SYMLINK;
+	strcpy(m->u.op.path, "latest");
+	strcpy(m->u.op.path2, "../elsewhere/x");	/* a link's target is its content */
+	d = roundtrip(m);
+	assert_string_equal(d->u.op.path2, "../elsewhere/x");
+	free(m);
+	free(d);
+
+	m = msg_new(VP_MSG_HELLO);
+	memset(m->u.hello.nonce, 9, VP_PROTO_NONCE);
+	m->u.hello.name_len = 16;
+	memset(m->u.hello.name, 3, 16);
+	d = roundtrip(m);
+	assert_memory_equal(d->u.hello.name, m->u.hello.name, 16);
+	free(m);
+	free(d);
+
+	m = msg_new(VP_MSG_REFUSED);
+	strcpy(m->u.refused.reason, "bad secret");
+	d = roundtrip(m);
+	assert_string_equal(d->u.refused.reason, "bad secret");
+	free(m);
+	free(d);
+}
+
+static void test_path_rules(void **state)
+{
+	(void)state;
+	assert_int_equal(vp_proto_check_path("a/b/c.pt"), 0);
+	assert_int_equal(vp_proto_check_path("..hidden/x"), 0);
+	assert_int_equal(vp_proto_check_path(""), -EINVAL);
+	assert_int_equal(vp_proto_check_path("/etc/passwd"), -EINVAL);
+	assert_int_equal(vp_proto_check_path("a/../../etc"), -EINVAL);
+	assert_int_equal(vp_proto_check_path(".."), -EINVAL);
+	assert_int_equal(vp_proto_check_path("a/./b"), -EINVAL);
+	assert_int_equal(vp_proto_check_path("a//b"), -EINVAL);
+	assert_int_equal(vp_proto_check_path("a/"), -EINVAL);
+	assert_int_equal(vp_proto_check_path(".viperfs-staging/x"), -EINVAL);
+	{
+		char longname[300];
+
+		memset(longname, 'x', 256);
+		longname[256] = '\0';
+		assert_int_equal(vp_proto_check_path(longname), -EINVAL);
+	}
+}
+
+/* Encodes a valid ANNOUNCE, lets mutate() damage it, and expects a refusal. */
+static void expect_refused(void (*mutate)(uint8_t *b, size_t *n), const char *want)
+{
+	struct vp_msg *m = msg_new(VP_MSG_ANNOUNCE), *d = calloc(1, sizeof(*d));
+	const char *why = NULL;
+	ssize_t n;
+	size_t len;
+
+	m->u.announce.size = 10;
+	m->u.announce.chunk_size = 1u << 20;
+	m->u.announce.nchunks = 1;
+	m->u.announce.count = 1;
+	strcpy(m->u.announce.path, "abcd");
+	n = vp_msg_encode(m, buf, sizeof(buf));
+	assert_true(n > 0);
+	len = (size_t)n;
+	mutate(buf, &len);
+	assert_int_equal(vp_msg_decode(buf, len, d, &why), -EBADMSG);
+	if (!why || !strstr(why, want))
+		fail_msg("refused for '%s', expected '%s'", why ? why : "(null)", want);
+	free(m);
+	free(d);
+}
+
+/* The path "abcd" sits right after 2 + the fixed fields; find it. */
+static uint8_t *path_in(uint8_t *b, size_t n)
+{
+	return memmem(b, n, "abcd", 4);
+}
+
+static void m_magic(uint8_t *b, size_t *n) { (void)n; b[0] ^= 1; }
+static void m_truncate(uint8_t *b, size_t *n) { (void)b; *n -= 3; }
+static void m_trailing(uint8_t *b, size_t *n) { b[*n] = 0; (*n)++; b[8]++; }
+static void m_dotdot(uint8_t *b, size_t *n) { memcpy(path_in(b, *n), "../x", 4); }
+static void m_slash(uint8_t *b, size_t *n) { memcpy(path_in(b, *n), "/abc", 4); }
+static void m_nul(uint8_t *b, size_t *n) { path_in(b, *n)[1] = '\0'; }
+static void m_size(uint8_t *b, size_t *n)
+{
+	/* size is the third u64 of the payload: make it 2 MiB with one chunk */
+	(void)n;
+	b[VP_PROTO_HDR + 16 + 2] = 0x20;
+}
+static void m_type(uint8_t *b, size_t *n) { (void)n; b[6] = 99; }
+static void m_plen(uint8_t *b, size_t *n) { (void)n; b[8] += 1; }
+
+static void test_malformed_messages_are_refused(void **state)
+{
+	(void)state;
+	expect_refused(m_magic, "magic");
+	expect_refused(m_truncate, "");
+	expect_refused(m_trailing, "");
+	expect_refused(m_dotdot, "bad path");
+	expect_refused(m_slash, "bad path");
+	expect_refused(m_nul, "NUL");
+	expect_refused(m_size, "chunk layout");
+	expect_refused(m_type, "unknown message type");
+	expect_refused(m_plen, "payload length");
+}
+
+static void test_encoder_refuses_what_would_not_decode(void **state)
+{
+	struct vp_msg *m = msg_new(VP_MSG_OP);
+
+	(void)state;
+	m->u.op.kind = VP_OP_RENAME;
+	strcpy(m->u.op.path, "a");
+	strcpy(m->u.op.path2, "../b");
+	assert_int_equal(vp_msg_encode(m, buf, sizeof(buf)), -EINVAL);
+	m->u.op.kind = 77;
+	strcpy(m->u.op.path2, "b");
+	assert_int_equal(vp_msg_encode(m, buf, sizeof(buf)), -EINVAL);
+	m->u.op.kind = VP_OP_MKDIR;
+	assert_int_equal(vp_msg_encode(m, buf, 30), -EMSGSIZE);
+	free(m);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_roundtrips),
+		cmocka_unit_test(test_path_rules),
+		cmocka_unit_test(test_malformed_messages_are_refused),
+		cmocka_unit_test(test_encoder_refuses_what_would_not_decode),
+	};
+	return cmocka_run_group_tests_name("proto", tests, NULL, NULL);
+}
