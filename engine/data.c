@@ -425,6 +425,52 @@ void vp_read_release(struct vp_read *rd)
 	rd->len = 0;
 }
 
+struct vp_data *vp_data_adopt(struct vp_pool *pool, void **mem, size_t n,
+			      uint64_t size)
+{
+	struct vp_data *d = data_alloc(pool);
+	size_t i = 0;
+
+	if (!d || reserve_slots_locked(d, n ? n : 1))
+		goto err;
+	for (; i < n; i++) {
+		struct vp_chunk *c;
+
+		if (!mem[i])
+			continue;
+		c = malloc(sizeof(*c));
+		if (!c)
+			goto err;
+		c->refs = 1;
+		c->mem = mem[i];
+		d->slots[i] = c;
+		d->resident += d->chunk_size;
+	}
+	/* zero the tail of the last chunk: bytes past size read as zeros */
+	if (n && mem[n - 1] && size % d->chunk_size)
+		memset((char *)mem[n - 1] + size % d->chunk_size, 0,
+		       d->chunk_size - size % d->chunk_size);
+	d->size = size;
+	return d;
+err:
+	for (; i < n; i++)
+		if (mem[i])
+			vp_pool_put_chunk(pool, mem[i]);
+	vp_data_put(d);
+	return NULL;
+}
+
+const void *vp_data_chunk_mem(struct vp_data *d, size_t idx)
+{
+	const void *mem = NULL;
+
+	pthread_mutex_lock(&d->lock);
+	if (idx < d->nslots && d->slots[idx])
+		mem = d->slots[idx]->mem;
+	pthread_mutex_unlock(&d->lock);
+	return mem;
+}
+
 ssize_t vp_data_pread(struct vp_data *d, void *buf, size_t len, uint64_t off)
 {
 	size_t done = 0;

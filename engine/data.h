@@ -105,6 +105,20 @@ ssize_t vp_data_read(struct vp_data *d, uint64_t off, size_t len,
 		     struct vp_read *rd);
 void vp_read_release(struct vp_read *rd);
 
+/*
+ * Builds data from chunk memory the caller filled (e.g. by RMA):
+ * mem[i] is chunk i (from d's pool; NULL: a hole).  Takes ownership of
+ * every mem[i], also on failure.  Returns new data (one reference) or NULL.
+ */
+struct vp_data *vp_data_adopt(struct vp_pool *pool, void **mem, size_t n,
+			      uint64_t size);
+
+/*
+ * Where the chunk holding byte off lives: its memory, or NULL for a hole
+ * or an unfetched chunk.  For the network: the caller must hold d.
+ */
+const void *vp_data_chunk_mem(struct vp_data *d, size_t idx);
+
 /* Copies up to len bytes at off into buf.  Returns bytes or -errno. */
 ssize_t vp_data_pread(struct vp_data *d, void *buf, size_t len, uint64_t off);
 

@@ -494,13 +494,12 @@ int vp_fab_send(struct vp_fab *fab, vp_fab_addr dest, const void *msg,
 	return rc;
 }
 
-int vp_fab_read(struct vp_fab *fab, vp_fab_addr src, struct vp_fab_mr *local_mr,
+int vp_fab_read(struct vp_fab *fab, vp_fab_addr src,
 		const struct vp_fab_read_req *reqs, size_t n, unsigned int inflight,
 		double deadline_s)
 {
 	struct batch *b = calloc(1, sizeof(*b));
 	double deadline = mono() + deadline_s;
-	void *desc = fi_mr_desc(local_mr->mr);
 	struct timespec ts;
 	size_t next = 0;
 	int rc = 0;
@@ -526,7 +525,8 @@ int vp_fab_read(struct vp_fab *fab, vp_fab_addr src, struct vp_fab_mr *local_mr,
 			op->batch = b;
 			b->outstanding++;
 			pthread_mutex_unlock(&fab->lock);
-			prc = (int)fi_read(fab->ep, reqs[next].local, reqs[next].len, desc,
+			prc = (int)fi_read(fab->ep, reqs[next].local, reqs[next].len,
+					   fi_mr_desc(reqs[next].mr->mr),
 					   src, reqs[next].remote_addr, reqs[next].key,
 					   &op->fictx);
 			pthread_mutex_lock(&fab->lock);

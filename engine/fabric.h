@@ -85,18 +85,19 @@ int vp_fab_mr_reg(struct vp_fab *fab, void *buf, size_t len,
 void vp_fab_mr_close(struct vp_fab_mr *mr);
 
 struct vp_fab_read_req {
-	void *local;		/* target, inside local_mr's region */
+	struct vp_fab_mr *mr;	/* registered memory holding local */
+	void *local;		/* target */
 	size_t len;
 	uint64_t remote_addr;	/* as the peer's vp_fab_mr_reg() said, plus an offset */
 	uint64_t key;
 };
 
 /*
- * Reads n pieces from src's registered memory into local_mr's, keeping
+ * Reads n pieces from src's registered memory into local memory, keeping
  * up to inflight reads outstanding, and waits until all completed or the
  * deadline passed.  Returns 0, -ETIMEDOUT, or -EIO (a piece failed).
  */
-int vp_fab_read(struct vp_fab *fab, vp_fab_addr src, struct vp_fab_mr *local_mr,
+int vp_fab_read(struct vp_fab *fab, vp_fab_addr src,
 		const struct vp_fab_read_req *reqs, size_t n, unsigned int inflight,
 		double deadline_s);
 

@@ -22,6 +22,8 @@ struct slab {
 	struct slab *next;
 	void *map;		/* what munmap() needs */
 	size_t map_len;
+	void *base;		/* the chunks */
+	size_t len;
 };
 
 struct free_chunk {
@@ -35,6 +37,8 @@ struct vp_pool {
 	uint64_t budget;
 	void (*pressure_cb)(void *);
 	void *pressure_arg;
+	void (*slab_cb)(void *, void *, size_t);	/* protected by lock */
+	void *slab_arg;
 	/* protected by lock: */
 	struct free_chunk *free_list;
 	struct slab *slabs;
@@ -73,6 +77,10 @@ static int slab_add_locked(struct vp_pool *pool, uint64_t want)
 		memset(base, 0, len);	/* older kernels: touch every page */
 	slab->map = map;
 	slab->map_len = map_len;
+	slab->base = base;
+	slab->len = len;
+	if (pool->slab_cb)
+		pool->slab_cb(pool->slab_arg, base, len);
 	slab->next = pool->slabs;
 	pool->slabs = slab;
 	for (size_t off = len; off > 0; off -= pool->chunk_size) {
@@ -233,6 +241,17 @@ void vp_pool_put_chunk(struct vp_pool *pool, void *mem)
 	pool->free_list = fc;
 	pool->used -= pool->chunk_size;
 	pthread_cond_broadcast(&pool->freed);
+	pthread_mutex_unlock(&pool->lock);
+}
+
+void vp_pool_set_slab_cb(struct vp_pool *pool,
+			 void (*cb)(void *arg, void *base, size_t len), void *arg)
+{
+	pthread_mutex_lock(&pool->lock);
+	pool->slab_cb = cb;
+	pool->slab_arg = arg;
+	for (struct slab *s = pool->slabs; s && cb; s = s->next)
+		cb(arg, s->base, s->len);
 	pthread_mutex_unlock(&pool->lock);
 }
 

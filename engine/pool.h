@@ -60,6 +60,14 @@ void *vp_pool_get_chunk(struct vp_pool *pool, double wait_s, int *err);
 /* Gives a chunk back.  Never blocks for long. */
 void vp_pool_put_chunk(struct vp_pool *pool, void *mem);
 
+/*
+ * Calls cb(arg, base, len) for every slab of chunk memory, now and
+ * whenever one is added (to register it with the network).  cb runs with
+ * the pool lock held: it must not call back into the pool.
+ */
+void vp_pool_set_slab_cb(struct vp_pool *pool,
+			 void (*cb)(void *arg, void *base, size_t len), void *arg);
+
 size_t vp_pool_chunk_size(const struct vp_pool *pool);
 void vp_pool_get_stats(struct vp_pool *pool, struct vp_pool_stats *st);
 

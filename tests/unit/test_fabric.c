@@ -120,23 +120,24 @@ static void test_messages_and_rma_read(void **state)
 	assert_int_equal(vp_fab_mr_reg(prod, src, size, &pmr, &key, &raddr), 0);
 	assert_int_equal(vp_fab_mr_reg(cons, dst, size, &cmr, NULL, NULL), 0);
 	for (int i = 0; i < 8; i++) {
+		reqs[i].mr = cmr;
 		reqs[i].local = dst + ((size_t)i << 20);
 		reqs[i].len = 1u << 20;
 		reqs[i].remote_addr = raddr + ((uint64_t)i << 20);
 		reqs[i].key = key;
 	}
-	assert_int_equal(vp_fab_read(cons, to_prod, cmr, reqs, 8, 4, 30), 0);
+	assert_int_equal(vp_fab_read(cons, to_prod, reqs, 8, 4, 30), 0);
 	assert_memory_equal(src, dst, size);
 
 	/* a bad key fails the read, it does not hang */
 	reqs[0].key = key + 12345;
-	assert_true(vp_fab_read(cons, to_prod, cmr, reqs, 1, 1, 10) < 0);
+	assert_true(vp_fab_read(cons, to_prod, reqs, 1, 1, 10) < 0);
 
 	/* the producer dies: a read returns an error within its deadline */
 	vp_fab_mr_close(pmr);
 	vp_fab_close(prod);
 	reqs[0].key = key;
-	assert_true(vp_fab_read(cons, to_prod, cmr, reqs, 1, 1, 3) < 0);
+	assert_true(vp_fab_read(cons, to_prod, reqs, 1, 1, 3) < 0);
 	vp_fab_mr_close(cmr);
 	vp_fab_close(cons);
 	free(src);
