@@ -26,7 +26,7 @@ ENGINE_OBJ = $(ENGINE_SRC:%.c=$(BUILD)/%.o)
 FS_OBJ = $(patsubst %.c,$(BUILD)/%.o,$(wildcard fs/*.c))
 UNIT_SRC = $(wildcard tests/unit/test_*.c)
 UNIT_BIN = $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
-ENGINE_LIBS = -lfabric -lxxhash -lm -pthread
+ENGINE_LIBS = -lfabric -lcrypto -lxxhash -lm -pthread
 
 .PHONY: all deps test unit integration check bench clean install demo plan-report check-thread fuzz
 all: deps $(BUILD)/viperfs $(BUILD)/viperctl

@@ -14,7 +14,7 @@
 #include "log.h"
 
 enum opt_type { OPT_SIZE, OPT_SECONDS, OPT_UINT, OPT_PATH, OPT_FLUSH,
-		OPT_FSYNC, OPT_LOGLEVEL, OPT_CONFIG, OPT_PUBLISH, OPT_COUNT };
+		OPT_FSYNC, OPT_LOGLEVEL, OPT_CONFIG, OPT_PUBLISH, OPT_COUNT, OPT_STR };
 
 struct opt {
 	const char *name;
@@ -69,6 +69,18 @@ static const struct opt options[] = {
 	  "with publish=schedule: inferences served after warm-up" },
 	{ "plan_lambda", OPT_SECONDS, OFF(plan_lambda), "0",
 	  "with publish=schedule: weight of producer stall against inference loss" },
+	{ "listen", OPT_STR, OFF(listen), "",
+	  "producer: serve consumers on ADDR:PORT (libfabric)" },
+	{ "subscribe", OPT_STR, OFF(subscribe), "",
+	  "consumer: replicate from the producer at HOST:PORT; the mount is then read-only" },
+	{ "secret_file", OPT_PATH, OFF(secret_file), "",
+	  "file with the shared secret peers authenticate with (HMAC-SHA256); without it, no authentication" },
+	{ "fabric_provider", OPT_STR, OFF(fabric_provider), "",
+	  "libfabric provider (default: $FI_PROVIDER, else tcp;ofi_rxm)" },
+	{ "repl_inflight", OPT_UINT, OFF(repl_inflight), "8",
+	  "RMA reads of 1 MiB in flight per transfer" },
+	{ "peer_timeout", OPT_SECONDS, OFF(peer_timeout), "5",
+	  "seconds without a heartbeat before a peer counts as dead" },
 };
 
 #define N_OPTIONS (sizeof(options) / sizeof(options[0]))
@@ -189,6 +201,13 @@ static int set_one(struct vp_config *cfg, const struct opt *o,
 		break;
 	case OPT_PATH:
 		if (strlen(value) >= PATH_MAX)
+			rc = -EINVAL;
+		else
+			strcpy(field, value);
+		break;
+	case OPT_STR:
+		/* the short string fields are 64 or 256 bytes */
+		if (strlen(value) >= (o->offset == OFF(fabric_provider) ? 64u : 256u))
 			rc = -EINVAL;
 		else
 			strcpy(field, value);

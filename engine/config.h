@@ -54,6 +54,12 @@ struct vp_config {
 	double plan_t_infer;		/* seconds per inference on the consumers */
 	uint64_t plan_inferences;	/* M: inferences served after warm-up */
 	double plan_lambda;		/* weight of producer overhead */
+	char listen[256];		/* producer: ADDR:PORT to serve consumers on */
+	char subscribe[256];		/* consumer: HOST:PORT of the producer */
+	char secret_file[PATH_MAX];	/* shared secret for peer authentication */
+	char fabric_provider[64];	/* libfabric provider, empty: $FI_PROVIDER or tcp;ofi_rxm */
+	unsigned int repl_inflight;	/* RMA reads in flight per transfer */
+	double peer_timeout;		/* seconds of silence before a peer is dead */
 };
 
 /* Fills every field with its documented default. */

@@ -33,8 +33,11 @@ struct flush_op *vp_flush_log_locked(struct vp_ns *ns, enum flush_op_type type,
 				     struct vp_node *parent, const char *name,
 				     struct vp_node *victim)
 {
-	struct flush_op *op = calloc(1, sizeof(*op));
+	struct flush_op *op;
 
+	if (ns->replica)
+		return NULL;	/* consumers never write the PFS */
+	op = calloc(1, sizeof(*op));
 	if (!op || (name && !(op->name = strdup(name)))) {
 		/* without memory the PFS would miss this change: say so */
 		vp_log(LOG_CRIT, "flush", "out of memory: a namespace change will not reach the PFS");
@@ -69,6 +72,8 @@ void vp_flush_commit_locked(struct vp_ns *ns, struct vp_node *n, int force)
 {
 	struct flush_op *op = n->pending;
 
+	if (ns->replica)
+		return;
 	if (!force && ns->cfg.flush_policy == VP_FLUSH_EVERY &&
 	    n->version % ns->cfg.flush_every != 0) {
 		ns->st_skipped_versions++;

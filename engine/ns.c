@@ -13,6 +13,7 @@
 
 #include "log.h"
 #include "ns_i.h"
+#include "repl.h"
 
 #define CHUNK_SIZE (1u << 20)
 #define VP_NAME_MAX 255
@@ -451,6 +452,8 @@ static int ensure_loaded(struct vp_ns *ns, struct vp_node *dir)
 
 	pthread_mutex_lock(&ns->lock);
 	rc = dir->loaded;
+	if (!rc && ns->replica_loaded)
+		rc = dir->loaded = 1;	/* a replica's tree comes from the producer now */
 	pthread_mutex_unlock(&ns->lock);
 	if (rc)
 		return 0;
@@ -603,6 +606,32 @@ out_unlock:
 	return rc;
 }
 
+/* Loads every directory below dir from the PFS.  No locks held. */
+static void load_tree(struct vp_ns *ns, struct vp_node *dir)
+{
+	struct vp_node **subdirs = NULL;
+	size_t n = 0;
+
+	if (ensure_loaded(ns, dir))
+		return;
+	pthread_mutex_lock(&ns->lock);
+	subdirs = calloc(dir->nsubdirs + 1, sizeof(*subdirs));
+	for (struct vp_node *c = dir->children; c && subdirs; c = c->sib_next) {
+		if (c->type == VP_NODE_DIR && n < dir->nsubdirs) {
+			vp_node_get(c);
+			subdirs[n++] = c;
+		}
+	}
+	pthread_mutex_unlock(&ns->lock);
+	for (size_t i = 0; i < n; i++) {
+		load_tree(ns, subdirs[i]);
+		pthread_mutex_lock(&ns->lock);
+		vp_node_put(ns, subdirs[i]);
+		pthread_mutex_unlock(&ns->lock);
+	}
+	free(subdirs);
+}
+
 /* ---- lifecycle ------------------------------------------------------- */
 
 struct vp_ns *vp_ns_new(const struct vp_config *cfg, const char *pfs_dir,
@@ -626,6 +655,12 @@ struct vp_ns *vp_ns_new(const struct vp_config *cfg, const char *pfs_dir,
 	ns->pfs_root_fd = vp_pfs_open_root(ns->pfs_dir, err, errlen);
 	if (ns->pfs_root_fd < 0)
 		goto err_free;
+	ns->replica = cfg->subscribe[0] != 0;
+	if (ns->replica) {
+		/* a consumer never writes the PFS: the producer owns staging */
+		ns->staging_fd = -1;
+		goto staging_done;
+	}
 	if (mkdirat(ns->pfs_root_fd, VP_STAGING_DIR, 0700) && errno != EEXIST) {
 		snprintf(err, errlen, "cannot create staging folder '%s/%s': %s",
 			 ns->pfs_dir, VP_STAGING_DIR, strerror(errno));
@@ -639,6 +674,7 @@ struct vp_ns *vp_ns_new(const struct vp_config *cfg, const char *pfs_dir,
 		goto err_close;
 	}
 	vp_pfs_clear_staging(ns->staging_fd);
+staging_done:
 
 	ns->pool = vp_pool_new(CHUNK_SIZE, cfg->ram_cache, cfg->ram_prefault);
 	if (!ns->pool) {
@@ -691,6 +727,16 @@ struct vp_ns *vp_ns_new(const struct vp_config *cfg, const char *pfs_dir,
 		snprintf(err, errlen, "cannot start flush threads: %s",
 			 strerror(-rc));
 		goto err_root;
+	}
+	if (ns->replica) {
+		/*
+		 * A replica reads the PFS tree once, now: its fallback copy.
+		 * Later lazy loads of the shared PFS would race with the
+		 * producer's replayed changes (a directory renamed into place
+		 * on the PFS before the rename arrives here).
+		 */
+		load_tree(ns, ns->root);
+		ns->replica_loaded = 1;
 	}
 	return ns;
 
@@ -785,7 +831,7 @@ unsigned int vp_ns_free(struct vp_ns *ns)
 		} while (rc == 0);
 	}
 	pthread_mutex_lock(&ns->lock);
-	left = count_unflushed_locked(ns, ns->root, 1);
+	left = ns->replica ? 0 : count_unflushed_locked(ns, ns->root, 1);
 	pthread_mutex_unlock(&ns->lock);
 	vp_flush_stop(ns);
 
@@ -805,8 +851,17 @@ unsigned int vp_ns_free(struct vp_ns *ns)
 	vp_pool_free(ns->pool);
 	vp_sched_free(ns->sched);
 	vp_tbucket_release(&ns->flush_bucket);
-	close(ns->staging_fd);
+	if (ns->staging_fd >= 0)
+		close(ns->staging_fd);
 	close(ns->pfs_root_fd);
+	while (ns->installs) {
+		struct install *in = ns->installs;
+
+		ns->installs = in->next;
+		vp_data_put(in->data);
+		free(in->path);
+		free(in);
+	}
 	pthread_cond_destroy(&ns->flush_cond);
 	pthread_cond_destroy(&ns->worker_cond);
 	pthread_cond_destroy(&ns->evict_cond);
@@ -814,6 +869,200 @@ unsigned int vp_ns_free(struct vp_ns *ns)
 	pthread_mutex_destroy(&ns->pfs_lock);
 	free(ns);
 	return left;
+}
+
+static struct vp_node *resolve_locked(struct vp_ns *ns, const char *path);
+
+/* ---- replication ---------------------------------------------------- */
+
+static __thread pid_t caller_tid;
+
+void vp_ns_set_caller(pid_t tid)
+{
+	caller_tid = tid;
+}
+
+void vp_ns_set_installer(struct vp_ns *ns, pid_t tid)
+{
+	pthread_mutex_lock(&ns->lock);
+	ns->installer_tid = tid;
+	pthread_mutex_unlock(&ns->lock);
+}
+
+void vp_ns_set_repl(struct vp_ns *ns, struct vp_repl *repl)
+{
+	pthread_mutex_lock(&ns->lock);
+	ns->repl = repl;
+	pthread_mutex_unlock(&ns->lock);
+}
+
+struct vp_pool *vp_ns_pool(struct vp_ns *ns)
+{
+	return ns->pool;
+}
+
+static int is_installer_locked(struct vp_ns *ns)
+{
+	return ns->installer_tid && caller_tid == ns->installer_tid;
+}
+
+/* On a consumer, refuses changes that do not come from the installer. */
+static int replica_refuse_locked(struct vp_ns *ns, const char *what,
+				 const char *name)
+{
+	if (!ns->replica || is_installer_locked(ns))
+		return 0;
+	vp_log(LOG_NOTICE, "fs", "%s '%s' refused: this mount is a replica of '%s' and is read-only",
+	       what, name, ns->cfg.subscribe);
+	return -EROFS;
+}
+
+int vp_ns_stage_install(struct vp_ns *ns, const char *path, struct vp_data *d,
+			uint64_t version, uint32_t mode)
+{
+	struct install *in = calloc(1, sizeof(*in));
+
+	if (!in || !(in->path = strdup(path))) {
+		free(in);
+		return -ENOMEM;
+	}
+	in->data = vp_data_get(d);
+	in->version = version;
+	in->mode = mode;
+	pthread_mutex_lock(&ns->lock);
+	in->next = ns->installs;
+	ns->installs = in;
+	pthread_mutex_unlock(&ns->lock);
+	return 0;
+}
+
+void vp_ns_unstage_install(struct vp_ns *ns, const char *path)
+{
+	pthread_mutex_lock(&ns->lock);
+	for (struct install **pp = &ns->installs; *pp; pp = &(*pp)->next) {
+		struct install *in = *pp;
+
+		if (!strcmp(in->path, path)) {
+			*pp = in->next;
+			vp_data_put(in->data);
+			free(in->path);
+			free(in);
+			break;
+		}
+	}
+	pthread_mutex_unlock(&ns->lock);
+}
+
+/*
+ * The staged install for dir/name, taken out of the list (you own it), or
+ * NULL.  Only for the installer thread.  ns->lock held.
+ */
+static struct install *take_install_locked(struct vp_ns *ns, struct vp_node *dir,
+					   const char *name)
+{
+	char path[PATH_MAX], full[PATH_MAX];
+
+	if (!ns->installs || !is_installer_locked(ns) ||
+	    live_path_locked(ns, dir, path, sizeof(path)))
+		return NULL;
+	if (snprintf(full, sizeof(full), "%s%s%s", path, *path ? "/" : "", name) >= (int)sizeof(full))
+		return NULL;
+	for (struct install **pp = &ns->installs; *pp; pp = &(*pp)->next) {
+		struct install *in = *pp;
+
+		if (!strcmp(in->path, full)) {
+			*pp = in->next;
+			return in;
+		}
+	}
+	return NULL;
+}
+
+static void install_free(struct install *in)
+{
+	if (!in)
+		return;
+	vp_data_put(in->data);
+	free(in->path);
+	free(in);
+}
+
+uint64_t vp_ns_path_version(struct vp_ns *ns, const char *path)
+{
+	struct vp_node *n;
+	uint64_t v = UINT64_MAX;
+
+	pthread_mutex_lock(&ns->lock);
+	n = resolve_locked(ns, path);
+	if (n && n->type == VP_NODE_FILE)
+		v = n->version;
+	pthread_mutex_unlock(&ns->lock);
+	return v;
+}
+
+static int64_t ts_ns(struct timespec t)
+{
+	return (int64_t)t.tv_sec * 1000000000LL + t.tv_nsec;
+}
+
+static void snapshot_locked(struct vp_ns *ns, struct vp_node *dir,
+			    vp_ns_snapshot_cb cb, void *arg)
+{
+	char path[PATH_MAX];
+
+	for (struct vp_node *c = dir->children; c; c = c->sib_next) {
+		if (live_path_locked(ns, c, path, sizeof(path)))
+			continue;
+		if (c->type == VP_NODE_DIR) {
+			cb(arg, 0, path, NULL, c->mode, NULL, 0, ts_ns(c->mtime));
+			snapshot_locked(ns, c, cb, arg);
+		} else if (c->type == VP_NODE_SYMLINK) {
+			cb(arg, 2, path, c->symlink, c->mode, NULL, 0, ts_ns(c->mtime));
+		} else if (c->version > 0 || c->cur) {
+			cb(arg, 1, path, NULL, c->mode, c->cur, c->version, ts_ns(c->mtime));
+		}
+	}
+}
+
+void vp_ns_snapshot(struct vp_ns *ns, vp_ns_snapshot_cb cb, void *arg)
+{
+	pthread_mutex_lock(&ns->lock);
+	snapshot_locked(ns, ns->root, cb, arg);
+	pthread_mutex_unlock(&ns->lock);
+}
+
+/* Tells the replication engine about a namespace change.  ns->lock held. */
+static void note_op_locked(struct vp_ns *ns, enum vp_op_kind kind,
+			   struct vp_node *n, struct vp_node *newdir,
+			   const char *newname)
+{
+	char path[PATH_MAX], path2[PATH_MAX] = "";
+
+	if (!ns->repl || ns->replica || live_path_locked(ns, n, path, sizeof(path)))
+		return;
+	if (kind == VP_OP_RENAME) {
+		char dpath[PATH_MAX];
+
+		if (live_path_locked(ns, newdir, dpath, sizeof(dpath)) ||
+		    snprintf(path2, sizeof(path2), "%s%s%s", dpath, *dpath ? "/" : "",
+			     newname) >= (int)sizeof(path2))
+			return;
+	} else if (kind == VP_OP_SYMLINK) {
+		snprintf(path2, sizeof(path2), "%s", n->symlink);
+	}
+	vp_repl_note_op_locked(ns->repl, kind, path, path2, n->mode);
+}
+
+/* Ships n's newest version to consumers.  ns->lock held. */
+static void note_version_locked(struct vp_ns *ns, struct vp_node *n)
+{
+	char path[PATH_MAX];
+
+	if (!ns->repl || ns->replica || !n->cur ||
+	    live_path_locked(ns, n, path, sizeof(path)))
+		return;
+	vp_repl_note_version_locked(ns->repl, path, n->cur, n->version, n->mode,
+				    ts_ns(n->mtime));
 }
 
 /* ---- names ----------------------------------------------------------- */
@@ -919,8 +1168,6 @@ int vp_ns_getattr(struct vp_ns *ns, uint64_t ino, struct stat *st)
 	return rc;
 }
 
-static struct vp_node *resolve_locked(struct vp_ns *ns, const char *path);
-
 /* The loss log and the schedule file flush as usual under publish=schedule. */
 static int policy_exempt_locked(struct vp_ns *ns, struct vp_node *n)
 {
@@ -943,11 +1190,12 @@ static int commit_locked(struct vp_ns *ns, struct vp_node *n,
 	n->version++;
 	n->mtime = n->ctime = wall_now();
 	ns->st_commits++;
-	if (!n->parent)
-		return 0;
+	if (!n->parent || ns->replica)
+		return 0;	/* consumers never flush: the producer does */
 	if (ns->sched && !policy_exempt_locked(ns, n))
 		return 1;
 	vp_flush_commit_locked(ns, n, 0);
+	note_version_locked(ns, n);
 	return 0;
 }
 
@@ -998,8 +1246,10 @@ static void publish_decide(struct vp_ns *ns, struct vp_node *n, uint64_t version
 	pthread_mutex_lock(&ns->lock);
 	if (logn)
 		vp_node_put(ns, logn);
-	if (d.selected && n->version == version && n->parent && n->cur)
+	if (d.selected && n->version == version && n->parent && n->cur) {
 		vp_flush_commit_locked(ns, n, 0);
+		note_version_locked(ns, n);
+	}
 	else if (!d.selected)
 		ns->st_skipped_versions++;
 	if (live_path_locked(ns, n, path, sizeof(path)))
@@ -1034,6 +1284,9 @@ int vp_ns_setattr(struct vp_ns *ns, uint64_t ino, const struct vp_setattr *sa,
 		return -ESTALE;
 	}
 	vp_node_get(n);
+	rc = replica_refuse_locked(ns, "changing", n->name ? n->name : "/");
+	if (rc)
+		goto out_unlock;
 	if (sa->set_size) {
 		if (n->type == VP_NODE_DIR) {
 			rc = -EISDIR;
@@ -1126,6 +1379,8 @@ static int prepare_new(struct vp_ns *ns, uint64_t parent, const char *name,
 		rc = -ENOENT;	/* the directory was removed */
 	else
 		rc = check_new_name_locked(ns, *dirp, name);
+	if (!rc)
+		rc = replica_refuse_locked(ns, "creating", name);
 	if (!rc && child_find_locked(ns, *dirp, name))
 		rc = -EEXIST;
 	if (rc) {
@@ -1155,6 +1410,7 @@ int vp_ns_mkdir(struct vp_ns *ns, uint64_t parent, const char *name,
 		goto out_unlock;
 	}
 	vp_flush_log_locked(ns, OP_MKDIR, n, dir, name, NULL);
+	note_op_locked(ns, VP_OP_MKDIR, n, NULL, NULL);
 	vp_node_get(n);		/* the kernel's lookup */
 	fill_stat_locked(n, st);
 out_unlock:
@@ -1187,6 +1443,7 @@ int vp_ns_symlink(struct vp_ns *ns, uint64_t parent, const char *name,
 		goto out_unlock;
 	}
 	vp_flush_log_locked(ns, OP_SYMLINK, n, dir, name, NULL);
+	note_op_locked(ns, VP_OP_SYMLINK, n, NULL, NULL);
 	vp_node_get(n);
 	fill_stat_locked(n, st);
 out_unlock:
@@ -1245,9 +1502,10 @@ static int remove_entry(struct vp_ns *ns, uint64_t parent, const char *name,
 		rc = -EISDIR;
 	} else if (want_dir && n->nchildren) {
 		rc = -ENOTEMPTY;
-	} else {
+	} else if (!(rc = replica_refuse_locked(ns, want_dir ? "rmdir" : "unlink", name))) {
 		vp_flush_cancel_locked(ns, n);
 		vp_flush_log_locked(ns, OP_UNLINK, n, NULL, NULL, NULL);
+		note_op_locked(ns, want_dir ? VP_OP_RMDIR : VP_OP_UNLINK, n, NULL, NULL);
 		unlink_locked(ns, n);
 	}
 out_unlock:
@@ -1330,7 +1588,11 @@ int vp_ns_rename(struct vp_ns *ns, uint64_t parent, const char *name,
 		if (rc)
 			goto out_unlock;
 	}
+	rc = replica_refuse_locked(ns, "rename", name);
+	if (rc)
+		goto out_unlock;
 	vp_flush_log_locked(ns, OP_RENAME, n, newdir, newname, victim);
+	note_op_locked(ns, VP_OP_RENAME, n, newdir, newname);
 	if (victim) {
 		vp_flush_cancel_locked(ns, victim);
 		unlink_locked(ns, victim);
@@ -1401,6 +1663,28 @@ static int open_node(struct vp_ns *ns, struct vp_node *n, int flags,
 		return -ELOOP;
 
 	pthread_mutex_lock(&ns->lock);
+	if (writable && (rc = replica_refuse_locked(ns, "writing", n->name ? n->name : "?"))) {
+		pthread_mutex_unlock(&ns->lock);
+		return rc;
+	}
+	if (writable && n->parent && !n->work) {
+		struct install *in = take_install_locked(ns, n->parent, n->name);
+
+		if (in) {
+			/* a replicated version replaces this file, attached as is */
+			n->work = vp_data_get(in->data);
+			n->work_started = vp_now();
+			n->writers++;
+			n->version = in->version - 1;
+			n->mode = S_IFREG | (in->mode & 07777);
+			__atomic_store_n(&n->dirty, 1, __ATOMIC_RELEASE);
+			vp_lru_del_locked(ns, n);
+			d = vp_data_get(n->work);
+			install_free(in);
+			pthread_mutex_unlock(&ns->lock);
+			goto make_handle;
+		}
+	}
 	if (n->work) {
 		d = vp_data_get(n->work);
 	} else if (!writable && n->cur) {
@@ -1452,6 +1736,7 @@ static int open_node(struct vp_ns *ns, struct vp_node *n, int flags,
 	}
 	if (writable && (flags & O_TRUNC))
 		__atomic_store_n(&n->dirty, 1, __ATOMIC_RELEASE);
+make_handle:
 	*hp = handle_new(n, d, writable);
 	if (!*hp) {
 		vp_node_get(n);
@@ -1509,6 +1794,18 @@ int vp_ns_create(struct vp_ns *ns, uint64_t parent, const char *name,
 		vp_node_put(ns, n);
 		vp_data_put(d);
 		goto out_unlock;
+	}
+	{
+		struct install *in = take_install_locked(ns, dir, name);
+
+		if (in) {
+			/* the replicated bytes are the new file's: no copy */
+			vp_data_put(d);
+			d = vp_data_get(in->data);
+			n->version = in->version - 1;	/* the commit makes it in->version */
+			n->mode = S_IFREG | (in->mode & 07777);
+			install_free(in);
+		}
 	}
 	n->work = vp_data_get(d);
 	n->work_started = vp_now();

@@ -169,4 +169,43 @@ int vp_ns_versions_json(struct vp_ns *ns, const char *path, FILE *out);
 /* Sets the control socket path that getxattr reports. */
 void vp_ns_set_control_path(struct vp_ns *ns, const char *path);
 
+/* ---- replication (repl.h) ---- */
+
+struct vp_repl;
+struct vp_pool;
+
+/* Attaches the replication engine; the namespace reports changes to it. */
+void vp_ns_set_repl(struct vp_ns *ns, struct vp_repl *repl);
+struct vp_pool *vp_ns_pool(struct vp_ns *ns);
+
+/*
+ * The thread id of the process making the current request (fs/ sets it
+ * per request; thread-local).  On a consumer, only the installer thread
+ * may change the namespace; everyone else gets EROFS.
+ */
+void vp_ns_set_caller(pid_t tid);
+void vp_ns_set_installer(struct vp_ns *ns, pid_t tid);
+
+/*
+ * Consumer: the next open (or create) of path by the installer thread
+ * attaches d (a reference is taken) as version `version` instead of
+ * truncating or copying.  Returns 0 or -errno.
+ */
+int vp_ns_stage_install(struct vp_ns *ns, const char *path, struct vp_data *d,
+			uint64_t version, uint32_t mode);
+void vp_ns_unstage_install(struct vp_ns *ns, const char *path);
+/* The version of the file at path, or UINT64_MAX if there is none. */
+uint64_t vp_ns_path_version(struct vp_ns *ns, const char *path);
+
+/*
+ * Calls cb for every directory (type 0, parents first), file (1) and
+ * symlink (2), with ns->lock held: cb must only copy and take references.
+ * d is the file's cached bytes, or NULL when they are only on the PFS.
+ */
+typedef void (*vp_ns_snapshot_cb)(void *arg, int type, const char *path,
+				  const char *target, uint32_t mode,
+				  struct vp_data *d, uint64_t version,
+				  int64_t mtime_ns);
+void vp_ns_snapshot(struct vp_ns *ns, vp_ns_snapshot_cb cb, void *arg);
+
 #endif

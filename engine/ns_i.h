@@ -78,6 +78,14 @@ struct vp_handle {
 	int writable;
 };
 
+struct install {
+	struct install *next;
+	char *path;
+	struct vp_data *data;		/* ref */
+	uint64_t version;
+	uint32_t mode;
+};
+
 struct vp_dir {
 	size_t n;
 	struct vp_dirent *ents;
@@ -117,6 +125,11 @@ struct vp_ns {
 	struct vp_pool *pool;
 	struct tbucket flush_bucket;
 	struct vp_sched *sched;		/* publish=schedule, else NULL */
+	struct vp_repl *repl;		/* replication, else NULL */
+	int replica;			/* a consumer: read-only, never flushes */
+	int replica_loaded;		/* its PFS tree is loaded: no lazy loads */
+	pid_t installer_tid;		/* consumer: the thread that installs */
+	struct install *installs;	/* consumer: staged, protected by lock */
 	char control_path[PATH_MAX];
 	int stop;			/* protected by lock */
 

@@ -113,6 +113,7 @@ static void vpfs_getattr(fuse_req_t req, fuse_ino_t ino,
 static void vpfs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
 			 int to_set, struct fuse_file_info *fi)
 {
+	vp_ns_set_caller(fuse_req_ctx(req)->pid);
 	struct vp_setattr sa = {
 		.set_mode = !!(to_set & FUSE_SET_ATTR_MODE),
 		.set_uid = !!(to_set & FUSE_SET_ATTR_UID),
@@ -157,6 +158,7 @@ static void vpfs_readlink(fuse_req_t req, fuse_ino_t ino)
 static void vpfs_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name,
 		       mode_t mode)
 {
+	vp_ns_set_caller(fuse_req_ctx(req)->pid);
 	const struct fuse_ctx *ctx = fuse_req_ctx(req);
 	struct stat st;
 	int rc = vp_ns_mkdir(ns_of(req), parent, name, mode & ~ctx->umask,
@@ -179,6 +181,7 @@ static void vpfs_mknod(fuse_req_t req, fuse_ino_t parent, const char *name,
 static void vpfs_symlink(fuse_req_t req, const char *link, fuse_ino_t parent,
 			 const char *name)
 {
+	vp_ns_set_caller(fuse_req_ctx(req)->pid);
 	const struct fuse_ctx *ctx = fuse_req_ctx(req);
 	struct stat st;
 	int rc = vp_ns_symlink(ns_of(req), parent, name, link, ctx->uid,
@@ -189,11 +192,13 @@ static void vpfs_symlink(fuse_req_t req, const char *link, fuse_ino_t parent,
 
 static void vpfs_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
+	vp_ns_set_caller(fuse_req_ctx(req)->pid);
 	reply_err(req, vp_ns_unlink(ns_of(req), parent, name));
 }
 
 static void vpfs_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
+	vp_ns_set_caller(fuse_req_ctx(req)->pid);
 	reply_err(req, vp_ns_rmdir(ns_of(req), parent, name));
 }
 
@@ -201,6 +206,7 @@ static void vpfs_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
 			fuse_ino_t newparent, const char *newname,
 			unsigned int flags)
 {
+	vp_ns_set_caller(fuse_req_ctx(req)->pid);
 	reply_err(req, vp_ns_rename(ns_of(req), parent, name, newparent,
 				    newname, flags));
 }
@@ -230,6 +236,7 @@ static void set_open_flags(struct fuse_file_info *fi, struct vp_handle *h,
 static void vpfs_create(fuse_req_t req, fuse_ino_t parent, const char *name,
 			mode_t mode, struct fuse_file_info *fi)
 {
+	vp_ns_set_caller(fuse_req_ctx(req)->pid);
 	const struct fuse_ctx *ctx = fuse_req_ctx(req);
 	struct vp_handle *h;
 	struct fuse_entry_param e;
@@ -255,6 +262,7 @@ static void vpfs_create(fuse_req_t req, fuse_ino_t parent, const char *name,
 
 static void vpfs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
+	vp_ns_set_caller(fuse_req_ctx(req)->pid);
 	struct vp_handle *h;
 	int keep_cache = 0;
 	int rc = vp_ns_open(ns_of(req), ino, fi->flags, &h, &keep_cache);

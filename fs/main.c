@@ -26,6 +26,7 @@
 #include "../engine/ctl.h"
 #include "../engine/log.h"
 #include "../engine/ns.h"
+#include "../engine/repl.h"
 #include "ll.h"
 
 #define VIPERFS_VERSION "0.1.0"
@@ -197,6 +198,7 @@ int main(int argc, char **argv)
 	struct fuse_session *se = NULL;
 	struct fuse_loop_config *loop_cfg;
 	struct vp_ctl *ctl = NULL;
+	struct vp_repl *repl = NULL;
 	struct vp_ns *ns;
 
 	vp_config_defaults(&cfg);
@@ -330,7 +332,19 @@ int main(int argc, char **argv)
 			vp_log(LOG_WARNING, "ctl", "%s; viperctl will not reach this mount", err);
 	}
 
-	vp_log(LOG_NOTICE, "fs", "mounted '%s' on '%s'", pfs_dir, mountpoint);
+	if (cfg.listen[0] && cfg.subscribe[0]) {
+		snprintf(err, sizeof(err), "a mount is a producer (listen=) or a consumer (subscribe=), not both");
+		goto err_unmount;
+	}
+	if (cfg.listen[0] || cfg.subscribe[0]) {
+		repl = vp_repl_new(ns, &cfg, mountpoint, err, sizeof(err));
+		if (!repl)
+			goto err_unmount;
+		vp_ns_set_repl(ns, repl);
+	}
+
+	vp_log(LOG_NOTICE, "fs", "mounted '%s' on '%s'%s", pfs_dir, mountpoint,
+	       cfg.subscribe[0] ? " (read-only replica)" : "");
 	notify_ready();
 	if (report_fd >= 0) {
 		int devnull = open("/dev/null", O_RDWR);
@@ -357,6 +371,8 @@ int main(int argc, char **argv)
 
 	vp_log(LOG_NOTICE, "fs", "unmounting '%s'", mountpoint);
 	vp_ctl_stop(ctl);
+	vp_ns_set_repl(ns, NULL);
+	vp_repl_free(repl);
 	fuse_session_unmount(se);
 	fuse_remove_signal_handlers(se);
 	fuse_session_destroy(se);
@@ -368,6 +384,9 @@ int main(int argc, char **argv)
 	vp_log_close();
 	return rc;
 
+err_unmount:
+	vp_ctl_stop(ctl);
+	fuse_session_unmount(se);
 err_signals:
 	fuse_remove_signal_handlers(se);
 err_session:

@@ -1,0 +1,1299 @@
+/* repl: see repl.h. */
+#define _GNU_SOURCE
+#include "repl.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/rand.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "data.h"
+#include "fabric.h"
+#include "log.h"
+#include "ns.h"
+#include "pool.h"
+
+#define MAX_SLABS 1024
+#define PIN_TIMEOUT 120.0
+
+struct qmsg {			/* a message, raw, queued */
+	struct qmsg *next;
+	size_t len;
+	uint8_t buf[];
+};
+
+struct event {			/* producer: a change to ship, in order */
+	struct event *next;
+	int is_version;
+	enum vp_op_kind kind;
+	char *path, *path2;
+	uint32_t mode;
+	struct vp_data *data;	/* versions: ref */
+	uint64_t version;
+	int64_t mtime_ns;
+};
+
+struct pin {			/* producer: bytes consumers may still be reading */
+	struct pin *next;
+	uint64_t seq;
+	struct vp_data *data;
+	unsigned int waiting;	/* consumers that have not said DONE */
+	double since;
+};
+
+struct peer {
+	struct peer *next;
+	uint64_t id;
+	vp_fab_addr addr;
+	int active;
+	uint8_t nonce_c[VP_PROTO_NONCE], nonce_p[VP_PROTO_NONCE];
+	double last_heard;
+	struct qmsg *out_head, *out_tail;
+	uint64_t sent_seq, done_seq;
+	uint64_t versions_done;
+};
+
+struct slab_mr {
+	char *base;
+	size_t len;
+	struct vp_fab_mr *mr;
+	uint64_t key, raddr;
+};
+
+struct vp_repl {
+	struct vp_ns *ns;
+	struct vp_config cfg;
+	char mnt[PATH_MAX];
+	int consumer;
+	struct vp_fab *fab;
+	struct vp_pool *pool;
+	uint8_t secret[512];
+	size_t secret_len;
+
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	int stop;				/* protected by lock */
+	struct qmsg *in_head, *in_tail;		/* received, protected by lock */
+	struct event *ev_head, *ev_tail;	/* producer, protected by lock */
+	pthread_t thread;
+	int thread_started;
+
+	pthread_mutex_t slab_lock;
+	struct slab_mr slabs[MAX_SLABS];	/* protected by slab_lock */
+	unsigned int nslabs;
+
+	/* producer, protected by lock */
+	struct peer *peers;
+	uint64_t next_peer_id;
+	uint64_t seq;
+	struct pin *pins;
+
+	/* consumer, used by the repl thread only (status reads are racy by design) */
+	vp_fab_addr producer;
+	int state;			/* 0 idle, 1 hello sent, 2 challenged, 3 active */
+	uint64_t my_id;
+	uint8_t nonce_c[VP_PROTO_NONCE];
+	double last_heard, last_hello;
+	int mnt_fd;			/* open only during one install or operation */
+	dev_t mnt_dev;			/* the FUSE mount's device */
+	struct vp_msg *asm_msg;		/* ANNOUNCE being assembled */
+	struct vp_chunk_ref *asm_refs;
+	uint32_t asm_got;
+	uint64_t installed, skipped, bytes_in, checksum_errors;
+	double last_transfer_s;
+};
+
+static double now_s(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* ---- authentication --------------------------------------------------- */
+
+static void mac_of(struct vp_repl *r, const char *role, const uint8_t *n1,
+		   const uint8_t *n2, uint64_t id, uint8_t *out)
+{
+	uint8_t msg[6 + 2 * VP_PROTO_NONCE + 8];
+	unsigned int len = VP_PROTO_MAC;
+
+	memcpy(msg, role, 6);
+	memcpy(msg + 6, n1, VP_PROTO_NONCE);
+	memcpy(msg + 6 + VP_PROTO_NONCE, n2, VP_PROTO_NONCE);
+	for (int i = 0; i < 8; i++)
+		msg[6 + 2 * VP_PROTO_NONCE + i] = (uint8_t)(id >> (8 * i));
+	if (!r->secret_len) {
+		memset(out, 0, VP_PROTO_MAC);	/* no secret: no proof */
+		return;
+	}
+	HMAC(EVP_sha256(), r->secret, (int)r->secret_len, msg, sizeof(msg), out, &len);
+}
+
+static int mac_ok(struct vp_repl *r, const char *role, const uint8_t *n1,
+		  const uint8_t *n2, uint64_t id, const uint8_t *got)
+{
+	uint8_t want[VP_PROTO_MAC];
+
+	mac_of(r, role, n1, n2, id, want);
+	return CRYPTO_memcmp(want, got, VP_PROTO_MAC) == 0;
+}
+
+static int load_secret(struct vp_repl *r, char *err, size_t errlen)
+{
+	FILE *f;
+	size_t n;
+
+	if (!r->cfg.secret_file[0]) {
+		vp_log(LOG_WARNING, "repl", "no secret_file: peers are not authenticated; set one on every node");
+		return 0;
+	}
+	f = fopen(r->cfg.secret_file, "re");
+	if (!f) {
+		snprintf(err, errlen, "secret_file '%s': %s", r->cfg.secret_file, strerror(errno));
+		return -errno;
+	}
+	n = fread(r->secret, 1, sizeof(r->secret), f);
+	fclose(f);
+	while (n && (r->secret[n - 1] == '\n' || r->secret[n - 1] == '\r'))
+		n--;
+	if (n < 8) {
+		snprintf(err, errlen, "secret_file '%s' holds %zu bytes; use at least 8 (e.g. openssl rand -hex 32)",
+			 r->cfg.secret_file, n);
+		return -EINVAL;
+	}
+	r->secret_len = n;
+	return 0;
+}
+
+/* ---- memory registration ---------------------------------------------- */
+
+static void on_slab(void *arg, void *base, size_t len)
+{
+	struct vp_repl *r = arg;
+	struct slab_mr *s;
+	int rc;
+
+	pthread_mutex_lock(&r->slab_lock);
+	if (r->nslabs == MAX_SLABS) {
+		vp_log(LOG_ERR, "repl", "too many cache slabs to register; replication of new data will fail");
+		goto out_unlock;
+	}
+	s = &r->slabs[r->nslabs];
+	rc = vp_fab_mr_reg(r->fab, base, len, &s->mr, &s->key, &s->raddr);
+	if (rc) {
+		vp_log(LOG_ERR, "repl", "registering %zu bytes of cache with the fabric: %s",
+		       len, strerror(-rc));
+		goto out_unlock;
+	}
+	s->base = base;
+	s->len = len;
+	r->nslabs++;
+out_unlock:
+	pthread_mutex_unlock(&r->slab_lock);
+}
+
+static struct slab_mr *slab_of(struct vp_repl *r, const void *mem)
+{
+	struct slab_mr *found = NULL;
+
+	pthread_mutex_lock(&r->slab_lock);
+	for (unsigned int i = 0; i < r->nslabs && !found; i++)
+		if ((const char *)mem >= r->slabs[i].base &&
+		    (const char *)mem < r->slabs[i].base + r->slabs[i].len)
+			found = &r->slabs[i];
+	pthread_mutex_unlock(&r->slab_lock);
+	return found;
+}
+
+/* ---- messages --------------------------------------------------------- */
+
+static void on_recv(void *arg, const void *msg, size_t len)
+{
+	struct vp_repl *r = arg;
+	struct qmsg *q = malloc(sizeof(*q) + len);
+
+	if (!q)
+		return;		/* dropped; the peer's deadlines cover it */
+	q->next = NULL;
+	q->len = len;
+	memcpy(q->buf, msg, len);
+	pthread_mutex_lock(&r->lock);
+	if (r->in_tail)
+		r->in_tail->next = q;
+	else
+		r->in_head = q;
+	r->in_tail = q;
+	pthread_cond_signal(&r->cond);
+	pthread_mutex_unlock(&r->lock);
+}
+
+static int send_msg(struct vp_repl *r, vp_fab_addr to, struct vp_msg *m)
+{
+	static __thread uint8_t buf[VP_FAB_MAX_MSG];
+	ssize_t n = vp_msg_encode(m, buf, sizeof(buf));
+
+	if (n < 0)
+		return (int)n;
+	return vp_fab_send(r->fab, to, buf, (size_t)n, r->cfg.peer_timeout);
+}
+
+static struct qmsg *qmsg_of(struct vp_msg *m)
+{
+	static __thread uint8_t buf[VP_FAB_MAX_MSG];
+	ssize_t n = vp_msg_encode(m, buf, sizeof(buf));
+	struct qmsg *q;
+
+	if (n < 0)
+		return NULL;
+	q = malloc(sizeof(*q) + (size_t)n);
+	if (!q)
+		return NULL;
+	q->next = NULL;
+	q->len = (size_t)n;
+	memcpy(q->buf, buf, (size_t)n);
+	return q;
+}
+
+static void peer_queue_locked(struct peer *p, struct qmsg *q)
+{
+	if (p->out_tail)
+		p->out_tail->next = q;
+	else
+		p->out_head = q;
+	p->out_tail = q;
+}
+
+/* ---- producer ------------------------------------------------------- */
+
+void vp_repl_note_op_locked(struct vp_repl *r, enum vp_op_kind kind,
+			    const char *path, const char *path2, uint32_t mode)
+{
+	struct event *e;
+
+	if (!r || r->consumer)
+		return;
+	e = calloc(1, sizeof(*e));
+	if (!e || !(e->path = strdup(path)) || !(e->path2 = strdup(path2 ? path2 : ""))) {
+		if (e)
+			free(e->path);
+		free(e);
+		vp_log(LOG_ERR, "repl", "out of memory: consumers will miss a change to '%s'", path);
+		return;
+	}
+	e->kind = kind;
+	e->mode = mode & 07777;
+	pthread_mutex_lock(&r->lock);
+	if (r->ev_tail)
+		r->ev_tail->next = e;
+	else
+		r->ev_head = e;
+	r->ev_tail = e;
+	pthread_cond_signal(&r->cond);
+	pthread_mutex_unlock(&r->lock);
+}
+
+void vp_repl_note_version_locked(struct vp_repl *r, const char *path,
+				 struct vp_data *d, uint64_t version,
+				 uint32_t mode, int64_t mtime_ns)
+{
+	struct event *e;
+
+	if (!r || r->consumer)
+		return;
+	e = calloc(1, sizeof(*e));
+	if (!e || !(e->path = strdup(path))) {
+		free(e);
+		vp_log(LOG_ERR, "repl", "out of memory: consumers will miss version %" PRIu64 " of '%s'",
+		       version, path);
+		return;
+	}
+	e->is_version = 1;
+	e->data = vp_data_get(d);
+	e->version = version;
+	e->mode = mode & 07777;
+	e->mtime_ns = mtime_ns;
+	pthread_mutex_lock(&r->lock);
+	/* latest wins: a queued, unsent version of the same path is dropped */
+	for (struct event *o = r->ev_head; o; o = o->next) {
+		if (o->is_version && o->data && !strcmp(o->path, path)) {
+			vp_data_put(o->data);
+			o->data = NULL;
+		}
+	}
+	if (r->ev_tail)
+		r->ev_tail->next = e;
+	else
+		r->ev_head = e;
+	r->ev_tail = e;
+	pthread_cond_signal(&r->cond);
+	pthread_mutex_unlock(&r->lock);
+}
+
+/*
+ * Encodes the ANNOUNCE messages of a version (several for big files) and
+ * queues them on every active peer (or only on one, for a catch-up).
+ * Called with no lock held; takes r->lock to queue.
+ */
+static int announce(struct vp_repl *r, const char *path, struct vp_data *d,
+		    uint64_t version, uint32_t mode, int64_t mtime_ns,
+		    struct peer *only)
+{
+	struct vp_msg *m = calloc(1, sizeof(*m));
+	uint64_t size = vp_data_size(d), checksum, seq;
+	uint32_t chunk = (uint32_t)vp_pool_chunk_size(r->pool);
+	uint32_t nchunks = (uint32_t)((size + chunk - 1) / chunk);
+	struct pin *pin;
+	unsigned int npeers = 0;
+	int rc;
+
+	if (!m)
+		return -ENOMEM;
+	if (!vp_data_fully_resident(d)) {
+		vp_log(LOG_INFO, "repl", "'%s' version %" PRIu64 " is not in the cache; consumers will read it from the PFS",
+		       path, version);
+		free(m);
+		return -ENODATA;
+	}
+	rc = vp_data_checksum(d, &checksum);
+	if (rc) {
+		free(m);
+		return rc;
+	}
+	pthread_mutex_lock(&r->lock);
+	seq = ++r->seq;
+	pthread_mutex_unlock(&r->lock);
+	m->type = VP_MSG_ANNOUNCE;
+	m->u.announce.seq = seq;
+	m->u.announce.version = version;
+	m->u.announce.size = size;
+	m->u.announce.checksum = checksum;
+	m->u.announce.mode = mode;
+	m->u.announce.mtime_ns = mtime_ns;
+	m->u.announce.chunk_size = chunk;
+	m->u.announce.nchunks = nchunks;
+	snprintf(m->u.announce.path, sizeof(m->u.announce.path), "%s", path);
+
+	pin = calloc(1, sizeof(*pin));
+	if (!pin) {
+		free(m);
+		return -ENOMEM;
+	}
+	pin->seq = seq;
+	pin->data = vp_data_get(d);
+	pin->since = now_s();
+
+	pthread_mutex_lock(&r->lock);
+	for (uint32_t first = 0; first < nchunks || first == 0; first += VP_PROTO_CHUNKS_PER_MSG) {
+		uint32_t count = nchunks - first < VP_PROTO_CHUNKS_PER_MSG ?
+			nchunks - first : VP_PROTO_CHUNKS_PER_MSG;
+
+		m->u.announce.first = first;
+		m->u.announce.count = count;
+		for (uint32_t i = 0; i < count; i++) {
+			const void *mem = vp_data_chunk_mem(d, first + i);
+			struct slab_mr *s = mem ? slab_of(r, mem) : NULL;
+
+			if (mem && !s) {
+				rc = -EFAULT;	/* memory the fabric does not know */
+				break;
+			}
+			m->u.announce.chunk[i].key = s ? s->key : 0;
+			m->u.announce.chunk[i].addr = s ? s->raddr + (uint64_t)((const char *)mem - s->base) : 0;
+		}
+		if (rc)
+			break;
+		for (struct peer *p = r->peers; p; p = p->next) {
+			struct qmsg *q;
+
+			if (!p->active || (only && p != only))
+				continue;
+			q = qmsg_of(m);
+			if (q) {
+				peer_queue_locked(p, q);
+				if (first == 0)
+					npeers++;
+			}
+		}
+		if (nchunks == 0)
+			break;
+	}
+	pin->waiting = npeers;
+	if (!rc && npeers) {
+		pin->next = r->pins;
+		r->pins = pin;
+		pin = NULL;
+	}
+	pthread_cond_signal(&r->cond);
+	pthread_mutex_unlock(&r->lock);
+	if (pin) {
+		vp_data_put(pin->data);
+		free(pin);
+	}
+	free(m);
+	if (rc == -EFAULT)
+		vp_log(LOG_ERR, "repl", "'%s': cache memory not registered with the fabric; not replicated", path);
+	return rc;
+}
+
+static void queue_op(struct vp_repl *r, enum vp_op_kind kind, const char *path,
+		     const char *path2, uint32_t mode, struct peer *only)
+{
+	struct vp_msg *m = calloc(1, sizeof(*m));
+
+	if (!m)
+		return;
+	m->type = VP_MSG_OP;
+	m->u.op.kind = kind;
+	m->u.op.mode = mode;
+	snprintf(m->u.op.path, sizeof(m->u.op.path), "%s", path);
+	snprintf(m->u.op.path2, sizeof(m->u.op.path2), "%s", path2 ? path2 : "");
+	pthread_mutex_lock(&r->lock);
+	m->u.op.seq = ++r->seq;
+	for (struct peer *p = r->peers; p; p = p->next) {
+		if (p->active && (!only || p == only)) {
+			struct qmsg *q = qmsg_of(m);
+
+			if (q)
+				peer_queue_locked(p, q);
+		}
+	}
+	pthread_mutex_unlock(&r->lock);
+	free(m);
+}
+
+struct snap_arg {
+	struct vp_repl *r;
+	struct peer *peer;
+	struct snap_item {
+		struct snap_item *next;
+		int type;
+		char *path, *target;
+		uint32_t mode;
+		struct vp_data *data;
+		uint64_t version;
+		int64_t mtime_ns;
+	} *head, **tail;
+};
+
+/* Collects the tree under ns->lock; announced afterwards, without it. */
+static void snap_cb(void *arg, int type, const char *path, const char *target,
+		    uint32_t mode, struct vp_data *d, uint64_t version,
+		    int64_t mtime_ns)
+{
+	struct snap_arg *a = arg;
+	struct snap_item *it = calloc(1, sizeof(*it));
+
+	if (!it || !(it->path = strdup(path))) {
+		free(it);
+		return;
+	}
+	it->type = type;
+	it->target = target ? strdup(target) : NULL;
+	it->mode = mode & 07777;
+	it->data = d ? vp_data_get(d) : NULL;
+	it->version = version;
+	it->mtime_ns = mtime_ns;
+	*a->tail = it;
+	a->tail = &it->next;
+}
+
+static void catch_up(struct vp_repl *r, struct peer *p)
+{
+	struct snap_arg a = { .r = r, .peer = p };
+	struct vp_msg m = { .type = VP_MSG_SYNC_END };
+	unsigned int files = 0;
+
+	a.tail = &a.head;
+	vp_ns_snapshot(r->ns, snap_cb, &a);
+	while (a.head) {
+		struct snap_item *it = a.head;
+
+		a.head = it->next;
+		if (it->type == 0)
+			queue_op(r, VP_OP_MKDIR, it->path, NULL, it->mode, p);
+		else if (it->type == 2)
+			queue_op(r, VP_OP_SYMLINK, it->path, it->target, 0, p);
+		else if (it->data && !announce(r, it->path, it->data, it->version,
+					       it->mode, it->mtime_ns, p))
+			files++;
+		vp_data_put(it->data);
+		free(it->path);
+		free(it->target);
+		free(it);
+	}
+	pthread_mutex_lock(&r->lock);
+	m.u.sync_end.seq = r->seq;
+	{
+		struct qmsg *q = qmsg_of(&m);
+
+		if (q)
+			peer_queue_locked(p, q);
+	}
+	pthread_mutex_unlock(&r->lock);
+	vp_log(LOG_INFO, "repl", "consumer %" PRIu64 " subscribed; catch-up of %u file version(s) queued",
+	       p->id, files);
+}
+
+static struct peer *peer_find_locked(struct vp_repl *r, uint64_t id)
+{
+	struct peer *p = r->peers;
+
+	while (p && p->id != id)
+		p = p->next;
+	return p;
+}
+
+static void unpin_locked(struct vp_repl *r, int all_for_dead_peer)
+{
+	struct pin **pp = &r->pins;
+	double now = now_s();
+
+	while (*pp) {
+		struct pin *pin = *pp;
+
+		if (pin->waiting == 0 || all_for_dead_peer ||
+		    now - pin->since > PIN_TIMEOUT) {
+			*pp = pin->next;
+			vp_data_put(pin->data);
+			free(pin);
+		} else {
+			pp = &pin->next;
+		}
+	}
+}
+
+static void peer_drop_locked(struct vp_repl *r, struct peer *p, const char *why)
+{
+	struct peer **pp = &r->peers;
+
+	while (*pp && *pp != p)
+		pp = &(*pp)->next;
+	if (*pp)
+		*pp = p->next;
+	vp_log(LOG_WARNING, "repl", "consumer %" PRIu64 " dropped: %s; its state is freed",
+	       p->id, why);
+	while (p->out_head) {
+		struct qmsg *q = p->out_head;
+
+		p->out_head = q->next;
+		free(q);
+	}
+	/* its pins: a pin counts waiting consumers, not which; drop the count */
+	for (struct pin *pin = r->pins; pin; pin = pin->next)
+		if (pin->seq > p->done_seq && pin->waiting)
+			pin->waiting--;
+	unpin_locked(r, 0);
+	vp_fab_remove(r->fab, p->addr);
+	free(p);
+}
+
+static void producer_handle(struct vp_repl *r, struct qmsg *q)
+{
+	struct vp_msg *m = malloc(sizeof(*m));
+	const char *why = NULL;
+	struct peer *p;
+
+	if (!m)
+		return;
+	if (vp_msg_decode(q->buf, q->len, m, &why)) {
+		vp_log(LOG_WARNING, "repl", "malformed message refused (%zu bytes): %s", q->len, why);
+		goto out;
+	}
+	pthread_mutex_lock(&r->lock);
+	p = peer_find_locked(r, m->peer_id);
+	if (p)
+		p->last_heard = now_s();
+	switch (m->type) {
+	case VP_MSG_HELLO: {
+		struct vp_msg reply = { .type = VP_MSG_CHALLENGE };
+		vp_fab_addr addr;
+
+		pthread_mutex_unlock(&r->lock);
+		if (vp_fab_insert_name(r->fab, m->u.hello.name, m->u.hello.name_len, &addr)) {
+			vp_log(LOG_WARNING, "repl", "HELLO with an unusable endpoint name refused");
+			goto out;
+		}
+		p = calloc(1, sizeof(*p));
+		if (!p)
+			goto out;
+		p->addr = addr;
+		memcpy(p->nonce_c, m->u.hello.nonce, VP_PROTO_NONCE);
+		RAND_bytes(p->nonce_p, VP_PROTO_NONCE);
+		p->last_heard = now_s();
+		pthread_mutex_lock(&r->lock);
+		p->id = ++r->next_peer_id;
+		p->next = r->peers;
+		r->peers = p;
+		pthread_mutex_unlock(&r->lock);
+		reply.u.challenge.assigned_id = p->id;
+		memcpy(reply.u.challenge.nonce, p->nonce_p, VP_PROTO_NONCE);
+		mac_of(r, "VPR1-P", p->nonce_c, p->nonce_p, p->id, reply.u.challenge.mac);
+		if (send_msg(r, addr, &reply))
+			vp_log(LOG_WARNING, "repl", "could not answer a HELLO");
+		goto out;
+	}
+	case VP_MSG_AUTH:
+		if (!p || p->active) {
+			pthread_mutex_unlock(&r->lock);
+			goto out;
+		}
+		if (!mac_ok(r, "VPR1-C", p->nonce_p, p->nonce_c, p->id, m->u.auth.mac)) {
+			struct vp_msg no = { .type = VP_MSG_REFUSED };
+			vp_fab_addr addr = p->addr;
+
+			snprintf(no.u.refused.reason, sizeof(no.u.refused.reason),
+				 "authentication failed: the secrets differ");
+			peer_drop_locked(r, p, "it failed authentication (wrong or missing secret_file)");
+			pthread_mutex_unlock(&r->lock);
+			send_msg(r, addr, &no);
+			goto out;
+		}
+		p->active = 1;
+		pthread_mutex_unlock(&r->lock);
+		{
+			struct vp_msg w = { .type = VP_MSG_WELCOME };
+
+			send_msg(r, p->addr, &w);
+		}
+		catch_up(r, p);
+		goto out;
+	case VP_MSG_DONE:
+		if (p) {
+			if (m->u.done.seq > p->done_seq)
+				p->done_seq = m->u.done.seq;
+			if (m->u.done.status == 0)
+				p->versions_done++;
+			for (struct pin *pin = r->pins; pin; pin = pin->next)
+				if (pin->seq == m->u.done.seq && pin->waiting)
+					pin->waiting--;
+			unpin_locked(r, 0);
+		}
+		break;
+	case VP_MSG_HEARTBEAT:
+		break;
+	default:
+		vp_log(LOG_DEBUG, "repl", "unexpected %s from consumer %" PRIu64,
+		       vp_msg_type_name(m->type), m->peer_id);
+	}
+	pthread_mutex_unlock(&r->lock);
+out:
+	free(m);
+}
+
+static void producer_tick(struct vp_repl *r, double *last_beat)
+{
+	double now = now_s();
+	struct peer *p, *next;
+
+	/* events, in order */
+	for (;;) {
+		struct event *e;
+
+		pthread_mutex_lock(&r->lock);
+		e = r->ev_head;
+		if (e) {
+			r->ev_head = e->next;
+			if (!r->ev_head)
+				r->ev_tail = NULL;
+		}
+		pthread_mutex_unlock(&r->lock);
+		if (!e)
+			break;
+		if (e->is_version && e->data)
+			announce(r, e->path, e->data, e->version, e->mode, e->mtime_ns, NULL);
+		else if (!e->is_version)
+			queue_op(r, e->kind, e->path, e->path2, e->mode, NULL);
+		vp_data_put(e->data);
+		free(e->path);
+		free(e->path2);
+		free(e);
+	}
+	/* outboxes */
+	pthread_mutex_lock(&r->lock);
+	for (p = r->peers; p; p = next) {
+		next = p->next;
+		if (now - p->last_heard > r->cfg.peer_timeout) {
+			peer_drop_locked(r, p, "no heartbeat");
+			continue;
+		}
+		while (p->out_head) {
+			struct qmsg *q = p->out_head;
+			vp_fab_addr addr = p->addr;
+			int rc;
+
+			p->out_head = q->next;
+			if (!p->out_head)
+				p->out_tail = NULL;
+			pthread_mutex_unlock(&r->lock);
+			rc = vp_fab_send(r->fab, addr, q->buf, q->len, r->cfg.peer_timeout);
+			free(q);
+			pthread_mutex_lock(&r->lock);
+			if (rc) {
+				peer_drop_locked(r, p, "sends time out");
+				break;
+			}
+		}
+	}
+	pthread_mutex_unlock(&r->lock);
+	if (now - *last_beat >= 1.0) {
+		struct vp_msg hb = { .type = VP_MSG_HEARTBEAT };
+		vp_fab_addr addrs[64];
+		unsigned int n = 0;
+
+		*last_beat = now;
+		pthread_mutex_lock(&r->lock);
+		hb.u.heartbeat.latest_seq = r->seq;
+		for (p = r->peers; p && n < 64; p = p->next)
+			if (p->active)
+				addrs[n++] = p->addr;
+		unpin_locked(r, 0);
+		pthread_mutex_unlock(&r->lock);
+		for (unsigned int i = 0; i < n; i++)
+			send_msg(r, addrs[i], &hb);
+	}
+}
+
+/* ---- consumer --------------------------------------------------------- */
+
+static void consumer_send(struct vp_repl *r, struct vp_msg *m)
+{
+	m->peer_id = r->my_id;
+	if (send_msg(r, r->producer, m))
+		vp_log(LOG_DEBUG, "repl", "send of %s to the producer failed", vp_msg_type_name(m->type));
+}
+
+static void say_done(struct vp_repl *r, uint64_t seq, uint64_t version, int status)
+{
+	struct vp_msg m = { .type = VP_MSG_DONE };
+
+	m.u.done.seq = seq;
+	m.u.done.version = version;
+	m.u.done.status = status;
+	consumer_send(r, &m);
+}
+
+/*
+ * Opens the mount's root for one operation, and checks it is still our
+ * FUSE mount: after an unmount, the path is the directory underneath,
+ * which must never receive replicated files.  Returns 0 or -errno.
+ */
+static int mount_open(struct vp_repl *r)
+{
+	struct stat st;
+
+	r->mnt_fd = open(r->mnt, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (r->mnt_fd < 0)
+		return -errno;
+	if (fstat(r->mnt_fd, &st) || st.st_dev != r->mnt_dev) {
+		close(r->mnt_fd);
+		r->mnt_fd = -1;
+		return -ENOTCONN;
+	}
+	return 0;
+}
+
+static void mount_close(struct vp_repl *r)
+{
+	if (r->mnt_fd >= 0)
+		close(r->mnt_fd);
+	r->mnt_fd = -1;
+}
+
+/* mkdir -p of path's parents on the mount (as the producer has them). */
+static void make_parents(struct vp_repl *r, const char *path)
+{
+	char buf[PATH_MAX];
+
+	snprintf(buf, sizeof(buf), "%s", path);
+	for (char *s = strchr(buf, '/'); s; s = strchr(s + 1, '/')) {
+		*s = '\0';
+		if (mkdirat(r->mnt_fd, buf, 0755) && errno != EEXIST)
+			vp_log(LOG_DEBUG, "repl", "mkdir '%s': %s", buf, strerror(errno));
+		*s = '/';
+	}
+}
+
+static int install(struct vp_repl *r, const char *path, struct vp_data *d,
+		   uint64_t version, uint32_t mode)
+{
+	int fd, rc = 0;
+
+	rc = mount_open(r);
+	if (rc)
+		return rc;
+	rc = vp_ns_stage_install(r->ns, path, d, version, mode);
+	if (rc) {
+		mount_close(r);
+		return rc;
+	}
+	make_parents(r, path);
+	/* an ordinary open and close: watchers get IN_CREATE/IN_CLOSE_WRITE */
+	fd = openat(r->mnt_fd, path, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW,
+		    (mode_t)(mode & 07777));
+	if (fd < 0)
+		rc = -errno;
+	else if (close(fd))
+		rc = -errno;
+	vp_ns_unstage_install(r->ns, path);
+	mount_close(r);
+	return rc;
+}
+
+static void consumer_announce(struct vp_repl *r, struct vp_msg *m)
+{
+	typeof(m->u.announce) *a = &m->u.announce;
+	struct vp_fab_read_req *reqs = NULL;
+	void **mem = NULL;
+	struct vp_data *d = NULL;
+	uint64_t have, sum;
+	size_t nreq = 0;
+	double t0;
+	int rc = 0;
+
+	if (a->first == 0) {
+		free(r->asm_msg);
+		free(r->asm_refs);
+		r->asm_msg = m;
+		r->asm_refs = calloc(a->nchunks ? a->nchunks : 1, sizeof(*r->asm_refs));
+		r->asm_got = 0;
+		if (!r->asm_refs)
+			goto drop;
+	} else if (!r->asm_msg || strcmp(r->asm_msg->u.announce.path, a->path) ||
+		   r->asm_msg->u.announce.seq != a->seq || a->first != r->asm_got) {
+		free(m);
+		return;		/* a piece of an announce we dropped */
+	}
+	memcpy(r->asm_refs + a->first, a->chunk, a->count * sizeof(*a->chunk));
+	r->asm_got += a->count;
+	if (m != r->asm_msg)
+		free(m);
+	m = r->asm_msg;
+	a = &m->u.announce;
+	if (r->asm_got < a->nchunks)
+		return;		/* more pieces to come */
+	r->asm_msg = NULL;
+
+	/* never go backwards; skip what we have */
+	have = vp_ns_path_version(r->ns, a->path);
+	if (have != UINT64_MAX && have >= a->version) {
+		r->skipped++;
+		say_done(r, a->seq, a->version, 0);
+		goto out_free;
+	}
+	t0 = now_s();
+	mem = calloc(a->nchunks ? a->nchunks : 1, sizeof(*mem));
+	reqs = calloc(a->nchunks ? a->nchunks : 1, sizeof(*reqs));
+	if (!mem || !reqs) {
+		rc = -ENOMEM;
+		goto fail;
+	}
+	for (uint32_t i = 0; i < a->nchunks; i++) {
+		uint64_t len = a->size - (uint64_t)i * a->chunk_size;
+		struct slab_mr *s;
+		int err;
+
+		if (len > a->chunk_size)
+			len = a->chunk_size;
+		if (!r->asm_refs[i].key)
+			continue;	/* a hole */
+		mem[i] = vp_pool_get_chunk(r->pool, r->cfg.cache_wait, &err);
+		if (!mem[i]) {
+			rc = err;
+			goto fail;
+		}
+		s = slab_of(r, mem[i]);
+		if (!s) {
+			rc = -EFAULT;
+			goto fail;
+		}
+		reqs[nreq].mr = s->mr;
+		reqs[nreq].local = mem[i];
+		reqs[nreq].len = (size_t)len;
+		reqs[nreq].remote_addr = r->asm_refs[i].addr;
+		reqs[nreq].key = r->asm_refs[i].key;
+		nreq++;
+	}
+	rc = vp_fab_read(r->fab, r->producer, reqs, nreq, r->cfg.repl_inflight,
+			 r->cfg.peer_timeout + (double)a->size / 50e6);
+	if (rc)
+		goto fail;
+	d = vp_data_adopt(r->pool, mem, a->nchunks, a->size);
+	mem = NULL;	/* adopted, also on failure */
+	if (!d) {
+		rc = -ENOMEM;
+		goto fail;
+	}
+	if (vp_data_checksum(d, &sum) || sum != a->checksum) {
+		r->checksum_errors++;
+		vp_log(LOG_ERR, "repl", "'%s' version %" PRIu64 ": checksum mismatch; not installed",
+		       a->path, a->version);
+		rc = -EIO;
+		goto fail;
+	}
+	r->last_transfer_s = now_s() - t0;
+	r->bytes_in += a->size;
+	rc = install(r, a->path, d, a->version, a->mode);
+	if (rc) {
+		vp_log(LOG_ERR, "repl", "installing '%s' version %" PRIu64 ": %s", a->path,
+		       a->version, strerror(-rc));
+		goto fail;
+	}
+	r->installed++;
+	vp_log(LOG_INFO, "repl", "'%s' version %" PRIu64 " installed (%" PRIu64 " bytes in %.3f s)",
+	       a->path, a->version, a->size, r->last_transfer_s);
+	say_done(r, a->seq, a->version, 0);
+	goto out_free;
+fail:
+	if (rc != -EIO)
+		vp_log(LOG_WARNING, "repl", "'%s' version %" PRIu64 " not fetched: %s; keeping the version we have",
+		       a->path, a->version, strerror(-rc));
+	say_done(r, a->seq, a->version, rc);
+out_free:
+	if (mem)
+		for (uint32_t i = 0; i < a->nchunks; i++)
+			if (mem[i])
+				vp_pool_put_chunk(r->pool, mem[i]);
+	free(mem);
+	free(reqs);
+	vp_data_put(d);
+drop:
+	free(r->asm_refs);
+	r->asm_refs = NULL;
+	free(m);
+}
+
+static void consumer_op(struct vp_repl *r, const struct vp_msg *m)
+{
+	const char *p = m->u.op.path, *p2 = m->u.op.path2;
+	int rc = mount_open(r);
+
+	if (rc) {
+		vp_log(LOG_WARNING, "repl", "the mount '%s' is gone: %s", r->mnt, strerror(-rc));
+		return;
+	}
+	switch (m->u.op.kind) {
+	case VP_OP_MKDIR:
+		make_parents(r, p);
+		if (mkdirat(r->mnt_fd, p, (mode_t)m->u.op.mode) && errno != EEXIST)
+			rc = -errno;
+		break;
+	case VP_OP_SYMLINK:
+		make_parents(r, p);
+		unlinkat(r->mnt_fd, p, 0);
+		if (symlinkat(p2, r->mnt_fd, p))
+			rc = -errno;
+		break;
+	case VP_OP_RENAME:
+		make_parents(r, p2);
+		if (renameat(r->mnt_fd, p, r->mnt_fd, p2) && errno != ENOENT)
+			rc = -errno;
+		break;
+	case VP_OP_UNLINK:
+		if (unlinkat(r->mnt_fd, p, 0) && errno != ENOENT)
+			rc = -errno;
+		break;
+	case VP_OP_RMDIR:
+		if (unlinkat(r->mnt_fd, p, AT_REMOVEDIR) && errno != ENOENT)
+			rc = -errno;
+		break;
+	}
+	mount_close(r);
+	if (rc)
+		vp_log(LOG_WARNING, "repl", "replaying an operation on '%s': %s", p, strerror(-rc));
+}
+
+static void consumer_handle(struct vp_repl *r, struct qmsg *q)
+{
+	struct vp_msg *m = malloc(sizeof(*m));
+	const char *why = NULL;
+
+	if (!m)
+		return;
+	if (vp_msg_decode(q->buf, q->len, m, &why)) {
+		vp_log(LOG_WARNING, "repl", "malformed message from the producer refused (%zu bytes): %s",
+		       q->len, why);
+		free(m);
+		return;
+	}
+	r->last_heard = now_s();
+	switch (m->type) {
+	case VP_MSG_CHALLENGE: {
+		struct vp_msg reply = { .type = VP_MSG_AUTH };
+
+		if (r->state != 1)
+			break;
+		if (!mac_ok(r, "VPR1-P", r->nonce_c, m->u.challenge.nonce,
+			    m->u.challenge.assigned_id, m->u.challenge.mac)) {
+			vp_log(LOG_ERR, "repl", "the producer failed authentication (wrong or missing secret_file); not subscribing");
+			r->state = 0;
+			break;
+		}
+		r->my_id = m->u.challenge.assigned_id;
+		mac_of(r, "VPR1-C", m->u.challenge.nonce, r->nonce_c, r->my_id, reply.u.auth.mac);
+		r->state = 2;
+		consumer_send(r, &reply);
+		break;
+	}
+	case VP_MSG_WELCOME:
+		if (r->state == 2) {
+			r->state = 3;
+			vp_log(LOG_NOTICE, "repl", "subscribed to the producer at '%s' over '%s'",
+			       r->cfg.subscribe, vp_fab_provider(r->fab));
+		}
+		break;
+	case VP_MSG_REFUSED:
+		vp_log(LOG_ERR, "repl", "the producer refused us: %s", m->u.refused.reason);
+		r->state = 0;
+		break;
+	case VP_MSG_ANNOUNCE:
+		if (r->state == 3) {
+			consumer_announce(r, m);
+			return;		/* took m */
+		}
+		break;
+	case VP_MSG_OP:
+		if (r->state == 3)
+			consumer_op(r, m);
+		break;
+	case VP_MSG_SYNC_END:
+		vp_log(LOG_INFO, "repl", "caught up with the producer");
+		break;
+	default:
+		break;
+	}
+	free(m);
+}
+
+static void consumer_tick(struct vp_repl *r, double *last_beat)
+{
+	double now = now_s();
+
+	if (r->state == 3 && now - r->last_heard > r->cfg.peer_timeout) {
+		vp_log(LOG_WARNING, "repl", "the producer at '%s' is silent for %.0f s; keeping the last complete versions and reconnecting",
+		       r->cfg.subscribe, now - r->last_heard);
+		r->state = 0;
+	}
+	if (r->state < 3 && now - r->last_hello >= 1.0) {
+		struct vp_msg m = { .type = VP_MSG_HELLO };
+		int n = vp_fab_name(r->fab, m.u.hello.name, sizeof(m.u.hello.name));
+
+		r->last_hello = now;
+		if (n > 0) {
+			RAND_bytes(r->nonce_c, VP_PROTO_NONCE);
+			memcpy(m.u.hello.nonce, r->nonce_c, VP_PROTO_NONCE);
+			m.u.hello.name_len = (uint16_t)n;
+			r->state = 1;
+			r->my_id = 0;
+			consumer_send(r, &m);
+		}
+	}
+	if (r->state == 3 && now - *last_beat >= 1.0) {
+		struct vp_msg hb = { .type = VP_MSG_HEARTBEAT };
+
+		*last_beat = now;
+		consumer_send(r, &hb);
+	}
+}
+
+/* ---- the thread ------------------------------------------------------- */
+
+static void *repl_main(void *arg)
+{
+	struct vp_repl *r = arg;
+	double last_beat = 0;
+
+	if (r->consumer) {
+		struct stat st;
+
+		vp_ns_set_installer(r->ns, gettid());
+		if (stat(r->mnt, &st) == 0)
+			r->mnt_dev = st.st_dev;	/* served by our loop, now running */
+		else
+			vp_log(LOG_ERR, "repl", "cannot stat the mount '%s': %s", r->mnt, strerror(errno));
+	}
+	pthread_mutex_lock(&r->lock);
+	while (!r->stop) {
+		struct qmsg *q = r->in_head;
+		struct timespec ts;
+
+		if (q) {
+			r->in_head = q->next;
+			if (!r->in_head)
+				r->in_tail = NULL;
+			pthread_mutex_unlock(&r->lock);
+			if (r->consumer)
+				consumer_handle(r, q);
+			else
+				producer_handle(r, q);
+			free(q);
+			pthread_mutex_lock(&r->lock);
+			continue;
+		}
+		pthread_mutex_unlock(&r->lock);
+		if (r->consumer)
+			consumer_tick(r, &last_beat);
+		else
+			producer_tick(r, &last_beat);
+		pthread_mutex_lock(&r->lock);
+		if (r->in_head || r->ev_head || r->stop)
+			continue;
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		ts.tv_nsec += 100 * 1000000L;
+		if (ts.tv_nsec >= 1000000000L) {
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000000000L;
+		}
+		pthread_cond_timedwait(&r->cond, &r->lock, &ts);
+	}
+	pthread_mutex_unlock(&r->lock);
+	return NULL;
+}
+
+struct vp_repl *vp_repl_new(struct vp_ns *ns, const struct vp_config *cfg,
+			    const char *mountpoint, char *err, size_t errlen)
+{
+	struct vp_repl *r = calloc(1, sizeof(*r));
+	char host[256], *colon;
+	int listen;
+
+	if (!r) {
+		snprintf(err, errlen, "out of memory");
+		return NULL;
+	}
+	r->ns = ns;
+	r->cfg = *cfg;
+	r->consumer = cfg->subscribe[0] != 0;
+	r->mnt_fd = -1;
+	r->pool = vp_ns_pool(ns);
+	snprintf(r->mnt, sizeof(r->mnt), "%s", mountpoint);
+	pthread_mutex_init(&r->lock, NULL);
+	pthread_mutex_init(&r->slab_lock, NULL);
+	{
+		pthread_condattr_t ca;
+
+		pthread_condattr_init(&ca);
+		pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+		pthread_cond_init(&r->cond, &ca);
+		pthread_condattr_destroy(&ca);
+	}
+	if (load_secret(r, err, errlen))
+		goto err_free;
+	listen = !r->consumer;
+	snprintf(host, sizeof(host), "%s", r->consumer ? cfg->subscribe : cfg->listen);
+	colon = strrchr(host, ':');
+	if (!colon || !colon[1]) {
+		snprintf(err, errlen, "'%s' is not HOST:PORT", host);
+		goto err_free;
+	}
+	*colon = '\0';
+	r->fab = vp_fab_open(cfg->fabric_provider, listen ? (*host ? host : NULL) : NULL,
+			     listen ? colon + 1 : NULL, listen, on_recv, r, err, errlen);
+	if (!r->fab)
+		goto err_free;
+	if (r->consumer && vp_fab_insert_host(r->fab, host, colon + 1, &r->producer)) {
+		snprintf(err, errlen, "cannot resolve the producer '%s' with provider '%s'",
+			 cfg->subscribe, vp_fab_provider(r->fab));
+		goto err_close;
+	}
+	vp_pool_set_slab_cb(r->pool, on_slab, r);
+	if (pthread_create(&r->thread, NULL, repl_main, r)) {
+		snprintf(err, errlen, "cannot start the replication thread");
+		goto err_close;
+	}
+	r->thread_started = 1;
+	vp_log(LOG_NOTICE, "repl", "%s %s with libfabric provider '%s'",
+	       r->consumer ? "consumer of" : "producer listening on",
+	       r->consumer ? cfg->subscribe : cfg->listen, vp_fab_provider(r->fab));
+	return r;
+
+err_close:
+	vp_pool_set_slab_cb(r->pool, NULL, NULL);
+	vp_fab_close(r->fab);
+err_free:
+	free(r);
+	return NULL;
+}
+
+void vp_repl_free(struct vp_repl *r)
+{
+	if (!r)
+		return;
+	pthread_mutex_lock(&r->lock);
+	r->stop = 1;
+	pthread_cond_broadcast(&r->cond);
+	pthread_mutex_unlock(&r->lock);
+	if (r->thread_started)
+		pthread_join(r->thread, NULL);
+	vp_pool_set_slab_cb(r->pool, NULL, NULL);
+	while (r->peers)
+		peer_drop_locked(r, r->peers, "shutting down");
+	unpin_locked(r, 1);
+	while (r->ev_head) {
+		struct event *e = r->ev_head;
+
+		r->ev_head = e->next;
+		vp_data_put(e->data);
+		free(e->path);
+		free(e->path2);
+		free(e);
+	}
+	while (r->in_head) {
+		struct qmsg *q = r->in_head;
+
+		r->in_head = q->next;
+		free(q);
+	}
+	for (unsigned int i = 0; i < r->nslabs; i++)
+		vp_fab_mr_close(r->slabs[i].mr);
+	vp_fab_close(r->fab);
+	free(r->asm_msg);
+	free(r->asm_refs);
+	pthread_cond_destroy(&r->cond);
+	pthread_mutex_destroy(&r->lock);
+	pthread_mutex_destroy(&r->slab_lock);
+	free(r);
+}
+
+void vp_repl_status_json(struct vp_repl *r, FILE *out)
+{
+	if (!r) {
+		fputs("null", out);
+		return;
+	}
+	pthread_mutex_lock(&r->lock);
+	if (r->consumer) {
+		fprintf(out, "{\"role\":\"consumer\",\"provider\":\"%s\",\"producer\":\"%s\",\"state\":\"%s\","
+			"\"installed\":%" PRIu64 ",\"skipped\":%" PRIu64 ",\"bytes_in\":%" PRIu64
+			",\"checksum_errors\":%" PRIu64 ",\"last_transfer_s\":%.6f}",
+			vp_fab_provider(r->fab), r->cfg.subscribe,
+			r->state == 3 ? "subscribed" : r->state ? "connecting" : "disconnected",
+			r->installed, r->skipped, r->bytes_in, r->checksum_errors,
+			r->last_transfer_s);
+	} else {
+		int first = 1;
+
+		fprintf(out, "{\"role\":\"producer\",\"provider\":\"%s\",\"listen\":\"%s\",\"seq\":%" PRIu64 ",\"peers\":[",
+			vp_fab_provider(r->fab), r->cfg.listen, r->seq);
+		for (struct peer *p = r->peers; p; p = p->next) {
+			fprintf(out, "%s{\"id\":%" PRIu64 ",\"active\":%s,\"done_seq\":%" PRIu64
+				",\"lag\":%" PRIu64 ",\"versions_done\":%" PRIu64 "}",
+				first ? "" : ",", p->id, p->active ? "true" : "false",
+				p->done_seq, r->seq - p->done_seq, p->versions_done);
+			first = 0;
+		}
+		fputs("]}", out);
+	}
+	pthread_mutex_unlock(&r->lock);
+}

@@ -1,0 +1,69 @@
+/*
+ * repl: replication of committed versions from a producer mount to
+ * consumer mounts over libfabric (fabric.h), with the wire protocol of
+ * proto.h.
+ *
+ * PRODUCER (-o listen=ADDR:PORT): the namespace reports every namespace
+ * change and every published version, in order (vp_repl_note_*_locked).
+ * A dispatcher thread turns them into OP and ANNOUNCE messages for every
+ * subscribed consumer.  An ANNOUNCE names the version's chunks by RMA
+ * address and key: the pool's slabs are registered with the fabric once,
+ * so consumers read the bytes straight out of the producer's cache; the
+ * version is pinned (a data reference) until every consumer said DONE or
+ * died.  A new consumer first gets a snapshot of the tree (catch-up).
+ *
+ * CONSUMER (-o subscribe=HOST:PORT): a worker thread authenticates,
+ * assembles ANNOUNCEs, reads the chunks into its own pool (zero-copy),
+ * checks the xxh3 checksum, and installs the version by ordinary syscalls
+ * on its own mount (open+close, rename, mkdir, unlink...), so the kernel
+ * raises the inotify events watchers expect.  The namespace recognises
+ * the worker's thread id and attaches the received bytes instead of
+ * copying them (vp_ns_stage_install).  Everyone else gets EROFS.
+ *
+ * FAILURES: every wait has a deadline; both sides send a HEARTBEAT each
+ * second and a peer silent for peer_timeout is dead.  A dead consumer's
+ * pins are dropped; a consumer whose producer died keeps its last complete
+ * versions, says so, and keeps trying to reconnect; on reconnect it gets
+ * a fresh catch-up and never goes backwards (older versions are skipped).
+ *
+ * AUTHENTICATION: with secret_file, HELLO/CHALLENGE/AUTH is a mutual
+ * challenge-response with HMAC-SHA256 over both nonces; a peer that fails
+ * is refused and logged.
+ *
+ * THREADING: the progress thread of the fabric only queues received
+ * messages; all work happens on the repl thread.  Lock order: ns->lock,
+ * then repl->lock (the namespace calls the _locked hooks with its lock).
+ */
+#ifndef VP_REPL_H
+#define VP_REPL_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "config.h"
+#include "proto.h"
+
+struct vp_ns;
+struct vp_data;
+struct vp_repl;
+
+/*
+ * Starts replication for ns mounted at mountpoint, as producer (listen)
+ * or consumer (subscribe).  Returns NULL with a message in err.
+ */
+struct vp_repl *vp_repl_new(struct vp_ns *ns, const struct vp_config *cfg,
+			    const char *mountpoint, char *err, size_t errlen);
+void vp_repl_free(struct vp_repl *r);
+
+/* Producer hooks, called with ns->lock held; they only queue. */
+void vp_repl_note_op_locked(struct vp_repl *r, enum vp_op_kind kind,
+			    const char *path, const char *path2, uint32_t mode);
+/* Takes a reference to d. */
+void vp_repl_note_version_locked(struct vp_repl *r, const char *path,
+				 struct vp_data *d, uint64_t version,
+				 uint32_t mode, int64_t mtime_ns);
+
+/* A JSON object: role, provider, peers with state and lag. */
+void vp_repl_status_json(struct vp_repl *r, FILE *out);
+
+#endif
