@@ -987,6 +987,42 @@ static void install_free(struct install *in)
 	free(in);
 }
 
+int vp_ns_install_hidden(struct vp_ns *ns, const char *name, struct vp_data *d,
+			 uint64_t version, uint32_t mode)
+{
+	struct vp_node *dir, *n, *old;
+	int rc = 0;
+
+	pthread_mutex_lock(&ns->lock);
+	dir = child_find_locked(ns, ns->root, VP_INCOMING_DIR);
+	if (!dir) {
+		dir = node_new_locked(ns, VP_NODE_DIR, S_IFDIR | 0700, 0, 0);
+		if (!dir || link_locked(ns, ns->root, dir, VP_INCOMING_DIR)) {
+			if (dir)
+				vp_node_put(ns, dir);
+			rc = -ENOMEM;
+			goto out_unlock;
+		}
+		dir->loaded = 1;
+	}
+	old = child_find_locked(ns, dir, name);
+	if (old)
+		unlink_locked(ns, old);
+	n = node_new_locked(ns, VP_NODE_FILE, S_IFREG | (mode & 07777), 0, 0);
+	if (!n || link_locked(ns, dir, n, name)) {
+		if (n)
+			vp_node_put(ns, n);
+		rc = -ENOMEM;
+		goto out_unlock;
+	}
+	n->cur = vp_data_get(d);
+	n->size = vp_data_size(d);
+	n->version = version;
+out_unlock:
+	pthread_mutex_unlock(&ns->lock);
+	return rc;
+}
+
 uint64_t vp_ns_path_version(struct vp_ns *ns, const char *path)
 {
 	struct vp_node *n;
@@ -2049,6 +2085,8 @@ int vp_ns_opendir(struct vp_ns *ns, uint64_t ino, struct vp_dir **dp)
 	d->ents[i].type = S_IFDIR;
 	d->ents[i++].name = strdup("..");
 	for (struct vp_node *c = dir->children; c; c = c->sib_next) {
+		if (dir == ns->root && ns->replica && !strcmp(c->name, VP_INCOMING_DIR))
+			continue;	/* hidden: watchers must never add a watch there */
 		d->ents[i].ino = c->ino;
 		d->ents[i].type = c->mode & S_IFMT;
 		d->ents[i++].name = strdup(c->name);
@@ -2288,7 +2326,7 @@ void vp_ns_status_json(struct vp_ns *ns, FILE *out)
 		",\"skipped_versions\":%" PRIu64 ",\"retries\":%" PRIu64
 		",\"last_lag_s\":%.3f,\"mean_lag_s\":%.6f,\"last_error\":\"%s\",\"last_error_path\":\"%s\"},"
 		"\"commits\":%" PRIu64 ",\"checkpoint_stall_s\":%.6f,\"evictions\":%" PRIu64
-		",\"bytes_written\":%" PRIu64 ",\"bytes_read\":%" PRIu64 "}\n",
+		",\"bytes_written\":%" PRIu64 ",\"bytes_read\":%" PRIu64,
 		ns->pfs_dir, ps.budget, ps.used, ps.mapped, ps.waits, ps.enospc,
 		files, dirty, queued, queued_bytes, ns->preparing,
 		ns->st_flushed_versions, ns->st_flushed_bytes,
@@ -2302,6 +2340,9 @@ void vp_ns_status_json(struct vp_ns *ns, FILE *out)
 		__atomic_load_n(&ns->st_bytes_written, __ATOMIC_RELAXED),
 		__atomic_load_n(&ns->st_bytes_read, __ATOMIC_RELAXED));
 	pthread_mutex_unlock(&ns->lock);
+	fputs(",\"repl\":", out);
+	vp_repl_status_json(ns->repl, out);	/* null without replication */
+	fputs("}\n", out);
 }
 
 static void json_string(FILE *out, const char *s)

@@ -194,6 +194,15 @@ void vp_ns_set_installer(struct vp_ns *ns, pid_t tid);
 int vp_ns_stage_install(struct vp_ns *ns, const char *path, struct vp_data *d,
 			uint64_t version, uint32_t mode);
 void vp_ns_unstage_install(struct vp_ns *ns, const char *path);
+/*
+ * Consumer: puts d as file `name` (version `version`) in the replica's
+ * hidden folder ".viperfs-incoming" (not listed by readdir, so recursive
+ * watchers never watch it), from where the installer renames it over the
+ * old file: a new inode, so readers of the old one keep their bytes and
+ * their page cache.  Returns 0 or -errno.
+ */
+int vp_ns_install_hidden(struct vp_ns *ns, const char *name, struct vp_data *d,
+			 uint64_t version, uint32_t mode);
 /* The version of the file at path, or UINT64_MAX if there is none. */
 uint64_t vp_ns_path_version(struct vp_ns *ns, const char *path);
 

@@ -28,6 +28,7 @@
 #define VP_NO_VERSION UINT64_MAX
 #define VP_STAGING_DIR ".viperfs-staging"
 #define VP_SCHEDULE_FILE ".viperfs-schedule.json"
+#define VP_INCOMING_DIR ".viperfs-incoming"	/* replicas: new inodes before the switch */
 
 enum vp_node_type { VP_NODE_DIR, VP_NODE_FILE, VP_NODE_SYMLINK };
 

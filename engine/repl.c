@@ -6,6 +6,9 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <netinet/in.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
@@ -294,6 +297,7 @@ void vp_repl_note_op_locked(struct vp_repl *r, enum vp_op_kind kind,
 	}
 	e->kind = kind;
 	e->mode = mode & 07777;
+	vp_log(LOG_DEBUG, "repl", "noted op %u on '%s'", kind, path);
 	pthread_mutex_lock(&r->lock);
 	if (r->ev_tail)
 		r->ev_tail->next = e;
@@ -683,6 +687,13 @@ static void producer_handle(struct vp_repl *r, struct qmsg *q)
 		break;
 	case VP_MSG_HEARTBEAT:
 		break;
+	case VP_MSG_REFUSED:
+		if (p) {
+			vp_log(LOG_WARNING, "repl", "consumer %" PRIu64 " refused us: %s",
+			       p->id, m->u.refused.reason);
+			peer_drop_locked(r, p, "it refused authentication (wrong or missing secret_file on one side)");
+		}
+		break;
 	default:
 		vp_log(LOG_DEBUG, "repl", "unexpected %s from consumer %" PRIu64,
 		       vp_msg_type_name(m->type), m->peer_id);
@@ -825,28 +836,48 @@ static void make_parents(struct vp_repl *r, const char *path)
 	}
 }
 
+/*
+ * Installs a version by ordinary syscalls on the mount, so that watchers
+ * get the events of a local write.  A new file: open(O_CREAT) + close,
+ * with the bytes attached by the namespace (IN_CREATE, IN_CLOSE_WRITE).
+ * A replaced file: the bytes become a new inode in the hidden incoming
+ * folder, renamed over the path in one atomic switch (IN_MOVED_TO), then
+ * opened and closed (IN_CLOSE_WRITE).  Readers of the old inode keep it.
+ */
 static int install(struct vp_repl *r, const char *path, struct vp_data *d,
-		   uint64_t version, uint32_t mode)
+		   uint64_t version, uint32_t mode, uint64_t seq)
 {
-	int fd, rc = 0;
+	char hidden[64];
+	int fd, rc;
 
 	rc = mount_open(r);
 	if (rc)
 		return rc;
-	rc = vp_ns_stage_install(r->ns, path, d, version, mode);
-	if (rc) {
+	make_parents(r, path);
+	if (vp_ns_path_version(r->ns, path) != UINT64_MAX) {
+		snprintf(hidden, sizeof(hidden), ".viperfs-incoming/%" PRIu64, seq);
+		rc = vp_ns_install_hidden(r->ns, hidden + strlen(".viperfs-incoming/"),
+					  d, version, mode);
+		if (!rc && renameat(r->mnt_fd, hidden, r->mnt_fd, path))
+			rc = -errno;
+		if (!rc) {
+			fd = openat(r->mnt_fd, path, O_WRONLY | O_CLOEXEC | O_NOFOLLOW);
+			if (fd >= 0)
+				close(fd);
+		}
 		mount_close(r);
 		return rc;
 	}
-	make_parents(r, path);
-	/* an ordinary open and close: watchers get IN_CREATE/IN_CLOSE_WRITE */
-	fd = openat(r->mnt_fd, path, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW,
-		    (mode_t)(mode & 07777));
-	if (fd < 0)
-		rc = -errno;
-	else if (close(fd))
-		rc = -errno;
-	vp_ns_unstage_install(r->ns, path);
+	rc = vp_ns_stage_install(r->ns, path, d, version, mode);
+	if (!rc) {
+		fd = openat(r->mnt_fd, path, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW,
+			    (mode_t)(mode & 07777));
+		if (fd < 0)
+			rc = -errno;
+		else if (close(fd))
+			rc = -errno;
+		vp_ns_unstage_install(r->ns, path);
+	}
 	mount_close(r);
 	return rc;
 }
@@ -944,7 +975,7 @@ static void consumer_announce(struct vp_repl *r, struct vp_msg *m)
 	}
 	r->last_transfer_s = now_s() - t0;
 	r->bytes_in += a->size;
-	rc = install(r, a->path, d, a->version, a->mode);
+	rc = install(r, a->path, d, a->version, a->mode, a->seq);
 	if (rc) {
 		vp_log(LOG_ERR, "repl", "installing '%s' version %" PRIu64 ": %s", a->path,
 		       a->version, strerror(-rc));
@@ -983,6 +1014,7 @@ static void consumer_op(struct vp_repl *r, const struct vp_msg *m)
 		vp_log(LOG_WARNING, "repl", "the mount '%s' is gone: %s", r->mnt, strerror(-rc));
 		return;
 	}
+	vp_log(LOG_DEBUG, "repl", "replaying op %u on '%s'", m->u.op.kind, p);
 	switch (m->u.op.kind) {
 	case VP_OP_MKDIR:
 		make_parents(r, p);
@@ -1036,7 +1068,14 @@ static void consumer_handle(struct vp_repl *r, struct qmsg *q)
 			break;
 		if (!mac_ok(r, "VPR1-P", r->nonce_c, m->u.challenge.nonce,
 			    m->u.challenge.assigned_id, m->u.challenge.mac)) {
+			struct vp_msg no = { .type = VP_MSG_REFUSED };
+
 			vp_log(LOG_ERR, "repl", "the producer failed authentication (wrong or missing secret_file); not subscribing");
+			r->my_id = m->u.challenge.assigned_id;
+			snprintf(no.u.refused.reason, sizeof(no.u.refused.reason),
+				 "the producer failed authentication: the secrets differ");
+			consumer_send(r, &no);
+			r->my_id = 0;
 			r->state = 0;
 			break;
 		}
@@ -1161,13 +1200,43 @@ static void *repl_main(void *arg)
 	return NULL;
 }
 
+/*
+ * The local address this node uses to reach host:port (a UDP "connect"
+ * sends nothing): a consumer's endpoint binds there, so the name it gives
+ * the producer is reachable from the producer's network, not loopback.
+ */
+static int local_ip_towards(const char *host, const char *port, char *out,
+			    size_t len)
+{
+	struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_DGRAM };
+	struct addrinfo *res = NULL;
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof(ss);
+	int fd, rc = -EHOSTUNREACH;
+
+	if (getaddrinfo(host, port, &hints, &res) || !res)
+		return -EHOSTUNREACH;
+	fd = socket(res->ai_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if (fd >= 0 && connect(fd, res->ai_addr, res->ai_addrlen) == 0 &&
+	    getsockname(fd, (struct sockaddr *)&ss, &sl) == 0) {
+		const void *a = ss.ss_family == AF_INET ?
+			(const void *)&((struct sockaddr_in *)&ss)->sin_addr :
+			(const void *)&((struct sockaddr_in6 *)&ss)->sin6_addr;
+
+		if (inet_ntop(ss.ss_family, a, out, (socklen_t)len))
+			rc = 0;
+	}
+	if (fd >= 0)
+		close(fd);
+	freeaddrinfo(res);
+	return rc;
+}
+
 struct vp_repl *vp_repl_new(struct vp_ns *ns, const struct vp_config *cfg,
 			    const char *mountpoint, char *err, size_t errlen)
 {
 	struct vp_repl *r = calloc(1, sizeof(*r));
 	char host[256], *colon;
-	int listen;
-
 	if (!r) {
 		snprintf(err, errlen, "out of memory");
 		return NULL;
@@ -1190,7 +1259,6 @@ struct vp_repl *vp_repl_new(struct vp_ns *ns, const struct vp_config *cfg,
 	}
 	if (load_secret(r, err, errlen))
 		goto err_free;
-	listen = !r->consumer;
 	snprintf(host, sizeof(host), "%s", r->consumer ? cfg->subscribe : cfg->listen);
 	colon = strrchr(host, ':');
 	if (!colon || !colon[1]) {
@@ -1198,8 +1266,20 @@ struct vp_repl *vp_repl_new(struct vp_ns *ns, const struct vp_config *cfg,
 		goto err_free;
 	}
 	*colon = '\0';
-	r->fab = vp_fab_open(cfg->fabric_provider, listen ? (*host ? host : NULL) : NULL,
-			     listen ? colon + 1 : NULL, listen, on_recv, r, err, errlen);
+	if (r->consumer) {
+		char local[INET6_ADDRSTRLEN];
+
+		if (local_ip_towards(host, colon + 1, local, sizeof(local))) {
+			snprintf(err, errlen, "no route to the producer '%s'", cfg->subscribe);
+			goto err_free;
+		}
+		/* bind where the producer can answer; any port */
+		r->fab = vp_fab_open(cfg->fabric_provider, local, "0", 1, on_recv, r,
+				     err, errlen);
+	} else {
+		r->fab = vp_fab_open(cfg->fabric_provider, *host ? host : NULL,
+				     colon + 1, 1, on_recv, r, err, errlen);
+	}
 	if (!r->fab)
 		goto err_free;
 	if (r->consumer && vp_fab_insert_host(r->fab, host, colon + 1, &r->producer)) {

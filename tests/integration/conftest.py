@@ -38,11 +38,59 @@ def is_mounted(path):
         return any(line.split()[1] == path for line in f)
 
 
+class Net:
+    """Nodes as network namespaces on one bridge (10.213.X.0/24).
+
+    Daemons start with `nsenter --net=` so that their mounts stay in the
+    root mount namespace, visible to every watcher.  cleanup() deletes the
+    namespaces and the bridge, also after a failure.
+    """
+
+    def __init__(self, nodes):
+        self.tag = "vp%04x" % (os.getpid() % 0xffff)
+        self.subnet = "10.213.%d" % (20 + os.getpid() % 200)
+        self.bridge = self.tag + "br"
+        self.names = []
+        self._ip("link", "add", self.bridge, "type", "bridge")
+        self._ip("link", "set", self.bridge, "up")
+        for i in range(nodes):
+            ns = "%sn%d" % (self.tag, i)
+            self.names.append(ns)
+            self._ip("netns", "add", ns)
+            self._ip("link", "add", "%sv%d" % (self.tag, i), "type", "veth",
+                     "peer", "name", "%sp%d" % (self.tag, i))
+            self._ip("link", "set", "%sp%d" % (self.tag, i), "netns", ns)
+            self._ip("link", "set", "%sv%d" % (self.tag, i), "master", self.bridge)
+            self._ip("link", "set", "%sv%d" % (self.tag, i), "up")
+            self._ip("-n", ns, "addr", "add", "%s/24" % self.addr(i), "dev", "%sp%d" % (self.tag, i))
+            self._ip("-n", ns, "link", "set", "%sp%d" % (self.tag, i), "up")
+            self._ip("-n", ns, "link", "set", "lo", "up")
+
+    @staticmethod
+    def _ip(*args):
+        subprocess.run(["ip", *args], check=True, capture_output=True)
+
+    def addr(self, i):
+        return "%s.%d" % (self.subnet, i + 1)
+
+    def prefix(self, i):
+        return ["nsenter", "--net=/run/netns/%s" % self.names[i]]
+
+    def link(self, i, up):
+        self._ip("-n", self.names[i], "link", "set", "%sp%d" % (self.tag, i), "up" if up else "down")
+
+    def cleanup(self):
+        for ns in self.names:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
+
+
 class Mount:
     """One viperfs daemon serving pfs at mnt."""
 
-    def __init__(self, base, pfs, mnt, opts):
+    def __init__(self, base, pfs, mnt, opts, prefix=None):
         self.base, self.pfs, self.mnt, self.opts = base, pfs, mnt, opts
+        self.prefix = prefix or []
         self.proc = None
         self.log = os.path.join(base, "viperfs-%d.log" % time.monotonic_ns())
 
@@ -54,13 +102,14 @@ class Mount:
         sock.bind(sock_path)
         sock.settimeout(timeout)
         opts = "control=%s,log_file=%s,ram_prefault=8M" % (
-            os.path.join(self.base, "ctl.sock"), self.log)
+            os.path.join(self.base, "ctl-%d.sock" % time.monotonic_ns()), self.log)
         if self.opts:
             opts += "," + self.opts
-        env = dict(os.environ, NOTIFY_SOCKET=sock_path)
+        # tcp pinned: shm would silently cross the namespaces
+        env = dict(os.environ, NOTIFY_SOCKET=sock_path, FI_PROVIDER="tcp;ofi_rxm")
         self.stderr_path = self.log + ".stderr"
         self.stderr = open(self.stderr_path, "w")
-        self.proc = subprocess.Popen([VIPERFS, "-f", "-o", opts, self.pfs, self.mnt],
+        self.proc = subprocess.Popen([*self.prefix, VIPERFS, "-f", "-o", opts, self.pfs, self.mnt],
                                      env=env, stdout=subprocess.DEVNULL,
                                      stderr=self.stderr)
         try:
@@ -143,6 +192,19 @@ class World:
         self.base = tempfile.mkdtemp(prefix="viperfs-it-")
         self.mounts = []
         self.tmpfs = []
+        self.nets = []
+        self.procs = []
+
+    def net(self, nodes):
+        n = Net(nodes)
+        self.nets.append(n)
+        return n
+
+    def spawn(self, args, **kw):
+        """A helper process of the test, killed (by PID) at cleanup."""
+        p = subprocess.Popen(args, **kw)
+        self.procs.append(p)
+        return p
 
     def dir(self, name):
         p = os.path.join(self.base, name)
@@ -158,13 +220,17 @@ class World:
     def set_readonly(self, path, ro):
         subprocess.run(["mount", "-o", "remount,%s" % ("ro" if ro else "rw"), path], check=True)
 
-    def mount(self, opts="", pfs=None, mnt=None):
-        m = Mount(self.base, pfs or self.dir("pfs"), mnt or self.dir("mnt"), opts)
+    def mount(self, opts="", pfs=None, mnt=None, prefix=None):
+        m = Mount(self.base, pfs or self.dir("pfs"), mnt or self.dir("mnt"), opts, prefix)
         self.mounts.append(m)
         return m.start()
 
     def cleanup(self):
         reports = []
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
         for m in self.mounts:
             try:
                 m.stop(timeout=60)
@@ -174,7 +240,12 @@ class World:
                 reports.append(m.sanitizer_report())
         for p in reversed(self.tmpfs):
             subprocess.run(["umount", "-l", p], capture_output=True)
-        shutil.rmtree(self.base, ignore_errors=True)
+        for n in self.nets:
+            n.cleanup()
+        if os.environ.get("VIPERFS_KEEP"):
+            print("kept", self.base)     # to read the daemons' logs after a failure
+        else:
+            shutil.rmtree(self.base, ignore_errors=True)
         return reports
 
 
