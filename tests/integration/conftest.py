@@ -46,9 +46,13 @@ class Net:
     namespaces and the bridge, also after a failure.
     """
 
+    count = 0
+
     def __init__(self, nodes):
-        self.tag = "vp%04x" % (os.getpid() % 0xffff)
-        self.subnet = "10.213.%d" % (20 + os.getpid() % 200)
+        Net.count += 1
+        # unique per network: deleting the last one's veths is asynchronous
+        self.tag = "vp%03x%02x" % (os.getpid() % 0xfff, Net.count % 0xff)
+        self.subnet = "10.%d.%d" % (100 + Net.count % 100, 20 + os.getpid() % 200)
         self.bridge = self.tag + "br"
         self.names = []
         self._ip("link", "add", self.bridge, "type", "bridge")
