@@ -55,6 +55,13 @@ class Net:
         self.subnet = "10.%d.%d" % (100 + Net.count % 100, 20 + os.getpid() % 200)
         self.bridge = self.tag + "br"
         self.names = []
+        try:
+            self._setup(nodes)
+        except Exception:
+            self.cleanup()      # half a network is still cleaned up
+            raise
+
+    def _setup(self, nodes):
         self._ip("link", "add", self.bridge, "type", "bridge")
         self._ip("link", "set", self.bridge, "up")
         for i in range(nodes):

@@ -122,6 +122,8 @@ def test_torch_versions_reach_consumers_with_inotify_events(world):
     assert ev.index("MOVED_TO,ISDIR %s/ckpt-1" % m2) > ev.index("MOVED_TO %s/model.pt" % m2)
     # every byte equal on both consumers, versions numbered as on the producer
     for c in (c1, c2):
+        wait_for(lambda: not os.path.exists(c.path("old.bin")) and
+                 os.path.exists(c.path("ckpt-1", "weights.bin")), what="%s caught up" % c.mnt)
         assert sha(c.path("model.pt")) == want2
         assert read(c.path("ckpt-1", "weights.bin")) == blob
         assert read(c.path("ckpt-1", "config.json")) == b'{"layers": 2}'
