@@ -79,6 +79,8 @@ static const struct opt options[] = {
 	  "libfabric provider (default: $FI_PROVIDER, else tcp;ofi_rxm)" },
 	{ "repl_inflight", OPT_UINT, OFF(repl_inflight), "8",
 	  "RMA reads of 1 MiB in flight per transfer" },
+	{ "on_update", OPT_PATH, OFF(on_update), "",
+	  "shell command run for each new version, with VIPERFS_PATH, VIPERFS_VERSION, VIPERFS_SIZE set (for servers with a load API)" },
 	{ "peer_timeout", OPT_SECONDS, OFF(peer_timeout), "5",
 	  "seconds without a heartbeat before a peer counts as dead" },
 };

@@ -60,6 +60,7 @@ struct vp_config {
 	char fabric_provider[64];	/* libfabric provider, empty: $FI_PROVIDER or tcp;ofi_rxm */
 	unsigned int repl_inflight;	/* RMA reads in flight per transfer */
 	double peer_timeout;		/* seconds of silence before a peer is dead */
+	char on_update[PATH_MAX];	/* command run for each new version */
 };
 
 /* Fills every field with its documented default. */

@@ -13,6 +13,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "log.h"
@@ -66,6 +67,87 @@ static void serve_flush(struct vp_ctl *ctl, const char *path, FILE *out)
 	} while (rc == 0 && !__atomic_load_n(&ctl->stopping, __ATOMIC_RELAXED));
 }
 
+static void json_path(FILE *out, const char *s)
+{
+	fputc('"', out);
+	for (; *s; s++) {
+		if (*s == '"' || *s == '\\')
+			fputc('\\', out);
+		if ((unsigned char)*s < 0x20)
+			fprintf(out, "\\u%04x", *s);
+		else
+			fputc(*s, out);
+	}
+	fputc('"', out);
+}
+
+static void print_event(FILE *out, const struct vp_event *ev)
+{
+	fputs("{\"path\":", out);
+	json_path(out, ev->path);
+	fprintf(out, ",\"version\":%llu,\"size\":%llu,\"time\":%.6f}\n",
+		(unsigned long long)ev->version, (unsigned long long)ev->size, ev->time);
+}
+
+/* watch PATH: one JSON line per new version below PATH, until the client leaves. */
+static void serve_watch(struct vp_ctl *ctl, const char *path, FILE *out, int fd)
+{
+	uint64_t seq = vp_ns_event_seq(ctl->ns);
+	struct vp_event ev;
+
+	fputs("{\"watching\":true}\n", out);
+	fflush(out);
+	/*
+	 * The client half-closes after its request, so EOF on read means
+	 * nothing; a client that left shows as a failed write (EPIPE: the
+	 * daemon ignores SIGPIPE).
+	 */
+	(void)fd;
+	while (!__atomic_load_n(&ctl->stopping, __ATOMIC_RELAXED)) {
+		int rc = vp_ns_next_event(ctl->ns, &seq, path, 0.5, &ev);
+
+		if (rc == -EOVERFLOW)
+			fputs("{\"error\":\"events were lost: the watcher fell behind\"}\n", out);
+		if (rc == 1)
+			print_event(out, &ev);
+		if (fflush(out) == EOF || ferror(out))
+			return;
+	}
+}
+
+/* wait PATH VERSION SECONDS: answers once PATH holds a newer version. */
+static void serve_wait(struct vp_ctl *ctl, char *args, FILE *out)
+{
+	char *save = NULL, *path = strtok_r(args, " ", &save);
+	char *ver = strtok_r(NULL, " ", &save), *secs = strtok_r(NULL, " ", &save);
+	uint64_t seq = vp_ns_event_seq(ctl->ns), v, have;
+	double deadline, timeout;
+	struct vp_event ev;
+
+	if (!path || !ver || !secs) {
+		json_error(out, "usage: wait PATH VERSION SECONDS");
+		return;
+	}
+	v = strtoull(ver, NULL, 10);
+	timeout = atof(secs);
+	deadline = timeout > 0 ? (double)time(NULL) + timeout : 0;
+	while (*path == '/')
+		path++;
+	for (;;) {
+		have = vp_ns_path_version(ctl->ns, path);
+		if (have != UINT64_MAX && have > v) {
+			fprintf(out, "{\"version\":%llu}\n", (unsigned long long)have);
+			return;
+		}
+		if (__atomic_load_n(&ctl->stopping, __ATOMIC_RELAXED) ||
+		    (deadline && (double)time(NULL) >= deadline)) {
+			json_error(out, "timed out");
+			return;
+		}
+		vp_ns_next_event(ctl->ns, &seq, path, 0.5, &ev);
+	}
+}
+
 static void *conn_main(void *arg)
 {
 	struct conn *c = arg;
@@ -90,10 +172,14 @@ static void *conn_main(void *arg)
 			json_error(out, "no such path in the mount");
 		else if (!strcmp(line, "flush"))
 			serve_flush(ctl, arg2, out);
+		else if (!strcmp(line, "watch"))
+			serve_watch(ctl, arg2, out, c->fd);
+		else if (!strcmp(line, "wait"))
+			serve_wait(ctl, arg2, out);
 		else if (!strcmp(line, "ping"))
 			fputs("{\"pong\":true}\n", out);
 		else if (strcmp(line, "versions"))
-			json_error(out, "unknown request; try status, versions PATH, flush PATH");
+			json_error(out, "unknown request; try status, versions PATH, flush PATH, watch PATH, wait PATH V S");
 	}
 	if (in)
 		fclose(in);

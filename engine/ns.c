@@ -701,6 +701,7 @@ staging_done:
 	pthread_cond_init(&ns->flush_cond, &ca);
 	pthread_cond_init(&ns->worker_cond, &ca);
 	pthread_cond_init(&ns->evict_cond, &ca);
+	pthread_cond_init(&ns->event_cond, &ca);
 	pthread_condattr_destroy(&ca);
 
 	ns->hash_size = 1024;
@@ -865,6 +866,9 @@ unsigned int vp_ns_free(struct vp_ns *ns)
 	pthread_cond_destroy(&ns->flush_cond);
 	pthread_cond_destroy(&ns->worker_cond);
 	pthread_cond_destroy(&ns->evict_cond);
+	pthread_cond_destroy(&ns->event_cond);
+	for (size_t i = 0; i < 256; i++)
+		free(ns->events[i].path);
 	pthread_mutex_destroy(&ns->lock);
 	pthread_mutex_destroy(&ns->pfs_lock);
 	free(ns);
@@ -1204,6 +1208,91 @@ int vp_ns_getattr(struct vp_ns *ns, uint64_t ino, struct stat *st)
 	return rc;
 }
 
+/* Records that path now holds n's newest version.  ns->lock held. */
+static void record_event_locked(struct vp_ns *ns, struct vp_node *n)
+{
+	char path[PATH_MAX];
+	struct vp_event_rec *e;
+	struct timespec now;
+
+	if (n->type != VP_NODE_FILE || live_path_locked(ns, n, path, sizeof(path)) ||
+	    !strncmp(path, VP_INCOMING_DIR "/", sizeof(VP_INCOMING_DIR)))
+		return;
+	e = &ns->events[(ns->event_seq + 1) % 256];
+	free(e->path);
+	e->path = strdup(path);
+	if (!e->path)
+		return;
+	clock_gettime(CLOCK_REALTIME, &now);
+	e->seq = ++ns->event_seq;
+	e->version = n->version;
+	e->size = n->size;
+	e->time = (double)now.tv_sec + (double)now.tv_nsec / 1e9;
+	pthread_cond_broadcast(&ns->event_cond);
+}
+
+uint64_t vp_ns_event_seq(struct vp_ns *ns)
+{
+	uint64_t seq;
+
+	pthread_mutex_lock(&ns->lock);
+	seq = ns->event_seq;
+	pthread_mutex_unlock(&ns->lock);
+	return seq;
+}
+
+static int under(const char *path, const char *prefix)
+{
+	size_t l;
+
+	while (*prefix == '/')
+		prefix++;
+	l = strlen(prefix);
+	while (l && prefix[l - 1] == '/')
+		l--;
+	return l == 0 || (!strncmp(path, prefix, l) && (path[l] == '\0' || path[l] == '/'));
+}
+
+int vp_ns_next_event(struct vp_ns *ns, uint64_t *seq, const char *prefix,
+		     double wait_s, struct vp_event *ev)
+{
+	double deadline = vp_now() + wait_s;
+	int rc = 0;
+
+	pthread_mutex_lock(&ns->lock);
+	for (;;) {
+		struct timespec ts;
+
+		if (ns->event_seq > *seq + 256) {
+			*seq = ns->event_seq - 256;
+			rc = -EOVERFLOW;
+			break;
+		}
+		while (*seq < ns->event_seq) {
+			struct vp_event_rec *e = &ns->events[(*seq + 1) % 256];
+
+			(*seq)++;
+			if (e->seq == *seq && e->path && under(e->path, prefix)) {
+				ev->seq = e->seq;
+				snprintf(ev->path, sizeof(ev->path), "%s", e->path);
+				ev->version = e->version;
+				ev->size = e->size;
+				ev->time = e->time;
+				rc = 1;
+				goto out_unlock;
+			}
+		}
+		if (vp_now() >= deadline)
+			break;
+		ts.tv_sec = (time_t)deadline;
+		ts.tv_nsec = (long)((deadline - (double)ts.tv_sec) * 1e9);
+		pthread_cond_timedwait(&ns->event_cond, &ns->lock, &ts);
+	}
+out_unlock:
+	pthread_mutex_unlock(&ns->lock);
+	return rc;
+}
+
 /* The loss log and the schedule file flush as usual under publish=schedule. */
 static int policy_exempt_locked(struct vp_ns *ns, struct vp_node *n)
 {
@@ -1226,6 +1315,7 @@ static int commit_locked(struct vp_ns *ns, struct vp_node *n,
 	n->version++;
 	n->mtime = n->ctime = wall_now();
 	ns->st_commits++;
+	record_event_locked(ns, n);
 	if (!n->parent || ns->replica)
 		return 0;	/* consumers never flush: the producer does */
 	if (ns->sched && !policy_exempt_locked(ns, n))
@@ -1633,9 +1723,14 @@ int vp_ns_rename(struct vp_ns *ns, uint64_t parent, const char *name,
 		vp_flush_cancel_locked(ns, victim);
 		unlink_locked(ns, victim);
 	}
+	/* versions are per path: a file renamed over another continues its count */
+	if (victim && victim->type == VP_NODE_FILE && n->type == VP_NODE_FILE &&
+	    n->version <= victim->version)
+		n->version = victim->version + 1;
 	detach_locked(ns, n);
 	rc = link_locked(ns, newdir, n, newname);
 	assert(rc == 0 || rc == -ENOMEM);
+	record_event_locked(ns, n);
 out_unlock:
 	pthread_mutex_unlock(&ns->lock);
 out_put:

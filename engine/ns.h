@@ -169,6 +169,26 @@ int vp_ns_versions_json(struct vp_ns *ns, const char *path, FILE *out);
 /* Sets the control socket path that getxattr reports. */
 void vp_ns_set_control_path(struct vp_ns *ns, const char *path);
 
+/* ---- version events (viperctl watch/wait, on_update) ---- */
+
+struct vp_event {
+	uint64_t seq;		/* increasing; 0: none */
+	char path[PATH_MAX];	/* in the mount */
+	uint64_t version, size;
+	double time;		/* wall clock, seconds */
+};
+
+/*
+ * Waits up to wait_s for an event after *seq whose path is prefix or
+ * below it ("" for all), and copies the first into *ev, moving *seq past
+ * it.  Returns 1 with an event, 0 on timeout, -EOVERFLOW if events after
+ * *seq were lost (the ring wrapped; *seq moves to the oldest kept).
+ */
+int vp_ns_next_event(struct vp_ns *ns, uint64_t *seq, const char *prefix,
+		     double wait_s, struct vp_event *ev);
+/* The sequence number of the newest event (start watching from here). */
+uint64_t vp_ns_event_seq(struct vp_ns *ns);
+
 /* ---- replication (repl.h) ---- */
 
 struct vp_repl;

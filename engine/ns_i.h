@@ -131,6 +131,15 @@ struct vp_ns {
 	int replica_loaded;		/* its PFS tree is loaded: no lazy loads */
 	pid_t installer_tid;		/* consumer: the thread that installs */
 	struct install *installs;	/* consumer: staged, protected by lock */
+	/* version events for watch/wait/on_update, a ring, protected by lock */
+	struct vp_event_rec {
+		uint64_t seq;
+		char *path;
+		uint64_t version, size;
+		double time;		/* wall clock */
+	} events[256];
+	uint64_t event_seq;		/* last recorded */
+	pthread_cond_t event_cond;
 	char control_path[PATH_MAX];
 	int stop;			/* protected by lock */
 

@@ -1033,8 +1033,11 @@ static void consumer_op(struct vp_repl *r, const struct vp_msg *m)
 			rc = -errno;
 		break;
 	case VP_OP_UNLINK:
-		if (unlinkat(r->mnt_fd, p, 0) && errno != ENOENT)
+		if (unlinkat(r->mnt_fd, p, 0))
 			rc = -errno;
+		vp_log(LOG_DEBUG, "repl", "unlink '%s': %s", p, rc ? strerror(-rc) : "done");
+		if (rc == -ENOENT)
+			rc = 0;
 		break;
 	case VP_OP_RMDIR:
 		if (unlinkat(r->mnt_fd, p, AT_REMOVEDIR) && errno != ENOENT)

@@ -24,6 +24,7 @@
 
 #include "../engine/config.h"
 #include "../engine/ctl.h"
+#include "../engine/hook.h"
 #include "../engine/log.h"
 #include "../engine/ns.h"
 #include "../engine/repl.h"
@@ -199,6 +200,7 @@ int main(int argc, char **argv)
 	struct fuse_loop_config *loop_cfg;
 	struct vp_ctl *ctl = NULL;
 	struct vp_repl *repl = NULL;
+	struct vp_hook *hook = NULL;
 	struct vp_ns *ns;
 
 	vp_config_defaults(&cfg);
@@ -343,6 +345,9 @@ int main(int argc, char **argv)
 		vp_ns_set_repl(ns, repl);
 	}
 
+	if (cfg.on_update[0])
+		hook = vp_hook_start(ns, cfg.on_update, mountpoint);
+
 	vp_log(LOG_NOTICE, "fs", "mounted '%s' on '%s'%s", pfs_dir, mountpoint,
 	       cfg.subscribe[0] ? " (read-only replica)" : "");
 	notify_ready();
@@ -371,6 +376,7 @@ int main(int argc, char **argv)
 
 	vp_log(LOG_NOTICE, "fs", "unmounting '%s'", mountpoint);
 	vp_ctl_stop(ctl);
+	vp_hook_stop(hook);
 	vp_ns_set_repl(ns, NULL);
 	vp_repl_free(repl);
 	fuse_session_unmount(se);

@@ -30,6 +30,8 @@ static void usage(FILE *out)
 	      "       viperctl versions PATH\n"
 	      "       viperctl version PATH\n"
 	      "       viperctl flush [PATH]\n"
+	      "       viperctl watch [PATH]        one JSON line per new version\n"
+	      "       viperctl wait PATH --newer-than V [--timeout S]\n"
 	      "       viperctl plan LOSS.csv --t-iter S --t-infer S --t-ckpt S --inferences M ...\n"
 	      "                     (viperctl plan --help for all options)\n", out);
 }
@@ -224,6 +226,64 @@ static int vpctl_flush(const char *path)
 	return 0;
 }
 
+/* viperctl wait PATH --newer-than V [--timeout S] */
+static int vpctl_wait(int argc, char **argv)
+{
+	char root[PATH_MAX], rel[PATH_MAX], req[PATH_MAX + 64], line[256];
+	const char *path = NULL, *newer = "0", *timeout = "0";
+	FILE *in;
+	int fd;
+
+	for (int i = 2; i < argc; i++) {
+		if (!strcmp(argv[i], "--newer-than") && i + 1 < argc)
+			newer = argv[++i];
+		else if (!strcmp(argv[i], "--timeout") && i + 1 < argc)
+			timeout = argv[++i];
+		else if (!path)
+			path = argv[i];
+	}
+	if (!path) {
+		fprintf(stderr, "usage: viperctl wait PATH --newer-than V [--timeout S]\n");
+		return 2;
+	}
+	/* the file may not exist yet: resolve its directory */
+	{
+		char dir[PATH_MAX], *slash;
+
+		snprintf(dir, sizeof(dir), "%s", path);
+		slash = strrchr(dir, '/');
+		if (slash)
+			*slash = '\0';
+		else
+			strcpy(dir, ".");
+		if (vpctl_find_mount(dir, root, rel)) {
+			fprintf(stderr, "viperctl: '%s' is not inside a viperfs mount\n", path);
+			return 1;
+		}
+		snprintf(req, sizeof(req), "wait %s%s%s %s %s\n", rel,
+			 strcmp(rel, "/") ? "/" : "", slash ? slash + 1 : path, newer, timeout);
+	}
+	fd = vpctl_connect(root);
+	if (fd < 0)
+		return 1;
+	if (write(fd, req, strlen(req)) != (ssize_t)strlen(req)) {
+		close(fd);
+		return 1;
+	}
+	in = fdopen(fd, "r");
+	if (!in || !fgets(line, sizeof(line), in)) {
+		fprintf(stderr, "viperctl: the daemon went away\n");
+		return 1;
+	}
+	fclose(in);
+	if (strstr(line, "\"error\"")) {
+		fprintf(stderr, "viperctl: %s", line);
+		return 1;
+	}
+	printf("%llu\n", (unsigned long long)strtoull(strchr(line, ':') + 1, NULL, 10));
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	const char *cmd = argc > 1 ? argv[1] : NULL;
@@ -260,6 +320,20 @@ int main(int argc, char **argv)
 		return vpctl_flush(path);
 	if (!strcmp(cmd, "plan"))
 		return vpctl_plan(argc - 1, argv + 1);
+	if (!strcmp(cmd, "watch")) {
+		FILE *in = vpctl_request(path, "watch", 1);
+		char line[PATH_MAX + 256];
+
+		if (!in)
+			return 1;
+		setvbuf(stdout, NULL, _IOLBF, 0);
+		while (fgets(line, sizeof(line), in))
+			fputs(line, stdout);	/* first {"watching":true}: from here on, nothing is missed */
+		fclose(in);
+		return 0;
+	}
+	if (!strcmp(cmd, "wait"))
+		return vpctl_wait(argc, argv);
 	fprintf(stderr, "viperctl: unknown command '%s'\n", cmd);
 	usage(stderr);
 	return 2;

@@ -30,22 +30,43 @@ def wait_for(pred, timeout=30, what="condition"):
         time.sleep(0.05)
 
 
+_pending = {}
+
+
 def lines_until(proc, pred, timeout=30, stream="stdout"):
-    """Reads a helper's output lines (an event stream) until pred(line)."""
-    f = getattr(proc, stream)
+    """Reads a helper's output lines (an event stream) until pred(line).
+
+    Reads the raw fd and keeps its own buffer: select() on a buffered
+    file object misses lines that Python already pulled into its buffer.
+    """
+    fd = getattr(proc, stream).fileno()
+    buf = _pending.setdefault(fd, [b""])
     deadline = time.monotonic() + timeout
     seen = []
-    while time.monotonic() < deadline:
-        r, _, _ = select.select([f], [], [], max(0.0, deadline - time.monotonic()))
+    while True:
+        while b"\n" in buf[0]:
+            line, buf[0] = buf[0].split(b"\n", 1)
+            seen.append(line.decode(errors="replace"))
+            if pred(seen[-1]):
+                return seen
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        r, _, _ = select.select([fd], [], [], left)
         if not r:
             break
-        line = f.readline()
-        if not line:
+        chunk = os.read(fd, 65536)
+        if not chunk:
             break
-        seen.append(line.rstrip("\n"))
-        if pred(seen[-1]):
-            return seen
+        buf[0] += chunk
     raise AssertionError("no matching line within %ss; saw %r" % (timeout, seen[-20:]))
+
+
+def dump_stacks(m):
+    """On a hang: every thread's stack of a daemon, into the test output."""
+    r = subprocess.run(["gdb", "-p", str(m.proc.pid), "-batch", "-ex", "thread apply all bt 12"],
+                       capture_output=True, text=True, timeout=60)
+    print("\n".join(l for l in r.stdout.splitlines() if l.startswith(("#", "Thread"))))
 
 
 def status(m):
@@ -61,7 +82,7 @@ def cluster(world, consumers=2, opts="", consumer_opts=None):
     cons = []
     for i in range(consumers):
         co = consumer_opts[i] if consumer_opts else opts
-        cons.append(world.mount("subscribe=%s:%d,peer_timeout=3%s" % (net.addr(0), port, co),
+        cons.append(world.mount("subscribe=%s:%d,peer_timeout=3,log_level=debug%s" % (net.addr(0), port, co),
                                 pfs=pfs, mnt=world.dir("cons%d" % i), prefix=net.prefix(1 + i)))
     return net, prod, cons
 
@@ -79,10 +100,11 @@ def test_torch_versions_reach_consumers_with_inotify_events(world):
     net, prod, (c1, c2) = cluster(world)
     wait_for(lambda: subscribed(prod, 2), what="two consumers subscribed")
     reloader = world.spawn([sys.executable, os.path.join(HERE, "reloader.py"), c1.mnt, "model.pt"],
-                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     lines_until(reloader, lambda l: '"ready"' in l)
-    watcher = world.spawn(["inotifywait", "-m", "-r", "--format", "%e %w%f", c2.mnt],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # line-buffered: block buffering into the pipe would hold the last events back
+    watcher = world.spawn(["stdbuf", "-oL", "inotifywait", "-m", "-r", "--format", "%e %w%f", c2.mnt],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     lines_until(watcher, lambda l: "Watches established" in l, stream="stderr")
 
     torch.manual_seed(0)
@@ -113,7 +135,11 @@ def test_torch_versions_reach_consumers_with_inotify_events(world):
     write(prod.path("old.bin"), b"x")
     os.unlink(prod.path("old.bin"))
 
-    ev = lines_until(watcher, lambda l: l.startswith("DELETE") and l.endswith("/old.bin"))
+    try:
+        ev = lines_until(watcher, lambda l: l.startswith("DELETE") and l.endswith("/old.bin"))
+    except AssertionError:
+        dump_stacks(c2)
+        raise
     m2 = c2.mnt
     assert "CREATE %s/model.pt" % m2 in ev
     assert any(e.startswith("CLOSE_WRITE") and e.endswith("%s/model.pt" % m2) for e in ev)
