@@ -29,7 +29,7 @@ UNIT_BIN = $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 ENGINE_LIBS = -lfabric -lcrypto -lxxhash -lm -pthread
 
 .PHONY: all deps test unit integration check bench clean install demo plan-report check-thread fuzz
-all: deps $(BUILD)/viperfs $(BUILD)/viperctl
+all: deps $(BUILD)/viperfs $(BUILD)/viperctl $(BUILD)/tests/fabpoke
 
 # Installs the Debian packages the build and tests need, if any is missing.
 deps:
@@ -48,6 +48,10 @@ $(BUILD)/viperfs: $(FS_OBJ) $(BUILD)/libviper.a
 VIPERCTL_OBJ = $(patsubst %.c,$(BUILD)/%.o,$(wildcard tools/*.c))
 $(BUILD)/viperctl: $(VIPERCTL_OBJ) $(BUILD)/libviper.a
 	$(CC) $(LDFLAGS) -o $@ $(VIPERCTL_OBJ) $(BUILD)/libviper.a $(ENGINE_LIBS)
+
+$(BUILD)/tests/fabpoke: tests/tools/fabpoke.c $(BUILD)/libviper.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libviper.a $(ENGINE_LIBS)
 
 $(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libviper.a
 	@mkdir -p $(dir $@)

@@ -253,3 +253,25 @@ def test_link_down_then_catch_up(world):
     wait_for(lambda: os.path.exists(c1.path("y.bin")) and read(c1.path("x.bin")) == b"during 4",
              timeout=30, what="catch-up after the link came back")
     assert int(os.getxattr(c1.path("x.bin"), "user.viperfs.version")) == 6
+
+
+def test_malformed_messages_are_rejected(world):
+    from conftest import BUILD
+    net, prod, (c1,) = cluster(world, consumers=1)
+    wait_for(lambda: subscribed(prod, 1), what="subscribed")
+    # a hostile peer on the network (the node of no consumer: reuse c1's)
+    r = subprocess.run([*net.prefix(1), os.path.join(BUILD, "tests", "fabpoke"),
+                        "%s:%d" % (net.addr(0), 7800 + os.getpid() % 100), net.addr(1)],
+                       capture_output=True, text=True, timeout=60,
+                       env=dict(os.environ, FI_PROVIDER="tcp;ofi_rxm"))
+    assert r.returncode == 0 and r.stdout.strip() == "6", r.stderr
+    wait_for(lambda: prod.read_log().count("malformed message refused") >= 6,
+             what="six refusals in the producer's log")
+    log = prod.read_log()
+    for why in ("bad magic", "truncated", "bad path", "chunk layout"):
+        assert why in log
+    # the producer is unharmed and still serves its consumer
+    write(prod.path("after.bin"), b"still here")
+    wait_for(lambda: os.path.exists(c1.path("after.bin")), what="replication after the attack")
+    assert read(c1.path("after.bin")) == b"still here"
+    assert not os.path.exists(os.path.join(world.base, "x"))
