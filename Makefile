@@ -29,7 +29,7 @@ UNIT_BIN = $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 ENGINE_LIBS = -lfabric -lcrypto -lxxhash -lm -pthread
 
 .PHONY: all deps test unit integration check bench clean install demo plan-report check-thread fuzz
-all: deps $(BUILD)/viperfs $(BUILD)/viperctl $(BUILD)/tests/fabpoke
+all: deps $(BUILD)/viperfs $(BUILD)/viperctl $(BUILD)/tests/fabpoke $(BUILD)/tests/fabbw
 
 # Installs the Debian packages the build and tests need, if any is missing.
 deps:
@@ -49,7 +49,7 @@ VIPERCTL_OBJ = $(patsubst %.c,$(BUILD)/%.o,$(wildcard tools/*.c))
 $(BUILD)/viperctl: $(VIPERCTL_OBJ) $(BUILD)/libviper.a
 	$(CC) $(LDFLAGS) -o $@ $(VIPERCTL_OBJ) $(BUILD)/libviper.a $(ENGINE_LIBS)
 
-$(BUILD)/tests/fabpoke: tests/tools/fabpoke.c $(BUILD)/libviper.a
+$(BUILD)/tests/fab%: tests/tools/fab%.c $(BUILD)/libviper.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libviper.a $(ENGINE_LIBS)
 
@@ -75,6 +75,7 @@ check-thread:
 
 bench: all
 	@$(PYTHON) tests/bench/bench.py $(BENCH_ARGS)
+	@$(PYTHON) tests/bench/bench_repl.py $(BENCH_ARGS)
 
 # The planner's real run: NT3-like CNN, actual CIL of each schedule (~3 min).
 plan-report: all

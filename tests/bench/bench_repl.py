@@ -1,0 +1,227 @@
+#!/usr/bin/env python3
+"""make bench (replication part): update latency from the producer's close()
+to a consumer having read the last byte, side by side in one run:
+
+  - viperfs, 1 consumer and 3 consumers (network namespaces, libfabric tcp);
+  - the PFS directory with fsync, and a consumer polling every 1 s;
+  - rsync started at close() (a best case for lsyncd: no delay, local copy);
+  - the raw libfabric RMA-read bandwidth between two nodes, for
+    "closeness to the wire" = latency / (bytes / raw bandwidth);
+  - notification latency: the consumer daemon's install to a watchdog
+    (inotify) event in a watcher process.
+"""
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
+from conftest import BUILD, VIPERCTL, World  # noqa: E402
+
+BLOCK = 4 << 20
+
+
+def write_file(path, size, fsync=False, seed=0):
+    buf = bytes([seed % 251]) * BLOCK
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    done = 0
+    while done < size:
+        done += os.write(fd, buf[:min(BLOCK, size - done)])
+    if fsync:
+        os.fsync(fd)
+    os.close(fd)
+    return time.time()
+
+
+def read_all(path):
+    buf = bytearray(BLOCK)
+    mv = memoryview(buf)
+    fd = os.open(path, os.O_RDONLY)
+    n = 0
+    while True:
+        r = os.readv(fd, [mv])
+        if not r:
+            break
+        n += r
+    os.close(fd)
+    return n
+
+
+def viperfs_wait_read(path, version):
+    """A consumer: wait for the version (push, no polling), read it all."""
+    subprocess.run([VIPERCTL, "wait", path, "--newer-than", str(version - 1), "--timeout", "120"],
+                   check=True, capture_output=True)
+    read_all(path)
+    return time.time()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size", default="1G")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--pfs-base", default="/var/tmp")
+    a = ap.parse_args()
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    size = int(float(a.size[:-1]) * mult[a.size[-1].upper()])
+    w = World()
+    res = {k: [] for k in ("raw", "vp1", "vp3", "poll", "rsync", "notify")}
+    try:
+        net = w.net(4)
+        port = 7900 + os.getpid() % 50
+        env = dict(os.environ, FI_PROVIDER="tcp;ofi_rxm")
+        # raw libfabric bandwidth between node 0 and node 1
+        for _ in range(a.runs):
+            srv = subprocess.Popen([*net.prefix(0), os.path.join(BUILD, "tests", "fabbw"), "serve",
+                                    "%s:%d" % (net.addr(0), port + 1), str(size)],
+                                   stdout=subprocess.PIPE, text=True, env=env)
+            srv.stdout.readline()
+            out = subprocess.run([*net.prefix(1), os.path.join(BUILD, "tests", "fabbw"), "read",
+                                  "%s:%d" % (net.addr(0), port + 1), net.addr(1), str(size)],
+                                 capture_output=True, text=True, env=env, check=True).stdout
+            srv.wait(timeout=60)
+            res["raw"].append(float(out.split()[1]))
+        pfs = w.dir("pfs")
+        cache = "ram_cache=%d,ram_prefault=%d" % (size * 6, size * 2)
+        prod = w.mount("listen=%s:%d,%s" % (net.addr(0), port, cache), pfs=pfs,
+                       mnt=w.dir("prod"), prefix=net.prefix(0))
+        def consumer(i):
+            return w.mount("subscribe=%s:%d,%s" % (net.addr(0), port, cache), pfs=pfs,
+                           mnt=w.dir("c%d" % i), prefix=net.prefix(1 + i))
+
+        def active():
+            st = json.loads(prod.ctl("status", prod.mnt).stdout)
+            return sum(1 for p in st["repl"]["peers"] if p["active"])
+
+        def wait_active(n):
+            t_end = time.monotonic() + 30
+            while active() < n and time.monotonic() < t_end:
+                time.sleep(0.1)
+        cons = [consumer(0)]
+        wait_active(1)
+        # a bare inotify watcher (ctypes: no framework's dispatch delay) on consumer 0
+        watcher = w.spawn([sys.executable, "-c", """
+import ctypes, os, struct, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+fd = libc.inotify_init()
+libc.inotify_add_watch(fd, sys.argv[1].encode(), 0x8 | 0x80)   # CLOSE_WRITE | MOVED_TO
+print("ready", flush=True)
+while True:
+    buf = os.read(fd, 65536)
+    t = time.time()
+    off = 0
+    while off < len(buf):
+        wd, mask, cookie, ln = struct.unpack_from("iIII", buf, off)
+        name = buf[off + 16:off + 16 + ln].rstrip(b"\\0").decode()
+        print("event", name, repr(t), flush=True)
+        off += 16 + ln
+""", cons[0].mnt], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        watcher.stdout.readline()
+        watch = w.spawn([VIPERCTL, "watch", cons[0].mnt], stdout=subprocess.PIPE, text=True)
+        watch.stdout.readline()
+        version = 0
+        for n_cons in (1, 3):
+            if n_cons == 3:
+                cons += [consumer(1), consumer(2)]
+                wait_active(3)
+            for run in range(a.runs):
+                version += 1
+                done = []
+                threads = [threading.Thread(target=lambda c=c: done.append(
+                    viperfs_wait_read(c.path("ckpt.pt"), version))) for c in cons[:n_cons]]
+                # consumers not measured this round still receive it: let them
+                for t in threads:
+                    t.start()
+                time.sleep(0.5)      # the waiters are blocked in viperctl wait
+                t_close = write_file(prod.path("ckpt.pt"), size, seed=version)
+                for t in threads:
+                    t.join()
+                res["vp%d" % n_cons].append(max(done) - t_close)
+                # everyone has this version before the next round
+                for c in cons:
+                    viperfs_wait_read(c.path("ckpt.pt"), version)
+                # notification: daemon's install time -> watchdog event
+                ev = json.loads(watch.stdout.readline())
+                while ev.get("version") != version:
+                    ev = json.loads(watch.stdout.readline())
+                line = watcher.stdout.readline().split()
+                while line[1] != "ckpt.pt":
+                    line = watcher.stdout.readline().split()
+                if n_cons == 1:
+                    res["notify"].append(float(line[2]) - ev["time"])
+        # PFS + 1 s polling
+        pdir = tempfile.mkdtemp(prefix="viperfs-bench-pfs-", dir=a.pfs_base)
+        try:
+            for run in range(a.runs):
+                path = os.path.join(pdir, "ckpt.pt")
+                got = []
+
+                def poller(prev):
+                    while True:
+                        time.sleep(1.0)
+                        try:
+                            st = os.stat(path)
+                        except FileNotFoundError:
+                            continue
+                        if (st.st_mtime_ns, st.st_size) != prev and st.st_size == size:
+                            read_all(path)
+                            got.append(time.time())
+                            return
+                prev = None
+                if os.path.exists(path):
+                    st = os.stat(path)
+                    prev = (st.st_mtime_ns, st.st_size)
+                t = threading.Thread(target=poller, args=(prev,))
+                t.start()
+                # the write lands at evenly spread phases of the 1 s poll
+                time.sleep(0.05 + (run + 0.5) / a.runs)
+                t_close = write_file(path, size, fsync=True, seed=run)
+                t.join()
+                res["poll"].append(got[0] - t_close)
+            # rsync pushing the directory at close()
+            src, dst = w.dir("rs-src"), w.dir("rs-dst")
+            for run in range(a.runs):
+                t_close = write_file(os.path.join(src, "ckpt.pt"), size, seed=run)
+                subprocess.run(["rsync", "-a", "--inplace", src + "/", dst + "/"], check=True)
+                read_all(os.path.join(dst, "ckpt.pt"))
+                res["rsync"].append(time.time() - t_close)
+        finally:
+            shutil.rmtree(pdir, ignore_errors=True)
+        watcher.stdin.close()
+    finally:
+        w.cleanup()
+
+    med = {k: statistics.median(v) for k, v in res.items() if v}
+    wire = size / (med["raw"] * 1e9)
+    print("viperfs replication bench: %.2f GiB checkpoint, %d runs, medians; %d cores" %
+          (size / (1 << 30), a.runs, os.cpu_count()))
+    rows = [
+        ("raw libfabric RMA read (tcp, veth)", wire, "%.2f GB/s" % med["raw"]),
+        ("update latency: viperfs, 1 consumer", med["vp1"],
+         "%.1fx faster than PFS+poll (target >= 10)" % (med["poll"] / med["vp1"])),
+        ("update latency: viperfs, 3 consumers", med["vp3"],
+         "%.2fx the 1-consumer latency (target <= 1.5)" % (med["vp3"] / med["vp1"])),
+        ("update latency: PFS+fsync, 1 s poll", med["poll"], "baseline"),
+        ("update latency: rsync at close()", med["rsync"],
+         "%.2fx viperfs" % (med["rsync"] / med["vp1"])),
+        ("closeness to the wire (viperfs / raw)", med["vp1"] / wire,
+         "target <= 1.3"),
+        ("notification: install -> inotify event", med["notify"],
+         "%.3f ms (target < 1 ms)" % (med["notify"] * 1e3)),
+    ]
+    for name, v, note in rows:
+        print("%-40s %10.4f  %s" % (name, v, note))
+    os.makedirs(os.path.join(ROOT, "bench-results"), exist_ok=True)
+    with open(os.path.join(ROOT, "bench-results", "bench_repl.json"), "w") as f:
+        json.dump({"size": size, "runs": a.runs, "samples": res, "medians": med}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
