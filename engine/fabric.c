@@ -39,6 +39,7 @@ struct op {
 struct batch {
 	unsigned int outstanding;	/* protected by fab->lock */
 	int failed;
+	struct batch *next;		/* on fab->orphans */
 };
 
 struct vp_fab_mr {
@@ -70,6 +71,7 @@ struct vp_fab {
 	pthread_cond_t cond;		/* an operation completed */
 	uint64_t send_busy;		/* bitmap of send slots in use, protected by lock */
 	uint64_t next_key;		/* for providers without FI_MR_PROV_KEY */
+	struct batch *orphans;		/* timed-out reads still posted; protected by lock */
 };
 
 int vp_fab_errno(int rc)
@@ -324,6 +326,12 @@ void vp_fab_close(struct vp_fab *fab)
 	if (fab->info)
 		fi_freeinfo(fab->info);
 	free(fab->buf);
+	while (fab->orphans) {
+		struct batch *b = fab->orphans;
+
+		fab->orphans = b->next;
+		free(b);
+	}
 	pthread_cond_destroy(&fab->cond);
 	pthread_mutex_destroy(&fab->lock);
 	free(fab);
@@ -559,7 +567,9 @@ int vp_fab_read(struct vp_fab *fab, vp_fab_addr src,
 	if (!rc && b->failed)
 		rc = -EIO;
 	if (b->outstanding) {
-		/* reads still posted: the batch must outlive them; leak it (bounded by timeouts) */
+		/* reads still posted: the batch must outlive them; freed at close */
+		b->next = fab->orphans;
+		fab->orphans = b;
 		pthread_mutex_unlock(&fab->lock);
 		return rc ? rc : -ETIMEDOUT;
 	}

@@ -961,7 +961,8 @@ static void consumer_announce(struct vp_repl *r, struct vp_msg *m)
 	if (rc)
 		goto fail;
 	d = vp_data_adopt(r->pool, mem, a->nchunks, a->size);
-	mem = NULL;	/* adopted, also on failure */
+	free(mem);	/* the chunks are adopted, also on failure; the array is ours */
+	mem = NULL;
 	if (!d) {
 		rc = -ENOMEM;
 		goto fail;
