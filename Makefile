@@ -28,7 +28,7 @@ UNIT_SRC = $(wildcard tests/unit/test_*.c)
 UNIT_BIN = $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 ENGINE_LIBS = -lfabric -lcrypto -lxxhash -lm -pthread
 
-.PHONY: all deps test unit integration check bench clean install demo plan-report check-thread fuzz
+.PHONY: all deps test unit integration check bench clean install demo plan-report check-thread fuzz demo-local
 all: deps $(BUILD)/viperfs $(BUILD)/viperctl $(BUILD)/tests/fabpoke $(BUILD)/tests/fabbw
 
 # Installs the Debian packages the build and tests need, if any is missing.
@@ -90,8 +90,13 @@ fuzz: deps
 	$(BUILD)/fuzz/fuzz_proto -max_total_time=$(FUZZ_TIME) -max_len=65536 \
 		-print_final_stats=1 tests/fuzz/corpus
 
+# Two nodes (network namespaces): training producer, inference consumer.
 demo: all
 	@sh mount-scripts/demo.sh
+
+# One node: a mount, a training loop, the flush.
+demo-local: all
+	@sh mount-scripts/demo-local.sh
 
 install: all
 	install -D -m 0755 $(BUILD)/viperfs $(DESTDIR)$(PREFIX)/bin/viperfs
