@@ -924,6 +924,8 @@ static void consumer_announce(struct vp_repl *r, struct vp_msg *m)
 		goto out_free;
 	}
 	t0 = now_s();
+	vp_log(LOG_INFO, "repl", "fetching '%s' version %" PRIu64 " (%" PRIu64 " bytes)",
+	       a->path, a->version, a->size);
 	mem = calloc(a->nchunks ? a->nchunks : 1, sizeof(*mem));
 	reqs = calloc(a->nchunks ? a->nchunks : 1, sizeof(*reqs));
 	if (!mem || !reqs) {

@@ -275,3 +275,30 @@ def test_malformed_messages_are_rejected(world):
     wait_for(lambda: os.path.exists(c1.path("after.bin")), what="replication after the attack")
     assert read(c1.path("after.bin")) == b"still here"
     assert not os.path.exists(os.path.join(world.base, "x"))
+
+
+def test_kill9_mid_transfer(world):
+    big = 768 << 20
+    opts = ",ram_cache=4G,ram_prefault=0"
+    net, prod, (c1, c2) = cluster(world, opts=opts)
+    wait_for(lambda: subscribed(prod, 2), what="subscribed")
+    write(prod.path("m.bin"), b"small and complete")
+    wait_for(lambda: os.path.exists(c1.path("m.bin")) and os.path.exists(c2.path("m.bin")),
+             what="the first version everywhere")
+    # a consumer dies in the middle of fetching a big version
+    blob = os.urandom(1 << 20) * (big >> 20)
+    write(prod.path("m.bin"), blob)
+    wait_for(lambda: "fetching 'm.bin' version 2" in c1.read_log(), what="c1 fetching")
+    c1.kill9()
+    wait_for(lambda: "dropped" in prod.read_log(), timeout=20, what="the producer frees c1")
+    wait_for(lambda: read(c2.path("m.bin")) == blob, timeout=60, what="c2 unharmed")
+    st = status(prod)
+    assert [p["active"] for p in st["repl"]["peers"]] == [True]
+    # the producer dies in the middle of a transfer: c2 keeps version 2, whole
+    write(prod.path("m.bin"), blob[::-1])
+    wait_for(lambda: "fetching 'm.bin' version 3" in c2.read_log(), what="c2 fetching")
+    prod.kill9()
+    wait_for(lambda: "silent" in c2.read_log() or "not fetched" in c2.read_log(),
+             timeout=30, what="c2 notices")
+    assert os.getxattr(c2.path("m.bin"), "user.viperfs.version") == b"2"
+    assert read(c2.path("m.bin")) == blob
