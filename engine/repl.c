@@ -882,6 +882,29 @@ static int install(struct vp_repl *r, const char *path, struct vp_data *d,
 	return rc;
 }
 
+/*
+ * Latest wins: true if an ANNOUNCE of a newer version of path is already
+ * waiting in the inbox, so that fetching this one would be wasted.
+ */
+static int newer_queued(struct vp_repl *r, const char *path, uint64_t version)
+{
+	struct vp_msg *m = malloc(sizeof(*m));
+	int found = 0;
+
+	if (!m)
+		return 0;
+	pthread_mutex_lock(&r->lock);
+	for (struct qmsg *q = r->in_head; q && !found; q = q->next) {
+		if (vp_msg_decode(q->buf, q->len, m, NULL) == 0 &&
+		    m->type == VP_MSG_ANNOUNCE && m->u.announce.first == 0 &&
+		    m->u.announce.version > version && !strcmp(m->u.announce.path, path))
+			found = 1;
+	}
+	pthread_mutex_unlock(&r->lock);
+	free(m);
+	return found;
+}
+
 static void consumer_announce(struct vp_repl *r, struct vp_msg *m)
 {
 	typeof(m->u.announce) *a = &m->u.announce;
@@ -918,8 +941,11 @@ static void consumer_announce(struct vp_repl *r, struct vp_msg *m)
 
 	/* never go backwards; skip what we have */
 	have = vp_ns_path_version(r->ns, a->path);
-	if (have != UINT64_MAX && have >= a->version) {
+	if ((have != UINT64_MAX && have >= a->version) ||
+	    newer_queued(r, a->path, a->version)) {
 		r->skipped++;
+		vp_log(LOG_DEBUG, "repl", "'%s' version %" PRIu64 " skipped: a newer one is here or coming",
+		       a->path, a->version);
 		say_done(r, a->seq, a->version, 0);
 		goto out_free;
 	}

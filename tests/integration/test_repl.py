@@ -302,3 +302,20 @@ def test_kill9_mid_transfer(world):
              timeout=30, what="c2 notices")
     assert os.getxattr(c2.path("m.bin"), "user.viperfs.version") == b"2"
     assert read(c2.path("m.bin")) == blob
+
+
+def test_a_consumer_that_falls_behind_skips_to_the_latest(world):
+    net, prod, (c1,) = cluster(world, consumers=1)
+    wait_for(lambda: subscribed(prod, 1), what="subscribed")
+    # twenty 16 MiB versions back to back: the consumer cannot fetch each
+    for i in range(20):
+        write(prod.path("fast.bin"), bytes([i]) * (16 << 20))
+    wait_for(lambda: os.path.exists(c1.path("fast.bin")) and
+             os.getxattr(c1.path("fast.bin"), "user.viperfs.version") == b"20",
+             timeout=60, what="the latest version on the consumer")
+    assert read(c1.path("fast.bin")) == bytes([19]) * (16 << 20)
+    st = status(c1)["repl"]
+    # never backwards, and not every version fetched
+    assert st["installed"] < 20 and st["installed"] + st["skipped"] <= 20 + 1
+    versions = [int(v) for v in __import__("re").findall(r"'fast.bin' version (\d+) installed", c1.read_log())]
+    assert versions == sorted(versions) and versions[-1] == 20
