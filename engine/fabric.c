@@ -15,6 +15,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "clock.h"
 #include "log.h"
 
 #define DEFAULT_PROVIDER "tcp;ofi_rxm"
@@ -89,20 +90,6 @@ int vp_fab_errno(int rc)
 	default:
 		return -rc < 256 ? rc : -EIO;	/* libfabric reuses errno values below 256 */
 	}
-}
-
-static double mono(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static void abs_deadline(struct timespec *ts, double when)
-{
-	ts->tv_sec = (time_t)when;
-	ts->tv_nsec = (long)((when - (double)ts->tv_sec) * 1e9);
 }
 
 static char *recv_buf(struct vp_fab *fab, unsigned int i)
@@ -222,14 +209,7 @@ struct vp_fab *vp_fab_open(const char *provider, const char *node,
 	fab->cb = cb;
 	fab->cb_arg = cb_arg;
 	pthread_mutex_init(&fab->lock, NULL);
-	{
-		pthread_condattr_t ca;
-
-		pthread_condattr_init(&ca);
-		pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-		pthread_cond_init(&fab->cond, &ca);
-		pthread_condattr_destroy(&ca);
-	}
+	vp_cond_init_monotonic(&fab->cond);
 
 	hints->ep_attr->type = FI_EP_RDM;
 	hints->caps = FI_MSG | FI_RMA | FI_READ | FI_REMOTE_READ;
@@ -446,7 +426,7 @@ void vp_fab_mr_close(struct vp_fab_mr *mr)
 int vp_fab_send(struct vp_fab *fab, vp_fab_addr dest, const void *msg,
 		size_t len, double deadline_s)
 {
-	double deadline = mono() + deadline_s;
+	double deadline = vp_now() + deadline_s;
 	struct timespec ts;
 	struct op *op;
 	unsigned int slot;
@@ -454,7 +434,7 @@ int vp_fab_send(struct vp_fab *fab, vp_fab_addr dest, const void *msg,
 
 	if (len > VP_FAB_MAX_MSG)
 		return -EMSGSIZE;
-	abs_deadline(&ts, deadline);
+	vp_abstime(&ts, deadline);
 	pthread_mutex_lock(&fab->lock);
 	while (fab->send_busy == (1ULL << N_SEND) - 1) {
 		if (pthread_cond_timedwait(&fab->cond, &fab->lock, &ts) == ETIMEDOUT) {
@@ -475,7 +455,7 @@ int vp_fab_send(struct vp_fab *fab, vp_fab_addr dest, const void *msg,
 	for (;;) {
 		rc = (int)fi_send(fab->ep, send_buf(fab, slot), len, fab->buf_desc,
 				  dest, &op->fictx);
-		if (rc != -FI_EAGAIN || mono() > deadline)
+		if (rc != -FI_EAGAIN || vp_now() > deadline)
 			break;
 		sched_yield();
 	}
@@ -507,7 +487,7 @@ int vp_fab_read(struct vp_fab *fab, vp_fab_addr src,
 		double deadline_s)
 {
 	struct batch *b = calloc(1, sizeof(*b));
-	double deadline = mono() + deadline_s;
+	double deadline = vp_now() + deadline_s;
 	struct timespec ts;
 	size_t next = 0;
 	int rc = 0;
@@ -516,7 +496,7 @@ int vp_fab_read(struct vp_fab *fab, vp_fab_addr src,
 		return -ENOMEM;
 	if (inflight == 0)
 		inflight = 1;
-	abs_deadline(&ts, deadline);
+	vp_abstime(&ts, deadline);
 	pthread_mutex_lock(&fab->lock);
 	while (next < n || b->outstanding) {
 		if (b->failed)
@@ -541,7 +521,7 @@ int vp_fab_read(struct vp_fab *fab, vp_fab_addr src,
 			if (prc == -FI_EAGAIN) {
 				b->outstanding--;
 				free(op);
-				if (mono() > deadline) {
+				if (vp_now() > deadline) {
 					rc = -ETIMEDOUT;
 					break;
 				}

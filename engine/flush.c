@@ -22,12 +22,6 @@ static void join_where(char *where, size_t len, const char *dir,
 		where[len - 1] = '\0';
 }
 
-static void abstime(struct timespec *ts, double when)
-{
-	ts->tv_sec = (time_t)when;
-	ts->tv_nsec = (long)((when - (double)ts->tv_sec) * 1e9);
-}
-
 struct flush_op *vp_flush_log_locked(struct vp_ns *ns, enum flush_op_type type,
 				     struct vp_node *node,
 				     struct vp_node *parent, const char *name,
@@ -528,13 +522,13 @@ static void *dispatcher_main(void *arg)
 			continue;
 		}
 		if (!eligible_locked(ns, op, now, &when)) {
-			abstime(&ts, when < next ? when : next);
+			vp_abstime(&ts, when < next ? when : next);
 			pthread_cond_timedwait(&ns->flush_cond, &ns->lock, &ts);
 			continue;
 		}
 		if (op->type == OP_DATA && (op->state == OPS_QUEUED ||
 					    op->state == OPS_PREPARING)) {
-			abstime(&ts, next);
+			vp_abstime(&ts, next);
 			pthread_cond_timedwait(&ns->flush_cond, &ns->lock, &ts);
 			continue;
 		}
@@ -564,7 +558,7 @@ static void *dispatcher_main(void *arg)
 				if (!op->node->pending && ns->cfg.flush_policy != VP_FLUSH_ALL)
 					op->node->pending = op;
 			}
-			abstime(&ts, vp_now() + backoff);
+			vp_abstime(&ts, vp_now() + backoff);
 			while (!ns->stop &&
 			       pthread_cond_timedwait(&ns->flush_cond, &ns->lock, &ts) != ETIMEDOUT)
 				;

@@ -11,6 +11,7 @@
 #include <sys/xattr.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "log.h"
 #include "ns_i.h"
 #include "repl.h"
@@ -20,14 +21,6 @@
 #define XATTR_VERSION "user.viperfs.version"
 #define XATTR_STATE "user.viperfs.state"
 #define XATTR_CONTROL "user.viperfs.control"
-
-double vp_now(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 static struct timespec wall_now(void)
 {
@@ -695,14 +688,10 @@ staging_done:
 			vp_now);
 	pthread_mutex_init(&ns->pfs_lock, NULL);
 	pthread_mutex_init(&ns->lock, NULL);
-	pthread_condattr_t ca;
-	pthread_condattr_init(&ca);
-	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-	pthread_cond_init(&ns->flush_cond, &ca);
-	pthread_cond_init(&ns->worker_cond, &ca);
-	pthread_cond_init(&ns->evict_cond, &ca);
-	pthread_cond_init(&ns->event_cond, &ca);
-	pthread_condattr_destroy(&ca);
+	vp_cond_init_monotonic(&ns->flush_cond);
+	vp_cond_init_monotonic(&ns->worker_cond);
+	vp_cond_init_monotonic(&ns->evict_cond);
+	vp_cond_init_monotonic(&ns->event_cond);
 
 	ns->hash_size = 1024;
 	ns->by_name = calloc(ns->hash_size, sizeof(*ns->by_name));
@@ -1284,8 +1273,7 @@ int vp_ns_next_event(struct vp_ns *ns, uint64_t *seq, const char *prefix,
 		}
 		if (vp_now() >= deadline)
 			break;
-		ts.tv_sec = (time_t)deadline;
-		ts.tv_nsec = (long)((deadline - (double)ts.tv_sec) * 1e9);
+		vp_abstime(&ts, deadline);
 		pthread_cond_timedwait(&ns->event_cond, &ns->lock, &ts);
 	}
 out_unlock:
@@ -2349,10 +2337,7 @@ int vp_ns_flush_poll(struct vp_ns *ns, struct vp_flush_progress *p,
 	pthread_mutex_lock(&ns->lock);
 	if (wait_s > 0 && ns->done_seq < p->target_seq) {
 		struct timespec ts;
-		double until = vp_now() + wait_s;
-
-		ts.tv_sec = (time_t)until;
-		ts.tv_nsec = (long)((until - (double)ts.tv_sec) * 1e9);
+		vp_abstime(&ts, vp_now() + wait_s);
 		pthread_cond_timedwait(&ns->flush_cond, &ns->lock, &ts);
 	}
 	for (struct flush_op *op = ns->log_head; op && op->seq <= p->target_seq;

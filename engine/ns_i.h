@@ -18,6 +18,7 @@
 #include <stdint.h>
 #include <time.h>
 
+#include "clock.h"
 #include "config.h"
 #include "data.h"
 #include "ns.h"
@@ -190,7 +191,6 @@ int vp_pfs_path_locked(struct vp_ns *ns, struct vp_node *n, char *buf,
 		       size_t len);
 void vp_lru_add_locked(struct vp_ns *ns, struct vp_node *n);
 void vp_lru_del_locked(struct vp_ns *ns, struct vp_node *n);
-double vp_now(void);
 
 /* flush.c */
 int vp_flush_start(struct vp_ns *ns);

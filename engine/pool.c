@@ -9,6 +9,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "log.h"
 
 #ifndef MADV_POPULATE_WRITE
@@ -107,14 +108,7 @@ struct vp_pool *vp_pool_new(size_t chunk_size, uint64_t budget,
 	if (!pool)
 		return NULL;
 	pthread_mutex_init(&pool->lock, NULL);
-	{
-		pthread_condattr_t ca;
-
-		pthread_condattr_init(&ca);
-		pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-		pthread_cond_init(&pool->freed, &ca);
-		pthread_condattr_destroy(&ca);
-	}
+	vp_cond_init_monotonic(&pool->freed);
 	pool->chunk_size = chunk_size;
 	pool->budget = budget / chunk_size * chunk_size;
 	if (prefault > pool->budget)
@@ -160,17 +154,6 @@ void vp_pool_set_pressure_cb(struct vp_pool *pool, void (*cb)(void *),
 	pool->pressure_arg = arg;
 }
 
-static void deadline_after(struct timespec *ts, double seconds)
-{
-	clock_gettime(CLOCK_MONOTONIC, ts);
-	ts->tv_sec += (time_t)seconds;
-	ts->tv_nsec += (long)((seconds - (double)(time_t)seconds) * 1e9);
-	if (ts->tv_nsec >= 1000000000L) {
-		ts->tv_sec++;
-		ts->tv_nsec -= 1000000000L;
-	}
-}
-
 /* Takes a chunk if the budget allows.  Called with pool->lock held. */
 static void *take_locked(struct vp_pool *pool, int *err)
 {
@@ -206,7 +189,7 @@ void *vp_pool_get_chunk(struct vp_pool *pool, double wait_s, int *err)
 		goto out_unlock;
 
 	pool->waits++;
-	deadline_after(&deadline, wait_s);
+	vp_abstime(&deadline, vp_now() + wait_s);
 	for (;;) {
 		int rc;
 

@@ -20,6 +20,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "data.h"
 #include "fabric.h"
 #include "log.h"
@@ -115,14 +116,6 @@ struct vp_repl {
 	uint64_t installed, skipped, bytes_in, checksum_errors;
 	double last_transfer_s;
 };
-
-static double now_s(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 /* ---- authentication --------------------------------------------------- */
 
@@ -280,6 +273,19 @@ static void peer_queue_locked(struct peer *p, struct qmsg *q)
 
 /* ---- producer ------------------------------------------------------- */
 
+/* Appends e to the producer's ordered event queue and wakes the thread. */
+static void event_append(struct vp_repl *r, struct event *e)
+{
+	pthread_mutex_lock(&r->lock);
+	if (r->ev_tail)
+		r->ev_tail->next = e;
+	else
+		r->ev_head = e;
+	r->ev_tail = e;
+	pthread_cond_signal(&r->cond);
+	pthread_mutex_unlock(&r->lock);
+}
+
 void vp_repl_note_op_locked(struct vp_repl *r, enum vp_op_kind kind,
 			    const char *path, const char *path2, uint32_t mode)
 {
@@ -298,14 +304,7 @@ void vp_repl_note_op_locked(struct vp_repl *r, enum vp_op_kind kind,
 	e->kind = kind;
 	e->mode = mode & 07777;
 	vp_log(LOG_DEBUG, "repl", "noted op %u on '%s'", kind, path);
-	pthread_mutex_lock(&r->lock);
-	if (r->ev_tail)
-		r->ev_tail->next = e;
-	else
-		r->ev_head = e;
-	r->ev_tail = e;
-	pthread_cond_signal(&r->cond);
-	pthread_mutex_unlock(&r->lock);
+	event_append(r, e);
 }
 
 void vp_repl_note_version_locked(struct vp_repl *r, const char *path,
@@ -336,13 +335,8 @@ void vp_repl_note_version_locked(struct vp_repl *r, const char *path,
 			o->data = NULL;
 		}
 	}
-	if (r->ev_tail)
-		r->ev_tail->next = e;
-	else
-		r->ev_head = e;
-	r->ev_tail = e;
-	pthread_cond_signal(&r->cond);
 	pthread_mutex_unlock(&r->lock);
+	event_append(r, e);
 }
 
 /*
@@ -396,7 +390,7 @@ static int announce(struct vp_repl *r, const char *path, struct vp_data *d,
 	}
 	pin->seq = seq;
 	pin->data = vp_data_get(d);
-	pin->since = now_s();
+	pin->since = vp_now();
 
 	pthread_mutex_lock(&r->lock);
 	for (uint32_t first = 0; first < nchunks || first == 0; first += VP_PROTO_CHUNKS_PER_MSG) {
@@ -562,7 +556,7 @@ static struct peer *peer_find_locked(struct vp_repl *r, uint64_t id)
 static void unpin_locked(struct vp_repl *r, int all_for_dead_peer)
 {
 	struct pin **pp = &r->pins;
-	double now = now_s();
+	double now = vp_now();
 
 	while (*pp) {
 		struct pin *pin = *pp;
@@ -618,7 +612,7 @@ static void producer_handle(struct vp_repl *r, struct qmsg *q)
 	pthread_mutex_lock(&r->lock);
 	p = peer_find_locked(r, m->peer_id);
 	if (p)
-		p->last_heard = now_s();
+		p->last_heard = vp_now();
 	switch (m->type) {
 	case VP_MSG_HELLO: {
 		struct vp_msg reply = { .type = VP_MSG_CHALLENGE };
@@ -635,7 +629,7 @@ static void producer_handle(struct vp_repl *r, struct qmsg *q)
 		p->addr = addr;
 		memcpy(p->nonce_c, m->u.hello.nonce, VP_PROTO_NONCE);
 		RAND_bytes(p->nonce_p, VP_PROTO_NONCE);
-		p->last_heard = now_s();
+		p->last_heard = vp_now();
 		pthread_mutex_lock(&r->lock);
 		p->id = ++r->next_peer_id;
 		p->next = r->peers;
@@ -705,7 +699,7 @@ out:
 
 static void producer_tick(struct vp_repl *r, double *last_beat)
 {
-	double now = now_s();
+	double now = vp_now();
 	struct peer *p, *next;
 
 	/* events, in order */
@@ -949,7 +943,7 @@ static void consumer_announce(struct vp_repl *r, struct vp_msg *m)
 		say_done(r, a->seq, a->version, 0);
 		goto out_free;
 	}
-	t0 = now_s();
+	t0 = vp_now();
 	vp_log(LOG_INFO, "repl", "fetching '%s' version %" PRIu64 " (%" PRIu64 " bytes)",
 	       a->path, a->version, a->size);
 	mem = calloc(a->nchunks ? a->nchunks : 1, sizeof(*mem));
@@ -1002,7 +996,7 @@ static void consumer_announce(struct vp_repl *r, struct vp_msg *m)
 		rc = -EIO;
 		goto fail;
 	}
-	r->last_transfer_s = now_s() - t0;
+	r->last_transfer_s = vp_now() - t0;
 	r->bytes_in += a->size;
 	rc = install(r, a->path, d, a->version, a->mode, a->seq);
 	if (rc) {
@@ -1091,7 +1085,7 @@ static void consumer_handle(struct vp_repl *r, struct qmsg *q)
 		free(m);
 		return;
 	}
-	r->last_heard = now_s();
+	r->last_heard = vp_now();
 	switch (m->type) {
 	case VP_MSG_CHALLENGE: {
 		struct vp_msg reply = { .type = VP_MSG_AUTH };
@@ -1149,7 +1143,7 @@ static void consumer_handle(struct vp_repl *r, struct qmsg *q)
 
 static void consumer_tick(struct vp_repl *r, double *last_beat)
 {
-	double now = now_s();
+	double now = vp_now();
 
 	if (r->state == 3 && now - r->last_heard > r->cfg.peer_timeout) {
 		vp_log(LOG_WARNING, "repl", "the producer at '%s' is silent for %.0f s; keeping the last complete versions and reconnecting",
@@ -1220,12 +1214,7 @@ static void *repl_main(void *arg)
 		pthread_mutex_lock(&r->lock);
 		if (r->in_head || r->ev_head || r->stop)
 			continue;
-		clock_gettime(CLOCK_MONOTONIC, &ts);
-		ts.tv_nsec += 100 * 1000000L;
-		if (ts.tv_nsec >= 1000000000L) {
-			ts.tv_sec++;
-			ts.tv_nsec -= 1000000000L;
-		}
+		vp_abstime(&ts, vp_now() + 0.1);
 		pthread_cond_timedwait(&r->cond, &r->lock, &ts);
 	}
 	pthread_mutex_unlock(&r->lock);
@@ -1281,14 +1270,7 @@ struct vp_repl *vp_repl_new(struct vp_ns *ns, const struct vp_config *cfg,
 	snprintf(r->mnt, sizeof(r->mnt), "%s", mountpoint);
 	pthread_mutex_init(&r->lock, NULL);
 	pthread_mutex_init(&r->slab_lock, NULL);
-	{
-		pthread_condattr_t ca;
-
-		pthread_condattr_init(&ca);
-		pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-		pthread_cond_init(&r->cond, &ca);
-		pthread_condattr_destroy(&ca);
-	}
+	vp_cond_init_monotonic(&r->cond);
 	if (load_secret(r, err, errlen))
 		goto err_free;
 	snprintf(host, sizeof(host), "%s", r->consumer ? cfg->subscribe : cfg->listen);
