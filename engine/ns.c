@@ -865,6 +865,7 @@ unsigned int vp_ns_free(struct vp_ns *ns)
 }
 
 static struct vp_node *resolve_locked(struct vp_ns *ns, const char *path);
+static void load_tree(struct vp_ns *ns, struct vp_node *dir);
 
 /* ---- replication ---------------------------------------------------- */
 
@@ -1051,6 +1052,11 @@ static void snapshot_locked(struct vp_ns *ns, struct vp_node *dir,
 			cb(arg, 1, path, NULL, c->mode, c->cur, c->version, ts_ns(c->mtime));
 		}
 	}
+}
+
+void vp_ns_load_all(struct vp_ns *ns)
+{
+	load_tree(ns, ns->root);
 }
 
 void vp_ns_snapshot(struct vp_ns *ns, vp_ns_snapshot_cb cb, void *arg)

@@ -231,6 +231,9 @@ uint64_t vp_ns_path_version(struct vp_ns *ns, const char *path);
  * symlink (2), with ns->lock held: cb must only copy and take references.
  * d is the file's cached bytes, or NULL when they are only on the PFS.
  */
+/* Reads every directory of the PFS tree that is not loaded yet.  May block. */
+void vp_ns_load_all(struct vp_ns *ns);
+
 typedef void (*vp_ns_snapshot_cb)(void *arg, int type, const char *path,
 				  const char *target, uint32_t mode,
 				  struct vp_data *d, uint64_t version,

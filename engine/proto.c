@@ -242,7 +242,7 @@ ssize_t vp_msg_encode(const struct vp_msg *m, void *buf, size_t len)
 	}
 	case VP_MSG_OP:
 		if (vp_proto_check_path(m->u.op.path) ||
-		    m->u.op.kind < VP_OP_MKDIR || m->u.op.kind > VP_OP_SYMLINK ||
+		    m->u.op.kind < VP_OP_MKDIR || m->u.op.kind > VP_OP_KEEP ||
 		    (m->u.op.kind == VP_OP_RENAME && vp_proto_check_path(m->u.op.path2)) ||
 		    (m->u.op.kind == VP_OP_SYMLINK && !m->u.op.path2[0]))
 			return -EINVAL;
@@ -371,7 +371,7 @@ int vp_msg_decode(const void *buf, size_t len, struct vp_msg *m,
 		get_str(&r, m->u.op.path2, sizeof(m->u.op.path2));
 		if (r.err)
 			break;
-		if (m->u.op.kind < VP_OP_MKDIR || m->u.op.kind > VP_OP_SYMLINK)
+		if (m->u.op.kind < VP_OP_MKDIR || m->u.op.kind > VP_OP_KEEP)
 			r.err = "unknown operation";
 		else if (vp_proto_check_path(m->u.op.path))
 			r.err = "bad path";

@@ -16,7 +16,8 @@
  *              address + key per chunk; key 0 = a hole); big files take
  *              several ANNOUNCEs, each with a range of chunks
  *   OP         producer -> consumer: mkdir, rename, unlink, rmdir, symlink
- *   SYNC_END   producer -> consumer: the catch-up is complete
+ *   SYNC_END   producer -> consumer: the catch-up is complete; what the
+ *              catch-up did not name was deleted meanwhile
  *   DONE       consumer -> producer: a version is installed (or skipped)
  *   HEARTBEAT  both ways
  *
@@ -48,7 +49,9 @@ enum vp_msg_type {
 };
 
 enum vp_op_kind { VP_OP_MKDIR = 1, VP_OP_RENAME, VP_OP_UNLINK, VP_OP_RMDIR,
-		  VP_OP_SYMLINK };
+		  VP_OP_SYMLINK,
+		  VP_OP_KEEP,	/* catch-up: the path exists on the producer (e.g. on the PFS only) */
+};
 
 struct vp_chunk_ref {
 	uint64_t addr;

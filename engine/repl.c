@@ -114,6 +114,9 @@ struct vp_repl {
 	struct vp_chunk_ref *asm_refs;
 	uint32_t asm_got;
 	uint64_t installed, skipped, bytes_in, checksum_errors;
+	char **seen;			/* paths the running catch-up named */
+	size_t nseen, cap_seen;
+	int syncing;			/* between WELCOME and SYNC_END */
 	double last_transfer_s;
 };
 
@@ -514,6 +517,9 @@ static void catch_up(struct vp_repl *r, struct peer *p)
 	unsigned int files = 0;
 
 	a.tail = &a.head;
+	/* the whole tree, also PFS directories nobody opened yet: the consumer
+	 * removes what the catch-up does not name */
+	vp_ns_load_all(r->ns);
 	vp_ns_snapshot(r->ns, snap_cb, &a);
 	while (a.head) {
 		struct snap_item *it = a.head;
@@ -526,6 +532,8 @@ static void catch_up(struct vp_repl *r, struct peer *p)
 		else if (it->data && !announce(r, it->path, it->data, it->version,
 					       it->mode, it->mtime_ns, p))
 			files++;
+		else
+			queue_op(r, VP_OP_KEEP, it->path, NULL, 0, p);	/* on the PFS only */
 		vp_data_put(it->data);
 		free(it->path);
 		free(it->target);
@@ -772,6 +780,118 @@ static void producer_tick(struct vp_repl *r, double *last_beat)
 
 /* ---- consumer --------------------------------------------------------- */
 
+static int mount_open(struct vp_repl *r);
+static void mount_close(struct vp_repl *r);
+
+/* Notes a path (and its parents) as named by the producer's catch-up. */
+static void seen_add(struct vp_repl *r, const char *path)
+{
+	char buf[PATH_MAX];
+
+	if (!r->syncing)
+		return;
+	snprintf(buf, sizeof(buf), "%s", path);
+	for (;;) {
+		char *slash;
+
+		if (r->nseen == r->cap_seen) {
+			size_t cap = r->cap_seen ? r->cap_seen * 2 : 256;
+			char **more = realloc(r->seen, cap * sizeof(*more));
+
+			if (!more)
+				return;
+			r->seen = more;
+			r->cap_seen = cap;
+		}
+		r->seen[r->nseen] = strdup(buf);
+		if (r->seen[r->nseen])
+			r->nseen++;
+		slash = strrchr(buf, '/');
+		if (!slash)
+			break;
+		*slash = '\0';
+	}
+}
+
+static void seen_clear(struct vp_repl *r)
+{
+	for (size_t i = 0; i < r->nseen; i++)
+		free(r->seen[i]);
+	r->nseen = 0;
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+struct stale_arg {
+	struct vp_repl *r;
+	char **paths;
+	int *types;
+	size_t n, cap;
+};
+
+static void stale_cb(void *arg, int type, const char *path, const char *target,
+		     uint32_t mode, struct vp_data *d, uint64_t version,
+		     int64_t mtime_ns)
+{
+	struct stale_arg *a = arg;
+	const char *key = path;
+
+	(void)target;
+	(void)mode;
+	(void)d;
+	(void)version;
+	(void)mtime_ns;
+	if (!strncmp(path, ".viperfs-", 9) ||
+	    bsearch(&key, a->r->seen, a->r->nseen, sizeof(char *), cmp_str))
+		return;
+	if (a->n == a->cap) {
+		size_t cap = a->cap ? a->cap * 2 : 64;
+		char **p = realloc(a->paths, cap * sizeof(*p));
+		int *t = p ? realloc(a->types, cap * sizeof(*t)) : NULL;
+
+		if (p)
+			a->paths = p;
+		if (!t)
+			return;
+		a->types = t;
+		a->cap = cap;
+	}
+	a->paths[a->n] = strdup(path);
+	a->types[a->n] = type;
+	if (a->paths[a->n])
+		a->n++;
+}
+
+/*
+ * The catch-up is complete: what it did not name was deleted on the
+ * producer while we were away.  Removed by syscalls, so watchers see
+ * IN_DELETE; children before their directories.
+ */
+static void remove_stale(struct vp_repl *r)
+{
+	struct stale_arg a = { .r = r };
+
+	qsort(r->seen, r->nseen, sizeof(char *), cmp_str);
+	vp_ns_snapshot(r->ns, stale_cb, &a);
+	if (a.n && !mount_open(r)) {
+		for (size_t i = a.n; i-- > 0;) {
+			if (unlinkat(r->mnt_fd, a.paths[i], a.types[i] == 0 ? AT_REMOVEDIR : 0) == 0)
+				vp_log(LOG_INFO, "repl", "'%s' was deleted on the producer while we were away; removed",
+				       a.paths[i]);
+		}
+		mount_close(r);
+	}
+	for (size_t i = 0; i < a.n; i++)
+		free(a.paths[i]);
+	free(a.paths);
+	free(a.types);
+	seen_clear(r);
+	r->syncing = 0;
+}
+
 static void consumer_send(struct vp_repl *r, struct vp_msg *m)
 {
 	m->peer_id = r->my_id;
@@ -911,6 +1031,7 @@ static void consumer_announce(struct vp_repl *r, struct vp_msg *m)
 	int rc = 0;
 
 	if (a->first == 0) {
+		seen_add(r, a->path);
 		free(r->asm_msg);
 		free(r->asm_refs);
 		r->asm_msg = m;
@@ -1038,6 +1159,9 @@ static void consumer_op(struct vp_repl *r, const struct vp_msg *m)
 		return;
 	}
 	vp_log(LOG_DEBUG, "repl", "replaying op %u on '%s'", m->u.op.kind, p);
+	if (m->u.op.kind == VP_OP_MKDIR || m->u.op.kind == VP_OP_SYMLINK ||
+	    m->u.op.kind == VP_OP_KEEP)
+		seen_add(r, p);
 	switch (m->u.op.kind) {
 	case VP_OP_MKDIR:
 		make_parents(r, p);
@@ -1065,6 +1189,8 @@ static void consumer_op(struct vp_repl *r, const struct vp_msg *m)
 	case VP_OP_RMDIR:
 		if (unlinkat(r->mnt_fd, p, AT_REMOVEDIR) && errno != ENOENT)
 			rc = -errno;
+		break;
+	case VP_OP_KEEP:
 		break;
 	}
 	mount_close(r);
@@ -1114,6 +1240,8 @@ static void consumer_handle(struct vp_repl *r, struct qmsg *q)
 	case VP_MSG_WELCOME:
 		if (r->state == 2) {
 			r->state = 3;
+			seen_clear(r);
+			r->syncing = 1;
 			vp_log(LOG_NOTICE, "repl", "subscribed to the producer at '%s' over '%s'",
 			       r->cfg.subscribe, vp_fab_provider(r->fab));
 		}
@@ -1133,6 +1261,8 @@ static void consumer_handle(struct vp_repl *r, struct qmsg *q)
 			consumer_op(r, m);
 		break;
 	case VP_MSG_SYNC_END:
+		if (r->syncing)
+			remove_stale(r);
 		vp_log(LOG_INFO, "repl", "caught up with the producer");
 		break;
 	default:
@@ -1354,6 +1484,8 @@ void vp_repl_free(struct vp_repl *r)
 	vp_fab_close(r->fab);
 	free(r->asm_msg);
 	free(r->asm_refs);
+	seen_clear(r);
+	free(r->seen);
 	pthread_cond_destroy(&r->cond);
 	pthread_mutex_destroy(&r->lock);
 	pthread_mutex_destroy(&r->slab_lock);

@@ -225,6 +225,10 @@ def test_dead_consumer_dead_producer_and_catch_up(world):
              what="the producer frees the dead consumer")
     write(prod.path("v.bin"), b"two")
     wait_for(lambda: read(c2.path("v.bin")) == b"two", what="v2 on c2")
+    # a file on the PFS that the next producer will never open
+    write(prod.path("keep.bin"), b"on the PFS only, for the next producer")
+    wait_for(lambda: os.path.exists(c2.path("keep.bin")), what="keep.bin on c2")
+    prod.flush()
     # the producer dies: c2 keeps its last complete version
     prod.kill9()
     wait_for(lambda: "silent" in c2.read_log(), timeout=20, what="c2 notices")
@@ -233,6 +237,9 @@ def test_dead_consumer_dead_producer_and_catch_up(world):
     prod2 = world.mount(prod.opts, pfs=prod.pfs, mnt=prod.mnt, prefix=net.prefix(0))
     write(prod2.path("v.bin"), b"three")
     wait_for(lambda: read(c2.path("v.bin")) == b"three", timeout=30, what="catch-up")
+    # the catch-up named keep.bin (KEEP: PFS only), so c2 did not remove it
+    assert "caught up" in c2.read_log()
+    assert read(c2.path("keep.bin")) == b"on the PFS only, for the next producer"
 
 
 def test_link_down_then_catch_up(world):
@@ -240,11 +247,17 @@ def test_link_down_then_catch_up(world):
     wait_for(lambda: subscribed(prod, 1), what="subscribed")
     write(prod.path("x.bin"), b"before")
     wait_for(lambda: os.path.exists(c1.path("x.bin")), what="x on c1")
+    write(prod.path("gone.bin"), b"deleted while the consumer is away")
+    os.mkdir(prod.path("gone-dir"))
+    wait_for(lambda: os.path.exists(c1.path("gone.bin")) and os.path.isdir(c1.path("gone-dir")),
+             what="gone.bin on c1")
     net.link(1, False)
     try:
         for i in range(5):
             write(prod.path("x.bin"), b"during %d" % i)
         write(prod.path("y.bin"), b"new file")
+        os.unlink(prod.path("gone.bin"))
+        os.rmdir(prod.path("gone-dir"))
         wait_for(lambda: "silent" in c1.read_log(), timeout=20, what="c1 notices")
         assert read(c1.path("x.bin")) == b"before"     # the last complete version
         time.sleep(10 - 3)                              # the 10 s outage
@@ -253,6 +266,11 @@ def test_link_down_then_catch_up(world):
     wait_for(lambda: os.path.exists(c1.path("y.bin")) and read(c1.path("x.bin")) == b"during 4",
              timeout=30, what="catch-up after the link came back")
     assert int(os.getxattr(c1.path("x.bin"), "user.viperfs.version")) == 6
+    # what was deleted meanwhile is gone after the catch-up; the rest stays
+    wait_for(lambda: not os.path.exists(c1.path("gone.bin")), what="gone.bin removed")
+    assert not os.path.exists(c1.path("gone-dir"))
+    assert "deleted on the producer while we were away" in c1.read_log()
+    assert read(c1.path("y.bin")) == b"new file"
 
 
 def test_malformed_messages_are_rejected(world):
