@@ -229,6 +229,12 @@ static void on_recv(void *arg, const void *msg, size_t len)
 	q->len = len;
 	memcpy(q->buf, msg, len);
 	pthread_mutex_lock(&r->lock);
+	if (r->stop) {
+		/* shutting down: the progress thread outlives the repl thread */
+		pthread_mutex_unlock(&r->lock);
+		free(q);
+		return;
+	}
 	if (r->in_tail)
 		r->in_tail->next = q;
 	else
@@ -972,8 +978,10 @@ static int install(struct vp_repl *r, const char *path, struct vp_data *d,
 		snprintf(hidden, sizeof(hidden), ".viperfs-incoming/%" PRIu64, seq);
 		rc = vp_ns_install_hidden(r->ns, hidden + strlen(".viperfs-incoming/"),
 					  d, version, mode);
-		if (!rc && renameat(r->mnt_fd, hidden, r->mnt_fd, path))
+		if (!rc && renameat(r->mnt_fd, hidden, r->mnt_fd, path)) {
 			rc = -errno;
+			unlinkat(r->mnt_fd, hidden, 0);	/* do not keep its bytes around */
+		}
 		if (!rc) {
 			fd = openat(r->mnt_fd, path, O_WRONLY | O_CLOEXEC | O_NOFOLLOW);
 			if (fd >= 0)
@@ -1461,6 +1469,7 @@ void vp_repl_free(struct vp_repl *r)
 	if (r->thread_started)
 		pthread_join(r->thread, NULL);
 	vp_pool_set_slab_cb(r->pool, NULL, NULL);
+	pthread_mutex_lock(&r->lock);
 	while (r->peers)
 		peer_drop_locked(r, r->peers, "shutting down");
 	unpin_locked(r, 1);
@@ -1479,6 +1488,8 @@ void vp_repl_free(struct vp_repl *r)
 		r->in_head = q->next;
 		free(q);
 	}
+	r->in_tail = NULL;
+	pthread_mutex_unlock(&r->lock);
 	for (unsigned int i = 0; i < r->nslabs; i++)
 		vp_fab_mr_close(r->slabs[i].mr);
 	vp_fab_close(r->fab);
