@@ -325,9 +325,13 @@ def test_kill9_mid_transfer(world):
 def test_a_consumer_that_falls_behind_skips_to_the_latest(world):
     net, prod, (c1,) = cluster(world, consumers=1)
     wait_for(lambda: subscribed(prod, 1), what="subscribed")
-    # twenty 16 MiB versions back to back: the consumer cannot fetch each
-    for i in range(20):
-        write(prod.path("fast.bin"), bytes([i]) * (16 << 20))
+    # twenty 16 MiB versions while the consumer is paused: a real backlog
+    os.kill(c1.proc.pid, signal.SIGSTOP)
+    try:
+        for i in range(20):
+            write(prod.path("fast.bin"), bytes([i]) * (16 << 20))
+    finally:
+        os.kill(c1.proc.pid, signal.SIGCONT)
     wait_for(lambda: os.path.exists(c1.path("fast.bin")) and
              os.getxattr(c1.path("fast.bin"), "user.viperfs.version") == b"20",
              timeout=60, what="the latest version on the consumer")
