@@ -851,7 +851,7 @@ static void stale_cb(void *arg, int type, const char *path, const char *target,
 	(void)version;
 	(void)mtime_ns;
 	if (!strncmp(path, ".viperfs-", 9) ||
-	    bsearch(&key, a->r->seen, a->r->nseen, sizeof(char *), cmp_str))
+	    (a->r->nseen && bsearch(&key, a->r->seen, a->r->nseen, sizeof(char *), cmp_str)))
 		return;
 	if (a->n == a->cap) {
 		size_t cap = a->cap ? a->cap * 2 : 64;
@@ -880,7 +880,8 @@ static void remove_stale(struct vp_repl *r)
 {
 	struct stale_arg a = { .r = r };
 
-	qsort(r->seen, r->nseen, sizeof(char *), cmp_str);
+	if (r->nseen)
+		qsort(r->seen, r->nseen, sizeof(char *), cmp_str);
 	vp_ns_snapshot(r->ns, stale_cb, &a);
 	if (a.n && !mount_open(r)) {
 		for (size_t i = a.n; i-- > 0;) {
