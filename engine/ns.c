@@ -1178,12 +1178,13 @@ void vp_ns_forget(struct vp_ns *ns, uint64_t ino, uint64_t nlookup)
 		return;
 	pthread_mutex_lock(&ns->lock);
 	n = ino_find_locked(ns, ino);
-	while (n && nlookup--) {
-		if (__atomic_load_n(&n->refs, __ATOMIC_RELAXED) == 1) {
-			vp_node_put(ns, n);
-			break;
-		}
+	/* one put per kernel lookup; stop if a put frees the node */
+	for (; n && nlookup; nlookup--) {
+		int last = __atomic_load_n(&n->refs, __ATOMIC_RELAXED) == 1;
+
 		vp_node_put(ns, n);
+		if (last)
+			break;
 	}
 	pthread_mutex_unlock(&ns->lock);
 }
