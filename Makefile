@@ -98,9 +98,24 @@ demo: all
 demo-local: all
 	@sh mount-scripts/demo-local.sh
 
+# SBINDIR: where mount(8) looks for helpers (/sbin/mount.TYPE).
+SBINDIR ?= /sbin
+SYSTEMDDIR ?= /etc/systemd/system
+DOCDIR ?= $(PREFIX)/share/doc/viperfs
+SUBST = sed -e 's|@BINDIR@|$(PREFIX)/bin|g' -e 's|@DOCDIR@|$(DOCDIR)|g'
 install: all
 	install -D -m 0755 $(BUILD)/viperfs $(DESTDIR)$(PREFIX)/bin/viperfs
 	install -D -m 0755 $(BUILD)/viperctl $(DESTDIR)$(PREFIX)/bin/viperctl
+	@mkdir -p $(DESTDIR)$(SBINDIR) $(DESTDIR)$(SYSTEMDDIR) $(DESTDIR)$(DOCDIR)
+	$(SUBST) mount-scripts/mount.viperfs > $(DESTDIR)$(SBINDIR)/mount.viperfs
+	$(SUBST) mount-scripts/umount.viperfs > $(DESTDIR)$(SBINDIR)/umount.viperfs
+	chmod 0755 $(DESTDIR)$(SBINDIR)/mount.viperfs $(DESTDIR)$(SBINDIR)/umount.viperfs
+	ln -sf mount.viperfs $(DESTDIR)$(SBINDIR)/mount.fuse.viperfs
+	ln -sf umount.viperfs $(DESTDIR)$(SBINDIR)/umount.fuse.viperfs
+	$(SUBST) mount-scripts/viperfs-slurm > $(DESTDIR)$(PREFIX)/bin/viperfs-slurm
+	chmod 0755 $(DESTDIR)$(PREFIX)/bin/viperfs-slurm
+	$(SUBST) mount-scripts/viperfs@.service > $(DESTDIR)$(SYSTEMDDIR)/viperfs@.service
+	install -m 0644 README.md $(DESTDIR)$(DOCDIR)/README.md
 
 clean:
 	rm -rf build build-san build-tsan

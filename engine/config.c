@@ -27,6 +27,10 @@ struct opt {
 #define OFF(field) offsetof(struct vp_config, field)
 
 static const struct opt options[] = {
+	{ "pfs_dir", OPT_PATH, OFF(pfs_dir), "",
+	  "the PFS directory, for a config file that describes the whole mount (instead of the first argument)" },
+	{ "mountpoint", OPT_PATH, OFF(mountpoint), "",
+	  "the mount point, for a config file that describes the whole mount (instead of the second argument)" },
 	{ "ram_cache", OPT_SIZE, OFF(ram_cache), "25%",
 	  "RAM for file data (K/M/G suffix or % of physical memory)" },
 	{ "ram_prefault", OPT_SIZE, OFF(ram_prefault), "256M",
@@ -81,6 +85,8 @@ static const struct opt options[] = {
 	  "RMA reads of 1 MiB in flight per transfer" },
 	{ "on_update", OPT_PATH, OFF(on_update), "",
 	  "shell command run for each new version, with VIPERFS_PATH, VIPERFS_VERSION, VIPERFS_SIZE set (for servers with a load API)" },
+	{ "metrics", OPT_STR, OFF(metrics), "",
+	  "serve Prometheus metrics at http://ADDR:PORT/metrics (a bare PORT binds 127.0.0.1)" },
 	{ "peer_timeout", OPT_SECONDS, OFF(peer_timeout), "5",
 	  "seconds without a heartbeat before a peer counts as dead" },
 };

@@ -61,6 +61,9 @@ struct vp_config {
 	unsigned int repl_inflight;	/* RMA reads in flight per transfer */
 	double peer_timeout;		/* seconds of silence before a peer is dead */
 	char on_update[PATH_MAX];	/* command run for each new version */
+	char metrics[256];		/* ADDR:PORT for Prometheus, empty: off */
+	char pfs_dir[PATH_MAX];		/* when not given as an argument */
+	char mountpoint[PATH_MAX];	/* when not given as an argument */
 };
 
 /* Fills every field with its documented default. */

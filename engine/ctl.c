@@ -16,6 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "log.h"
 #include "ns.h"
 
@@ -148,6 +149,63 @@ static void serve_wait(struct vp_ctl *ctl, char *args, FILE *out)
 	}
 }
 
+struct warm_out {
+	FILE *out;
+	double last;
+	struct vp_ctl *ctl;
+};
+
+static void print_warm(FILE *out, const struct vp_warm_progress *p, int finished)
+{
+	fprintf(out, "{\"files\":%llu,\"files_done\":%llu,\"total\":%llu,\"done\":%llu,"
+		"\"cached\":%llu,\"errors\":%llu%s}\n",
+		(unsigned long long)p->files_total, (unsigned long long)p->files_done,
+		(unsigned long long)p->bytes_total, (unsigned long long)p->bytes_done,
+		(unsigned long long)p->bytes_cached, (unsigned long long)p->errors,
+		finished ? ",\"finished\":true" : "");
+}
+
+/* Progress at most every 200 ms; stops when the client has gone. */
+static int warm_progress(void *arg, const struct vp_warm_progress *p)
+{
+	struct warm_out *w = arg;
+	double now = vp_now();
+
+	if (__atomic_load_n(&w->ctl->stopping, __ATOMIC_RELAXED))
+		return -ECANCELED;
+	if (now - w->last < 0.2)
+		return 0;
+	w->last = now;
+	print_warm(w->out, p, 0);
+	return fflush(w->out) == EOF ? -EPIPE : 0;
+}
+
+/* warm PATH: reads PATH's files from the PFS into the cache. */
+static void serve_warm(struct vp_ctl *ctl, const char *path, FILE *out)
+{
+	struct warm_out w = { .out = out, .ctl = ctl };
+	struct vp_warm_progress p;
+	int rc = vp_ns_warm(ctl->ns, path, warm_progress, &w, &p);
+
+	if (rc == -ENOENT)
+		json_error(out, "no such path in the mount or on the PFS");
+	else if (rc)
+		json_error(out, strerror(-rc));
+	else
+		print_warm(out, &p, 1);
+}
+
+/* idle SECONDS: answers once no file is open, or says how many still are. */
+static void serve_idle(struct vp_ctl *ctl, const char *secs, FILE *out)
+{
+	unsigned int open;
+
+	if (vp_ns_wait_idle(ctl->ns, atof(secs), &open))
+		fprintf(out, "{\"error\":\"busy\",\"open_files\":%u}\n", open);
+	else
+		fputs("{\"open_files\":0}\n", out);
+}
+
 static void *conn_main(void *arg)
 {
 	struct conn *c = arg;
@@ -176,10 +234,14 @@ static void *conn_main(void *arg)
 			serve_watch(ctl, arg2, out, c->fd);
 		else if (!strcmp(line, "wait"))
 			serve_wait(ctl, arg2, out);
+		else if (!strcmp(line, "warm"))
+			serve_warm(ctl, arg2, out);
+		else if (!strcmp(line, "idle"))
+			serve_idle(ctl, arg2, out);
 		else if (!strcmp(line, "ping"))
 			fputs("{\"pong\":true}\n", out);
 		else if (strcmp(line, "versions"))
-			json_error(out, "unknown request; try status, versions PATH, flush PATH, watch PATH, wait PATH V S");
+			json_error(out, "unknown request; try status, versions PATH, flush PATH, warm PATH, idle S, watch PATH, wait PATH V S");
 	}
 	if (in)
 		fclose(in);

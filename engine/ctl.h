@@ -7,6 +7,10 @@
  *   versions PATH      one JSON array (vp_ns_versions_json)
  *   flush PATH         JSON progress lines {"done":B,"total":B,"ops_left":N,
  *                      "error":"..."} every 200 ms, the last with "finished":true
+ *   warm PATH          JSON progress lines {"files","files_done","total","done",
+ *                      "cached","errors"}, the last with "finished":true
+ *   idle SECONDS       waits up to SECONDS for no open file: {"open_files":0},
+ *                      or {"error":"busy","open_files":N}
  * Errors come back as {"error":"..."}.  Only the daemon's own user (or
  * root) may connect: the socket is mode 0600.
  *

@@ -371,6 +371,7 @@ ssize_t vp_data_read(struct vp_data *d, uint64_t off, size_t len,
 		if (!c && d->backing_fd >= 0 &&
 		    (uint64_t)idx * d->chunk_size < d->backing_limit) {
 			/* cache the PFS bytes if there is room, else bounce */
+			rd->misses++;
 			c = chunk_new(d->pool, 0, &rc);
 			if (c) {
 				rc = fill_empty_locked(d, idx, c->mem);
@@ -391,6 +392,8 @@ ssize_t vp_data_read(struct vp_data *d, uint64_t off, size_t len,
 				rd->bounce[rd->nseg] = tmp;
 				seg->ptr = (char *)tmp + in;
 			}
+		} else if (c) {
+			rd->hits++;
 		}
 		if (c) {
 			chunk_get(c);

@@ -55,6 +55,7 @@ struct vp_read {
 	struct vp_read_seg seg[VP_READ_MAX_SEGS];
 	unsigned int nseg;
 	size_t len;			/* sum of seg[].len */
+	unsigned int hits, misses;	/* chunks found in the cache, read from the backing file */
 	/* private: */
 	struct vp_chunk *held[VP_READ_MAX_SEGS];
 	void *bounce[VP_READ_MAX_SEGS];

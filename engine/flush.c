@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "metrics.h"
 
 /* where = dir/name, for messages; cut if it does not fit. */
 static void join_where(char *where, size_t len, const char *dir,
@@ -351,6 +352,7 @@ static int publish(struct vp_ns *ns, struct flush_op *op, char *where, size_t wl
 		n->pfs_version = op->version;
 		ns->st_flushed_versions++;
 		ns->st_flushed_bytes += op->size;
+		vp_metrics_add(VP_C_BYTES_FLUSHED, op->size);
 		ns->st_last_flush_lag = vp_now() - op->queued_at;
 		ns->st_lag_sum += ns->st_last_flush_lag;
 		if (n->version == op->version && n->cur && !n->work)

@@ -13,6 +13,7 @@
 
 #include "clock.h"
 #include "log.h"
+#include "metrics.h"
 #include "ns_i.h"
 #include "repl.h"
 
@@ -692,6 +693,7 @@ staging_done:
 	vp_cond_init_monotonic(&ns->worker_cond);
 	vp_cond_init_monotonic(&ns->evict_cond);
 	vp_cond_init_monotonic(&ns->event_cond);
+	vp_cond_init_monotonic(&ns->idle_cond);
 
 	ns->hash_size = 1024;
 	ns->by_name = calloc(ns->hash_size, sizeof(*ns->by_name));
@@ -856,6 +858,7 @@ unsigned int vp_ns_free(struct vp_ns *ns)
 	pthread_cond_destroy(&ns->worker_cond);
 	pthread_cond_destroy(&ns->evict_cond);
 	pthread_cond_destroy(&ns->event_cond);
+	pthread_cond_destroy(&ns->idle_cond);
 	for (size_t i = 0; i < 256; i++)
 		free(ns->events[i].path);
 	pthread_mutex_destroy(&ns->lock);
@@ -1310,6 +1313,7 @@ static int commit_locked(struct vp_ns *ns, struct vp_node *n,
 	n->version++;
 	n->mtime = n->ctime = wall_now();
 	ns->st_commits++;
+	vp_metrics_add(VP_C_VERSIONS, 1);
 	record_event_locked(ns, n);
 	if (!n->parent || ns->replica)
 		return 0;	/* consumers never flush: the producer does */
@@ -1321,6 +1325,9 @@ static int commit_locked(struct vp_ns *ns, struct vp_node *n,
 }
 
 static double median_stall_locked(struct vp_ns *ns);
+static void json_string(FILE *out, const char *s);
+static void versions_locked(struct vp_ns *ns, struct vp_node *n, FILE *out,
+			    int *first);
 static void write_internal_file(struct vp_ns *ns, const char *name,
 				const char *text);
 
@@ -1749,13 +1756,14 @@ int vp_ns_statfs(struct vp_ns *ns, struct statvfs *sv)
 
 /* ---- files ----------------------------------------------------------- */
 
-static struct vp_handle *handle_new(struct vp_node *n, struct vp_data *d,
-				    int writable)
+static struct vp_handle *handle_new(struct vp_ns *ns, struct vp_node *n,
+				    struct vp_data *d, int writable)
 {
 	struct vp_handle *h = calloc(1, sizeof(*h));
 
 	if (!h)
 		return NULL;
+	__atomic_add_fetch(&ns->open_handles, 1, __ATOMIC_RELAXED);
 	vp_node_get(n);
 	h->node = n;
 	h->data = d;	/* takes the caller's reference */
@@ -1863,7 +1871,7 @@ static int open_node(struct vp_ns *ns, struct vp_node *n, int flags,
 	if (writable && (flags & O_TRUNC))
 		__atomic_store_n(&n->dirty, 1, __ATOMIC_RELEASE);
 make_handle:
-	*hp = handle_new(n, d, writable);
+	*hp = handle_new(ns, n, d, writable);
 	if (!*hp) {
 		vp_node_get(n);
 		pthread_mutex_lock(&ns->lock);
@@ -1937,7 +1945,7 @@ int vp_ns_create(struct vp_ns *ns, uint64_t parent, const char *name,
 	n->work_started = vp_now();
 	n->writers = 1;
 	n->dirty = 1;		/* even an empty file is a version */
-	*hp = handle_new(n, d, 1);
+	*hp = handle_new(ns, n, d, 1);
 	if (!*hp) {
 		rc = -ENOMEM;	/* the empty file stays, with no writer */
 		n->writers = 0;
@@ -1998,6 +2006,8 @@ int vp_ns_release(struct vp_ns *ns, struct vp_handle *h)
 	pthread_mutex_lock(&ns->lock);
 	vp_node_get(n);		/* for publish_decide, after the handle's is gone */
 	decide = release_locked(ns, n, h->data, h->writable, &version);
+	if (__atomic_sub_fetch(&ns->open_handles, 1, __ATOMIC_RELAXED) == 0)
+		pthread_cond_broadcast(&ns->idle_cond);
 	pthread_mutex_unlock(&ns->lock);
 	free(h);
 	if (decide)
@@ -2017,6 +2027,7 @@ ssize_t vp_ns_write(struct vp_ns *ns, struct vp_handle *h, const void *buf,
 	if (n > 0) {
 		__atomic_store_n(&h->node->dirty, 1, __ATOMIC_RELEASE);
 		__atomic_add_fetch(&ns->st_bytes_written, (uint64_t)n, __ATOMIC_RELAXED);
+		vp_metrics_add(VP_C_BYTES_WRITTEN, (uint64_t)n);
 	} else if (n == -ENOSPC) {
 		vp_log(LOG_WARNING, "cache",
 		       "write refused: the RAM cache (ram_cache) is full of data not yet on the PFS and none was freed in %.1f s; raise ram_cache or flush_bw",
@@ -2030,8 +2041,14 @@ ssize_t vp_ns_read(struct vp_ns *ns, struct vp_handle *h, uint64_t off,
 {
 	ssize_t n = vp_data_read(h->data, off, len, rd);
 
-	if (n > 0)
+	if (n > 0) {
 		__atomic_add_fetch(&ns->st_bytes_read, (uint64_t)n, __ATOMIC_RELAXED);
+		vp_metrics_add(VP_C_BYTES_READ, (uint64_t)n);
+	}
+	if (rd->hits)
+		vp_metrics_add(VP_C_CACHE_HITS, rd->hits);
+	if (rd->misses)
+		vp_metrics_add(VP_C_CACHE_MISSES, rd->misses);
 	return n;
 }
 
@@ -2404,8 +2421,14 @@ void vp_ns_status_json(struct vp_ns *ns, FILE *out)
 				files++;
 				dirty += n->pfs_version != n->version;
 			}
+	fputs("{\"pfs_dir\":", out);
+	json_string(out, ns->pfs_dir);
+	fprintf(out, ",\"pid\":%d,\"open_files\":%u,\"unmount_wait_s\":%.3f,"
+		"\"tiers\":{\"ram\":{\"budget\":%" PRIu64 ",\"used\":%" PRIu64 "},\"gpu\":null},",
+		(int)getpid(), __atomic_load_n(&ns->open_handles, __ATOMIC_RELAXED),
+		ns->cfg.unmount_wait, ps.budget, ps.used);
 	fprintf(out,
-		"{\"pfs_dir\":\"%s\",\"ram\":{\"budget\":%" PRIu64 ",\"used\":%" PRIu64
+		"\"ram\":{\"budget\":%" PRIu64 ",\"used\":%" PRIu64
 		",\"mapped\":%" PRIu64 ",\"waits\":%" PRIu64 ",\"enospc\":%" PRIu64 "},"
 		"\"files\":%" PRIu64 ",\"unflushed_files\":%" PRIu64 ","
 		"\"flush\":{\"queued_ops\":%" PRIu64 ",\"queued_bytes\":%" PRIu64
@@ -2414,7 +2437,7 @@ void vp_ns_status_json(struct vp_ns *ns, FILE *out)
 		",\"last_lag_s\":%.3f,\"mean_lag_s\":%.6f,\"last_error\":\"%s\",\"last_error_path\":\"%s\"},"
 		"\"commits\":%" PRIu64 ",\"checkpoint_stall_s\":%.6f,\"evictions\":%" PRIu64
 		",\"bytes_written\":%" PRIu64 ",\"bytes_read\":%" PRIu64,
-		ns->pfs_dir, ps.budget, ps.used, ps.mapped, ps.waits, ps.enospc,
+		ps.budget, ps.used, ps.mapped, ps.waits, ps.enospc,
 		files, dirty, queued, queued_bytes, ns->preparing,
 		ns->st_flushed_versions, ns->st_flushed_bytes,
 		ns->st_skipped_versions, ns->st_retries, ns->st_last_flush_lag,
@@ -2426,6 +2449,13 @@ void vp_ns_status_json(struct vp_ns *ns, FILE *out)
 		ns->st_evictions,
 		__atomic_load_n(&ns->st_bytes_written, __ATOMIC_RELAXED),
 		__atomic_load_n(&ns->st_bytes_read, __ATOMIC_RELAXED));
+	{
+		int first = 1;
+
+		fputs(",\"paths\":[", out);
+		versions_locked(ns, ns->root, out, &first);
+		fputc(']', out);
+	}
 	pthread_mutex_unlock(&ns->lock);
 	fputs(",\"repl\":", out);
 	vp_repl_status_json(ns->repl, out);	/* null without replication */
@@ -2481,4 +2511,195 @@ int vp_ns_versions_json(struct vp_ns *ns, const char *path, FILE *out)
 	}
 	pthread_mutex_unlock(&ns->lock);
 	return n ? 0 : -ENOENT;
+}
+
+/* ---- operations: busy check, warm-up, metrics ------------------------- */
+
+int vp_ns_wait_idle(struct vp_ns *ns, double wait_s, unsigned int *open)
+{
+	struct timespec ts;
+	int rc = 0;
+
+	vp_abstime(&ts, vp_now() + wait_s);
+	pthread_mutex_lock(&ns->lock);
+	while (__atomic_load_n(&ns->open_handles, __ATOMIC_RELAXED) &&
+	       rc != ETIMEDOUT)
+		rc = pthread_cond_timedwait(&ns->idle_cond, &ns->lock, &ts);
+	*open = __atomic_load_n(&ns->open_handles, __ATOMIC_RELAXED);
+	pthread_mutex_unlock(&ns->lock);
+	return *open ? -EBUSY : 0;
+}
+
+/*
+ * Resolves path, reading directories from the PFS on the way.  Returns
+ * the node with a reference, or NULL.  No locks held.
+ */
+static struct vp_node *resolve_loading(struct vp_ns *ns, const char *path)
+{
+	char copy[PATH_MAX], *save = NULL, *part;
+	struct vp_node *n;
+
+	if (strlen(path) >= sizeof(copy))
+		return NULL;
+	strcpy(copy, path);
+	pthread_mutex_lock(&ns->lock);
+	n = ns->root;
+	vp_node_get(n);
+	pthread_mutex_unlock(&ns->lock);
+	for (part = strtok_r(copy, "/", &save); part && n;
+	     part = strtok_r(NULL, "/", &save)) {
+		struct vp_node *c = NULL;
+
+		if (!strcmp(part, "."))
+			continue;
+		if (n->type == VP_NODE_DIR && !ensure_loaded(ns, n)) {
+			pthread_mutex_lock(&ns->lock);
+			c = child_find_locked(ns, n, part);
+			if (c)
+				vp_node_get(c);
+			pthread_mutex_unlock(&ns->lock);
+		}
+		put_unlocked(ns, n);
+		n = c;
+	}
+	return n;
+}
+
+/* Collects the files below n (with references) into *files.  ns->lock held. */
+static int collect_files_locked(struct vp_node *n, struct vp_node ***files,
+				size_t *count, size_t *cap)
+{
+	if (n->type == VP_NODE_DIR) {
+		for (struct vp_node *c = n->children; c; c = c->sib_next)
+			if (collect_files_locked(c, files, count, cap))
+				return -ENOMEM;
+		return 0;
+	}
+	if (n->type != VP_NODE_FILE)
+		return 0;
+	if (*count == *cap) {
+		size_t ncap = *cap ? *cap * 2 : 64;
+		struct vp_node **nf = realloc(*files, ncap * sizeof(**files));
+
+		if (!nf)
+			return -ENOMEM;
+		*files = nf;
+		*cap = ncap;
+	}
+	vp_node_get(n);
+	(*files)[(*count)++] = n;
+	return 0;
+}
+
+int vp_ns_warm(struct vp_ns *ns, const char *path, vp_ns_warm_cb cb, void *arg,
+	       struct vp_warm_progress *p)
+{
+	struct vp_node *top = resolve_loading(ns, path), **files = NULL;
+	size_t count = 0, cap = 0;
+	int rc = 0;
+
+	memset(p, 0, sizeof(*p));
+	if (!top)
+		return -ENOENT;
+	if (top->type == VP_NODE_DIR)
+		load_tree(ns, top);
+	pthread_mutex_lock(&ns->lock);
+	rc = collect_files_locked(top, &files, &count, &cap);
+	for (size_t i = 0; i < count; i++)
+		p->bytes_total += files[i]->size;
+	pthread_mutex_unlock(&ns->lock);
+	p->files_total = count;
+	put_unlocked(ns, top);
+	if (cb && !rc)
+		rc = cb(arg, p);
+	for (size_t i = 0; i < count && !rc; i++) {
+		struct vp_data *d = NULL;
+		uint64_t off = 0, size;
+
+		rc = version_data(ns, files[i], &d);
+		if (rc) {
+			p->errors++;
+			rc = 0;
+			continue;
+		}
+		size = vp_data_size(d);
+		while (off < size && !rc) {
+			struct vp_read rd;
+			ssize_t n = vp_data_read(d, off, d->chunk_size, &rd);
+
+			if (n <= 0) {
+				p->errors++;
+				break;
+			}
+			vp_read_release(&rd);
+			off += (uint64_t)n;
+			p->bytes_done += (uint64_t)n;
+			if (cb && (off % (64ull << 20)) == 0)
+				rc = cb(arg, p);
+		}
+		p->bytes_cached += vp_data_resident(d) < size ? vp_data_resident(d) : size;
+		vp_data_put(d);
+		p->files_done++;
+		if (cb && !rc)
+			rc = cb(arg, p);
+	}
+	for (size_t i = 0; i < count; i++)
+		put_unlocked(ns, files[i]);
+	free(files);
+	return rc;
+}
+
+void vp_ns_metrics(struct vp_ns *ns, FILE *out)
+{
+	struct vp_pool_stats ps;
+	uint64_t queued = 0, queued_bytes = 0, dirty = 0;
+	double oldest = 0, now = vp_now();
+
+	vp_pool_get_stats(ns->pool, &ps);
+	pthread_mutex_lock(&ns->lock);
+	for (struct flush_op *op = ns->log_head; op; op = op->next) {
+		queued++;
+		if (op->type == OP_DATA && op->data) {
+			queued_bytes += op->size;
+			if (!oldest || op->queued_at < oldest)
+				oldest = op->queued_at;
+		}
+	}
+	for (size_t i = 0; i < ns->hash_size; i++)
+		for (struct vp_node *n = ns->by_ino[i]; n; n = n->ino_next)
+			if (n->type == VP_NODE_FILE && n->parent && n->cur)
+				dirty += n->pfs_version != n->version;
+	fprintf(out,
+		"# HELP viperfs_cache_bytes Bytes of file data held, by tier.\n"
+		"# TYPE viperfs_cache_bytes gauge\n"
+		"viperfs_cache_bytes{tier=\"ram\"} %" PRIu64 "\n"
+		"# HELP viperfs_cache_budget_bytes Budget of each tier.\n"
+		"# TYPE viperfs_cache_budget_bytes gauge\n"
+		"viperfs_cache_budget_bytes{tier=\"ram\"} %" PRIu64 "\n"
+		"# HELP viperfs_flush_queue_ops Namespace operations waiting to reach the PFS.\n"
+		"# TYPE viperfs_flush_queue_ops gauge\n"
+		"viperfs_flush_queue_ops %" PRIu64 "\n"
+		"# HELP viperfs_flush_queue_bytes File bytes waiting to reach the PFS.\n"
+		"# TYPE viperfs_flush_queue_bytes gauge\n"
+		"viperfs_flush_queue_bytes %" PRIu64 "\n"
+		"# HELP viperfs_unflushed_files Files whose latest version is not on the PFS.\n"
+		"# TYPE viperfs_unflushed_files gauge\n"
+		"viperfs_unflushed_files %" PRIu64 "\n"
+		"# HELP viperfs_flush_lag_seconds Age of the oldest version waiting for the PFS (0: none waits).\n"
+		"# TYPE viperfs_flush_lag_seconds gauge\n"
+		"viperfs_flush_lag_seconds %.6f\n"
+		"# HELP viperfs_flush_last_lag_seconds Commit to PFS of the last version flushed.\n"
+		"# TYPE viperfs_flush_last_lag_seconds gauge\n"
+		"viperfs_flush_last_lag_seconds %.6f\n"
+		"# HELP viperfs_flush_errors_total Failed PFS operations (each is retried).\n"
+		"# TYPE viperfs_flush_errors_total counter\n"
+		"viperfs_flush_errors_total %" PRIu64 "\n"
+		"# HELP viperfs_open_files Open file handles on the mount.\n"
+		"# TYPE viperfs_open_files gauge\n"
+		"viperfs_open_files %u\n",
+		ps.used, ps.budget, queued, queued_bytes, dirty,
+		oldest ? now - oldest : 0.0, ns->st_last_flush_lag, ns->st_retries,
+		__atomic_load_n(&ns->open_handles, __ATOMIC_RELAXED));
+	pthread_mutex_unlock(&ns->lock);
+	vp_repl_metrics(ns->repl, out);
 }

@@ -166,6 +166,32 @@ void vp_ns_status_json(struct vp_ns *ns, FILE *out);
  */
 int vp_ns_versions_json(struct vp_ns *ns, const char *path, FILE *out);
 
+/*
+ * Waits up to wait_s for every file handle on the mount to be released
+ * (the kernel sends RELEASE after close() returns).  Returns 0, or -EBUSY
+ * with the number still open in *open.
+ */
+int vp_ns_wait_idle(struct vp_ns *ns, double wait_s, unsigned int *open);
+
+/*
+ * Warm-up: reads every file under path from the PFS into the cache (as far
+ * as the budget allows).  cb, if not NULL, is called with the progress
+ * now and then; a nonzero return stops the warm-up and is returned.  May
+ * block on PFS reads.  Returns 0, -ENOENT, or cb's value.
+ */
+struct vp_warm_progress {
+	uint64_t files_total, files_done;
+	uint64_t bytes_total, bytes_done;
+	uint64_t bytes_cached;		/* of bytes_done, what stayed in the cache */
+	uint64_t errors;		/* files that could not be read */
+};
+typedef int (*vp_ns_warm_cb)(void *arg, const struct vp_warm_progress *p);
+int vp_ns_warm(struct vp_ns *ns, const char *path, vp_ns_warm_cb cb, void *arg,
+	       struct vp_warm_progress *p);
+
+/* Appends the namespace's gauges in the Prometheus text format. */
+void vp_ns_metrics(struct vp_ns *ns, FILE *out);
+
 /* Sets the control socket path that getxattr reports. */
 void vp_ns_set_control_path(struct vp_ns *ns, const char *path);
 

@@ -141,6 +141,8 @@ struct vp_ns {
 	} events[256];
 	uint64_t event_seq;		/* last recorded */
 	pthread_cond_t event_cond;
+	pthread_cond_t idle_cond;	/* open_handles reached 0 */
+	unsigned int open_handles;	/* atomic; broadcast on 0 under lock */
 	char control_path[PATH_MAX];
 	int stop;			/* protected by lock */
 

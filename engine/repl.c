@@ -24,6 +24,7 @@
 #include "data.h"
 #include "fabric.h"
 #include "log.h"
+#include "metrics.h"
 #include "ns.h"
 #include "pool.h"
 
@@ -65,6 +66,8 @@ struct peer {
 	struct qmsg *out_head, *out_tail;
 	uint64_t sent_seq, done_seq;
 	uint64_t versions_done;
+	uint64_t bytes_out;	/* sizes of the versions it fetched */
+	double done_at;		/* vp_now() of its last DONE */
 };
 
 struct slab_mr {
@@ -687,9 +690,19 @@ static void producer_handle(struct vp_repl *r, struct qmsg *q)
 				p->done_seq = m->u.done.seq;
 			if (m->u.done.status == 0)
 				p->versions_done++;
-			for (struct pin *pin = r->pins; pin; pin = pin->next)
-				if (pin->seq == m->u.done.seq && pin->waiting)
+			p->done_at = vp_now();
+			for (struct pin *pin = r->pins; pin; pin = pin->next) {
+				if (pin->seq != m->u.done.seq)
+					continue;
+				if (pin->waiting)
 					pin->waiting--;
+				if (m->u.done.status == 0) {
+					uint64_t size = vp_data_size(pin->data);
+
+					p->bytes_out += size;
+					vp_metrics_add(VP_C_BYTES_REPL_OUT, size);
+				}
+			}
 			unpin_locked(r, 0);
 		}
 		break;
@@ -1036,7 +1049,7 @@ static void consumer_announce(struct vp_repl *r, struct vp_msg *m)
 	struct vp_data *d = NULL;
 	uint64_t have, sum;
 	size_t nreq = 0;
-	double t0;
+	double t0, t_in;
 	int rc = 0;
 
 	if (a->first == 0) {
@@ -1128,6 +1141,8 @@ static void consumer_announce(struct vp_repl *r, struct vp_msg *m)
 	}
 	r->last_transfer_s = vp_now() - t0;
 	r->bytes_in += a->size;
+	vp_metrics_add(VP_C_BYTES_REPL_IN, a->size);
+	t_in = vp_now();
 	rc = install(r, a->path, d, a->version, a->mode, a->seq);
 	if (rc) {
 		vp_log(LOG_ERR, "repl", "installing '%s' version %" PRIu64 ": %s", a->path,
@@ -1135,6 +1150,8 @@ static void consumer_announce(struct vp_repl *r, struct vp_msg *m)
 		goto fail;
 	}
 	r->installed++;
+	vp_metrics_notify_latency(vp_now() - t_in);
+	vp_metrics_add(VP_C_VERSIONS, 1);
 	vp_log(LOG_INFO, "repl", "'%s' version %" PRIu64 " installed (%" PRIu64 " bytes in %.3f s)",
 	       a->path, a->version, a->size, r->last_transfer_s);
 	say_done(r, a->seq, a->version, 0);
@@ -1419,6 +1436,16 @@ struct vp_repl *vp_repl_new(struct vp_ns *ns, const struct vp_config *cfg,
 		goto err_free;
 	}
 	*colon = '\0';
+	if (!r->consumer && (!*host || !strcmp(host, "0.0.0.0") || !strcmp(host, "::") ||
+			     !strcmp(host, "[::]"))) {
+		/*
+		 * RxM names a peer by the address it listens on: consumers
+		 * could not match a wildcard, and their connections hang.
+		 */
+		snprintf(err, errlen, "listen='%s': give this node's own address on the fabric network, not a wildcard",
+			 cfg->listen);
+		goto err_free;
+	}
 	if (r->consumer) {
 		char local[INET6_ADDRSTRLEN];
 
@@ -1504,8 +1531,26 @@ void vp_repl_free(struct vp_repl *r)
 	free(r);
 }
 
+/* Producer: seconds the oldest version p has not fetched has waited. */
+static double peer_lag_s_locked(struct vp_repl *r, struct peer *p, double now)
+{
+	double oldest = now;
+
+	for (struct pin *pin = r->pins; pin; pin = pin->next)
+		if (pin->seq > p->done_seq && pin->since < oldest)
+			oldest = pin->since;
+	return now - oldest;
+}
+
+static const char *consumer_state(struct vp_repl *r)
+{
+	return r->state == 3 ? "subscribed" : r->state ? "connecting" : "disconnected";
+}
+
 void vp_repl_status_json(struct vp_repl *r, FILE *out)
 {
+	double now = vp_now();
+
 	if (!r) {
 		fputs("null", out);
 		return;
@@ -1514,24 +1559,67 @@ void vp_repl_status_json(struct vp_repl *r, FILE *out)
 	if (r->consumer) {
 		fprintf(out, "{\"role\":\"consumer\",\"provider\":\"%s\",\"producer\":\"%s\",\"state\":\"%s\","
 			"\"installed\":%" PRIu64 ",\"skipped\":%" PRIu64 ",\"bytes_in\":%" PRIu64
-			",\"checksum_errors\":%" PRIu64 ",\"last_transfer_s\":%.6f}",
-			vp_fab_provider(r->fab), r->cfg.subscribe,
-			r->state == 3 ? "subscribed" : r->state ? "connecting" : "disconnected",
+			",\"checksum_errors\":%" PRIu64 ",\"last_transfer_s\":%.6f"
+			",\"last_heard_s\":%.3f}",
+			vp_fab_provider(r->fab), r->cfg.subscribe, consumer_state(r),
 			r->installed, r->skipped, r->bytes_in, r->checksum_errors,
-			r->last_transfer_s);
+			r->last_transfer_s, r->last_heard > 0 ? now - r->last_heard : -1.0);
 	} else {
 		int first = 1;
 
 		fprintf(out, "{\"role\":\"producer\",\"provider\":\"%s\",\"listen\":\"%s\",\"seq\":%" PRIu64 ",\"peers\":[",
 			vp_fab_provider(r->fab), r->cfg.listen, r->seq);
 		for (struct peer *p = r->peers; p; p = p->next) {
-			fprintf(out, "%s{\"id\":%" PRIu64 ",\"active\":%s,\"done_seq\":%" PRIu64
-				",\"lag\":%" PRIu64 ",\"versions_done\":%" PRIu64 "}",
-				first ? "" : ",", p->id, p->active ? "true" : "false",
-				p->done_seq, r->seq - p->done_seq, p->versions_done);
+			fprintf(out, "%s{\"id\":%" PRIu64 ",\"state\":\"%s\",\"active\":%s,\"done_seq\":%" PRIu64
+				",\"lag\":%" PRIu64 ",\"lag_s\":%.6f,\"versions_done\":%" PRIu64
+				",\"bytes_out\":%" PRIu64 ",\"last_heard_s\":%.3f}",
+				first ? "" : ",", p->id, p->active ? "active" : "authenticating",
+				p->active ? "true" : "false",
+				p->done_seq, r->seq - p->done_seq, peer_lag_s_locked(r, p, now),
+				p->versions_done, p->bytes_out, now - p->last_heard);
 			first = 0;
 		}
 		fputs("]}", out);
+	}
+	pthread_mutex_unlock(&r->lock);
+}
+
+void vp_repl_metrics(struct vp_repl *r, FILE *out)
+{
+	double now = vp_now();
+
+	if (!r)
+		return;
+	pthread_mutex_lock(&r->lock);
+	if (r->consumer) {
+		fputs("# HELP viperfs_producer_up 1 while this consumer is subscribed to its producer.\n"
+		      "# TYPE viperfs_producer_up gauge\n", out);
+		fprintf(out, "viperfs_producer_up %d\n", r->state == 3);
+	} else {
+		fputs("# HELP viperfs_peers Consumers connected to this producer.\n"
+		      "# TYPE viperfs_peers gauge\n", out);
+		{
+			unsigned int n = 0;
+
+			for (struct peer *p = r->peers; p; p = p->next)
+				n += p->active;
+			fprintf(out, "viperfs_peers %u\n", n);
+		}
+		fputs("# HELP viperfs_peer_lag_versions Versions announced that a consumer has not fetched yet.\n"
+		      "# TYPE viperfs_peer_lag_versions gauge\n", out);
+		for (struct peer *p = r->peers; p; p = p->next)
+			fprintf(out, "viperfs_peer_lag_versions{peer=\"%" PRIu64 "\"} %" PRIu64 "\n",
+				p->id, r->seq - p->done_seq);
+		fputs("# HELP viperfs_peer_lag_seconds Age of the oldest version a consumer has not fetched yet.\n"
+		      "# TYPE viperfs_peer_lag_seconds gauge\n", out);
+		for (struct peer *p = r->peers; p; p = p->next)
+			fprintf(out, "viperfs_peer_lag_seconds{peer=\"%" PRIu64 "\"} %.6f\n",
+				p->id, peer_lag_s_locked(r, p, now));
+		fputs("# HELP viperfs_peer_sent_bytes_total Bytes of versions each consumer has fetched.\n"
+		      "# TYPE viperfs_peer_sent_bytes_total counter\n", out);
+		for (struct peer *p = r->peers; p; p = p->next)
+			fprintf(out, "viperfs_peer_sent_bytes_total{peer=\"%" PRIu64 "\"} %" PRIu64 "\n",
+				p->id, p->bytes_out);
 	}
 	pthread_mutex_unlock(&r->lock);
 }

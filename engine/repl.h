@@ -65,5 +65,7 @@ void vp_repl_note_version_locked(struct vp_repl *r, const char *path,
 
 /* A JSON object: role, provider, peers with state and lag. */
 void vp_repl_status_json(struct vp_repl *r, FILE *out);
+/* Appends per-peer gauges in the Prometheus text format; NULL r: nothing. */
+void vp_repl_metrics(struct vp_repl *r, FILE *out);
 
 #endif

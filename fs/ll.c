@@ -18,7 +18,9 @@
 #include <string.h>
 #include <sys/uio.h>
 
+#include "../engine/clock.h"
 #include "../engine/log.h"
+#include "../engine/metrics.h"
 #include "../engine/ns.h"
 
 #define ENTRY_TIMEOUT 1.0
@@ -464,36 +466,82 @@ static void vpfs_fallocate(fuse_req_t req, fuse_ino_t ino, int mode,
 	reply_err(req, -EOPNOTSUPP);
 }
 
+
+/*
+ * Every request is counted and timed for the metrics endpoint: each
+ * handler replies before it returns, so its run time is the request's
+ * time in the daemon.
+ */
+#define TIMED(op, fn, params, args)					\
+	static void timed_##fn params					\
+	{								\
+		double t0 = vp_now();					\
+									\
+		fn args;						\
+		vp_metrics_fuse_op(op, vp_now() - t0);			\
+	}
+
+TIMED(VP_FOP_LOOKUP, vpfs_lookup, (fuse_req_t req, fuse_ino_t parent, const char *name), (req, parent, name))
+TIMED(VP_FOP_FORGET, vpfs_forget, (fuse_req_t req, fuse_ino_t ino, uint64_t nlookup), (req, ino, nlookup))
+TIMED(VP_FOP_FORGET, vpfs_forget_multi, (fuse_req_t req, size_t count, struct fuse_forget_data *forgets), (req, count, forgets))
+TIMED(VP_FOP_GETATTR, vpfs_getattr, (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi), (req, ino, fi))
+TIMED(VP_FOP_SETATTR, vpfs_setattr, (fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set, struct fuse_file_info *fi), (req, ino, attr, to_set, fi))
+TIMED(VP_FOP_READLINK, vpfs_readlink, (fuse_req_t req, fuse_ino_t ino), (req, ino))
+TIMED(VP_FOP_MKDIR, vpfs_mkdir, (fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode), (req, parent, name, mode))
+TIMED(VP_FOP_MKNOD, vpfs_mknod, (fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, dev_t rdev), (req, parent, name, mode, rdev))
+TIMED(VP_FOP_SYMLINK, vpfs_symlink, (fuse_req_t req, const char *link, fuse_ino_t parent, const char *name), (req, link, parent, name))
+TIMED(VP_FOP_UNLINK, vpfs_unlink, (fuse_req_t req, fuse_ino_t parent, const char *name), (req, parent, name))
+TIMED(VP_FOP_RMDIR, vpfs_rmdir, (fuse_req_t req, fuse_ino_t parent, const char *name), (req, parent, name))
+TIMED(VP_FOP_RENAME, vpfs_rename, (fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newparent, const char *newname, unsigned int flags), (req, parent, name, newparent, newname, flags))
+TIMED(VP_FOP_LINK, vpfs_link, (fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char *newname), (req, ino, newparent, newname))
+TIMED(VP_FOP_CREATE, vpfs_create, (fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, struct fuse_file_info *fi), (req, parent, name, mode, fi))
+TIMED(VP_FOP_OPEN, vpfs_open, (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi), (req, ino, fi))
+TIMED(VP_FOP_READ, vpfs_read, (fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi), (req, ino, size, off, fi))
+TIMED(VP_FOP_WRITE, vpfs_write, (fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off, struct fuse_file_info *fi), (req, ino, buf, size, off, fi))
+TIMED(VP_FOP_FLUSH, vpfs_flush, (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi), (req, ino, fi))
+TIMED(VP_FOP_RELEASE, vpfs_release, (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi), (req, ino, fi))
+TIMED(VP_FOP_FSYNC, vpfs_fsync, (fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi), (req, ino, datasync, fi))
+TIMED(VP_FOP_OPENDIR, vpfs_opendir, (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi), (req, ino, fi))
+TIMED(VP_FOP_READDIR, vpfs_readdir, (fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi), (req, ino, size, off, fi))
+TIMED(VP_FOP_RELEASEDIR, vpfs_releasedir, (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi), (req, ino, fi))
+TIMED(VP_FOP_FSYNCDIR, vpfs_fsyncdir, (fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi), (req, ino, datasync, fi))
+TIMED(VP_FOP_STATFS, vpfs_statfs, (fuse_req_t req, fuse_ino_t ino), (req, ino))
+TIMED(VP_FOP_GETXATTR, vpfs_getxattr, (fuse_req_t req, fuse_ino_t ino, const char *name, size_t size), (req, ino, name, size))
+TIMED(VP_FOP_LISTXATTR, vpfs_listxattr, (fuse_req_t req, fuse_ino_t ino, size_t size), (req, ino, size))
+TIMED(VP_FOP_SETXATTR, vpfs_setxattr, (fuse_req_t req, fuse_ino_t ino, const char *name, const char *value, size_t size, int flags), (req, ino, name, value, size, flags))
+TIMED(VP_FOP_REMOVEXATTR, vpfs_removexattr, (fuse_req_t req, fuse_ino_t ino, const char *name), (req, ino, name))
+TIMED(VP_FOP_FALLOCATE, vpfs_fallocate, (fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off_t length, struct fuse_file_info *fi), (req, ino, mode, offset, length, fi))
+
 const struct fuse_lowlevel_ops vpfs_ops = {
 	.init = vpfs_init,
-	.lookup = vpfs_lookup,
-	.forget = vpfs_forget,
-	.forget_multi = vpfs_forget_multi,
-	.getattr = vpfs_getattr,
-	.setattr = vpfs_setattr,
-	.readlink = vpfs_readlink,
-	.mknod = vpfs_mknod,
-	.mkdir = vpfs_mkdir,
-	.unlink = vpfs_unlink,
-	.rmdir = vpfs_rmdir,
-	.symlink = vpfs_symlink,
-	.rename = vpfs_rename,
-	.link = vpfs_link,
-	.open = vpfs_open,
-	.read = vpfs_read,
-	.write = vpfs_write,
-	.flush = vpfs_flush,
-	.release = vpfs_release,
-	.fsync = vpfs_fsync,
-	.opendir = vpfs_opendir,
-	.readdir = vpfs_readdir,
-	.releasedir = vpfs_releasedir,
-	.fsyncdir = vpfs_fsyncdir,
-	.statfs = vpfs_statfs,
-	.setxattr = vpfs_setxattr,
-	.getxattr = vpfs_getxattr,
-	.listxattr = vpfs_listxattr,
-	.removexattr = vpfs_removexattr,
-	.create = vpfs_create,
-	.fallocate = vpfs_fallocate,
+	.lookup = timed_vpfs_lookup,
+	.forget = timed_vpfs_forget,
+	.forget_multi = timed_vpfs_forget_multi,
+	.getattr = timed_vpfs_getattr,
+	.setattr = timed_vpfs_setattr,
+	.readlink = timed_vpfs_readlink,
+	.mknod = timed_vpfs_mknod,
+	.mkdir = timed_vpfs_mkdir,
+	.unlink = timed_vpfs_unlink,
+	.rmdir = timed_vpfs_rmdir,
+	.symlink = timed_vpfs_symlink,
+	.rename = timed_vpfs_rename,
+	.link = timed_vpfs_link,
+	.open = timed_vpfs_open,
+	.read = timed_vpfs_read,
+	.write = timed_vpfs_write,
+	.flush = timed_vpfs_flush,
+	.release = timed_vpfs_release,
+	.fsync = timed_vpfs_fsync,
+	.opendir = timed_vpfs_opendir,
+	.readdir = timed_vpfs_readdir,
+	.releasedir = timed_vpfs_releasedir,
+	.fsyncdir = timed_vpfs_fsyncdir,
+	.statfs = timed_vpfs_statfs,
+	.setxattr = timed_vpfs_setxattr,
+	.getxattr = timed_vpfs_getxattr,
+	.listxattr = timed_vpfs_listxattr,
+	.removexattr = timed_vpfs_removexattr,
+	.create = timed_vpfs_create,
+	.fallocate = timed_vpfs_fallocate,
 };

@@ -13,6 +13,7 @@
 #include <fcntl.h>
 #include <fuse_lowlevel.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,9 +27,11 @@
 #include "../engine/ctl.h"
 #include "../engine/hook.h"
 #include "../engine/log.h"
+#include "../engine/metrics.h"
 #include "../engine/ns.h"
 #include "../engine/repl.h"
 #include "ll.h"
+#include "utab.h"
 
 #define VIPERFS_VERSION "0.1.0"
 
@@ -69,6 +72,7 @@ static void usage(FILE *out)
 {
 	fprintf(out,
 		"usage: viperfs [-f] [-d] [-o opt[,opt...]] PFS_DIR MOUNTPOINT\n"
+		"       viperfs [-f] -o config=FILE      (FILE names pfs_dir and mountpoint)\n"
 		"\n"
 		"Mounts PFS_DIR (a directory on the parallel file system) at MOUNTPOINT\n"
 		"through a RAM cache; checkpoints reach PFS_DIR in the background.\n"
@@ -173,6 +177,11 @@ static void notify_ready(void)
 	close(fd);
 }
 
+static void collect_metrics(void *arg, FILE *out)
+{
+	vp_ns_metrics(arg, out);
+}
+
 static int default_control_path(char *buf, size_t len)
 {
 	const char *dir = "/run/viperfs";
@@ -201,6 +210,7 @@ int main(int argc, char **argv)
 	struct vp_ctl *ctl = NULL;
 	struct vp_repl *repl = NULL;
 	struct vp_hook *hook = NULL;
+	struct vp_metrics_server *metrics = NULL;
 	struct vp_ns *ns;
 
 	vp_config_defaults(&cfg);
@@ -238,6 +248,10 @@ int main(int argc, char **argv)
 			fprintf(stderr, "viperfs: too many arguments; see viperfs --help\n");
 			return 2;
 		}
+	}
+	if (npos == 0 && cfg.pfs_dir[0] && cfg.mountpoint[0]) {
+		pos[npos++] = cfg.pfs_dir;	/* a config file that names both */
+		pos[npos++] = cfg.mountpoint;
 	}
 	if (npos != 2) {
 		usage(stderr);
@@ -313,6 +327,16 @@ int main(int argc, char **argv)
 		snprintf(err, sizeof(err), "bad FUSE options '%s'", passthru);
 		goto err_ns;
 	}
+	/*
+	 * A library loaded with libfabric (libinfinipath, PSM) installs its own
+	 * SIGTERM/SIGINT/SIGHUP handler at load time that calls exit(1), and
+	 * libfuse only installs its handlers over SIG_DFL: so SIGTERM (systemd
+	 * stop, Slurm's job end) would kill the daemon with nothing unmounted
+	 * or flushed.  Take those signals back first.
+	 */
+	signal(SIGTERM, SIG_DFL);
+	signal(SIGINT, SIG_DFL);
+	signal(SIGHUP, SIG_DFL);
 	if (fuse_set_signal_handlers(se)) {
 		snprintf(err, sizeof(err), "cannot set signal handlers");
 		goto err_session;
@@ -323,6 +347,12 @@ int main(int argc, char **argv)
 		goto err_signals;
 	}
 	raise_read_ahead(mountpoint);
+	{
+		char source[PATH_MAX + 16];
+
+		snprintf(source, sizeof(source), "viperfs:%s", pfs_dir);
+		vpfs_utab_add(source, mountpoint);
+	}
 
 	if (!cfg.control[0] && default_control_path(cfg.control, sizeof(cfg.control)))
 		vp_log(LOG_WARNING, "ctl", "no place for a control socket; viperctl will not reach this mount");
@@ -347,6 +377,15 @@ int main(int argc, char **argv)
 
 	if (cfg.on_update[0])
 		hook = vp_hook_start(ns, cfg.on_update, mountpoint);
+	if (cfg.metrics[0]) {
+		metrics = vp_metrics_serve(cfg.metrics, collect_metrics, ns, err, sizeof(err));
+		if (!metrics) {
+			vp_hook_stop(hook);
+			vp_ns_set_repl(ns, NULL);
+			vp_repl_free(repl);
+			goto err_unmount;
+		}
+	}
 
 	vp_log(LOG_NOTICE, "fs", "mounted '%s' on '%s'%s", pfs_dir, mountpoint,
 	       cfg.subscribe[0] ? " (read-only replica)" : "");
@@ -371,11 +410,17 @@ int main(int argc, char **argv)
 	loop_cfg = fuse_loop_cfg_create();
 	fuse_loop_cfg_set_clone_fd(loop_cfg, 0);
 	fuse_loop_cfg_set_idle_threads(loop_cfg, 8);
-	rc = fuse_session_loop_mt(se, loop_cfg) ? 1 : 0;
+	rc = fuse_session_loop_mt(se, loop_cfg);
+	/* a stop by signal (libfuse reports its number) is a clean stop */
+	if (rc < 0)
+		rc = -rc;
+	rc = rc == 0 || rc == SIGTERM || rc == SIGINT || rc == SIGHUP ? 0 : 1;
 	fuse_loop_cfg_destroy(loop_cfg);
 
 	vp_log(LOG_NOTICE, "fs", "unmounting '%s'", mountpoint);
+	vpfs_utab_remove(mountpoint);
 	vp_ctl_stop(ctl);
+	vp_metrics_server_free(metrics);
 	vp_hook_stop(hook);
 	vp_ns_set_repl(ns, NULL);
 	vp_repl_free(repl);
@@ -392,6 +437,7 @@ int main(int argc, char **argv)
 
 err_unmount:
 	vp_ctl_stop(ctl);
+	vpfs_utab_remove(mountpoint);
 	fuse_session_unmount(se);
 err_signals:
 	fuse_remove_signal_handlers(se);

@@ -124,4 +124,4 @@ touch "$base/stop"
 echo "== the PFS copy (flushed by the producer in the background)"
 "$BUILD/viperctl" flush "$pm" >/dev/null
 ls -l "$pfs"
-"$BUILD/viperctl" status "$pm" | "$PY" -c "import json,sys; s=json.load(sys.stdin); print('producer peers:', s['repl']['peers'])"
+"$BUILD/viperctl" status "$pm" --json | "$PY" -c "import json,sys; s=json.load(sys.stdin); print('producer peers:', s['repl']['peers'])"

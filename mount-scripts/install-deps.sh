@@ -4,7 +4,8 @@
 set -e
 PKGS="build-essential pkg-config fuse3 libfuse3-dev libxxhash-dev libcmocka-dev
 libfabric-dev libfabric-bin libssl-dev clang libclang-rt-14-dev attr inotify-tools rsync gdb python3 python3-pytest python3-numpy
-python3-h5py python3-torch python3-watchdog"
+python3-h5py python3-torch python3-watchdog
+slurmd slurmctld slurm-client munge prometheus gnuplot-nox curl"
 missing=""
 for p in $PKGS; do
 	dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q "install ok installed" ||

@@ -6,6 +6,9 @@
  *   viperctl version PATH           the version number of one file
  *   viperctl flush [PATH]           push everything under PATH to the PFS
  *                                   now, and wait (progress bar on a tty)
+ *   viperctl warm PATH...           read PFS files into the cache
+ *   viperctl umount MNT             drain flushes, then unmount (what
+ *                                   umount(8) runs through umount.fuse.viperfs)
  *
  * The daemon's control socket is found through the "user.viperfs.control"
  * extended attribute of the mount's root.
@@ -19,14 +22,24 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <poll.h>
+#include <sys/mount.h>
+#include <sys/syscall.h>
+#include <sys/time.h>
+#include <sys/wait.h>
 #include <sys/xattr.h>
+#include <time.h>
 #include <unistd.h>
+
+#include "../engine/config.h"
 
 #include "vpctl.h"
 
 static void usage(FILE *out)
 {
 	fputs("usage: viperctl status [MNT] [--json]\n"
+	      "       viperctl warm PATH...        read files from the PFS into the cache\n"
+	      "       viperctl umount MNT [--timeout S] [--force]\n"
 	      "       viperctl versions PATH\n"
 	      "       viperctl version PATH\n"
 	      "       viperctl flush [PATH]\n"
@@ -178,14 +191,16 @@ static unsigned long long json_num(const char *line, const char *key)
 }
 
 static void bar(unsigned long long done, unsigned long long total,
-		unsigned long long ops)
+		const char *what)
 {
 	int width = 40, fill = total ? (int)(done * (unsigned long long)width / total) : width;
 
-	fprintf(stderr, "\r[%.*s%*s] %5.1f%%  %llu/%llu MiB  %llu left ",
+	if (fill > width)
+		fill = width;
+	fprintf(stderr, "\r[%.*s%*s] %5.1f%%  %llu/%llu MiB  %s ",
 		fill, "########################################", width - fill, "",
 		total ? 100.0 * (double)done / (double)total : 100.0,
-		done >> 20, total >> 20, ops);
+		done >> 20, total >> 20, what);
 }
 
 static int vpctl_flush(const char *path)
@@ -210,9 +225,12 @@ static int vpctl_flush(const char *path)
 			snprintf(last_error, sizeof(last_error), "%.*s",
 				 (int)strcspn(e + 9, "\""), e + 9);
 		}
-		if (tty)
-			bar(json_num(line, "done"), json_num(line, "total"),
-			    json_num(line, "ops_left"));
+		if (tty) {
+			char what[64];
+
+			snprintf(what, sizeof(what), "%llu left", json_num(line, "ops_left"));
+			bar(json_num(line, "done"), json_num(line, "total"), what);
+		}
 	}
 	fclose(in);
 	if (tty)
@@ -223,6 +241,420 @@ static int vpctl_flush(const char *path)
 		return 1;
 	}
 	printf("flushed\n");
+	return 0;
+}
+
+
+static char *read_all(FILE *in)
+{
+	char *text = NULL;
+	size_t len = 0, n;
+	char buf[65536];
+	FILE *mem = open_memstream(&text, &len);
+
+	if (!mem)
+		return NULL;
+	while ((n = fread(buf, 1, sizeof(buf), in)) > 0)
+		fwrite(buf, 1, n, mem);
+	fclose(mem);
+	return text;
+}
+
+static const char *sz(double bytes, char *buf, size_t len)
+{
+	return vp_format_size(bytes > 0 ? (uint64_t)bytes : 0, buf, len);
+}
+
+static void print_status(const char *mnt, const struct vpctl_json *st)
+{
+	const struct vpctl_json *repl = vpctl_json_get(st, "repl");
+	const struct vpctl_json *paths = vpctl_json_get(st, "paths");
+	const char *err = vpctl_json_str(st, "flush.last_error");
+	char a[32], b[32], c[32];
+
+	printf("viperfs mount %s (daemon pid %.0f)\n", mnt, vpctl_json_num(st, "pid"));
+	printf("  %-14s %s\n", "PFS directory", vpctl_json_str(st, "pfs_dir"));
+	printf("  %-14s ram %s used of %s; gpu %s\n", "cache",
+	       sz(vpctl_json_num(st, "tiers.ram.used"), a, sizeof(a)),
+	       sz(vpctl_json_num(st, "tiers.ram.budget"), b, sizeof(b)),
+	       vpctl_json_get(st, "tiers.gpu") && vpctl_json_get(st, "tiers.gpu")->type == VPCTL_JSON_OBJECT ?
+	       "on" : "off");
+	printf("  %-14s %.0f (%.0f not on the PFS yet), %.0f open\n", "files",
+	       vpctl_json_num(st, "files"), vpctl_json_num(st, "unflushed_files"),
+	       vpctl_json_num(st, "open_files"));
+	printf("  %-14s %.0f operations, %s; lag last %.3f s, mean %.3f s\n", "flush queue",
+	       vpctl_json_num(st, "flush.queued_ops"),
+	       sz(vpctl_json_num(st, "flush.queued_bytes"), a, sizeof(a)),
+	       vpctl_json_num(st, "flush.last_lag_s"), vpctl_json_num(st, "flush.mean_lag_s"));
+	printf("  %-14s %.0f versions, %s; %.0f skipped; %.0f retries; last error: %s%s%s\n",
+	       "flushed", vpctl_json_num(st, "flush.flushed_versions"),
+	       sz(vpctl_json_num(st, "flush.flushed_bytes"), a, sizeof(a)),
+	       vpctl_json_num(st, "flush.skipped_versions"), vpctl_json_num(st, "flush.retries"),
+	       *err ? err : "none", *err ? " at " : "",
+	       *err ? vpctl_json_str(st, "flush.last_error_path") : "");
+	printf("  %-14s written %s, read %s; %.0f commits, median stall %.3f s\n", "I/O",
+	       sz(vpctl_json_num(st, "bytes_written"), a, sizeof(a)),
+	       sz(vpctl_json_num(st, "bytes_read"), b, sizeof(b)),
+	       vpctl_json_num(st, "commits"), vpctl_json_num(st, "checkpoint_stall_s"));
+	if (!repl || repl->type != VPCTL_JSON_OBJECT) {
+		printf("  %-14s off\n", "replication");
+	} else if (!strcmp(vpctl_json_str(repl, "role"), "consumer")) {
+		printf("  %-14s consumer of %s over %s: %s; %.0f installed, %.0f skipped, %s in; last transfer %.3f s\n",
+		       "replication", vpctl_json_str(repl, "producer"), vpctl_json_str(repl, "provider"),
+		       vpctl_json_str(repl, "state"), vpctl_json_num(repl, "installed"),
+		       vpctl_json_num(repl, "skipped"),
+		       sz(vpctl_json_num(repl, "bytes_in"), a, sizeof(a)),
+		       vpctl_json_num(repl, "last_transfer_s"));
+	} else {
+		const struct vpctl_json *peers = vpctl_json_get(repl, "peers");
+
+		printf("  %-14s producer on %s over %s; %.0f changes announced; %u peers\n",
+		       "replication", vpctl_json_str(repl, "listen"), vpctl_json_str(repl, "provider"),
+		       vpctl_json_num(repl, "seq"), peers ? peers->count : 0);
+		for (const struct vpctl_json *p = peers ? peers->child : NULL; p; p = p->next)
+			printf("    peer %-8.0f %s, lag %.0f (%.3f s), %.0f versions, %s sent, heard %.1f s ago\n",
+			       vpctl_json_num(p, "id"), vpctl_json_str(p, "state"),
+			       vpctl_json_num(p, "lag"), vpctl_json_num(p, "lag_s"),
+			       vpctl_json_num(p, "versions_done"),
+			       sz(vpctl_json_num(p, "bytes_out"), a, sizeof(a)),
+			       vpctl_json_num(p, "last_heard_s"));
+	}
+	if (paths && paths->count) {
+		printf("  paths\n");
+		for (const struct vpctl_json *p = paths->child; p; p = p->next)
+			printf("    %-40s version %-5.0f %10s  %s\n", vpctl_json_str(p, "path"),
+			       vpctl_json_num(p, "version"),
+			       sz(vpctl_json_num(p, "size"), c, sizeof(c)),
+			       vpctl_json_str(p, "state"));
+	}
+}
+
+/* viperctl status [MNT] [--json] */
+static int vpctl_status(int argc, char **argv)
+{
+	const char *path = ".";
+	int json = 0, rc = 1;
+	char root[PATH_MAX], rel[PATH_MAX], *text;
+	struct vpctl_json *st;
+	FILE *in;
+
+	for (int i = 2; i < argc; i++) {
+		if (!strcmp(argv[i], "--json"))
+			json = 1;
+		else
+			path = argv[i];
+	}
+	in = vpctl_request(path, "status", 0);
+	if (!in)
+		return 1;
+	if (json)
+		return vpctl_copy(in);
+	text = read_all(in);
+	fclose(in);
+	st = text ? vpctl_json_parse(text) : NULL;
+	if (!st) {
+		fprintf(stderr, "viperctl: the daemon's answer was not JSON: %.200s\n", text ? text : "");
+	} else if (vpctl_json_get(st, "error")) {
+		fprintf(stderr, "viperctl: %s\n", vpctl_json_str(st, "error"));
+	} else {
+		if (vpctl_find_mount(path, root, rel))
+			snprintf(root, sizeof(root), "%s", path);
+		print_status(root, st);
+		rc = 0;
+	}
+	vpctl_json_free(st);
+	free(text);
+	return rc;
+}
+
+/* viperctl warm PATH...: reads files from the PFS into the cache. */
+static int vpctl_warm(int argc, char **argv)
+{
+	int tty = isatty(2), rc = 0;
+
+	if (argc < 3) {
+		fprintf(stderr, "usage: viperctl warm PATH...\n");
+		return 2;
+	}
+	for (int i = 2; i < argc; i++) {
+		FILE *in = vpctl_request(argv[i], "warm", 1);
+		char line[1024], a[32], b[32];
+		struct vpctl_json *last = NULL;
+
+		if (!in) {
+			rc = 1;
+			continue;
+		}
+		while (fgets(line, sizeof(line), in)) {
+			struct vpctl_json *j = vpctl_json_parse(line);
+
+			if (!j)
+				continue;
+			vpctl_json_free(last);
+			last = j;
+			if (vpctl_json_get(j, "error"))
+				break;
+			if (tty) {
+				char what[64];
+
+				snprintf(what, sizeof(what), "%.0f/%.0f files",
+					 vpctl_json_num(j, "files_done"), vpctl_json_num(j, "files"));
+				bar((unsigned long long)vpctl_json_num(j, "done"),
+				    (unsigned long long)vpctl_json_num(j, "total"), what);
+			}
+		}
+		fclose(in);
+		if (tty)
+			fputc('\n', stderr);
+		if (!last || vpctl_json_get(last, "error") || !vpctl_json_num(last, "finished")) {
+			fprintf(stderr, "viperctl: warm '%s': %s\n", argv[i],
+				last && vpctl_json_get(last, "error") ? vpctl_json_str(last, "error") :
+				"the daemon went away");
+			rc = 1;
+		} else {
+			printf("warmed '%s': %.0f files, %s read, %s in the cache%s\n", argv[i],
+			       vpctl_json_num(last, "files"),
+			       sz(vpctl_json_num(last, "done"), a, sizeof(a)),
+			       sz(vpctl_json_num(last, "cached"), b, sizeof(b)),
+			       vpctl_json_num(last, "cached") < vpctl_json_num(last, "done") ?
+			       " (the cache is full: raise ram_cache to hold it all)" : "");
+			if (vpctl_json_num(last, "errors")) {
+				fprintf(stderr, "viperctl: %.0f files could not be read; see the daemon's log\n",
+					vpctl_json_num(last, "errors"));
+				rc = 1;
+			}
+		}
+		vpctl_json_free(last);
+	}
+	return rc;
+}
+
+/* Sends one request to the daemon of root; returns the first answer line parsed. */
+static struct vpctl_json *ask(const char *root, const char *req)
+{
+	int fd = vpctl_connect(root);
+	char *text = NULL;
+	struct vpctl_json *j = NULL;
+	FILE *in;
+
+	if (fd < 0)
+		return NULL;
+	if (write(fd, req, strlen(req)) != (ssize_t)strlen(req)) {
+		close(fd);
+		return NULL;
+	}
+	shutdown(fd, SHUT_WR);
+	in = fdopen(fd, "r");
+	if (!in) {
+		close(fd);
+		return NULL;
+	}
+	text = read_all(in);
+	fclose(in);
+	if (text)
+		j = vpctl_json_parse(text);
+	free(text);
+	return j;
+}
+
+static double mono_now(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/*
+ * Drains pending flushes for up to timeout seconds (0: no bound).
+ * Returns 1 if everything reached the PFS, 0 if not, -1 on error.
+ */
+static int drain(const char *root, double timeout, char *last_error, size_t len)
+{
+	struct timeval tv = { .tv_sec = 5 };
+	double deadline = timeout > 0 ? mono_now() + timeout : 0;
+	int fd = vpctl_connect(root), tty = isatty(2), finished = 0;
+	char line[1024];
+	FILE *in;
+
+	if (fd < 0)
+		return -1;
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	if (write(fd, "flush /\n", 8) != 8) {
+		close(fd);
+		return -1;
+	}
+	shutdown(fd, SHUT_WR);
+	in = fdopen(fd, "r");
+	if (!in) {
+		close(fd);
+		return -1;
+	}
+	while (fgets(line, sizeof(line), in)) {
+		const char *e = strstr(line, "\"error\":\"");
+
+		if (e && e[9] != '"')
+			snprintf(last_error, len, "%.*s", (int)strcspn(e + 9, "\""), e + 9);
+		if (strstr(line, "\"finished\":true")) {
+			finished = 1;
+			break;
+		}
+		if (tty) {
+			char what[64];
+
+			snprintf(what, sizeof(what), "%llu left to flush", json_num(line, "ops_left"));
+			bar(json_num(line, "done"), json_num(line, "total"), what);
+		}
+		if (deadline && mono_now() >= deadline)
+			break;
+	}
+	fclose(in);
+	if (tty)
+		fputc('\n', stderr);
+	return finished;
+}
+
+/* Waits up to timeout seconds for process pid to exit (pidfd: an event, no polling). */
+static int wait_exit(pid_t pid, double timeout)
+{
+	int pfd = (int)syscall(SYS_pidfd_open, pid, 0), rc;
+	struct pollfd p;
+
+	if (pfd < 0)
+		return errno == ESRCH ? 0 : -1;
+	p.fd = pfd;
+	p.events = POLLIN;
+	rc = poll(&p, 1, timeout > 0 ? (int)(timeout * 1000) : -1);
+	close(pfd);
+	return rc == 1 ? 0 : -1;
+}
+
+/*
+ * viperctl umount MNT [--timeout S] [--force] [-l]
+ *
+ * What users expect of umount on a write-back file system: EBUSY with
+ * open files; otherwise wait (up to the mount's unmount_wait, or
+ * --timeout) until every version is on the PFS, then unmount.  If the
+ * PFS does not take it in time, the mount stays and the unflushed files
+ * are named, unless --force: then the daemon unmounts and goes on
+ * draining in the background (up to unmount_wait), logging what it could
+ * not write.  Exit status 32 on failure, like umount(8).
+ */
+static int vpctl_umount(int argc, char **argv)
+{
+	const char *mnt = NULL;
+	double timeout = -1, wait_s;
+	int force = 0, lazy = 0, drained, pid;
+	char root[PATH_MAX], rel[PATH_MAX], last_error[256] = "", idle_req[32];
+	struct vpctl_json *st, *j;
+
+	for (int i = 2; i < argc; i++) {
+		if (!strcmp(argv[i], "--timeout") && i + 1 < argc) {
+			if (vp_parse_seconds(argv[++i], &timeout)) {
+				fprintf(stderr, "viperctl: bad --timeout '%s'\n", argv[i]);
+				return 2;
+			}
+		} else if (!strcmp(argv[i], "--force") || !strcmp(argv[i], "-f")) {
+			force = 1;
+		} else if (!strcmp(argv[i], "-l") || !strcmp(argv[i], "--lazy")) {
+			lazy = force = 1;
+		} else if (argv[i][0] == '-') {
+			fprintf(stderr, "viperctl: umount: unknown flag '%s'\n", argv[i]);
+			return 2;
+		} else {
+			mnt = argv[i];
+		}
+	}
+	if (!mnt) {
+		fprintf(stderr, "usage: viperctl umount MNT [--timeout S] [--force]\n");
+		return 2;
+	}
+	if (vpctl_find_mount(mnt, root, rel) || strcmp(rel, "/")) {
+		fprintf(stderr, "viperctl: umount: '%s' is not the root of a viperfs mount\n", mnt);
+		return 32;
+	}
+	st = ask(root, "status\n");
+	if (!st) {
+		fprintf(stderr, "viperctl: umount: the daemon of '%s' does not answer; 'fusermount3 -u %s' detaches it\n",
+			root, root);
+		return 32;
+	}
+	pid = (int)vpctl_json_num(st, "pid");
+	wait_s = timeout >= 0 ? timeout : vpctl_json_num(st, "unmount_wait_s");
+	vpctl_json_free(st);
+
+	/* open files first: nothing is drained for an unmount that cannot happen */
+	if (!lazy) {
+		snprintf(idle_req, sizeof(idle_req), "idle 2\n");
+		j = ask(root, idle_req);
+		if (j && vpctl_json_get(j, "error")) {
+			fprintf(stderr, "umount: %s: target is busy (%.0f open files); close them, or see 'fuser -vm %s'\n",
+				root, vpctl_json_num(j, "open_files"), root);
+			vpctl_json_free(j);
+			return 32;
+		}
+		vpctl_json_free(j);
+	}
+
+	drained = drain(root, wait_s, last_error, sizeof(last_error));
+	if (drained < 0) {
+		fprintf(stderr, "viperctl: umount: lost the daemon of '%s' while draining\n", root);
+		return 32;
+	}
+	if (!drained) {
+		FILE *in = vpctl_request(root, "versions", 1);
+		char *text = in ? read_all(in) : NULL;
+		struct vpctl_json *list = text ? vpctl_json_parse(text) : NULL;
+		unsigned int left = 0;
+
+		if (in)
+			fclose(in);
+		for (const struct vpctl_json *p = list ? list->child : NULL; p; p = p->next) {
+			if (!strcmp(vpctl_json_str(p, "state"), "flushed"))
+				continue;
+			if (left++ < 20)
+				fprintf(stderr, "  not on the PFS yet: %s (version %.0f)\n",
+					vpctl_json_str(p, "path"), vpctl_json_num(p, "version"));
+		}
+		vpctl_json_free(list);
+		free(text);
+		fprintf(stderr, "umount: %s: %u files are not on the PFS after %.0f s%s%s%s; %s\n",
+			root, left, wait_s, *last_error ? " (last PFS error: " : "", last_error,
+			*last_error ? ")" : "",
+			force ? "unmounting anyway: the daemon goes on writing them in the background" :
+			"the mount stays so nothing is lost; fix the PFS and retry, or umount -f");
+		if (!force)
+			return 32;
+	}
+	if (umount2(root, lazy ? MNT_DETACH : 0)) {
+		int err = errno;
+
+		if (err == EPERM) {
+			/* not root: fusermount3 is the setuid path for the mount's owner */
+			pid_t child = fork();
+			int status;
+
+			if (child == 0) {
+				if (lazy)
+					execlp("fusermount3", "fusermount3", "-u", "-z", root, (char *)NULL);
+				else
+					execlp("fusermount3", "fusermount3", "-u", root, (char *)NULL);
+				_exit(127);
+			}
+			if (child < 0 || waitpid(child, &status, 0) < 0 ||
+			    !WIFEXITED(status) || WEXITSTATUS(status))
+				return 32;
+		} else {
+			fprintf(stderr, "umount: %s: %s\n", root,
+				err == EBUSY ? "target is busy (a process has its working directory or a map there; see 'fuser -vm')" :
+				strerror(err));
+			return 32;
+		}
+	}
+	/* the daemon exits once its last flushes are done (bounded by unmount_wait) */
+	if (pid > 0 && wait_exit(pid, wait_s > 0 ? wait_s + 10 : 0))
+		fprintf(stderr, "viperctl: umount: %s is unmounted; the daemon (pid %d) is still writing to the PFS\n",
+			root, pid);
 	return 0;
 }
 
@@ -293,11 +725,12 @@ int main(int argc, char **argv)
 		usage(cmd ? stdout : stderr);
 		return cmd ? 0 : 2;
 	}
-	if (!strcmp(cmd, "status")) {
-		FILE *in = vpctl_request(path, "status", 0);
-
-		return in ? vpctl_copy(in) : 1;
-	}
+	if (!strcmp(cmd, "status"))
+		return vpctl_status(argc, argv);
+	if (!strcmp(cmd, "warm"))
+		return vpctl_warm(argc, argv);
+	if (!strcmp(cmd, "umount") || !strcmp(cmd, "unmount"))
+		return vpctl_umount(argc, argv);
 	if (!strcmp(cmd, "versions")) {
 		FILE *in = vpctl_request(path, "versions", 1);
 

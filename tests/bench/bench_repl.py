@@ -96,7 +96,7 @@ def main():
                            mnt=w.dir("c%d" % i), prefix=net.prefix(1 + i))
 
         def active():
-            st = json.loads(prod.ctl("status", prod.mnt).stdout)
+            st = json.loads(prod.ctl("status", prod.mnt, "--json").stdout)
             return sum(1 for p in st["repl"]["peers"] if p["active"])
 
         def wait_active(n):

@@ -103,7 +103,7 @@ def test_cache_full_blocks_then_enospc_and_loses_nothing(world):
     # nothing committed was dropped to make room
     assert read(m.path("committed.bin")) == committed
     assert read(m.path("kept.bin")) == kept     # evicted if needed, re-read from PFS
-    st = json.loads(m.ctl("status", m.mnt).stdout)
+    st = json.loads(m.ctl("status", m.mnt, "--json").stdout)
     assert st["ram"]["enospc"] >= 1 and st["ram"]["used"] <= st["ram"]["budget"]
     os.unlink(m.path("too-big.bin"))
     world.set_readonly(pfs, False)
@@ -123,9 +123,9 @@ def test_pfs_goes_readonly_then_recovers(world):
     os.mkdir(m.path("dir-during"))
     write(m.path("dir-during", "f"), b"f")
     assert read(m.path("during")) == data          # served from the cache
-    wait_for(lambda: json.loads(m.ctl("status", m.mnt).stdout)["flush"]["retries"] >= 2,
+    wait_for(lambda: json.loads(m.ctl("status", m.mnt, "--json").stdout)["flush"]["retries"] >= 2,
              what="flush retries")
-    st = json.loads(m.ctl("status", m.mnt).stdout)
+    st = json.loads(m.ctl("status", m.mnt, "--json").stdout)
     assert st["flush"]["last_error"] == "Read-only file system"
     assert state(m.path("during")) != "flushed"
     assert "retrying in" in m.read_log() and "keeping it in cache" in m.read_log()
@@ -147,7 +147,7 @@ def test_viperctl_flush_status_versions(world):
     r = m.ctl("flush", m.mnt)
     assert "flushed" in r.stdout
     assert read(m.pfs_path("a")) == b"22"
-    st = json.loads(m.ctl("status", m.mnt).stdout)
+    st = json.loads(m.ctl("status", m.mnt, "--json").stdout)
     assert st["flush"]["skipped_versions"] == 1 and st["flush"]["flushed_versions"] == 1
     r = m.ctl("flush", "/tmp", check=False)
     assert r.returncode != 0 and "not inside a viperfs mount" in r.stderr
@@ -171,7 +171,7 @@ def test_flushed_versions_are_evicted_and_read_back(world):
     for i in range(5):                      # 60 MiB through a 32 MiB cache
         blobs[i] = os.urandom(12 << 20)
         write(m.path("ckpt-%d" % i), blobs[i])
-    st = json.loads(m.ctl("status", m.mnt).stdout)
+    st = json.loads(m.ctl("status", m.mnt, "--json").stdout)
     assert st["evictions"] >= 2
     assert st["ram"]["used"] <= st["ram"]["budget"]
     for i, data in blobs.items():            # evicted ones come back from the PFS

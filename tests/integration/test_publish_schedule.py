@@ -57,7 +57,7 @@ def test_publish_schedule_flushes_selected_versions(world):
     assert all(i >= 100 for _, i in kept)
     plans = [int(n) for n in re.findall(r"re-planned at iteration \d+: (\d+) checkpoints", log)]
     assert len(plans) >= 5 and max(plans) >= 1
-    st = json.loads(m.ctl("status", m.mnt).stdout)
+    st = json.loads(m.ctl("status", m.mnt, "--json").stdout)
     assert st["flush"]["skipped_versions"] >= len(kept)
     # at unmount the latest version still reaches the PFS: nothing is lost
     assert m.stop() == 0

@@ -70,7 +70,7 @@ def dump_stacks(m):
 
 
 def status(m):
-    return json.loads(m.ctl("status", m.mnt).stdout)
+    return json.loads(m.ctl("status", m.mnt, "--json").stdout)
 
 
 def cluster(world, consumers=2, opts="", consumer_opts=None):

@@ -135,7 +135,7 @@ def main():
                             "--horizon", str(horizon), "--epoch-iters", str(a.epoch_iters)],
                            capture_output=True, text=True, check=True)
         plan = json.loads(r.stdout)
-        st = json.loads(subprocess.run([os.path.join(BUILD, "viperctl"), "status", mnt],
+        st = json.loads(subprocess.run([os.path.join(BUILD, "viperctl"), "status", mnt, "--json"],
                                        capture_output=True, text=True, check=True).stdout)
     finally:
         subprocess.run(["fusermount3", "-u", mnt], capture_output=True)

@@ -1,0 +1,10 @@
+/* utab: umount(8) helper registration for viperfs mounts; see utab.c. */
+#ifndef VPFS_UTAB_H
+#define VPFS_UTAB_H
+
+/* Adds a utab entry (uhelper=viperfs) for the mount; logs and goes on if it cannot. */
+void vpfs_utab_add(const char *source, const char *mountpoint);
+/* Removes the entry again. */
+void vpfs_utab_remove(const char *mountpoint);
+
+#endif
