@@ -76,6 +76,7 @@ check-thread:
 bench: all
 	@$(PYTHON) tests/bench/bench.py $(BENCH_ARGS)
 	@$(PYTHON) tests/bench/bench_repl.py $(BENCH_ARGS)
+	@$(PYTHON) tests/bench/charts.py
 
 # The planner's real run: NT3-like CNN, actual CIL of each schedule (~3 min).
 plan-report: all

@@ -196,6 +196,27 @@ class Mount:
         subprocess.run(["fusermount3", "-uz", self.mnt], capture_output=True)
 
 
+def drop_utab_entries(base):
+    """Removes the umount(8) helper entries of this test's mounts that a killed daemon left."""
+    import fcntl
+    try:
+        lock = open("/run/mount/utab.lock", "a")
+    except OSError:
+        return
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            with open("/run/mount/utab") as f:
+                lines = f.readlines()
+        except OSError:
+            return
+        keep = [l for l in lines if " TARGET=%s/" % base not in l]
+        if keep != lines:
+            with open("/run/mount/utab.viperfs-test", "w") as f:
+                f.writelines(keep)
+            os.replace("/run/mount/utab.viperfs-test", "/run/mount/utab")
+
+
 class World:
     """Temporary directories, tmpfs mounts and viperfs mounts of one test."""
 
@@ -249,6 +270,13 @@ class World:
                 pass
             if m.sanitizer_report():
                 reports.append(m.sanitizer_report())
+        # mounts made by helpers the test killed (launchers, mount(8)): lazily detach
+        with open("/proc/self/mounts") as f:
+            stale = [l.split()[1] for l in f if l.split()[1].startswith(self.base + "/")
+                     and l.split()[2] == "fuse.viperfs"]
+        for p in reversed(stale):
+            subprocess.run(["fusermount3", "-uz", p], capture_output=True)
+        drop_utab_entries(self.base)
         for p in reversed(self.tmpfs):
             subprocess.run(["umount", "-l", p], capture_output=True)
         for n in self.nets:

@@ -1,0 +1,114 @@
+#!/usr/bin/env python3
+"""make bench, last step: the results as CSV and as PNG charts (gnuplot).
+
+Reads what bench.py and bench_repl.py left in bench-results/ and writes:
+  update_latency.csv / .png  update latency per version: viperfs with 1 and
+                             3 consumers, PFS+fsync with a 1 s poller, rsync
+  throughput.csv / .png      write and read throughput: viperfs, tmpfs, PFS
+Either input may be missing (a bench that was not run); its chart is skipped.
+"""
+import argparse
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+SERIES = [("vp1", "viperfs, 1 consumer"), ("vp3", "viperfs, 3 consumers"),
+          ("poll", "PFS+fsync, 1 s poll"), ("rsync", "rsync at close()")]
+
+
+def gnuplot(script, out):
+    r = subprocess.run(["gnuplot"], input=script, capture_output=True, text=True, timeout=120)
+    if r.returncode != 0:
+        raise RuntimeError("gnuplot failed for %s: %s" % (out, r.stderr))
+
+
+def latency_chart(res_dir):
+    src = os.path.join(res_dir, "bench_repl.json")
+    if not os.path.exists(src):
+        return None
+    with open(src) as f:
+        data = json.load(f)
+    samples = data["samples"]
+    runs = max(len(samples.get(k, [])) for k, _ in SERIES)
+    path = os.path.join(res_dir, "update_latency.csv")
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["version"] + [k for k, _ in SERIES])
+        for i in range(runs):
+            w.writerow([i + 1] + ["%.6f" % samples[k][i] if i < len(samples.get(k, [])) else ""
+                                  for k, _ in SERIES])
+    png = os.path.join(res_dir, "update_latency.png")
+    plots = ", ".join("'%s' using 1:%d with linespoints title '%s'" % (path, i + 2, title)
+                      for i, (_, title) in enumerate(SERIES))
+    gnuplot("""set terminal pngcairo size 900,500
+set output '%s'
+set datafile separator ','
+set key autotitle columnhead
+set title 'Update latency per version (%.2f GiB checkpoint, close() to last byte read)'
+set xlabel 'version'
+set xtics 1
+set ylabel 'seconds'
+set logscale y
+set grid
+plot %s
+""" % (png, data["size"] / (1 << 30), plots), png)
+    return path, png
+
+
+def throughput_chart(res_dir):
+    src = os.path.join(res_dir, "bench.csv")
+    if not os.path.exists(src):
+        return None
+    with open(src) as f:
+        rows = list(csv.DictReader(f))
+    path = os.path.join(res_dir, "throughput.csv")
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["case", "gb_per_s"])
+        for r in rows:
+            if r["metric"].startswith("stall"):
+                continue        # a latency, not a throughput
+            w.writerow([r["metric"].replace(",", ";"), r["gb_per_s"]])
+    png = os.path.join(res_dir, "throughput.png")
+    gnuplot("""set terminal pngcairo size 900,500
+set output '%s'
+set datafile separator ','
+set title 'Throughput: viperfs against tmpfs and the PFS directory (medians)'
+set style data histograms
+set style fill solid 0.8 border -1
+set boxwidth 0.8
+set ylabel 'GB/s'
+set xtics rotate by -30 scale 0 font ',9'
+set grid ytics
+set key off
+plot '%s' using 2:xtic(1) skip 1
+""" % (png, path), png)
+    return path, png
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dir", default=os.path.join(ROOT, "bench-results"))
+    a = ap.parse_args()
+    if not shutil.which("gnuplot"):
+        print("charts: gnuplot is missing (Debian: gnuplot-nox); CSV only", file=sys.stderr)
+    made = []
+    for fn in (latency_chart, throughput_chart):
+        try:
+            out = fn(a.dir)
+        except FileNotFoundError:
+            out = None
+        if out:
+            made += list(out)
+    for p in made:
+        print("wrote", os.path.relpath(p, ROOT) if p.startswith(ROOT) else p)
+    return 0 if made else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
