@@ -496,6 +496,34 @@ ssize_t vp_data_pread(struct vp_data *d, void *buf, size_t len, uint64_t off)
 	return (ssize_t)done;
 }
 
+int vp_data_chunk_hashes(struct vp_data *d, uint64_t *hashes, size_t n)
+{
+	int rc = 0;
+
+	pthread_mutex_lock(&d->lock);
+	for (size_t i = 0; i < n; i++) {
+		uint64_t start = (uint64_t)i * d->chunk_size, len;
+		struct vp_chunk *c = i < d->nslots ? d->slots[i] : NULL;
+
+		if (start >= d->size) {
+			hashes[i] = 0;
+			continue;
+		}
+		len = d->size - start < d->chunk_size ? d->size - start : d->chunk_size;
+		if (!c) {
+			if (d->backing_fd >= 0 && start < d->backing_limit) {
+				rc = -ENODATA;	/* on the PFS, not here */
+				break;
+			}
+			hashes[i] = 0;	/* a hole */
+			continue;
+		}
+		hashes[i] = XXH3_64bits(c->mem, (size_t)len);
+	}
+	pthread_mutex_unlock(&d->lock);
+	return rc;
+}
+
 int vp_data_checksum(struct vp_data *d, uint64_t *sum)
 {
 	XXH3_state_t *st = XXH3_createState();

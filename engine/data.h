@@ -123,6 +123,13 @@ const void *vp_data_chunk_mem(struct vp_data *d, size_t idx);
 /* Copies up to len bytes at off into buf.  Returns bytes or -errno. */
 ssize_t vp_data_pread(struct vp_data *d, void *buf, size_t len, uint64_t off);
 
+/*
+ * The xxh3-64 of each chunk's bytes (as far as the size goes) into
+ * hashes[0..n), 0 for a hole.  Every chunk must be resident.  Returns 0
+ * or -ENODATA.
+ */
+int vp_data_chunk_hashes(struct vp_data *d, uint64_t *hashes, size_t n);
+
 /* The xxh3-64 of the whole content.  Returns 0 or -errno. */
 int vp_data_checksum(struct vp_data *d, uint64_t *sum);
 

@@ -35,12 +35,15 @@ struct op {
 	int status;			/* 0 or -errno, protected by fab->lock */
 	unsigned int index;		/* recv/send buffer slot */
 	struct batch *batch;		/* reads */
+	size_t req;			/* reads: index in the request array */
 };
 
 struct batch {
 	unsigned int outstanding;	/* protected by fab->lock */
 	int failed;
 	struct batch *next;		/* on fab->orphans */
+	size_t ndone;			/* protected by fab->lock */
+	size_t done[];			/* requests completed, in order */
 };
 
 struct vp_fab_mr {
@@ -133,6 +136,8 @@ static void complete(struct vp_fab *fab, struct op *op, int status, size_t len)
 
 		if (status)
 			b->failed = status;
+		else
+			b->done[b->ndone++] = op->req;
 		b->outstanding--;
 		free(op);
 	} else {
@@ -486,10 +491,17 @@ int vp_fab_read(struct vp_fab *fab, vp_fab_addr src,
 		const struct vp_fab_read_req *reqs, size_t n, unsigned int inflight,
 		double deadline_s)
 {
-	struct batch *b = calloc(1, sizeof(*b));
+	return vp_fab_read_cb(fab, src, reqs, n, inflight, deadline_s, NULL, NULL);
+}
+
+int vp_fab_read_cb(struct vp_fab *fab, vp_fab_addr src,
+		   const struct vp_fab_read_req *reqs, size_t n, unsigned int inflight,
+		   double deadline_s, void (*done)(void *arg, size_t req), void *arg)
+{
+	struct batch *b = calloc(1, sizeof(*b) + n * sizeof(b->done[0]));
 	double deadline = vp_now() + deadline_s;
 	struct timespec ts;
-	size_t next = 0;
+	size_t next = 0, seen = 0;
 	int rc = 0;
 
 	if (!b)
@@ -498,9 +510,20 @@ int vp_fab_read(struct vp_fab *fab, vp_fab_addr src,
 		inflight = 1;
 	vp_abstime(&ts, deadline);
 	pthread_mutex_lock(&fab->lock);
-	while (next < n || b->outstanding) {
+	while (next < n || b->outstanding || seen < b->ndone) {
 		if (b->failed)
 			break;
+		if (seen < b->ndone) {
+			/* completed reads: the caller's work on them overlaps the next ones */
+			size_t upto = b->ndone;
+
+			pthread_mutex_unlock(&fab->lock);
+			for (; seen < upto; seen++)
+				if (done)
+					done(arg, b->done[seen]);
+			pthread_mutex_lock(&fab->lock);
+			continue;
+		}
 		if (next < n && b->outstanding < inflight) {
 			struct op *op = calloc(1, sizeof(*op));
 			int prc;
@@ -511,6 +534,7 @@ int vp_fab_read(struct vp_fab *fab, vp_fab_addr src,
 			}
 			op->kind = OP_READ;
 			op->batch = b;
+			op->req = next;
 			b->outstanding++;
 			pthread_mutex_unlock(&fab->lock);
 			prc = (int)fi_read(fab->ep, reqs[next].local, reqs[next].len,

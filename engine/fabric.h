@@ -100,6 +100,13 @@ struct vp_fab_read_req {
 int vp_fab_read(struct vp_fab *fab, vp_fab_addr src,
 		const struct vp_fab_read_req *reqs, size_t n, unsigned int inflight,
 		double deadline_s);
+/*
+ * vp_fab_read(), and done(arg, i) for each request i as it completes,
+ * called in the caller's thread while later reads are still in flight.
+ */
+int vp_fab_read_cb(struct vp_fab *fab, vp_fab_addr src,
+		   const struct vp_fab_read_req *reqs, size_t n, unsigned int inflight,
+		   double deadline_s, void (*done)(void *arg, size_t req), void *arg);
 
 /* Translates a -FI_E* code (or -errno) to -errno. */
 int vp_fab_errno(int fi_rc);

@@ -1020,6 +1020,19 @@ out_unlock:
 	return rc;
 }
 
+struct vp_data *vp_ns_path_data(struct vp_ns *ns, const char *path)
+{
+	struct vp_data *d = NULL;
+	struct vp_node *n;
+
+	pthread_mutex_lock(&ns->lock);
+	n = resolve_locked(ns, path);
+	if (n && n->type == VP_NODE_FILE && n->cur)
+		d = vp_data_get(n->cur);
+	pthread_mutex_unlock(&ns->lock);
+	return d;
+}
+
 uint64_t vp_ns_path_version(struct vp_ns *ns, const char *path)
 {
 	struct vp_node *n;

@@ -250,6 +250,8 @@ void vp_ns_unstage_install(struct vp_ns *ns, const char *path);
 int vp_ns_install_hidden(struct vp_ns *ns, const char *name, struct vp_data *d,
 			 uint64_t version, uint32_t mode);
 /* The version of the file at path, or UINT64_MAX if there is none. */
+/* The bytes of path's current version (a new reference), or NULL. */
+struct vp_data *vp_ns_path_data(struct vp_ns *ns, const char *path);
 uint64_t vp_ns_path_version(struct vp_ns *ns, const char *path);
 
 /*

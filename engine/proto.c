@@ -237,6 +237,7 @@ ssize_t vp_msg_encode(const struct vp_msg *m, void *buf, size_t len)
 		for (uint32_t i = 0; i < a->count; i++) {
 			put_u64(&w, a->chunk[i].addr);
 			put_u64(&w, a->chunk[i].key);
+			put_u64(&w, a->chunk[i].hash);
 		}
 		break;
 	}
@@ -355,11 +356,14 @@ int vp_msg_decode(const void *buf, size_t len, struct vp_msg *m,
 			r.err = "chunk range out of bounds";
 		else if ((a->mode & S_IFMT_MASK) != 0)
 			r.err = "mode has file type bits";
-		else if (a->count * 16ULL != len - r.off)
+		else if (a->count * 24ULL != len - r.off)
 			r.err = "chunk list length does not match";
 		for (uint32_t i = 0; !r.err && i < a->count; i++) {
 			a->chunk[i].addr = get_u64(&r);
 			a->chunk[i].key = get_u64(&r);
+			a->chunk[i].hash = get_u64(&r);
+			if (!a->chunk[i].key && a->chunk[i].hash)
+				r.err = "a hole with a hash";
 		}
 		break;
 	}

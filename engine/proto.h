@@ -34,13 +34,13 @@
 #include <sys/types.h>
 
 #define VP_PROTO_MAGIC 0x31525056u	/* "VPR1" */
-#define VP_PROTO_VERSION 1
+#define VP_PROTO_VERSION 2		/* 2: per-chunk hashes in ANNOUNCE */
 #define VP_PROTO_HDR 20
 #define VP_PROTO_NONCE 16
 #define VP_PROTO_MAC 32			/* HMAC-SHA256 */
 #define VP_PROTO_NAME_MAX 64		/* endpoint names */
 #define VP_PROTO_MAX_FILE (1ULL << 44)
-#define VP_PROTO_CHUNKS_PER_MSG 2048	/* 32 KiB of chunk descriptors */
+#define VP_PROTO_CHUNKS_PER_MSG 2048	/* 48 KiB of chunk descriptors */
 
 enum vp_msg_type {
 	VP_MSG_HELLO = 1, VP_MSG_CHALLENGE, VP_MSG_AUTH, VP_MSG_WELCOME,
@@ -56,6 +56,7 @@ enum vp_op_kind { VP_OP_MKDIR = 1, VP_OP_RENAME, VP_OP_UNLINK, VP_OP_RMDIR,
 struct vp_chunk_ref {
 	uint64_t addr;
 	uint64_t key;		/* 0: a hole, reads as zeros */
+	uint64_t hash;		/* xxh3-64 of the chunk's bytes (0 for a hole) */
 };
 
 struct vp_msg {

@@ -19,6 +19,7 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+#include <xxhash.h>
 
 #include "clock.h"
 #include "data.h"
@@ -116,7 +117,7 @@ struct vp_repl {
 	struct vp_msg *asm_msg;		/* ANNOUNCE being assembled */
 	struct vp_chunk_ref *asm_refs;
 	uint32_t asm_got;
-	uint64_t installed, skipped, bytes_in, checksum_errors;
+	uint64_t installed, skipped, bytes_in, bytes_reused, checksum_errors;
 	char **seen;			/* paths the running catch-up named */
 	size_t nseen, cap_seen;
 	int syncing;			/* between WELCOME and SYNC_END */
@@ -352,6 +353,16 @@ void vp_repl_note_version_locked(struct vp_repl *r, const char *path,
 }
 
 /*
+ * A version's checksum: the xxh3 of its chunk hashes, seeded with the
+ * size.  Each chunk is checked on arrival against its own hash, and the
+ * list of hashes against this, so no second pass over the bytes is needed.
+ */
+static uint64_t list_checksum(const uint64_t *hashes, uint32_t n, uint64_t size)
+{
+	return XXH3_64bits_withSeed(hashes, (size_t)n * sizeof(*hashes), size);
+}
+
+/*
  * Encodes the ANNOUNCE messages of a version (several for big files) and
  * queues them on every active peer (or only on one, for a catch-up).
  * Called with no lock held; takes r->lock to queue.
@@ -366,6 +377,7 @@ static int announce(struct vp_repl *r, const char *path, struct vp_data *d,
 	uint32_t nchunks = (uint32_t)((size + chunk - 1) / chunk);
 	struct pin *pin;
 	unsigned int npeers = 0;
+	uint64_t *hashes = NULL;
 	int rc;
 
 	if (!m)
@@ -376,11 +388,14 @@ static int announce(struct vp_repl *r, const char *path, struct vp_data *d,
 		free(m);
 		return -ENODATA;
 	}
-	rc = vp_data_checksum(d, &checksum);
+	hashes = calloc(nchunks ? nchunks : 1, sizeof(*hashes));
+	rc = hashes ? vp_data_chunk_hashes(d, hashes, nchunks) : -ENOMEM;
 	if (rc) {
+		free(hashes);
 		free(m);
 		return rc;
 	}
+	checksum = list_checksum(hashes, nchunks, size);
 	pthread_mutex_lock(&r->lock);
 	seq = ++r->seq;
 	pthread_mutex_unlock(&r->lock);
@@ -397,6 +412,7 @@ static int announce(struct vp_repl *r, const char *path, struct vp_data *d,
 
 	pin = calloc(1, sizeof(*pin));
 	if (!pin) {
+		free(hashes);
 		free(m);
 		return -ENOMEM;
 	}
@@ -420,6 +436,7 @@ static int announce(struct vp_repl *r, const char *path, struct vp_data *d,
 				break;
 			}
 			m->u.announce.chunk[i].key = s ? s->key : 0;
+			m->u.announce.chunk[i].hash = s ? hashes[first + i] : 0;
 			m->u.announce.chunk[i].addr = s ? s->raddr + (uint64_t)((const char *)mem - s->base) : 0;
 		}
 		if (rc)
@@ -445,6 +462,7 @@ static int announce(struct vp_repl *r, const char *path, struct vp_data *d,
 		r->pins = pin;
 		pin = NULL;
 	}
+	free(hashes);
 	pthread_cond_signal(&r->cond);
 	pthread_mutex_unlock(&r->lock);
 	if (pin) {
@@ -1041,13 +1059,35 @@ static int newer_queued(struct vp_repl *r, const char *path, uint64_t version)
 	return found;
 }
 
+/* Checks each fetched chunk against its hash as it lands, while the next reads are in flight. */
+struct verify {
+	struct vp_repl *r;
+	const struct vp_fab_read_req *reqs;
+	const uint32_t *fetched;	/* request -> chunk index */
+	int bad;
+	uint32_t bad_idx;
+};
+
+static void verify_chunk(void *arg, size_t req)
+{
+	struct verify *v = arg;
+	uint32_t idx = v->fetched[req];
+
+	if (!v->bad && XXH3_64bits(v->reqs[req].local, v->reqs[req].len) !=
+	    v->r->asm_refs[idx].hash) {
+		v->bad = 1;
+		v->bad_idx = idx;
+	}
+}
+
 static void consumer_announce(struct vp_repl *r, struct vp_msg *m)
 {
 	typeof(m->u.announce) *a = &m->u.announce;
 	struct vp_fab_read_req *reqs = NULL;
 	void **mem = NULL;
-	struct vp_data *d = NULL;
-	uint64_t have, sum;
+	struct vp_data *d = NULL, *old = NULL;
+	uint64_t have, sum, old_size, reused = 0;
+	uint32_t *fetched = NULL;
 	size_t nreq = 0;
 	double t0, t_in;
 	int rc = 0;
@@ -1089,14 +1129,34 @@ static void consumer_announce(struct vp_repl *r, struct vp_msg *m)
 	t0 = vp_now();
 	vp_log(LOG_INFO, "repl", "fetching '%s' version %" PRIu64 " (%" PRIu64 " bytes)",
 	       a->path, a->version, a->size);
+	{
+		uint64_t *hashes = malloc((a->nchunks ? a->nchunks : 1) * sizeof(*hashes));
+
+		for (uint32_t i = 0; hashes && i < a->nchunks; i++)
+			hashes[i] = r->asm_refs[i].hash;
+		sum = hashes ? list_checksum(hashes, a->nchunks, a->size) : 0;
+		free(hashes);
+		if (sum != a->checksum) {
+			r->checksum_errors++;
+			vp_log(LOG_ERR, "repl", "'%s' version %" PRIu64 ": the chunk list does not match its checksum; not installed",
+			       a->path, a->version);
+			rc = -EIO;
+			goto fail;
+		}
+	}
 	mem = calloc(a->nchunks ? a->nchunks : 1, sizeof(*mem));
 	reqs = calloc(a->nchunks ? a->nchunks : 1, sizeof(*reqs));
-	if (!mem || !reqs) {
+	fetched = calloc(a->nchunks ? a->nchunks : 1, sizeof(*fetched));
+	if (!mem || !reqs || !fetched) {
 		rc = -ENOMEM;
 		goto fail;
 	}
+	/* chunks the version we hold already has (same hash): copied here, not fetched */
+	old = vp_ns_path_data(r->ns, a->path);
+	old_size = old ? vp_data_size(old) : 0;
 	for (uint32_t i = 0; i < a->nchunks; i++) {
-		uint64_t len = a->size - (uint64_t)i * a->chunk_size;
+		uint64_t start = (uint64_t)i * a->chunk_size, len = a->size - start;
+		const void *have_mem;
 		struct slab_mr *s;
 		int err;
 
@@ -1109,11 +1169,18 @@ static void consumer_announce(struct vp_repl *r, struct vp_msg *m)
 			rc = err;
 			goto fail;
 		}
+		have_mem = old && old_size >= start + len ? vp_data_chunk_mem(old, i) : NULL;
+		if (have_mem && XXH3_64bits(have_mem, (size_t)len) == r->asm_refs[i].hash) {
+			memcpy(mem[i], have_mem, (size_t)len);
+			reused += len;
+			continue;
+		}
 		s = slab_of(r, mem[i]);
 		if (!s) {
 			rc = -EFAULT;
 			goto fail;
 		}
+		fetched[nreq] = i;
 		reqs[nreq].mr = s->mr;
 		reqs[nreq].local = mem[i];
 		reqs[nreq].len = (size_t)len;
@@ -1121,8 +1188,20 @@ static void consumer_announce(struct vp_repl *r, struct vp_msg *m)
 		reqs[nreq].key = r->asm_refs[i].key;
 		nreq++;
 	}
-	rc = vp_fab_read(r->fab, r->producer, reqs, nreq, r->cfg.repl_inflight,
-			 r->cfg.peer_timeout + (double)a->size / 50e6);
+	vp_data_put(old);
+	old = NULL;
+	{
+		struct verify v = { .r = r, .reqs = reqs, .fetched = fetched };
+
+		rc = vp_fab_read_cb(r->fab, r->producer, reqs, nreq, r->cfg.repl_inflight,
+				    r->cfg.peer_timeout + (double)a->size / 50e6, verify_chunk, &v);
+		if (!rc && v.bad) {
+			r->checksum_errors++;
+			vp_log(LOG_ERR, "repl", "'%s' version %" PRIu64 ": chunk %u does not match its hash; not installed",
+			       a->path, a->version, v.bad_idx);
+			rc = -EIO;
+		}
+	}
 	if (rc)
 		goto fail;
 	d = vp_data_adopt(r->pool, mem, a->nchunks, a->size);
@@ -1132,16 +1211,10 @@ static void consumer_announce(struct vp_repl *r, struct vp_msg *m)
 		rc = -ENOMEM;
 		goto fail;
 	}
-	if (vp_data_checksum(d, &sum) || sum != a->checksum) {
-		r->checksum_errors++;
-		vp_log(LOG_ERR, "repl", "'%s' version %" PRIu64 ": checksum mismatch; not installed",
-		       a->path, a->version);
-		rc = -EIO;
-		goto fail;
-	}
 	r->last_transfer_s = vp_now() - t0;
-	r->bytes_in += a->size;
-	vp_metrics_add(VP_C_BYTES_REPL_IN, a->size);
+	r->bytes_in += a->size - reused;
+	r->bytes_reused += reused;
+	vp_metrics_add(VP_C_BYTES_REPL_IN, a->size - reused);
 	t_in = vp_now();
 	rc = install(r, a->path, d, a->version, a->mode, a->seq);
 	if (rc) {
@@ -1152,8 +1225,8 @@ static void consumer_announce(struct vp_repl *r, struct vp_msg *m)
 	r->installed++;
 	vp_metrics_notify_latency(vp_now() - t_in);
 	vp_metrics_add(VP_C_VERSIONS, 1);
-	vp_log(LOG_INFO, "repl", "'%s' version %" PRIu64 " installed (%" PRIu64 " bytes in %.3f s)",
-	       a->path, a->version, a->size, r->last_transfer_s);
+	vp_log(LOG_INFO, "repl", "'%s' version %" PRIu64 " installed (%" PRIu64 " bytes in %.3f s, %" PRIu64 " of them unchanged and not fetched)",
+	       a->path, a->version, a->size, r->last_transfer_s, reused);
 	say_done(r, a->seq, a->version, 0);
 	goto out_free;
 fail:
@@ -1168,6 +1241,8 @@ out_free:
 				vp_pool_put_chunk(r->pool, mem[i]);
 	free(mem);
 	free(reqs);
+	free(fetched);
+	vp_data_put(old);
 	vp_data_put(d);
 drop:
 	free(r->asm_refs);
@@ -1558,11 +1633,11 @@ void vp_repl_status_json(struct vp_repl *r, FILE *out)
 	pthread_mutex_lock(&r->lock);
 	if (r->consumer) {
 		fprintf(out, "{\"role\":\"consumer\",\"provider\":\"%s\",\"producer\":\"%s\",\"state\":\"%s\","
-			"\"installed\":%" PRIu64 ",\"skipped\":%" PRIu64 ",\"bytes_in\":%" PRIu64
+			"\"installed\":%" PRIu64 ",\"skipped\":%" PRIu64 ",\"bytes_in\":%" PRIu64 ",\"bytes_reused\":%" PRIu64
 			",\"checksum_errors\":%" PRIu64 ",\"last_transfer_s\":%.6f"
 			",\"last_heard_s\":%.3f}",
 			vp_fab_provider(r->fab), r->cfg.subscribe, consumer_state(r),
-			r->installed, r->skipped, r->bytes_in, r->checksum_errors,
+			r->installed, r->skipped, r->bytes_in, r->bytes_reused, r->checksum_errors,
 			r->last_transfer_s, r->last_heard > 0 ? now - r->last_heard : -1.0);
 	} else {
 		int first = 1;

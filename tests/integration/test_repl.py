@@ -13,7 +13,7 @@ import time
 import pytest
 import torch
 
-from conftest import read, write
+from conftest import VIPERCTL, read, write
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -341,3 +341,35 @@ def test_a_consumer_that_falls_behind_skips_to_the_latest(world):
     assert st["installed"] < 20 and st["installed"] + st["skipped"] <= 20 + 1
     versions = [int(v) for v in __import__("re").findall(r"'fast.bin' version (\d+) installed", c1.read_log())]
     assert versions == sorted(versions) and versions[-1] == 20
+
+
+def test_unchanged_chunks_are_not_fetched_again(world):
+    """Per-chunk hashes: a new version moves only the 1 MiB chunks that changed."""
+    net, prod, (c1,) = cluster(world, consumers=1)
+    wait_for(lambda: subscribed(prod, 1), what="the consumer subscribed")
+    base = bytearray(os.urandom(8 << 20))
+    write(prod.path("frozen.bin"), bytes(base))
+    r = subprocess.run([VIPERCTL, "wait", c1.path("frozen.bin"), "--newer-than", "0", "--timeout", "60"],
+                       capture_output=True, text=True, timeout=90)
+    assert r.returncode == 0, r.stderr
+    before = status(c1)["repl"]["bytes_in"]
+    assert before == len(base)
+    # a fine-tune that touches two chunks (a frozen backbone): the whole file is rewritten
+    base[(3 << 20) + 5] ^= 0xff
+    base[(6 << 20):(6 << 20) + 100] = os.urandom(100)
+    write(prod.path("frozen.bin"), bytes(base))
+    r = subprocess.run([VIPERCTL, "wait", c1.path("frozen.bin"), "--newer-than", "1", "--timeout", "60"],
+                       capture_output=True, text=True, timeout=90)
+    assert r.returncode == 0, r.stderr
+    assert read(c1.path("frozen.bin")) == bytes(base)
+    st = status(c1)["repl"]
+    assert st["bytes_in"] - before == 2 << 20
+    assert st["bytes_reused"] == 6 << 20
+    # a size change: the chunks before the new tail still match
+    base += os.urandom(12345)
+    write(prod.path("frozen.bin"), bytes(base))
+    r = subprocess.run([VIPERCTL, "wait", c1.path("frozen.bin"), "--newer-than", "2", "--timeout", "60"],
+                       capture_output=True, text=True, timeout=90)
+    assert r.returncode == 0, r.stderr
+    assert read(c1.path("frozen.bin")) == bytes(base)
+    assert status(c1)["repl"]["bytes_in"] - before == (2 << 20) + 12345

@@ -56,15 +56,30 @@ static void test_roundtrips(void **state)
 	for (int i = 0; i < 3; i++) {
 		m->u.announce.chunk[i].addr = 0x7f0000000000ULL + (uint64_t)i;
 		m->u.announce.chunk[i].key = (uint64_t)i * 11;
+		m->u.announce.chunk[i].hash = i ? 0x9e3779b97f4a7c15ULL * (uint64_t)i : 0;
 	}
 	d = roundtrip(m);
+	assert_true(d->u.announce.chunk[2].hash == 0x9e3779b97f4a7c15ULL * 2);
 	assert_int_equal(d->u.announce.size, m->u.announce.size);
 	assert_int_equal(d->u.announce.mtime_ns, -5);
 	assert_string_equal(d->u.announce.path, "run/ckpt-1/model.pt");
 	assert_int_equal(d->u.announce.chunk[2].addr, 0x7f0000000002ULL);
 	assert_int_equal(d->u.announce.chunk[2].key, 22);
-	free(m);
 	free(d);
+
+	/* a hole (key 0) that claims a hash is a forged list */
+	m->u.announce.chunk[0].hash = 1;
+	{
+		struct vp_msg *out = calloc(1, sizeof(*out));
+		const char *why = NULL;
+		ssize_t n = vp_msg_encode(m, buf, sizeof(buf));
+
+		assert_true(n > 0);
+		assert_int_equal(vp_msg_decode(buf, (size_t)n, out, &why), -EBADMSG);
+		assert_string_equal(why, "a hole with a hash");
+		free(out);
+	}
+	free(m);
 
 	m = msg_new(VP_MSG_OP);
 	m->u.op.kind = VP_OP_SYMLINK;
