@@ -5,7 +5,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
-#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,6 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "accept.h"
 #include "clock.h"
 #include "log.h"
 #include "ns.h"
@@ -262,23 +262,12 @@ static void *accept_main(void *arg)
 	struct vp_ctl *ctl = arg;
 
 	for (;;) {
-		struct pollfd pfd[2] = {
-			{ .fd = ctl->listen_fd, .events = POLLIN },
-			{ .fd = ctl->stop_pipe[0], .events = POLLIN },
-		};
+		int fd = vp_accept_until(ctl->listen_fd, ctl->stop_pipe[0]);
 		struct conn *c;
 		pthread_t t;
-		int fd;
 
-		if (poll(pfd, 2, -1) < 0 && errno != EINTR)
-			break;
-		if (pfd[1].revents)
-			break;
-		if (!(pfd[0].revents & POLLIN))
-			continue;
-		fd = accept4(ctl->listen_fd, NULL, NULL, SOCK_CLOEXEC);
 		if (fd < 0)
-			continue;
+			break;
 		c = malloc(sizeof(*c));
 		if (!c) {
 			close(fd);

@@ -5,7 +5,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
-#include <poll.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,6 +12,7 @@
 #include <sys/time.h>
 #include <unistd.h>
 
+#include "accept.h"
 #include "log.h"
 
 /* Upper bounds of the latency buckets, seconds; +Inf is implied. */
@@ -221,21 +221,10 @@ static void *server_main(void *arg)
 	struct vp_metrics_server *srv = arg;
 
 	for (;;) {
-		struct pollfd pfd[2] = {
-			{ .fd = srv->listen_fd, .events = POLLIN },
-			{ .fd = srv->stop_pipe[0], .events = POLLIN },
-		};
-		int fd;
+		int fd = vp_accept_until(srv->listen_fd, srv->stop_pipe[0]);
 
-		if (poll(pfd, 2, -1) < 0 && errno != EINTR)
-			break;
-		if (pfd[1].revents)
-			break;
-		if (!(pfd[0].revents & POLLIN))
-			continue;
-		fd = accept4(srv->listen_fd, NULL, NULL, SOCK_CLOEXEC);
 		if (fd < 0)
-			continue;
+			break;
 		serve_one(srv, fd);
 		close(fd);
 	}
