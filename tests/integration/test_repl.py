@@ -134,6 +134,7 @@ def test_torch_versions_reach_consumers_with_inotify_events(world):
     # 4. an unlink
     write(prod.path("old.bin"), b"x")
     os.unlink(prod.path("old.bin"))
+    write(prod.path("marker"), b"m")
 
     try:
         ev = lines_until(watcher, lambda l: l.startswith("DELETE") and l.endswith("/old.bin"))
@@ -148,8 +149,10 @@ def test_torch_versions_reach_consumers_with_inotify_events(world):
     assert ev.index("MOVED_TO,ISDIR %s/ckpt-1" % m2) > ev.index("MOVED_TO %s/model.pt" % m2)
     # every byte equal on both consumers, versions numbered as on the producer
     for c in (c1, c2):
-        wait_for(lambda: not os.path.exists(c.path("old.bin")) and
-                 os.path.exists(c.path("ckpt-1", "weights.bin")), what="%s caught up" % c.mnt)
+        # changes arrive in order: once the marker written after the unlink is there, all is
+        r = subprocess.run([VIPERCTL, "wait", c.path("marker"), "--newer-than", "0", "--timeout", "60"],
+                           capture_output=True, text=True, timeout=90)
+        assert r.returncode == 0, r.stderr
         assert sha(c.path("model.pt")) == want2
         assert read(c.path("ckpt-1", "weights.bin")) == blob
         assert read(c.path("ckpt-1", "config.json")) == b'{"layers": 2}'
