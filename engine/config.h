@@ -59,6 +59,7 @@ struct vp_config {
 	char secret_file[PATH_MAX];	/* shared secret for peer authentication */
 	char fabric_provider[64];	/* libfabric provider, empty: $FI_PROVIDER or tcp;ofi_rxm */
 	unsigned int repl_inflight;	/* RMA reads in flight per transfer */
+	uint64_t repl_stream;		/* producer: preview a file every this many bytes written, 0: off */
 	double peer_timeout;		/* seconds of silence before a peer is dead */
 	char on_update[PATH_MAX];	/* command run for each new version */
 	char metrics[256];		/* ADDR:PORT for Prometheus, empty: off */

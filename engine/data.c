@@ -15,6 +15,13 @@
 struct vp_chunk {
 	int refs;		/* atomic */
 	void *mem;		/* from the pool, chunk_size bytes */
+	/*
+	 * Cached xxh3 of the first hash_len - 1 bytes; hash_len 0: none.
+	 * Set once the chunk is shared (immutable), cleared by the one owner
+	 * before it writes.  Atomic: two datas sharing it may hash at once.
+	 */
+	uint64_t hash;
+	uint64_t hash_len;
 };
 
 /* Largest file: 16 TiB with 1 MiB chunks keeps slot arrays sane. */
@@ -38,6 +45,7 @@ static struct vp_chunk *chunk_new(struct vp_pool *pool, double wait_s,
 		return NULL;
 	}
 	c->refs = 1;
+	c->hash_len = 0;
 	return c;
 }
 
@@ -242,8 +250,10 @@ static int own_chunk_locked(struct vp_data *d, size_t idx, int whole,
 	struct vp_chunk *old = d->slots[idx], *c;
 	int err;
 
-	if (old && __atomic_load_n(&old->refs, __ATOMIC_ACQUIRE) == 1)
+	if (old && __atomic_load_n(&old->refs, __ATOMIC_ACQUIRE) == 1) {
+		__atomic_store_n(&old->hash_len, 0, __ATOMIC_RELEASE);	/* about to change */
 		return 0;
+	}
 	c = chunk_new(d->pool, wait_s, &err);
 	if (!c)
 		return err;
@@ -441,7 +451,7 @@ struct vp_data *vp_data_adopt(struct vp_pool *pool, void **mem, size_t n,
 
 		if (!mem[i])
 			continue;
-		c = malloc(sizeof(*c));
+		c = calloc(1, sizeof(*c));
 		if (!c)
 			goto err;
 		c->refs = 1;
@@ -518,7 +528,13 @@ int vp_data_chunk_hashes(struct vp_data *d, uint64_t *hashes, size_t n)
 			hashes[i] = 0;	/* a hole */
 			continue;
 		}
+		if (__atomic_load_n(&c->hash_len, __ATOMIC_ACQUIRE) == len + 1) {
+			hashes[i] = __atomic_load_n(&c->hash, __ATOMIC_RELAXED);
+			continue;
+		}
 		hashes[i] = XXH3_64bits(c->mem, (size_t)len);
+		__atomic_store_n(&c->hash, hashes[i], __ATOMIC_RELAXED);
+		__atomic_store_n(&c->hash_len, len + 1, __ATOMIC_RELEASE);
 	}
 	pthread_mutex_unlock(&d->lock);
 	return rc;

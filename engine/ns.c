@@ -1325,6 +1325,7 @@ static int commit_locked(struct vp_ns *ns, struct vp_node *n,
 	n->size = vp_data_size(bytes);
 	n->version++;
 	n->mtime = n->ctime = wall_now();
+	__atomic_store_n(&n->streamed, 0, __ATOMIC_RELAXED);	/* the next version streams anew */
 	ns->st_commits++;
 	vp_metrics_add(VP_C_VERSIONS, 1);
 	record_event_locked(ns, n);
@@ -1769,6 +1770,26 @@ int vp_ns_statfs(struct vp_ns *ns, struct statvfs *sv)
 
 /* ---- files ----------------------------------------------------------- */
 
+/* The process (thread group) of thread tid, from /proc; 0 if unknown. */
+static pid_t tgid_of(pid_t tid)
+{
+	char path[64], line[128];
+	pid_t tgid = 0;
+	FILE *f;
+
+	if (tid <= 0)
+		return 0;
+	snprintf(path, sizeof(path), "/proc/%d/status", (int)tid);
+	f = fopen(path, "re");
+	if (!f)
+		return 0;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "Tgid: %d", &tgid) == 1)
+			break;
+	fclose(f);
+	return tgid;
+}
+
 static struct vp_handle *handle_new(struct vp_ns *ns, struct vp_node *n,
 				    struct vp_data *d, int writable)
 {
@@ -1776,6 +1797,8 @@ static struct vp_handle *handle_new(struct vp_ns *ns, struct vp_node *n,
 
 	if (!h)
 		return NULL;
+	if (writable)
+		h->owner = tgid_of(caller_tid);
 	__atomic_add_fetch(&ns->open_handles, 1, __ATOMIC_RELAXED);
 	vp_node_get(n);
 	h->node = n;
@@ -2029,6 +2052,45 @@ int vp_ns_release(struct vp_ns *ns, struct vp_handle *h)
 	return 0;
 }
 
+/*
+ * Streaming: once the working copy has grown repl_stream bytes past what
+ * was last offered, consumers get a preview of its finished chunks (a COW
+ * snapshot: the writer copies a chunk before it changes one the snapshot
+ * holds).  No locks held; the CAS keeps concurrent writers to one preview.
+ */
+static void maybe_preview(struct vp_ns *ns, struct vp_handle *h)
+{
+	struct vp_node *n = h->node;
+	uint64_t size, done, full, chunk, version;
+	char path[PATH_MAX];
+	struct vp_data *snap;
+	uint32_t mode;
+
+	if (!ns->repl || ns->replica || !ns->cfg.repl_stream)
+		return;
+	size = vp_data_size(h->data);
+	done = __atomic_load_n(&n->streamed, __ATOMIC_RELAXED);
+	if (size < done + ns->cfg.repl_stream)
+		return;
+	chunk = vp_pool_chunk_size(ns->pool);
+	full = size / chunk * chunk;
+	if (full <= done ||
+	    !__atomic_compare_exchange_n(&n->streamed, &done, full, 0,
+					 __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+		return;
+	pthread_mutex_lock(&ns->lock);
+	if (!n->parent || live_path_locked(ns, n, path, sizeof(path))) {
+		pthread_mutex_unlock(&ns->lock);
+		return;
+	}
+	version = n->version + 1;
+	mode = n->mode;
+	pthread_mutex_unlock(&ns->lock);
+	snap = vp_data_clone(h->data);
+	if (snap)
+		vp_repl_note_preview(ns->repl, path, snap, version, mode);
+}
+
 ssize_t vp_ns_write(struct vp_ns *ns, struct vp_handle *h, const void *buf,
 		    size_t len, uint64_t off)
 {
@@ -2038,6 +2100,7 @@ ssize_t vp_ns_write(struct vp_ns *ns, struct vp_handle *h, const void *buf,
 		return -EBADF;
 	n = vp_data_write(h->data, buf, len, off, ns->cfg.cache_wait);
 	if (n > 0) {
+		maybe_preview(ns, h);
 		__atomic_store_n(&h->node->dirty, 1, __ATOMIC_RELEASE);
 		__atomic_add_fetch(&ns->st_bytes_written, (uint64_t)n, __ATOMIC_RELAXED);
 		vp_metrics_add(VP_C_BYTES_WRITTEN, (uint64_t)n);
@@ -2095,9 +2158,19 @@ static int commit_snapshot(struct vp_ns *ns, struct vp_handle *h)
 
 int vp_ns_flush(struct vp_ns *ns, struct vp_handle *h)
 {
+	pid_t tgid;
 	int last;
 
 	if (!h->writable)
+		return 0;
+	/*
+	 * FLUSH comes with every close() of a descriptor, also of copies a
+	 * child inherited (fork, close-on-exec at exec, a DataLoader worker
+	 * exiting): those must not commit a half-written file.  Only the
+	 * opening process's close commits here; the rest wait for RELEASE.
+	 */
+	tgid = tgid_of(caller_tid);
+	if (h->owner && tgid && tgid != h->owner)
 		return 0;
 	pthread_mutex_lock(&ns->lock);
 	last = h->node->writers == 1;

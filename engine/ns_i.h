@@ -70,6 +70,7 @@ struct vp_node {
 	uint64_t kcache_version;	/* version the kernel page cache may hold */
 	struct flush_op *pending;	/* queued DATA entry not yet started */
 	uint64_t flushing_version;	/* version being written, or VP_NO_VERSION */
+	uint64_t streamed;		/* atomic: bytes of the working copy previewed to consumers */
 	struct vp_node *lru_prev, *lru_next;	/* clean, evictable */
 	int in_lru;
 };
@@ -78,6 +79,7 @@ struct vp_handle {
 	struct vp_node *node;		/* holds a ref */
 	struct vp_data *data;		/* holds a ref: the bytes this handle sees */
 	int writable;
+	pid_t owner;			/* writable: the opening process, 0 if unknown */
 };
 
 struct install {

@@ -221,13 +221,16 @@ ssize_t vp_msg_encode(const struct vp_msg *m, void *buf, size_t len)
 		if (vp_proto_check_path(a->path) ||
 		    !chunk_layout_ok(a->size, a->chunk_size, a->nchunks) ||
 		    a->count > VP_PROTO_CHUNKS_PER_MSG ||
-		    (uint64_t)a->first + a->count > a->nchunks)
+		    (uint64_t)a->first + a->count > a->nchunks ||
+		    (a->flags & ~VP_ANNOUNCE_PREVIEW) ||
+		    ((a->flags & VP_ANNOUNCE_PREVIEW) && a->size % a->chunk_size))
 			return -EINVAL;
 		put_u64(&w, a->seq);
 		put_u64(&w, a->version);
 		put_u64(&w, a->size);
 		put_u64(&w, a->checksum);
 		put_u32(&w, a->mode);
+		put_u32(&w, a->flags);
 		put_u64(&w, (uint64_t)a->mtime_ns);
 		put_u32(&w, a->chunk_size);
 		put_u32(&w, a->nchunks);
@@ -339,6 +342,7 @@ int vp_msg_decode(const void *buf, size_t len, struct vp_msg *m,
 		a->size = get_u64(&r);
 		a->checksum = get_u64(&r);
 		a->mode = get_u32(&r);
+		a->flags = get_u32(&r);
 		a->mtime_ns = (int64_t)get_u64(&r);
 		a->chunk_size = get_u32(&r);
 		a->nchunks = get_u32(&r);
@@ -356,6 +360,10 @@ int vp_msg_decode(const void *buf, size_t len, struct vp_msg *m,
 			r.err = "chunk range out of bounds";
 		else if ((a->mode & S_IFMT_MASK) != 0)
 			r.err = "mode has file type bits";
+		else if (a->flags & ~VP_ANNOUNCE_PREVIEW)
+			r.err = "unknown announce flags";
+		else if ((a->flags & VP_ANNOUNCE_PREVIEW) && a->size % a->chunk_size)
+			r.err = "a preview covers whole chunks only";
 		else if (a->count * 24ULL != len - r.off)
 			r.err = "chunk list length does not match";
 		for (uint32_t i = 0; !r.err && i < a->count; i++) {

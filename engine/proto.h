@@ -53,6 +53,14 @@ enum vp_op_kind { VP_OP_MKDIR = 1, VP_OP_RENAME, VP_OP_UNLINK, VP_OP_RMDIR,
 		  VP_OP_KEEP,	/* catch-up: the path exists on the producer (e.g. on the PFS only) */
 };
 
+/*
+ * ANNOUNCE flags.  PREVIEW: the full chunks written so far of a version
+ * still being written (size is a multiple of chunk_size); a consumer may
+ * fetch them early, never installs them, and keeps those whose hash still
+ * matches when the version itself is announced.
+ */
+#define VP_ANNOUNCE_PREVIEW 1u
+
 struct vp_chunk_ref {
 	uint64_t addr;
 	uint64_t key;		/* 0: a hole, reads as zeros */
@@ -82,6 +90,7 @@ struct vp_msg {
 		struct {
 			uint64_t seq, version, size, checksum;
 			uint32_t mode;
+			uint32_t flags;		/* VP_ANNOUNCE_* */
 			int64_t mtime_ns;
 			uint32_t chunk_size, nchunks, first, count;
 			char path[PATH_MAX];

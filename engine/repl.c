@@ -41,6 +41,7 @@ struct qmsg {			/* a message, raw, queued */
 struct event {			/* producer: a change to ship, in order */
 	struct event *next;
 	int is_version;
+	int is_preview;		/* with is_version: finished chunks of a version being written */
 	enum vp_op_kind kind;
 	char *path, *path2;
 	uint32_t mode;
@@ -122,6 +123,23 @@ struct vp_repl {
 	size_t nseen, cap_seen;
 	int syncing;			/* between WELCOME and SYNC_END */
 	double last_transfer_s;
+	struct prefetch *prefetch;	/* chunks of versions still being written */
+	uint64_t bytes_streamed;	/* fetched from previews */
+	uint64_t bytes_streamed_used;	/* of those, still valid at the version's commit */
+};
+
+/*
+ * Consumer: the chunks a producer previewed of a version it is still
+ * writing, by path.  The version's ANNOUNCE takes every chunk whose hash
+ * still matches; the rest are fetched then.  Repl thread only.
+ */
+struct prefetch {
+	struct prefetch *next;
+	char *path;
+	uint64_t version;
+	uint32_t n;			/* slots in mem and hash */
+	void **mem;			/* pool chunks, or NULL */
+	uint64_t *hash;			/* of each chunk in mem */
 };
 
 /* ---- authentication --------------------------------------------------- */
@@ -320,6 +338,23 @@ void vp_repl_note_op_locked(struct vp_repl *r, enum vp_op_kind kind,
 	event_append(r, e);
 }
 
+/*
+ * Latest wins: queued, unsent versions and previews of path are dropped;
+ * with previews_only, only previews (a preview never replaces a version).
+ */
+static void drop_queued_versions(struct vp_repl *r, const char *path, int previews_only)
+{
+	pthread_mutex_lock(&r->lock);
+	for (struct event *o = r->ev_head; o; o = o->next) {
+		if (o->is_version && o->data && !strcmp(o->path, path) &&
+		    (o->is_preview || !previews_only)) {
+			vp_data_put(o->data);
+			o->data = NULL;
+		}
+	}
+	pthread_mutex_unlock(&r->lock);
+}
+
 void vp_repl_note_version_locked(struct vp_repl *r, const char *path,
 				 struct vp_data *d, uint64_t version,
 				 uint32_t mode, int64_t mtime_ns)
@@ -340,15 +375,30 @@ void vp_repl_note_version_locked(struct vp_repl *r, const char *path,
 	e->version = version;
 	e->mode = mode & 07777;
 	e->mtime_ns = mtime_ns;
-	pthread_mutex_lock(&r->lock);
-	/* latest wins: a queued, unsent version of the same path is dropped */
-	for (struct event *o = r->ev_head; o; o = o->next) {
-		if (o->is_version && o->data && !strcmp(o->path, path)) {
-			vp_data_put(o->data);
-			o->data = NULL;
-		}
+	drop_queued_versions(r, path, 0);
+	event_append(r, e);
+}
+
+void vp_repl_note_preview(struct vp_repl *r, const char *path, struct vp_data *d,
+			  uint64_t version, uint32_t mode)
+{
+	struct event *e;
+
+	if (!r || r->consumer) {
+		vp_data_put(d);
+		return;
 	}
-	pthread_mutex_unlock(&r->lock);
+	e = calloc(1, sizeof(*e));
+	if (!e || !(e->path = strdup(path))) {
+		free(e);
+		vp_data_put(d);
+		return;		/* a preview is an optimisation: the version ships at commit */
+	}
+	e->is_version = e->is_preview = 1;
+	e->data = d;
+	e->version = version;
+	e->mode = mode & 07777;
+	drop_queued_versions(r, path, 1);	/* an unsent older preview */
 	event_append(r, e);
 }
 
@@ -369,12 +419,12 @@ static uint64_t list_checksum(const uint64_t *hashes, uint32_t n, uint64_t size)
  */
 static int announce(struct vp_repl *r, const char *path, struct vp_data *d,
 		    uint64_t version, uint32_t mode, int64_t mtime_ns,
-		    struct peer *only)
+		    struct peer *only, int preview)
 {
 	struct vp_msg *m = calloc(1, sizeof(*m));
 	uint64_t size = vp_data_size(d), checksum, seq;
 	uint32_t chunk = (uint32_t)vp_pool_chunk_size(r->pool);
-	uint32_t nchunks = (uint32_t)((size + chunk - 1) / chunk);
+	uint32_t nchunks;
 	struct pin *pin;
 	unsigned int npeers = 0;
 	uint64_t *hashes = NULL;
@@ -382,6 +432,9 @@ static int announce(struct vp_repl *r, const char *path, struct vp_data *d,
 
 	if (!m)
 		return -ENOMEM;
+	if (preview)
+		size = size / chunk * chunk;	/* the finished chunks only */
+	nchunks = (uint32_t)((size + chunk - 1) / chunk);
 	if (!vp_data_fully_resident(d)) {
 		vp_log(LOG_INFO, "repl", "'%s' version %" PRIu64 " is not in the cache; consumers will read it from the PFS",
 		       path, version);
@@ -405,6 +458,7 @@ static int announce(struct vp_repl *r, const char *path, struct vp_data *d,
 	m->u.announce.size = size;
 	m->u.announce.checksum = checksum;
 	m->u.announce.mode = mode;
+	m->u.announce.flags = preview ? VP_ANNOUNCE_PREVIEW : 0;
 	m->u.announce.mtime_ns = mtime_ns;
 	m->u.announce.chunk_size = chunk;
 	m->u.announce.nchunks = nchunks;
@@ -557,7 +611,7 @@ static void catch_up(struct vp_repl *r, struct peer *p)
 		else if (it->type == 2)
 			queue_op(r, VP_OP_SYMLINK, it->path, it->target, 0, p);
 		else if (it->data && !announce(r, it->path, it->data, it->version,
-					       it->mode, it->mtime_ns, p))
+					       it->mode, it->mtime_ns, p, 0))
 			files++;
 		else
 			queue_op(r, VP_OP_KEEP, it->path, NULL, 0, p);	/* on the PFS only */
@@ -762,7 +816,8 @@ static void producer_tick(struct vp_repl *r, double *last_beat)
 		if (!e)
 			break;
 		if (e->is_version && e->data)
-			announce(r, e->path, e->data, e->version, e->mode, e->mtime_ns, NULL);
+			announce(r, e->path, e->data, e->version, e->mode, e->mtime_ns, NULL,
+				 e->is_preview);
 		else if (!e->is_version)
 			queue_op(r, e->kind, e->path, e->path2, e->mode, NULL);
 		vp_data_put(e->data);
@@ -1051,6 +1106,7 @@ static int newer_queued(struct vp_repl *r, const char *path, uint64_t version)
 	for (struct qmsg *q = r->in_head; q && !found; q = q->next) {
 		if (vp_msg_decode(q->buf, q->len, m, NULL) == 0 &&
 		    m->type == VP_MSG_ANNOUNCE && m->u.announce.first == 0 &&
+		    !(m->u.announce.flags & VP_ANNOUNCE_PREVIEW) &&
 		    m->u.announce.version > version && !strcmp(m->u.announce.path, path))
 			found = 1;
 	}
@@ -1080,13 +1136,145 @@ static void verify_chunk(void *arg, size_t req)
 	}
 }
 
+static struct prefetch *prefetch_find(struct vp_repl *r, const char *path)
+{
+	struct prefetch *pf;
+
+	for (pf = r->prefetch; pf && strcmp(pf->path, path); pf = pf->next)
+		;
+	return pf;
+}
+
+static void prefetch_drop(struct vp_repl *r, struct prefetch *pf)
+{
+	struct prefetch **pp;
+
+	for (pp = &r->prefetch; *pp && *pp != pf; pp = &(*pp)->next)
+		;
+	if (*pp)
+		*pp = pf->next;
+	for (uint32_t i = 0; i < pf->n; i++)
+		if (pf->mem[i])
+			vp_pool_put_chunk(r->pool, pf->mem[i]);
+	free(pf->mem);
+	free(pf->hash);
+	free(pf->path);
+	free(pf);
+}
+
+/* The prefetch entry of path for version, made or grown to n chunks; NULL: no memory. */
+static struct prefetch *prefetch_get(struct vp_repl *r, const char *path,
+				     uint64_t version, uint32_t n)
+{
+	struct prefetch *pf = prefetch_find(r, path);
+
+	if (pf && pf->version != version) {
+		prefetch_drop(r, pf);	/* chunks of an older version being written */
+		pf = NULL;
+	}
+	if (!pf) {
+		pf = calloc(1, sizeof(*pf));
+		if (!pf || !(pf->path = strdup(path))) {
+			free(pf);
+			return NULL;
+		}
+		pf->version = version;
+		pf->next = r->prefetch;
+		r->prefetch = pf;
+	}
+	if (n > pf->n) {
+		void **mem = realloc(pf->mem, n * sizeof(*mem));
+		uint64_t *hash = mem ? realloc(pf->hash, n * sizeof(*hash)) : NULL;
+
+		if (mem)
+			pf->mem = mem;
+		if (!mem || !hash)
+			return NULL;
+		pf->hash = hash;
+		memset(pf->mem + pf->n, 0, (n - pf->n) * sizeof(*mem));
+		memset(pf->hash + pf->n, 0, (n - pf->n) * sizeof(*hash));
+		pf->n = n;
+	}
+	return pf;
+}
+
+/*
+ * A preview: fetches the finished chunks not fetched yet (best effort: no
+ * waiting for cache space), checks each against its hash, and keeps them
+ * for the version's ANNOUNCE.  Nothing is installed.
+ */
+static void consumer_preview(struct vp_repl *r, const struct vp_msg *m)
+{
+	const typeof(m->u.announce) *a = &m->u.announce;
+	struct prefetch *pf = prefetch_get(r, a->path, a->version, a->nchunks);
+	struct vp_fab_read_req *reqs = NULL;
+	uint32_t *fetched = NULL;
+	size_t nreq = 0;
+	uint64_t bytes = 0;
+	int rc = -ENOMEM;
+
+	if (!pf)
+		goto out;
+	reqs = calloc(a->nchunks ? a->nchunks : 1, sizeof(*reqs));
+	fetched = calloc(a->nchunks ? a->nchunks : 1, sizeof(*fetched));
+	if (!reqs || !fetched)
+		goto out;
+	for (uint32_t i = 0; i < a->nchunks; i++) {
+		struct slab_mr *s;
+		int err;
+
+		if (!r->asm_refs[i].key ||
+		    (pf->mem[i] && pf->hash[i] == r->asm_refs[i].hash))
+			continue;
+		if (!pf->mem[i] && !(pf->mem[i] = vp_pool_get_chunk(r->pool, 0, &err)))
+			break;	/* the cache is full: the rest moves at commit */
+		pf->hash[i] = 0;
+		s = slab_of(r, pf->mem[i]);
+		if (!s)
+			break;
+		fetched[nreq] = i;
+		reqs[nreq].mr = s->mr;
+		reqs[nreq].local = pf->mem[i];
+		reqs[nreq].len = a->chunk_size;
+		reqs[nreq].remote_addr = r->asm_refs[i].addr;
+		reqs[nreq].key = r->asm_refs[i].key;
+		nreq++;
+		bytes += a->chunk_size;
+	}
+	{
+		struct verify v = { .r = r, .reqs = reqs, .fetched = fetched };
+
+		rc = vp_fab_read_cb(r->fab, r->producer, reqs, nreq, r->cfg.repl_inflight,
+				    r->cfg.peer_timeout + (double)bytes / 50e6, verify_chunk, &v);
+		if (!rc && v.bad)
+			rc = -EIO;
+	}
+	if (rc) {
+		prefetch_drop(r, pf);	/* nothing half-checked is kept */
+		vp_log(LOG_DEBUG, "repl", "preview of '%s' version %" PRIu64 " dropped: %s",
+		       a->path, a->version, strerror(-rc));
+		goto out;
+	}
+	for (size_t k = 0; k < nreq; k++)
+		pf->hash[fetched[k]] = r->asm_refs[fetched[k]].hash;
+	r->bytes_streamed += bytes;
+	vp_metrics_add(VP_C_BYTES_REPL_IN, bytes);
+	vp_log(LOG_DEBUG, "repl", "preview of '%s' version %" PRIu64 ": %" PRIu64 " bytes fetched early",
+	       a->path, a->version, bytes);
+out:
+	free(reqs);
+	free(fetched);
+	say_done(r, a->seq, a->version, rc);
+}
+
 static void consumer_announce(struct vp_repl *r, struct vp_msg *m)
 {
 	typeof(m->u.announce) *a = &m->u.announce;
 	struct vp_fab_read_req *reqs = NULL;
 	void **mem = NULL;
 	struct vp_data *d = NULL, *old = NULL;
-	uint64_t have, sum, old_size, reused = 0;
+	struct prefetch *pf = NULL;
+	uint64_t have, sum, old_size, reused = 0, streamed = 0;
 	uint32_t *fetched = NULL;
 	size_t nreq = 0;
 	double t0, t_in;
@@ -1120,15 +1308,14 @@ static void consumer_announce(struct vp_repl *r, struct vp_msg *m)
 	have = vp_ns_path_version(r->ns, a->path);
 	if ((have != UINT64_MAX && have >= a->version) ||
 	    newer_queued(r, a->path, a->version)) {
-		r->skipped++;
+		if (!(a->flags & VP_ANNOUNCE_PREVIEW))
+			r->skipped++;
 		vp_log(LOG_DEBUG, "repl", "'%s' version %" PRIu64 " skipped: a newer one is here or coming",
 		       a->path, a->version);
 		say_done(r, a->seq, a->version, 0);
 		goto out_free;
 	}
 	t0 = vp_now();
-	vp_log(LOG_INFO, "repl", "fetching '%s' version %" PRIu64 " (%" PRIu64 " bytes)",
-	       a->path, a->version, a->size);
 	{
 		uint64_t *hashes = malloc((a->nchunks ? a->nchunks : 1) * sizeof(*hashes));
 
@@ -1144,6 +1331,13 @@ static void consumer_announce(struct vp_repl *r, struct vp_msg *m)
 			goto fail;
 		}
 	}
+	if (a->flags & VP_ANNOUNCE_PREVIEW) {
+		consumer_preview(r, m);
+		goto out_free;
+	}
+	vp_log(LOG_INFO, "repl", "fetching '%s' version %" PRIu64 " (%" PRIu64 " bytes)",
+	       a->path, a->version, a->size);
+	pf = prefetch_find(r, a->path);
 	mem = calloc(a->nchunks ? a->nchunks : 1, sizeof(*mem));
 	reqs = calloc(a->nchunks ? a->nchunks : 1, sizeof(*reqs));
 	fetched = calloc(a->nchunks ? a->nchunks : 1, sizeof(*fetched));
@@ -1164,6 +1358,13 @@ static void consumer_announce(struct vp_repl *r, struct vp_msg *m)
 			len = a->chunk_size;
 		if (!r->asm_refs[i].key)
 			continue;	/* a hole */
+		if (pf && i < pf->n && pf->mem[i] && len == a->chunk_size &&
+		    pf->hash[i] == r->asm_refs[i].hash) {
+			mem[i] = pf->mem[i];	/* fetched while the file was written */
+			pf->mem[i] = NULL;
+			streamed += len;
+			continue;
+		}
 		mem[i] = vp_pool_get_chunk(r->pool, r->cfg.cache_wait, &err);
 		if (!mem[i]) {
 			rc = err;
@@ -1212,9 +1413,10 @@ static void consumer_announce(struct vp_repl *r, struct vp_msg *m)
 		goto fail;
 	}
 	r->last_transfer_s = vp_now() - t0;
-	r->bytes_in += a->size - reused;
+	r->bytes_in += a->size - reused - streamed;
 	r->bytes_reused += reused;
-	vp_metrics_add(VP_C_BYTES_REPL_IN, a->size - reused);
+	r->bytes_streamed_used += streamed;
+	vp_metrics_add(VP_C_BYTES_REPL_IN, a->size - reused - streamed);
 	t_in = vp_now();
 	rc = install(r, a->path, d, a->version, a->mode, a->seq);
 	if (rc) {
@@ -1225,8 +1427,8 @@ static void consumer_announce(struct vp_repl *r, struct vp_msg *m)
 	r->installed++;
 	vp_metrics_notify_latency(vp_now() - t_in);
 	vp_metrics_add(VP_C_VERSIONS, 1);
-	vp_log(LOG_INFO, "repl", "'%s' version %" PRIu64 " installed (%" PRIu64 " bytes in %.3f s, %" PRIu64 " of them unchanged and not fetched)",
-	       a->path, a->version, a->size, r->last_transfer_s, reused);
+	vp_log(LOG_INFO, "repl", "'%s' version %" PRIu64 " installed (%" PRIu64 " bytes in %.3f s after its announce; %" PRIu64 " fetched while it was written, %" PRIu64 " unchanged)",
+	       a->path, a->version, a->size, r->last_transfer_s, streamed, reused);
 	say_done(r, a->seq, a->version, 0);
 	goto out_free;
 fail:
@@ -1244,6 +1446,9 @@ out_free:
 	free(fetched);
 	vp_data_put(old);
 	vp_data_put(d);
+	if (!(a->flags & VP_ANNOUNCE_PREVIEW) && (pf = prefetch_find(r, a->path)) &&
+	    pf->version <= a->version)
+		prefetch_drop(r, pf);	/* the version is in (or failed): its previews are done */
 drop:
 	free(r->asm_refs);
 	r->asm_refs = NULL;
@@ -1598,6 +1803,8 @@ void vp_repl_free(struct vp_repl *r)
 	vp_fab_close(r->fab);
 	free(r->asm_msg);
 	free(r->asm_refs);
+	while (r->prefetch)
+		prefetch_drop(r, r->prefetch);
 	seen_clear(r);
 	free(r->seen);
 	pthread_cond_destroy(&r->cond);
@@ -1633,11 +1840,12 @@ void vp_repl_status_json(struct vp_repl *r, FILE *out)
 	pthread_mutex_lock(&r->lock);
 	if (r->consumer) {
 		fprintf(out, "{\"role\":\"consumer\",\"provider\":\"%s\",\"producer\":\"%s\",\"state\":\"%s\","
-			"\"installed\":%" PRIu64 ",\"skipped\":%" PRIu64 ",\"bytes_in\":%" PRIu64 ",\"bytes_reused\":%" PRIu64
+			"\"installed\":%" PRIu64 ",\"skipped\":%" PRIu64 ",\"bytes_in\":%" PRIu64 ",\"bytes_reused\":%" PRIu64 ",\"bytes_streamed\":%" PRIu64 ",\"bytes_streamed_used\":%" PRIu64
 			",\"checksum_errors\":%" PRIu64 ",\"last_transfer_s\":%.6f"
 			",\"last_heard_s\":%.3f}",
 			vp_fab_provider(r->fab), r->cfg.subscribe, consumer_state(r),
-			r->installed, r->skipped, r->bytes_in, r->bytes_reused, r->checksum_errors,
+			r->installed, r->skipped, r->bytes_in, r->bytes_reused, r->bytes_streamed,
+			r->bytes_streamed_used, r->checksum_errors,
 			r->last_transfer_s, r->last_heard > 0 ? now - r->last_heard : -1.0);
 	} else {
 		int first = 1;

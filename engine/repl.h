@@ -64,6 +64,14 @@ void vp_repl_note_version_locked(struct vp_repl *r, const char *path,
 				 uint32_t mode, int64_t mtime_ns);
 
 /* A JSON object: role, provider, peers with state and lag. */
+/*
+ * Producer: offers consumers the finished chunks of a version still being
+ * written.  Takes over the caller's reference to d (a snapshot).  No lock
+ * needed; never blocks.
+ */
+void vp_repl_note_preview(struct vp_repl *r, const char *path, struct vp_data *d,
+			  uint64_t version, uint32_t mode);
+
 void vp_repl_status_json(struct vp_repl *r, FILE *out);
 /* Appends per-peer gauges in the Prometheus text format; NULL r: nothing. */
 void vp_repl_metrics(struct vp_repl *r, FILE *out);

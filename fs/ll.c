@@ -315,6 +315,7 @@ static void vpfs_write(fuse_req_t req, fuse_ino_t ino, const char *buf,
 static void vpfs_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	(void)ino;
+	vp_ns_set_caller(fuse_req_ctx(req)->pid);
 	reply_err(req, vp_ns_flush(ns_of(req), handle_of(fi)));
 }
 

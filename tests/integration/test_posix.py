@@ -219,3 +219,22 @@ def test_config_file_and_help(world):
     assert h.returncode == 0
     for opt in ("ram_cache", "flush_bw", "flush_interval", "fsync", "cache_wait"):
         assert opt in h.stdout
+
+
+def test_a_child_closing_an_inherited_descriptor_does_not_commit(mnt):
+    """FLUSH comes with every close(); only the writer's own close commits."""
+    p = mnt.path("ckpt.pt")
+    with open(p, "wb") as f:
+        f.write(b"a" * (2 << 20))
+        # fork + exec: the close-on-exec descriptor is closed in the child at exec
+        subprocess.run(["true"], check=True)
+        # fork + exit: a DataLoader-style worker closes what it inherited
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)
+        assert os.getxattr(p, "user.viperfs.version") == b"0"     # nothing committed yet
+        f.write(b"b" * 10)
+    assert os.getxattr(p, "user.viperfs.version") == b"1"         # the writer's close committed
+    with open(p, "rb") as f:
+        assert f.read() == b"a" * (2 << 20) + b"b" * 10

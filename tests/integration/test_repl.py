@@ -376,3 +376,33 @@ def test_unchanged_chunks_are_not_fetched_again(world):
     assert r.returncode == 0, r.stderr
     assert read(c1.path("frozen.bin")) == bytes(base)
     assert status(c1)["repl"]["bytes_in"] - before == (2 << 20) + 12345
+
+
+def test_chunks_stream_while_the_file_is_written(world):
+    """Previews: finished chunks reach the consumer before close; at commit only the rest moves."""
+    net, prod, (c1,) = cluster(world, consumers=1, opts=",repl_stream=4M")
+    wait_for(lambda: subscribed(prod, 1), what="the consumer subscribed")
+    data = bytearray(os.urandom((24 << 20) + 12345))     # a partial last chunk: it moves at commit
+    with open(prod.path("big.bin"), "wb") as f:
+        f.write(data[:12 << 20])
+        # no event exists for a preview landing: poll the consumer's state, with a deadline
+        wait_for(lambda: status(c1)["repl"]["bytes_streamed"] >= 8 << 20, what="previews to arrive")
+        assert not os.path.exists(c1.path("big.bin"))      # nothing is installed before close
+        # rewrite a chunk the consumer already holds: it must move again at commit
+        patch = os.urandom(100)
+        data[(1 << 20) + 7:(1 << 20) + 107] = patch
+        f.seek((1 << 20) + 7)
+        f.write(patch)
+        f.seek(12 << 20)
+        f.write(data[12 << 20:])
+    r = subprocess.run([VIPERCTL, "wait", c1.path("big.bin"), "--newer-than", "0", "--timeout", "60"],
+                       capture_output=True, text=True, timeout=90)
+    assert r.returncode == 0, r.stderr
+    assert read(c1.path("big.bin")) == bytes(data)
+    st = status(c1)["repl"]
+    assert st["bytes_streamed_used"] >= 8 << 20
+    # each byte of the version crossed once, early or at commit; the tail at commit
+    assert st["bytes_in"] + st["bytes_streamed_used"] + st["bytes_reused"] == len(data)
+    assert st["bytes_in"] >= 12345
+    # the rewritten chunk crossed again (in a later preview, or at commit)
+    assert st["bytes_streamed"] + st["bytes_in"] >= len(data) + (1 << 20)

@@ -67,6 +67,17 @@ static void test_roundtrips(void **state)
 	assert_int_equal(d->u.announce.chunk[2].key, 22);
 	free(d);
 
+	/* a preview covers whole chunks, and unknown flags are refused */
+	m->u.announce.flags = VP_ANNOUNCE_PREVIEW;
+	assert_true(vp_msg_encode(m, buf, sizeof(buf)) < 0);	/* size is not whole chunks */
+	m->u.announce.size = 4u << 20;
+	d = roundtrip(m);
+	assert_int_equal(d->u.announce.flags, VP_ANNOUNCE_PREVIEW);
+	free(d);
+	m->u.announce.flags = 2;
+	assert_true(vp_msg_encode(m, buf, sizeof(buf)) < 0);
+	m->u.announce.flags = 0;
+
 	/* a hole (key 0) that claims a hash is a forged list */
 	m->u.announce.chunk[0].hash = 1;
 	{
