@@ -91,7 +91,7 @@ def main():
     ap.add_argument("--pfs-base", default="/var/tmp",
                     help="disk directory that stands in for the PFS")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench-results"))
-    a = ap.parse_args()
+    a, _ = ap.parse_known_args()
     mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
     size = int(float(a.size[:-1]) * mult[a.size[-1].upper()]) if a.size[-1].upper() in mult else int(a.size)
 
