@@ -83,7 +83,7 @@ static const struct opt options[] = {
 	  "libfabric provider (default: $FI_PROVIDER, else tcp;ofi_rxm)" },
 	{ "repl_inflight", OPT_UINT, OFF(repl_inflight), "8",
 	  "RMA reads of 1 MiB in flight per transfer" },
-	{ "repl_stream", OPT_SIZE, OFF(repl_stream), "64M",
+	{ "repl_stream", OPT_SIZE, OFF(repl_stream), "16M",
 	  "producer: while a file is being written, offer consumers its finished chunks every this many bytes, so little is left to move at close (0: ship at close only)" },
 	{ "on_update", OPT_PATH, OFF(on_update), "",
 	  "shell command run for each new version, with VIPERFS_PATH, VIPERFS_VERSION, VIPERFS_SIZE set (for servers with a load API)" },
