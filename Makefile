@@ -28,6 +28,16 @@ UNIT_SRC = $(wildcard tests/unit/test_*.c)
 UNIT_BIN = $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 ENGINE_LIBS = -lfabric -lcrypto -lxxhash -lm -pthread
 
+# The CUDA runtime, if the build finds it (the GPU tier; NO_CUDA=1 leaves it out).
+CUDA_HOME ?= /usr/local/cuda
+ifneq ($(NO_CUDA),1)
+ifneq ($(wildcard $(CUDA_HOME)/include/cuda_runtime_api.h),)
+override CFLAGS += -DVP_HAVE_CUDA
+CUDA_INC = -I$(CUDA_HOME)/include
+ENGINE_LIBS += -L$(CUDA_HOME)/lib64 -lcudart -Wl,-rpath,$(CUDA_HOME)/lib64
+endif
+endif
+
 .PHONY: all deps test unit integration check bench clean install demo plan-report check-thread fuzz demo-local
 all: deps $(BUILD)/viperfs $(BUILD)/viperctl $(BUILD)/tests/fabpoke $(BUILD)/tests/fabbw
 
@@ -37,7 +47,7 @@ deps:
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(FUSE_CFLAGS) -MMD -MP -c $< -o $@
+	$(CC) $(CFLAGS) $(FUSE_CFLAGS) $(CUDA_INC) -MMD -MP -c $< -o $@
 
 $(BUILD)/libviper.a: $(ENGINE_OBJ)
 	ar rcs $@ $^

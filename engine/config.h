@@ -63,6 +63,8 @@ struct vp_config {
 	double peer_timeout;		/* seconds of silence before a peer is dead */
 	char on_update[PATH_MAX];	/* command run for each new version */
 	char metrics[256];		/* ADDR:PORT for Prometheus, empty: off */
+	uint64_t gpu_cache;		/* bytes of GPU memory for mirrors, 0: no GPU tier */
+	uint64_t gpu_device;		/* CUDA device ordinal */
 	char pfs_dir[PATH_MAX];		/* when not given as an argument */
 	char mountpoint[PATH_MAX];	/* when not given as an argument */
 };

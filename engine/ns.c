@@ -13,6 +13,7 @@
 
 #include "clock.h"
 #include "log.h"
+#include "gpu.h"
 #include "metrics.h"
 #include "ns_i.h"
 #include "repl.h"
@@ -216,6 +217,8 @@ static void detach_locked(struct vp_ns *ns, struct vp_node *n)
 /* Unlinks n and drops the link's reference. */
 static void unlink_locked(struct vp_ns *ns, struct vp_node *n)
 {
+	if (n->type == VP_NODE_FILE)
+		vp_gpu_forget(ns->gpu, n->ino);	/* its mirror leaves the GPU */
 	detach_locked(ns, n);
 	vp_node_put(ns, n);
 }
@@ -1328,6 +1331,8 @@ static int commit_locked(struct vp_ns *ns, struct vp_node *n,
 	__atomic_store_n(&n->streamed, 0, __ATOMIC_RELAXED);	/* the next version streams anew */
 	ns->st_commits++;
 	vp_metrics_add(VP_C_VERSIONS, 1);
+	if (n->parent)
+		vp_gpu_mirror(ns->gpu, n->ino, n->version, bytes);	/* queued: the newest goes to the GPU */
 	record_event_locked(ns, n);
 	if (!n->parent || ns->replica)
 		return 0;	/* consumers never flush: the producer does */
@@ -2510,9 +2515,19 @@ void vp_ns_status_json(struct vp_ns *ns, FILE *out)
 	fputs("{\"pfs_dir\":", out);
 	json_string(out, ns->pfs_dir);
 	fprintf(out, ",\"pid\":%d,\"open_files\":%u,\"unmount_wait_s\":%.3f,"
-		"\"tiers\":{\"ram\":{\"budget\":%" PRIu64 ",\"used\":%" PRIu64 "},\"gpu\":null},",
+		"\"tiers\":{\"ram\":{\"budget\":%" PRIu64 ",\"used\":%" PRIu64 "},\"gpu\":",
 		(int)getpid(), __atomic_load_n(&ns->open_handles, __ATOMIC_RELAXED),
 		ns->cfg.unmount_wait, ps.budget, ps.used);
+	if (ns->gpu) {
+		vp_gpu_status_json(ns->gpu, out);
+	} else if (ns->cfg.gpu_cache) {
+		fputs("{\"state\":\"off\",\"reason\":", out);
+		json_string(out, ns->gpu_off_reason);
+		fputc('}', out);
+	} else {
+		fputs("null", out);
+	}
+	fputs("},", out);
 	fprintf(out,
 		"\"ram\":{\"budget\":%" PRIu64 ",\"used\":%" PRIu64
 		",\"mapped\":%" PRIu64 ",\"waits\":%" PRIu64 ",\"enospc\":%" PRIu64 "},"
@@ -2737,11 +2752,19 @@ int vp_ns_warm(struct vp_ns *ns, const char *path, vp_ns_warm_cb cb, void *arg,
 
 void vp_ns_metrics(struct vp_ns *ns, FILE *out)
 {
+	char gpu_used[96] = "", gpu_budget[96] = "";
+	struct vp_gpu_stats gs;
 	struct vp_pool_stats ps;
 	uint64_t queued = 0, queued_bytes = 0, dirty = 0;
 	double oldest = 0, now = vp_now();
 
 	vp_pool_get_stats(ns->pool, &ps);
+	vp_gpu_get_stats(ns->gpu, &gs);
+	if (ns->gpu) {
+		snprintf(gpu_used, sizeof(gpu_used), "viperfs_cache_bytes{tier=\"gpu\"} %" PRIu64 "\n", gs.used);
+		snprintf(gpu_budget, sizeof(gpu_budget), "viperfs_cache_budget_bytes{tier=\"gpu\"} %" PRIu64 "\n",
+			 gs.budget);
+	}
 	pthread_mutex_lock(&ns->lock);
 	for (struct flush_op *op = ns->log_head; op; op = op->next) {
 		queued++;
@@ -2759,9 +2782,11 @@ void vp_ns_metrics(struct vp_ns *ns, FILE *out)
 		"# HELP viperfs_cache_bytes Bytes of file data held, by tier.\n"
 		"# TYPE viperfs_cache_bytes gauge\n"
 		"viperfs_cache_bytes{tier=\"ram\"} %" PRIu64 "\n"
+		"%s"
 		"# HELP viperfs_cache_budget_bytes Budget of each tier.\n"
 		"# TYPE viperfs_cache_budget_bytes gauge\n"
 		"viperfs_cache_budget_bytes{tier=\"ram\"} %" PRIu64 "\n"
+		"%s"
 		"# HELP viperfs_flush_queue_ops Namespace operations waiting to reach the PFS.\n"
 		"# TYPE viperfs_flush_queue_ops gauge\n"
 		"viperfs_flush_queue_ops %" PRIu64 "\n"
@@ -2783,9 +2808,40 @@ void vp_ns_metrics(struct vp_ns *ns, FILE *out)
 		"# HELP viperfs_open_files Open file handles on the mount.\n"
 		"# TYPE viperfs_open_files gauge\n"
 		"viperfs_open_files %u\n",
-		ps.used, ps.budget, queued, queued_bytes, dirty,
+		ps.used, gpu_used, ps.budget, gpu_budget, queued, queued_bytes, dirty,
 		oldest ? now - oldest : 0.0, ns->st_last_flush_lag, ns->st_retries,
 		__atomic_load_n(&ns->open_handles, __ATOMIC_RELAXED));
 	pthread_mutex_unlock(&ns->lock);
+	if (ns->gpu)
+		fprintf(out, "# HELP viperfs_gpu_mirrors Files whose newest version is mirrored in GPU memory.\n"
+			"# TYPE viperfs_gpu_mirrors gauge\nviperfs_gpu_mirrors %" PRIu64 "\n", gs.files);
 	vp_repl_metrics(ns->repl, out);
+}
+
+void vp_ns_set_gpu(struct vp_ns *ns, struct vp_gpu *gpu, const char *off_reason)
+{
+	ns->gpu = gpu;
+	snprintf(ns->gpu_off_reason, sizeof(ns->gpu_off_reason), "%s", off_reason ? off_reason : "");
+}
+
+struct vp_gpu *vp_ns_gpu(struct vp_ns *ns)
+{
+	return ns->gpu;
+}
+
+int vp_ns_path_ino(struct vp_ns *ns, const char *path, uint64_t *ino)
+{
+	struct vp_node *n;
+	int rc = -ENOENT;
+
+	pthread_mutex_lock(&ns->lock);
+	n = resolve_locked(ns, path);
+	if (n && n->type == VP_NODE_FILE) {
+		*ino = n->ino;
+		rc = 0;
+	} else if (n) {
+		rc = -EISDIR;
+	}
+	pthread_mutex_unlock(&ns->lock);
+	return rc;
 }

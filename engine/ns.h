@@ -189,6 +189,16 @@ typedef int (*vp_ns_warm_cb)(void *arg, const struct vp_warm_progress *p);
 int vp_ns_warm(struct vp_ns *ns, const char *path, vp_ns_warm_cb cb, void *arg,
 	       struct vp_warm_progress *p);
 
+/*
+ * The GPU tier (borrowed; NULL: none).  With gpu_cache set and no tier,
+ * off_reason says why, for status.  Set before the mount serves requests.
+ */
+struct vp_gpu;
+void vp_ns_set_gpu(struct vp_ns *ns, struct vp_gpu *gpu, const char *off_reason);
+struct vp_gpu *vp_ns_gpu(struct vp_ns *ns);
+/* The inode number of the file at path; -ENOENT, -EISDIR. */
+int vp_ns_path_ino(struct vp_ns *ns, const char *path, uint64_t *ino);
+
 /* Appends the namespace's gauges in the Prometheus text format. */
 void vp_ns_metrics(struct vp_ns *ns, FILE *out);
 

@@ -130,6 +130,8 @@ struct vp_ns {
 	struct tbucket flush_bucket;
 	struct vp_sched *sched;		/* publish=schedule, else NULL */
 	struct vp_repl *repl;		/* replication, else NULL */
+	struct vp_gpu *gpu;		/* the GPU tier, else NULL */
+	char gpu_off_reason[256];	/* gpu_cache set but the tier is off: why */
 	int replica;			/* a consumer: read-only, never flushes */
 	int replica_loaded;		/* its PFS tree is loaded: no lazy loads */
 	pid_t installer_tid;		/* consumer: the thread that installs */

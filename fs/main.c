@@ -26,6 +26,7 @@
 #include "../engine/config.h"
 #include "../engine/ctl.h"
 #include "../engine/hook.h"
+#include "../engine/gpu.h"
 #include "../engine/log.h"
 #include "../engine/metrics.h"
 #include "../engine/ns.h"
@@ -211,6 +212,7 @@ int main(int argc, char **argv)
 	struct vp_repl *repl = NULL;
 	struct vp_hook *hook = NULL;
 	struct vp_metrics_server *metrics = NULL;
+	struct vp_gpu *gpu = NULL;
 	struct vp_ns *ns;
 
 	vp_config_defaults(&cfg);
@@ -313,6 +315,20 @@ int main(int argc, char **argv)
 	ns = vp_ns_new(&cfg, pfs_dir, err, sizeof(err));
 	if (!ns)
 		goto err_report;
+
+	if (cfg.gpu_cache) {
+		const char *no_ops = NULL;
+		const struct vp_tier_ops *ops = vp_tier_gpu_ops(&no_ops);
+		char why[512] = "";
+
+		if (ops)
+			gpu = vp_gpu_new(ops, (int)cfg.gpu_device, cfg.gpu_cache, why, sizeof(why));
+		else
+			snprintf(why, sizeof(why), "%s", no_ops);
+		if (!gpu)
+			vp_log(LOG_NOTICE, "gpu", "GPU tier off: %s; the mount works from RAM", why);
+		vp_ns_set_gpu(ns, gpu, gpu ? NULL : why);
+	}
 
 	snprintf(fuse_opts, sizeof(fuse_opts),
 		 "default_permissions,max_read=1048576,fsname=viperfs:%s,subtype=viperfs%s%s",
@@ -428,6 +444,8 @@ int main(int argc, char **argv)
 	fuse_remove_signal_handlers(se);
 	fuse_session_destroy(se);
 	fuse_opt_free_args(&args);
+	vp_ns_set_gpu(ns, NULL, NULL);
+	vp_gpu_free(gpu);
 	if (vp_ns_free(ns))
 		rc = 1;
 	else
@@ -445,6 +463,8 @@ err_session:
 	fuse_session_destroy(se);
 err_ns:
 	fuse_opt_free_args(&args);
+	vp_ns_set_gpu(ns, NULL, NULL);
+	vp_gpu_free(gpu);
 	vp_ns_free(ns);
 err_report:
 	if (report_fd >= 0)

@@ -274,11 +274,21 @@ static void print_status(const char *mnt, const struct vpctl_json *st)
 
 	printf("viperfs mount %s (daemon pid %.0f)\n", mnt, vpctl_json_num(st, "pid"));
 	printf("  %-14s %s\n", "PFS directory", vpctl_json_str(st, "pfs_dir"));
-	printf("  %-14s ram %s used of %s; gpu %s\n", "cache",
+	printf("  %-14s ram %s used of %s\n", "cache",
 	       sz(vpctl_json_num(st, "tiers.ram.used"), a, sizeof(a)),
-	       sz(vpctl_json_num(st, "tiers.ram.budget"), b, sizeof(b)),
-	       vpctl_json_get(st, "tiers.gpu") && vpctl_json_get(st, "tiers.gpu")->type == VPCTL_JSON_OBJECT ?
-	       "on" : "off");
+	       sz(vpctl_json_num(st, "tiers.ram.budget"), b, sizeof(b)));
+	if (!vpctl_json_get(st, "tiers.gpu") || vpctl_json_get(st, "tiers.gpu")->type != VPCTL_JSON_OBJECT)
+		printf("  %-14s off (gpu_cache=0)\n", "gpu tier");
+	else if (strcmp(vpctl_json_str(st, "tiers.gpu.state"), "on"))
+		printf("  %-14s off: %s\n", "gpu tier", *vpctl_json_str(st, "tiers.gpu.reason") ?
+		       vpctl_json_str(st, "tiers.gpu.reason") : "a device error (see the log)");
+	else
+		printf("  %-14s %s used of %s on %s device %.0f (%s): %.0f files mirrored, %.0f leased\n",
+		       "gpu tier", sz(vpctl_json_num(st, "tiers.gpu.used"), a, sizeof(a)),
+		       sz(vpctl_json_num(st, "tiers.gpu.budget"), b, sizeof(b)),
+		       vpctl_json_str(st, "tiers.gpu.tier"), vpctl_json_num(st, "tiers.gpu.device"),
+		       vpctl_json_str(st, "tiers.gpu.name"), vpctl_json_num(st, "tiers.gpu.files"),
+		       vpctl_json_num(st, "tiers.gpu.leased"));
 	printf("  %-14s %.0f (%.0f not on the PFS yet), %.0f open\n", "files",
 	       vpctl_json_num(st, "files"), vpctl_json_num(st, "unflushed_files"),
 	       vpctl_json_num(st, "open_files"));

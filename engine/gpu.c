@@ -1,0 +1,546 @@
+/* gpu: see gpu.h. */
+#define _GNU_SOURCE
+#include "gpu.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "clock.h"
+#include "data.h"
+#include "log.h"
+
+/* Device memory left free for the CUDA context and other users. */
+#define DEVICE_RESERVE (64ull << 20)
+
+struct mirror {
+	struct mirror *next;		/* on g->mirrors or g->retired */
+	uint64_t id, version, size;
+	void *mem;			/* device memory */
+	unsigned int holds;		/* leases and reads in progress */
+	double used_at;			/* vp_now() of the last mirror, read or export */
+};
+
+struct req {
+	struct req *next;
+	uint64_t id, version;
+	struct vp_data *d;		/* NULL: forget id */
+};
+
+struct vp_gpu_lease {
+	struct mirror *m;
+};
+
+struct vp_gpu {
+	const struct vp_tier_ops *ops;
+	struct vp_tier *t;
+	int dev;
+	pthread_mutex_t tier_lock;	/* one thread in the tier at a time; never under lock */
+	pthread_mutex_t lock;
+	pthread_cond_t cond;		/* work queued, or stop */
+	pthread_cond_t idle;		/* the queue drained */
+	/* protected by lock: */
+	struct req *head, *tail;
+	struct mirror *mirrors;		/* the newest mirrored version of each file */
+	struct mirror *retired;		/* replaced or forgotten, still held */
+	uint64_t budget, used;
+	uint64_t mirrored, evicted, failed;
+	int busy, stop, on;
+	pthread_t thread;
+};
+
+/* ---- mirrors ----------------------------------------------------------- */
+
+static struct mirror *find_locked(struct mirror *list, uint64_t id)
+{
+	while (list && list->id != id)
+		list = list->next;
+	return list;
+}
+
+static void unlink_locked(struct mirror **list, struct mirror *m)
+{
+	while (*list && *list != m)
+		list = &(*list)->next;
+	if (*list)
+		*list = m->next;
+	m->next = NULL;
+}
+
+/*
+ * Takes m off the current list.  Returns it if it can be freed now (the
+ * caller frees it with no lock held), else retires it until its holds end.
+ */
+static struct mirror *retire_locked(struct vp_gpu *g, struct mirror *m)
+{
+	unlink_locked(&g->mirrors, m);
+	if (m->holds) {
+		m->next = g->retired;
+		g->retired = m;
+		return NULL;
+	}
+	g->used -= m->size;
+	return m;
+}
+
+/* Frees a list of mirrors taken off every list.  No lock held. */
+static void free_mirrors(struct vp_gpu *g, struct mirror *list)
+{
+	while (list) {
+		struct mirror *next = list->next;
+
+		pthread_mutex_lock(&g->tier_lock);
+		g->ops->free(g->t, list->mem);
+		pthread_mutex_unlock(&g->tier_lock);
+		free(list);
+		list = next;
+	}
+}
+
+/* Drops a hold; a retired mirror with none left is returned for freeing. */
+static struct mirror *unhold_locked(struct vp_gpu *g, struct mirror *m)
+{
+	if (--m->holds || find_locked(g->mirrors, m->id) == m)
+		return NULL;
+	unlink_locked(&g->retired, m);
+	g->used -= m->size;
+	return m;
+}
+
+/*
+ * Makes room for size bytes: evicts the least recently used mirrors that
+ * nobody holds.  Returns the evicted ones (to free with no lock), or sets
+ * *ok to 0 when the room cannot be made.
+ */
+static struct mirror *make_room_locked(struct vp_gpu *g, uint64_t size, uint64_t id, int *ok)
+{
+	struct mirror *out = NULL;
+
+	*ok = 1;
+	while (g->used + size > g->budget) {
+		struct mirror *lru = NULL;
+
+		for (struct mirror *m = g->mirrors; m; m = m->next)
+			if (!m->holds && m->id != id && (!lru || m->used_at < lru->used_at))
+				lru = m;
+		if (!lru) {
+			*ok = 0;
+			break;
+		}
+		retire_locked(g, lru);
+		lru->next = out;
+		out = lru;
+		g->evicted++;
+	}
+	return out;
+}
+
+/* ---- the worker -------------------------------------------------------- */
+
+/* Copies d into new device memory.  No lock held; takes the tier lock. */
+static int copy_in(struct vp_gpu *g, struct vp_data *d, uint64_t size, void **mem)
+{
+	uint64_t off = 0, free_bytes = 0, total = 0;
+	int rc;
+
+	pthread_mutex_lock(&g->tier_lock);
+	rc = g->ops->mem_info(g->t, &free_bytes, &total);
+	if (!rc && size + DEVICE_RESERVE > free_bytes)
+		rc = -ENOMEM;	/* never more than the device has free */
+	if (!rc)
+		rc = g->ops->alloc(g->t, size, mem);
+	while (!rc && off < size) {
+		struct vp_read rd;
+		ssize_t n = vp_data_read(d, off, (size_t)(size - off), &rd);
+
+		if (n <= 0) {
+			rc = n < 0 ? (int)n : -EIO;
+			break;
+		}
+		for (unsigned int i = 0, at = 0; !rc && i < rd.nseg; at += rd.seg[i].len, i++)
+			rc = g->ops->copy_in(g->t, *mem, off + at, rd.seg[i].ptr, rd.seg[i].len);
+		/* the segments must live until the device has read them */
+		if (!rc)
+			rc = g->ops->sync(g->t);
+		vp_read_release(&rd);
+		off += (uint64_t)n;
+	}
+	if (rc && *mem) {
+		g->ops->free(g->t, *mem);
+		*mem = NULL;
+	}
+	pthread_mutex_unlock(&g->tier_lock);
+	return rc;
+}
+
+static void do_mirror(struct vp_gpu *g, struct req *r)
+{
+	uint64_t size = vp_data_size(r->d);
+	struct mirror *old, *evicted, *m = NULL;
+	void *mem = NULL;
+	int ok, rc;
+
+	pthread_mutex_lock(&g->lock);
+	old = find_locked(g->mirrors, r->id);
+	if ((old && old->version >= r->version) || size > g->budget) {
+		if (size > g->budget)
+			g->failed++;
+		pthread_mutex_unlock(&g->lock);
+		return;
+	}
+	evicted = make_room_locked(g, size, r->id, &ok);
+	if (ok)
+		g->used += size;	/* reserved */
+	pthread_mutex_unlock(&g->lock);
+	free_mirrors(g, evicted);
+	if (!ok) {
+		vp_log(LOG_DEBUG, "gpu", "no room for file %" PRIu64 " version %" PRIu64 " (%" PRIu64 " bytes): the rest is held",
+		       r->id, r->version, size);
+		pthread_mutex_lock(&g->lock);
+		g->failed++;
+		pthread_mutex_unlock(&g->lock);
+		return;
+	}
+	rc = copy_in(g, r->d, size, &mem);
+	if (!rc)
+		m = calloc(1, sizeof(*m));
+	pthread_mutex_lock(&g->lock);
+	if (rc || !m) {
+		g->used -= size;
+		g->failed++;
+		if (rc == -EIO && g->on) {
+			g->on = 0;
+			vp_log(LOG_ERR, "gpu", "device error: the GPU tier is off from now on; reads are served from RAM");
+		}
+		pthread_mutex_unlock(&g->lock);
+		if (mem) {	/* copied, but no memory for its record */
+			pthread_mutex_lock(&g->tier_lock);
+			g->ops->free(g->t, mem);
+			pthread_mutex_unlock(&g->tier_lock);
+		}
+		return;
+	}
+	m->id = r->id;
+	m->version = r->version;
+	m->size = size;
+	m->mem = mem;
+	m->used_at = vp_now();
+	old = find_locked(g->mirrors, r->id);
+	if (old)
+		old = retire_locked(g, old);	/* the older version leaves the tier */
+	m->next = g->mirrors;
+	g->mirrors = m;
+	g->mirrored++;
+	pthread_mutex_unlock(&g->lock);
+	free_mirrors(g, old);
+}
+
+static void do_forget(struct vp_gpu *g, uint64_t id)
+{
+	struct mirror *m, *gone = NULL;
+
+	pthread_mutex_lock(&g->lock);
+	m = find_locked(g->mirrors, id);
+	if (m)
+		gone = retire_locked(g, m);
+	pthread_mutex_unlock(&g->lock);
+	free_mirrors(g, gone);
+}
+
+static void *worker_main(void *arg)
+{
+	struct vp_gpu *g = arg;
+
+	pthread_mutex_lock(&g->lock);
+	for (;;) {
+		struct req *r;
+
+		while (!g->head && !g->stop) {
+			g->busy = 0;
+			pthread_cond_broadcast(&g->idle);
+			pthread_cond_wait(&g->cond, &g->lock);
+		}
+		if (g->stop)
+			break;
+		r = g->head;
+		g->head = r->next;
+		if (!g->head)
+			g->tail = NULL;
+		g->busy = 1;
+		pthread_mutex_unlock(&g->lock);
+		if (r->d)
+			do_mirror(g, r);
+		else
+			do_forget(g, r->id);
+		vp_data_put(r->d);
+		free(r);
+		pthread_mutex_lock(&g->lock);
+	}
+	g->busy = 0;
+	pthread_cond_broadcast(&g->idle);
+	pthread_mutex_unlock(&g->lock);
+	return NULL;
+}
+
+/* ---- the interface ----------------------------------------------------- */
+
+struct vp_gpu *vp_gpu_new(const struct vp_tier_ops *ops, int dev, uint64_t budget,
+			  char *why, size_t whylen)
+{
+	struct vp_gpu *g;
+	uint64_t free_bytes = 0, total = 0;
+
+	if (!ops) {
+		snprintf(why, whylen, "no GPU tier in this build");
+		return NULL;
+	}
+	g = calloc(1, sizeof(*g));
+	if (!g) {
+		snprintf(why, whylen, "out of memory");
+		return NULL;
+	}
+	g->ops = ops;
+	g->dev = dev;
+	g->t = ops->open(dev, why, whylen);
+	if (!g->t) {
+		free(g);
+		return NULL;
+	}
+	if (!ops->mem_info(g->t, &free_bytes, &total) && budget + DEVICE_RESERVE > free_bytes) {
+		uint64_t cut = free_bytes > DEVICE_RESERVE ? free_bytes - DEVICE_RESERVE : 0;
+
+		vp_log(LOG_WARNING, "gpu", "gpu_cache is %" PRIu64 " bytes but device %d has %" PRIu64 " free: using %" PRIu64,
+		       budget, dev, free_bytes, cut);
+		budget = cut;
+	}
+	g->budget = budget;
+	g->on = 1;
+	pthread_mutex_init(&g->lock, NULL);
+	pthread_mutex_init(&g->tier_lock, NULL);
+	vp_cond_init_monotonic(&g->cond);
+	vp_cond_init_monotonic(&g->idle);
+	if (pthread_create(&g->thread, NULL, worker_main, g)) {
+		snprintf(why, whylen, "cannot start the GPU worker thread");
+		ops->close(g->t);
+		free(g);
+		return NULL;
+	}
+	vp_log(LOG_NOTICE, "gpu", "GPU tier on: %s device %d (%s), %" PRIu64 " bytes",
+	       ops->name, dev, ops->device_name(g->t), budget);
+	return g;
+}
+
+void vp_gpu_free(struct vp_gpu *g)
+{
+	struct mirror *all;
+
+	if (!g)
+		return;
+	pthread_mutex_lock(&g->lock);
+	g->stop = 1;
+	pthread_cond_broadcast(&g->cond);
+	pthread_mutex_unlock(&g->lock);
+	pthread_join(g->thread, NULL);
+	while (g->head) {
+		struct req *r = g->head;
+
+		g->head = r->next;
+		vp_data_put(r->d);
+		free(r);
+	}
+	all = g->mirrors;
+	while (all && all->next)
+		all = all->next;
+	if (all) {
+		all->next = g->retired;
+		all = g->mirrors;
+	} else {
+		all = g->retired;
+	}
+	g->mirrors = g->retired = NULL;
+	free_mirrors(g, all);
+	g->ops->close(g->t);
+	pthread_cond_destroy(&g->cond);
+	pthread_cond_destroy(&g->idle);
+	pthread_mutex_destroy(&g->lock);
+	pthread_mutex_destroy(&g->tier_lock);
+	free(g);
+}
+
+static void enqueue(struct vp_gpu *g, uint64_t id, uint64_t version, struct vp_data *d)
+{
+	struct req *r = calloc(1, sizeof(*r));
+
+	if (!r)
+		return;	/* a mirror is an optimisation */
+	r->id = id;
+	r->version = version;
+	r->d = d ? vp_data_get(d) : NULL;
+	pthread_mutex_lock(&g->lock);
+	if (!g->on) {
+		pthread_mutex_unlock(&g->lock);
+		vp_data_put(r->d);
+		free(r);
+		return;
+	}
+	/* latest wins: a queued request for the same file is superseded */
+	for (struct req *q = g->head; q; q = q->next) {
+		if (q->id == id && q->d) {
+			vp_data_put(q->d);
+			q->d = NULL;
+			q->id = UINT64_MAX;	/* now a forget of nothing: a no-op */
+		}
+	}
+	if (g->tail)
+		g->tail->next = r;
+	else
+		g->head = r;
+	g->tail = r;
+	pthread_cond_signal(&g->cond);
+	pthread_mutex_unlock(&g->lock);
+}
+
+void vp_gpu_mirror(struct vp_gpu *g, uint64_t id, uint64_t version, struct vp_data *d)
+{
+	if (g && d)
+		enqueue(g, id, version, d);
+}
+
+void vp_gpu_forget(struct vp_gpu *g, uint64_t id)
+{
+	if (g)
+		enqueue(g, id, 0, NULL);
+}
+
+void vp_gpu_drain(struct vp_gpu *g)
+{
+	if (!g)
+		return;
+	pthread_mutex_lock(&g->lock);
+	while ((g->head || g->busy) && !g->stop)
+		pthread_cond_wait(&g->idle, &g->lock);
+	pthread_mutex_unlock(&g->lock);
+}
+
+ssize_t vp_gpu_read(struct vp_gpu *g, uint64_t id, uint64_t version, void *buf,
+		    size_t len, uint64_t off)
+{
+	struct mirror *m, *gone;
+	int rc;
+
+	if (!g)
+		return -ENOENT;
+	pthread_mutex_lock(&g->lock);
+	m = find_locked(g->mirrors, id);
+	if (!g->on || !m || m->version != version) {
+		pthread_mutex_unlock(&g->lock);
+		return -ENOENT;
+	}
+	if (off >= m->size)
+		len = 0;
+	else if (len > m->size - off)
+		len = (size_t)(m->size - off);
+	m->holds++;
+	m->used_at = vp_now();
+	pthread_mutex_unlock(&g->lock);
+	pthread_mutex_lock(&g->tier_lock);
+	rc = len ? g->ops->copy_out(g->t, buf, m->mem, off, len) : 0;
+	pthread_mutex_unlock(&g->tier_lock);
+	pthread_mutex_lock(&g->lock);
+	gone = unhold_locked(g, m);
+	pthread_mutex_unlock(&g->lock);
+	free_mirrors(g, gone);
+	return rc ? rc : (ssize_t)len;
+}
+
+int vp_gpu_export(struct vp_gpu *g, uint64_t id, void *handle, uint64_t *version,
+		  uint64_t *size, struct vp_gpu_lease **lease)
+{
+	struct vp_gpu_lease *l = calloc(1, sizeof(*l));
+	struct mirror *m, *gone;
+	int rc;
+
+	if (!l)
+		return -ENOMEM;
+	if (!g) {
+		free(l);
+		return -ENOENT;
+	}
+	pthread_mutex_lock(&g->lock);
+	m = find_locked(g->mirrors, id);
+	if (!g->on || !m) {
+		pthread_mutex_unlock(&g->lock);
+		free(l);
+		return -ENOENT;
+	}
+	m->holds++;
+	m->used_at = vp_now();
+	*version = m->version;
+	*size = m->size;
+	pthread_mutex_unlock(&g->lock);
+	pthread_mutex_lock(&g->tier_lock);
+	rc = g->ops->export_ipc(g->t, m->mem, handle);
+	pthread_mutex_unlock(&g->tier_lock);
+	if (rc) {
+		pthread_mutex_lock(&g->lock);
+		gone = unhold_locked(g, m);
+		pthread_mutex_unlock(&g->lock);
+		free_mirrors(g, gone);
+		free(l);
+		return rc;
+	}
+	l->m = m;
+	*lease = l;
+	return 0;
+}
+
+void vp_gpu_lease_release(struct vp_gpu *g, struct vp_gpu_lease *lease)
+{
+	struct mirror *gone;
+
+	if (!g || !lease)
+		return;
+	pthread_mutex_lock(&g->lock);
+	gone = unhold_locked(g, lease->m);
+	pthread_mutex_unlock(&g->lock);
+	free_mirrors(g, gone);
+	free(lease);
+}
+
+void vp_gpu_get_stats(struct vp_gpu *g, struct vp_gpu_stats *st)
+{
+	memset(st, 0, sizeof(*st));
+	if (!g)
+		return;
+	pthread_mutex_lock(&g->lock);
+	st->budget = g->budget;
+	st->used = g->used;
+	for (struct mirror *m = g->mirrors; m; m = m->next) {
+		st->files++;
+		st->leased += m->holds > 0;
+	}
+	for (struct mirror *m = g->retired; m; m = m->next)
+		st->leased++;
+	st->mirrored = g->mirrored;
+	st->evicted = g->evicted;
+	st->failed = g->failed;
+	st->on = g->on;
+	pthread_mutex_unlock(&g->lock);
+}
+
+void vp_gpu_status_json(struct vp_gpu *g, FILE *out)
+{
+	struct vp_gpu_stats st;
+
+	vp_gpu_get_stats(g, &st);
+	fprintf(out, "{\"state\":\"%s\",\"tier\":\"%s\",\"device\":%d,\"name\":\"",
+		st.on ? "on" : "off", g->ops->name, g->dev);
+	for (const char *p = g->ops->device_name(g->t); *p; p++)
+		fputc(*p == '"' || *p == '\\' ? '_' : *p, out);
+	fprintf(out, "\",\"budget\":%" PRIu64 ",\"used\":%" PRIu64 ",\"files\":%" PRIu64
+		",\"leased\":%" PRIu64 ",\"mirrored\":%" PRIu64 ",\"evicted\":%" PRIu64
+		",\"failed\":%" PRIu64 "}",
+		st.budget, st.used, st.files, st.leased, st.mirrored, st.evicted, st.failed);
+}

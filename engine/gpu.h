@@ -1,0 +1,77 @@
+/*
+ * gpu: the GPU tier's placement.  The newest version of each file is
+ * mirrored into device memory after its commit, within gpu_cache and
+ * never past what the device has free.  A newer version replaces the
+ * mirror of the older one (the older stays in RAM, or on the PFS); when
+ * the budget is short, the mirrors used least recently go first.
+ *
+ * Local processes can map a mirror through a CUDA IPC handle
+ * (vp_gpu_export): the mirror then stays allocated, even after a newer
+ * version replaces it, until the lease is released.
+ *
+ * DESIGN: vp_gpu_mirror() only queues (it is called under the namespace
+ * lock); one worker thread copies the bytes in through the tier.  A newer
+ * request for a file replaces a queued older one (latest wins).  If the
+ * device fails, the tier turns itself off, says so once, and the mount
+ * goes on from RAM.
+ *
+ * THREADING: every function is thread-safe.  Lock order: the namespace
+ * lock, then g->lock; the worker never takes the namespace lock.
+ */
+#ifndef VP_GPU_H
+#define VP_GPU_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "tier.h"
+
+struct vp_data;
+struct vp_gpu;
+struct vp_gpu_lease;
+
+/*
+ * Opens the tier (ops, device dev) with a budget of bytes.  Returns NULL
+ * with the reason in why when there is no usable device.
+ */
+struct vp_gpu *vp_gpu_new(const struct vp_tier_ops *ops, int dev, uint64_t budget,
+			  char *why, size_t whylen);
+/* Stops the worker, frees every mirror (leases included), closes the tier. */
+void vp_gpu_free(struct vp_gpu *g);
+
+/* Queues a mirror of version `version` of file id; takes a reference to d. */
+void vp_gpu_mirror(struct vp_gpu *g, uint64_t id, uint64_t version, struct vp_data *d);
+/* The file is gone: its mirror (unless leased) is freed. */
+void vp_gpu_forget(struct vp_gpu *g, uint64_t id);
+/* Waits until every queued mirror is done (tests, tools). */
+void vp_gpu_drain(struct vp_gpu *g);
+
+/*
+ * Copies len bytes at off of the mirror of (id, version) into buf, through
+ * the staging buffers.  Returns bytes copied, or -ENOENT when that version
+ * is not mirrored (any more), -EIO on a device error.
+ */
+ssize_t vp_gpu_read(struct vp_gpu *g, uint64_t id, uint64_t version, void *buf,
+		    size_t len, uint64_t off);
+
+/*
+ * Exports the mirror of file id: fills handle[VP_TIER_IPC_HANDLE], its
+ * version and size, and returns a lease that keeps the device memory
+ * until vp_gpu_lease_release().  -ENOENT if the file is not mirrored.
+ */
+int vp_gpu_export(struct vp_gpu *g, uint64_t id, void *handle, uint64_t *version,
+		  uint64_t *size, struct vp_gpu_lease **lease);
+void vp_gpu_lease_release(struct vp_gpu *g, struct vp_gpu_lease *lease);
+
+struct vp_gpu_stats {
+	uint64_t budget, used;		/* bytes */
+	uint64_t files, leased;		/* mirrors, mirrors held by leases */
+	uint64_t mirrored, evicted, failed;	/* mirrors made, evicted, failed */
+	int on;				/* 0: off after a device error */
+};
+void vp_gpu_get_stats(struct vp_gpu *g, struct vp_gpu_stats *st);
+/* Writes the tier's JSON object (for status). */
+void vp_gpu_status_json(struct vp_gpu *g, FILE *out);
+
+#endif
