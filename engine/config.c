@@ -91,6 +91,8 @@ static const struct opt options[] = {
 	  "GPU memory for the GPU tier: the newest version of each file is mirrored there (0: off; without a usable device the tier is off and the log says why)" },
 	{ "gpu_device", OPT_COUNT, OFF(gpu_device), "0",
 	  "CUDA device of the GPU tier" },
+	{ "gpu_tier", OPT_STR, OFF(gpu_tier), "cuda",
+	  "the GPU tier's implementation: cuda, or ram (host memory posing as the device, to test the tier on a node without a GPU)" },
 	{ "metrics", OPT_STR, OFF(metrics), "",
 	  "serve Prometheus metrics at http://ADDR:PORT/metrics (a bare PORT binds 127.0.0.1)" },
 	{ "peer_timeout", OPT_SECONDS, OFF(peer_timeout), "5",
@@ -221,7 +223,8 @@ static int set_one(struct vp_config *cfg, const struct opt *o,
 		break;
 	case OPT_STR:
 		/* the short string fields are 64 or 256 bytes */
-		if (strlen(value) >= (o->offset == OFF(fabric_provider) ? 64u : 256u))
+		if (strlen(value) >= (o->offset == OFF(fabric_provider) || o->offset == OFF(gpu_tier) ?
+				      64u : 256u))
 			rc = -EINVAL;
 		else
 			strcpy(field, value);

@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,6 +18,7 @@
 
 #include "accept.h"
 #include "clock.h"
+#include "gpu.h"
 #include "log.h"
 #include "ns.h"
 
@@ -206,6 +208,61 @@ static void serve_idle(struct vp_ctl *ctl, const char *secs, FILE *out)
 		fputs("{\"open_files\":0}\n", out);
 }
 
+/*
+ * gpu-export PATH: a CUDA IPC handle to the GPU mirror of PATH's newest
+ * version.  The lease lasts as long as this connection: the answer is
+ * sent, then the thread waits for the client to close (or for a stop).
+ */
+static void serve_gpu_export(struct vp_ctl *ctl, const char *path, FILE *out, int fd)
+{
+	struct vp_gpu *g = vp_ns_gpu(ctl->ns);
+	unsigned char handle[VP_TIER_IPC_HANDLE];
+	struct vp_gpu_lease *lease = NULL;
+	uint64_t ino, version, size;
+	int rc;
+
+	while (*path == '/')
+		path++;
+	rc = vp_ns_path_ino(ctl->ns, path, &ino);
+	if (rc) {
+		json_error(out, rc == -EISDIR ? "a directory has no GPU copy; name a file" :
+			   "no such file in the mount");
+		return;
+	}
+	if (!g) {
+		json_error(out, "the GPU tier is off on this mount (gpu_cache=0, or no usable device: see viperctl status)");
+		return;
+	}
+	rc = vp_gpu_export(g, ino, handle, &version, &size, &lease);
+	if (rc) {
+		json_error(out, rc == -ENOENT ? "not in GPU memory: its newest version is not mirrored (yet, or it did not fit in gpu_cache)" :
+			   "the device refused the export (see the log)");
+		return;
+	}
+	fputs("{\"handle\":\"", out);
+	for (int i = 0; i < VP_TIER_IPC_HANDLE; i++)
+		fprintf(out, "%02x", handle[i]);
+	fprintf(out, "\",\"version\":%llu,\"size\":%llu,\"device\":%d}\n",
+		(unsigned long long)version, (unsigned long long)size, vp_gpu_device(g));
+	if (fflush(out) != EOF) {
+		for (;;) {
+			struct pollfd pfd[2] = {
+				{ .fd = fd, .events = POLLIN },
+				{ .fd = ctl->stop_pipe[0], .events = POLLIN },
+			};
+			char buf[64];
+
+			if (poll(pfd, 2, -1) < 0 && errno != EINTR)
+				break;
+			if (pfd[1].revents)
+				break;
+			if (pfd[0].revents && read(fd, buf, sizeof(buf)) <= 0)
+				break;	/* the client closed: the lease ends */
+		}
+	}
+	vp_gpu_lease_release(g, lease);
+}
+
 static void *conn_main(void *arg)
 {
 	struct conn *c = arg;
@@ -238,6 +295,8 @@ static void *conn_main(void *arg)
 			serve_warm(ctl, arg2, out);
 		else if (!strcmp(line, "idle"))
 			serve_idle(ctl, arg2, out);
+		else if (!strcmp(line, "gpu-export"))
+			serve_gpu_export(ctl, arg2, out, c->fd);
 		else if (!strcmp(line, "ping"))
 			fputs("{\"pong\":true}\n", out);
 		else if (strcmp(line, "versions"))

@@ -11,6 +11,8 @@
  *                      "cached","errors"}, the last with "finished":true
  *   idle SECONDS       waits up to SECONDS for no open file: {"open_files":0},
  *                      or {"error":"busy","open_files":N}
+ *   gpu-export PATH    {"handle":HEX,"version":V,"size":S,"device":N}, then
+ *                      the lease lasts until the client closes
  * Errors come back as {"error":"..."}.  Only the daemon's own user (or
  * root) may connect: the socket is mode 0600.
  *

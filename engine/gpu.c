@@ -530,6 +530,11 @@ void vp_gpu_get_stats(struct vp_gpu *g, struct vp_gpu_stats *st)
 	pthread_mutex_unlock(&g->lock);
 }
 
+int vp_gpu_device(struct vp_gpu *g)
+{
+	return g->dev;
+}
+
 void vp_gpu_status_json(struct vp_gpu *g, FILE *out)
 {
 	struct vp_gpu_stats st;

@@ -71,6 +71,8 @@ struct vp_gpu_stats {
 	int on;				/* 0: off after a device error */
 };
 void vp_gpu_get_stats(struct vp_gpu *g, struct vp_gpu_stats *st);
+/* The device ordinal. */
+int vp_gpu_device(struct vp_gpu *g);
 /* Writes the tier's JSON object (for status). */
 void vp_gpu_status_json(struct vp_gpu *g, FILE *out);
 

@@ -263,6 +263,10 @@ int main(int argc, char **argv)
 		fprintf(stderr, "viperfs: %s\n", err);
 		return 2;
 	}
+	if (strcmp(cfg.gpu_tier, "ram") && strcmp(cfg.gpu_tier, "cuda")) {
+		fprintf(stderr, "viperfs: gpu_tier='%s': want cuda or ram\n", cfg.gpu_tier);
+		return 2;
+	}
 	if (debug)
 		cfg.log_level = LOG_DEBUG;
 	if (!realpath(pos[0], pfs_dir)) {
@@ -318,8 +322,10 @@ int main(int argc, char **argv)
 
 	if (cfg.gpu_cache) {
 		const char *no_ops = NULL;
-		const struct vp_tier_ops *ops = vp_tier_gpu_ops(&no_ops);
+		const struct vp_tier_ops *ops = !strcmp(cfg.gpu_tier, "ram") ? &vp_tier_ram :
+			vp_tier_gpu_ops(&no_ops);
 		char why[512] = "";
+
 
 		if (ops)
 			gpu = vp_gpu_new(ops, (int)cfg.gpu_device, cfg.gpu_cache, why, sizeof(why));

@@ -33,6 +33,7 @@
 
 #include "../engine/config.h"
 
+#include "viperfs_client.h"
 #include "vpctl.h"
 
 static void usage(FILE *out)
@@ -40,6 +41,7 @@ static void usage(FILE *out)
 	fputs("usage: viperctl status [MNT] [--json]\n"
 	      "       viperctl warm PATH...        read files from the PFS into the cache\n"
 	      "       viperctl umount MNT [--timeout S] [--force]\n"
+	      "       viperctl gpu-export PATH [--hold]   CUDA IPC handle of the GPU copy\n"
 	      "       viperctl versions PATH\n"
 	      "       viperctl version PATH\n"
 	      "       viperctl flush [PATH]\n"
@@ -49,71 +51,13 @@ static void usage(FILE *out)
 	      "                     (viperctl plan --help for all options)\n", out);
 }
 
-/*
- * Finds the viperfs mount holding path: fills root (the mount's root) and
- * rel (path inside it).  Returns 0 or -errno.
- */
-static int vpctl_find_mount(const char *path, char *root, char *rel)
-{
-	char real[PATH_MAX], up[PATH_MAX];
-	struct stat st, ust;
-
-	if (!realpath(path, real))
-		return -errno;
-	if (stat(real, &st))
-		return -errno;
-	strcpy(root, real);
-	for (;;) {
-		char *slash = strrchr(root, '/');
-
-		if (!slash || slash == root)
-			strcpy(up, "/");
-		else
-			snprintf(up, sizeof(up), "%.*s", (int)(slash - root), root);
-		if (!strcmp(root, "/") || stat(up, &ust) || ust.st_dev != st.st_dev)
-			break;
-		strcpy(root, up);
-	}
-	if (getxattr(root, "user.viperfs.control", up, sizeof(up) - 1) < 0)
-		return -ENOTSUP;
-	strcpy(rel, real + strlen(root));
-	if (!*rel)
-		strcpy(rel, "/");
-	return 0;
-}
-
-static int vpctl_connect(const char *root)
-{
-	struct sockaddr_un addr = { .sun_family = AF_UNIX };
-	ssize_t n;
-	int fd;
-
-	n = getxattr(root, "user.viperfs.control", addr.sun_path,
-		     sizeof(addr.sun_path) - 1);
-	if (n < 0) {
-		fprintf(stderr, "viperctl: '%s' is not a viperfs mount (or the daemon has no control socket)\n",
-			root);
-		return -1;
-	}
-	addr.sun_path[n] = '\0';
-	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (fd < 0 || connect(fd, (struct sockaddr *)&addr, sizeof(addr))) {
-		fprintf(stderr, "viperctl: cannot reach the daemon of '%s' at '%s': %s\n",
-			root, addr.sun_path, strerror(errno));
-		if (fd >= 0)
-			close(fd);
-		return -1;
-	}
-	return fd;
-}
-
 /* Sends one request; returns a stream of the answer, or NULL. */
 static FILE *vpctl_request(const char *path, const char *verb, int with_rel)
 {
 	char root[PATH_MAX], rel[PATH_MAX], req[PATH_MAX + 32];
 	int fd, rc;
 
-	rc = vpctl_find_mount(path, root, rel);
+	rc = vpc_find_mount(path, root, rel);
 	if (rc) {
 		if (rc == -ENOTSUP)
 			fprintf(stderr, "viperctl: '%s' is not inside a viperfs mount\n", path);
@@ -121,7 +65,7 @@ static FILE *vpctl_request(const char *path, const char *verb, int with_rel)
 			fprintf(stderr, "viperctl: '%s': %s\n", path, strerror(-rc));
 		return NULL;
 	}
-	fd = vpctl_connect(root);
+	fd = vpc_connect(root);
 	if (fd < 0)
 		return NULL;
 	snprintf(req, sizeof(req), "%s %s\n", verb, with_rel ? rel : "");
@@ -367,7 +311,7 @@ static int vpctl_status(int argc, char **argv)
 	} else if (vpctl_json_get(st, "error")) {
 		fprintf(stderr, "viperctl: %s\n", vpctl_json_str(st, "error"));
 	} else {
-		if (vpctl_find_mount(path, root, rel))
+		if (vpc_find_mount(path, root, rel))
 			snprintf(root, sizeof(root), "%s", path);
 		print_status(root, st);
 		rc = 0;
@@ -442,7 +386,7 @@ static int vpctl_warm(int argc, char **argv)
 /* Sends one request to the daemon of root; returns the first answer line parsed. */
 static struct vpctl_json *ask(const char *root, const char *req)
 {
-	int fd = vpctl_connect(root);
+	int fd = vpc_connect(root);
 	char *text = NULL;
 	struct vpctl_json *j = NULL;
 	FILE *in;
@@ -483,7 +427,7 @@ static int drain(const char *root, double timeout, char *last_error, size_t len)
 {
 	struct timeval tv = { .tv_sec = 5 };
 	double deadline = timeout > 0 ? mono_now() + timeout : 0;
-	int fd = vpctl_connect(root), tty = isatty(2), finished = 0;
+	int fd = vpc_connect(root), tty = isatty(2), finished = 0;
 	char line[1024];
 	FILE *in;
 
@@ -579,7 +523,7 @@ static int vpctl_umount(int argc, char **argv)
 		fprintf(stderr, "usage: viperctl umount MNT [--timeout S] [--force]\n");
 		return 2;
 	}
-	if (vpctl_find_mount(mnt, root, rel) || strcmp(rel, "/")) {
+	if (vpc_find_mount(mnt, root, rel) || strcmp(rel, "/")) {
 		fprintf(stderr, "viperctl: umount: '%s' is not the root of a viperfs mount\n", mnt);
 		return 32;
 	}
@@ -668,6 +612,49 @@ static int vpctl_umount(int argc, char **argv)
 	return 0;
 }
 
+/*
+ * viperctl gpu-export PATH [--hold]: prints the CUDA IPC handle of PATH's
+ * GPU-resident version as JSON.  With --hold the lease lasts until stdin
+ * closes (for a shell script that starts the consumer of the handle);
+ * without, it ends when viperctl exits.
+ */
+static int vpctl_gpu_export(int argc, char **argv)
+{
+	const char *path = NULL;
+	struct vpc_gpu_export e;
+	char err[512];
+	int hold = 0;
+
+	for (int i = 2; i < argc; i++) {
+		if (!strcmp(argv[i], "--hold"))
+			hold = 1;
+		else
+			path = argv[i];
+	}
+	if (!path) {
+		fprintf(stderr, "usage: viperctl gpu-export PATH [--hold]\n");
+		return 2;
+	}
+	if (vpc_gpu_export(path, &e, err, sizeof(err))) {
+		fprintf(stderr, "viperctl: gpu-export: %s\n", err);
+		return 1;
+	}
+	printf("{\"handle\":\"");
+	for (int i = 0; i < 64; i++)
+		printf("%02x", e.handle[i]);
+	printf("\",\"version\":%llu,\"size\":%llu,\"device\":%d}\n",
+	       (unsigned long long)e.version, (unsigned long long)e.size, e.device);
+	fflush(stdout);
+	if (hold) {
+		char buf[256];
+
+		while (read(0, buf, sizeof(buf)) > 0)
+			;
+	}
+	vpc_gpu_release(&e);
+	return 0;
+}
+
 /* viperctl wait PATH --newer-than V [--timeout S] */
 static int vpctl_wait(int argc, char **argv)
 {
@@ -698,14 +685,14 @@ static int vpctl_wait(int argc, char **argv)
 			*slash = '\0';
 		else
 			strcpy(dir, ".");
-		if (vpctl_find_mount(dir, root, rel)) {
+		if (vpc_find_mount(dir, root, rel)) {
 			fprintf(stderr, "viperctl: '%s' is not inside a viperfs mount\n", path);
 			return 1;
 		}
 		snprintf(req, sizeof(req), "wait %s%s%s %s %s\n", rel,
 			 strcmp(rel, "/") ? "/" : "", slash ? slash + 1 : path, newer, timeout);
 	}
-	fd = vpctl_connect(root);
+	fd = vpc_connect(root);
 	if (fd < 0)
 		return 1;
 	if (write(fd, req, strlen(req)) != (ssize_t)strlen(req)) {
@@ -777,6 +764,8 @@ int main(int argc, char **argv)
 	}
 	if (!strcmp(cmd, "wait"))
 		return vpctl_wait(argc, argv);
+	if (!strcmp(cmd, "gpu-export"))
+		return vpctl_gpu_export(argc, argv);
 	fprintf(stderr, "viperctl: unknown command '%s'\n", cmd);
 	usage(stderr);
 	return 2;

@@ -116,6 +116,9 @@ class Mount:
             os.path.join(self.base, "ctl-%d.sock" % time.monotonic_ns()), self.log)
         if self.opts:
             opts += "," + self.opts
+        if os.environ.get("VIPERFS_EXTRA_OPTS"):
+            # the whole suite again with more options (test_gpu runs it with the GPU tier)
+            opts += "," + os.environ["VIPERFS_EXTRA_OPTS"]
         # tcp pinned: shm would silently cross the namespaces
         env = dict(os.environ, NOTIFY_SOCKET=sock_path, FI_PROVIDER="tcp;ofi_rxm")
         self.stderr_path = self.log + ".stderr"

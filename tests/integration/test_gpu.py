@@ -1,0 +1,67 @@
+"""The GPU tier on a node without a GPU: off and said so; and its placement, on host memory."""
+import json
+import os
+import subprocess
+import sys
+
+from conftest import VIPERCTL, read, write
+from test_repl import wait_for
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def status(m):
+    return json.loads(m.ctl("status", m.mnt, "--json").stdout)
+
+
+def test_gpu_cache_without_a_gpu_is_off_and_says_why(world):
+    m = world.mount("gpu_cache=256M")
+    gpu = status(m)["tiers"]["gpu"]
+    assert gpu["state"] == "off" and gpu["reason"]
+    log = m.read_log()
+    assert log.count("GPU tier off: ") == 1 and gpu["reason"] in log
+    data = os.urandom(3 << 20)
+    write(m.path("model.pt"), data)
+    assert read(m.path("model.pt")) == data
+    r = m.ctl("gpu-export", m.path("model.pt"), check=False)
+    assert r.returncode == 1 and "GPU tier is off" in r.stderr
+    assert "gpu tier       off: " + gpu["reason"] in m.ctl("status", m.mnt).stdout
+
+
+def test_placement_and_leases_on_the_host_memory_tier(world):
+    m = world.mount("gpu_cache=64M,gpu_tier=ram")
+    v1, v2, v3 = os.urandom(3 << 20), os.urandom(5 << 20), os.urandom(2 << 20)
+    write(m.path("model.pt"), v1)
+    # the mirror is made by the tier's worker after the commit: no event to wait on
+    wait_for(lambda: status(m)["tiers"]["gpu"]["used"] == len(v1), what="the mirror")
+    gpu = status(m)["tiers"]["gpu"]
+    assert gpu["state"] == "on" and gpu["tier"] == "ram" and gpu["files"] == 1
+    write(m.path("model.pt"), v2)       # the newest replaces the older
+    wait_for(lambda: status(m)["tiers"]["gpu"]["used"] == len(v2), what="the newer mirror")
+    holder = world.spawn([VIPERCTL, "gpu-export", m.path("model.pt"), "--hold"],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    exp = json.loads(holder.stdout.readline())
+    assert exp["version"] == 2 and exp["size"] == len(v2) and len(exp["handle"]) == 128
+    # a version switch does not pull the memory from under the holder
+    write(m.path("model.pt"), v3)
+    wait_for(lambda: status(m)["tiers"]["gpu"]["used"] == len(v2) + len(v3), what="both kept")
+    assert status(m)["tiers"]["gpu"]["leased"] == 1
+    holder.stdin.close()                # the lease ends with the connection
+    assert holder.wait(timeout=30) == 0
+    wait_for(lambda: status(m)["tiers"]["gpu"]["used"] == len(v3), what="the lease released")
+    assert read(m.path("model.pt")) == v3
+    os.unlink(m.path("model.pt"))
+    wait_for(lambda: status(m)["tiers"]["gpu"]["files"] == 0, what="the mirror forgotten")
+    assert status(m)["tiers"]["gpu"]["used"] == 0
+    r = m.ctl("gpu-export", m.path("nope.pt"), check=False)
+    assert r.returncode == 1 and "No such file" in r.stderr
+
+
+def test_the_posix_and_loader_suites_pass_with_the_gpu_tier(world):
+    """gpu_cache set: with the tier off (no GPU here), and on (host memory)."""
+    for extra in ("gpu_cache=256M", "gpu_cache=256M,gpu_tier=ram"):
+        env = dict(os.environ, VIPERFS_EXTRA_OPTS=extra)
+        r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                            os.path.join(HERE, "test_posix.py"), os.path.join(HERE, "test_loaders.py")],
+                           env=env, capture_output=True, text=True, timeout=600, cwd=HERE)
+        assert r.returncode == 0, extra + "\n" + r.stdout[-3000:]

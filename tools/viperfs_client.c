@@ -1,0 +1,154 @@
+/* viperfs_client: see viperfs_client.h. */
+#define _GNU_SOURCE
+#include "viperfs_client.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+int vpc_find_mount(const char *path, char *root, char *rel)
+{
+	char real[PATH_MAX], up[PATH_MAX];
+	struct stat st, ust;
+
+	if (!realpath(path, real))
+		return -errno;
+	if (stat(real, &st))
+		return -errno;
+	strcpy(root, real);
+	for (;;) {
+		char *slash = strrchr(root, '/');
+
+		if (!slash || slash == root)
+			strcpy(up, "/");
+		else
+			snprintf(up, sizeof(up), "%.*s", (int)(slash - root), root);
+		if (!strcmp(root, "/") || stat(up, &ust) || ust.st_dev != st.st_dev)
+			break;
+		strcpy(root, up);
+	}
+	if (getxattr(root, "user.viperfs.control", up, sizeof(up) - 1) < 0)
+		return -ENOTSUP;
+	strcpy(rel, real + strlen(root));
+	if (!*rel)
+		strcpy(rel, "/");
+	return 0;
+}
+
+int vpc_connect(const char *root)
+{
+	struct sockaddr_un addr = { .sun_family = AF_UNIX };
+	ssize_t n;
+	int fd;
+
+	n = getxattr(root, "user.viperfs.control", addr.sun_path,
+		     sizeof(addr.sun_path) - 1);
+	if (n < 0) {
+		fprintf(stderr, "viperctl: '%s' is not a viperfs mount (or the daemon has no control socket)\n",
+			root);
+		return -1;
+	}
+	addr.sun_path[n] = '\0';
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0 || connect(fd, (struct sockaddr *)&addr, sizeof(addr))) {
+		fprintf(stderr, "viperctl: cannot reach the daemon of '%s' at '%s': %s\n",
+			root, addr.sun_path, strerror(errno));
+		if (fd >= 0)
+			close(fd);
+		return -1;
+	}
+	return fd;
+}
+
+
+static int hexval(char c)
+{
+	return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+static uint64_t field(const char *line, const char *key)
+{
+	char pat[32];
+	const char *p;
+
+	snprintf(pat, sizeof(pat), "\"%s\":", key);
+	p = strstr(line, pat);
+	return p ? strtoull(p + strlen(pat), NULL, 10) : 0;
+}
+
+int vpc_gpu_export(const char *path, struct vpc_gpu_export *e, char *err, size_t errlen)
+{
+	char root[PATH_MAX], rel[PATH_MAX], req[PATH_MAX + 32], line[1024];
+	size_t used = 0;
+	const char *h;
+	int rc;
+
+	memset(e, 0, sizeof(*e));
+	e->fd = -1;
+	rc = vpc_find_mount(path, root, rel);
+	if (rc) {
+		snprintf(err, errlen, "'%s': %s", path,
+			 rc == -ENOTSUP ? "not inside a viperfs mount" : strerror(-rc));
+		return -1;
+	}
+	e->fd = vpc_connect(root);
+	if (e->fd < 0) {
+		snprintf(err, errlen, "cannot reach the daemon of '%s'", root);
+		return -1;
+	}
+	/* no half-close: the open connection is the lease */
+	snprintf(req, sizeof(req), "gpu-export %s\n", rel);
+	if (write(e->fd, req, strlen(req)) != (ssize_t)strlen(req))
+		goto err_io;
+	while (used < sizeof(line) - 1) {
+		ssize_t n = read(e->fd, line + used, 1);
+
+		if (n <= 0)
+			goto err_io;
+		if (line[used++] == '\n')
+			break;
+	}
+	line[used] = '\0';
+	h = strstr(line, "\"handle\":\"");
+	if (!h) {
+		const char *m = strstr(line, "\"error\":\"");
+
+		snprintf(err, errlen, "%.*s", m ? (int)strcspn(m + 9, "\"") : (int)strcspn(line, "\n"),
+			 m ? m + 9 : line);
+		vpc_gpu_release(e);
+		return -1;
+	}
+	h += 10;
+	for (int i = 0; i < 64; i++) {
+		int hi = hexval(h[2 * i]), lo = hi < 0 ? -1 : hexval(h[2 * i + 1]);
+
+		if (lo < 0) {
+			snprintf(err, errlen, "the daemon sent a malformed handle");
+			vpc_gpu_release(e);
+			return -1;
+		}
+		e->handle[i] = (unsigned char)(hi << 4 | lo);
+	}
+	e->version = field(line, "version");
+	e->size = field(line, "size");
+	e->device = (int)field(line, "device");
+	return 0;
+err_io:
+	snprintf(err, errlen, "the daemon of '%s' went away", root);
+	vpc_gpu_release(e);
+	return -1;
+}
+
+void vpc_gpu_release(struct vpc_gpu_export *e)
+{
+	if (e->fd >= 0)
+		close(e->fd);
+	e->fd = -1;
+}
