@@ -38,12 +38,12 @@ ENGINE_LIBS += -L$(CUDA_HOME)/lib64 -lcudart -Wl,-rpath,$(CUDA_HOME)/lib64
 endif
 endif
 
-.PHONY: all deps test unit integration check bench clean install demo plan-report check-thread fuzz demo-local
+.PHONY: all deps test unit integration check bench bench-gpu clean install demo plan-report check-thread fuzz demo-local
 all: deps $(BUILD)/viperfs $(BUILD)/viperctl $(BUILD)/tests/fabpoke $(BUILD)/tests/fabbw
 
 # Installs the Debian packages the build and tests need, if any is missing.
 deps:
-	@sh mount-scripts/install-deps.sh
+	@[ "$(SKIP_DEPS)" = 1 ] || sh mount-scripts/install-deps.sh
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -82,6 +82,25 @@ check:
 
 check-thread:
 	$(MAKE) BUILD=build-tsan SANITIZE=thread test
+
+# The GPU tier: host<->device bandwidth against raw pinned cudaMemcpy (needs a GPU).
+NVCC ?= $(CUDA_HOME)/bin/nvcc
+GPU_BENCH_MIB ?= 1024
+ifneq ($(CUDA_INC),)
+$(BUILD)/tests/tierbw: tests/gpu/tierbw.c $(BUILD)/libviper.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(CUDA_INC) -o $@ $< $(BUILD)/libviper.a $(ENGINE_LIBS)
+
+$(BUILD)/tests/ipc_reader: tests/gpu/ipc_reader.cu tools/viperfs_client.c tools/viperfs_client.h
+	@mkdir -p $(dir $@)
+	$(NVCC) -O2 -o $@ tests/gpu/ipc_reader.cu tools/viperfs_client.c
+
+bench-gpu: all $(BUILD)/tests/tierbw
+	$(BUILD)/tests/tierbw $(GPU_BENCH_MIB) 5
+else
+bench-gpu:
+	@echo "make bench-gpu: this build has no CUDA runtime (CUDA_HOME=$(CUDA_HOME)); nothing to measure"; exit 1
+endif
 
 bench: all
 	@$(PYTHON) tests/bench/bench.py $(BENCH_ARGS)

@@ -11,6 +11,7 @@
 #include "clock.h"
 #include "data.h"
 #include "log.h"
+#include "pool.h"
 
 /* Device memory left free for the CUDA context and other users. */
 #define DEVICE_RESERVE (64ull << 20)
@@ -37,6 +38,7 @@ struct vp_gpu {
 	const struct vp_tier_ops *ops;
 	struct vp_tier *t;
 	int dev;
+	struct vp_pool *pool;		/* whose slabs are pinned for the tier, or NULL */
 	pthread_mutex_t tier_lock;	/* one thread in the tier at a time; never under lock */
 	pthread_mutex_t lock;
 	pthread_cond_t cond;		/* work queued, or stop */
@@ -332,12 +334,30 @@ struct vp_gpu *vp_gpu_new(const struct vp_tier_ops *ops, int dev, uint64_t budge
 	return g;
 }
 
+static void on_slab(void *arg, void *base, size_t len)
+{
+	struct vp_gpu *g = arg;
+
+	if (g->ops->register_host && g->ops->register_host(g->t, base, len))
+		vp_log(LOG_INFO, "gpu", "could not pin %zu bytes of cache for the GPU: copies go through staging", len);
+}
+
+void vp_gpu_attach_pool(struct vp_gpu *g, struct vp_pool *pool)
+{
+	if (!g || !pool)
+		return;
+	g->pool = pool;
+	vp_pool_set_slab_cb(pool, on_slab, g);
+}
+
 void vp_gpu_free(struct vp_gpu *g)
 {
 	struct mirror *all;
 
 	if (!g)
 		return;
+	if (g->pool)
+		vp_pool_set_slab_cb(g->pool, NULL, g);
 	pthread_mutex_lock(&g->lock);
 	g->stop = 1;
 	pthread_cond_broadcast(&g->cond);

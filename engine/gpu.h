@@ -37,6 +37,12 @@ struct vp_gpu_lease;
  */
 struct vp_gpu *vp_gpu_new(const struct vp_tier_ops *ops, int dev, uint64_t budget,
 			  char *why, size_t whylen);
+/*
+ * Pins the pool's slabs for the device (now and as they come), so that
+ * mirrors copy straight from the cache.  The pool must outlive g.
+ */
+struct vp_pool;
+void vp_gpu_attach_pool(struct vp_gpu *g, struct vp_pool *pool);
 /* Stops the worker, frees every mirror (leases included), closes the tier. */
 void vp_gpu_free(struct vp_gpu *g);
 

@@ -2821,6 +2821,7 @@ void vp_ns_metrics(struct vp_ns *ns, FILE *out)
 void vp_ns_set_gpu(struct vp_ns *ns, struct vp_gpu *gpu, const char *off_reason)
 {
 	ns->gpu = gpu;
+	vp_gpu_attach_pool(gpu, ns->pool);
 	snprintf(ns->gpu_off_reason, sizeof(ns->gpu_off_reason), "%s", off_reason ? off_reason : "");
 }
 

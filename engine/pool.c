@@ -38,8 +38,10 @@ struct vp_pool {
 	uint64_t budget;
 	void (*pressure_cb)(void *);
 	void *pressure_arg;
-	void (*slab_cb)(void *, void *, size_t);	/* protected by lock */
-	void *slab_arg;
+	struct {
+		void (*cb)(void *, void *, size_t);
+		void *arg;
+	} slab_cb[4];					/* protected by lock */
 	/* protected by lock: */
 	struct free_chunk *free_list;
 	struct slab *slabs;
@@ -80,8 +82,9 @@ static int slab_add_locked(struct vp_pool *pool, uint64_t want)
 	slab->map_len = map_len;
 	slab->base = base;
 	slab->len = len;
-	if (pool->slab_cb)
-		pool->slab_cb(pool->slab_arg, base, len);
+	for (int i = 0; i < 4; i++)
+		if (pool->slab_cb[i].cb)
+			pool->slab_cb[i].cb(pool->slab_cb[i].arg, base, len);
 	slab->next = pool->slabs;
 	pool->slabs = slab;
 	for (size_t off = len; off > 0; off -= pool->chunk_size) {
@@ -230,11 +233,22 @@ void vp_pool_put_chunk(struct vp_pool *pool, void *mem)
 void vp_pool_set_slab_cb(struct vp_pool *pool,
 			 void (*cb)(void *arg, void *base, size_t len), void *arg)
 {
+	int i;
+
 	pthread_mutex_lock(&pool->lock);
-	pool->slab_cb = cb;
-	pool->slab_arg = arg;
-	for (struct slab *s = pool->slabs; s && cb; s = s->next)
-		cb(arg, s->base, s->len);
+	for (i = 0; i < 4 && pool->slab_cb[i].arg != arg; i++)
+		;
+	if (i == 4)	/* a new subscriber: the first free place */
+		for (i = 0; i < 4 && pool->slab_cb[i].cb; i++)
+			;
+	if (i < 4) {
+		pool->slab_cb[i].cb = cb;
+		pool->slab_cb[i].arg = cb ? arg : NULL;
+		for (struct slab *s = pool->slabs; s && cb; s = s->next)
+			cb(arg, s->base, s->len);
+	} else {
+		vp_log(LOG_ERR, "pool", "too many slab subscribers");
+	}
 	pthread_mutex_unlock(&pool->lock);
 }
 

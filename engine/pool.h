@@ -62,8 +62,9 @@ void vp_pool_put_chunk(struct vp_pool *pool, void *mem);
 
 /*
  * Calls cb(arg, base, len) for every slab of chunk memory, now and
- * whenever one is added (to register it with the network).  cb runs with
- * the pool lock held: it must not call back into the pool.
+ * whenever one is added (to register it with the network, or to pin it
+ * for the GPU).  Up to 4 subscribers, one per arg; a NULL cb removes arg's.
+ * cb runs with the pool lock held: it must not call back into the pool.
  */
 void vp_pool_set_slab_cb(struct vp_pool *pool,
 			 void (*cb)(void *arg, void *base, size_t len), void *arg);

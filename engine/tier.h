@@ -46,6 +46,12 @@ struct vp_tier_ops {
 	int (*sync)(struct vp_tier *t);
 	/* Fills out[VP_TIER_IPC_HANDLE] with a handle another process can map. */
 	int (*export_ipc)(struct vp_tier *t, void *mem, void *out);
+	/*
+	 * Pins host memory (the cache's slabs) so that copy_in from it goes
+	 * straight to the device, without the staging copy.  Thread-safe,
+	 * unlike the rest; may be NULL.  Undone at close().
+	 */
+	int (*register_host)(struct vp_tier *t, void *base, size_t len);
 };
 
 extern const struct vp_tier_ops vp_tier_ram;

@@ -5,6 +5,7 @@
 
 #include <cuda_runtime_api.h>
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,6 +14,7 @@
 
 #define NSTAGE 4			/* pinned staging buffers, one stream each */
 #define STAGE_BYTES (8u << 20)
+#define MAX_REG 1024			/* registered host ranges (64 MiB cache slabs) */
 
 struct vp_tier {
 	int dev;
@@ -22,6 +24,9 @@ struct vp_tier {
 	cudaEvent_t done[NSTAGE];	/* the last copy out of stage[i] finished */
 	unsigned int next;
 	int error;			/* first asynchronous failure, -EIO */
+	pthread_mutex_t reg_lock;
+	struct { char *base; size_t len; } reg[MAX_REG];	/* pinned host ranges, protected by reg_lock */
+	unsigned int nreg;
 };
 
 static int cuda_err(struct vp_tier *t, cudaError_t e, const char *what)
@@ -39,6 +44,9 @@ static void cuda_close(struct vp_tier *t)
 	if (!t)
 		return;
 	cudaSetDevice(t->dev);
+	for (unsigned int i = 0; i < t->nreg; i++)
+		cudaHostUnregister(t->reg[i].base);
+	pthread_mutex_destroy(&t->reg_lock);
 	for (int i = 0; i < NSTAGE; i++) {
 		if (t->done[i])
 			cudaEventDestroy(t->done[i]);
@@ -72,6 +80,7 @@ static struct vp_tier *cuda_open(int dev, char *why, size_t whylen)
 		return NULL;
 	}
 	t->dev = dev;
+	pthread_mutex_init(&t->reg_lock, NULL);
 	if ((e = cudaSetDevice(dev)) != cudaSuccess ||
 	    (e = cudaGetDeviceProperties(&prop, dev)) != cudaSuccess)
 		goto err;
@@ -137,10 +146,52 @@ static int take_stage(struct vp_tier *t, unsigned int *slot)
 	return cuda_err(t, cudaEventSynchronize(t->done[*slot]), "cudaEventSynchronize");
 }
 
+static int cuda_register_host(struct vp_tier *t, void *base, size_t len)
+{
+	int rc;
+
+	pthread_mutex_lock(&t->reg_lock);
+	if (t->nreg == MAX_REG) {
+		pthread_mutex_unlock(&t->reg_lock);
+		return -ENOSPC;
+	}
+	cudaSetDevice(t->dev);
+	rc = cuda_err(NULL, cudaHostRegister(base, len, cudaHostRegisterDefault), "cudaHostRegister");
+	if (!rc) {
+		t->reg[t->nreg].base = base;
+		t->reg[t->nreg].len = len;
+		t->nreg++;
+	}
+	pthread_mutex_unlock(&t->reg_lock);
+	return rc;
+}
+
+/* True if [src, src+len) lies in pinned (registered) host memory. */
+static int is_pinned(struct vp_tier *t, const void *src, size_t len)
+{
+	const char *p = src;
+	int found = 0;
+
+	pthread_mutex_lock(&t->reg_lock);
+	for (unsigned int i = 0; i < t->nreg && !found; i++)
+		found = p >= t->reg[i].base && p + len <= t->reg[i].base + t->reg[i].len;
+	pthread_mutex_unlock(&t->reg_lock);
+	return found;
+}
+
 static int cuda_copy_in(struct vp_tier *t, void *mem, uint64_t off, const void *src, size_t len)
 {
 	int rc = cuda_err(t, cudaSetDevice(t->dev), "cudaSetDevice");
 
+	if (!rc && is_pinned(t, src, len)) {
+		/* the cache's own pinned memory: straight to the device, streams in turn */
+		unsigned int s = t->next++ % NSTAGE;
+
+		rc = cuda_err(t, cudaMemcpyAsync((char *)mem + off, src, len,
+						 cudaMemcpyHostToDevice, t->stream[s]),
+			      "cudaMemcpyAsync to the device");
+		return rc;
+	}
 	while (!rc && len) {
 		size_t n = len < STAGE_BYTES ? len : STAGE_BYTES;
 		unsigned int s;
@@ -238,6 +289,7 @@ const struct vp_tier_ops vp_tier_cuda = {
 	.copy_out = cuda_copy_out,
 	.sync = cuda_sync,
 	.export_ipc = cuda_export_ipc,
+	.register_host = cuda_register_host,
 };
 #else
 /* Built without the CUDA runtime: the GPU tier is off (vp_tier_gpu_ops says why). */

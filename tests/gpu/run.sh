@@ -1,0 +1,153 @@
+#!/bin/bash
+# tests/gpu/run.sh: the GPU tier's checks, on a machine with an NVIDIA GPU
+# (H100/H200).  Finishes in under 5 minutes; the last line is
+# "N passed, M failed".
+#
+# That machine has the CUDA toolkit and PyTorch but reaches no package
+# registry.  What else the build needs (libfuse3, libfabric, xxhash,
+# cmocka, OpenSSL headers) comes as .deb files in tests/gpu/debs, fetched
+# with tests/gpu/fetch-debs.sh where a registry is reachable, and unpacked
+# here with dpkg -x into a private prefix when the system lacks them.
+#
+# Checks: the device; building with nvcc; the placement logic (fake
+# device); the CUDA tier's round trip and its bandwidth against raw pinned
+# cudaMemcpy (target >= 0.8); and, where /dev/fuse exists, a mount with
+# gpu_cache: a 2 GiB checkpoint written, mirrored to the GPU, read back
+# byte-exact, and mapped by a second process through gpu-export
+# (cudaIpcOpenMemHandle).  Without /dev/fuse it says so and tests the tier
+# through the engine only.  Results also go to $OUT (or /tmp) as files.
+set -u
+cd "$(dirname "$0")/../.."
+ROOT=$PWD
+OUT=${OUT:-/tmp/viperfs-gpu}
+mkdir -p "$OUT"
+BUILD=$ROOT/build-gpu
+WORK=$(mktemp -d /tmp/viperfs-gpu-XXXXXX)
+pass=0
+fail=0
+DAEMON_PID=""
+MNT=$WORK/mnt
+
+ok() { pass=$((pass + 1)); echo "PASS: $*"; }
+bad() { fail=$((fail + 1)); echo "FAIL: $*"; }
+
+finish() {
+	if [ -n "$DAEMON_PID" ]; then
+		mountpoint -q "$MNT" && { fusermount3 -u "$MNT" 2>/dev/null || umount -l "$MNT"; }
+		timeout 60 tail --pid="$DAEMON_PID" -f /dev/null 2>/dev/null || kill -9 "$DAEMON_PID" 2>/dev/null
+	fi
+	rm -rf "$WORK"
+	echo "$pass passed, $fail failed"
+}
+trap finish EXIT
+
+# ---- the device ------------------------------------------------------------
+if nvidia-smi --query-gpu=name,memory.total,memory.free --format=csv,noheader > "$OUT/gpu.txt" 2>&1; then
+	ok "device: $(head -1 "$OUT/gpu.txt")"
+else
+	bad "nvidia-smi: $(head -1 "$OUT/gpu.txt")"
+fi
+CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
+[ -x "$CUDA_HOME/bin/nvcc" ] || CUDA_HOME=$(dirname "$(dirname "$(command -v nvcc 2>/dev/null || echo /x/x/x)")")
+export CUDA_HOME
+
+# ---- a private prefix for what the system lacks ---------------------------
+missing=""
+for h in /usr/include/fuse3/fuse_lowlevel.h /usr/include/rdma/fabric.h /usr/include/xxhash.h \
+	 /usr/include/cmocka.h /usr/include/openssl/hmac.h; do
+	[ -e "$h" ] || missing="$missing $h"
+done
+if [ -n "$missing" ]; then
+	PREFIX=$BUILD/prefix
+	if ! ls tests/gpu/debs/*.deb >/dev/null 2>&1; then
+		bad "the system lacks$missing and tests/gpu/debs has no .deb files (run tests/gpu/fetch-debs.sh where apt works, and carry tests/gpu/debs)"
+		exit 1
+	fi
+	mkdir -p "$PREFIX"
+	for d in tests/gpu/debs/*.deb; do dpkg -x "$d" "$PREFIX"; done
+	ML=x86_64-linux-gnu
+	export CPATH="$PREFIX/usr/include:$PREFIX/usr/include/$ML${CPATH:+:$CPATH}"
+	export LIBRARY_PATH="$PREFIX/usr/lib/$ML:$PREFIX/lib/$ML${LIBRARY_PATH:+:$LIBRARY_PATH}"
+	export LD_LIBRARY_PATH="$PREFIX/usr/lib/$ML:$PREFIX/lib/$ML:$PREFIX/usr/lib/$ML/libibverbs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+	export PKG_CONFIG_PATH="$PREFIX/usr/lib/$ML/pkgconfig:$PREFIX/usr/share/pkgconfig"
+	export PKG_CONFIG_SYSROOT_DIR="$PREFIX"
+	export PATH="$PREFIX/usr/bin:$PREFIX/bin:$PATH"
+	echo "unpacked $(ls tests/gpu/debs/*.deb | wc -l) .deb files into $PREFIX for:$missing"
+fi
+
+# ---- building, with nvcc for the IPC reader ---------------------------------
+if make -s SKIP_DEPS=1 BUILD="$BUILD" CUDA_HOME="$CUDA_HOME" all "$BUILD/tests/test_gpu" \
+	"$BUILD/tests/tierbw" "$BUILD/tests/ipc_reader" > "$OUT/build.log" 2>&1; then
+	ok "build with the CUDA runtime and nvcc ($("$CUDA_HOME/bin/nvcc" --version | tail -1))"
+else
+	bad "build: $(tail -5 "$OUT/build.log")"
+	exit 1
+fi
+
+# ---- placement logic (fake device) -----------------------------------------
+if "$BUILD/tests/test_gpu" > "$OUT/test_gpu.txt" 2>&1; then
+	ok "placement unit tests: $(grep -c '^\[       OK' "$OUT/test_gpu.txt") passed"
+else
+	bad "placement unit tests: $(grep -E 'FAILED|ERROR' "$OUT/test_gpu.txt" | head -3)"
+fi
+
+# ---- the CUDA tier: round trip and bandwidth ---------------------------------
+if timeout 120 "$BUILD/tests/tierbw" 1024 5 > "$OUT/tierbw.txt" 2>&1; then
+	cat "$OUT/tierbw.txt"
+	ok "CUDA tier round trip of 1 GiB is byte-exact"
+	r=$(sed -n 's/^ratio_in=\([0-9.]*\) ratio_out=\([0-9.]*\).*/\1 \2/p' "$OUT/tierbw.txt")
+	set -- $r
+	if awk -v a="${1:-0}" -v b="${2:-0}" 'BEGIN { exit !(a >= 0.8 && b >= 0.8) }'; then
+		ok "tier bandwidth ratio to raw pinned cudaMemcpy: in $1, out $2 (target >= 0.8)"
+	else
+		bad "tier bandwidth ratio to raw pinned cudaMemcpy: in ${1:-?}, out ${2:-?} (target >= 0.8)"
+	fi
+else
+	cat "$OUT/tierbw.txt"
+	bad "CUDA tier round trip"
+fi
+
+# ---- a mount with the GPU tier ---------------------------------------------
+if [ ! -c /dev/fuse ]; then
+	echo "no /dev/fuse on this machine: the mount checks are skipped; the tier was tested through the engine above"
+	exit 0
+fi
+mkdir -p "$WORK/pfs" "$MNT"
+if ! "$BUILD/viperfs" -o "gpu_cache=4G,ram_cache=8G,ram_prefault=2G,log_file=$OUT/viperfs.log,control=$WORK/ctl.sock" \
+	"$WORK/pfs" "$MNT" 2> "$OUT/mount.err"; then
+	bad "mount with gpu_cache: $(cat "$OUT/mount.err")"
+	exit 1
+fi
+DAEMON_PID=$("$BUILD/viperctl" status "$MNT" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["pid"])')
+state=$("$BUILD/viperctl" status "$MNT" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["tiers"]["gpu"]["state"])')
+[ "$state" = on ] && ok "mounted with the GPU tier on" || bad "GPU tier state: $state ($(grep gpu "$OUT/viperfs.log" | tail -2))"
+
+head -c 2G /dev/urandom > "$WORK/src.bin"
+t0=$(date +%s.%N)
+dd if="$WORK/src.bin" of="$MNT/ckpt.bin" bs=4M status=none && ok "2 GiB checkpoint written in $(echo "$(date +%s.%N) - $t0" | bc) s" ||
+	bad "writing the checkpoint"
+mirrored=0
+for _ in $(seq 1 600); do	# the mirror is the tier worker's: poll its state, 60 s at most
+	"$BUILD/viperctl" status "$MNT" --json | python3 -c '
+import json, sys
+g = json.load(sys.stdin)["tiers"]["gpu"]
+sys.exit(2 if g.get("state") != "on" else 0 if g["files"] == 1 and g["used"] == 2 << 30 else 1)'
+	rc=$?
+	[ "$rc" = 0 ] && mirrored=1
+	[ "$rc" != 1 ] && break
+	sleep 0.1
+done
+[ "$mirrored" = 1 ] && ok "mirrored to the GPU ($("$BUILD/viperctl" status "$MNT" | grep 'gpu tier'))" ||
+	bad "not mirrored to the GPU within 60 s: $("$BUILD/viperctl" status "$MNT" | grep 'gpu tier')"
+cmp -s "$WORK/src.bin" "$MNT/ckpt.bin" && ok "read back byte-exact" || bad "read back differs"
+if "$BUILD/tests/ipc_reader" "$MNT/ckpt.bin" > "$OUT/ipc.txt" 2>&1; then
+	ok "gpu-export round trip: $(cat "$OUT/ipc.txt")"
+else
+	bad "gpu-export round trip: $(cat "$OUT/ipc.txt")"
+fi
+if "$BUILD/viperctl" umount "$MNT" > "$OUT/umount.txt" 2>&1; then
+	ok "unmounted, everything on the PFS"
+	DAEMON_PID=""
+else
+	bad "umount: $(cat "$OUT/umount.txt")"
+fi
