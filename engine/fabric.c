@@ -59,6 +59,7 @@ struct vp_fab {
 	struct fid_cq *cq;
 	struct fid_av *av;
 	uint64_t mr_mode;		/* what the provider kept */
+	int hmem;			/* the provider offers FI_HMEM (device memory) */
 	char provider[64];
 	vp_fab_recv_cb cb;
 	void *cb_arg;
@@ -234,6 +235,18 @@ struct vp_fab *vp_fab_open(const char *provider, const char *node,
 		goto err_free;
 	}
 	fab->mr_mode = fab->info->domain_attr->mr_mode;
+	{
+		/* would the provider move device memory (GPU-direct)?  Asked, not used yet */
+		struct fi_info *h = NULL;
+
+		hints->caps |= FI_HMEM;
+		hints->domain_attr->mr_mode |= FI_MR_HMEM;
+		fab->hmem = fi_getinfo(FI_VERSION(1, 17), listen ? node : NULL,
+				       listen ? service : NULL, listen ? FI_SOURCE : 0,
+				       hints, &h) == 0;
+		if (h)
+			fi_freeinfo(h);
+	}
 	if ((rc = fi_fabric(fab->info->fabric_attr, &fab->fabric, NULL)) ||
 	    (rc = fi_domain(fab->fabric, fab->info, &fab->domain, NULL)) ||
 	    (rc = fi_cq_open(fab->domain, &cq_attr, &fab->cq, NULL)) ||
@@ -325,6 +338,11 @@ void vp_fab_close(struct vp_fab *fab)
 const char *vp_fab_provider(const struct vp_fab *fab)
 {
 	return fab->provider;
+}
+
+int vp_fab_has_hmem(const struct vp_fab *fab)
+{
+	return fab->hmem;
 }
 
 int vp_fab_name(struct vp_fab *fab, void *buf, size_t len)

@@ -56,6 +56,8 @@ void vp_fab_close(struct vp_fab *fab);
 
 /* The provider in use, e.g. "tcp;ofi_rxm". */
 const char *vp_fab_provider(const struct vp_fab *fab);
+/* True if the provider offers FI_HMEM (registering and moving device memory). */
+int vp_fab_has_hmem(const struct vp_fab *fab);
 
 /* This endpoint's name, for a peer's vp_fab_insert_name().  Returns its length or -errno. */
 int vp_fab_name(struct vp_fab *fab, void *buf, size_t len);

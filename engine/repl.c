@@ -142,6 +142,22 @@ struct prefetch {
 	uint64_t *hash;			/* of each chunk in mem */
 };
 
+/*
+ * With the GPU tier on, says which path model bytes take to or from a
+ * peer.  Device-to-device transfer (FI_HMEM) is not built: bytes travel
+ * between host caches, and each side's tier mirrors them after commit or
+ * install.
+ */
+static void log_gpu_path(struct vp_repl *r, const char *role, uint64_t id)
+{
+	if (!vp_ns_gpu(r->ns))
+		return;
+	vp_log(LOG_NOTICE, "repl", "%s %" PRIu64 ": host-staged path (host cache -> network -> host cache, then this node's GPU tier); %s",
+	       role, id, vp_fab_has_hmem(r->fab) ?
+	       "the provider offers FI_HMEM, but device-to-device transfer is not built yet" :
+	       "the provider has no FI_HMEM");
+}
+
 /* ---- authentication --------------------------------------------------- */
 
 static void mac_of(struct vp_repl *r, const char *role, const uint8_t *n1,
@@ -629,6 +645,7 @@ static void catch_up(struct vp_repl *r, struct peer *p)
 			peer_queue_locked(p, q);
 	}
 	pthread_mutex_unlock(&r->lock);
+	log_gpu_path(r, "consumer", p->id);
 	vp_log(LOG_INFO, "repl", "consumer %" PRIu64 " subscribed; catch-up of %u file version(s) queued",
 	       p->id, files);
 }
@@ -1548,6 +1565,7 @@ static void consumer_handle(struct vp_repl *r, struct qmsg *q)
 			r->state = 3;
 			seen_clear(r);
 			r->syncing = 1;
+			log_gpu_path(r, "producer", 0);
 			vp_log(LOG_NOTICE, "repl", "subscribed to the producer at '%s' over '%s'",
 			       r->cfg.subscribe, vp_fab_provider(r->fab));
 		}

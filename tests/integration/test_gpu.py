@@ -65,3 +65,23 @@ def test_the_posix_and_loader_suites_pass_with_the_gpu_tier(world):
                             os.path.join(HERE, "test_posix.py"), os.path.join(HERE, "test_loaders.py")],
                            env=env, capture_output=True, text=True, timeout=600, cwd=HERE)
         assert r.returncode == 0, extra + "\n" + r.stdout[-3000:]
+
+
+def test_replicated_versions_reach_the_consumers_gpu_tier(world):
+    from test_repl import cluster, subscribed
+    net, prod, (c1,) = cluster(world, consumers=1, opts=",gpu_cache=64M,gpu_tier=ram")
+    wait_for(lambda: subscribed(prod, 1), what="the consumer subscribed")
+    data = os.urandom(3 << 20)
+    write(prod.path("model.pt"), data)
+    r = subprocess.run([VIPERCTL, "wait", c1.path("model.pt"), "--newer-than", "0", "--timeout", "60"],
+                       capture_output=True, text=True, timeout=90)
+    assert r.returncode == 0, r.stderr
+    # installed on the consumer, then mirrored by its own tier
+    wait_for(lambda: status(c1)["tiers"]["gpu"]["used"] == len(data), what="the consumer's mirror")
+    wait_for(lambda: status(prod)["tiers"]["gpu"]["used"] == len(data), what="the producer's mirror")
+    for m in (prod, c1):
+        assert "host-staged path" in m.read_log() and "no FI_HMEM" in m.read_log()
+    holder = world.spawn([VIPERCTL, "gpu-export", c1.path("model.pt")], stdout=subprocess.PIPE, text=True)
+    exp = json.loads(holder.stdout.readline())
+    assert exp["version"] == 1 and exp["size"] == len(data)
+    assert holder.wait(timeout=30) == 0
