@@ -49,6 +49,7 @@ struct vp_gpu {
 	struct mirror *retired;		/* replaced or forgotten, still held */
 	uint64_t budget, used;
 	uint64_t mirrored, evicted, failed;
+	uint64_t reads, read_bytes;
 	int busy, stop, on;
 	pthread_t thread;
 };
@@ -470,9 +471,28 @@ ssize_t vp_gpu_read(struct vp_gpu *g, uint64_t id, uint64_t version, void *buf,
 	pthread_mutex_unlock(&g->tier_lock);
 	pthread_mutex_lock(&g->lock);
 	gone = unhold_locked(g, m);
+	if (!rc) {
+		g->reads++;
+		g->read_bytes += len;
+	}
 	pthread_mutex_unlock(&g->lock);
 	free_mirrors(g, gone);
 	return rc ? rc : (ssize_t)len;
+}
+
+uint64_t vp_gpu_mirror_size(struct vp_gpu *g, uint64_t id, uint64_t version)
+{
+	struct mirror *m;
+	uint64_t size = UINT64_MAX;
+
+	if (!g)
+		return size;
+	pthread_mutex_lock(&g->lock);
+	m = find_locked(g->mirrors, id);
+	if (g->on && m && m->version == version)
+		size = m->size;
+	pthread_mutex_unlock(&g->lock);
+	return size;
 }
 
 int vp_gpu_export(struct vp_gpu *g, uint64_t id, void *handle, uint64_t *version,
@@ -546,6 +566,8 @@ void vp_gpu_get_stats(struct vp_gpu *g, struct vp_gpu_stats *st)
 	st->mirrored = g->mirrored;
 	st->evicted = g->evicted;
 	st->failed = g->failed;
+	st->reads = g->reads;
+	st->read_bytes = g->read_bytes;
 	st->on = g->on;
 	pthread_mutex_unlock(&g->lock);
 }
@@ -566,6 +588,7 @@ void vp_gpu_status_json(struct vp_gpu *g, FILE *out)
 		fputc(*p == '"' || *p == '\\' ? '_' : *p, out);
 	fprintf(out, "\",\"budget\":%" PRIu64 ",\"used\":%" PRIu64 ",\"files\":%" PRIu64
 		",\"leased\":%" PRIu64 ",\"mirrored\":%" PRIu64 ",\"evicted\":%" PRIu64
-		",\"failed\":%" PRIu64 "}",
-		st.budget, st.used, st.files, st.leased, st.mirrored, st.evicted, st.failed);
+		",\"failed\":%" PRIu64 ",\"reads\":%" PRIu64 ",\"read_bytes\":%" PRIu64 "}",
+		st.budget, st.used, st.files, st.leased, st.mirrored, st.evicted, st.failed,
+		st.reads, st.read_bytes);
 }

@@ -61,6 +61,9 @@ void vp_gpu_drain(struct vp_gpu *g);
 ssize_t vp_gpu_read(struct vp_gpu *g, uint64_t id, uint64_t version, void *buf,
 		    size_t len, uint64_t off);
 
+/* The size of the mirror of (id, version), or UINT64_MAX if there is none. */
+uint64_t vp_gpu_mirror_size(struct vp_gpu *g, uint64_t id, uint64_t version);
+
 /*
  * Exports the mirror of file id: fills handle[VP_TIER_IPC_HANDLE], its
  * version and size, and returns a lease that keeps the device memory
@@ -74,6 +77,7 @@ struct vp_gpu_stats {
 	uint64_t budget, used;		/* bytes */
 	uint64_t files, leased;		/* mirrors, mirrors held by leases */
 	uint64_t mirrored, evicted, failed;	/* mirrors made, evicted, failed */
+	uint64_t reads, read_bytes;	/* copies back to the host */
 	int on;				/* 0: off after a device error */
 };
 void vp_gpu_get_stats(struct vp_gpu *g, struct vp_gpu_stats *st);

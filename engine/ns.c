@@ -533,6 +533,45 @@ out_unlock:
  * Returns a new reference to the bytes of n's latest version, reading
  * them lazily from the PFS if they are not in the cache.  No locks held.
  */
+/*
+ * The bytes of version `version` of n from its GPU mirror, as a new data
+ * in the cache, or NULL (no mirror, no room in the cache soon enough).
+ * No locks held.
+ */
+static struct vp_data *gpu_load(struct vp_ns *ns, struct vp_node *n, uint64_t version)
+{
+	size_t chunk = vp_pool_chunk_size(ns->pool);
+	uint64_t size;
+	size_t nchunks;
+	void **mem;
+	struct vp_data *d = NULL;
+	int err = 0;
+
+	if (!ns->gpu || (size = vp_gpu_mirror_size(ns->gpu, n->ino, version)) == UINT64_MAX)
+		return NULL;
+	nchunks = (size_t)((size + chunk - 1) / chunk);
+	mem = calloc(nchunks ? nchunks : 1, sizeof(*mem));
+	if (!mem)
+		return NULL;
+	for (size_t i = 0; i < nchunks && !err; i++) {
+		uint64_t off = (uint64_t)i * chunk;
+		size_t len = size - off < chunk ? (size_t)(size - off) : chunk;
+
+		/* a short wait: the evictor frees clean versions under pressure */
+		mem[i] = vp_pool_get_chunk(ns->pool, ns->cfg.cache_wait < 1 ? ns->cfg.cache_wait : 1, &err);
+		if (!mem[i] || vp_gpu_read(ns->gpu, n->ino, version, mem[i], len, off) != (ssize_t)len)
+			err = err ? err : -EIO;
+	}
+	if (!err)
+		d = vp_data_adopt(ns->pool, mem, nchunks, size);	/* takes the chunks */
+	else
+		for (size_t i = 0; i < nchunks; i++)
+			if (mem[i])
+				vp_pool_put_chunk(ns->pool, mem[i]);
+	free(mem);
+	return d;
+}
+
 static int version_data(struct vp_ns *ns, struct vp_node *n,
 			struct vp_data **out)
 {
@@ -548,7 +587,25 @@ static int version_data(struct vp_ns *ns, struct vp_node *n,
 		pthread_mutex_unlock(&ns->lock);
 		return 0;
 	}
+	version = n->version;
 	pthread_mutex_unlock(&ns->lock);
+
+	/* evicted from RAM but mirrored in GPU memory: back from there, not the PFS */
+	d = gpu_load(ns, n, version);
+	if (d) {
+		pthread_mutex_lock(&ns->lock);
+		if (!n->cur && n->version == version) {
+			n->cur = d;
+			n->size = vp_data_size(d);
+			if (!n->work)
+				vp_lru_add_locked(ns, n);
+			d = NULL;
+		}
+		*out = vp_data_get(n->cur ? n->cur : d);
+		pthread_mutex_unlock(&ns->lock);
+		vp_data_put(d);
+		return 0;
+	}
 
 	pthread_mutex_lock(&ns->pfs_lock);
 	pthread_mutex_lock(&ns->lock);

@@ -85,3 +85,19 @@ def test_replicated_versions_reach_the_consumers_gpu_tier(world):
     exp = json.loads(holder.stdout.readline())
     assert exp["version"] == 1 and exp["size"] == len(data)
     assert holder.wait(timeout=30) == 0
+
+
+def test_a_version_evicted_from_ram_comes_back_from_the_gpu(world):
+    m = world.mount("ram_cache=8M,ram_prefault=0,gpu_cache=64M,gpu_tier=ram")
+    a, b = os.urandom(6 << 20), os.urandom(6 << 20)
+    write(m.path("a.bin"), a)
+    m.flush()
+    wait_for(lambda: status(m)["tiers"]["gpu"]["used"] == len(a), what="a's mirror")
+    write(m.path("b.bin"), b)          # 12 MiB in an 8 MiB cache: a, flushed, leaves RAM
+    m.flush()
+    wait_for(lambda: status(m)["evictions"] >= 1, what="an eviction")
+    before = status(m)["tiers"]["gpu"]
+    assert read(m.path("a.bin")) == a
+    after = status(m)["tiers"]["gpu"]
+    assert after["reads"] > before["reads"]
+    assert after["read_bytes"] - before["read_bytes"] == len(a)
