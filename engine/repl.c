@@ -107,7 +107,7 @@ struct vp_repl {
 	uint64_t seq;
 	struct pin *pins;
 
-	/* consumer, used by the repl thread only (status reads are racy by design) */
+	/* consumer, used by the repl thread only (status reads the copy in pub) */
 	vp_fab_addr producer;
 	int state;			/* 0 idle, 1 hello sent, 2 challenged, 3 active */
 	uint64_t my_id;
@@ -123,6 +123,13 @@ struct vp_repl {
 	size_t nseen, cap_seen;
 	int syncing;			/* between WELCOME and SYNC_END */
 	double last_transfer_s;
+	/* consumer: a copy of the thread's counters for status, protected by lock */
+	struct {
+		int state;
+		uint64_t installed, skipped, bytes_in, bytes_reused, bytes_streamed;
+		uint64_t bytes_streamed_used, checksum_errors;
+		double last_transfer_s, last_heard;
+	} pub;
 	struct prefetch *prefetch;	/* chunks of versions still being written */
 	uint64_t bytes_streamed;	/* fetched from previews */
 	uint64_t bytes_streamed_used;	/* of those, still valid at the version's commit */
@@ -1595,6 +1602,23 @@ static void consumer_handle(struct vp_repl *r, struct qmsg *q)
 	free(m);
 }
 
+/* Consumer: publishes the repl thread's counters for status and metrics. */
+static void publish_stats(struct vp_repl *r)
+{
+	pthread_mutex_lock(&r->lock);
+	r->pub.state = r->state;
+	r->pub.installed = r->installed;
+	r->pub.skipped = r->skipped;
+	r->pub.bytes_in = r->bytes_in;
+	r->pub.bytes_reused = r->bytes_reused;
+	r->pub.bytes_streamed = r->bytes_streamed;
+	r->pub.bytes_streamed_used = r->bytes_streamed_used;
+	r->pub.checksum_errors = r->checksum_errors;
+	r->pub.last_transfer_s = r->last_transfer_s;
+	r->pub.last_heard = r->last_heard;
+	pthread_mutex_unlock(&r->lock);
+}
+
 static void consumer_tick(struct vp_repl *r, double *last_beat)
 {
 	double now = vp_now();
@@ -1652,19 +1676,23 @@ static void *repl_main(void *arg)
 			if (!r->in_head)
 				r->in_tail = NULL;
 			pthread_mutex_unlock(&r->lock);
-			if (r->consumer)
+			if (r->consumer) {
 				consumer_handle(r, q);
-			else
+				publish_stats(r);
+			} else {
 				producer_handle(r, q);
+			}
 			free(q);
 			pthread_mutex_lock(&r->lock);
 			continue;
 		}
 		pthread_mutex_unlock(&r->lock);
-		if (r->consumer)
+		if (r->consumer) {
 			consumer_tick(r, &last_beat);
-		else
+			publish_stats(r);
+		} else {
 			producer_tick(r, &last_beat);
+		}
 		pthread_mutex_lock(&r->lock);
 		if (r->in_head || r->ev_head || r->stop)
 			continue;
@@ -1844,7 +1872,7 @@ static double peer_lag_s_locked(struct vp_repl *r, struct peer *p, double now)
 
 static const char *consumer_state(struct vp_repl *r)
 {
-	return r->state == 3 ? "subscribed" : r->state ? "connecting" : "disconnected";
+	return r->pub.state == 3 ? "subscribed" : r->pub.state ? "connecting" : "disconnected";
 }
 
 void vp_repl_status_json(struct vp_repl *r, FILE *out)
@@ -1862,9 +1890,9 @@ void vp_repl_status_json(struct vp_repl *r, FILE *out)
 			",\"checksum_errors\":%" PRIu64 ",\"last_transfer_s\":%.6f"
 			",\"last_heard_s\":%.3f}",
 			vp_fab_provider(r->fab), r->cfg.subscribe, consumer_state(r),
-			r->installed, r->skipped, r->bytes_in, r->bytes_reused, r->bytes_streamed,
-			r->bytes_streamed_used, r->checksum_errors,
-			r->last_transfer_s, r->last_heard > 0 ? now - r->last_heard : -1.0);
+			r->pub.installed, r->pub.skipped, r->pub.bytes_in, r->pub.bytes_reused,
+			r->pub.bytes_streamed, r->pub.bytes_streamed_used, r->pub.checksum_errors,
+			r->pub.last_transfer_s, r->pub.last_heard > 0 ? now - r->pub.last_heard : -1.0);
 	} else {
 		int first = 1;
 
@@ -1895,7 +1923,7 @@ void vp_repl_metrics(struct vp_repl *r, FILE *out)
 	if (r->consumer) {
 		fputs("# HELP viperfs_producer_up 1 while this consumer is subscribed to its producer.\n"
 		      "# TYPE viperfs_producer_up gauge\n", out);
-		fprintf(out, "viperfs_producer_up %d\n", r->state == 3);
+		fprintf(out, "viperfs_producer_up %d\n", r->pub.state == 3);
 	} else {
 		fputs("# HELP viperfs_peers Consumers connected to this producer.\n"
 		      "# TYPE viperfs_peers gauge\n", out);
