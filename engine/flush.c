@@ -440,9 +440,21 @@ static int replay_meta(struct vp_ns *ns, struct flush_op *op, char *where,
 			rc = -errno;
 		break;
 	case OP_ATTR: {
-		struct timespec times[2] = { n->atime, n->mtime };
+		struct timespec times[2];
 		int fd = n == ns->root ? ns->pfs_root_fd : sfd;
 		const char *name = n == ns->root ? "." : n->pfs_name;
+		mode_t mode;
+		uid_t uid;
+		gid_t gid;
+
+		/* the attributes change under ns->lock (setattr): copy them there */
+		pthread_mutex_lock(&ns->lock);
+		times[0] = n->atime;
+		times[1] = n->mtime;
+		mode = n->mode;
+		uid = n->uid;
+		gid = n->gid;
+		pthread_mutex_unlock(&ns->lock);
 
 		if (!has_place || (n->type == VP_NODE_FILE && n->pfs_version == VP_NO_VERSION))
 			break;	/* its DATA entry will carry the attributes */
@@ -451,9 +463,9 @@ static int replay_meta(struct vp_ns *ns, struct flush_op *op, char *where,
 			break;
 		}
 		if (n->type != VP_NODE_SYMLINK &&
-		    fchmodat(fd, name, n->mode & 07777, 0) && errno != ENOENT)
+		    fchmodat(fd, name, mode & 07777, 0) && errno != ENOENT)
 			rc = -errno;
-		if (!rc && fchownat(fd, name, n->uid, n->gid, AT_SYMLINK_NOFOLLOW) &&
+		if (!rc && fchownat(fd, name, uid, gid, AT_SYMLINK_NOFOLLOW) &&
 		    errno != ENOENT && errno != EPERM)
 			rc = -errno;
 		if (!rc && utimensat(fd, name, times, AT_SYMLINK_NOFOLLOW) &&
