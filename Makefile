@@ -39,7 +39,11 @@ endif
 endif
 
 .PHONY: all deps test unit integration check bench bench-gpu clean install demo plan-report check-thread fuzz demo-local
-all: deps $(BUILD)/viperfs $(BUILD)/viperctl $(BUILD)/tests/fabpoke $(BUILD)/tests/fabbw
+all: deps $(BUILD)/viperfs $(BUILD)/viperctl $(BUILD)/libviperfs_client.a $(BUILD)/tests/fabpoke $(BUILD)/tests/fabbw
+
+# The C client library for local processes (GPU export): tools/viperfs_client.h
+$(BUILD)/libviperfs_client.a: $(BUILD)/tools/viperfs_client.o
+	ar rcs $@ $^
 
 # Installs the Debian packages the build and tests need, if any is missing.
 deps:
@@ -136,6 +140,8 @@ SUBST = sed -e 's|@BINDIR@|$(PREFIX)/bin|g' -e 's|@DOCDIR@|$(DOCDIR)|g'
 install: all
 	install -D -m 0755 $(BUILD)/viperfs $(DESTDIR)$(PREFIX)/bin/viperfs
 	install -D -m 0755 $(BUILD)/viperctl $(DESTDIR)$(PREFIX)/bin/viperctl
+	install -D -m 0644 $(BUILD)/libviperfs_client.a $(DESTDIR)$(PREFIX)/lib/libviperfs_client.a
+	install -D -m 0644 tools/viperfs_client.h $(DESTDIR)$(PREFIX)/include/viperfs_client.h
 	@mkdir -p $(DESTDIR)$(SBINDIR) $(DESTDIR)$(SYSTEMDDIR) $(DESTDIR)$(DOCDIR)
 	$(SUBST) mount-scripts/mount.viperfs > $(DESTDIR)$(SBINDIR)/mount.viperfs
 	$(SUBST) mount-scripts/umount.viperfs > $(DESTDIR)$(SBINDIR)/umount.viperfs
