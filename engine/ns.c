@@ -2650,8 +2650,22 @@ static void versions_locked(struct vp_ns *ns, struct vp_node *n, FILE *out,
 		return;
 	fprintf(out, "%s{\"path\":", *first ? "" : ",");
 	json_string(out, path);
-	fprintf(out, ",\"version\":%" PRIu64 ",\"size\":%" PRIu64 ",\"state\":\"%s\",\"writers\":%u}",
-		n->version, node_size_locked(n), state_locked(n), n->writers);
+	/*
+	 * Where its bytes sit: "ram" (the cache holds this version; one loaded
+	 * from the PFS fills in as it is read), "gpu" (mirrored), "pfs".  No
+	 * data function here: the namespace lock is held.
+	 */
+	{
+		int ram = n->cur != NULL;
+		int gpu = vp_gpu_mirror_size(ns->gpu, n->ino, n->version) != UINT64_MAX;
+		int pfs = n->pfs_version == n->version;
+
+		fprintf(out, ",\"version\":%" PRIu64 ",\"size\":%" PRIu64 ",\"state\":\"%s\",\"writers\":%u"
+			",\"tiers\":[%s%s%s%s%s]}",
+			n->version, node_size_locked(n), state_locked(n), n->writers,
+			ram ? "\"ram\"" : "", ram && gpu ? "," : "", gpu ? "\"gpu\"" : "",
+			(ram || gpu) && pfs ? "," : "", pfs ? "\"pfs\"" : "");
+	}
 	*first = 0;
 }
 

@@ -275,11 +275,18 @@ static void print_status(const char *mnt, const struct vpctl_json *st)
 	}
 	if (paths && paths->count) {
 		printf("  paths\n");
-		for (const struct vpctl_json *p = paths->child; p; p = p->next)
-			printf("    %-40s version %-5.0f %10s  %s\n", vpctl_json_str(p, "path"),
+		for (const struct vpctl_json *p = paths->child; p; p = p->next) {
+			const struct vpctl_json *t = vpctl_json_get(p, "tiers");
+			char where[32] = "";
+
+			for (const struct vpctl_json *e = t ? t->child : NULL; e; e = e->next)
+				snprintf(where + strlen(where), sizeof(where) - strlen(where), "%s%s",
+					 *where ? "+" : "", e->str ? e->str : "?");
+			printf("    %-40s version %-5.0f %10s  %-8s %s\n", vpctl_json_str(p, "path"),
 			       vpctl_json_num(p, "version"),
 			       sz(vpctl_json_num(p, "size"), c, sizeof(c)),
-			       vpctl_json_str(p, "state"));
+			       vpctl_json_str(p, "state"), where);
+		}
 	}
 }
 

@@ -142,7 +142,7 @@ def test_viperctl_flush_status_versions(world):
     write(m.path("a"), b"1")
     write(m.path("a"), b"22")
     vs = json.loads(m.ctl("versions", m.mnt).stdout)
-    assert vs == [{"path": "a", "version": 2, "size": 2, "state": "cached", "writers": 0}]
+    assert vs == [{"path": "a", "version": 2, "size": 2, "state": "cached", "writers": 0, "tiers": ["ram"]}]
     assert not os.path.exists(m.pfs_path("a"))
     r = m.ctl("flush", m.mnt)
     assert "flushed" in r.stdout

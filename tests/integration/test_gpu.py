@@ -96,7 +96,10 @@ def test_a_version_evicted_from_ram_comes_back_from_the_gpu(world):
     write(m.path("b.bin"), b)          # 12 MiB in an 8 MiB cache: a, flushed, leaves RAM
     m.flush()
     wait_for(lambda: status(m)["evictions"] >= 1, what="an eviction")
-    before = status(m)["tiers"]["gpu"]
+    st = status(m)
+    before = st["tiers"]["gpu"]
+    # status says where each file's bytes sit: a in GPU memory and on the PFS, not in RAM
+    assert [p["tiers"] for p in st["paths"] if p["path"] == "a.bin"] == [["gpu", "pfs"]]
     assert read(m.path("a.bin")) == a
     after = status(m)["tiers"]["gpu"]
     assert after["reads"] > before["reads"]

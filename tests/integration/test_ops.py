@@ -224,7 +224,8 @@ def test_status_json_and_human(world):
     assert st["flush"]["flushed_bytes"] >= len(a) and st["flush"]["queued_ops"] == 0
     assert st["flush"]["last_error"] == ""
     assert st["repl"] is None
-    assert st["paths"] == [{"path": "a.pt", "version": 2, "size": len(a), "state": "flushed", "writers": 0}]
+    assert st["paths"] == [{"path": "a.pt", "version": 2, "size": len(a), "state": "flushed", "writers": 0,
+                            "tiers": ["ram", "pfs"]}]
     human = m.ctl("status", m.mnt).stdout
     assert re.search(r"a\.pt\s+version 2\s+3\.0 MiB\s+flushed", human), human
     assert "ram 3.0 MiB used of 256.0 MiB" in human or "of 256.0 MiB" in human, human
