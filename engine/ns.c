@@ -2162,6 +2162,7 @@ ssize_t vp_ns_write(struct vp_ns *ns, struct vp_handle *h, const void *buf,
 		return -EBADF;
 	n = vp_data_write(h->data, buf, len, off, ns->cfg.cache_wait);
 	if (n > 0) {
+		__atomic_store_n(&h->wrote, 1, __ATOMIC_RELAXED);
 		maybe_preview(ns, h);
 		__atomic_store_n(&h->node->dirty, 1, __ATOMIC_RELEASE);
 		__atomic_add_fetch(&ns->st_bytes_written, (uint64_t)n, __ATOMIC_RELAXED);
@@ -2233,6 +2234,14 @@ int vp_ns_flush(struct vp_ns *ns, struct vp_handle *h)
 	 */
 	tgid = tgid_of(caller_tid);
 	if (h->owner && tgid && tgid != h->owner)
+		return 0;
+	/*
+	 * Nothing written through this handle yet: a shell's `cmd > file`
+	 * closes its descriptor after dup2(), before cmd writes a byte.  An
+	 * empty version there would reach watchers and consumers; the commit
+	 * waits for the handle's last close (RELEASE).
+	 */
+	if (!__atomic_load_n(&h->wrote, __ATOMIC_RELAXED))
 		return 0;
 	pthread_mutex_lock(&ns->lock);
 	last = h->node->writers == 1;

@@ -80,6 +80,7 @@ struct vp_handle {
 	struct vp_data *data;		/* holds a ref: the bytes this handle sees */
 	int writable;
 	pid_t owner;			/* writable: the opening process, 0 if unknown */
+	int wrote;			/* atomic: a write came through this handle */
 };
 
 struct install {

@@ -238,3 +238,16 @@ def test_a_child_closing_an_inherited_descriptor_does_not_commit(mnt):
     assert os.getxattr(p, "user.viperfs.version") == b"1"         # the writer's close committed
     with open(p, "rb") as f:
         assert f.read() == b"a" * (2 << 20) + b"b" * 10
+
+
+def test_a_shell_redirect_commits_one_version(mnt):
+    """`cmd > file` closes a dup of the descriptor before cmd writes: no empty version then."""
+    p = mnt.path("out.txt")
+    subprocess.run("echo hello > '%s'" % p, shell=True, check=True)
+    assert os.getxattr(p, "user.viperfs.version") == b"1"
+    assert read(p) == b"hello\n"
+    # an empty file still is a version, committed at its last close
+    subprocess.run(["touch", mnt.path("empty")], check=True)
+    with open(mnt.path("empty"), "rb") as f:      # RELEASE follows close(): an open orders after it
+        assert f.read() == b""
+    assert os.path.exists(mnt.path("empty"))
