@@ -249,7 +249,6 @@ static int cuda_copy_out(struct vp_tier *t, void *dst, const void *mem, uint64_t
 			done++;
 		}
 	}
-	t->next = 0;
 	return rc;
 }
 
