@@ -539,30 +539,3 @@ int vp_data_chunk_hashes(struct vp_data *d, uint64_t *hashes, size_t n)
 	pthread_mutex_unlock(&d->lock);
 	return rc;
 }
-
-int vp_data_checksum(struct vp_data *d, uint64_t *sum)
-{
-	XXH3_state_t *st = XXH3_createState();
-	uint64_t off = 0, size = vp_data_size(d);
-	int rc = 0;
-
-	if (!st)
-		return -ENOMEM;
-	XXH3_64bits_reset(st);
-	while (off < size) {
-		struct vp_read rd;
-		ssize_t n = vp_data_read(d, off, (size_t)(size - off), &rd);
-
-		if (n <= 0) {
-			rc = n < 0 ? (int)n : -EIO;
-			break;
-		}
-		for (unsigned int i = 0; i < rd.nseg; i++)
-			XXH3_64bits_update(st, rd.seg[i].ptr, rd.seg[i].len);
-		off += (uint64_t)n;
-		vp_read_release(&rd);
-	}
-	*sum = XXH3_64bits_digest(st);
-	XXH3_freeState(st);
-	return rc;
-}

@@ -130,7 +130,5 @@ ssize_t vp_data_pread(struct vp_data *d, void *buf, size_t len, uint64_t off);
  */
 int vp_data_chunk_hashes(struct vp_data *d, uint64_t *hashes, size_t n);
 
-/* The xxh3-64 of the whole content.  Returns 0 or -errno. */
-int vp_data_checksum(struct vp_data *d, uint64_t *sum);
 
 #endif

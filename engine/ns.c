@@ -2227,21 +2227,19 @@ int vp_ns_flush(struct vp_ns *ns, struct vp_handle *h)
 	if (!h->writable)
 		return 0;
 	/*
-	 * FLUSH comes with every close() of a descriptor, also of copies a
-	 * child inherited (fork, close-on-exec at exec, a DataLoader worker
-	 * exiting): those must not commit a half-written file.  Only the
-	 * opening process's close commits here; the rest wait for RELEASE.
-	 */
-	tgid = tgid_of(caller_tid);
-	if (h->owner && tgid && tgid != h->owner)
-		return 0;
-	/*
-	 * Nothing written through this handle yet: a shell's `cmd > file`
-	 * closes its descriptor after dup2(), before cmd writes a byte.  An
-	 * empty version there would reach watchers and consumers; the commit
-	 * waits for the handle's last close (RELEASE).
+	 * FLUSH comes with every close() of a descriptor, so two kinds wait
+	 * for the handle's last close (RELEASE) instead of committing here:
+	 * - nothing written through this handle yet: a shell's `cmd > file`
+	 *   closes its copy after dup2(), before cmd writes a byte (an empty
+	 *   version would reach watchers and consumers);
+	 * - a close by another process of a copy it inherited (fork,
+	 *   close-on-exec at exec, a DataLoader worker exiting): that must not
+	 *   commit a half-written file.  The cheap check goes first.
 	 */
 	if (!__atomic_load_n(&h->wrote, __ATOMIC_RELAXED))
+		return 0;
+	tgid = tgid_of(caller_tid);
+	if (h->owner && tgid && tgid != h->owner)
 		return 0;
 	pthread_mutex_lock(&ns->lock);
 	last = h->node->writers == 1;

@@ -110,7 +110,7 @@ static void test_clone_is_copy_on_write(void **state)
 
 	memset(buf, '1', sizeof(buf));
 	vp_data_write(a, buf, sizeof(buf), 0, 0);
-	vp_data_checksum(a, &sa);
+	assert_int_equal(vp_data_chunk_hashes(a, &sa, 1), 0);
 	b = vp_data_clone(a);
 	assert_non_null(b);
 	memset(buf, '2', 10);
@@ -119,11 +119,15 @@ static void test_clone_is_copy_on_write(void **state)
 	assert_int_equal(vp_data_pread(a, out, 100, 0), 100);
 	for (int i = 0; i < 100; i++)
 		assert_int_equal(out[i], '1');
-	vp_data_checksum(a, &sa2);
-	vp_data_checksum(b, &sb);
+	assert_int_equal(vp_data_chunk_hashes(a, &sa2, 1), 0);
+	assert_int_equal(vp_data_chunk_hashes(b, &sb, 1), 0);
 	assert_true(sa == sa2);
 	assert_true(sa != sb);
 	vp_data_put(a);
+	/* b now owns its chunk alone: a write in place must drop the cached hash */
+	assert_int_equal(vp_data_write(b, "3", 1, 0, 0), 1);
+	assert_int_equal(vp_data_chunk_hashes(b, &sa2, 1), 0);
+	assert_true(sa2 != sb);
 	assert_int_equal(vp_data_pread(b, out, 100, 0), 100);
 	assert_int_equal(out[55], '2');
 	vp_data_put(b);
