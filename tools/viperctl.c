@@ -147,27 +147,46 @@ static void bar(unsigned long long done, unsigned long long total,
 		done >> 20, total >> 20, what);
 }
 
-static int vpctl_flush(const char *path)
+static double mono_now(void)
 {
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/*
+ * Flushes everything under path to the PFS, with a progress bar on a
+ * terminal, for up to timeout seconds (0: no bound).  Returns 1 when all
+ * of it is on the PFS, 0 when the deadline passed, -1 when the daemon
+ * refused (said on stderr) or went away.  The last PFS error the daemon
+ * reported goes to last_error.
+ */
+static int flush_progress(const char *path, double timeout, char *last_error, size_t len)
+{
+	struct timeval tv = { .tv_sec = 5 };
+	double deadline = timeout > 0 ? mono_now() + timeout : 0;
 	FILE *in = vpctl_request(path, "flush", 1);
-	char line[1024], last_error[256] = "";
-	int tty = isatty(2), finished = 0;
+	int tty = isatty(2), rc = -1;
+	char line[1024];
 
 	if (!in)
-		return 1;
+		return -1;
+	/* the daemon reports every 200 ms: a silence of 5 s means it is stuck */
+	setsockopt(fileno(in), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
 	while (fgets(line, sizeof(line), in)) {
 		const char *e;
 
 		if (!strncmp(line, "{\"error\"", 8)) {
 			fprintf(stderr, "viperctl: %s", line);
-			fclose(in);
-			return 1;
+			break;
 		}
-		finished = strstr(line, "\"finished\":true") != NULL;
 		e = strstr(line, "\"error\":\"");
-		if (e && e[9] != '"') {
-			snprintf(last_error, sizeof(last_error), "%.*s",
-				 (int)strcspn(e + 9, "\""), e + 9);
+		if (e && e[9] != '"')
+			snprintf(last_error, len, "%.*s", (int)strcspn(e + 9, "\""), e + 9);
+		if (strstr(line, "\"finished\":true")) {
+			rc = 1;
+			break;
 		}
 		if (tty) {
 			char what[64];
@@ -175,12 +194,24 @@ static int vpctl_flush(const char *path)
 			snprintf(what, sizeof(what), "%llu left", json_num(line, "ops_left"));
 			bar(json_num(line, "done"), json_num(line, "total"), what);
 		}
+		if (deadline && mono_now() >= deadline) {
+			rc = 0;
+			break;
+		}
 	}
 	fclose(in);
 	if (tty)
 		fputc('\n', stderr);
-	if (!finished) {
-		fprintf(stderr, "viperctl: the daemon went away before the flush finished%s%s\n",
+	return rc;
+}
+
+static int vpctl_flush(const char *path)
+{
+	char last_error[256] = "";
+	int rc = flush_progress(path, 0, last_error, sizeof(last_error));
+
+	if (rc != 1) {
+		fprintf(stderr, "viperctl: the flush did not finish%s%s\n",
 			*last_error ? "; last PFS error: " : "", last_error);
 		return 1;
 	}
@@ -390,89 +421,17 @@ static int vpctl_warm(int argc, char **argv)
 	return rc;
 }
 
-/* Sends one request to the daemon of root; returns the first answer line parsed. */
-static struct vpctl_json *ask(const char *root, const char *req)
+/* Sends one request for path's mount; returns the answer parsed, or NULL. */
+static struct vpctl_json *request_json(const char *path, const char *verb)
 {
-	int fd = vpc_connect(root);
-	char *text = NULL;
-	struct vpctl_json *j = NULL;
-	FILE *in;
+	FILE *in = vpctl_request(path, verb, 0);
+	char *text = in ? read_all(in) : NULL;
+	struct vpctl_json *j = text ? vpctl_json_parse(text) : NULL;
 
-	if (fd < 0)
-		return NULL;
-	if (write(fd, req, strlen(req)) != (ssize_t)strlen(req)) {
-		close(fd);
-		return NULL;
-	}
-	shutdown(fd, SHUT_WR);
-	in = fdopen(fd, "r");
-	if (!in) {
-		close(fd);
-		return NULL;
-	}
-	text = read_all(in);
-	fclose(in);
-	if (text)
-		j = vpctl_json_parse(text);
+	if (in)
+		fclose(in);
 	free(text);
 	return j;
-}
-
-static double mono_now(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
-/*
- * Drains pending flushes for up to timeout seconds (0: no bound).
- * Returns 1 if everything reached the PFS, 0 if not, -1 on error.
- */
-static int drain(const char *root, double timeout, char *last_error, size_t len)
-{
-	struct timeval tv = { .tv_sec = 5 };
-	double deadline = timeout > 0 ? mono_now() + timeout : 0;
-	int fd = vpc_connect(root), tty = isatty(2), finished = 0;
-	char line[1024];
-	FILE *in;
-
-	if (fd < 0)
-		return -1;
-	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-	if (write(fd, "flush /\n", 8) != 8) {
-		close(fd);
-		return -1;
-	}
-	shutdown(fd, SHUT_WR);
-	in = fdopen(fd, "r");
-	if (!in) {
-		close(fd);
-		return -1;
-	}
-	while (fgets(line, sizeof(line), in)) {
-		const char *e = strstr(line, "\"error\":\"");
-
-		if (e && e[9] != '"')
-			snprintf(last_error, len, "%.*s", (int)strcspn(e + 9, "\""), e + 9);
-		if (strstr(line, "\"finished\":true")) {
-			finished = 1;
-			break;
-		}
-		if (tty) {
-			char what[64];
-
-			snprintf(what, sizeof(what), "%llu left to flush", json_num(line, "ops_left"));
-			bar(json_num(line, "done"), json_num(line, "total"), what);
-		}
-		if (deadline && mono_now() >= deadline)
-			break;
-	}
-	fclose(in);
-	if (tty)
-		fputc('\n', stderr);
-	return finished;
 }
 
 /* Waits up to timeout seconds for process pid to exit (pidfd: an event, no polling). */
@@ -506,7 +465,7 @@ static int vpctl_umount(int argc, char **argv)
 	const char *mnt = NULL;
 	double timeout = -1, wait_s;
 	int force = 0, lazy = 0, drained, pid;
-	char root[PATH_MAX], rel[PATH_MAX], last_error[256] = "", idle_req[32];
+	char root[PATH_MAX], rel[PATH_MAX], last_error[256] = "";
 	struct vpctl_json *st, *j;
 
 	for (int i = 2; i < argc; i++) {
@@ -534,7 +493,7 @@ static int vpctl_umount(int argc, char **argv)
 		fprintf(stderr, "viperctl: umount: '%s' is not the root of a viperfs mount\n", mnt);
 		return 32;
 	}
-	st = ask(root, "status\n");
+	st = request_json(root, "status");
 	if (!st) {
 		fprintf(stderr, "viperctl: umount: the daemon of '%s' does not answer; 'fusermount3 -u %s' detaches it\n",
 			root, root);
@@ -546,8 +505,7 @@ static int vpctl_umount(int argc, char **argv)
 
 	/* open files first: nothing is drained for an unmount that cannot happen */
 	if (!lazy) {
-		snprintf(idle_req, sizeof(idle_req), "idle 2\n");
-		j = ask(root, idle_req);
+		j = request_json(root, "idle 2");
 		if (j && vpctl_json_get(j, "error")) {
 			fprintf(stderr, "umount: %s: target is busy (%.0f open files); close them, or see 'fuser -vm %s'\n",
 				root, vpctl_json_num(j, "open_files"), root);
@@ -557,19 +515,15 @@ static int vpctl_umount(int argc, char **argv)
 		vpctl_json_free(j);
 	}
 
-	drained = drain(root, wait_s, last_error, sizeof(last_error));
+	drained = flush_progress(root, wait_s, last_error, sizeof(last_error));
 	if (drained < 0) {
 		fprintf(stderr, "viperctl: umount: lost the daemon of '%s' while draining\n", root);
 		return 32;
 	}
 	if (!drained) {
-		FILE *in = vpctl_request(root, "versions", 1);
-		char *text = in ? read_all(in) : NULL;
-		struct vpctl_json *list = text ? vpctl_json_parse(text) : NULL;
+		struct vpctl_json *list = request_json(root, "versions");
 		unsigned int left = 0;
 
-		if (in)
-			fclose(in);
 		for (const struct vpctl_json *p = list ? list->child : NULL; p; p = p->next) {
 			if (!strcmp(vpctl_json_str(p, "state"), "flushed"))
 				continue;
@@ -578,7 +532,6 @@ static int vpctl_umount(int argc, char **argv)
 					vpctl_json_str(p, "path"), vpctl_json_num(p, "version"));
 		}
 		vpctl_json_free(list);
-		free(text);
 		fprintf(stderr, "umount: %s: %u files are not on the PFS after %.0f s%s%s%s; %s\n",
 			root, left, wait_s, *last_error ? " (last PFS error: " : "", last_error,
 			*last_error ? ")" : "",
