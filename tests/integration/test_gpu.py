@@ -5,13 +5,9 @@ import subprocess
 import sys
 
 from conftest import VIPERCTL, read, write
-from test_repl import wait_for
+from test_repl import status, wait_for
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def status(m):
-    return json.loads(m.ctl("status", m.mnt, "--json").stdout)
 
 
 def test_gpu_cache_without_a_gpu_is_off_and_says_why(world):

@@ -2,13 +2,12 @@
 import json
 import os
 import re
+import select
 import shutil
 import signal
 import socket
 import subprocess
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 
@@ -71,7 +70,6 @@ class External:
             return
         fd = os.pidfd_open(self.pid)
         try:
-            import select
             if not select.select([fd], [], [], 60)[0]:
                 os.kill(self.pid, signal.SIGKILL)
         finally:
