@@ -109,6 +109,7 @@ endif
 bench: all
 	@$(PYTHON) tests/bench/bench.py $(BENCH_ARGS)
 	@$(PYTHON) tests/bench/bench_repl.py $(BENCH_ARGS)
+	@$(PYTHON) tests/bench/bench_fanout.py $(BENCH_ARGS)
 	@$(PYTHON) tests/bench/charts.py
 
 # The planner's real run: NT3-like CNN, actual CIL of each schedule (~3 min).

@@ -97,6 +97,10 @@ static const struct opt options[] = {
 	  "serve Prometheus metrics at http://ADDR:PORT/metrics (a bare PORT binds 127.0.0.1)" },
 	{ "peer_timeout", OPT_SECONDS, OFF(peer_timeout), "5",
 	  "seconds without a heartbeat before a peer counts as dead" },
+	{ "relay_fanout", OPT_COUNT, OFF(relay_fanout), "2",
+	  "producer: relay tree of consumers: the producer and each consumer serve at most this many consumers, which re-serve the chunks they received (1: a chain; 0: every consumer reads from the producer; at most 8)" },
+	{ "relay_wait", OPT_SECONDS, OFF(relay_wait), "2",
+	  "consumer: seconds a relayed transfer waits on the relay node without progress before the producer serves the rest" },
 };
 
 #define N_OPTIONS (sizeof(options) / sizeof(options[0]))
@@ -273,6 +277,8 @@ static int set_one(struct vp_config *cfg, const struct opt *o,
 		errno = 0;
 		*(uint64_t *)(void *)field = strtoull(value, &end, 10);
 		if (!isdigit((unsigned char)*value) || *end || errno)
+			rc = -EINVAL;
+		else if (o->offset == OFF(relay_fanout) && cfg->relay_fanout > VP_RELAY_FANOUT_MAX)
 			rc = -EINVAL;
 		break;
 	}

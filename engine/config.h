@@ -15,6 +15,8 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#define VP_RELAY_FANOUT_MAX 8		/* consumers one node serves in the relay tree */
+
 enum vp_flush_policy {
 	VP_FLUSH_LATEST,	/* a version superseded before its flush is skipped */
 	VP_FLUSH_ALL,		/* every committed version is flushed */
@@ -61,6 +63,8 @@ struct vp_config {
 	unsigned int repl_inflight;	/* RMA reads in flight per transfer */
 	uint64_t repl_stream;		/* producer: preview a file every this many bytes written, 0: off */
 	double peer_timeout;		/* seconds of silence before a peer is dead */
+	uint64_t relay_fanout;		/* producer: consumers each node serves (0: all from the producer) */
+	double relay_wait;		/* consumer: seconds without news from the relay before the producer serves */
 	char on_update[PATH_MAX];	/* command run for each new version */
 	char metrics[256];		/* ADDR:PORT for Prometheus, empty: off */
 	uint64_t gpu_cache;		/* bytes of GPU memory for mirrors, 0: no GPU tier */

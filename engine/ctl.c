@@ -136,8 +136,15 @@ static void serve_wait(struct vp_ctl *ctl, char *args, FILE *out)
 	deadline = timeout > 0 ? (double)time(NULL) + timeout : 0;
 	while (*path == '/')
 		path++;
+	/*
+	 * The namespace first, then its events: on a consumer, a version
+	 * renamed into place is an event only once the kernel shows it, and
+	 * the answer must mean that opening the path gives the new bytes.
+	 */
+	have = vp_ns_path_version(ctl->ns, path);
 	for (;;) {
-		have = vp_ns_path_version(ctl->ns, path);
+		int rc;
+
 		if (have != UINT64_MAX && have > v) {
 			fprintf(out, "{\"version\":%llu}\n", (unsigned long long)have);
 			return;
@@ -147,7 +154,11 @@ static void serve_wait(struct vp_ctl *ctl, char *args, FILE *out)
 			json_error(out, "timed out");
 			return;
 		}
-		vp_ns_next_event(ctl->ns, &seq, path, 0.5, &ev);
+		rc = vp_ns_next_event(ctl->ns, &seq, path, 0.5, &ev);
+		if (rc == 1 && !strcmp(ev.path, path))
+			have = ev.version;
+		else if (rc == -EOVERFLOW)
+			have = vp_ns_path_version(ctl->ns, path);	/* events were lost */
 	}
 }
 

@@ -963,6 +963,19 @@ static int is_installer_locked(struct vp_ns *ns)
 	return ns->installer_tid && caller_tid == ns->installer_tid;
 }
 
+static void record_event_locked(struct vp_ns *ns, struct vp_node *n);
+
+void vp_ns_installed(struct vp_ns *ns)
+{
+	pthread_mutex_lock(&ns->lock);
+	for (unsigned int i = 0; i < ns->ndeferred; i++) {
+		record_event_locked(ns, ns->deferred[i]);
+		vp_node_put(ns, ns->deferred[i]);
+	}
+	ns->ndeferred = 0;
+	pthread_mutex_unlock(&ns->lock);
+}
+
 /* On a consumer, refuses changes that do not come from the installer. */
 static int replica_refuse_locked(struct vp_ns *ns, const char *what,
 				 const char *name)
@@ -1808,7 +1821,12 @@ int vp_ns_rename(struct vp_ns *ns, uint64_t parent, const char *name,
 	detach_locked(ns, n);
 	rc = link_locked(ns, newdir, n, newname);
 	assert(rc == 0 || rc == -ENOMEM);
-	record_event_locked(ns, n);
+	if (ns->replica && is_installer_locked(ns) && ns->ndeferred < 16) {
+		vp_node_get(n);		/* raised once the kernel sees the new name */
+		ns->deferred[ns->ndeferred++] = n;
+	} else {
+		record_event_locked(ns, n);
+	}
 out_unlock:
 	pthread_mutex_unlock(&ns->lock);
 out_put:

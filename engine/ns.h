@@ -241,6 +241,8 @@ struct vp_pool *vp_ns_pool(struct vp_ns *ns);
  */
 void vp_ns_set_caller(pid_t tid);
 void vp_ns_set_installer(struct vp_ns *ns, pid_t tid);
+/* Consumer: the installer's syscalls returned; raises the events they held back. */
+void vp_ns_installed(struct vp_ns *ns);
 
 /*
  * Consumer: the next open (or create) of path by the installer thread

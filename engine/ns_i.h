@@ -136,6 +136,14 @@ struct vp_ns {
 	int replica;			/* a consumer: read-only, never flushes */
 	int replica_loaded;		/* its PFS tree is loaded: no lazy loads */
 	pid_t installer_tid;		/* consumer: the thread that installs */
+	/*
+	 * consumer: files the installer renamed into place.  Their events wait
+	 * until its rename(2) has returned (vp_ns_installed): the kernel moves
+	 * its dentry only after our reply, and a watcher told earlier could
+	 * still open the old file.
+	 */
+	struct vp_node *deferred[16];
+	unsigned int ndeferred;
 	struct install *installs;	/* consumer: staged, protected by lock */
 	/* version events for watch/wait/on_update, a ring, protected by lock */
 	struct vp_event_rec {

@@ -168,8 +168,10 @@ const char *vp_msg_type_name(enum vp_msg_type t)
 		[VP_MSG_REFUSED] = "REFUSED", [VP_MSG_ANNOUNCE] = "ANNOUNCE",
 		[VP_MSG_OP] = "OP", [VP_MSG_SYNC_END] = "SYNC_END",
 		[VP_MSG_DONE] = "DONE", [VP_MSG_HEARTBEAT] = "HEARTBEAT",
+		[VP_MSG_TOPO] = "TOPO", [VP_MSG_CHUNKS] = "CHUNKS",
+		[VP_MSG_RELAY_DONE] = "RELAY_DONE",
 	};
-	return t >= VP_MSG_HELLO && t <= VP_MSG_HEARTBEAT ? names[t] : "?";
+	return t >= VP_MSG_HELLO && t <= VP_MSG_RELAY_DONE ? names[t] : "?";
 }
 
 static int chunk_layout_ok(uint64_t size, uint32_t chunk_size, uint32_t nchunks)
@@ -179,6 +181,35 @@ static int chunk_layout_ok(uint64_t size, uint32_t chunk_size, uint32_t nchunks)
 		return 0;
 	return size <= VP_PROTO_MAX_FILE &&
 	       (uint64_t)nchunks == (size + chunk_size - 1) / chunk_size;
+}
+
+/* A relay tree node: id 0 (none) has no name; any other has one. */
+static int peer_ref_ok(const struct vp_peer_ref *p)
+{
+	return p->id ? p->name_len > 0 && p->name_len <= VP_PROTO_NAME_MAX :
+		       p->name_len == 0;
+}
+
+static void put_peer_ref(struct wr *w, const struct vp_peer_ref *p)
+{
+	put_u64(w, p->id);
+	put_u16(w, p->name_len);
+	put(w, p->name, p->name_len);
+}
+
+static void get_peer_ref(struct rd *r, struct vp_peer_ref *p)
+{
+	p->id = get_u64(r);
+	p->name_len = get_u16(r);
+	if (r->err)
+		return;
+	if (p->name_len > VP_PROTO_NAME_MAX) {
+		r->err = "bad endpoint name length";
+		return;
+	}
+	get(r, p->name, p->name_len);
+	if (!r->err && !peer_ref_ok(p))
+		r->err = "a relay node without a name, or a name without a node";
 }
 
 /* ---- encode ------------------------------------------------------------ */
@@ -222,7 +253,7 @@ ssize_t vp_msg_encode(const struct vp_msg *m, void *buf, size_t len)
 		    !chunk_layout_ok(a->size, a->chunk_size, a->nchunks) ||
 		    a->count > VP_PROTO_CHUNKS_PER_MSG ||
 		    (uint64_t)a->first + a->count > a->nchunks ||
-		    (a->flags & ~VP_ANNOUNCE_PREVIEW) ||
+		    (a->flags & ~VP_ANNOUNCE_FLAGS) ||
 		    ((a->flags & VP_ANNOUNCE_PREVIEW) && a->size % a->chunk_size))
 			return -EINVAL;
 		put_u64(&w, a->seq);
@@ -263,9 +294,44 @@ ssize_t vp_msg_encode(const struct vp_msg *m, void *buf, size_t len)
 		put_u64(&w, m->u.done.seq);
 		put_u64(&w, m->u.done.version);
 		put_u32(&w, (uint32_t)m->u.done.status);
+		put_u64(&w, m->u.done.from_producer);
+		put_u64(&w, m->u.done.from_relay);
 		break;
 	case VP_MSG_HEARTBEAT:
 		put_u64(&w, m->u.heartbeat.latest_seq);
+		break;
+	case VP_MSG_TOPO:
+		if (!peer_ref_ok(&m->u.topo.parent) ||
+		    m->u.topo.nchildren > VP_PROTO_MAX_CHILDREN)
+			return -EINVAL;
+		put_peer_ref(&w, &m->u.topo.parent);
+		put_u16(&w, m->u.topo.nchildren);
+		for (unsigned int i = 0; i < m->u.topo.nchildren; i++) {
+			if (!m->u.topo.child[i].id || !peer_ref_ok(&m->u.topo.child[i]))
+				return -EINVAL;
+			put_peer_ref(&w, &m->u.topo.child[i]);
+		}
+		break;
+	case VP_MSG_CHUNKS: {
+		const typeof(m->u.chunks) *c = &m->u.chunks;
+
+		if (c->count > VP_PROTO_CHUNKS_PER_MSG || (c->flags & ~VP_CHUNKS_LAST))
+			return -EINVAL;
+		put_u64(&w, c->seq);
+		put_u32(&w, c->nchunks);
+		put_u32(&w, c->flags);
+		put_u32(&w, c->count);
+		for (uint32_t i = 0; i < c->count; i++) {
+			if (c->chunk[i].idx >= c->nchunks || !c->chunk[i].key)
+				return -EINVAL;
+			put_u32(&w, c->chunk[i].idx);
+			put_u64(&w, c->chunk[i].addr);
+			put_u64(&w, c->chunk[i].key);
+		}
+		break;
+	}
+	case VP_MSG_RELAY_DONE:
+		put_u64(&w, m->u.relay_done.seq);
 		break;
 	default:
 		return -EINVAL;
@@ -360,7 +426,7 @@ int vp_msg_decode(const void *buf, size_t len, struct vp_msg *m,
 			r.err = "chunk range out of bounds";
 		else if ((a->mode & S_IFMT_MASK) != 0)
 			r.err = "mode has file type bits";
-		else if (a->flags & ~VP_ANNOUNCE_PREVIEW)
+		else if (a->flags & ~VP_ANNOUNCE_FLAGS)
 			r.err = "unknown announce flags";
 		else if ((a->flags & VP_ANNOUNCE_PREVIEW) && a->size % a->chunk_size)
 			r.err = "a preview covers whole chunks only";
@@ -401,9 +467,51 @@ int vp_msg_decode(const void *buf, size_t len, struct vp_msg *m,
 		m->u.done.seq = get_u64(&r);
 		m->u.done.version = get_u64(&r);
 		m->u.done.status = (int32_t)get_u32(&r);
+		m->u.done.from_producer = get_u64(&r);
+		m->u.done.from_relay = get_u64(&r);
 		break;
 	case VP_MSG_HEARTBEAT:
 		m->u.heartbeat.latest_seq = get_u64(&r);
+		break;
+	case VP_MSG_TOPO:
+		get_peer_ref(&r, &m->u.topo.parent);
+		m->u.topo.nchildren = get_u16(&r);
+		if (!r.err && m->u.topo.nchildren > VP_PROTO_MAX_CHILDREN)
+			r.err = "too many relay children";
+		for (unsigned int i = 0; !r.err && i < m->u.topo.nchildren; i++) {
+			get_peer_ref(&r, &m->u.topo.child[i]);
+			if (!r.err && !m->u.topo.child[i].id)
+				r.err = "a relay child without an id";
+		}
+		break;
+	case VP_MSG_CHUNKS: {
+		typeof(m->u.chunks) *c = &m->u.chunks;
+
+		c->seq = get_u64(&r);
+		c->nchunks = get_u32(&r);
+		c->flags = get_u32(&r);
+		c->count = get_u32(&r);
+		if (r.err)
+			break;
+		if (c->flags & ~VP_CHUNKS_LAST)
+			r.err = "unknown chunks flags";
+		else if (c->count > VP_PROTO_CHUNKS_PER_MSG)
+			r.err = "too many chunks";
+		else if (c->count * 20ULL != len - r.off)
+			r.err = "chunk list length does not match";
+		for (uint32_t i = 0; !r.err && i < c->count; i++) {
+			c->chunk[i].idx = get_u32(&r);
+			c->chunk[i].addr = get_u64(&r);
+			c->chunk[i].key = get_u64(&r);
+			if (c->chunk[i].idx >= c->nchunks)
+				r.err = "chunk index out of bounds";
+			else if (!c->chunk[i].key)
+				r.err = "an offered chunk without a key";
+		}
+		break;
+	}
+	case VP_MSG_RELAY_DONE:
+		m->u.relay_done.seq = get_u64(&r);
 		break;
 	default:
 		r.err = "unknown message type";

@@ -18,8 +18,17 @@
  *   OP         producer -> consumer: mkdir, rename, unlink, rmdir, symlink
  *   SYNC_END   producer -> consumer: the catch-up is complete; what the
  *              catch-up did not name was deleted meanwhile
- *   DONE       consumer -> producer: a version is installed (or skipped)
+ *   DONE       consumer -> producer: a version is installed (or skipped),
+ *              with the bytes it read from the producer and from its relay
  *   HEARTBEAT  both ways
+ *   TOPO       producer -> consumer: its place in the relay tree: the
+ *              consumer it reads relayed chunks from (id 0: none) and the
+ *              consumers it serves, each with an endpoint name
+ *   CHUNKS     relay -> consumer: chunks of a relayed announce (by seq)
+ *              that the relay now holds, checked, with RMA address + key
+ *              in the relay's memory; LAST: it offers no more
+ *   RELAY_DONE consumer -> relay: done with a relayed announce; the relay
+ *              may let go of its chunks
  *
  * Paths are relative to the mount, "/"-separated, and each component is
  * 1..255 bytes, not "." or "..", without "/" or NUL: a decoded path can
@@ -34,7 +43,7 @@
 #include <sys/types.h>
 
 #define VP_PROTO_MAGIC 0x31525056u	/* "VPR1" */
-#define VP_PROTO_VERSION 2		/* 2: per-chunk hashes in ANNOUNCE */
+#define VP_PROTO_VERSION 3		/* 2: per-chunk hashes in ANNOUNCE; 3: relay */
 #define VP_PROTO_HDR 20
 #define VP_PROTO_NONCE 16
 #define VP_PROTO_MAC 32			/* HMAC-SHA256 */
@@ -45,7 +54,8 @@
 enum vp_msg_type {
 	VP_MSG_HELLO = 1, VP_MSG_CHALLENGE, VP_MSG_AUTH, VP_MSG_WELCOME,
 	VP_MSG_REFUSED, VP_MSG_ANNOUNCE, VP_MSG_OP, VP_MSG_SYNC_END,
-	VP_MSG_DONE, VP_MSG_HEARTBEAT,
+	VP_MSG_DONE, VP_MSG_HEARTBEAT, VP_MSG_TOPO, VP_MSG_CHUNKS,
+	VP_MSG_RELAY_DONE,
 };
 
 enum vp_op_kind { VP_OP_MKDIR = 1, VP_OP_RENAME, VP_OP_UNLINK, VP_OP_RMDIR,
@@ -60,6 +70,27 @@ enum vp_op_kind { VP_OP_MKDIR = 1, VP_OP_RENAME, VP_OP_UNLINK, VP_OP_RMDIR,
  * matches when the version itself is announced.
  */
 #define VP_ANNOUNCE_PREVIEW 1u
+/*
+ * RELAY: the same announce went to the whole tree, so the consumer's relay
+ * (TOPO) offers its chunks too.  Catch-ups, sent to one consumer, lack it.
+ */
+#define VP_ANNOUNCE_RELAY 2u
+#define VP_ANNOUNCE_FLAGS (VP_ANNOUNCE_PREVIEW | VP_ANNOUNCE_RELAY)
+
+#define VP_CHUNKS_LAST 1u	/* CHUNKS: the relay offers nothing more of this seq */
+#define VP_PROTO_MAX_CHILDREN 8	/* TOPO: consumers one node serves */
+
+struct vp_peer_ref {		/* TOPO: a node of the relay tree */
+	uint64_t id;
+	uint16_t name_len;
+	uint8_t name[VP_PROTO_NAME_MAX];
+};
+
+struct vp_chunk_offer {		/* CHUNKS: chunk idx, in the relay's memory */
+	uint32_t idx;
+	uint64_t addr;
+	uint64_t key;
+};
 
 struct vp_chunk_ref {
 	uint64_t addr;
@@ -109,10 +140,27 @@ struct vp_msg {
 		struct {
 			uint64_t seq, version;
 			int32_t status;		/* 0 installed, else -errno */
+			uint64_t from_producer;	/* bytes read from the producer's memory */
+			uint64_t from_relay;	/* bytes read from the relay's */
 		} done;
 		struct {
 			uint64_t latest_seq;
 		} heartbeat;
+		struct {
+			struct vp_peer_ref parent;	/* id 0: none */
+			uint16_t nchildren;
+			struct vp_peer_ref child[VP_PROTO_MAX_CHILDREN];
+		} topo;
+		struct {
+			uint64_t seq;
+			uint32_t nchunks;	/* of the announce */
+			uint32_t flags;		/* VP_CHUNKS_* */
+			uint32_t count;
+			struct vp_chunk_offer chunk[VP_PROTO_CHUNKS_PER_MSG];
+		} chunks;
+		struct {
+			uint64_t seq;
+		} relay_done;
 	} u;
 };
 

@@ -31,6 +31,9 @@
 
 #define MAX_SLABS 1024
 #define PIN_TIMEOUT 120.0
+#define RELAY_PIN_TIMEOUT 30.0	/* a relay keeps a version for its children at most this long */
+#define RELAY_QUEUE_MAX 4096	/* CHUNKS messages a consumer holds for announces still ahead */
+#define RELAY_SEND_S 1.0	/* deadline of an offer to a child */
 
 struct qmsg {			/* a message, raw, queued */
 	struct qmsg *next;
@@ -68,8 +71,29 @@ struct peer {
 	struct qmsg *out_head, *out_tail;
 	uint64_t sent_seq, done_seq;
 	uint64_t versions_done;
-	uint64_t bytes_out;	/* sizes of the versions it fetched */
+	uint64_t bytes_out;	/* bytes it read from our memory (its DONEs say) */
+	uint64_t bytes_relayed;	/* bytes it read from its relay instead */
 	double done_at;		/* vp_now() of its last DONE */
+	uint8_t name[VP_PROTO_NAME_MAX];	/* its endpoint, for the relay tree */
+	uint16_t name_len;
+	uint64_t relay_parent;	/* the consumer it reads relayed chunks from, 0: none */
+	uint64_t topo_sig;	/* of the TOPO it was sent last */
+};
+
+struct relay_child {		/* consumer: a consumer we relay chunks to */
+	uint64_t id;
+	vp_fab_addr addr;
+	uint8_t name[VP_PROTO_NAME_MAX];
+	uint16_t name_len;
+	int dead;		/* an offer to it failed; skipped until the next TOPO */
+};
+
+struct relay_pin {		/* consumer: a version our children may still read */
+	struct relay_pin *next;
+	uint64_t seq;
+	struct vp_data *data;
+	uint64_t waiting[VP_PROTO_MAX_CHILDREN];	/* child ids, 0: done */
+	double since;
 };
 
 struct slab_mr {
@@ -128,11 +152,32 @@ struct vp_repl {
 		int state;
 		uint64_t installed, skipped, bytes_in, bytes_reused, bytes_streamed;
 		uint64_t bytes_streamed_used, checksum_errors;
+		uint64_t bytes_relay_in, bytes_relay_fallback, parent_id;
+		uint64_t children[VP_PROTO_MAX_CHILDREN];
+		unsigned int nchildren;
 		double last_transfer_s, last_heard;
 	} pub;
 	struct prefetch *prefetch;	/* chunks of versions still being written */
 	uint64_t bytes_streamed;	/* fetched from previews */
 	uint64_t bytes_streamed_used;	/* of those, still valid at the version's commit */
+
+	/* consumer: the relay tree (TOPO), repl thread only */
+	uint64_t parent_id;		/* the consumer we read relayed chunks from, 0: none */
+	vp_fab_addr parent_addr;
+	uint8_t parent_name[VP_PROTO_NAME_MAX];
+	uint16_t parent_name_len;
+	struct relay_child children[VP_PROTO_MAX_CHILDREN];
+	unsigned int nchildren;
+	struct relay_pin *rpins;
+	struct vp_msg *offer;		/* CHUNKS being filled for our children */
+	uint64_t bytes_relay_in;	/* read from the relay */
+	uint64_t bytes_relay_fallback;	/* the relay did not offer in time: read from the producer */
+	uint64_t from_producer, from_relay;	/* of the announce being fetched, for its DONE */
+	/* CHUNKS received, waiting for their announce, protected by lock */
+	struct qmsg *rin_head, *rin_tail;
+	unsigned int rin_len;
+	void **quarantine;		/* chunks a timed-out read may still write */
+	size_t nquarantine;
 };
 
 /*
@@ -280,11 +325,31 @@ static void on_recv(void *arg, const void *msg, size_t len)
 		free(q);
 		return;
 	}
-	if (r->in_tail)
-		r->in_tail->next = q;
-	else
-		r->in_head = q;
-	r->in_tail = q;
+	if (r->consumer && len >= VP_PROTO_HDR &&
+	    (((const uint8_t *)msg)[6] | ((const uint8_t *)msg)[7] << 8) == VP_MSG_CHUNKS) {
+		/* a relay's offer: the fetch of its announce takes it, maybe while busy */
+		if (r->rin_len == RELAY_QUEUE_MAX) {
+			struct qmsg *old = r->rin_head;
+
+			r->rin_head = old->next;
+			if (!r->rin_head)
+				r->rin_tail = NULL;
+			r->rin_len--;
+			free(old);
+		}
+		if (r->rin_tail)
+			r->rin_tail->next = q;
+		else
+			r->rin_head = q;
+		r->rin_tail = q;
+		r->rin_len++;
+	} else {
+		if (r->in_tail)
+			r->in_tail->next = q;
+		else
+			r->in_head = q;
+		r->in_tail = q;
+	}
 	pthread_cond_signal(&r->cond);
 	pthread_mutex_unlock(&r->lock);
 }
@@ -482,6 +547,8 @@ static int announce(struct vp_repl *r, const char *path, struct vp_data *d,
 	m->u.announce.checksum = checksum;
 	m->u.announce.mode = mode;
 	m->u.announce.flags = preview ? VP_ANNOUNCE_PREVIEW : 0;
+	if (!only && r->cfg.relay_fanout)
+		m->u.announce.flags |= VP_ANNOUNCE_RELAY;	/* the whole tree gets it */
 	m->u.announce.mtime_ns = mtime_ns;
 	m->u.announce.chunk_size = chunk;
 	m->u.announce.nchunks = nchunks;
@@ -657,6 +724,77 @@ static void catch_up(struct vp_repl *r, struct peer *p)
 	       p->id, files);
 }
 
+static int cmp_peer_id(const void *a, const void *b)
+{
+	const struct peer *x = *(struct peer *const *)a, *y = *(struct peer *const *)b;
+
+	return x->id < y->id ? -1 : x->id > y->id;
+}
+
+static void peer_ref_of(struct vp_peer_ref *ref, const struct peer *p)
+{
+	ref->id = p->id;
+	ref->name_len = p->name_len;
+	memcpy(ref->name, p->name, p->name_len);
+}
+
+/*
+ * The relay tree: the active consumers in the order they joined, K
+ * (relay_fanout) to a node.  The producer serves the first K; consumer j
+ * (from 0) reads from consumer j/K - 1 and serves consumers (j+1)K ..
+ * (j+1)K + K-1.  Every consumer whose place changed gets a TOPO, in order
+ * with the announces it applies to.
+ */
+static void topo_update_locked(struct vp_repl *r)
+{
+	unsigned int n = 0, k = (unsigned int)r->cfg.relay_fanout;
+	struct peer **act;
+	struct vp_msg *m;
+
+	if (!k)
+		return;
+	for (struct peer *p = r->peers; p; p = p->next)
+		n += p->active;
+	act = calloc(n ? n : 1, sizeof(*act));
+	m = calloc(1, sizeof(*m));
+	if (!act || !m) {
+		free(act);
+		free(m);
+		return;
+	}
+	n = 0;
+	for (struct peer *p = r->peers; p; p = p->next)
+		if (p->active)
+			act[n++] = p;
+	qsort(act, n, sizeof(*act), cmp_peer_id);
+	for (unsigned int j = 0; j < n; j++) {
+		struct peer *p = act[j];
+		uint64_t ids[1 + VP_PROTO_MAX_CHILDREN] = { 0 }, sig;
+		struct qmsg *q;
+
+		memset(m, 0, sizeof(*m));
+		m->type = VP_MSG_TOPO;
+		if (j >= k)
+			peer_ref_of(&m->u.topo.parent, act[j / k - 1]);
+		for (unsigned int c = (j + 1) * k; c < (j + 2) * k && c < n; c++)
+			peer_ref_of(&m->u.topo.child[m->u.topo.nchildren++], act[c]);
+		ids[0] = m->u.topo.parent.id;
+		for (unsigned int c = 0; c < m->u.topo.nchildren; c++)
+			ids[1 + c] = m->u.topo.child[c].id;
+		sig = XXH3_64bits(ids, sizeof(ids)) | 1;
+		if (sig == p->topo_sig)
+			continue;
+		q = qmsg_of(m);
+		if (!q)
+			continue;
+		p->topo_sig = sig;
+		p->relay_parent = ids[0];
+		peer_queue_locked(p, q);
+	}
+	free(act);
+	free(m);
+}
+
 static struct peer *peer_find_locked(struct vp_repl *r, uint64_t id)
 {
 	struct peer *p = r->peers;
@@ -708,6 +846,8 @@ static void peer_drop_locked(struct vp_repl *r, struct peer *p, const char *why)
 	unpin_locked(r, 0);
 	vp_fab_remove(r->fab, p->addr);
 	free(p);
+	if (!r->stop)
+		topo_update_locked(r);	/* its children move up */
 }
 
 static void producer_handle(struct vp_repl *r, struct qmsg *q)
@@ -740,6 +880,8 @@ static void producer_handle(struct vp_repl *r, struct qmsg *q)
 		if (!p)
 			goto out;
 		p->addr = addr;
+		memcpy(p->name, m->u.hello.name, m->u.hello.name_len);
+		p->name_len = m->u.hello.name_len;
 		memcpy(p->nonce_c, m->u.hello.nonce, VP_PROTO_NONCE);
 		RAND_bytes(p->nonce_p, VP_PROTO_NONCE);
 		p->last_heard = vp_now();
@@ -779,6 +921,9 @@ static void producer_handle(struct vp_repl *r, struct qmsg *q)
 			send_msg(r, p->addr, &w);
 		}
 		catch_up(r, p);
+		pthread_mutex_lock(&r->lock);
+		topo_update_locked(r);
+		pthread_mutex_unlock(&r->lock);
 		goto out;
 	case VP_MSG_DONE:
 		if (p) {
@@ -792,13 +937,10 @@ static void producer_handle(struct vp_repl *r, struct qmsg *q)
 					continue;
 				if (pin->waiting)
 					pin->waiting--;
-				if (m->u.done.status == 0) {
-					uint64_t size = vp_data_size(pin->data);
-
-					p->bytes_out += size;
-					vp_metrics_add(VP_C_BYTES_REPL_OUT, size);
-				}
 			}
+			p->bytes_out += m->u.done.from_producer;
+			p->bytes_relayed += m->u.done.from_relay;
+			vp_metrics_add(VP_C_BYTES_REPL_OUT, m->u.done.from_producer);
 			unpin_locked(r, 0);
 		}
 		break;
@@ -1023,6 +1165,8 @@ static void say_done(struct vp_repl *r, uint64_t seq, uint64_t version, int stat
 	m.u.done.seq = seq;
 	m.u.done.version = version;
 	m.u.done.status = status;
+	m.u.done.from_producer = r->from_producer;
+	m.u.done.from_relay = r->from_relay;
 	consumer_send(r, &m);
 }
 
@@ -1048,6 +1192,7 @@ static int mount_open(struct vp_repl *r)
 
 static void mount_close(struct vp_repl *r)
 {
+	vp_ns_installed(r->ns);	/* our syscalls returned: the kernel sees what they did */
 	if (r->mnt_fd >= 0)
 		close(r->mnt_fd);
 	r->mnt_fd = -1;
@@ -1139,9 +1284,432 @@ static int newer_queued(struct vp_repl *r, const char *path, uint64_t version)
 	return found;
 }
 
-/* Checks each fetched chunk against its hash as it lands, while the next reads are in flight. */
+/* ---- relay (consumer side) -------------------------------------------- */
+
+typedef typeof(((struct vp_msg *)0)->u.announce) announce_t;
+
+static uint64_t chunk_len(const announce_t *a, uint32_t i)
+{
+	uint64_t start = (uint64_t)i * a->chunk_size, len = a->size - start;
+
+	return len > a->chunk_size ? a->chunk_size : len;
+}
+
+/* Sends m to another consumer of the tree, with a short deadline. */
+static int relay_send(struct vp_repl *r, vp_fab_addr to, struct vp_msg *m)
+{
+	static __thread uint8_t buf[VP_FAB_MAX_MSG];
+	ssize_t n;
+
+	m->peer_id = r->my_id;
+	n = vp_msg_encode(m, buf, sizeof(buf));
+	if (n < 0)
+		return (int)n;
+	return vp_fab_send(r->fab, to, buf, (size_t)n, RELAY_SEND_S);
+}
+
+/* Starts the offers of announce a to our children. */
+static void offer_begin(struct vp_repl *r, const announce_t *a)
+{
+	if (!r->offer && !(r->offer = calloc(1, sizeof(*r->offer))))
+		return;
+	if (r->offer->type == VP_MSG_CHUNKS && r->offer->u.chunks.seq == a->seq)
+		return;
+	r->offer->type = VP_MSG_CHUNKS;
+	r->offer->u.chunks.seq = a->seq;
+	r->offer->u.chunks.nchunks = a->nchunks;
+	r->offer->u.chunks.count = 0;
+}
+
+/* Sends the offers gathered for our children; LAST ends the announce. */
+static void offer_flush(struct vp_repl *r, int last)
+{
+	struct vp_msg *o = r->offer;
+
+	if (!o || o->type != VP_MSG_CHUNKS || !r->nchildren || (!o->u.chunks.count && !last))
+		return;
+	o->u.chunks.flags = last ? VP_CHUNKS_LAST : 0;
+	for (unsigned int i = 0; i < r->nchildren; i++) {
+		struct relay_child *c = &r->children[i];
+
+		if (c->dead)
+			continue;
+		if (relay_send(r, c->addr, o)) {
+			c->dead = 1;
+			vp_log(LOG_WARNING, "repl", "relay: consumer %" PRIu64 " does not take our offers; it reads from the producer until the tree changes",
+			       c->id);
+		}
+	}
+	o->u.chunks.count = 0;
+}
+
+/* Offers chunk i of the relayed announce a, checked, in our memory at mem. */
+static void offer_chunk(struct vp_repl *r, const announce_t *a, uint32_t i, const void *mem)
+{
+	struct vp_chunk_offer *c;
+	struct slab_mr *s;
+
+	if (!r->nchildren || !(a->flags & VP_ANNOUNCE_RELAY) || !mem)
+		return;
+	offer_begin(r, a);
+	if (!r->offer || !(s = slab_of(r, mem)))
+		return;
+	c = &r->offer->u.chunks.chunk[r->offer->u.chunks.count++];
+	c->idx = i;
+	c->addr = s->raddr + (uint64_t)((const char *)mem - s->base);
+	c->key = s->key;
+	if (r->offer->u.chunks.count == VP_PROTO_CHUNKS_PER_MSG)
+		offer_flush(r, 0);
+}
+
+/* Keeps d (announce seq) for the children we offered it to, until they are done. */
+static void rpin_add(struct vp_repl *r, uint64_t seq, struct vp_data *d)
+{
+	struct relay_pin *pin;
+	unsigned int n = 0;
+
+	if (!r->nchildren || !(pin = calloc(1, sizeof(*pin))))
+		return;
+	for (unsigned int i = 0; i < r->nchildren; i++)
+		if (!r->children[i].dead)
+			pin->waiting[n++] = r->children[i].id;
+	pin->seq = seq;
+	pin->data = vp_data_get(d);
+	pin->since = vp_now();
+	pin->next = r->rpins;
+	r->rpins = pin;
+}
+
+/* Lets go of relay pins no child waits on (all: every pin). */
+static void rpin_sweep(struct vp_repl *r, int all)
+{
+	struct relay_pin **pp = &r->rpins;
+	double now = vp_now();
+
+	while (*pp) {
+		struct relay_pin *pin = *pp;
+		int waiting = 0;
+
+		for (unsigned int i = 0; i < VP_PROTO_MAX_CHILDREN; i++)
+			waiting |= pin->waiting[i] != 0;
+		if (all || !waiting || now - pin->since > RELAY_PIN_TIMEOUT) {
+			*pp = pin->next;
+			vp_data_put(pin->data);
+			free(pin);
+		} else {
+			pp = &pin->next;
+		}
+	}
+}
+
+/* Child is done with seq (seq 0: with everything, it left the tree). */
+static void rpin_done(struct vp_repl *r, uint64_t child, uint64_t seq)
+{
+	for (struct relay_pin *pin = r->rpins; pin; pin = pin->next)
+		if (!seq || pin->seq == seq)
+			for (unsigned int i = 0; i < VP_PROTO_MAX_CHILDREN; i++)
+				if (pin->waiting[i] == child)
+					pin->waiting[i] = 0;
+	rpin_sweep(r, 0);
+}
+
+/* Ends a relayed announce: LAST to our children, RELAY_DONE to our relay. */
+static void relay_end(struct vp_repl *r, const announce_t *a)
+{
+	if (!(a->flags & VP_ANNOUNCE_RELAY))
+		return;
+	if (r->nchildren) {
+		offer_begin(r, a);
+		offer_flush(r, 1);
+	}
+	if (r->parent_id) {
+		struct vp_msg m = { .type = VP_MSG_RELAY_DONE };
+
+		m.u.relay_done.seq = a->seq;
+		relay_send(r, r->parent_addr, &m);
+	}
+}
+
+/* Drops the relay's offers we hold (the relay changed or went away). */
+static void rin_clear(struct vp_repl *r)
+{
+	struct qmsg *q;
+
+	pthread_mutex_lock(&r->lock);
+	q = r->rin_head;
+	r->rin_head = r->rin_tail = NULL;
+	r->rin_len = 0;
+	pthread_mutex_unlock(&r->lock);
+	while (q) {
+		struct qmsg *next = q->next;
+
+		free(q);
+		q = next;
+	}
+}
+
+/* Applies a TOPO: our relay and the consumers we serve. */
+static void relay_topo(struct vp_repl *r, const struct vp_msg *m)
+{
+	const struct vp_peer_ref *par = &m->u.topo.parent;
+	struct relay_child kids[VP_PROTO_MAX_CHILDREN];
+	unsigned int n = 0;
+
+	if (par->id != r->parent_id || par->name_len != r->parent_name_len ||
+	    memcmp(par->name, r->parent_name, par->name_len)) {
+		if (r->parent_id)
+			vp_fab_remove(r->fab, r->parent_addr);
+		r->parent_id = 0;
+		rin_clear(r);
+		if (par->id && vp_fab_insert_name(r->fab, par->name, par->name_len, &r->parent_addr)) {
+			vp_log(LOG_WARNING, "repl", "relay: consumer %" PRIu64 " has an unusable endpoint name; reading from the producer",
+			       par->id);
+		} else if (par->id) {
+			r->parent_id = par->id;
+			memcpy(r->parent_name, par->name, par->name_len);
+			r->parent_name_len = par->name_len;
+		}
+		if (r->parent_id)
+			vp_log(LOG_NOTICE, "repl", "relay: reading new versions from consumer %" PRIu64 ", the producer serving what it does not offer within %.1f s",
+			       r->parent_id, r->cfg.relay_wait);
+		else
+			vp_log(LOG_NOTICE, "repl", "relay: reading new versions from the producer");
+	}
+	for (unsigned int i = 0; i < m->u.topo.nchildren; i++) {
+		const struct vp_peer_ref *c = &m->u.topo.child[i];
+		struct relay_child *k = &kids[n];
+		int kept = 0;
+
+		for (unsigned int j = 0; j < r->nchildren && !kept; j++) {
+			struct relay_child *old = &r->children[j];
+
+			if (old->id == c->id && old->name_len == c->name_len &&
+			    !memcmp(old->name, c->name, c->name_len)) {
+				*k = *old;
+				k->dead = 0;
+				old->id = 0;	/* moved */
+				kept = 1;
+			}
+		}
+		if (!kept) {
+			memset(k, 0, sizeof(*k));
+			if (vp_fab_insert_name(r->fab, c->name, c->name_len, &k->addr)) {
+				vp_log(LOG_WARNING, "repl", "relay: consumer %" PRIu64 " has an unusable endpoint name; not serving it",
+				       c->id);
+				continue;
+			}
+			k->id = c->id;
+			memcpy(k->name, c->name, c->name_len);
+			k->name_len = c->name_len;
+			vp_log(LOG_NOTICE, "repl", "relay: serving consumer %" PRIu64 " the chunks we receive", c->id);
+		}
+		n++;
+	}
+	for (unsigned int j = 0; j < r->nchildren; j++)
+		if (r->children[j].id) {	/* left the tree, or moved */
+			rpin_done(r, r->children[j].id, 0);
+			vp_fab_remove(r->fab, r->children[j].addr);
+		}
+	memcpy(r->children, kids, n * sizeof(kids[0]));
+	r->nchildren = n;
+}
+
+/* Forgets the relay tree (a new subscription gets a new TOPO). */
+static void relay_reset(struct vp_repl *r)
+{
+	struct vp_msg *m = calloc(1, sizeof(*m));
+
+	if (!m)
+		return;
+	m->type = VP_MSG_TOPO;
+	relay_topo(r, m);
+	free(m);
+	rpin_sweep(r, 1);
+}
+
+/*
+ * Chunk memory a timed-out read may still write: never reused, and given
+ * back to the pool only after the fabric is closed.
+ */
+static void quarantine(struct vp_repl *r, void *mem)
+{
+	void **q = realloc(r->quarantine, (r->nquarantine + 1) * sizeof(*q));
+
+	if (!q)
+		return;		/* leaked rather than reused */
+	r->quarantine = q;
+	q[r->nquarantine++] = mem;
+}
+
+/* Checks each chunk read from the relay; offers it on to our children. */
+struct rverify {
+	struct vp_repl *r;
+	const announce_t *a;
+	const struct vp_fab_read_req *reqs;
+	const uint32_t *idx;		/* request -> chunk */
+	const int32_t *pos;		/* chunk -> slot in need */
+	uint8_t *got;
+	size_t ngot;
+	uint64_t bytes;
+};
+
+static void relay_verify(void *arg, size_t req)
+{
+	struct rverify *v = arg;
+	uint32_t i = v->idx[req];
+
+	if (XXH3_64bits(v->reqs[req].local, v->reqs[req].len) != v->r->asm_refs[i].hash) {
+		vp_log(LOG_WARNING, "repl", "relay: chunk %u from consumer %" PRIu64 " does not match its hash; the producer serves it",
+		       i, v->r->parent_id);
+		return;
+	}
+	v->got[v->pos[i]] = 1;
+	v->ngot++;
+	v->bytes += v->reqs[req].len;
+	offer_chunk(v->r, v->a, i, v->reqs[req].local);
+	offer_flush(v->r, 0);
+}
+
+/*
+ * Reads from our relay the chunks of need that it offers for announce a,
+ * as it offers them, until all are here, it says LAST, or it offers
+ * nothing for relay_wait.  got[k] is set for each chunk that arrived and
+ * matched.  Returns how many are still missing.
+ */
+static size_t relay_fetch(struct vp_repl *r, const announce_t *a, void **mem,
+			  const uint32_t *need, size_t n, uint8_t *got)
+{
+	int32_t *pos = malloc((a->nchunks ? a->nchunks : 1) * sizeof(*pos));
+	uint8_t *tried = calloc(n ? n : 1, 1);
+	struct vp_fab_read_req *reqs = calloc(n ? n : 1, sizeof(*reqs));
+	uint32_t *idx = calloc(n ? n : 1, sizeof(*idx));
+	struct vp_msg *m = malloc(sizeof(*m));
+	double quiet = vp_now() + r->cfg.relay_wait;
+	size_t left = n;
+	int last = 0;
+
+	if (!pos || !tried || !reqs || !idx || !m)
+		goto out;
+	memset(pos, 0xff, (a->nchunks ? a->nchunks : 1) * sizeof(*pos));
+	for (size_t k = 0; k < n; k++)
+		pos[need[k]] = (int32_t)k;
+	while (left && !last) {
+		struct qmsg *list, *later = NULL, **later_tail = &later, *later_last = NULL;
+		unsigned int nlater = 0;
+		size_t nreq = 0;
+		uint64_t bytes = 0;
+
+		pthread_mutex_lock(&r->lock);
+		list = r->rin_head;
+		r->rin_head = r->rin_tail = NULL;
+		r->rin_len = 0;
+		pthread_mutex_unlock(&r->lock);
+		while (list) {
+			struct qmsg *q = list;
+			const char *why = NULL;
+			typeof(m->u.chunks) *c = &m->u.chunks;
+
+			list = q->next;
+			q->next = NULL;
+			if (vp_msg_decode(q->buf, q->len, m, &why)) {
+				vp_log(LOG_WARNING, "repl", "malformed relay message refused (%zu bytes): %s",
+				       q->len, why);
+			} else if (m->peer_id == r->parent_id && c->seq > a->seq) {
+				*later_tail = q;	/* for an announce still ahead */
+				later_tail = &q->next;
+				later_last = q;
+				nlater++;
+				continue;
+			} else if (m->peer_id == r->parent_id && c->seq == a->seq &&
+				   c->nchunks == a->nchunks) {
+				for (uint32_t o = 0; o < c->count; o++) {
+					uint32_t i = c->chunk[o].idx;
+					int32_t k = pos[i];
+					struct slab_mr *s;
+
+					if (k < 0 || tried[k] || !(s = slab_of(r, mem[i])))
+						continue;
+					tried[k] = 1;
+					idx[nreq] = i;
+					reqs[nreq].mr = s->mr;
+					reqs[nreq].local = mem[i];
+					reqs[nreq].len = (size_t)chunk_len(a, i);
+					reqs[nreq].remote_addr = c->chunk[o].addr;
+					reqs[nreq].key = c->chunk[o].key;
+					bytes += reqs[nreq].len;
+					nreq++;
+				}
+				last = (c->flags & VP_CHUNKS_LAST) != 0;
+			}	/* else: stale, or not from our relay */
+			free(q);
+		}
+		if (later) {
+			pthread_mutex_lock(&r->lock);
+			*later_tail = r->rin_head;
+			if (!r->rin_head)
+				r->rin_tail = later_last;
+			r->rin_head = later;
+			r->rin_len += nlater;
+			pthread_mutex_unlock(&r->lock);
+		}
+		if (nreq) {
+			struct rverify v = { .r = r, .a = a, .reqs = reqs, .idx = idx, .pos = pos, .got = got };
+			int rc = vp_fab_read_cb(r->fab, r->parent_addr, reqs, nreq, r->cfg.repl_inflight,
+						r->cfg.peer_timeout + (double)bytes / 50e6, relay_verify, &v);
+
+			left -= v.ngot;
+			r->bytes_relay_in += v.bytes;
+			r->from_relay += v.bytes;
+			if (rc) {
+				vp_log(LOG_WARNING, "repl", "relay: reads from consumer %" PRIu64 " failed (%s); the producer serves the rest of '%s'",
+				       r->parent_id, strerror(-rc), a->path);
+				/* reads may still land in the chunks that did not arrive */
+				for (size_t q = 0; q < nreq; q++) {
+					uint32_t i = idx[q];
+					int err;
+
+					if (got[pos[i]])
+						continue;
+					quarantine(r, mem[i]);
+					mem[i] = vp_pool_get_chunk(r->pool, r->cfg.cache_wait, &err);
+				}
+				break;
+			}
+			quiet = vp_now() + r->cfg.relay_wait;
+			continue;
+		}
+		if (last)
+			break;
+		if (vp_now() > quiet) {
+			vp_log(LOG_INFO, "repl", "relay: consumer %" PRIu64 " offered nothing of '%s' for %.1f s; the producer serves the rest",
+			       r->parent_id, a->path, r->cfg.relay_wait);
+			break;
+		}
+		pthread_mutex_lock(&r->lock);
+		if (!r->rin_head && !r->stop) {
+			struct timespec ts;
+			double until = vp_now() + 0.05;
+
+			vp_abstime(&ts, until < quiet ? until : quiet);
+			pthread_cond_timedwait(&r->cond, &r->lock, &ts);
+		}
+		if (r->stop)
+			last = 1;
+		pthread_mutex_unlock(&r->lock);
+	}
+out:
+	free(pos);
+	free(tried);
+	free(reqs);
+	free(idx);
+	free(m);
+	return left;
+}
+
+/* Checks each chunk read from the producer as it lands, while the next reads are in flight; offers it on. */
 struct verify {
 	struct vp_repl *r;
+	const announce_t *a;
 	const struct vp_fab_read_req *reqs;
 	const uint32_t *fetched;	/* request -> chunk index */
 	int bad;
@@ -1153,11 +1721,89 @@ static void verify_chunk(void *arg, size_t req)
 	struct verify *v = arg;
 	uint32_t idx = v->fetched[req];
 
-	if (!v->bad && XXH3_64bits(v->reqs[req].local, v->reqs[req].len) !=
-	    v->r->asm_refs[idx].hash) {
+	if (v->bad)
+		return;
+	if (XXH3_64bits(v->reqs[req].local, v->reqs[req].len) != v->r->asm_refs[idx].hash) {
 		v->bad = 1;
 		v->bad_idx = idx;
+		return;
 	}
+	offer_chunk(v->r, v->a, idx, v->reqs[req].local);
+	offer_flush(v->r, 0);
+}
+
+/*
+ * Fetches chunks need[0..n) of announce a into mem[chunk] (the caller's
+ * pool chunks), each checked against its hash as it lands and offered to
+ * our relay children.  A relayed announce reads first from our relay;
+ * the producer serves the rest.  Returns 0, -EIO (a chunk from the
+ * producer does not match its hash; *bad_idx says which), or -errno.
+ */
+static int fetch_chunks(struct vp_repl *r, const announce_t *a, void **mem,
+			const uint32_t *need, size_t n, uint32_t *bad_idx)
+{
+	struct vp_fab_read_req *reqs = calloc(n ? n : 1, sizeof(*reqs));
+	uint32_t *idx = calloc(n ? n : 1, sizeof(*idx));
+	uint8_t *got = calloc(n ? n : 1, 1);
+	size_t nreq = 0, missing = n;
+	uint64_t bytes = 0;
+	int rc = 0;
+
+	if (!reqs || !idx || !got) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	if ((a->flags & VP_ANNOUNCE_RELAY) && r->nchildren) {
+		uint8_t *needed = calloc(a->nchunks ? a->nchunks : 1, 1);
+
+		offer_begin(r, a);	/* what we hold already goes first */
+		for (size_t k = 0; needed && k < n; k++)
+			needed[need[k]] = 1;
+		for (uint32_t i = 0; needed && i < a->nchunks; i++)
+			if (!needed[i] && mem[i] && r->asm_refs[i].key)
+				offer_chunk(r, a, i, mem[i]);
+		free(needed);
+		offer_flush(r, 0);
+	}
+	if ((a->flags & VP_ANNOUNCE_RELAY) && r->parent_id && n)
+		missing = relay_fetch(r, a, mem, need, n, got);
+	for (size_t k = 0; k < n; k++) {
+		uint32_t i = need[k];
+		struct slab_mr *s;
+
+		if (got[k])
+			continue;
+		if (!mem[i] || !(s = slab_of(r, mem[i]))) {
+			rc = mem[i] ? -EFAULT : -ENOMEM;
+			goto out;
+		}
+		idx[nreq] = i;
+		reqs[nreq].mr = s->mr;
+		reqs[nreq].local = mem[i];
+		reqs[nreq].len = (size_t)chunk_len(a, i);
+		reqs[nreq].remote_addr = r->asm_refs[i].addr;
+		reqs[nreq].key = r->asm_refs[i].key;
+		bytes += reqs[nreq].len;
+		nreq++;
+	}
+	if ((a->flags & VP_ANNOUNCE_RELAY) && r->parent_id && missing)
+		r->bytes_relay_fallback += bytes;
+	{
+		struct verify v = { .r = r, .a = a, .reqs = reqs, .fetched = idx };
+
+		rc = vp_fab_read_cb(r->fab, r->producer, reqs, nreq, r->cfg.repl_inflight,
+				    r->cfg.peer_timeout + (double)bytes / 50e6, verify_chunk, &v);
+		r->from_producer += bytes;
+		if (!rc && v.bad) {
+			*bad_idx = v.bad_idx;
+			rc = -EIO;
+		}
+	}
+out:
+	free(reqs);
+	free(idx);
+	free(got);
+	return rc;
 }
 
 static struct prefetch *prefetch_find(struct vp_repl *r, const char *path)
@@ -1231,20 +1877,17 @@ static void consumer_preview(struct vp_repl *r, const struct vp_msg *m)
 {
 	const typeof(m->u.announce) *a = &m->u.announce;
 	struct prefetch *pf = prefetch_get(r, a->path, a->version, a->nchunks);
-	struct vp_fab_read_req *reqs = NULL;
-	uint32_t *fetched = NULL;
+	uint32_t *fetched = NULL, bad;
 	size_t nreq = 0;
 	uint64_t bytes = 0;
 	int rc = -ENOMEM;
 
 	if (!pf)
 		goto out;
-	reqs = calloc(a->nchunks ? a->nchunks : 1, sizeof(*reqs));
 	fetched = calloc(a->nchunks ? a->nchunks : 1, sizeof(*fetched));
-	if (!reqs || !fetched)
+	if (!fetched)
 		goto out;
 	for (uint32_t i = 0; i < a->nchunks; i++) {
-		struct slab_mr *s;
 		int err;
 
 		if (!r->asm_refs[i].key ||
@@ -1253,26 +1896,11 @@ static void consumer_preview(struct vp_repl *r, const struct vp_msg *m)
 		if (!pf->mem[i] && !(pf->mem[i] = vp_pool_get_chunk(r->pool, 0, &err)))
 			break;	/* the cache is full: the rest moves at commit */
 		pf->hash[i] = 0;
-		s = slab_of(r, pf->mem[i]);
-		if (!s)
-			break;
-		fetched[nreq] = i;
-		reqs[nreq].mr = s->mr;
-		reqs[nreq].local = pf->mem[i];
-		reqs[nreq].len = a->chunk_size;
-		reqs[nreq].remote_addr = r->asm_refs[i].addr;
-		reqs[nreq].key = r->asm_refs[i].key;
-		nreq++;
+		fetched[nreq++] = i;
 		bytes += a->chunk_size;
 	}
-	{
-		struct verify v = { .r = r, .reqs = reqs, .fetched = fetched };
-
-		rc = vp_fab_read_cb(r->fab, r->producer, reqs, nreq, r->cfg.repl_inflight,
-				    r->cfg.peer_timeout + (double)bytes / 50e6, verify_chunk, &v);
-		if (!rc && v.bad)
-			rc = -EIO;
-	}
+	/* a relay offers what it holds of the preview; children take those too */
+	rc = fetch_chunks(r, a, pf->mem, fetched, nreq, &bad);
 	if (rc) {
 		prefetch_drop(r, pf);	/* nothing half-checked is kept */
 		vp_log(LOG_DEBUG, "repl", "preview of '%s' version %" PRIu64 " dropped: %s",
@@ -1286,7 +1914,6 @@ static void consumer_preview(struct vp_repl *r, const struct vp_msg *m)
 	vp_log(LOG_DEBUG, "repl", "preview of '%s' version %" PRIu64 ": %" PRIu64 " bytes fetched early",
 	       a->path, a->version, bytes);
 out:
-	free(reqs);
 	free(fetched);
 	say_done(r, a->seq, a->version, rc);
 }
@@ -1294,12 +1921,11 @@ out:
 static void consumer_announce(struct vp_repl *r, struct vp_msg *m)
 {
 	typeof(m->u.announce) *a = &m->u.announce;
-	struct vp_fab_read_req *reqs = NULL;
 	void **mem = NULL;
 	struct vp_data *d = NULL, *old = NULL;
 	struct prefetch *pf = NULL;
 	uint64_t have, sum, old_size, reused = 0, streamed = 0;
-	uint32_t *fetched = NULL;
+	uint32_t *fetched = NULL, bad = 0;
 	size_t nreq = 0;
 	double t0, t_in;
 	int rc = 0;
@@ -1327,6 +1953,7 @@ static void consumer_announce(struct vp_repl *r, struct vp_msg *m)
 	if (r->asm_got < a->nchunks)
 		return;		/* more pieces to come */
 	r->asm_msg = NULL;
+	r->from_producer = r->from_relay = 0;
 
 	/* never go backwards; skip what we have */
 	have = vp_ns_path_version(r->ns, a->path);
@@ -1363,9 +1990,8 @@ static void consumer_announce(struct vp_repl *r, struct vp_msg *m)
 	       a->path, a->version, a->size);
 	pf = prefetch_find(r, a->path);
 	mem = calloc(a->nchunks ? a->nchunks : 1, sizeof(*mem));
-	reqs = calloc(a->nchunks ? a->nchunks : 1, sizeof(*reqs));
 	fetched = calloc(a->nchunks ? a->nchunks : 1, sizeof(*fetched));
-	if (!mem || !reqs || !fetched) {
+	if (!mem || !fetched) {
 		rc = -ENOMEM;
 		goto fail;
 	}
@@ -1373,13 +1999,10 @@ static void consumer_announce(struct vp_repl *r, struct vp_msg *m)
 	old = vp_ns_path_data(r->ns, a->path);
 	old_size = old ? vp_data_size(old) : 0;
 	for (uint32_t i = 0; i < a->nchunks; i++) {
-		uint64_t start = (uint64_t)i * a->chunk_size, len = a->size - start;
+		uint64_t start = (uint64_t)i * a->chunk_size, len = chunk_len(a, i);
 		const void *have_mem;
-		struct slab_mr *s;
 		int err;
 
-		if (len > a->chunk_size)
-			len = a->chunk_size;
 		if (!r->asm_refs[i].key)
 			continue;	/* a hole */
 		if (pf && i < pf->n && pf->mem[i] && len == a->chunk_size &&
@@ -1400,32 +2023,15 @@ static void consumer_announce(struct vp_repl *r, struct vp_msg *m)
 			reused += len;
 			continue;
 		}
-		s = slab_of(r, mem[i]);
-		if (!s) {
-			rc = -EFAULT;
-			goto fail;
-		}
-		fetched[nreq] = i;
-		reqs[nreq].mr = s->mr;
-		reqs[nreq].local = mem[i];
-		reqs[nreq].len = (size_t)len;
-		reqs[nreq].remote_addr = r->asm_refs[i].addr;
-		reqs[nreq].key = r->asm_refs[i].key;
-		nreq++;
+		fetched[nreq++] = i;
 	}
 	vp_data_put(old);
 	old = NULL;
-	{
-		struct verify v = { .r = r, .reqs = reqs, .fetched = fetched };
-
-		rc = vp_fab_read_cb(r->fab, r->producer, reqs, nreq, r->cfg.repl_inflight,
-				    r->cfg.peer_timeout + (double)a->size / 50e6, verify_chunk, &v);
-		if (!rc && v.bad) {
-			r->checksum_errors++;
-			vp_log(LOG_ERR, "repl", "'%s' version %" PRIu64 ": chunk %u does not match its hash; not installed",
-			       a->path, a->version, v.bad_idx);
-			rc = -EIO;
-		}
+	rc = fetch_chunks(r, a, mem, fetched, nreq, &bad);
+	if (rc == -EIO) {
+		r->checksum_errors++;
+		vp_log(LOG_ERR, "repl", "'%s' version %" PRIu64 ": chunk %u does not match its hash; not installed",
+		       a->path, a->version, bad);
 	}
 	if (rc)
 		goto fail;
@@ -1449,10 +2055,12 @@ static void consumer_announce(struct vp_repl *r, struct vp_msg *m)
 		goto fail;
 	}
 	r->installed++;
+	if ((a->flags & VP_ANNOUNCE_RELAY) && r->nchildren)
+		rpin_add(r, a->seq, d);		/* our children may still read it */
 	vp_metrics_notify_latency(vp_now() - t_in);
 	vp_metrics_add(VP_C_VERSIONS, 1);
-	vp_log(LOG_INFO, "repl", "'%s' version %" PRIu64 " installed (%" PRIu64 " bytes in %.3f s after its announce; %" PRIu64 " fetched while it was written, %" PRIu64 " unchanged)",
-	       a->path, a->version, a->size, r->last_transfer_s, streamed, reused);
+	vp_log(LOG_INFO, "repl", "'%s' version %" PRIu64 " installed (%" PRIu64 " bytes in %.3f s after its announce; %" PRIu64 " fetched while it was written, %" PRIu64 " unchanged, %" PRIu64 " from the relay)",
+	       a->path, a->version, a->size, r->last_transfer_s, streamed, reused, r->from_relay);
 	say_done(r, a->seq, a->version, 0);
 	goto out_free;
 fail:
@@ -1461,12 +2069,12 @@ fail:
 		       a->path, a->version, strerror(-rc));
 	say_done(r, a->seq, a->version, rc);
 out_free:
+	relay_end(r, a);
 	if (mem)
 		for (uint32_t i = 0; i < a->nchunks; i++)
 			if (mem[i])
 				vp_pool_put_chunk(r->pool, mem[i]);
 	free(mem);
-	free(reqs);
 	free(fetched);
 	vp_data_put(old);
 	vp_data_put(d);
@@ -1541,7 +2149,12 @@ static void consumer_handle(struct vp_repl *r, struct qmsg *q)
 		free(m);
 		return;
 	}
-	r->last_heard = vp_now();
+	if (m->peer_id == 0)
+		r->last_heard = vp_now();	/* the producer; other consumers are relays */
+	else if (m->type != VP_MSG_RELAY_DONE) {
+		free(m);	/* only relay children speak to a consumer */
+		return;
+	}
 	switch (m->type) {
 	case VP_MSG_CHALLENGE: {
 		struct vp_msg reply = { .type = VP_MSG_AUTH };
@@ -1572,6 +2185,7 @@ static void consumer_handle(struct vp_repl *r, struct qmsg *q)
 			r->state = 3;
 			seen_clear(r);
 			r->syncing = 1;
+			relay_reset(r);	/* the producer sends our place in the tree */
 			log_gpu_path(r, "producer", 0);
 			vp_log(LOG_NOTICE, "repl", "subscribed to the producer at '%s' over '%s'",
 			       r->cfg.subscribe, vp_fab_provider(r->fab));
@@ -1596,6 +2210,13 @@ static void consumer_handle(struct vp_repl *r, struct qmsg *q)
 			remove_stale(r);
 		vp_log(LOG_INFO, "repl", "caught up with the producer");
 		break;
+	case VP_MSG_TOPO:
+		if (r->state == 3)
+			relay_topo(r, m);
+		break;
+	case VP_MSG_RELAY_DONE:
+		rpin_done(r, m->peer_id, m->u.relay_done.seq);
+		break;
 	default:
 		break;
 	}
@@ -1616,12 +2237,22 @@ static void publish_stats(struct vp_repl *r)
 	r->pub.checksum_errors = r->checksum_errors;
 	r->pub.last_transfer_s = r->last_transfer_s;
 	r->pub.last_heard = r->last_heard;
+	r->pub.bytes_relay_in = r->bytes_relay_in;
+	r->pub.bytes_relay_fallback = r->bytes_relay_fallback;
+	r->pub.parent_id = r->parent_id;
+	r->pub.nchildren = r->nchildren;
+	for (unsigned int i = 0; i < r->nchildren; i++)
+		r->pub.children[i] = r->children[i].id;
 	pthread_mutex_unlock(&r->lock);
 }
 
 static void consumer_tick(struct vp_repl *r, double *last_beat)
 {
 	double now = vp_now();
+
+	rpin_sweep(r, 0);
+	if (!r->parent_id && r->rin_head)
+		rin_clear(r);	/* offers from a relay we no longer have */
 
 	if (r->state == 3 && now - r->last_heard > r->cfg.peer_timeout) {
 		vp_log(LOG_WARNING, "repl", "the producer at '%s' is silent for %.0f s; keeping the last complete versions and reconnecting",
@@ -1847,6 +2478,12 @@ void vp_repl_free(struct vp_repl *r)
 	for (unsigned int i = 0; i < r->nslabs; i++)
 		vp_fab_mr_close(r->slabs[i].mr);
 	vp_fab_close(r->fab);
+	for (size_t i = 0; i < r->nquarantine; i++)
+		vp_pool_put_chunk(r->pool, r->quarantine[i]);	/* no read can land any more */
+	free(r->quarantine);
+	rpin_sweep(r, 1);
+	rin_clear(r);
+	free(r->offer);
 	free(r->asm_msg);
 	free(r->asm_refs);
 	while (r->prefetch)
@@ -1888,11 +2525,16 @@ void vp_repl_status_json(struct vp_repl *r, FILE *out)
 		fprintf(out, "{\"role\":\"consumer\",\"provider\":\"%s\",\"producer\":\"%s\",\"state\":\"%s\","
 			"\"installed\":%" PRIu64 ",\"skipped\":%" PRIu64 ",\"bytes_in\":%" PRIu64 ",\"bytes_reused\":%" PRIu64 ",\"bytes_streamed\":%" PRIu64 ",\"bytes_streamed_used\":%" PRIu64
 			",\"checksum_errors\":%" PRIu64 ",\"last_transfer_s\":%.6f"
-			",\"last_heard_s\":%.3f}",
+			",\"last_heard_s\":%.3f,\"relay\":{\"parent\":%" PRIu64 ",\"children\":[",
 			vp_fab_provider(r->fab), r->cfg.subscribe, consumer_state(r),
 			r->pub.installed, r->pub.skipped, r->pub.bytes_in, r->pub.bytes_reused,
 			r->pub.bytes_streamed, r->pub.bytes_streamed_used, r->pub.checksum_errors,
-			r->pub.last_transfer_s, r->pub.last_heard > 0 ? now - r->pub.last_heard : -1.0);
+			r->pub.last_transfer_s, r->pub.last_heard > 0 ? now - r->pub.last_heard : -1.0,
+			r->pub.parent_id);
+		for (unsigned int i = 0; i < r->pub.nchildren; i++)
+			fprintf(out, "%s%" PRIu64, i ? "," : "", r->pub.children[i]);
+		fprintf(out, "],\"bytes_from_relay\":%" PRIu64 ",\"bytes_relay_fallback\":%" PRIu64 "}}",
+			r->pub.bytes_relay_in, r->pub.bytes_relay_fallback);
 	} else {
 		int first = 1;
 
@@ -1901,11 +2543,13 @@ void vp_repl_status_json(struct vp_repl *r, FILE *out)
 		for (struct peer *p = r->peers; p; p = p->next) {
 			fprintf(out, "%s{\"id\":%" PRIu64 ",\"state\":\"%s\",\"active\":%s,\"done_seq\":%" PRIu64
 				",\"lag\":%" PRIu64 ",\"lag_s\":%.6f,\"versions_done\":%" PRIu64
-				",\"bytes_out\":%" PRIu64 ",\"last_heard_s\":%.3f}",
+				",\"bytes_out\":%" PRIu64 ",\"bytes_relayed\":%" PRIu64 ",\"relay_parent\":%" PRIu64
+				",\"last_heard_s\":%.3f}",
 				first ? "" : ",", p->id, p->active ? "active" : "authenticating",
 				p->active ? "true" : "false",
 				p->done_seq, r->seq - p->done_seq, peer_lag_s_locked(r, p, now),
-				p->versions_done, p->bytes_out, now - p->last_heard);
+				p->versions_done, p->bytes_out, p->bytes_relayed, p->relay_parent,
+				now - p->last_heard);
 			first = 0;
 		}
 		fputs("]}", out);
@@ -1944,7 +2588,7 @@ void vp_repl_metrics(struct vp_repl *r, FILE *out)
 		for (struct peer *p = r->peers; p; p = p->next)
 			fprintf(out, "viperfs_peer_lag_seconds{peer=\"%" PRIu64 "\"} %.6f\n",
 				p->id, peer_lag_s_locked(r, p, now));
-		fputs("# HELP viperfs_peer_sent_bytes_total Bytes of versions each consumer has fetched.\n"
+		fputs("# HELP viperfs_peer_sent_bytes_total Bytes each consumer read from this producer's memory (relayed bytes excluded).\n"
 		      "# TYPE viperfs_peer_sent_bytes_total counter\n", out);
 		for (struct peer *p = r->peers; p; p = p->next)
 			fprintf(out, "viperfs_peer_sent_bytes_total{peer=\"%" PRIu64 "\"} %" PRIu64 "\n",

@@ -290,6 +290,11 @@ static void print_status(const char *mnt, const struct vpctl_json *st)
 		       vpctl_json_num(repl, "skipped"),
 		       sz(vpctl_json_num(repl, "bytes_in"), a, sizeof(a)),
 		       vpctl_json_num(repl, "last_transfer_s"));
+		if (vpctl_json_num(repl, "relay.parent") > 0)
+			printf("  %-14s reads from consumer %.0f: %s from it, %s from the producer when it lagged\n",
+			       "relay", vpctl_json_num(repl, "relay.parent"),
+			       sz(vpctl_json_num(repl, "relay.bytes_from_relay"), b, sizeof(b)),
+			       sz(vpctl_json_num(repl, "relay.bytes_relay_fallback"), c, sizeof(c)));
 	} else {
 		const struct vpctl_json *peers = vpctl_json_get(repl, "peers");
 
@@ -297,11 +302,13 @@ static void print_status(const char *mnt, const struct vpctl_json *st)
 		       "replication", vpctl_json_str(repl, "listen"), vpctl_json_str(repl, "provider"),
 		       vpctl_json_num(repl, "seq"), peers ? peers->count : 0);
 		for (const struct vpctl_json *p = peers ? peers->child : NULL; p; p = p->next)
-			printf("    peer %-8.0f %s, lag %.0f (%.3f s), %.0f versions, %s sent, heard %.1f s ago\n",
+			printf("    peer %-8.0f %s, lag %.0f (%.3f s), %.0f versions, %s sent, %s relayed%s, heard %.1f s ago\n",
 			       vpctl_json_num(p, "id"), vpctl_json_str(p, "state"),
 			       vpctl_json_num(p, "lag"), vpctl_json_num(p, "lag_s"),
 			       vpctl_json_num(p, "versions_done"),
 			       sz(vpctl_json_num(p, "bytes_out"), a, sizeof(a)),
+			       sz(vpctl_json_num(p, "bytes_relayed"), b, sizeof(b)),
+			       vpctl_json_num(p, "relay_parent") > 0 ? " by its relay" : "",
 			       vpctl_json_num(p, "last_heard_s"));
 	}
 	if (paths && paths->count) {

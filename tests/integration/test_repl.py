@@ -430,3 +430,81 @@ def test_producer_killed_while_streaming_a_file(world):
     wait_for(lambda: "silent" in c1.read_log(), timeout=30, what="the consumer notices")
     assert read(c1.path("w.bin")) == b"version one"
     assert os.getxattr(c1.path("w.bin"), "user.viperfs.version") == b"1"
+
+
+def relay_parent(c):
+    return status(c)["repl"]["relay"]["parent"]
+
+
+def chain_of(prod, cons):
+    """The consumers in relay-chain order (relay_fanout=1), or None while the tree forms."""
+    ids = {p["id"]: p["relay_parent"] for p in status(prod)["repl"]["peers"] if p["active"]}
+    parents = [relay_parent(c) for c in cons]
+    if len(ids) != len(cons) or parents.count(0) != 1 or len(set(parents)) != len(cons):
+        return None
+    # a consumer's own id is the parent its successor names
+    order = [cons[parents.index(0)]]
+    by_parent = dict(zip(parents, cons))
+    for pid in sorted(ids)[:-1]:
+        if pid not in by_parent:
+            return None
+        order.append(by_parent[pid])
+    return order
+
+
+def test_relay_chain_moves_one_copy_from_the_producer(world):
+    """relay_fanout=1: the producer serves one consumer; each re-serves the chunks it holds."""
+    net, prod, cons = cluster(world, consumers=3, opts=",relay_fanout=1")
+    wait_for(lambda: subscribed(prod, 3), what="three consumers subscribed")
+    order = wait_for(lambda: chain_of(prod, cons), what="the relay chain")
+    size = (64 << 20) + 12345
+    data = os.urandom(size)
+    write(prod.path("model.bin"), data)
+    for c in cons:
+        r = subprocess.run([VIPERCTL, "wait", c.path("model.bin"), "--newer-than", "0", "--timeout", "90"],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert read(c.path("model.bin")) == data
+
+    def moved():
+        peers = status(prod)["repl"]["peers"]
+        out = sum(p["bytes_out"] for p in peers)
+        relayed = sum(p["bytes_relayed"] for p in peers)
+        return (out, relayed) if out + relayed >= 3 * size else None
+    out, relayed = wait_for(moved, what="every consumer's DONE")
+    print("producer served %d bytes, relays %d, for 3 consumers of %d" % (out, relayed, size))
+    # without relay the producer serves 3 copies; with the chain, one (plus what a slow relay left)
+    assert out + relayed == 3 * size
+    assert out < 2 * size
+    for c in order[1:]:
+        assert status(c)["repl"]["relay"]["bytes_from_relay"] > 0
+    assert status(order[0])["repl"]["relay"]["bytes_from_relay"] == 0
+
+
+def test_a_dead_relay_falls_back_to_the_producer(world):
+    """kill -9 of the relay in the middle of a version: the next consumer gets it from the producer."""
+    big = 384 << 20
+    opts = ",relay_fanout=1,ram_cache=2G,ram_prefault=0,repl_stream=0,relay_wait=1"
+    net, prod, cons = cluster(world, consumers=2, opts=opts)
+    wait_for(lambda: subscribed(prod, 2), what="two consumers subscribed")
+    head, tail = wait_for(lambda: chain_of(prod, cons), what="the relay chain")
+    write(prod.path("m.bin"), b"first")
+    for c in cons:
+        wait_for(lambda: os.path.exists(c.path("m.bin")), what="the first version")
+    blob = os.urandom(1 << 20) * (big >> 20)
+    write(prod.path("m.bin"), blob)
+    wait_for(lambda: "fetching 'm.bin' version 2" in head.read_log(), what="the relay fetching")
+    head.kill9()
+    r = subprocess.run([VIPERCTL, "wait", tail.path("m.bin"), "--newer-than", "1", "--timeout", "90"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert read(tail.path("m.bin")) == blob
+    log = tail.read_log()
+    assert "the producer serves the rest" in log, log[-3000:]
+    # the producer drops the dead relay; the tail moves up
+    wait_for(lambda: relay_parent(tail) == 0, timeout=30, what="the tail reading from the producer")
+    write(prod.path("m.bin"), b"third")
+    r = subprocess.run([VIPERCTL, "wait", tail.path("m.bin"), "--newer-than", "2", "--timeout", "60"],
+                       capture_output=True, text=True, timeout=90)
+    assert r.returncode == 0, r.stderr
+    assert read(tail.path("m.bin")) == b"third"

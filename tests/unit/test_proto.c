@@ -74,7 +74,11 @@ static void test_roundtrips(void **state)
 	d = roundtrip(m);
 	assert_int_equal(d->u.announce.flags, VP_ANNOUNCE_PREVIEW);
 	free(d);
-	m->u.announce.flags = 2;
+	m->u.announce.flags = VP_ANNOUNCE_PREVIEW | VP_ANNOUNCE_RELAY;
+	d = roundtrip(m);
+	assert_int_equal(d->u.announce.flags, VP_ANNOUNCE_PREVIEW | VP_ANNOUNCE_RELAY);
+	free(d);
+	m->u.announce.flags = 4;
 	assert_true(vp_msg_encode(m, buf, sizeof(buf)) < 0);
 	m->u.announce.flags = 0;
 
@@ -116,6 +120,102 @@ static void test_roundtrips(void **state)
 	assert_string_equal(d->u.refused.reason, "bad secret");
 	free(m);
 	free(d);
+}
+
+/* Encodes m, lets mutate() change the bytes, and expects the decoder to refuse them with want. */
+static void expect_refused_msg(const struct vp_msg *m, void (*mutate)(uint8_t *b, size_t n),
+			       const char *want)
+{
+	struct vp_msg *out = calloc(1, sizeof(*out));
+	const char *why = NULL;
+	ssize_t n = vp_msg_encode(m, buf, sizeof(buf));
+
+	assert_true(n > 0);
+	mutate(buf, (size_t)n);
+	assert_int_equal(vp_msg_decode(buf, (size_t)n, out, &why), -EBADMSG);
+	assert_string_equal(why, want);
+	free(out);
+}
+
+/* the first offer's index (payload: seq 8, nchunks 4, flags 4, count 4) */
+static void m_offer_idx(uint8_t *b, size_t n) { (void)n; b[VP_PROTO_HDR + 20] = 9; }
+static void m_offer_key(uint8_t *b, size_t n) { (void)n; memset(b + VP_PROTO_HDR + 32, 0, 8); }
+static void m_chunks_flags(uint8_t *b, size_t n) { (void)n; b[VP_PROTO_HDR + 12] = 6; }
+/* TOPO: parent id 8, name length 2, name, then the child count */
+static void m_topo_count(uint8_t *b, size_t n) { (void)n; b[VP_PROTO_HDR + 8 + 2 + 5] = 9; }
+static void m_topo_noname(uint8_t *b, size_t n)
+{
+	(void)n;
+	b[VP_PROTO_HDR] = 0;	/* parent id 5 -> 0, yet it has a name */
+}
+
+static void test_relay_messages(void **state)
+{
+	struct vp_msg *m, *d;
+
+	(void)state;
+	m = msg_new(VP_MSG_TOPO);
+	m->u.topo.parent.id = 5;
+	m->u.topo.parent.name_len = 5;
+	memcpy(m->u.topo.parent.name, "abcde", 5);
+	m->u.topo.nchildren = 2;
+	for (int i = 0; i < 2; i++) {
+		m->u.topo.child[i].id = 10 + (uint64_t)i;
+		m->u.topo.child[i].name_len = 16;
+		memset(m->u.topo.child[i].name, 'a' + i, 16);
+	}
+	d = roundtrip(m);
+	assert_int_equal(d->u.topo.parent.id, 5);
+	assert_memory_equal(d->u.topo.parent.name, "abcde", 5);
+	assert_int_equal(d->u.topo.nchildren, 2);
+	assert_int_equal(d->u.topo.child[1].id, 11);
+	assert_memory_equal(d->u.topo.child[1].name, m->u.topo.child[1].name, 16);
+	free(d);
+	expect_refused_msg(m, m_topo_count, "too many relay children");
+	expect_refused_msg(m, m_topo_noname, "a relay node without a name, or a name without a node");
+	/* the encoder refuses the same */
+	m->u.topo.nchildren = VP_PROTO_MAX_CHILDREN + 1;
+	assert_true(vp_msg_encode(m, buf, sizeof(buf)) < 0);
+	m->u.topo.nchildren = 1;
+	m->u.topo.child[0].id = 0;
+	assert_true(vp_msg_encode(m, buf, sizeof(buf)) < 0);
+	/* no parent, no children: a consumer the producer serves itself */
+	memset(&m->u.topo, 0, sizeof(m->u.topo));
+	d = roundtrip(m);
+	assert_int_equal(d->u.topo.parent.id, 0);
+	assert_int_equal(d->u.topo.nchildren, 0);
+	free(d);
+	free(m);
+
+	m = msg_new(VP_MSG_CHUNKS);
+	m->u.chunks.seq = 77;
+	m->u.chunks.nchunks = 4;
+	m->u.chunks.flags = VP_CHUNKS_LAST;
+	m->u.chunks.count = 2;
+	m->u.chunks.chunk[0] = (struct vp_chunk_offer){ .idx = 3, .addr = 0x1000, .key = 7 };
+	m->u.chunks.chunk[1] = (struct vp_chunk_offer){ .idx = 0, .addr = 0x2000, .key = 8 };
+	d = roundtrip(m);
+	assert_int_equal(d->u.chunks.seq, 77);
+	assert_int_equal(d->u.chunks.count, 2);
+	assert_int_equal(d->u.chunks.flags, VP_CHUNKS_LAST);
+	assert_int_equal(d->u.chunks.chunk[0].idx, 3);
+	assert_int_equal(d->u.chunks.chunk[1].addr, 0x2000);
+	assert_int_equal(d->u.chunks.chunk[1].key, 8);
+	free(d);
+	expect_refused_msg(m, m_offer_idx, "chunk index out of bounds");
+	expect_refused_msg(m, m_offer_key, "an offered chunk without a key");
+	expect_refused_msg(m, m_chunks_flags, "unknown chunks flags");
+	m->u.chunks.chunk[0].idx = 4;		/* past nchunks */
+	assert_true(vp_msg_encode(m, buf, sizeof(buf)) < 0);
+	free(m);
+
+	m = msg_new(VP_MSG_RELAY_DONE);
+	m->u.relay_done.seq = 1234;
+	d = roundtrip(m);
+	assert_int_equal(d->u.relay_done.seq, 1234);
+	assert_string_equal(vp_msg_type_name(VP_MSG_RELAY_DONE), "RELAY_DONE");
+	free(d);
+	free(m);
 }
 
 static void test_path_rules(void **state)
@@ -220,6 +320,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_roundtrips),
+		cmocka_unit_test(test_relay_messages),
 		cmocka_unit_test(test_path_rules),
 		cmocka_unit_test(test_malformed_messages_are_refused),
 		cmocka_unit_test(test_encoder_refuses_what_would_not_decode),

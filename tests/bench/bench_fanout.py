@@ -1,0 +1,123 @@
+#!/usr/bin/env python3
+"""make bench (fan-out part): one producer, three consumers, with and
+without the relay tree, side by side in one run.
+
+For each producer link -- unlimited (veth), and limited with tc tbf to
+emulate a producer whose NIC is the bottleneck -- it measures:
+
+  - 1 consumer: the update latency (producer's close() to the consumer
+    having read the last byte);
+  - 3 consumers with relay_fanout=0 (each reads from the producer),
+    relay_fanout=2 (the default: the producer serves two, one of them
+    relays to the third) and relay_fanout=1 (a chain): the latency of the
+    slowest consumer, and the bytes that left the producer's interface
+    per version (the bridge port's counter: every byte on the wire).
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from conftest import World  # noqa: E402
+from bench_repl import read_all, viperfs_wait_read, write_file  # noqa: E402
+
+
+def producer_tx(net):
+    """Bytes the producer node has sent: what its bridge port received."""
+    with open("/sys/class/net/%sv0/statistics/rx_bytes" % net.tag) as f:
+        return int(f.read())
+
+
+def run_config(w, net, port, size, runs, n_cons, fanout, opts):
+    """Fresh producer and consumers; returns (latencies, producer bytes per version)."""
+    pfs = w.dir("pfs-%d-%d-%d" % (port, n_cons, fanout))
+    prod = w.mount("listen=%s:%d,relay_fanout=%d,%s" % (net.addr(0), port, fanout, opts),
+                   pfs=pfs, mnt=w.dir("prod-%d" % port), prefix=net.prefix(0))
+    cons = [w.mount("subscribe=%s:%d,%s" % (net.addr(0), port, opts), pfs=pfs,
+                    mnt=w.dir("c%d-%d" % (i, port)), prefix=net.prefix(1 + i))
+            for i in range(n_cons)]
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            st = json.loads(prod.ctl("status", prod.mnt, "--json").stdout)
+            # every consumer placed in the tree (with relay) and active
+            if sum(1 for p in st["repl"]["peers"] if p["active"]) == n_cons:
+                break
+            time.sleep(0.1)
+        time.sleep(0.5)     # the TOPO messages reach the consumers
+        lat, tx = [], []
+        for version in range(1, runs + 1):
+            done = []
+            threads = [threading.Thread(target=lambda c=c: done.append(
+                viperfs_wait_read(c.path("ckpt.pt"), version))) for c in cons]
+            for t in threads:
+                t.start()
+            time.sleep(0.5)      # the waiters are blocked in viperctl wait
+            before = producer_tx(net)
+            t_close = write_file(prod.path("ckpt.pt"), size, seed=version)
+            for t in threads:
+                t.join()
+            lat.append(max(done) - t_close)
+            time.sleep(0.2)      # the last DONE and acks
+            tx.append(producer_tx(net) - before)
+        return lat, tx
+    finally:
+        for m in [*cons, prod]:
+            m.stop()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size", default="256M")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--rate", default="2gbit",
+                    help="the producer link's rate for the limited rows (tc tbf)")
+    a, _ = ap.parse_known_args()
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    size = int(float(a.size[:-1]) * mult[a.size[-1].upper()])
+    opts = "ram_cache=%d,ram_prefault=%d" % (size * 6, size * 2)
+    w = World()
+    rows = []
+    samples = {}
+    try:
+        net = w.net(4)
+        port = 7950 + os.getpid() % 40
+        for rate in ("unlimited", a.rate):
+            if rate != "unlimited":
+                subprocess.run(["ip", "netns", "exec", net.names[0], "tc", "qdisc", "add", "dev",
+                                "%sp0" % net.tag, "root", "tbf", "rate", rate, "burst", "1mb",
+                                "latency", "100ms"], check=True)
+            res = {}
+            for n_cons, fanout in ((1, 0), (3, 0), (3, 2), (3, 1)):
+                port += 1
+                lat, tx = run_config(w, net, port, size, a.runs, n_cons, fanout, opts)
+                res[(n_cons, fanout)] = (statistics.median(lat), statistics.median(tx))
+                samples["%s/%d/%d" % (rate, n_cons, fanout)] = {"latency": lat, "tx": tx}
+            one = res[(1, 0)][0]
+            for (n_cons, fanout), (lat, tx) in res.items():
+                rows.append((rate, n_cons, fanout, lat, lat / one, tx / size))
+    finally:
+        w.cleanup()
+    print("viperfs fan-out bench: %.2f GiB checkpoint, %d runs, medians; %d cores" %
+          (size / (1 << 30), a.runs, os.cpu_count()))
+    print("%-10s %-9s %-12s %10s %10s %14s" % ("link", "consumers", "relay_fanout", "latency s",
+                                                "vs 1 cons", "producer sent"))
+    for rate, n_cons, fanout, lat, ratio, copies in rows:
+        print("%-10s %-9d %-12s %10.3f %9.2fx %12.2f copies" %
+              (rate, n_cons, fanout if n_cons > 1 else "-", lat, ratio, copies))
+    print("target: 3 consumers cost at most 1.5x one consumer")
+    os.makedirs(os.path.join(ROOT, "bench-results"), exist_ok=True)
+    with open(os.path.join(ROOT, "bench-results", "bench_fanout.json"), "w") as f:
+        json.dump({"size": size, "runs": a.runs, "rate": a.rate, "samples": samples}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
