@@ -97,7 +97,7 @@ static const struct opt options[] = {
 	  "serve Prometheus metrics at http://ADDR:PORT/metrics (a bare PORT binds 127.0.0.1)" },
 	{ "peer_timeout", OPT_SECONDS, OFF(peer_timeout), "5",
 	  "seconds without a heartbeat before a peer counts as dead" },
-	{ "relay_fanout", OPT_COUNT, OFF(relay_fanout), "2",
+	{ "relay_fanout", OPT_COUNT, OFF(relay_fanout), "1",
 	  "producer: relay tree of consumers: the producer and each consumer serve at most this many consumers, which re-serve the chunks they received (1: a chain; 0: every consumer reads from the producer; at most 8)" },
 	{ "relay_wait", OPT_SECONDS, OFF(relay_wait), "2",
 	  "consumer: seconds a relayed transfer waits on the relay node without progress before the producer serves the rest" },

@@ -34,6 +34,7 @@
 #define RELAY_PIN_TIMEOUT 30.0	/* a relay keeps a version for its children at most this long */
 #define RELAY_QUEUE_MAX 4096	/* CHUNKS messages a consumer holds for announces still ahead */
 #define RELAY_SEND_S 1.0	/* deadline of an offer to a child */
+#define RELAY_BATCH 16		/* chunks read from a relay per batch */
 
 struct qmsg {			/* a message, raw, queued */
 	struct qmsg *next;
@@ -136,7 +137,7 @@ struct vp_repl {
 	int state;			/* 0 idle, 1 hello sent, 2 challenged, 3 active */
 	uint64_t my_id;
 	uint8_t nonce_c[VP_PROTO_NONCE];
-	double last_heard, last_hello;
+	double last_heard, last_hello, last_beat;
 	int mnt_fd;			/* open only during one install or operation */
 	dev_t mnt_dev;			/* the FUSE mount's device */
 	struct vp_msg *asm_msg;		/* ANNOUNCE being assembled */
@@ -1158,6 +1159,23 @@ static void consumer_send(struct vp_repl *r, struct vp_msg *m)
 		vp_log(LOG_DEBUG, "repl", "send of %s to the producer failed", vp_msg_type_name(m->type));
 }
 
+/*
+ * A heartbeat to the producer once a second: from the tick, and from
+ * inside long transfers, so that a consumer busy fetching (or waiting on
+ * a dead relay) is not taken for dead.
+ */
+static void consumer_beat(struct vp_repl *r)
+{
+	double now = vp_now();
+
+	if (r->state == 3 && now - r->last_beat >= 1.0) {
+		struct vp_msg hb = { .type = VP_MSG_HEARTBEAT };
+
+		r->last_beat = now;
+		consumer_send(r, &hb);
+	}
+}
+
 static void say_done(struct vp_repl *r, uint64_t seq, uint64_t version, int status)
 {
 	struct vp_msg m = { .type = VP_MSG_DONE };
@@ -1568,94 +1586,124 @@ static void relay_verify(void *arg, size_t req)
 	v->bytes += v->reqs[req].len;
 	offer_chunk(v->r, v->a, i, v->reqs[req].local);
 	offer_flush(v->r, 0);
+	consumer_beat(v->r);
+}
+
+/*
+ * Takes the relay's offers for announce a out of the relay queue (those
+ * for announces still ahead go back) and queues the offered chunks of
+ * need, each once, in fifo.  Returns 1 once the relay said LAST.
+ */
+static int relay_take_offers(struct vp_repl *r, const announce_t *a, const int32_t *pos,
+			     struct vp_chunk_offer *offer, uint8_t *offered,
+			     uint32_t *fifo, size_t *fifo_tail, struct vp_msg *m)
+{
+	struct qmsg *list, *later = NULL, **later_tail = &later, *later_last = NULL;
+	unsigned int nlater = 0;
+	int last = 0;
+
+	pthread_mutex_lock(&r->lock);
+	list = r->rin_head;
+	r->rin_head = r->rin_tail = NULL;
+	r->rin_len = 0;
+	pthread_mutex_unlock(&r->lock);
+	while (list) {
+		struct qmsg *q = list;
+		const char *why = NULL;
+		typeof(m->u.chunks) *c = &m->u.chunks;
+
+		list = q->next;
+		q->next = NULL;
+		if (vp_msg_decode(q->buf, q->len, m, &why)) {
+			vp_log(LOG_WARNING, "repl", "malformed relay message refused (%zu bytes): %s",
+			       q->len, why);
+		} else if (m->peer_id == r->parent_id && c->seq > a->seq) {
+			*later_tail = q;	/* for an announce still ahead */
+			later_tail = &q->next;
+			later_last = q;
+			nlater++;
+			continue;
+		} else if (m->peer_id == r->parent_id && c->seq == a->seq &&
+			   c->nchunks == a->nchunks) {
+			for (uint32_t o = 0; o < c->count; o++) {
+				int32_t k = pos[c->chunk[o].idx];
+
+				if (k < 0 || offered[k])
+					continue;
+				offered[k] = 1;
+				offer[k] = c->chunk[o];
+				fifo[(*fifo_tail)++] = (uint32_t)k;
+			}
+			last |= (c->flags & VP_CHUNKS_LAST) != 0;
+		}	/* else: stale, or not from our relay */
+		free(q);
+	}
+	if (later) {
+		pthread_mutex_lock(&r->lock);
+		*later_tail = r->rin_head;
+		if (!r->rin_head)
+			r->rin_tail = later_last;
+		r->rin_head = later;
+		r->rin_len += nlater;
+		pthread_mutex_unlock(&r->lock);
+	}
+	return last;
 }
 
 /*
  * Reads from our relay the chunks of need that it offers for announce a,
- * as it offers them, until all are here, it says LAST, or it offers
- * nothing for relay_wait.  got[k] is set for each chunk that arrived and
- * matched.  Returns how many are still missing.
+ * as it offers them, in batches of RELAY_BATCH, until all are here, it
+ * said LAST and nothing offered is left, or it offers nothing for
+ * relay_wait.  got[k] is set for each chunk that arrived and matched.
+ * Returns how many are still missing.
  */
 static size_t relay_fetch(struct vp_repl *r, const announce_t *a, void **mem,
 			  const uint32_t *need, size_t n, uint8_t *got)
 {
 	int32_t *pos = malloc((a->nchunks ? a->nchunks : 1) * sizeof(*pos));
-	uint8_t *tried = calloc(n ? n : 1, 1);
-	struct vp_fab_read_req *reqs = calloc(n ? n : 1, sizeof(*reqs));
-	uint32_t *idx = calloc(n ? n : 1, sizeof(*idx));
+	struct vp_chunk_offer *offer = calloc(n ? n : 1, sizeof(*offer));
+	uint8_t *offered = calloc(n ? n : 1, 1);
+	uint32_t *fifo = calloc(n ? n : 1, sizeof(*fifo));
+	struct vp_fab_read_req reqs[RELAY_BATCH];
+	uint32_t idx[RELAY_BATCH];
 	struct vp_msg *m = malloc(sizeof(*m));
 	double quiet = vp_now() + r->cfg.relay_wait;
-	size_t left = n;
+	size_t left = n, head = 0, tail = 0;
 	int last = 0;
 
-	if (!pos || !tried || !reqs || !idx || !m)
+	if (!pos || !offer || !offered || !fifo || !m)
 		goto out;
 	memset(pos, 0xff, (a->nchunks ? a->nchunks : 1) * sizeof(*pos));
 	for (size_t k = 0; k < n; k++)
 		pos[need[k]] = (int32_t)k;
-	while (left && !last) {
-		struct qmsg *list, *later = NULL, **later_tail = &later, *later_last = NULL;
-		unsigned int nlater = 0;
+	while (left && !(last && head == tail)) {
 		size_t nreq = 0;
 		uint64_t bytes = 0;
 
-		pthread_mutex_lock(&r->lock);
-		list = r->rin_head;
-		r->rin_head = r->rin_tail = NULL;
-		r->rin_len = 0;
-		pthread_mutex_unlock(&r->lock);
-		while (list) {
-			struct qmsg *q = list;
-			const char *why = NULL;
-			typeof(m->u.chunks) *c = &m->u.chunks;
+		last |= relay_take_offers(r, a, pos, offer, offered, fifo, &tail, m);
+		consumer_beat(r);
+		while (head < tail && nreq < RELAY_BATCH) {
+			uint32_t k = fifo[head++], i = need[k];
+			struct slab_mr *s = mem[i] ? slab_of(r, mem[i]) : NULL;
 
-			list = q->next;
-			q->next = NULL;
-			if (vp_msg_decode(q->buf, q->len, m, &why)) {
-				vp_log(LOG_WARNING, "repl", "malformed relay message refused (%zu bytes): %s",
-				       q->len, why);
-			} else if (m->peer_id == r->parent_id && c->seq > a->seq) {
-				*later_tail = q;	/* for an announce still ahead */
-				later_tail = &q->next;
-				later_last = q;
-				nlater++;
-				continue;
-			} else if (m->peer_id == r->parent_id && c->seq == a->seq &&
-				   c->nchunks == a->nchunks) {
-				for (uint32_t o = 0; o < c->count; o++) {
-					uint32_t i = c->chunk[o].idx;
-					int32_t k = pos[i];
-					struct slab_mr *s;
-
-					if (k < 0 || tried[k] || !(s = slab_of(r, mem[i])))
-						continue;
-					tried[k] = 1;
-					idx[nreq] = i;
-					reqs[nreq].mr = s->mr;
-					reqs[nreq].local = mem[i];
-					reqs[nreq].len = (size_t)chunk_len(a, i);
-					reqs[nreq].remote_addr = c->chunk[o].addr;
-					reqs[nreq].key = c->chunk[o].key;
-					bytes += reqs[nreq].len;
-					nreq++;
-				}
-				last = (c->flags & VP_CHUNKS_LAST) != 0;
-			}	/* else: stale, or not from our relay */
-			free(q);
-		}
-		if (later) {
-			pthread_mutex_lock(&r->lock);
-			*later_tail = r->rin_head;
-			if (!r->rin_head)
-				r->rin_tail = later_last;
-			r->rin_head = later;
-			r->rin_len += nlater;
-			pthread_mutex_unlock(&r->lock);
+			if (!s)
+				continue;	/* the producer serves it */
+			idx[nreq] = i;
+			reqs[nreq].mr = s->mr;
+			reqs[nreq].local = mem[i];
+			reqs[nreq].len = (size_t)chunk_len(a, i);
+			reqs[nreq].remote_addr = offer[k].addr;
+			reqs[nreq].key = offer[k].key;
+			bytes += reqs[nreq].len;
+			nreq++;
 		}
 		if (nreq) {
 			struct rverify v = { .r = r, .a = a, .reqs = reqs, .idx = idx, .pos = pos, .got = got };
+			/* short batches, short deadlines: a dead relay costs seconds, not a file's time */
+			double wait = r->cfg.relay_wait < r->cfg.peer_timeout / 2 ?
+				      r->cfg.relay_wait : r->cfg.peer_timeout / 2;
 			int rc = vp_fab_read_cb(r->fab, r->parent_addr, reqs, nreq, r->cfg.repl_inflight,
-						r->cfg.peer_timeout + (double)bytes / 50e6, relay_verify, &v);
+						wait + (double)bytes / 50e6, relay_verify, &v);
 
 			left -= v.ngot;
 			r->bytes_relay_in += v.bytes;
@@ -1699,9 +1747,9 @@ static size_t relay_fetch(struct vp_repl *r, const announce_t *a, void **mem,
 	}
 out:
 	free(pos);
-	free(tried);
-	free(reqs);
-	free(idx);
+	free(offer);
+	free(offered);
+	free(fifo);
 	free(m);
 	return left;
 }
@@ -1730,6 +1778,7 @@ static void verify_chunk(void *arg, size_t req)
 	}
 	offer_chunk(v->r, v->a, idx, v->reqs[req].local);
 	offer_flush(v->r, 0);
+	consumer_beat(v->r);
 }
 
 /*
@@ -2273,12 +2322,8 @@ static void consumer_tick(struct vp_repl *r, double *last_beat)
 			consumer_send(r, &m);
 		}
 	}
-	if (r->state == 3 && now - *last_beat >= 1.0) {
-		struct vp_msg hb = { .type = VP_MSG_HEARTBEAT };
-
-		*last_beat = now;
-		consumer_send(r, &hb);
-	}
+	(void)last_beat;
+	consumer_beat(r);
 }
 
 /* ---- the thread ------------------------------------------------------- */
