@@ -32,7 +32,7 @@
 #define MAX_SLABS 1024
 #define PIN_TIMEOUT 120.0
 #define RELAY_PIN_TIMEOUT 30.0	/* a relay keeps a version for its children at most this long */
-#define RELAY_QUEUE_MAX 4096	/* CHUNKS messages a consumer holds for announces still ahead */
+#define RELAY_QUEUE_BYTES (16u << 20)	/* CHUNKS a consumer holds for announces still ahead */
 #define RELAY_SEND_S 1.0	/* deadline of an offer to a child */
 #define RELAY_BATCH 16		/* chunks read from a relay per batch */
 
@@ -176,7 +176,7 @@ struct vp_repl {
 	uint64_t from_producer, from_relay;	/* of the announce being fetched, for its DONE */
 	/* CHUNKS received, waiting for their announce, protected by lock */
 	struct qmsg *rin_head, *rin_tail;
-	unsigned int rin_len;
+	size_t rin_bytes;
 	void **quarantine;		/* chunks a timed-out read may still write */
 	size_t nquarantine;
 };
@@ -329,13 +329,13 @@ static void on_recv(void *arg, const void *msg, size_t len)
 	if (r->consumer && len >= VP_PROTO_HDR &&
 	    (((const uint8_t *)msg)[6] | ((const uint8_t *)msg)[7] << 8) == VP_MSG_CHUNKS) {
 		/* a relay's offer: the fetch of its announce takes it, maybe while busy */
-		if (r->rin_len == RELAY_QUEUE_MAX) {
-			struct qmsg *old = r->rin_head;
+		while (r->rin_head && r->rin_bytes + len > RELAY_QUEUE_BYTES) {
+			struct qmsg *old = r->rin_head;	/* bounded: the oldest go first */
 
 			r->rin_head = old->next;
 			if (!r->rin_head)
 				r->rin_tail = NULL;
-			r->rin_len--;
+			r->rin_bytes -= old->len;
 			free(old);
 		}
 		if (r->rin_tail)
@@ -343,7 +343,7 @@ static void on_recv(void *arg, const void *msg, size_t len)
 		else
 			r->rin_head = q;
 		r->rin_tail = q;
-		r->rin_len++;
+		r->rin_bytes += len;
 	} else {
 		if (r->in_tail)
 			r->in_tail->next = q;
@@ -1456,7 +1456,7 @@ static void rin_clear(struct vp_repl *r)
 	pthread_mutex_lock(&r->lock);
 	q = r->rin_head;
 	r->rin_head = r->rin_tail = NULL;
-	r->rin_len = 0;
+	r->rin_bytes = 0;
 	pthread_mutex_unlock(&r->lock);
 	while (q) {
 		struct qmsg *next = q->next;
@@ -1599,13 +1599,13 @@ static int relay_take_offers(struct vp_repl *r, const announce_t *a, const int32
 			     uint32_t *fifo, size_t *fifo_tail, struct vp_msg *m)
 {
 	struct qmsg *list, *later = NULL, **later_tail = &later, *later_last = NULL;
-	unsigned int nlater = 0;
+	size_t later_bytes = 0;
 	int last = 0;
 
 	pthread_mutex_lock(&r->lock);
 	list = r->rin_head;
 	r->rin_head = r->rin_tail = NULL;
-	r->rin_len = 0;
+	r->rin_bytes = 0;
 	pthread_mutex_unlock(&r->lock);
 	while (list) {
 		struct qmsg *q = list;
@@ -1621,7 +1621,7 @@ static int relay_take_offers(struct vp_repl *r, const announce_t *a, const int32
 			*later_tail = q;	/* for an announce still ahead */
 			later_tail = &q->next;
 			later_last = q;
-			nlater++;
+			later_bytes += q->len;
 			continue;
 		} else if (m->peer_id == r->parent_id && c->seq == a->seq &&
 			   c->nchunks == a->nchunks) {
@@ -1644,7 +1644,7 @@ static int relay_take_offers(struct vp_repl *r, const announce_t *a, const int32
 		if (!r->rin_head)
 			r->rin_tail = later_last;
 		r->rin_head = later;
-		r->rin_len += nlater;
+		r->rin_bytes += later_bytes;
 		pthread_mutex_unlock(&r->lock);
 	}
 	return last;
