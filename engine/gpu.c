@@ -15,6 +15,18 @@
 
 /* Device memory left free for the CUDA context and other users. */
 #define DEVICE_RESERVE (64ull << 20)
+/* A bound stage no mirror request took within this long is freed. */
+#define STAGE_TIMEOUT 30.0
+
+struct vp_gpu_stage {
+	struct vp_gpu_stage *next;	/* on g->staged once bound */
+	struct vp_gpu *g;
+	uint64_t size, copied;
+	void *mem;			/* device memory, reserved in g->used */
+	struct vp_data *d;		/* bound: the version it holds */
+	double bound_at;
+	int failed;
+};
 
 struct mirror {
 	struct mirror *next;		/* on g->mirrors or g->retired */
@@ -47,7 +59,9 @@ struct vp_gpu {
 	struct req *head, *tail;
 	struct mirror *mirrors;		/* the newest mirrored version of each file */
 	struct mirror *retired;		/* replaced or forgotten, still held */
+	struct vp_gpu_stage *staged;	/* complete stages waiting for their mirror request */
 	uint64_t budget, used;
+	uint64_t staged_n, staged_bytes;
 	uint64_t mirrored, evicted, failed;
 	uint64_t reads, read_bytes;
 	int busy, stop, on;
@@ -178,13 +192,101 @@ static int copy_in(struct vp_gpu *g, struct vp_data *d, uint64_t size, void **me
 	return rc;
 }
 
+/* Frees a stage's device memory and gives its reservation back.  No lock held. */
+static void stage_free(struct vp_gpu_stage *s)
+{
+	struct vp_gpu *g = s->g;
+
+	if (s->mem) {
+		pthread_mutex_lock(&g->tier_lock);
+		g->ops->free(g->t, s->mem);
+		pthread_mutex_unlock(&g->tier_lock);
+	}
+	pthread_mutex_lock(&g->lock);
+	g->used -= s->size;
+	pthread_mutex_unlock(&g->lock);
+	vp_data_put(s->d);
+	free(s);
+}
+
+/* Takes the stage bound to d off the list, and those nobody took in time into *stale. */
+static struct vp_gpu_stage *take_stage_locked(struct vp_gpu *g, const struct vp_data *d,
+					      struct vp_gpu_stage **stale)
+{
+	struct vp_gpu_stage **pp = &g->staged, *found = NULL;
+	double now = vp_now();
+
+	while (*pp) {
+		struct vp_gpu_stage *s = *pp;
+
+		if (d && s->d == d && !found) {
+			*pp = s->next;
+			found = s;
+		} else if (now - s->bound_at > STAGE_TIMEOUT) {
+			*pp = s->next;
+			s->next = *stale;
+			*stale = s;
+		} else {
+			pp = &s->next;
+		}
+	}
+	return found;
+}
+
+static void free_stages(struct vp_gpu_stage *list)
+{
+	while (list) {
+		struct vp_gpu_stage *next = list->next;
+
+		stage_free(list);
+		list = next;
+	}
+}
+
 static void do_mirror(struct vp_gpu *g, struct req *r)
 {
 	uint64_t size = vp_data_size(r->d);
 	struct mirror *old, *evicted, *m = NULL;
+	struct vp_gpu_stage *st, *stale = NULL;
 	void *mem = NULL;
 	int ok, rc;
 
+	pthread_mutex_lock(&g->lock);
+	st = take_stage_locked(g, r->d, &stale);
+	if (st && (m = calloc(1, sizeof(*m)))) {
+		/* its bytes went to the device while they arrived: no copy */
+		m->id = r->id;
+		m->version = r->version;
+		m->size = st->size;
+		m->mem = st->mem;
+		m->used_at = vp_now();
+		old = find_locked(g->mirrors, r->id);
+		if (old && old->version >= r->version) {
+			pthread_mutex_unlock(&g->lock);
+			free(m);
+			free_stages(stale);
+			stage_free(st);
+			return;
+		}
+		if (old)
+			old = retire_locked(g, old);
+		m->next = g->mirrors;
+		g->mirrors = m;
+		g->mirrored++;
+		g->staged_n++;
+		g->staged_bytes += st->size;
+		pthread_mutex_unlock(&g->lock);
+		st->mem = NULL;
+		vp_data_put(st->d);
+		free(st);
+		free_mirrors(g, old);
+		free_stages(stale);
+		return;
+	}
+	pthread_mutex_unlock(&g->lock);
+	free_stages(stale);
+	if (st)
+		stage_free(st);		/* no memory for its record: copy as usual */
 	pthread_mutex_lock(&g->lock);
 	old = find_locked(g->mirrors, r->id);
 	if ((old && old->version >= r->version) || size > g->budget) {
@@ -382,6 +484,8 @@ void vp_gpu_free(struct vp_gpu *g)
 	}
 	g->mirrors = g->retired = NULL;
 	free_mirrors(g, all);
+	free_stages(g->staged);
+	g->staged = NULL;
 	g->ops->close(g->t);
 	pthread_cond_destroy(&g->cond);
 	pthread_cond_destroy(&g->idle);
@@ -568,8 +672,111 @@ void vp_gpu_get_stats(struct vp_gpu *g, struct vp_gpu_stats *st)
 	st->failed = g->failed;
 	st->reads = g->reads;
 	st->read_bytes = g->read_bytes;
+	st->staged = g->staged_n;
+	st->staged_bytes = g->staged_bytes;
 	st->on = g->on;
 	pthread_mutex_unlock(&g->lock);
+}
+
+/* ---- staging while the bytes arrive ------------------------------------ */
+
+struct vp_gpu_stage *vp_gpu_stage_begin(struct vp_gpu *g, uint64_t size)
+{
+	struct vp_gpu_stage *s, *stale = NULL;
+	struct mirror *evicted;
+	uint64_t free_bytes = 0, total = 0;
+	int ok, rc;
+
+	if (!g || !size || !(s = calloc(1, sizeof(*s))))
+		return NULL;
+	s->g = g;
+	s->size = size;
+	pthread_mutex_lock(&g->lock);
+	take_stage_locked(g, NULL, &stale);
+	if (!g->on || size > g->budget) {
+		pthread_mutex_unlock(&g->lock);
+		free_stages(stale);
+		free(s);
+		return NULL;
+	}
+	evicted = make_room_locked(g, size, UINT64_MAX, &ok);
+	if (ok)
+		g->used += size;	/* reserved */
+	pthread_mutex_unlock(&g->lock);
+	free_mirrors(g, evicted);
+	free_stages(stale);
+	if (!ok) {
+		free(s);
+		return NULL;
+	}
+	pthread_mutex_lock(&g->tier_lock);
+	rc = g->ops->mem_info(g->t, &free_bytes, &total);
+	if (!rc && size + DEVICE_RESERVE > free_bytes)
+		rc = -ENOMEM;	/* never more than the device has free */
+	if (!rc)
+		rc = g->ops->alloc(g->t, size, &s->mem);
+	pthread_mutex_unlock(&g->tier_lock);
+	if (rc) {
+		s->mem = NULL;
+		stage_free(s);
+		return NULL;
+	}
+	return s;
+}
+
+void vp_gpu_stage_copy(struct vp_gpu_stage *s, uint64_t off, const void *src, size_t len)
+{
+	struct vp_gpu *g;
+	int rc;
+
+	if (!s || s->failed)
+		return;
+	g = s->g;
+	if (off + len > s->size) {
+		s->failed = 1;
+		return;
+	}
+	pthread_mutex_lock(&g->tier_lock);
+	rc = g->ops->copy_in(g->t, s->mem, off, src, len);
+	if (!rc)
+		rc = g->ops->sync(g->t);	/* src is the caller's again on return */
+	pthread_mutex_unlock(&g->tier_lock);
+	if (!rc) {
+		s->copied += len;
+		return;
+	}
+	s->failed = 1;
+	pthread_mutex_lock(&g->lock);
+	if (rc == -EIO && g->on) {
+		g->on = 0;
+		vp_log(LOG_ERR, "gpu", "device error: the GPU tier is off from now on; reads are served from RAM");
+	}
+	pthread_mutex_unlock(&g->lock);
+}
+
+void vp_gpu_stage_bind(struct vp_gpu_stage *s, struct vp_data *d)
+{
+	struct vp_gpu *g;
+
+	if (!s)
+		return;
+	g = s->g;
+	if (s->failed || s->copied != s->size || vp_data_size(d) != s->size) {
+		stage_free(s);
+		return;
+	}
+	s->d = vp_data_get(d);
+	s->bound_at = vp_now();
+	pthread_mutex_lock(&g->lock);
+	s->next = g->staged;
+	g->staged = s;
+	pthread_mutex_unlock(&g->lock);
+}
+
+void vp_gpu_stage_abort(struct vp_gpu_stage *s)
+{
+	if (s)
+		stage_free(s);
 }
 
 int vp_gpu_device(struct vp_gpu *g)
@@ -588,7 +795,8 @@ void vp_gpu_status_json(struct vp_gpu *g, FILE *out)
 		fputc(*p == '"' || *p == '\\' ? '_' : *p, out);
 	fprintf(out, "\",\"budget\":%" PRIu64 ",\"used\":%" PRIu64 ",\"files\":%" PRIu64
 		",\"leased\":%" PRIu64 ",\"mirrored\":%" PRIu64 ",\"evicted\":%" PRIu64
-		",\"failed\":%" PRIu64 ",\"reads\":%" PRIu64 ",\"read_bytes\":%" PRIu64 "}",
+		",\"failed\":%" PRIu64 ",\"reads\":%" PRIu64 ",\"read_bytes\":%" PRIu64
+		",\"staged\":%" PRIu64 ",\"staged_bytes\":%" PRIu64 "}",
 		st.budget, st.used, st.files, st.leased, st.mirrored, st.evicted, st.failed,
-		st.reads, st.read_bytes);
+		st.reads, st.read_bytes, st.staged, st.staged_bytes);
 }

@@ -9,6 +9,11 @@
  * (vp_gpu_export): the mirror then stays allocated, even after a newer
  * version replaces it, until the lease is released.
  *
+ * A consumer stages a version into device memory while its chunks still
+ * arrive (vp_gpu_stage_*): each chunk goes to the device as soon as it is
+ * here and checked, overlapping the network with the host-to-device copy.
+ * The version's mirror then takes the staged memory without a copy.
+ *
  * DESIGN: vp_gpu_mirror() only queues (it is called under the namespace
  * lock); one worker thread copies the bytes in through the tier.  A newer
  * request for a file replaces a queued older one (latest wins).  If the
@@ -30,6 +35,7 @@
 struct vp_data;
 struct vp_gpu;
 struct vp_gpu_lease;
+struct vp_gpu_stage;
 
 /*
  * Opens the tier (ops, device dev) with a budget of bytes.  Returns NULL
@@ -78,9 +84,32 @@ struct vp_gpu_stats {
 	uint64_t files, leased;		/* mirrors, mirrors held by leases */
 	uint64_t mirrored, evicted, failed;	/* mirrors made, evicted, failed */
 	uint64_t reads, read_bytes;	/* copies back to the host */
+	uint64_t staged, staged_bytes;	/* mirrors that took memory staged while the bytes arrived */
 	int on;				/* 0: off after a device error */
 };
 void vp_gpu_get_stats(struct vp_gpu *g, struct vp_gpu_stats *st);
+
+/*
+ * Consumer: device memory for a version of size bytes that is still
+ * arriving, within the budget (the least recently used mirrors make
+ * room).  NULL: no tier, off, or no room (the version is mirrored after
+ * its commit as usual).
+ */
+struct vp_gpu_stage *vp_gpu_stage_begin(struct vp_gpu *g, uint64_t size);
+/*
+ * Copies len bytes of src, the version's bytes at off, to the device now
+ * (src may be reused on return).  Each byte must be copied once.  A
+ * failure marks the stage failed; bind then drops it.
+ */
+void vp_gpu_stage_copy(struct vp_gpu_stage *s, uint64_t off, const void *src, size_t len);
+/*
+ * The version is complete as d: the mirror request of d (after its
+ * commit) takes the staged memory.  An incomplete or failed stage is
+ * dropped; one nobody takes is freed after a while.  s is gone after.
+ */
+void vp_gpu_stage_bind(struct vp_gpu_stage *s, struct vp_data *d);
+/* Drops a stage (the transfer failed).  s is gone after. */
+void vp_gpu_stage_abort(struct vp_gpu_stage *s);
 /* The device ordinal. */
 int vp_gpu_device(struct vp_gpu *g);
 /* Writes the tier's JSON object (for status). */

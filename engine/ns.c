@@ -1088,6 +1088,8 @@ int vp_ns_install_hidden(struct vp_ns *ns, const char *name, struct vp_data *d,
 	n->cur = vp_data_get(d);
 	n->size = vp_data_size(d);
 	n->version = version;
+	/* the GPU tier mirrors it (taking what was staged while it arrived) */
+	vp_gpu_mirror(ns->gpu, n->ino, version, d);
 out_unlock:
 	pthread_mutex_unlock(&ns->lock);
 	return rc;

@@ -24,6 +24,7 @@
 #include "clock.h"
 #include "data.h"
 #include "fabric.h"
+#include "gpu.h"
 #include "log.h"
 #include "metrics.h"
 #include "ns.h"
@@ -174,6 +175,7 @@ struct vp_repl {
 	uint64_t bytes_relay_in;	/* read from the relay */
 	uint64_t bytes_relay_fallback;	/* the relay did not offer in time: read from the producer */
 	uint64_t from_producer, from_relay;	/* of the announce being fetched, for its DONE */
+	struct vp_gpu_stage *gst;	/* the version being fetched, going to the GPU tier chunk by chunk */
 	/* CHUNKS received, waiting for their announce, protected by lock */
 	struct qmsg *rin_head, *rin_tail;
 	size_t rin_bytes;
@@ -198,14 +200,15 @@ struct prefetch {
 /*
  * With the GPU tier on, says which path model bytes take to or from a
  * peer.  Device-to-device transfer (FI_HMEM) is not built: bytes travel
- * between host caches, and each side's tier mirrors them after commit or
- * install.
+ * between host caches.  A consumer copies each chunk to its GPU tier as
+ * soon as it arrived and matched its hash, while the next chunks are on
+ * the wire; a producer mirrors each version after its commit.
  */
 static void log_gpu_path(struct vp_repl *r, const char *role, uint64_t id)
 {
 	if (!vp_ns_gpu(r->ns))
 		return;
-	vp_log(LOG_NOTICE, "repl", "%s %" PRIu64 ": host-staged path (host cache -> network -> host cache, then this node's GPU tier); %s",
+	vp_log(LOG_NOTICE, "repl", "%s %" PRIu64 ": host-staged path (host cache -> network -> host cache, each chunk on to this node's GPU tier as it arrives); %s",
 	       role, id, vp_fab_has_hmem(r->fab) ?
 	       "the provider offers FI_HMEM, but device-to-device transfer is not built yet" :
 	       "the provider has no FI_HMEM");
@@ -1584,6 +1587,8 @@ static void relay_verify(void *arg, size_t req)
 	v->got[v->pos[i]] = 1;
 	v->ngot++;
 	v->bytes += v->reqs[req].len;
+	vp_gpu_stage_copy(v->r->gst, (uint64_t)i * v->a->chunk_size, v->reqs[req].local,
+			  v->reqs[req].len);
 	offer_chunk(v->r, v->a, i, v->reqs[req].local);
 	offer_flush(v->r, 0);
 	consumer_beat(v->r);
@@ -1776,6 +1781,8 @@ static void verify_chunk(void *arg, size_t req)
 		v->bad_idx = idx;
 		return;
 	}
+	vp_gpu_stage_copy(v->r->gst, (uint64_t)idx * v->a->chunk_size, v->reqs[req].local,
+			  v->reqs[req].len);
 	offer_chunk(v->r, v->a, idx, v->reqs[req].local);
 	offer_flush(v->r, 0);
 	consumer_beat(v->r);
@@ -2044,6 +2051,19 @@ static void consumer_announce(struct vp_repl *r, struct vp_msg *m)
 		rc = -ENOMEM;
 		goto fail;
 	}
+	/*
+	 * With the GPU tier on, each chunk also goes to the device as soon as
+	 * it is here and checked, while the next ones are still on the wire.
+	 * (Not with holes: device memory is not zeroed.)
+	 */
+	if (vp_ns_gpu(r->ns)) {
+		int holes = 0;
+
+		for (uint32_t i = 0; i < a->nchunks && !holes; i++)
+			holes = !r->asm_refs[i].key;
+		if (!holes)
+			r->gst = vp_gpu_stage_begin(vp_ns_gpu(r->ns), a->size);
+	}
 	/* chunks the version we hold already has (same hash): copied here, not fetched */
 	old = vp_ns_path_data(r->ns, a->path);
 	old_size = old ? vp_data_size(old) : 0;
@@ -2059,6 +2079,7 @@ static void consumer_announce(struct vp_repl *r, struct vp_msg *m)
 			mem[i] = pf->mem[i];	/* fetched while the file was written */
 			pf->mem[i] = NULL;
 			streamed += len;
+			vp_gpu_stage_copy(r->gst, start, mem[i], (size_t)len);
 			continue;
 		}
 		mem[i] = vp_pool_get_chunk(r->pool, r->cfg.cache_wait, &err);
@@ -2070,6 +2091,7 @@ static void consumer_announce(struct vp_repl *r, struct vp_msg *m)
 		if (have_mem && XXH3_64bits(have_mem, (size_t)len) == r->asm_refs[i].hash) {
 			memcpy(mem[i], have_mem, (size_t)len);
 			reused += len;
+			vp_gpu_stage_copy(r->gst, start, mem[i], (size_t)len);
 			continue;
 		}
 		fetched[nreq++] = i;
@@ -2091,6 +2113,8 @@ static void consumer_announce(struct vp_repl *r, struct vp_msg *m)
 		rc = -ENOMEM;
 		goto fail;
 	}
+	vp_gpu_stage_bind(r->gst, d);	/* the mirror of d, at its commit, takes it */
+	r->gst = NULL;
 	r->last_transfer_s = vp_now() - t0;
 	r->bytes_in += a->size - reused - streamed;
 	r->bytes_reused += reused;
@@ -2118,6 +2142,8 @@ fail:
 		       a->path, a->version, strerror(-rc));
 	say_done(r, a->seq, a->version, rc);
 out_free:
+	vp_gpu_stage_abort(r->gst);
+	r->gst = NULL;
 	relay_end(r, a);
 	if (mem)
 		for (uint32_t i = 0; i < a->nchunks; i++)

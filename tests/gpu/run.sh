@@ -27,11 +27,20 @@ pass=0
 fail=0
 DAEMON_PID=""
 MNT=$WORK/mnt
+PROD_PID="" CONS_PID=""
+# cuda on the GPU machine; GPU_TIER=ram runs the mount checks' logic on a machine without one
+GPU_TIER=${GPU_TIER:-cuda}
 
 ok() { pass=$((pass + 1)); echo "PASS: $*"; }
 bad() { fail=$((fail + 1)); echo "FAIL: $*"; }
 
 finish() {
+	for m in "$WORK/cons" "$WORK/prod"; do
+		mountpoint -q "$m" 2>/dev/null && { fusermount3 -u "$m" 2>/dev/null || umount -l "$m"; }
+	done
+	for p in $CONS_PID $PROD_PID; do
+		timeout 60 tail --pid="$p" -f /dev/null 2>/dev/null || kill -9 "$p" 2>/dev/null
+	done
 	if [ -n "$DAEMON_PID" ]; then
 		mountpoint -q "$MNT" && { fusermount3 -u "$MNT" 2>/dev/null || umount -l "$MNT"; }
 		timeout 60 tail --pid="$DAEMON_PID" -f /dev/null 2>/dev/null || kill -9 "$DAEMON_PID" 2>/dev/null
@@ -113,7 +122,7 @@ if [ ! -c /dev/fuse ]; then
 	exit 0
 fi
 mkdir -p "$WORK/pfs" "$MNT"
-if ! "$BUILD/viperfs" -o "gpu_cache=4G,ram_cache=8G,ram_prefault=2G,log_file=$OUT/viperfs.log,control=$WORK/ctl.sock" \
+if ! "$BUILD/viperfs" -o "gpu_cache=4G,gpu_tier=$GPU_TIER,ram_cache=8G,ram_prefault=2G,log_file=$OUT/viperfs.log,control=$WORK/ctl.sock" \
 	"$WORK/pfs" "$MNT" 2> "$OUT/mount.err"; then
 	bad "mount with gpu_cache: $(cat "$OUT/mount.err")"
 	exit 1
@@ -151,3 +160,53 @@ if "$BUILD/viperctl" umount "$MNT" > "$OUT/umount.txt" 2>&1; then
 else
 	bad "umount: $(cat "$OUT/umount.txt")"
 fi
+
+# ---- replication into a consumer's GPU tier ----------------------------------
+# A producer and a consumer mount on this machine, over tcp on loopback (shm
+# would be picked otherwise).  The consumer copies each chunk to its GPU as
+# it arrives; its mirror must take that staged copy, byte-exact.
+PMNT=$WORK/prod CMNT=$WORK/cons
+mkdir -p "$WORK/pfs2" "$PMNT" "$CMNT"
+port=$((7700 + $$ % 200))
+export FI_PROVIDER=tcp
+started=1
+"$BUILD/viperfs" -o "listen=127.0.0.1:$port,gpu_cache=2G,gpu_tier=$GPU_TIER,ram_cache=4G,log_file=$OUT/producer.log,control=$WORK/p.sock" \
+	"$WORK/pfs2" "$PMNT" 2> "$OUT/producer.err" || started=0
+[ "$started" = 1 ] && PROD_PID=$("$BUILD/viperctl" status "$PMNT" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["pid"])')
+"$BUILD/viperfs" -o "subscribe=127.0.0.1:$port,gpu_cache=2G,gpu_tier=$GPU_TIER,ram_cache=4G,log_file=$OUT/consumer.log,control=$WORK/c.sock" \
+	"$WORK/pfs2" "$CMNT" 2> "$OUT/consumer.err" || started=0
+[ "$started" = 1 ] && CONS_PID=$("$BUILD/viperctl" status "$CMNT" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["pid"])')
+if [ "$started" = 1 ]; then
+	head -c 512M "$WORK/src.bin" > "$WORK/src2.bin"
+	sleep 2		# the consumer subscribes (HELLO every second)
+	cp "$WORK/src2.bin" "$PMNT/model.bin"
+	if "$BUILD/viperctl" wait "$CMNT/model.bin" --newer-than 0 --timeout 120 > /dev/null; then
+		staged=0
+		for _ in $(seq 1 300); do	# the worker takes the staged copy: poll, 30 s at most
+			"$BUILD/viperctl" status "$CMNT" --json | python3 -c '
+import json, sys
+g = json.load(sys.stdin)["tiers"]["gpu"]
+sys.exit(0 if g["staged"] == 1 and g["staged_bytes"] == 512 << 20 and g["files"] == 1 else 1)' && { staged=1; break; }
+			sleep 0.1
+		done
+		[ "$staged" = 1 ] && ok "replicated 512 MiB went to the consumer's GPU chunk by chunk ($("$BUILD/viperctl" status "$CMNT" | grep 'gpu tier'))" ||
+			bad "the consumer's mirror did not take the staged copy: $("$BUILD/viperctl" status "$CMNT" | grep 'gpu tier')"
+		cmp -s "$WORK/src2.bin" "$CMNT/model.bin" && ok "consumer reads the version byte-exact" || bad "consumer's bytes differ"
+		if "$BUILD/tests/ipc_reader" "$CMNT/model.bin" > "$OUT/ipc2.txt" 2>&1; then
+			ok "gpu-export of the consumer's staged mirror: $(cat "$OUT/ipc2.txt")"
+		else
+			bad "gpu-export on the consumer: $(cat "$OUT/ipc2.txt")"
+		fi
+	else
+		bad "the consumer did not get the version: $(tail -3 "$OUT/consumer.log")"
+	fi
+else
+	bad "starting producer and consumer: $(cat "$OUT/producer.err" "$OUT/consumer.err")"
+fi
+for m in "$CMNT" "$PMNT"; do
+	mountpoint -q "$m" && { fusermount3 -u "$m" 2>/dev/null || umount -l "$m"; }
+done
+for p in $CONS_PID $PROD_PID; do
+	timeout 60 tail --pid="$p" -f /dev/null 2>/dev/null || kill -9 "$p" 2>/dev/null
+done
+CONS_PID="" PROD_PID=""

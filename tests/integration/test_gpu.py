@@ -72,15 +72,27 @@ def test_replicated_versions_reach_the_consumers_gpu_tier(world):
     r = subprocess.run([VIPERCTL, "wait", c1.path("model.pt"), "--newer-than", "0", "--timeout", "60"],
                        capture_output=True, text=True, timeout=90)
     assert r.returncode == 0, r.stderr
-    # installed on the consumer, then mirrored by its own tier
-    wait_for(lambda: status(c1)["tiers"]["gpu"]["used"] == len(data), what="the consumer's mirror")
+    # the consumer's tier got each chunk as it arrived: its mirror took that copy
+    wait_for(lambda: status(c1)["tiers"]["gpu"]["files"] == 1, what="the consumer's mirror")
+    gst = status(c1)["tiers"]["gpu"]
+    assert gst["used"] == len(data) and gst["staged"] == 1 and gst["staged_bytes"] == len(data)
     wait_for(lambda: status(prod)["tiers"]["gpu"]["used"] == len(data), what="the producer's mirror")
+    assert status(prod)["tiers"]["gpu"]["staged"] == 0     # the producer mirrors after its commit
     for m in (prod, c1):
         assert "host-staged path" in m.read_log() and "no FI_HMEM" in m.read_log()
     holder = world.spawn([VIPERCTL, "gpu-export", c1.path("model.pt")], stdout=subprocess.PIPE, text=True)
     exp = json.loads(holder.stdout.readline())
     assert exp["version"] == 1 and exp["size"] == len(data)
     assert holder.wait(timeout=30) == 0
+    # a new version whose chunks are half unchanged: reused chunks are staged too
+    data2 = data[:2 << 20] + os.urandom(1 << 20)
+    write(prod.path("model.pt"), data2)
+    r = subprocess.run([VIPERCTL, "wait", c1.path("model.pt"), "--newer-than", "1", "--timeout", "60"],
+                       capture_output=True, text=True, timeout=90)
+    assert r.returncode == 0, r.stderr
+    wait_for(lambda: status(c1)["tiers"]["gpu"]["staged"] == 2, what="the second staged mirror")
+    gst = status(c1)["tiers"]["gpu"]
+    assert gst["used"] == len(data2) and gst["files"] == 1 and gst["staged_bytes"] == 2 * len(data)
 
 
 def test_a_version_evicted_from_ram_comes_back_from_the_gpu(world):

@@ -278,6 +278,78 @@ static void test_latest_queued_request_wins(void **state)
 	vp_gpu_free(g);
 }
 
+/* A consumer stages a version chunk by chunk while it arrives; its mirror takes it without a copy. */
+static void test_staged_version_is_mirrored_without_a_copy(void **state)
+{
+	struct vp_gpu *g = gpu(64 * MiB);
+	uint64_t size = 3 * MiB + 5;
+	struct vp_data *d = pattern(size, 5), *e = pattern(2 * MiB, 6);
+	unsigned char *bytes = malloc(size);
+	struct vp_gpu_stage *s;
+	struct vp_gpu_stats st;
+	unsigned int copies;
+
+	(void)state;
+	for (uint64_t i = 0; i < size; i++)
+		bytes[i] = (unsigned char)(i * 7 + 5);
+	s = vp_gpu_stage_begin(g, size);
+	assert_non_null(s);
+	vp_gpu_get_stats(g, &st);
+	assert_int_equal(st.used, size);	/* reserved while the bytes arrive */
+	/* out of order, as RMA reads complete */
+	vp_gpu_stage_copy(s, 2 * MiB, bytes + 2 * MiB, MiB + 5);
+	vp_gpu_stage_copy(s, 0, bytes, MiB);
+	vp_gpu_stage_copy(s, MiB, bytes + MiB, MiB);
+	memset(bytes, 0, size);			/* the source is the caller's again */
+	copies = fake.copies;
+	vp_gpu_stage_bind(s, d);
+	vp_gpu_mirror(g, 7, 1, d);
+	vp_gpu_drain(g);
+	assert_int_equal(fake.copies, copies);	/* taken, not copied again */
+	assert_mirror(g, 7, 1, size, 5);
+	vp_gpu_get_stats(g, &st);
+	assert_int_equal(st.staged, 1);
+	assert_int_equal(st.staged_bytes, size);
+	assert_int_equal(st.used, size);
+	assert_int_equal(fake.allocated, size);
+
+	/* an incomplete stage is dropped at bind: the mirror copies as usual */
+	s = vp_gpu_stage_begin(g, 2 * MiB);
+	assert_non_null(s);
+	vp_gpu_stage_copy(s, 0, bytes, MiB);
+	vp_gpu_stage_bind(s, e);
+	vp_gpu_mirror(g, 8, 1, e);
+	vp_gpu_drain(g);
+	assert_mirror(g, 8, 1, 2 * MiB, 6);
+	vp_gpu_get_stats(g, &st);
+	assert_int_equal(st.staged, 1);
+	assert_int_equal(st.used, size + 2 * MiB);
+
+	/* a failed transfer gives the memory back; a stage past the budget is refused */
+	s = vp_gpu_stage_begin(g, MiB);
+	assert_non_null(s);
+	vp_gpu_stage_abort(s);
+	assert_null(vp_gpu_stage_begin(g, 65 * MiB));
+	fake.fail_copy = 1;
+	s = vp_gpu_stage_begin(g, MiB);
+	assert_non_null(s);
+	vp_gpu_stage_copy(s, 0, bytes, MiB);	/* the device fails: the stage is dropped at bind */
+	vp_gpu_stage_bind(s, e);
+	fake.fail_copy = 0;
+	vp_gpu_get_stats(g, &st);
+	assert_int_equal(st.used, size + 2 * MiB);
+	assert_int_equal(st.on, 0);		/* and the tier turns itself off */
+	assert_null(vp_gpu_stage_begin(g, MiB));
+	assert_null(vp_gpu_stage_begin(NULL, MiB));
+	vp_gpu_stage_copy(NULL, 0, bytes, 1);
+	vp_gpu_stage_bind(NULL, d);
+	vp_gpu_stage_abort(NULL);
+	free(bytes);
+	vp_data_put(d);
+	vp_data_put(e);
+	vp_gpu_free(g);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -288,6 +360,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_device_error_turns_the_tier_off, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_a_lease_keeps_the_memory, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_latest_queued_request_wins, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_staged_version_is_mirrored_without_a_copy, setup, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
