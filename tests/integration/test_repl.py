@@ -508,3 +508,34 @@ def test_a_dead_relay_falls_back_to_the_producer(world):
                        capture_output=True, text=True, timeout=90)
     assert r.returncode == 0, r.stderr
     assert read(tail.path("m.bin")) == b"third"
+
+
+def test_a_stalled_relay_is_bypassed_and_catches_up(world):
+    """SIGSTOP of the relay (no error at all, just silence): the next consumer gets the
+    version from the producer; the relay, resumed, catches up."""
+    net, prod, cons = cluster(world, consumers=2, opts=",relay_fanout=1,relay_wait=1")
+    wait_for(lambda: subscribed(prod, 2), what="two consumers subscribed")
+    head, tail = wait_for(lambda: chain_of(prod, cons), what="the relay chain")
+    data = os.urandom((32 << 20) + 7)
+    os.kill(head.proc.pid, signal.SIGSTOP)
+    try:
+        write(prod.path("s.bin"), data)
+        r = subprocess.run([VIPERCTL, "wait", tail.path("s.bin"), "--newer-than", "0", "--timeout", "60"],
+                           capture_output=True, text=True, timeout=90)
+        assert r.returncode == 0, r.stderr
+        assert read(tail.path("s.bin")) == data
+        assert status(tail)["repl"]["relay"]["bytes_relay_fallback"] > 0
+    finally:
+        os.kill(head.proc.pid, signal.SIGCONT)
+    # the relay was dropped as silent; it comes back, is placed again, and catches up
+    r = subprocess.run([VIPERCTL, "wait", head.path("s.bin"), "--newer-than", "0", "--timeout", "60"],
+                       capture_output=True, text=True, timeout=90)
+    assert r.returncode == 0, r.stderr
+    assert read(head.path("s.bin")) == data
+    wait_for(lambda: subscribed(prod, 2) and chain_of(prod, cons), what="the chain again")
+    write(prod.path("s.bin"), data[::-1])
+    for c in cons:
+        r = subprocess.run([VIPERCTL, "wait", c.path("s.bin"), "--newer-than", "1", "--timeout", "60"],
+                           capture_output=True, text=True, timeout=90)
+        assert r.returncode == 0, r.stderr
+        assert read(c.path("s.bin")) == data[::-1]
