@@ -154,7 +154,7 @@ struct vp_repl {
 		int state;
 		uint64_t installed, skipped, bytes_in, bytes_reused, bytes_streamed;
 		uint64_t bytes_streamed_used, checksum_errors;
-		uint64_t bytes_relay_in, bytes_relay_fallback, parent_id;
+		uint64_t bytes_relay_in, bytes_relay_fallback, bytes_producer_in, parent_id;
 		uint64_t children[VP_PROTO_MAX_CHILDREN];
 		unsigned int nchildren;
 		double last_transfer_s, last_heard;
@@ -174,6 +174,7 @@ struct vp_repl {
 	struct vp_msg *offer;		/* CHUNKS being filled for our children */
 	uint64_t bytes_relay_in;	/* read from the relay */
 	uint64_t bytes_relay_fallback;	/* the relay did not offer in time: read from the producer */
+	uint64_t bytes_producer_in;	/* read from the producer, previews included */
 	uint64_t from_producer, from_relay;	/* of the announce being fetched, for its DONE */
 	struct vp_gpu_stage *gst;	/* the version being fetched, going to the GPU tier chunk by chunk */
 	/* CHUNKS received, waiting for their announce, protected by lock */
@@ -1850,6 +1851,7 @@ static int fetch_chunks(struct vp_repl *r, const announce_t *a, void **mem,
 		rc = vp_fab_read_cb(r->fab, r->producer, reqs, nreq, r->cfg.repl_inflight,
 				    r->cfg.peer_timeout + (double)bytes / 50e6, verify_chunk, &v);
 		r->from_producer += bytes;
+		r->bytes_producer_in += bytes;
 		if (!rc && v.bad) {
 			*bad_idx = v.bad_idx;
 			rc = -EIO;
@@ -2314,6 +2316,7 @@ static void publish_stats(struct vp_repl *r)
 	r->pub.last_heard = r->last_heard;
 	r->pub.bytes_relay_in = r->bytes_relay_in;
 	r->pub.bytes_relay_fallback = r->bytes_relay_fallback;
+	r->pub.bytes_producer_in = r->bytes_producer_in;
 	r->pub.parent_id = r->parent_id;
 	r->pub.nchildren = r->nchildren;
 	for (unsigned int i = 0; i < r->nchildren; i++)
@@ -2639,6 +2642,12 @@ void vp_repl_metrics(struct vp_repl *r, FILE *out)
 		fputs("# HELP viperfs_producer_up 1 while this consumer is subscribed to its producer.\n"
 		      "# TYPE viperfs_producer_up gauge\n", out);
 		fprintf(out, "viperfs_producer_up %d\n", r->pub.state == 3);
+		fputs("# HELP viperfs_consumer_fetched_bytes_total Bytes of new versions this consumer read, by source (its relay, or the producer).\n"
+		      "# TYPE viperfs_consumer_fetched_bytes_total counter\n", out);
+		fprintf(out, "viperfs_consumer_fetched_bytes_total{from=\"relay\"} %" PRIu64 "\n",
+			r->pub.bytes_relay_in);
+		fprintf(out, "viperfs_consumer_fetched_bytes_total{from=\"producer\"} %" PRIu64 "\n",
+			r->pub.bytes_producer_in);
 	} else {
 		fputs("# HELP viperfs_peers Consumers connected to this producer.\n"
 		      "# TYPE viperfs_peers gauge\n", out);

@@ -454,7 +454,9 @@ def chain_of(prod, cons):
 
 def test_relay_chain_moves_one_copy_from_the_producer(world):
     """relay_fanout=1: the producer serves one consumer; each re-serves the chunks it holds."""
-    net, prod, cons = cluster(world, consumers=3, opts=",relay_fanout=1")
+    mport = 9300 + os.getpid() % 100
+    net, prod, cons = cluster(world, consumers=3, opts=",relay_fanout=1",
+                              consumer_opts=[",metrics=%d" % mport] * 3)
     wait_for(lambda: subscribed(prod, 3), what="three consumers subscribed")
     order = wait_for(lambda: chain_of(prod, cons), what="the relay chain")
     size = (64 << 20) + 12345
@@ -479,6 +481,16 @@ def test_relay_chain_moves_one_copy_from_the_producer(world):
     for c in order[1:]:
         assert status(c)["repl"]["relay"]["bytes_from_relay"] > 0
     assert status(order[0])["repl"]["relay"]["bytes_from_relay"] == 0
+    # the same split in each consumer's metrics (each node has its own 127.0.0.1)
+    from test_ops import metric, promtool_ok, scrape
+    for i, c in enumerate(order):
+        code, text = scrape(mport, prefix=net.prefix(1 + cons.index(c)))
+        assert code == 200
+        promtool_ok(text)
+        st = status(c)["repl"]["relay"]
+        assert metric(text, "viperfs_consumer_fetched_bytes_total", '{from="relay"}') == st["bytes_from_relay"]
+        got = metric(text, "viperfs_consumer_fetched_bytes_total", '{from="producer"}')
+        assert (got >= size) if i == 0 else (got < size)
 
 
 def test_a_dead_relay_falls_back_to_the_producer(world):
