@@ -749,6 +749,7 @@ staging_done:
 			vp_now);
 	pthread_mutex_init(&ns->pfs_lock, NULL);
 	pthread_mutex_init(&ns->lock, NULL);
+	pthread_mutex_init(&ns->handles_lock, NULL);
 	vp_cond_init_monotonic(&ns->flush_cond);
 	vp_cond_init_monotonic(&ns->worker_cond);
 	vp_cond_init_monotonic(&ns->evict_cond);
@@ -866,6 +867,21 @@ unsigned int vp_ns_free(struct vp_ns *ns)
 	unsigned int left;
 	int rc;
 
+	/*
+	 * Handles whose RELEASE the kernel still had queued when the loop
+	 * stopped: released now, as that RELEASE would have (a last close
+	 * commits), so that their versions are flushed below.
+	 */
+	for (;;) {
+		struct vp_handle *h;
+
+		pthread_mutex_lock(&ns->handles_lock);
+		h = ns->handles;
+		pthread_mutex_unlock(&ns->handles_lock);
+		if (!h)
+			break;
+		vp_ns_release(ns, h);
+	}
 	if (vp_ns_flush_start(ns, "", &p) == 0) {
 		deadline = ns->cfg.unmount_wait > 0 ?
 			vp_now() + ns->cfg.unmount_wait : 0;
@@ -922,6 +938,7 @@ unsigned int vp_ns_free(struct vp_ns *ns)
 	for (size_t i = 0; i < 256; i++)
 		free(ns->events[i].path);
 	pthread_mutex_destroy(&ns->lock);
+	pthread_mutex_destroy(&ns->handles_lock);
 	pthread_mutex_destroy(&ns->pfs_lock);
 	free(ns);
 	return left;
@@ -1886,6 +1903,12 @@ static struct vp_handle *handle_new(struct vp_ns *ns, struct vp_node *n,
 	h->node = n;
 	h->data = d;	/* takes the caller's reference */
 	h->writable = writable;
+	pthread_mutex_lock(&ns->handles_lock);
+	h->next = ns->handles;
+	if (h->next)
+		h->next->prev = h;
+	ns->handles = h;
+	pthread_mutex_unlock(&ns->handles_lock);
 	return h;
 }
 
@@ -2121,6 +2144,14 @@ int vp_ns_release(struct vp_ns *ns, struct vp_handle *h)
 	uint64_t version = 0;
 	int decide;
 
+	pthread_mutex_lock(&ns->handles_lock);
+	if (h->prev)
+		h->prev->next = h->next;
+	else
+		ns->handles = h->next;
+	if (h->next)
+		h->next->prev = h->prev;
+	pthread_mutex_unlock(&ns->handles_lock);
 	pthread_mutex_lock(&ns->lock);
 	vp_node_get(n);		/* for publish_decide, after the handle's is gone */
 	decide = release_locked(ns, n, h->data, h->writable, &version);

@@ -76,6 +76,7 @@ struct vp_node {
 };
 
 struct vp_handle {
+	struct vp_handle *next, *prev;	/* on ns->handles */
 	struct vp_node *node;		/* holds a ref */
 	struct vp_data *data;		/* holds a ref: the bytes this handle sees */
 	int writable;
@@ -156,6 +157,12 @@ struct vp_ns {
 	pthread_cond_t event_cond;
 	pthread_cond_t idle_cond;	/* open_handles reached 0 */
 	unsigned int open_handles;	/* atomic; broadcast on 0 under lock */
+	/*
+	 * Every handle, so that the ones whose RELEASE never came (the loop
+	 * stopped with it still queued in the kernel) are released at exit.
+	 */
+	pthread_mutex_t handles_lock;
+	struct vp_handle *handles;
 	char control_path[PATH_MAX];
 	int stop;			/* protected by lock */
 
