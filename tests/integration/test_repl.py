@@ -551,3 +551,42 @@ def test_a_stalled_relay_is_bypassed_and_catches_up(world):
                            capture_output=True, text=True, timeout=90)
         assert r.returncode == 0, r.stderr
         assert read(c.path("s.bin")) == data[::-1]
+
+
+def test_relay_tree_of_two_per_node(world):
+    """relay_fanout=2 with four consumers: the producer serves two; the first of them
+    serves the other two."""
+    net, prod, cons = cluster(world, consumers=4, opts=",relay_fanout=2")
+    wait_for(lambda: subscribed(prod, 4), what="four consumers subscribed")
+
+    def tree():
+        peers = {p["id"]: p["relay_parent"] for p in status(prod)["repl"]["peers"] if p["active"]}
+        ids = sorted(peers)
+        want = {ids[0]: 0, ids[1]: 0, ids[2]: ids[0], ids[3]: ids[0]}
+        if peers != want:
+            return None
+        kids = {}
+        for c in cons:
+            rel = status(c)["repl"]["relay"]
+            kids[rel["parent"]] = kids.get(rel["parent"], 0) + 1
+            if rel["children"]:
+                kids["serving"] = sorted(rel["children"])
+        return kids if kids == {0: 2, ids[0]: 2, "serving": ids[2:]} else None
+    wait_for(tree, what="the tree: two under the producer, two under the first consumer")
+    size = (24 << 20) + 99
+    data = os.urandom(size)
+    write(prod.path("t.bin"), data)
+    for c in cons:
+        r = subprocess.run([VIPERCTL, "wait", c.path("t.bin"), "--newer-than", "0", "--timeout", "90"],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert read(c.path("t.bin")) == data
+
+    def moved():
+        peers = status(prod)["repl"]["peers"]
+        out = sum(p["bytes_out"] for p in peers)
+        relayed = sum(p["bytes_relayed"] for p in peers)
+        return (out, relayed) if out + relayed >= 4 * size else None
+    out, relayed = wait_for(moved, what="every consumer's DONE")
+    assert out + relayed == 4 * size
+    assert out < 3 * size      # two copies, plus whatever a slow relay left to the producer

@@ -81,6 +81,18 @@ static void test_defaults_and_opts(void **state)
 					      sizeof(pass), err, sizeof(err)), -EINVAL);
 	assert_int_equal(vp_config_parse_opts(&cfg, "flush_inflight=0", pass,
 					      sizeof(pass), err, sizeof(err)), -EINVAL);
+	/* the relay tree: a chain by default, 0 turns it off, at most 8 per node */
+	assert_int_equal(cfg.relay_fanout, 1);
+	assert_true(cfg.relay_wait == 2.0);
+	assert_int_equal(vp_config_parse_opts(&cfg, "relay_fanout=0,relay_wait=0.5", pass,
+					      sizeof(pass), err, sizeof(err)), 0);
+	assert_int_equal(cfg.relay_fanout, 0);
+	assert_true(cfg.relay_wait == 0.5);
+	assert_int_equal(vp_config_parse_opts(&cfg, "relay_fanout=8", pass,
+					      sizeof(pass), err, sizeof(err)), 0);
+	assert_int_equal(vp_config_parse_opts(&cfg, "relay_fanout=9", pass,
+					      sizeof(pass), err, sizeof(err)), -EINVAL);
+	assert_non_null(strstr(err, "relay_fanout"));
 	/* without a passthru buffer, unknown names are errors */
 	assert_int_equal(vp_config_parse_opts(&cfg, "bogus=1", NULL, 0, err,
 					      sizeof(err)), -EINVAL);
