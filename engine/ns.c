@@ -980,13 +980,14 @@ static int is_installer_locked(struct vp_ns *ns)
 	return ns->installer_tid && caller_tid == ns->installer_tid;
 }
 
-static void record_event_locked(struct vp_ns *ns, struct vp_node *n);
+static void record_event_at_locked(struct vp_ns *ns, struct vp_node *n, double when);
 
 void vp_ns_installed(struct vp_ns *ns)
 {
 	pthread_mutex_lock(&ns->lock);
 	for (unsigned int i = 0; i < ns->ndeferred; i++) {
-		record_event_locked(ns, ns->deferred[i]);
+		/* stamped with the rename's time: the version was in place then */
+		record_event_at_locked(ns, ns->deferred[i], ns->deferred_at[i]);
 		vp_node_put(ns, ns->deferred[i]);
 	}
 	ns->ndeferred = 0;
@@ -1313,11 +1314,23 @@ int vp_ns_getattr(struct vp_ns *ns, uint64_t ino, struct stat *st)
 }
 
 /* Records that path now holds n's newest version.  ns->lock held. */
+static double wall_seconds(void)
+{
+	struct timespec now;
+
+	clock_gettime(CLOCK_REALTIME, &now);
+	return (double)now.tv_sec + (double)now.tv_nsec / 1e9;
+}
+
 static void record_event_locked(struct vp_ns *ns, struct vp_node *n)
+{
+	record_event_at_locked(ns, n, wall_seconds());
+}
+
+static void record_event_at_locked(struct vp_ns *ns, struct vp_node *n, double when)
 {
 	char path[PATH_MAX];
 	struct vp_event_rec *e;
-	struct timespec now;
 
 	if (n->type != VP_NODE_FILE || live_path_locked(ns, n, path, sizeof(path)) ||
 	    !strncmp(path, VP_INCOMING_DIR "/", sizeof(VP_INCOMING_DIR)))
@@ -1327,11 +1340,10 @@ static void record_event_locked(struct vp_ns *ns, struct vp_node *n)
 	e->path = strdup(path);
 	if (!e->path)
 		return;
-	clock_gettime(CLOCK_REALTIME, &now);
 	e->seq = ++ns->event_seq;
 	e->version = n->version;
 	e->size = n->size;
-	e->time = (double)now.tv_sec + (double)now.tv_nsec / 1e9;
+	e->time = when;
 	pthread_cond_broadcast(&ns->event_cond);
 }
 
@@ -1842,6 +1854,7 @@ int vp_ns_rename(struct vp_ns *ns, uint64_t parent, const char *name,
 	assert(rc == 0 || rc == -ENOMEM);
 	if (ns->replica && is_installer_locked(ns) && ns->ndeferred < 16) {
 		vp_node_get(n);		/* raised once the kernel sees the new name */
+		ns->deferred_at[ns->ndeferred] = wall_seconds();
 		ns->deferred[ns->ndeferred++] = n;
 	} else {
 		record_event_locked(ns, n);

@@ -144,6 +144,7 @@ struct vp_ns {
 	 * still open the old file.
 	 */
 	struct vp_node *deferred[16];
+	double deferred_at[16];		/* wall-clock time of each rename */
 	unsigned int ndeferred;
 	struct install *installs;	/* consumer: staged, protected by lock */
 	/* version events for watch/wait/on_update, a ring, protected by lock */

@@ -1260,6 +1260,7 @@ static int install(struct vp_repl *r, const char *path, struct vp_data *d,
 			rc = -errno;
 			unlinkat(r->mnt_fd, hidden, 0);	/* do not keep its bytes around */
 		}
+		vp_ns_installed(r->ns);	/* the kernel shows the new file: tell watch and wait */
 		if (!rc) {
 			fd = openat(r->mnt_fd, path, O_WRONLY | O_CLOEXEC | O_NOFOLLOW);
 			if (fd >= 0)
