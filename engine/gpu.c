@@ -156,18 +156,34 @@ static struct mirror *make_room_locked(struct vp_gpu *g, uint64_t size, uint64_t
 
 /* ---- the worker -------------------------------------------------------- */
 
+/* Device memory for size bytes, never more than the device has free.  Tier lock held. */
+static int device_alloc(struct vp_gpu *g, uint64_t size, void **mem)
+{
+	uint64_t free_bytes = 0, total = 0;
+	int rc = g->ops->mem_info(g->t, &free_bytes, &total);
+
+	if (!rc && size + DEVICE_RESERVE > free_bytes)
+		rc = -ENOMEM;
+	return rc ? rc : g->ops->alloc(g->t, size, mem);
+}
+
+/* A device error (-EIO) turns the tier off for good, once.  g->lock held. */
+static void device_failed_locked(struct vp_gpu *g, int rc)
+{
+	if (rc == -EIO && g->on) {
+		g->on = 0;
+		vp_log(LOG_ERR, "gpu", "device error: the GPU tier is off from now on; reads are served from RAM");
+	}
+}
+
 /* Copies d into new device memory.  No lock held; takes the tier lock. */
 static int copy_in(struct vp_gpu *g, struct vp_data *d, uint64_t size, void **mem)
 {
-	uint64_t off = 0, free_bytes = 0, total = 0;
+	uint64_t off = 0;
 	int rc;
 
 	pthread_mutex_lock(&g->tier_lock);
-	rc = g->ops->mem_info(g->t, &free_bytes, &total);
-	if (!rc && size + DEVICE_RESERVE > free_bytes)
-		rc = -ENOMEM;	/* never more than the device has free */
-	if (!rc)
-		rc = g->ops->alloc(g->t, size, mem);
+	rc = device_alloc(g, size, mem);
 	while (!rc && off < size) {
 		struct vp_read rd;
 		ssize_t n = vp_data_read(d, off, (size_t)(size - off), &rd);
@@ -246,81 +262,55 @@ static void free_stages(struct vp_gpu_stage *list)
 static void do_mirror(struct vp_gpu *g, struct req *r)
 {
 	uint64_t size = vp_data_size(r->d);
-	struct mirror *old, *evicted, *m = NULL;
+	struct mirror *old, *evicted, *m;
 	struct vp_gpu_stage *st, *stale = NULL;
 	void *mem = NULL;
-	int ok, rc;
+	int ok, rc = 0;
 
 	pthread_mutex_lock(&g->lock);
 	st = take_stage_locked(g, r->d, &stale);
-	if (st && (m = calloc(1, sizeof(*m)))) {
-		/* its bytes went to the device while they arrived: no copy */
-		m->id = r->id;
-		m->version = r->version;
-		m->size = st->size;
-		m->mem = st->mem;
-		m->used_at = vp_now();
-		old = find_locked(g->mirrors, r->id);
-		if (old && old->version >= r->version) {
-			pthread_mutex_unlock(&g->lock);
-			free(m);
-			free_stages(stale);
-			stage_free(st);
-			return;
-		}
-		if (old)
-			old = retire_locked(g, old);
-		m->next = g->mirrors;
-		g->mirrors = m;
-		g->mirrored++;
-		g->staged_n++;
-		g->staged_bytes += st->size;
-		pthread_mutex_unlock(&g->lock);
-		st->mem = NULL;
-		vp_data_put(st->d);
-		free(st);
-		free_mirrors(g, old);
-		free_stages(stale);
-		return;
-	}
 	pthread_mutex_unlock(&g->lock);
 	free_stages(stale);
-	if (st)
-		stage_free(st);		/* no memory for its record: copy as usual */
-	pthread_mutex_lock(&g->lock);
-	old = find_locked(g->mirrors, r->id);
-	if ((old && old->version >= r->version) || size > g->budget) {
-		if (size > g->budget)
+	if (st) {
+		/* its bytes went to the device while they arrived: no copy */
+		mem = st->mem;		/* with its reservation in g->used */
+		vp_data_put(st->d);
+		free(st);
+	} else {
+		pthread_mutex_lock(&g->lock);
+		old = find_locked(g->mirrors, r->id);
+		if ((old && old->version >= r->version) || size > g->budget) {
+			if (size > g->budget)
+				g->failed++;
+			pthread_mutex_unlock(&g->lock);
+			return;
+		}
+		evicted = make_room_locked(g, size, r->id, &ok);
+		if (ok)
+			g->used += size;	/* reserved */
+		else
 			g->failed++;
 		pthread_mutex_unlock(&g->lock);
-		return;
-	}
-	evicted = make_room_locked(g, size, r->id, &ok);
-	if (ok)
-		g->used += size;	/* reserved */
-	pthread_mutex_unlock(&g->lock);
-	free_mirrors(g, evicted);
-	if (!ok) {
-		vp_log(LOG_DEBUG, "gpu", "no room for file %" PRIu64 " version %" PRIu64 " (%" PRIu64 " bytes): the rest is held",
-		       r->id, r->version, size);
-		pthread_mutex_lock(&g->lock);
-		g->failed++;
-		pthread_mutex_unlock(&g->lock);
-		return;
-	}
-	rc = copy_in(g, r->d, size, &mem);
-	if (!rc)
-		m = calloc(1, sizeof(*m));
-	pthread_mutex_lock(&g->lock);
-	if (rc || !m) {
-		g->used -= size;
-		g->failed++;
-		if (rc == -EIO && g->on) {
-			g->on = 0;
-			vp_log(LOG_ERR, "gpu", "device error: the GPU tier is off from now on; reads are served from RAM");
+		free_mirrors(g, evicted);
+		if (!ok) {
+			vp_log(LOG_DEBUG, "gpu", "no room for file %" PRIu64 " version %" PRIu64 " (%" PRIu64 " bytes): the rest is held",
+			       r->id, r->version, size);
+			return;
 		}
+		rc = copy_in(g, r->d, size, &mem);
+	}
+	m = rc ? NULL : calloc(1, sizeof(*m));
+	pthread_mutex_lock(&g->lock);
+	old = find_locked(g->mirrors, r->id);
+	if (!m || (old && old->version >= r->version)) {
+		/* failed, or a newer version got there first (a staged one can) */
+		g->used -= size;
+		if (!m)
+			g->failed++;
+		device_failed_locked(g, rc);
 		pthread_mutex_unlock(&g->lock);
-		if (mem) {	/* copied, but no memory for its record */
+		free(m);
+		if (mem) {
 			pthread_mutex_lock(&g->tier_lock);
 			g->ops->free(g->t, mem);
 			pthread_mutex_unlock(&g->tier_lock);
@@ -332,12 +322,15 @@ static void do_mirror(struct vp_gpu *g, struct req *r)
 	m->size = size;
 	m->mem = mem;
 	m->used_at = vp_now();
-	old = find_locked(g->mirrors, r->id);
 	if (old)
 		old = retire_locked(g, old);	/* the older version leaves the tier */
 	m->next = g->mirrors;
 	g->mirrors = m;
 	g->mirrored++;
+	if (st) {
+		g->staged_n++;
+		g->staged_bytes += size;
+	}
 	pthread_mutex_unlock(&g->lock);
 	free_mirrors(g, old);
 }
@@ -684,7 +677,6 @@ struct vp_gpu_stage *vp_gpu_stage_begin(struct vp_gpu *g, uint64_t size)
 {
 	struct vp_gpu_stage *s, *stale = NULL;
 	struct mirror *evicted;
-	uint64_t free_bytes = 0, total = 0;
 	int ok, rc;
 
 	if (!g || !size || !(s = calloc(1, sizeof(*s))))
@@ -710,11 +702,7 @@ struct vp_gpu_stage *vp_gpu_stage_begin(struct vp_gpu *g, uint64_t size)
 		return NULL;
 	}
 	pthread_mutex_lock(&g->tier_lock);
-	rc = g->ops->mem_info(g->t, &free_bytes, &total);
-	if (!rc && size + DEVICE_RESERVE > free_bytes)
-		rc = -ENOMEM;	/* never more than the device has free */
-	if (!rc)
-		rc = g->ops->alloc(g->t, size, &s->mem);
+	rc = device_alloc(g, size, &s->mem);
 	pthread_mutex_unlock(&g->tier_lock);
 	if (rc) {
 		s->mem = NULL;
@@ -747,10 +735,7 @@ void vp_gpu_stage_copy(struct vp_gpu_stage *s, uint64_t off, const void *src, si
 	}
 	s->failed = 1;
 	pthread_mutex_lock(&g->lock);
-	if (rc == -EIO && g->on) {
-		g->on = 0;
-		vp_log(LOG_ERR, "gpu", "device error: the GPU tier is off from now on; reads are served from RAM");
-	}
+	device_failed_locked(g, rc);
 	pthread_mutex_unlock(&g->lock);
 }
 

@@ -20,7 +20,8 @@
  * device fails, the tier turns itself off, says so once, and the mount
  * goes on from RAM.
  *
- * THREADING: every function is thread-safe.  Lock order: the namespace
+ * THREADING: every function is thread-safe, except that one stage is
+ * used by one thread at a time (its copies and its bind or abort).  Lock order: the namespace
  * lock, then g->lock; the worker never takes the namespace lock.
  */
 #ifndef VP_GPU_H
