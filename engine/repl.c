@@ -313,6 +313,16 @@ static struct slab_mr *slab_of(struct vp_repl *r, const void *mem)
 
 /* ---- messages --------------------------------------------------------- */
 
+/* Appends q to the list head..tail. */
+static void qmsg_append(struct qmsg **head, struct qmsg **tail, struct qmsg *q)
+{
+	if (*tail)
+		(*tail)->next = q;
+	else
+		*head = q;
+	*tail = q;
+}
+
 static void on_recv(void *arg, const void *msg, size_t len)
 {
 	struct vp_repl *r = arg;
@@ -342,18 +352,10 @@ static void on_recv(void *arg, const void *msg, size_t len)
 			r->rin_bytes -= old->len;
 			free(old);
 		}
-		if (r->rin_tail)
-			r->rin_tail->next = q;
-		else
-			r->rin_head = q;
-		r->rin_tail = q;
+		qmsg_append(&r->rin_head, &r->rin_tail, q);
 		r->rin_bytes += len;
 	} else {
-		if (r->in_tail)
-			r->in_tail->next = q;
-		else
-			r->in_head = q;
-		r->in_tail = q;
+		qmsg_append(&r->in_head, &r->in_tail, q);
 	}
 	pthread_cond_signal(&r->cond);
 	pthread_mutex_unlock(&r->lock);
@@ -388,11 +390,7 @@ static struct qmsg *qmsg_of(struct vp_msg *m)
 
 static void peer_queue_locked(struct peer *p, struct qmsg *q)
 {
-	if (p->out_tail)
-		p->out_tail->next = q;
-	else
-		p->out_head = q;
-	p->out_tail = q;
+	qmsg_append(&p->out_head, &p->out_tail, q);
 }
 
 /* ---- producer ------------------------------------------------------- */
@@ -1385,6 +1383,20 @@ static void offer_chunk(struct vp_repl *r, const announce_t *a, uint32_t i, cons
 		offer_flush(r, 0);
 }
 
+/*
+ * Chunk i of announce a arrived in mem and matched its hash, while later
+ * reads are still in flight: on to the GPU tier's stage and to our relay
+ * children, and a heartbeat if one is due (transfers can be long).
+ */
+static void chunk_ready(struct vp_repl *r, const announce_t *a, uint32_t i, const void *mem,
+			size_t len)
+{
+	vp_gpu_stage_copy(r->gst, (uint64_t)i * a->chunk_size, mem, len);
+	offer_chunk(r, a, i, mem);
+	offer_flush(r, 0);
+	consumer_beat(r);
+}
+
 /* Keeps d (announce seq) for the children we offered it to, until they are done. */
 static void rpin_add(struct vp_repl *r, uint64_t seq, struct vp_data *d)
 {
@@ -1453,8 +1465,8 @@ static void relay_end(struct vp_repl *r, const announce_t *a)
 	}
 }
 
-/* Drops the relay's offers we hold (the relay changed or went away). */
-static void rin_clear(struct vp_repl *r)
+/* Takes every offer the relay queue holds, oldest first. */
+static struct qmsg *rin_take(struct vp_repl *r)
 {
 	struct qmsg *q;
 
@@ -1463,6 +1475,14 @@ static void rin_clear(struct vp_repl *r)
 	r->rin_head = r->rin_tail = NULL;
 	r->rin_bytes = 0;
 	pthread_mutex_unlock(&r->lock);
+	return q;
+}
+
+/* Drops the relay's offers we hold (the relay changed or went away). */
+static void rin_clear(struct vp_repl *r)
+{
+	struct qmsg *q = rin_take(r);
+
 	while (q) {
 		struct qmsg *next = q->next;
 
@@ -1589,11 +1609,7 @@ static void relay_verify(void *arg, size_t req)
 	v->got[v->pos[i]] = 1;
 	v->ngot++;
 	v->bytes += v->reqs[req].len;
-	vp_gpu_stage_copy(v->r->gst, (uint64_t)i * v->a->chunk_size, v->reqs[req].local,
-			  v->reqs[req].len);
-	offer_chunk(v->r, v->a, i, v->reqs[req].local);
-	offer_flush(v->r, 0);
-	consumer_beat(v->r);
+	chunk_ready(v->r, v->a, i, v->reqs[req].local, v->reqs[req].len);
 }
 
 /*
@@ -1609,11 +1625,7 @@ static int relay_take_offers(struct vp_repl *r, const announce_t *a, const int32
 	size_t later_bytes = 0;
 	int last = 0;
 
-	pthread_mutex_lock(&r->lock);
-	list = r->rin_head;
-	r->rin_head = r->rin_tail = NULL;
-	r->rin_bytes = 0;
-	pthread_mutex_unlock(&r->lock);
+	list = rin_take(r);
 	while (list) {
 		struct qmsg *q = list;
 		const char *why = NULL;
@@ -1783,11 +1795,7 @@ static void verify_chunk(void *arg, size_t req)
 		v->bad_idx = idx;
 		return;
 	}
-	vp_gpu_stage_copy(v->r->gst, (uint64_t)idx * v->a->chunk_size, v->reqs[req].local,
-			  v->reqs[req].len);
-	offer_chunk(v->r, v->a, idx, v->reqs[req].local);
-	offer_flush(v->r, 0);
-	consumer_beat(v->r);
+	chunk_ready(v->r, v->a, idx, v->reqs[req].local, v->reqs[req].len);
 }
 
 /*

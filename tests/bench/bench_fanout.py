@@ -26,7 +26,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from conftest import World  # noqa: E402
-from bench_repl import read_all, viperfs_wait_read, write_file  # noqa: E402
+from bench_repl import viperfs_wait_read, write_file  # noqa: E402
 
 
 def producer_tx(net):

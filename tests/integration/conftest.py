@@ -32,6 +32,15 @@ def write(path, data):
         f.write(data)
 
 
+def wait_version(path, newer_than, timeout=60):
+    """viperctl wait: blocks on the daemon's events (no polling) until path holds a
+    version newer than newer_than; returns that version."""
+    r = subprocess.run([VIPERCTL, "wait", path, "--newer-than", str(newer_than), "--timeout", str(timeout)],
+                       capture_output=True, text=True, timeout=timeout + 30)
+    assert r.returncode == 0, r.stderr
+    return int(r.stdout)
+
+
 def is_mounted(path):
     path = os.path.realpath(path)
     with open("/proc/self/mounts") as f:

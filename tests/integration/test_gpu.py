@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 
-from conftest import VIPERCTL, read, write
+from conftest import VIPERCTL, read, wait_version, write
 from test_repl import status, wait_for
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -69,9 +69,7 @@ def test_replicated_versions_reach_the_consumers_gpu_tier(world):
     wait_for(lambda: subscribed(prod, 1), what="the consumer subscribed")
     data = os.urandom(3 << 20)
     write(prod.path("model.pt"), data)
-    r = subprocess.run([VIPERCTL, "wait", c1.path("model.pt"), "--newer-than", "0", "--timeout", "60"],
-                       capture_output=True, text=True, timeout=90)
-    assert r.returncode == 0, r.stderr
+    wait_version(c1.path("model.pt"), 0)
     # the consumer's tier got each chunk as it arrived: its mirror took that copy
     wait_for(lambda: status(c1)["tiers"]["gpu"]["files"] == 1, what="the consumer's mirror")
     gst = status(c1)["tiers"]["gpu"]
@@ -87,9 +85,7 @@ def test_replicated_versions_reach_the_consumers_gpu_tier(world):
     # a new version whose chunks are half unchanged: reused chunks are staged too
     data2 = data[:2 << 20] + os.urandom(1 << 20)
     write(prod.path("model.pt"), data2)
-    r = subprocess.run([VIPERCTL, "wait", c1.path("model.pt"), "--newer-than", "1", "--timeout", "60"],
-                       capture_output=True, text=True, timeout=90)
-    assert r.returncode == 0, r.stderr
+    wait_version(c1.path("model.pt"), 1)
     wait_for(lambda: status(c1)["tiers"]["gpu"]["staged"] == 2, what="the second staged mirror")
     gst = status(c1)["tiers"]["gpu"]
     assert gst["used"] == len(data2) and gst["files"] == 1 and gst["staged_bytes"] == 2 * len(data)

@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from conftest import BUILD, ROOT, VIPERCTL, VIPERFS, is_mounted, read, write
-from test_repl import lines_until, wait_for
+from conftest import BUILD, ROOT, VIPERCTL, VIPERFS, is_mounted, read, wait_version, write
+from test_repl import wait_for
 
 SCRIPTS = os.path.join(ROOT, "mount-scripts")
 SLURM_LAUNCHER = os.path.join(SCRIPTS, "viperfs-slurm")
@@ -338,9 +338,7 @@ def test_slurm_launcher_roles_with_srun_environment(world):
              what="the consumer to subscribe")
     data = os.urandom(3 << 20)
     write(os.path.join(mnts[0], "ckpt.pt"), data)
-    r = subprocess.run([VIPERCTL, "wait", os.path.join(mnts[1], "ckpt.pt"), "--newer-than", "0",
-                        "--timeout", "60"], capture_output=True, text=True, timeout=90)
-    assert r.returncode == 0, r.stderr
+    wait_version(os.path.join(mnts[1], "ckpt.pt"), 0)
     assert read(os.path.join(mnts[1], "ckpt.pt")) == data
 
     # status and metrics of both roles
@@ -472,7 +470,6 @@ def slurm(world):
 
 def test_slurm_launcher_in_a_real_job(world, slurm):
     pfs, mnt = world.dir("pfs"), os.path.join(world.base, "job-mnt")
-    out = os.path.join(world.base, "job.out")
     job = os.path.join(world.base, "job.sh")
     with open(job, "w") as f:
         f.write("""#!/bin/bash

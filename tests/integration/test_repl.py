@@ -13,7 +13,7 @@ import time
 import pytest
 import torch
 
-from conftest import VIPERCTL, read, write
+from conftest import read, wait_version, write
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -150,9 +150,7 @@ def test_torch_versions_reach_consumers_with_inotify_events(world):
     # every byte equal on both consumers, versions numbered as on the producer
     for c in (c1, c2):
         # changes arrive in order: once the marker written after the unlink is there, all is
-        r = subprocess.run([VIPERCTL, "wait", c.path("marker"), "--newer-than", "0", "--timeout", "60"],
-                           capture_output=True, text=True, timeout=90)
-        assert r.returncode == 0, r.stderr
+        wait_version(c.path("marker"), 0)
         assert sha(c.path("model.pt")) == want2
         assert read(c.path("ckpt-1", "weights.bin")) == blob
         assert read(c.path("ckpt-1", "config.json")) == b'{"layers": 2}'
@@ -353,18 +351,14 @@ def test_unchanged_chunks_are_not_fetched_again(world):
     wait_for(lambda: subscribed(prod, 1), what="the consumer subscribed")
     base = bytearray(os.urandom(8 << 20))
     write(prod.path("frozen.bin"), bytes(base))
-    r = subprocess.run([VIPERCTL, "wait", c1.path("frozen.bin"), "--newer-than", "0", "--timeout", "60"],
-                       capture_output=True, text=True, timeout=90)
-    assert r.returncode == 0, r.stderr
+    wait_version(c1.path("frozen.bin"), 0)
     before = status(c1)["repl"]["bytes_in"]
     assert before == len(base)
     # a fine-tune that touches two chunks (a frozen backbone): the whole file is rewritten
     base[(3 << 20) + 5] ^= 0xff
     base[(6 << 20):(6 << 20) + 100] = os.urandom(100)
     write(prod.path("frozen.bin"), bytes(base))
-    r = subprocess.run([VIPERCTL, "wait", c1.path("frozen.bin"), "--newer-than", "1", "--timeout", "60"],
-                       capture_output=True, text=True, timeout=90)
-    assert r.returncode == 0, r.stderr
+    wait_version(c1.path("frozen.bin"), 1)
     assert read(c1.path("frozen.bin")) == bytes(base)
     st = status(c1)["repl"]
     assert st["bytes_in"] - before == 2 << 20
@@ -372,9 +366,7 @@ def test_unchanged_chunks_are_not_fetched_again(world):
     # a size change: the chunks before the new tail still match
     base += os.urandom(12345)
     write(prod.path("frozen.bin"), bytes(base))
-    r = subprocess.run([VIPERCTL, "wait", c1.path("frozen.bin"), "--newer-than", "2", "--timeout", "60"],
-                       capture_output=True, text=True, timeout=90)
-    assert r.returncode == 0, r.stderr
+    wait_version(c1.path("frozen.bin"), 2)
     assert read(c1.path("frozen.bin")) == bytes(base)
     assert status(c1)["repl"]["bytes_in"] - before == (2 << 20) + 12345
 
@@ -396,9 +388,7 @@ def test_chunks_stream_while_the_file_is_written(world):
         f.write(patch)
         f.seek(12 << 20)
         f.write(data[12 << 20:])
-    r = subprocess.run([VIPERCTL, "wait", c1.path("big.bin"), "--newer-than", "0", "--timeout", "60"],
-                       capture_output=True, text=True, timeout=90)
-    assert r.returncode == 0, r.stderr
+    wait_version(c1.path("big.bin"), 0)
     assert read(c1.path("big.bin")) == bytes(data)
     st = status(c1)["repl"]
     assert st["bytes_streamed_used"] >= 8 << 20
@@ -414,9 +404,7 @@ def test_producer_killed_while_streaming_a_file(world):
     net, prod, (c1,) = cluster(world, consumers=1, opts=",repl_stream=2M")
     wait_for(lambda: subscribed(prod, 1), what="the consumer subscribed")
     write(prod.path("w.bin"), b"version one")
-    r = subprocess.run([VIPERCTL, "wait", c1.path("w.bin"), "--newer-than", "0", "--timeout", "60"],
-                       capture_output=True, text=True, timeout=90)
-    assert r.returncode == 0, r.stderr
+    wait_version(c1.path("w.bin"), 0)
     f = open(prod.path("w.bin"), "wb")
     try:
         f.write(os.urandom(8 << 20))
@@ -452,6 +440,22 @@ def chain_of(prod, cons):
     return order
 
 
+def replicate_to_all(prod, cons, name, data):
+    """Writes a first version on the producer; every consumer gets it byte-exact.
+    Returns (bytes read from the producer, bytes read from relays), once every DONE is in."""
+    write(prod.path(name), data)
+    for c in cons:
+        wait_version(c.path(name), 0, timeout=90)
+        assert read(c.path(name)) == data
+
+    def moved():
+        peers = status(prod)["repl"]["peers"]
+        out = sum(p["bytes_out"] for p in peers)
+        relayed = sum(p["bytes_relayed"] for p in peers)
+        return (out, relayed) if out + relayed >= len(cons) * len(data) else None
+    return wait_for(moved, what="every consumer's DONE")
+
+
 def test_relay_chain_moves_one_copy_from_the_producer(world):
     """relay_fanout=1: the producer serves one consumer; each re-serves the chunks it holds."""
     mport = 9300 + os.getpid() % 100
@@ -460,20 +464,7 @@ def test_relay_chain_moves_one_copy_from_the_producer(world):
     wait_for(lambda: subscribed(prod, 3), what="three consumers subscribed")
     order = wait_for(lambda: chain_of(prod, cons), what="the relay chain")
     size = (64 << 20) + 12345
-    data = os.urandom(size)
-    write(prod.path("model.bin"), data)
-    for c in cons:
-        r = subprocess.run([VIPERCTL, "wait", c.path("model.bin"), "--newer-than", "0", "--timeout", "90"],
-                           capture_output=True, text=True, timeout=120)
-        assert r.returncode == 0, r.stderr
-        assert read(c.path("model.bin")) == data
-
-    def moved():
-        peers = status(prod)["repl"]["peers"]
-        out = sum(p["bytes_out"] for p in peers)
-        relayed = sum(p["bytes_relayed"] for p in peers)
-        return (out, relayed) if out + relayed >= 3 * size else None
-    out, relayed = wait_for(moved, what="every consumer's DONE")
+    out, relayed = replicate_to_all(prod, cons, "model.bin", os.urandom(size))
     print("producer served %d bytes, relays %d, for 3 consumers of %d" % (out, relayed, size))
     # without relay the producer serves 3 copies; with the chain, one (plus what a slow relay left)
     assert out + relayed == 3 * size
@@ -507,18 +498,14 @@ def test_a_dead_relay_falls_back_to_the_producer(world):
     write(prod.path("m.bin"), blob)
     wait_for(lambda: "fetching 'm.bin' version 2" in head.read_log(), what="the relay fetching")
     head.kill9()
-    r = subprocess.run([VIPERCTL, "wait", tail.path("m.bin"), "--newer-than", "1", "--timeout", "90"],
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
+    wait_version(tail.path("m.bin"), 1, timeout=90)
     assert read(tail.path("m.bin")) == blob
     log = tail.read_log()
     assert "the producer serves the rest" in log, log[-3000:]
     # the producer drops the dead relay; the tail moves up
     wait_for(lambda: relay_parent(tail) == 0, timeout=30, what="the tail reading from the producer")
     write(prod.path("m.bin"), b"third")
-    r = subprocess.run([VIPERCTL, "wait", tail.path("m.bin"), "--newer-than", "2", "--timeout", "60"],
-                       capture_output=True, text=True, timeout=90)
-    assert r.returncode == 0, r.stderr
+    wait_version(tail.path("m.bin"), 2)
     assert read(tail.path("m.bin")) == b"third"
 
 
@@ -532,24 +519,18 @@ def test_a_stalled_relay_is_bypassed_and_catches_up(world):
     os.kill(head.proc.pid, signal.SIGSTOP)
     try:
         write(prod.path("s.bin"), data)
-        r = subprocess.run([VIPERCTL, "wait", tail.path("s.bin"), "--newer-than", "0", "--timeout", "60"],
-                           capture_output=True, text=True, timeout=90)
-        assert r.returncode == 0, r.stderr
+        wait_version(tail.path("s.bin"), 0)
         assert read(tail.path("s.bin")) == data
         assert status(tail)["repl"]["relay"]["bytes_relay_fallback"] > 0
     finally:
         os.kill(head.proc.pid, signal.SIGCONT)
     # the relay was dropped as silent; it comes back, is placed again, and catches up
-    r = subprocess.run([VIPERCTL, "wait", head.path("s.bin"), "--newer-than", "0", "--timeout", "60"],
-                       capture_output=True, text=True, timeout=90)
-    assert r.returncode == 0, r.stderr
+    wait_version(head.path("s.bin"), 0)
     assert read(head.path("s.bin")) == data
     wait_for(lambda: subscribed(prod, 2) and chain_of(prod, cons), what="the chain again")
     write(prod.path("s.bin"), data[::-1])
     for c in cons:
-        r = subprocess.run([VIPERCTL, "wait", c.path("s.bin"), "--newer-than", "1", "--timeout", "60"],
-                           capture_output=True, text=True, timeout=90)
-        assert r.returncode == 0, r.stderr
+        wait_version(c.path("s.bin"), 1)
         assert read(c.path("s.bin")) == data[::-1]
 
 
@@ -574,19 +555,6 @@ def test_relay_tree_of_two_per_node(world):
         return kids if kids == {0: 2, ids[0]: 2, "serving": ids[2:]} else None
     wait_for(tree, what="the tree: two under the producer, two under the first consumer")
     size = (24 << 20) + 99
-    data = os.urandom(size)
-    write(prod.path("t.bin"), data)
-    for c in cons:
-        r = subprocess.run([VIPERCTL, "wait", c.path("t.bin"), "--newer-than", "0", "--timeout", "90"],
-                           capture_output=True, text=True, timeout=120)
-        assert r.returncode == 0, r.stderr
-        assert read(c.path("t.bin")) == data
-
-    def moved():
-        peers = status(prod)["repl"]["peers"]
-        out = sum(p["bytes_out"] for p in peers)
-        relayed = sum(p["bytes_relayed"] for p in peers)
-        return (out, relayed) if out + relayed >= 4 * size else None
-    out, relayed = wait_for(moved, what="every consumer's DONE")
+    out, relayed = replicate_to_all(prod, cons, "t.bin", os.urandom(size))
     assert out + relayed == 4 * size
     assert out < 3 * size      # two copies, plus whatever a slow relay left to the producer
