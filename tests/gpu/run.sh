@@ -34,17 +34,21 @@ GPU_TIER=${GPU_TIER:-cuda}
 ok() { pass=$((pass + 1)); echo "PASS: $*"; }
 bad() { fail=$((fail + 1)); echo "FAIL: $*"; }
 
+# status_of MNT EXPR: prints the Python expression EXPR of the daemon's status s.
+status_of() {
+	"$BUILD/viperctl" status "$1" --json | python3 -c "import json, sys; s = json.load(sys.stdin); print($2)"
+}
+
+# stop_daemon MNT PID: unmounts MNT if mounted; waits 60 s for PID (if any), then kills it.
+stop_daemon() {
+	mountpoint -q "$1" 2>/dev/null && { fusermount3 -u "$1" 2>/dev/null || umount -l "$1"; }
+	[ -z "$2" ] || timeout 60 tail --pid="$2" -f /dev/null 2>/dev/null || kill -9 "$2" 2>/dev/null
+}
+
 finish() {
-	for m in "$WORK/cons" "$WORK/prod"; do
-		mountpoint -q "$m" 2>/dev/null && { fusermount3 -u "$m" 2>/dev/null || umount -l "$m"; }
-	done
-	for p in $CONS_PID $PROD_PID; do
-		timeout 60 tail --pid="$p" -f /dev/null 2>/dev/null || kill -9 "$p" 2>/dev/null
-	done
-	if [ -n "$DAEMON_PID" ]; then
-		mountpoint -q "$MNT" && { fusermount3 -u "$MNT" 2>/dev/null || umount -l "$MNT"; }
-		timeout 60 tail --pid="$DAEMON_PID" -f /dev/null 2>/dev/null || kill -9 "$DAEMON_PID" 2>/dev/null
-	fi
+	stop_daemon "$WORK/cons" "$CONS_PID"
+	stop_daemon "$WORK/prod" "$PROD_PID"
+	[ -z "$DAEMON_PID" ] || stop_daemon "$MNT" "$DAEMON_PID"
 	rm -rf "$WORK"
 	echo "$pass passed, $fail failed"
 }
@@ -127,8 +131,8 @@ if ! "$BUILD/viperfs" -o "gpu_cache=4G,gpu_tier=$GPU_TIER,ram_cache=8G,ram_prefa
 	bad "mount with gpu_cache: $(cat "$OUT/mount.err")"
 	exit 1
 fi
-DAEMON_PID=$("$BUILD/viperctl" status "$MNT" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["pid"])')
-state=$("$BUILD/viperctl" status "$MNT" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["tiers"]["gpu"]["state"])')
+DAEMON_PID=$(status_of "$MNT" 's["pid"]')
+state=$(status_of "$MNT" 's["tiers"]["gpu"]["state"]')
 [ "$state" = on ] && ok "mounted with the GPU tier on" || bad "GPU tier state: $state ($(grep gpu "$OUT/viperfs.log" | tail -2))"
 
 head -c 2G /dev/urandom > "$WORK/src.bin"
@@ -137,13 +141,9 @@ dd if="$WORK/src.bin" of="$MNT/ckpt.bin" bs=4M status=none && ok "2 GiB checkpoi
 	bad "writing the checkpoint"
 mirrored=0
 for _ in $(seq 1 600); do	# the mirror is the tier worker's: poll its state, 60 s at most
-	"$BUILD/viperctl" status "$MNT" --json | python3 -c '
-import json, sys
-g = json.load(sys.stdin)["tiers"]["gpu"]
-sys.exit(2 if g.get("state") != "on" else 0 if g["files"] == 1 and g["used"] == 2 << 30 else 1)'
-	rc=$?
-	[ "$rc" = 0 ] && mirrored=1
-	[ "$rc" != 1 ] && break
+	st=$(status_of "$MNT" '"off" if s["tiers"]["gpu"]["state"] != "on" else s["tiers"]["gpu"]["files"] == 1 and s["tiers"]["gpu"]["used"] == 2 << 30')
+	[ "$st" = True ] && mirrored=1
+	[ "$st" = False ] || break
 	sleep 0.1
 done
 [ "$mirrored" = 1 ] && ok "mirrored to the GPU ($("$BUILD/viperctl" status "$MNT" | grep 'gpu tier'))" ||
@@ -172,10 +172,10 @@ export FI_PROVIDER=tcp
 started=1
 "$BUILD/viperfs" -o "listen=127.0.0.1:$port,gpu_cache=2G,gpu_tier=$GPU_TIER,ram_cache=4G,log_file=$OUT/producer.log,control=$WORK/p.sock" \
 	"$WORK/pfs2" "$PMNT" 2> "$OUT/producer.err" || started=0
-[ "$started" = 1 ] && PROD_PID=$("$BUILD/viperctl" status "$PMNT" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["pid"])')
+[ "$started" = 1 ] && PROD_PID=$(status_of "$PMNT" 's["pid"]')
 "$BUILD/viperfs" -o "subscribe=127.0.0.1:$port,gpu_cache=2G,gpu_tier=$GPU_TIER,ram_cache=4G,log_file=$OUT/consumer.log,control=$WORK/c.sock" \
 	"$WORK/pfs2" "$CMNT" 2> "$OUT/consumer.err" || started=0
-[ "$started" = 1 ] && CONS_PID=$("$BUILD/viperctl" status "$CMNT" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["pid"])')
+[ "$started" = 1 ] && CONS_PID=$(status_of "$CMNT" 's["pid"]')
 if [ "$started" = 1 ]; then
 	head -c 512M "$WORK/src.bin" > "$WORK/src2.bin"
 	sleep 2		# the consumer subscribes (HELLO every second)
@@ -183,10 +183,8 @@ if [ "$started" = 1 ]; then
 	if "$BUILD/viperctl" wait "$CMNT/model.bin" --newer-than 0 --timeout 120 > /dev/null; then
 		staged=0
 		for _ in $(seq 1 300); do	# the worker takes the staged copy: poll, 30 s at most
-			"$BUILD/viperctl" status "$CMNT" --json | python3 -c '
-import json, sys
-g = json.load(sys.stdin)["tiers"]["gpu"]
-sys.exit(0 if g["staged"] == 1 and g["staged_bytes"] == 512 << 20 and g["files"] == 1 else 1)' && { staged=1; break; }
+			[ "$(status_of "$CMNT" 's["tiers"]["gpu"]["staged"] == 1 and s["tiers"]["gpu"]["staged_bytes"] == 512 << 20 and s["tiers"]["gpu"]["files"] == 1')" = True ] &&
+				{ staged=1; break; }
 			sleep 0.1
 		done
 		[ "$staged" = 1 ] && ok "replicated 512 MiB went to the consumer's GPU chunk by chunk ($("$BUILD/viperctl" status "$CMNT" | grep 'gpu tier'))" ||
@@ -203,10 +201,6 @@ sys.exit(0 if g["staged"] == 1 and g["staged_bytes"] == 512 << 20 and g["files"]
 else
 	bad "starting producer and consumer: $(cat "$OUT/producer.err" "$OUT/consumer.err")"
 fi
-for m in "$CMNT" "$PMNT"; do
-	mountpoint -q "$m" && { fusermount3 -u "$m" 2>/dev/null || umount -l "$m"; }
-done
-for p in $CONS_PID $PROD_PID; do
-	timeout 60 tail --pid="$p" -f /dev/null 2>/dev/null || kill -9 "$p" 2>/dev/null
-done
+stop_daemon "$CMNT" "$CONS_PID"
+stop_daemon "$PMNT" "$PROD_PID"
 CONS_PID="" PROD_PID=""
