@@ -45,6 +45,15 @@ stop_daemon() {
 	[ -z "$2" ] || timeout 60 tail --pid="$2" -f /dev/null 2>/dev/null || kill -9 "$2" 2>/dev/null
 }
 
+# ipc_check FILE WHAT: a second process maps FILE's GPU mirror (gpu-export, cudaIpcOpenMemHandle).
+ipc_check() {
+	if "$BUILD/tests/ipc_reader" "$1" > "$OUT/ipc.txt" 2>&1; then
+		ok "$2: $(cat "$OUT/ipc.txt")"
+	else
+		bad "$2: $(cat "$OUT/ipc.txt")"
+	fi
+}
+
 finish() {
 	stop_daemon "$WORK/cons" "$CONS_PID"
 	stop_daemon "$WORK/prod" "$PROD_PID"
@@ -149,11 +158,7 @@ done
 [ "$mirrored" = 1 ] && ok "mirrored to the GPU ($("$BUILD/viperctl" status "$MNT" | grep 'gpu tier'))" ||
 	bad "not mirrored to the GPU within 60 s: $("$BUILD/viperctl" status "$MNT" | grep 'gpu tier')"
 cmp -s "$WORK/src.bin" "$MNT/ckpt.bin" && ok "read back byte-exact" || bad "read back differs"
-if "$BUILD/tests/ipc_reader" "$MNT/ckpt.bin" > "$OUT/ipc.txt" 2>&1; then
-	ok "gpu-export round trip: $(cat "$OUT/ipc.txt")"
-else
-	bad "gpu-export round trip: $(cat "$OUT/ipc.txt")"
-fi
+ipc_check "$MNT/ckpt.bin" "gpu-export round trip"
 if "$BUILD/viperctl" umount "$MNT" > "$OUT/umount.txt" 2>&1; then
 	ok "unmounted, everything on the PFS"
 	DAEMON_PID=""
@@ -190,11 +195,7 @@ if [ "$started" = 1 ]; then
 		[ "$staged" = 1 ] && ok "replicated 512 MiB went to the consumer's GPU chunk by chunk ($("$BUILD/viperctl" status "$CMNT" | grep 'gpu tier'))" ||
 			bad "the consumer's mirror did not take the staged copy: $("$BUILD/viperctl" status "$CMNT" | grep 'gpu tier')"
 		cmp -s "$WORK/src2.bin" "$CMNT/model.bin" && ok "consumer reads the version byte-exact" || bad "consumer's bytes differ"
-		if "$BUILD/tests/ipc_reader" "$CMNT/model.bin" > "$OUT/ipc2.txt" 2>&1; then
-			ok "gpu-export of the consumer's staged mirror: $(cat "$OUT/ipc2.txt")"
-		else
-			bad "gpu-export on the consumer: $(cat "$OUT/ipc2.txt")"
-		fi
+		ipc_check "$CMNT/model.bin" "gpu-export of the consumer's staged mirror"
 	else
 		bad "the consumer did not get the version: $(tail -3 "$OUT/consumer.log")"
 	fi
