@@ -1313,7 +1313,6 @@ int vp_ns_getattr(struct vp_ns *ns, uint64_t ino, struct stat *st)
 	return rc;
 }
 
-/* Records that path now holds n's newest version.  ns->lock held. */
 static double wall_seconds(void)
 {
 	struct timespec now;
@@ -1322,11 +1321,13 @@ static double wall_seconds(void)
 	return (double)now.tv_sec + (double)now.tv_nsec / 1e9;
 }
 
+/* Records that path now holds n's newest version, now.  ns->lock held. */
 static void record_event_locked(struct vp_ns *ns, struct vp_node *n)
 {
 	record_event_at_locked(ns, n, wall_seconds());
 }
 
+/* The same, as of when (wall-clock seconds).  ns->lock held. */
 static void record_event_at_locked(struct vp_ns *ns, struct vp_node *n, double when)
 {
 	char path[PATH_MAX];
