@@ -93,6 +93,8 @@ static const struct opt options[] = {
 	  "CUDA device of the GPU tier" },
 	{ "gpu_tier", OPT_STR, OFF(gpu_tier), "cuda",
 	  "the GPU tier's implementation: cuda, or ram (host memory posing as the device, to test the tier on a node without a GPU)" },
+	{ "gpu_direct", OPT_STR, OFF(gpu_direct), "auto",
+	  "GPU-direct replication: auto (where the fabric can register the tier's memory, FI_HMEM for CUDA, a consumer's reads land in its GPU tier and a producer serves complete GPU mirrors from it) or off (always through the host caches)" },
 	{ "metrics", OPT_STR, OFF(metrics), "",
 	  "serve Prometheus metrics at http://ADDR:PORT/metrics (a bare PORT binds 127.0.0.1)" },
 	{ "peer_timeout", OPT_SECONDS, OFF(peer_timeout), "5",
@@ -227,8 +229,11 @@ static int set_one(struct vp_config *cfg, const struct opt *o,
 		break;
 	case OPT_STR:
 		/* the short string fields are 64 or 256 bytes */
-		if (strlen(value) >= (o->offset == OFF(fabric_provider) || o->offset == OFF(gpu_tier) ?
+		if (strlen(value) >= (o->offset == OFF(fabric_provider) || o->offset == OFF(gpu_tier) ||
+				      o->offset == OFF(gpu_direct) ?
 				      64u : 256u))
+			rc = -EINVAL;
+		else if (o->offset == OFF(gpu_direct) && strcmp(value, "auto") && strcmp(value, "off"))
 			rc = -EINVAL;
 		else
 			strcpy(field, value);

@@ -60,6 +60,7 @@ struct vp_fab {
 	struct fid_av *av;
 	uint64_t mr_mode;		/* what the provider kept */
 	int hmem;			/* the provider offers FI_HMEM (device memory) */
+	int hmem_on;			/* ... and the endpoint was opened with it */
 	char provider[64];
 	vp_fab_recv_cb cb;
 	void *cb_arg;
@@ -193,9 +194,10 @@ static void *progress_main(void *arg)
 }
 
 struct vp_fab *vp_fab_open(const char *provider, const char *node,
-			   const char *service, int listen, vp_fab_recv_cb cb,
+			   const char *service, unsigned int flags, vp_fab_recv_cb cb,
 			   void *cb_arg, char *err, size_t errlen)
 {
+	int listen = !!(flags & VP_FAB_LISTEN);
 	struct fi_info *hints = fi_allocinfo();
 	struct fi_cq_attr cq_attr = { .format = FI_CQ_FORMAT_DATA,
 				      .wait_obj = FI_WAIT_UNSPEC, .size = 1024 };
@@ -224,9 +226,30 @@ struct vp_fab *vp_fab_open(const char *provider, const char *node,
 		FI_MR_ALLOCATED | FI_MR_PROV_KEY | FI_MR_ENDPOINT;
 	hints->domain_attr->threading = FI_THREAD_SAFE;
 	hints->fabric_attr->prov_name = strdup(provider);
-	rc = fi_getinfo(FI_VERSION(1, 17), listen ? node : NULL,
-			listen ? service : NULL, listen ? FI_SOURCE : 0, hints,
-			&fab->info);
+	{
+		/*
+		 * Would the provider move device memory (GPU-direct)?  With
+		 * VP_FAB_HMEM the endpoint is opened with FI_HMEM when it
+		 * does; otherwise it is only asked, for the log.
+		 */
+		struct fi_info *h = NULL;
+
+		hints->caps |= FI_HMEM;
+		hints->domain_attr->mr_mode |= FI_MR_HMEM;
+		fab->hmem = fi_getinfo(FI_VERSION(1, 17), listen ? node : NULL,
+				       listen ? service : NULL, listen ? FI_SOURCE : 0,
+				       hints, &h) == 0;
+		hints->caps &= ~FI_HMEM;
+		hints->domain_attr->mr_mode &= ~(uint64_t)FI_MR_HMEM;
+		if (fab->hmem && (flags & VP_FAB_HMEM))
+			fab->info = h;
+		else if (h)
+			fi_freeinfo(h);
+		fab->hmem_on = fab->info != NULL;
+	}
+	rc = fab->info ? 0 : fi_getinfo(FI_VERSION(1, 17), listen ? node : NULL,
+					listen ? service : NULL, listen ? FI_SOURCE : 0,
+					hints, &fab->info);
 	if (rc) {
 		snprintf(err, errlen, "no libfabric provider '%s' for an RDM endpoint%s%s%s%s: %s",
 			 provider, listen ? " on " : "", listen && node ? node : "",
@@ -235,18 +258,6 @@ struct vp_fab *vp_fab_open(const char *provider, const char *node,
 		goto err_free;
 	}
 	fab->mr_mode = fab->info->domain_attr->mr_mode;
-	{
-		/* would the provider move device memory (GPU-direct)?  Asked, not used yet */
-		struct fi_info *h = NULL;
-
-		hints->caps |= FI_HMEM;
-		hints->domain_attr->mr_mode |= FI_MR_HMEM;
-		fab->hmem = fi_getinfo(FI_VERSION(1, 17), listen ? node : NULL,
-				       listen ? service : NULL, listen ? FI_SOURCE : 0,
-				       hints, &h) == 0;
-		if (h)
-			fi_freeinfo(h);
-	}
 	if ((rc = fi_fabric(fab->info->fabric_attr, &fab->fabric, NULL)) ||
 	    (rc = fi_domain(fab->fabric, fab->info, &fab->domain, NULL)) ||
 	    (rc = fi_cq_open(fab->domain, &cq_attr, &fab->cq, NULL)) ||
@@ -281,8 +292,9 @@ struct vp_fab *vp_fab_open(const char *provider, const char *node,
 		goto err_close;
 	}
 	fi_freeinfo(hints);
-	vp_log(LOG_INFO, "fabric", "endpoint open with provider '%s' (mr_mode 0x%llx)%s%s%s%s",
+	vp_log(LOG_INFO, "fabric", "endpoint open with provider '%s' (mr_mode 0x%llx%s)%s%s%s%s",
 	       fab->provider, (unsigned long long)fab->mr_mode,
+	       fab->hmem_on ? ", FI_HMEM" : "",
 	       listen ? ", listening on " : "", listen && node ? node : "",
 	       listen ? ":" : "", listen && service ? service : "");
 	return fab;
@@ -342,7 +354,7 @@ const char *vp_fab_provider(const struct vp_fab *fab)
 
 int vp_fab_has_hmem(const struct vp_fab *fab)
 {
-	return fab->hmem;
+	return fab->hmem_on ? 2 : fab->hmem;
 }
 
 int vp_fab_name(struct vp_fab *fab, void *buf, size_t len)
@@ -399,15 +411,31 @@ void vp_fab_remove(struct vp_fab *fab, vp_fab_addr addr)
 int vp_fab_mr_reg(struct vp_fab *fab, void *buf, size_t len,
 		  struct vp_fab_mr **mrp, uint64_t *key, uint64_t *remote_addr)
 {
+	return vp_fab_mr_reg_dev(fab, buf, len, -1, mrp, key, remote_addr);
+}
+
+int vp_fab_mr_reg_dev(struct vp_fab *fab, void *buf, size_t len, int cuda_device,
+		      struct vp_fab_mr **mrp, uint64_t *key, uint64_t *remote_addr)
+{
+	struct iovec iov = { .iov_base = buf, .iov_len = len };
+	struct fi_mr_attr attr = {
+		.mr_iov = &iov,
+		.iov_count = 1,
+		.access = FI_SEND | FI_RECV | FI_READ | FI_REMOTE_READ,
+		.iface = FI_HMEM_SYSTEM,
+	};
 	struct fid_mr *mr;
-	uint64_t requested = 0;
 	int rc;
 
+	if (cuda_device >= 0) {
+		if (!fab->hmem_on)
+			return -EOPNOTSUPP;	/* opened without FI_HMEM */
+		attr.iface = FI_HMEM_CUDA;
+		attr.device.cuda = cuda_device;
+	}
 	if (!(fab->mr_mode & FI_MR_PROV_KEY))
-		requested = __atomic_add_fetch(&fab->next_key, 1, __ATOMIC_RELAXED);
-	rc = fi_mr_reg(fab->domain, buf, len,
-		       FI_SEND | FI_RECV | FI_READ | FI_REMOTE_READ, 0,
-		       requested, 0, &mr, NULL);
+		attr.requested_key = __atomic_add_fetch(&fab->next_key, 1, __ATOMIC_RELAXED);
+	rc = fi_mr_regattr(fab->domain, &attr, 0, &mr);
 	if (rc)
 		return vp_fab_errno(rc);
 	if (fab->mr_mode & FI_MR_ENDPOINT) {

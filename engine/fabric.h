@@ -42,21 +42,29 @@ typedef uint64_t vp_fab_addr;	/* an fi_addr_t */
  */
 typedef void (*vp_fab_recv_cb)(void *arg, const void *msg, size_t len);
 
+#define VP_FAB_LISTEN 1u	/* bind node:service */
+#define VP_FAB_HMEM 2u		/* open with FI_HMEM if the provider has it (GPU-direct) */
+
 /*
  * Opens an endpoint.  provider: NULL or "" for $FI_PROVIDER or the
- * default.  With listen set, node:service is the local address to bind
- * (node may be NULL: any); otherwise the endpoint takes any local
- * address.  Returns NULL with a message in err.
+ * default.  With VP_FAB_LISTEN in flags, node:service is the local
+ * address to bind (node may be NULL: any); otherwise the endpoint takes
+ * any local address.  With VP_FAB_HMEM, the endpoint is opened with
+ * FI_HMEM where the provider offers it, so that vp_fab_mr_reg_dev() can
+ * register CUDA device memory.  Returns NULL with a message in err.
  */
 struct vp_fab *vp_fab_open(const char *provider, const char *node,
-			   const char *service, int listen, vp_fab_recv_cb cb,
+			   const char *service, unsigned int flags, vp_fab_recv_cb cb,
 			   void *cb_arg, char *err, size_t errlen);
 /* Stops the progress thread and frees everything.  Registered memory must be closed first. */
 void vp_fab_close(struct vp_fab *fab);
 
 /* The provider in use, e.g. "tcp;ofi_rxm". */
 const char *vp_fab_provider(const struct vp_fab *fab);
-/* True if the provider offers FI_HMEM (registering and moving device memory). */
+/*
+ * 0: the provider has no FI_HMEM; 1: it has, but the endpoint was opened
+ * without it; 2: the endpoint can register device memory.
+ */
 int vp_fab_has_hmem(const struct vp_fab *fab);
 
 /* This endpoint's name, for a peer's vp_fab_insert_name().  Returns its length or -errno. */
@@ -84,6 +92,13 @@ int vp_fab_send(struct vp_fab *fab, vp_fab_addr dest, const void *msg,
  */
 int vp_fab_mr_reg(struct vp_fab *fab, void *buf, size_t len,
 		  struct vp_fab_mr **mr, uint64_t *key, uint64_t *remote_addr);
+/*
+ * vp_fab_mr_reg() of CUDA device memory of cuda_device (FI_MR_HMEM), or
+ * of host memory when cuda_device is -1.  -EOPNOTSUPP when the endpoint
+ * has no FI_HMEM; the provider's error when it refuses the memory.
+ */
+int vp_fab_mr_reg_dev(struct vp_fab *fab, void *buf, size_t len, int cuda_device,
+		      struct vp_fab_mr **mr, uint64_t *key, uint64_t *remote_addr);
 void vp_fab_mr_close(struct vp_fab_mr *mr);
 
 struct vp_fab_read_req {

@@ -60,6 +60,7 @@ struct vp_gpu {
 	struct mirror *mirrors;		/* the newest mirrored version of each file */
 	struct mirror *retired;		/* replaced or forgotten, still held */
 	struct vp_gpu_stage *staged;	/* complete stages waiting for their mirror request */
+	struct vp_gpu_stage *quarantined;	/* the network may still write into these */
 	uint64_t budget, used;
 	uint64_t staged_n, staged_bytes;
 	uint64_t mirrored, evicted, failed;
@@ -478,7 +479,8 @@ void vp_gpu_free(struct vp_gpu *g)
 	g->mirrors = g->retired = NULL;
 	free_mirrors(g, all);
 	free_stages(g->staged);
-	g->staged = NULL;
+	free_stages(g->quarantined);
+	g->staged = g->quarantined = NULL;
 	g->ops->close(g->t);
 	pthread_cond_destroy(&g->cond);
 	pthread_cond_destroy(&g->idle);
@@ -633,6 +635,35 @@ int vp_gpu_export(struct vp_gpu *g, uint64_t id, void *handle, uint64_t *version
 	return 0;
 }
 
+struct vp_gpu_lease *vp_gpu_hold(struct vp_gpu *g, uint64_t id, uint64_t version,
+				 void **mem, uint64_t *size)
+{
+	struct vp_gpu_lease *l;
+	struct mirror *m;
+
+	if (!g || !(l = calloc(1, sizeof(*l))))
+		return NULL;
+	pthread_mutex_lock(&g->lock);
+	m = find_locked(g->mirrors, id);
+	if (!g->on || !m || m->version != version) {
+		pthread_mutex_unlock(&g->lock);
+		free(l);
+		return NULL;
+	}
+	m->holds++;
+	m->used_at = vp_now();
+	*mem = m->mem;
+	*size = m->size;
+	pthread_mutex_unlock(&g->lock);
+	l->m = m;
+	return l;
+}
+
+int vp_gpu_cuda_device(struct vp_gpu *g)
+{
+	return g && g->ops->device_mem ? g->dev : -1;
+}
+
 void vp_gpu_lease_release(struct vp_gpu *g, struct vp_gpu_lease *lease)
 {
 	struct mirror *gone;
@@ -737,6 +768,59 @@ void vp_gpu_stage_copy(struct vp_gpu_stage *s, uint64_t off, const void *src, si
 	pthread_mutex_lock(&g->lock);
 	device_failed_locked(g, rc);
 	pthread_mutex_unlock(&g->lock);
+}
+
+void *vp_gpu_stage_mem(struct vp_gpu_stage *s)
+{
+	return s ? s->mem : NULL;
+}
+
+uint64_t vp_gpu_stage_size(struct vp_gpu_stage *s)
+{
+	return s ? s->size : 0;
+}
+
+int vp_gpu_stage_landed(struct vp_gpu_stage *s, uint64_t off, void *dst, size_t len)
+{
+	struct vp_gpu *g;
+	int rc;
+
+	if (!s || s->failed)
+		return -EIO;
+	g = s->g;
+	if (off + len > s->size) {
+		s->failed = 1;
+		return -EINVAL;
+	}
+	pthread_mutex_lock(&g->tier_lock);
+	rc = g->ops->copy_out(g->t, dst, s->mem, off, len);
+	if (!rc)
+		rc = g->ops->sync(g->t);	/* dst is filled on return */
+	pthread_mutex_unlock(&g->tier_lock);
+	if (!rc) {
+		s->copied += len;
+		return 0;
+	}
+	s->failed = 1;
+	pthread_mutex_lock(&g->lock);
+	device_failed_locked(g, rc);
+	pthread_mutex_unlock(&g->lock);
+	return rc;
+}
+
+void vp_gpu_stage_quarantine(struct vp_gpu_stage *s)
+{
+	struct vp_gpu *g;
+
+	if (!s)
+		return;
+	g = s->g;
+	pthread_mutex_lock(&g->lock);
+	s->next = g->quarantined;
+	g->quarantined = s;
+	pthread_mutex_unlock(&g->lock);
+	vp_log(LOG_WARNING, "gpu", "%" PRIu64 " bytes of staged device memory kept aside until unmount: a network read into them timed out and may still land",
+	       s->size);
 }
 
 void vp_gpu_stage_bind(struct vp_gpu_stage *s, struct vp_data *d)

@@ -111,6 +111,35 @@ void vp_gpu_stage_copy(struct vp_gpu_stage *s, uint64_t off, const void *src, si
 void vp_gpu_stage_bind(struct vp_gpu_stage *s, struct vp_data *d);
 /* Drops a stage (the transfer failed).  s is gone after. */
 void vp_gpu_stage_abort(struct vp_gpu_stage *s);
+/*
+ * GPU-direct: the stage's device memory (its size as begun), for the
+ * fabric to write the version's bytes into directly.
+ */
+void *vp_gpu_stage_mem(struct vp_gpu_stage *s);
+uint64_t vp_gpu_stage_size(struct vp_gpu_stage *s);
+/*
+ * The fabric wrote the version's bytes [off, off + len) straight into the
+ * stage's memory: copies them to dst (host memory, filled on return) and
+ * counts them as staged, as vp_gpu_stage_copy() would have.  Returns 0,
+ * or -EIO / -EINVAL (the stage failed; on -EIO the tier is off).
+ */
+int vp_gpu_stage_landed(struct vp_gpu_stage *s, uint64_t off, void *dst, size_t len);
+/*
+ * Drops a stage whose memory a network read that timed out may still
+ * write into: the memory stays allocated (and counted) until
+ * vp_gpu_free().  s is gone after.
+ */
+void vp_gpu_stage_quarantine(struct vp_gpu_stage *s);
+/*
+ * A lease on the mirror of (id, version) with its device memory and size,
+ * to serve it to consumers (GPU-direct); the memory stays until
+ * vp_gpu_lease_release(), even if a newer version replaces the mirror.
+ * NULL if that version is not mirrored (yet).
+ */
+struct vp_gpu_lease *vp_gpu_hold(struct vp_gpu *g, uint64_t id, uint64_t version,
+				 void **mem, uint64_t *size);
+/* The CUDA device the tier's memory is on, or -1 when it is host memory (ram, fake). */
+int vp_gpu_cuda_device(struct vp_gpu *g);
 /* The device ordinal. */
 int vp_gpu_device(struct vp_gpu *g);
 /* Writes the tier's JSON object (for status). */

@@ -59,6 +59,9 @@ struct pin {			/* producer: bytes consumers may still be reading */
 	struct pin *next;
 	uint64_t seq;
 	struct vp_data *data;
+	struct vp_gpu_lease *lease;	/* GPU-direct: the mirror the announce points into */
+	struct vp_fab_mr *dev_mr;	/* ... registered with the fabric */
+	uint64_t dev_key, dev_raddr;
 	unsigned int waiting;	/* consumers that have not said DONE */
 	double since;
 };
@@ -155,6 +158,7 @@ struct vp_repl {
 		uint64_t installed, skipped, bytes_in, bytes_reused, bytes_streamed;
 		uint64_t bytes_streamed_used, checksum_errors;
 		uint64_t bytes_relay_in, bytes_relay_fallback, bytes_producer_in, parent_id;
+		uint64_t bytes_direct_in;
 		uint64_t children[VP_PROTO_MAX_CHILDREN];
 		unsigned int nchildren;
 		double last_transfer_s, last_heard;
@@ -177,6 +181,14 @@ struct vp_repl {
 	uint64_t bytes_producer_in;	/* read from the producer, previews included */
 	uint64_t from_producer, from_relay;	/* of the announce being fetched, for its DONE */
 	struct vp_gpu_stage *gst;	/* the version being fetched, going to the GPU tier chunk by chunk */
+	struct vp_fab_mr *gst_mr;	/* GPU-direct: gst's memory, registered; the producer's chunks land there */
+	struct vp_fab_mr **dead_mrs;	/* of quarantined stages: closed with the fabric */
+	size_t ndead_mrs;
+	/* GPU-direct (gpu_direct=auto, a tier whose memory the fabric can register) */
+	int direct;			/* 0: host-staged path */
+	int cuda_dev;			/* the tier's CUDA device, -1: host memory (gpu_tier=ram) */
+	uint64_t bytes_direct_in;	/* consumer: read from the network straight into the tier */
+	uint64_t gpu_versions_out, gpu_bytes_out;	/* producer, under lock: announced from the tier */
 	/* CHUNKS received, waiting for their announce, protected by lock */
 	struct qmsg *rin_head, *rin_tail;
 	size_t rin_bytes;
@@ -198,21 +210,39 @@ struct prefetch {
 	uint64_t *hash;			/* of each chunk in mem */
 };
 
+/* The path model bytes take through this node's GPU tier, for the log and status. */
+static const char *gpu_path(struct vp_repl *r)
+{
+	if (!vp_ns_gpu(r->ns))
+		return "none";
+	return __atomic_load_n(&r->direct, __ATOMIC_RELAXED) ? "direct" : "host-staged";
+}
+
 /*
  * With the GPU tier on, says which path model bytes take to or from a
- * peer.  Device-to-device transfer (FI_HMEM) is not built: bytes travel
- * between host caches.  A consumer copies each chunk to its GPU tier as
- * soon as it arrived and matched its hash, while the next chunks are on
- * the wire; a producer mirrors each version after its commit.
+ * peer.  GPU-direct: a consumer's RMA reads land in its tier's memory
+ * (registered with FI_MR_HMEM for CUDA), and a producer points its
+ * announces into its own tier when the version's mirror is complete.
+ * Otherwise bytes travel between host caches, and a consumer copies each
+ * chunk to its tier as soon as it arrived and matched its hash.
  */
 static void log_gpu_path(struct vp_repl *r, const char *role, uint64_t id)
 {
+	int hmem = vp_fab_has_hmem(r->fab);
+
 	if (!vp_ns_gpu(r->ns))
 		return;
-	vp_log(LOG_NOTICE, "repl", "%s %" PRIu64 ": host-staged path (host cache -> network -> host cache, each chunk on to this node's GPU tier as it arrives); %s",
-	       role, id, vp_fab_has_hmem(r->fab) ?
-	       "the provider offers FI_HMEM, but device-to-device transfer is not built yet" :
-	       "the provider has no FI_HMEM");
+	if (r->direct)
+		vp_log(LOG_NOTICE, "repl", "%s %" PRIu64 ": GPU-direct path (%s); %s",
+		       role, id, r->cuda_dev >= 0 ? "CUDA device memory registered with FI_HMEM" :
+		       "the tier is host memory (gpu_tier=ram), registered as such",
+		       r->consumer ? "the producer's chunks land in this node's GPU tier, then are copied to the host cache" :
+		       "versions whose GPU mirror is complete are served from it, others from the host cache");
+	else
+		vp_log(LOG_NOTICE, "repl", "%s %" PRIu64 ": host-staged path (host cache -> network -> host cache, each chunk on to this node's GPU tier as it arrives); %s",
+		       role, id, !strcmp(r->cfg.gpu_direct, "off") ? "gpu_direct=off" :
+		       hmem ? "the provider offers FI_HMEM, but registering device memory failed" :
+		       "the provider has no FI_HMEM");
 }
 
 /* ---- authentication --------------------------------------------------- */
@@ -503,6 +533,48 @@ static uint64_t list_checksum(const uint64_t *hashes, uint32_t n, uint64_t size)
 	return XXH3_64bits_withSeed(hashes, (size_t)n * sizeof(*hashes), size);
 }
 
+static void pin_free(struct pin *pin, struct vp_gpu *g)
+{
+	vp_fab_mr_close(pin->dev_mr);
+	vp_gpu_lease_release(g, pin->lease);
+	vp_data_put(pin->data);
+	free(pin);
+}
+
+/*
+ * GPU-direct on the producer: when the tier holds a complete mirror of
+ * this very version, the announce points consumers into it (the pin
+ * keeps it leased and registered until they are done).  A version whose
+ * mirror is still being made goes from the host cache: waiting for the
+ * host-to-device copy would only delay the consumers.
+ */
+static void serve_from_gpu(struct vp_repl *r, const char *path, uint64_t version,
+			   uint64_t size, struct pin *pin)
+{
+	struct vp_gpu *g = vp_ns_gpu(r->ns);
+	uint64_t ino, msize;
+	void *mem;
+	int rc;
+
+	if (!g || !size || vp_ns_path_ino(r->ns, path, &ino))
+		return;
+	pin->lease = vp_gpu_hold(g, ino, version, &mem, &msize);
+	if (!pin->lease)
+		return;		/* not mirrored (yet) */
+	rc = msize == size ? vp_fab_mr_reg_dev(r->fab, mem, (size_t)size, r->cuda_dev,
+					       &pin->dev_mr, &pin->dev_key, &pin->dev_raddr) : -EINVAL;
+	if (rc) {
+		pin->dev_mr = NULL;
+		vp_gpu_lease_release(g, pin->lease);
+		pin->lease = NULL;
+		if (rc != -EINVAL)
+			vp_log(LOG_WARNING, "repl", "'%s' version %" PRIu64 ": registering its GPU mirror with the fabric: %s; served from the host cache",
+			       path, version, strerror(-rc));
+		return;
+	}
+	vp_log(LOG_DEBUG, "repl", "'%s' version %" PRIu64 ": served from its GPU mirror", path, version);
+}
+
 /*
  * Encodes the ANNOUNCE messages of a version (several for big files) and
  * queues them on every active peer (or only on one, for a catch-up).
@@ -566,6 +638,8 @@ static int announce(struct vp_repl *r, const char *path, struct vp_data *d,
 	pin->seq = seq;
 	pin->data = vp_data_get(d);
 	pin->since = vp_now();
+	if (r->direct && !preview)
+		serve_from_gpu(r, path, version, size, pin);
 
 	pthread_mutex_lock(&r->lock);
 	for (uint32_t first = 0; first < nchunks || first == 0; first += VP_PROTO_CHUNKS_PER_MSG) {
@@ -585,6 +659,10 @@ static int announce(struct vp_repl *r, const char *path, struct vp_data *d,
 			m->u.announce.chunk[i].key = s ? s->key : 0;
 			m->u.announce.chunk[i].hash = s ? hashes[first + i] : 0;
 			m->u.announce.chunk[i].addr = s ? s->raddr + (uint64_t)((const char *)mem - s->base) : 0;
+			if (s && pin->dev_mr) {	/* the same bytes, in the GPU mirror */
+				m->u.announce.chunk[i].key = pin->dev_key;
+				m->u.announce.chunk[i].addr = pin->dev_raddr + (uint64_t)(first + i) * chunk;
+			}
 		}
 		if (rc)
 			break;
@@ -604,6 +682,10 @@ static int announce(struct vp_repl *r, const char *path, struct vp_data *d,
 			break;
 	}
 	pin->waiting = npeers;
+	if (!rc && npeers && pin->dev_mr) {
+		r->gpu_versions_out++;
+		r->gpu_bytes_out += size;
+	}
 	if (!rc && npeers) {
 		pin->next = r->pins;
 		r->pins = pin;
@@ -612,10 +694,8 @@ static int announce(struct vp_repl *r, const char *path, struct vp_data *d,
 	free(hashes);
 	pthread_cond_signal(&r->cond);
 	pthread_mutex_unlock(&r->lock);
-	if (pin) {
-		vp_data_put(pin->data);
-		free(pin);
-	}
+	if (pin)
+		pin_free(pin, vp_ns_gpu(r->ns));
 	free(m);
 	if (rc == -EFAULT)
 		vp_log(LOG_ERR, "repl", "'%s': cache memory not registered with the fabric; not replicated", path);
@@ -818,8 +898,7 @@ static void unpin_locked(struct vp_repl *r, int all_for_dead_peer)
 		if (pin->waiting == 0 || all_for_dead_peer ||
 		    now - pin->since > PIN_TIMEOUT) {
 			*pp = pin->next;
-			vp_data_put(pin->data);
-			free(pin);
+			pin_free(pin, vp_ns_gpu(r->ns));
 		} else {
 			pp = &pin->next;
 		}
@@ -1385,13 +1464,15 @@ static void offer_chunk(struct vp_repl *r, const announce_t *a, uint32_t i, cons
 
 /*
  * Chunk i of announce a arrived in mem and matched its hash, while later
- * reads are still in flight: on to the GPU tier's stage and to our relay
+ * reads are still in flight: on to the GPU tier's stage (unless it landed
+ * there: staged) and to our relay
  * children, and a heartbeat if one is due (transfers can be long).
  */
 static void chunk_ready(struct vp_repl *r, const announce_t *a, uint32_t i, const void *mem,
-			size_t len)
+			size_t len, int staged)
 {
-	vp_gpu_stage_copy(r->gst, (uint64_t)i * a->chunk_size, mem, len);
+	if (!staged)
+		vp_gpu_stage_copy(r->gst, (uint64_t)i * a->chunk_size, mem, len);
 	offer_chunk(r, a, i, mem);
 	offer_flush(r, 0);
 	consumer_beat(r);
@@ -1609,7 +1690,7 @@ static void relay_verify(void *arg, size_t req)
 	v->got[v->pos[i]] = 1;
 	v->ngot++;
 	v->bytes += v->reqs[req].len;
-	chunk_ready(v->r, v->a, i, v->reqs[req].local, v->reqs[req].len);
+	chunk_ready(v->r, v->a, i, v->reqs[req].local, v->reqs[req].len, 0);
 }
 
 /*
@@ -1779,7 +1860,9 @@ struct verify {
 	const announce_t *a;
 	const struct vp_fab_read_req *reqs;
 	const uint32_t *fetched;	/* request -> chunk index */
-	int bad;
+	void **mem;			/* the host chunks */
+	int direct;			/* reads land in the GPU stage */
+	int bad;			/* -EIO: bad_idx does not match its hash; or -errno */
 	uint32_t bad_idx;
 };
 
@@ -1787,15 +1870,25 @@ static void verify_chunk(void *arg, size_t req)
 {
 	struct verify *v = arg;
 	uint32_t idx = v->fetched[req];
+	void *host = v->mem[idx];
+	int rc;
 
 	if (v->bad)
 		return;
-	if (XXH3_64bits(v->reqs[req].local, v->reqs[req].len) != v->r->asm_refs[idx].hash) {
-		v->bad = 1;
+	if (v->direct) {	/* it landed in the GPU tier: on to the host cache */
+		rc = vp_gpu_stage_landed(v->r->gst, (uint64_t)idx * v->a->chunk_size, host,
+					 v->reqs[req].len);
+		if (rc) {
+			v->bad = rc;
+			return;
+		}
+	}
+	if (XXH3_64bits(host, v->reqs[req].len) != v->r->asm_refs[idx].hash) {
+		v->bad = -EIO;
 		v->bad_idx = idx;
 		return;
 	}
-	chunk_ready(v->r, v->a, idx, v->reqs[req].local, v->reqs[req].len);
+	chunk_ready(v->r, v->a, idx, host, v->reqs[req].len, v->direct);
 }
 
 /*
@@ -1846,6 +1939,10 @@ static int fetch_chunks(struct vp_repl *r, const announce_t *a, void **mem,
 		idx[nreq] = i;
 		reqs[nreq].mr = s->mr;
 		reqs[nreq].local = mem[i];
+		if (r->gst_mr) {	/* GPU-direct: into the tier, then to mem[i] */
+			reqs[nreq].mr = r->gst_mr;
+			reqs[nreq].local = (char *)vp_gpu_stage_mem(r->gst) + (uint64_t)i * a->chunk_size;
+		}
 		reqs[nreq].len = (size_t)chunk_len(a, i);
 		reqs[nreq].remote_addr = r->asm_refs[i].addr;
 		reqs[nreq].key = r->asm_refs[i].key;
@@ -1855,15 +1952,18 @@ static int fetch_chunks(struct vp_repl *r, const announce_t *a, void **mem,
 	if ((a->flags & VP_ANNOUNCE_RELAY) && r->parent_id && missing)
 		r->bytes_relay_fallback += bytes;
 	{
-		struct verify v = { .r = r, .a = a, .reqs = reqs, .fetched = idx };
+		struct verify v = { .r = r, .a = a, .reqs = reqs, .fetched = idx, .mem = mem,
+				    .direct = r->gst_mr != NULL };
 
 		rc = vp_fab_read_cb(r->fab, r->producer, reqs, nreq, r->cfg.repl_inflight,
 				    r->cfg.peer_timeout + (double)bytes / 50e6, verify_chunk, &v);
 		r->from_producer += bytes;
 		r->bytes_producer_in += bytes;
+		if (!rc && v.direct)
+			r->bytes_direct_in += bytes;
 		if (!rc && v.bad) {
 			*bad_idx = v.bad_idx;
-			rc = -EIO;
+			rc = v.bad;
 		}
 	}
 out:
@@ -1985,6 +2085,50 @@ out:
 	say_done(r, a->seq, a->version, rc);
 }
 
+/*
+ * GPU-direct on the consumer: registers the stage's device memory, so
+ * that the producer's chunks land there (and are copied on to the host
+ * cache as each arrives).  If the fabric refuses it, the host-staged path
+ * takes over for good, and the log says so.
+ */
+static void stage_register(struct vp_repl *r)
+{
+	int rc = vp_fab_mr_reg_dev(r->fab, vp_gpu_stage_mem(r->gst),
+				   (size_t)vp_gpu_stage_size(r->gst), r->cuda_dev,
+				   &r->gst_mr, NULL, NULL);
+
+	if (!rc)
+		return;
+	r->gst_mr = NULL;
+	__atomic_store_n(&r->direct, 0, __ATOMIC_RELAXED);	/* status reads it */
+	vp_log(LOG_WARNING, "repl", "registering GPU memory with the fabric: %s; the host-staged path takes over",
+	       strerror(-rc));
+	log_gpu_path(r, "producer", 0);
+}
+
+/*
+ * The transfer is over: the stage's registration goes.  After a timeout a
+ * read may still land in the stage: its memory and registration stay
+ * until the mount ends.
+ */
+static void stage_unregister(struct vp_repl *r, int timed_out)
+{
+	struct vp_fab_mr **dead;
+
+	if (!r->gst_mr)
+		return;
+	if (timed_out &&
+	    (dead = realloc(r->dead_mrs, (r->ndead_mrs + 1) * sizeof(*dead)))) {
+		r->dead_mrs = dead;
+		dead[r->ndead_mrs++] = r->gst_mr;
+		vp_gpu_stage_quarantine(r->gst);
+		r->gst = NULL;
+	} else {
+		vp_fab_mr_close(r->gst_mr);	/* (out of memory: a late read may land in freed memory) */
+	}
+	r->gst_mr = NULL;
+}
+
 static void consumer_announce(struct vp_repl *r, struct vp_msg *m)
 {
 	typeof(m->u.announce) *a = &m->u.announce;
@@ -2074,6 +2218,8 @@ static void consumer_announce(struct vp_repl *r, struct vp_msg *m)
 			holes = !r->asm_refs[i].key;
 		if (!holes)
 			r->gst = vp_gpu_stage_begin(vp_ns_gpu(r->ns), a->size);
+		if (r->gst && r->direct)
+			stage_register(r);
 	}
 	/* chunks the version we hold already has (same hash): copied here, not fetched */
 	old = vp_ns_path_data(r->ns, a->path);
@@ -2110,6 +2256,7 @@ static void consumer_announce(struct vp_repl *r, struct vp_msg *m)
 	vp_data_put(old);
 	old = NULL;
 	rc = fetch_chunks(r, a, mem, fetched, nreq, &bad);
+	stage_unregister(r, rc == -ETIMEDOUT);
 	if (rc == -EIO) {
 		r->checksum_errors++;
 		vp_log(LOG_ERR, "repl", "'%s' version %" PRIu64 ": chunk %u does not match its hash; not installed",
@@ -2326,6 +2473,7 @@ static void publish_stats(struct vp_repl *r)
 	r->pub.bytes_relay_in = r->bytes_relay_in;
 	r->pub.bytes_relay_fallback = r->bytes_relay_fallback;
 	r->pub.bytes_producer_in = r->bytes_producer_in;
+	r->pub.bytes_direct_in = r->bytes_direct_in;
 	r->pub.parent_id = r->parent_id;
 	r->pub.nchildren = r->nchildren;
 	for (unsigned int i = 0; i < r->nchildren; i++)
@@ -2453,7 +2601,9 @@ struct vp_repl *vp_repl_new(struct vp_ns *ns, const struct vp_config *cfg,
 			    const char *mountpoint, char *err, size_t errlen)
 {
 	struct vp_repl *r = calloc(1, sizeof(*r));
+	unsigned int fab_flags = VP_FAB_LISTEN;
 	char host[256], *colon;
+
 	if (!r) {
 		snprintf(err, errlen, "out of memory");
 		return NULL;
@@ -2469,6 +2619,9 @@ struct vp_repl *vp_repl_new(struct vp_ns *ns, const struct vp_config *cfg,
 	vp_cond_init_monotonic(&r->cond);
 	if (load_secret(r, err, errlen))
 		goto err_free;
+	r->cuda_dev = vp_gpu_cuda_device(vp_ns_gpu(ns));
+	if (r->cuda_dev >= 0 && strcmp(cfg->gpu_direct, "off"))
+		fab_flags |= VP_FAB_HMEM;
 	snprintf(host, sizeof(host), "%s", r->consumer ? cfg->subscribe : cfg->listen);
 	colon = strrchr(host, ':');
 	if (!colon || !colon[1]) {
@@ -2494,14 +2647,17 @@ struct vp_repl *vp_repl_new(struct vp_ns *ns, const struct vp_config *cfg,
 			goto err_free;
 		}
 		/* bind where the producer can answer; any port */
-		r->fab = vp_fab_open(cfg->fabric_provider, local, "0", 1, on_recv, r,
+		r->fab = vp_fab_open(cfg->fabric_provider, local, "0", fab_flags, on_recv, r,
 				     err, errlen);
 	} else {
 		r->fab = vp_fab_open(cfg->fabric_provider, *host ? host : NULL,
-				     colon + 1, 1, on_recv, r, err, errlen);
+				     colon + 1, fab_flags, on_recv, r, err, errlen);
 	}
 	if (!r->fab)
 		goto err_free;
+	/* host memory (gpu_tier=ram) registers anywhere; CUDA memory needs FI_HMEM */
+	r->direct = vp_ns_gpu(ns) && strcmp(cfg->gpu_direct, "off") &&
+		(r->cuda_dev < 0 || vp_fab_has_hmem(r->fab) == 2);
 	if (r->consumer && vp_fab_insert_host(r->fab, host, colon + 1, &r->producer)) {
 		snprintf(err, errlen, "cannot resolve the producer '%s' with provider '%s'",
 			 cfg->subscribe, vp_fab_provider(r->fab));
@@ -2560,6 +2716,9 @@ void vp_repl_free(struct vp_repl *r)
 	pthread_mutex_unlock(&r->lock);
 	for (unsigned int i = 0; i < r->nslabs; i++)
 		vp_fab_mr_close(r->slabs[i].mr);
+	for (size_t i = 0; i < r->ndead_mrs; i++)
+		vp_fab_mr_close(r->dead_mrs[i]);
+	free(r->dead_mrs);
 	vp_fab_close(r->fab);
 	for (size_t i = 0; i < r->nquarantine; i++)
 		vp_pool_put_chunk(r->pool, r->quarantine[i]);	/* no read can land any more */
@@ -2616,13 +2775,17 @@ void vp_repl_status_json(struct vp_repl *r, FILE *out)
 			r->pub.parent_id);
 		for (unsigned int i = 0; i < r->pub.nchildren; i++)
 			fprintf(out, "%s%" PRIu64, i ? "," : "", r->pub.children[i]);
-		fprintf(out, "],\"bytes_from_relay\":%" PRIu64 ",\"bytes_relay_fallback\":%" PRIu64 "}}",
-			r->pub.bytes_relay_in, r->pub.bytes_relay_fallback);
+		fprintf(out, "],\"bytes_from_relay\":%" PRIu64 ",\"bytes_relay_fallback\":%" PRIu64 "}"
+			",\"gpu_path\":\"%s\",\"bytes_gpu_direct\":%" PRIu64 "}",
+			r->pub.bytes_relay_in, r->pub.bytes_relay_fallback, gpu_path(r),
+			r->pub.bytes_direct_in);
 	} else {
 		int first = 1;
 
-		fprintf(out, "{\"role\":\"producer\",\"provider\":\"%s\",\"listen\":\"%s\",\"seq\":%" PRIu64 ",\"peers\":[",
-			vp_fab_provider(r->fab), r->cfg.listen, r->seq);
+		fprintf(out, "{\"role\":\"producer\",\"provider\":\"%s\",\"listen\":\"%s\",\"seq\":%" PRIu64
+			",\"gpu_path\":\"%s\",\"gpu_versions_out\":%" PRIu64 ",\"gpu_bytes_out\":%" PRIu64 ",\"peers\":[",
+			vp_fab_provider(r->fab), r->cfg.listen, r->seq, gpu_path(r),
+			r->gpu_versions_out, r->gpu_bytes_out);
 		for (struct peer *p = r->peers; p; p = p->next) {
 			fprintf(out, "%s{\"id\":%" PRIu64 ",\"state\":\"%s\",\"active\":%s,\"done_seq\":%" PRIu64
 				",\"lag\":%" PRIu64 ",\"lag_s\":%.6f,\"versions_done\":%" PRIu64

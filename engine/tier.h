@@ -30,6 +30,12 @@ struct vp_tier;
 
 struct vp_tier_ops {
 	const char *name;
+	/*
+	 * Device memory the network can write into only through FI_HMEM
+	 * (CUDA); 0: the tier's "device" memory is host memory (ram, fake),
+	 * which any provider registers.
+	 */
+	int device_mem;
 	/* Opens device dev; NULL with the reason in why if there is none. */
 	struct vp_tier *(*open)(int dev, char *why, size_t whylen);
 	void (*close)(struct vp_tier *t);

@@ -278,6 +278,7 @@ static int cuda_export_ipc(struct vp_tier *t, void *mem, void *out)
 
 const struct vp_tier_ops vp_tier_cuda = {
 	.name = "cuda",
+	.device_mem = 1,
 	.open = cuda_open,
 	.close = cuda_close,
 	.device_name = cuda_device_name,

@@ -196,6 +196,19 @@ if [ "$started" = 1 ]; then
 			bad "the consumer's mirror did not take the staged copy: $("$BUILD/viperctl" status "$CMNT" | grep 'gpu tier')"
 		cmp -s "$WORK/src2.bin" "$CMNT/model.bin" && ok "consumer reads the version byte-exact" || bad "consumer's bytes differ"
 		ipc_check "$CMNT/model.bin" "gpu-export of the consumer's staged mirror"
+		# GPU-direct where the provider registers device memory (FI_HMEM), else host-staged, said why
+		path=$(status_of "$CMNT" 's["repl"]["gpu_path"] + " " + str(s["repl"]["bytes_gpu_direct"]) + " " + str(s["repl"]["bytes_in"])')
+		case "$path" in
+		"direct "*)
+			set -- $path
+			[ "$2" = "$3" ] && [ "$2" -gt 0 ] && ok "GPU-direct: all $2 fetched bytes landed in the consumer's GPU tier first" ||
+				bad "GPU-direct: $2 of $3 fetched bytes landed in the GPU tier" ;;
+		"host-staged "*)
+			why=$(grep -o 'host-staged path.*' "$OUT/consumer.log" | head -1 | sed 's/.*; //')
+			[ -n "$why" ] && ok "host-staged path (not GPU-direct), the log says why: $why" ||
+				bad "host-staged path, and the log does not say why" ;;
+		*) bad "the consumer's gpu_path: '$path'" ;;
+		esac
 	else
 		bad "the consumer did not get the version: $(tail -3 "$OUT/consumer.log")"
 	fi

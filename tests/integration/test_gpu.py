@@ -64,8 +64,9 @@ def test_the_posix_and_loader_suites_pass_with_the_gpu_tier(world):
 
 
 def test_replicated_versions_reach_the_consumers_gpu_tier(world):
+    """gpu_direct=off: the host-staged path; each chunk goes on to the tier as it arrives."""
     from test_repl import cluster, subscribed
-    net, prod, (c1,) = cluster(world, consumers=1, opts=",gpu_cache=64M,gpu_tier=ram")
+    net, prod, (c1,) = cluster(world, consumers=1, opts=",gpu_cache=64M,gpu_tier=ram,gpu_direct=off")
     wait_for(lambda: subscribed(prod, 1), what="the consumer subscribed")
     data = os.urandom(3 << 20)
     write(prod.path("model.pt"), data)
@@ -77,7 +78,9 @@ def test_replicated_versions_reach_the_consumers_gpu_tier(world):
     wait_for(lambda: status(prod)["tiers"]["gpu"]["used"] == len(data), what="the producer's mirror")
     assert status(prod)["tiers"]["gpu"]["staged"] == 0     # the producer mirrors after its commit
     for m in (prod, c1):
-        assert "host-staged path" in m.read_log() and "no FI_HMEM" in m.read_log()
+        assert "host-staged path" in m.read_log() and "gpu_direct=off" in m.read_log()
+        assert status(m)["repl"]["gpu_path"] == "host-staged"
+    assert status(c1)["repl"]["bytes_gpu_direct"] == 0
     holder = world.spawn([VIPERCTL, "gpu-export", c1.path("model.pt")], stdout=subprocess.PIPE, text=True)
     exp = json.loads(holder.stdout.readline())
     assert exp["version"] == 1 and exp["size"] == len(data)
@@ -89,6 +92,49 @@ def test_replicated_versions_reach_the_consumers_gpu_tier(world):
     wait_for(lambda: status(c1)["tiers"]["gpu"]["staged"] == 2, what="the second staged mirror")
     gst = status(c1)["tiers"]["gpu"]
     assert gst["used"] == len(data2) and gst["files"] == 1 and gst["staged_bytes"] == 2 * len(data)
+    assert read(c1.path("model.pt")) == data2
+
+
+def test_gpu_direct_replication_on_the_host_memory_tier(world):
+    """gpu_direct=auto (the default) with gpu_tier=ram, whose memory any provider registers:
+    a late consumer's catch-up is served from the producer's complete GPU mirror, and the
+    consumer's RMA reads land in its own tier before they reach its host cache."""
+    net = world.net(2)
+    port = 7800 + os.getpid() % 100
+    pfs = world.dir("pfs")
+    opts = ",gpu_cache=64M,gpu_tier=ram"
+    # not flushed yet: the late consumer gets it from the producer, not from the PFS
+    prod = world.mount("listen=%s:%d,peer_timeout=3,flush_interval=1h%s" % (net.addr(0), port, opts),
+                       pfs=pfs, mnt=world.dir("prod"), prefix=net.prefix(0))
+    data = os.urandom(3 << 20)
+    write(prod.path("model.pt"), data)
+    wait_for(lambda: status(prod)["tiers"]["gpu"]["used"] == len(data), what="the producer's mirror")
+    c1 = world.mount("subscribe=%s:%d,peer_timeout=3,log_level=debug%s" % (net.addr(0), port, opts),
+                     pfs=pfs, mnt=world.dir("cons0"), prefix=net.prefix(1))
+    wait_version(c1.path("model.pt"), 0)
+    assert status(c1)["repl"]["installed"] == 1
+    # the hash of every chunk is checked on arrival: a wrong device offset would fail here
+    assert read(c1.path("model.pt")) == data
+    p = status(prod)["repl"]
+    assert p["gpu_path"] == "direct" and p["gpu_versions_out"] == 1 and p["gpu_bytes_out"] == len(data)
+    c = status(c1)["repl"]
+    assert c["gpu_path"] == "direct" and c["bytes_gpu_direct"] == c["bytes_in"] == len(data)
+    wait_for(lambda: status(c1)["tiers"]["gpu"]["files"] == 1, what="the consumer's mirror")
+    gst = status(c1)["tiers"]["gpu"]
+    assert gst["staged"] == 1 and gst["staged_bytes"] == len(data) and gst["used"] == len(data)
+    for m in (prod, c1):
+        assert "GPU-direct path" in m.read_log()
+    # the next version: its changed chunk lands in the tier, the unchanged ones are copied there
+    data2 = data[:2 << 20] + os.urandom(1 << 20)
+    write(prod.path("model.pt"), data2)
+    wait_version(c1.path("model.pt"), 1)
+    assert read(c1.path("model.pt")) == data2
+    c = status(c1)["repl"]
+    assert c["bytes_gpu_direct"] == c["bytes_in"] and len(data) < c["bytes_in"] < len(data) + len(data2)
+    wait_for(lambda: status(c1)["tiers"]["gpu"]["staged"] == 2, what="the second staged mirror")
+    assert status(c1)["tiers"]["gpu"]["staged_bytes"] == len(data) + len(data2)
+    # the producer's leases on its mirrors end with the consumers' DONE
+    wait_for(lambda: status(prod)["tiers"]["gpu"]["leased"] == 0, what="the producer's leases released")
 
 
 def test_a_version_evicted_from_ram_comes_back_from_the_gpu(world):

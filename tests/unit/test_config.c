@@ -81,6 +81,14 @@ static void test_defaults_and_opts(void **state)
 					      sizeof(pass), err, sizeof(err)), -EINVAL);
 	assert_int_equal(vp_config_parse_opts(&cfg, "flush_inflight=0", pass,
 					      sizeof(pass), err, sizeof(err)), -EINVAL);
+	/* GPU-direct: auto by default, or off; nothing else */
+	assert_string_equal(cfg.gpu_direct, "auto");
+	assert_int_equal(vp_config_parse_opts(&cfg, "gpu_direct=off", pass,
+					      sizeof(pass), err, sizeof(err)), 0);
+	assert_string_equal(cfg.gpu_direct, "off");
+	assert_int_equal(vp_config_parse_opts(&cfg, "gpu_direct=yes", pass,
+					      sizeof(pass), err, sizeof(err)), -EINVAL);
+	assert_non_null(strstr(err, "gpu_direct"));
 	/* the relay tree: a chain by default, 0 turns it off, at most 8 per node */
 	assert_int_equal(cfg.relay_fanout, 1);
 	assert_true(cfg.relay_wait == 2.0);

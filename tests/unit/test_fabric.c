@@ -88,12 +88,20 @@ static void test_messages_and_rma_read(void **state)
 
 	(void)state;
 	free_port(port, sizeof(port));
-	prod = vp_fab_open("tcp;ofi_rxm", "127.0.0.1", port, 1, on_msg, &pin, err, sizeof(err));
+	prod = vp_fab_open("tcp;ofi_rxm", "127.0.0.1", port, VP_FAB_LISTEN, on_msg, &pin, err, sizeof(err));
 	if (!prod)
 		fail_msg("producer: %s", err);
-	cons = vp_fab_open("tcp;ofi_rxm", NULL, NULL, 0, on_msg, &cin, err, sizeof(err));
+	/* asking for FI_HMEM (GPU-direct) where the provider has none still opens */
+	cons = vp_fab_open("tcp;ofi_rxm", NULL, NULL, VP_FAB_HMEM, on_msg, &cin, err, sizeof(err));
 	if (!cons)
 		fail_msg("consumer: %s", err);
+	if (vp_fab_has_hmem(cons) < 2) {	/* then device memory is refused, clearly */
+		char dev[64];
+		struct vp_fab_mr *dmr;
+
+		assert_int_equal(vp_fab_mr_reg_dev(cons, dev, sizeof(dev), 0, &dmr, NULL, NULL),
+				 -EOPNOTSUPP);
+	}
 	assert_string_equal(vp_fab_provider(prod), "tcp;ofi_rxm");
 	assert_int_equal(vp_fab_insert_host(cons, "127.0.0.1", port, &to_prod), 0);
 
@@ -118,7 +126,7 @@ static void test_messages_and_rma_read(void **state)
 		src[i] = (char)(i * 7 + (i >> 20));
 	memset(dst, 0, size);
 	assert_int_equal(vp_fab_mr_reg(prod, src, size, &pmr, &key, &raddr), 0);
-	assert_int_equal(vp_fab_mr_reg(cons, dst, size, &cmr, NULL, NULL), 0);
+	assert_int_equal(vp_fab_mr_reg_dev(cons, dst, size, -1, &cmr, NULL, NULL), 0);
 	for (int i = 0; i < 8; i++) {
 		reqs[i].mr = cmr;
 		reqs[i].local = dst + ((size_t)i << 20);

@@ -350,6 +350,96 @@ static void test_staged_version_is_mirrored_without_a_copy(void **state)
 	vp_gpu_free(g);
 }
 
+/*
+ * GPU-direct: the fabric writes a version's bytes straight into a stage's
+ * memory (here: the fake device is host memory, so memcpy stands in for
+ * the NIC); landed copies them on to the host cache.  A producer holds
+ * a complete mirror while consumers read it, across a version switch.
+ */
+static void test_gpu_direct_stage_and_hold(void **state)
+{
+	struct vp_gpu *g = gpu(64 * MiB);
+	uint64_t size = 2 * MiB + 3, msize = 0;
+	struct vp_data *d = pattern(size, 11), *d2 = pattern(MiB, 12);
+	unsigned char *bytes = malloc(size), *host = calloc(1, size);
+	struct vp_gpu_lease *lease;
+	struct vp_gpu_stage *s;
+	struct vp_gpu_stats st;
+	char *mem;
+	void *dev;
+
+	(void)state;
+	assert_int_equal(vp_gpu_cuda_device(g), -1);	/* the fake's memory is host memory */
+	assert_int_equal(vp_gpu_cuda_device(NULL), -1);
+	for (uint64_t i = 0; i < size; i++)
+		bytes[i] = (unsigned char)(i * 7 + 11);
+	s = vp_gpu_stage_begin(g, size);
+	assert_non_null(s);
+	assert_int_equal(vp_gpu_stage_size(s), size);
+	mem = vp_gpu_stage_mem(s);
+	assert_non_null(mem);
+	/* out of order, as the reads complete */
+	memcpy(mem + MiB, bytes + MiB, MiB + 3);
+	assert_int_equal(vp_gpu_stage_landed(s, MiB, host + MiB, MiB + 3), 0);
+	memcpy(mem, bytes, MiB);
+	assert_int_equal(vp_gpu_stage_landed(s, 0, host, MiB), 0);
+	assert_memory_equal(host, bytes, size);		/* on to the host cache */
+	vp_gpu_stage_bind(s, d);
+	vp_gpu_mirror(g, 7, 1, d);
+	vp_gpu_drain(g);
+	assert_mirror(g, 7, 1, size, 11);
+	vp_gpu_get_stats(g, &st);
+	assert_int_equal(st.staged, 1);		/* the landed bytes count as staged */
+	assert_int_equal(st.staged_bytes, size);
+
+	/* a producer serves the mirror: only that version, held across a switch */
+	assert_null(vp_gpu_hold(g, 7, 2, &dev, &msize));
+	assert_null(vp_gpu_hold(g, 8, 1, &dev, &msize));
+	assert_null(vp_gpu_hold(NULL, 7, 1, &dev, &msize));
+	lease = vp_gpu_hold(g, 7, 1, &dev, &msize);
+	assert_non_null(lease);
+	assert_int_equal(msize, size);
+	vp_gpu_mirror(g, 7, 2, d2);
+	vp_gpu_drain(g);
+	vp_gpu_get_stats(g, &st);
+	assert_int_equal(st.used, size + MiB);
+	assert_int_equal(st.leased, 1);
+	assert_memory_equal(dev, bytes, size);		/* still there for the readers */
+	vp_gpu_lease_release(g, lease);
+	vp_gpu_get_stats(g, &st);
+	assert_int_equal(st.used, MiB);
+
+	/* past the end: the stage fails, bind drops it */
+	s = vp_gpu_stage_begin(g, MiB);
+	assert_int_equal(vp_gpu_stage_landed(s, MiB - 1, host, 2), -EINVAL);
+	assert_int_equal(vp_gpu_stage_landed(s, 0, host, 1), -EIO);
+	vp_gpu_stage_abort(s);
+	/* a read that timed out may still land: the memory stays until the end */
+	s = vp_gpu_stage_begin(g, 4 * MiB);
+	assert_non_null(s);
+	vp_gpu_stage_quarantine(s);
+	vp_gpu_get_stats(g, &st);
+	assert_int_equal(st.used, 5 * MiB);
+	assert_int_equal(fake.allocated, 5 * MiB);
+	/* a device error in the copy to the host turns the tier off */
+	s = vp_gpu_stage_begin(g, MiB);
+	assert_non_null(s);
+	fake.fail_copy = 1;
+	assert_int_equal(vp_gpu_stage_landed(s, 0, host, MiB), -EIO);
+	fake.fail_copy = 0;
+	vp_gpu_stage_abort(s);
+	vp_gpu_get_stats(g, &st);
+	assert_int_equal(st.on, 0);
+	assert_null(vp_gpu_hold(g, 7, 2, &dev, &msize));
+	assert_null(vp_gpu_stage_mem(NULL));
+	vp_gpu_stage_quarantine(NULL);
+	free(bytes);
+	free(host);
+	vp_data_put(d);
+	vp_data_put(d2);
+	vp_gpu_free(g);		/* frees the quarantined stage too (teardown checks) */
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -361,6 +451,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_a_lease_keeps_the_memory, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_latest_queued_request_wins, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_staged_version_is_mirrored_without_a_copy, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_gpu_direct_stage_and_hold, setup, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -188,6 +188,8 @@ static int fake_copy_out(struct vp_tier *t, void *dst, const void *mem, uint64_t
 {
 	int rc = fake_sync(t);	/* reads see every copy queued before them */
 
+	if (!rc && fake.fail_copy)
+		rc = -EIO;
 	if (!rc)
 		memcpy(dst, (const char *)mem + off, len);
 	return rc;
