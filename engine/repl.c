@@ -241,7 +241,7 @@ static void log_gpu_path(struct vp_repl *r, const char *role, uint64_t id)
 	else
 		vp_log(LOG_NOTICE, "repl", "%s %" PRIu64 ": host-staged path (host cache -> network -> host cache, each chunk on to this node's GPU tier as it arrives); %s",
 		       role, id, !strcmp(r->cfg.gpu_direct, "off") ? "gpu_direct=off" :
-		       hmem ? "the provider offers FI_HMEM, but registering device memory failed" :
+		       r->cuda_dev < 0 || hmem ? "GPU-direct was turned off after a failure (above)" :
 		       "the provider has no FI_HMEM");
 }
 
@@ -2107,17 +2107,26 @@ static void stage_register(struct vp_repl *r)
 }
 
 /*
- * The transfer is over: the stage's registration goes.  After a timeout a
- * read may still land in the stage: its memory and registration stay
- * until the mount ends.
+ * The transfer is over (rc): the stage's registration goes.  After a
+ * timeout a read may still land in the stage: its memory and registration
+ * stay until the mount ends.  A chunk that landed in device memory and
+ * does not match its hash on the host turns GPU-direct off for good: the
+ * platform may not make NIC writes visible to the device's copy engine
+ * (GPUDirect RDMA without a flush), and every later version would fail
+ * the same way.  The host-staged path takes the next versions.
  */
-static void stage_unregister(struct vp_repl *r, int timed_out)
+static void stage_unregister(struct vp_repl *r, int rc)
 {
 	struct vp_fab_mr **dead;
 
 	if (!r->gst_mr)
 		return;
-	if (timed_out &&
+	if (rc == -EIO) {
+		__atomic_store_n(&r->direct, 0, __ATOMIC_RELAXED);
+		vp_log(LOG_ERR, "repl", "a chunk read GPU-direct does not match its hash once copied to the host; GPU-direct is off on this node from now on");
+		log_gpu_path(r, "producer", 0);
+	}
+	if (rc == -ETIMEDOUT &&
 	    (dead = realloc(r->dead_mrs, (r->ndead_mrs + 1) * sizeof(*dead)))) {
 		r->dead_mrs = dead;
 		dead[r->ndead_mrs++] = r->gst_mr;
@@ -2256,7 +2265,7 @@ static void consumer_announce(struct vp_repl *r, struct vp_msg *m)
 	vp_data_put(old);
 	old = NULL;
 	rc = fetch_chunks(r, a, mem, fetched, nreq, &bad);
-	stage_unregister(r, rc == -ETIMEDOUT);
+	stage_unregister(r, rc);
 	if (rc == -EIO) {
 		r->checksum_errors++;
 		vp_log(LOG_ERR, "repl", "'%s' version %" PRIu64 ": chunk %u does not match its hash; not installed",
