@@ -319,6 +319,9 @@ void vp_fab_close(struct vp_fab *fab)
 	if (!fab)
 		return;
 	__atomic_store_n(&fab->stop, 1, __ATOMIC_RELAXED);
+	/* a provider whose sread ignores its timeout (shm: FI_WAIT_YIELD) returns on a signal */
+	if (fab->cq)
+		fi_cq_signal(fab->cq);
 	if (fab->progress)
 		pthread_join(fab->progress, NULL);
 	if (fab->ep)
