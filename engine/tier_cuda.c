@@ -220,6 +220,18 @@ static int cuda_copy_out(struct vp_tier *t, void *dst, const void *mem, uint64_t
 	unsigned int queued = 0, done = 0;
 	int rc = cuda_err(t, cudaSetDevice(t->dev), "cudaSetDevice");
 
+	/* reads see every copy queued before them, on any stream */
+	for (int i = 0; !rc && i < NSTAGE; i++)
+		rc = cuda_err(t, cudaStreamSynchronize(t->stream[i]), "cudaStreamSynchronize");
+	if (!rc && is_pinned(t, dst, len)) {
+		/* into the cache's own pinned memory: straight from the device */
+		rc = cuda_err(t, cudaMemcpyAsync(dst, (const char *)mem + off, len,
+						 cudaMemcpyDeviceToHost, t->stream[0]),
+			      "cudaMemcpyAsync from the device");
+		if (!rc)
+			rc = cuda_err(t, cudaStreamSynchronize(t->stream[0]), "cudaStreamSynchronize");
+		return rc;
+	}
 	/* up to NSTAGE pieces in flight; each is copied out of its stage in order */
 	while (!rc && (len || done < queued)) {
 		if (len && queued - done < NSTAGE) {
