@@ -63,6 +63,16 @@ def test_the_posix_and_loader_suites_pass_with_the_gpu_tier(world):
         assert r.returncode == 0, extra + "\n" + r.stdout[-3000:]
 
 
+def test_the_relay_tests_pass_with_gpu_direct_on_every_node(world):
+    """The relay chain and a dead relay rerun with GPU-direct on every node (gpu_tier=ram,
+    gpu_direct=auto): relayed chunks, producer fallbacks and direct reads mix in one version."""
+    env = dict(os.environ, VIPERFS_EXTRA_OPTS="gpu_cache=1G,gpu_tier=ram")
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                        os.path.join(HERE, "test_repl.py"), "-k", "relay_chain or dead_relay"],
+                       env=env, capture_output=True, text=True, timeout=600, cwd=HERE)
+    assert r.returncode == 0 and "2 passed" in r.stdout, r.stdout[-3000:]
+
+
 def test_replicated_versions_reach_the_consumers_gpu_tier(world):
     """gpu_direct=off: the host-staged path; each chunk goes on to the tier as it arrives."""
     from test_repl import cluster, subscribed
