@@ -295,6 +295,10 @@ static void print_status(const char *mnt, const struct vpctl_json *st)
 			       "relay", vpctl_json_num(repl, "relay.parent"),
 			       sz(vpctl_json_num(repl, "relay.bytes_from_relay"), b, sizeof(b)),
 			       sz(vpctl_json_num(repl, "relay.bytes_relay_fallback"), c, sizeof(c)));
+		if (*vpctl_json_str(repl, "gpu_path") && strcmp(vpctl_json_str(repl, "gpu_path"), "none"))
+			printf("  %-14s %s; %s landed in the GPU tier straight from the network\n",
+			       "gpu path", vpctl_json_str(repl, "gpu_path"),
+			       sz(vpctl_json_num(repl, "bytes_gpu_direct"), b, sizeof(b)));
 	} else {
 		const struct vpctl_json *peers = vpctl_json_get(repl, "peers");
 
@@ -310,6 +314,11 @@ static void print_status(const char *mnt, const struct vpctl_json *st)
 			       sz(vpctl_json_num(p, "bytes_relayed"), b, sizeof(b)),
 			       vpctl_json_num(p, "relay_parent") > 0 ? " by its relay" : "",
 			       vpctl_json_num(p, "last_heard_s"));
+		if (*vpctl_json_str(repl, "gpu_path") && strcmp(vpctl_json_str(repl, "gpu_path"), "none"))
+			printf("  %-14s %s; %.0f versions (%s) served from GPU mirrors\n",
+			       "gpu path", vpctl_json_str(repl, "gpu_path"),
+			       vpctl_json_num(repl, "gpu_versions_out"),
+			       sz(vpctl_json_num(repl, "gpu_bytes_out"), a, sizeof(a)));
 	}
 	if (paths && paths->count) {
 		printf("  paths\n");

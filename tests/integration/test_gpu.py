@@ -134,6 +134,8 @@ def test_gpu_direct_replication_on_the_host_memory_tier(world):
     assert gst["staged"] == 1 and gst["staged_bytes"] == len(data) and gst["used"] == len(data)
     for m in (prod, c1):
         assert "GPU-direct path" in m.read_log()
+    assert "gpu path       direct; 3.0 MiB landed in the GPU tier" in c1.ctl("status", c1.mnt).stdout
+    assert "gpu path       direct; 1 versions (3.0 MiB) served from GPU mirrors" in prod.ctl("status", prod.mnt).stdout
     # the next version: its changed chunk lands in the tier, the unchanged ones are copied there
     data2 = data[:2 << 20] + os.urandom(1 << 20)
     write(prod.path("model.pt"), data2)
