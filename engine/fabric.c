@@ -550,7 +550,7 @@ int vp_fab_read_cb(struct vp_fab *fab, vp_fab_addr src,
 	struct batch *b = calloc(1, sizeof(*b) + n * sizeof(b->done[0]));
 	double deadline = vp_now() + deadline_s;
 	struct timespec ts;
-	size_t next = 0, seen = 0;
+	size_t next = 0, seen = 0, progress = 0;
 	int rc = 0;
 
 	if (!b)
@@ -562,6 +562,12 @@ int vp_fab_read_cb(struct vp_fab *fab, vp_fab_addr src,
 	while (next < n || b->outstanding || seen < b->ndone) {
 		if (b->failed)
 			break;
+		if (b->ndone != progress) {
+			/* a read completed: the peer is alive; the wait starts again */
+			progress = b->ndone;
+			deadline = vp_now() + deadline_s;
+			vp_abstime(&ts, deadline);
+		}
 		if (seen < b->ndone) {
 			/* completed reads: the caller's work on them overlaps the next ones */
 			size_t upto = b->ndone;

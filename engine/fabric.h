@@ -111,8 +111,10 @@ struct vp_fab_read_req {
 
 /*
  * Reads n pieces from src's registered memory into local memory, keeping
- * up to inflight reads outstanding, and waits until all completed or the
- * deadline passed.  Returns 0, -ETIMEDOUT, or -EIO (a piece failed).
+ * up to inflight reads outstanding, and waits until all completed, or
+ * until deadline_s seconds passed without any read completing (a slow
+ * peer that makes progress is waited for; a dead or stopped one is not).
+ * Returns 0, -ETIMEDOUT, or -EIO (a piece failed).
  */
 int vp_fab_read(struct vp_fab *fab, vp_fab_addr src,
 		const struct vp_fab_read_req *reqs, size_t n, unsigned int inflight,

@@ -1955,8 +1955,9 @@ static int fetch_chunks(struct vp_repl *r, const announce_t *a, void **mem,
 		struct verify v = { .r = r, .a = a, .reqs = reqs, .fetched = idx, .mem = mem,
 				    .direct = r->gst_mr != NULL };
 
+		/* given up after peer_timeout without a chunk: a slow producer is waited for */
 		rc = vp_fab_read_cb(r->fab, r->producer, reqs, nreq, r->cfg.repl_inflight,
-				    r->cfg.peer_timeout + (double)bytes / 50e6, verify_chunk, &v);
+				    r->cfg.peer_timeout, verify_chunk, &v);
 		r->from_producer += bytes;
 		r->bytes_producer_in += bytes;
 		if (!rc && v.direct)
