@@ -212,6 +212,13 @@ static void get_peer_ref(struct rd *r, struct vp_peer_ref *p)
 		r->err = "a relay node without a name, or a name without a node";
 }
 
+int vp_msg_peek_type(const void *buf, size_t len)
+{
+	struct rd r = { .p = buf, .len = len, .off = 6 };	/* after magic and version */
+
+	return len < VP_PROTO_HDR ? -1 : get_u16(&r);
+}
+
 /* ---- encode ------------------------------------------------------------ */
 
 ssize_t vp_msg_encode(const struct vp_msg *m, void *buf, size_t len)

@@ -178,6 +178,12 @@ ssize_t vp_msg_encode(const struct vp_msg *m, void *buf, size_t len);
 int vp_msg_decode(const void *buf, size_t len, struct vp_msg *m,
 		  const char **why);
 
+/*
+ * The type a message's header names, without decoding or validating the
+ * rest (to route a raw message); -1 if len is shorter than a header.
+ */
+int vp_msg_peek_type(const void *buf, size_t len);
+
 /* 0 if path is a valid relative mount path (see above), else -EINVAL. */
 int vp_proto_check_path(const char *path);
 

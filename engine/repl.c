@@ -228,8 +228,6 @@ static const char *gpu_path(struct vp_repl *r)
  */
 static void log_gpu_path(struct vp_repl *r, const char *role, uint64_t id)
 {
-	int hmem = vp_fab_has_hmem(r->fab);
-
 	if (!vp_ns_gpu(r->ns))
 		return;
 	if (r->direct)
@@ -241,7 +239,7 @@ static void log_gpu_path(struct vp_repl *r, const char *role, uint64_t id)
 	else
 		vp_log(LOG_NOTICE, "repl", "%s %" PRIu64 ": host-staged path (host cache -> network -> host cache, each chunk on to this node's GPU tier as it arrives); %s",
 		       role, id, !strcmp(r->cfg.gpu_direct, "off") ? "gpu_direct=off" :
-		       r->cuda_dev < 0 || hmem ? "GPU-direct was turned off after a failure (above)" :
+		       r->cuda_dev < 0 || vp_fab_has_hmem(r->fab) ? "GPU-direct was turned off after a failure (above)" :
 		       "the provider has no FI_HMEM");
 }
 
@@ -370,8 +368,7 @@ static void on_recv(void *arg, const void *msg, size_t len)
 		free(q);
 		return;
 	}
-	if (r->consumer && len >= VP_PROTO_HDR &&
-	    (((const uint8_t *)msg)[6] | ((const uint8_t *)msg)[7] << 8) == VP_MSG_CHUNKS) {
+	if (r->consumer && vp_msg_peek_type(msg, len) == VP_MSG_CHUNKS) {
 		/* a relay's offer: the fetch of its announce takes it, maybe while busy */
 		while (r->rin_head && r->rin_bytes + len > RELAY_QUEUE_BYTES) {
 			struct qmsg *old = r->rin_head;	/* bounded: the oldest go first */
@@ -561,15 +558,14 @@ static void serve_from_gpu(struct vp_repl *r, const char *path, uint64_t version
 	pin->lease = vp_gpu_hold(g, ino, version, &mem, &msize);
 	if (!pin->lease)
 		return;		/* not mirrored (yet) */
-	rc = msize == size ? vp_fab_mr_reg_dev(r->fab, mem, (size_t)size, r->cuda_dev,
-					       &pin->dev_mr, &pin->dev_key, &pin->dev_raddr) : -EINVAL;
+	rc = vp_fab_mr_reg_dev(r->fab, mem, (size_t)msize, r->cuda_dev,
+			       &pin->dev_mr, &pin->dev_key, &pin->dev_raddr);
 	if (rc) {
 		pin->dev_mr = NULL;
 		vp_gpu_lease_release(g, pin->lease);
 		pin->lease = NULL;
-		if (rc != -EINVAL)
-			vp_log(LOG_WARNING, "repl", "'%s' version %" PRIu64 ": registering its GPU mirror with the fabric: %s; served from the host cache",
-			       path, version, strerror(-rc));
+		vp_log(LOG_WARNING, "repl", "'%s' version %" PRIu64 ": registering its GPU mirror with the fabric: %s; served from the host cache",
+		       path, version, strerror(-rc));
 		return;
 	}
 	vp_log(LOG_DEBUG, "repl", "'%s' version %" PRIu64 ": served from its GPU mirror", path, version);
@@ -1862,7 +1858,7 @@ struct verify {
 	const uint32_t *fetched;	/* request -> chunk index */
 	void **mem;			/* the host chunks */
 	int direct;			/* reads land in the GPU stage */
-	int bad;			/* -EIO: bad_idx does not match its hash; or -errno */
+	int bad;			/* -EBADMSG: bad_idx does not match its hash; or the tier's -errno */
 	uint32_t bad_idx;
 };
 
@@ -1884,7 +1880,7 @@ static void verify_chunk(void *arg, size_t req)
 		}
 	}
 	if (XXH3_64bits(host, v->reqs[req].len) != v->r->asm_refs[idx].hash) {
-		v->bad = -EIO;
+		v->bad = -EBADMSG;
 		v->bad_idx = idx;
 		return;
 	}
@@ -1895,7 +1891,7 @@ static void verify_chunk(void *arg, size_t req)
  * Fetches chunks need[0..n) of announce a into mem[chunk] (the caller's
  * pool chunks), each checked against its hash as it lands and offered to
  * our relay children.  A relayed announce reads first from our relay;
- * the producer serves the rest.  Returns 0, -EIO (a chunk from the
+ * the producer serves the rest.  Returns 0, -EBADMSG (a chunk from the
  * producer does not match its hash; *bad_idx says which), or -errno.
  */
 static int fetch_chunks(struct vp_repl *r, const announce_t *a, void **mem,
@@ -2122,7 +2118,7 @@ static void stage_unregister(struct vp_repl *r, int rc)
 
 	if (!r->gst_mr)
 		return;
-	if (rc == -EIO) {
+	if (rc == -EBADMSG) {
 		__atomic_store_n(&r->direct, 0, __ATOMIC_RELAXED);
 		vp_log(LOG_ERR, "repl", "a chunk read GPU-direct does not match its hash once copied to the host; GPU-direct is off on this node from now on");
 		log_gpu_path(r, "producer", 0);
@@ -2199,7 +2195,7 @@ static void consumer_announce(struct vp_repl *r, struct vp_msg *m)
 			r->checksum_errors++;
 			vp_log(LOG_ERR, "repl", "'%s' version %" PRIu64 ": the chunk list does not match its checksum; not installed",
 			       a->path, a->version);
-			rc = -EIO;
+			rc = -EBADMSG;
 			goto fail;
 		}
 	}
@@ -2267,7 +2263,7 @@ static void consumer_announce(struct vp_repl *r, struct vp_msg *m)
 	old = NULL;
 	rc = fetch_chunks(r, a, mem, fetched, nreq, &bad);
 	stage_unregister(r, rc);
-	if (rc == -EIO) {
+	if (rc == -EBADMSG) {
 		r->checksum_errors++;
 		vp_log(LOG_ERR, "repl", "'%s' version %" PRIu64 ": chunk %u does not match its hash; not installed",
 		       a->path, a->version, bad);
@@ -2305,7 +2301,7 @@ static void consumer_announce(struct vp_repl *r, struct vp_msg *m)
 	say_done(r, a->seq, a->version, 0);
 	goto out_free;
 fail:
-	if (rc != -EIO)
+	if (rc != -EBADMSG)	/* said above */
 		vp_log(LOG_WARNING, "repl", "'%s' version %" PRIu64 " not fetched: %s; keeping the version we have",
 		       a->path, a->version, strerror(-rc));
 	say_done(r, a->seq, a->version, rc);
@@ -2491,7 +2487,7 @@ static void publish_stats(struct vp_repl *r)
 	pthread_mutex_unlock(&r->lock);
 }
 
-static void consumer_tick(struct vp_repl *r, double *last_beat)
+static void consumer_tick(struct vp_repl *r)
 {
 	double now = vp_now();
 
@@ -2518,7 +2514,6 @@ static void consumer_tick(struct vp_repl *r, double *last_beat)
 			consumer_send(r, &m);
 		}
 	}
-	(void)last_beat;
 	consumer_beat(r);
 }
 
@@ -2560,7 +2555,7 @@ static void *repl_main(void *arg)
 		}
 		pthread_mutex_unlock(&r->lock);
 		if (r->consumer) {
-			consumer_tick(r, &last_beat);
+			consumer_tick(r);
 			publish_stats(r);
 		} else {
 			producer_tick(r, &last_beat);

@@ -29,6 +29,8 @@ static struct vp_msg *roundtrip(const struct vp_msg *m)
 	ssize_t n = vp_msg_encode(m, buf, sizeof(buf));
 
 	assert_true(n >= VP_PROTO_HDR);
+	assert_int_equal(vp_msg_peek_type(buf, (size_t)n), m->type);	/* routing a raw message */
+	assert_int_equal(vp_msg_peek_type(buf, VP_PROTO_HDR - 1), -1);
 	if (vp_msg_decode(buf, (size_t)n, out, &why))
 		fail_msg("decode of %s: %s", vp_msg_type_name(m->type), why);
 	assert_int_equal(out->type, m->type);
