@@ -743,31 +743,42 @@ struct vp_gpu_stage *vp_gpu_stage_begin(struct vp_gpu *g, uint64_t size)
 	return s;
 }
 
-void vp_gpu_stage_copy(struct vp_gpu_stage *s, uint64_t off, const void *src, size_t len)
+/*
+ * Copies [off, off + len) of the stage from src to the device, or (src
+ * NULL) from the device to dst, and waits; counts it, or fails the stage.
+ */
+static int stage_io(struct vp_gpu_stage *s, uint64_t off, const void *src, void *dst, size_t len)
 {
 	struct vp_gpu *g;
 	int rc;
 
 	if (!s || s->failed)
-		return;
+		return -EIO;
 	g = s->g;
 	if (off + len > s->size) {
 		s->failed = 1;
-		return;
+		return -EINVAL;
 	}
 	pthread_mutex_lock(&g->tier_lock);
-	rc = g->ops->copy_in(g->t, s->mem, off, src, len);
+	rc = src ? g->ops->copy_in(g->t, s->mem, off, src, len) :
+		g->ops->copy_out(g->t, dst, s->mem, off, len);
 	if (!rc)
-		rc = g->ops->sync(g->t);	/* src is the caller's again on return */
+		rc = g->ops->sync(g->t);	/* the host side is the caller's again */
 	pthread_mutex_unlock(&g->tier_lock);
 	if (!rc) {
 		s->copied += len;
-		return;
+		return 0;
 	}
 	s->failed = 1;
 	pthread_mutex_lock(&g->lock);
 	device_failed_locked(g, rc);
 	pthread_mutex_unlock(&g->lock);
+	return rc;
+}
+
+void vp_gpu_stage_copy(struct vp_gpu_stage *s, uint64_t off, const void *src, size_t len)
+{
+	stage_io(s, off, src, NULL, len);
 }
 
 void *vp_gpu_stage_mem(struct vp_gpu_stage *s)
@@ -782,30 +793,7 @@ uint64_t vp_gpu_stage_size(struct vp_gpu_stage *s)
 
 int vp_gpu_stage_landed(struct vp_gpu_stage *s, uint64_t off, void *dst, size_t len)
 {
-	struct vp_gpu *g;
-	int rc;
-
-	if (!s || s->failed)
-		return -EIO;
-	g = s->g;
-	if (off + len > s->size) {
-		s->failed = 1;
-		return -EINVAL;
-	}
-	pthread_mutex_lock(&g->tier_lock);
-	rc = g->ops->copy_out(g->t, dst, s->mem, off, len);
-	if (!rc)
-		rc = g->ops->sync(g->t);	/* dst is filled on return */
-	pthread_mutex_unlock(&g->tier_lock);
-	if (!rc) {
-		s->copied += len;
-		return 0;
-	}
-	s->failed = 1;
-	pthread_mutex_lock(&g->lock);
-	device_failed_locked(g, rc);
-	pthread_mutex_unlock(&g->lock);
-	return rc;
+	return stage_io(s, off, NULL, dst, len);
 }
 
 void vp_gpu_stage_quarantine(struct vp_gpu_stage *s)
