@@ -39,6 +39,16 @@ status_of() {
 	"$BUILD/viperctl" status "$1" --json | python3 -c "import json, sys; s = json.load(sys.stdin); print($2)"
 }
 
+# poll_status MNT EXPR TENTHS: true once EXPR (over status s) prints True, polling every
+# 0.1 s at most TENTHS times; false at once if it prints "off".
+poll_status() {
+	for _ in $(seq 1 "$3"); do
+		case "$(status_of "$1" "$2")" in True) return 0 ;; off) return 1 ;; esac
+		sleep 0.1
+	done
+	return 1
+}
+
 # stop_daemon MNT PID: unmounts MNT if mounted; waits 60 s for PID (if any), then kills it.
 stop_daemon() {
 	mountpoint -q "$1" 2>/dev/null && { fusermount3 -u "$1" 2>/dev/null || umount -l "$1"; }
@@ -148,14 +158,8 @@ head -c 2G /dev/urandom > "$WORK/src.bin"
 t0=$(date +%s.%N)
 dd if="$WORK/src.bin" of="$MNT/ckpt.bin" bs=4M status=none && ok "2 GiB checkpoint written in $(echo "$(date +%s.%N) - $t0" | bc) s" ||
 	bad "writing the checkpoint"
-mirrored=0
-for _ in $(seq 1 600); do	# the mirror is the tier worker's: poll its state, 60 s at most
-	st=$(status_of "$MNT" '"off" if s["tiers"]["gpu"]["state"] != "on" else s["tiers"]["gpu"]["files"] == 1 and s["tiers"]["gpu"]["used"] == 2 << 30')
-	[ "$st" = True ] && mirrored=1
-	[ "$st" = False ] || break
-	sleep 0.1
-done
-[ "$mirrored" = 1 ] && ok "mirrored to the GPU ($("$BUILD/viperctl" status "$MNT" | grep 'gpu tier'))" ||
+# the mirror is the tier worker's: poll its state, 60 s at most
+poll_status "$MNT" '"off" if s["tiers"]["gpu"]["state"] != "on" else s["tiers"]["gpu"]["files"] == 1 and s["tiers"]["gpu"]["used"] == 2 << 30' 600 && ok "mirrored to the GPU ($("$BUILD/viperctl" status "$MNT" | grep 'gpu tier'))" ||
 	bad "not mirrored to the GPU within 60 s: $("$BUILD/viperctl" status "$MNT" | grep 'gpu tier')"
 cmp -s "$WORK/src.bin" "$MNT/ckpt.bin" && ok "read back byte-exact" || bad "read back differs"
 ipc_check "$MNT/ckpt.bin" "gpu-export round trip"
@@ -186,13 +190,8 @@ if [ "$started" = 1 ]; then
 	sleep 2		# the consumer subscribes (HELLO every second)
 	cp "$WORK/src2.bin" "$PMNT/model.bin"
 	if "$BUILD/viperctl" wait "$CMNT/model.bin" --newer-than 0 --timeout 120 > /dev/null; then
-		staged=0
-		for _ in $(seq 1 300); do	# the worker takes the staged copy: poll, 30 s at most
-			[ "$(status_of "$CMNT" 's["tiers"]["gpu"]["staged"] == 1 and s["tiers"]["gpu"]["staged_bytes"] == 512 << 20 and s["tiers"]["gpu"]["files"] == 1')" = True ] &&
-				{ staged=1; break; }
-			sleep 0.1
-		done
-		[ "$staged" = 1 ] && ok "replicated 512 MiB went to the consumer's GPU chunk by chunk ($("$BUILD/viperctl" status "$CMNT" | grep 'gpu tier'))" ||
+		# the worker takes the staged copy: poll, 30 s at most
+		poll_status "$CMNT" 's["tiers"]["gpu"]["staged"] == 1 and s["tiers"]["gpu"]["staged_bytes"] == 512 << 20 and s["tiers"]["gpu"]["files"] == 1' 300 && ok "replicated 512 MiB went to the consumer's GPU chunk by chunk ($("$BUILD/viperctl" status "$CMNT" | grep 'gpu tier'))" ||
 			bad "the consumer's mirror did not take the staged copy: $("$BUILD/viperctl" status "$CMNT" | grep 'gpu tier')"
 		cmp -s "$WORK/src2.bin" "$CMNT/model.bin" && ok "consumer reads the version byte-exact" || bad "consumer's bytes differ"
 		ipc_check "$CMNT/model.bin" "gpu-export of the consumer's staged mirror"

@@ -41,6 +41,30 @@ static double median(double *v, int n)
 	return v[n / 2];
 }
 
+/*
+ * One round trip through the tier: host into dmem, then back into back.
+ * Sets the two times; returns the bytes that differ, or -1 on an error.
+ */
+static long round_trip(struct vp_tier *t, void *dmem, const char *host, char *back,
+		       size_t size, double *t_in, double *t_out)
+{
+	double t0 = now();
+	long bad = 0;
+
+	if (vp_tier_cuda.copy_in(t, dmem, 0, host, size) || vp_tier_cuda.sync(t))
+		return -1;
+	*t_in = now() - t0;
+	memset(back, 0, size);
+	t0 = now();
+	if (vp_tier_cuda.copy_out(t, back, dmem, 0, size))
+		return -1;
+	*t_out = now() - t0;
+	if (memcmp(back, host, size))	/* count the differing bytes only when some differ */
+		for (size_t i = 0; i < size; i++)
+			bad += back[i] != host[i];
+	return bad;
+}
+
 #define CHECK(call) do { cudaError_t e_ = (call); if (e_ != cudaSuccess) { \
 	fprintf(stderr, "tierbw: %s: %s\n", #call, cudaGetErrorString(e_)); return 1; } } while (0)
 
@@ -74,19 +98,12 @@ int main(int argc, char **argv)
 	CHECK(cudaHostAlloc(&pinned, size, cudaHostAllocDefault));
 	memcpy(pinned, host, size);
 	for (int r = 0; r < runs; r++) {
-		double t0 = now();
+		long diff = round_trip(t, dmem, host, back, size, &t_in[r], &t_out[r]);
+		double t0;
 
-		if (vp_tier_cuda.copy_in(t, dmem, 0, host, size) || vp_tier_cuda.sync(t))
+		if (diff < 0)
 			return 1;
-		t_in[r] = now() - t0;
-		memset(back, 0, size);
-		t0 = now();
-		if (vp_tier_cuda.copy_out(t, back, dmem, 0, size))
-			return 1;
-		t_out[r] = now() - t0;
-		if (r == 0)
-			for (size_t i = 0; i < size; i++)
-				bad += back[i] != host[i];
+		bad += (size_t)diff;
 		t0 = now();
 		CHECK(cudaMemcpy(dmem, pinned, size, cudaMemcpyHostToDevice));
 		r_in[r] = now() - t0;
@@ -100,19 +117,11 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	for (int r = 0; r < runs; r++) {
-		double t0 = now();
+		long diff = round_trip(t, dmem, host, back, size, &t_reg[r], &t_regout[r]);
 
-		if (vp_tier_cuda.copy_in(t, dmem, 0, host, size) || vp_tier_cuda.sync(t))
+		if (diff < 0)
 			return 1;
-		t_reg[r] = now() - t0;
-		memset(back, 0, size);
-		t0 = now();
-		if (vp_tier_cuda.copy_out(t, back, dmem, 0, size))
-			return 1;
-		t_regout[r] = now() - t0;
-		if (r == 0)
-			for (size_t i = 0; i < size; i++)
-				bad += back[i] != host[i];
+		bad += (size_t)diff;
 	}
 	{
 		double ti = median(t_in, runs), to = median(t_out, runs), tr = median(t_reg, runs);
