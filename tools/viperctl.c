@@ -31,6 +31,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "../engine/clock.h"
 #include "../engine/config.h"
 
 #include "viperfs_client.h"
@@ -147,14 +148,6 @@ static void bar(unsigned long long done, unsigned long long total,
 		done >> 20, total >> 20, what);
 }
 
-static double mono_now(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
 /*
  * Flushes everything under path to the PFS, with a progress bar on a
  * terminal, for up to timeout seconds (0: no bound).  Returns 1 when all
@@ -165,7 +158,7 @@ static double mono_now(void)
 static int flush_progress(const char *path, double timeout, char *last_error, size_t len)
 {
 	struct timeval tv = { .tv_sec = 5 };
-	double deadline = timeout > 0 ? mono_now() + timeout : 0;
+	double deadline = timeout > 0 ? vp_now() + timeout : 0;
 	FILE *in = vpctl_request(path, "flush", 1);
 	int tty = isatty(2), rc = -1;
 	char line[1024];
@@ -194,7 +187,7 @@ static int flush_progress(const char *path, double timeout, char *last_error, si
 			snprintf(what, sizeof(what), "%llu left", json_num(line, "ops_left"));
 			bar(json_num(line, "done"), json_num(line, "total"), what);
 		}
-		if (deadline && mono_now() >= deadline) {
+		if (deadline && vp_now() >= deadline) {
 			rc = 0;
 			break;
 		}
@@ -245,6 +238,8 @@ static void print_status(const char *mnt, const struct vpctl_json *st)
 	const struct vpctl_json *repl = vpctl_json_get(st, "repl");
 	const struct vpctl_json *paths = vpctl_json_get(st, "paths");
 	const char *err = vpctl_json_str(st, "flush.last_error");
+	const char *gpu_path = vpctl_json_str(repl, "gpu_path");	/* "" from an older daemon */
+	int show_gpu = *gpu_path && strcmp(gpu_path, "none");
 	char a[32], b[32], c[32];
 
 	printf("viperfs mount %s (daemon pid %.0f)\n", mnt, vpctl_json_num(st, "pid"));
@@ -295,9 +290,9 @@ static void print_status(const char *mnt, const struct vpctl_json *st)
 			       "relay", vpctl_json_num(repl, "relay.parent"),
 			       sz(vpctl_json_num(repl, "relay.bytes_from_relay"), b, sizeof(b)),
 			       sz(vpctl_json_num(repl, "relay.bytes_relay_fallback"), c, sizeof(c)));
-		if (*vpctl_json_str(repl, "gpu_path") && strcmp(vpctl_json_str(repl, "gpu_path"), "none"))
+		if (show_gpu)
 			printf("  %-14s %s; %s landed in the GPU tier straight from the network\n",
-			       "gpu path", vpctl_json_str(repl, "gpu_path"),
+			       "gpu path", gpu_path,
 			       sz(vpctl_json_num(repl, "bytes_gpu_direct"), b, sizeof(b)));
 	} else {
 		const struct vpctl_json *peers = vpctl_json_get(repl, "peers");
@@ -314,9 +309,9 @@ static void print_status(const char *mnt, const struct vpctl_json *st)
 			       sz(vpctl_json_num(p, "bytes_relayed"), b, sizeof(b)),
 			       vpctl_json_num(p, "relay_parent") > 0 ? " by its relay" : "",
 			       vpctl_json_num(p, "last_heard_s"));
-		if (*vpctl_json_str(repl, "gpu_path") && strcmp(vpctl_json_str(repl, "gpu_path"), "none"))
+		if (show_gpu)
 			printf("  %-14s %s; %.0f versions (%s) served from GPU mirrors\n",
-			       "gpu path", vpctl_json_str(repl, "gpu_path"),
+			       "gpu path", gpu_path,
 			       vpctl_json_num(repl, "gpu_versions_out"),
 			       sz(vpctl_json_num(repl, "gpu_bytes_out"), a, sizeof(a)));
 	}
