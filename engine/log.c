@@ -10,6 +10,8 @@
 #include <strings.h>
 #include <time.h>
 
+#include "clock.h"
+
 static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;
 static enum vp_log_sink log_sink = VP_LOG_STDERR;
 static FILE *log_file;		/* protected by log_lock */
@@ -74,6 +76,8 @@ void vp_log_set_level(int level)
 	__atomic_store_n(&log_level, level, __ATOMIC_RELAXED);
 }
 
+static void log_write_locked(int level, const char *subsys, const char *msg);
+
 void vp_log(int level, const char *subsys, const char *fmt, ...)
 {
 	char msg[1024];
@@ -87,6 +91,56 @@ void vp_log(int level, const char *subsys, const char *fmt, ...)
 	va_end(ap);
 
 	pthread_mutex_lock(&log_lock);
+	log_write_locked(level, subsys, msg);
+	pthread_mutex_unlock(&log_lock);
+	errno = saved_errno;
+}
+
+int vp_log_limited(struct vp_ratelimit *rl, int level, const char *subsys,
+		   const char *fmt, ...)
+{
+	char msg[1024];
+	va_list ap;
+	int saved_errno = errno, logged = 0;
+	double now = vp_now();
+
+	pthread_mutex_lock(&log_lock);
+	if (now - rl->window_start >= rl->interval) {
+		if (rl->suppressed) {
+			snprintf(msg, sizeof(msg), "%llu more like the next were not logged in the last %.0f s",
+				 rl->suppressed, now - rl->window_start);
+			log_write_locked(level, subsys, msg);
+		}
+		rl->window_start = now;
+		rl->in_window = 0;
+		rl->suppressed = 0;
+	}
+	if (rl->in_window < rl->burst) {
+		rl->in_window++;
+		logged = 1;
+	} else {
+		rl->suppressed++;
+	}
+	pthread_mutex_unlock(&log_lock);
+	if (!logged || level > __atomic_load_n(&log_level, __ATOMIC_RELAXED)) {
+		errno = saved_errno;
+		return logged;
+	}
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	pthread_mutex_lock(&log_lock);
+	log_write_locked(level, subsys, msg);
+	pthread_mutex_unlock(&log_lock);
+	errno = saved_errno;
+	return 1;
+}
+
+/* One line to the sink.  Called with log_lock held. */
+static void log_write_locked(int level, const char *subsys, const char *msg)
+{
+	if (level > __atomic_load_n(&log_level, __ATOMIC_RELAXED))
+		return;
 	if (log_sink == VP_LOG_SYSLOG) {
 		syslog(level, "%s: %s", subsys, msg);
 	} else {
@@ -101,6 +155,4 @@ void vp_log(int level, const char *subsys, const char *fmt, ...)
 		fprintf(out, "%s.%03ld viperfs %s %s: %s\n", stamp,
 			ts.tv_nsec / 1000000, level_names[level], subsys, msg);
 	}
-	pthread_mutex_unlock(&log_lock);
-	errno = saved_errno;
 }

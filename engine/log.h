@@ -28,4 +28,28 @@ int vp_log_level_parse(const char *name);
 void vp_log(int level, const char *subsys, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
 
+/*
+ * A rate limit for messages that others can cause (peers on the network,
+ * local clients): the first burst messages of each interval are logged,
+ * the rest are counted, and the next message after the interval says how
+ * many were left out.  Define one per kind of message:
+ *
+ *	static struct vp_ratelimit rl = VP_RATELIMIT_INIT(10, 60.0);
+ *	vp_log_limited(&rl, LOG_WARNING, "repl", "refused ...", ...);
+ *
+ * THREADING: any thread (the struct's fields are protected by the log's lock).
+ */
+struct vp_ratelimit {
+	unsigned int burst;
+	double interval;		/* seconds */
+	double window_start;		/* vp_now() */
+	unsigned int in_window;
+	unsigned long long suppressed;
+};
+#define VP_RATELIMIT_INIT(burst_, interval_) { .burst = (burst_), .interval = (interval_) }
+
+/* vp_log() under rl; returns 1 if the message was logged, 0 if it was counted. */
+int vp_log_limited(struct vp_ratelimit *rl, int level, const char *subsys,
+		   const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+
 #endif
