@@ -14,6 +14,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <netinet/in.h>
+#include <openssl/rand.h>
+#include <sys/socket.h>
 
 #include "clock.h"
 #include "log.h"
@@ -76,7 +79,6 @@ struct vp_fab {
 	pthread_mutex_t lock;
 	pthread_cond_t cond;		/* an operation completed */
 	uint64_t send_busy;		/* bitmap of send slots in use, protected by lock */
-	uint64_t next_key;		/* for providers without FI_MR_PROV_KEY */
 	struct batch *orphans;		/* timed-out reads still posted; protected by lock */
 };
 
@@ -122,11 +124,13 @@ static int post_recv(struct vp_fab *fab, unsigned int i)
 }
 
 /* Handles one completion (or error completion).  No lock held. */
-static void complete(struct vp_fab *fab, struct op *op, int status, size_t len)
+static void complete(struct vp_fab *fab, struct op *op, int status, size_t len,
+		     fi_addr_t src)
 {
 	if (op->kind == OP_RECV) {
 		if (status == 0 && fab->cb)
-			fab->cb(fab->cb_arg, recv_buf(fab, op->index), len);
+			fab->cb(fab->cb_arg, src == FI_ADDR_NOTAVAIL ? VP_FAB_ADDR_UNKNOWN : src,
+				recv_buf(fab, op->index), len);
 		if (!__atomic_load_n(&fab->stop, __ATOMIC_RELAXED) &&
 		    post_recv(fab, op->index))
 			vp_log(LOG_ERR, "fabric", "could not re-post a receive buffer");
@@ -156,7 +160,8 @@ static void *progress_main(void *arg)
 
 	while (!__atomic_load_n(&fab->stop, __ATOMIC_RELAXED)) {
 		struct fi_cq_data_entry ent[16];
-		ssize_t n = fi_cq_sread(fab->cq, ent, 16, NULL, 100);
+		fi_addr_t src[16];
+		ssize_t n = fi_cq_sreadfrom(fab->cq, ent, 16, src, NULL, 100);
 
 		if (n == -FI_EAVAIL) {
 			struct fi_cq_err_entry e = { 0 };
@@ -167,7 +172,8 @@ static void *progress_main(void *arg)
 				if (op->kind != OP_RECV || e.err != FI_ECANCELED)
 					vp_log(LOG_DEBUG, "fabric", "operation failed: %s",
 					       fi_strerror(e.err));
-				complete(fab, op, e.err == FI_ECANCELED ? -ECANCELED : -EIO, 0);
+				complete(fab, op, e.err == FI_ECANCELED ? -ECANCELED : -EIO, 0,
+					 FI_ADDR_NOTAVAIL);
 			}
 			continue;
 		}
@@ -176,7 +182,7 @@ static void *progress_main(void *arg)
 		if (n < 0) {
 			/* no wait object: poll */
 			if (n == -FI_ENOSYS) {
-				n = fi_cq_read(fab->cq, ent, 16);
+				n = fi_cq_readfrom(fab->cq, ent, 16, src);
 				if (n == -FI_EAGAIN) {
 					struct timespec ts = { 0, 50000 };
 
@@ -188,7 +194,7 @@ static void *progress_main(void *arg)
 				continue;
 		}
 		for (ssize_t i = 0; i < n; i++)
-			complete(fab, ent[i].op_context, 0, ent[i].len);
+			complete(fab, ent[i].op_context, 0, ent[i].len, src[i]);
 	}
 	return NULL;
 }
@@ -220,7 +226,8 @@ struct vp_fab *vp_fab_open(const char *provider, const char *node,
 	vp_cond_init_monotonic(&fab->cond);
 
 	hints->ep_attr->type = FI_EP_RDM;
-	hints->caps = FI_MSG | FI_RMA | FI_READ | FI_REMOTE_READ;
+	/* FI_SOURCE: every message says which peer's connection it came on */
+	hints->caps = FI_MSG | FI_RMA | FI_READ | FI_REMOTE_READ | FI_SOURCE;
 	hints->mode = FI_CONTEXT;
 	hints->domain_attr->mr_mode = FI_MR_LOCAL | FI_MR_VIRT_ADDR |
 		FI_MR_ALLOCATED | FI_MR_PROV_KEY | FI_MR_ENDPOINT;
@@ -275,7 +282,7 @@ struct vp_fab *vp_fab_open(const char *provider, const char *node,
 		goto err_close;
 	}
 	memset(fab->buf, 0, buflen);	/* first touch now, not on the hot path */
-	rc = vp_fab_mr_reg(fab, fab->buf, buflen, (struct vp_fab_mr **)NULL, NULL, NULL);
+	rc = vp_fab_mr_reg_dev(fab, fab->buf, buflen, -1, 0, (struct vp_fab_mr **)NULL, NULL, NULL);
 	if (rc) {
 		snprintf(err, errlen, "registering message buffers: %s", strerror(-rc));
 		goto err_close;
@@ -368,12 +375,55 @@ int vp_fab_name(struct vp_fab *fab, void *buf, size_t len)
 	return rc ? vp_fab_errno(rc) : (int)l;
 }
 
+/*
+ * A peer's endpoint name is network input: the provider reads as many
+ * bytes as its address format says, whatever length came with it.  A
+ * name must be exactly that long and of that family.
+ */
+static int check_name(const struct vp_fab *fab, const void *name, size_t len)
+{
+	size_t want = fab->info->src_addrlen;
+	sa_family_t family;
+
+	if (!name || !len || len > VP_FAB_NAME_MAX)
+		return -EINVAL;
+	switch (fab->info->addr_format) {
+	case FI_SOCKADDR_IN:
+		want = sizeof(struct sockaddr_in);
+		break;
+	case FI_SOCKADDR_IN6:
+		want = sizeof(struct sockaddr_in6);
+		break;
+	case FI_SOCKADDR:
+		if (len < sizeof(sa_family_t))
+			return -EINVAL;
+		memcpy(&family, name, sizeof(family));
+		want = family == AF_INET ? sizeof(struct sockaddr_in) :
+			family == AF_INET6 ? sizeof(struct sockaddr_in6) : 0;
+		break;
+	case FI_ADDR_STR:	/* read up to its NUL */
+		return memchr(name, '\0', len) ? 0 : -EINVAL;
+	default:
+		break;
+	}
+	if (!want || len != want)
+		return -EINVAL;
+	if (fab->info->addr_format == FI_SOCKADDR_IN || fab->info->addr_format == FI_SOCKADDR_IN6) {
+		memcpy(&family, name, sizeof(family));
+		if (family != (fab->info->addr_format == FI_SOCKADDR_IN ? AF_INET : AF_INET6))
+			return -EINVAL;
+	}
+	return 0;
+}
+
 int vp_fab_insert_name(struct vp_fab *fab, const void *name, size_t len,
 		       vp_fab_addr *out)
 {
 	fi_addr_t a;
+	int rc = check_name(fab, name, len);
 
-	(void)len;
+	if (rc)
+		return rc;
 	if (fi_av_insert(fab->av, name, 1, &a, 0, NULL) != 1)
 		return -EINVAL;
 	*out = a;
@@ -414,21 +464,39 @@ void vp_fab_remove(struct vp_fab *fab, vp_fab_addr addr)
 int vp_fab_mr_reg(struct vp_fab *fab, void *buf, size_t len,
 		  struct vp_fab_mr **mrp, uint64_t *key, uint64_t *remote_addr)
 {
-	return vp_fab_mr_reg_dev(fab, buf, len, -1, mrp, key, remote_addr);
+	return vp_fab_mr_reg_dev(fab, buf, len, -1, VP_FAB_MR_REMOTE_READ, mrp, key, remote_addr);
+}
+
+int vp_fab_mr_reg_local(struct vp_fab *fab, void *buf, size_t len, struct vp_fab_mr **mrp)
+{
+	return vp_fab_mr_reg_dev(fab, buf, len, -1, 0, mrp, NULL, NULL);
+}
+
+/* A key a peer cannot guess: 64 random bits (0 is "a hole" on the wire). */
+static uint64_t random_key(void)
+{
+	uint64_t k = 0;
+
+	while (!k)
+		if (RAND_bytes((unsigned char *)&k, sizeof(k)) != 1)
+			abort();	/* no entropy: no key is safe to hand out */
+	return k;
 }
 
 int vp_fab_mr_reg_dev(struct vp_fab *fab, void *buf, size_t len, int cuda_device,
-		      struct vp_fab_mr **mrp, uint64_t *key, uint64_t *remote_addr)
+		      unsigned int access, struct vp_fab_mr **mrp, uint64_t *key,
+		      uint64_t *remote_addr)
 {
 	struct iovec iov = { .iov_base = buf, .iov_len = len };
 	struct fi_mr_attr attr = {
 		.mr_iov = &iov,
 		.iov_count = 1,
-		.access = FI_SEND | FI_RECV | FI_READ | FI_REMOTE_READ,
+		.access = FI_SEND | FI_RECV | FI_READ |
+			  ((access & VP_FAB_MR_REMOTE_READ) ? FI_REMOTE_READ : 0),
 		.iface = FI_HMEM_SYSTEM,
 	};
 	struct fid_mr *mr;
-	int rc;
+	int rc, tries = 0;
 
 	if (cuda_device >= 0) {
 		if (!fab->hmem_on)
@@ -436,9 +504,11 @@ int vp_fab_mr_reg_dev(struct vp_fab *fab, void *buf, size_t len, int cuda_device
 		attr.iface = FI_HMEM_CUDA;
 		attr.device.cuda = cuda_device;
 	}
-	if (!(fab->mr_mode & FI_MR_PROV_KEY))
-		attr.requested_key = __atomic_add_fetch(&fab->next_key, 1, __ATOMIC_RELAXED);
-	rc = fi_mr_regattr(fab->domain, &attr, 0, &mr);
+	do {
+		if (!(fab->mr_mode & FI_MR_PROV_KEY))
+			attr.requested_key = random_key();
+		rc = fi_mr_regattr(fab->domain, &attr, 0, &mr);
+	} while (rc == -FI_ENOKEY && ++tries < 8);	/* a key in use: draw again */
 	if (rc)
 		return vp_fab_errno(rc);
 	if (fab->mr_mode & FI_MR_ENDPOINT) {

@@ -32,15 +32,19 @@ struct vp_fab;
 struct vp_fab_mr;
 
 typedef uint64_t vp_fab_addr;	/* an fi_addr_t */
+#define VP_FAB_ADDR_UNKNOWN UINT64_MAX	/* a sender not in the address vector (FI_ADDR_NOTAVAIL) */
 
 #define VP_FAB_MAX_MSG (64u << 10)	/* largest control message */
 #define VP_FAB_NAME_MAX 64		/* largest endpoint name */
 
 /*
  * Called on the progress thread for each message received; msg is valid
- * during the call only.
+ * during the call only.  src is the sender as the provider saw it
+ * (FI_SOURCE): the address vector entry its connection maps to, or
+ * VP_FAB_ADDR_UNKNOWN for a sender that was never inserted.  Header
+ * fields are the sender's word; src is the provider's.
  */
-typedef void (*vp_fab_recv_cb)(void *arg, const void *msg, size_t len);
+typedef void (*vp_fab_recv_cb)(void *arg, vp_fab_addr src, const void *msg, size_t len);
 
 #define VP_FAB_LISTEN 1u	/* bind node:service */
 #define VP_FAB_HMEM 2u		/* open with FI_HMEM if the provider has it (GPU-direct) */
@@ -69,7 +73,11 @@ int vp_fab_has_hmem(const struct vp_fab *fab);
 
 /* This endpoint's name, for a peer's vp_fab_insert_name().  Returns its length or -errno. */
 int vp_fab_name(struct vp_fab *fab, void *buf, size_t len);
-/* Adds a peer by its endpoint name.  Returns 0 or -errno. */
+/*
+ * Adds a peer by its endpoint name.  A name whose length or address
+ * family is not the provider's is refused (-EINVAL) before the provider
+ * sees it.  Returns 0 or -errno.
+ */
 int vp_fab_insert_name(struct vp_fab *fab, const void *name, size_t len,
 		       vp_fab_addr *out);
 /* Adds a peer by node:service (resolved by the provider).  Returns 0 or -errno. */
@@ -86,19 +94,35 @@ int vp_fab_send(struct vp_fab *fab, vp_fab_addr dest, const void *msg,
 		size_t len, double deadline_s);
 
 /*
+ * Memory registration.  Keys are random 64-bit values where the provider
+ * lets us choose them (no FI_MR_PROV_KEY), never a sequence: on providers
+ * without memory protection between peers (tcp), a key is what stands
+ * between a peer and the memory, so a key is only ever sent sealed.
+ * Remote access is granted per registration and only where asked for:
+ * local registrations (read targets, message buffers) refuse remote reads
+ * whatever key a peer tries.
+ */
+#define VP_FAB_MR_REMOTE_READ 1u	/* peers may read it with the key */
+
+/*
  * Registers buf[0..len) for remote reads (and local use as a read
  * target).  *key and *remote_addr are what a peer passes to
  * vp_fab_read().  Returns 0 or -errno.
  */
 int vp_fab_mr_reg(struct vp_fab *fab, void *buf, size_t len,
 		  struct vp_fab_mr **mr, uint64_t *key, uint64_t *remote_addr);
+/* Registers buf[0..len) as a local read target only.  Returns 0 or -errno. */
+int vp_fab_mr_reg_local(struct vp_fab *fab, void *buf, size_t len, struct vp_fab_mr **mr);
 /*
- * vp_fab_mr_reg() of CUDA device memory of cuda_device (FI_MR_HMEM), or
- * of host memory when cuda_device is -1.  -EOPNOTSUPP when the endpoint
- * has no FI_HMEM; the provider's error when it refuses the memory.
+ * Registers CUDA device memory of cuda_device (FI_MR_HMEM), or host
+ * memory when cuda_device is -1; access: 0 (a local read target) or
+ * VP_FAB_MR_REMOTE_READ.  key and remote_addr may be NULL.  -EOPNOTSUPP
+ * when the endpoint has no FI_HMEM; the provider's error when it refuses
+ * the memory.
  */
 int vp_fab_mr_reg_dev(struct vp_fab *fab, void *buf, size_t len, int cuda_device,
-		      struct vp_fab_mr **mr, uint64_t *key, uint64_t *remote_addr);
+		      unsigned int access, struct vp_fab_mr **mr, uint64_t *key,
+		      uint64_t *remote_addr);
 void vp_fab_mr_close(struct vp_fab_mr *mr);
 
 struct vp_fab_read_req {

@@ -351,9 +351,11 @@ static void qmsg_append(struct qmsg **head, struct qmsg **tail, struct qmsg *q)
 	*tail = q;
 }
 
-static void on_recv(void *arg, const void *msg, size_t len)
+static void on_recv(void *arg, vp_fab_addr src, const void *msg, size_t len)
 {
 	struct vp_repl *r = arg;
+
+	(void)src;
 	struct qmsg *q = malloc(sizeof(*q) + len);
 
 	if (!q)
@@ -558,7 +560,7 @@ static void serve_from_gpu(struct vp_repl *r, const char *path, uint64_t version
 	pin->lease = vp_gpu_hold(g, ino, version, &mem, &msize);
 	if (!pin->lease)
 		return;		/* not mirrored (yet) */
-	rc = vp_fab_mr_reg_dev(r->fab, mem, (size_t)msize, r->cuda_dev,
+	rc = vp_fab_mr_reg_dev(r->fab, mem, (size_t)msize, r->cuda_dev, VP_FAB_MR_REMOTE_READ,
 			       &pin->dev_mr, &pin->dev_key, &pin->dev_raddr);
 	if (rc) {
 		pin->dev_mr = NULL;
@@ -2091,7 +2093,7 @@ out:
 static void stage_register(struct vp_repl *r)
 {
 	int rc = vp_fab_mr_reg_dev(r->fab, vp_gpu_stage_mem(r->gst),
-				   (size_t)vp_gpu_stage_size(r->gst), r->cuda_dev,
+				   (size_t)vp_gpu_stage_size(r->gst), r->cuda_dev, 0,
 				   &r->gst_mr, NULL, NULL);
 
 	if (!rc)

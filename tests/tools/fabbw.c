@@ -24,10 +24,11 @@ struct box {
 	int got;
 };
 
-static void on_msg(void *arg, const void *msg, size_t len)
+static void on_msg(void *arg, vp_fab_addr src, const void *msg, size_t len)
 {
 	struct box *b = arg;
 
+	(void)src;
 	pthread_mutex_lock(&b->lock);
 	if (len > sizeof(b->msg))
 		len = sizeof(b->msg);

@@ -27,14 +27,16 @@ struct inbox {
 	pthread_cond_t cond;
 	char msg[VP_FAB_MAX_MSG];
 	size_t len;
+	vp_fab_addr src;
 	int count;
 };
 
-static void on_msg(void *arg, const void *msg, size_t len)
+static void on_msg(void *arg, vp_fab_addr src, const void *msg, size_t len)
 {
 	struct inbox *in = arg;
 
 	pthread_mutex_lock(&in->lock);
+	in->src = src;
 	memcpy(in->msg, msg, len);
 	in->len = len;
 	in->count++;
@@ -99,7 +101,7 @@ static void test_messages_and_rma_read(void **state)
 		char dev[64];
 		struct vp_fab_mr *dmr;
 
-		assert_int_equal(vp_fab_mr_reg_dev(cons, dev, sizeof(dev), 0, &dmr, NULL, NULL),
+		assert_int_equal(vp_fab_mr_reg_dev(cons, dev, sizeof(dev), 0, 0, &dmr, NULL, NULL),
 				 -EOPNOTSUPP);
 	}
 	assert_string_equal(vp_fab_provider(prod), "tcp;ofi_rxm");
@@ -113,11 +115,26 @@ static void test_messages_and_rma_read(void **state)
 	assert_int_equal(vp_fab_send(cons, to_prod, hello, 5 + (size_t)nlen, 10), 0);
 	assert_true(wait_msg(&pin, 1));
 	assert_memory_equal(pin.msg, "hello", 5);
+	assert_true(pin.src == VP_FAB_ADDR_UNKNOWN);	/* not in the producer's AV yet */
+	/* a name of the wrong length or family is refused before the provider reads it */
+	assert_int_equal(vp_fab_insert_name(prod, pin.msg + 5, 4, &to_cons), -EINVAL);
+	{
+		char bad[VP_FAB_NAME_MAX];
+
+		memcpy(bad, pin.msg + 5, pin.len - 5);
+		bad[0] ^= 0x7f;		/* sa_family */
+		assert_int_equal(vp_fab_insert_name(prod, bad, pin.len - 5, &to_cons), -EINVAL);
+	}
 	assert_int_equal(vp_fab_insert_name(prod, pin.msg + 5, pin.len - 5, &to_cons), 0);
 	assert_int_equal(vp_fab_send(prod, to_cons, "world", 5, 10), 0);
 	assert_true(wait_msg(&cin, 1));
 	assert_int_equal(cin.len, 5);
 	assert_memory_equal(cin.msg, "world", 5);
+	assert_true(cin.src == to_prod);	/* FI_SOURCE: the sender, as the provider saw it */
+	/* once inserted, the consumer's messages carry its address */
+	assert_int_equal(vp_fab_send(cons, to_prod, "again", 5, 10), 0);
+	assert_true(wait_msg(&pin, 2));
+	assert_true(pin.src == to_cons);
 
 	/* the consumer reads the producer's registered memory, 1 MiB at a time, 4 in flight */
 	src = aligned_alloc(4096, size);
@@ -126,7 +143,7 @@ static void test_messages_and_rma_read(void **state)
 		src[i] = (char)(i * 7 + (i >> 20));
 	memset(dst, 0, size);
 	assert_int_equal(vp_fab_mr_reg(prod, src, size, &pmr, &key, &raddr), 0);
-	assert_int_equal(vp_fab_mr_reg_dev(cons, dst, size, -1, &cmr, NULL, NULL), 0);
+	assert_int_equal(vp_fab_mr_reg_dev(cons, dst, size, -1, 0, &cmr, NULL, NULL), 0);
 	for (int i = 0; i < 8; i++) {
 		reqs[i].mr = cmr;
 		reqs[i].local = dst + ((size_t)i << 20);
@@ -140,6 +157,28 @@ static void test_messages_and_rma_read(void **state)
 	/* a bad key fails the read, it does not hang */
 	reqs[0].key = key + 12345;
 	assert_true(vp_fab_read(cons, to_prod, reqs, 1, 1, 10) < 0);
+	/* a neighbouring key reads nothing either: keys are random, not a sequence */
+	reqs[0].key = key + 1;
+	assert_true(vp_fab_read(cons, to_prod, reqs, 1, 1, 10) < 0);
+	reqs[0].key = key - 1;
+	assert_true(vp_fab_read(cons, to_prod, reqs, 1, 1, 10) < 0);
+	{
+		/* memory registered for local use refuses remote reads, even with its key */
+		struct vp_fab_mr *lmr;
+		uint64_t lkey, lraddr;
+		char *priv = aligned_alloc(4096, 1u << 20);
+
+		memset(priv, 0x5a, 1u << 20);
+		assert_int_equal(vp_fab_mr_reg_dev(prod, priv, 1u << 20, -1, 0, &lmr, &lkey, &lraddr), 0);
+		memset(dst, 0, 1u << 20);
+		reqs[0].key = lkey;
+		reqs[0].remote_addr = lraddr;
+		assert_true(vp_fab_read(cons, to_prod, reqs, 1, 1, 10) < 0);
+		assert_true(dst[0] == 0 && dst[(1u << 20) - 1] == 0);
+		vp_fab_mr_close(lmr);
+		free(priv);
+		reqs[0].remote_addr = raddr;
+	}
 
 	/* the producer dies: a read returns an error within its deadline */
 	vp_fab_mr_close(pmr);
@@ -182,8 +221,8 @@ static void test_an_fi_hmem_endpoint(void **state)
 	for (size_t i = 0; i < size; i++)
 		src[i] = (char)(i * 13 + 1);
 	memset(dst, 0, size);
-	assert_int_equal(vp_fab_mr_reg_dev(fab, src, size, -1, &smr, &key, &raddr), 0);
-	assert_int_equal(vp_fab_mr_reg_dev(fab, dst, size, -1, &dmr, NULL, NULL), 0);
+	assert_int_equal(vp_fab_mr_reg_dev(fab, src, size, -1, VP_FAB_MR_REMOTE_READ, &smr, &key, &raddr), 0);
+	assert_int_equal(vp_fab_mr_reg_dev(fab, dst, size, -1, 0, &dmr, NULL, NULL), 0);
 	nlen = vp_fab_name(fab, name, sizeof(name));
 	assert_true(nlen > 0);
 	assert_int_equal(vp_fab_insert_name(fab, name, (size_t)nlen, &self), 0);
@@ -192,7 +231,7 @@ static void test_an_fi_hmem_endpoint(void **state)
 	assert_int_equal(vp_fab_read(fab, self, &req, 1, 1, 30), 0);
 	assert_memory_equal(src, dst, size);
 	/* host memory posing as CUDA memory: refused, with an error, no crash */
-	rc = vp_fab_mr_reg_dev(fab, src, size, 0, &dmr, NULL, NULL);
+	rc = vp_fab_mr_reg_dev(fab, src, size, 0, 0, &dmr, NULL, NULL);
 	if (rc == 0)
 		fail_msg("CUDA registration of host memory succeeded without a GPU");
 	print_message("shm: CUDA registration refused: %s\n", strerror(-rc));
