@@ -195,6 +195,7 @@ static void put_peer_ref(struct wr *w, const struct vp_peer_ref *p)
 	put_u64(w, p->id);
 	put_u16(w, p->name_len);
 	put(w, p->name, p->name_len);
+	put(w, p->key, VP_PROTO_EDGE_KEY);
 }
 
 static void get_peer_ref(struct rd *r, struct vp_peer_ref *p)
@@ -208,6 +209,7 @@ static void get_peer_ref(struct rd *r, struct vp_peer_ref *p)
 		return;
 	}
 	get(r, p->name, p->name_len);
+	get(r, p->key, VP_PROTO_EDGE_KEY);
 	if (!r->err && !peer_ref_ok(p))
 		r->err = "a relay node without a name, or a name without a node";
 }

@@ -4,6 +4,9 @@
  *
  * Every message: a 20-byte header {magic "VPR1", u16 version, u16 type,
  * u32 payload length, u64 sender's peer id} and a payload, little-endian.
+ * After the handshake (with a secret), messages are sealed (sess.h): this
+ * module encodes and decodes the plaintext; the header's peer id is the
+ * sender's claim, checked against the address the message came from.
  * Strings are u16 length + bytes (no NUL inside, none at the end).
  *
  *   HELLO      consumer -> producer: nonce, the consumer's endpoint name
@@ -23,7 +26,8 @@
  *   HEARTBEAT  both ways
  *   TOPO       producer -> consumer: its place in the relay tree: the
  *              consumer it reads relayed chunks from (id 0: none) and the
- *              consumers it serves, each with an endpoint name
+ *              consumers it serves, each with an endpoint name and the
+ *              key that seals the messages of that edge (sess.h)
  *   CHUNKS     relay -> consumer: chunks of a relayed announce (by seq)
  *              that the relay now holds, checked, with RMA address + key
  *              in the relay's memory; LAST: it offers no more
@@ -43,10 +47,11 @@
 #include <sys/types.h>
 
 #define VP_PROTO_MAGIC 0x31525056u	/* "VPR1" */
-#define VP_PROTO_VERSION 3		/* 2: per-chunk hashes in ANNOUNCE; 3: relay */
+#define VP_PROTO_VERSION 4		/* 2: per-chunk hashes in ANNOUNCE; 3: relay; 4: sealed sessions, relay edge keys */
 #define VP_PROTO_HDR 20
 #define VP_PROTO_NONCE 16
 #define VP_PROTO_MAC 32			/* HMAC-SHA256 */
+#define VP_PROTO_EDGE_KEY 32		/* TOPO: the key of one relay edge */
 #define VP_PROTO_NAME_MAX 64		/* endpoint names */
 #define VP_PROTO_MAX_FILE (1ULL << 44)
 #define VP_PROTO_CHUNKS_PER_MSG 2048	/* 48 KiB of chunk descriptors */
@@ -84,6 +89,7 @@ struct vp_peer_ref {		/* TOPO: a node of the relay tree */
 	uint64_t id;
 	uint16_t name_len;
 	uint8_t name[VP_PROTO_NAME_MAX];
+	uint8_t key[VP_PROTO_EDGE_KEY];	/* the edge's session key (TOPO is sealed); zeros without a secret */
 };
 
 struct vp_chunk_offer {		/* CHUNKS: chunk idx, in the relay's memory */

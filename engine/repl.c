@@ -29,6 +29,8 @@
 #include "metrics.h"
 #include "ns.h"
 #include "pool.h"
+#include "safepath.h"
+#include "sess.h"
 
 #define MAX_SLABS 1024
 #define PIN_TIMEOUT 120.0
@@ -36,9 +38,19 @@
 #define RELAY_QUEUE_BYTES (16u << 20)	/* CHUNKS a consumer holds for announces still ahead */
 #define RELAY_SEND_S 1.0	/* deadline of an offer to a child */
 #define RELAY_BATCH 16		/* chunks read from a relay per batch */
+#define INBOX_BYTES (64u << 20)	/* received messages waiting for the repl thread */
+#define MAX_PENDING 64		/* producer: consumers between HELLO and AUTH */
+#define ENCODE_MAX (VP_FAB_MAX_MSG - VP_SESS_OVERHEAD)	/* room for the seal */
+
+/* Messages that peers (or anyone on the network) can cause, logged within limits. */
+static struct vp_ratelimit rl_refused = VP_RATELIMIT_INIT(10, 60.0);
+static struct vp_ratelimit rl_hello = VP_RATELIMIT_INIT(10, 60.0);
+static struct vp_ratelimit rl_announce = VP_RATELIMIT_INIT(10, 60.0);
 
 struct qmsg {			/* a message, raw, queued */
 	struct qmsg *next;
+	vp_fab_addr src;	/* where it came from (received ones), as the provider says */
+	int opened;		/* opened and checked already: plaintext (an offer put back) */
 	size_t len;
 	uint8_t buf[];
 };
@@ -59,6 +71,8 @@ struct pin {			/* producer: bytes consumers may still be reading */
 	struct pin *next;
 	uint64_t seq;
 	struct vp_data *data;
+	struct vp_fab_mr **mrs;	/* each chunk, registered for remote reads while pinned */
+	uint32_t nmrs;
 	struct vp_gpu_lease *lease;	/* GPU-direct: the mirror the announce points into */
 	struct vp_fab_mr *dev_mr;	/* ... registered with the fabric */
 	uint64_t dev_key, dev_raddr;
@@ -72,6 +86,7 @@ struct peer {
 	vp_fab_addr addr;
 	int active;
 	uint8_t nonce_c[VP_PROTO_NONCE], nonce_p[VP_PROTO_NONCE];
+	struct vp_sess sess;	/* on once it authenticated (with a secret) */
 	double last_heard;
 	struct qmsg *out_head, *out_tail;
 	uint64_t sent_seq, done_seq;
@@ -90,7 +105,17 @@ struct relay_child {		/* consumer: a consumer we relay chunks to */
 	vp_fab_addr addr;
 	uint8_t name[VP_PROTO_NAME_MAX];
 	uint16_t name_len;
+	uint8_t key[VP_PROTO_EDGE_KEY];	/* the edge's, from the TOPO */
+	struct vp_sess sess;	/* the edge's session (with a secret) */
 	int dead;		/* an offer to it failed; skipped until the next TOPO */
+};
+
+struct exposure {		/* consumer: a chunk our relay children may read */
+	void *mem;
+	size_t len;
+	struct vp_fab_mr *mr;
+	uint64_t key, raddr;
+	uint64_t seq;		/* the announce it was offered for */
 };
 
 struct relay_pin {		/* consumer: a version our children may still read */
@@ -101,11 +126,10 @@ struct relay_pin {		/* consumer: a version our children may still read */
 	double since;
 };
 
-struct slab_mr {
+struct slab_mr {			/* cache memory, registered as a local read target only */
 	char *base;
 	size_t len;
 	struct vp_fab_mr *mr;
-	uint64_t key, raddr;
 };
 
 struct vp_repl {
@@ -117,6 +141,9 @@ struct vp_repl {
 	struct vp_pool *pool;
 	uint8_t secret[512];
 	size_t secret_len;
+	uint8_t edge_secret[32];		/* producer: relay edge keys are HMACs under it */
+	uint64_t refused;			/* messages dropped: atomic */
+	size_t in_bytes;			/* of in_head's messages, protected by lock */
 
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
@@ -141,6 +168,7 @@ struct vp_repl {
 	int state;			/* 0 idle, 1 hello sent, 2 challenged, 3 active */
 	uint64_t my_id;
 	uint8_t nonce_c[VP_PROTO_NONCE];
+	struct vp_sess sess;		/* with the producer (with a secret, from AUTH on) */
 	double last_heard, last_hello, last_beat;
 	int mnt_fd;			/* open only during one install or operation */
 	dev_t mnt_dev;			/* the FUSE mount's device */
@@ -172,6 +200,10 @@ struct vp_repl {
 	vp_fab_addr parent_addr;
 	uint8_t parent_name[VP_PROTO_NAME_MAX];
 	uint16_t parent_name_len;
+	uint8_t parent_key[VP_PROTO_EDGE_KEY];
+	struct vp_sess parent_sess;
+	struct exposure *expo;		/* chunks exposed to our children */
+	size_t nexpo, cap_expo;
 	struct relay_child children[VP_PROTO_MAX_CHILDREN];
 	unsigned int nchildren;
 	struct relay_pin *rpins;
@@ -278,7 +310,7 @@ static int load_secret(struct vp_repl *r, char *err, size_t errlen)
 	size_t n;
 
 	if (!r->cfg.secret_file[0]) {
-		vp_log(LOG_WARNING, "repl", "no secret_file: peers are not authenticated; set one on every node");
+		vp_log(LOG_WARNING, "repl", "no secret_file: peers are checked by address only, and messages are not sealed: anyone on the fabric network can read what is announced and inject messages; set one on every node");
 		return 0;
 	}
 	f = fopen(r->cfg.secret_file, "re");
@@ -296,7 +328,113 @@ static int load_secret(struct vp_repl *r, char *err, size_t errlen)
 		return -EINVAL;
 	}
 	r->secret_len = n;
+	RAND_bytes(r->edge_secret, sizeof(r->edge_secret));
 	return 0;
+}
+
+/*
+ * The session of an authenticated consumer: keys from the secret and
+ * both nonces (sess.h); the producer sends with the first half.
+ */
+static int session_derive(struct vp_repl *r, struct vp_sess *s, const uint8_t *nonce_c,
+			  const uint8_t *nonce_p, uint64_t id, int producer)
+{
+	uint8_t salt[2 * VP_PROTO_NONCE];
+
+	vp_sess_clear(s);
+	if (!r->secret_len)
+		return 0;	/* no secret: nothing to seal with */
+	memcpy(salt, nonce_c, VP_PROTO_NONCE);
+	memcpy(salt + VP_PROTO_NONCE, nonce_p, VP_PROTO_NONCE);
+	return vp_sess_derive(s, r->secret, r->secret_len, salt, sizeof(salt), "session", id,
+			      producer);
+}
+
+/* Producer: the key of the relay edge parent -> child, for both ends' TOPO. */
+static void edge_key_of(struct vp_repl *r, uint64_t parent, uint64_t child, uint8_t *out)
+{
+	uint8_t msg[4 + 16];
+	unsigned int len = VP_PROTO_EDGE_KEY;
+
+	if (!r->secret_len) {
+		memset(out, 0, VP_PROTO_EDGE_KEY);
+		return;
+	}
+	memcpy(msg, "edge", 4);
+	for (int i = 0; i < 8; i++) {
+		msg[4 + i] = (uint8_t)(parent >> (8 * i));
+		msg[12 + i] = (uint8_t)(child >> (8 * i));
+	}
+	HMAC(EVP_sha256(), r->edge_secret, sizeof(r->edge_secret), msg, sizeof(msg), out, &len);
+}
+
+/* Consumer: the session of a relay edge, from the key its TOPO gave. */
+static void edge_session(struct vp_repl *r, struct vp_sess *s, const uint8_t *key,
+			 uint64_t parent, uint64_t child, int i_am_parent)
+{
+	uint8_t salt[16];
+
+	vp_sess_clear(s);
+	if (!r->secret_len)
+		return;
+	for (int i = 0; i < 8; i++) {
+		salt[i] = (uint8_t)(parent >> (8 * i));
+		salt[8 + i] = (uint8_t)(child >> (8 * i));
+	}
+	if (vp_sess_derive(s, key, VP_PROTO_EDGE_KEY, salt, sizeof(salt), "relay", child,
+			   i_am_parent))
+		vp_log(LOG_ERR, "repl", "relay: cannot derive the keys of an edge; its messages will be refused");
+}
+
+/*
+ * A message that we drop: counted (status, metrics) and logged within
+ * limits, since anyone who reaches the port can cause it.
+ */
+static void refused(struct vp_repl *r, const char *from, size_t len, const char *why)
+{
+	__atomic_add_fetch(&r->refused, 1, __ATOMIC_RELAXED);
+	vp_log_limited(&rl_refused, LOG_WARNING, "repl", "a %zu-byte message from %s was refused: %s",
+		       len, from, why ? why : "malformed");
+}
+
+/*
+ * Opens a received message into m: sealed with s if s is on (a session),
+ * plain otherwise; clear_type is a type taken plain even with a session
+ * on (a REFUSED that answers our AUTH), 0 for none.  Returns 0, or -1 if
+ * the message was refused (counted and logged).
+ */
+static int open_msg(struct vp_repl *r, struct vp_sess *s, const struct qmsg *q,
+		    struct vp_msg *m, const char *from, int clear_type)
+{
+	static __thread uint8_t plain[VP_FAB_MAX_MSG];
+	const void *buf = q->buf;
+	size_t len = q->len;
+	const char *why = NULL;
+
+	if (q->opened) {
+		;	/* ours: checked when it came */
+	} else if (vp_sess_is_sealed(q->buf, q->len)) {
+		ssize_t n;
+
+		if (!s || !s->on) {
+			why = "sealed, but we have no session with its sender";
+			goto bad;
+		}
+		n = vp_sess_open(s, q->buf, q->len, plain, sizeof(plain), &why);
+		if (n < 0)
+			goto bad;
+		buf = plain;
+		len = (size_t)n;
+	} else if (s && s->on && (!clear_type || vp_msg_peek_type(q->buf, q->len) != clear_type)) {
+		why = "not sealed, in a session whose messages all are";
+		goto bad;
+	}
+	if (vp_msg_decode(buf, len, m, &why))
+		goto bad;
+	return 0;
+bad:
+	refused(r, from, q->len, why);
+	return -1;
 }
 
 /* ---- memory registration ---------------------------------------------- */
@@ -313,7 +451,8 @@ static void on_slab(void *arg, void *base, size_t len)
 		goto out_unlock;
 	}
 	s = &r->slabs[r->nslabs];
-	rc = vp_fab_mr_reg(r->fab, base, len, &s->mr, &s->key, &s->raddr);
+	/* a read target; what peers may read is registered per transfer */
+	rc = vp_fab_mr_reg_local(r->fab, base, len, &s->mr);
 	if (rc) {
 		vp_log(LOG_ERR, "repl", "registering %zu bytes of cache with the fabric: %s",
 		       len, strerror(-rc));
@@ -354,13 +493,24 @@ static void qmsg_append(struct qmsg **head, struct qmsg **tail, struct qmsg *q)
 static void on_recv(void *arg, vp_fab_addr src, const void *msg, size_t len)
 {
 	struct vp_repl *r = arg;
+	int type = vp_msg_peek_type(msg, len);
+	struct qmsg *q;
 
-	(void)src;
-	struct qmsg *q = malloc(sizeof(*q) + len);
-
+	if (type >= 0)
+		type &= ~(int)VP_SESS_SEALED;
+	/* a consumer hears only from peers it knows; a producer hears HELLOs from anyone */
+	if (src == VP_FAB_ADDR_UNKNOWN && (r->consumer || type != VP_MSG_HELLO)) {
+		refused(r, "an address that is not one of our peers", len,
+			r->consumer ? "a consumer takes messages from its producer and relay peers only" :
+			"only a HELLO is taken from an address that did not say HELLO");
+		return;
+	}
+	q = malloc(sizeof(*q) + len);
 	if (!q)
 		return;		/* dropped; the peer's deadlines cover it */
 	q->next = NULL;
+	q->src = src;
+	q->opened = 0;
 	q->len = len;
 	memcpy(q->buf, msg, len);
 	pthread_mutex_lock(&r->lock);
@@ -370,7 +520,14 @@ static void on_recv(void *arg, vp_fab_addr src, const void *msg, size_t len)
 		free(q);
 		return;
 	}
-	if (r->consumer && vp_msg_peek_type(msg, len) == VP_MSG_CHUNKS) {
+	if (type != VP_MSG_CHUNKS && r->in_bytes + len > INBOX_BYTES) {
+		/* a flood: bounded memory; real peers' deadlines cover what is lost */
+		pthread_mutex_unlock(&r->lock);
+		free(q);
+		refused(r, "a peer", len, "the inbox is full");
+		return;
+	}
+	if (r->consumer && type == VP_MSG_CHUNKS) {
 		/* a relay's offer: the fetch of its announce takes it, maybe while busy */
 		while (r->rin_head && r->rin_bytes + len > RELAY_QUEUE_BYTES) {
 			struct qmsg *old = r->rin_head;	/* bounded: the oldest go first */
@@ -385,24 +542,45 @@ static void on_recv(void *arg, vp_fab_addr src, const void *msg, size_t len)
 		r->rin_bytes += len;
 	} else {
 		qmsg_append(&r->in_head, &r->in_tail, q);
+		r->in_bytes += len;
 	}
 	pthread_cond_signal(&r->cond);
 	pthread_mutex_unlock(&r->lock);
 }
 
-static int send_msg(struct vp_repl *r, vp_fab_addr to, struct vp_msg *m)
+/*
+ * Sends an encoded message to `to`, sealed with s when s is on (a
+ * session), plain otherwise.  Repl thread only (it owns the sessions).
+ */
+static int send_raw(struct vp_repl *r, vp_fab_addr to, struct vp_sess *s, const void *buf,
+		    size_t len, double deadline_s)
 {
-	static __thread uint8_t buf[VP_FAB_MAX_MSG];
+	static __thread uint8_t sealed[VP_FAB_MAX_MSG];
+
+	if (s && s->on) {
+		ssize_t n = vp_sess_seal(s, buf, len, sealed, sizeof(sealed));
+
+		if (n < 0)
+			return (int)n;
+		buf = sealed;
+		len = (size_t)n;
+	}
+	return vp_fab_send(r->fab, to, buf, len, deadline_s);
+}
+
+static int send_msg(struct vp_repl *r, vp_fab_addr to, struct vp_sess *s, struct vp_msg *m)
+{
+	static __thread uint8_t buf[ENCODE_MAX];
 	ssize_t n = vp_msg_encode(m, buf, sizeof(buf));
 
 	if (n < 0)
 		return (int)n;
-	return vp_fab_send(r->fab, to, buf, (size_t)n, r->cfg.peer_timeout);
+	return send_raw(r, to, s, buf, (size_t)n, r->cfg.peer_timeout);
 }
 
 static struct qmsg *qmsg_of(struct vp_msg *m)
 {
-	static __thread uint8_t buf[VP_FAB_MAX_MSG];
+	static __thread uint8_t buf[ENCODE_MAX];
 	ssize_t n = vp_msg_encode(m, buf, sizeof(buf));
 	struct qmsg *q;
 
@@ -412,6 +590,8 @@ static struct qmsg *qmsg_of(struct vp_msg *m)
 	if (!q)
 		return NULL;
 	q->next = NULL;
+	q->src = VP_FAB_ADDR_UNKNOWN;
+	q->opened = 0;
 	q->len = (size_t)n;
 	memcpy(q->buf, buf, (size_t)n);
 	return q;
@@ -534,6 +714,9 @@ static uint64_t list_checksum(const uint64_t *hashes, uint32_t n, uint64_t size)
 
 static void pin_free(struct pin *pin, struct vp_gpu *g)
 {
+	for (uint32_t i = 0; i < pin->nmrs; i++)
+		vp_fab_mr_close(pin->mrs[i]);	/* no peer can read it any more */
+	free(pin->mrs);
 	vp_fab_mr_close(pin->dev_mr);
 	vp_gpu_lease_release(g, pin->lease);
 	vp_data_put(pin->data);
@@ -574,6 +757,43 @@ static void serve_from_gpu(struct vp_repl *r, const char *path, uint64_t version
 }
 
 /*
+ * Registers the chunks of a version for remote reads, for as long as the
+ * pin lasts (the consumers' transfer), and fills refs with where they
+ * are.  Each chunk is registered for its file bytes only: the rest of a
+ * last, partial chunk is never readable.  Returns 0 or -errno.
+ */
+static int pin_register(struct vp_repl *r, struct pin *pin, struct vp_data *d, uint64_t size,
+			uint32_t chunk, uint32_t nchunks, const uint64_t *hashes,
+			struct vp_chunk_ref *refs)
+{
+	pin->mrs = calloc(nchunks ? nchunks : 1, sizeof(*pin->mrs));
+	if (!pin->mrs)
+		return -ENOMEM;
+	pin->nmrs = nchunks;
+	for (uint32_t i = 0; i < nchunks; i++) {
+		const void *mem = vp_data_chunk_mem(d, i);
+		uint64_t start = (uint64_t)i * chunk;
+		size_t len = (size_t)(size - start < chunk ? size - start : chunk);
+		int rc;
+
+		refs[i] = (struct vp_chunk_ref){ 0 };
+		if (!mem)
+			continue;	/* a hole */
+		refs[i].hash = hashes[i];
+		if (pin->dev_mr) {	/* the same bytes, in the GPU mirror */
+			refs[i].key = pin->dev_key;
+			refs[i].addr = pin->dev_raddr + start;
+			continue;
+		}
+		rc = vp_fab_mr_reg(r->fab, (void *)mem, len, &pin->mrs[i], &refs[i].key,
+				   &refs[i].addr);
+		if (rc)
+			return rc;
+	}
+	return 0;
+}
+
+/*
  * Encodes the ANNOUNCE messages of a version (several for big files) and
  * queues them on every active peer (or only on one, for a catch-up).
  * Called with no lock held; takes r->lock to queue.
@@ -589,6 +809,7 @@ static int announce(struct vp_repl *r, const char *path, struct vp_data *d,
 	struct pin *pin;
 	unsigned int npeers = 0;
 	uint64_t *hashes = NULL;
+	struct vp_chunk_ref *refs = NULL;
 	int rc;
 
 	if (!m)
@@ -638,32 +859,18 @@ static int announce(struct vp_repl *r, const char *path, struct vp_data *d,
 	pin->since = vp_now();
 	if (r->direct && !preview)
 		serve_from_gpu(r, path, version, size, pin);
+	refs = calloc(nchunks ? nchunks : 1, sizeof(*refs));
+	rc = refs ? pin_register(r, pin, d, size, chunk, nchunks, hashes, refs) : -ENOMEM;
 
 	pthread_mutex_lock(&r->lock);
-	for (uint32_t first = 0; first < nchunks || first == 0; first += VP_PROTO_CHUNKS_PER_MSG) {
+	for (uint32_t first = 0; !rc && (first < nchunks || first == 0);
+	     first += VP_PROTO_CHUNKS_PER_MSG) {
 		uint32_t count = nchunks - first < VP_PROTO_CHUNKS_PER_MSG ?
 			nchunks - first : VP_PROTO_CHUNKS_PER_MSG;
 
 		m->u.announce.first = first;
 		m->u.announce.count = count;
-		for (uint32_t i = 0; i < count; i++) {
-			const void *mem = vp_data_chunk_mem(d, first + i);
-			struct slab_mr *s = mem ? slab_of(r, mem) : NULL;
-
-			if (mem && !s) {
-				rc = -EFAULT;	/* memory the fabric does not know */
-				break;
-			}
-			m->u.announce.chunk[i].key = s ? s->key : 0;
-			m->u.announce.chunk[i].hash = s ? hashes[first + i] : 0;
-			m->u.announce.chunk[i].addr = s ? s->raddr + (uint64_t)((const char *)mem - s->base) : 0;
-			if (s && pin->dev_mr) {	/* the same bytes, in the GPU mirror */
-				m->u.announce.chunk[i].key = pin->dev_key;
-				m->u.announce.chunk[i].addr = pin->dev_raddr + (uint64_t)(first + i) * chunk;
-			}
-		}
-		if (rc)
-			break;
+		memcpy(m->u.announce.chunk, refs + first, count * sizeof(*refs));
 		for (struct peer *p = r->peers; p; p = p->next) {
 			struct qmsg *q;
 
@@ -690,13 +897,15 @@ static int announce(struct vp_repl *r, const char *path, struct vp_data *d,
 		pin = NULL;
 	}
 	free(hashes);
+	free(refs);
 	pthread_cond_signal(&r->cond);
 	pthread_mutex_unlock(&r->lock);
 	if (pin)
 		pin_free(pin, vp_ns_gpu(r->ns));
 	free(m);
-	if (rc == -EFAULT)
-		vp_log(LOG_ERR, "repl", "'%s': cache memory not registered with the fabric; not replicated", path);
+	if (rc)
+		vp_log(LOG_ERR, "repl", "'%s' version %" PRIu64 ": registering its chunks with the fabric: %s; not replicated",
+		       path, version, strerror(-rc));
 	return rc;
 }
 
@@ -855,10 +1064,16 @@ static void topo_update_locked(struct vp_repl *r)
 
 		memset(m, 0, sizeof(*m));
 		m->type = VP_MSG_TOPO;
-		if (j >= k)
+		if (j >= k) {
 			peer_ref_of(&m->u.topo.parent, act[j / k - 1]);
-		for (unsigned int c = (j + 1) * k; c < (j + 2) * k && c < n; c++)
-			peer_ref_of(&m->u.topo.child[m->u.topo.nchildren++], act[c]);
+			edge_key_of(r, act[j / k - 1]->id, p->id, m->u.topo.parent.key);
+		}
+		for (unsigned int c = (j + 1) * k; c < (j + 2) * k && c < n; c++) {
+			struct vp_peer_ref *ref = &m->u.topo.child[m->u.topo.nchildren++];
+
+			peer_ref_of(ref, act[c]);
+			edge_key_of(r, p->id, act[c]->id, ref->key);
+		}
 		ids[0] = m->u.topo.parent.id;
 		for (unsigned int c = 0; c < m->u.topo.nchildren; c++)
 			ids[1 + c] = m->u.topo.child[c].id;
@@ -874,15 +1089,6 @@ static void topo_update_locked(struct vp_repl *r)
 	}
 	free(act);
 	free(m);
-}
-
-static struct peer *peer_find_locked(struct vp_repl *r, uint64_t id)
-{
-	struct peer *p = r->peers;
-
-	while (p && p->id != id)
-		p = p->next;
-	return p;
 }
 
 static void unpin_locked(struct vp_repl *r, int all_for_dead_peer)
@@ -925,72 +1131,143 @@ static void peer_drop_locked(struct vp_repl *r, struct peer *p, const char *why)
 			pin->waiting--;
 	unpin_locked(r, 0);
 	vp_fab_remove(r->fab, p->addr);
+	vp_sess_clear(&p->sess);
 	free(p);
 	if (!r->stop)
 		topo_update_locked(r);	/* its children move up */
 }
 
+static struct peer *peer_by_addr_locked(struct vp_repl *r, vp_fab_addr addr)
+{
+	struct peer *p = r->peers;
+
+	if (addr == VP_FAB_ADDR_UNKNOWN)
+		return NULL;
+	while (p && p->addr != addr)
+		p = p->next;
+	return p;
+}
+
+/*
+ * A HELLO: a consumer starts its handshake.  src is where it came from;
+ * old, the consumer already at that address (it starts again).  The name
+ * in a HELLO is the sender's word: an address that is an authenticated
+ * consumer's is never taken over from another address, and consumers
+ * between HELLO and AUTH are few (MAX_PENDING).
+ */
+static void producer_hello(struct vp_repl *r, const struct vp_msg *m, vp_fab_addr src,
+			   struct peer *old)
+{
+	struct vp_msg reply = { .type = VP_MSG_CHALLENGE };
+	unsigned int pending = 0;
+	struct peer *p, *other;
+	vp_fab_addr addr;
+	int rc;
+
+	if (old) {
+		pthread_mutex_lock(&r->lock);
+		peer_drop_locked(r, old, "it started a new handshake");
+		pthread_mutex_unlock(&r->lock);
+	}
+	rc = vp_fab_insert_name(r->fab, m->u.hello.name, m->u.hello.name_len, &addr);
+	if (rc) {
+		vp_log_limited(&rl_hello, LOG_WARNING, "repl", "a HELLO with an unusable endpoint name (%u bytes) was refused",
+			       m->u.hello.name_len);
+		__atomic_add_fetch(&r->refused, 1, __ATOMIC_RELAXED);
+		return;
+	}
+	pthread_mutex_lock(&r->lock);
+	other = peer_by_addr_locked(r, addr);
+	for (p = r->peers; p; p = p->next)
+		pending += !p->active;
+	if ((src != VP_FAB_ADDR_UNKNOWN && src != addr) || (other && other->active) ||
+	    (!other && pending >= MAX_PENDING)) {
+		pthread_mutex_unlock(&r->lock);
+		vp_fab_remove(r->fab, addr);	/* our reference to that name */
+		__atomic_add_fetch(&r->refused, 1, __ATOMIC_RELAXED);
+		vp_log_limited(&rl_hello, LOG_WARNING, "repl", "a HELLO was refused: %s",
+			       other && other->active ? "it names the address of a subscribed consumer" :
+			       src != VP_FAB_ADDR_UNKNOWN && src != addr ? "it names another address than its own" :
+			       "too many consumers are between HELLO and AUTH");
+		return;
+	}
+	if (other)	/* an unfinished handshake of the same name: this one replaces it */
+		peer_drop_locked(r, other, "a new HELLO came for its address");
+	pthread_mutex_unlock(&r->lock);
+	p = calloc(1, sizeof(*p));
+	if (!p) {
+		vp_fab_remove(r->fab, addr);
+		return;
+	}
+	p->addr = addr;
+	memcpy(p->name, m->u.hello.name, m->u.hello.name_len);
+	p->name_len = m->u.hello.name_len;
+	memcpy(p->nonce_c, m->u.hello.nonce, VP_PROTO_NONCE);
+	RAND_bytes(p->nonce_p, VP_PROTO_NONCE);
+	p->last_heard = vp_now();
+	pthread_mutex_lock(&r->lock);
+	p->id = ++r->next_peer_id;
+	p->next = r->peers;
+	r->peers = p;
+	pthread_mutex_unlock(&r->lock);
+	reply.u.challenge.assigned_id = p->id;
+	memcpy(reply.u.challenge.nonce, p->nonce_p, VP_PROTO_NONCE);
+	mac_of(r, "VPR1-P", p->nonce_c, p->nonce_p, p->id, reply.u.challenge.mac);
+	if (send_msg(r, addr, NULL, &reply))
+		vp_log(LOG_WARNING, "repl", "could not answer a HELLO");
+}
+
 static void producer_handle(struct vp_repl *r, struct qmsg *q)
 {
 	struct vp_msg *m = malloc(sizeof(*m));
-	const char *why = NULL;
+	char from[48];
 	struct peer *p;
 
 	if (!m)
 		return;
-	if (vp_msg_decode(q->buf, q->len, m, &why)) {
-		vp_log(LOG_WARNING, "repl", "malformed message refused (%zu bytes): %s", q->len, why);
+	pthread_mutex_lock(&r->lock);
+	p = peer_by_addr_locked(r, q->src);
+	pthread_mutex_unlock(&r->lock);
+	if (p)
+		snprintf(from, sizeof(from), "consumer %" PRIu64, p->id);
+	else
+		snprintf(from, sizeof(from), "an address that is not a consumer's");
+	if (!vp_sess_is_sealed(q->buf, q->len) && vp_msg_peek_type(q->buf, q->len) == VP_MSG_HELLO) {
+		/* plain, from anyone: a new consumer, or one that starts again from its own address */
+		if (!open_msg(r, NULL, q, m, from, 0))
+			producer_hello(r, m, q->src, p);
+		goto out;
+	}
+	if (!p) {
+		refused(r, from, q->len, "only a HELLO is taken from an address that did not say HELLO");
+		goto out;
+	}
+	if (open_msg(r, &p->sess, q, m, from, 0))
+		goto out;
+	if (m->peer_id != p->id) {	/* the header is a claim; the address is the provider's word */
+		refused(r, from, q->len, "its header names another consumer");
 		goto out;
 	}
 	pthread_mutex_lock(&r->lock);
-	p = peer_find_locked(r, m->peer_id);
-	if (p)
-		p->last_heard = vp_now();
+	p->last_heard = vp_now();
 	switch (m->type) {
-	case VP_MSG_HELLO: {
-		struct vp_msg reply = { .type = VP_MSG_CHALLENGE };
-		vp_fab_addr addr;
-
-		pthread_mutex_unlock(&r->lock);
-		if (vp_fab_insert_name(r->fab, m->u.hello.name, m->u.hello.name_len, &addr)) {
-			vp_log(LOG_WARNING, "repl", "HELLO with an unusable endpoint name refused");
-			goto out;
-		}
-		p = calloc(1, sizeof(*p));
-		if (!p)
-			goto out;
-		p->addr = addr;
-		memcpy(p->name, m->u.hello.name, m->u.hello.name_len);
-		p->name_len = m->u.hello.name_len;
-		memcpy(p->nonce_c, m->u.hello.nonce, VP_PROTO_NONCE);
-		RAND_bytes(p->nonce_p, VP_PROTO_NONCE);
-		p->last_heard = vp_now();
-		pthread_mutex_lock(&r->lock);
-		p->id = ++r->next_peer_id;
-		p->next = r->peers;
-		r->peers = p;
-		pthread_mutex_unlock(&r->lock);
-		reply.u.challenge.assigned_id = p->id;
-		memcpy(reply.u.challenge.nonce, p->nonce_p, VP_PROTO_NONCE);
-		mac_of(r, "VPR1-P", p->nonce_c, p->nonce_p, p->id, reply.u.challenge.mac);
-		if (send_msg(r, addr, &reply))
-			vp_log(LOG_WARNING, "repl", "could not answer a HELLO");
-		goto out;
-	}
 	case VP_MSG_AUTH:
-		if (!p || p->active) {
-			pthread_mutex_unlock(&r->lock);
-			goto out;
-		}
+		if (p->active)
+			break;
 		if (!mac_ok(r, "VPR1-C", p->nonce_p, p->nonce_c, p->id, m->u.auth.mac)) {
 			struct vp_msg no = { .type = VP_MSG_REFUSED };
-			vp_fab_addr addr = p->addr;
 
 			snprintf(no.u.refused.reason, sizeof(no.u.refused.reason),
 				 "authentication failed: the secrets differ");
-			peer_drop_locked(r, p, "it failed authentication (wrong or missing secret_file)");
 			pthread_mutex_unlock(&r->lock);
-			send_msg(r, addr, &no);
+			send_msg(r, p->addr, NULL, &no);	/* before its address goes */
+			pthread_mutex_lock(&r->lock);
+			peer_drop_locked(r, p, "it failed authentication (wrong or missing secret_file)");
+			break;
+		}
+		if (session_derive(r, &p->sess, p->nonce_c, p->nonce_p, p->id, 1)) {
+			peer_drop_locked(r, p, "its session keys could not be derived");
+			pthread_mutex_unlock(&r->lock);
 			goto out;
 		}
 		p->active = 1;
@@ -998,7 +1275,7 @@ static void producer_handle(struct vp_repl *r, struct qmsg *q)
 		{
 			struct vp_msg w = { .type = VP_MSG_WELCOME };
 
-			send_msg(r, p->addr, &w);
+			send_msg(r, p->addr, &p->sess, &w);	/* sealed: the first of the session */
 		}
 		catch_up(r, p);
 		pthread_mutex_lock(&r->lock);
@@ -1006,32 +1283,30 @@ static void producer_handle(struct vp_repl *r, struct qmsg *q)
 		pthread_mutex_unlock(&r->lock);
 		goto out;
 	case VP_MSG_DONE:
-		if (p) {
-			if (m->u.done.seq > p->done_seq)
-				p->done_seq = m->u.done.seq;
-			if (m->u.done.status == 0)
-				p->versions_done++;
-			p->done_at = vp_now();
-			for (struct pin *pin = r->pins; pin; pin = pin->next) {
-				if (pin->seq != m->u.done.seq)
-					continue;
-				if (pin->waiting)
-					pin->waiting--;
-			}
-			p->bytes_out += m->u.done.from_producer;
-			p->bytes_relayed += m->u.done.from_relay;
-			vp_metrics_add(VP_C_BYTES_REPL_OUT, m->u.done.from_producer);
-			unpin_locked(r, 0);
+		if (!p->active)
+			break;
+		if (m->u.done.seq > p->done_seq)
+			p->done_seq = m->u.done.seq;
+		if (m->u.done.status == 0)
+			p->versions_done++;
+		p->done_at = vp_now();
+		for (struct pin *pin = r->pins; pin; pin = pin->next) {
+			if (pin->seq != m->u.done.seq)
+				continue;
+			if (pin->waiting)
+				pin->waiting--;
 		}
+		p->bytes_out += m->u.done.from_producer;
+		p->bytes_relayed += m->u.done.from_relay;
+		vp_metrics_add(VP_C_BYTES_REPL_OUT, m->u.done.from_producer);
+		unpin_locked(r, 0);
 		break;
 	case VP_MSG_HEARTBEAT:
 		break;
 	case VP_MSG_REFUSED:
-		if (p) {
-			vp_log(LOG_WARNING, "repl", "consumer %" PRIu64 " refused us: %s",
-			       p->id, m->u.refused.reason);
-			peer_drop_locked(r, p, "it refused authentication (wrong or missing secret_file on one side)");
-		}
+		vp_log(LOG_WARNING, "repl", "consumer %" PRIu64 " refused us: %s",
+		       p->id, m->u.refused.reason);
+		peer_drop_locked(r, p, "it refused authentication (wrong or missing secret_file on one side)");
 		break;
 	default:
 		vp_log(LOG_DEBUG, "repl", "unexpected %s from consumer %" PRIu64,
@@ -1088,7 +1363,8 @@ static void producer_tick(struct vp_repl *r, double *last_beat)
 			if (!p->out_head)
 				p->out_tail = NULL;
 			pthread_mutex_unlock(&r->lock);
-			rc = vp_fab_send(r->fab, addr, q->buf, q->len, r->cfg.peer_timeout);
+			/* sealed as it goes: sequence numbers in the order of sending */
+			rc = send_raw(r, addr, &p->sess, q->buf, q->len, r->cfg.peer_timeout);
 			free(q);
 			pthread_mutex_lock(&r->lock);
 			if (rc) {
@@ -1100,19 +1376,16 @@ static void producer_tick(struct vp_repl *r, double *last_beat)
 	pthread_mutex_unlock(&r->lock);
 	if (now - *last_beat >= 1.0) {
 		struct vp_msg hb = { .type = VP_MSG_HEARTBEAT };
-		vp_fab_addr addrs[64];
-		unsigned int n = 0;
 
 		*last_beat = now;
 		pthread_mutex_lock(&r->lock);
 		hb.u.heartbeat.latest_seq = r->seq;
-		for (p = r->peers; p && n < 64; p = p->next)
-			if (p->active)
-				addrs[n++] = p->addr;
 		unpin_locked(r, 0);
 		pthread_mutex_unlock(&r->lock);
-		for (unsigned int i = 0; i < n; i++)
-			send_msg(r, addrs[i], &hb);
+		/* only this thread adds or frees peers: the list holds while we send */
+		for (p = r->peers; p; p = p->next)
+			if (p->active)
+				send_msg(r, p->addr, &p->sess, &hb);
 	}
 }
 
@@ -1217,7 +1490,7 @@ static void remove_stale(struct vp_repl *r)
 	vp_ns_snapshot(r->ns, stale_cb, &a);
 	if (a.n && !mount_open(r)) {
 		for (size_t i = a.n; i-- > 0;) {
-			if (unlinkat(r->mnt_fd, a.paths[i], a.types[i] == 0 ? AT_REMOVEDIR : 0) == 0)
+			if (vp_safepath_unlink(r->mnt_fd, a.paths[i], a.types[i] == 0 ? AT_REMOVEDIR : 0) == 0)
 				vp_log(LOG_INFO, "repl", "'%s' was deleted on the producer while we were away; removed",
 				       a.paths[i]);
 		}
@@ -1234,7 +1507,7 @@ static void remove_stale(struct vp_repl *r)
 static void consumer_send(struct vp_repl *r, struct vp_msg *m)
 {
 	m->peer_id = r->my_id;
-	if (send_msg(r, r->producer, m))
+	if (send_msg(r, r->producer, &r->sess, m))
 		vp_log(LOG_DEBUG, "repl", "send of %s to the producer failed", vp_msg_type_name(m->type));
 }
 
@@ -1295,18 +1568,16 @@ static void mount_close(struct vp_repl *r)
 	r->mnt_fd = -1;
 }
 
-/* mkdir -p of path's parents on the mount (as the producer has them). */
+/*
+ * mkdir -p of path's parents on the mount (as the producer has them),
+ * contained: a symlink on the way is not followed (safepath.h).
+ */
 static void make_parents(struct vp_repl *r, const char *path)
 {
-	char buf[PATH_MAX];
+	int rc = vp_safepath_mkparents(r->mnt_fd, path);
 
-	snprintf(buf, sizeof(buf), "%s", path);
-	for (char *s = strchr(buf, '/'); s; s = strchr(s + 1, '/')) {
-		*s = '\0';
-		if (mkdirat(r->mnt_fd, buf, 0755) && errno != EEXIST)
-			vp_log(LOG_DEBUG, "repl", "mkdir '%s': %s", buf, strerror(errno));
-		*s = '/';
-	}
+	if (rc)
+		vp_log(LOG_DEBUG, "repl", "the directories of '%s': %s", path, strerror(-rc));
 }
 
 /*
@@ -1331,13 +1602,11 @@ static int install(struct vp_repl *r, const char *path, struct vp_data *d,
 		snprintf(hidden, sizeof(hidden), ".viperfs-incoming/%" PRIu64, seq);
 		rc = vp_ns_install_hidden(r->ns, hidden + strlen(".viperfs-incoming/"),
 					  d, version, mode);
-		if (!rc && renameat(r->mnt_fd, hidden, r->mnt_fd, path)) {
-			rc = -errno;
-			unlinkat(r->mnt_fd, hidden, 0);	/* do not keep its bytes around */
-		}
+		if (!rc && (rc = vp_safepath_rename(r->mnt_fd, hidden, path)))
+			vp_safepath_unlink(r->mnt_fd, hidden, 0);	/* do not keep its bytes around */
 		vp_ns_installed(r->ns);	/* the kernel shows the new file: tell watch and wait */
 		if (!rc) {
-			fd = openat(r->mnt_fd, path, O_WRONLY | O_CLOEXEC | O_NOFOLLOW);
+			fd = vp_safepath_open(r->mnt_fd, path, O_WRONLY, 0);
 			if (fd >= 0)
 				close(fd);
 		}
@@ -1346,10 +1615,9 @@ static int install(struct vp_repl *r, const char *path, struct vp_data *d,
 	}
 	rc = vp_ns_stage_install(r->ns, path, d, version, mode);
 	if (!rc) {
-		fd = openat(r->mnt_fd, path, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW,
-			    (mode_t)(mode & 07777));
+		fd = vp_safepath_open(r->mnt_fd, path, O_WRONLY | O_CREAT, (mode_t)(mode & 07777));
 		if (fd < 0)
-			rc = -errno;
+			rc = fd;
 		else if (close(fd))
 			rc = -errno;
 		vp_ns_unstage_install(r->ns, path);
@@ -1371,11 +1639,23 @@ static int newer_queued(struct vp_repl *r, const char *path, uint64_t version)
 		return 0;
 	pthread_mutex_lock(&r->lock);
 	for (struct qmsg *q = r->in_head; q && !found; q = q->next) {
-		if (vp_msg_decode(q->buf, q->len, m, NULL) == 0 &&
+		static __thread uint8_t plain[VP_FAB_MAX_MSG];
+		struct vp_sess peek = r->sess;	/* a copy: the real one opens it later */
+		const void *buf = q->buf;
+		ssize_t len = (ssize_t)q->len;
+
+		if (q->src != r->producer)
+			continue;
+		if (peek.on && (len = vp_sess_open(&peek, q->buf, q->len, plain, sizeof(plain), NULL)) < 0)
+			continue;
+		if (peek.on)
+			buf = plain;
+		if (vp_msg_decode(buf, (size_t)len, m, NULL) == 0 &&
 		    m->type == VP_MSG_ANNOUNCE && m->u.announce.first == 0 &&
 		    !(m->u.announce.flags & VP_ANNOUNCE_PREVIEW) &&
 		    m->u.announce.version > version && !strcmp(m->u.announce.path, path))
 			found = 1;
+		vp_sess_clear(&peek);
 	}
 	pthread_mutex_unlock(&r->lock);
 	free(m);
@@ -1393,17 +1673,101 @@ static uint64_t chunk_len(const announce_t *a, uint32_t i)
 	return len > a->chunk_size ? a->chunk_size : len;
 }
 
-/* Sends m to another consumer of the tree, with a short deadline. */
-static int relay_send(struct vp_repl *r, vp_fab_addr to, struct vp_msg *m)
+/* Sends m to another consumer of the tree, sealed with the edge's session, with a short deadline. */
+static int relay_send(struct vp_repl *r, vp_fab_addr to, struct vp_sess *s, struct vp_msg *m)
 {
-	static __thread uint8_t buf[VP_FAB_MAX_MSG];
+	static __thread uint8_t buf[ENCODE_MAX];
 	ssize_t n;
 
 	m->peer_id = r->my_id;
 	n = vp_msg_encode(m, buf, sizeof(buf));
 	if (n < 0)
 		return (int)n;
-	return vp_fab_send(r->fab, to, buf, (size_t)n, RELAY_SEND_S);
+	return send_raw(r, to, s, buf, (size_t)n, RELAY_SEND_S);
+}
+
+/* ---- chunks exposed to relay children ----------------------------------- */
+
+static struct exposure *expose_find(struct vp_repl *r, const void *mem)
+{
+	for (size_t i = 0; i < r->nexpo; i++)
+		if (r->expo[i].mem == mem)
+			return &r->expo[i];
+	return NULL;
+}
+
+/*
+ * Registers a checked chunk of announce seq for our children's remote
+ * reads (its file bytes only), or finds its registration; *key and *addr
+ * are what an offer names.  The registration lasts until the announce's
+ * relay pin goes (unexpose_seq) or the chunk does (unexpose_mem): chunk
+ * memory goes back to the pool only after that.  Returns 0 or -errno.
+ */
+static int expose(struct vp_repl *r, void *mem, size_t len, uint64_t seq, uint64_t *key,
+		  uint64_t *addr)
+{
+	struct exposure *e = expose_find(r, mem);
+	int rc;
+
+	if (e && e->len == len) {
+		e->seq = seq;
+		*key = e->key;
+		*addr = e->raddr;
+		return 0;
+	}
+	if (e)
+		return -EINVAL;		/* the same chunk, another length: not offered */
+	if (r->nexpo == r->cap_expo) {
+		size_t cap = r->cap_expo ? r->cap_expo * 2 : 64;
+		struct exposure *more = realloc(r->expo, cap * sizeof(*more));
+
+		if (!more)
+			return -ENOMEM;
+		r->expo = more;
+		r->cap_expo = cap;
+	}
+	e = &r->expo[r->nexpo];
+	rc = vp_fab_mr_reg(r->fab, mem, len, &e->mr, &e->key, &e->raddr);
+	if (rc)
+		return rc;
+	e->mem = mem;
+	e->len = len;
+	e->seq = seq;
+	r->nexpo++;
+	*key = e->key;
+	*addr = e->raddr;
+	return 0;
+}
+
+static void unexpose_at(struct vp_repl *r, size_t i)
+{
+	vp_fab_mr_close(r->expo[i].mr);
+	r->expo[i] = r->expo[--r->nexpo];
+}
+
+/* Our children can no longer read the chunks of announce seq (0: of any). */
+static void unexpose_seq(struct vp_repl *r, uint64_t seq)
+{
+	for (size_t i = r->nexpo; i-- > 0;)
+		if (!seq || r->expo[i].seq == seq)
+			unexpose_at(r, i);
+}
+
+/* ... nor the chunk at mem (it goes back to the pool, or elsewhere). */
+static void unexpose_mem(struct vp_repl *r, const void *mem)
+{
+	for (size_t i = r->nexpo; i-- > 0;)
+		if (r->expo[i].mem == mem)
+			unexpose_at(r, i);
+}
+
+/* The chunk at mem now belongs to announce seq (a preview's chunk, taken by its version). */
+static void expose_reseq(struct vp_repl *r, const void *mem, uint64_t seq)
+{
+	struct exposure *e = expose_find(r, mem);
+
+	if (e)
+		e->seq = seq;
 }
 
 /* Starts the offers of announce a to our children. */
@@ -1432,7 +1796,7 @@ static void offer_flush(struct vp_repl *r, int last)
 
 		if (c->dead)
 			continue;
-		if (relay_send(r, c->addr, o)) {
+		if (relay_send(r, c->addr, &c->sess, o)) {
 			c->dead = 1;
 			vp_log(LOG_WARNING, "repl", "relay: consumer %" PRIu64 " does not take our offers; it reads from the producer until the tree changes",
 			       c->id);
@@ -1445,17 +1809,17 @@ static void offer_flush(struct vp_repl *r, int last)
 static void offer_chunk(struct vp_repl *r, const announce_t *a, uint32_t i, const void *mem)
 {
 	struct vp_chunk_offer *c;
-	struct slab_mr *s;
+	uint64_t key, addr;
 
 	if (!r->nchildren || !(a->flags & VP_ANNOUNCE_RELAY) || !mem)
 		return;
 	offer_begin(r, a);
-	if (!r->offer || !(s = slab_of(r, mem)))
+	if (!r->offer || expose(r, (void *)mem, (size_t)chunk_len(a, i), a->seq, &key, &addr))
 		return;
 	c = &r->offer->u.chunks.chunk[r->offer->u.chunks.count++];
 	c->idx = i;
-	c->addr = s->raddr + (uint64_t)((const char *)mem - s->base);
-	c->key = s->key;
+	c->addr = addr;
+	c->key = key;
 	if (r->offer->u.chunks.count == VP_PROTO_CHUNKS_PER_MSG)
 		offer_flush(r, 0);
 }
@@ -1476,14 +1840,17 @@ static void chunk_ready(struct vp_repl *r, const announce_t *a, uint32_t i, cons
 	consumer_beat(r);
 }
 
-/* Keeps d (announce seq) for the children we offered it to, until they are done. */
-static void rpin_add(struct vp_repl *r, uint64_t seq, struct vp_data *d)
+/*
+ * Keeps d (announce seq) for the children we offered it to, until they
+ * are done; its chunks stay exposed as long.  Returns 1 if it did.
+ */
+static int rpin_add(struct vp_repl *r, uint64_t seq, struct vp_data *d)
 {
 	struct relay_pin *pin;
 	unsigned int n = 0;
 
 	if (!r->nchildren || !(pin = calloc(1, sizeof(*pin))))
-		return;
+		return 0;
 	for (unsigned int i = 0; i < r->nchildren; i++)
 		if (!r->children[i].dead)
 			pin->waiting[n++] = r->children[i].id;
@@ -1492,6 +1859,7 @@ static void rpin_add(struct vp_repl *r, uint64_t seq, struct vp_data *d)
 	pin->since = vp_now();
 	pin->next = r->rpins;
 	r->rpins = pin;
+	return 1;
 }
 
 /* Lets go of relay pins no child waits on (all: every pin). */
@@ -1508,6 +1876,7 @@ static void rpin_sweep(struct vp_repl *r, int all)
 			waiting |= pin->waiting[i] != 0;
 		if (all || !waiting || now - pin->since > RELAY_PIN_TIMEOUT) {
 			*pp = pin->next;
+			unexpose_seq(r, pin->seq);	/* before its chunks can go */
 			vp_data_put(pin->data);
 			free(pin);
 		} else {
@@ -1540,7 +1909,7 @@ static void relay_end(struct vp_repl *r, const announce_t *a)
 		struct vp_msg m = { .type = VP_MSG_RELAY_DONE };
 
 		m.u.relay_done.seq = a->seq;
-		relay_send(r, r->parent_addr, &m);
+		relay_send(r, r->parent_addr, &r->parent_sess, &m);
 	}
 }
 
@@ -1578,10 +1947,12 @@ static void relay_topo(struct vp_repl *r, const struct vp_msg *m)
 	unsigned int n = 0;
 
 	if (par->id != r->parent_id || par->name_len != r->parent_name_len ||
-	    memcmp(par->name, r->parent_name, par->name_len)) {
+	    memcmp(par->name, r->parent_name, par->name_len) ||
+	    memcmp(par->key, r->parent_key, VP_PROTO_EDGE_KEY)) {
 		if (r->parent_id)
 			vp_fab_remove(r->fab, r->parent_addr);
 		r->parent_id = 0;
+		vp_sess_clear(&r->parent_sess);
 		rin_clear(r);
 		if (par->id && vp_fab_insert_name(r->fab, par->name, par->name_len, &r->parent_addr)) {
 			vp_log(LOG_WARNING, "repl", "relay: consumer %" PRIu64 " has an unusable endpoint name; reading from the producer",
@@ -1590,6 +1961,8 @@ static void relay_topo(struct vp_repl *r, const struct vp_msg *m)
 			r->parent_id = par->id;
 			memcpy(r->parent_name, par->name, par->name_len);
 			r->parent_name_len = par->name_len;
+			memcpy(r->parent_key, par->key, VP_PROTO_EDGE_KEY);
+			edge_session(r, &r->parent_sess, par->key, par->id, r->my_id, 0);
 		}
 		if (r->parent_id)
 			vp_log(LOG_NOTICE, "repl", "relay: reading new versions from consumer %" PRIu64 ", the producer serving what it does not offer within %.1f s",
@@ -1606,7 +1979,8 @@ static void relay_topo(struct vp_repl *r, const struct vp_msg *m)
 			struct relay_child *old = &r->children[j];
 
 			if (old->id == c->id && old->name_len == c->name_len &&
-			    !memcmp(old->name, c->name, c->name_len)) {
+			    !memcmp(old->name, c->name, c->name_len) &&
+			    !memcmp(old->key, c->key, VP_PROTO_EDGE_KEY)) {
 				*k = *old;
 				k->dead = 0;
 				old->id = 0;	/* moved */
@@ -1623,6 +1997,8 @@ static void relay_topo(struct vp_repl *r, const struct vp_msg *m)
 			k->id = c->id;
 			memcpy(k->name, c->name, c->name_len);
 			k->name_len = c->name_len;
+			memcpy(k->key, c->key, VP_PROTO_EDGE_KEY);
+			edge_session(r, &k->sess, c->key, r->my_id, c->id, 1);
 			vp_log(LOG_NOTICE, "repl", "relay: serving consumer %" PRIu64 " the chunks we receive", c->id);
 		}
 		n++;
@@ -1631,6 +2007,7 @@ static void relay_topo(struct vp_repl *r, const struct vp_msg *m)
 		if (r->children[j].id) {	/* left the tree, or moved */
 			rpin_done(r, r->children[j].id, 0);
 			vp_fab_remove(r->fab, r->children[j].addr);
+			vp_sess_clear(&r->children[j].sess);
 		}
 	memcpy(r->children, kids, n * sizeof(kids[0]));
 	r->nchildren = n;
@@ -1657,6 +2034,7 @@ static void quarantine(struct vp_repl *r, void *mem)
 {
 	void **q = realloc(r->quarantine, (r->nquarantine + 1) * sizeof(*q));
 
+	unexpose_mem(r, mem);
 	if (!q)
 		return;		/* leaked rather than reused */
 	r->quarantine = q;
@@ -1712,17 +2090,28 @@ static int relay_take_offers(struct vp_repl *r, const announce_t *a, const int32
 
 		list = q->next;
 		q->next = NULL;
-		if (vp_msg_decode(q->buf, q->len, m, &why)) {
-			vp_log(LOG_WARNING, "repl", "malformed relay message refused (%zu bytes): %s",
-			       q->len, why);
-		} else if (m->peer_id == r->parent_id && c->seq > a->seq) {
-			*later_tail = q;	/* for an announce still ahead */
-			later_tail = &q->next;
-			later_last = q;
-			later_bytes += q->len;
+		(void)why;
+		if (!r->parent_id || q->src != r->parent_addr) {
+			refused(r, "a consumer that is not our relay", q->len, "only our relay offers chunks");
+		} else if (open_msg(r, &r->parent_sess, q, m, "our relay", 0)) {
+			;	/* refused */
+		} else if (m->type != VP_MSG_CHUNKS || m->peer_id != r->parent_id) {
+			refused(r, "our relay", q->len, "not an offer of its own");
+		} else if (c->seq > a->seq) {
+			/* for an announce still ahead: back, opened (its seal is spent) */
+			struct qmsg *o = qmsg_of(m);
+
+			free(q);
+			if (!o)
+				continue;
+			o->src = r->parent_addr;
+			o->opened = 1;
+			*later_tail = o;
+			later_tail = &o->next;
+			later_last = o;
+			later_bytes += o->len;
 			continue;
-		} else if (m->peer_id == r->parent_id && c->seq == a->seq &&
-			   c->nchunks == a->nchunks) {
+		} else if (c->seq == a->seq && c->nchunks == a->nchunks) {
 			for (uint32_t o = 0; o < c->count; o++) {
 				int32_t k = pos[c->chunk[o].idx];
 
@@ -1990,8 +2379,10 @@ static void prefetch_drop(struct vp_repl *r, struct prefetch *pf)
 	if (*pp)
 		*pp = pf->next;
 	for (uint32_t i = 0; i < pf->n; i++)
-		if (pf->mem[i])
+		if (pf->mem[i]) {
+			unexpose_mem(r, pf->mem[i]);	/* a preview's chunks were offered too */
 			vp_pool_put_chunk(r->pool, pf->mem[i]);
+		}
 	free(pf->mem);
 	free(pf->hash);
 	free(pf->path);
@@ -2137,6 +2528,12 @@ static void stage_unregister(struct vp_repl *r, int rc)
 	r->gst_mr = NULL;
 }
 
+/* The largest file we take from the network. */
+static uint64_t max_file_size(struct vp_repl *r)
+{
+	return r->cfg.ram_cache;
+}
+
 static void consumer_announce(struct vp_repl *r, struct vp_msg *m)
 {
 	typeof(m->u.announce) *a = &m->u.announce;
@@ -2147,9 +2544,27 @@ static void consumer_announce(struct vp_repl *r, struct vp_msg *m)
 	uint32_t *fetched = NULL, bad = 0;
 	size_t nreq = 0;
 	double t0, t_in;
-	int rc = 0;
+	int rc = 0, pinned = 0;
 
 	if (a->first == 0) {
+		uint64_t max = max_file_size(r);
+
+		/*
+		 * Sizes are checked before anything is allocated for them: our
+		 * chunk is the unit of every read, and a file has a quota.
+		 */
+		if (a->chunk_size != vp_pool_chunk_size(r->pool) || a->size > max) {
+			vp_log_limited(&rl_announce, LOG_ERR, "repl", "'%s' version %" PRIu64 " refused: %s (%" PRIu64 " bytes; %s %" PRIu64 ")",
+				       a->path, a->version,
+				       a->size > max ? "larger than max_file_size" : "its chunk size is not ours",
+				       a->size > max ? a->size : (uint64_t)a->chunk_size,
+				       a->size > max ? "the limit is" : "ours is",
+				       a->size > max ? max : (uint64_t)vp_pool_chunk_size(r->pool));
+			__atomic_add_fetch(&r->refused, 1, __ATOMIC_RELAXED);
+			say_done(r, a->seq, a->version, a->size > max ? -EFBIG : -EPROTO);
+			free(m);
+			return;
+		}
 		seen_add(r, a->path);
 		free(r->asm_msg);
 		free(r->asm_refs);
@@ -2159,9 +2574,13 @@ static void consumer_announce(struct vp_repl *r, struct vp_msg *m)
 		if (!r->asm_refs)
 			goto drop;
 	} else if (!r->asm_msg || strcmp(r->asm_msg->u.announce.path, a->path) ||
-		   r->asm_msg->u.announce.seq != a->seq || a->first != r->asm_got) {
+		   r->asm_msg->u.announce.seq != a->seq || a->first != r->asm_got ||
+		   r->asm_msg->u.announce.nchunks != a->nchunks ||
+		   r->asm_msg->u.announce.size != a->size ||
+		   r->asm_msg->u.announce.chunk_size != a->chunk_size ||
+		   r->asm_msg->u.announce.version != a->version) {
 		free(m);
-		return;		/* a piece of an announce we dropped */
+		return;		/* a piece of an announce we dropped (or not of this one) */
 	}
 	memcpy(r->asm_refs + a->first, a->chunk, a->count * sizeof(*a->chunk));
 	r->asm_got += a->count;
@@ -2243,6 +2662,7 @@ static void consumer_announce(struct vp_repl *r, struct vp_msg *m)
 		    pf->hash[i] == r->asm_refs[i].hash) {
 			mem[i] = pf->mem[i];	/* fetched while the file was written */
 			pf->mem[i] = NULL;
+			expose_reseq(r, mem[i], a->seq);	/* offered as a preview: this announce's now */
 			streamed += len;
 			vp_gpu_stage_copy(r->gst, start, mem[i], (size_t)len);
 			continue;
@@ -2272,6 +2692,12 @@ static void consumer_announce(struct vp_repl *r, struct vp_msg *m)
 	}
 	if (rc)
 		goto fail;
+	if (a->nchunks && a->size % a->chunk_size && mem[a->nchunks - 1]) {
+		/* pool chunks are reused: nothing of an older file past the end */
+		size_t tail = (size_t)(a->size % a->chunk_size);
+
+		memset((char *)mem[a->nchunks - 1] + tail, 0, a->chunk_size - tail);
+	}
 	d = vp_data_adopt(r->pool, mem, a->nchunks, a->size);
 	free(mem);	/* the chunks are adopted, also on failure; the array is ours */
 	mem = NULL;
@@ -2295,7 +2721,7 @@ static void consumer_announce(struct vp_repl *r, struct vp_msg *m)
 	}
 	r->installed++;
 	if ((a->flags & VP_ANNOUNCE_RELAY) && r->nchildren)
-		rpin_add(r, a->seq, d);		/* our children may still read it */
+		pinned = rpin_add(r, a->seq, d);	/* our children may still read it */
 	vp_metrics_notify_latency(vp_now() - t_in);
 	vp_metrics_add(VP_C_VERSIONS, 1);
 	vp_log(LOG_INFO, "repl", "'%s' version %" PRIu64 " installed (%" PRIu64 " bytes in %.3f s after its announce; %" PRIu64 " fetched while it was written, %" PRIu64 " unchanged, %" PRIu64 " from the relay)",
@@ -2311,6 +2737,8 @@ out_free:
 	vp_gpu_stage_abort(r->gst);
 	r->gst = NULL;
 	relay_end(r, a);
+	if (!pinned && !(a->flags & VP_ANNOUNCE_PREVIEW))
+		unexpose_seq(r, a->seq);	/* before its chunks go (a preview's stay with it) */
 	if (mem)
 		for (uint32_t i = 0; i < a->nchunks; i++)
 			if (mem[i])
@@ -2342,32 +2770,34 @@ static void consumer_op(struct vp_repl *r, const struct vp_msg *m)
 	    m->u.op.kind == VP_OP_KEEP)
 		seen_add(r, p);
 	switch (m->u.op.kind) {
+	/* every path is contained beneath the mount: no symlink on the way is followed */
 	case VP_OP_MKDIR:
 		make_parents(r, p);
-		if (mkdirat(r->mnt_fd, p, (mode_t)m->u.op.mode) && errno != EEXIST)
-			rc = -errno;
+		rc = vp_safepath_mkdir(r->mnt_fd, p, (mode_t)m->u.op.mode);
+		if (rc == -EEXIST)
+			rc = 0;
 		break;
-	case VP_OP_SYMLINK:
+	case VP_OP_SYMLINK:	/* the target is data: stored as sent, never followed here */
 		make_parents(r, p);
-		unlinkat(r->mnt_fd, p, 0);
-		if (symlinkat(p2, r->mnt_fd, p))
-			rc = -errno;
+		vp_safepath_unlink(r->mnt_fd, p, 0);
+		rc = vp_safepath_symlink(r->mnt_fd, p2, p);
 		break;
 	case VP_OP_RENAME:
 		make_parents(r, p2);
-		if (renameat(r->mnt_fd, p, r->mnt_fd, p2) && errno != ENOENT)
-			rc = -errno;
+		rc = vp_safepath_rename(r->mnt_fd, p, p2);
+		if (rc == -ENOENT)
+			rc = 0;
 		break;
 	case VP_OP_UNLINK:
-		if (unlinkat(r->mnt_fd, p, 0))
-			rc = -errno;
+		rc = vp_safepath_unlink(r->mnt_fd, p, 0);
 		vp_log(LOG_DEBUG, "repl", "unlink '%s': %s", p, rc ? strerror(-rc) : "done");
 		if (rc == -ENOENT)
 			rc = 0;
 		break;
 	case VP_OP_RMDIR:
-		if (unlinkat(r->mnt_fd, p, AT_REMOVEDIR) && errno != ENOENT)
-			rc = -errno;
+		rc = vp_safepath_unlink(r->mnt_fd, p, AT_REMOVEDIR);
+		if (rc == -ENOENT)
+			rc = 0;
 		break;
 	case VP_OP_KEEP:
 		break;
@@ -2380,21 +2810,36 @@ static void consumer_op(struct vp_repl *r, const struct vp_msg *m)
 static void consumer_handle(struct vp_repl *r, struct qmsg *q)
 {
 	struct vp_msg *m = malloc(sizeof(*m));
-	const char *why = NULL;
 
 	if (!m)
 		return;
-	if (vp_msg_decode(q->buf, q->len, m, &why)) {
-		vp_log(LOG_WARNING, "repl", "malformed message from the producer refused (%zu bytes): %s",
-		       q->len, why);
-		free(m);
-		return;
-	}
-	if (m->peer_id == 0)
-		r->last_heard = vp_now();	/* the producer; other consumers are relays */
-	else if (m->type != VP_MSG_RELAY_DONE) {
-		free(m);	/* only relay children speak to a consumer */
-		return;
+	if (q->src == r->producer) {
+		/* with a secret, sealed from WELCOME on; a REFUSED may answer our AUTH plain */
+		if (open_msg(r, &r->sess, q, m, "the producer", r->state == 2 ? VP_MSG_REFUSED : 0))
+			goto out;
+		if (m->peer_id != 0 || m->type == VP_MSG_RELAY_DONE) {
+			refused(r, "the producer", q->len, "its header names a consumer");
+			goto out;
+		}
+		r->last_heard = vp_now();
+	} else {
+		/* only relay children speak to a consumer, each on its edge's session */
+		struct relay_child *c = NULL;
+
+		for (unsigned int i = 0; i < r->nchildren && !c; i++)
+			if (r->children[i].addr == q->src)
+				c = &r->children[i];
+		if (!c) {
+			refused(r, "an address that is not our producer or a relay child", q->len,
+				"a consumer takes messages from its producer and relay peers only");
+			goto out;
+		}
+		if (open_msg(r, &c->sess, q, m, "a relay child", 0))
+			goto out;
+		if (m->type != VP_MSG_RELAY_DONE || m->peer_id != c->id) {
+			refused(r, "a relay child", q->len, "a child only says RELAY_DONE, as itself");
+			goto out;
+		}
 	}
 	switch (m->type) {
 	case VP_MSG_CHALLENGE: {
@@ -2418,7 +2863,11 @@ static void consumer_handle(struct vp_repl *r, struct qmsg *q)
 		r->my_id = m->u.challenge.assigned_id;
 		mac_of(r, "VPR1-C", m->u.challenge.nonce, r->nonce_c, r->my_id, reply.u.auth.mac);
 		r->state = 2;
-		consumer_send(r, &reply);
+		consumer_send(r, &reply);	/* plain: the last message before the session */
+		if (session_derive(r, &r->sess, r->nonce_c, m->u.challenge.nonce, r->my_id, 0)) {
+			vp_log(LOG_ERR, "repl", "cannot derive the session keys; not subscribing");
+			r->state = 0;
+		}
 		break;
 	}
 	case VP_MSG_WELCOME:
@@ -2435,6 +2884,7 @@ static void consumer_handle(struct vp_repl *r, struct qmsg *q)
 	case VP_MSG_REFUSED:
 		vp_log(LOG_ERR, "repl", "the producer refused us: %s", m->u.refused.reason);
 		r->state = 0;
+		vp_sess_clear(&r->sess);
 		break;
 	case VP_MSG_ANNOUNCE:
 		if (r->state == 3) {
@@ -2461,6 +2911,7 @@ static void consumer_handle(struct vp_repl *r, struct qmsg *q)
 	default:
 		break;
 	}
+out:
 	free(m);
 }
 
@@ -2501,6 +2952,7 @@ static void consumer_tick(struct vp_repl *r)
 		vp_log(LOG_WARNING, "repl", "the producer at '%s' is silent for %.0f s; keeping the last complete versions and reconnecting",
 		       r->cfg.subscribe, now - r->last_heard);
 		r->state = 0;
+		vp_sess_clear(&r->sess);
 	}
 	if (r->state < 3 && now - r->last_hello >= 1.0) {
 		struct vp_msg m = { .type = VP_MSG_HELLO };
@@ -2513,6 +2965,7 @@ static void consumer_tick(struct vp_repl *r)
 			m.u.hello.name_len = (uint16_t)n;
 			r->state = 1;
 			r->my_id = 0;
+			vp_sess_clear(&r->sess);	/* a new handshake, a new session */
 			consumer_send(r, &m);
 		}
 	}
@@ -2544,6 +2997,7 @@ static void *repl_main(void *arg)
 			r->in_head = q->next;
 			if (!r->in_head)
 				r->in_tail = NULL;
+			r->in_bytes -= q->len;
 			pthread_mutex_unlock(&r->lock);
 			if (r->consumer) {
 				consumer_handle(r, q);
@@ -2721,6 +3175,8 @@ void vp_repl_free(struct vp_repl *r)
 	}
 	r->in_tail = NULL;
 	pthread_mutex_unlock(&r->lock);
+	unexpose_seq(r, 0);
+	free(r->expo);
 	for (unsigned int i = 0; i < r->nslabs; i++)
 		vp_fab_mr_close(r->slabs[i].mr);
 	for (size_t i = 0; i < r->ndead_mrs; i++)
@@ -2739,6 +3195,11 @@ void vp_repl_free(struct vp_repl *r)
 		prefetch_drop(r, r->prefetch);
 	seen_clear(r);
 	free(r->seen);
+	vp_sess_clear(&r->sess);
+	vp_sess_clear(&r->parent_sess);
+	for (unsigned int i = 0; i < r->nchildren; i++)
+		vp_sess_clear(&r->children[i].sess);
+	OPENSSL_cleanse(r->secret, sizeof(r->secret));
 	pthread_cond_destroy(&r->cond);
 	pthread_mutex_destroy(&r->lock);
 	pthread_mutex_destroy(&r->slab_lock);
@@ -2783,16 +3244,20 @@ void vp_repl_status_json(struct vp_repl *r, FILE *out)
 		for (unsigned int i = 0; i < r->pub.nchildren; i++)
 			fprintf(out, "%s%" PRIu64, i ? "," : "", r->pub.children[i]);
 		fprintf(out, "],\"bytes_from_relay\":%" PRIu64 ",\"bytes_relay_fallback\":%" PRIu64 "}"
-			",\"gpu_path\":\"%s\",\"bytes_gpu_direct\":%" PRIu64 "}",
+			",\"gpu_path\":\"%s\",\"bytes_gpu_direct\":%" PRIu64 ",\"sealed\":%s"
+			",\"refused_messages\":%" PRIu64 "}",
 			r->pub.bytes_relay_in, r->pub.bytes_relay_fallback, gpu_path(r),
-			r->pub.bytes_direct_in);
+			r->pub.bytes_direct_in, r->secret_len ? "true" : "false",
+			__atomic_load_n(&r->refused, __ATOMIC_RELAXED));
 	} else {
 		int first = 1;
 
 		fprintf(out, "{\"role\":\"producer\",\"provider\":\"%s\",\"listen\":\"%s\",\"seq\":%" PRIu64
-			",\"gpu_path\":\"%s\",\"gpu_versions_out\":%" PRIu64 ",\"gpu_bytes_out\":%" PRIu64 ",\"peers\":[",
+			",\"gpu_path\":\"%s\",\"gpu_versions_out\":%" PRIu64 ",\"gpu_bytes_out\":%" PRIu64
+			",\"sealed\":%s,\"refused_messages\":%" PRIu64 ",\"peers\":[",
 			vp_fab_provider(r->fab), r->cfg.listen, r->seq, gpu_path(r),
-			r->gpu_versions_out, r->gpu_bytes_out);
+			r->gpu_versions_out, r->gpu_bytes_out, r->secret_len ? "true" : "false",
+			__atomic_load_n(&r->refused, __ATOMIC_RELAXED));
 		for (struct peer *p = r->peers; p; p = p->next) {
 			fprintf(out, "%s{\"id\":%" PRIu64 ",\"state\":\"%s\",\"active\":%s,\"done_seq\":%" PRIu64
 				",\"lag\":%" PRIu64 ",\"lag_s\":%.6f,\"versions_done\":%" PRIu64
@@ -2817,6 +3282,10 @@ void vp_repl_metrics(struct vp_repl *r, FILE *out)
 	if (!r)
 		return;
 	pthread_mutex_lock(&r->lock);
+	fputs("# HELP viperfs_repl_refused_messages_total Replication messages refused: from addresses that are not peers, unsealed, forged, replayed, malformed, or over a limit.\n"
+	      "# TYPE viperfs_repl_refused_messages_total counter\n", out);
+	fprintf(out, "viperfs_repl_refused_messages_total %" PRIu64 "\n",
+		__atomic_load_n(&r->refused, __ATOMIC_RELAXED));
 	if (r->consumer) {
 		fputs("# HELP viperfs_producer_up 1 while this consumer is subscribed to its producer.\n"
 		      "# TYPE viperfs_producer_up gauge\n", out);

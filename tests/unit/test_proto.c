@@ -144,7 +144,7 @@ static void m_offer_idx(uint8_t *b, size_t n) { (void)n; b[VP_PROTO_HDR + 20] = 
 static void m_offer_key(uint8_t *b, size_t n) { (void)n; memset(b + VP_PROTO_HDR + 32, 0, 8); }
 static void m_chunks_flags(uint8_t *b, size_t n) { (void)n; b[VP_PROTO_HDR + 12] = 6; }
 /* TOPO: parent id 8, name length 2, name, then the child count */
-static void m_topo_count(uint8_t *b, size_t n) { (void)n; b[VP_PROTO_HDR + 8 + 2 + 5] = 9; }
+static void m_topo_count(uint8_t *b, size_t n) { (void)n; b[VP_PROTO_HDR + 8 + 2 + 5 + VP_PROTO_EDGE_KEY] = 9; }
 static void m_topo_noname(uint8_t *b, size_t n)
 {
 	(void)n;
@@ -160,6 +160,7 @@ static void test_relay_messages(void **state)
 	m->u.topo.parent.id = 5;
 	m->u.topo.parent.name_len = 5;
 	memcpy(m->u.topo.parent.name, "abcde", 5);
+	memset(m->u.topo.parent.key, 0x42, VP_PROTO_EDGE_KEY);
 	m->u.topo.nchildren = 2;
 	for (int i = 0; i < 2; i++) {
 		m->u.topo.child[i].id = 10 + (uint64_t)i;
@@ -169,6 +170,7 @@ static void test_relay_messages(void **state)
 	d = roundtrip(m);
 	assert_int_equal(d->u.topo.parent.id, 5);
 	assert_memory_equal(d->u.topo.parent.name, "abcde", 5);
+	assert_memory_equal(d->u.topo.parent.key, m->u.topo.parent.key, VP_PROTO_EDGE_KEY);
 	assert_int_equal(d->u.topo.nchildren, 2);
 	assert_int_equal(d->u.topo.child[1].id, 11);
 	assert_memory_equal(d->u.topo.child[1].name, m->u.topo.child[1].name, 16);
