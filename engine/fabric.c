@@ -495,7 +495,7 @@ int vp_fab_mr_reg_dev(struct vp_fab *fab, void *buf, size_t len, int cuda_device
 			  ((access & VP_FAB_MR_REMOTE_READ) ? FI_REMOTE_READ : 0),
 		.iface = FI_HMEM_SYSTEM,
 	};
-	struct fid_mr *mr;
+	struct fid_mr *mr = NULL;
 	int rc, tries = 0;
 
 	if (cuda_device >= 0) {
@@ -503,6 +503,27 @@ int vp_fab_mr_reg_dev(struct vp_fab *fab, void *buf, size_t len, int cuda_device
 			return -EOPNOTSUPP;	/* opened without FI_HMEM */
 		attr.iface = FI_HMEM_CUDA;
 		attr.device.cuda = cuda_device;
+	}
+	/*
+	 * Memory that is only ever a local target needs no registration where
+	 * the provider does not ask for it (no FI_MR_LOCAL, host memory): then
+	 * it has no key, and no peer can read it.  This matters: tcp does not
+	 * check a registration's access flags, so a registered buffer is
+	 * readable by anyone who has (or guesses) its key.
+	 */
+	if (!(access & VP_FAB_MR_REMOTE_READ) && !(fab->mr_mode & (FI_MR_LOCAL | FI_MR_HMEM)) &&
+	    cuda_device < 0) {
+		if (!mrp)
+			return 0;	/* the message buffers: no descriptor */
+		*mrp = calloc(1, sizeof(**mrp));
+		if (!*mrp)
+			return -ENOMEM;
+		(*mrp)->fab = fab;
+		if (key)
+			*key = 0;
+		if (remote_addr)
+			*remote_addr = 0;
+		return 0;
 	}
 	do {
 		if (!(fab->mr_mode & FI_MR_PROV_KEY))
@@ -543,7 +564,8 @@ void vp_fab_mr_close(struct vp_fab_mr *mr)
 {
 	if (!mr)
 		return;
-	fi_close(&mr->mr->fid);
+	if (mr->mr)
+		fi_close(&mr->mr->fid);
 	free(mr);
 }
 
@@ -663,7 +685,7 @@ int vp_fab_read_cb(struct vp_fab *fab, vp_fab_addr src,
 			b->outstanding++;
 			pthread_mutex_unlock(&fab->lock);
 			prc = (int)fi_read(fab->ep, reqs[next].local, reqs[next].len,
-					   fi_mr_desc(reqs[next].mr->mr),
+					   reqs[next].mr->mr ? fi_mr_desc(reqs[next].mr->mr) : NULL,
 					   src, reqs[next].remote_addr, reqs[next].key,
 					   &op->fictx);
 			pthread_mutex_lock(&fab->lock);

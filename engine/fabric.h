@@ -98,9 +98,12 @@ int vp_fab_send(struct vp_fab *fab, vp_fab_addr dest, const void *msg,
  * lets us choose them (no FI_MR_PROV_KEY), never a sequence: on providers
  * without memory protection between peers (tcp), a key is what stands
  * between a peer and the memory, so a key is only ever sent sealed.
- * Remote access is granted per registration and only where asked for:
- * local registrations (read targets, message buffers) refuse remote reads
- * whatever key a peer tries.
+ * Remote access is granted per registration and only where asked for.
+ * Local registrations (read targets, message buffers) are not made at
+ * all where the provider does not need them (no FI_MR_LOCAL): tcp does
+ * not enforce access flags, so a registration there is readable by
+ * whoever has its key.  Where the provider needs them (verbs, EFA, CXI)
+ * they are made without FI_REMOTE_READ, and those providers enforce it.
  */
 #define VP_FAB_MR_REMOTE_READ 1u	/* peers may read it with the key */
 

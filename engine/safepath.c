@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <stdint.h>
 #include <linux/openat2.h>
 #include <stdio.h>
 #include <string.h>
@@ -33,8 +34,8 @@ int vp_safepath_parent(int root_fd, const char *path, const char **leaf)
 	const char *slash = strrchr(path, '/');
 	size_t n = slash ? (size_t)(slash - path) : 0;
 
-	if (!*path || (slash && !slash[1]))
-		return -EINVAL;
+	if (!*path || *path == '/' || (slash && !slash[1]))
+		return -EINVAL;		/* relative paths only, ending in a name */
 	if (n >= sizeof(dir))
 		return -ENAMETOOLONG;
 	memcpy(dir, path, n);
@@ -127,9 +128,17 @@ int vp_safepath_open(int root_fd, const char *path, int flags, mode_t mode)
 
 	if (dfd < 0)
 		return dfd;
-	fd = openat(dfd, leaf, flags | O_NOFOLLOW | O_CLOEXEC, mode);
-	if (fd < 0)
-		fd = -errno;
+	{
+		/* the last component contained too: not a link, not another mount */
+		struct open_how how = {
+			.flags = (uint64_t)(flags | O_NOFOLLOW | O_CLOEXEC),
+			.mode = (flags & (O_CREAT | __O_TMPFILE)) ? mode : 0,
+			.resolve = RESOLVE_CONTAINED,
+		};
+		long rc = syscall(SYS_openat2, dfd, leaf, &how, sizeof(how));
+
+		fd = rc < 0 ? -errno : (int)rc;
+	}
 	close(dfd);
 	return fd;
 }

@@ -89,7 +89,7 @@ ssize_t vp_sess_seal(struct vp_sess *s, const void *msg, size_t len, void *out,
 	uint64_t seq;
 	int n, rc = -EIO;
 
-	if (len < VP_PROTO_HDR)
+	if (len < VP_PROTO_HDR || !s->on)
 		return -EINVAL;
 	if (total > outlen || total - VP_PROTO_HDR > UINT32_MAX)
 		return -EMSGSIZE;

@@ -63,7 +63,7 @@ void vp_sess_clear(struct vp_sess *s);
 /*
  * Seals the encoded message msg[0..len) (header and payload) into out.
  * Returns the sealed length, -EMSGSIZE if out is too small, -EINVAL for
- * a message shorter than a header, or -EIO.
+ * a message shorter than a header or a session without keys, or -EIO.
  */
 ssize_t vp_sess_seal(struct vp_sess *s, const void *msg, size_t len, void *out,
 		     size_t outlen);
