@@ -87,6 +87,10 @@ static const struct opt options[] = {
 	  "producer: while a file is being written, offer consumers its finished chunks every this many bytes, so little is left to move at close (0: ship at close only)" },
 	{ "on_update", OPT_PATH, OFF(on_update), "",
 	  "shell command run for each new version, with VIPERFS_PATH, VIPERFS_VERSION, VIPERFS_SIZE set (for servers with a load API)" },
+	{ "on_update_timeout", OPT_SECONDS, OFF(on_update_timeout), "60",
+	  "seconds an on_update command may run; past it, it is killed (SIGTERM, then SIGKILL 2 s later) and the log says so (0: no limit)" },
+	{ "max_file_size", OPT_SIZE, OFF(max_file_size), "0",
+	  "largest file a replica accepts from the network; 0: the cache size (ram_cache)" },
 	{ "gpu_cache", OPT_SIZE, OFF(gpu_cache), "0",
 	  "GPU memory for the GPU tier: the newest version of each file is mirrored there (0: off; without a usable device the tier is off and the log says why)" },
 	{ "gpu_device", OPT_COUNT, OFF(gpu_device), "0",
@@ -426,6 +430,11 @@ next:
 	}
 	free(copy);
 	return rc;
+}
+
+uint64_t vp_config_max_file_size(const struct vp_config *cfg)
+{
+	return cfg->max_file_size ? cfg->max_file_size : cfg->ram_cache;
 }
 
 void vp_config_help(FILE *out)

@@ -66,6 +66,8 @@ struct vp_config {
 	uint64_t relay_fanout;		/* producer: consumers each node serves (0: all from the producer) */
 	double relay_wait;		/* consumer: seconds without news from the relay before the producer serves */
 	char on_update[PATH_MAX];	/* command run for each new version */
+	double on_update_timeout;	/* seconds before a running on_update is killed, 0: never */
+	uint64_t max_file_size;		/* largest file a replica accepts, 0: ram_cache (see below) */
 	char metrics[256];		/* ADDR:PORT for Prometheus, empty: off */
 	uint64_t gpu_cache;		/* bytes of GPU memory for mirrors, 0: no GPU tier */
 	uint64_t gpu_device;		/* CUDA device ordinal */
@@ -98,6 +100,13 @@ int vp_config_parse_opts(struct vp_config *cfg, const char *opts,
 /* Reads a config file.  Returns 0 or -errno with a message in err. */
 int vp_config_load_file(struct vp_config *cfg, const char *path,
 			char *err, size_t errlen);
+
+/*
+ * The largest file a replica accepts from the network, in bytes:
+ * max_file_size, or ram_cache where that is 0 (a file larger than the
+ * cache could never be installed whole).  cfg is borrowed.
+ */
+uint64_t vp_config_max_file_size(const struct vp_config *cfg);
 
 /* Prints the option table: name, default, help. */
 void vp_config_help(FILE *out);

@@ -52,6 +52,138 @@ static void usage(FILE *out)
 	      "                     (viperctl plan --help for all options)\n", out);
 }
 
+/*
+ * Valid UTF-8 at s: the length of the sequence (1 to 4), or 0 where s is
+ * not the start of one (overlong forms and surrogates included).
+ */
+static size_t utf8_sequence(const unsigned char *s)
+{
+	unsigned int lo = 0x80, hi = 0xbf;
+	size_t len;
+
+	if (s[0] < 0x80)
+		return 1;
+	if (s[0] >= 0xc2 && s[0] <= 0xdf) {
+		len = 2;
+	} else if (s[0] >= 0xe0 && s[0] <= 0xef) {
+		len = 3;
+		lo = s[0] == 0xe0 ? 0xa0 : 0x80;
+		hi = s[0] == 0xed ? 0x9f : 0xbf;
+	} else if (s[0] >= 0xf0 && s[0] <= 0xf4) {
+		len = 4;
+		lo = s[0] == 0xf0 ? 0x90 : 0x80;
+		hi = s[0] == 0xf4 ? 0x8f : 0xbf;
+	} else {
+		return 0;
+	}
+	if (s[1] < lo || s[1] > hi)
+		return 0;	/* the terminating NUL stops here too */
+	for (size_t i = 2; i < len; i++)
+		if ((s[i] & 0xc0) != 0x80)
+			return 0;
+	return len;
+}
+
+/*
+ * Text from the daemon (file names, reasons, errors), made safe to print
+ * on a terminal: control bytes (below 0x20, and 0x7f), C1 controls
+ * (U+0080 to U+009F, which some terminals obey as escape sequences) and
+ * bytes that are not valid UTF-8 become \xNN; everything else, valid
+ * UTF-8 included, passes.  Writes what fits of the result, NUL included,
+ * into buf of len bytes (buf may be NULL with len 0), never cutting an
+ * escape or a character in two.  Returns the length of the whole result,
+ * as snprintf does.  Everything viperctl prints for people that came from
+ * the daemon goes through here.
+ */
+static size_t vpctl_escape(const char *text, char *buf, size_t len)
+{
+	const unsigned char *s = (const unsigned char *)text;
+	size_t need = 0, used = 0;
+
+	while (*s) {
+		size_t seq = utf8_sequence(s), add;
+		char piece[4 * 4 + 1];	/* up to 4 bytes as \xNN */
+
+		if (seq == 1 && *s >= 0x20 && *s != 0x7f) {
+			piece[0] = (char)*s;
+			add = 1;
+		} else if (seq > 1 && !(s[0] == 0xc2 && s[1] <= 0x9f)) {
+			memcpy(piece, s, seq);
+			add = seq;
+		} else {
+			/* a control, or a byte of broken UTF-8: each byte on its own */
+			seq = seq ? seq : 1;
+			add = 0;
+			for (size_t i = 0; i < seq; i++)
+				add += (size_t)snprintf(piece + add, sizeof(piece) - add,
+							"\\x%02x", s[i]);
+		}
+		if (used == need && used + add < len) {
+			memcpy(buf + used, piece, add);
+			used += add;
+		}
+		need += add;
+		s += seq;
+	}
+	if (len)
+		buf[used] = '\0';
+	return need;
+}
+
+/* Escapes every string in j and below it (vpctl_escape); returns 0 or -1 (no memory). */
+static int escape_strings(struct vpctl_json *j)
+{
+	for (; j; j = j->next) {
+		if (j->str) {
+			size_t len = vpctl_escape(j->str, NULL, 0) + 1;
+			char *safe = malloc(len);
+
+			if (!safe)
+				return -1;
+			vpctl_escape(j->str, safe, len);
+			free(j->str);
+			j->str = safe;
+		}
+		if (escape_strings(j->child))
+			return -1;
+	}
+	return 0;
+}
+
+/*
+ * Parses an answer of the daemon for printing: a new tree (free with
+ * vpctl_json_free) whose strings are escaped for a terminal, or NULL if
+ * text is not JSON (or memory ran out).
+ */
+static struct vpctl_json *parse_answer(const char *text)
+{
+	struct vpctl_json *j = vpctl_json_parse(text);
+
+	if (j && escape_strings(j)) {
+		vpctl_json_free(j);
+		j = NULL;
+	}
+	return j;
+}
+
+/* Prints "viperctl: " and text (a line from the daemon), escaped, to stderr. */
+static void print_daemon_error(const char *text)
+{
+	struct vpctl_json *j = parse_answer(text);
+	size_t len = strcspn(text, "\n");
+
+	if (j && *vpctl_json_str(j, "error")) {
+		fprintf(stderr, "viperctl: %s\n", vpctl_json_str(j, "error"));
+	} else {
+		char *raw = strndup(text, len), safe[1024];
+
+		vpctl_escape(raw ? raw : "", safe, sizeof(safe));
+		fprintf(stderr, "viperctl: the daemon answered: %s\n", safe);
+		free(raw);
+	}
+	vpctl_json_free(j);
+}
+
 /* Sends one request; returns a stream of the answer, or NULL. */
 static FILE *vpctl_request(const char *path, const char *verb, int with_rel)
 {
@@ -125,16 +257,6 @@ int vpctl_measured_times(const char *mnt, double *t_ckpt, double *t_load)
 	return 0;
 }
 
-static unsigned long long json_num(const char *line, const char *key)
-{
-	char pat[64];
-	const char *p;
-
-	snprintf(pat, sizeof(pat), "\"%s\":", key);
-	p = strstr(line, pat);
-	return p ? strtoull(p + strlen(pat), NULL, 10) : 0;
-}
-
 static void bar(unsigned long long done, unsigned long long total,
 		const char *what)
 {
@@ -161,31 +283,35 @@ static int flush_progress(const char *path, double timeout, char *last_error, si
 	double deadline = timeout > 0 ? vp_now() + timeout : 0;
 	FILE *in = vpctl_request(path, "flush", 1);
 	int tty = isatty(2), rc = -1;
-	char line[1024];
+	char line[PATH_MAX + 1024];
 
 	if (!in)
 		return -1;
 	/* the daemon reports every 200 ms: a silence of 5 s means it is stuck */
 	setsockopt(fileno(in), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
 	while (fgets(line, sizeof(line), in)) {
-		const char *e;
+		struct vpctl_json *j = parse_answer(line);
+		int finished;
 
-		if (!strncmp(line, "{\"error\"", 8)) {
-			fprintf(stderr, "viperctl: %s", line);
+		if (!j || !strncmp(line, "{\"error\"", 8)) {
+			print_daemon_error(line);	/* refused */
+			vpctl_json_free(j);
 			break;
 		}
-		e = strstr(line, "\"error\":\"");
-		if (e && e[9] != '"')
-			snprintf(last_error, len, "%.*s", (int)strcspn(e + 9, "\""), e + 9);
-		if (strstr(line, "\"finished\":true")) {
-			rc = 1;
-			break;
-		}
-		if (tty) {
+		if (*vpctl_json_str(j, "error"))
+			snprintf(last_error, len, "%s", vpctl_json_str(j, "error"));
+		finished = vpctl_json_num(j, "finished") != 0;
+		if (!finished && tty) {
 			char what[64];
 
-			snprintf(what, sizeof(what), "%llu left", json_num(line, "ops_left"));
-			bar(json_num(line, "done"), json_num(line, "total"), what);
+			snprintf(what, sizeof(what), "%.0f left", vpctl_json_num(j, "ops_left"));
+			bar((unsigned long long)vpctl_json_num(j, "done"),
+			    (unsigned long long)vpctl_json_num(j, "total"), what);
+		}
+		vpctl_json_free(j);
+		if (finished) {
+			rc = 1;
+			break;
 		}
 		if (deadline && vp_now() >= deadline) {
 			rc = 0;
@@ -233,6 +359,7 @@ static const char *sz(double bytes, char *buf, size_t len)
 	return vp_format_size(bytes > 0 ? (uint64_t)bytes : 0, buf, len);
 }
 
+/* st: the daemon's status, from parse_answer (its strings are escaped). */
 static void print_status(const char *mnt, const struct vpctl_json *st)
 {
 	const struct vpctl_json *repl = vpctl_json_get(st, "repl");
@@ -354,9 +481,12 @@ static int vpctl_status(int argc, char **argv)
 		return vpctl_copy(in);
 	text = read_all(in);
 	fclose(in);
-	st = text ? vpctl_json_parse(text) : NULL;
+	st = text ? parse_answer(text) : NULL;
 	if (!st) {
-		fprintf(stderr, "viperctl: the daemon's answer was not JSON: %.200s\n", text ? text : "");
+		char safe[256];
+
+		vpctl_escape(text ? text : "", safe, sizeof(safe));
+		fprintf(stderr, "viperctl: the daemon's answer was not JSON: %s\n", safe);
 	} else if (vpctl_json_get(st, "error")) {
 		fprintf(stderr, "viperctl: %s\n", vpctl_json_str(st, "error"));
 	} else {
@@ -389,7 +519,7 @@ static int vpctl_warm(int argc, char **argv)
 			continue;
 		}
 		while (fgets(line, sizeof(line), in)) {
-			struct vpctl_json *j = vpctl_json_parse(line);
+			struct vpctl_json *j = parse_answer(line);
 
 			if (!j)
 				continue;
@@ -432,12 +562,12 @@ static int vpctl_warm(int argc, char **argv)
 	return rc;
 }
 
-/* Sends one request for path's mount; returns the answer parsed, or NULL. */
+/* Sends one request for path's mount; returns the answer (parse_answer), or NULL. */
 static struct vpctl_json *request_json(const char *path, const char *verb)
 {
 	FILE *in = vpctl_request(path, verb, 0);
 	char *text = in ? read_all(in) : NULL;
-	struct vpctl_json *j = text ? vpctl_json_parse(text) : NULL;
+	struct vpctl_json *j = text ? parse_answer(text) : NULL;
 
 	if (in)
 		fclose(in);
@@ -607,7 +737,10 @@ static int vpctl_gpu_export(int argc, char **argv)
 		return 2;
 	}
 	if (vpc_gpu_export(path, &e, err, sizeof(err))) {
-		fprintf(stderr, "viperctl: gpu-export: %s\n", err);
+		char safe[1024];
+
+		vpctl_escape(err, safe, sizeof(safe));
+		fprintf(stderr, "viperctl: gpu-export: %s\n", safe);
 		return 1;
 	}
 	printf("{\"handle\":\"");
@@ -629,7 +762,7 @@ static int vpctl_gpu_export(int argc, char **argv)
 /* viperctl wait PATH --newer-than V [--timeout S] */
 static int vpctl_wait(int argc, char **argv)
 {
-	char root[PATH_MAX], rel[PATH_MAX], req[PATH_MAX + 64], line[256];
+	char root[PATH_MAX], rel[PATH_MAX], req[PATH_MAX + 64], line[1024];
 	const char *path = NULL, *newer = "0", *timeout = "0";
 	FILE *in;
 	int fd;
@@ -676,8 +809,8 @@ static int vpctl_wait(int argc, char **argv)
 		return 1;
 	}
 	fclose(in);
-	if (strstr(line, "\"error\"")) {
-		fprintf(stderr, "viperctl: %s", line);
+	if (strstr(line, "\"error\"") || !strchr(line, ':')) {
+		print_daemon_error(line);
 		return 1;
 	}
 	printf("%llu\n", (unsigned long long)strtoull(strchr(line, ':') + 1, NULL, 10));
@@ -705,7 +838,7 @@ int main(int argc, char **argv)
 		return in ? vpctl_copy(in) : 1;
 	}
 	if (!strcmp(cmd, "version")) {
-		char buf[64];
+		char buf[64], safe[256];
 		ssize_t n = getxattr(path, "user.viperfs.version", buf, sizeof(buf) - 1);
 
 		if (n < 0) {
@@ -714,7 +847,8 @@ int main(int argc, char **argv)
 			return 1;
 		}
 		buf[n] = '\0';
-		printf("%s\n", buf);
+		vpctl_escape(buf, safe, sizeof(safe));
+		printf("%s\n", safe);
 		return 0;
 	}
 	if (!strcmp(cmd, "flush"))

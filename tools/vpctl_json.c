@@ -1,7 +1,12 @@
 /*
  * vpctl_json: a small JSON reader for the daemon's answers (one object a
  * line), so viperctl can print them for people.  Strict enough for what
- * the daemon writes; \u escapes above 0x7f become '?'.
+ * the daemon writes.  Strings come back as C strings: \u escapes become
+ * UTF-8, except \u0080 to \u00ff, which are the daemon's way of sending
+ * one byte of a name that is not UTF-8 and become that byte; \u0000 and
+ * lone surrogates, which a C string cannot hold, become U+FFFD.  What
+ * comes out is not safe to print as it is (control bytes, broken UTF-8):
+ * viperctl escapes it first.
  */
 #define _GNU_SOURCE
 #include <ctype.h>
@@ -10,26 +15,131 @@
 
 #include "vpctl.h"
 
+static const char replacement[] = "\xef\xbf\xbd";	/* U+FFFD */
+
 static void skip_ws(const char **p)
 {
 	while (isspace((unsigned char)**p))
 		(*p)++;
 }
 
+/* A growing string; on allocation failure text is NULL. */
+struct text {
+	char *text;
+	size_t len, cap;
+};
+
+static void text_add(struct text *t, const char *bytes, size_t n)
+{
+	if (!t->text)
+		return;
+	if (t->len + n + 1 > t->cap) {
+		char *grown;
+
+		while (t->len + n + 1 > t->cap)
+			t->cap *= 2;
+		grown = realloc(t->text, t->cap);
+		if (!grown) {
+			free(t->text);
+			t->text = NULL;
+			return;
+		}
+		t->text = grown;
+	}
+	memcpy(t->text + t->len, bytes, n);
+	t->len += n;
+}
+
+/* Reads the 4 hex digits at *p (moving past them); -1 if they are not. */
+static long hex4(const char **p)
+{
+	long v = 0;
+
+	for (int i = 0; i < 4; i++) {
+		char c = (*p)[i];
+
+		if (!isxdigit((unsigned char)c))
+			return -1;
+		v = v * 16 + (isdigit((unsigned char)c) ? c - '0' :
+			      tolower((unsigned char)c) - 'a' + 10);
+	}
+	*p += 4;
+	return v;
+}
+
+/* Appends code point cp (below 0x110000, not a surrogate) as UTF-8. */
+static void text_add_utf8(struct text *t, unsigned long cp)
+{
+	char b[4];
+
+	if (cp < 0x80) {
+		b[0] = (char)cp;
+		text_add(t, b, 1);
+	} else if (cp < 0x800) {
+		b[0] = (char)(0xc0 | cp >> 6);
+		b[1] = (char)(0x80 | (cp & 0x3f));
+		text_add(t, b, 2);
+	} else if (cp < 0x10000) {
+		b[0] = (char)(0xe0 | cp >> 12);
+		b[1] = (char)(0x80 | (cp >> 6 & 0x3f));
+		b[2] = (char)(0x80 | (cp & 0x3f));
+		text_add(t, b, 3);
+	} else {
+		b[0] = (char)(0xf0 | cp >> 18);
+		b[1] = (char)(0x80 | (cp >> 12 & 0x3f));
+		b[2] = (char)(0x80 | (cp >> 6 & 0x3f));
+		b[3] = (char)(0x80 | (cp & 0x3f));
+		text_add(t, b, 4);
+	}
+}
+
+/* The escape after "\u" at *p; returns 0, or -1 for bad hex digits. */
+static int decode_u(const char **p, struct text *t)
+{
+	long v = hex4(p), low;
+	char byte;
+
+	if (v < 0)
+		return -1;
+	if (v == 0) {
+		text_add(t, replacement, 3);
+	} else if (v < 0x100) {
+		byte = (char)v;		/* below 0x80 ASCII; above, a raw byte (see top) */
+		text_add(t, &byte, 1);
+	} else if (v >= 0xd800 && v <= 0xdbff && (*p)[0] == '\\' && (*p)[1] == 'u') {
+		const char *q = *p + 2;
+
+		low = hex4(&q);
+		if (low < 0)
+			return -1;
+		if (low >= 0xdc00 && low <= 0xdfff) {
+			text_add_utf8(t, 0x10000 + ((unsigned long)(v - 0xd800) << 10) +
+				      (unsigned long)(low - 0xdc00));
+			*p = q;
+		} else {
+			text_add(t, replacement, 3);	/* the next escape is read on its own */
+		}
+	} else if (v >= 0xd800 && v <= 0xdfff) {
+		text_add(t, replacement, 3);
+	} else {
+		text_add_utf8(t, (unsigned long)v);
+	}
+	return 0;
+}
+
 static char *parse_string(const char **p)
 {
-	size_t cap = 32, len = 0;
-	char *out = malloc(cap);
+	struct text t = { .text = malloc(32), .cap = 32 };
 
-	if (!out || **p != '"') {
-		free(out);
-		return NULL;
-	}
+	if (!t.text || **p != '"')
+		goto err;
 	(*p)++;
 	while (**p && **p != '"') {
 		char c = *(*p)++;
 
 		if (c == '\\') {
+			if (!**p)
+				goto err;	/* never step past the end */
 			c = *(*p)++;
 			switch (c) {
 			case 'n': c = '\n'; break;
@@ -37,44 +147,23 @@ static char *parse_string(const char **p)
 			case 'r': c = '\r'; break;
 			case 'b': c = '\b'; break;
 			case 'f': c = '\f'; break;
-			case 'u': {
-				char hex[5] = { 0 };
-				long v;
-
-				if (strlen(*p) < 4) {
-					free(out);
-					return NULL;
-				}
-				memcpy(hex, *p, 4);
-				*p += 4;
-				v = strtol(hex, NULL, 16);
-				c = v < 0x80 ? (char)v : '?';
-				break;
-			}
-			case '\0':
-				free(out);
-				return NULL;
+			case 'u':
+				if (decode_u(p, &t))
+					goto err;
+				continue;
 			default: break;	/* \" \\ \/ */
 			}
 		}
-		if (len + 2 > cap) {
-			char *n = realloc(out, cap *= 2);
-
-			if (!n) {
-				free(out);
-				return NULL;
-			}
-			out = n;
-		}
-		out[len++] = c;
+		text_add(&t, &c, 1);
 	}
-	if (**p != '"') {
-		free(out);
-		return NULL;
-	}
+	if (**p != '"' || !t.text)
+		goto err;
 	(*p)++;
-	out[len] = '\0';
-	return out;
+	t.text[t.len] = '\0';
+	return t.text;
+err:
+	free(t.text);
+	return NULL;
 }
 
 static struct vpctl_json *node_new(enum vpctl_json_type type)
@@ -196,8 +285,10 @@ struct vpctl_json *vpctl_json_parse(const char *text)
 	const char *p = text;
 	struct vpctl_json *j = parse_value(&p, 0);
 
+	if (!j)
+		return NULL;
 	skip_ws(&p);
-	if (j && *p) {
+	if (*p) {
 		vpctl_json_free(j);
 		return NULL;
 	}

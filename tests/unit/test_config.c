@@ -133,6 +133,87 @@ static void test_config_file(void **state)
 	assert_int_equal(vp_config_load_file(&cfg, path, err, sizeof(err)), -ENOENT);
 }
 
+/* on_update_timeout: 60 s by default, seconds in any unit, 0 for no limit */
+static void test_on_update_timeout(void **state)
+{
+	struct vp_config cfg;
+	char err[512] = "";
+
+	(void)state;
+	vp_config_defaults(&cfg);
+	assert_true(cfg.on_update_timeout == 60.0);
+	assert_int_equal(vp_config_set(&cfg, "on_update_timeout", "1.5", err, sizeof(err)), 0);
+	assert_true(cfg.on_update_timeout == 1.5);
+	assert_int_equal(vp_config_parse_opts(&cfg, "on_update_timeout=250ms", NULL, 0,
+					      err, sizeof(err)), 0);
+	assert_true(cfg.on_update_timeout > 0.249 && cfg.on_update_timeout < 0.251);
+	assert_int_equal(vp_config_set(&cfg, "on_update_timeout", "2m", err, sizeof(err)), 0);
+	assert_true(cfg.on_update_timeout == 120.0);
+	assert_int_equal(vp_config_set(&cfg, "on_update_timeout", "0", err, sizeof(err)), 0);
+	assert_true(cfg.on_update_timeout == 0.0);
+
+	/* a bad value is refused, names the option, and leaves the field alone */
+	cfg.on_update_timeout = 7;
+	assert_int_equal(vp_config_set(&cfg, "on_update_timeout", "forever", err, sizeof(err)),
+			 -EINVAL);
+	assert_non_null(strstr(err, "'forever'"));
+	assert_non_null(strstr(err, "'on_update_timeout'"));
+	assert_true(cfg.on_update_timeout == 7.0);
+	assert_int_equal(vp_config_set(&cfg, "on_update_timeout", "-1", err, sizeof(err)),
+			 -EINVAL);
+	assert_int_equal(vp_config_set(&cfg, "on_update_timeout", "", err, sizeof(err)),
+			 -EINVAL);
+}
+
+/* max_file_size: 0 (the cache size) by default; sizes with suffixes */
+static void test_max_file_size(void **state)
+{
+	struct vp_config cfg;
+	char err[512] = "", *help = NULL;
+	size_t help_len = 0;
+	FILE *out;
+
+	(void)state;
+	vp_config_defaults(&cfg);
+	assert_int_equal(cfg.max_file_size, 0);
+	assert_true(cfg.ram_cache > 0);
+	assert_int_equal(vp_config_max_file_size(&cfg), cfg.ram_cache);
+	/* the default follows ram_cache, whichever order the options come in */
+	assert_int_equal(vp_config_parse_opts(&cfg, "ram_cache=64M", NULL, 0, err, sizeof(err)), 0);
+	assert_int_equal(vp_config_max_file_size(&cfg), 64ULL << 20);
+
+	assert_int_equal(vp_config_parse_opts(&cfg, "max_file_size=2G", NULL, 0, err,
+					      sizeof(err)), 0);
+	assert_int_equal(cfg.max_file_size, 2ULL << 30);
+	assert_int_equal(vp_config_max_file_size(&cfg), 2ULL << 30);
+	assert_int_equal(vp_config_set(&cfg, "max_file_size", "1536KiB", err, sizeof(err)), 0);
+	assert_int_equal(vp_config_max_file_size(&cfg), 1536ULL << 10);
+	assert_int_equal(vp_config_set(&cfg, "max_file_size", "4096", err, sizeof(err)), 0);
+	assert_int_equal(vp_config_max_file_size(&cfg), 4096);
+	/* back to 0: the cache size again */
+	assert_int_equal(vp_config_set(&cfg, "max_file_size", "0", err, sizeof(err)), 0);
+	assert_int_equal(vp_config_max_file_size(&cfg), 64ULL << 20);
+
+	cfg.max_file_size = 12345;
+	assert_int_equal(vp_config_set(&cfg, "max_file_size", "huge", err, sizeof(err)), -EINVAL);
+	assert_non_null(strstr(err, "'huge'"));
+	assert_non_null(strstr(err, "'max_file_size'"));
+	assert_int_equal(cfg.max_file_size, 12345);
+	assert_int_equal(vp_config_set(&cfg, "max_file_size", "-5M", err, sizeof(err)), -EINVAL);
+	assert_int_equal(vp_config_set(&cfg, "max_file_size", "10X", err, sizeof(err)), -EINVAL);
+	assert_int_equal(vp_config_set(&cfg, "max_file_size", "", err, sizeof(err)), -EINVAL);
+
+	/* --help documents both options */
+	out = open_memstream(&help, &help_len);
+	assert_non_null(out);
+	vp_config_help(out);
+	fclose(out);
+	assert_non_null(strstr(help, "max_file_size"));
+	assert_non_null(strstr(help, "largest file a replica accepts from the network; 0: the cache size"));
+	assert_non_null(strstr(help, "on_update_timeout"));
+	free(help);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -140,6 +221,8 @@ int main(void)
 		cmocka_unit_test(test_parse_seconds),
 		cmocka_unit_test(test_defaults_and_opts),
 		cmocka_unit_test(test_config_file),
+		cmocka_unit_test(test_on_update_timeout),
+		cmocka_unit_test(test_max_file_size),
 	};
 	return cmocka_run_group_tests_name("config", tests, NULL, NULL);
 }
