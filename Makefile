@@ -26,7 +26,7 @@ ENGINE_OBJ = $(ENGINE_SRC:%.c=$(BUILD)/%.o)
 FS_OBJ = $(patsubst %.c,$(BUILD)/%.o,$(wildcard fs/*.c))
 UNIT_SRC = $(wildcard tests/unit/test_*.c)
 UNIT_BIN = $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
-ENGINE_LIBS = -lfabric -lcrypto -lxxhash -lm -pthread
+ENGINE_LIBS = -lfabric -lcrypto -lxxhash -lmicrohttpd -lm -pthread
 
 # The CUDA runtime, if the build finds it (the GPU tier; NO_CUDA=1 leaves it out).
 CUDA_HOME ?= /usr/local/cuda
@@ -39,7 +39,7 @@ endif
 endif
 
 .PHONY: all deps test unit integration check bench bench-gpu clean install demo plan-report check-thread fuzz demo-local
-all: deps $(BUILD)/viperfs $(BUILD)/viperctl $(BUILD)/libviperfs_client.a $(BUILD)/tests/fabpoke $(BUILD)/tests/fabbw
+all: deps $(BUILD)/viperfs $(BUILD)/viperctl $(BUILD)/libviperfs_client.a $(BUILD)/tests/fabpoke $(BUILD)/tests/fabbw $(BUILD)/tests/hostile
 
 # The C client library for local processes (GPU export): tools/viperfs_client.h
 $(BUILD)/libviperfs_client.a: $(BUILD)/tools/viperfs_client.o
@@ -64,6 +64,11 @@ $(BUILD)/viperctl: $(VIPERCTL_OBJ) $(BUILD)/libviper.a
 	$(CC) $(LDFLAGS) -o $@ $(VIPERCTL_OBJ) $(BUILD)/libviper.a $(ENGINE_LIBS)
 
 $(BUILD)/tests/fab%: tests/tools/fab%.c $(BUILD)/libviper.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libviper.a $(ENGINE_LIBS)
+
+# The hostile peer of the security tests (tests/integration/test_security.py).
+$(BUILD)/tests/hostile: tests/tools/hostile.c $(BUILD)/libviper.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libviper.a $(ENGINE_LIBS)
 
@@ -110,20 +115,25 @@ bench: all
 	@$(PYTHON) tests/bench/bench.py $(BENCH_ARGS)
 	@$(PYTHON) tests/bench/bench_repl.py $(BENCH_ARGS)
 	@$(PYTHON) tests/bench/bench_fanout.py $(BENCH_ARGS)
+	@$(PYTHON) tests/bench/bench_seal.py $(BENCH_ARGS)
 	@$(PYTHON) tests/bench/charts.py
 
 # The planner's real run: NT3-like CNN, actual CIL of each schedule (~3 min).
 plan-report: all
 	@$(PYTHON) tests/planner/nt3_run.py
 
-# libFuzzer on the replication wire decoder (clang); FUZZ_TIME seconds.
+# libFuzzer on the replication wire decoder and the session layer (clang); FUZZ_TIME seconds each.
 FUZZ_TIME ?= 60
 fuzz: deps
-	@mkdir -p $(BUILD)/fuzz tests/fuzz/corpus
+	@mkdir -p $(BUILD)/fuzz tests/fuzz/corpus tests/fuzz/corpus-sess
 	clang -g -O1 -fsanitize=fuzzer,address,undefined -D_GNU_SOURCE -o $(BUILD)/fuzz/fuzz_proto \
 		tests/fuzz/fuzz_proto.c engine/proto.c
 	$(BUILD)/fuzz/fuzz_proto -max_total_time=$(FUZZ_TIME) -max_len=65536 \
 		-print_final_stats=1 tests/fuzz/corpus
+	clang -g -O1 -fsanitize=fuzzer,address,undefined -D_GNU_SOURCE -o $(BUILD)/fuzz/fuzz_sess \
+		tests/fuzz/fuzz_sess.c engine/sess.c engine/proto.c -lcrypto
+	$(BUILD)/fuzz/fuzz_sess -max_total_time=$(FUZZ_TIME) -max_len=65536 \
+		-print_final_stats=1 tests/fuzz/corpus-sess tests/fuzz/corpus
 
 # Two nodes (network namespaces): training producer, inference consumer.
 demo: all

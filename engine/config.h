@@ -59,6 +59,7 @@ struct vp_config {
 	char listen[256];		/* producer: ADDR:PORT to serve consumers on */
 	char subscribe[256];		/* consumer: HOST:PORT of the producer */
 	char secret_file[PATH_MAX];	/* shared secret for peer authentication */
+	uint64_t insecure;		/* 1: no secret_file needed on a non-loopback listen= */
 	char fabric_provider[64];	/* libfabric provider, empty: $FI_PROVIDER or tcp;ofi_rxm */
 	unsigned int repl_inflight;	/* RMA reads in flight per transfer */
 	uint64_t repl_stream;		/* producer: preview a file every this many bytes written, 0: off */

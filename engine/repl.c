@@ -2531,7 +2531,7 @@ static void stage_unregister(struct vp_repl *r, int rc)
 /* The largest file we take from the network. */
 static uint64_t max_file_size(struct vp_repl *r)
 {
-	return r->cfg.ram_cache;
+	return vp_config_max_file_size(&r->cfg);
 }
 
 static void consumer_announce(struct vp_repl *r, struct vp_msg *m)
@@ -3058,6 +3058,26 @@ static int local_ip_towards(const char *host, const char *port, char *out,
 	return rc;
 }
 
+/* 1 if host (a name or an address) resolves to loopback addresses only. */
+static int is_loopback(const char *host)
+{
+	struct addrinfo hints = { .ai_socktype = SOCK_STREAM }, *res = NULL;
+	int loop = 1;
+
+	if (getaddrinfo(host, NULL, &hints, &res) || !res)
+		return 0;
+	for (struct addrinfo *a = res; a; a = a->ai_next) {
+		if (a->ai_family == AF_INET)
+			loop &= (ntohl(((struct sockaddr_in *)a->ai_addr)->sin_addr.s_addr) >> 24) == 127;
+		else if (a->ai_family == AF_INET6)
+			loop &= IN6_IS_ADDR_LOOPBACK(&((struct sockaddr_in6 *)a->ai_addr)->sin6_addr);
+		else
+			loop = 0;
+	}
+	freeaddrinfo(res);
+	return loop;
+}
+
 struct vp_repl *vp_repl_new(struct vp_ns *ns, const struct vp_config *cfg,
 			    const char *mountpoint, char *err, size_t errlen)
 {
@@ -3099,6 +3119,14 @@ struct vp_repl *vp_repl_new(struct vp_ns *ns, const struct vp_config *cfg,
 		snprintf(err, errlen, "listen='%s': give this node's own address on the fabric network, not a wildcard",
 			 cfg->listen);
 		goto err_free;
+	}
+	if (!r->consumer && !r->secret_len && !is_loopback(host)) {
+		if (!cfg->insecure) {
+			snprintf(err, errlen, "listen='%s' is reachable from the network, and there is no secret_file: anyone who reaches it could read the cache and write into the consumers' mounts; set secret_file on every node (e.g. openssl rand -hex 32 > /etc/viperfs.secret), or insecure=1 on an isolated network",
+				 cfg->listen);
+			goto err_free;
+		}
+		vp_log(LOG_WARNING, "repl", "insecure=1: listening on '%s' without a secret", cfg->listen);
 	}
 	if (r->consumer) {
 		char local[INET6_ADDRSTRLEN];

@@ -48,10 +48,12 @@ wait_mount() {
 		sleep 0.05
 	done
 }
-nsenter --net=/run/netns/"${tag}p" "$BUILD/viperfs" -f -o "listen=${net}.1:7700,control=$base/p.sock,log_file=$base/producer.log" "$pfs" "$pm" &
+# the nodes' shared secret: every message between them is authenticated and sealed
+(umask 077; openssl rand -hex 32 > "$base/secret")
+nsenter --net=/run/netns/"${tag}p" "$BUILD/viperfs" -f -o "listen=${net}.1:7700,secret_file=$base/secret,control=$base/p.sock,log_file=$base/producer.log" "$pfs" "$pm" &
 pids="$pids $!"
 wait_mount "$pm"
-nsenter --net=/run/netns/"${tag}c" "$BUILD/viperfs" -f -o "subscribe=${net}.1:7700,control=$base/c.sock,log_file=$base/consumer.log" "$pfs" "$cm" &
+nsenter --net=/run/netns/"${tag}c" "$BUILD/viperfs" -f -o "subscribe=${net}.1:7700,secret_file=$base/secret,control=$base/c.sock,log_file=$base/consumer.log" "$pfs" "$cm" &
 pids="$pids $!"
 wait_mount "$cm"
 until grep -q "subscribed to the producer" "$base/consumer.log" 2>/dev/null; do sleep 0.05; done

@@ -82,8 +82,11 @@ def main():
     a, _ = ap.parse_known_args()
     mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
     size = int(float(a.size[:-1]) * mult[a.size[-1].upper()])
-    opts = "ram_cache=%d,ram_prefault=%d" % (size * 6, size * 2)
     w = World()
+    secret = os.path.join(w.base, "bench.secret")
+    with open(secret, "w") as f:
+        f.write(os.urandom(16).hex())
+    opts = "ram_cache=%d,ram_prefault=%d,secret_file=%s" % (size * 6, size * 2, secret)
     rows = []
     samples = {}
     try:

@@ -95,7 +95,10 @@ def main():
             srv.wait(timeout=60)
             res["raw"].append(float(out.split()[1]))
         pfs = w.dir("pfs")
-        cache = "ram_cache=%d,ram_prefault=%d" % (size * 6, size * 2)
+        secret = os.path.join(w.base, "bench.secret")
+        with open(secret, "w") as f:
+            f.write(os.urandom(16).hex())
+        cache = "ram_cache=%d,ram_prefault=%d,secret_file=%s" % (size * 6, size * 2, secret)
         stream = ",repl_stream=%s" % a.stream if a.stream is not None else ""
         prod = w.mount("listen=%s:%d,%s%s" % (net.addr(0), port, cache, stream), pfs=pfs,
                        mnt=w.dir("prod"), prefix=net.prefix(0))

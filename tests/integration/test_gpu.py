@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 from conftest import VIPERCTL, read, wait_version, write
-from test_repl import status, wait_for
+from test_repl import cluster_secret, status, wait_for
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -112,7 +112,7 @@ def test_gpu_direct_replication_on_the_host_memory_tier(world):
     net = world.net(2)
     port = 7800 + os.getpid() % 100
     pfs = world.dir("pfs")
-    opts = ",gpu_cache=64M,gpu_tier=ram"
+    opts = ",gpu_cache=64M,gpu_tier=ram" + cluster_secret(world)
     # not flushed yet: the late consumer gets it from the producer, not from the PFS
     prod = world.mount("listen=%s:%d,peer_timeout=3,flush_interval=1h%s" % (net.addr(0), port, opts),
                        pfs=pfs, mnt=world.dir("prod"), prefix=net.prefix(0))

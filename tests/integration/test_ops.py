@@ -310,6 +310,9 @@ def test_slurm_launcher_roles_with_srun_environment(world):
     with open(hosts, "w") as f:
         f.write("%s node1\n%s node2\n" % (net.addr(0), net.addr(1)))
     pfs = world.dir("pfs")
+    secret = os.path.join(world.base, "job.secret")
+    with open(secret, "w") as f:
+        f.write(os.urandom(16).hex())
     port = 7900 + os.getpid() % 50
     mnts, procs = [], []
     for i in range(2):
@@ -323,7 +326,7 @@ def test_slurm_launcher_roles_with_srun_environment(world):
                         NOTIFY_SOCKET=sock_path)
         metrics_port = 9300 + i
         p = world.spawn([*net.prefix(i), SLURM_LAUNCHER, "node", "--pfs", pfs, "--mnt", mnt,
-                         "--port", str(port), "--hosts", hosts,
+                         "--port", str(port), "--hosts", hosts, "--secret", secret,
                          "--opts", "peer_timeout=3,metrics=%d,log_file=%s,control=%s" % (
                              metrics_port, os.path.join(world.base, "n%d.log" % i),
                              os.path.join(world.base, "n%d.sock" % i))],
@@ -475,6 +478,7 @@ def test_slurm_launcher_in_a_real_job(world, slurm):
         f.write("""#!/bin/bash
 set -e
 L={launcher}
+export VIPERFS_SECRET_DIR={base}
 $L up --pfs {pfs} --mnt {mnt} --opts log_file={base}/job-viperfs.log,control={base}/job.sock
 findmnt -n -o FSTYPE {mnt} > {base}/fstype
 echo "from the job" > {mnt}/ckpt.pt
@@ -492,6 +496,8 @@ findmnt {mnt} >/dev/null && echo still-mounted > {base}/after || echo unmounted 
         with open(os.path.join(world.base, "status.json")) as f:
             st = json.load(f)
         assert st["repl"]["role"] == "producer" and st["repl"]["listen"].endswith(":7650")
+        assert st["repl"]["sealed"]     # up made the job a secret, and down removed it
+        assert not [n for n in os.listdir(world.base) if n.startswith(".viperfs-job-")]
         with open(os.path.join(world.base, "after")) as f:
             assert f.read().strip() == "unmounted"
         assert read(os.path.join(pfs, "ckpt.pt")) == b"from the job\n"

@@ -1,0 +1,213 @@
+"""No way in: a hostile peer (tests/tools/hostile.c, linked with libviper.a)
+attacks real mounts over real libfabric endpoints, from its own network
+namespace, with and without secret_file.  Each test checks that nothing
+changed on the replica or the host, that no cache byte was read, that the
+daemons survived, and that the log says what was refused."""
+import os
+import re
+import subprocess
+
+import pytest
+
+from conftest import BUILD, read, wait_version, write
+from test_repl import status, subscribed, wait_for
+
+HOSTILE = os.path.join(BUILD, "tests", "hostile")
+SECRET = b"0123456789abcdef0123456789abcdef"
+
+
+def secret_opts(world, secret):
+    if not secret:
+        return ",insecure=1"
+    path = os.path.join(world.base, "secret")
+    if not os.path.exists(path):
+        write(path, SECRET)
+    return ",secret_file=" + path
+
+
+def nodes(world, secret, consumers=1):
+    """Producer on node 0, consumers on 1.., the attacker on the last node."""
+    net = world.net(2 + consumers)
+    port = 7900 + os.getpid() % 90
+    opts = secret_opts(world, secret)
+    pfs = world.dir("pfs")
+    prod = world.mount("listen=%s:%d,peer_timeout=3%s" % (net.addr(0), port, opts),
+                       pfs=pfs, mnt=world.dir("prod"), prefix=net.prefix(0))
+    cons = [world.mount("subscribe=%s:%d,peer_timeout=3,log_level=debug%s" % (net.addr(0), port, opts),
+                        pfs=pfs, mnt=world.dir("cons%d" % i), prefix=net.prefix(1 + i))
+            for i in range(consumers)]
+    return net, port, prod, cons
+
+
+def hostile(net, node, *args, **kw):
+    r = subprocess.run([*net.prefix(node), HOSTILE, *args], capture_output=True, text=True,
+                       timeout=kw.get("timeout", 120))
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def fabric_port(net, node, pid):
+    """The TCP port the daemon's libfabric endpoint listens on (a consumer binds any)."""
+    out = subprocess.run(["ip", "netns", "exec", net.names[node], "ss", "-ltnpH"],
+                         capture_output=True, text=True, check=True).stdout
+    for line in out.splitlines():
+        if "pid=%d," % pid in line:
+            return int(line.split()[3].rsplit(":", 1)[1])
+    raise AssertionError("no listening socket of pid %d: %s" % (pid, out))
+
+
+def refused_count(m):
+    return status(m)["repl"]["refused_messages"]
+
+
+def tree(path):
+    """Every file, directory and link under path, with file contents and link targets."""
+    out = {}
+    for root, dirs, files in os.walk(path):
+        for d in dirs:
+            p = os.path.join(root, d)
+            out[os.path.relpath(p, path)] = ("link", os.readlink(p)) if os.path.islink(p) else ("dir",)
+        for f in files:
+            p = os.path.join(root, f)
+            out[os.path.relpath(p, path)] = ("link", os.readlink(p)) if os.path.islink(p) else ("file", read(p))
+    return out
+
+
+@pytest.mark.parametrize("secret", [True, False], ids=["secret", "no-secret"])
+def test_an_outsider_cannot_change_a_replica_nor_drop_a_consumer(world, secret):
+    net, port, prod, (cons,) = nodes(world, secret)
+    attacker = 2
+    wait_for(lambda: subscribed(prod, 1), what="the consumer subscribed")
+    write(prod.path("victim.bin"), b"the real model, version 1")
+    os.mkdir(prod.path("dir"))
+    v1 = wait_version(cons.path("victim.bin"), 0)
+    wait_for(lambda: os.path.isdir(cons.path("dir")), what="dir on the consumer")
+    before = tree(cons.mnt)
+
+    # forged producer messages (and forged consumer ones) straight at the consumer's port
+    sent = int(re.search(r"sent (\d+)", hostile(net, attacker, "inject", net.addr(attacker), "%s:%d" % (
+        net.addr(1), fabric_port(net, 1, cons.proc.pid)))).group(1))
+    assert sent > 20
+    wait_for(lambda: refused_count(cons) >= sent, what="the consumer refusing every forged message")
+    # forged consumer messages (REFUSED, DONE, HEARTBEAT for ids 1..4) at the producer
+    base = refused_count(prod)
+    sent = int(re.search(r"sent (\d+)", hostile(net, attacker, "inject", net.addr(attacker),
+                                                 "%s:%d" % (net.addr(0), port))).group(1))
+    wait_for(lambda: refused_count(prod) >= base + sent, what="the producer refusing them")
+
+    assert tree(cons.mnt) == before, "the replica changed"
+    assert not os.path.exists(cons.path("huge.bin")) and not os.path.lexists(cons.path("injected-link"))
+    st = status(prod)["repl"]
+    assert [p["active"] for p in st["peers"]] == [True], st    # the real consumer was not dropped
+    assert status(cons)["repl"]["state"] == "subscribed"
+    assert "was refused" in cons.read_log() and "was refused" in prod.read_log()
+    assert "refused us: forged" not in prod.read_log()
+    # the forged version 1,000,000 did not make the real version 2 "old"
+    write(prod.path("victim.bin"), b"the real model, version 2")
+    assert wait_version(cons.path("victim.bin"), v1) > v1
+    assert read(cons.path("victim.bin")) == b"the real model, version 2"
+    # the log is rate-limited: a flood of forgeries does not flood it
+    assert cons.read_log().count("was refused") <= 11
+
+
+@pytest.mark.parametrize("secret", [True, False], ids=["secret", "no-secret"])
+def test_nobody_reads_the_producers_cache(world, secret):
+    net, port, prod, (cons,) = nodes(world, secret)
+    attacker = 2
+    wait_for(lambda: subscribed(prod, 1), what="the consumer subscribed")
+    marker = b"CACHE-SECRET-" * 80000      # ~1 MiB that must never leave but to the consumer
+    write(prod.path("warm.bin"), marker)
+    wait_version(cons.path("warm.bin"), 0)
+    assert read(cons.path("warm.bin")) == marker
+    # a consumer that never says DONE keeps the next version pinned, its chunks registered
+    os.kill(cons.proc.pid, __import__("signal").SIGSTOP)
+    try:
+        write(prod.path("pinned.bin"), marker + b"2")
+        wait_for(lambda: status(prod)["repl"]["seq"] >= 2, what="the announce of pinned.bin")
+        out = os.path.join(world.base, "rma.out")
+        res = hostile(net, attacker, "rma", net.addr(attacker), "%s:%d" % (net.addr(0), port), out)
+    finally:
+        os.kill(cons.proc.pid, __import__("signal").SIGCONT)
+    assert "rma_ok 0\n" in res, res
+    assert b"CACHE-SECRET" not in read(out)
+    assert int(re.search(r"rma_tried (\d+)", res).group(1)) >= 200
+    # the real consumer still gets it
+    wait_for(lambda: os.path.exists(cons.path("pinned.bin")), what="pinned.bin on the consumer")
+    assert read(cons.path("pinned.bin")) == marker + b"2"
+
+
+@pytest.mark.parametrize("secret", [True, False], ids=["secret", "no-secret"])
+def test_a_bad_hello_does_not_lock_consumers_out(world, secret):
+    net = world.net(3)
+    port = 7900 + os.getpid() % 90
+    opts = secret_opts(world, secret)
+    pfs = world.dir("pfs")
+    prod = world.mount("listen=%s:%d,peer_timeout=3%s" % (net.addr(0), port, opts),
+                       pfs=pfs, mnt=world.dir("prod"), prefix=net.prefix(0))
+    out = hostile(net, 2, "badhello", net.addr(2), "%s:%d" % (net.addr(0), port))
+    assert "sent 5" in out
+    wait_for(lambda: prod.read_log().count("unusable endpoint name") >= 5, what="the refusals logged")
+    cons = world.mount("subscribe=%s:%d,peer_timeout=3%s" % (net.addr(0), port, opts),
+                       pfs=pfs, mnt=world.dir("cons"), prefix=net.prefix(1))
+    wait_for(lambda: subscribed(prod, 1), what="a real consumer subscribing after the bad HELLOs")
+    write(prod.path("m.bin"), b"weights")
+    wait_version(cons.path("m.bin"), 0)
+    assert read(cons.path("m.bin")) == b"weights"
+
+
+def hostile_producer(world, secret, attack, outside=None):
+    """The hostile producer on node 0 and a real consumer subscribed to it on node 1."""
+    net = world.net(2)
+    port = 7900 + os.getpid() % 90
+    opts = secret_opts(world, secret)
+    env = dict(os.environ, FI_PROVIDER="tcp;ofi_rxm")
+    if outside:
+        env["HOSTILE_OUTSIDE"] = outside
+    evil = world.spawn([*net.prefix(0), HOSTILE, "producer", "%s:%d" % (net.addr(0), port),
+                        os.path.join(world.base, "secret") if secret else "-", attack],
+                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    cons = world.mount("subscribe=%s:%d,peer_timeout=3,log_level=debug%s" % (net.addr(0), port, opts),
+                       pfs=world.dir("pfs"), mnt=world.dir("cons"), prefix=net.prefix(1))
+    wait_for(lambda: os.path.isdir(cons.path("marker")) or evil.poll() is not None,
+             timeout=60, what="the hostile producer's last operation on the replica")
+    assert evil.poll() is None, evil.stderr.read()
+    return cons, evil
+
+
+@pytest.mark.parametrize("secret", [True, False], ids=["secret", "no-secret"])
+def test_a_hostile_producer_cannot_reach_outside_the_mount(world, secret):
+    outside = world.dir("outside")
+    write(os.path.join(outside, "victim.txt"), b"host file")
+    write(os.path.join(outside, "target.txt"), b"host target")
+    os.mkdir(os.path.join(outside, "subdir"))
+    write(os.path.join(outside, "subdir", "keep.txt"), b"keep")
+    if secret:
+        secret_opts(world, True)
+    before = tree(world.base + "/outside")
+    cons, evil = hostile_producer(world, secret, "escape", outside)
+
+    assert tree(outside) == before, "the host outside the mount changed"
+    # the symlinks are data on the replica, stored as sent
+    assert os.readlink(cons.path("esc")) == outside
+    assert os.readlink(cons.path("d", "up")) == "../.."
+    assert not os.path.exists(cons.path("stolen.txt"))
+    assert read(os.path.join(outside, "target.txt")) == b"host target"
+    log = cons.read_log()
+    assert "Too many levels of symbolic links" in log or "Invalid cross-device link" in log, log[-3000:]
+    assert os.listdir(cons.mnt)     # the daemon is alive and serving
+
+
+@pytest.mark.parametrize("secret", [True, False], ids=["secret", "no-secret"])
+def test_a_hostile_producers_sizes_are_refused(world, secret):
+    if secret:
+        secret_opts(world, True)
+    cons, evil = hostile_producer(world, secret, "sizes")
+    # what passes the checks still works; nothing else was allocated or installed
+    wait_for(lambda: os.path.exists(cons.path("ok.bin")), what="ok.bin")
+    assert read(cons.path("ok.bin")) == b"E" * 1000
+    for name in ("big-chunk.bin", "small-chunk.bin", "huge.bin"):
+        assert not os.path.exists(cons.path(name)), name
+    log = cons.read_log()
+    assert log.count("its chunk size is not ours") == 2, log[-3000:]
+    assert "'huge.bin' version 13 refused: larger than max_file_size" in log
+    assert status(cons)["repl"]["refused_messages"] >= 3
