@@ -5,6 +5,10 @@
  * answer until the daemon closes the connection:
  *   status             one JSON object (vp_ns_status_json)
  *   versions PATH      one JSON array (vp_ns_versions_json)
+ *   watch PATH         {"watching":true}, then one JSON line per new version
+ *                      below PATH, until the client closes
+ *   wait PATH V S      {"version":N} once PATH holds a version above V, or
+ *                      {"error":"timed out"} after S seconds (0: no limit)
  *   flush PATH         JSON progress lines {"done":B,"total":B,"ops_left":N,
  *                      "error":"..."} every 200 ms, the last with "finished":true
  *   warm PATH          JSON progress lines {"files","files_done","total","done",
@@ -13,11 +17,39 @@
  *                      or {"error":"busy","open_files":N}
  *   gpu-export PATH    {"handle":HEX,"version":V,"size":S,"device":N}, then
  *                      the lease lasts until the client closes
- * Errors come back as {"error":"..."}.  Only the daemon's own user (or
- * root) may connect: the socket is mode 0600.
+ *   ping               {"pong":true}
+ * Errors come back as {"error":"..."}.  PATH is relative to the mount's root.
  *
- * THREADING: one accept thread; each connection is served by a thread of
- * its own, so a long flush does not block status requests.
+ * PERMISSIONS: the socket is mode 0666 and every request is judged by the
+ * caller's credentials (SO_PEERCRED, SO_PEERGROUPS), with the mode bits
+ * the mount shows (the kernel enforces the same ones: default_permissions):
+ *   - root, the daemon's own user and the owner of the mount's root
+ *     directory may make any request;
+ *   - status needs read permission on the mount's root; versions, watch,
+ *     wait and gpu-export need search permission on the directories on
+ *     the way to PATH and read permission on PATH (a PATH that does not
+ *     exist yet passes: wait and watch name files ahead);
+ *   - flush, warm and idle change what the daemon does, for everyone: the
+ *     privileged callers only;
+ *   - ping: anyone.
+ * A refusal is {"error":"permission denied: ..."} and a (rate-limited)
+ * warning in the log.  status lists every file name in the mount: whoever
+ * may read the root sees them, as on the PFS directory it mirrors.
+ *
+ * LIMITS: a client has 10 s from connect() to the end of its request
+ * line; until then it costs a descriptor and a buffer in the accept
+ * thread, not a thread.  At most 128 connections wait so; a new one past
+ * that drops the oldest (an unprivileged caller's first).  At most 64
+ * requests are served at once, 16 of them only for privileged callers, so
+ * other users can never lock root out (viperctl umount); past the limit
+ * the answer is {"error":"busy: ..."}.  A client that reads nothing of
+ * its answer for 30 s is dropped.
+ *
+ * THREADING: one accept thread polls the listening socket and the
+ * connections whose request line is not in; each request is then served
+ * by a thread of its own, so a long flush or watch does not block status.
+ * vp_ctl_stop() shuts down every open connection: the requests end and it
+ * returns promptly, even with clients connected.
  */
 #ifndef VP_CTL_H
 #define VP_CTL_H
@@ -28,13 +60,18 @@ struct vp_ns;
 struct vp_ctl;
 
 /*
- * Listens on path (made unique to this daemon by the caller).  Returns a
- * new server, or NULL with a message in err.
+ * Listens on path (made unique to this daemon by the caller; a stale
+ * socket there is replaced).  ns is borrowed until vp_ctl_stop().  Returns
+ * a new server, or NULL with a message in err.
  */
 struct vp_ctl *vp_ctl_start(struct vp_ns *ns, const char *path, char *err,
 			    size_t errlen);
 
-/* Stops accepting, waits for open connections, removes the socket. */
+/*
+ * Stops accepting, closes the connections that sent no request yet,
+ * shuts down the others and waits for their threads (a request that is
+ * in a PFS read finishes that read), removes the socket.  NULL is a no-op.
+ */
 void vp_ctl_stop(struct vp_ctl *ctl);
 
 #endif

@@ -3,16 +3,14 @@
 #include "metrics.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <netdb.h>
-#include <pthread.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/time.h>
 #include <unistd.h>
+#include <microhttpd.h>
 
-#include "accept.h"
 #include "log.h"
 
 /* Upper bounds of the latency buckets, seconds; +Inf is implied. */
@@ -155,80 +153,134 @@ void vp_metrics_write(FILE *out, vp_metrics_collect_fn collect, void *arg)
 		collect(arg, out);
 }
 
+/*
+ * The HTTP side: libmicrohttpd on one internal thread that polls every
+ * connection (epoll), so a client that sends its request slowly, or
+ * nothing, costs a connection slot and no more.
+ */
+#define METRICS_MAX_CONNECTIONS 256	/* beyond: left in the listen backlog */
+#define METRICS_IDLE_TIMEOUT_S 5	/* a silent connection is closed */
+#define METRICS_BACKLOG 128
+
 struct vp_metrics_server {
-	int listen_fd;
-	int stop_pipe[2];
-	pthread_t thread;
+	struct MHD_Daemon *httpd;
 	vp_metrics_collect_fn collect;
 	void *arg;
 };
 
-/* Reads the request head (up to a blank line) with a deadline; answers it. */
-static void serve_one(struct vp_metrics_server *srv, int fd)
+/* libmicrohttpd's own messages (connection limit reached, ...): clients can cause them. */
+__attribute__((format(printf, 2, 0)))
+static void httpd_log(void *arg, const char *fmt, va_list ap)
 {
-	struct timeval tv = { .tv_sec = 2 };
-	char req[4096], *body = NULL, head[256];
-	size_t used = 0, body_len = 0;
-	const char *status = "200 OK";
+	static struct vp_ratelimit rl = VP_RATELIMIT_INIT(10, 60.0);
+	char msg[512];
+
+	(void)arg;
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	msg[strcspn(msg, "\n")] = '\0';
+	vp_log_limited(&rl, LOG_WARNING, "metrics", "http server: %s", msg);
+}
+
+/* Queues status with body (ownership passes to the response) and our headers. */
+static enum MHD_Result reply(struct MHD_Connection *conn, unsigned int status,
+			     char *body, size_t body_len)
+{
+	struct MHD_Response *resp;
+	enum MHD_Result rc;
+
+	resp = MHD_create_response_from_buffer(body_len, body, MHD_RESPMEM_MUST_FREE);
+	if (!resp) {
+		free(body);
+		return MHD_NO;	/* closes the connection */
+	}
+	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE,
+				"text/plain; version=0.0.4; charset=utf-8");
+	/* one scrape per connection: an idle keep-alive would hold a slot */
+	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
+	if (status == MHD_HTTP_METHOD_NOT_ALLOWED)
+		MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, MHD_HTTP_METHOD_GET);
+	rc = MHD_queue_response(conn, status, resp);
+	MHD_destroy_response(resp);
+	return rc;
+}
+
+/* GET /metrics (or /): the text format; anything else: 404 or 405. */
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn,
+				  const char *url, const char *method,
+				  const char *version, const char *upload_data,
+				  size_t *upload_data_size, void **req_state)
+{
+	struct vp_metrics_server *srv = cls;
+	unsigned int status = MHD_HTTP_OK;
+	char *body = NULL;
+	size_t body_len = 0;
 	FILE *mem;
 
-	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-	while (used < sizeof(req) - 1) {
-		ssize_t n = read(fd, req + used, sizeof(req) - 1 - used);
-
-		if (n <= 0)
-			break;
-		used += (size_t)n;
-		req[used] = '\0';
-		if (strstr(req, "\r\n\r\n") || strstr(req, "\n\n"))
-			break;
-	}
-	req[used] = '\0';
+	(void)version;
+	(void)upload_data;
+	(void)upload_data_size;
+	(void)req_state;
 	mem = open_memstream(&body, &body_len);
 	if (!mem)
-		return;
-	if (strncmp(req, "GET ", 4)) {
-		status = "405 Method Not Allowed";
+		return MHD_NO;
+	if (strcmp(method, MHD_HTTP_METHOD_GET)) {
+		status = MHD_HTTP_METHOD_NOT_ALLOWED;
 		fputs("only GET /metrics is served here\n", mem);
-	} else if (strncmp(req + 4, "/metrics ", 9) && strncmp(req + 4, "/ ", 2) &&
-		   strncmp(req + 4, "/metrics?", 9)) {
-		status = "404 Not Found";
+	} else if (strcmp(url, "/metrics") && strcmp(url, "/")) {
+		status = MHD_HTTP_NOT_FOUND;
 		fputs("viperfs serves its metrics at /metrics\n", mem);
 	} else {
 		vp_metrics_write(mem, srv->collect, srv->arg);
 	}
-	fclose(mem);
-	snprintf(head, sizeof(head),
-		 "HTTP/1.1 %s\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n"
-		 "Content-Length: %zu\r\nConnection: close\r\n\r\n", status, body_len);
-	if (write(fd, head, strlen(head)) == (ssize_t)strlen(head)) {
-		size_t off = 0;
-
-		while (off < body_len) {
-			ssize_t n = write(fd, body + off, body_len - off);
-
-			if (n <= 0)
-				break;
-			off += (size_t)n;
-		}
+	if (fclose(mem)) {
+		free(body);
+		return MHD_NO;
 	}
-	free(body);
+	return reply(conn, status, body, body_len);
 }
 
-static void *server_main(void *arg)
+/* Splits "PORT", "ADDR:PORT" or "[V6]:PORT"; 0, or -EINVAL with a message in err. */
+static int split_addr(const char *addr, char *host, size_t host_len,
+		      char *port, size_t port_len, char *err, size_t errlen)
 {
-	struct vp_metrics_server *srv = arg;
+	const char *colon = strrchr(addr, ':');
 
-	for (;;) {
-		int fd = vp_accept_until(srv->listen_fd, srv->stop_pipe[0]);
-
-		if (fd < 0)
-			break;
-		serve_one(srv, fd);
-		close(fd);
+	if (colon) {
+		snprintf(host, host_len, "%.*s", (int)(colon - addr), addr);
+		snprintf(port, port_len, "%s", colon + 1);
+		if (host[0] == '[' && host[strlen(host) - 1] == ']') {
+			memmove(host, host + 1, strlen(host));
+			host[strlen(host) - 1] = '\0';
+		}
+	} else {
+		snprintf(host, host_len, "127.0.0.1");
+		snprintf(port, port_len, "%s", addr);
 	}
-	return NULL;
+	if (!*port || strspn(port, "0123456789") != strlen(port)) {
+		snprintf(err, errlen, "metrics address '%s': want PORT or ADDR:PORT", addr);
+		return -EINVAL;
+	}
+	return 0;
+}
+
+/*
+ * A listening socket on ai (ours, not libmicrohttpd's, so that a failure
+ * says which call failed and why); the fd, or -errno.
+ */
+static int listen_on(const struct addrinfo *ai)
+{
+	int one = 1, fd, rc;
+
+	fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	if (bind(fd, ai->ai_addr, ai->ai_addrlen) || listen(fd, METRICS_BACKLOG)) {
+		rc = -errno;
+		close(fd);
+		return rc;
+	}
+	return fd;
 }
 
 struct vp_metrics_server *vp_metrics_serve(const char *addr,
@@ -240,24 +292,11 @@ struct vp_metrics_server *vp_metrics_serve(const char *addr,
 	struct addrinfo *ai = NULL;
 	struct vp_metrics_server *srv;
 	char host[256], port[16];
-	const char *colon = strrchr(addr, ':');
-	int one = 1, rc;
+	unsigned int flags = MHD_USE_AUTO_INTERNAL_THREAD | MHD_USE_ERROR_LOG;
+	int listen_fd, rc;
 
-	if (colon) {
-		snprintf(host, sizeof(host), "%.*s", (int)(colon - addr), addr);
-		snprintf(port, sizeof(port), "%s", colon + 1);
-		if (host[0] == '[' && host[strlen(host) - 1] == ']') {
-			memmove(host, host + 1, strlen(host));
-			host[strlen(host) - 1] = '\0';
-		}
-	} else {
-		snprintf(host, sizeof(host), "127.0.0.1");
-		snprintf(port, sizeof(port), "%s", addr);
-	}
-	if (!*port || strspn(port, "0123456789") != strlen(port)) {
-		snprintf(err, errlen, "metrics address '%s': want PORT or ADDR:PORT", addr);
+	if (split_addr(addr, host, sizeof(host), port, sizeof(port), err, errlen))
 		return NULL;
-	}
 	rc = getaddrinfo(*host ? host : NULL, port, &hints, &ai);
 	if (rc) {
 		snprintf(err, errlen, "metrics address '%s': %s", addr, gai_strerror(rc));
@@ -265,38 +304,45 @@ struct vp_metrics_server *vp_metrics_serve(const char *addr,
 	}
 	srv = calloc(1, sizeof(*srv));
 	if (!srv) {
-		freeaddrinfo(ai);
 		snprintf(err, errlen, "out of memory");
-		return NULL;
+		goto err_free_ai;
 	}
 	srv->collect = collect;
 	srv->arg = arg;
-	srv->stop_pipe[0] = srv->stop_pipe[1] = -1;
-	srv->listen_fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, 0);
-	if (srv->listen_fd < 0)
-		goto err_msg;
-	setsockopt(srv->listen_fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-	if (bind(srv->listen_fd, ai->ai_addr, ai->ai_addrlen) ||
-	    listen(srv->listen_fd, 16) || pipe2(srv->stop_pipe, O_CLOEXEC))
-		goto err_msg;
-	if (pthread_create(&srv->thread, NULL, server_main, srv)) {
-		errno = EAGAIN;
-		goto err_msg;
+	listen_fd = listen_on(ai);
+	if (listen_fd < 0) {
+		snprintf(err, errlen, "metrics address '%s': cannot listen there: %s%s",
+			 addr, strerror(-listen_fd),
+			 listen_fd == -EADDRINUSE ? "; pick a free port with -o metrics=ADDR:PORT" :
+			 listen_fd == -EADDRNOTAVAIL ? "; name an address of this host" : "");
+		goto err_free_srv;
 	}
+	if (ai->ai_family == AF_INET6)
+		flags |= MHD_USE_IPv6;
+	srv->httpd = MHD_start_daemon(flags, 0, NULL, NULL, on_request, srv,
+				      MHD_OPTION_EXTERNAL_LOGGER, httpd_log, NULL,
+				      MHD_OPTION_LISTEN_SOCKET, listen_fd,
+				      MHD_OPTION_CONNECTION_LIMIT,
+				      (unsigned int)METRICS_MAX_CONNECTIONS,
+				      MHD_OPTION_CONNECTION_TIMEOUT,
+				      (unsigned int)METRICS_IDLE_TIMEOUT_S,
+				      MHD_OPTION_END);
+	if (!srv->httpd) {
+		snprintf(err, errlen, "metrics address '%s': the HTTP server did not start (see the log)",
+			 addr);
+		goto err_close;
+	}
+	/* the server now owns listen_fd: MHD_stop_daemon closes it */
 	freeaddrinfo(ai);
-	vp_log(LOG_INFO, "metrics", "serving Prometheus metrics on http://%s:%s/metrics",
-	       host, port);
+	vp_log(LOG_INFO, "metrics", "serving Prometheus metrics on http://%s%s%s:%s/metrics",
+	       strchr(host, ':') ? "[" : "", host, strchr(host, ':') ? "]" : "", port);
 	return srv;
 
-err_msg:
-	snprintf(err, errlen, "metrics address '%s': %s", addr, strerror(errno));
-	if (srv->listen_fd >= 0)
-		close(srv->listen_fd);
-	if (srv->stop_pipe[0] >= 0) {
-		close(srv->stop_pipe[0]);
-		close(srv->stop_pipe[1]);
-	}
+err_close:
+	close(listen_fd);
+err_free_srv:
 	free(srv);
+err_free_ai:
 	freeaddrinfo(ai);
 	return NULL;
 }
@@ -305,11 +351,6 @@ void vp_metrics_server_free(struct vp_metrics_server *srv)
 {
 	if (!srv)
 		return;
-	if (write(srv->stop_pipe[1], "x", 1) != 1)
-		vp_log(LOG_WARNING, "metrics", "could not wake the metrics thread");
-	pthread_join(srv->thread, NULL);
-	close(srv->listen_fd);
-	close(srv->stop_pipe[0]);
-	close(srv->stop_pipe[1]);
+	MHD_stop_daemon(srv->httpd);
 	free(srv);
 }

@@ -8,7 +8,15 @@
  * peers) are asked for when a scrape comes, through a collect callback.
  *
  * THREADING: vp_metrics_* recorders are thread-safe and never block.  The
- * server runs one thread that answers one scrape at a time.
+ * server is libmicrohttpd with one internal thread that polls all its
+ * connections and answers one scrape at a time; collect runs there.
+ *
+ * LIMITS: at most 256 connections at once (more wait in the listen
+ * backlog), each closed after 5 s without a byte in either direction and
+ * after its one answer (Connection: close).  So idle or slow clients take
+ * slots but never the thread: a scrape is answered while 200 of them are
+ * connected.  A client that trickles a byte every few seconds keeps its
+ * slot; only 256 such clients would stop scrapes.
  */
 #ifndef VP_METRICS_H
 #define VP_METRICS_H
@@ -58,14 +66,17 @@ typedef void (*vp_metrics_collect_fn)(void *arg, FILE *out);
 void vp_metrics_write(FILE *out, vp_metrics_collect_fn collect, void *arg);
 
 /*
- * Serves GET /metrics on addr ("PORT", "ADDR:PORT"; a bare port binds
- * 127.0.0.1).  Returns a new server or NULL with a message in err.
+ * Serves GET /metrics (and GET /) on addr ("PORT", "ADDR:PORT",
+ * "[V6ADDR]:PORT"; a bare port binds 127.0.0.1); other paths get 404,
+ * other methods 405.  collect and arg are borrowed until the server is
+ * freed.  Returns a new server, or NULL with a message in err (a bad
+ * address, or why it could not listen there: in use, not on this host).
  */
 struct vp_metrics_server;
 struct vp_metrics_server *vp_metrics_serve(const char *addr,
 					   vp_metrics_collect_fn collect,
 					   void *arg, char *err, size_t errlen);
-/* Stops the server and waits for its thread.  NULL is a no-op. */
+/* Stops the server, closes its connections, waits for its thread.  NULL is a no-op. */
 void vp_metrics_server_free(struct vp_metrics_server *srv);
 
 #endif

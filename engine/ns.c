@@ -14,6 +14,7 @@
 #include "clock.h"
 #include "log.h"
 #include "gpu.h"
+#include "json.h"
 #include "metrics.h"
 #include "ns_i.h"
 #include "repl.h"
@@ -1446,7 +1447,6 @@ static int commit_locked(struct vp_ns *ns, struct vp_node *n,
 }
 
 static double median_stall_locked(struct vp_ns *ns);
-static void json_string(FILE *out, const char *s);
 static void versions_locked(struct vp_ns *ns, struct vp_node *n, FILE *out,
 			    int *first);
 static void write_internal_file(struct vp_ns *ns, const char *name,
@@ -2642,7 +2642,7 @@ void vp_ns_status_json(struct vp_ns *ns, FILE *out)
 				dirty += n->pfs_version != n->version;
 			}
 	fputs("{\"pfs_dir\":", out);
-	json_string(out, ns->pfs_dir);
+	vp_json_string(out, ns->pfs_dir);
 	fprintf(out, ",\"pid\":%d,\"open_files\":%u,\"unmount_wait_s\":%.3f,"
 		"\"tiers\":{\"ram\":{\"budget\":%" PRIu64 ",\"used\":%" PRIu64 "},\"gpu\":",
 		(int)getpid(), __atomic_load_n(&ns->open_handles, __ATOMIC_RELAXED),
@@ -2651,7 +2651,7 @@ void vp_ns_status_json(struct vp_ns *ns, FILE *out)
 		vp_gpu_status_json(ns->gpu, out);
 	} else if (ns->cfg.gpu_cache) {
 		fputs("{\"state\":\"off\",\"reason\":", out);
-		json_string(out, ns->gpu_off_reason);
+		vp_json_string(out, ns->gpu_off_reason);
 		fputc('}', out);
 	} else {
 		fputs("null", out);
@@ -2692,22 +2692,6 @@ void vp_ns_status_json(struct vp_ns *ns, FILE *out)
 	fputs("}\n", out);
 }
 
-static void json_string(FILE *out, const char *s)
-{
-	fputc('"', out);
-	for (; *s; s++) {
-		unsigned char c = (unsigned char)*s;
-
-		if (c == '"' || c == '\\')
-			fprintf(out, "\\%c", c);
-		else if (c < 0x20)
-			fprintf(out, "\\u%04x", c);
-		else
-			fputc(c, out);
-	}
-	fputc('"', out);
-}
-
 static void versions_locked(struct vp_ns *ns, struct vp_node *n, FILE *out,
 			    int *first)
 {
@@ -2721,7 +2705,7 @@ static void versions_locked(struct vp_ns *ns, struct vp_node *n, FILE *out,
 	if (n->type != VP_NODE_FILE || live_path_locked(ns, n, path, sizeof(path)))
 		return;
 	fprintf(out, "%s{\"path\":", *first ? "" : ",");
-	json_string(out, path);
+	vp_json_string(out, path);
 	/*
 	 * Where its bytes sit: "ram" (the cache holds this version; one loaded
 	 * from the PFS fills in as it is read), "gpu" (mirrored), "pfs".  No
