@@ -49,7 +49,7 @@ $(BUILD)/libviperfs_client.a: $(BUILD)/tools/viperfs_client.o
 deps:
 	@[ "$(SKIP_DEPS)" = 1 ] || sh mount-scripts/install-deps.sh
 
-$(BUILD)/%.o: %.c
+$(BUILD)/%.o: %.c | deps
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(FUSE_CFLAGS) $(CUDA_INC) -MMD -MP -c $< -o $@
 

@@ -136,11 +136,32 @@ int vp_log_limited(struct vp_ratelimit *rl, int level, const char *subsys,
 	return 1;
 }
 
-/* One line to the sink.  Called with log_lock held. */
-static void log_write_locked(int level, const char *subsys, const char *msg)
+/*
+ * A message quotes names that others chose (files, peers' reasons): its
+ * control characters are written as \xNN, so that one cannot forge log
+ * lines or drive the terminal of an admin who reads the log.
+ */
+static void escape_controls(const char *msg, char *out, size_t len)
 {
+	size_t o = 0;
+
+	for (const unsigned char *p = (const unsigned char *)msg; *p && o + 5 < len; p++) {
+		if (*p < 0x20 || *p == 0x7f)
+			o += (size_t)snprintf(out + o, len - o, "\\x%02x", *p);
+		else
+			out[o++] = (char)*p;
+	}
+	out[o] = '\0';
+}
+
+/* One line to the sink.  Called with log_lock held. */
+static void log_write_locked(int level, const char *subsys, const char *raw)
+{
+	char msg[4096];
+
 	if (level > __atomic_load_n(&log_level, __ATOMIC_RELAXED))
 		return;
+	escape_controls(raw, msg, sizeof(msg));
 	if (log_sink == VP_LOG_SYSLOG) {
 		syslog(level, "%s: %s", subsys, msg);
 	} else {

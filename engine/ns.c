@@ -2664,16 +2664,17 @@ void vp_ns_status_json(struct vp_ns *ns, FILE *out)
 		"\"flush\":{\"queued_ops\":%" PRIu64 ",\"queued_bytes\":%" PRIu64
 		",\"preparing\":%u,\"flushed_versions\":%" PRIu64 ",\"flushed_bytes\":%" PRIu64
 		",\"skipped_versions\":%" PRIu64 ",\"retries\":%" PRIu64
-		",\"last_lag_s\":%.3f,\"mean_lag_s\":%.6f,\"last_error\":\"%s\",\"last_error_path\":\"%s\"},"
-		"\"commits\":%" PRIu64 ",\"checkpoint_stall_s\":%.6f,\"evictions\":%" PRIu64
-		",\"bytes_written\":%" PRIu64 ",\"bytes_read\":%" PRIu64,
+		",\"last_lag_s\":%.3f,\"mean_lag_s\":%.6f,\"last_error\":\"%s\",\"last_error_path\":",
 		ps.budget, ps.used, ps.mapped, ps.waits, ps.enospc,
 		files, dirty, queued, queued_bytes, ns->preparing,
 		ns->st_flushed_versions, ns->st_flushed_bytes,
 		ns->st_skipped_versions, ns->st_retries, ns->st_last_flush_lag,
 		ns->st_flushed_versions ? ns->st_lag_sum / (double)ns->st_flushed_versions : 0.0,
-		ns->last_error ? strerror(-ns->last_error) : "",
-		ns->last_error ? ns->last_error_path : "",
+		ns->last_error ? strerror(-ns->last_error) : "");
+	vp_json_string(out, ns->last_error ? ns->last_error_path : "");	/* a file's name: any bytes */
+	fprintf(out, "},"
+		"\"commits\":%" PRIu64 ",\"checkpoint_stall_s\":%.6f,\"evictions\":%" PRIu64
+		",\"bytes_written\":%" PRIu64 ",\"bytes_read\":%" PRIu64,
 		ns->st_commits,
 		median_stall_locked(ns),
 		ns->st_evictions,
