@@ -35,6 +35,7 @@ struct op {
 	struct fi_context fictx;	/* first */
 	enum op_kind kind;
 	int done;			/* protected by fab->lock */
+	int abandoned;			/* sends: the sender gave up waiting; the completion frees the slot */
 	int status;			/* 0 or -errno, protected by fab->lock */
 	unsigned int index;		/* recv/send buffer slot */
 	struct batch *batch;		/* reads */
@@ -146,6 +147,9 @@ static void complete(struct vp_fab *fab, struct op *op, int status, size_t len,
 			b->done[b->ndone++] = op->req;
 		b->outstanding--;
 		free(op);
+	} else if (op->abandoned) {
+		op->abandoned = 0;	/* its sender timed out: the slot is free again */
+		fab->send_busy &= ~(1ULL << op->index);
 	} else {
 		op->status = status;
 		op->done = 1;
@@ -585,7 +589,7 @@ int vp_fab_send(struct vp_fab *fab, vp_fab_addr dest, const void *msg,
 	while (fab->send_busy == (1ULL << N_SEND) - 1) {
 		if (pthread_cond_timedwait(&fab->cond, &fab->lock, &ts) == ETIMEDOUT) {
 			pthread_mutex_unlock(&fab->lock);
-			return -ETIMEDOUT;
+			return -EAGAIN;		/* every slot busy: nothing was posted */
 		}
 	}
 	slot = (unsigned int)__builtin_ctzll(~fab->send_busy);
@@ -594,6 +598,7 @@ int vp_fab_send(struct vp_fab *fab, vp_fab_addr dest, const void *msg,
 	op->kind = OP_SEND;
 	op->index = slot;
 	op->done = 0;
+	op->abandoned = 0;
 	op->status = 0;
 	pthread_mutex_unlock(&fab->lock);
 
@@ -610,17 +615,18 @@ int vp_fab_send(struct vp_fab *fab, vp_fab_addr dest, const void *msg,
 		while (!op->done) {
 			if (pthread_cond_timedwait(&fab->cond, &fab->lock, &ts) == ETIMEDOUT) {
 				/*
-				 * The slot stays busy: the provider may still
-				 * complete it.  A dead peer's slots leak until
-				 * close, bounded by N_SEND.
+				 * The slot stays busy while the provider may
+				 * still use the buffer; its completion (or error
+				 * completion) frees it.
 				 */
+				op->abandoned = 1;
 				pthread_mutex_unlock(&fab->lock);
 				return -ETIMEDOUT;
 			}
 		}
 		rc = op->status;
 	} else {
-		rc = rc == -FI_EAGAIN ? -ETIMEDOUT : vp_fab_errno(rc);
+		rc = rc == -FI_EAGAIN ? -EAGAIN : vp_fab_errno(rc);	/* never posted */
 	}
 	fab->send_busy &= ~(1ULL << slot);
 	pthread_cond_broadcast(&fab->cond);

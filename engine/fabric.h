@@ -88,7 +88,10 @@ void vp_fab_remove(struct vp_fab *fab, vp_fab_addr addr);
 /*
  * Sends len bytes (at most VP_FAB_MAX_MSG) to dest and waits for the
  * send completion until deadline_s seconds from now.  May block.
- * Returns 0, -ETIMEDOUT, or another -errno.
+ * Returns 0; -EAGAIN if the provider took nothing before the deadline
+ * (the message was not sent: a peer still connecting, or a full queue);
+ * -ETIMEDOUT if it was posted but did not complete in time (it may still
+ * arrive); or another -errno.
  */
 int vp_fab_send(struct vp_fab *fab, vp_fab_addr dest, const void *msg,
 		size_t len, double deadline_s);

@@ -40,6 +40,10 @@
 #define RELAY_BATCH 16		/* chunks read from a relay per batch */
 #define INBOX_BYTES (64u << 20)	/* received messages waiting for the repl thread */
 #define MAX_PENDING 64		/* producer: consumers between HELLO and AUTH */
+#define MAX_PENDING_PER_HOST 4	/* ... of them naming one host */
+#define HANDSHAKE_S 3.0		/* producer: a consumer has this long from HELLO to AUTH */
+#define PENDING_SEND_S 0.005	/* a send to a consumer that has not authenticated waits no longer */
+#define PENDING_INBOX_BYTES (1u << 20)	/* messages from senders that are not subscribed consumers */
 #define ENCODE_MAX (VP_FAB_MAX_MSG - VP_SESS_OVERHEAD)	/* room for the seal */
 
 /* Messages that peers (or anyone on the network) can cause, logged within limits. */
@@ -51,6 +55,7 @@ struct qmsg {			/* a message, raw, queued */
 	struct qmsg *next;
 	vp_fab_addr src;	/* where it came from (received ones), as the provider says */
 	int opened;		/* opened and checked already: plaintext (an offer put back) */
+	int pending;		/* counted in pending_bytes (from no subscribed consumer) */
 	size_t len;
 	uint8_t buf[];
 };
@@ -76,7 +81,8 @@ struct pin {			/* producer: bytes consumers may still be reading */
 	struct vp_gpu_lease *lease;	/* GPU-direct: the mirror the announce points into */
 	struct vp_fab_mr *dev_mr;	/* ... registered with the fabric */
 	uint64_t dev_key, dev_raddr;
-	unsigned int waiting;	/* consumers that have not said DONE */
+	uint64_t *waiting;	/* ids of the consumers that have not said DONE, 0: done */
+	unsigned int nwaiting;	/* slots in waiting */
 	double since;
 };
 
@@ -87,6 +93,7 @@ struct peer {
 	int active;
 	uint8_t nonce_c[VP_PROTO_NONCE], nonce_p[VP_PROTO_NONCE];
 	struct vp_sess sess;	/* on once it authenticated (with a secret) */
+	double hello_at;	/* its HELLO: it has HANDSHAKE_S to authenticate */
 	double last_heard;
 	struct qmsg *out_head, *out_tail;
 	uint64_t sent_seq, done_seq;
@@ -97,6 +104,7 @@ struct peer {
 	uint8_t name[VP_PROTO_NAME_MAX];	/* its endpoint, for the relay tree */
 	uint16_t name_len;
 	uint64_t relay_parent;	/* the consumer it reads relayed chunks from, 0: none */
+	uint64_t edge_gen;	/* of the edge from relay_parent: a new edge, a new key */
 	uint64_t topo_sig;	/* of the TOPO it was sent last */
 };
 
@@ -144,11 +152,15 @@ struct vp_repl {
 	uint8_t edge_secret[32];		/* producer: relay edge keys are HMACs under it */
 	uint64_t refused;			/* messages dropped: atomic */
 	size_t in_bytes;			/* of in_head's messages, protected by lock */
+	size_t pending_bytes;			/* ... of those from no subscribed consumer, protected by lock */
 
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
 	int stop;				/* protected by lock */
 	struct qmsg *in_head, *in_tail;		/* received, protected by lock */
+	int resync;				/* consumer: a producer message was lost; protected by lock */
+	double refetch_after;			/* consumer: a fetch failed then; repl thread only */
+	int quiet_drop;				/* producer: peer_drop_locked does not log; protected by lock */
 	struct event *ev_head, *ev_tail;	/* producer, protected by lock */
 	pthread_t thread;
 	int thread_started;
@@ -160,6 +172,7 @@ struct vp_repl {
 	/* producer, protected by lock */
 	struct peer *peers;
 	uint64_t next_peer_id;
+	uint64_t edge_gens;		/* relay edges made so far */
 	uint64_t seq;
 	struct pin *pins;
 
@@ -318,15 +331,37 @@ static int load_secret(struct vp_repl *r, char *err, size_t errlen)
 		snprintf(err, errlen, "secret_file '%s': %s", r->cfg.secret_file, strerror(errno));
 		return -errno;
 	}
+	{
+		struct stat st;
+
+		if (!fstat(fileno(f), &st) && (st.st_mode & 077))
+			vp_log(LOG_WARNING, "repl", "secret_file '%s' is readable by other users (mode %04o); chmod 600 it",
+			       r->cfg.secret_file, (unsigned int)(st.st_mode & 07777));
+	}
 	n = fread(r->secret, 1, sizeof(r->secret), f);
 	fclose(f);
 	while (n && (r->secret[n - 1] == '\n' || r->secret[n - 1] == '\r'))
 		n--;
-	if (n < 8) {
-		snprintf(err, errlen, "secret_file '%s' holds %zu bytes; use at least 8 (e.g. openssl rand -hex 32)",
+	if (n < 16) {
+		snprintf(err, errlen, "secret_file '%s' holds %zu bytes; use at least 16 (e.g. openssl rand -hex 32)",
 			 r->cfg.secret_file, n);
+		OPENSSL_cleanse(r->secret, sizeof(r->secret));
 		return -EINVAL;
 	}
+	/* what the file says is stretched once: a CHALLENGE is no cheap oracle for guesses */
+	{
+		uint8_t key[VP_SESS_KEY];
+		int rc = vp_sess_stretch(r->secret, n, key);
+
+		OPENSSL_cleanse(r->secret, sizeof(r->secret));
+		memcpy(r->secret, key, sizeof(key));
+		OPENSSL_cleanse(key, sizeof(key));
+		if (rc) {
+			snprintf(err, errlen, "secret_file '%s': cannot derive its key", r->cfg.secret_file);
+			return -EIO;
+		}
+	}
+	n = VP_SESS_KEY;
 	r->secret_len = n;
 	RAND_bytes(r->edge_secret, sizeof(r->edge_secret));
 	return 0;
@@ -350,10 +385,16 @@ static int session_derive(struct vp_repl *r, struct vp_sess *s, const uint8_t *n
 			      producer);
 }
 
-/* Producer: the key of the relay edge parent -> child, for both ends' TOPO. */
-static void edge_key_of(struct vp_repl *r, uint64_t parent, uint64_t child, uint8_t *out)
+/*
+ * Producer: the key of the relay edge parent -> child, for both ends'
+ * TOPO.  gen is the edge's generation: an edge made again (the tree
+ * changed and changed back) gets a new key, so no key ever starts its
+ * sequence numbers twice.
+ */
+static void edge_key_of(struct vp_repl *r, uint64_t parent, uint64_t child, uint64_t gen,
+			uint8_t *out)
 {
-	uint8_t msg[4 + 16];
+	uint8_t msg[4 + 24];
 	unsigned int len = VP_PROTO_EDGE_KEY;
 
 	if (!r->secret_len) {
@@ -364,6 +405,7 @@ static void edge_key_of(struct vp_repl *r, uint64_t parent, uint64_t child, uint
 	for (int i = 0; i < 8; i++) {
 		msg[4 + i] = (uint8_t)(parent >> (8 * i));
 		msg[12 + i] = (uint8_t)(child >> (8 * i));
+		msg[20 + i] = (uint8_t)(gen >> (8 * i));
 	}
 	HMAC(EVP_sha256(), r->edge_secret, sizeof(r->edge_secret), msg, sizeof(msg), out, &len);
 }
@@ -490,6 +532,17 @@ static void qmsg_append(struct qmsg **head, struct qmsg **tail, struct qmsg *q)
 	*tail = q;
 }
 
+/* Producer: 1 if a subscribed (authenticated) consumer is at addr. */
+static int subscribed_at_locked(struct vp_repl *r, vp_fab_addr addr)
+{
+	if (addr == VP_FAB_ADDR_UNKNOWN)
+		return 0;
+	for (struct peer *p = r->peers; p; p = p->next)
+		if (p->addr == addr && p->active)
+			return 1;
+	return 0;
+}
+
 static void on_recv(void *arg, vp_fab_addr src, const void *msg, size_t len)
 {
 	struct vp_repl *r = arg;
@@ -511,6 +564,7 @@ static void on_recv(void *arg, vp_fab_addr src, const void *msg, size_t len)
 	q->next = NULL;
 	q->src = src;
 	q->opened = 0;
+	q->pending = 0;
 	q->len = len;
 	memcpy(q->buf, msg, len);
 	pthread_mutex_lock(&r->lock);
@@ -520,8 +574,33 @@ static void on_recv(void *arg, vp_fab_addr src, const void *msg, size_t len)
 		free(q);
 		return;
 	}
-	if (type != VP_MSG_CHUNKS && r->in_bytes + len > INBOX_BYTES) {
-		/* a flood: bounded memory; real peers' deadlines cover what is lost */
+	if (!r->consumer) {
+		const char *why = NULL;
+
+		if (!subscribed_at_locked(r, src)) {
+			/* anyone: the handshake only, in a small inbox of its own */
+			if (type != VP_MSG_HELLO && type != VP_MSG_AUTH && type != VP_MSG_REFUSED)
+				why = "only HELLO, AUTH and REFUSED come before a consumer authenticated";
+			else if (r->pending_bytes + len > PENDING_INBOX_BYTES)
+				why = "the inbox of handshakes is full";
+			q->pending = 1;
+		} else if (type == VP_MSG_CHUNKS) {
+			why = "a producer takes no relay offers";
+		}
+		if (why) {
+			pthread_mutex_unlock(&r->lock);
+			free(q);
+			refused(r, "an address that is not a subscribed consumer's", len, why);
+			return;
+		}
+		if (q->pending)
+			r->pending_bytes += len;
+	}
+	if (!q->pending && !(r->consumer && type == VP_MSG_CHUNKS) &&
+	    r->in_bytes + len > INBOX_BYTES) {
+		/* a flood: bounded memory; a consumer that lost a producer message subscribes again */
+		if (r->consumer && src == r->producer)
+			r->resync = 1;
 		pthread_mutex_unlock(&r->lock);
 		free(q);
 		refused(r, "a peer", len, "the inbox is full");
@@ -568,14 +647,20 @@ static int send_raw(struct vp_repl *r, vp_fab_addr to, struct vp_sess *s, const 
 	return vp_fab_send(r->fab, to, buf, len, deadline_s);
 }
 
-static int send_msg(struct vp_repl *r, vp_fab_addr to, struct vp_sess *s, struct vp_msg *m)
+static int encode_send(struct vp_repl *r, vp_fab_addr to, struct vp_sess *s, struct vp_msg *m,
+		       double deadline_s)
 {
 	static __thread uint8_t buf[ENCODE_MAX];
 	ssize_t n = vp_msg_encode(m, buf, sizeof(buf));
 
 	if (n < 0)
 		return (int)n;
-	return send_raw(r, to, s, buf, (size_t)n, r->cfg.peer_timeout);
+	return send_raw(r, to, s, buf, (size_t)n, deadline_s);
+}
+
+static int send_msg(struct vp_repl *r, vp_fab_addr to, struct vp_sess *s, struct vp_msg *m)
+{
+	return encode_send(r, to, s, m, r->cfg.peer_timeout);
 }
 
 static struct qmsg *qmsg_of(struct vp_msg *m)
@@ -712,11 +797,32 @@ static uint64_t list_checksum(const uint64_t *hashes, uint32_t n, uint64_t size)
 	return XXH3_64bits_withSeed(hashes, (size_t)n * sizeof(*hashes), size);
 }
 
+/* Consumer id is done with pin (said DONE, or left).  Returns 1 if it was waited for. */
+static int pin_done(struct pin *pin, uint64_t id)
+{
+	for (unsigned int i = 0; i < pin->nwaiting; i++)
+		if (pin->waiting[i] == id) {
+			pin->waiting[i] = 0;
+			return 1;
+		}
+	return 0;
+}
+
+/* 1 if some consumer still reads pin. */
+static int pin_waited(const struct pin *pin)
+{
+	for (unsigned int i = 0; i < pin->nwaiting; i++)
+		if (pin->waiting[i])
+			return 1;
+	return 0;
+}
+
 static void pin_free(struct pin *pin, struct vp_gpu *g)
 {
 	for (uint32_t i = 0; i < pin->nmrs; i++)
 		vp_fab_mr_close(pin->mrs[i]);	/* no peer can read it any more */
 	free(pin->mrs);
+	free(pin->waiting);
 	vp_fab_mr_close(pin->dev_mr);
 	vp_gpu_lease_release(g, pin->lease);
 	vp_data_put(pin->data);
@@ -863,6 +969,15 @@ static int announce(struct vp_repl *r, const char *path, struct vp_data *d,
 	rc = refs ? pin_register(r, pin, d, size, chunk, nchunks, hashes, refs) : -ENOMEM;
 
 	pthread_mutex_lock(&r->lock);
+	if (!rc) {	/* the consumers it is for, by id: only they release it */
+		unsigned int n = 0;
+
+		for (struct peer *p = r->peers; p; p = p->next)
+			n += p->active && (!only || p == only);
+		pin->waiting = calloc(n ? n : 1, sizeof(*pin->waiting));
+		if (!pin->waiting)
+			rc = -ENOMEM;
+	}
 	for (uint32_t first = 0; !rc && (first < nchunks || first == 0);
 	     first += VP_PROTO_CHUNKS_PER_MSG) {
 		uint32_t count = nchunks - first < VP_PROTO_CHUNKS_PER_MSG ?
@@ -880,13 +995,13 @@ static int announce(struct vp_repl *r, const char *path, struct vp_data *d,
 			if (q) {
 				peer_queue_locked(p, q);
 				if (first == 0)
-					npeers++;
+					pin->waiting[npeers++] = p->id;
 			}
 		}
 		if (nchunks == 0)
 			break;
 	}
-	pin->waiting = npeers;
+	pin->nwaiting = npeers;
 	if (!rc && npeers && pin->dev_mr) {
 		r->gpu_versions_out++;
 		r->gpu_bytes_out += size;
@@ -1057,22 +1172,31 @@ static void topo_update_locked(struct vp_repl *r)
 		if (p->active)
 			act[n++] = p;
 	qsort(act, n, sizeof(*act), cmp_peer_id);
+	for (unsigned int j = 0; j < n; j++) {	/* each new edge: a new generation */
+		uint64_t parent = j >= k ? act[j / k - 1]->id : 0;
+
+		if (parent != act[j]->relay_parent || !act[j]->edge_gen)
+			act[j]->edge_gen = ++r->edge_gens;
+		act[j]->relay_parent = parent;
+	}
 	for (unsigned int j = 0; j < n; j++) {
 		struct peer *p = act[j];
-		uint64_t ids[1 + VP_PROTO_MAX_CHILDREN] = { 0 }, sig;
+		uint64_t ids[2 * (1 + VP_PROTO_MAX_CHILDREN)] = { 0 }, sig;
 		struct qmsg *q;
 
 		memset(m, 0, sizeof(*m));
 		m->type = VP_MSG_TOPO;
 		if (j >= k) {
 			peer_ref_of(&m->u.topo.parent, act[j / k - 1]);
-			edge_key_of(r, act[j / k - 1]->id, p->id, m->u.topo.parent.key);
+			edge_key_of(r, act[j / k - 1]->id, p->id, p->edge_gen, m->u.topo.parent.key);
+			ids[1 + VP_PROTO_MAX_CHILDREN] = p->edge_gen;
 		}
 		for (unsigned int c = (j + 1) * k; c < (j + 2) * k && c < n; c++) {
 			struct vp_peer_ref *ref = &m->u.topo.child[m->u.topo.nchildren++];
 
 			peer_ref_of(ref, act[c]);
-			edge_key_of(r, p->id, act[c]->id, ref->key);
+			edge_key_of(r, p->id, act[c]->id, act[c]->edge_gen, ref->key);
+			ids[2 + VP_PROTO_MAX_CHILDREN + (c - (j + 1) * k)] = act[c]->edge_gen;
 		}
 		ids[0] = m->u.topo.parent.id;
 		for (unsigned int c = 0; c < m->u.topo.nchildren; c++)
@@ -1084,7 +1208,6 @@ static void topo_update_locked(struct vp_repl *r)
 		if (!q)
 			continue;
 		p->topo_sig = sig;
-		p->relay_parent = ids[0];
 		peer_queue_locked(p, q);
 	}
 	free(act);
@@ -1099,7 +1222,7 @@ static void unpin_locked(struct vp_repl *r, int all_for_dead_peer)
 	while (*pp) {
 		struct pin *pin = *pp;
 
-		if (pin->waiting == 0 || all_for_dead_peer ||
+		if (!pin_waited(pin) || all_for_dead_peer ||
 		    now - pin->since > PIN_TIMEOUT) {
 			*pp = pin->next;
 			pin_free(pin, vp_ns_gpu(r->ns));
@@ -1117,18 +1240,18 @@ static void peer_drop_locked(struct vp_repl *r, struct peer *p, const char *why)
 		pp = &(*pp)->next;
 	if (*pp)
 		*pp = p->next;
-	vp_log(LOG_WARNING, "repl", "consumer %" PRIu64 " dropped: %s; its state is freed",
-	       p->id, why);
+	if (!r->quiet_drop)	/* a handshake's drop is logged within limits by its caller */
+		vp_log(LOG_WARNING, "repl", "consumer %" PRIu64 " dropped: %s; its state is freed",
+		       p->id, why);
 	while (p->out_head) {
 		struct qmsg *q = p->out_head;
 
 		p->out_head = q->next;
 		free(q);
 	}
-	/* its pins: a pin counts waiting consumers, not which; drop the count */
+	/* its pins (only those that wait for it: an unauthenticated peer has none) */
 	for (struct pin *pin = r->pins; pin; pin = pin->next)
-		if (pin->seq > p->done_seq && pin->waiting)
-			pin->waiting--;
+		pin_done(pin, p->id);
 	unpin_locked(r, 0);
 	vp_fab_remove(r->fab, p->addr);
 	vp_sess_clear(&p->sess);
@@ -1137,38 +1260,70 @@ static void peer_drop_locked(struct vp_repl *r, struct peer *p, const char *why)
 		topo_update_locked(r);	/* its children move up */
 }
 
-static struct peer *peer_by_addr_locked(struct vp_repl *r, vp_fab_addr addr)
+/* The consumer at addr: the subscribed one if active, else the one between HELLO and AUTH. */
+static struct peer *peer_at_locked(struct vp_repl *r, vp_fab_addr addr, int active)
 {
-	struct peer *p = r->peers;
-
 	if (addr == VP_FAB_ADDR_UNKNOWN)
 		return NULL;
-	while (p && p->addr != addr)
-		p = p->next;
-	return p;
+	for (struct peer *p = r->peers; p; p = p->next)
+		if (p->addr == addr && p->active == active)
+			return p;
+	return NULL;
+}
+
+/* 1 if two endpoint names are on the same host (same family and IP address). */
+static int same_host(const uint8_t *a, uint16_t alen, const uint8_t *b, uint16_t blen)
+{
+	sa_family_t fa, fb;
+
+	if (alen < sizeof(sa_family_t) || blen < sizeof(sa_family_t))
+		return 0;
+	memcpy(&fa, a, sizeof(fa));
+	memcpy(&fb, b, sizeof(fb));
+	if (fa != fb)
+		return 0;
+	if (fa == AF_INET && alen >= sizeof(struct sockaddr_in) && blen >= sizeof(struct sockaddr_in))
+		return !memcmp(&((const struct sockaddr_in *)(const void *)a)->sin_addr,
+			       &((const struct sockaddr_in *)(const void *)b)->sin_addr,
+			       sizeof(struct in_addr));
+	if (fa == AF_INET6 && alen >= sizeof(struct sockaddr_in6) && blen >= sizeof(struct sockaddr_in6))
+		return !memcmp(&((const struct sockaddr_in6 *)(const void *)a)->sin6_addr,
+			       &((const struct sockaddr_in6 *)(const void *)b)->sin6_addr,
+			       sizeof(struct in6_addr));
+	return alen == blen && !memcmp(a, b, alen);
+}
+
+/* A consumer's handshake failed or expired: dropped, logged within limits (anyone can cause it). */
+static void pending_drop_locked(struct vp_repl *r, struct peer *p, const char *why)
+{
+	vp_log_limited(&rl_hello, LOG_WARNING, "repl", "a handshake (consumer %" PRIu64 ") was dropped: %s",
+		       p->id, why);
+	__atomic_add_fetch(&r->refused, 1, __ATOMIC_RELAXED);
+	r->quiet_drop = 1;
+	peer_drop_locked(r, p, why);
+	r->quiet_drop = 0;
 }
 
 /*
- * A HELLO: a consumer starts its handshake.  src is where it came from;
- * old, the consumer already at that address (it starts again).  The name
- * in a HELLO is the sender's word: an address that is an authenticated
- * consumer's is never taken over from another address, and consumers
- * between HELLO and AUTH are few (MAX_PENDING).
+ * A HELLO: a consumer starts a handshake.  src is where it came from.
+ * The name in a HELLO is the sender's word, so a HELLO never ends an
+ * authenticated session (a new one replaces it only once it authenticates
+ * too), never takes over another's unfinished handshake unless it comes
+ * from that very address, and consumers between HELLO and AUTH are few
+ * (MAX_PENDING, MAX_PENDING_PER_HOST), each for HANDSHAKE_S at most.  The
+ * CHALLENGE goes through the outbox: sends to an unauthenticated peer
+ * never hold up the repl thread.
  */
-static void producer_hello(struct vp_repl *r, const struct vp_msg *m, vp_fab_addr src,
-			   struct peer *old)
+static void producer_hello(struct vp_repl *r, const struct vp_msg *m, vp_fab_addr src)
 {
 	struct vp_msg reply = { .type = VP_MSG_CHALLENGE };
-	unsigned int pending = 0;
+	unsigned int pending = 0, same = 0;
 	struct peer *p, *other;
+	struct qmsg *q;
 	vp_fab_addr addr;
+	const char *why = NULL;
 	int rc;
 
-	if (old) {
-		pthread_mutex_lock(&r->lock);
-		peer_drop_locked(r, old, "it started a new handshake");
-		pthread_mutex_unlock(&r->lock);
-	}
 	rc = vp_fab_insert_name(r->fab, m->u.hello.name, m->u.hello.name_len, &addr);
 	if (rc) {
 		vp_log_limited(&rl_hello, LOG_WARNING, "repl", "a HELLO with an unusable endpoint name (%u bytes) was refused",
@@ -1177,22 +1332,29 @@ static void producer_hello(struct vp_repl *r, const struct vp_msg *m, vp_fab_add
 		return;
 	}
 	pthread_mutex_lock(&r->lock);
-	other = peer_by_addr_locked(r, addr);
-	for (p = r->peers; p; p = p->next)
+	other = peer_at_locked(r, addr, 0);
+	for (p = r->peers; p; p = p->next) {
 		pending += !p->active;
-	if ((src != VP_FAB_ADDR_UNKNOWN && src != addr) || (other && other->active) ||
-	    (!other && pending >= MAX_PENDING)) {
+		same += !p->active && same_host(p->name, p->name_len, m->u.hello.name,
+						m->u.hello.name_len);
+	}
+	if (src != VP_FAB_ADDR_UNKNOWN && src != addr)
+		why = "it names another address than its own";
+	else if (other && src != addr)
+		why = "it names the address of a handshake in progress";
+	else if (!other && src != addr && peer_at_locked(r, addr, 1))
+		why = "it names the address of a subscribed consumer, from elsewhere";
+	else if (!other && (pending >= MAX_PENDING || same >= MAX_PENDING_PER_HOST))
+		why = "too many handshakes are in progress";
+	if (why) {
 		pthread_mutex_unlock(&r->lock);
 		vp_fab_remove(r->fab, addr);	/* our reference to that name */
 		__atomic_add_fetch(&r->refused, 1, __ATOMIC_RELAXED);
-		vp_log_limited(&rl_hello, LOG_WARNING, "repl", "a HELLO was refused: %s",
-			       other && other->active ? "it names the address of a subscribed consumer" :
-			       src != VP_FAB_ADDR_UNKNOWN && src != addr ? "it names another address than its own" :
-			       "too many consumers are between HELLO and AUTH");
+		vp_log_limited(&rl_hello, LOG_WARNING, "repl", "a HELLO was refused: %s", why);
 		return;
 	}
-	if (other)	/* an unfinished handshake of the same name: this one replaces it */
-		peer_drop_locked(r, other, "a new HELLO came for its address");
+	if (other)	/* the same address starts again: this handshake replaces its last */
+		pending_drop_locked(r, other, "its address started a new handshake");
 	pthread_mutex_unlock(&r->lock);
 	p = calloc(1, sizeof(*p));
 	if (!p) {
@@ -1204,38 +1366,46 @@ static void producer_hello(struct vp_repl *r, const struct vp_msg *m, vp_fab_add
 	p->name_len = m->u.hello.name_len;
 	memcpy(p->nonce_c, m->u.hello.nonce, VP_PROTO_NONCE);
 	RAND_bytes(p->nonce_p, VP_PROTO_NONCE);
-	p->last_heard = vp_now();
+	p->hello_at = p->last_heard = vp_now();
 	pthread_mutex_lock(&r->lock);
 	p->id = ++r->next_peer_id;
-	p->next = r->peers;
-	r->peers = p;
-	pthread_mutex_unlock(&r->lock);
 	reply.u.challenge.assigned_id = p->id;
 	memcpy(reply.u.challenge.nonce, p->nonce_p, VP_PROTO_NONCE);
 	mac_of(r, "VPR1-P", p->nonce_c, p->nonce_p, p->id, reply.u.challenge.mac);
-	if (send_msg(r, addr, NULL, &reply))
-		vp_log(LOG_WARNING, "repl", "could not answer a HELLO");
+	q = qmsg_of(&reply);
+	if (q)
+		peer_queue_locked(p, q);
+	p->next = r->peers;
+	r->peers = p;
+	pthread_cond_signal(&r->cond);
+	pthread_mutex_unlock(&r->lock);
 }
 
 static void producer_handle(struct vp_repl *r, struct qmsg *q)
 {
 	struct vp_msg *m = malloc(sizeof(*m));
+	int type = vp_msg_peek_type(q->buf, q->len);
+	int sealed = vp_sess_is_sealed(q->buf, q->len);
 	char from[48];
 	struct peer *p;
 
 	if (!m)
 		return;
 	pthread_mutex_lock(&r->lock);
-	p = peer_by_addr_locked(r, q->src);
+	/* a handshake's messages go to the handshake at that address, the rest to the session */
+	p = !sealed && (type == VP_MSG_AUTH || type == VP_MSG_REFUSED) ?
+		peer_at_locked(r, q->src, 0) : NULL;
+	if (!p)
+		p = peer_at_locked(r, q->src, 1);
 	pthread_mutex_unlock(&r->lock);
 	if (p)
 		snprintf(from, sizeof(from), "consumer %" PRIu64, p->id);
 	else
 		snprintf(from, sizeof(from), "an address that is not a consumer's");
-	if (!vp_sess_is_sealed(q->buf, q->len) && vp_msg_peek_type(q->buf, q->len) == VP_MSG_HELLO) {
+	if (!sealed && type == VP_MSG_HELLO) {
 		/* plain, from anyone: a new consumer, or one that starts again from its own address */
 		if (!open_msg(r, NULL, q, m, from, 0))
-			producer_hello(r, m, q->src, p);
+			producer_hello(r, m, q->src);
 		goto out;
 	}
 	if (!p) {
@@ -1249,9 +1419,16 @@ static void producer_handle(struct vp_repl *r, struct qmsg *q)
 		goto out;
 	}
 	pthread_mutex_lock(&r->lock);
+	if (!p->active && m->type != VP_MSG_AUTH && m->type != VP_MSG_REFUSED) {
+		pthread_mutex_unlock(&r->lock);
+		refused(r, from, q->len, "a handshake takes only AUTH or REFUSED");
+		goto out;
+	}
 	p->last_heard = vp_now();
 	switch (m->type) {
-	case VP_MSG_AUTH:
+	case VP_MSG_AUTH: {
+		struct peer *old;
+
 		if (p->active)
 			break;
 		if (!mac_ok(r, "VPR1-C", p->nonce_p, p->nonce_c, p->id, m->u.auth.mac)) {
@@ -1260,16 +1437,22 @@ static void producer_handle(struct vp_repl *r, struct qmsg *q)
 			snprintf(no.u.refused.reason, sizeof(no.u.refused.reason),
 				 "authentication failed: the secrets differ");
 			pthread_mutex_unlock(&r->lock);
-			send_msg(r, p->addr, NULL, &no);	/* before its address goes */
+			/* before its address goes; never waiting long on one who may not be there */
+			encode_send(r, p->addr, NULL, &no, PENDING_SEND_S);
 			pthread_mutex_lock(&r->lock);
-			peer_drop_locked(r, p, "it failed authentication (wrong or missing secret_file)");
+			vp_log_limited(&rl_hello, LOG_WARNING, "repl", "consumer %" PRIu64 " failed authentication (wrong or missing secret_file)",
+				       p->id);
+			pending_drop_locked(r, p, "it failed authentication (wrong or missing secret_file)");
 			break;
 		}
 		if (session_derive(r, &p->sess, p->nonce_c, p->nonce_p, p->id, 1)) {
 			peer_drop_locked(r, p, "its session keys could not be derived");
-			pthread_mutex_unlock(&r->lock);
-			goto out;
+			break;
 		}
+		/* a consumer that started again: its old session ends now that the new one is proven */
+		old = peer_at_locked(r, p->addr, 1);
+		if (old)
+			peer_drop_locked(r, old, "it subscribed again (a new session replaces it)");
 		p->active = 1;
 		pthread_mutex_unlock(&r->lock);
 		{
@@ -1282,20 +1465,16 @@ static void producer_handle(struct vp_repl *r, struct qmsg *q)
 		topo_update_locked(r);
 		pthread_mutex_unlock(&r->lock);
 		goto out;
+	}
 	case VP_MSG_DONE:
-		if (!p->active)
-			break;
 		if (m->u.done.seq > p->done_seq)
 			p->done_seq = m->u.done.seq;
 		if (m->u.done.status == 0)
 			p->versions_done++;
 		p->done_at = vp_now();
-		for (struct pin *pin = r->pins; pin; pin = pin->next) {
-			if (pin->seq != m->u.done.seq)
-				continue;
-			if (pin->waiting)
-				pin->waiting--;
-		}
+		for (struct pin *pin = r->pins; pin; pin = pin->next)
+			if (pin->seq == m->u.done.seq)
+				pin_done(pin, p->id);	/* its own: another's DONE releases nothing */
 		p->bytes_out += m->u.done.from_producer;
 		p->bytes_relayed += m->u.done.from_relay;
 		vp_metrics_add(VP_C_BYTES_REPL_OUT, m->u.done.from_producer);
@@ -1304,9 +1483,12 @@ static void producer_handle(struct vp_repl *r, struct qmsg *q)
 	case VP_MSG_HEARTBEAT:
 		break;
 	case VP_MSG_REFUSED:
-		vp_log(LOG_WARNING, "repl", "consumer %" PRIu64 " refused us: %s",
-		       p->id, m->u.refused.reason);
-		peer_drop_locked(r, p, "it refused authentication (wrong or missing secret_file on one side)");
+		vp_log_limited(&rl_hello, LOG_WARNING, "repl", "consumer %" PRIu64 " refused us: %s",
+			       p->id, m->u.refused.reason);
+		if (p->active)
+			peer_drop_locked(r, p, "it refused authentication (wrong or missing secret_file on one side)");
+		else
+			pending_drop_locked(r, p, "it refused authentication (wrong or missing secret_file on one side)");
 		break;
 	default:
 		vp_log(LOG_DEBUG, "repl", "unexpected %s from consumer %" PRIu64,
@@ -1350,25 +1532,45 @@ static void producer_tick(struct vp_repl *r, double *last_beat)
 	pthread_mutex_lock(&r->lock);
 	for (p = r->peers; p; p = next) {
 		next = p->next;
-		if (now - p->last_heard > r->cfg.peer_timeout) {
+		if (!p->active && now - p->hello_at > HANDSHAKE_S) {
+			pending_drop_locked(r, p, "it did not authenticate in time");
+			continue;
+		}
+		if (p->active && now - p->last_heard > r->cfg.peer_timeout) {
 			peer_drop_locked(r, p, "no heartbeat");
 			continue;
 		}
 		while (p->out_head) {
 			struct qmsg *q = p->out_head;
 			vp_fab_addr addr = p->addr;
-			int rc;
+			int active = p->active, rc;
 
 			p->out_head = q->next;
 			if (!p->out_head)
 				p->out_tail = NULL;
 			pthread_mutex_unlock(&r->lock);
-			/* sealed as it goes: sequence numbers in the order of sending */
-			rc = send_raw(r, addr, &p->sess, q->buf, q->len, r->cfg.peer_timeout);
-			free(q);
+			/*
+			 * Sealed as it goes: sequence numbers in the order of
+			 * sending.  A peer that has not authenticated gets a
+			 * moment, not peer_timeout: whoever says HELLO must not
+			 * hold up the thread (a name that never answers).
+			 */
+			rc = send_raw(r, addr, &p->sess, q->buf, q->len,
+				      active ? r->cfg.peer_timeout : PENDING_SEND_S);
 			pthread_mutex_lock(&r->lock);
-			if (rc) {
-				peer_drop_locked(r, p, "sends time out");
+			if (rc == -EAGAIN && !active) {
+				q->next = p->out_head;	/* not taken yet: again next tick */
+				p->out_head = q;
+				if (!p->out_tail)
+					p->out_tail = q;
+				break;
+			}
+			free(q);
+			if (rc && !(rc == -ETIMEDOUT && !active)) {
+				if (active)
+					peer_drop_locked(r, p, "sends time out");
+				else
+					pending_drop_locked(r, p, "its address does not take messages");
 				break;
 			}
 		}
@@ -1638,7 +1840,10 @@ static int newer_queued(struct vp_repl *r, const char *path, uint64_t version)
 	if (!m)
 		return 0;
 	pthread_mutex_lock(&r->lock);
-	for (struct qmsg *q = r->in_head; q && !found; q = q->next) {
+	unsigned int looked = 0;
+
+	/* bounded: the progress thread waits for this lock */
+	for (struct qmsg *q = r->in_head; q && !found && looked++ < 64; q = q->next) {
 		static __thread uint8_t plain[VP_FAB_MAX_MSG];
 		struct vp_sess peek = r->sess;	/* a copy: the real one opens it later */
 		const void *buf = q->buf;
@@ -2583,6 +2788,7 @@ static void consumer_announce(struct vp_repl *r, struct vp_msg *m)
 		return;		/* a piece of an announce we dropped (or not of this one) */
 	}
 	memcpy(r->asm_refs + a->first, a->chunk, a->count * sizeof(*a->chunk));
+	a->mode &= 01777;	/* no setuid or setgid file from the network (we install as root) */
 	r->asm_got += a->count;
 	if (m != r->asm_msg)
 		free(m);
@@ -2685,6 +2891,8 @@ static void consumer_announce(struct vp_repl *r, struct vp_msg *m)
 	old = NULL;
 	rc = fetch_chunks(r, a, mem, fetched, nreq, &bad);
 	stage_unregister(r, rc);
+	if (rc == -EIO || rc == -ETIMEDOUT)
+		r->refetch_after = vp_now();	/* if the producer still speaks, subscribe again */
 	if (rc == -EBADMSG) {
 		r->checksum_errors++;
 		vp_log(LOG_ERR, "repl", "'%s' version %" PRIu64 ": chunk %u does not match its hash; not installed",
@@ -2759,6 +2967,7 @@ drop:
 static void consumer_op(struct vp_repl *r, const struct vp_msg *m)
 {
 	const char *p = m->u.op.path, *p2 = m->u.op.path2;
+	mode_t mode = (mode_t)(m->u.op.mode & 01777);	/* no setuid/setgid from the network */
 	int rc = mount_open(r);
 
 	if (rc) {
@@ -2773,7 +2982,7 @@ static void consumer_op(struct vp_repl *r, const struct vp_msg *m)
 	/* every path is contained beneath the mount: no symlink on the way is followed */
 	case VP_OP_MKDIR:
 		make_parents(r, p);
-		rc = vp_safepath_mkdir(r->mnt_fd, p, (mode_t)m->u.op.mode);
+		rc = vp_safepath_mkdir(r->mnt_fd, p, mode);
 		if (rc == -EEXIST)
 			rc = 0;
 		break;
@@ -2807,6 +3016,24 @@ static void consumer_op(struct vp_repl *r, const struct vp_msg *m)
 		vp_log(LOG_WARNING, "repl", "replaying an operation on '%s': %s", p, strerror(-rc));
 }
 
+/*
+ * The session with the producer is over (silence, a lost message, a
+ * failed transfer): the last complete versions stay, and the next HELLO
+ * starts a new session, whose catch-up brings what we missed.
+ */
+static void consumer_lost(struct vp_repl *r, const char *why)
+{
+	vp_log(LOG_WARNING, "repl", "%s; keeping the last complete versions and subscribing again", why);
+	r->state = 0;
+	r->syncing = 0;		/* a catch-up cut short removes nothing */
+	seen_clear(r);
+	r->refetch_after = 0;
+	vp_sess_clear(&r->sess);
+	pthread_mutex_lock(&r->lock);
+	r->resync = 0;
+	pthread_mutex_unlock(&r->lock);
+}
+
 static void consumer_handle(struct vp_repl *r, struct qmsg *q)
 {
 	struct vp_msg *m = malloc(sizeof(*m));
@@ -2814,6 +3041,8 @@ static void consumer_handle(struct vp_repl *r, struct qmsg *q)
 	if (!m)
 		return;
 	if (q->src == r->producer) {
+		uint64_t last = r->sess.rx.seq;
+
 		/* with a secret, sealed from WELCOME on; a REFUSED may answer our AUTH plain */
 		if (open_msg(r, &r->sess, q, m, "the producer", r->state == 2 ? VP_MSG_REFUSED : 0))
 			goto out;
@@ -2822,6 +3051,16 @@ static void consumer_handle(struct vp_repl *r, struct qmsg *q)
 			goto out;
 		}
 		r->last_heard = vp_now();
+		if (r->sess.on && r->sess.rx.seq != last + 1 && r->state == 3) {
+			/* the transport is ordered: a gap is a message we dropped */
+			consumer_lost(r, "messages from the producer were lost");
+			goto out;
+		}
+		if (r->refetch_after && r->last_heard > r->refetch_after && r->state == 3) {
+			/* the producer is alive, yet a transfer from it failed */
+			consumer_lost(r, "a transfer from the producer failed");
+			goto out;
+		}
 	} else {
 		/* only relay children speak to a consumer, each on its edge's session */
 		struct relay_child *c = NULL;
@@ -2897,6 +3136,8 @@ static void consumer_handle(struct vp_repl *r, struct qmsg *q)
 			consumer_op(r, m);
 		break;
 	case VP_MSG_SYNC_END:
+		if (r->state != 3)
+			break;
 		if (r->syncing)
 			remove_stale(r);
 		vp_log(LOG_INFO, "repl", "caught up with the producer");
@@ -2949,10 +3190,19 @@ static void consumer_tick(struct vp_repl *r)
 		rin_clear(r);	/* offers from a relay we no longer have */
 
 	if (r->state == 3 && now - r->last_heard > r->cfg.peer_timeout) {
-		vp_log(LOG_WARNING, "repl", "the producer at '%s' is silent for %.0f s; keeping the last complete versions and reconnecting",
-		       r->cfg.subscribe, now - r->last_heard);
-		r->state = 0;
-		vp_sess_clear(&r->sess);
+		char why[384];
+
+		snprintf(why, sizeof(why), "the producer at '%s' is silent for %.0f s",
+			 r->cfg.subscribe, now - r->last_heard);
+		consumer_lost(r, why);
+	} else if (r->state == 3) {
+		int lost;
+
+		pthread_mutex_lock(&r->lock);
+		lost = r->resync;
+		pthread_mutex_unlock(&r->lock);
+		if (lost)
+			consumer_lost(r, "a message from the producer was dropped (our inbox was full)");
 	}
 	if (r->state < 3 && now - r->last_hello >= 1.0) {
 		struct vp_msg m = { .type = VP_MSG_HELLO };
@@ -2998,6 +3248,8 @@ static void *repl_main(void *arg)
 			if (!r->in_head)
 				r->in_tail = NULL;
 			r->in_bytes -= q->len;
+			if (q->pending)
+				r->pending_bytes -= q->len;
 			pthread_mutex_unlock(&r->lock);
 			if (r->consumer) {
 				consumer_handle(r, q);
@@ -3058,26 +3310,6 @@ static int local_ip_towards(const char *host, const char *port, char *out,
 	return rc;
 }
 
-/* 1 if host (a name or an address) resolves to loopback addresses only. */
-static int is_loopback(const char *host)
-{
-	struct addrinfo hints = { .ai_socktype = SOCK_STREAM }, *res = NULL;
-	int loop = 1;
-
-	if (getaddrinfo(host, NULL, &hints, &res) || !res)
-		return 0;
-	for (struct addrinfo *a = res; a; a = a->ai_next) {
-		if (a->ai_family == AF_INET)
-			loop &= (ntohl(((struct sockaddr_in *)a->ai_addr)->sin_addr.s_addr) >> 24) == 127;
-		else if (a->ai_family == AF_INET6)
-			loop &= IN6_IS_ADDR_LOOPBACK(&((struct sockaddr_in6 *)a->ai_addr)->sin6_addr);
-		else
-			loop = 0;
-	}
-	freeaddrinfo(res);
-	return loop;
-}
-
 struct vp_repl *vp_repl_new(struct vp_ns *ns, const struct vp_config *cfg,
 			    const char *mountpoint, char *err, size_t errlen)
 {
@@ -3120,13 +3352,19 @@ struct vp_repl *vp_repl_new(struct vp_ns *ns, const struct vp_config *cfg,
 			 cfg->listen);
 		goto err_free;
 	}
-	if (!r->consumer && !r->secret_len && !is_loopback(host)) {
+	if (!r->secret_len) {
+		/*
+		 * Not even on loopback: a peer's address is its IP and a port
+		 * it names itself, so any local user could subscribe (and read
+		 * every cached file) or pose as the producer.
+		 */
 		if (!cfg->insecure) {
-			snprintf(err, errlen, "listen='%s' is reachable from the network, and there is no secret_file: anyone who reaches it could read the cache and write into the consumers' mounts; set secret_file on every node (e.g. openssl rand -hex 32 > /etc/viperfs.secret), or insecure=1 on an isolated network",
-				 cfg->listen);
+			snprintf(err, errlen, "%s='%s' without a secret_file: anyone who reaches the port (any local user, too) could read the cache and write into the consumers' mounts; set the same secret_file on every node (e.g. openssl rand -hex 32 > /etc/viperfs.secret), or insecure=1 on a network nobody else reaches",
+				 r->consumer ? "subscribe" : "listen", r->consumer ? cfg->subscribe : cfg->listen);
 			goto err_free;
 		}
-		vp_log(LOG_WARNING, "repl", "insecure=1: listening on '%s' without a secret", cfg->listen);
+		vp_log(LOG_WARNING, "repl", "insecure=1: replicating over '%s' without a secret",
+		       r->consumer ? cfg->subscribe : cfg->listen);
 	}
 	if (r->consumer) {
 		char local[INET6_ADDRSTRLEN];

@@ -61,6 +61,14 @@ out:
 	return rc;
 }
 
+int vp_sess_stretch(const uint8_t *secret, size_t len, uint8_t out[VP_SESS_KEY])
+{
+	static const unsigned char salt[] = "viperfs secret v1";
+
+	return EVP_PBE_scrypt((const char *)secret, len, salt, sizeof(salt) - 1, 1u << 14, 8, 1,
+			      64u << 20, out, VP_SESS_KEY) == 1 ? 0 : -EIO;
+}
+
 void vp_sess_clear(struct vp_sess *s)
 {
 	OPENSSL_cleanse(s, sizeof(*s));

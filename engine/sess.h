@@ -57,6 +57,15 @@ int vp_sess_derive(struct vp_sess *s, const uint8_t *ikm, size_t ikm_len,
 		   const uint8_t *salt, size_t salt_len, const char *label,
 		   uint64_t id, int tx_first);
 
+/*
+ * The key a secret file's contents stand for: scrypt (N=2^14, r=8, p=1)
+ * of them, 32 bytes into out.  The handshake's HMACs and the sessions'
+ * keys are made from it, so that guessing a weak secret offline from a
+ * CHALLENGE (anyone can ask for one) costs an scrypt per guess.  About
+ * 40 ms, once at start.  Returns 0 or -EIO.
+ */
+int vp_sess_stretch(const uint8_t *secret, size_t len, uint8_t out[VP_SESS_KEY]);
+
 /* Forgets the keys (the session ended). */
 void vp_sess_clear(struct vp_sess *s);
 

@@ -177,12 +177,13 @@ fi
 PMNT=$WORK/prod CMNT=$WORK/cons
 mkdir -p "$WORK/pfs2" "$PMNT" "$CMNT"
 port=$((7700 + $$ % 200))
+(umask 077; openssl rand -hex 32 > "$WORK/secret")	# replication needs the nodes' secret
 export FI_PROVIDER=tcp
 started=1
-"$BUILD/viperfs" -o "listen=127.0.0.1:$port,gpu_cache=2G,gpu_tier=$GPU_TIER,ram_cache=4G,log_file=$OUT/producer.log,control=$WORK/p.sock" \
+"$BUILD/viperfs" -o "listen=127.0.0.1:$port,secret_file=$WORK/secret,gpu_cache=2G,gpu_tier=$GPU_TIER,ram_cache=4G,log_file=$OUT/producer.log,control=$WORK/p.sock" \
 	"$WORK/pfs2" "$PMNT" 2> "$OUT/producer.err" || started=0
 [ "$started" = 1 ] && PROD_PID=$(status_of "$PMNT" 's["pid"]')
-"$BUILD/viperfs" -o "subscribe=127.0.0.1:$port,gpu_cache=2G,gpu_tier=$GPU_TIER,ram_cache=4G,log_file=$OUT/consumer.log,control=$WORK/c.sock" \
+"$BUILD/viperfs" -o "subscribe=127.0.0.1:$port,secret_file=$WORK/secret,gpu_cache=2G,gpu_tier=$GPU_TIER,ram_cache=4G,log_file=$OUT/consumer.log,control=$WORK/c.sock" \
 	"$WORK/pfs2" "$CMNT" 2> "$OUT/consumer.err" || started=0
 [ "$started" = 1 ] && CONS_PID=$(status_of "$CMNT" 's["pid"]')
 if [ "$started" = 1 ]; then

@@ -5,6 +5,7 @@ changed on the replica or the host, that no cache byte was read, that the
 daemons survived, and that the log says what was refused."""
 import os
 import re
+import signal
 import subprocess
 
 import pytest
@@ -25,17 +26,17 @@ def secret_opts(world, secret):
     return ",secret_file=" + path
 
 
-def nodes(world, secret, consumers=1):
+def nodes(world, secret, consumers=1, peer_timeout=3):
     """Producer on node 0, consumers on 1.., the attacker on the last node."""
     net = world.net(2 + consumers)
     port = 7900 + os.getpid() % 90
     opts = secret_opts(world, secret)
     pfs = world.dir("pfs")
-    prod = world.mount("listen=%s:%d,peer_timeout=3%s" % (net.addr(0), port, opts),
+    prod = world.mount("listen=%s:%d,peer_timeout=%d%s" % (net.addr(0), port, peer_timeout, opts),
                        pfs=pfs, mnt=world.dir("prod"), prefix=net.prefix(0))
-    cons = [world.mount("subscribe=%s:%d,peer_timeout=3,log_level=debug%s" % (net.addr(0), port, opts),
-                        pfs=pfs, mnt=world.dir("cons%d" % i), prefix=net.prefix(1 + i))
-            for i in range(consumers)]
+    cons = [world.mount("subscribe=%s:%d,peer_timeout=%d,log_level=debug%s" % (
+        net.addr(0), port, peer_timeout, opts), pfs=pfs, mnt=world.dir("cons%d" % i),
+        prefix=net.prefix(1 + i)) for i in range(consumers)]
     return net, port, prod, cons
 
 
@@ -120,14 +121,14 @@ def test_nobody_reads_the_producers_cache(world, secret):
     wait_version(cons.path("warm.bin"), 0)
     assert read(cons.path("warm.bin")) == marker
     # a consumer that never says DONE keeps the next version pinned, its chunks registered
-    os.kill(cons.proc.pid, __import__("signal").SIGSTOP)
+    os.kill(cons.proc.pid, signal.SIGSTOP)
     try:
         write(prod.path("pinned.bin"), marker + b"2")
         wait_for(lambda: status(prod)["repl"]["seq"] >= 2, what="the announce of pinned.bin")
         out = os.path.join(world.base, "rma.out")
         res = hostile(net, attacker, "rma", net.addr(attacker), "%s:%d" % (net.addr(0), port), out)
     finally:
-        os.kill(cons.proc.pid, __import__("signal").SIGCONT)
+        os.kill(cons.proc.pid, signal.SIGCONT)
     assert "rma_ok 0\n" in res, res
     assert b"CACHE-SECRET" not in read(out)
     assert int(re.search(r"rma_tried (\d+)", res).group(1)) >= 200
@@ -211,3 +212,90 @@ def test_a_hostile_producers_sizes_are_refused(world, secret):
     assert log.count("its chunk size is not ours") == 2, log[-3000:]
     assert "'huge.bin' version 13 refused: larger than max_file_size" in log
     assert status(cons)["repl"]["refused_messages"] >= 3
+
+
+def rss_mib(pid):
+    with open("/proc/%d/status" % pid) as f:
+        return int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1)) // 1024
+
+
+@pytest.mark.parametrize("secret", [True, False], ids=["secret", "no-secret"])
+def test_hellos_do_not_release_a_transfer(world, secret):
+    """Handshakes that come and go never count as consumers that finished a version."""
+    net, port, prod, (cons,) = nodes(world, secret, peer_timeout=20)   # stopped, not dead
+    wait_for(lambda: subscribed(prod, 1), what="the consumer subscribed")
+    write(prod.path("warm.bin"), b"w" * 100000)
+    wait_version(cons.path("warm.bin"), 0)
+    # the consumer has not read victim.bin yet: its pin must hold through the HELLOs
+    os.kill(cons.proc.pid, signal.SIGSTOP)
+    try:
+        write(prod.path("victim.bin"), b"v" * (4 << 20))
+        wait_for(lambda: status(prod)["repl"]["seq"] >= 2, what="the announce of victim.bin")
+        hostile(net, 2, "hellos", net.addr(2), "%s:%d" % (net.addr(0), port), "rehello", "2")
+        # every one of those handshakes was dropped before the consumer resumes
+        wait_for(lambda: "did not authenticate in time" in prod.read_log(), what="the last handshake expiring")
+    finally:
+        os.kill(cons.proc.pid, signal.SIGCONT)
+    wait_version(cons.path("victim.bin"), 0)
+    assert read(cons.path("victim.bin")) == b"v" * (4 << 20)
+    assert "not fetched" not in cons.read_log()
+
+
+@pytest.mark.parametrize("secret", [True, False], ids=["secret", "no-secret"])
+def test_a_hello_that_never_answers_does_not_stall_the_producer(world, secret):
+    """HELLOs naming a port that accepts and never answers (a tarpit), once a second."""
+    net, port, prod, (cons,) = nodes(world, secret)
+    wait_for(lambda: subscribed(prod, 1), what="the consumer subscribed")
+    evil = world.spawn([*net.prefix(2), HOSTILE, "hellos", net.addr(2), "%s:%d" % (net.addr(0), port),
+                        "tarpit", "12"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       env=dict(os.environ, FI_PROVIDER="tcp;ofi_rxm"))
+    wait_for(lambda: refused_count(prod) >= 2 or "handshake" in prod.read_log(), what="the tarpit's HELLOs")
+    for i in range(3):      # the producer keeps serving, and its consumer never falls silent
+        write(prod.path("m%d.bin" % i), b"%d" % i)
+        wait_version(cons.path("m%d.bin" % i), 0, timeout=20)
+    assert evil.poll() is None      # the attack was still going on
+    assert "silent" not in cons.read_log()
+    assert status(cons)["repl"]["state"] == "subscribed"
+
+
+@pytest.mark.parametrize("secret", [True, False], ids=["secret", "no-secret"])
+def test_handshakes_cannot_lock_consumers_out(world, secret):
+    """64 endpoints saying HELLO again and again, and 64 names of closed ports."""
+    net = world.net(3)
+    port = 7900 + os.getpid() % 90
+    opts = secret_opts(world, secret)
+    pfs = world.dir("pfs")
+    prod = world.mount("listen=%s:%d,peer_timeout=3%s" % (net.addr(0), port, opts),
+                       pfs=pfs, mnt=world.dir("prod"), prefix=net.prefix(0))
+    evil = world.spawn([*net.prefix(2), HOSTILE, "hellos", net.addr(2), "%s:%d" % (net.addr(0), port),
+                        "hold", "20"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       env=dict(os.environ, FI_PROVIDER="tcp;ofi_rxm"))
+    wait_for(lambda: "too many handshakes" in prod.read_log(), what="the handshake limit reached")
+    cons = world.mount("subscribe=%s:%d,peer_timeout=3%s" % (net.addr(0), port, opts),
+                       pfs=pfs, mnt=world.dir("cons"), prefix=net.prefix(1))
+    wait_for(lambda: subscribed(prod, 1), timeout=15, what="a real consumer subscribing during the attack")
+    write(prod.path("m.bin"), b"weights")
+    wait_version(cons.path("m.bin"), 0)
+    assert evil.poll() is None
+    # pending handshakes are bounded, and their drops are logged within limits
+    assert len(status(prod)["repl"]["peers"]) <= 1 + 4 + 1
+    assert prod.read_log().count("was dropped") <= 11
+
+
+def test_a_flood_stays_bounded(world):
+    """One HELLO, then 64 KiB junk messages as fast as the fabric takes them."""
+    net, port, prod, (cons,) = nodes(world, True)
+    wait_for(lambda: subscribed(prod, 1), what="the consumer subscribed")
+    base = rss_mib(prod.proc.pid)
+    evil = world.spawn([*net.prefix(2), HOSTILE, "hellos", net.addr(2), "%s:%d" % (net.addr(0), port),
+                        "flood", "8"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                       env=dict(os.environ, FI_PROVIDER="tcp;ofi_rxm"))
+    peak = base
+    while evil.poll() is None:
+        peak = max(peak, rss_mib(prod.proc.pid))
+        write(prod.path("during.bin"), os.urandom(1000))     # real work goes on meanwhile
+        wait_version(cons.path("during.bin"), 0)
+    sent = int(re.search(r"sent (\d+)", evil.stdout.read()).group(1))
+    assert sent > 100, sent       # the flood really went out (>6 MiB)
+    assert peak - base < 64, (base, peak)
+    assert status(cons)["repl"]["state"] == "subscribed"

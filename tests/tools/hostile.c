@@ -17,6 +17,13 @@
  *   hostile badhello LOCAL_IP HOST:PORT
  *	HELLOs with endpoint names of 4, 15, 17 and 64 bytes, and one of the
  *	right length with a bad address family.
+ *   hostile hellos LOCAL_IP HOST:PORT MODE SECONDS
+ *	HELLOs for SECONDS: MODE rehello (its own name, 5 a second: each
+ *	replaces its last handshake), tarpit (naming a TCP port of its own
+ *	that accepts and never answers, once a second), hold (64 endpoints of
+ *	its own, each saying HELLO again and again, plus 64 names of closed
+ *	ports), flood (one HELLO, then 64 KiB messages typed CHUNKS, as fast
+ *	as the fabric takes them).
  *   hostile producer LISTEN_IP:PORT SECRET_FILE|- ATTACK
  *	A producer (it knows the secret, or there is none: "-") that serves
  *	the first consumer to say HELLO, then attacks it.  ATTACK: escape
@@ -31,7 +38,10 @@
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <openssl/rand.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <poll.h>
+#include <sys/socket.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -335,6 +345,97 @@ static int cmd_badhello(const char *local, const char *target)
 	return 0;
 }
 
+static int tarpit_fd;
+
+static void *tarpit(void *arg)
+{
+	(void)arg;
+	for (;;)
+		if (accept(tarpit_fd, NULL, NULL) < 0)
+			return NULL;	/* accepted, and never answered */
+}
+
+static void hello_named(struct vp_fab *fab, vp_fab_addr to, const void *name, size_t len)
+{
+	memset(&m, 0, sizeof(m));
+	m.type = VP_MSG_HELLO;
+	RAND_bytes(m.u.hello.nonce, VP_PROTO_NONCE);
+	m.u.hello.name_len = (uint16_t)len;
+	memcpy(m.u.hello.name, name, len);
+	send_plain(fab, to, &m);
+}
+
+static int cmd_hellos(const char *local, const char *target, const char *mode, double secs)
+{
+	struct vp_fab *fab = open_at(local, "0", 1);
+	vp_fab_addr to = peer_at(fab, target);
+	double until = vp_now() + secs;
+	uint8_t name[VP_FAB_NAME_MAX];
+	int n = vp_fab_name(fab, name, sizeof(name));
+
+	if (n <= 0)
+		return 1;
+	if (!strcmp(mode, "rehello")) {
+		while (vp_now() < until) {
+			hello_named(fab, to, name, (size_t)n);
+			usleep(200000);
+		}
+	} else if (!strcmp(mode, "tarpit")) {
+		struct sockaddr_in sa = { .sin_family = AF_INET };
+		socklen_t sl = sizeof(sa);
+		pthread_t t;
+
+		tarpit_fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		inet_pton(AF_INET, local, &sa.sin_addr);
+		if (tarpit_fd < 0 || bind(tarpit_fd, (struct sockaddr *)&sa, sizeof(sa)) ||
+		    listen(tarpit_fd, 128) || getsockname(tarpit_fd, (struct sockaddr *)&sa, &sl) ||
+		    pthread_create(&t, NULL, tarpit, NULL))
+			return 1;
+		while (vp_now() < until) {
+			hello_named(fab, to, &sa, sizeof(sa));
+			sleep(1);
+		}
+	} else if (!strcmp(mode, "hold")) {
+		static struct vp_fab *f[64];
+		static vp_fab_addr t[64];
+
+		for (int i = 0; i < 64; i++) {
+			f[i] = open_at(local, "0", 1);
+			t[i] = peer_at(f[i], target);
+		}
+		while (vp_now() < until) {
+			for (int i = 0; i < 64; i++) {
+				uint8_t own[VP_FAB_NAME_MAX];
+				int len = vp_fab_name(f[i], own, sizeof(own));
+				struct sockaddr_in sa = { .sin_family = AF_INET,
+							  .sin_port = htons((uint16_t)(40000 + i)) };
+
+				if (len > 0)
+					hello_named(f[i], t[i], own, (size_t)len);
+				inet_pton(AF_INET, local, &sa.sin_addr);
+				hello_named(fab, to, &sa, sizeof(sa));
+			}
+			usleep(500000);
+		}
+		for (int i = 0; i < 64; i++)
+			vp_fab_close(f[i]);
+	} else if (!strcmp(mode, "flood")) {
+		hello_named(fab, to, name, (size_t)n);
+		usleep(300000);
+		memset(buf, 0, sizeof(buf));
+		memcpy(buf, "VPR1", 4);
+		buf[4] = VP_PROTO_VERSION;
+		buf[6] = VP_MSG_CHUNKS;		/* the type; the rest junk */
+		while (vp_now() < until)
+			sent += vp_fab_send(fab, to, buf, VP_FAB_MAX_MSG, 5) == 0;
+	} else {
+		return 2;
+	}
+	printf("sent %u\n", sent);
+	vp_fab_close(fab);
+	return 0;
+}
+
 static void mac_of(const uint8_t *secret, size_t slen, const char *role, const uint8_t *n1,
 		   const uint8_t *n2, uint64_t id, uint8_t *out)
 {
@@ -376,6 +477,14 @@ static int cmd_producer(const char *listen, const char *secret_file, const char 
 		fclose(f);
 		while (slen && (secret[slen - 1] == '\n' || secret[slen - 1] == '\r'))
 			slen--;
+		{
+			uint8_t key[VP_SESS_KEY];
+
+			if (vp_sess_stretch(secret, slen, key))	/* as the daemons do */
+				return 1;
+			memcpy(secret, key, sizeof(key));
+			slen = VP_SESS_KEY;
+		}
 	}
 	snprintf(host, sizeof(host), "%s", listen);
 	colon = strrchr(host, ':');
@@ -522,6 +631,8 @@ int main(int argc, char **argv)
 		return cmd_rma(argv[2], argv[3], argv[4]);
 	if (argc == 4 && !strcmp(argv[1], "badhello"))
 		return cmd_badhello(argv[2], argv[3]);
+	if (argc == 6 && !strcmp(argv[1], "hellos"))
+		return cmd_hellos(argv[2], argv[3], argv[4], atof(argv[5]));
 	if (argc == 5 && !strcmp(argv[1], "producer"))
 		return cmd_producer(argv[2], argv[3], argv[4]);
 	fprintf(stderr, "usage: hostile inject|rma|badhello|producer ... (see the source)\n");
