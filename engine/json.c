@@ -3,12 +3,8 @@
 
 #include <stddef.h>
 
-/*
- * The length of the well-formed UTF-8 sequence at s (RFC 3629, table 3-7
- * of the Unicode standard), or 0 if the byte at s does not start one.
- * A NUL ends a truncated sequence: it is never a continuation byte.
- */
-static size_t utf8_len(const unsigned char *s)
+/* Table 3-7 of the Unicode standard.  A NUL is never a continuation byte. */
+size_t vp_utf8_len(const unsigned char *s)
 {
 	unsigned char lo = 0x80, hi = 0xbf;	/* the second byte's range */
 	size_t len;
@@ -46,7 +42,7 @@ void vp_json_string(FILE *out, const char *s)
 
 	fputc('"', out);
 	while (*p) {
-		size_t len = utf8_len(p);
+		size_t len = vp_utf8_len(p);
 
 		if (len == 0) {
 			fprintf(out, "\\u%04x", *p);	/* not UTF-8: the byte's value */

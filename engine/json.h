@@ -14,7 +14,15 @@
 #ifndef VP_JSON_H
 #define VP_JSON_H
 
+#include <stddef.h>
 #include <stdio.h>
+
+/*
+ * The length of the well-formed UTF-8 sequence at s (1 to 4; RFC 3629: no
+ * overlong forms, no surrogates, nothing above U+10FFFF), or 0 where the
+ * byte at s does not start one.  A NUL ends a truncated sequence.
+ */
+size_t vp_utf8_len(const unsigned char *s);
 
 /*
  * Writes s (borrowed, NUL-terminated) to out as a JSON string literal,

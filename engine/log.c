@@ -78,21 +78,27 @@ void vp_log_set_level(int level)
 
 static void log_write_locked(int level, const char *subsys, const char *msg);
 
-void vp_log(int level, const char *subsys, const char *fmt, ...)
+/* Formats and writes one line, if level passes the filter. */
+static void log_vwrite(int level, const char *subsys, const char *fmt, va_list ap)
 {
 	char msg[1024];
-	va_list ap;
-	int saved_errno = errno;
 
 	if (level > __atomic_load_n(&log_level, __ATOMIC_RELAXED))
 		return;
-	va_start(ap, fmt);
 	vsnprintf(msg, sizeof(msg), fmt, ap);
-	va_end(ap);
-
 	pthread_mutex_lock(&log_lock);
 	log_write_locked(level, subsys, msg);
 	pthread_mutex_unlock(&log_lock);
+}
+
+void vp_log(int level, const char *subsys, const char *fmt, ...)
+{
+	va_list ap;
+	int saved_errno = errno;
+
+	va_start(ap, fmt);
+	log_vwrite(level, subsys, fmt, ap);
+	va_end(ap);
 	errno = saved_errno;
 }
 
@@ -122,18 +128,13 @@ int vp_log_limited(struct vp_ratelimit *rl, int level, const char *subsys,
 		rl->suppressed++;
 	}
 	pthread_mutex_unlock(&log_lock);
-	if (!logged || level > __atomic_load_n(&log_level, __ATOMIC_RELAXED)) {
-		errno = saved_errno;
-		return logged;
+	if (logged) {
+		va_start(ap, fmt);
+		log_vwrite(level, subsys, fmt, ap);
+		va_end(ap);
 	}
-	va_start(ap, fmt);
-	vsnprintf(msg, sizeof(msg), fmt, ap);
-	va_end(ap);
-	pthread_mutex_lock(&log_lock);
-	log_write_locked(level, subsys, msg);
-	pthread_mutex_unlock(&log_lock);
 	errno = saved_errno;
-	return 1;
+	return logged;
 }
 
 /*

@@ -293,19 +293,7 @@ static void log_gpu_path(struct vp_repl *r, const char *role, uint64_t id)
 static void mac_of(struct vp_repl *r, const char *role, const uint8_t *n1,
 		   const uint8_t *n2, uint64_t id, uint8_t *out)
 {
-	uint8_t msg[6 + 2 * VP_PROTO_NONCE + 8];
-	unsigned int len = VP_PROTO_MAC;
-
-	memcpy(msg, role, 6);
-	memcpy(msg + 6, n1, VP_PROTO_NONCE);
-	memcpy(msg + 6 + VP_PROTO_NONCE, n2, VP_PROTO_NONCE);
-	for (int i = 0; i < 8; i++)
-		msg[6 + 2 * VP_PROTO_NONCE + i] = (uint8_t)(id >> (8 * i));
-	if (!r->secret_len) {
-		memset(out, 0, VP_PROTO_MAC);	/* no secret: no proof */
-		return;
-	}
-	HMAC(EVP_sha256(), r->secret, (int)r->secret_len, msg, sizeof(msg), out, &len);
+	vp_sess_handshake_mac(r->secret, r->secret_len, role, n1, n2, id, out);
 }
 
 static int mac_ok(struct vp_repl *r, const char *role, const uint8_t *n1,

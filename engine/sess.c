@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
+#include <openssl/hmac.h>
 #include <openssl/kdf.h>
 #include <stdio.h>
 #include <string.h>
@@ -67,6 +68,23 @@ int vp_sess_stretch(const uint8_t *secret, size_t len, uint8_t out[VP_SESS_KEY])
 
 	return EVP_PBE_scrypt((const char *)secret, len, salt, sizeof(salt) - 1, 1u << 14, 8, 1,
 			      64u << 20, out, VP_SESS_KEY) == 1 ? 0 : -EIO;
+}
+
+void vp_sess_handshake_mac(const uint8_t *key, size_t key_len, const char *role,
+			   const uint8_t *n1, const uint8_t *n2, uint64_t id, uint8_t *out)
+{
+	uint8_t msg[6 + 2 * VP_PROTO_NONCE + 8];
+	unsigned int len = VP_PROTO_MAC;
+
+	memcpy(msg, role, 6);
+	memcpy(msg + 6, n1, VP_PROTO_NONCE);
+	memcpy(msg + 6 + VP_PROTO_NONCE, n2, VP_PROTO_NONCE);
+	put_le(msg + 6 + 2 * VP_PROTO_NONCE, id, 8);
+	if (!key_len) {
+		memset(out, 0, VP_PROTO_MAC);
+		return;
+	}
+	HMAC(EVP_sha256(), key, (int)key_len, msg, sizeof(msg), out, &len);
 }
 
 void vp_sess_clear(struct vp_sess *s)

@@ -66,6 +66,15 @@ int vp_sess_derive(struct vp_sess *s, const uint8_t *ikm, size_t ikm_len,
  */
 int vp_sess_stretch(const uint8_t *secret, size_t len, uint8_t out[VP_SESS_KEY]);
 
+/*
+ * A handshake proof: HMAC-SHA256 under key (the stretched secret) of role
+ * (6 bytes: "VPR1-P" from the producer, "VPR1-C" from the consumer), the
+ * two nonces (VP_PROTO_NONCE each) in that order, and the consumer's id;
+ * VP_PROTO_MAC bytes into out.  Without a key (len 0), zeros: no proof.
+ */
+void vp_sess_handshake_mac(const uint8_t *key, size_t key_len, const char *role,
+			   const uint8_t *n1, const uint8_t *n2, uint64_t id, uint8_t *out);
+
 /* Forgets the keys (the session ended). */
 void vp_sess_clear(struct vp_sess *s);
 

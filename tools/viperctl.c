@@ -33,6 +33,7 @@
 
 #include "../engine/clock.h"
 #include "../engine/config.h"
+#include "../engine/json.h"
 
 #include "viperfs_client.h"
 #include "vpctl.h"
@@ -53,38 +54,6 @@ static void usage(FILE *out)
 }
 
 /*
- * Valid UTF-8 at s: the length of the sequence (1 to 4), or 0 where s is
- * not the start of one (overlong forms and surrogates included).
- */
-static size_t utf8_sequence(const unsigned char *s)
-{
-	unsigned int lo = 0x80, hi = 0xbf;
-	size_t len;
-
-	if (s[0] < 0x80)
-		return 1;
-	if (s[0] >= 0xc2 && s[0] <= 0xdf) {
-		len = 2;
-	} else if (s[0] >= 0xe0 && s[0] <= 0xef) {
-		len = 3;
-		lo = s[0] == 0xe0 ? 0xa0 : 0x80;
-		hi = s[0] == 0xed ? 0x9f : 0xbf;
-	} else if (s[0] >= 0xf0 && s[0] <= 0xf4) {
-		len = 4;
-		lo = s[0] == 0xf0 ? 0x90 : 0x80;
-		hi = s[0] == 0xf4 ? 0x8f : 0xbf;
-	} else {
-		return 0;
-	}
-	if (s[1] < lo || s[1] > hi)
-		return 0;	/* the terminating NUL stops here too */
-	for (size_t i = 2; i < len; i++)
-		if ((s[i] & 0xc0) != 0x80)
-			return 0;
-	return len;
-}
-
-/*
  * Text from the daemon (file names, reasons, errors), made safe to print
  * on a terminal: control bytes (below 0x20, and 0x7f), C1 controls
  * (U+0080 to U+009F, which some terminals obey as escape sequences) and
@@ -101,7 +70,7 @@ static size_t vpctl_escape(const char *text, char *buf, size_t len)
 	size_t need = 0, used = 0;
 
 	while (*s) {
-		size_t seq = utf8_sequence(s), add;
+		size_t seq = vp_utf8_len(s), add;
 		char piece[4 * 4 + 1];	/* up to 4 bytes as \xNN */
 
 		if (seq == 1 && *s >= 0x20 && *s != 0x7f) {

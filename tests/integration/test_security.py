@@ -40,6 +40,17 @@ def nodes(world, secret, consumers=1, peer_timeout=3):
     return net, port, prod, cons
 
 
+def producer_only(world, secret):
+    """A producer on node 0 of three, no consumer yet: (net, port, pfs, producer, options)."""
+    net = world.net(3)
+    port = 7900 + os.getpid() % 90
+    opts = secret_opts(world, secret)
+    pfs = world.dir("pfs")
+    prod = world.mount("listen=%s:%d,peer_timeout=3%s" % (net.addr(0), port, opts),
+                       pfs=pfs, mnt=world.dir("prod"), prefix=net.prefix(0))
+    return net, port, pfs, prod, opts
+
+
 def hostile(net, node, *args, **kw):
     r = subprocess.run([*net.prefix(node), HOSTILE, *args], capture_output=True, text=True,
                        timeout=kw.get("timeout", 120))
@@ -139,12 +150,7 @@ def test_nobody_reads_the_producers_cache(world, secret):
 
 @pytest.mark.parametrize("secret", [True, False], ids=["secret", "no-secret"])
 def test_a_bad_hello_does_not_lock_consumers_out(world, secret):
-    net = world.net(3)
-    port = 7900 + os.getpid() % 90
-    opts = secret_opts(world, secret)
-    pfs = world.dir("pfs")
-    prod = world.mount("listen=%s:%d,peer_timeout=3%s" % (net.addr(0), port, opts),
-                       pfs=pfs, mnt=world.dir("prod"), prefix=net.prefix(0))
+    net, port, pfs, prod, opts = producer_only(world, secret)
     out = hostile(net, 2, "badhello", net.addr(2), "%s:%d" % (net.addr(0), port))
     assert "sent 5" in out
     wait_for(lambda: prod.read_log().count("unusable endpoint name") >= 5, what="the refusals logged")
@@ -261,12 +267,7 @@ def test_a_hello_that_never_answers_does_not_stall_the_producer(world, secret):
 @pytest.mark.parametrize("secret", [True, False], ids=["secret", "no-secret"])
 def test_handshakes_cannot_lock_consumers_out(world, secret):
     """64 endpoints saying HELLO again and again, and 64 names of closed ports."""
-    net = world.net(3)
-    port = 7900 + os.getpid() % 90
-    opts = secret_opts(world, secret)
-    pfs = world.dir("pfs")
-    prod = world.mount("listen=%s:%d,peer_timeout=3%s" % (net.addr(0), port, opts),
-                       pfs=pfs, mnt=world.dir("prod"), prefix=net.prefix(0))
+    net, port, pfs, prod, opts = producer_only(world, secret)
     evil = world.spawn([*net.prefix(2), HOSTILE, "hellos", net.addr(2), "%s:%d" % (net.addr(0), port),
                         "hold", "20"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                        env=dict(os.environ, FI_PROVIDER="tcp;ofi_rxm"))

@@ -436,24 +436,6 @@ static int cmd_hellos(const char *local, const char *target, const char *mode, d
 	return 0;
 }
 
-static void mac_of(const uint8_t *secret, size_t slen, const char *role, const uint8_t *n1,
-		   const uint8_t *n2, uint64_t id, uint8_t *out)
-{
-	uint8_t msg[6 + 2 * VP_PROTO_NONCE + 8];
-	unsigned int len = VP_PROTO_MAC;
-
-	memcpy(msg, role, 6);
-	memcpy(msg + 6, n1, VP_PROTO_NONCE);
-	memcpy(msg + 6 + VP_PROTO_NONCE, n2, VP_PROTO_NONCE);
-	for (int i = 0; i < 8; i++)
-		msg[6 + 2 * VP_PROTO_NONCE + i] = (uint8_t)(id >> (8 * i));
-	if (!slen) {
-		memset(out, 0, VP_PROTO_MAC);
-		return;
-	}
-	HMAC(EVP_sha256(), secret, (int)slen, msg, sizeof(msg), out, &len);
-}
-
 static int cmd_producer(const char *listen, const char *secret_file, const char *attack)
 {
 	char host[128], *colon;
@@ -503,7 +485,7 @@ static int cmd_producer(const char *listen, const char *secret_file, const char 
 	m.type = VP_MSG_CHALLENGE;
 	m.u.challenge.assigned_id = id;
 	memcpy(m.u.challenge.nonce, nonce_p, VP_PROTO_NONCE);
-	mac_of(secret, slen, "VPR1-P", nonce_c, nonce_p, id, m.u.challenge.mac);
+	vp_sess_handshake_mac(secret, slen, "VPR1-P", nonce_c, nonce_p, id, m.u.challenge.mac);
 	send_plain(fab, to, &m);
 	if (recv_msg(NULL, VP_MSG_AUTH, 30, got, &src)) {
 		fprintf(stderr, "hostile: no AUTH\n");
