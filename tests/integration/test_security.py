@@ -220,6 +220,13 @@ def test_a_hostile_producers_sizes_are_refused(world, secret):
     assert status(cons)["repl"]["refused_messages"] >= 3
 
 
+def sanitized():
+    """The daemon under test was built with ASan or TSan (make check, make check-thread)."""
+    with open(os.path.join(BUILD, "viperfs"), "rb") as f:
+        exe = f.read()
+    return b"__asan_init" in exe or b"__tsan_init" in exe
+
+
 def rss_mib(pid):
     with open("/proc/%d/status" % pid) as f:
         return int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1)) // 1024
@@ -266,12 +273,13 @@ def test_a_hello_that_never_answers_does_not_stall_the_producer(world, secret):
 
 @pytest.mark.parametrize("secret", [True, False], ids=["secret", "no-secret"])
 def test_handshakes_cannot_lock_consumers_out(world, secret):
-    """64 endpoints saying HELLO again and again, and 64 names of closed ports."""
+    """16 endpoints saying HELLO again and again, and 64 names of closed ports."""
     net, port, pfs, prod, opts = producer_only(world, secret)
     evil = world.spawn([*net.prefix(2), HOSTILE, "hellos", net.addr(2), "%s:%d" % (net.addr(0), port),
-                        "hold", "20"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                        "hold", "90"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                        env=dict(os.environ, FI_PROVIDER="tcp;ofi_rxm"))
-    wait_for(lambda: "too many handshakes" in prod.read_log(), what="the handshake limit reached")
+    # (slow under the sanitizers: the attacker opens 64 endpoints first)
+    wait_for(lambda: "too many handshakes" in prod.read_log(), timeout=80, what="the handshake limit reached")
     cons = world.mount("subscribe=%s:%d,peer_timeout=3%s" % (net.addr(0), port, opts),
                        pfs=pfs, mnt=world.dir("cons"), prefix=net.prefix(1))
     wait_for(lambda: subscribed(prod, 1), timeout=15, what="a real consumer subscribing during the attack")
@@ -298,5 +306,7 @@ def test_a_flood_stays_bounded(world):
         wait_version(cons.path("during.bin"), 0)
     sent = int(re.search(r"sent (\d+)", evil.stdout.read()).group(1))
     assert sent > 100, sent       # the flood really went out (>6 MiB)
-    assert peak - base < 64, (base, peak)
+    # bounded: the inboxes hold at most 64 + 1 MiB; a sanitizer's allocator keeps more around
+    limit = 256 if sanitized() else 64
+    assert peak - base < limit, (base, peak, sent)
     assert status(cons)["repl"]["state"] == "subscribed"

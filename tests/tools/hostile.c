@@ -20,7 +20,7 @@
  *   hostile hellos LOCAL_IP HOST:PORT MODE SECONDS
  *	HELLOs for SECONDS: MODE rehello (its own name, 5 a second: each
  *	replaces its last handshake), tarpit (naming a TCP port of its own
- *	that accepts and never answers, once a second), hold (64 endpoints of
+ *	that accepts and never answers, once a second), hold (16 endpoints of
  *	its own, each saying HELLO again and again, plus 64 names of closed
  *	ports), flood (one HELLO, then 64 KiB messages typed CHUNKS, as fast
  *	as the fabric takes them).
@@ -396,17 +396,18 @@ static int cmd_hellos(const char *local, const char *target, const char *mode, d
 			sleep(1);
 		}
 	} else if (!strcmp(mode, "hold")) {
-		static struct vp_fab *f[64];
-		static vp_fab_addr t[64];
+		enum { NEP = 16 };	/* 4 times what one host may hold */
+		static struct vp_fab *f[NEP];
+		static vp_fab_addr t[NEP];
 
-		for (int i = 0; i < 64; i++) {
+		for (int i = 0; i < NEP; i++) {
 			f[i] = open_at(local, "0", 1);
 			t[i] = peer_at(f[i], target);
 		}
 		while (vp_now() < until) {
 			for (int i = 0; i < 64; i++) {
 				uint8_t own[VP_FAB_NAME_MAX];
-				int len = vp_fab_name(f[i], own, sizeof(own));
+				int len = i < NEP ? vp_fab_name(f[i], own, sizeof(own)) : 0;
 				struct sockaddr_in sa = { .sin_family = AF_INET,
 							  .sin_port = htons((uint16_t)(40000 + i)) };
 
@@ -417,7 +418,7 @@ static int cmd_hellos(const char *local, const char *target, const char *mode, d
 			}
 			usleep(500000);
 		}
-		for (int i = 0; i < 64; i++)
+		for (int i = 0; i < NEP; i++)
 			vp_fab_close(f[i]);
 	} else if (!strcmp(mode, "flood")) {
 		hello_named(fab, to, name, (size_t)n);
