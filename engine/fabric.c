@@ -23,7 +23,9 @@
 
 #define DEFAULT_PROVIDER "tcp;ofi_rxm"
 #define N_RECV 32
-#define N_SEND 32
+#define N_SEND 64		/* send slots (a bitmap of 64) */
+#define N_SEND_UNTRUSTED 16	/* the last ones: sends to peers that have not authenticated */
+#define MAX_STUCK_PER_PEER 2	/* abandoned sends to one address before we stop posting to it */
 
 enum op_kind { OP_RECV, OP_SEND, OP_READ };
 
@@ -36,6 +38,9 @@ struct op {
 	enum op_kind kind;
 	int done;			/* protected by fab->lock */
 	int abandoned;			/* sends: the sender gave up waiting; the completion frees the slot */
+	vp_fab_addr dest;		/* sends */
+	uint8_t peer[VP_FAB_NAME_MAX];	/* abandoned sends: the destination's address */
+	size_t peer_len;
 	int status;			/* 0 or -errno, protected by fab->lock */
 	unsigned int index;		/* recv/send buffer slot */
 	struct batch *batch;		/* reads */
@@ -573,10 +578,34 @@ void vp_fab_mr_close(struct vp_fab_mr *mr)
 	free(mr);
 }
 
-int vp_fab_send(struct vp_fab *fab, vp_fab_addr dest, const void *msg,
-		size_t len, double deadline_s)
+/*
+ * Slots whose send was abandoned to dest's address (protected by fab->lock).
+ * On rxm, a send that a dead or stopped peer never takes never completes,
+ * not even after fi_av_remove: its slot is lost until close.  So a peer
+ * gets at most MAX_STUCK_PER_PEER of them; it is known by its address,
+ * not its fi_addr, which libfabric reuses for the next peer.
+ */
+static unsigned int stuck_to_locked(struct vp_fab *fab, const uint8_t *peer, size_t len)
+{
+	unsigned int n = 0;
+
+	for (unsigned int i = 0; i < N_SEND; i++) {
+		const struct op *op = &fab->send_ops[i];
+
+		n += (fab->send_busy & (1ULL << i)) && op->abandoned && op->peer_len == len &&
+			!memcmp(op->peer, peer, len);
+	}
+	return n;
+}
+
+static int send_in(struct vp_fab *fab, vp_fab_addr dest, const void *msg, size_t len,
+		   double deadline_s, int untrusted)
 {
 	double deadline = vp_now() + deadline_s;
+	uint64_t pool = untrusted ? ~0ULL << (N_SEND - N_SEND_UNTRUSTED) :
+		~(~0ULL << (N_SEND - N_SEND_UNTRUSTED));
+	uint8_t peer[VP_FAB_NAME_MAX];
+	size_t peer_len = sizeof(peer);
 	struct timespec ts;
 	struct op *op;
 	unsigned int slot;
@@ -584,15 +613,22 @@ int vp_fab_send(struct vp_fab *fab, vp_fab_addr dest, const void *msg,
 
 	if (len > VP_FAB_MAX_MSG)
 		return -EMSGSIZE;
+	if (fi_av_lookup(fab->av, dest, peer, &peer_len) || peer_len > sizeof(peer))
+		peer_len = 0;
 	vp_abstime(&ts, deadline);
 	pthread_mutex_lock(&fab->lock);
-	while (fab->send_busy == (1ULL << N_SEND) - 1) {
-		if (pthread_cond_timedwait(&fab->cond, &fab->lock, &ts) == ETIMEDOUT) {
+	if (peer_len && stuck_to_locked(fab, peer, peer_len) >= (untrusted ? 1 : MAX_STUCK_PER_PEER)) {
+		pthread_mutex_unlock(&fab->lock);
+		return -EAGAIN;		/* it takes nothing: no more of our slots for it */
+	}
+	while ((fab->send_busy & pool) == pool) {
+		if (untrusted ||
+		    pthread_cond_timedwait(&fab->cond, &fab->lock, &ts) == ETIMEDOUT) {
 			pthread_mutex_unlock(&fab->lock);
 			return -EAGAIN;		/* every slot busy: nothing was posted */
 		}
 	}
-	slot = (unsigned int)__builtin_ctzll(~fab->send_busy);
+	slot = (unsigned int)__builtin_ctzll(~fab->send_busy & pool);
 	fab->send_busy |= 1ULL << slot;
 	op = &fab->send_ops[slot];
 	op->kind = OP_SEND;
@@ -600,20 +636,24 @@ int vp_fab_send(struct vp_fab *fab, vp_fab_addr dest, const void *msg,
 	op->done = 0;
 	op->abandoned = 0;
 	op->status = 0;
+	op->dest = dest;
+	memcpy(op->peer, peer, peer_len);
+	op->peer_len = peer_len;
 	pthread_mutex_unlock(&fab->lock);
 
 	memcpy(send_buf(fab, slot), msg, len);
 	for (;;) {
 		rc = (int)fi_send(fab->ep, send_buf(fab, slot), len, fab->buf_desc,
 				  dest, &op->fictx);
-		if (rc != -FI_EAGAIN || vp_now() > deadline)
+		if (rc != -FI_EAGAIN || untrusted || vp_now() > deadline)
 			break;
 		sched_yield();
 	}
 	pthread_mutex_lock(&fab->lock);
 	if (rc == 0) {
 		while (!op->done) {
-			if (pthread_cond_timedwait(&fab->cond, &fab->lock, &ts) == ETIMEDOUT) {
+			if (pthread_cond_timedwait(&fab->cond, &fab->lock, &ts) == ETIMEDOUT &&
+			    !op->done) {	/* (a completion may have come as the wait timed out) */
 				/*
 				 * The slot stays busy while the provider may
 				 * still use the buffer; its completion (or error
@@ -632,6 +672,18 @@ int vp_fab_send(struct vp_fab *fab, vp_fab_addr dest, const void *msg,
 	pthread_cond_broadcast(&fab->cond);
 	pthread_mutex_unlock(&fab->lock);
 	return rc;
+}
+
+int vp_fab_send(struct vp_fab *fab, vp_fab_addr dest, const void *msg,
+		size_t len, double deadline_s)
+{
+	return send_in(fab, dest, msg, len, deadline_s, 0);
+}
+
+int vp_fab_send_untrusted(struct vp_fab *fab, vp_fab_addr dest, const void *msg,
+			  size_t len, double wait_s)
+{
+	return send_in(fab, dest, msg, len, wait_s, 1);
 }
 
 int vp_fab_read(struct vp_fab *fab, vp_fab_addr src,

@@ -111,6 +111,16 @@ int vp_fab_send(struct vp_fab *fab, vp_fab_addr dest, const void *msg,
 #define VP_FAB_MR_REMOTE_READ 1u	/* peers may read it with the key */
 
 /*
+ * vp_fab_send() to a peer that has not authenticated: from a pool of slots
+ * of its own (so such peers can never take the slots of authenticated
+ * ones), one attempt to post (-EAGAIN at once if the provider cannot take
+ * it, or if a send to that address is already stuck), then up to wait_s
+ * for the completion.  Never blocks longer than wait_s.
+ */
+int vp_fab_send_untrusted(struct vp_fab *fab, vp_fab_addr dest, const void *msg,
+			  size_t len, double wait_s);
+
+/*
  * Registers buf[0..len) for remote reads (and local use as a read
  * target).  *key and *remote_addr are what a peer passes to
  * vp_fab_read().  Returns 0 or -errno.

@@ -39,10 +39,10 @@
 #define RELAY_SEND_S 1.0	/* deadline of an offer to a child */
 #define RELAY_BATCH 16		/* chunks read from a relay per batch */
 #define INBOX_BYTES (64u << 20)	/* received messages waiting for the repl thread */
-#define MAX_PENDING 64		/* producer: consumers between HELLO and AUTH */
+#define MAX_PENDING 1024	/* producer: consumers between HELLO and AUTH; the oldest goes first */
 #define MAX_PENDING_PER_HOST 4	/* ... of them naming one host */
 #define HANDSHAKE_S 3.0		/* producer: a consumer has this long from HELLO to AUTH */
-#define PENDING_SEND_S 0.005	/* a send to a consumer that has not authenticated waits no longer */
+#define PENDING_SEND_S 0.001	/* a send to a consumer that has not authenticated: one try, this long */
 #define PENDING_INBOX_BYTES (1u << 20)	/* messages from senders that are not subscribed consumers */
 #define ENCODE_MAX (VP_FAB_MAX_MSG - VP_SESS_OVERHEAD)	/* room for the seal */
 
@@ -50,6 +50,7 @@
 static struct vp_ratelimit rl_refused = VP_RATELIMIT_INIT(10, 60.0);
 static struct vp_ratelimit rl_hello = VP_RATELIMIT_INIT(10, 60.0);
 static struct vp_ratelimit rl_announce = VP_RATELIMIT_INIT(10, 60.0);
+static struct vp_ratelimit rl_evict = VP_RATELIMIT_INIT(10, 60.0);
 
 struct qmsg {			/* a message, raw, queued */
 	struct qmsg *next;
@@ -160,6 +161,7 @@ struct vp_repl {
 	struct qmsg *in_head, *in_tail;		/* received, protected by lock */
 	int resync;				/* consumer: a producer message was lost; protected by lock */
 	double refetch_after;			/* consumer: a fetch failed then; repl thread only */
+	double resub_at, resub_backoff;		/* consumer: the last resubscribe we chose, and the wait before another */
 	int quiet_drop;				/* producer: peer_drop_locked does not log; protected by lock */
 	struct event *ev_head, *ev_tail;	/* producer, protected by lock */
 	pthread_t thread;
@@ -623,6 +625,9 @@ static int send_raw(struct vp_repl *r, vp_fab_addr to, struct vp_sess *s, const 
 		    size_t len, double deadline_s)
 {
 	static __thread uint8_t sealed[VP_FAB_MAX_MSG];
+
+	if (deadline_s < 0)	/* to a peer that has not authenticated: see send_untrusted() */
+		return vp_fab_send_untrusted(r->fab, to, buf, len, -deadline_s);
 
 	if (s && s->on) {
 		ssize_t n = vp_sess_seal(s, buf, len, sealed, sizeof(sealed));
@@ -1292,6 +1297,26 @@ static void pending_drop_locked(struct vp_repl *r, struct peer *p, const char *w
 	r->quiet_drop = 0;
 }
 
+/* Drops the oldest handshake in progress (naming the host of hello's name, if given). */
+static void evict_oldest_locked(struct vp_repl *r, const struct vp_msg *hello)
+{
+	struct peer *oldest = NULL;
+
+	for (struct peer *p = r->peers; p; p = p->next)
+		if (!p->active && (!hello || same_host(p->name, p->name_len, hello->u.hello.name,
+						       hello->u.hello.name_len)) &&
+		    (!oldest || p->hello_at < oldest->hello_at))
+			oldest = p;
+	if (!oldest)
+		return;
+	vp_log_limited(&rl_evict, LOG_WARNING, "repl", "too many handshakes are in progress; the oldest (consumer %" PRIu64 ") makes room",
+		       oldest->id);
+	__atomic_add_fetch(&r->refused, 1, __ATOMIC_RELAXED);
+	r->quiet_drop = 1;
+	peer_drop_locked(r, oldest, "evicted");
+	r->quiet_drop = 0;
+}
+
 /*
  * A HELLO: a consumer starts a handshake.  src is where it came from.
  * The name in a HELLO is the sender's word, so a HELLO never ends an
@@ -1332,8 +1357,6 @@ static void producer_hello(struct vp_repl *r, const struct vp_msg *m, vp_fab_add
 		why = "it names the address of a handshake in progress";
 	else if (!other && src != addr && peer_at_locked(r, addr, 1))
 		why = "it names the address of a subscribed consumer, from elsewhere";
-	else if (!other && (pending >= MAX_PENDING || same >= MAX_PENDING_PER_HOST))
-		why = "too many handshakes are in progress";
 	if (why) {
 		pthread_mutex_unlock(&r->lock);
 		vp_fab_remove(r->fab, addr);	/* our reference to that name */
@@ -1343,6 +1366,14 @@ static void producer_hello(struct vp_repl *r, const struct vp_msg *m, vp_fab_add
 	}
 	if (other)	/* the same address starts again: this handshake replaces its last */
 		pending_drop_locked(r, other, "its address started a new handshake");
+	else if (pending >= MAX_PENDING || same >= MAX_PENDING_PER_HOST)
+		/*
+		 * Full: the oldest handshake (of that host) makes room.  An
+		 * attacker must then start MAX_PENDING handshakes within one
+		 * honest consumer's round trip to keep it out, instead of
+		 * simply holding the table.
+		 */
+		evict_oldest_locked(r, same >= MAX_PENDING_PER_HOST ? m : NULL);
 	pthread_mutex_unlock(&r->lock);
 	p = calloc(1, sizeof(*p));
 	if (!p) {
@@ -1420,14 +1451,10 @@ static void producer_handle(struct vp_repl *r, struct qmsg *q)
 		if (p->active)
 			break;
 		if (!mac_ok(r, "VPR1-C", p->nonce_p, p->nonce_c, p->id, m->u.auth.mac)) {
-			struct vp_msg no = { .type = VP_MSG_REFUSED };
-
-			snprintf(no.u.refused.reason, sizeof(no.u.refused.reason),
-				 "authentication failed: the secrets differ");
-			pthread_mutex_unlock(&r->lock);
-			/* before its address goes; never waiting long on one who may not be there */
-			encode_send(r, p->addr, NULL, &no, PENDING_SEND_S);
-			pthread_mutex_lock(&r->lock);
+			/*
+			 * No REFUSED: an honest consumer with another secret
+			 * refused our CHALLENGE already; this AUTH is a guess.
+			 */
 			vp_log_limited(&rl_hello, LOG_WARNING, "repl", "consumer %" PRIu64 " failed authentication (wrong or missing secret_file)",
 				       p->id);
 			pending_drop_locked(r, p, "it failed authentication (wrong or missing secret_file)");
@@ -1544,7 +1571,7 @@ static void producer_tick(struct vp_repl *r, double *last_beat)
 			 * hold up the thread (a name that never answers).
 			 */
 			rc = send_raw(r, addr, &p->sess, q->buf, q->len,
-				      active ? r->cfg.peer_timeout : PENDING_SEND_S);
+				      active ? r->cfg.peer_timeout : -PENDING_SEND_S);
 			pthread_mutex_lock(&r->lock);
 			if (rc == -EAGAIN && !active) {
 				q->next = p->out_head;	/* not taken yet: again next tick */
@@ -3022,6 +3049,34 @@ static void consumer_lost(struct vp_repl *r, const char *why)
 	pthread_mutex_unlock(&r->lock);
 }
 
+/*
+ * consumer_lost() for a reason of our own (a lost message, a failed
+ * transfer), not a silent producer: each costs the producer a catch-up,
+ * so such resubscribes back off (5 s, doubling to 5 min; back to 5 s after
+ * 10 quiet minutes).  Too soon, the session goes on.
+ */
+static void consumer_resubscribe(struct vp_repl *r, const char *why)
+{
+	static struct vp_ratelimit rl = VP_RATELIMIT_INIT(5, 60.0);
+	double now = vp_now();
+
+	if (!r->resub_backoff || now - r->resub_at > 600)
+		r->resub_backoff = 5;
+	if (r->resub_at && now - r->resub_at < r->resub_backoff) {
+		vp_log_limited(&rl, LOG_WARNING, "repl", "%s; not subscribing again before %.0f s have passed since the last time",
+			       why, r->resub_backoff);
+		r->refetch_after = 0;
+		pthread_mutex_lock(&r->lock);
+		r->resync = 0;
+		pthread_mutex_unlock(&r->lock);
+		return;
+	}
+	if (r->resub_at)
+		r->resub_backoff = r->resub_backoff * 2 > 300 ? 300 : r->resub_backoff * 2;
+	r->resub_at = now;
+	consumer_lost(r, why);
+}
+
 static void consumer_handle(struct vp_repl *r, struct qmsg *q)
 {
 	struct vp_msg *m = malloc(sizeof(*m));
@@ -3041,13 +3096,15 @@ static void consumer_handle(struct vp_repl *r, struct qmsg *q)
 		r->last_heard = vp_now();
 		if (r->sess.on && r->sess.rx.seq != last + 1 && r->state == 3) {
 			/* the transport is ordered: a gap is a message we dropped */
-			consumer_lost(r, "messages from the producer were lost");
-			goto out;
+			consumer_resubscribe(r, "messages from the producer were lost");
+			if (r->state != 3)
+				goto out;
 		}
 		if (r->refetch_after && r->last_heard > r->refetch_after && r->state == 3) {
 			/* the producer is alive, yet a transfer from it failed */
-			consumer_lost(r, "a transfer from the producer failed");
-			goto out;
+			consumer_resubscribe(r, "a transfer from the producer failed");
+			if (r->state != 3)
+				goto out;
 		}
 	} else {
 		/* only relay children speak to a consumer, each on its edge's session */
@@ -3190,7 +3247,7 @@ static void consumer_tick(struct vp_repl *r)
 		lost = r->resync;
 		pthread_mutex_unlock(&r->lock);
 		if (lost)
-			consumer_lost(r, "a message from the producer was dropped (our inbox was full)");
+			consumer_resubscribe(r, "a message from the producer was dropped (our inbox was full)");
 	}
 	if (r->state < 3 && now - r->last_hello >= 1.0) {
 		struct vp_msg m = { .type = VP_MSG_HELLO };

@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import subprocess
+import time
 
 import pytest
 
@@ -273,7 +274,8 @@ def test_a_hello_that_never_answers_does_not_stall_the_producer(world, secret):
 
 @pytest.mark.parametrize("secret", [True, False], ids=["secret", "no-secret"])
 def test_handshakes_cannot_lock_consumers_out(world, secret):
-    """16 endpoints saying HELLO again and again, and 64 names of closed ports."""
+    """16 endpoints saying HELLO again and again, and 64 names on 16 hosts that do not exist,
+    10 times a second (the second review's lock-out: 4 per host fill a table of 64)."""
     net, port, pfs, prod, opts = producer_only(world, secret)
     evil = world.spawn([*net.prefix(2), HOSTILE, "hellos", net.addr(2), "%s:%d" % (net.addr(0), port),
                         "hold", "90"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -286,9 +288,14 @@ def test_handshakes_cannot_lock_consumers_out(world, secret):
     write(prod.path("m.bin"), b"weights")
     wait_version(cons.path("m.bin"), 0)
     assert evil.poll() is None
-    # pending handshakes are bounded, and their drops are logged within limits
-    assert len(status(prod)["repl"]["peers"]) <= 1 + 4 + 1
+    # pending handshakes are bounded (4 a host), and their drops are logged within limits
+    assert len(status(prod)["repl"]["peers"]) <= 1 + 17 * 4
     assert prod.read_log().count("was dropped") <= 11
+    # and the real consumer's replication is not slowed to a crawl meanwhile
+    t0 = time.monotonic()
+    write(prod.path("n.bin"), b"next")
+    wait_version(cons.path("n.bin"), 0)
+    assert time.monotonic() - t0 < 5
 
 
 def test_a_flood_stays_bounded(world):
@@ -306,7 +313,9 @@ def test_a_flood_stays_bounded(world):
         wait_version(cons.path("during.bin"), 0)
     sent = int(re.search(r"sent (\d+)", evil.stdout.read()).group(1))
     assert sent > 100, sent       # the flood really went out (>6 MiB)
-    # bounded: the inboxes hold at most 64 + 1 MiB; a sanitizer's allocator keeps more around
-    limit = 256 if sanitized() else 64
-    assert peak - base < limit, (base, peak, sent)
+    # bounded: the inboxes hold at most 64 + 1 MiB.  A sanitizer's allocator keeps freed
+    # memory around (ASan's quarantine is 256 MiB), so there the bound is looser, and
+    # still far below what was sent
+    limit = 512 if sanitized() else 64
+    assert peak - base < limit and peak - base < sent // 16 // 4, (base, peak, sent)
     assert status(cons)["repl"]["state"] == "subscribed"

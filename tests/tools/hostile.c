@@ -21,8 +21,8 @@
  *	HELLOs for SECONDS: MODE rehello (its own name, 5 a second: each
  *	replaces its last handshake), tarpit (naming a TCP port of its own
  *	that accepts and never answers, once a second), hold (16 endpoints of
- *	its own, each saying HELLO again and again, plus 64 names of closed
- *	ports), flood (one HELLO, then 64 KiB messages typed CHUNKS, as fast
+ *	its own, each saying HELLO again and again, plus 64 names on 16
+ *	hosts that do not exist, 10 times a second), flood (one HELLO, then 64 KiB messages typed CHUNKS, as fast
  *	as the fabric takes them).
  *   hostile producer LISTEN_IP:PORT SECRET_FILE|- ATTACK
  *	A producer (it knows the secret, or there is none: "-") that serves
@@ -413,10 +413,13 @@ static int cmd_hellos(const char *local, const char *target, const char *mode, d
 
 				if (len > 0)
 					hello_named(f[i], t[i], own, (size_t)len);
+				/* 16 hosts of the subnet, 4 ports each (what one host may hold) */
 				inet_pton(AF_INET, local, &sa.sin_addr);
+				sa.sin_addr.s_addr = htonl((ntohl(sa.sin_addr.s_addr) & ~0xffu) |
+							   (uint32_t)(100 + i / 4));
 				hello_named(fab, to, &sa, sizeof(sa));
 			}
-			usleep(500000);
+			usleep(100000);
 		}
 		for (int i = 0; i < NEP; i++)
 			vp_fab_close(f[i]);
