@@ -141,6 +141,14 @@ struct slab_mr {			/* cache memory, registered as a local read target only */
 	struct vp_fab_mr *mr;
 };
 
+/* A consumer's subscription, in the order it goes through. */
+enum consumer_state {
+	CONS_IDLE,		/* no session: a HELLO goes out every second */
+	CONS_HELLO_SENT,	/* waiting for the CHALLENGE */
+	CONS_CHALLENGED,	/* AUTH sent, waiting for WELCOME (or REFUSED) */
+	CONS_SUBSCRIBED,	/* in a session: announces and operations are applied */
+};
+
 struct vp_repl {
 	struct vp_ns *ns;
 	struct vp_config cfg;
@@ -180,7 +188,7 @@ struct vp_repl {
 
 	/* consumer, used by the repl thread only (status reads the copy in pub) */
 	vp_fab_addr producer;
-	int state;			/* 0 idle, 1 hello sent, 2 challenged, 3 active */
+	enum consumer_state state;
 	uint64_t my_id;
 	uint8_t nonce_c[VP_PROTO_NONCE];
 	struct vp_sess sess;		/* with the producer (with a secret, from AUTH on) */
@@ -197,7 +205,7 @@ struct vp_repl {
 	double last_transfer_s;
 	/* consumer: a copy of the thread's counters for status, protected by lock */
 	struct {
-		int state;
+		enum consumer_state state;
 		uint64_t installed, skipped, bytes_in, bytes_reused, bytes_streamed;
 		uint64_t bytes_streamed_used, checksum_errors;
 		uint64_t bytes_relay_in, bytes_relay_fallback, bytes_producer_in, parent_id;
@@ -318,8 +326,10 @@ static int load_secret(struct vp_repl *r, char *err, size_t errlen)
 	}
 	f = fopen(r->cfg.secret_file, "re");
 	if (!f) {
-		snprintf(err, errlen, "secret_file '%s': %s", r->cfg.secret_file, strerror(errno));
-		return -errno;
+		int saved = errno;	/* snprintf may change it */
+
+		snprintf(err, errlen, "secret_file '%s': %s", r->cfg.secret_file, strerror(saved));
+		return -saved;
 	}
 	{
 		struct stat st;
@@ -1737,7 +1747,7 @@ static void consumer_beat(struct vp_repl *r)
 {
 	double now = vp_now();
 
-	if (r->state == 3 && now - r->last_beat >= 1.0) {
+	if (r->state == CONS_SUBSCRIBED && now - r->last_beat >= 1.0) {
 		struct vp_msg hb = { .type = VP_MSG_HEARTBEAT };
 
 		r->last_beat = now;
@@ -3039,7 +3049,7 @@ static void consumer_op(struct vp_repl *r, const struct vp_msg *m)
 static void consumer_lost(struct vp_repl *r, const char *why)
 {
 	vp_log(LOG_WARNING, "repl", "%s; keeping the last complete versions and subscribing again", why);
-	r->state = 0;
+	r->state = CONS_IDLE;
 	r->syncing = 0;		/* a catch-up cut short removes nothing */
 	seen_clear(r);
 	r->refetch_after = 0;
@@ -3087,23 +3097,23 @@ static void consumer_handle(struct vp_repl *r, struct qmsg *q)
 		uint64_t last = r->sess.rx.seq;
 
 		/* with a secret, sealed from WELCOME on; a REFUSED may answer our AUTH plain */
-		if (open_msg(r, &r->sess, q, m, "the producer", r->state == 2 ? VP_MSG_REFUSED : 0))
+		if (open_msg(r, &r->sess, q, m, "the producer", r->state == CONS_CHALLENGED ? VP_MSG_REFUSED : 0))
 			goto out;
 		if (m->peer_id != 0 || m->type == VP_MSG_RELAY_DONE) {
 			refused(r, "the producer", q->len, "its header names a consumer");
 			goto out;
 		}
 		r->last_heard = vp_now();
-		if (r->sess.on && r->sess.rx.seq != last + 1 && r->state == 3) {
+		if (r->sess.on && r->sess.rx.seq != last + 1 && r->state == CONS_SUBSCRIBED) {
 			/* the transport is ordered: a gap is a message we dropped */
 			consumer_resubscribe(r, "messages from the producer were lost");
-			if (r->state != 3)
+			if (r->state != CONS_SUBSCRIBED)
 				goto out;
 		}
-		if (r->refetch_after && r->last_heard > r->refetch_after && r->state == 3) {
+		if (r->refetch_after && r->last_heard > r->refetch_after && r->state == CONS_SUBSCRIBED) {
 			/* the producer is alive, yet a transfer from it failed */
 			consumer_resubscribe(r, "a transfer from the producer failed");
-			if (r->state != 3)
+			if (r->state != CONS_SUBSCRIBED)
 				goto out;
 		}
 	} else {
@@ -3129,7 +3139,7 @@ static void consumer_handle(struct vp_repl *r, struct qmsg *q)
 	case VP_MSG_CHALLENGE: {
 		struct vp_msg reply = { .type = VP_MSG_AUTH };
 
-		if (r->state != 1)
+		if (r->state != CONS_HELLO_SENT)
 			break;
 		if (!mac_ok(r, "VPR1-P", r->nonce_c, m->u.challenge.nonce,
 			    m->u.challenge.assigned_id, m->u.challenge.mac)) {
@@ -3141,22 +3151,22 @@ static void consumer_handle(struct vp_repl *r, struct qmsg *q)
 				 "the producer failed authentication: the secrets differ");
 			consumer_send(r, &no);
 			r->my_id = 0;
-			r->state = 0;
+			r->state = CONS_IDLE;
 			break;
 		}
 		r->my_id = m->u.challenge.assigned_id;
 		mac_of(r, "VPR1-C", m->u.challenge.nonce, r->nonce_c, r->my_id, reply.u.auth.mac);
-		r->state = 2;
+		r->state = CONS_CHALLENGED;
 		consumer_send(r, &reply);	/* plain: the last message before the session */
 		if (session_derive(r, &r->sess, r->nonce_c, m->u.challenge.nonce, r->my_id, 0)) {
 			vp_log(LOG_ERR, "repl", "cannot derive the session keys; not subscribing");
-			r->state = 0;
+			r->state = CONS_IDLE;
 		}
 		break;
 	}
 	case VP_MSG_WELCOME:
-		if (r->state == 2) {
-			r->state = 3;
+		if (r->state == CONS_CHALLENGED) {
+			r->state = CONS_SUBSCRIBED;
 			seen_clear(r);
 			r->syncing = 1;
 			relay_reset(r);	/* the producer sends our place in the tree */
@@ -3167,28 +3177,28 @@ static void consumer_handle(struct vp_repl *r, struct qmsg *q)
 		break;
 	case VP_MSG_REFUSED:
 		vp_log(LOG_ERR, "repl", "the producer refused us: %s", m->u.refused.reason);
-		r->state = 0;
+		r->state = CONS_IDLE;
 		vp_sess_clear(&r->sess);
 		break;
 	case VP_MSG_ANNOUNCE:
-		if (r->state == 3) {
+		if (r->state == CONS_SUBSCRIBED) {
 			consumer_announce(r, m);
 			return;		/* took m */
 		}
 		break;
 	case VP_MSG_OP:
-		if (r->state == 3)
+		if (r->state == CONS_SUBSCRIBED)
 			consumer_op(r, m);
 		break;
 	case VP_MSG_SYNC_END:
-		if (r->state != 3)
+		if (r->state != CONS_SUBSCRIBED)
 			break;
 		if (r->syncing)
 			remove_stale(r);
 		vp_log(LOG_INFO, "repl", "caught up with the producer");
 		break;
 	case VP_MSG_TOPO:
-		if (r->state == 3)
+		if (r->state == CONS_SUBSCRIBED)
 			relay_topo(r, m);
 		break;
 	case VP_MSG_RELAY_DONE:
@@ -3234,13 +3244,13 @@ static void consumer_tick(struct vp_repl *r)
 	if (!r->parent_id && r->rin_head)
 		rin_clear(r);	/* offers from a relay we no longer have */
 
-	if (r->state == 3 && now - r->last_heard > r->cfg.peer_timeout) {
+	if (r->state == CONS_SUBSCRIBED && now - r->last_heard > r->cfg.peer_timeout) {
 		char why[384];
 
 		snprintf(why, sizeof(why), "the producer at '%s' is silent for %.0f s",
 			 r->cfg.subscribe, now - r->last_heard);
 		consumer_lost(r, why);
-	} else if (r->state == 3) {
+	} else if (r->state == CONS_SUBSCRIBED) {
 		int lost;
 
 		pthread_mutex_lock(&r->lock);
@@ -3249,7 +3259,7 @@ static void consumer_tick(struct vp_repl *r)
 		if (lost)
 			consumer_resubscribe(r, "a message from the producer was dropped (our inbox was full)");
 	}
-	if (r->state < 3 && now - r->last_hello >= 1.0) {
+	if (r->state < CONS_SUBSCRIBED && now - r->last_hello >= 1.0) {
 		struct vp_msg m = { .type = VP_MSG_HELLO };
 		int n = vp_fab_name(r->fab, m.u.hello.name, sizeof(m.u.hello.name));
 
@@ -3258,7 +3268,7 @@ static void consumer_tick(struct vp_repl *r)
 			RAND_bytes(r->nonce_c, VP_PROTO_NONCE);
 			memcpy(m.u.hello.nonce, r->nonce_c, VP_PROTO_NONCE);
 			m.u.hello.name_len = (uint16_t)n;
-			r->state = 1;
+			r->state = CONS_HELLO_SENT;
 			r->my_id = 0;
 			vp_sess_clear(&r->sess);	/* a new handshake, a new session */
 			consumer_send(r, &m);
@@ -3530,7 +3540,7 @@ static double peer_lag_s_locked(struct vp_repl *r, struct peer *p, double now)
 
 static const char *consumer_state(struct vp_repl *r)
 {
-	return r->pub.state == 3 ? "subscribed" : r->pub.state ? "connecting" : "disconnected";
+	return r->pub.state == CONS_SUBSCRIBED ? "subscribed" : r->pub.state != CONS_IDLE ? "connecting" : "disconnected";
 }
 
 void vp_repl_status_json(struct vp_repl *r, FILE *out)
@@ -3600,7 +3610,7 @@ void vp_repl_metrics(struct vp_repl *r, FILE *out)
 	if (r->consumer) {
 		fputs("# HELP viperfs_producer_up 1 while this consumer is subscribed to its producer.\n"
 		      "# TYPE viperfs_producer_up gauge\n", out);
-		fprintf(out, "viperfs_producer_up %d\n", r->pub.state == 3);
+		fprintf(out, "viperfs_producer_up %d\n", r->pub.state == CONS_SUBSCRIBED);
 		fputs("# HELP viperfs_consumer_fetched_bytes_total Bytes of new versions this consumer read, by source (its relay, or the producer).\n"
 		      "# TYPE viperfs_consumer_fetched_bytes_total counter\n", out);
 		fprintf(out, "viperfs_consumer_fetched_bytes_total{from=\"relay\"} %" PRIu64 "\n",
