@@ -199,50 +199,82 @@ static void test_messages_and_rma_read(void **state)
  * with it, host memory registers and moves through it as before, and
  * CUDA memory is refused cleanly where libfabric has no CUDA support.
  */
-static void test_an_fi_hmem_endpoint(void **state)
-{
-	struct inbox in = { .lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER };
-	char err[256], name[VP_FAB_NAME_MAX];
+/*
+ * The shm endpoint's state: the provider backs it with a file in /dev/shm
+ * that only its close removes, so teardown closes it even when an
+ * assertion ended the test early.
+ */
+struct shm_case {
+	struct inbox in;
 	struct vp_fab *fab;
 	struct vp_fab_mr *smr, *dmr;
+	char *src, *dst;
+};
+
+static int shm_setup(void **state)
+{
+	struct shm_case *c = calloc(1, sizeof(*c));
+
+	if (!c)
+		return -1;
+	pthread_mutex_init(&c->in.lock, NULL);
+	pthread_cond_init(&c->in.cond, NULL);
+	*state = c;
+	return 0;
+}
+
+static int shm_teardown(void **state)
+{
+	struct shm_case *c = *state;
+
+	vp_fab_mr_close(c->smr);
+	vp_fab_mr_close(c->dmr);
+	vp_fab_close(c->fab);	/* removes its /dev/shm file */
+	free(c->src);
+	free(c->dst);
+	free(c);
+	return 0;
+}
+
+static void test_an_fi_hmem_endpoint(void **state)
+{
+	struct shm_case *c = *state;
+	char err[256], name[VP_FAB_NAME_MAX];
+	struct vp_fab_mr *cuda_mr;
 	struct vp_fab_read_req req;
 	uint64_t key, raddr;
 	vp_fab_addr self;
 	size_t size = 4u << 20;
-	char *src, *dst;
 	int nlen, rc;
 
-	(void)state;
-	fab = vp_fab_open("shm", NULL, NULL, VP_FAB_HMEM, on_msg, &in, err, sizeof(err));
-	if (!fab) {
+	c->fab = vp_fab_open("shm", NULL, NULL, VP_FAB_HMEM, on_msg, &c->in, err, sizeof(err));
+	if (!c->fab) {
 		print_message("shm provider not available here (%s): skipped\n", err);
 		skip();
 	}
-	assert_int_equal(vp_fab_has_hmem(fab), 2);
-	src = aligned_alloc(4096, size);
-	dst = aligned_alloc(4096, size);
+	assert_int_equal(vp_fab_has_hmem(c->fab), 2);
+	c->src = aligned_alloc(4096, size);
+	c->dst = aligned_alloc(4096, size);
 	for (size_t i = 0; i < size; i++)
-		src[i] = (char)(i * 13 + 1);
-	memset(dst, 0, size);
-	assert_int_equal(vp_fab_mr_reg_dev(fab, src, size, -1, VP_FAB_MR_REMOTE_READ, &smr, &key, &raddr), 0);
-	assert_int_equal(vp_fab_mr_reg_dev(fab, dst, size, -1, 0, &dmr, NULL, NULL), 0);
-	nlen = vp_fab_name(fab, name, sizeof(name));
+		c->src[i] = (char)(i * 13 + 1);
+	memset(c->dst, 0, size);
+	assert_int_equal(vp_fab_mr_reg_dev(c->fab, c->src, size, -1, VP_FAB_MR_REMOTE_READ, &c->smr,
+					   &key, &raddr), 0);
+	assert_int_equal(vp_fab_mr_reg_dev(c->fab, c->dst, size, -1, 0, &c->dmr, NULL, NULL), 0);
+	nlen = vp_fab_name(c->fab, name, sizeof(name));
 	assert_true(nlen > 0);
-	assert_int_equal(vp_fab_insert_name(fab, name, (size_t)nlen, &self), 0);
-	req = (struct vp_fab_read_req){ .mr = dmr, .local = dst, .len = size,
+	assert_int_equal(vp_fab_insert_name(c->fab, name, (size_t)nlen, &self), 0);
+	req = (struct vp_fab_read_req){ .mr = c->dmr, .local = c->dst, .len = size,
 					.remote_addr = raddr, .key = key };
-	assert_int_equal(vp_fab_read(fab, self, &req, 1, 1, 30), 0);
-	assert_memory_equal(src, dst, size);
+	assert_int_equal(vp_fab_read(c->fab, self, &req, 1, 1, 30), 0);
+	assert_memory_equal(c->src, c->dst, size);
 	/* host memory posing as CUDA memory: refused, with an error, no crash */
-	rc = vp_fab_mr_reg_dev(fab, src, size, 0, 0, &dmr, NULL, NULL);
-	if (rc == 0)
+	rc = vp_fab_mr_reg_dev(c->fab, c->src, size, 0, 0, &cuda_mr, NULL, NULL);
+	if (rc == 0) {
+		vp_fab_mr_close(cuda_mr);
 		fail_msg("CUDA registration of host memory succeeded without a GPU");
+	}
 	print_message("shm: CUDA registration refused: %s\n", strerror(-rc));
-	vp_fab_mr_close(smr);
-	vp_fab_mr_close(req.mr);
-	vp_fab_close(fab);
-	free(src);
-	free(dst);
 }
 
 static void test_bad_provider_is_a_clear_error(void **state)
@@ -258,7 +290,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_messages_and_rma_read),
-		cmocka_unit_test(test_an_fi_hmem_endpoint),
+		cmocka_unit_test_setup_teardown(test_an_fi_hmem_endpoint, shm_setup, shm_teardown),
 		cmocka_unit_test(test_bad_provider_is_a_clear_error),
 	};
 
