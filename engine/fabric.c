@@ -38,7 +38,6 @@ struct op {
 	enum op_kind kind;
 	int done;			/* protected by fab->lock */
 	int abandoned;			/* sends: the sender gave up waiting; the completion frees the slot */
-	vp_fab_addr dest;		/* sends */
 	uint8_t peer[VP_FAB_NAME_MAX];	/* abandoned sends: the destination's address */
 	size_t peer_len;
 	int status;			/* 0 or -errno, protected by fab->lock */
@@ -85,6 +84,7 @@ struct vp_fab {
 	pthread_mutex_t lock;
 	pthread_cond_t cond;		/* an operation completed */
 	uint64_t send_busy;		/* bitmap of send slots in use, protected by lock */
+	unsigned int nabandoned;	/* of those, sends nobody waits for; protected by lock */
 	struct batch *orphans;		/* timed-out reads still posted; protected by lock */
 };
 
@@ -154,6 +154,7 @@ static void complete(struct vp_fab *fab, struct op *op, int status, size_t len,
 		free(op);
 	} else if (op->abandoned) {
 		op->abandoned = 0;	/* its sender timed out: the slot is free again */
+		fab->nabandoned--;
 		fab->send_busy &= ~(1ULL << op->index);
 	} else {
 		op->status = status;
@@ -605,7 +606,7 @@ static int send_in(struct vp_fab *fab, vp_fab_addr dest, const void *msg, size_t
 	uint64_t pool = untrusted ? ~0ULL << (N_SEND - N_SEND_UNTRUSTED) :
 		~(~0ULL << (N_SEND - N_SEND_UNTRUSTED));
 	uint8_t peer[VP_FAB_NAME_MAX];
-	size_t peer_len = sizeof(peer);
+	size_t peer_len = sizeof(peer);	/* 0: its address is not needed (or not known) */
 	struct timespec ts;
 	struct op *op;
 	unsigned int slot;
@@ -613,7 +614,9 @@ static int send_in(struct vp_fab *fab, vp_fab_addr dest, const void *msg, size_t
 
 	if (len > VP_FAB_MAX_MSG)
 		return -EMSGSIZE;
-	if (fi_av_lookup(fab->av, dest, peer, &peer_len) || peer_len > sizeof(peer))
+	/* the address, to tell stuck peers apart; only needed once a send is stuck */
+	if (!__atomic_load_n(&fab->nabandoned, __ATOMIC_RELAXED) ||
+	    fi_av_lookup(fab->av, dest, peer, &peer_len) || peer_len > sizeof(peer))
 		peer_len = 0;
 	vp_abstime(&ts, deadline);
 	pthread_mutex_lock(&fab->lock);
@@ -636,9 +639,7 @@ static int send_in(struct vp_fab *fab, vp_fab_addr dest, const void *msg, size_t
 	op->done = 0;
 	op->abandoned = 0;
 	op->status = 0;
-	op->dest = dest;
-	memcpy(op->peer, peer, peer_len);
-	op->peer_len = peer_len;
+	op->peer_len = 0;
 	pthread_mutex_unlock(&fab->lock);
 
 	memcpy(send_buf(fab, slot), msg, len);
@@ -660,6 +661,16 @@ static int send_in(struct vp_fab *fab, vp_fab_addr dest, const void *msg, size_t
 				 * completion) frees it.
 				 */
 				op->abandoned = 1;
+				fab->nabandoned++;
+				pthread_mutex_unlock(&fab->lock);
+				peer_len = sizeof(peer);
+				if (fi_av_lookup(fab->av, dest, peer, &peer_len) || peer_len > sizeof(peer))
+					peer_len = 0;
+				pthread_mutex_lock(&fab->lock);
+				if (op->abandoned) {	/* still: remember whose it is */
+					memcpy(op->peer, peer, peer_len);
+					op->peer_len = peer_len;
+				}
 				pthread_mutex_unlock(&fab->lock);
 				return -ETIMEDOUT;
 			}

@@ -170,7 +170,6 @@ struct vp_repl {
 	int resync;				/* consumer: a producer message was lost; protected by lock */
 	double refetch_after;			/* consumer: a fetch failed then; repl thread only */
 	double resub_at, resub_backoff;		/* consumer: the last resubscribe we chose, and the wait before another */
-	int quiet_drop;				/* producer: peer_drop_locked does not log; protected by lock */
 	struct event *ev_head, *ev_tail;	/* producer, protected by lock */
 	pthread_t thread;
 	int thread_started;
@@ -532,15 +531,15 @@ static void qmsg_append(struct qmsg **head, struct qmsg **tail, struct qmsg *q)
 	*tail = q;
 }
 
-/* Producer: 1 if a subscribed (authenticated) consumer is at addr. */
-static int subscribed_at_locked(struct vp_repl *r, vp_fab_addr addr)
+/* The consumer at addr: the subscribed one if active, else the one between HELLO and AUTH. */
+static struct peer *peer_at_locked(struct vp_repl *r, vp_fab_addr addr, int active)
 {
 	if (addr == VP_FAB_ADDR_UNKNOWN)
-		return 0;
+		return NULL;
 	for (struct peer *p = r->peers; p; p = p->next)
-		if (p->addr == addr && p->active)
-			return 1;
-	return 0;
+		if (p->addr == addr && p->active == active)
+			return p;
+	return NULL;
 }
 
 static void on_recv(void *arg, vp_fab_addr src, const void *msg, size_t len)
@@ -577,7 +576,7 @@ static void on_recv(void *arg, vp_fab_addr src, const void *msg, size_t len)
 	if (!r->consumer) {
 		const char *why = NULL;
 
-		if (!subscribed_at_locked(r, src)) {
+		if (!peer_at_locked(r, src, 1)) {
 			/* anyone: the handshake only, in a small inbox of its own */
 			if (type != VP_MSG_HELLO && type != VP_MSG_AUTH && type != VP_MSG_REFUSED)
 				why = "only HELLO, AUTH and REFUSED come before a consumer authenticated";
@@ -635,9 +634,6 @@ static int send_raw(struct vp_repl *r, vp_fab_addr to, struct vp_sess *s, const 
 		    size_t len, double deadline_s)
 {
 	static __thread uint8_t sealed[VP_FAB_MAX_MSG];
-
-	if (deadline_s < 0)	/* to a peer that has not authenticated: see send_untrusted() */
-		return vp_fab_send_untrusted(r->fab, to, buf, len, -deadline_s);
 
 	if (s && s->on) {
 		ssize_t n = vp_sess_seal(s, buf, len, sealed, sizeof(sealed));
@@ -800,15 +796,12 @@ static uint64_t list_checksum(const uint64_t *hashes, uint32_t n, uint64_t size)
 	return XXH3_64bits_withSeed(hashes, (size_t)n * sizeof(*hashes), size);
 }
 
-/* Consumer id is done with pin (said DONE, or left).  Returns 1 if it was waited for. */
-static int pin_done(struct pin *pin, uint64_t id)
+/* Consumer id is done with pin (said DONE, or left); another id changes nothing. */
+static void pin_done(struct pin *pin, uint64_t id)
 {
 	for (unsigned int i = 0; i < pin->nwaiting; i++)
-		if (pin->waiting[i] == id) {
+		if (pin->waiting[i] == id)
 			pin->waiting[i] = 0;
-			return 1;
-		}
-	return 0;
 }
 
 /* 1 if some consumer still reads pin. */
@@ -1235,7 +1228,8 @@ static void unpin_locked(struct vp_repl *r, int all_for_dead_peer)
 	}
 }
 
-static void peer_drop_locked(struct vp_repl *r, struct peer *p, const char *why)
+/* Unlinks and frees p: its queue, its pins, its address, its session. */
+static void peer_free_locked(struct vp_repl *r, struct peer *p)
 {
 	struct peer **pp = &r->peers;
 
@@ -1243,9 +1237,6 @@ static void peer_drop_locked(struct vp_repl *r, struct peer *p, const char *why)
 		pp = &(*pp)->next;
 	if (*pp)
 		*pp = p->next;
-	if (!r->quiet_drop)	/* a handshake's drop is logged within limits by its caller */
-		vp_log(LOG_WARNING, "repl", "consumer %" PRIu64 " dropped: %s; its state is freed",
-		       p->id, why);
 	while (p->out_head) {
 		struct qmsg *q = p->out_head;
 
@@ -1263,15 +1254,12 @@ static void peer_drop_locked(struct vp_repl *r, struct peer *p, const char *why)
 		topo_update_locked(r);	/* its children move up */
 }
 
-/* The consumer at addr: the subscribed one if active, else the one between HELLO and AUTH. */
-static struct peer *peer_at_locked(struct vp_repl *r, vp_fab_addr addr, int active)
+/* A consumer goes, logged (a handshake's end is logged within limits by pending_drop_locked). */
+static void peer_drop_locked(struct vp_repl *r, struct peer *p, const char *why)
 {
-	if (addr == VP_FAB_ADDR_UNKNOWN)
-		return NULL;
-	for (struct peer *p = r->peers; p; p = p->next)
-		if (p->addr == addr && p->active == active)
-			return p;
-	return NULL;
+	vp_log(LOG_WARNING, "repl", "consumer %" PRIu64 " dropped: %s; its state is freed",
+	       p->id, why);
+	peer_free_locked(r, p);
 }
 
 /* 1 if two endpoint names are on the same host (same family and IP address). */
@@ -1296,15 +1284,17 @@ static int same_host(const uint8_t *a, uint16_t alen, const uint8_t *b, uint16_t
 	return alen == blen && !memcmp(a, b, alen);
 }
 
-/* A consumer's handshake failed or expired: dropped, logged within limits (anyone can cause it). */
-static void pending_drop_locked(struct vp_repl *r, struct peer *p, const char *why)
+/*
+ * A consumer's handshake failed, expired or was evicted: dropped, counted
+ * and logged within rl's limits (anyone can cause it).
+ */
+static void pending_drop_locked(struct vp_repl *r, struct peer *p, struct vp_ratelimit *rl,
+				const char *why)
 {
-	vp_log_limited(&rl_hello, LOG_WARNING, "repl", "a handshake (consumer %" PRIu64 ") was dropped: %s",
+	vp_log_limited(rl, LOG_WARNING, "repl", "a handshake (consumer %" PRIu64 ") was dropped: %s",
 		       p->id, why);
 	__atomic_add_fetch(&r->refused, 1, __ATOMIC_RELAXED);
-	r->quiet_drop = 1;
-	peer_drop_locked(r, p, why);
-	r->quiet_drop = 0;
+	peer_free_locked(r, p);
 }
 
 /* Drops the oldest handshake in progress (naming the host of hello's name, if given). */
@@ -1317,14 +1307,9 @@ static void evict_oldest_locked(struct vp_repl *r, const struct vp_msg *hello)
 						       hello->u.hello.name_len)) &&
 		    (!oldest || p->hello_at < oldest->hello_at))
 			oldest = p;
-	if (!oldest)
-		return;
-	vp_log_limited(&rl_evict, LOG_WARNING, "repl", "too many handshakes are in progress; the oldest (consumer %" PRIu64 ") makes room",
-		       oldest->id);
-	__atomic_add_fetch(&r->refused, 1, __ATOMIC_RELAXED);
-	r->quiet_drop = 1;
-	peer_drop_locked(r, oldest, "evicted");
-	r->quiet_drop = 0;
+	if (oldest)
+		pending_drop_locked(r, oldest, &rl_evict,
+				    "too many handshakes are in progress; the oldest makes room");
 }
 
 /*
@@ -1375,7 +1360,7 @@ static void producer_hello(struct vp_repl *r, const struct vp_msg *m, vp_fab_add
 		return;
 	}
 	if (other)	/* the same address starts again: this handshake replaces its last */
-		pending_drop_locked(r, other, "its address started a new handshake");
+		pending_drop_locked(r, other, &rl_hello, "its address started a new handshake");
 	else if (pending >= MAX_PENDING || same >= MAX_PENDING_PER_HOST)
 		/*
 		 * Full: the oldest handshake (of that host) makes room.  An
@@ -1465,9 +1450,7 @@ static void producer_handle(struct vp_repl *r, struct qmsg *q)
 			 * No REFUSED: an honest consumer with another secret
 			 * refused our CHALLENGE already; this AUTH is a guess.
 			 */
-			vp_log_limited(&rl_hello, LOG_WARNING, "repl", "consumer %" PRIu64 " failed authentication (wrong or missing secret_file)",
-				       p->id);
-			pending_drop_locked(r, p, "it failed authentication (wrong or missing secret_file)");
+			pending_drop_locked(r, p, &rl_hello, "it failed authentication (wrong or missing secret_file)");
 			break;
 		}
 		if (session_derive(r, &p->sess, p->nonce_c, p->nonce_p, p->id, 1)) {
@@ -1513,7 +1496,7 @@ static void producer_handle(struct vp_repl *r, struct qmsg *q)
 		if (p->active)
 			peer_drop_locked(r, p, "it refused authentication (wrong or missing secret_file on one side)");
 		else
-			pending_drop_locked(r, p, "it refused authentication (wrong or missing secret_file on one side)");
+			pending_drop_locked(r, p, &rl_hello, "it refused authentication (wrong or missing secret_file on one side)");
 		break;
 	default:
 		vp_log(LOG_DEBUG, "repl", "unexpected %s from consumer %" PRIu64,
@@ -1558,7 +1541,7 @@ static void producer_tick(struct vp_repl *r, double *last_beat)
 	for (p = r->peers; p; p = next) {
 		next = p->next;
 		if (!p->active && now - p->hello_at > HANDSHAKE_S) {
-			pending_drop_locked(r, p, "it did not authenticate in time");
+			pending_drop_locked(r, p, &rl_hello, "it did not authenticate in time");
 			continue;
 		}
 		if (p->active && now - p->last_heard > r->cfg.peer_timeout) {
@@ -1580,8 +1563,8 @@ static void producer_tick(struct vp_repl *r, double *last_beat)
 			 * moment, not peer_timeout: whoever says HELLO must not
 			 * hold up the thread (a name that never answers).
 			 */
-			rc = send_raw(r, addr, &p->sess, q->buf, q->len,
-				      active ? r->cfg.peer_timeout : -PENDING_SEND_S);
+			rc = active ? send_raw(r, addr, &p->sess, q->buf, q->len, r->cfg.peer_timeout) :
+				vp_fab_send_untrusted(r->fab, addr, q->buf, q->len, PENDING_SEND_S);
 			pthread_mutex_lock(&r->lock);
 			if (rc == -EAGAIN && !active) {
 				q->next = p->out_head;	/* not taken yet: again next tick */
@@ -1595,7 +1578,7 @@ static void producer_tick(struct vp_repl *r, double *last_beat)
 				if (active)
 					peer_drop_locked(r, p, "sends time out");
 				else
-					pending_drop_locked(r, p, "its address does not take messages");
+					pending_drop_locked(r, p, &rl_hello, "its address does not take messages");
 				break;
 			}
 		}
@@ -1906,14 +1889,8 @@ static uint64_t chunk_len(const announce_t *a, uint32_t i)
 /* Sends m to another consumer of the tree, sealed with the edge's session, with a short deadline. */
 static int relay_send(struct vp_repl *r, vp_fab_addr to, struct vp_sess *s, struct vp_msg *m)
 {
-	static __thread uint8_t buf[ENCODE_MAX];
-	ssize_t n;
-
 	m->peer_id = r->my_id;
-	n = vp_msg_encode(m, buf, sizeof(buf));
-	if (n < 0)
-		return (int)n;
-	return send_raw(r, to, s, buf, (size_t)n, RELAY_SEND_S);
+	return encode_send(r, to, s, m, RELAY_SEND_S);
 }
 
 /* ---- chunks exposed to relay children ----------------------------------- */
@@ -2315,12 +2292,10 @@ static int relay_take_offers(struct vp_repl *r, const announce_t *a, const int32
 	list = rin_take(r);
 	while (list) {
 		struct qmsg *q = list;
-		const char *why = NULL;
 		typeof(m->u.chunks) *c = &m->u.chunks;
 
 		list = q->next;
 		q->next = NULL;
-		(void)why;
 		if (!r->parent_id || q->src != r->parent_addr) {
 			refused(r, "a consumer that is not our relay", q->len, "only our relay offers chunks");
 		} else if (open_msg(r, &r->parent_sess, q, m, "our relay", 0)) {
@@ -2758,11 +2733,6 @@ static void stage_unregister(struct vp_repl *r, int rc)
 	r->gst_mr = NULL;
 }
 
-/* The largest file we take from the network. */
-static uint64_t max_file_size(struct vp_repl *r)
-{
-	return vp_config_max_file_size(&r->cfg);
-}
 
 static void consumer_announce(struct vp_repl *r, struct vp_msg *m)
 {
@@ -2777,21 +2747,25 @@ static void consumer_announce(struct vp_repl *r, struct vp_msg *m)
 	int rc = 0, pinned = 0;
 
 	if (a->first == 0) {
-		uint64_t max = max_file_size(r);
+		uint64_t max = vp_config_max_file_size(&r->cfg), ours = vp_pool_chunk_size(r->pool);
+		int refuse = 0;
 
 		/*
 		 * Sizes are checked before anything is allocated for them: our
 		 * chunk is the unit of every read, and a file has a quota.
 		 */
-		if (a->chunk_size != vp_pool_chunk_size(r->pool) || a->size > max) {
-			vp_log_limited(&rl_announce, LOG_ERR, "repl", "'%s' version %" PRIu64 " refused: %s (%" PRIu64 " bytes; %s %" PRIu64 ")",
-				       a->path, a->version,
-				       a->size > max ? "larger than max_file_size" : "its chunk size is not ours",
-				       a->size > max ? a->size : (uint64_t)a->chunk_size,
-				       a->size > max ? "the limit is" : "ours is",
-				       a->size > max ? max : (uint64_t)vp_pool_chunk_size(r->pool));
+		if (a->chunk_size != ours) {
+			vp_log_limited(&rl_announce, LOG_ERR, "repl", "'%s' version %" PRIu64 " refused: its chunk size is not ours (%" PRIu32 " bytes; ours is %" PRIu64 ")",
+				       a->path, a->version, a->chunk_size, ours);
+			refuse = -EPROTO;
+		} else if (a->size > max) {
+			vp_log_limited(&rl_announce, LOG_ERR, "repl", "'%s' version %" PRIu64 " refused: larger than max_file_size (%" PRIu64 " bytes; the limit is %" PRIu64 ")",
+				       a->path, a->version, a->size, max);
+			refuse = -EFBIG;
+		}
+		if (refuse) {
 			__atomic_add_fetch(&r->refused, 1, __ATOMIC_RELAXED);
-			say_done(r, a->seq, a->version, a->size > max ? -EFBIG : -EPROTO);
+			say_done(r, a->seq, a->version, refuse);
 			free(m);
 			return;
 		}
@@ -3046,17 +3020,23 @@ static void consumer_op(struct vp_repl *r, const struct vp_msg *m)
  * failed transfer): the last complete versions stay, and the next HELLO
  * starts a new session, whose catch-up brings what we missed.
  */
+/* Forgets the reasons to subscribe again (a failed transfer, a lost message). */
+static void resync_clear(struct vp_repl *r)
+{
+	r->refetch_after = 0;
+	pthread_mutex_lock(&r->lock);
+	r->resync = 0;
+	pthread_mutex_unlock(&r->lock);
+}
+
 static void consumer_lost(struct vp_repl *r, const char *why)
 {
 	vp_log(LOG_WARNING, "repl", "%s; keeping the last complete versions and subscribing again", why);
 	r->state = CONS_IDLE;
 	r->syncing = 0;		/* a catch-up cut short removes nothing */
 	seen_clear(r);
-	r->refetch_after = 0;
 	vp_sess_clear(&r->sess);
-	pthread_mutex_lock(&r->lock);
-	r->resync = 0;
-	pthread_mutex_unlock(&r->lock);
+	resync_clear(r);
 }
 
 /*
@@ -3075,10 +3055,7 @@ static void consumer_resubscribe(struct vp_repl *r, const char *why)
 	if (r->resub_at && now - r->resub_at < r->resub_backoff) {
 		vp_log_limited(&rl, LOG_WARNING, "repl", "%s; not subscribing again before %.0f s have passed since the last time",
 			       why, r->resub_backoff);
-		r->refetch_after = 0;
-		pthread_mutex_lock(&r->lock);
-		r->resync = 0;
-		pthread_mutex_unlock(&r->lock);
+		resync_clear(r);
 		return;
 	}
 	if (r->resub_at)
