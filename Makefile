@@ -21,12 +21,12 @@ FUSE_CFLAGS = $(shell pkg-config --cflags fuse3 2>/dev/null)
 FUSE_LIBS = $(shell pkg-config --libs fuse3 2>/dev/null || echo -lfuse3)
 
 BUILD ?= build
-ENGINE_SRC = $(wildcard engine/*.c)
+ENGINE_SRC = $(wildcard engine/*.c engine/*/*.c)
 ENGINE_OBJ = $(ENGINE_SRC:%.c=$(BUILD)/%.o)
 FS_OBJ = $(patsubst %.c,$(BUILD)/%.o,$(wildcard fs/*.c))
 UNIT_SRC = $(wildcard tests/unit/test_*.c)
 UNIT_BIN = $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
-ENGINE_LIBS = -lfabric -lcrypto -lxxhash -lmicrohttpd -lm -pthread
+ENGINE_LIBS = -lfabric -lcrypto -lxxhash -lmicrohttpd -ljansson -lm -pthread
 
 # The CUDA runtime, if the build finds it (the GPU tier; NO_CUDA=1 leaves it out).
 CUDA_HOME ?= /usr/local/cuda

@@ -3,7 +3,7 @@
 # missing.  Safe to run again; does nothing when all are there.
 set -e
 PKGS="build-essential pkg-config fuse3 libfuse3-dev libxxhash-dev libcmocka-dev
-libfabric-dev libfabric-bin libssl-dev libmicrohttpd-dev clang libclang-rt-14-dev attr inotify-tools rsync gdb python3 python3-pytest python3-numpy
+libfabric-dev libfabric-bin libssl-dev libmicrohttpd-dev libjansson-dev clang libclang-rt-14-dev attr inotify-tools rsync gdb python3 python3-pytest python3-numpy
 python3-h5py python3-torch python3-watchdog
 slurmd slurmctld slurm-client munge prometheus gnuplot-nox curl"
 missing=""

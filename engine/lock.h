@@ -1,0 +1,63 @@
+/*
+ * lock.h: the engine's one lock-order table, and the assert that a lock is held.
+ *
+ * LOCK ORDER.  A thread may take a lock only while it holds none of the
+ * locks below it in this table; the "leaf" locks are taken last and
+ * nothing (no I/O, no call into another subsystem, no callback) runs
+ * under them.  docs/design.md ("Locks") links here; no other file
+ * restates the order.
+ *
+ *   rank  lock                  owner        may be followed by
+ *   ----  --------------------  -----------  -------------------------------------
+ *    1    ns->pfs_lock          ns (pfs)     2..
+ *    2    ns->lock              ns           3.. ; never held across PFS I/O
+ *                                            except pfs_lock's metadata calls
+ *    3    observer hooks        ns           (the hooks run under ns->lock and
+ *         (repl->lock, gpu      repl, gpu,   only queue: repl->lock, g->lock,
+ *         ->lock, flush)        flush        flush queue lock)
+ *    4    ns->handles_lock      ns           leaf
+ *    5    data->lock            data         pool->lock; never taken with
+ *                                            ns->lock held
+ *    6    g->tier_lock          gpu          the tier (CUDA); never under g->lock
+ *    7    repl->slab_lock       repl         fabric registration (no ns lock)
+ *    8    pool->lock            pool         leaf: slab callbacks run after
+ *                                            its unlock
+ *    9    fab->lock             fabric       leaf
+ *   10    s->lock (sched),      sched,       leaf
+ *         tb->lock (tbucket),   tbucket,
+ *         ctl->lock, log_lock   ctl, log
+ *
+ * A function whose name ends in _locked is called with its object's lock
+ * held, and says so first thing with VP_ASSERT_LOCKED, as libfabric's
+ * xnet functions assert xnet_progress_locked().
+ */
+#ifndef VP_LOCK_H
+#define VP_LOCK_H
+
+#include <assert.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <sys/types.h>
+
+/* The calling thread's id, cached per thread (gettid() is a system call). */
+pid_t vp_tid(void);
+
+/*
+ * True if the calling thread holds mu.  glibc records the owner's thread
+ * id in every mutex it locks (normal ones included) and clears it on
+ * unlock, and a condition wait restores it; elsewhere this is always true.
+ */
+static inline bool vp_lock_held(const pthread_mutex_t *mu)
+{
+#if defined(__GLIBC__)
+	return mu->__data.__owner == vp_tid();
+#else
+	(void)mu;
+	return true;
+#endif
+}
+
+#define VP_ASSERT_LOCKED(mu) assert(vp_lock_held(mu))
+#define VP_ASSERT_UNLOCKED(mu) assert(!vp_lock_held(mu))
+
+#endif
