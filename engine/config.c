@@ -4,6 +4,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stddef.h>
 #include <stdlib.h>
@@ -13,105 +14,45 @@
 
 #include "log.h"
 
-enum opt_type { OPT_SIZE, OPT_SECONDS, OPT_UINT, OPT_PATH, OPT_FLUSH,
-		OPT_FSYNC, OPT_LOGLEVEL, OPT_CONFIG, OPT_PUBLISH, OPT_COUNT, OPT_STR };
+struct opt;
 
+/*
+ * A validator: parses the text of one option and checks it, then stores
+ * it in the option's field of cfg (and only then: a bad value leaves the
+ * field as it was).  Returns 0, or -EINVAL with what is wrong written to
+ * why (a phrase such as "want cuda or ram"; left empty, the option's help
+ * is shown instead).  parse_config, which loads a file, writes a whole
+ * message to why and may return any -errno.
+ */
+typedef int opt_parse_fn(struct vp_config *cfg, const struct opt *o,
+			 const char *value, char *why, size_t whylen);
+
+/*
+ * One option: the redis static_configs[] way, a name, its validator, the
+ * field it fills, its bounds, default and help.
+ */
 struct opt {
 	const char *name;
-	enum opt_type type;
-	size_t offset;
+	opt_parse_fn *parse;
+	size_t offset;			/* of the field in struct vp_config */
+	size_t size;			/* of the field: bounds a string's length */
 	const char *def;
 	const char *help;
+	const char *const *choices;	/* parse_choice, parse_enum: NULL-terminated */
+	uint64_t max;			/* parse_count: the largest value, 0: none */
 };
 
-#define OFF(field) offsetof(struct vp_config, field)
+#define FIELD(f) .offset = offsetof(struct vp_config, f), \
+	.size = sizeof(((struct vp_config *)0)->f)
 
-static const struct opt options[] = {
-	{ "pfs_dir", OPT_PATH, OFF(pfs_dir), "",
-	  "the PFS directory, for a config file that describes the whole mount (instead of the first argument)" },
-	{ "mountpoint", OPT_PATH, OFF(mountpoint), "",
-	  "the mount point, for a config file that describes the whole mount (instead of the second argument)" },
-	{ "ram_cache", OPT_SIZE, OFF(ram_cache), "25%",
-	  "RAM for file data (K/M/G suffix or % of physical memory)" },
-	{ "ram_prefault", OPT_SIZE, OFF(ram_prefault), "256M",
-	  "cache memory faulted in at start, so first writes run at memory speed" },
-	{ "cache_wait", OPT_SECONDS, OFF(cache_wait), "10",
-	  "seconds a writer waits for cache space before ENOSPC" },
-	{ "flush", OPT_FLUSH, 0, "latest",
-	  "which versions reach the PFS: latest, all, every:N" },
-	{ "flush_bw", OPT_SIZE, OFF(flush_bw), "0",
-	  "cap on PFS write bandwidth, bytes per second (0: none)" },
-	{ "flush_interval", OPT_SECONDS, OFF(flush_interval), "0",
-	  "seconds between flush passes (0: flush as soon as committed)" },
-	{ "flush_inflight", OPT_UINT, OFF(flush_inflight), "2",
-	  "files written to the PFS at the same time" },
-	{ "flush_retry_max", OPT_SECONDS, OFF(flush_retry_max), "30",
-	  "longest back-off between retries of a failed PFS operation" },
-	{ "fsync", OPT_FSYNC, OFF(fsync_mode), "cache",
-	  "what fsync() waits for: cache (committed in memory) or pfs" },
-	{ "unmount_wait", OPT_SECONDS, OFF(unmount_wait), "300",
-	  "seconds to drain pending flushes at unmount (0: until done)" },
-	{ "log_level", OPT_LOGLEVEL, OFF(log_level), "info",
-	  "error, warning, notice, info or debug" },
-	{ "log_file", OPT_PATH, OFF(log_file), "",
-	  "append logs to this file (default: stderr with -f, else syslog)" },
-	{ "control", OPT_PATH, OFF(control), "",
-	  "control socket for viperctl (default: /run/viperfs/<pid>.sock)" },
-	{ "config", OPT_CONFIG, OFF(config_file), "",
-	  "read options from FILE, one 'name = value' a line" },
-	{ "publish", OPT_PUBLISH, 0, "all",
-	  "which versions ship and flush: all, or schedule (the planner picks; needs plan_t_infer, plan_inferences)" },
-	{ "loss_log", OPT_PATH, OFF(loss_log), "loss.csv",
-	  "with publish=schedule: the loss log the job writes in the mount (iter,loss CSV, Keras CSVLogger, Lightning metrics.csv)" },
-	{ "plan_warmup", OPT_UINT, OFF(plan_warmup), "200",
-	  "with publish=schedule: training iterations of warm-up before the first fit" },
-	{ "plan_refit", OPT_UINT, OFF(plan_refit), "200",
-	  "with publish=schedule: iterations between re-fits" },
-	{ "plan_t_infer", OPT_SECONDS, OFF(plan_t_infer), "0",
-	  "with publish=schedule: seconds per inference on the consumers" },
-	{ "plan_inferences", OPT_COUNT, OFF(plan_inferences), "0",
-	  "with publish=schedule: inferences served after warm-up" },
-	{ "plan_lambda", OPT_SECONDS, OFF(plan_lambda), "0",
-	  "with publish=schedule: weight of producer stall against inference loss" },
-	{ "listen", OPT_STR, OFF(listen), "",
-	  "producer: serve consumers on ADDR:PORT (libfabric)" },
-	{ "subscribe", OPT_STR, OFF(subscribe), "",
-	  "consumer: replicate from the producer at HOST:PORT; the mount is then read-only" },
-	{ "secret_file", OPT_PATH, OFF(secret_file), "",
-	  "file with the shared secret of every node (16+ bytes; openssl rand -hex 32): peers authenticate with it (HMAC-SHA256) and seal every message (ChaCha20-Poly1305); replication (listen= or subscribe=) needs it, unless insecure=1" },
-	{ "insecure", OPT_COUNT, OFF(insecure), "0",
-	  "1: replicate without secret_file, on a network nobody else reaches (peers are then checked by address only: anyone who reaches the port, local users too, can read announced versions and inject messages)" },
-	{ "fabric_provider", OPT_STR, OFF(fabric_provider), "",
-	  "libfabric provider (default: $FI_PROVIDER, else tcp;ofi_rxm)" },
-	{ "repl_inflight", OPT_UINT, OFF(repl_inflight), "8",
-	  "RMA reads of 1 MiB in flight per transfer" },
-	{ "repl_stream", OPT_SIZE, OFF(repl_stream), "16M",
-	  "producer: while a file is being written, offer consumers its finished chunks every this many bytes, so little is left to move at close (0: ship at close only)" },
-	{ "on_update", OPT_PATH, OFF(on_update), "",
-	  "shell command run for each new version, with VIPERFS_PATH, VIPERFS_VERSION, VIPERFS_SIZE set (for servers with a load API)" },
-	{ "on_update_timeout", OPT_SECONDS, OFF(on_update_timeout), "60",
-	  "seconds an on_update command may run; past it, it is killed (SIGTERM, then SIGKILL 2 s later) and the log says so (0: no limit)" },
-	{ "max_file_size", OPT_SIZE, OFF(max_file_size), "0",
-	  "largest file a replica accepts from the network; 0: the cache size (ram_cache)" },
-	{ "gpu_cache", OPT_SIZE, OFF(gpu_cache), "0",
-	  "GPU memory for the GPU tier: the newest version of each file is mirrored there (0: off; without a usable device the tier is off and the log says why)" },
-	{ "gpu_device", OPT_COUNT, OFF(gpu_device), "0",
-	  "CUDA device of the GPU tier" },
-	{ "gpu_tier", OPT_STR, OFF(gpu_tier), "cuda",
-	  "the GPU tier's implementation: cuda, or ram (host memory posing as the device, to test the tier on a node without a GPU)" },
-	{ "gpu_direct", OPT_STR, OFF(gpu_direct), "auto",
-	  "GPU-direct replication: auto (where the fabric can register the tier's memory, FI_HMEM for CUDA, a consumer's reads land in its GPU tier and a producer serves complete GPU mirrors from it) or off (always through the host caches)" },
-	{ "metrics", OPT_STR, OFF(metrics), "",
-	  "serve Prometheus metrics at http://ADDR:PORT/metrics (a bare PORT binds 127.0.0.1)" },
-	{ "peer_timeout", OPT_SECONDS, OFF(peer_timeout), "5",
-	  "seconds without a heartbeat before a peer counts as dead" },
-	{ "relay_fanout", OPT_COUNT, OFF(relay_fanout), "1",
-	  "producer: relay tree of consumers: the producer and each consumer serve at most this many consumers, which re-serve the chunks they received (1: a chain; 0: every consumer reads from the producer; at most 8)" },
-	{ "relay_wait", OPT_SECONDS, OFF(relay_wait), "2",
-	  "consumer: seconds a relayed transfer waits on the relay node without progress before the producer serves the rest" },
+static const char *const FSYNC_MODES[] = {
+	[VP_FSYNC_CACHE] = "cache", [VP_FSYNC_PFS] = "pfs", NULL,
 };
-
-#define N_OPTIONS (sizeof(options) / sizeof(options[0]))
+static const char *const PUBLISH_POLICIES[] = {
+	[VP_PUBLISH_ALL] = "all", [VP_PUBLISH_SCHEDULE] = "schedule", NULL,
+};
+static const char *const GPU_TIERS[] = { "cuda", "ram", NULL };
+static const char *const GPU_DIRECT_MODES[] = { "auto", "off", NULL };
 
 static uint64_t physical_memory(void)
 {
@@ -194,116 +135,356 @@ char *vp_format_size(uint64_t bytes, char *buf, size_t len)
 	return buf;
 }
 
-static int parse_uint(const char *text, unsigned int *out)
+static void *field_of(struct vp_config *cfg, const struct opt *o)
+{
+	return (char *)cfg + o->offset;
+}
+
+static int parse_size_opt(struct vp_config *cfg, const struct opt *o,
+			  const char *value, char *why, size_t whylen)
+{
+	uint64_t v;
+
+	(void)why;
+	(void)whylen;
+	if (vp_parse_size(value, &v))
+		return -EINVAL;
+	memcpy(field_of(cfg, o), &v, sizeof(v));
+	return 0;
+}
+
+static int parse_seconds_opt(struct vp_config *cfg, const struct opt *o,
+			     const char *value, char *why, size_t whylen)
+{
+	double v;
+
+	(void)why;
+	(void)whylen;
+	if (vp_parse_seconds(value, &v))
+		return -EINVAL;
+	memcpy(field_of(cfg, o), &v, sizeof(v));
+	return 0;
+}
+
+/* A decimal number, digits only (no sign, no spaces), up to max. */
+static int parse_decimal(const char *text, uint64_t max, uint64_t *out)
 {
 	char *end;
-	unsigned long v;
+	unsigned long long v;
 
 	if (!isdigit((unsigned char)*text))
 		return -EINVAL;
 	errno = 0;
-	v = strtoul(text, &end, 10);
-	if (*end || errno || v > 1000000)
+	v = strtoull(text, &end, 10);
+	if (*end || errno || v > max)
 		return -EINVAL;
-	*out = (unsigned int)v;
+	*out = v;
 	return 0;
 }
+
+/* An unsigned int field, 1 to 1,000,000 (threads, iterations, reads in flight). */
+static int parse_positive(struct vp_config *cfg, const struct opt *o,
+			  const char *value, char *why, size_t whylen)
+{
+	unsigned int field;
+	uint64_t v;
+
+	if (parse_decimal(value, 1000000, &v) || v == 0) {
+		snprintf(why, whylen, "want a whole number from 1 to 1000000");
+		return -EINVAL;
+	}
+	field = (unsigned int)v;
+	memcpy(field_of(cfg, o), &field, sizeof(field));
+	return 0;
+}
+
+/* A uint64_t field, 0 to o->max (or any 64-bit value without a max). */
+static int parse_count(struct vp_config *cfg, const struct opt *o,
+		       const char *value, char *why, size_t whylen)
+{
+	uint64_t v;
+
+	if (parse_decimal(value, o->max ? o->max : UINT64_MAX, &v)) {
+		if (o->max)
+			snprintf(why, whylen, "want a whole number from 0 to %llu",
+				 (unsigned long long)o->max);
+		return -EINVAL;
+	}
+	memcpy(field_of(cfg, o), &v, sizeof(v));
+	return 0;
+}
+
+/* A string field (a path, an address, a name) that must fit. */
+static int parse_string_opt(struct vp_config *cfg, const struct opt *o,
+			    const char *value, char *why, size_t whylen)
+{
+	if (strlen(value) >= o->size) {
+		snprintf(why, whylen, "longer than %zu bytes", o->size - 1);
+		return -EINVAL;
+	}
+	memcpy(field_of(cfg, o), value, strlen(value) + 1);
+	return 0;
+}
+
+/* The index of value in o->choices, or -EINVAL with "want a or b" in why. */
+static int find_choice(const struct opt *o, const char *value, char *why, size_t whylen)
+{
+	size_t used;
+	int i;
+
+	for (i = 0; o->choices[i]; i++)
+		if (!strcmp(o->choices[i], value))
+			return i;
+	used = (size_t)snprintf(why, whylen, "want");
+	for (i = 0; o->choices[i] && used < whylen; i++)
+		used += (size_t)snprintf(why + used, whylen - used, "%s %s",
+					 i == 0 ? "" : o->choices[i + 1] ? "," : " or",
+					 o->choices[i]);
+	return -EINVAL;
+}
+
+/* A string field that holds one of o->choices. */
+static int parse_choice(struct vp_config *cfg, const struct opt *o,
+			const char *value, char *why, size_t whylen)
+{
+	if (find_choice(o, value, why, whylen) < 0)
+		return -EINVAL;
+	return parse_string_opt(cfg, o, value, why, whylen);
+}
+
+/* An enum field: the index of value in o->choices. */
+static int parse_enum(struct vp_config *cfg, const struct opt *o,
+		      const char *value, char *why, size_t whylen)
+{
+	int index = find_choice(o, value, why, whylen);
+
+	if (index < 0)
+		return -EINVAL;
+	memcpy(field_of(cfg, o), &index, sizeof(index));
+	return 0;
+}
+
+/* flush=latest, all or every:N (N from 1). */
+static int parse_flush(struct vp_config *cfg, const struct opt *o,
+		       const char *value, char *why, size_t whylen)
+{
+	uint64_t every;
+
+	(void)o;
+	(void)why;
+	(void)whylen;
+	if (!strcmp(value, "latest")) {
+		cfg->flush_policy = VP_FLUSH_LATEST;
+	} else if (!strcmp(value, "all")) {
+		cfg->flush_policy = VP_FLUSH_ALL;
+	} else if (!strncmp(value, "every:", 6) &&
+		   !parse_decimal(value + 6, 1000000, &every) && every > 0) {
+		cfg->flush_policy = VP_FLUSH_EVERY;
+		cfg->flush_every = (unsigned int)every;
+	} else {
+		return -EINVAL;
+	}
+	return 0;
+}
+
+static int parse_log_level(struct vp_config *cfg, const struct opt *o,
+			   const char *value, char *why, size_t whylen)
+{
+	int level = vp_log_level_parse(value);
+
+	(void)o;
+	(void)why;
+	(void)whylen;
+	if (level < 0)
+		return -EINVAL;
+	cfg->log_level = level;
+	return 0;
+}
+
+/*
+ * config=FILE: loads the file at once (its errors are whole messages; the
+ * lines before a bad one stay set), then remembers its name.
+ */
+static int parse_config(struct vp_config *cfg, const struct opt *o,
+			const char *value, char *why, size_t whylen)
+{
+	int rc = 0;
+
+	if (strlen(value) >= o->size)
+		return -EINVAL;
+	if (*value)
+		rc = vp_config_load_file(cfg, value, why, whylen);
+	if (!rc)
+		memcpy(field_of(cfg, o), value, strlen(value) + 1);
+	return rc;
+}
+
+/*
+ * Splits "HOST:PORT" at its last colon: host gets HOST (which may be
+ * empty), and the port must be a number from 1 to 65535.  Returns 0 or
+ * -EINVAL with why.
+ */
+static int split_host_port(const char *value, char *host, size_t hostlen,
+			   char *why, size_t whylen)
+{
+	const char *colon = strrchr(value, ':');
+	uint64_t port;
+
+	if (!colon || parse_decimal(colon + 1, 65535, &port) || port == 0) {
+		snprintf(why, whylen, "want HOST:PORT, PORT from 1 to 65535");
+		return -EINVAL;
+	}
+	if ((size_t)(colon - value) >= hostlen) {
+		snprintf(why, whylen, "the host name is too long");
+		return -EINVAL;
+	}
+	memcpy(host, value, (size_t)(colon - value));
+	host[colon - value] = '\0';
+	return 0;
+}
+
+/*
+ * listen=ADDR:PORT: this node's own address on the fabric network.  RxM
+ * names a peer by the address it listens on, so consumers could not match
+ * a wildcard, and their connections would hang.  Empty: no producer.
+ */
+static int parse_listen(struct vp_config *cfg, const struct opt *o,
+			const char *value, char *why, size_t whylen)
+{
+	char host[256];
+
+	if (*value && split_host_port(value, host, sizeof(host), why, whylen))
+		return -EINVAL;
+	if (*value && (!*host || !strcmp(host, "0.0.0.0") || !strcmp(host, "::") ||
+		       !strcmp(host, "[::]"))) {
+		snprintf(why, whylen, "give this node's own address on the fabric network, not a wildcard");
+		return -EINVAL;
+	}
+	return parse_string_opt(cfg, o, value, why, whylen);
+}
+
+/* subscribe=HOST:PORT: the producer's listen= address.  Empty: no consumer. */
+static int parse_subscribe(struct vp_config *cfg, const struct opt *o,
+			   const char *value, char *why, size_t whylen)
+{
+	char host[256];
+
+	if (*value && split_host_port(value, host, sizeof(host), why, whylen))
+		return -EINVAL;
+	if (*value && !*host) {
+		snprintf(why, whylen, "name the producer's host");
+		return -EINVAL;
+	}
+	return parse_string_opt(cfg, o, value, why, whylen);
+}
+
+static const struct opt options[] = {
+	{ .name = "pfs_dir", .parse = parse_string_opt, FIELD(pfs_dir), .def = "",
+	  .help = "the PFS directory, for a config file that describes the whole mount (instead of the first argument)" },
+	{ .name = "mountpoint", .parse = parse_string_opt, FIELD(mountpoint), .def = "",
+	  .help = "the mount point, for a config file that describes the whole mount (instead of the second argument)" },
+	{ .name = "ram_cache", .parse = parse_size_opt, FIELD(ram_cache), .def = "25%",
+	  .help = "RAM for file data (K/M/G suffix or % of physical memory)" },
+	{ .name = "ram_prefault", .parse = parse_size_opt, FIELD(ram_prefault), .def = "256M",
+	  .help = "cache memory faulted in at start, so first writes run at memory speed" },
+	{ .name = "cache_wait", .parse = parse_seconds_opt, FIELD(cache_wait), .def = "10",
+	  .help = "seconds a writer waits for cache space before ENOSPC" },
+	{ .name = "flush", .parse = parse_flush, FIELD(flush_policy), .def = "latest",
+	  .help = "which versions reach the PFS: latest, all, every:N" },
+	{ .name = "flush_bw", .parse = parse_size_opt, FIELD(flush_bw), .def = "0",
+	  .help = "cap on PFS write bandwidth, bytes per second (0: none)" },
+	{ .name = "flush_interval", .parse = parse_seconds_opt, FIELD(flush_interval), .def = "0",
+	  .help = "seconds between flush passes (0: flush as soon as committed)" },
+	{ .name = "flush_inflight", .parse = parse_positive, FIELD(flush_inflight), .def = "2",
+	  .help = "files written to the PFS at the same time" },
+	{ .name = "flush_retry_max", .parse = parse_seconds_opt, FIELD(flush_retry_max), .def = "30",
+	  .help = "longest back-off between retries of a failed PFS operation" },
+	{ .name = "fsync", .parse = parse_enum, FIELD(fsync_mode), .def = "cache",
+	  .help = "what fsync() waits for: cache (committed in memory) or pfs",
+	  .choices = FSYNC_MODES },
+	{ .name = "unmount_wait", .parse = parse_seconds_opt, FIELD(unmount_wait), .def = "300",
+	  .help = "seconds to drain pending flushes at unmount (0: until done)" },
+	{ .name = "log_level", .parse = parse_log_level, FIELD(log_level), .def = "info",
+	  .help = "error, warning, notice, info or debug" },
+	{ .name = "log_file", .parse = parse_string_opt, FIELD(log_file), .def = "",
+	  .help = "append logs to this file (default: stderr with -f, else syslog)" },
+	{ .name = "control", .parse = parse_string_opt, FIELD(control), .def = "",
+	  .help = "control socket for viperctl (default: /run/viperfs/<pid>.sock)" },
+	{ .name = "config", .parse = parse_config, FIELD(config_file), .def = "",
+	  .help = "read options from FILE, one 'name = value' a line" },
+	{ .name = "publish", .parse = parse_enum, FIELD(publish), .def = "all",
+	  .help = "which versions ship and flush: all, or schedule (the planner picks; needs plan_t_infer, plan_inferences)",
+	  .choices = PUBLISH_POLICIES },
+	{ .name = "loss_log", .parse = parse_string_opt, FIELD(loss_log), .def = "loss.csv",
+	  .help = "with publish=schedule: the loss log the job writes in the mount (iter,loss CSV, Keras CSVLogger, Lightning metrics.csv)" },
+	{ .name = "plan_warmup", .parse = parse_positive, FIELD(plan_warmup), .def = "200",
+	  .help = "with publish=schedule: training iterations of warm-up before the first fit" },
+	{ .name = "plan_refit", .parse = parse_positive, FIELD(plan_refit), .def = "200",
+	  .help = "with publish=schedule: iterations between re-fits" },
+	{ .name = "plan_t_infer", .parse = parse_seconds_opt, FIELD(plan_t_infer), .def = "0",
+	  .help = "with publish=schedule: seconds per inference on the consumers" },
+	{ .name = "plan_inferences", .parse = parse_count, FIELD(plan_inferences), .def = "0",
+	  .help = "with publish=schedule: inferences served after warm-up" },
+	{ .name = "plan_lambda", .parse = parse_seconds_opt, FIELD(plan_lambda), .def = "0",
+	  .help = "with publish=schedule: weight of producer stall against inference loss" },
+	{ .name = "listen", .parse = parse_listen, FIELD(listen), .def = "",
+	  .help = "producer: serve consumers on ADDR:PORT (libfabric)" },
+	{ .name = "subscribe", .parse = parse_subscribe, FIELD(subscribe), .def = "",
+	  .help = "consumer: replicate from the producer at HOST:PORT; the mount is then read-only" },
+	{ .name = "secret_file", .parse = parse_string_opt, FIELD(secret_file), .def = "",
+	  .help = "file with the shared secret of every node (16+ bytes; openssl rand -hex 32): peers authenticate with it (HMAC-SHA256) and seal every message (ChaCha20-Poly1305); replication (listen= or subscribe=) needs it, unless insecure=1" },
+	{ .name = "insecure", .parse = parse_count, FIELD(insecure), .def = "0",
+	  .help = "1: replicate without secret_file, on a network nobody else reaches (peers are then checked by address only: anyone who reaches the port, local users too, can read announced versions and inject messages)",
+	  .max = 1 },
+	{ .name = "fabric_provider", .parse = parse_string_opt, FIELD(fabric_provider), .def = "",
+	  .help = "libfabric provider (default: $FI_PROVIDER, else tcp;ofi_rxm)" },
+	{ .name = "repl_inflight", .parse = parse_positive, FIELD(repl_inflight), .def = "8",
+	  .help = "RMA reads of 1 MiB in flight per transfer" },
+	{ .name = "repl_stream", .parse = parse_size_opt, FIELD(repl_stream), .def = "16M",
+	  .help = "producer: while a file is being written, offer consumers its finished chunks every this many bytes, so little is left to move at close (0: ship at close only)" },
+	{ .name = "on_update", .parse = parse_string_opt, FIELD(on_update), .def = "",
+	  .help = "shell command run for each new version, with VIPERFS_PATH, VIPERFS_VERSION, VIPERFS_SIZE set (for servers with a load API)" },
+	{ .name = "on_update_timeout", .parse = parse_seconds_opt, FIELD(on_update_timeout), .def = "60",
+	  .help = "seconds an on_update command may run; past it, it is killed (SIGTERM, then SIGKILL 2 s later) and the log says so (0: no limit)" },
+	{ .name = "max_file_size", .parse = parse_size_opt, FIELD(max_file_size), .def = "0",
+	  .help = "largest file a replica accepts from the network; 0: the cache size (ram_cache)" },
+	{ .name = "gpu_cache", .parse = parse_size_opt, FIELD(gpu_cache), .def = "0",
+	  .help = "GPU memory for the GPU tier: the newest version of each file is mirrored there (0: off; without a usable device the tier is off and the log says why)" },
+	{ .name = "gpu_device", .parse = parse_count, FIELD(gpu_device), .def = "0",
+	  .help = "CUDA device of the GPU tier" },
+	{ .name = "gpu_tier", .parse = parse_choice, FIELD(gpu_tier), .def = "cuda",
+	  .help = "the GPU tier's implementation: cuda, or ram (host memory posing as the device, to test the tier on a node without a GPU)",
+	  .choices = GPU_TIERS },
+	{ .name = "gpu_direct", .parse = parse_choice, FIELD(gpu_direct), .def = "auto",
+	  .help = "GPU-direct replication: auto (where the fabric can register the tier's memory, FI_HMEM for CUDA, a consumer's reads land in its GPU tier and a producer serves complete GPU mirrors from it) or off (always through the host caches)",
+	  .choices = GPU_DIRECT_MODES },
+	{ .name = "metrics", .parse = parse_string_opt, FIELD(metrics), .def = "",
+	  .help = "serve Prometheus metrics at http://ADDR:PORT/metrics (a bare PORT binds 127.0.0.1)" },
+	{ .name = "peer_timeout", .parse = parse_seconds_opt, FIELD(peer_timeout), .def = "5",
+	  .help = "seconds without a heartbeat before a peer counts as dead" },
+	{ .name = "relay_fanout", .parse = parse_count, FIELD(relay_fanout), .def = "1",
+	  .help = "producer: relay tree of consumers: the producer and each consumer serve at most this many consumers, which re-serve the chunks they received (1: a chain; 0: every consumer reads from the producer; at most 8)",
+	  .max = VP_RELAY_FANOUT_MAX },
+	{ .name = "relay_wait", .parse = parse_seconds_opt, FIELD(relay_wait), .def = "2",
+	  .help = "consumer: seconds a relayed transfer waits on the relay node without progress before the producer serves the rest" },
+};
+
+
+#define N_OPTIONS (sizeof(options) / sizeof(options[0]))
 
 static int set_one(struct vp_config *cfg, const struct opt *o,
 		   const char *value, char *err, size_t errlen)
 {
-	char *field = (char *)cfg + o->offset;
-	int rc = 0;
+	char why[PATH_MAX + 512] = "";
+	int rc = o->parse(cfg, o, value, why, sizeof(why));
 
-	switch (o->type) {
-	case OPT_SIZE:
-		rc = vp_parse_size(value, (uint64_t *)(void *)field);
-		break;
-	case OPT_SECONDS:
-		rc = vp_parse_seconds(value, (double *)(void *)field);
-		break;
-	case OPT_UINT:
-		rc = parse_uint(value, (unsigned int *)(void *)field);
-		if (!rc && *(unsigned int *)(void *)field == 0)
-			rc = -EINVAL;
-		break;
-	case OPT_PATH:
-		if (strlen(value) >= PATH_MAX)
-			rc = -EINVAL;
-		else
-			strcpy(field, value);
-		break;
-	case OPT_STR:
-		/* the short string fields are 64 or 256 bytes */
-		if (strlen(value) >= (o->offset == OFF(fabric_provider) || o->offset == OFF(gpu_tier) ||
-				      o->offset == OFF(gpu_direct) ?
-				      64u : 256u))
-			rc = -EINVAL;
-		else if (o->offset == OFF(gpu_direct) && strcmp(value, "auto") && strcmp(value, "off"))
-			rc = -EINVAL;
-		else
-			strcpy(field, value);
-		break;
-	case OPT_FLUSH:
-		if (!strcmp(value, "latest")) {
-			cfg->flush_policy = VP_FLUSH_LATEST;
-		} else if (!strcmp(value, "all")) {
-			cfg->flush_policy = VP_FLUSH_ALL;
-		} else if (!strncmp(value, "every:", 6) &&
-			   !parse_uint(value + 6, &cfg->flush_every) &&
-			   cfg->flush_every > 0) {
-			cfg->flush_policy = VP_FLUSH_EVERY;
-		} else {
-			rc = -EINVAL;
-		}
-		break;
-	case OPT_FSYNC:
-		if (!strcmp(value, "cache"))
-			cfg->fsync_mode = VP_FSYNC_CACHE;
-		else if (!strcmp(value, "pfs"))
-			cfg->fsync_mode = VP_FSYNC_PFS;
-		else
-			rc = -EINVAL;
-		break;
-	case OPT_LOGLEVEL: {
-		int level = vp_log_level_parse(value);
-
-		if (level < 0)
-			rc = -EINVAL;
-		else
-			cfg->log_level = level;
-		break;
-	}
-	case OPT_PUBLISH:
-		if (!strcmp(value, "all"))
-			cfg->publish = VP_PUBLISH_ALL;
-		else if (!strcmp(value, "schedule"))
-			cfg->publish = VP_PUBLISH_SCHEDULE;
-		else
-			rc = -EINVAL;
-		break;
-	case OPT_COUNT: {
-		char *end;
-
-		errno = 0;
-		*(uint64_t *)(void *)field = strtoull(value, &end, 10);
-		if (!isdigit((unsigned char)*value) || *end || errno)
-			rc = -EINVAL;
-		else if (o->offset == OFF(relay_fanout) && cfg->relay_fanout > VP_RELAY_FANOUT_MAX)
-			rc = -EINVAL;
-		break;
-	}
-	case OPT_CONFIG:
-		if (strlen(value) >= PATH_MAX)
-			return -EINVAL;
-		strcpy(cfg->config_file, value);
-		if (!*value)
-			return 0;
-		return vp_config_load_file(cfg, value, err, errlen);
-	}
-	if (rc)
-		snprintf(err, errlen, "bad value '%s' for option '%s' (%s)",
-			 value, o->name, o->help);
+	if (!rc)
+		return 0;
+	if (o->parse == parse_config && *why)
+		snprintf(err, errlen, "%s", why);
+	else
+		snprintf(err, errlen, "bad value '%s' for option '%s': %s",
+			 value, o->name, *why ? why : o->help);
 	return rc;
 }
 
@@ -330,6 +511,39 @@ void vp_config_defaults(struct vp_config *cfg)
 		if (rc)
 			abort();	/* a bad default is a programming error */
 	}
+}
+
+int vp_config_check(const struct vp_config *cfg, char *err, size_t errlen)
+{
+	const char *role = cfg->subscribe[0] ? "subscribe" : "listen";
+	const char *addr = cfg->subscribe[0] ? cfg->subscribe : cfg->listen;
+
+	if (cfg->listen[0] && cfg->subscribe[0]) {
+		snprintf(err, errlen, "a mount is a producer (listen=) or a consumer (subscribe=), not both; drop one");
+		return -EINVAL;
+	}
+	/*
+	 * Not even on loopback: a peer's address is its IP and a port it
+	 * names itself, so any local user could subscribe or pose as the
+	 * producer (docs/security.md).
+	 */
+	if (*addr && !cfg->secret_file[0] && !cfg->insecure) {
+		snprintf(err, errlen, "%s='%s' without a secret_file: anyone who reaches the port could read the cache or write into replicas; set the same secret_file on every node (openssl rand -hex 32), or insecure=1 on a network nobody else reaches",
+			 role, addr);
+		return -EINVAL;
+	}
+	/* the key itself is read (and its size checked) by the replication */
+	if (*addr && cfg->secret_file[0]) {
+		int fd = open(cfg->secret_file, O_RDONLY | O_CLOEXEC);
+
+		if (fd < 0) {
+			snprintf(err, errlen, "secret_file '%s': %s", cfg->secret_file,
+				 strerror(errno));
+			return -EINVAL;
+		}
+		close(fd);
+	}
+	return 0;
 }
 
 static char *trim(char *s)

@@ -3,7 +3,9 @@
  *
  * The same table feeds `-o name=value` mount options, the optional config
  * file (`-o config=FILE`, lines of `name = value`, `#` comments) and
- * `viperfs --help`.  Values are parsed and checked here, once.
+ * `viperfs --help`.  Each entry names its validator (redis config.c),
+ * which parses the value, checks it and its bounds, and only then stores
+ * it; vp_config_check() checks the options against each other.
  *
  * THREADING: a struct vp_config is filled before the daemon starts its
  * threads and is read-only afterwards.
@@ -97,6 +99,15 @@ int vp_config_set(struct vp_config *cfg, const char *name, const char *value,
 int vp_config_parse_opts(struct vp_config *cfg, const char *opts,
 			 char *passthru, size_t passthru_len,
 			 char *err, size_t errlen);
+
+/*
+ * Checks the options together, once all are set (each option's own value
+ * was checked when it was set): a mount is a producer or a consumer, not
+ * both; replication needs a readable secret_file or insecure=1.  The
+ * daemon calls it before it mounts.  Returns 0, or -EINVAL with a
+ * one-line message naming the option in err.  cfg is borrowed.
+ */
+int vp_config_check(const struct vp_config *cfg, char *err, size_t errlen);
 
 /* Reads a config file.  Returns 0 or -errno with a message in err. */
 int vp_config_load_file(struct vp_config *cfg, const char *path,

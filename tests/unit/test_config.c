@@ -4,6 +4,7 @@
 #include <setjmp.h>
 #include <cmocka.h>
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -214,6 +215,136 @@ static void test_max_file_size(void **state)
 	free(help);
 }
 
+/* Sets name=value on defaults; returns vp_config_set's result, the message in err. */
+static int set(struct vp_config *cfg, const char *name, const char *value, char *err,
+	       size_t errlen)
+{
+	vp_config_defaults(cfg);
+	err[0] = '\0';
+	return vp_config_set(cfg, name, value, err, errlen);
+}
+
+/* Each validator: a good value is stored; a bad one is refused, named, and left out. */
+static void test_validators(void **state)
+{
+	static const struct {
+		const char *name, *good, *bad;
+	} cases[] = {
+		{ "ram_cache", "1G", "lots" },			/* parse_size_opt */
+		{ "cache_wait", "250ms", "soon" },		/* parse_seconds_opt */
+		{ "flush_inflight", "4", "0" },			/* parse_positive */
+		{ "repl_inflight", "1000000", "1000001" },	/* parse_positive */
+		{ "relay_fanout", "8", "9" },			/* parse_count, bounded */
+		{ "insecure", "1", "2" },			/* parse_count, bounded */
+		{ "gpu_device", "3", "-1" },			/* parse_count */
+		{ "fabric_provider", "tcp", "" },		/* parse_string_opt: see below */
+		{ "fsync", "pfs", "disk" },			/* parse_enum */
+		{ "publish", "schedule", "some" },		/* parse_enum */
+		{ "gpu_tier", "ram", "bogus" },			/* parse_choice */
+		{ "gpu_direct", "off", "yes" },			/* parse_choice */
+		{ "flush", "every:2", "every:x" },		/* parse_flush */
+		{ "log_level", "debug", "loud" },		/* parse_log_level */
+		{ "listen", "10.0.0.1:7700", "0.0.0.0:7700" },	/* parse_listen */
+		{ "subscribe", "node1:7700", "node1" },		/* parse_subscribe */
+		{ "config", "", "/nonexistent/viperfs.conf" },	/* parse_config */
+	};
+	struct vp_config cfg, before;
+	char err[PATH_MAX + 1024];
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		assert_int_equal(set(&cfg, cases[i].name, cases[i].good, err, sizeof(err)), 0);
+		if (!strcmp(cases[i].name, "fabric_provider"))
+			continue;	/* any short name is good */
+		vp_config_defaults(&before);
+		assert_int_not_equal(set(&cfg, cases[i].name, cases[i].bad, err, sizeof(err)), 0);
+		assert_non_null(strstr(err, cases[i].bad));
+		assert_null(strchr(err, '\n'));
+		if (strcmp(cases[i].name, "config"))
+			assert_non_null(strstr(err, cases[i].name));
+		assert_memory_equal(&cfg, &before, sizeof(cfg));
+	}
+}
+
+/* What the validators store, and what they say is wrong. */
+static void test_validator_values(void **state)
+{
+	struct vp_config cfg;
+	char err[PATH_MAX + 1024], long_value[300];
+
+	(void)state;
+	assert_int_equal(set(&cfg, "gpu_tier", "bogus", err, sizeof(err)), -EINVAL);
+	assert_non_null(strstr(err, "'gpu_tier'"));
+	assert_non_null(strstr(err, "want cuda or ram"));
+	assert_int_equal(set(&cfg, "fsync", "pfs", err, sizeof(err)), 0);
+	assert_int_equal(cfg.fsync_mode, VP_FSYNC_PFS);
+	assert_int_equal(set(&cfg, "publish", "schedule", err, sizeof(err)), 0);
+	assert_int_equal(cfg.publish, VP_PUBLISH_SCHEDULE);
+	assert_int_equal(set(&cfg, "relay_fanout", "9", err, sizeof(err)), -EINVAL);
+	assert_non_null(strstr(err, "from 0 to 8"));
+	assert_int_equal(set(&cfg, "listen", "garbage", err, sizeof(err)), -EINVAL);
+	assert_non_null(strstr(err, "'listen'"));
+	assert_non_null(strstr(err, "HOST:PORT"));
+	assert_int_equal(set(&cfg, "listen", ":7700", err, sizeof(err)), -EINVAL);
+	assert_non_null(strstr(err, "wildcard"));
+	assert_int_equal(set(&cfg, "listen", "10.0.0.1:99999", err, sizeof(err)), -EINVAL);
+	assert_int_equal(set(&cfg, "subscribe", ":7700", err, sizeof(err)), -EINVAL);
+	assert_int_equal(set(&cfg, "subscribe", "", err, sizeof(err)), 0);
+	/* a string that does not fit its field */
+	memset(long_value, 'a', sizeof(long_value) - 1);
+	long_value[sizeof(long_value) - 1] = '\0';
+	assert_int_equal(set(&cfg, "fabric_provider", long_value, err, sizeof(err)), -EINVAL);
+	assert_non_null(strstr(err, "longer than 63 bytes"));
+	assert_int_equal(set(&cfg, "metrics", long_value, err, sizeof(err)), -EINVAL);
+	/* config=: a missing file is the file's own message */
+	assert_int_equal(set(&cfg, "config", "/nonexistent/viperfs.conf", err, sizeof(err)),
+			 -ENOENT);
+	assert_non_null(strstr(err, "config file '/nonexistent/viperfs.conf'"));
+}
+
+/* vp_config_check: the options against each other, before the mount. */
+static void test_config_check(void **state)
+{
+	char secret[] = "/tmp/vp-test-secret-XXXXXX";
+	struct vp_config cfg;
+	char err[PATH_MAX + 1024], opts[PATH_MAX + 64];
+	int fd = mkstemp(secret);
+
+	(void)state;
+	assert_true(fd >= 0);
+	close(fd);
+	vp_config_defaults(&cfg);
+	assert_int_equal(vp_config_check(&cfg, err, sizeof(err)), 0);
+
+	/* a producer or a consumer, not both */
+	assert_int_equal(vp_config_parse_opts(&cfg, "listen=10.0.0.1:7700,subscribe=h:7700,insecure=1",
+					      NULL, 0, err, sizeof(err)), 0);
+	assert_int_equal(vp_config_check(&cfg, err, sizeof(err)), -EINVAL);
+	assert_non_null(strstr(err, "not both"));
+
+	/* replication needs a secret, or insecure=1 */
+	vp_config_defaults(&cfg);
+	assert_int_equal(vp_config_set(&cfg, "subscribe", "h:7700", err, sizeof(err)), 0);
+	assert_int_equal(vp_config_check(&cfg, err, sizeof(err)), -EINVAL);
+	assert_non_null(strstr(err, "subscribe='h:7700' without a secret_file"));
+	assert_null(strchr(err, '\n'));
+	assert_int_equal(vp_config_set(&cfg, "insecure", "1", err, sizeof(err)), 0);
+	assert_int_equal(vp_config_check(&cfg, err, sizeof(err)), 0);
+
+	vp_config_defaults(&cfg);
+	snprintf(opts, sizeof(opts), "listen=10.0.0.1:7700,secret_file=%s", secret);
+	assert_int_equal(vp_config_parse_opts(&cfg, opts, NULL, 0, err, sizeof(err)), 0);
+	assert_int_equal(vp_config_check(&cfg, err, sizeof(err)), 0);
+	unlink(secret);
+	assert_int_equal(vp_config_check(&cfg, err, sizeof(err)), -EINVAL);
+	assert_non_null(strstr(err, "secret_file '"));
+	assert_non_null(strstr(err, "No such file"));
+
+	/* without replication, a secret_file is not read */
+	assert_int_equal(vp_config_set(&cfg, "listen", "", err, sizeof(err)), 0);
+	assert_int_equal(vp_config_check(&cfg, err, sizeof(err)), 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -223,6 +354,9 @@ int main(void)
 		cmocka_unit_test(test_config_file),
 		cmocka_unit_test(test_on_update_timeout),
 		cmocka_unit_test(test_max_file_size),
+		cmocka_unit_test(test_validators),
+		cmocka_unit_test(test_validator_values),
+		cmocka_unit_test(test_config_check),
 	};
 	return cmocka_run_group_tests_name("config", tests, NULL, NULL);
 }
