@@ -6,6 +6,13 @@
  * Without -f the daemon forks at once; the parent waits until the child
  * has mounted (or failed, printing why) and exits with its status, so
  * "viperfs ... && use-the-mount" works in scripts.
+ *
+ * DESIGN: the daemon is a struct daemon and a table of start steps, each
+ * with its stop (libfabric's xnet_endpoint unwinds the same way): main()
+ * checks every option, runs the steps in order, serves, and stops the
+ * started steps in reverse order, once, whether a start failed or the
+ * mount was unmounted.  Nothing is mounted before all options are known
+ * to be good.
  */
 #define FUSE_USE_VERSION 314
 #define _GNU_SOURCE
@@ -198,24 +205,55 @@ static int default_control_path(char *buf, size_t len)
 	return 0;
 }
 
-int main(int argc, char **argv)
-{
+/* The daemon: what main() starts, in the order of steps[] below. */
+struct daemon {
 	struct vp_config cfg;
-	char err[PATH_MAX + 512], passthru[2048] = "", fuse_opts[PATH_MAX + 2200];
-	char pfs_dir[PATH_MAX], mountpoint[PATH_MAX];
-	const char *pos[2];
-	int npos = 0, foreground = 0, debug = 0, report_fd = -1, rc = 1;
-	struct fuse_args args = FUSE_ARGS_INIT(0, NULL);
-	struct fuse_session *se = NULL;
-	struct fuse_loop_config *loop_cfg;
-	struct vp_ctl *ctl = NULL;
-	struct vp_repl *repl = NULL;
-	struct vp_hook *hook = NULL;
-	struct vp_metrics_server *metrics = NULL;
-	struct vp_gpu *gpu = NULL;
+	char pfs_dir[PATH_MAX];
+	char mountpoint[PATH_MAX];
+	char passthru[2048];		/* FUSE's own options, for libfuse */
+	const char *prog;		/* argv[0], for libfuse */
+	int foreground;
+	int debug;			/* -d: log_level=debug, whatever -o says */
+	int report_fd;			/* the waiting parent's pipe, -1: none */
+	int served;			/* the mount was ready and served */
+	int rc;				/* the exit status */
 	struct vp_ns *ns;
+	struct vp_gpu *gpu;
+	struct vp_metrics_server *metrics;
+	struct fuse_args args;
+	struct fuse_session *se;
+	struct vp_repl *repl;
+	struct vp_hook *hook;
+	struct vp_ctl *ctl;
+	char err[PATH_MAX + 512];	/* why a start step failed */
+};
 
-	vp_config_defaults(&cfg);
+/*
+ * Parses one -o list into d->cfg (FUSE's own options go to d->passthru).
+ * Returns 0, or the exit status with the message printed.
+ */
+static int parse_opts(struct daemon *d, const char *opts)
+{
+	if (!opts) {
+		fprintf(stderr, "viperfs: -o needs options\n");
+		return 2;
+	}
+	if (vp_config_parse_opts(&d->cfg, opts, d->passthru, sizeof(d->passthru),
+				 d->err, sizeof(d->err))) {
+		fprintf(stderr, "viperfs: %s\n", d->err);
+		return 2;
+	}
+	return 0;
+}
+
+/*
+ * Parses the command line into d, the two positional arguments into pos.
+ * Returns -1 to go on, else the exit status (--help, -V, a bad argument).
+ */
+static int parse_args(struct daemon *d, int argc, char **argv, const char *pos[2])
+{
+	int npos = 0, rc;
+
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i];
 
@@ -226,21 +264,13 @@ int main(int argc, char **argv)
 			printf("viperfs %s (libfuse %s)\n", VIPERFS_VERSION, fuse_pkgversion());
 			return 0;
 		} else if (!strcmp(a, "-f")) {
-			foreground = 1;
+			d->foreground = 1;
 		} else if (!strcmp(a, "-d")) {
-			foreground = debug = 1;
+			d->foreground = d->debug = 1;
 		} else if (!strncmp(a, "-o", 2)) {
-			const char *opts = a[2] ? a + 2 : (i + 1 < argc ? argv[++i] : NULL);
-
-			if (!opts) {
-				fprintf(stderr, "viperfs: -o needs options\n");
-				return 2;
-			}
-			if (vp_config_parse_opts(&cfg, opts, passthru, sizeof(passthru),
-						 err, sizeof(err))) {
-				fprintf(stderr, "viperfs: %s\n", err);
-				return 2;
-			}
+			rc = parse_opts(d, a[2] ? a + 2 : (i + 1 < argc ? argv[++i] : NULL));
+			if (rc)
+				return rc;
 		} else if (a[0] == '-' && a[1]) {
 			fprintf(stderr, "viperfs: unknown flag '%s'; see viperfs --help\n", a);
 			return 2;
@@ -251,104 +281,191 @@ int main(int argc, char **argv)
 			return 2;
 		}
 	}
-	if (npos == 0 && cfg.pfs_dir[0] && cfg.mountpoint[0]) {
-		pos[npos++] = cfg.pfs_dir;	/* a config file that names both */
-		pos[npos++] = cfg.mountpoint;
+	if (npos == 0 && d->cfg.pfs_dir[0] && d->cfg.mountpoint[0]) {
+		pos[npos++] = d->cfg.pfs_dir;	/* a config file that names both */
+		pos[npos++] = d->cfg.mountpoint;
 	}
 	if (npos != 2) {
 		usage(stderr);
 		return 2;
 	}
-	if (check_passthru(passthru, err, sizeof(err))) {
-		fprintf(stderr, "viperfs: %s\n", err);
+	if (d->debug)
+		d->cfg.log_level = LOG_DEBUG;
+	return -1;
+}
+
+/*
+ * Checks everything that can be checked before the mount: the options
+ * together, FUSE's options, the two directories.  Returns -1 to go on,
+ * else the exit status with the message printed.
+ */
+static int check_args(struct daemon *d, const char *pos[2])
+{
+	if (vp_config_check(&d->cfg, d->err, sizeof(d->err)) ||
+	    check_passthru(d->passthru, d->err, sizeof(d->err))) {
+		fprintf(stderr, "viperfs: %s\n", d->err);
 		return 2;
 	}
-	if (strcmp(cfg.gpu_tier, "ram") && strcmp(cfg.gpu_tier, "cuda")) {
-		fprintf(stderr, "viperfs: gpu_tier='%s': want cuda or ram\n", cfg.gpu_tier);
-		return 2;
-	}
-	if (debug)
-		cfg.log_level = LOG_DEBUG;
-	if (!realpath(pos[0], pfs_dir)) {
+	if (!realpath(pos[0], d->pfs_dir)) {
 		fprintf(stderr, "viperfs: PFS directory '%s': %s; create it or name another\n",
 			pos[0], strerror(errno));
 		return 1;
 	}
-	if (!realpath(pos[1], mountpoint)) {
+	if (!realpath(pos[1], d->mountpoint)) {
 		fprintf(stderr, "viperfs: mount point '%s': %s\n", pos[1], strerror(errno));
 		return 1;
 	}
-	if (!strcmp(pfs_dir, mountpoint)) {
+	if (!strcmp(d->pfs_dir, d->mountpoint)) {
 		fprintf(stderr, "viperfs: the mount point must not be the PFS directory itself\n");
 		return 1;
 	}
+	return -1;
+}
 
-	if (!foreground) {
-		int pipefd[2];
-		pid_t pid;
+/*
+ * Without -f: forks; the parent waits for the child's report and exits
+ * with its status.  Returns -1 in the child (or with -f), else the
+ * parent's exit status.
+ */
+static int daemonize(struct daemon *d)
+{
+	int pipefd[2];
+	pid_t pid;
 
-		if (pipe2(pipefd, O_CLOEXEC)) {
-			perror("viperfs: pipe");
-			return 1;
-		}
-		pid = fork();
-		if (pid < 0) {
-			perror("viperfs: fork");
-			return 1;
-		}
-		if (pid > 0) {
-			close(pipefd[1]);
-			return wait_for_child(pipefd[0]);
-		}
-		close(pipefd[0]);
-		report_fd = pipefd[1];
-		setsid();
+	if (d->foreground)
+		return -1;
+	if (pipe2(pipefd, O_CLOEXEC)) {
+		perror("viperfs: pipe");
+		return 1;
 	}
-
-	if (cfg.log_file[0]) {
-		if (vp_log_open(VP_LOG_FILE, cfg.log_file, cfg.log_level)) {
-			snprintf(err, sizeof(err), "cannot open log file '%s': %s",
-				 cfg.log_file, strerror(errno));
-			goto err_report;
-		}
-	} else {
-		vp_log_open(foreground ? VP_LOG_STDERR : VP_LOG_SYSLOG, NULL,
-			    cfg.log_level);
+	pid = fork();
+	if (pid < 0) {
+		perror("viperfs: fork");
+		return 1;
 	}
-
-	ns = vp_ns_new(&cfg, pfs_dir, err, sizeof(err));
-	if (!ns)
-		goto err_report;
-
-	if (cfg.gpu_cache) {
-		const char *no_ops = NULL;
-		const struct vp_tier_ops *ops = !strcmp(cfg.gpu_tier, "ram") ? &vp_tier_ram :
-			vp_tier_gpu_ops(&no_ops);
-		char why[512] = "";
-
-
-		if (ops)
-			gpu = vp_gpu_new(ops, (int)cfg.gpu_device, cfg.gpu_cache, why, sizeof(why));
-		else
-			snprintf(why, sizeof(why), "%s", no_ops);
-		if (!gpu)
-			vp_log(LOG_NOTICE, "gpu", "GPU tier off: %s; the mount works from RAM", why);
-		vp_ns_set_gpu(ns, gpu, gpu ? NULL : why);
+	if (pid > 0) {
+		close(pipefd[1]);
+		return wait_for_child(pipefd[0]);
 	}
+	close(pipefd[0]);
+	d->report_fd = pipefd[1];
+	setsid();
+	return -1;
+}
+
+/* ---- start steps: each returns 0, or -1 with d->err set ---- */
+
+static int start_log(struct daemon *d)
+{
+	if (!d->cfg.log_file[0]) {
+		vp_log_open(d->foreground ? VP_LOG_STDERR : VP_LOG_SYSLOG, NULL,
+			    d->cfg.log_level);
+		return 0;
+	}
+	if (vp_log_open(VP_LOG_FILE, d->cfg.log_file, d->cfg.log_level)) {
+		snprintf(d->err, sizeof(d->err), "cannot open log file '%s': %s",
+			 d->cfg.log_file, strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
+static void stop_log(struct daemon *d)
+{
+	(void)d;
+	vp_log_close();
+}
+
+static int start_ns(struct daemon *d)
+{
+	d->ns = vp_ns_new(&d->cfg, d->pfs_dir, d->err, sizeof(d->err));
+	return d->ns ? 0 : -1;
+}
+
+/* Drains the flushes (up to unmount_wait): files left unflushed fail the exit status. */
+static void stop_ns(struct daemon *d)
+{
+	if (vp_ns_free(d->ns))
+		d->rc = 1;
+	else if (d->served)
+		vp_log(LOG_NOTICE, "flush", "everything is on the PFS '%s'", d->pfs_dir);
+	d->ns = NULL;
+}
+
+/* The GPU tier: without a usable device the mount works from RAM, and says why. */
+static int start_gpu(struct daemon *d)
+{
+	const char *no_ops = NULL;
+	const struct vp_tier_ops *ops;
+	char why[512] = "";
+
+	if (!d->cfg.gpu_cache)
+		return 0;
+	ops = !strcmp(d->cfg.gpu_tier, "ram") ? &vp_tier_ram : vp_tier_gpu_ops(&no_ops);
+	if (ops)
+		d->gpu = vp_gpu_new(ops, (int)d->cfg.gpu_device, d->cfg.gpu_cache, why, sizeof(why));
+	else
+		snprintf(why, sizeof(why), "%s", no_ops);
+	if (!d->gpu)
+		vp_log(LOG_NOTICE, "gpu", "GPU tier off: %s; the mount works from RAM", why);
+	vp_ns_set_gpu(d->ns, d->gpu, d->gpu ? NULL : why);
+	return 0;
+}
+
+static void stop_gpu(struct daemon *d)
+{
+	vp_ns_set_gpu(d->ns, NULL, NULL);
+	vp_gpu_free(d->gpu);
+	d->gpu = NULL;
+}
+
+/* Binds the metrics address before the mount, so a taken port fails the start. */
+static int start_metrics(struct daemon *d)
+{
+	if (!d->cfg.metrics[0])
+		return 0;
+	d->metrics = vp_metrics_serve(d->cfg.metrics, collect_metrics, d->ns,
+				      d->err, sizeof(d->err));
+	return d->metrics ? 0 : -1;
+}
+
+static void stop_metrics(struct daemon *d)
+{
+	vp_metrics_server_free(d->metrics);
+	d->metrics = NULL;
+}
+
+static int start_session(struct daemon *d)
+{
+	char fuse_opts[PATH_MAX + 2200];
 
 	snprintf(fuse_opts, sizeof(fuse_opts),
 		 "default_permissions,max_read=1048576,fsname=viperfs:%s,subtype=viperfs%s%s",
-		 pfs_dir, *passthru ? "," : "", passthru);
-	if (fuse_opt_add_arg(&args, argv[0]) || fuse_opt_add_arg(&args, "-o") ||
-	    fuse_opt_add_arg(&args, fuse_opts)) {
-		snprintf(err, sizeof(err), "out of memory");
-		goto err_ns;
+		 d->pfs_dir, *d->passthru ? "," : "", d->passthru);
+	if (fuse_opt_add_arg(&d->args, d->prog) || fuse_opt_add_arg(&d->args, "-o") ||
+	    fuse_opt_add_arg(&d->args, fuse_opts)) {
+		snprintf(d->err, sizeof(d->err), "out of memory");
+		fuse_opt_free_args(&d->args);
+		return -1;
 	}
-	se = fuse_session_new(&args, &vpfs_ops, sizeof(vpfs_ops), ns);
-	if (!se) {
-		snprintf(err, sizeof(err), "bad FUSE options '%s'", passthru);
-		goto err_ns;
+	d->se = fuse_session_new(&d->args, &vpfs_ops, sizeof(vpfs_ops), d->ns);
+	if (!d->se) {
+		snprintf(d->err, sizeof(d->err), "bad FUSE options '%s'", d->passthru);
+		fuse_opt_free_args(&d->args);
+		return -1;
 	}
+	return 0;
+}
+
+static void stop_session(struct daemon *d)
+{
+	fuse_session_destroy(d->se);
+	d->se = NULL;
+	fuse_opt_free_args(&d->args);
+}
+
+static int start_signals(struct daemon *d)
+{
 	/*
 	 * A library loaded with libfabric (libinfinipath, PSM) installs its own
 	 * SIGTERM/SIGINT/SIGHUP handler at load time that calls exit(1), and
@@ -359,60 +476,124 @@ int main(int argc, char **argv)
 	signal(SIGTERM, SIG_DFL);
 	signal(SIGINT, SIG_DFL);
 	signal(SIGHUP, SIG_DFL);
-	if (fuse_set_signal_handlers(se)) {
-		snprintf(err, sizeof(err), "cannot set signal handlers");
-		goto err_session;
+	if (fuse_set_signal_handlers(d->se)) {
+		snprintf(d->err, sizeof(d->err), "cannot set signal handlers");
+		return -1;
 	}
-	if (fuse_session_mount(se, mountpoint)) {
-		snprintf(err, sizeof(err), "cannot mount on '%s' (is /dev/fuse there, and fuse3 installed?)",
-			 mountpoint);
-		goto err_signals;
-	}
-	raise_read_ahead(mountpoint);
-	{
-		char source[PATH_MAX + 16];
+	return 0;
+}
 
-		snprintf(source, sizeof(source), "viperfs:%s", pfs_dir);
-		vpfs_utab_add(source, mountpoint);
-	}
+static void stop_signals(struct daemon *d)
+{
+	fuse_remove_signal_handlers(d->se);
+}
 
-	if (!cfg.control[0] && default_control_path(cfg.control, sizeof(cfg.control)))
+static int start_mount(struct daemon *d)
+{
+	char source[PATH_MAX + 16];
+
+	if (fuse_session_mount(d->se, d->mountpoint)) {
+		snprintf(d->err, sizeof(d->err),
+			 "cannot mount on '%s' (is /dev/fuse there, and fuse3 installed?)",
+			 d->mountpoint);
+		return -1;
+	}
+	raise_read_ahead(d->mountpoint);
+	snprintf(source, sizeof(source), "viperfs:%s", d->pfs_dir);
+	vpfs_utab_add(source, d->mountpoint);
+	return 0;
+}
+
+static void stop_mount(struct daemon *d)
+{
+	vpfs_utab_remove(d->mountpoint);
+	fuse_session_unmount(d->se);
+}
+
+/* Replication, after the mount: a consumer installs versions through it. */
+static int start_repl(struct daemon *d)
+{
+	if (!d->cfg.listen[0] && !d->cfg.subscribe[0])
+		return 0;
+	d->repl = vp_repl_new(d->ns, &d->cfg, d->mountpoint, d->err, sizeof(d->err));
+	if (!d->repl)
+		return -1;
+	vp_ns_set_repl(d->ns, d->repl);
+	return 0;
+}
+
+static void stop_repl(struct daemon *d)
+{
+	if (!d->repl)
+		return;
+	vp_ns_set_repl(d->ns, NULL);
+	vp_repl_free(d->repl);
+	d->repl = NULL;
+}
+
+static int start_hook(struct daemon *d)
+{
+	if (d->cfg.on_update[0])
+		d->hook = vp_hook_start(d->ns, d->cfg.on_update, d->mountpoint);
+	return 0;
+}
+
+static void stop_hook(struct daemon *d)
+{
+	vp_hook_stop(d->hook);
+	d->hook = NULL;
+}
+
+/* The control socket for viperctl: without one the mount works, and says so. */
+static int start_ctl(struct daemon *d)
+{
+	char err[PATH_MAX + 512];
+
+	if (!d->cfg.control[0] && default_control_path(d->cfg.control, sizeof(d->cfg.control)))
 		vp_log(LOG_WARNING, "ctl", "no place for a control socket; viperctl will not reach this mount");
-	if (cfg.control[0]) {
-		ctl = vp_ctl_start(ns, cfg.control, err, sizeof(err));
-		if (ctl)
-			vp_ns_set_control_path(ns, cfg.control);
-		else
-			vp_log(LOG_WARNING, "ctl", "%s; viperctl will not reach this mount", err);
-	}
+	if (!d->cfg.control[0])
+		return 0;
+	d->ctl = vp_ctl_start(d->ns, d->cfg.control, err, sizeof(err));
+	if (d->ctl)
+		vp_ns_set_control_path(d->ns, d->cfg.control);
+	else
+		vp_log(LOG_WARNING, "ctl", "%s; viperctl will not reach this mount", err);
+	return 0;
+}
 
-	if (cfg.listen[0] && cfg.subscribe[0]) {
-		snprintf(err, sizeof(err), "a mount is a producer (listen=) or a consumer (subscribe=), not both");
-		goto err_unmount;
-	}
-	if (cfg.listen[0] || cfg.subscribe[0]) {
-		repl = vp_repl_new(ns, &cfg, mountpoint, err, sizeof(err));
-		if (!repl)
-			goto err_unmount;
-		vp_ns_set_repl(ns, repl);
-	}
+static void stop_ctl(struct daemon *d)
+{
+	vp_ctl_stop(d->ctl);
+	d->ctl = NULL;
+}
 
-	if (cfg.on_update[0])
-		hook = vp_hook_start(ns, cfg.on_update, mountpoint);
-	if (cfg.metrics[0]) {
-		metrics = vp_metrics_serve(cfg.metrics, collect_metrics, ns, err, sizeof(err));
-		if (!metrics) {
-			vp_hook_stop(hook);
-			vp_ns_set_repl(ns, NULL);
-			vp_repl_free(repl);
-			goto err_unmount;
-		}
-	}
+/* The start steps in order; they stop in reverse order. */
+static const struct step {
+	const char *name;
+	int (*start)(struct daemon *d);
+	void (*stop)(struct daemon *d);
+} steps[] = {
+	{ "log", start_log, stop_log },
+	{ "namespace", start_ns, stop_ns },
+	{ "gpu tier", start_gpu, stop_gpu },
+	{ "metrics", start_metrics, stop_metrics },
+	{ "fuse session", start_session, stop_session },
+	{ "signals", start_signals, stop_signals },
+	{ "mount", start_mount, stop_mount },
+	{ "replication", start_repl, stop_repl },
+	{ "on_update hook", start_hook, stop_hook },
+	{ "control socket", start_ctl, stop_ctl },
+};
 
-	vp_log(LOG_NOTICE, "fs", "mounted '%s' on '%s'%s", pfs_dir, mountpoint,
-	       cfg.subscribe[0] ? " (read-only replica)" : "");
+#define N_STEPS (sizeof(steps) / sizeof(steps[0]))
+
+/* Tells the supervisor and the waiting parent that the mount is ready. */
+static void report_ready(struct daemon *d)
+{
+	vp_log(LOG_NOTICE, "fs", "mounted '%s' on '%s'%s", d->pfs_dir, d->mountpoint,
+	       d->cfg.subscribe[0] ? " (read-only replica)" : "");
 	notify_ready();
-	if (report_fd >= 0) {
+	if (d->report_fd >= 0) {
 		int devnull = open("/dev/null", O_RDWR);
 
 		if (devnull >= 0) {
@@ -425,57 +606,70 @@ int main(int argc, char **argv)
 		if (chdir("/")) {
 			/* stays where it was: harmless */
 		}
-		report_start(report_fd, "");
-		report_fd = -1;
+		report_start(d->report_fd, "");
+		d->report_fd = -1;
 	}
+}
 
-	loop_cfg = fuse_loop_cfg_create();
+/* Serves FUSE requests until the unmount; returns the exit status. */
+static int serve(struct daemon *d)
+{
+	struct fuse_loop_config *loop_cfg = fuse_loop_cfg_create();
+	int rc;
+
 	fuse_loop_cfg_set_clone_fd(loop_cfg, 0);
 	fuse_loop_cfg_set_idle_threads(loop_cfg, 8);
-	rc = fuse_session_loop_mt(se, loop_cfg);
+	d->served = 1;
+	rc = fuse_session_loop_mt(d->se, loop_cfg);
+	fuse_loop_cfg_destroy(loop_cfg);
+	vp_log(LOG_NOTICE, "fs", "unmounting '%s'", d->mountpoint);
 	/* a stop by signal (libfuse reports its number) is a clean stop */
 	if (rc < 0)
 		rc = -rc;
-	rc = rc == 0 || rc == SIGTERM || rc == SIGINT || rc == SIGHUP ? 0 : 1;
-	fuse_loop_cfg_destroy(loop_cfg);
+	return rc == 0 || rc == SIGTERM || rc == SIGINT || rc == SIGHUP ? 0 : 1;
+}
 
-	vp_log(LOG_NOTICE, "fs", "unmounting '%s'", mountpoint);
-	vpfs_utab_remove(mountpoint);
-	vp_ctl_stop(ctl);
-	vp_metrics_server_free(metrics);
-	vp_hook_stop(hook);
-	vp_ns_set_repl(ns, NULL);
-	vp_repl_free(repl);
-	fuse_session_unmount(se);
-	fuse_remove_signal_handlers(se);
-	fuse_session_destroy(se);
-	fuse_opt_free_args(&args);
-	vp_ns_set_gpu(ns, NULL, NULL);
-	vp_gpu_free(gpu);
-	if (vp_ns_free(ns))
-		rc = 1;
-	else
-		vp_log(LOG_NOTICE, "flush", "everything is on the PFS '%s'", pfs_dir);
-	vp_log_close();
+/*
+ * Runs the start steps, serves once all have started, and stops the
+ * started ones in reverse order.  Returns the exit status.
+ */
+static int daemon_run(struct daemon *d)
+{
+	size_t started = 0;
+
+	while (started < N_STEPS && !steps[started].start(d))
+		started++;
+	if (started == N_STEPS) {
+		report_ready(d);
+		d->rc = serve(d);
+	} else {
+		d->rc = 1;
+	}
+	while (started > 0)
+		steps[--started].stop(d);
+	if (!d->served) {
+		if (d->report_fd >= 0)
+			report_start(d->report_fd, d->err);
+		else
+			fprintf(stderr, "viperfs: %s\n", d->err);
+	}
+	return d->rc;
+}
+
+int main(int argc, char **argv)
+{
+	static struct daemon d = { .report_fd = -1, .args = FUSE_ARGS_INIT(0, NULL) };
+	const char *pos[2];
+	int rc;
+
+	d.prog = argv[0];
+	vp_config_defaults(&d.cfg);
+	rc = parse_args(&d, argc, argv, pos);
+	if (rc < 0)
+		rc = check_args(&d, pos);
+	if (rc < 0)
+		rc = daemonize(&d);
+	if (rc < 0)
+		rc = daemon_run(&d);
 	return rc;
-
-err_unmount:
-	vp_ctl_stop(ctl);
-	vpfs_utab_remove(mountpoint);
-	fuse_session_unmount(se);
-err_signals:
-	fuse_remove_signal_handlers(se);
-err_session:
-	fuse_session_destroy(se);
-err_ns:
-	fuse_opt_free_args(&args);
-	vp_ns_set_gpu(ns, NULL, NULL);
-	vp_gpu_free(gpu);
-	vp_ns_free(ns);
-err_report:
-	if (report_fd >= 0)
-		report_start(report_fd, err);
-	else
-		fprintf(stderr, "viperfs: %s\n", err);
-	return 1;
 }
