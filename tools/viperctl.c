@@ -33,7 +33,6 @@
 
 #include "../engine/clock.h"
 #include "../engine/config.h"
-#include "../engine/json.h"
 
 #include "viperfs_client.h"
 #include "vpctl.h"
@@ -53,96 +52,14 @@ static void usage(FILE *out)
 	      "                     (viperctl plan --help for all options)\n", out);
 }
 
-/*
- * Text from the daemon (file names, reasons, errors), made safe to print
- * on a terminal: control bytes (below 0x20, and 0x7f), C1 controls
- * (U+0080 to U+009F, which some terminals obey as escape sequences) and
- * bytes that are not valid UTF-8 become \xNN; everything else, valid
- * UTF-8 included, passes.  Writes what fits of the result, NUL included,
- * into buf of len bytes (buf may be NULL with len 0), never cutting an
- * escape or a character in two.  Returns the length of the whole result,
- * as snprintf does.  Everything viperctl prints for people that came from
- * the daemon goes through here.
- */
-static size_t vpctl_escape(const char *text, char *buf, size_t len)
-{
-	const unsigned char *s = (const unsigned char *)text;
-	size_t need = 0, used = 0;
-
-	while (*s) {
-		size_t seq = vp_utf8_len(s), add;
-		char piece[4 * 4 + 1];	/* up to 4 bytes as \xNN */
-
-		if (seq == 1 && *s >= 0x20 && *s != 0x7f) {
-			piece[0] = (char)*s;
-			add = 1;
-		} else if (seq > 1 && !(s[0] == 0xc2 && s[1] <= 0x9f)) {
-			memcpy(piece, s, seq);
-			add = seq;
-		} else {
-			/* a control, or a byte of broken UTF-8: each byte on its own */
-			seq = seq ? seq : 1;
-			add = 0;
-			for (size_t i = 0; i < seq; i++)
-				add += (size_t)snprintf(piece + add, sizeof(piece) - add,
-							"\\x%02x", s[i]);
-		}
-		if (used == need && used + add < len) {
-			memcpy(buf + used, piece, add);
-			used += add;
-		}
-		need += add;
-		s += seq;
-	}
-	if (len)
-		buf[used] = '\0';
-	return need;
-}
-
-/* Escapes every string in j and below it (vpctl_escape); returns 0 or -1 (no memory). */
-static int escape_strings(struct vpctl_json *j)
-{
-	for (; j; j = j->next) {
-		if (j->str) {
-			size_t len = vpctl_escape(j->str, NULL, 0) + 1;
-			char *safe = malloc(len);
-
-			if (!safe)
-				return -1;
-			vpctl_escape(j->str, safe, len);
-			free(j->str);
-			j->str = safe;
-		}
-		if (escape_strings(j->child))
-			return -1;
-	}
-	return 0;
-}
-
-/*
- * Parses an answer of the daemon for printing: a new tree (free with
- * vpctl_json_free) whose strings are escaped for a terminal, or NULL if
- * text is not JSON (or memory ran out).
- */
-static struct vpctl_json *parse_answer(const char *text)
-{
-	struct vpctl_json *j = vpctl_json_parse(text);
-
-	if (j && escape_strings(j)) {
-		vpctl_json_free(j);
-		j = NULL;
-	}
-	return j;
-}
-
 /* Prints "viperctl: " and text (a line from the daemon), escaped, to stderr. */
 static void print_daemon_error(const char *text)
 {
-	struct vpctl_json *j = parse_answer(text);
+	json_t *j = vpctl_answer_parse(text);
 	size_t len = strcspn(text, "\n");
 
-	if (j && *vpctl_json_str(j, "error")) {
-		fprintf(stderr, "viperctl: %s\n", vpctl_json_str(j, "error"));
+	if (j && *vpctl_str(j, "error")) {
+		fprintf(stderr, "viperctl: %s\n", vpctl_str(j, "error"));
 	} else {
 		char *raw = strndup(text, len), safe[1024];
 
@@ -150,7 +67,7 @@ static void print_daemon_error(const char *text)
 		fprintf(stderr, "viperctl: the daemon answered: %s\n", safe);
 		free(raw);
 	}
-	vpctl_json_free(j);
+	json_decref(j);
 }
 
 /* Sends one request; returns a stream of the answer, or NULL. */
@@ -194,36 +111,57 @@ static int vpctl_copy(FILE *in)
 	return rc;
 }
 
-static double json_double(const char *text, const char *key, int *found)
+static char *read_all(FILE *in)
 {
-	char pat[64];
-	const char *p;
+	char *text = NULL;
+	size_t len = 0, n;
+	char buf[65536];
+	FILE *mem = open_memstream(&text, &len);
 
-	snprintf(pat, sizeof(pat), "\"%s\":", key);
-	p = strstr(text, pat);
-	*found = p != NULL;
-	return p ? strtod(p + strlen(pat), NULL) : 0;
+	if (!mem)
+		return NULL;
+	while ((n = fread(buf, 1, sizeof(buf), in)) > 0)
+		fwrite(buf, 1, n, mem);
+	fclose(mem);
+	return text;
+}
+
+/* Reads the answer in (and closes it); returns it parsed (vpctl_answer_parse), or NULL. */
+static json_t *read_answer(FILE *in)
+{
+	char *text = read_all(in);
+	json_t *j = text ? vpctl_answer_parse(text) : NULL;
+
+	fclose(in);
+	free(text);
+	return j;
+}
+
+/* Sends one request for path's mount; returns the answer (read_answer), or NULL. */
+static json_t *request_json(const char *path, const char *verb)
+{
+	FILE *in = vpctl_request(path, verb, 0);
+
+	return in ? read_answer(in) : NULL;
 }
 
 int vpctl_measured_times(const char *mnt, double *t_ckpt, double *t_load)
 {
 	FILE *in = vpctl_request(mnt, "status", 0);
-	char text[8192];
-	size_t n;
-	int f1, f2;
+	json_t *st = in ? read_answer(in) : NULL;
+	const json_t *stall = vpctl_get(st, "checkpoint_stall_s");
+	const json_t *lag = vpctl_get(st, "flush.mean_lag_s");
+	int rc = -1;
 
-	if (!in)
-		return -1;
-	n = fread(text, 1, sizeof(text) - 1, in);
-	fclose(in);
-	text[n] = '\0';
-	*t_ckpt = json_double(text, "checkpoint_stall_s", &f1);
-	*t_load = json_double(text, "mean_lag_s", &f2);
-	if (!f1 || !f2) {
+	if (json_is_number(stall) && json_is_number(lag)) {
+		*t_ckpt = json_number_value(stall);
+		*t_load = json_number_value(lag);
+		rc = 0;
+	} else if (in) {
 		fprintf(stderr, "viperctl: the daemon of '%s' did not report its timings\n", mnt);
-		return -1;
 	}
-	return 0;
+	json_decref(st);
+	return rc;
 }
 
 static void bar(unsigned long long done, unsigned long long total,
@@ -259,25 +197,25 @@ static int flush_progress(const char *path, double timeout, char *last_error, si
 	/* the daemon reports every 200 ms: a silence of 5 s means it is stuck */
 	setsockopt(fileno(in), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
 	while (fgets(line, sizeof(line), in)) {
-		struct vpctl_json *j = parse_answer(line);
+		json_t *j = vpctl_answer_parse(line);
 		int finished;
 
 		if (!j || !strncmp(line, "{\"error\"", 8)) {
 			print_daemon_error(line);	/* refused */
-			vpctl_json_free(j);
+			json_decref(j);
 			break;
 		}
-		if (*vpctl_json_str(j, "error"))
-			snprintf(last_error, len, "%s", vpctl_json_str(j, "error"));
-		finished = vpctl_json_num(j, "finished") != 0;
+		if (*vpctl_str(j, "error"))
+			snprintf(last_error, len, "%s", vpctl_str(j, "error"));
+		finished = vpctl_num(j, "finished") != 0;
 		if (!finished && tty) {
 			char what[64];
 
-			snprintf(what, sizeof(what), "%.0f left", vpctl_json_num(j, "ops_left"));
-			bar((unsigned long long)vpctl_json_num(j, "done"),
-			    (unsigned long long)vpctl_json_num(j, "total"), what);
+			snprintf(what, sizeof(what), "%.0f left", vpctl_num(j, "ops_left"));
+			bar((unsigned long long)vpctl_num(j, "done"),
+			    (unsigned long long)vpctl_num(j, "total"), what);
 		}
-		vpctl_json_free(j);
+		json_decref(j);
 		if (finished) {
 			rc = 1;
 			break;
@@ -308,124 +246,154 @@ static int vpctl_flush(const char *path)
 }
 
 
-static char *read_all(FILE *in)
-{
-	char *text = NULL;
-	size_t len = 0, n;
-	char buf[65536];
-	FILE *mem = open_memstream(&text, &len);
-
-	if (!mem)
-		return NULL;
-	while ((n = fread(buf, 1, sizeof(buf), in)) > 0)
-		fwrite(buf, 1, n, mem);
-	fclose(mem);
-	return text;
-}
-
 static const char *sz(double bytes, char *buf, size_t len)
 {
 	return vp_format_size(bytes > 0 ? (uint64_t)bytes : 0, buf, len);
 }
 
-/* st: the daemon's status, from parse_answer (its strings are escaped). */
-static void print_status(const char *mnt, const struct vpctl_json *st)
+/* The cache and GPU tier lines of the status. */
+static void print_tiers(const json_t *st)
 {
-	const struct vpctl_json *repl = vpctl_json_get(st, "repl");
-	const struct vpctl_json *paths = vpctl_json_get(st, "paths");
-	const char *err = vpctl_json_str(st, "flush.last_error");
-	const char *gpu_path = vpctl_json_str(repl, "gpu_path");	/* "" from an older daemon */
-	int show_gpu = *gpu_path && strcmp(gpu_path, "none");
-	char a[32], b[32], c[32];
+	char a[32], b[32];
 
-	printf("viperfs mount %s (daemon pid %.0f)\n", mnt, vpctl_json_num(st, "pid"));
-	printf("  %-14s %s\n", "PFS directory", vpctl_json_str(st, "pfs_dir"));
 	printf("  %-14s ram %s used of %s\n", "cache",
-	       sz(vpctl_json_num(st, "tiers.ram.used"), a, sizeof(a)),
-	       sz(vpctl_json_num(st, "tiers.ram.budget"), b, sizeof(b)));
-	if (!vpctl_json_get(st, "tiers.gpu") || vpctl_json_get(st, "tiers.gpu")->type != VPCTL_JSON_OBJECT)
+	       sz(vpctl_num(st, "tiers.ram.used"), a, sizeof(a)),
+	       sz(vpctl_num(st, "tiers.ram.budget"), b, sizeof(b)));
+	if (!json_is_object(vpctl_get(st, "tiers.gpu")))
 		printf("  %-14s off (gpu_cache=0)\n", "gpu tier");
-	else if (strcmp(vpctl_json_str(st, "tiers.gpu.state"), "on"))
-		printf("  %-14s off: %s\n", "gpu tier", *vpctl_json_str(st, "tiers.gpu.reason") ?
-		       vpctl_json_str(st, "tiers.gpu.reason") : "a device error (see the log)");
+	else if (strcmp(vpctl_str(st, "tiers.gpu.state"), "on"))
+		printf("  %-14s off: %s\n", "gpu tier", *vpctl_str(st, "tiers.gpu.reason") ?
+		       vpctl_str(st, "tiers.gpu.reason") : "a device error (see the log)");
 	else
 		printf("  %-14s %s used of %s on %s device %.0f (%s): %.0f files mirrored, %.0f leased\n",
-		       "gpu tier", sz(vpctl_json_num(st, "tiers.gpu.used"), a, sizeof(a)),
-		       sz(vpctl_json_num(st, "tiers.gpu.budget"), b, sizeof(b)),
-		       vpctl_json_str(st, "tiers.gpu.tier"), vpctl_json_num(st, "tiers.gpu.device"),
-		       vpctl_json_str(st, "tiers.gpu.name"), vpctl_json_num(st, "tiers.gpu.files"),
-		       vpctl_json_num(st, "tiers.gpu.leased"));
+		       "gpu tier", sz(vpctl_num(st, "tiers.gpu.used"), a, sizeof(a)),
+		       sz(vpctl_num(st, "tiers.gpu.budget"), b, sizeof(b)),
+		       vpctl_str(st, "tiers.gpu.tier"), vpctl_num(st, "tiers.gpu.device"),
+		       vpctl_str(st, "tiers.gpu.name"), vpctl_num(st, "tiers.gpu.files"),
+		       vpctl_num(st, "tiers.gpu.leased"));
+}
+
+/* The files, flush and I/O lines of the status. */
+static void print_flush(const json_t *st)
+{
+	const char *err = vpctl_str(st, "flush.last_error");
+	char a[32], b[32];
+
 	printf("  %-14s %.0f (%.0f not on the PFS yet), %.0f open\n", "files",
-	       vpctl_json_num(st, "files"), vpctl_json_num(st, "unflushed_files"),
-	       vpctl_json_num(st, "open_files"));
+	       vpctl_num(st, "files"), vpctl_num(st, "unflushed_files"),
+	       vpctl_num(st, "open_files"));
 	printf("  %-14s %.0f operations, %s; lag last %.3f s, mean %.3f s\n", "flush queue",
-	       vpctl_json_num(st, "flush.queued_ops"),
-	       sz(vpctl_json_num(st, "flush.queued_bytes"), a, sizeof(a)),
-	       vpctl_json_num(st, "flush.last_lag_s"), vpctl_json_num(st, "flush.mean_lag_s"));
+	       vpctl_num(st, "flush.queued_ops"),
+	       sz(vpctl_num(st, "flush.queued_bytes"), a, sizeof(a)),
+	       vpctl_num(st, "flush.last_lag_s"), vpctl_num(st, "flush.mean_lag_s"));
 	printf("  %-14s %.0f versions, %s; %.0f skipped; %.0f retries; last error: %s%s%s\n",
-	       "flushed", vpctl_json_num(st, "flush.flushed_versions"),
-	       sz(vpctl_json_num(st, "flush.flushed_bytes"), a, sizeof(a)),
-	       vpctl_json_num(st, "flush.skipped_versions"), vpctl_json_num(st, "flush.retries"),
+	       "flushed", vpctl_num(st, "flush.flushed_versions"),
+	       sz(vpctl_num(st, "flush.flushed_bytes"), a, sizeof(a)),
+	       vpctl_num(st, "flush.skipped_versions"), vpctl_num(st, "flush.retries"),
 	       *err ? err : "none", *err ? " at " : "",
-	       *err ? vpctl_json_str(st, "flush.last_error_path") : "");
+	       *err ? vpctl_str(st, "flush.last_error_path") : "");
 	printf("  %-14s written %s, read %s; %.0f commits, median stall %.3f s\n", "I/O",
-	       sz(vpctl_json_num(st, "bytes_written"), a, sizeof(a)),
-	       sz(vpctl_json_num(st, "bytes_read"), b, sizeof(b)),
-	       vpctl_json_num(st, "commits"), vpctl_json_num(st, "checkpoint_stall_s"));
-	if (!repl || repl->type != VPCTL_JSON_OBJECT) {
+	       sz(vpctl_num(st, "bytes_written"), a, sizeof(a)),
+	       sz(vpctl_num(st, "bytes_read"), b, sizeof(b)),
+	       vpctl_num(st, "commits"), vpctl_num(st, "checkpoint_stall_s"));
+}
+
+/* The GPU path, when the daemon reports one ("" from an older daemon). */
+static const char *gpu_path(const json_t *repl)
+{
+	const char *path = vpctl_str(repl, "gpu_path");
+
+	return *path && strcmp(path, "none") ? path : NULL;
+}
+
+/* The replication lines of a consumer's status. */
+static void print_consumer(const json_t *repl)
+{
+	char a[32], b[32], c[32];
+
+	printf("  %-14s consumer of %s over %s: %s; %.0f installed, %.0f skipped, %s in; last transfer %.3f s\n",
+	       "replication", vpctl_str(repl, "producer"), vpctl_str(repl, "provider"),
+	       vpctl_str(repl, "state"), vpctl_num(repl, "installed"),
+	       vpctl_num(repl, "skipped"),
+	       sz(vpctl_num(repl, "bytes_in"), a, sizeof(a)),
+	       vpctl_num(repl, "last_transfer_s"));
+	if (vpctl_num(repl, "relay.parent") > 0)
+		printf("  %-14s reads from consumer %.0f: %s from it, %s from the producer when it lagged\n",
+		       "relay", vpctl_num(repl, "relay.parent"),
+		       sz(vpctl_num(repl, "relay.bytes_from_relay"), b, sizeof(b)),
+		       sz(vpctl_num(repl, "relay.bytes_relay_fallback"), c, sizeof(c)));
+	if (gpu_path(repl))
+		printf("  %-14s %s; %s landed in the GPU tier straight from the network\n",
+		       "gpu path", gpu_path(repl),
+		       sz(vpctl_num(repl, "bytes_gpu_direct"), b, sizeof(b)));
+}
+
+/* The replication lines of a producer's status: one per peer. */
+static void print_producer(const json_t *repl)
+{
+	const json_t *peers = vpctl_get(repl, "peers"), *p;
+	char a[32], b[32];
+	size_t i;
+
+	printf("  %-14s producer on %s over %s; %.0f changes announced; %u peers\n",
+	       "replication", vpctl_str(repl, "listen"), vpctl_str(repl, "provider"),
+	       vpctl_num(repl, "seq"), (unsigned int)json_array_size(peers));
+	json_array_foreach(peers, i, p)
+		printf("    peer %-8.0f %s, lag %.0f (%.3f s), %.0f versions, %s sent, %s relayed%s, heard %.1f s ago\n",
+		       vpctl_num(p, "id"), vpctl_str(p, "state"),
+		       vpctl_num(p, "lag"), vpctl_num(p, "lag_s"),
+		       vpctl_num(p, "versions_done"),
+		       sz(vpctl_num(p, "bytes_out"), a, sizeof(a)),
+		       sz(vpctl_num(p, "bytes_relayed"), b, sizeof(b)),
+		       vpctl_num(p, "relay_parent") > 0 ? " by its relay" : "",
+		       vpctl_num(p, "last_heard_s"));
+	if (gpu_path(repl))
+		printf("  %-14s %s; %.0f versions (%s) served from GPU mirrors\n",
+		       "gpu path", gpu_path(repl),
+		       vpctl_num(repl, "gpu_versions_out"),
+		       sz(vpctl_num(repl, "gpu_bytes_out"), a, sizeof(a)));
+}
+
+/* The paths of the status, with the tiers that hold each. */
+static void print_paths(const json_t *paths)
+{
+	const json_t *p, *tier;
+	size_t i, k;
+	char c[32];
+
+	if (!json_array_size(paths))
+		return;
+	printf("  paths\n");
+	json_array_foreach(paths, i, p) {
+		char where[32] = "";
+
+		json_array_foreach(vpctl_get(p, "tiers"), k, tier)
+			snprintf(where + strlen(where), sizeof(where) - strlen(where), "%s%s",
+				 *where ? "+" : "",
+				 json_is_string(tier) ? json_string_value(tier) : "?");
+		printf("    %-40s version %-5.0f %10s  %-8s %s\n", vpctl_str(p, "path"),
+		       vpctl_num(p, "version"),
+		       sz(vpctl_num(p, "size"), c, sizeof(c)),
+		       vpctl_str(p, "state"), where);
+	}
+}
+
+/* st: the daemon's status, from vpctl_answer_parse (its strings are escaped). */
+static void print_status(const char *mnt, const json_t *st)
+{
+	const json_t *repl = vpctl_get(st, "repl");
+
+	printf("viperfs mount %s (daemon pid %.0f)\n", mnt, vpctl_num(st, "pid"));
+	printf("  %-14s %s\n", "PFS directory", vpctl_str(st, "pfs_dir"));
+	print_tiers(st);
+	print_flush(st);
+	if (!json_is_object(repl))
 		printf("  %-14s off\n", "replication");
-	} else if (!strcmp(vpctl_json_str(repl, "role"), "consumer")) {
-		printf("  %-14s consumer of %s over %s: %s; %.0f installed, %.0f skipped, %s in; last transfer %.3f s\n",
-		       "replication", vpctl_json_str(repl, "producer"), vpctl_json_str(repl, "provider"),
-		       vpctl_json_str(repl, "state"), vpctl_json_num(repl, "installed"),
-		       vpctl_json_num(repl, "skipped"),
-		       sz(vpctl_json_num(repl, "bytes_in"), a, sizeof(a)),
-		       vpctl_json_num(repl, "last_transfer_s"));
-		if (vpctl_json_num(repl, "relay.parent") > 0)
-			printf("  %-14s reads from consumer %.0f: %s from it, %s from the producer when it lagged\n",
-			       "relay", vpctl_json_num(repl, "relay.parent"),
-			       sz(vpctl_json_num(repl, "relay.bytes_from_relay"), b, sizeof(b)),
-			       sz(vpctl_json_num(repl, "relay.bytes_relay_fallback"), c, sizeof(c)));
-		if (show_gpu)
-			printf("  %-14s %s; %s landed in the GPU tier straight from the network\n",
-			       "gpu path", gpu_path,
-			       sz(vpctl_json_num(repl, "bytes_gpu_direct"), b, sizeof(b)));
-	} else {
-		const struct vpctl_json *peers = vpctl_json_get(repl, "peers");
-
-		printf("  %-14s producer on %s over %s; %.0f changes announced; %u peers\n",
-		       "replication", vpctl_json_str(repl, "listen"), vpctl_json_str(repl, "provider"),
-		       vpctl_json_num(repl, "seq"), peers ? peers->count : 0);
-		for (const struct vpctl_json *p = peers ? peers->child : NULL; p; p = p->next)
-			printf("    peer %-8.0f %s, lag %.0f (%.3f s), %.0f versions, %s sent, %s relayed%s, heard %.1f s ago\n",
-			       vpctl_json_num(p, "id"), vpctl_json_str(p, "state"),
-			       vpctl_json_num(p, "lag"), vpctl_json_num(p, "lag_s"),
-			       vpctl_json_num(p, "versions_done"),
-			       sz(vpctl_json_num(p, "bytes_out"), a, sizeof(a)),
-			       sz(vpctl_json_num(p, "bytes_relayed"), b, sizeof(b)),
-			       vpctl_json_num(p, "relay_parent") > 0 ? " by its relay" : "",
-			       vpctl_json_num(p, "last_heard_s"));
-		if (show_gpu)
-			printf("  %-14s %s; %.0f versions (%s) served from GPU mirrors\n",
-			       "gpu path", gpu_path,
-			       vpctl_json_num(repl, "gpu_versions_out"),
-			       sz(vpctl_json_num(repl, "gpu_bytes_out"), a, sizeof(a)));
-	}
-	if (paths && paths->count) {
-		printf("  paths\n");
-		for (const struct vpctl_json *p = paths->child; p; p = p->next) {
-			const struct vpctl_json *t = vpctl_json_get(p, "tiers");
-			char where[32] = "";
-
-			for (const struct vpctl_json *e = t ? t->child : NULL; e; e = e->next)
-				snprintf(where + strlen(where), sizeof(where) - strlen(where), "%s%s",
-					 *where ? "+" : "", e->str ? e->str : "?");
-			printf("    %-40s version %-5.0f %10s  %-8s %s\n", vpctl_json_str(p, "path"),
-			       vpctl_json_num(p, "version"),
-			       sz(vpctl_json_num(p, "size"), c, sizeof(c)),
-			       vpctl_json_str(p, "state"), where);
-		}
-	}
+	else if (!strcmp(vpctl_str(repl, "role"), "consumer"))
+		print_consumer(repl);
+	else
+		print_producer(repl);
+	print_paths(vpctl_get(st, "paths"));
 }
 
 /* viperctl status [MNT] [--json] */
@@ -434,7 +402,7 @@ static int vpctl_status(int argc, char **argv)
 	const char *path = ".";
 	int json = 0, rc = 1;
 	char root[PATH_MAX], rel[PATH_MAX], *text;
-	struct vpctl_json *st;
+	json_t *st;
 	FILE *in;
 
 	for (int i = 2; i < argc; i++) {
@@ -450,21 +418,21 @@ static int vpctl_status(int argc, char **argv)
 		return vpctl_copy(in);
 	text = read_all(in);
 	fclose(in);
-	st = text ? parse_answer(text) : NULL;
+	st = text ? vpctl_answer_parse(text) : NULL;
 	if (!st) {
 		char safe[256];
 
 		vpctl_escape(text ? text : "", safe, sizeof(safe));
 		fprintf(stderr, "viperctl: the daemon's answer was not JSON: %s\n", safe);
-	} else if (vpctl_json_get(st, "error")) {
-		fprintf(stderr, "viperctl: %s\n", vpctl_json_str(st, "error"));
+	} else if (vpctl_get(st, "error")) {
+		fprintf(stderr, "viperctl: %s\n", vpctl_str(st, "error"));
 	} else {
 		if (vpc_find_mount(path, root, rel))
 			snprintf(root, sizeof(root), "%s", path);
 		print_status(root, st);
 		rc = 0;
 	}
-	vpctl_json_free(st);
+	json_decref(st);
 	free(text);
 	return rc;
 }
@@ -481,67 +449,54 @@ static int vpctl_warm(int argc, char **argv)
 	for (int i = 2; i < argc; i++) {
 		FILE *in = vpctl_request(argv[i], "warm", 1);
 		char line[1024], a[32], b[32];
-		struct vpctl_json *last = NULL;
+		json_t *last = NULL;
 
 		if (!in) {
 			rc = 1;
 			continue;
 		}
 		while (fgets(line, sizeof(line), in)) {
-			struct vpctl_json *j = parse_answer(line);
+			json_t *j = vpctl_answer_parse(line);
 
 			if (!j)
 				continue;
-			vpctl_json_free(last);
+			json_decref(last);
 			last = j;
-			if (vpctl_json_get(j, "error"))
+			if (vpctl_get(j, "error"))
 				break;
 			if (tty) {
 				char what[64];
 
 				snprintf(what, sizeof(what), "%.0f/%.0f files",
-					 vpctl_json_num(j, "files_done"), vpctl_json_num(j, "files"));
-				bar((unsigned long long)vpctl_json_num(j, "done"),
-				    (unsigned long long)vpctl_json_num(j, "total"), what);
+					 vpctl_num(j, "files_done"), vpctl_num(j, "files"));
+				bar((unsigned long long)vpctl_num(j, "done"),
+				    (unsigned long long)vpctl_num(j, "total"), what);
 			}
 		}
 		fclose(in);
 		if (tty)
 			fputc('\n', stderr);
-		if (!last || vpctl_json_get(last, "error") || !vpctl_json_num(last, "finished")) {
+		if (!last || vpctl_get(last, "error") || !vpctl_num(last, "finished")) {
 			fprintf(stderr, "viperctl: warm '%s': %s\n", argv[i],
-				last && vpctl_json_get(last, "error") ? vpctl_json_str(last, "error") :
+				last && vpctl_get(last, "error") ? vpctl_str(last, "error") :
 				"the daemon went away");
 			rc = 1;
 		} else {
 			printf("warmed '%s': %.0f files, %s read, %s in the cache%s\n", argv[i],
-			       vpctl_json_num(last, "files"),
-			       sz(vpctl_json_num(last, "done"), a, sizeof(a)),
-			       sz(vpctl_json_num(last, "cached"), b, sizeof(b)),
-			       vpctl_json_num(last, "cached") < vpctl_json_num(last, "done") ?
+			       vpctl_num(last, "files"),
+			       sz(vpctl_num(last, "done"), a, sizeof(a)),
+			       sz(vpctl_num(last, "cached"), b, sizeof(b)),
+			       vpctl_num(last, "cached") < vpctl_num(last, "done") ?
 			       " (the cache is full: raise ram_cache to hold it all)" : "");
-			if (vpctl_json_num(last, "errors")) {
+			if (vpctl_num(last, "errors")) {
 				fprintf(stderr, "viperctl: %.0f files could not be read; see the daemon's log\n",
-					vpctl_json_num(last, "errors"));
+					vpctl_num(last, "errors"));
 				rc = 1;
 			}
 		}
-		vpctl_json_free(last);
+		json_decref(last);
 	}
 	return rc;
-}
-
-/* Sends one request for path's mount; returns the answer (parse_answer), or NULL. */
-static struct vpctl_json *request_json(const char *path, const char *verb)
-{
-	FILE *in = vpctl_request(path, verb, 0);
-	char *text = in ? read_all(in) : NULL;
-	struct vpctl_json *j = text ? parse_answer(text) : NULL;
-
-	if (in)
-		fclose(in);
-	free(text);
-	return j;
 }
 
 /* Waits up to timeout seconds for process pid to exit (pidfd: an event, no polling). */
@@ -570,37 +525,131 @@ static int wait_exit(pid_t pid, double timeout)
  * draining in the background (up to unmount_wait), logging what it could
  * not write.  Exit status 32 on failure, like umount(8).
  */
-static int vpctl_umount(int argc, char **argv)
-{
-	const char *mnt = NULL;
-	double timeout = -1, wait_s;
-	int force = 0, lazy = 0, drained, pid;
-	char root[PATH_MAX], rel[PATH_MAX], last_error[256] = "";
-	struct vpctl_json *st, *j;
+/* What viperctl umount is asked to do. */
+struct umount_args {
+	const char *mnt;
+	double timeout;		/* --timeout, -1: the mount's unmount_wait */
+	int force;		/* --force: unmount even with files not on the PFS */
+	int lazy;		/* -l: detach now (and force) */
+};
 
+/* Parses the command line into a; returns -1 to go on, else the exit status. */
+static int parse_umount_args(int argc, char **argv, struct umount_args *a)
+{
 	for (int i = 2; i < argc; i++) {
 		if (!strcmp(argv[i], "--timeout") && i + 1 < argc) {
-			if (vp_parse_seconds(argv[++i], &timeout)) {
+			if (vp_parse_seconds(argv[++i], &a->timeout)) {
 				fprintf(stderr, "viperctl: bad --timeout '%s'\n", argv[i]);
 				return 2;
 			}
 		} else if (!strcmp(argv[i], "--force") || !strcmp(argv[i], "-f")) {
-			force = 1;
+			a->force = 1;
 		} else if (!strcmp(argv[i], "-l") || !strcmp(argv[i], "--lazy")) {
-			lazy = force = 1;
+			a->lazy = a->force = 1;
 		} else if (argv[i][0] == '-') {
 			fprintf(stderr, "viperctl: umount: unknown flag '%s'\n", argv[i]);
 			return 2;
 		} else {
-			mnt = argv[i];
+			a->mnt = argv[i];
 		}
 	}
-	if (!mnt) {
+	if (!a->mnt) {
 		fprintf(stderr, "usage: viperctl umount MNT [--timeout S] [--force]\n");
 		return 2;
 	}
-	if (vpc_find_mount(mnt, root, rel) || strcmp(rel, "/")) {
-		fprintf(stderr, "viperctl: umount: '%s' is not the root of a viperfs mount\n", mnt);
+	return -1;
+}
+
+/* Returns 1, with the message umount(8) gives, if files are open under root. */
+static int mount_busy(const char *root)
+{
+	json_t *j = request_json(root, "idle 2");
+	int busy = j && vpctl_get(j, "error");
+
+	if (busy)
+		fprintf(stderr, "umount: %s: target is busy (%.0f open files); close them, or see 'fuser -vm %s'\n",
+			root, vpctl_num(j, "open_files"), root);
+	json_decref(j);
+	return busy;
+}
+
+/* Names (up to 20 of) the files of root not on the PFS after the drain. */
+static void report_unflushed(const char *root, double wait_s, const char *last_error,
+			     int force)
+{
+	json_t *list = request_json(root, "versions");
+	const json_t *p;
+	unsigned int left = 0;
+	size_t i;
+
+	json_array_foreach(list, i, p) {
+		if (!strcmp(vpctl_str(p, "state"), "flushed"))
+			continue;
+		if (left++ < 20)
+			fprintf(stderr, "  not on the PFS yet: %s (version %.0f)\n",
+				vpctl_str(p, "path"), vpctl_num(p, "version"));
+	}
+	json_decref(list);
+	fprintf(stderr, "umount: %s: %u files are not on the PFS after %.0f s%s%s%s; %s\n",
+		root, left, wait_s, *last_error ? " (last PFS error: " : "", last_error,
+		*last_error ? ")" : "",
+		force ? "unmounting anyway: the daemon goes on writing them in the background" :
+		"the mount stays so nothing is lost; fix the PFS and retry, or umount -f");
+}
+
+/* Unmounts root: umount2, or fusermount3 (setuid) for a user's mount.  Returns 0 or 32. */
+static int unmount_root(const char *root, int lazy)
+{
+	pid_t child;
+	int err, status;
+
+	if (!umount2(root, lazy ? MNT_DETACH : 0))
+		return 0;
+	err = errno;
+	if (err != EPERM) {
+		fprintf(stderr, "umount: %s: %s\n", root,
+			err == EBUSY ? "target is busy (a process has its working directory or a map there; see 'fuser -vm')" :
+			strerror(err));
+		return 32;
+	}
+	/* not root: fusermount3 is the setuid path for the mount's owner */
+	child = fork();
+	if (child == 0) {
+		if (lazy)
+			execlp("fusermount3", "fusermount3", "-u", "-z", root, (char *)NULL);
+		else
+			execlp("fusermount3", "fusermount3", "-u", root, (char *)NULL);
+		_exit(127);
+	}
+	if (child < 0 || waitpid(child, &status, 0) < 0 ||
+	    !WIFEXITED(status) || WEXITSTATUS(status))
+		return 32;
+	return 0;
+}
+
+/*
+ * viperctl umount MNT [--timeout S] [--force] [-l]
+ *
+ * What users expect of umount on a write-back file system: EBUSY with
+ * open files; otherwise wait (up to the mount's unmount_wait, or
+ * --timeout) until every version is on the PFS, then unmount.  If the
+ * PFS does not take it in time, the mount stays and the unflushed files
+ * are named, unless --force: then the daemon unmounts and goes on
+ * draining in the background (up to unmount_wait), logging what it could
+ * not write.  Exit status 32 on failure, like umount(8).
+ */
+static int vpctl_umount(int argc, char **argv)
+{
+	struct umount_args a = { .timeout = -1 };
+	char root[PATH_MAX], rel[PATH_MAX], last_error[256] = "";
+	int rc = parse_umount_args(argc, argv, &a), drained, pid;
+	double wait_s;
+	json_t *st;
+
+	if (rc >= 0)
+		return rc;
+	if (vpc_find_mount(a.mnt, root, rel) || strcmp(rel, "/")) {
+		fprintf(stderr, "viperctl: umount: '%s' is not the root of a viperfs mount\n", a.mnt);
 		return 32;
 	}
 	st = request_json(root, "status");
@@ -609,72 +658,25 @@ static int vpctl_umount(int argc, char **argv)
 			root, root);
 		return 32;
 	}
-	pid = (int)vpctl_json_num(st, "pid");
-	wait_s = timeout >= 0 ? timeout : vpctl_json_num(st, "unmount_wait_s");
-	vpctl_json_free(st);
+	pid = (int)vpctl_num(st, "pid");
+	wait_s = a.timeout >= 0 ? a.timeout : vpctl_num(st, "unmount_wait_s");
+	json_decref(st);
 
 	/* open files first: nothing is drained for an unmount that cannot happen */
-	if (!lazy) {
-		j = request_json(root, "idle 2");
-		if (j && vpctl_json_get(j, "error")) {
-			fprintf(stderr, "umount: %s: target is busy (%.0f open files); close them, or see 'fuser -vm %s'\n",
-				root, vpctl_json_num(j, "open_files"), root);
-			vpctl_json_free(j);
-			return 32;
-		}
-		vpctl_json_free(j);
-	}
-
+	if (!a.lazy && mount_busy(root))
+		return 32;
 	drained = flush_progress(root, wait_s, last_error, sizeof(last_error));
 	if (drained < 0) {
 		fprintf(stderr, "viperctl: umount: lost the daemon of '%s' while draining\n", root);
 		return 32;
 	}
 	if (!drained) {
-		struct vpctl_json *list = request_json(root, "versions");
-		unsigned int left = 0;
-
-		for (const struct vpctl_json *p = list ? list->child : NULL; p; p = p->next) {
-			if (!strcmp(vpctl_json_str(p, "state"), "flushed"))
-				continue;
-			if (left++ < 20)
-				fprintf(stderr, "  not on the PFS yet: %s (version %.0f)\n",
-					vpctl_json_str(p, "path"), vpctl_json_num(p, "version"));
-		}
-		vpctl_json_free(list);
-		fprintf(stderr, "umount: %s: %u files are not on the PFS after %.0f s%s%s%s; %s\n",
-			root, left, wait_s, *last_error ? " (last PFS error: " : "", last_error,
-			*last_error ? ")" : "",
-			force ? "unmounting anyway: the daemon goes on writing them in the background" :
-			"the mount stays so nothing is lost; fix the PFS and retry, or umount -f");
-		if (!force)
+		report_unflushed(root, wait_s, last_error, a.force);
+		if (!a.force)
 			return 32;
 	}
-	if (umount2(root, lazy ? MNT_DETACH : 0)) {
-		int err = errno;
-
-		if (err == EPERM) {
-			/* not root: fusermount3 is the setuid path for the mount's owner */
-			pid_t child = fork();
-			int status;
-
-			if (child == 0) {
-				if (lazy)
-					execlp("fusermount3", "fusermount3", "-u", "-z", root, (char *)NULL);
-				else
-					execlp("fusermount3", "fusermount3", "-u", root, (char *)NULL);
-				_exit(127);
-			}
-			if (child < 0 || waitpid(child, &status, 0) < 0 ||
-			    !WIFEXITED(status) || WEXITSTATUS(status))
-				return 32;
-		} else {
-			fprintf(stderr, "umount: %s: %s\n", root,
-				err == EBUSY ? "target is busy (a process has its working directory or a map there; see 'fuser -vm')" :
-				strerror(err));
-			return 32;
-		}
-	}
+	if (unmount_root(root, a.lazy))
+		return 32;
 	/* the daemon exits once its last flushes are done (bounded by unmount_wait) */
 	if (pid > 0 && wait_exit(pid, wait_s > 0 ? wait_s + 10 : 0))
 		fprintf(stderr, "viperctl: umount: %s is unmounted; the daemon (pid %d) is still writing to the PFS\n",

@@ -2,6 +2,10 @@
 #ifndef VPCTL_H
 #define VPCTL_H
 
+#include <stddef.h>
+
+#include <jansson.h>
+
 /* viperctl plan ...; returns the exit status. */
 int vpctl_plan(int argc, char **argv);
 
@@ -12,27 +16,38 @@ int vpctl_plan(int argc, char **argv);
  */
 int vpctl_measured_times(const char *mnt, double *t_ckpt, double *t_load);
 
-/* A parsed JSON value (vpctl_json.c). */
-enum vpctl_json_type { VPCTL_JSON_NULL, VPCTL_JSON_BOOL, VPCTL_JSON_NUMBER,
-		       VPCTL_JSON_STRING, VPCTL_JSON_ARRAY, VPCTL_JSON_OBJECT };
-struct vpctl_json {
-	enum vpctl_json_type type;
-	char *key;			/* in an object */
-	char *str;
-	double num;
-	struct vpctl_json *child;	/* arrays, objects */
-	struct vpctl_json *next;
-	unsigned int count;
-};
+/* ---- the daemon's answers (vpctl_answer.c) ---- */
 
-/* Parses text; returns a new tree (free with vpctl_json_free) or NULL. */
-struct vpctl_json *vpctl_json_parse(const char *text);
-void vpctl_json_free(struct vpctl_json *j);
-/* Looks up "a.b.c" in nested objects; NULL if missing. */
-const struct vpctl_json *vpctl_json_get(const struct vpctl_json *j, const char *path);
-/* The number (or bool) at path, 0 if missing. */
-double vpctl_json_num(const struct vpctl_json *j, const char *path);
-/* The string at path, "" if missing. */
-const char *vpctl_json_str(const struct vpctl_json *j, const char *path);
+/*
+ * Text from the daemon (file names, reasons, errors), made safe to print
+ * on a terminal: control bytes (below 0x20, and 0x7f), C1 controls
+ * (U+0080 to U+009F, which some terminals obey as escape sequences) and
+ * bytes that are not valid UTF-8 become \xNN; everything else, valid
+ * UTF-8 included, passes.  Writes what fits of the result, NUL included,
+ * into buf of len bytes (buf may be NULL with len 0), never cutting an
+ * escape or a character in two.  Returns the length of the whole result,
+ * as snprintf does.  Everything viperctl prints for people that came from
+ * the daemon goes through here.
+ */
+size_t vpctl_escape(const char *text, char *buf, size_t len);
+
+/*
+ * Parses an answer of the daemon (text is borrowed) for printing: a new
+ * reference (json_decref it) whose strings hold the daemon's bytes,
+ * escaped with vpctl_escape, or NULL if text is not JSON (or memory ran
+ * out).  A byte the daemon sent as \u0080 to \u00ff is that byte, not
+ * U+0080 to U+00FF (engine/json.h); \u0000 and lone surrogates become
+ * U+FFFD.
+ */
+json_t *vpctl_answer_parse(const char *text);
+
+/* The value at "a.b.c" in nested objects (borrowed from j), or NULL. */
+json_t *vpctl_get(const json_t *j, const char *path);
+
+/* The number (or true: 1) at path, 0 if missing. */
+double vpctl_num(const json_t *j, const char *path);
+
+/* The string at path (borrowed from j), "" if missing. */
+const char *vpctl_str(const json_t *j, const char *path);
 
 #endif

@@ -87,61 +87,84 @@ static void json_schedule(FILE *out, const char *name, const struct vp_schedule 
 	fprintf(out, "}%s", last ? "" : ",");
 }
 
-int vpctl_plan(int argc, char **argv)
-{
-	static const struct option longopts[] = {
-		{ "t-iter", required_argument, NULL, 'i' },
-		{ "t-infer", required_argument, NULL, 'n' },
-		{ "t-ckpt", required_argument, NULL, 'c' },
-		{ "t-load", required_argument, NULL, 'l' },
-		{ "inferences", required_argument, NULL, 'm' },
-		{ "warmup", required_argument, NULL, 'w' },
-		{ "horizon", required_argument, NULL, 'h' },
-		{ "epoch-iters", required_argument, NULL, 'e' },
-		{ "lambda", required_argument, NULL, 'L' },
-		{ "max-ckpts", required_argument, NULL, 'k' },
-		{ "from", required_argument, NULL, 'f' },
-		{ "json", no_argument, NULL, 'j' },
-		{ "help", no_argument, NULL, 'H' },
-		{ NULL, 0, NULL, 0 },
-	};
-	struct vp_plan_input in = { .t_iter = -1, .t_infer = -1, .t_ckpt = -1 };
-	double warmup = -1, horizon = -1, epoch = 0, inferences = -1, maxk = 0;
-	const char *from = NULL;
-	int json = 0, opt, rc = 1;
+/* What the command line asks for. */
+struct plan_args {
+	struct vp_plan_input in;
+	double warmup, horizon, epoch, inferences, max_ckpts;
+	const char *from;	/* --from MNT, or NULL */
+	const char *loss_log;
+	int json;
+};
+
+/* The fit and the four schedules. */
+struct plan {
 	struct vp_losslog log;
 	struct vp_fit best, all[VP_FIT_NFAMILIES];
-	struct vp_schedule fixed = { 0 }, greedy = { 0 }, ep = { 0 }, opt_s = { 0 };
-	double *pl = NULL, threshold;
-	size_t nw;
-	uint64_t base;
-	char err[512], formula[256];
+	struct vp_schedule fixed, greedy, epoch, optimal;
+	double *predicted;	/* loss predicted for each iteration of the horizon */
+	double threshold;	/* the greedy algorithm's */
+	size_t warmup_points;
+	uint64_t base;		/* the last warm-up iteration */
+	char formula[256];
+};
+
+static const struct option plan_options[] = {
+	{ "t-iter", required_argument, NULL, 'i' },
+	{ "t-infer", required_argument, NULL, 'n' },
+	{ "t-ckpt", required_argument, NULL, 'c' },
+	{ "t-load", required_argument, NULL, 'l' },
+	{ "inferences", required_argument, NULL, 'm' },
+	{ "warmup", required_argument, NULL, 'w' },
+	{ "horizon", required_argument, NULL, 'h' },
+	{ "epoch-iters", required_argument, NULL, 'e' },
+	{ "lambda", required_argument, NULL, 'L' },
+	{ "max-ckpts", required_argument, NULL, 'k' },
+	{ "from", required_argument, NULL, 'f' },
+	{ "json", no_argument, NULL, 'j' },
+	{ "help", no_argument, NULL, 'H' },
+	{ NULL, 0, NULL, 0 },
+};
+
+/* The number an option fills, or NULL for an option without one. */
+static double *plan_target(struct plan_args *a, int opt)
+{
+	switch (opt) {
+	case 'i': return &a->in.t_iter;
+	case 'n': return &a->in.t_infer;
+	case 'c': return &a->in.t_ckpt;
+	case 'l': return &a->in.t_load;
+	case 'm': return &a->inferences;
+	case 'w': return &a->warmup;
+	case 'h': return &a->horizon;
+	case 'e': return &a->epoch;
+	case 'L': return &a->in.lambda;
+	case 'k': return &a->max_ckpts;
+	default: return NULL;
+	}
+}
+
+/* Parses the command line into a; returns -1 to go on, else the exit status. */
+static int parse_plan_args(int argc, char **argv, struct plan_args *a)
+{
+	int opt, idx = 0;
 
 	optind = 1;
-	int idx = 0;
+	while ((opt = getopt_long(argc, argv, "", plan_options, &idx)) != -1) {
+		double *target = plan_target(a, opt);
 
-	while ((opt = getopt_long(argc, argv, "", longopts, &idx)) != -1) {
-		double *target = NULL;
-
-		switch (opt) {
-		case 'i': target = &in.t_iter; break;
-		case 'n': target = &in.t_infer; break;
-		case 'c': target = &in.t_ckpt; break;
-		case 'l': target = &in.t_load; break;
-		case 'm': target = &inferences; break;
-		case 'w': target = &warmup; break;
-		case 'h': target = &horizon; break;
-		case 'e': target = &epoch; break;
-		case 'L': target = &in.lambda; break;
-		case 'k': target = &maxk; break;
-		case 'f': from = optarg; break;
-		case 'j': json = 1; break;
-		case 'H': plan_usage(stdout); return 0;
-		default: plan_usage(stderr); return 2;
-		}
-		if (target && parse_double(optarg, target)) {
+		if (opt == 'f') {
+			a->from = optarg;
+		} else if (opt == 'j') {
+			a->json = 1;
+		} else if (opt == 'H') {
+			plan_usage(stdout);
+			return 0;
+		} else if (!target) {
+			plan_usage(stderr);
+			return 2;
+		} else if (parse_double(optarg, target)) {
 			fprintf(stderr, "viperctl plan: bad number '%s' for --%s\n", optarg,
-				longopts[idx].name);
+				plan_options[idx].name);
 			return 2;
 		}
 	}
@@ -149,96 +172,137 @@ int vpctl_plan(int argc, char **argv)
 		plan_usage(stderr);
 		return 2;
 	}
-	if (from && vpctl_measured_times(from, &in.t_ckpt, &in.t_load))
+	a->loss_log = argv[optind];
+	if (a->from && vpctl_measured_times(a->from, &a->in.t_ckpt, &a->in.t_load))
 		return 1;
-	if (in.t_iter <= 0 || in.t_infer <= 0 || in.t_ckpt < 0 || inferences < 1) {
+	if (a->in.t_iter <= 0 || a->in.t_infer <= 0 || a->in.t_ckpt < 0 || a->inferences < 1) {
 		fprintf(stderr, "viperctl plan: --t-iter, --t-infer, --t-ckpt (or --from) and --inferences are needed, and positive\n");
 		return 2;
 	}
-	in.inferences = (uint64_t)inferences;
-	in.max_ckpts = (uint64_t)maxk;
-	if (vp_losslog_read(argv[optind], &log, err, sizeof(err))) {
+	a->in.inferences = (uint64_t)a->inferences;
+	a->in.max_ckpts = (uint64_t)a->max_ckpts;
+	return -1;
+}
+
+/* Fits the warm-up of p->log and plans; returns 0 or -1 with the reason printed. */
+static int plan_compute(struct plan_args *a, struct plan *p)
+{
+	struct vp_plan_input *in = &a->in;
+	size_t nw;
+
+	for (nw = 0; nw < p->log.n && (a->warmup < 0 || p->log.iter[nw] <= a->warmup); nw++)
+		;
+	p->warmup_points = nw;
+	if (vp_fit_best(p->log.iter, p->log.loss, nw, &p->best, p->all)) {
+		fprintf(stderr, "viperctl plan: no curve fits the %zu warm-up points of '%s'\n",
+			nw, a->loss_log);
+		return -1;
+	}
+	p->base = (uint64_t)p->log.iter[nw - 1];
+	in->horizon = a->horizon >= 0 ? (uint64_t)a->horizon :
+		(uint64_t)((double)in->inferences * in->t_infer / in->t_iter);
+	if (in->horizon < 1)
+		in->horizon = 1;
+	p->predicted = malloc((in->horizon + 1) * sizeof(*p->predicted));
+	if (!p->predicted)
+		return -1;
+	/* losses are not negative: a falling line is cut at zero */
+	for (uint64_t c = 0; c <= in->horizon; c++)
+		p->predicted[c] = fmax(0.0, vp_fit_eval(&p->best, (double)(p->base + c)));
+	p->threshold = vp_plan_greedy_threshold(p->log.loss, nw);
+	if (vp_plan_fixed(in, p->predicted, &p->fixed) ||
+	    vp_plan_greedy(in, p->predicted, p->threshold, &p->greedy) ||
+	    vp_plan_optimal(in, p->predicted, &p->optimal) ||
+	    (a->epoch > 0 && vp_plan_epoch(in, p->predicted, p->base, (uint64_t)a->epoch,
+					   &p->epoch))) {
+		fprintf(stderr, "viperctl plan: planning failed (bad timing inputs?)\n");
+		return -1;
+	}
+	vp_fit_format(&p->best, p->formula, sizeof(p->formula));
+	return 0;
+}
+
+static void print_plan_json(const struct plan_args *a, const struct plan *p)
+{
+	const struct vp_plan_input *in = &a->in;
+
+	printf("{\"fit\":{\"family\":\"%s\",\"formula\":\"%s\",\"params\":[%.10g,%.10g,%.10g],\"mse\":%.6g},\"fits\":[",
+	       vp_fit_name(p->best.family), p->formula, p->best.p[0], p->best.p[1],
+	       p->best.p[2], p->best.mse);
+	for (int f = 0; f < VP_FIT_NFAMILIES; f++)
+		printf("%s{\"family\":\"%s\",\"ok\":%s,\"mse\":%.6g}", f ? "," : "",
+		       vp_fit_name((enum vp_fit_family)f), p->all[f].ok ? "true" : "false",
+		       p->all[f].ok ? p->all[f].mse : -1.0);
+	printf("],\"input\":{\"warmup_points\":%zu,\"warmup_end\":%llu,\"horizon\":%llu,"
+	       "\"inferences\":%llu,\"t_iter\":%g,\"t_infer\":%g,\"t_ckpt\":%g,\"t_load\":%g,"
+	       "\"lambda\":%g,\"greedy_threshold\":%.6g},\"schedules\":{",
+	       p->warmup_points, (unsigned long long)p->base, (unsigned long long)in->horizon,
+	       (unsigned long long)in->inferences, in->t_iter, in->t_infer, in->t_ckpt,
+	       in->t_load, in->lambda, p->threshold);
+	if (a->epoch > 0)
+		json_schedule(stdout, "epoch", &p->epoch, in, p->base, 0);
+	json_schedule(stdout, "fixed", &p->fixed, in, p->base, 0);
+	json_schedule(stdout, "greedy", &p->greedy, in, p->base, 0);
+	json_schedule(stdout, "optimal", &p->optimal, in, p->base, 1);
+	printf("}}\n");
+}
+
+static void print_plan_text(const struct plan_args *a, const struct plan *p)
+{
+	const struct { const char *name; const struct vp_schedule *s; } rows[] = {
+		{ "epoch", &p->epoch }, { "fixed", &p->fixed }, { "greedy", &p->greedy },
+		{ "optimal", &p->optimal },
+	};
+
+	printf("loss log: %s (iteration: %s, loss: %s), %zu warm-up points up to iteration %llu\n",
+	       a->loss_log, p->log.iter_column, p->log.loss_column, p->warmup_points,
+	       (unsigned long long)p->base);
+	printf("fit: %s  %s  (mse %.4g)\n", vp_fit_name(p->best.family), p->formula, p->best.mse);
+	for (int f = 0; f < VP_FIT_NFAMILIES; f++)
+		printf("     %-10s mse %s%.4g\n", vp_fit_name((enum vp_fit_family)f),
+		       p->all[f].ok ? "" : "(failed) ", p->all[f].ok ? p->all[f].mse : NAN);
+	printf("horizon %llu iterations, %llu inferences, greedy threshold %.4g\n\n",
+	       (unsigned long long)a->in.horizon, (unsigned long long)a->in.inferences,
+	       p->threshold);
+	printf("%-9s %11s %15s %14s  %s\n", "algorithm", "checkpoints", "predicted CIL",
+	       "overhead (s)", "iterations");
+	for (size_t r = 0; r < 4; r++) {
+		if (rows[r].s == &p->epoch && a->epoch <= 0)
+			continue;
+		printf("%-9s %11zu %15.2f %14.3f  ", rows[r].name, rows[r].s->n,
+		       rows[r].s->cil, rows[r].s->overhead);
+		print_iters(stdout, rows[r].s, p->base, 8);
+		putchar('\n');
+	}
+	if (p->optimal.bound_hit)
+		printf("note: the optimum used all %llu checkpoints it may; raise --max-ckpts\n",
+		       (unsigned long long)p->optimal.max_ckpts);
+}
+
+int vpctl_plan(int argc, char **argv)
+{
+	struct plan_args a = { .in = { .t_iter = -1, .t_infer = -1, .t_ckpt = -1 },
+			       .warmup = -1, .horizon = -1, .inferences = -1 };
+	struct plan p = { .predicted = NULL };
+	char err[512];
+	int rc = parse_plan_args(argc, argv, &a);
+
+	if (rc >= 0)
+		return rc;
+	if (vp_losslog_read(a.loss_log, &p.log, err, sizeof(err))) {
 		fprintf(stderr, "viperctl plan: %s\n", err);
 		return 1;
 	}
-	for (nw = 0; nw < log.n && (warmup < 0 || log.iter[nw] <= warmup); nw++)
-		;
-	if (vp_fit_best(log.iter, log.loss, nw, &best, all)) {
-		fprintf(stderr, "viperctl plan: no curve fits the %zu warm-up points of '%s'\n",
-			nw, argv[optind]);
-		goto out;
-	}
-	base = (uint64_t)log.iter[nw - 1];
-	in.horizon = horizon >= 0 ? (uint64_t)horizon :
-		(uint64_t)((double)in.inferences * in.t_infer / in.t_iter);
-	if (in.horizon < 1)
-		in.horizon = 1;
-	pl = malloc((in.horizon + 1) * sizeof(*pl));
-	if (!pl)
-		goto out;
-	/* losses are not negative: a falling line is cut at zero */
-	for (uint64_t c = 0; c <= in.horizon; c++)
-		pl[c] = fmax(0.0, vp_fit_eval(&best, (double)(base + c)));
-	threshold = vp_plan_greedy_threshold(log.loss, nw);
-	if (vp_plan_fixed(&in, pl, &fixed) || vp_plan_greedy(&in, pl, threshold, &greedy) ||
-	    vp_plan_optimal(&in, pl, &opt_s) ||
-	    (epoch > 0 && vp_plan_epoch(&in, pl, base, (uint64_t)epoch, &ep))) {
-		fprintf(stderr, "viperctl plan: planning failed (bad timing inputs?)\n");
-		goto out;
-	}
-	vp_fit_format(&best, formula, sizeof(formula));
-	if (json) {
-		printf("{\"fit\":{\"family\":\"%s\",\"formula\":\"%s\",\"params\":[%.10g,%.10g,%.10g],\"mse\":%.6g},\"fits\":[",
-		       vp_fit_name(best.family), formula, best.p[0], best.p[1], best.p[2], best.mse);
-		for (int f = 0; f < VP_FIT_NFAMILIES; f++)
-			printf("%s{\"family\":\"%s\",\"ok\":%s,\"mse\":%.6g}", f ? "," : "",
-			       vp_fit_name((enum vp_fit_family)f), all[f].ok ? "true" : "false",
-			       all[f].ok ? all[f].mse : -1.0);
-		printf("],\"input\":{\"warmup_points\":%zu,\"warmup_end\":%llu,\"horizon\":%llu,"
-		       "\"inferences\":%llu,\"t_iter\":%g,\"t_infer\":%g,\"t_ckpt\":%g,\"t_load\":%g,"
-		       "\"lambda\":%g,\"greedy_threshold\":%.6g},\"schedules\":{",
-		       nw, (unsigned long long)base, (unsigned long long)in.horizon,
-		       (unsigned long long)in.inferences, in.t_iter, in.t_infer, in.t_ckpt,
-		       in.t_load, in.lambda, threshold);
-		if (epoch > 0)
-			json_schedule(stdout, "epoch", &ep, &in, base, 0);
-		json_schedule(stdout, "fixed", &fixed, &in, base, 0);
-		json_schedule(stdout, "greedy", &greedy, &in, base, 0);
-		json_schedule(stdout, "optimal", &opt_s, &in, base, 1);
-		printf("}}\n");
-	} else {
-		printf("loss log: %s (iteration: %s, loss: %s), %zu warm-up points up to iteration %llu\n",
-		       argv[optind], log.iter_column, log.loss_column, nw, (unsigned long long)base);
-		printf("fit: %s  %s  (mse %.4g)\n", vp_fit_name(best.family), formula, best.mse);
-		for (int f = 0; f < VP_FIT_NFAMILIES; f++)
-			printf("     %-10s mse %s%.4g\n", vp_fit_name((enum vp_fit_family)f),
-			       all[f].ok ? "" : "(failed) ", all[f].ok ? all[f].mse : NAN);
-		printf("horizon %llu iterations, %llu inferences, greedy threshold %.4g\n\n",
-		       (unsigned long long)in.horizon, (unsigned long long)in.inferences, threshold);
-		printf("%-9s %11s %15s %14s  %s\n", "algorithm", "checkpoints", "predicted CIL",
-		       "overhead (s)", "iterations");
-		const struct { const char *name; struct vp_schedule *s; } rows[] = {
-			{ "epoch", &ep }, { "fixed", &fixed }, { "greedy", &greedy }, { "optimal", &opt_s },
-		};
-		for (size_t r = 0; r < 4; r++) {
-			if (rows[r].s == &ep && epoch <= 0)
-				continue;
-			printf("%-9s %11zu %15.2f %14.3f  ", rows[r].name, rows[r].s->n,
-			       rows[r].s->cil, rows[r].s->overhead);
-			print_iters(stdout, rows[r].s, base, 8);
-			putchar('\n');
-		}
-		if (opt_s.bound_hit)
-			printf("note: the optimum used all %llu checkpoints it may; raise --max-ckpts\n",
-			       (unsigned long long)opt_s.max_ckpts);
-	}
-	rc = 0;
-out:
-	free(pl);
-	vp_schedule_release(&fixed);
-	vp_schedule_release(&greedy);
-	vp_schedule_release(&ep);
-	vp_schedule_release(&opt_s);
-	vp_losslog_release(&log);
+	rc = plan_compute(&a, &p) ? 1 : 0;
+	if (!rc && a.json)
+		print_plan_json(&a, &p);
+	else if (!rc)
+		print_plan_text(&a, &p);
+	free(p.predicted);
+	vp_schedule_release(&p.fixed);
+	vp_schedule_release(&p.greedy);
+	vp_schedule_release(&p.epoch);
+	vp_schedule_release(&p.optimal);
+	vp_losslog_release(&p.log);
 	return rc;
 }
