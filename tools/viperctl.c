@@ -164,6 +164,22 @@ int vpctl_measured_times(const char *mnt, double *t_ckpt, double *t_load)
 	return rc;
 }
 
+int vpctl_print_json(json_t *j, const char *who)
+{
+	int rc = json_dumpf(j, stdout, JSON_COMPACT | JSON_REAL_PRECISION(15));
+
+	json_decref(j);
+	if (rc || putchar('\n') == EOF || fflush(stdout)) {
+		int saved = errno;
+
+		/* without a stream error, jansson ran out of memory */
+		fprintf(stderr, "%s: cannot write the JSON output: %s\n", who,
+			ferror(stdout) ? strerror(saved) : "out of memory");
+		return -1;
+	}
+	return 0;
+}
+
 static void bar(unsigned long long done, unsigned long long total,
 		const char *what)
 {
@@ -694,7 +710,7 @@ static int vpctl_gpu_export(int argc, char **argv)
 {
 	const char *path = NULL;
 	struct vpc_gpu_export e;
-	char err[512];
+	char err[512], handle[2 * 64 + 1];
 	int hold = 0;
 
 	for (int i = 2; i < argc; i++) {
@@ -714,12 +730,15 @@ static int vpctl_gpu_export(int argc, char **argv)
 		fprintf(stderr, "viperctl: gpu-export: %s\n", safe);
 		return 1;
 	}
-	printf("{\"handle\":\"");
 	for (int i = 0; i < 64; i++)
-		printf("%02x", e.handle[i]);
-	printf("\",\"version\":%llu,\"size\":%llu,\"device\":%d}\n",
-	       (unsigned long long)e.version, (unsigned long long)e.size, e.device);
-	fflush(stdout);
+		snprintf(handle + 2 * i, 3, "%02x", e.handle[i]);
+	if (vpctl_print_json(json_pack("{s:s,s:I,s:I,s:i}", "handle", handle,
+				       "version", (json_int_t)e.version,
+				       "size", (json_int_t)e.size, "device", e.device),
+			     "viperctl gpu-export")) {
+		vpc_gpu_release(&e);
+		return 1;
+	}
 	if (hold) {
 		char buf[256];
 

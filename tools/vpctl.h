@@ -16,6 +16,14 @@ int vpctl_plan(int argc, char **argv);
  */
 int vpctl_measured_times(const char *mnt, double *t_ckpt, double *t_load);
 
+/*
+ * Prints j on one line of stdout (compact, reals with 15 significant
+ * digits) and flushes it.  Takes the reference j, which may be NULL (a
+ * json_pack that failed: out of memory).  Returns 0, or -1 with a message
+ * that starts with who printed to stderr.
+ */
+int vpctl_print_json(json_t *j, const char *who);
+
 /* ---- the daemon's answers (vpctl_answer.c) ---- */
 
 /*

@@ -56,35 +56,61 @@ static void print_iters(FILE *out, const struct vp_schedule *s, uint64_t base,
 		fprintf(out, " ... (%zu more)", s->n - limit);
 }
 
-static void json_schedule(FILE *out, const char *name, const struct vp_schedule *s,
-			  const struct vp_plan_input *in, uint64_t base, int last)
+/*
+ * Which version serves which inferences: [iteration, first, count] for
+ * each version that serves any.  Returns a new reference, or NULL.
+ */
+static json_t *json_service(const struct vp_schedule *s, const struct vp_plan_input *in,
+			    uint64_t base)
 {
+	json_t *service = json_array();
 	uint64_t served = 0, from = base;
+	int bad = !service;
 
-	fprintf(out, "\"%s\":{\"checkpoints\":%zu,\"cil\":%.6f,\"overhead_s\":%.6f,\"iterations\":[",
-		name, s->n, s->cil, s->overhead);
-	for (size_t i = 0; i < s->n; i++)
-		fprintf(out, "%s%llu", i ? "," : "", (unsigned long long)(base + s->iters[i]));
-	/* which version serves which inferences: [iteration, first, count] */
-	fputs("],\"service\":[", out);
-	for (size_t k = 0; k <= s->n; k++) {
+	for (size_t k = 0; k <= s->n && !bad; k++) {
 		uint64_t until = k < s->n ? vp_plan_served_before(in,
 			vp_plan_service_start(in, s->iters[k], k + 1)) : in->inferences;
 
 		if (until > served) {
-			fprintf(out, "%s[%llu,%llu,%llu]", served ? "," : "",
-				(unsigned long long)from, (unsigned long long)served,
-				(unsigned long long)(until - served));
+			bad = json_array_append_new(service, json_pack("[I,I,I]",
+				(json_int_t)from, (json_int_t)served,
+				(json_int_t)(until - served)));
 			served = until;
 		}
 		if (k < s->n)
 			from = base + s->iters[k];
 	}
-	fprintf(out, "]");
-	if (s->max_ckpts)
-		fprintf(out, ",\"max_ckpts\":%llu,\"bound_hit\":%s",
-			(unsigned long long)s->max_ckpts, s->bound_hit ? "true" : "false");
-	fprintf(out, "}%s", last ? "" : ",");
+	if (bad) {
+		json_decref(service);
+		service = NULL;
+	}
+	return service;
+}
+
+/* One schedule as JSON; returns a new reference, or NULL. */
+static json_t *json_schedule(const struct vp_schedule *s, const struct vp_plan_input *in,
+			     uint64_t base)
+{
+	json_t *iters = json_array(), *o;
+	int bad = !iters;
+
+	for (size_t i = 0; i < s->n && !bad; i++)
+		bad = json_array_append_new(iters, json_integer((json_int_t)(base + s->iters[i])));
+	if (bad) {
+		json_decref(iters);
+		return NULL;
+	}
+	/* "o" takes the references, also when the pack fails */
+	o = json_pack("{s:I,s:f,s:f,s:o,s:o}", "checkpoints", (json_int_t)s->n,
+		      "cil", s->cil, "overhead_s", s->overhead, "iterations", iters,
+		      "service", json_service(s, in, base));
+	if (o && s->max_ckpts &&
+	    (json_object_set_new(o, "max_ckpts", json_integer((json_int_t)s->max_ckpts)) ||
+	     json_object_set_new(o, "bound_hit", json_boolean(s->bound_hit)))) {
+		json_decref(o);
+		o = NULL;
+	}
+	return o;
 }
 
 /* What the command line asks for. */
@@ -222,29 +248,63 @@ static int plan_compute(struct plan_args *a, struct plan *p)
 	return 0;
 }
 
-static void print_plan_json(const struct plan_args *a, const struct plan *p)
+/* The fits of every family; returns a new reference, or NULL. */
+static json_t *json_fits(const struct plan *p)
+{
+	json_t *fits = json_array();
+	int bad = !fits;
+
+	for (int f = 0; f < VP_FIT_NFAMILIES && !bad; f++)
+		bad = json_array_append_new(fits, json_pack("{s:s,s:b,s:f}",
+			"family", vp_fit_name((enum vp_fit_family)f), "ok", p->all[f].ok,
+			"mse", p->all[f].ok ? p->all[f].mse : -1.0));
+	if (bad) {
+		json_decref(fits);
+		fits = NULL;
+	}
+	return fits;
+}
+
+/* The four schedules (three without --epoch-iters); returns a new reference, or NULL. */
+static json_t *json_schedules(const struct plan_args *a, const struct plan *p)
+{
+	json_t *o = json_object();
+
+	if (!o ||
+	    (a->epoch > 0 &&
+	     json_object_set_new(o, "epoch", json_schedule(&p->epoch, &a->in, p->base))) ||
+	    json_object_set_new(o, "fixed", json_schedule(&p->fixed, &a->in, p->base)) ||
+	    json_object_set_new(o, "greedy", json_schedule(&p->greedy, &a->in, p->base)) ||
+	    json_object_set_new(o, "optimal", json_schedule(&p->optimal, &a->in, p->base))) {
+		json_decref(o);
+		o = NULL;
+	}
+	return o;
+}
+
+/* Prints the plan as one line of JSON; returns 0 or -1 with the reason printed. */
+static int print_plan_json(const struct plan_args *a, const struct plan *p)
 {
 	const struct vp_plan_input *in = &a->in;
+	json_t *j;
 
-	printf("{\"fit\":{\"family\":\"%s\",\"formula\":\"%s\",\"params\":[%.10g,%.10g,%.10g],\"mse\":%.6g},\"fits\":[",
-	       vp_fit_name(p->best.family), p->formula, p->best.p[0], p->best.p[1],
-	       p->best.p[2], p->best.mse);
-	for (int f = 0; f < VP_FIT_NFAMILIES; f++)
-		printf("%s{\"family\":\"%s\",\"ok\":%s,\"mse\":%.6g}", f ? "," : "",
-		       vp_fit_name((enum vp_fit_family)f), p->all[f].ok ? "true" : "false",
-		       p->all[f].ok ? p->all[f].mse : -1.0);
-	printf("],\"input\":{\"warmup_points\":%zu,\"warmup_end\":%llu,\"horizon\":%llu,"
-	       "\"inferences\":%llu,\"t_iter\":%g,\"t_infer\":%g,\"t_ckpt\":%g,\"t_load\":%g,"
-	       "\"lambda\":%g,\"greedy_threshold\":%.6g},\"schedules\":{",
-	       p->warmup_points, (unsigned long long)p->base, (unsigned long long)in->horizon,
-	       (unsigned long long)in->inferences, in->t_iter, in->t_infer, in->t_ckpt,
-	       in->t_load, in->lambda, p->threshold);
-	if (a->epoch > 0)
-		json_schedule(stdout, "epoch", &p->epoch, in, p->base, 0);
-	json_schedule(stdout, "fixed", &p->fixed, in, p->base, 0);
-	json_schedule(stdout, "greedy", &p->greedy, in, p->base, 0);
-	json_schedule(stdout, "optimal", &p->optimal, in, p->base, 1);
-	printf("}}\n");
+	/* "o" takes the references, also when the pack fails */
+	j = json_pack("{s:{s:s,s:s,s:[f,f,f],s:f},s:o,"
+		      "s:{s:I,s:I,s:I,s:I,s:f,s:f,s:f,s:f,s:f,s:f},s:o}",
+		      "fit", "family", vp_fit_name(p->best.family), "formula", p->formula,
+		      "params", p->best.p[0], p->best.p[1], p->best.p[2], "mse", p->best.mse,
+		      "fits", json_fits(p),
+		      "input", "warmup_points", (json_int_t)p->warmup_points,
+		      "warmup_end", (json_int_t)p->base, "horizon", (json_int_t)in->horizon,
+		      "inferences", (json_int_t)in->inferences, "t_iter", in->t_iter,
+		      "t_infer", in->t_infer, "t_ckpt", in->t_ckpt, "t_load", in->t_load,
+		      "lambda", in->lambda, "greedy_threshold", p->threshold,
+		      "schedules", json_schedules(a, p));
+	if (!j) {
+		fprintf(stderr, "viperctl plan: cannot build the JSON output (out of memory, or a number that is not finite)\n");
+		return -1;
+	}
+	return vpctl_print_json(j, "viperctl plan");
 }
 
 static void print_plan_text(const struct plan_args *a, const struct plan *p)
@@ -295,7 +355,7 @@ int vpctl_plan(int argc, char **argv)
 	}
 	rc = plan_compute(&a, &p) ? 1 : 0;
 	if (!rc && a.json)
-		print_plan_json(&a, &p);
+		rc = print_plan_json(&a, &p) ? 1 : 0;
 	else if (!rc)
 		print_plan_text(&a, &p);
 	free(p.predicted);
