@@ -74,8 +74,9 @@ void vp_pool_put_chunk(struct vp_pool *pool, void *mem);
  * and when this function returns, cb has seen every slab there was, and,
  * after a removal, the removed cb is not running and will not run again.
  * While a callback runs, allocations that need a new slab wait for it,
- * so cb must not call vp_pool_set_slab_cb() or wait for a thread that
- * allocates.  Blocks while another thread runs callbacks.
+ * so cb must not call vp_pool_get_chunk() or vp_pool_set_slab_cb(), nor
+ * wait for a thread that does.  Blocks while another thread runs
+ * callbacks.
  */
 void vp_pool_set_slab_cb(struct vp_pool *pool,
 			 void (*cb)(void *arg, void *base, size_t len), void *arg);
