@@ -21,6 +21,7 @@
 #include "clock.h"
 #include "gpu.h"
 #include "json.h"
+#include "lock.h"
 #include "log.h"
 #include "ns.h"
 
@@ -576,6 +577,7 @@ static void conn_free(struct conn *c)
 /* Counts c in; ctl->lock held. */
 static void serving_add_locked(struct vp_ctl *ctl, struct conn *c)
 {
+	VP_ASSERT_LOCKED(&ctl->lock);
 	c->prev = NULL;
 	c->next = ctl->serving;
 	if (c->next)
@@ -589,6 +591,7 @@ static void serving_add_locked(struct vp_ctl *ctl, struct conn *c)
 /* Counts c out, and wakes vp_ctl_stop() after the last; ctl->lock held. */
 static void serving_remove_locked(struct vp_ctl *ctl, struct conn *c)
 {
+	VP_ASSERT_LOCKED(&ctl->lock);
 	assert(ctl->active > 0);
 	if (c->prev)
 		c->prev->next = c->next;

@@ -16,9 +16,11 @@
 #include <time.h>
 #include <netinet/in.h>
 #include <openssl/rand.h>
+#include <sys/queue.h>
 #include <sys/socket.h>
 
 #include "clock.h"
+#include "lock.h"
 #include "log.h"
 
 #define DEFAULT_PROVIDER "tcp;ofi_rxm"
@@ -49,7 +51,7 @@ struct op {
 struct batch {
 	unsigned int outstanding;	/* protected by fab->lock */
 	int failed;
-	struct batch *next;		/* on fab->orphans */
+	SLIST_ENTRY(batch) next;	/* on fab->orphans */
 	size_t ndone;			/* protected by fab->lock */
 	size_t done[];			/* requests completed, in order */
 };
@@ -85,7 +87,7 @@ struct vp_fab {
 	pthread_cond_t cond;		/* an operation completed */
 	uint64_t send_busy;		/* bitmap of send slots in use, protected by lock */
 	unsigned int nabandoned;	/* of those, sends nobody waits for; protected by lock */
-	struct batch *orphans;		/* timed-out reads still posted; protected by lock */
+	SLIST_HEAD(, batch) orphans;	/* timed-out reads still posted; protected by lock */
 };
 
 int vp_fab_errno(int rc)
@@ -209,32 +211,15 @@ static void *progress_main(void *arg)
 	return NULL;
 }
 
-struct vp_fab *vp_fab_open(const char *provider, const char *node,
-			   const char *service, unsigned int flags, vp_fab_recv_cb cb,
-			   void *cb_arg, char *err, size_t errlen)
+/* ---- opening and closing: start steps, each with its undo ------------ */
+
+/* The hints of an RDM endpoint with what replication needs, or NULL. */
+static struct fi_info *make_hints(const char *provider)
 {
-	int listen = !!(flags & VP_FAB_LISTEN);
 	struct fi_info *hints = fi_allocinfo();
-	struct fi_cq_attr cq_attr = { .format = FI_CQ_FORMAT_DATA,
-				      .wait_obj = FI_WAIT_UNSPEC, .size = 1024 };
-	struct fi_av_attr av_attr = { .type = FI_AV_UNSPEC };
-	struct vp_fab *fab = calloc(1, sizeof(*fab));
-	const char *env = getenv("FI_PROVIDER");
-	size_t buflen = (size_t)(N_RECV + N_SEND) * VP_FAB_MAX_MSG;
-	int rc;
 
-	if (!hints || !fab) {
-		snprintf(err, errlen, "out of memory");
-		goto err_free;
-	}
-	if (!provider || !*provider)
-		provider = env && *env ? env : DEFAULT_PROVIDER;
-	snprintf(fab->provider, sizeof(fab->provider), "%s", provider);
-	fab->cb = cb;
-	fab->cb_arg = cb_arg;
-	pthread_mutex_init(&fab->lock, NULL);
-	vp_cond_init_monotonic(&fab->cond);
-
+	if (!hints)
+		return NULL;
 	hints->ep_attr->type = FI_EP_RDM;
 	/* FI_SOURCE: every message says which peer's connection it came on */
 	hints->caps = FI_MSG | FI_RMA | FI_READ | FI_REMOTE_READ | FI_SOURCE;
@@ -243,55 +228,133 @@ struct vp_fab *vp_fab_open(const char *provider, const char *node,
 		FI_MR_ALLOCATED | FI_MR_PROV_KEY | FI_MR_ENDPOINT;
 	hints->domain_attr->threading = FI_THREAD_SAFE;
 	hints->fabric_attr->prov_name = strdup(provider);
-	{
-		/*
-		 * Would the provider move device memory (GPU-direct)?  With
-		 * VP_FAB_HMEM the endpoint is opened with FI_HMEM when it
-		 * does; otherwise it is only asked, for the log.
-		 */
-		struct fi_info *h = NULL;
-
-		hints->caps |= FI_HMEM;
-		hints->domain_attr->mr_mode |= FI_MR_HMEM;
-		fab->hmem = fi_getinfo(FI_VERSION(1, 17), listen ? node : NULL,
-				       listen ? service : NULL, listen ? FI_SOURCE : 0,
-				       hints, &h) == 0;
-		hints->caps &= ~FI_HMEM;
-		hints->domain_attr->mr_mode &= ~(uint64_t)FI_MR_HMEM;
-		if (fab->hmem && (flags & VP_FAB_HMEM))
-			fab->info = h;
-		else if (h)
-			fi_freeinfo(h);
-		fab->hmem_on = fab->info != NULL;
+	if (!hints->fabric_attr->prov_name) {
+		fi_freeinfo(hints);
+		return NULL;
 	}
-	rc = fab->info ? 0 : fi_getinfo(FI_VERSION(1, 17), listen ? node : NULL,
-					listen ? service : NULL, listen ? FI_SOURCE : 0,
-					hints, &fab->info);
+	return hints;
+}
+
+/*
+ * Finds the provider's fi_info into fab->info.  Would the provider move
+ * device memory (GPU-direct)?  With VP_FAB_HMEM the endpoint is opened
+ * with FI_HMEM when it does; otherwise it is only asked, for the log.
+ * Returns 0 or -1 with a message in err.
+ */
+static int get_info(struct vp_fab *fab, const char *node, const char *service,
+		    unsigned int flags, char *err, size_t errlen)
+{
+	int listen = !!(flags & VP_FAB_LISTEN);
+	const char *bind_node = listen ? node : NULL, *bind_service = listen ? service : NULL;
+	uint64_t gflags = listen ? FI_SOURCE : 0;
+	struct fi_info *hints = make_hints(fab->provider), *h = NULL;
+	int rc;
+
+	if (!hints) {
+		snprintf(err, errlen, "out of memory");
+		return -1;
+	}
+	hints->caps |= FI_HMEM;
+	hints->domain_attr->mr_mode |= FI_MR_HMEM;
+	fab->hmem = fi_getinfo(FI_VERSION(1, 17), bind_node, bind_service, gflags,
+			       hints, &h) == 0;
+	hints->caps &= ~FI_HMEM;
+	hints->domain_attr->mr_mode &= ~(uint64_t)FI_MR_HMEM;
+	if (fab->hmem && (flags & VP_FAB_HMEM))
+		fab->info = h;
+	else if (h)
+		fi_freeinfo(h);
+	fab->hmem_on = fab->info != NULL;
+	rc = fab->info ? 0 : fi_getinfo(FI_VERSION(1, 17), bind_node, bind_service,
+					gflags, hints, &fab->info);
+	fi_freeinfo(hints);
 	if (rc) {
 		snprintf(err, errlen, "no libfabric provider '%s' for an RDM endpoint%s%s%s%s: %s",
-			 provider, listen ? " on " : "", listen && node ? node : "",
-			 listen ? ":" : "", listen && service ? service : "",
+			 fab->provider, listen ? " on " : "", bind_node ? bind_node : "",
+			 listen ? ":" : "", bind_service ? bind_service : "",
 			 fi_strerror(-rc));
-		goto err_free;
+		return -1;
 	}
 	fab->mr_mode = fab->info->domain_attr->mr_mode;
+	return 0;
+}
+
+/* Closes what open_domain() opened; what was not opened is NULL. */
+static void close_domain(struct vp_fab *fab)
+{
+	if (fab->av)
+		fi_close(&fab->av->fid);
+	if (fab->cq)
+		fi_close(&fab->cq->fid);
+	if (fab->domain)
+		fi_close(&fab->domain->fid);
+	if (fab->fabric)
+		fi_close(&fab->fabric->fid);
+}
+
+/* Opens the fabric, domain, CQ and AV.  Returns 0 or -1 with err set. */
+static int open_domain(struct vp_fab *fab, char *err, size_t errlen)
+{
+	struct fi_cq_attr cq_attr = { .format = FI_CQ_FORMAT_DATA,
+				      .wait_obj = FI_WAIT_UNSPEC, .size = 1024 };
+	struct fi_av_attr av_attr = { .type = FI_AV_UNSPEC };
+	int rc;
+
 	if ((rc = fi_fabric(fab->info->fabric_attr, &fab->fabric, NULL)) ||
 	    (rc = fi_domain(fab->fabric, fab->info, &fab->domain, NULL)) ||
 	    (rc = fi_cq_open(fab->domain, &cq_attr, &fab->cq, NULL)) ||
-	    (rc = fi_av_open(fab->domain, &av_attr, &fab->av, NULL)) ||
-	    (rc = fi_endpoint(fab->domain, fab->info, &fab->ep, NULL)) ||
+	    (rc = fi_av_open(fab->domain, &av_attr, &fab->av, NULL))) {
+		snprintf(err, errlen, "libfabric endpoint with '%s': %s", fab->provider,
+			 fi_strerror(-rc));
+		close_domain(fab);
+		return -1;
+	}
+	return 0;
+}
+
+/* The message buffers, touched now rather than on the hot path. */
+static int alloc_buffers(struct vp_fab *fab, char *err, size_t errlen)
+{
+	size_t buflen = (size_t)(N_RECV + N_SEND) * VP_FAB_MAX_MSG;
+
+	if (posix_memalign((void **)&fab->buf, 4096, buflen)) {
+		fab->buf = NULL;
+		snprintf(err, errlen, "out of memory");
+		return -1;
+	}
+	memset(fab->buf, 0, buflen);
+	return 0;
+}
+
+/*
+ * Closes the endpoint, which cancels its posted receives, then the
+ * buffers' registration; what was not opened is NULL.
+ */
+static void close_endpoint(struct vp_fab *fab)
+{
+	if (fab->ep)
+		fi_close(&fab->ep->fid);
+	if (fab->buf_mr)
+		fi_close(&fab->buf_mr->fid);
+}
+
+/*
+ * Opens and enables the endpoint, registers the message buffers with it
+ * and posts the receives.  Returns 0 or -1 with a message in err.
+ */
+static int open_endpoint(struct vp_fab *fab, char *err, size_t errlen)
+{
+	size_t buflen = (size_t)(N_RECV + N_SEND) * VP_FAB_MAX_MSG;
+	int rc;
+
+	if ((rc = fi_endpoint(fab->domain, fab->info, &fab->ep, NULL)) ||
 	    (rc = fi_ep_bind(fab->ep, &fab->cq->fid, FI_TRANSMIT | FI_RECV)) ||
 	    (rc = fi_ep_bind(fab->ep, &fab->av->fid, 0)) ||
 	    (rc = fi_enable(fab->ep))) {
-		snprintf(err, errlen, "libfabric endpoint with '%s': %s", provider,
+		snprintf(err, errlen, "libfabric endpoint with '%s': %s", fab->provider,
 			 fi_strerror(-rc));
 		goto err_close;
 	}
-	if (posix_memalign((void **)&fab->buf, 4096, buflen)) {
-		snprintf(err, errlen, "out of memory");
-		goto err_close;
-	}
-	memset(fab->buf, 0, buflen);	/* first touch now, not on the hot path */
 	rc = vp_fab_mr_reg_dev(fab, fab->buf, buflen, -1, 0, (struct vp_fab_mr **)NULL, NULL, NULL);
 	if (rc) {
 		snprintf(err, errlen, "registering message buffers: %s", strerror(-rc));
@@ -304,11 +367,76 @@ struct vp_fab *vp_fab_open(const char *provider, const char *node,
 			goto err_close;
 		}
 	}
+	return 0;
+
+err_close:
+	close_endpoint(fab);
+	return -1;
+}
+
+/* Stops and joins the progress thread. */
+static void stop_progress(struct vp_fab *fab)
+{
+	__atomic_store_n(&fab->stop, 1, __ATOMIC_RELAXED);
+	/* a provider whose sread ignores its timeout (shm: FI_WAIT_YIELD) returns on a signal */
+	fi_cq_signal(fab->cq);
+	pthread_join(fab->progress, NULL);
+}
+
+static struct vp_fab *fab_new(const char *provider, vp_fab_recv_cb cb, void *cb_arg)
+{
+	struct vp_fab *fab = calloc(1, sizeof(*fab));
+	const char *env = getenv("FI_PROVIDER");
+
+	if (!fab)
+		return NULL;
+	if (!provider || !*provider)
+		provider = env && *env ? env : DEFAULT_PROVIDER;
+	snprintf(fab->provider, sizeof(fab->provider), "%s", provider);
+	fab->cb = cb;
+	fab->cb_arg = cb_arg;
+	pthread_mutex_init(&fab->lock, NULL);
+	vp_cond_init_monotonic(&fab->cond);
+	SLIST_INIT(&fab->orphans);
+	return fab;
+}
+
+static void fab_free(struct vp_fab *fab)
+{
+	struct batch *b;
+
+	while ((b = SLIST_FIRST(&fab->orphans))) {
+		SLIST_REMOVE_HEAD(&fab->orphans, next);
+		free(b);
+	}
+	pthread_cond_destroy(&fab->cond);
+	pthread_mutex_destroy(&fab->lock);
+	free(fab);
+}
+
+struct vp_fab *vp_fab_open(const char *provider, const char *node,
+			   const char *service, unsigned int flags, vp_fab_recv_cb cb,
+			   void *cb_arg, char *err, size_t errlen)
+{
+	int listen = !!(flags & VP_FAB_LISTEN);
+	struct vp_fab *fab = fab_new(provider, cb, cb_arg);
+
+	if (!fab) {
+		snprintf(err, errlen, "out of memory");
+		return NULL;
+	}
+	if (get_info(fab, node, service, flags, err, errlen))
+		goto err_free_fab;
+	if (open_domain(fab, err, errlen))
+		goto err_free_info;
+	if (alloc_buffers(fab, err, errlen))
+		goto err_close_domain;
+	if (open_endpoint(fab, err, errlen))
+		goto err_free_buffers;
 	if (pthread_create(&fab->progress, NULL, progress_main, fab)) {
 		snprintf(err, errlen, "cannot start the progress thread");
-		goto err_close;
+		goto err_close_endpoint;
 	}
-	fi_freeinfo(hints);
 	vp_log(LOG_INFO, "fabric", "endpoint open with provider '%s' (mr_mode 0x%llx%s)%s%s%s%s",
 	       fab->provider, (unsigned long long)fab->mr_mode,
 	       fab->hmem_on ? ", FI_HMEM" : "",
@@ -316,18 +444,16 @@ struct vp_fab *vp_fab_open(const char *provider, const char *node,
 	       listen ? ":" : "", listen && service ? service : "");
 	return fab;
 
-err_close:
-	fab->stop = 1;
-	fab->progress = 0;
-	vp_fab_close(fab);
-	fi_freeinfo(hints);
-	return NULL;
-err_free:
-	if (fab && fab->info)
-		fi_freeinfo(fab->info);
-	free(fab);
-	if (hints)
-		fi_freeinfo(hints);
+err_close_endpoint:
+	close_endpoint(fab);
+err_free_buffers:
+	free(fab->buf);
+err_close_domain:
+	close_domain(fab);
+err_free_info:
+	fi_freeinfo(fab->info);
+err_free_fab:
+	fab_free(fab);
 	return NULL;
 }
 
@@ -335,36 +461,12 @@ void vp_fab_close(struct vp_fab *fab)
 {
 	if (!fab)
 		return;
-	__atomic_store_n(&fab->stop, 1, __ATOMIC_RELAXED);
-	/* a provider whose sread ignores its timeout (shm: FI_WAIT_YIELD) returns on a signal */
-	if (fab->cq)
-		fi_cq_signal(fab->cq);
-	if (fab->progress)
-		pthread_join(fab->progress, NULL);
-	if (fab->ep)
-		fi_close(&fab->ep->fid);
-	if (fab->buf_mr)
-		fi_close(&fab->buf_mr->fid);
-	if (fab->av)
-		fi_close(&fab->av->fid);
-	if (fab->cq)
-		fi_close(&fab->cq->fid);
-	if (fab->domain)
-		fi_close(&fab->domain->fid);
-	if (fab->fabric)
-		fi_close(&fab->fabric->fid);
-	if (fab->info)
-		fi_freeinfo(fab->info);
+	stop_progress(fab);
+	close_endpoint(fab);
 	free(fab->buf);
-	while (fab->orphans) {
-		struct batch *b = fab->orphans;
-
-		fab->orphans = b->next;
-		free(b);
-	}
-	pthread_cond_destroy(&fab->cond);
-	pthread_mutex_destroy(&fab->lock);
-	free(fab);
+	close_domain(fab);
+	fi_freeinfo(fab->info);
+	fab_free(fab);
 }
 
 const char *vp_fab_provider(const struct vp_fab *fab)
@@ -590,6 +692,7 @@ static unsigned int stuck_to_locked(struct vp_fab *fab, const uint8_t *peer, siz
 {
 	unsigned int n = 0;
 
+	VP_ASSERT_LOCKED(&fab->lock);
 	for (unsigned int i = 0; i < N_SEND; i++) {
 		const struct op *op = &fab->send_ops[i];
 
@@ -599,17 +702,70 @@ static unsigned int stuck_to_locked(struct vp_fab *fab, const uint8_t *peer, siz
 	return n;
 }
 
+/*
+ * Takes a send slot from the trusted or the untrusted ones, waiting for
+ * one until ts (the untrusted do not wait).  peer[peer_len] is the
+ * destination's address (peer_len 0: not known).  Returns the slot's op,
+ * or NULL: -EAGAIN, nothing posted.
+ */
+static struct op *take_slot_locked(struct vp_fab *fab, const uint8_t *peer, size_t peer_len,
+				   const struct timespec *ts, int untrusted)
+{
+	uint64_t pool = untrusted ? ~0ULL << (N_SEND - N_SEND_UNTRUSTED) :
+		~(~0ULL << (N_SEND - N_SEND_UNTRUSTED));
+	unsigned int slot;
+	struct op *op;
+
+	VP_ASSERT_LOCKED(&fab->lock);
+	if (peer_len && stuck_to_locked(fab, peer, peer_len) >= (untrusted ? 1 : MAX_STUCK_PER_PEER))
+		return NULL;	/* it takes nothing: no more of our slots for it */
+	while ((fab->send_busy & pool) == pool)
+		if (untrusted || pthread_cond_timedwait(&fab->cond, &fab->lock, ts) == ETIMEDOUT)
+			return NULL;	/* every slot busy */
+	slot = (unsigned int)__builtin_ctzll(~fab->send_busy & pool);
+	fab->send_busy |= 1ULL << slot;
+	op = &fab->send_ops[slot];
+	op->kind = OP_SEND;
+	op->index = slot;
+	op->done = 0;
+	op->abandoned = 0;
+	op->status = 0;
+	op->peer_len = 0;
+	return op;
+}
+
+/*
+ * Gives up waiting for a posted send: the slot stays busy while the
+ * provider may still use the buffer, and its completion (or error
+ * completion) frees it.  Called with fab->lock held; returns without it.
+ */
+static void abandon_send_locked(struct vp_fab *fab, struct op *op, vp_fab_addr dest)
+{
+	uint8_t peer[VP_FAB_NAME_MAX];
+	size_t peer_len = sizeof(peer);
+
+	VP_ASSERT_LOCKED(&fab->lock);
+	op->abandoned = 1;
+	fab->nabandoned++;
+	pthread_mutex_unlock(&fab->lock);
+	if (fi_av_lookup(fab->av, dest, peer, &peer_len) || peer_len > sizeof(peer))
+		peer_len = 0;
+	pthread_mutex_lock(&fab->lock);
+	if (op->abandoned) {	/* still: remember whose it is */
+		memcpy(op->peer, peer, peer_len);
+		op->peer_len = peer_len;
+	}
+	pthread_mutex_unlock(&fab->lock);
+}
+
 static int send_in(struct vp_fab *fab, vp_fab_addr dest, const void *msg, size_t len,
 		   double deadline_s, int untrusted)
 {
 	double deadline = vp_now() + deadline_s;
-	uint64_t pool = untrusted ? ~0ULL << (N_SEND - N_SEND_UNTRUSTED) :
-		~(~0ULL << (N_SEND - N_SEND_UNTRUSTED));
 	uint8_t peer[VP_FAB_NAME_MAX];
 	size_t peer_len = sizeof(peer);	/* 0: its address is not needed (or not known) */
 	struct timespec ts;
 	struct op *op;
-	unsigned int slot;
 	int rc;
 
 	if (len > VP_FAB_MAX_MSG)
@@ -620,31 +776,14 @@ static int send_in(struct vp_fab *fab, vp_fab_addr dest, const void *msg, size_t
 		peer_len = 0;
 	vp_abstime(&ts, deadline);
 	pthread_mutex_lock(&fab->lock);
-	if (peer_len && stuck_to_locked(fab, peer, peer_len) >= (untrusted ? 1 : MAX_STUCK_PER_PEER)) {
-		pthread_mutex_unlock(&fab->lock);
-		return -EAGAIN;		/* it takes nothing: no more of our slots for it */
-	}
-	while ((fab->send_busy & pool) == pool) {
-		if (untrusted ||
-		    pthread_cond_timedwait(&fab->cond, &fab->lock, &ts) == ETIMEDOUT) {
-			pthread_mutex_unlock(&fab->lock);
-			return -EAGAIN;		/* every slot busy: nothing was posted */
-		}
-	}
-	slot = (unsigned int)__builtin_ctzll(~fab->send_busy & pool);
-	fab->send_busy |= 1ULL << slot;
-	op = &fab->send_ops[slot];
-	op->kind = OP_SEND;
-	op->index = slot;
-	op->done = 0;
-	op->abandoned = 0;
-	op->status = 0;
-	op->peer_len = 0;
+	op = take_slot_locked(fab, peer, peer_len, &ts, untrusted);
 	pthread_mutex_unlock(&fab->lock);
+	if (!op)
+		return -EAGAIN;
 
-	memcpy(send_buf(fab, slot), msg, len);
+	memcpy(send_buf(fab, op->index), msg, len);
 	for (;;) {
-		rc = (int)fi_send(fab->ep, send_buf(fab, slot), len, fab->buf_desc,
+		rc = (int)fi_send(fab->ep, send_buf(fab, op->index), len, fab->buf_desc,
 				  dest, &op->fictx);
 		if (rc != -FI_EAGAIN || untrusted || vp_now() > deadline)
 			break;
@@ -652,34 +791,17 @@ static int send_in(struct vp_fab *fab, vp_fab_addr dest, const void *msg, size_t
 	}
 	pthread_mutex_lock(&fab->lock);
 	if (rc == 0) {
-		while (!op->done) {
+		while (!op->done)
 			if (pthread_cond_timedwait(&fab->cond, &fab->lock, &ts) == ETIMEDOUT &&
 			    !op->done) {	/* (a completion may have come as the wait timed out) */
-				/*
-				 * The slot stays busy while the provider may
-				 * still use the buffer; its completion (or error
-				 * completion) frees it.
-				 */
-				op->abandoned = 1;
-				fab->nabandoned++;
-				pthread_mutex_unlock(&fab->lock);
-				peer_len = sizeof(peer);
-				if (fi_av_lookup(fab->av, dest, peer, &peer_len) || peer_len > sizeof(peer))
-					peer_len = 0;
-				pthread_mutex_lock(&fab->lock);
-				if (op->abandoned) {	/* still: remember whose it is */
-					memcpy(op->peer, peer, peer_len);
-					op->peer_len = peer_len;
-				}
-				pthread_mutex_unlock(&fab->lock);
+				abandon_send_locked(fab, op, dest);
 				return -ETIMEDOUT;
 			}
-		}
 		rc = op->status;
 	} else {
 		rc = rc == -FI_EAGAIN ? -EAGAIN : vp_fab_errno(rc);	/* never posted */
 	}
-	fab->send_busy &= ~(1ULL << slot);
+	fab->send_busy &= ~(1ULL << op->index);
 	pthread_cond_broadcast(&fab->cond);
 	pthread_mutex_unlock(&fab->lock);
 	return rc;
@@ -702,6 +824,36 @@ int vp_fab_read(struct vp_fab *fab, vp_fab_addr src,
 		double deadline_s)
 {
 	return vp_fab_read_cb(fab, src, reqs, n, inflight, deadline_s, NULL, NULL);
+}
+
+/*
+ * Posts request i of reqs, a read of the batch b.  Called with fab->lock
+ * held; drops it while posting.  Returns 0, -EAGAIN (the provider is
+ * busy: nothing posted) or -errno.
+ */
+static int post_read_locked(struct vp_fab *fab, struct batch *b, vp_fab_addr src,
+			    const struct vp_fab_read_req *reqs, size_t i)
+{
+	struct op *op = calloc(1, sizeof(*op));
+	int rc;
+
+	VP_ASSERT_LOCKED(&fab->lock);
+	if (!op)
+		return -ENOMEM;
+	op->kind = OP_READ;
+	op->batch = b;
+	op->req = i;
+	b->outstanding++;
+	pthread_mutex_unlock(&fab->lock);
+	rc = (int)fi_read(fab->ep, reqs[i].local, reqs[i].len,
+			  reqs[i].mr->mr ? fi_mr_desc(reqs[i].mr->mr) : NULL,
+			  src, reqs[i].remote_addr, reqs[i].key, &op->fictx);
+	pthread_mutex_lock(&fab->lock);
+	if (rc) {
+		b->outstanding--;
+		free(op);
+	}
+	return rc == -FI_EAGAIN ? -EAGAIN : vp_fab_errno(rc);
 }
 
 int vp_fab_read_cb(struct vp_fab *fab, vp_fab_addr src,
@@ -741,39 +893,16 @@ int vp_fab_read_cb(struct vp_fab *fab, vp_fab_addr src,
 			continue;
 		}
 		if (next < n && b->outstanding < inflight) {
-			struct op *op = calloc(1, sizeof(*op));
-			int prc;
+			int prc = post_read_locked(fab, b, src, reqs, next);
 
-			if (!op) {
-				rc = -ENOMEM;
-				break;
-			}
-			op->kind = OP_READ;
-			op->batch = b;
-			op->req = next;
-			b->outstanding++;
-			pthread_mutex_unlock(&fab->lock);
-			prc = (int)fi_read(fab->ep, reqs[next].local, reqs[next].len,
-					   reqs[next].mr->mr ? fi_mr_desc(reqs[next].mr->mr) : NULL,
-					   src, reqs[next].remote_addr, reqs[next].key,
-					   &op->fictx);
-			pthread_mutex_lock(&fab->lock);
-			if (prc == -FI_EAGAIN) {
-				b->outstanding--;
-				free(op);
-				if (vp_now() > deadline) {
-					rc = -ETIMEDOUT;
-					break;
-				}
+			if (prc == -EAGAIN && vp_now() <= deadline) {
 				pthread_mutex_unlock(&fab->lock);
 				sched_yield();
 				pthread_mutex_lock(&fab->lock);
 				continue;
 			}
 			if (prc) {
-				b->outstanding--;
-				free(op);
-				rc = vp_fab_errno(prc);
+				rc = prc == -EAGAIN ? -ETIMEDOUT : prc;
 				break;
 			}
 			next++;
@@ -788,8 +917,7 @@ int vp_fab_read_cb(struct vp_fab *fab, vp_fab_addr src,
 		rc = -EIO;
 	if (b->outstanding) {
 		/* reads still posted: the batch must outlive them; freed at close */
-		b->next = fab->orphans;
-		fab->orphans = b;
+		SLIST_INSERT_HEAD(&fab->orphans, b, next);
 		pthread_mutex_unlock(&fab->lock);
 		return rc ? rc : -ETIMEDOUT;
 	}

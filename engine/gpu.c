@@ -10,6 +10,7 @@
 
 #include "clock.h"
 #include "data.h"
+#include "lock.h"
 #include "log.h"
 #include "pool.h"
 
@@ -71,15 +72,21 @@ struct vp_gpu {
 
 /* ---- mirrors ----------------------------------------------------------- */
 
-static struct mirror *find_locked(struct mirror *list, uint64_t id)
+/* The current mirror of file id, or NULL. */
+static struct mirror *find_locked(struct vp_gpu *g, uint64_t id)
 {
-	while (list && list->id != id)
-		list = list->next;
-	return list;
+	struct mirror *m = g->mirrors;
+
+	VP_ASSERT_LOCKED(&g->lock);
+	while (m && m->id != id)
+		m = m->next;
+	return m;
 }
 
-static void unlink_locked(struct mirror **list, struct mirror *m)
+/* Takes m off *list, one of g's. */
+static void unlink_locked(struct vp_gpu *g, struct mirror **list, struct mirror *m)
 {
+	VP_ASSERT_LOCKED(&g->lock);
 	while (*list && *list != m)
 		list = &(*list)->next;
 	if (*list)
@@ -93,7 +100,8 @@ static void unlink_locked(struct mirror **list, struct mirror *m)
  */
 static struct mirror *retire_locked(struct vp_gpu *g, struct mirror *m)
 {
-	unlink_locked(&g->mirrors, m);
+	VP_ASSERT_LOCKED(&g->lock);
+	unlink_locked(g, &g->mirrors, m);
 	if (m->holds) {
 		m->next = g->retired;
 		g->retired = m;
@@ -120,9 +128,10 @@ static void free_mirrors(struct vp_gpu *g, struct mirror *list)
 /* Drops a hold; a retired mirror with none left is returned for freeing. */
 static struct mirror *unhold_locked(struct vp_gpu *g, struct mirror *m)
 {
-	if (--m->holds || find_locked(g->mirrors, m->id) == m)
+	VP_ASSERT_LOCKED(&g->lock);
+	if (--m->holds || find_locked(g, m->id) == m)
 		return NULL;
-	unlink_locked(&g->retired, m);
+	unlink_locked(g, &g->retired, m);
 	g->used -= m->size;
 	return m;
 }
@@ -136,6 +145,7 @@ static struct mirror *make_room_locked(struct vp_gpu *g, uint64_t size, uint64_t
 {
 	struct mirror *out = NULL;
 
+	VP_ASSERT_LOCKED(&g->lock);
 	*ok = 1;
 	while (g->used + size > g->budget) {
 		struct mirror *lru = NULL;
@@ -171,6 +181,7 @@ static int device_alloc(struct vp_gpu *g, uint64_t size, void **mem)
 /* A device error (-EIO) turns the tier off for good, once.  g->lock held. */
 static void device_failed_locked(struct vp_gpu *g, int rc)
 {
+	VP_ASSERT_LOCKED(&g->lock);
 	if (rc == -EIO && g->on) {
 		g->on = 0;
 		vp_log(LOG_ERR, "gpu", "device error: the GPU tier is off from now on; reads are served from RAM");
@@ -233,6 +244,7 @@ static struct vp_gpu_stage *take_stage_locked(struct vp_gpu *g, const struct vp_
 	struct vp_gpu_stage **pp = &g->staged, *found = NULL;
 	double now = vp_now();
 
+	VP_ASSERT_LOCKED(&g->lock);
 	while (*pp) {
 		struct vp_gpu_stage *s = *pp;
 
@@ -279,7 +291,7 @@ static void do_mirror(struct vp_gpu *g, struct req *r)
 		free(st);
 	} else {
 		pthread_mutex_lock(&g->lock);
-		old = find_locked(g->mirrors, r->id);
+		old = find_locked(g, r->id);
 		if ((old && old->version >= r->version) || size > g->budget) {
 			if (size > g->budget)
 				g->failed++;
@@ -302,7 +314,7 @@ static void do_mirror(struct vp_gpu *g, struct req *r)
 	}
 	m = rc ? NULL : calloc(1, sizeof(*m));
 	pthread_mutex_lock(&g->lock);
-	old = find_locked(g->mirrors, r->id);
+	old = find_locked(g, r->id);
 	if (!m || (old && old->version >= r->version)) {
 		/* failed, or a newer version got there first (a staged one can) */
 		g->used -= size;
@@ -341,7 +353,7 @@ static void do_forget(struct vp_gpu *g, uint64_t id)
 	struct mirror *m, *gone = NULL;
 
 	pthread_mutex_lock(&g->lock);
-	m = find_locked(g->mirrors, id);
+	m = find_locked(g, id);
 	if (m)
 		gone = retire_locked(g, m);
 	pthread_mutex_unlock(&g->lock);
@@ -553,7 +565,7 @@ ssize_t vp_gpu_read(struct vp_gpu *g, uint64_t id, uint64_t version, void *buf,
 	if (!g)
 		return -ENOENT;
 	pthread_mutex_lock(&g->lock);
-	m = find_locked(g->mirrors, id);
+	m = find_locked(g, id);
 	if (!g->on || !m || m->version != version) {
 		pthread_mutex_unlock(&g->lock);
 		return -ENOENT;
@@ -587,7 +599,7 @@ uint64_t vp_gpu_mirror_size(struct vp_gpu *g, uint64_t id, uint64_t version)
 	if (!g)
 		return size;
 	pthread_mutex_lock(&g->lock);
-	m = find_locked(g->mirrors, id);
+	m = find_locked(g, id);
 	if (g->on && m && m->version == version)
 		size = m->size;
 	pthread_mutex_unlock(&g->lock);
@@ -608,7 +620,7 @@ int vp_gpu_export(struct vp_gpu *g, uint64_t id, void *handle, uint64_t *version
 		return -ENOENT;
 	}
 	pthread_mutex_lock(&g->lock);
-	m = find_locked(g->mirrors, id);
+	m = find_locked(g, id);
 	if (!g->on || !m) {
 		pthread_mutex_unlock(&g->lock);
 		free(l);
@@ -644,7 +656,7 @@ struct vp_gpu_lease *vp_gpu_hold(struct vp_gpu *g, uint64_t id, uint64_t version
 	if (!g || !(l = calloc(1, sizeof(*l))))
 		return NULL;
 	pthread_mutex_lock(&g->lock);
-	m = find_locked(g->mirrors, id);
+	m = find_locked(g, id);
 	if (!g->on || !m || m->version != version) {
 		pthread_mutex_unlock(&g->lock);
 		free(l);

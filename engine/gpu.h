@@ -21,8 +21,9 @@
  * goes on from RAM.
  *
  * THREADING: every function is thread-safe, except that one stage is
- * used by one thread at a time (its copies and its bind or abort).  Lock order: the namespace
- * lock, then g->lock; the worker never takes the namespace lock.
+ * used by one thread at a time (its copies and its bind or abort).  The
+ * worker never takes the namespace lock.  Lock order (g->lock,
+ * g->tier_lock): lock.h.
  */
 #ifndef VP_GPU_H
 #define VP_GPU_H

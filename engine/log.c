@@ -11,6 +11,7 @@
 #include <time.h>
 
 #include "clock.h"
+#include "lock.h"
 
 static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;
 static enum vp_log_sink log_sink = VP_LOG_STDERR;
@@ -160,6 +161,7 @@ static void log_write_locked(int level, const char *subsys, const char *raw)
 {
 	char msg[4096];
 
+	VP_ASSERT_LOCKED(&log_lock);
 	if (level > __atomic_load_n(&log_level, __ATOMIC_RELAXED))
 		return;
 	escape_controls(raw, msg, sizeof(msg));

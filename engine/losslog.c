@@ -59,8 +59,13 @@ static int find_column(char **cols, int n, const char *const *names)
 }
 
 /* Parses an open stream; path names it in messages.  Closes f. */
-static int parse_stream(FILE *f, const char *path, struct vp_losslog *log,
-			char *err, size_t errlen)
+/*
+ * Reads the first line: a header names the iteration and loss columns
+ * (*icol -1: the row number), or it is data (then f is rewound).
+ * Returns 0 or -EINVAL with a message in err.
+ */
+static int parse_header(FILE *f, const char *path, struct vp_losslog *log,
+			int *icol, int *lcol, char *err, size_t errlen)
 {
 	static const char *const iter_names[] = {
 		"step", "iteration", "iter", "global_step", "it", "epoch", NULL,
@@ -70,46 +75,75 @@ static int parse_stream(FILE *f, const char *path, struct vp_losslog *log,
 		"train/loss", NULL,
 	};
 	char line[8192], *cols[MAX_COLS];
-	int icol = 0, lcol = 1, header = 0, n;
-	size_t cap = 0;
 	double v;
-	int rc = 0;
+	int n;
 
-	memset(log, 0, sizeof(*log));
+	*icol = 0;
+	*lcol = 1;
 	if (!fgets(line, sizeof(line), f)) {
 		snprintf(err, errlen, "loss log '%s' is empty", path);
-		fclose(f);
 		return -EINVAL;
 	}
 	n = split(line, cols);
-	if (n >= 1 && !is_number(cols[0], &v)) {
-		header = 1;
-		icol = find_column(cols, n, iter_names);
-		lcol = find_column(cols, n, loss_names);
-		for (int i = 0; lcol < 0 && i < n; i++)
-			if (strcasestr(cols[i], "loss") && !strcasestr(cols[i], "val"))
-				lcol = i;
-		if (lcol < 0) {
-			snprintf(err, errlen, "loss log '%s': no loss column in its header (looked for loss, train_loss, ...)",
-				 path);
-			fclose(f);
-			return -EINVAL;
-		}
-		snprintf(log->iter_column, sizeof(log->iter_column), "%s",
-			 icol >= 0 ? cols[icol] : "(row number)");
-		snprintf(log->loss_column, sizeof(log->loss_column), "%s", cols[lcol]);
-	} else {
+	if (n < 1 || is_number(cols[0], &v)) {
 		strcpy(log->iter_column, "column 1");
 		strcpy(log->loss_column, "column 2");
 		if (n < 2) {
 			snprintf(err, errlen, "loss log '%s': expected 'iteration,loss' lines", path);
-			fclose(f);
 			return -EINVAL;
 		}
-	}
-	if (!header)
 		rewind(f);	/* the first line is data */
-	while (fgets(line, sizeof(line), f)) {
+		return 0;
+	}
+	*icol = find_column(cols, n, iter_names);
+	*lcol = find_column(cols, n, loss_names);
+	for (int i = 0; *lcol < 0 && i < n; i++)
+		if (strcasestr(cols[i], "loss") && !strcasestr(cols[i], "val"))
+			*lcol = i;
+	if (*lcol < 0) {
+		snprintf(err, errlen, "loss log '%s': no loss column in its header (looked for loss, train_loss, ...)",
+			 path);
+		return -EINVAL;
+	}
+	snprintf(log->iter_column, sizeof(log->iter_column), "%s",
+		 *icol >= 0 ? cols[*icol] : "(row number)");
+	snprintf(log->loss_column, sizeof(log->loss_column), "%s", cols[*lcol]);
+	return 0;
+}
+
+/* Appends a row, growing the arrays of capacity *cap.  0 or -ENOMEM. */
+static int append_row(struct vp_losslog *log, size_t *cap, double it, double loss)
+{
+	if (log->n == *cap) {
+		size_t ncap = *cap ? *cap * 2 : 1024;
+		double *a = realloc(log->iter, ncap * sizeof(double));
+		double *b = a ? realloc(log->loss, ncap * sizeof(double)) : NULL;
+
+		if (a)
+			log->iter = a;
+		if (!b)
+			return -ENOMEM;
+		log->loss = b;
+		*cap = ncap;
+	}
+	log->iter[log->n] = it;
+	log->loss[log->n] = loss;
+	log->n++;
+	return 0;
+}
+
+/* Parses f, which it closes.  Returns 0 or -errno with a message in err. */
+static int parse_stream(FILE *f, const char *path, struct vp_losslog *log,
+			char *err, size_t errlen)
+{
+	char line[8192], *cols[MAX_COLS];
+	int icol, lcol, n;
+	size_t cap = 0;
+	int rc;
+
+	memset(log, 0, sizeof(*log));
+	rc = parse_header(f, path, log, &icol, &lcol, err, errlen);
+	while (!rc && fgets(line, sizeof(line), f)) {
 		double it, loss;
 
 		n = split(line, cols);
@@ -121,24 +155,9 @@ static int parse_stream(FILE *f, const char *path, struct vp_losslog *log,
 		} else {
 			it = (double)log->n;
 		}
-		if (log->n == cap) {
-			size_t ncap = cap ? cap * 2 : 1024;
-			double *a = realloc(log->iter, ncap * sizeof(double));
-			double *b = a ? realloc(log->loss, ncap * sizeof(double)) : NULL;
-
-			if (a)
-				log->iter = a;
-			if (!b) {
-				rc = -ENOMEM;
-				snprintf(err, errlen, "out of memory");
-				break;
-			}
-			log->loss = b;
-			cap = ncap;
-		}
-		log->iter[log->n] = it;
-		log->loss[log->n] = loss;
-		log->n++;
+		rc = append_row(log, &cap, it, loss);
+		if (rc)
+			snprintf(err, errlen, "out of memory");
 	}
 	fclose(f);
 	if (!rc && log->n < 4) {

@@ -204,84 +204,99 @@ static double levmar(enum vp_fit_family f, double *p, const double *u,
 	return cur;
 }
 
+/* Least squares of a straight line through (u, y) into best; its SSE. */
+static double fit_linear(const double *u, const double *y, size_t n, double *best)
+{
+	double su = 0, sy = 0, suu = 0, suy = 0, d;
+
+	for (size_t i = 0; i < n; i++) {
+		su += u[i];
+		sy += y[i];
+		suu += u[i] * u[i];
+		suy += u[i] * y[i];
+	}
+	d = (double)n * suu - su * su;
+	if (fabs(d) <= 1e-300)
+		return DBL_MAX;
+	best[0] = ((double)n * suy - su * sy) / d;
+	best[1] = (sy - best[0] * su) / (double)n;
+	return sse(VP_FIT_LINEAR, best, u, y, n);
+}
+
+/*
+ * A curved family, by Levenberg-Marquardt from several starting points,
+ * into best; the least SSE found, or DBL_MAX.
+ */
+static double fit_curve(enum vp_fit_family family, const double *u, const double *y,
+			size_t n, double *best)
+{
+	static const double b_starts[] = { 0.3, 1, 3, 10, 30 };
+	double ymin = DBL_MAX, ymax = -DBL_MAX, best_sse = DBL_MAX;
+
+	for (size_t i = 0; i < n; i++) {
+		if (y[i] < ymin)
+			ymin = y[i];
+		if (y[i] > ymax)
+			ymax = y[i];
+	}
+	for (size_t s = 0; s < sizeof(b_starts) / sizeof(b_starts[0]); s++) {
+		for (int variant = 0; variant < 2; variant++) {
+			double p[3], e;
+
+			p[1] = b_starts[s];
+			if (family == VP_FIT_EXP) {
+				p[0] = y[0] * exp(p[1] * u[0]);
+			} else if (family == VP_FIT_EXP_OFFSET) {
+				p[2] = variant ? y[n - 1] : ymin - 0.1 * (ymax - ymin);
+				p[0] = (y[0] - p[2]) * exp(p[1] * u[0]);
+			} else {
+				p[2] = variant ? y[n - 1] : ymin - 0.1 * (ymax - ymin);
+				p[0] = y[0];
+			}
+			e = levmar(family, p, u, y, n);
+			/*
+			 * A loss curve decays: b <= 0 fits a warm-up that
+			 * bends down (a plateau, then a drop) but extrapolates
+			 * to -infinity, so it is no prediction.
+			 */
+			if (p[1] <= 0)
+				continue;
+			if (e < best_sse) {
+				best_sse = e;
+				memcpy(best, p, sizeof(p));
+			}
+		}
+	}
+	return best_sse;
+}
+
 int vp_fit_family(const double *x, const double *y, size_t n,
 		  enum vp_fit_family family, struct vp_fit *out)
 {
-	static const double b_starts[] = { 0.3, 1, 3, 10, 30 };
-	double xs = 0, *u, best_sse = DBL_MAX, best[3] = { 0 };
-	double ymin = DBL_MAX, ymax = -DBL_MAX;
-	unsigned int m;
+	double xs = 0, *u, best_sse, best[3] = { 0 };
 	int rc = -EINVAL;
 
 	memset(out, 0, sizeof(*out));
 	out->family = family;
 	if (family >= VP_FIT_NFAMILIES)
 		return -EINVAL;
-	m = family_nparams[family];
-	if (n < m + 1)
+	if (n < family_nparams[family] + 1)
 		return -EINVAL;
 	u = malloc(n * sizeof(*u));
 	if (!u)
 		return -ENOMEM;
-	for (size_t i = 0; i < n; i++) {
+	for (size_t i = 0; i < n; i++)
 		if (fabs(x[i]) > xs)
 			xs = fabs(x[i]);
-		if (y[i] < ymin)
-			ymin = y[i];
-		if (y[i] > ymax)
-			ymax = y[i];
-	}
 	if (xs == 0)
 		xs = 1;
 	/* fit on x / xs, so that b is of order one whatever the iteration count */
 	for (size_t i = 0; i < n; i++)
 		u[i] = x[i] / xs;
-
-	if (family == VP_FIT_LINEAR) {
-		double su = 0, sy = 0, suu = 0, suy = 0, d;
-
-		for (size_t i = 0; i < n; i++) {
-			su += u[i];
-			sy += y[i];
-			suu += u[i] * u[i];
-			suy += u[i] * y[i];
-		}
-		d = (double)n * suu - su * su;
-		if (fabs(d) > 1e-300) {
-			best[0] = ((double)n * suy - su * sy) / d;
-			best[1] = (sy - best[0] * su) / (double)n;
-			best_sse = sse(family, best, u, y, n);
-		}
-	} else {
-		for (size_t s = 0; s < sizeof(b_starts) / sizeof(b_starts[0]); s++) {
-			for (int variant = 0; variant < 2; variant++) {
-				double p[3], e;
-
-				p[1] = b_starts[s];
-				if (family == VP_FIT_EXP) {
-					p[0] = y[0] * exp(p[1] * u[0]);
-				} else if (family == VP_FIT_EXP_OFFSET) {
-					p[2] = variant ? y[n - 1] : ymin - 0.1 * (ymax - ymin);
-					p[0] = (y[0] - p[2]) * exp(p[1] * u[0]);
-				} else {
-					p[2] = variant ? y[n - 1] : ymin - 0.1 * (ymax - ymin);
-					p[0] = y[0];
-				}
-				e = levmar(family, p, u, y, n);
-				/*
-				 * A loss curve decays: b <= 0 fits a warm-up that
-				 * bends down (a plateau, then a drop) but extrapolates
-				 * to -infinity, so it is no prediction.
-				 */
-				if (p[1] <= 0)
-					continue;
-				if (e < best_sse) {
-					best_sse = e;
-					memcpy(best, p, sizeof(p));
-				}
-			}
-		}
-	}
+	if (family == VP_FIT_LINEAR)
+		best_sse = fit_linear(u, y, n, best);
+	else
+		best_sse = fit_curve(family, u, y, n, best);
 	if (best_sse < DBL_MAX) {
 		/* back to iteration units */
 		if (family == VP_FIT_LINEAR)
@@ -575,19 +590,32 @@ static double lc_query(const struct lichao *t, uint64_t x, uint32_t *id)
 	return best;
 }
 
-int vp_plan_optimal(const struct vp_plan_input *in, const double *pl,
-		    struct vp_schedule *out)
-{
-	uint64_t N = in->horizon, M = in->inferences, K;
-	double *prev = NULL, *cur = NULL, best = DBL_MAX;
-	uint32_t *parent = NULL;
-	struct lichao lc = { 0 };
-	uint64_t best_k = 0, best_c = 0;
-	uint64_t *iters = NULL;
-	int rc;
+/* The DP's tables and the best schedule found so far. */
+struct dp {
+	uint64_t N, M, K;
+	double *prev, *cur;	/* D_{k-1}(c) and D_k(c), c in [0, N]; DBL_MAX: none */
+	uint32_t *parent;	/* [(k - 1) * (N + 1) + c]: the c' that D_k(c) came from */
+	struct lichao lc;
+	double best;
+	uint64_t best_k, best_c;
+};
 
-	if ((rc = check_input(in)))
-		return rc;
+static void dp_release(struct dp *dp)
+{
+	free(dp->prev);
+	free(dp->cur);
+	free(dp->parent);
+	free(dp->lc.a);
+	free(dp->lc.b);
+	free(dp->lc.id);
+}
+
+/* Sizes and allocates the tables.  Returns 0, -E2BIG or -ENOMEM. */
+static int dp_init(struct dp *dp, const struct vp_plan_input *in)
+{
+	uint64_t N = in->horizon, K;
+
+	memset(dp, 0, sizeof(*dp));
 	if (N >= UINT32_MAX)
 		return -E2BIG;
 	K = in->max_ckpts ? in->max_ckpts : N;
@@ -595,93 +623,105 @@ int vp_plan_optimal(const struct vp_plan_input *in, const double *pl,
 		K = N;
 	if (N && K > DP_MAX_CELLS / N)
 		K = DP_MAX_CELLS / N;	/* memory bound on parent pointers */
-	prev = malloc((N + 1) * sizeof(*prev));
-	cur = malloc((N + 1) * sizeof(*cur));
-	parent = malloc((K * (N + 1) + 1) * sizeof(*parent));
-	lc.size = M + 1;
-	lc.a = malloc(4 * lc.size * sizeof(double));
-	lc.b = malloc(4 * lc.size * sizeof(double));
-	lc.id = malloc(4 * lc.size * sizeof(uint32_t));
-	if (!prev || !cur || !parent || !lc.a || !lc.b || !lc.id) {
-		rc = -ENOMEM;
-		goto out_free;
+	dp->N = N;
+	dp->M = in->inferences;
+	dp->K = K;
+	dp->prev = malloc((N + 1) * sizeof(*dp->prev));
+	dp->cur = malloc((N + 1) * sizeof(*dp->cur));
+	dp->parent = malloc((K * (N + 1) + 1) * sizeof(*dp->parent));
+	dp->lc.size = dp->M + 1;
+	dp->lc.a = malloc(4 * dp->lc.size * sizeof(double));
+	dp->lc.b = malloc(4 * dp->lc.size * sizeof(double));
+	dp->lc.id = malloc(4 * dp->lc.size * sizeof(uint32_t));
+	if (!dp->prev || !dp->cur || !dp->parent || !dp->lc.a || !dp->lc.b || !dp->lc.id) {
+		dp_release(dp);
+		return -ENOMEM;
 	}
+	return 0;
+}
 
-	/* K = 0: the warm-up model serves everything */
-	best = pl[0] * (double)M;
-	/* layer 0: only the warm-up model, "checkpoint" 0 in service from 0 */
+/*
+ * Fills D_k from D_{k-1}, and keeps the best schedule that ends with
+ * checkpoint k.  Returns 0 if no D_k(c) is finite (no more layers).
+ */
+static int dp_layer(struct dp *dp, const struct vp_plan_input *in, const double *pl,
+		    uint64_t k)
+{
+	uint64_t N = dp->N, next_line = k - 1;	/* c' of layer k-1 not yet inserted */
+	int any = 0;
+
+	lc_reset(&dp->lc);
 	for (uint64_t c = 0; c <= N; c++)
-		prev[c] = c == 0 ? 0 : DBL_MAX;
+		dp->cur[c] = DBL_MAX;
+	for (uint64_t c = k; c <= N; c++) {
+		uint64_t x;
+		uint32_t arg = 0;
+		double d, total;
 
-	for (uint64_t k = 1; k <= K; k++) {
-		uint64_t next_line = k - 1;	/* c' of layer k-1 not yet inserted */
-		int any = 0;
+		/* lines of every c' < c from layer k - 1 */
+		for (; next_line < c; next_line++) {
+			uint64_t c2 = next_line, x2;
 
-		lc_reset(&lc);
-		for (uint64_t c = 0; c <= N; c++)
-			cur[c] = DBL_MAX;
-		for (uint64_t c = k; c <= N; c++) {
-			uint64_t x, until;
-			uint32_t arg = 0;
-			double d, total;
-
-			/* lines of every c' < c from layer k - 1 */
-			for (; next_line < c; next_line++) {
-				uint64_t c2 = next_line;
-				uint64_t x2;
-
-				if (prev[c2] == DBL_MAX)
-					continue;
-				x2 = c2 == 0 && k == 1 ? 0 : vp_plan_served_before(in,
-					vp_plan_service_start(in, c2, k - 1));
-				lc_insert(&lc, pl[c2], prev[c2] - pl[c2] * (double)x2,
-					  (uint32_t)c2);
-			}
-			x = vp_plan_served_before(in, vp_plan_service_start(in, c, k));
-			d = lc_query(&lc, x, &arg);
-			if (d == DBL_MAX)
+			if (dp->prev[c2] == DBL_MAX)
 				continue;
-			cur[c] = d;
-			parent[(k - 1) * (N + 1) + c] = arg;
-			any = 1;
-			until = x;
-			total = d + pl[c] * (double)(M - until) +
-				in->lambda * (double)k * in->t_ckpt;
-			if (total < best - 1e-12 * fabs(best)) {
-				best = total;
-				best_k = k;
-				best_c = c;
-			}
+			x2 = c2 == 0 && k == 1 ? 0 : vp_plan_served_before(in,
+				vp_plan_service_start(in, c2, k - 1));
+			lc_insert(&dp->lc, pl[c2], dp->prev[c2] - pl[c2] * (double)x2,
+				  (uint32_t)c2);
 		}
-		if (!any)
-			break;
-		{
-			double *t = prev;
-
-			prev = cur;
-			cur = t;
+		x = vp_plan_served_before(in, vp_plan_service_start(in, c, k));
+		d = lc_query(&dp->lc, x, &arg);
+		if (d == DBL_MAX)
+			continue;
+		dp->cur[c] = d;
+		dp->parent[(k - 1) * (N + 1) + c] = arg;
+		any = 1;
+		total = d + pl[c] * (double)(dp->M - x) + in->lambda * (double)k * in->t_ckpt;
+		if (total < dp->best - 1e-12 * fabs(dp->best)) {
+			dp->best = total;
+			dp->best_k = k;
+			dp->best_c = c;
 		}
 	}
+	return any;
+}
 
-	iters = malloc((best_k ? best_k : 1) * sizeof(*iters));
+int vp_plan_optimal(const struct vp_plan_input *in, const double *pl,
+		    struct vp_schedule *out)
+{
+	uint64_t *iters = NULL;
+	struct dp dp;
+	int rc;
+
+	if ((rc = check_input(in)))
+		return rc;
+	if ((rc = dp_init(&dp, in)))
+		return rc;
+	/* K = 0: the warm-up model serves everything */
+	dp.best = pl[0] * (double)dp.M;
+	/* layer 0: only the warm-up model, "checkpoint" 0 in service from 0 */
+	for (uint64_t c = 0; c <= dp.N; c++)
+		dp.prev[c] = c == 0 ? 0 : DBL_MAX;
+	for (uint64_t k = 1; k <= dp.K && dp_layer(&dp, in, pl, k); k++) {
+		double *t = dp.prev;
+
+		dp.prev = dp.cur;
+		dp.cur = t;
+	}
+	iters = malloc((dp.best_k ? dp.best_k : 1) * sizeof(*iters));
 	if (!iters) {
 		rc = -ENOMEM;
-		goto out_free;
+		goto out_release;
 	}
-	for (uint64_t k = best_k, c = best_c; k >= 1; k--) {
+	for (uint64_t k = dp.best_k, c = dp.best_c; k >= 1; k--) {
 		iters[k - 1] = c;
-		c = parent[(k - 1) * (N + 1) + c];
+		c = dp.parent[(k - 1) * (dp.N + 1) + c];
 	}
-	rc = schedule_set(in, pl, out, iters, best_k);
-	out->max_ckpts = K;
-	out->bound_hit = best_k == K && K < N;
-out_free:
+	rc = schedule_set(in, pl, out, iters, dp.best_k);
+	out->max_ckpts = dp.K;
+	out->bound_hit = dp.best_k == dp.K && dp.K < dp.N;
 	free(iters);
-	free(prev);
-	free(cur);
-	free(parent);
-	free(lc.a);
-	free(lc.b);
-	free(lc.id);
+out_release:
+	dp_release(&dp);
 	return rc;
 }

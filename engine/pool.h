@@ -12,8 +12,9 @@
  * the flusher's evictor) and waits, for a bounded time, for a chunk to be
  * freed.  Then it fails with -ENOSPC.
  *
- * THREADING: all functions are thread-safe.  The pressure callback is
- * called with no pool lock held.  pool->lock is a leaf lock.
+ * THREADING: all functions are thread-safe.  The pressure and slab
+ * callbacks are called with no pool lock held; nothing else runs under
+ * pool->lock.  Its place in the lock order: lock.h.
  */
 #ifndef VP_POOL_H
 #define VP_POOL_H
@@ -64,7 +65,18 @@ void vp_pool_put_chunk(struct vp_pool *pool, void *mem);
  * Calls cb(arg, base, len) for every slab of chunk memory, now and
  * whenever one is added (to register it with the network, or to pin it
  * for the GPU).  Up to 4 subscribers, one per arg; a NULL cb removes arg's.
- * cb runs with the pool lock held: it must not call back into the pool.
+ *
+ * cb runs with no pool lock held, and may block.  The pool promises:
+ * one callback runs at a time (across all subscribers and slabs); each
+ * subscriber hears of every slab once; every callback for a new slab has
+ * returned before any chunk of that slab is handed out (so a chunk from
+ * vp_pool_get_chunk() always lies in a slab its subscribers have seen);
+ * and when this function returns, cb has seen every slab there was, and,
+ * after a removal, the removed cb is not running and will not run again.
+ * While a callback runs, allocations that need a new slab wait for it,
+ * so cb must not call vp_pool_get_chunk() or vp_pool_set_slab_cb(), nor
+ * wait for a thread that does.  Blocks while another thread runs
+ * callbacks.
  */
 void vp_pool_set_slab_cb(struct vp_pool *pool,
 			 void (*cb)(void *arg, void *base, size_t len), void *arg);

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "lock.h"
 #include "log.h"
 #include "plan.h"
 
@@ -69,6 +70,7 @@ static void replan_locked(struct vp_sched *s, const struct vp_losslog *log,
 	double elapsed = now - s->t0, *pl;
 	uint64_t served;
 
+	VP_ASSERT_LOCKED(&s->lock);
 	if (vp_fit_best(log->iter, log->loss, log->n, &fit, NULL))
 		return;
 	served = (uint64_t)(elapsed / s->cfg.plan_t_infer);

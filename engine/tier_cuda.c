@@ -146,24 +146,33 @@ static int take_stage(struct vp_tier *t, unsigned int *slot)
 	return cuda_err(t, cudaEventSynchronize(t->done[*slot]), "cudaEventSynchronize");
 }
 
+/* Pins a host range; the CUDA call runs with no lock held (is_pinned() is on the copy path). */
 static int cuda_register_host(struct vp_tier *t, void *base, size_t len)
 {
-	int rc;
+	int full, rc;
 
 	pthread_mutex_lock(&t->reg_lock);
-	if (t->nreg == MAX_REG) {
-		pthread_mutex_unlock(&t->reg_lock);
+	full = t->nreg == MAX_REG;
+	pthread_mutex_unlock(&t->reg_lock);
+	if (full)
 		return -ENOSPC;
-	}
 	cudaSetDevice(t->dev);
 	rc = cuda_err(NULL, cudaHostRegister(base, len, cudaHostRegisterDefault), "cudaHostRegister");
-	if (!rc) {
+	if (rc)
+		return rc;
+	pthread_mutex_lock(&t->reg_lock);
+	full = t->nreg == MAX_REG;	/* (another range came meanwhile) */
+	if (!full) {
 		t->reg[t->nreg].base = base;
 		t->reg[t->nreg].len = len;
 		t->nreg++;
 	}
 	pthread_mutex_unlock(&t->reg_lock);
-	return rc;
+	if (full) {
+		cudaHostUnregister(base);
+		return -ENOSPC;
+	}
+	return 0;
 }
 
 /* True if [src, src+len) lies in pinned (registered) host memory. */

@@ -104,6 +104,76 @@ static double fake_clock(void)
 	return fake_time;
 }
 
+#define MAX_SEEN 8
+
+struct slab_seen {
+	struct vp_pool *pool;
+	void *base[MAX_SEEN];
+	size_t len[MAX_SEEN];
+	int n;
+};
+
+/* A slab callback that calls into the pool: it runs with no pool lock held. */
+static void note_slab(void *arg, void *base, size_t len)
+{
+	struct slab_seen *seen = arg;
+	struct vp_pool_stats st;
+
+	vp_pool_get_stats(seen->pool, &st);
+	assert_true(seen->n < MAX_SEEN);
+	seen->base[seen->n] = base;
+	seen->len[seen->n] = len;
+	seen->n++;
+}
+
+static int seen_holds(const struct slab_seen *seen, const void *mem)
+{
+	for (int i = 0; i < seen->n; i++)
+		if ((const char *)mem >= (const char *)seen->base[i] &&
+		    (const char *)mem < (const char *)seen->base[i] + seen->len[i])
+			return 1;
+	return 0;
+}
+
+static void test_slab_callbacks(void **state)
+{
+	struct vp_pool *pool = vp_pool_new(CHUNK, 128 * CHUNK, CHUNK);
+	struct slab_seen a = { .pool = pool }, b = { .pool = pool };
+	void *c[65], *extra;
+	int err;
+
+	(void)state;
+	assert_non_null(pool);
+	vp_pool_set_slab_cb(pool, note_slab, &a);	/* the prefaulted slab, now */
+	assert_int_equal(a.n, 1);
+	c[0] = vp_pool_get_chunk(pool, 0, &err);
+	assert_non_null(c[0]);
+	assert_true(seen_holds(&a, c[0]));
+	for (int i = 1; i < 65; i++) {	/* a new slab, seen before its chunks are handed out */
+		c[i] = vp_pool_get_chunk(pool, 0, &err);
+		assert_non_null(c[i]);
+		assert_true(seen_holds(&a, c[i]));
+	}
+	assert_int_equal(a.n, 2);
+	vp_pool_set_slab_cb(pool, note_slab, &b);
+	assert_int_equal(b.n, 2);
+	vp_pool_set_slab_cb(pool, NULL, &a);		/* a hears of no more slabs */
+	for (int i = 0; i < 65; i++)
+		vp_pool_put_chunk(pool, c[i]);
+	for (int i = 0; i < 65; i++)
+		c[i] = vp_pool_get_chunk(pool, 0, &err);
+	extra = vp_pool_get_chunk(pool, 0, &err);
+	assert_non_null(extra);
+	assert_true(seen_holds(&b, extra));
+	assert_int_equal(a.n, 2);
+	assert_int_equal(b.n, 3);
+	vp_pool_set_slab_cb(pool, NULL, &b);
+	vp_pool_put_chunk(pool, extra);
+	for (int i = 0; i < 65; i++)
+		vp_pool_put_chunk(pool, c[i]);
+	vp_pool_free(pool);
+}
+
 static void test_tbucket(void **state)
 {
 	struct tbucket tb;
@@ -137,6 +207,7 @@ int main(void)
 		cmocka_unit_test(test_budget_and_enospc),
 		cmocka_unit_test(test_waiter_gets_freed_chunk),
 		cmocka_unit_test(test_bad_sizes),
+		cmocka_unit_test(test_slab_callbacks),
 		cmocka_unit_test(test_tbucket),
 	};
 	return cmocka_run_group_tests_name("pool", tests, NULL, NULL);
