@@ -16,16 +16,22 @@
  *         (repl->lock, gpu      repl, gpu,   only queue: repl->lock, g->lock,
  *         ->lock, flush)        flush        flush queue lock)
  *    4    ns->handles_lock      ns           leaf
- *    5    data->lock            data         pool->lock; never taken with
- *                                            ns->lock held
- *    6    g->tier_lock          gpu          the tier (CUDA); never under g->lock
- *    7    repl->slab_lock       repl         fabric registration (no ns lock)
- *    8    pool->lock            pool         leaf: slab callbacks run after
- *                                            its unlock
- *    9    fab->lock             fabric       leaf
- *   10    s->lock (sched),      sched,       leaf
+ *    5    data->lock            data         pool->lock, and the slab callbacks
+ *                                            (6, 7) of a chunk it allocates;
+ *                                            never taken with ns->lock held
+ *    6    g->tier_lock          gpu          t->reg_lock (the tier, CUDA);
+ *                                            never under g->lock
+ *    7    repl->slab_lock       repl         fabric registration
+ *    8    t->reg_lock           tier_cuda    leaf (cudaHostRegister runs
+ *                                            with no lock)
+ *    9    pool->lock            pool         leaf: slab callbacks run after
+ *                                            its unlock, one at a time
+ *   10    fab->lock             fabric       leaf
+ *   11    s->lock (sched),      sched,       leaf
  *         tb->lock (tbucket),   tbucket,
- *         ctl->lock, log_lock   ctl, log
+ *         ctl->lock             ctl
+ *   12    log_lock              log          leaf; the one lock held across
+ *                                            I/O (the write to the log sink)
  *
  * A function whose name ends in _locked is called with its object's lock
  * held, and says so first thing with VP_ASSERT_LOCKED, as libfabric's
@@ -46,6 +52,7 @@ pid_t vp_tid(void);
  * True if the calling thread holds mu.  glibc records the owner's thread
  * id in every mutex it locks (normal ones included) and clears it on
  * unlock, and a condition wait restores it; elsewhere this is always true.
+ * vp_tid() forgets its cached id in a forked child.
  */
 static inline bool vp_lock_held(const pthread_mutex_t *mu)
 {
