@@ -10,6 +10,7 @@
 #include <unistd.h>
 #include <xxhash.h>
 
+#include "lock.h"
 #include "pool.h"
 
 struct vp_chunk {
@@ -90,6 +91,7 @@ static int reserve_slots_locked(struct vp_data *d, size_t n)
 	struct vp_chunk **slots;
 	size_t cap = d->nslots ? d->nslots : 16;
 
+	VP_ASSERT_LOCKED(&d->lock);
 	if (n <= d->nslots)
 		return 0;
 	while (cap < n)
@@ -106,6 +108,7 @@ static int reserve_slots_locked(struct vp_data *d, size_t n)
 struct vp_data *vp_data_new_backed(struct vp_pool *pool, int fd, uint64_t size)
 {
 	struct vp_data *d = data_alloc(pool);
+	int rc;
 
 	if (!d) {
 		close(fd);
@@ -114,7 +117,10 @@ struct vp_data *vp_data_new_backed(struct vp_pool *pool, int fd, uint64_t size)
 	d->backing_fd = fd;
 	d->size = size;
 	d->backing_limit = size;
-	if (reserve_slots_locked(d, (size + d->chunk_size - 1) / d->chunk_size)) {
+	pthread_mutex_lock(&d->lock);	/* a new data: for the assert only */
+	rc = reserve_slots_locked(d, (size + d->chunk_size - 1) / d->chunk_size);
+	pthread_mutex_unlock(&d->lock);
+	if (rc) {
 		vp_data_put(d);
 		return NULL;
 	}
@@ -216,6 +222,7 @@ static int fill_empty_locked(struct vp_data *d, size_t idx, void *mem)
 	uint64_t start = (uint64_t)idx * d->chunk_size;
 	size_t from_file = 0;
 
+	VP_ASSERT_LOCKED(&d->lock);
 	if (d->backing_fd >= 0 && start < d->backing_limit) {
 		uint64_t avail = d->backing_limit - start;
 
@@ -250,6 +257,7 @@ static int own_chunk_locked(struct vp_data *d, size_t idx, int whole,
 	struct vp_chunk *old = d->slots[idx], *c;
 	int err;
 
+	VP_ASSERT_LOCKED(&d->lock);
 	if (old && __atomic_load_n(&old->refs, __ATOMIC_ACQUIRE) == 1) {
 		__atomic_store_n(&old->hash_len, 0, __ATOMIC_RELEASE);	/* about to change */
 		return 0;
@@ -443,8 +451,14 @@ struct vp_data *vp_data_adopt(struct vp_pool *pool, void **mem, size_t n,
 {
 	struct vp_data *d = data_alloc(pool);
 	size_t i = 0;
+	int rc;
 
-	if (!d || reserve_slots_locked(d, n ? n : 1))
+	if (!d)
+		goto err;
+	pthread_mutex_lock(&d->lock);	/* a new data: for the assert only */
+	rc = reserve_slots_locked(d, n ? n : 1);
+	pthread_mutex_unlock(&d->lock);
+	if (rc)
 		goto err;
 	for (; i < n; i++) {
 		struct vp_chunk *c;
