@@ -85,13 +85,15 @@ struct vp_data *vp_data_new(struct vp_pool *pool)
 	return data_alloc(pool);
 }
 
-/* Makes room for n slots.  Called with d->lock held. */
-static int reserve_slots_locked(struct vp_data *d, size_t n)
+/*
+ * Makes room for n slots in a data no other thread can see yet (one
+ * being made); reserve_slots_locked() is the same for any other.
+ */
+static int reserve_slots_new(struct vp_data *d, size_t n)
 {
 	struct vp_chunk **slots;
 	size_t cap = d->nslots ? d->nslots : 16;
 
-	VP_ASSERT_LOCKED(&d->lock);
 	if (n <= d->nslots)
 		return 0;
 	while (cap < n)
@@ -105,10 +107,16 @@ static int reserve_slots_locked(struct vp_data *d, size_t n)
 	return 0;
 }
 
+/* Makes room for n slots.  Called with d->lock held. */
+static int reserve_slots_locked(struct vp_data *d, size_t n)
+{
+	VP_ASSERT_LOCKED(&d->lock);
+	return reserve_slots_new(d, n);
+}
+
 struct vp_data *vp_data_new_backed(struct vp_pool *pool, int fd, uint64_t size)
 {
 	struct vp_data *d = data_alloc(pool);
-	int rc;
 
 	if (!d) {
 		close(fd);
@@ -117,10 +125,7 @@ struct vp_data *vp_data_new_backed(struct vp_pool *pool, int fd, uint64_t size)
 	d->backing_fd = fd;
 	d->size = size;
 	d->backing_limit = size;
-	pthread_mutex_lock(&d->lock);	/* a new data: for the assert only */
-	rc = reserve_slots_locked(d, (size + d->chunk_size - 1) / d->chunk_size);
-	pthread_mutex_unlock(&d->lock);
-	if (rc) {
+	if (reserve_slots_new(d, (size + d->chunk_size - 1) / d->chunk_size)) {
 		vp_data_put(d);
 		return NULL;
 	}
@@ -134,7 +139,7 @@ struct vp_data *vp_data_clone(struct vp_data *src)
 	if (!d)
 		return NULL;
 	pthread_mutex_lock(&src->lock);
-	if (reserve_slots_locked(d, src->nslots))
+	if (reserve_slots_new(d, src->nslots))
 		goto err_unlock;
 	if (src->backing_fd >= 0) {
 		d->backing_fd = fcntl(src->backing_fd, F_DUPFD_CLOEXEC, 0);
@@ -451,14 +456,8 @@ struct vp_data *vp_data_adopt(struct vp_pool *pool, void **mem, size_t n,
 {
 	struct vp_data *d = data_alloc(pool);
 	size_t i = 0;
-	int rc;
 
-	if (!d)
-		goto err;
-	pthread_mutex_lock(&d->lock);	/* a new data: for the assert only */
-	rc = reserve_slots_locked(d, n ? n : 1);
-	pthread_mutex_unlock(&d->lock);
-	if (rc)
+	if (!d || reserve_slots_new(d, n ? n : 1))
 		goto err;
 	for (; i < n; i++) {
 		struct vp_chunk *c;
