@@ -336,6 +336,7 @@ static int open_parent_locked(struct vp_ns *ns, struct vp_node *parent,
 	int rc;
 
 	VP_ASSERT_LOCKED(&ns->pfs_lock);
+	VP_ASSERT_LOCKED(&ns->lock);
 	rc = vp_pfs_path_locked(ns, parent, path, len);
 	if (rc)
 		return rc;

@@ -164,8 +164,8 @@ struct dir_load {
 
 static int dir_done_locked(struct vp_ns *ns, struct vp_node *dir, void *arg)
 {
-	(void)arg;
 	VP_ASSERT_LOCKED(&ns->lock);
+	(void)arg;
 	if (!dir->loaded && ns->replica_loaded)
 		dir->loaded = 1;	/* a replica's tree comes from the producer now */
 	return dir->loaded;
@@ -173,8 +173,8 @@ static int dir_done_locked(struct vp_ns *ns, struct vp_node *dir, void *arg)
 
 static int dir_no_place_locked(struct vp_ns *ns, struct vp_node *dir, void *arg)
 {
-	(void)arg;
 	VP_ASSERT_LOCKED(&ns->lock);
+	(void)arg;
 	dir->loaded = 1;	/* not on the PFS: nothing to read */
 	return 0;
 }
@@ -420,9 +420,9 @@ static int file_done_locked(struct vp_ns *ns, struct vp_node *n, void *arg)
 
 static int file_no_place_locked(struct vp_ns *ns, struct vp_node *n, void *arg)
 {
+	VP_ASSERT_LOCKED(&ns->lock);
 	(void)n;
 	(void)arg;
-	VP_ASSERT_LOCKED(&ns->lock);
 	return -EIO;
 }
 
@@ -466,8 +466,8 @@ static int file_install_locked(struct vp_ns *ns, struct vp_node *n,
 {
 	struct file_load *fl = arg;
 
-	(void)path;
 	VP_ASSERT_LOCKED(&ns->lock);
+	(void)path;
 	if (rc)
 		return rc;
 	fl->out = adopt_cur_locked(ns, n, fl->read);
