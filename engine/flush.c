@@ -255,9 +255,10 @@ static int stage(struct vp_ns *ns, struct flush_op *op, mode_t mode, uid_t uid,
 static void *worker_main(void *arg)
 {
 	struct vp_ns *ns = arg;
+	struct vp_flush *f = &ns->flush;
 
 	pthread_mutex_lock(&ns->lock);
-	while (!ns->flush.stop) {
+	while (!f->stop) {
 		struct flush_op *op;
 		struct timespec mtime;
 		mode_t mode;
@@ -265,12 +266,12 @@ static void *worker_main(void *arg)
 		gid_t gid;
 		int rc;
 
-		TAILQ_FOREACH(op, &ns->flush.log, link)
+		TAILQ_FOREACH(op, &f->log, link)
 			if (op->type == OP_DATA && op->state == OPS_PREPARING &&
 			    !op->claimed)
 				break;
 		if (!op) {
-			pthread_cond_wait(&ns->flush.worker_cond, &ns->lock);
+			pthread_cond_wait(&f->worker_cond, &ns->lock);
 			continue;
 		}
 		op->claimed = 1;
@@ -288,8 +289,8 @@ static void *worker_main(void *arg)
 		op->prep_rc = rc;
 		op->state = rc ? OPS_FAILED : OPS_PREPARED;
 		op->claimed = 0;
-		ns->flush.preparing--;
-		pthread_cond_broadcast(&ns->flush.cond);
+		f->preparing--;
+		pthread_cond_broadcast(&f->cond);
 	}
 	pthread_mutex_unlock(&ns->lock);
 	return NULL;
@@ -346,6 +347,7 @@ static int open_parent_locked(struct vp_ns *ns, struct vp_node *parent,
 static int publish(struct vp_ns *ns, struct flush_op *op, char *where, size_t wlen)
 {
 	struct vp_node *n = op->node;
+	struct vp_flush *f = &ns->flush;
 	char dpath[PATH_MAX];
 	int dfd, rc = 0;
 
@@ -375,11 +377,11 @@ static int publish(struct vp_ns *ns, struct flush_op *op, char *where, size_t wl
 	pthread_mutex_lock(&ns->lock);
 	if (!rc) {
 		n->pfs_version = op->version;
-		ns->flush.st_flushed_versions++;
-		ns->flush.st_flushed_bytes += op->size;
+		f->st_flushed_versions++;
+		f->st_flushed_bytes += op->size;
 		vp_metrics_add(VP_C_BYTES_FLUSHED, op->size);
-		ns->flush.st_last_flush_lag = vp_now() - op->queued_at;
-		ns->flush.st_lag_sum += ns->flush.st_last_flush_lag;
+		f->st_last_flush_lag = vp_now() - op->queued_at;
+		f->st_lag_sum += f->st_last_flush_lag;
 		if (n->version == op->version && n->cur && !n->work)
 			vp_lru_add_locked(ns, n);
 	}
@@ -718,16 +720,17 @@ static void *dispatcher_main(void *arg)
 static void *evictor_main(void *arg)
 {
 	struct vp_ns *ns = arg;
+	struct vp_flush *f = &ns->flush;
 
 	pthread_mutex_lock(&ns->lock);
-	while (!ns->flush.stop) {
+	while (!f->stop) {
 		uint64_t want;
 
-		if (!ns->flush.evict_wanted) {
-			pthread_cond_wait(&ns->flush.evict_cond, &ns->lock);
+		if (!f->evict_wanted) {
+			pthread_cond_wait(&f->evict_cond, &ns->lock);
 			continue;
 		}
-		ns->flush.evict_wanted = 0;
+		f->evict_wanted = 0;
 		/* free a tenth of the budget at a time, so writers are not woken for one chunk */
 		want = ns->cfg.ram_cache / 10;
 		while (TAILQ_FIRST(&ns->lru) && vp_pool_available(ns->pool) < want) {
@@ -737,7 +740,7 @@ static void *evictor_main(void *arg)
 			if (n->cur && !n->work && n->pfs_version == n->version) {
 				vp_data_put(n->cur);
 				n->cur = NULL;
-				ns->flush.st_evictions++;
+				f->st_evictions++;
 			}
 		}
 	}
@@ -767,29 +770,30 @@ void vp_flush_release(struct vp_flush *f)
 
 int vp_flush_start(struct vp_ns *ns)
 {
+	struct vp_flush *f = &ns->flush;
 	int rc;
 
-	ns->flush.nworkers = ns->cfg.flush_inflight;
-	ns->flush.workers = calloc(ns->flush.nworkers, sizeof(*ns->flush.workers));
-	if (!ns->flush.workers)
+	f->nworkers = ns->cfg.flush_inflight;
+	f->workers = calloc(f->nworkers, sizeof(*f->workers));
+	if (!f->workers)
 		return -ENOMEM;
-	for (unsigned int i = 0; i < ns->flush.nworkers; i++) {
-		rc = pthread_create(&ns->flush.workers[i], NULL, worker_main, ns);
+	for (unsigned int i = 0; i < f->nworkers; i++) {
+		rc = pthread_create(&f->workers[i], NULL, worker_main, ns);
 		if (rc) {
-			ns->flush.nworkers = i;
+			f->nworkers = i;
 			vp_flush_stop(ns);
 			return -rc;
 		}
 	}
-	rc = pthread_create(&ns->flush.dispatcher, NULL, dispatcher_main, ns);
+	rc = pthread_create(&f->dispatcher, NULL, dispatcher_main, ns);
 	if (!rc) {
-		rc = pthread_create(&ns->flush.evictor, NULL, evictor_main, ns);
+		rc = pthread_create(&f->evictor, NULL, evictor_main, ns);
 		if (rc) {
 			pthread_mutex_lock(&ns->lock);
-			ns->flush.stop = 1;
-			pthread_cond_broadcast(&ns->flush.cond);
+			f->stop = 1;
+			pthread_cond_broadcast(&f->cond);
 			pthread_mutex_unlock(&ns->lock);
-			pthread_join(ns->flush.dispatcher, NULL);
+			pthread_join(f->dispatcher, NULL);
 		}
 	}
 	if (rc) {
@@ -801,29 +805,30 @@ int vp_flush_start(struct vp_ns *ns)
 
 void vp_flush_stop(struct vp_ns *ns)
 {
+	struct vp_flush *f = &ns->flush;
 	struct flush_op *op;
 	int started;
 
 	pthread_mutex_lock(&ns->lock);
-	started = !ns->flush.stop;
-	ns->flush.stop = 1;
-	pthread_cond_broadcast(&ns->flush.cond);
-	pthread_cond_broadcast(&ns->flush.worker_cond);
-	pthread_cond_broadcast(&ns->flush.evict_cond);
+	started = !f->stop;
+	f->stop = 1;
+	pthread_cond_broadcast(&f->cond);
+	pthread_cond_broadcast(&f->worker_cond);
+	pthread_cond_broadcast(&f->evict_cond);
 	pthread_mutex_unlock(&ns->lock);
-	if (started && ns->flush.dispatcher) {
-		pthread_join(ns->flush.dispatcher, NULL);
-		pthread_join(ns->flush.evictor, NULL);
+	if (started && f->dispatcher) {
+		pthread_join(f->dispatcher, NULL);
+		pthread_join(f->evictor, NULL);
 	}
-	for (unsigned int i = 0; i < ns->flush.nworkers; i++)
-		pthread_join(ns->flush.workers[i], NULL);
-	free(ns->flush.workers);
-	ns->flush.workers = NULL;
-	ns->flush.nworkers = 0;
+	for (unsigned int i = 0; i < f->nworkers; i++)
+		pthread_join(f->workers[i], NULL);
+	free(f->workers);
+	f->workers = NULL;
+	f->nworkers = 0;
 
 	pthread_mutex_lock(&ns->lock);
-	while ((op = TAILQ_FIRST(&ns->flush.log))) {
-		TAILQ_REMOVE(&ns->flush.log, op, link);
+	while ((op = TAILQ_FIRST(&f->log))) {
+		TAILQ_REMOVE(&f->log, op, link);
 		free_op_locked(ns, op);
 	}
 	pthread_mutex_unlock(&ns->lock);

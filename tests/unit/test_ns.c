@@ -46,6 +46,8 @@ static int setup(void **state)
 {
 	struct fixture *fx = calloc(1, sizeof(*fx));
 
+	if (!fx)
+		return -1;
 	strcpy(fx->pfs, "/tmp/vp-test-pfs-XXXXXX");
 	strcpy(fx->outside, "/tmp/vp-test-out-XXXXXX");
 	if (!mkdtemp(fx->pfs) || !mkdtemp(fx->outside))
