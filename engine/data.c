@@ -10,6 +10,7 @@
 #include <unistd.h>
 #include <xxhash.h>
 
+#include "lock.h"
 #include "pool.h"
 
 struct vp_chunk {
@@ -84,8 +85,11 @@ struct vp_data *vp_data_new(struct vp_pool *pool)
 	return data_alloc(pool);
 }
 
-/* Makes room for n slots.  Called with d->lock held. */
-static int reserve_slots_locked(struct vp_data *d, size_t n)
+/*
+ * Makes room for n slots in a data no other thread can see yet (one
+ * being made); reserve_slots_locked() is the same for any other.
+ */
+static int reserve_slots_new(struct vp_data *d, size_t n)
 {
 	struct vp_chunk **slots;
 	size_t cap = d->nslots ? d->nslots : 16;
@@ -103,6 +107,13 @@ static int reserve_slots_locked(struct vp_data *d, size_t n)
 	return 0;
 }
 
+/* Makes room for n slots.  Called with d->lock held. */
+static int reserve_slots_locked(struct vp_data *d, size_t n)
+{
+	VP_ASSERT_LOCKED(&d->lock);
+	return reserve_slots_new(d, n);
+}
+
 struct vp_data *vp_data_new_backed(struct vp_pool *pool, int fd, uint64_t size)
 {
 	struct vp_data *d = data_alloc(pool);
@@ -114,7 +125,7 @@ struct vp_data *vp_data_new_backed(struct vp_pool *pool, int fd, uint64_t size)
 	d->backing_fd = fd;
 	d->size = size;
 	d->backing_limit = size;
-	if (reserve_slots_locked(d, (size + d->chunk_size - 1) / d->chunk_size)) {
+	if (reserve_slots_new(d, (size + d->chunk_size - 1) / d->chunk_size)) {
 		vp_data_put(d);
 		return NULL;
 	}
@@ -128,7 +139,7 @@ struct vp_data *vp_data_clone(struct vp_data *src)
 	if (!d)
 		return NULL;
 	pthread_mutex_lock(&src->lock);
-	if (reserve_slots_locked(d, src->nslots))
+	if (reserve_slots_new(d, src->nslots))
 		goto err_unlock;
 	if (src->backing_fd >= 0) {
 		d->backing_fd = fcntl(src->backing_fd, F_DUPFD_CLOEXEC, 0);
@@ -216,6 +227,7 @@ static int fill_empty_locked(struct vp_data *d, size_t idx, void *mem)
 	uint64_t start = (uint64_t)idx * d->chunk_size;
 	size_t from_file = 0;
 
+	VP_ASSERT_LOCKED(&d->lock);
 	if (d->backing_fd >= 0 && start < d->backing_limit) {
 		uint64_t avail = d->backing_limit - start;
 
@@ -250,6 +262,7 @@ static int own_chunk_locked(struct vp_data *d, size_t idx, int whole,
 	struct vp_chunk *old = d->slots[idx], *c;
 	int err;
 
+	VP_ASSERT_LOCKED(&d->lock);
 	if (old && __atomic_load_n(&old->refs, __ATOMIC_ACQUIRE) == 1) {
 		__atomic_store_n(&old->hash_len, 0, __ATOMIC_RELEASE);	/* about to change */
 		return 0;
@@ -444,7 +457,7 @@ struct vp_data *vp_data_adopt(struct vp_pool *pool, void **mem, size_t n,
 	struct vp_data *d = data_alloc(pool);
 	size_t i = 0;
 
-	if (!d || reserve_slots_locked(d, n ? n : 1))
+	if (!d || reserve_slots_new(d, n ? n : 1))
 		goto err;
 	for (; i < n; i++) {
 		struct vp_chunk *c;

@@ -15,9 +15,9 @@
  * INVARIANTS: bytes at or past `backing_limit` never come from the backing
  * file (a truncate below it and an extension read zeros).
  *
- * THREADING: every function is thread-safe; d->lock is taken inside.  Lock
- * order: data->lock, then pool->lock.  Never call in with a namespace lock
- * held.  Writes and fills may block (cache backpressure, PFS reads).
+ * THREADING: every function is thread-safe; d->lock is taken inside (its
+ * place in the lock order: lock.h).  Writes and fills may block (cache
+ * backpressure, PFS reads).
  */
 #ifndef VP_DATA_H
 #define VP_DATA_H

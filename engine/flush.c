@@ -1,6 +1,7 @@
 /* flush: see flush.h. */
 #define _GNU_SOURCE
 #include "flush.h"
+#include "ns/ns_i.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -30,6 +31,7 @@ struct flush_op *vp_flush_log_locked(struct vp_ns *ns, enum flush_op_type type,
 {
 	struct flush_op *op;
 
+	VP_ASSERT_LOCKED(&ns->lock);
 	if (ns->replica)
 		return NULL;	/* consumers never write the PFS */
 	op = calloc(1, sizeof(*op));
@@ -39,7 +41,7 @@ struct flush_op *vp_flush_log_locked(struct vp_ns *ns, enum flush_op_type type,
 		free(op);
 		return NULL;
 	}
-	op->seq = ns->next_seq++;
+	op->seq = ns->flush.next_seq++;
 	op->type = type;
 	op->state = OPS_QUEUED;
 	vp_node_get(node);
@@ -54,12 +56,8 @@ struct flush_op *vp_flush_log_locked(struct vp_ns *ns, enum flush_op_type type,
 	}
 	op->version = VP_NO_VERSION;
 	op->queued_at = vp_now();
-	if (ns->log_tail)
-		ns->log_tail->next = op;
-	else
-		ns->log_head = op;
-	ns->log_tail = op;
-	pthread_cond_broadcast(&ns->flush_cond);
+	TAILQ_INSERT_TAIL(&ns->flush.log, op, link);
+	pthread_cond_broadcast(&ns->flush.cond);
 	return op;
 }
 
@@ -67,11 +65,12 @@ void vp_flush_commit_locked(struct vp_ns *ns, struct vp_node *n, int force)
 {
 	struct flush_op *op = n->pending;
 
+	VP_ASSERT_LOCKED(&ns->lock);
 	if (ns->replica)
 		return;
 	if (!force && ns->cfg.flush_policy == VP_FLUSH_EVERY &&
 	    n->version % ns->cfg.flush_every != 0) {
-		ns->st_skipped_versions++;
+		ns->flush.st_skipped_versions++;
 		return;
 	}
 	if (op && ns->cfg.flush_policy != VP_FLUSH_ALL) {
@@ -81,8 +80,8 @@ void vp_flush_commit_locked(struct vp_ns *ns, struct vp_node *n, int force)
 		op->version = n->version;
 		op->size = n->size;
 		op->forced |= force;
-		ns->st_skipped_versions++;
-		pthread_cond_broadcast(&ns->flush_cond);
+		ns->flush.st_skipped_versions++;
+		pthread_cond_broadcast(&ns->flush.cond);
 		return;
 	}
 	op = vp_flush_log_locked(ns, OP_DATA, n, n->parent, n->name, NULL);
@@ -99,7 +98,7 @@ void vp_flush_cancel_locked(struct vp_ns *ns, struct vp_node *n)
 {
 	struct flush_op *op = n->pending;
 
-	(void)ns;
+	VP_ASSERT_LOCKED(&ns->lock);
 	if (!op)
 		return;
 	vp_data_put(op->data);
@@ -108,26 +107,44 @@ void vp_flush_cancel_locked(struct vp_ns *ns, struct vp_node *n)
 	n->pending = NULL;
 }
 
+void vp_flush_queue_locked(struct vp_ns *ns, struct vp_flush_queue *q)
+{
+	struct flush_op *op;
+
+	VP_ASSERT_LOCKED(&ns->lock);
+	memset(q, 0, sizeof(*q));
+	TAILQ_FOREACH(op, &ns->flush.log, link) {
+		q->ops++;
+		if (op->type == OP_DATA && op->data) {
+			q->data_bytes += op->size;
+			if (!q->oldest || op->queued_at < q->oldest)
+				q->oldest = op->queued_at;
+		}
+	}
+}
+
 void vp_flush_pressure(void *arg)
 {
 	struct vp_ns *ns = arg;
 
 	pthread_mutex_lock(&ns->lock);
-	ns->evict_wanted = 1;
-	pthread_cond_signal(&ns->evict_cond);
+	ns->flush.evict_wanted = 1;
+	pthread_cond_signal(&ns->flush.evict_cond);
 	pthread_mutex_unlock(&ns->lock);
 }
 
 static int eligible_locked(struct vp_ns *ns, struct flush_op *op, double now,
 			   double *when)
 {
+	VP_ASSERT_LOCKED(&ns->lock);
 	*when = op->queued_at + ns->cfg.flush_interval;
-	return op->forced || op->seq <= ns->force_seq ||
+	return op->forced || op->seq <= ns->flush.force_seq ||
 	       ns->cfg.flush_interval <= 0 || now >= *when;
 }
 
 static void free_op_locked(struct vp_ns *ns, struct flush_op *op)
 {
+	VP_ASSERT_LOCKED(&ns->lock);
 	if (op->node->pending == op)
 		op->node->pending = NULL;
 	vp_data_put(op->data);
@@ -147,6 +164,7 @@ static void set_place_locked(struct vp_ns *ns, struct vp_node *n,
 	struct vp_node *old = n->pfs_parent;
 	char *copy = name ? strdup(name) : NULL;
 
+	VP_ASSERT_LOCKED(&ns->lock);
 	if (parent)
 		vp_node_get(parent);
 	n->pfs_parent = parent;
@@ -202,7 +220,7 @@ static int stage(struct vp_ns *ns, struct flush_op *op, mode_t mode, uid_t uid,
 			break;
 		}
 		for (unsigned int i = 0; i < rd.nseg && !rc; i++) {
-			vp_tbucket_take(&ns->flush_bucket, rd.seg[i].len);
+			vp_tbucket_take(&ns->flush.bucket, rd.seg[i].len);
 			rc = write_all(fd, rd.seg[i].ptr, rd.seg[i].len, off);
 			off += rd.seg[i].len;
 			__atomic_store_n(&op->written, off, __ATOMIC_RELAXED);
@@ -237,9 +255,10 @@ static int stage(struct vp_ns *ns, struct flush_op *op, mode_t mode, uid_t uid,
 static void *worker_main(void *arg)
 {
 	struct vp_ns *ns = arg;
+	struct vp_flush *f = &ns->flush;
 
 	pthread_mutex_lock(&ns->lock);
-	while (!ns->stop) {
+	while (!f->stop) {
 		struct flush_op *op;
 		struct timespec mtime;
 		mode_t mode;
@@ -247,12 +266,12 @@ static void *worker_main(void *arg)
 		gid_t gid;
 		int rc;
 
-		for (op = ns->log_head; op; op = op->next)
+		TAILQ_FOREACH(op, &f->log, link)
 			if (op->type == OP_DATA && op->state == OPS_PREPARING &&
 			    !op->claimed)
 				break;
 		if (!op) {
-			pthread_cond_wait(&ns->worker_cond, &ns->lock);
+			pthread_cond_wait(&f->worker_cond, &ns->lock);
 			continue;
 		}
 		op->claimed = 1;
@@ -270,8 +289,8 @@ static void *worker_main(void *arg)
 		op->prep_rc = rc;
 		op->state = rc ? OPS_FAILED : OPS_PREPARED;
 		op->claimed = 0;
-		ns->preparing--;
-		pthread_cond_broadcast(&ns->flush_cond);
+		f->preparing--;
+		pthread_cond_broadcast(&f->cond);
 	}
 	pthread_mutex_unlock(&ns->lock);
 	return NULL;
@@ -280,10 +299,14 @@ static void *worker_main(void *arg)
 /* Hands eligible DATA entries to workers, up to flush_inflight. */
 static void start_prepares_locked(struct vp_ns *ns, double now, double *next)
 {
-	for (struct flush_op *op = ns->log_head;
-	     op && ns->preparing < ns->cfg.flush_inflight; op = op->next) {
+	struct flush_op *op;
+
+	VP_ASSERT_LOCKED(&ns->lock);
+	TAILQ_FOREACH(op, &ns->flush.log, link) {
 		double when;
 
+		if (ns->flush.preparing >= ns->cfg.flush_inflight)
+			break;
 		if (op->type != OP_DATA || op->state != OPS_QUEUED)
 			continue;
 		if (!eligible_locked(ns, op, now, &when)) {
@@ -297,8 +320,8 @@ static void start_prepares_locked(struct vp_ns *ns, double now, double *next)
 			op->node->pending = NULL;
 		if (op->data)
 			op->node->flushing_version = op->version;
-		ns->preparing++;
-		pthread_cond_signal(&ns->worker_cond);
+		ns->flush.preparing++;
+		pthread_cond_signal(&ns->flush.worker_cond);
 	}
 }
 
@@ -311,8 +334,11 @@ static void start_prepares_locked(struct vp_ns *ns, double now, double *next)
 static int open_parent_locked(struct vp_ns *ns, struct vp_node *parent,
 			      char *path, size_t len)
 {
-	int rc = vp_pfs_path_locked(ns, parent, path, len);
+	int rc;
 
+	VP_ASSERT_LOCKED(&ns->pfs_lock);
+	VP_ASSERT_LOCKED(&ns->lock);
+	rc = vp_pfs_path_locked(ns, parent, path, len);
 	if (rc)
 		return rc;
 	return vp_pfs_open_dir(ns->pfs_root_fd, path);
@@ -321,6 +347,7 @@ static int open_parent_locked(struct vp_ns *ns, struct vp_node *parent,
 static int publish(struct vp_ns *ns, struct flush_op *op, char *where, size_t wlen)
 {
 	struct vp_node *n = op->node;
+	struct vp_flush *f = &ns->flush;
 	char dpath[PATH_MAX];
 	int dfd, rc = 0;
 
@@ -350,11 +377,11 @@ static int publish(struct vp_ns *ns, struct flush_op *op, char *where, size_t wl
 	pthread_mutex_lock(&ns->lock);
 	if (!rc) {
 		n->pfs_version = op->version;
-		ns->st_flushed_versions++;
-		ns->st_flushed_bytes += op->size;
+		f->st_flushed_versions++;
+		f->st_flushed_bytes += op->size;
 		vp_metrics_add(VP_C_BYTES_FLUSHED, op->size);
-		ns->st_last_flush_lag = vp_now() - op->queued_at;
-		ns->st_lag_sum += ns->st_last_flush_lag;
+		f->st_last_flush_lag = vp_now() - op->queued_at;
+		f->st_lag_sum += f->st_last_flush_lag;
 		if (n->version == op->version && n->cur && !n->work)
 			vp_lru_add_locked(ns, n);
 	}
@@ -366,145 +393,192 @@ out_unlock:
 	return rc;
 }
 
+/* The PFS directories one namespace entry works in. */
+struct replay_dirs {
+	int sfd;		/* holds n's PFS place, or -errno */
+	int dfd;		/* op->parent's, the new place, or -errno */
+	int has_place;		/* n has a PFS place (the root always has) */
+};
+
+/*
+ * Takes pfs_lock (held on return) and opens op's directories, naming the
+ * entry in where for messages.
+ */
+static void replay_open(struct vp_ns *ns, struct flush_op *op,
+			struct replay_dirs *r, char *where, size_t wlen)
+{
+	struct vp_node *n = op->node;
+	char spath[PATH_MAX], dpath[PATH_MAX];
+
+	r->sfd = r->dfd = -1;
+	pthread_mutex_lock(&ns->pfs_lock);
+	pthread_mutex_lock(&ns->lock);
+	r->has_place = n->pfs_parent != NULL || n == ns->root;
+	if (r->has_place && n != ns->root) {
+		r->sfd = open_parent_locked(ns, n->pfs_parent, spath, sizeof(spath));
+		join_where(where, wlen, spath, n->pfs_name);
+	}
+	if (op->parent) {
+		r->dfd = open_parent_locked(ns, op->parent, dpath, sizeof(dpath));
+		if (!r->has_place || n == ns->root)
+			join_where(where, wlen, dpath, op->name);
+	}
+	pthread_mutex_unlock(&ns->lock);
+}
+
+static int replay_mkdir(struct flush_op *op, const struct replay_dirs *r)
+{
+	if (r->dfd < 0)
+		return r->dfd;
+	if (mkdirat(r->dfd, op->name, op->node->mode & 07777) && errno != EEXIST)
+		return -errno;
+	return fsync(r->dfd) ? -errno : 0;
+}
+
+/* A symlink is made in the staging folder, then renamed into place. */
+static int replay_symlink(struct vp_ns *ns, struct flush_op *op,
+			  const struct replay_dirs *r)
+{
+	char tmp[64];
+
+	if (r->dfd < 0)
+		return r->dfd;
+	snprintf(tmp, sizeof(tmp), "%" PRIu64 "-%" PRIu64 ".lnk", op->seq,
+		 op->node->ino);
+	unlinkat(ns->staging_fd, tmp, 0);
+	if (symlinkat(op->node->symlink, ns->staging_fd, tmp) ||
+	    renameat(ns->staging_fd, tmp, r->dfd, op->name))
+		return -errno;
+	return 0;
+}
+
+static int replay_rename(struct flush_op *op, const struct replay_dirs *r)
+{
+	if (r->dfd < 0)
+		return r->dfd;
+	if (!r->has_place)
+		return 0;
+	if (r->sfd < 0)
+		return r->sfd;
+	if (renameat(r->sfd, op->node->pfs_name, r->dfd, op->name) && errno != ENOENT)
+		return -errno;
+	if (fsync(r->dfd) || (r->sfd != r->dfd && fsync(r->sfd)))
+		return -errno;
+	return 0;
+}
+
+static int replay_unlink(struct flush_op *op, const struct replay_dirs *r)
+{
+	struct vp_node *n = op->node;
+
+	if (!r->has_place)
+		return 0;
+	if (r->sfd < 0)
+		return r->sfd;
+	if (unlinkat(r->sfd, n->pfs_name, n->type == VP_NODE_DIR ? AT_REMOVEDIR : 0) &&
+	    errno != ENOENT)
+		return -errno;
+	return 0;
+}
+
+static int replay_attr(struct vp_ns *ns, struct flush_op *op,
+		       const struct replay_dirs *r)
+{
+	struct vp_node *n = op->node;
+	struct timespec times[2];
+	int fd = n == ns->root ? ns->pfs_root_fd : r->sfd;
+	const char *name = n == ns->root ? "." : n->pfs_name;
+	mode_t mode;
+	uid_t uid;
+	gid_t gid;
+
+	/* the attributes change under ns->lock (setattr): copy them there */
+	pthread_mutex_lock(&ns->lock);
+	times[0] = n->atime;
+	times[1] = n->mtime;
+	mode = n->mode;
+	uid = n->uid;
+	gid = n->gid;
+	pthread_mutex_unlock(&ns->lock);
+
+	if (!r->has_place || (n->type == VP_NODE_FILE && n->pfs_version == VP_NO_VERSION))
+		return 0;	/* its DATA entry will carry the attributes */
+	if (fd < 0)
+		return fd;
+	if (n->type != VP_NODE_SYMLINK &&
+	    fchmodat(fd, name, mode & 07777, 0) && errno != ENOENT)
+		return -errno;
+	if (fchownat(fd, name, uid, gid, AT_SYMLINK_NOFOLLOW) &&
+	    errno != ENOENT && errno != EPERM)
+		return -errno;
+	if (utimensat(fd, name, times, AT_SYMLINK_NOFOLLOW) && errno != ENOENT)
+		return -errno;
+	return 0;
+}
+
+/* A replayed entry moves the PFS places it changed. */
+static void replay_places_locked(struct vp_ns *ns, struct flush_op *op)
+{
+	struct vp_node *n = op->node;
+
+	VP_ASSERT_LOCKED(&ns->lock);
+	switch (op->type) {
+	case OP_MKDIR:
+	case OP_SYMLINK:
+		set_place_locked(ns, n, op->parent, op->name);
+		break;
+	case OP_RENAME:
+		if (op->victim) {
+			set_place_locked(ns, op->victim, NULL, NULL);
+			op->victim->pfs_version = VP_NO_VERSION;
+		}
+		set_place_locked(ns, n, op->parent, op->name);
+		break;
+	case OP_UNLINK:
+		set_place_locked(ns, n, NULL, NULL);
+		n->pfs_version = VP_NO_VERSION;
+		break;
+	default:
+		break;
+	}
+}
+
 /* Replays one namespace entry.  No locks held on entry. */
 static int replay_meta(struct vp_ns *ns, struct flush_op *op, char *where,
 		       size_t wlen)
 {
-	struct vp_node *n = op->node;
-	char spath[PATH_MAX], dpath[PATH_MAX];
-	int sfd = -1, dfd = -1, rc = 0;
-	int has_place;
+	struct replay_dirs r;
+	int rc = 0;
 
-	pthread_mutex_lock(&ns->pfs_lock);
-	pthread_mutex_lock(&ns->lock);
-	has_place = n->pfs_parent != NULL || n == ns->root;
-	if (has_place && n != ns->root) {
-		sfd = open_parent_locked(ns, n->pfs_parent, spath, sizeof(spath));
-		join_where(where, wlen, spath, n->pfs_name);
-	}
-	if (op->parent) {
-		dfd = open_parent_locked(ns, op->parent, dpath, sizeof(dpath));
-		if (!has_place || n == ns->root)
-			join_where(where, wlen, dpath, op->name);
-	}
-	pthread_mutex_unlock(&ns->lock);
-
+	replay_open(ns, op, &r, where, wlen);
 	switch (op->type) {
 	case OP_MKDIR:
-		if (dfd < 0) {
-			rc = dfd;
-			break;
-		}
-		if (mkdirat(dfd, op->name, n->mode & 07777) && errno != EEXIST)
-			rc = -errno;
-		else if (fsync(dfd))
-			rc = -errno;
+		rc = replay_mkdir(op, &r);
 		break;
-	case OP_SYMLINK: {
-		char tmp[64];
-
-		if (dfd < 0) {
-			rc = dfd;
-			break;
-		}
-		snprintf(tmp, sizeof(tmp), "%" PRIu64 "-%" PRIu64 ".lnk", op->seq,
-			 n->ino);
-		unlinkat(ns->staging_fd, tmp, 0);
-		if (symlinkat(n->symlink, ns->staging_fd, tmp) ||
-		    renameat(ns->staging_fd, tmp, dfd, op->name))
-			rc = -errno;
+	case OP_SYMLINK:
+		rc = replay_symlink(ns, op, &r);
 		break;
-	}
 	case OP_RENAME:
-		if (dfd < 0) {
-			rc = dfd;
-			break;
-		}
-		if (has_place) {
-			if (sfd < 0)
-				rc = sfd;
-			else if (renameat(sfd, n->pfs_name, dfd, op->name) && errno != ENOENT)
-				rc = -errno;
-			else if (fsync(dfd) || (sfd != dfd && fsync(sfd)))
-				rc = -errno;
-		}
+		rc = replay_rename(op, &r);
 		break;
 	case OP_UNLINK:
-		if (!has_place)
-			break;
-		if (sfd < 0)
-			rc = sfd;
-		else if (unlinkat(sfd, n->pfs_name,
-				  n->type == VP_NODE_DIR ? AT_REMOVEDIR : 0) &&
-			 errno != ENOENT)
-			rc = -errno;
+		rc = replay_unlink(op, &r);
 		break;
-	case OP_ATTR: {
-		struct timespec times[2];
-		int fd = n == ns->root ? ns->pfs_root_fd : sfd;
-		const char *name = n == ns->root ? "." : n->pfs_name;
-		mode_t mode;
-		uid_t uid;
-		gid_t gid;
-
-		/* the attributes change under ns->lock (setattr): copy them there */
-		pthread_mutex_lock(&ns->lock);
-		times[0] = n->atime;
-		times[1] = n->mtime;
-		mode = n->mode;
-		uid = n->uid;
-		gid = n->gid;
-		pthread_mutex_unlock(&ns->lock);
-
-		if (!has_place || (n->type == VP_NODE_FILE && n->pfs_version == VP_NO_VERSION))
-			break;	/* its DATA entry will carry the attributes */
-		if (fd < 0) {
-			rc = fd;
-			break;
-		}
-		if (n->type != VP_NODE_SYMLINK &&
-		    fchmodat(fd, name, mode & 07777, 0) && errno != ENOENT)
-			rc = -errno;
-		if (!rc && fchownat(fd, name, uid, gid, AT_SYMLINK_NOFOLLOW) &&
-		    errno != ENOENT && errno != EPERM)
-			rc = -errno;
-		if (!rc && utimensat(fd, name, times, AT_SYMLINK_NOFOLLOW) &&
-		    errno != ENOENT)
-			rc = -errno;
+	case OP_ATTR:
+		rc = replay_attr(ns, op, &r);
 		break;
-	}
 	case OP_DATA:
 		break;
 	}
-
 	pthread_mutex_lock(&ns->lock);
-	if (!rc) {
-		switch (op->type) {
-		case OP_MKDIR:
-		case OP_SYMLINK:
-			set_place_locked(ns, n, op->parent, op->name);
-			break;
-		case OP_RENAME:
-			if (op->victim) {
-				set_place_locked(ns, op->victim, NULL, NULL);
-				op->victim->pfs_version = VP_NO_VERSION;
-			}
-			set_place_locked(ns, n, op->parent, op->name);
-			break;
-		case OP_UNLINK:
-			set_place_locked(ns, n, NULL, NULL);
-			n->pfs_version = VP_NO_VERSION;
-			break;
-		default:
-			break;
-		}
-	}
+	if (!rc)
+		replay_places_locked(ns, op);
 	pthread_mutex_unlock(&ns->lock);
 	pthread_mutex_unlock(&ns->pfs_lock);
-	if (sfd >= 0)
-		close(sfd);
-	if (dfd >= 0)
-		close(dfd);
+	if (r.sfd >= 0)
+		close(r.sfd);
+	if (r.dfd >= 0)
+		close(r.dfd);
 	return rc;
 }
 
@@ -517,35 +591,112 @@ static const char *op_verb(enum flush_op_type t)
 	return verbs[t];
 }
 
+/*
+ * A transient failure: the entry stays at the head, retried after an
+ * exponential back-off (*backoff), during which the lock is dropped.
+ */
+static void retry_locked(struct vp_ns *ns, struct flush_op *op, int rc,
+			 const char *where, double *backoff)
+{
+	struct vp_flush *f = &ns->flush;
+	struct timespec ts;
+
+	VP_ASSERT_LOCKED(&ns->lock);
+	f->st_retries++;
+	f->last_error = rc;
+	snprintf(f->last_error_path, sizeof(f->last_error_path), "%s", where);
+	*backoff = *backoff ? *backoff * 2 : 0.5;
+	if (*backoff > ns->cfg.flush_retry_max)
+		*backoff = ns->cfg.flush_retry_max;
+	vp_log(LOG_WARNING, "flush",
+	       "%s of '%s' to '%s': %s; keeping it in cache, retrying in %.1f s",
+	       op_verb(op->type), *where ? where : "(staging)",
+	       ns->pfs_dir, strerror(-rc), *backoff);
+	if (op->type == OP_DATA && op->state == OPS_FAILED) {
+		op->state = OPS_QUEUED;	/* stage it again */
+		if (!op->node->pending && ns->cfg.flush_policy != VP_FLUSH_ALL)
+			op->node->pending = op;
+	}
+	vp_abstime(&ts, vp_now() + *backoff);
+	while (!f->stop && pthread_cond_timedwait(&f->cond, &ns->lock, &ts) != ETIMEDOUT)
+		;
+}
+
+/* The head entry is done with (replayed, or skipped): off the log. */
+static void finish_locked(struct vp_ns *ns, struct flush_op *op, int rc,
+			  const char *where, double *backoff)
+{
+	struct vp_flush *f = &ns->flush;
+
+	VP_ASSERT_LOCKED(&ns->lock);
+	if (rc) {
+		vp_log(LOG_ERR, "flush",
+		       "%s of '%s' in '%s': %s; skipped (the PFS changed under viperfs)",
+		       op_verb(op->type), *where ? where : op->name ? op->name : "?",
+		       ns->pfs_dir, strerror(-rc));
+		if (op->type == OP_DATA) {
+			unlinkat(ns->staging_fd, op->stage_name, 0);
+			if (op->node->flushing_version == op->version)
+				op->node->flushing_version = VP_NO_VERSION;
+		}
+	} else if (*backoff) {
+		vp_log(LOG_NOTICE, "flush", "the PFS '%s' accepts writes again; flushing resumed",
+		       ns->pfs_dir);
+	}
+	if (!rc) {
+		*backoff = 0;
+		f->last_error = 0;
+	}
+	TAILQ_REMOVE(&f->log, op, link);
+	f->done_seq = op->seq;
+	free_op_locked(ns, op);
+	pthread_cond_broadcast(&f->cond);
+}
+
+/*
+ * Whether the head entry op can be replayed now; if not, waits (dropping
+ * the lock) until something changes or its time comes.
+ */
+static int head_ready_locked(struct vp_ns *ns, struct flush_op *op, double now,
+			     double next)
+{
+	struct timespec ts;
+	double when;
+
+	VP_ASSERT_LOCKED(&ns->lock);
+	if (!op) {
+		pthread_cond_wait(&ns->flush.cond, &ns->lock);
+		return 0;
+	}
+	if (!eligible_locked(ns, op, now, &when)) {
+		vp_abstime(&ts, when < next ? when : next);
+		pthread_cond_timedwait(&ns->flush.cond, &ns->lock, &ts);
+		return 0;
+	}
+	if (op->type == OP_DATA && (op->state == OPS_QUEUED ||
+				    op->state == OPS_PREPARING)) {
+		vp_abstime(&ts, next);
+		pthread_cond_timedwait(&ns->flush.cond, &ns->lock, &ts);
+		return 0;
+	}
+	return 1;
+}
+
 static void *dispatcher_main(void *arg)
 {
 	struct vp_ns *ns = arg;
 	double backoff = 0;
 
 	pthread_mutex_lock(&ns->lock);
-	while (!ns->stop) {
-		struct flush_op *op = ns->log_head;
-		double now = vp_now(), next = now + 3600, when;
+	while (!ns->flush.stop) {
+		struct flush_op *op = TAILQ_FIRST(&ns->flush.log);
+		double now = vp_now(), next = now + 3600;
 		char where[PATH_MAX] = "";
-		struct timespec ts;
 		int rc;
 
 		start_prepares_locked(ns, now, &next);
-		if (!op) {
-			pthread_cond_wait(&ns->flush_cond, &ns->lock);
+		if (!head_ready_locked(ns, op, now, next))
 			continue;
-		}
-		if (!eligible_locked(ns, op, now, &when)) {
-			vp_abstime(&ts, when < next ? when : next);
-			pthread_cond_timedwait(&ns->flush_cond, &ns->lock, &ts);
-			continue;
-		}
-		if (op->type == OP_DATA && (op->state == OPS_QUEUED ||
-					    op->state == OPS_PREPARING)) {
-			vp_abstime(&ts, next);
-			pthread_cond_timedwait(&ns->flush_cond, &ns->lock, &ts);
-			continue;
-		}
 		pthread_mutex_unlock(&ns->lock);
 		if (op->type == OP_DATA && op->state == OPS_FAILED)
 			rc = op->prep_rc;
@@ -555,53 +706,10 @@ static void *dispatcher_main(void *arg)
 			rc = replay_meta(ns, op, where, sizeof(where));
 		pthread_mutex_lock(&ns->lock);
 
-		if (rc && vp_pfs_is_transient(rc)) {
-			ns->st_retries++;
-			ns->last_error = rc;
-			snprintf(ns->last_error_path, sizeof(ns->last_error_path),
-				 "%s", where);
-			backoff = backoff ? backoff * 2 : 0.5;
-			if (backoff > ns->cfg.flush_retry_max)
-				backoff = ns->cfg.flush_retry_max;
-			vp_log(LOG_WARNING, "flush",
-			       "%s of '%s' to '%s': %s; keeping it in cache, retrying in %.1f s",
-			       op_verb(op->type), *where ? where : "(staging)",
-			       ns->pfs_dir, strerror(-rc), backoff);
-			if (op->type == OP_DATA && op->state == OPS_FAILED) {
-				op->state = OPS_QUEUED;	/* stage it again */
-				if (!op->node->pending && ns->cfg.flush_policy != VP_FLUSH_ALL)
-					op->node->pending = op;
-			}
-			vp_abstime(&ts, vp_now() + backoff);
-			while (!ns->stop &&
-			       pthread_cond_timedwait(&ns->flush_cond, &ns->lock, &ts) != ETIMEDOUT)
-				;
-			continue;
-		}
-		if (rc) {
-			vp_log(LOG_ERR, "flush",
-			       "%s of '%s' in '%s': %s; skipped (the PFS changed under viperfs)",
-			       op_verb(op->type), *where ? where : op->name ? op->name : "?",
-			       ns->pfs_dir, strerror(-rc));
-			if (op->type == OP_DATA) {
-				unlinkat(ns->staging_fd, op->stage_name, 0);
-				if (op->node->flushing_version == op->version)
-					op->node->flushing_version = VP_NO_VERSION;
-			}
-		} else if (backoff) {
-			vp_log(LOG_NOTICE, "flush", "the PFS '%s' accepts writes again; flushing resumed",
-			       ns->pfs_dir);
-		}
-		if (!rc) {
-			backoff = 0;
-			ns->last_error = 0;
-		}
-		ns->log_head = op->next;
-		if (!ns->log_head)
-			ns->log_tail = NULL;
-		ns->done_seq = op->seq;
-		free_op_locked(ns, op);
-		pthread_cond_broadcast(&ns->flush_cond);
+		if (rc && vp_pfs_is_transient(rc))
+			retry_locked(ns, op, rc, where, &backoff);
+		else
+			finish_locked(ns, op, rc, where, &backoff);
 	}
 	pthread_mutex_unlock(&ns->lock);
 	return NULL;
@@ -612,26 +720,27 @@ static void *dispatcher_main(void *arg)
 static void *evictor_main(void *arg)
 {
 	struct vp_ns *ns = arg;
+	struct vp_flush *f = &ns->flush;
 
 	pthread_mutex_lock(&ns->lock);
-	while (!ns->stop) {
+	while (!f->stop) {
 		uint64_t want;
 
-		if (!ns->evict_wanted) {
-			pthread_cond_wait(&ns->evict_cond, &ns->lock);
+		if (!f->evict_wanted) {
+			pthread_cond_wait(&f->evict_cond, &ns->lock);
 			continue;
 		}
-		ns->evict_wanted = 0;
+		f->evict_wanted = 0;
 		/* free a tenth of the budget at a time, so writers are not woken for one chunk */
 		want = ns->cfg.ram_cache / 10;
-		while (ns->lru_head && vp_pool_available(ns->pool) < want) {
-			struct vp_node *n = ns->lru_head;
+		while (TAILQ_FIRST(&ns->lru) && vp_pool_available(ns->pool) < want) {
+			struct vp_node *n = TAILQ_FIRST(&ns->lru);
 
 			vp_lru_del_locked(ns, n);
 			if (n->cur && !n->work && n->pfs_version == n->version) {
 				vp_data_put(n->cur);
 				n->cur = NULL;
-				ns->st_evictions++;
+				f->st_evictions++;
 			}
 		}
 	}
@@ -639,31 +748,52 @@ static void *evictor_main(void *arg)
 	return NULL;
 }
 
+void vp_flush_init(struct vp_flush *f, const struct vp_config *cfg)
+{
+	uint64_t burst = cfg->flush_bw / 8 > VP_CHUNK_SIZE ? cfg->flush_bw / 8 : VP_CHUNK_SIZE;
+
+	vp_tbucket_init(&f->bucket, cfg->flush_bw, cfg->flush_bw ? burst : 0, vp_now);
+	vp_cond_init_monotonic(&f->cond);
+	vp_cond_init_monotonic(&f->worker_cond);
+	vp_cond_init_monotonic(&f->evict_cond);
+	TAILQ_INIT(&f->log);
+	f->next_seq = 1;
+}
+
+void vp_flush_release(struct vp_flush *f)
+{
+	pthread_cond_destroy(&f->evict_cond);
+	pthread_cond_destroy(&f->worker_cond);
+	pthread_cond_destroy(&f->cond);
+	vp_tbucket_release(&f->bucket);
+}
+
 int vp_flush_start(struct vp_ns *ns)
 {
+	struct vp_flush *f = &ns->flush;
 	int rc;
 
-	ns->nworkers = ns->cfg.flush_inflight;
-	ns->workers = calloc(ns->nworkers, sizeof(*ns->workers));
-	if (!ns->workers)
+	f->nworkers = ns->cfg.flush_inflight;
+	f->workers = calloc(f->nworkers, sizeof(*f->workers));
+	if (!f->workers)
 		return -ENOMEM;
-	for (unsigned int i = 0; i < ns->nworkers; i++) {
-		rc = pthread_create(&ns->workers[i], NULL, worker_main, ns);
+	for (unsigned int i = 0; i < f->nworkers; i++) {
+		rc = pthread_create(&f->workers[i], NULL, worker_main, ns);
 		if (rc) {
-			ns->nworkers = i;
+			f->nworkers = i;
 			vp_flush_stop(ns);
 			return -rc;
 		}
 	}
-	rc = pthread_create(&ns->dispatcher, NULL, dispatcher_main, ns);
+	rc = pthread_create(&f->dispatcher, NULL, dispatcher_main, ns);
 	if (!rc) {
-		rc = pthread_create(&ns->evictor, NULL, evictor_main, ns);
+		rc = pthread_create(&f->evictor, NULL, evictor_main, ns);
 		if (rc) {
 			pthread_mutex_lock(&ns->lock);
-			ns->stop = 1;
-			pthread_cond_broadcast(&ns->flush_cond);
+			f->stop = 1;
+			pthread_cond_broadcast(&f->cond);
 			pthread_mutex_unlock(&ns->lock);
-			pthread_join(ns->dispatcher, NULL);
+			pthread_join(f->dispatcher, NULL);
 		}
 	}
 	if (rc) {
@@ -675,30 +805,31 @@ int vp_flush_start(struct vp_ns *ns)
 
 void vp_flush_stop(struct vp_ns *ns)
 {
+	struct vp_flush *f = &ns->flush;
+	struct flush_op *op;
+	int started;
+
 	pthread_mutex_lock(&ns->lock);
-	int started = !ns->stop;
-	ns->stop = 1;
-	pthread_cond_broadcast(&ns->flush_cond);
-	pthread_cond_broadcast(&ns->worker_cond);
-	pthread_cond_broadcast(&ns->evict_cond);
+	started = !f->stop;
+	f->stop = 1;
+	pthread_cond_broadcast(&f->cond);
+	pthread_cond_broadcast(&f->worker_cond);
+	pthread_cond_broadcast(&f->evict_cond);
 	pthread_mutex_unlock(&ns->lock);
-	if (started && ns->dispatcher) {
-		pthread_join(ns->dispatcher, NULL);
-		pthread_join(ns->evictor, NULL);
+	if (started && f->dispatcher) {
+		pthread_join(f->dispatcher, NULL);
+		pthread_join(f->evictor, NULL);
 	}
-	for (unsigned int i = 0; i < ns->nworkers; i++)
-		pthread_join(ns->workers[i], NULL);
-	free(ns->workers);
-	ns->workers = NULL;
-	ns->nworkers = 0;
+	for (unsigned int i = 0; i < f->nworkers; i++)
+		pthread_join(f->workers[i], NULL);
+	free(f->workers);
+	f->workers = NULL;
+	f->nworkers = 0;
 
 	pthread_mutex_lock(&ns->lock);
-	while (ns->log_head) {
-		struct flush_op *op = ns->log_head;
-
-		ns->log_head = op->next;
+	while ((op = TAILQ_FIRST(&f->log))) {
+		TAILQ_REMOVE(&f->log, op, link);
 		free_op_locked(ns, op);
 	}
-	ns->log_tail = NULL;
 	pthread_mutex_unlock(&ns->lock);
 }

@@ -1,6 +1,7 @@
 /*
  * flush: the background writer that replays the namespace's flush log on
- * the PFS (its functions are declared in ns_i.h; this header explains it).
+ * the PFS.  struct vp_flush is a member object of struct vp_ns
+ * (ns->flush), as squashfuse's struct sqfs holds its caches.
  *
  * DESIGN: every namespace change (mkdir, symlink, rename, unlink, attribute
  * change) and every committed file version is appended to one log, in
@@ -27,10 +28,106 @@
  *  - The evictor thread answers cache pressure: it drops the cached bytes
  *    of versions that are on the PFS, least recently opened first.
  *
- * THREADING: the log and all node fields are protected by ns->lock;
- * PFS namespace calls are made holding ns->pfs_lock only.
+ * THREADING: the log, struct vp_flush and all node fields are protected
+ * by ns->lock; PFS namespace calls are made holding ns->pfs_lock only.
+ * The lock order is lock.h's.
  */
 #ifndef VP_FLUSH_H
 #define VP_FLUSH_H
-#include "ns_i.h"
+
+#include <limits.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <sys/queue.h>
+
+#include "tbucket.h"
+
+struct vp_config;
+struct vp_data;
+struct vp_node;
+struct vp_ns;
+
+enum flush_op_type { OP_MKDIR, OP_DATA, OP_SYMLINK, OP_RENAME, OP_UNLINK,
+		     OP_ATTR };
+
+enum flush_op_state { OPS_QUEUED, OPS_PREPARING, OPS_PREPARED, OPS_FAILED };
+
+/* One entry of the flush log.  Protected by ns->lock. */
+struct flush_op {
+	TAILQ_ENTRY(flush_op) link;	/* in ns->flush.log */
+	uint64_t seq;
+	enum flush_op_type type;
+	enum flush_op_state state;
+	struct vp_node *node;		/* ref */
+	struct vp_node *parent;		/* ref: new place (MKDIR, SYMLINK, RENAME, DATA) */
+	char *name;
+	struct vp_node *victim;		/* ref: RENAME's replaced node */
+	/* DATA: the version to write; may be swapped for a newer one while QUEUED */
+	struct vp_data *data;		/* ref, NULL: cancelled */
+	uint64_t version;
+	uint64_t size;
+	double queued_at;
+	int forced;			/* eligible at once, whatever the policy */
+	int prep_rc;
+	int claimed;			/* a worker is preparing it */
+	uint64_t written;		/* atomic: bytes staged so far */
+	char stage_name[64];
+};
+
+TAILQ_HEAD(flush_log, flush_op);
+
+struct vp_flush {
+	struct tbucket bucket;		/* flush_bw */
+	pthread_cond_t cond;		/* log changed, or an entry finished */
+	pthread_cond_t worker_cond;	/* work for prepare workers */
+	pthread_cond_t evict_cond;	/* cache pressure */
+
+	/* protected by ns->lock: */
+	int stop;
+	int evict_wanted;
+	struct flush_log log;
+	uint64_t next_seq;
+	uint64_t done_seq;		/* every entry <= done_seq is replayed */
+	uint64_t force_seq;		/* entries <= force_seq are eligible at once */
+	unsigned int preparing;
+	int last_error;			/* last PFS error, -errno, 0 after success */
+	char last_error_path[PATH_MAX];
+	uint64_t st_flushed_versions, st_flushed_bytes;
+	uint64_t st_skipped_versions, st_evictions, st_retries;
+	double st_last_flush_lag;	/* seconds from commit to on-PFS */
+	double st_lag_sum;		/* for the mean flush lag */
+
+	pthread_t dispatcher;
+	pthread_t evictor;
+	pthread_t *workers;
+	unsigned int nworkers;
+};
+
+/* What the log holds, for status and metrics.  ns->lock held. */
+struct vp_flush_queue {
+	uint64_t ops, data_bytes;
+	double oldest;			/* queued_at of the oldest DATA entry, 0: none */
+};
+
+/* Sets up f (no threads yet) for the options in cfg. */
+void vp_flush_init(struct vp_flush *f, const struct vp_config *cfg);
+/* Frees what vp_flush_init set up; after vp_flush_stop. */
+void vp_flush_release(struct vp_flush *f);
+/* Starts the dispatcher, workers and evictor.  0 or -errno. */
+int vp_flush_start(struct vp_ns *ns);
+/* Stops them and drops what the log still holds.  No locks held. */
+void vp_flush_stop(struct vp_ns *ns);
+/* Appends an entry; takes the refs it needs.  Called with ns->lock held. */
+struct flush_op *vp_flush_log_locked(struct vp_ns *ns, enum flush_op_type type,
+				     struct vp_node *node,
+				     struct vp_node *parent, const char *name,
+				     struct vp_node *victim);
+/* A version was committed: queue or coalesce its DATA entry. */
+void vp_flush_commit_locked(struct vp_ns *ns, struct vp_node *n, int force);
+/* n is unlinked: drop the bytes of a DATA entry that has not started. */
+void vp_flush_cancel_locked(struct vp_ns *ns, struct vp_node *n);
+void vp_flush_queue_locked(struct vp_ns *ns, struct vp_flush_queue *q);
+/* The pool's pressure callback (arg: the ns): wakes the evictor. */
+void vp_flush_pressure(void *arg);
+
 #endif

@@ -9,7 +9,8 @@
  * file, or fsync with fsync=pfs) commits it as a new immutable version with
  * the next version number.  Every namespace change and every committed
  * version is appended to the flush log, which flush.c replays on the PFS
- * in order (flush.h says how).
+ * in order (flush.h says how).  The implementation lives in engine/ns/,
+ * one file per object (ns/ns_i.h lists them).
  *
  * This header is the engine's face to fs/: inode numbers, attributes,
  * handles and errno codes, nothing of FUSE.  Functions return 0, a size,

@@ -18,7 +18,7 @@
 #include <unistd.h>
 
 #include "log.h"
-#include "ns_i.h"
+#include "ns/ns_i.h"
 
 int vp_pfs_openat(int root_fd, const char *rel, int flags, mode_t mode)
 {

@@ -17,7 +17,7 @@
 #include <unistd.h>
 
 #include "../../engine/log.h"
-#include "../../engine/ns_i.h"
+#include "../../engine/ns/ns_i.h"
 
 struct fixture {
 	char pfs[64];
@@ -46,6 +46,8 @@ static int setup(void **state)
 {
 	struct fixture *fx = calloc(1, sizeof(*fx));
 
+	if (!fx)
+		return -1;
 	strcpy(fx->pfs, "/tmp/vp-test-pfs-XXXXXX");
 	strcpy(fx->outside, "/tmp/vp-test-out-XXXXXX");
 	if (!mkdtemp(fx->pfs) || !mkdtemp(fx->outside))
@@ -129,10 +131,11 @@ static void assert_pfs_missing(struct fixture *fx, const char *rel)
 
 static unsigned int count_log(struct vp_ns *ns, enum flush_op_type type)
 {
+	struct flush_op *op;
 	unsigned int n = 0;
 
 	pthread_mutex_lock(&ns->lock);
-	for (struct flush_op *op = ns->log_head; op; op = op->next)
+	TAILQ_FOREACH(op, &ns->flush.log, link)
 		n += op->type == type;
 	pthread_mutex_unlock(&ns->lock);
 	return n;
@@ -243,8 +246,8 @@ static void test_coalescing_latest(void **state)
 	/* one entry, now carrying version 3; two versions skipped */
 	assert_int_equal(count_log(ns, OP_DATA), 1);
 	pthread_mutex_lock(&ns->lock);
-	assert_int_equal(ns->log_head->version, 3);
-	assert_int_equal(ns->st_skipped_versions, 2);
+	assert_int_equal(TAILQ_FIRST(&ns->flush.log)->version, 3);
+	assert_int_equal(ns->flush.st_skipped_versions, 2);
 	pthread_mutex_unlock(&ns->lock);
 	assert_pfs_missing(fx, "ckpt");	/* held back by flush_interval */
 	flush_all(ns);
@@ -263,7 +266,7 @@ static void test_flush_all_keeps_every_version(void **state)
 	flush_all(ns);
 	assert_pfs_file(fx, "ckpt", "v3");
 	pthread_mutex_lock(&ns->lock);
-	assert_int_equal(ns->st_flushed_versions, 3);
+	assert_int_equal(ns->flush.st_flushed_versions, 3);
 	pthread_mutex_unlock(&ns->lock);
 }
 
@@ -278,7 +281,7 @@ static void test_flush_every_n(void **state)
 	assert_int_equal(count_log(ns, OP_DATA), 1);	/* v2: queued */
 	put_file(ns, VP_ROOT_INO, "ckpt", "v3");
 	pthread_mutex_lock(&ns->lock);
-	assert_int_equal(ns->log_head->version, 2);	/* v3 not coalesced in */
+	assert_int_equal(TAILQ_FIRST(&ns->flush.log)->version, 2);	/* v3 not coalesced in */
 	pthread_mutex_unlock(&ns->lock);
 	/* a forced flush (viperctl flush, unmount) still writes the last one */
 	flush_all(ns);

@@ -1,0 +1,531 @@
+/*
+ * load: the namespace read from the PFS -- directories on first lookup or
+ * readdir, file bytes on first open (or back from the GPU mirror), whole
+ * trees for replicas and warm-ups.  Both lazy loads are double-checked:
+ * a look under ns->lock, then again under pfs_lock and ns->lock, with the
+ * PFS read in between under pfs_lock alone (pfs_load below).
+ */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+#include "../gpu.h"
+#include "../log.h"
+#include "ns_i.h"
+
+#define XATTR_VERSION "user.viperfs.version"
+
+static uint64_t read_version_xattr(int dirfd, const char *name)
+{
+	char buf[32];
+	ssize_t n;
+	int fd = openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
+
+	if (fd < 0)
+		return 0;
+	n = fgetxattr(fd, XATTR_VERSION, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0)
+		return 0;
+	buf[n] = '\0';
+	return strtoull(buf, NULL, 10);
+}
+
+struct pfs_entry {
+	char *name;
+	struct stat st;
+	char *target;
+	uint64_t version;
+};
+
+/* Reads a PFS directory into a new array.  No ns->lock held. */
+static int read_pfs_dir(int fd, int is_root, struct pfs_entry **out, size_t *count)
+{
+	int dfd = dup(fd);
+	DIR *d = dfd >= 0 ? fdopendir(dfd) : NULL;
+	struct pfs_entry *ents = NULL;
+	size_t n = 0, cap = 0;
+	struct dirent *de;
+
+	if (!d) {
+		if (dfd >= 0)
+			close(dfd);
+		return -errno;
+	}
+	while ((de = readdir(d))) {
+		struct pfs_entry *e;
+
+		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
+			continue;
+		if (is_root && !strcmp(de->d_name, VP_STAGING_DIR))
+			continue;
+		if (strlen(de->d_name) > VP_NAME_MAX)
+			continue;
+		if (n == cap) {
+			struct pfs_entry *more;
+
+			cap = cap ? cap * 2 : 32;
+			more = realloc(ents, cap * sizeof(*ents));
+			if (!more)
+				break;
+			ents = more;
+		}
+		e = &ents[n];
+		memset(e, 0, sizeof(*e));
+		if (fstatat(fd, de->d_name, &e->st, AT_SYMLINK_NOFOLLOW))
+			continue;
+		if (!S_ISREG(e->st.st_mode) && !S_ISDIR(e->st.st_mode) &&
+		    !S_ISLNK(e->st.st_mode))
+			continue;	/* sockets, devices: not model files */
+		if (S_ISLNK(e->st.st_mode)) {
+			char buf[PATH_MAX];
+			ssize_t l = readlinkat(fd, de->d_name, buf, sizeof(buf) - 1);
+
+			if (l < 0)
+				continue;
+			buf[l] = '\0';
+			e->target = strdup(buf);
+		}
+		if (S_ISREG(e->st.st_mode))
+			e->version = read_version_xattr(fd, de->d_name);
+		e->name = strdup(de->d_name);
+		if (!e->name)
+			break;
+		n++;
+	}
+	closedir(d);
+	*out = ents;
+	*count = n;
+	return 0;
+}
+
+/*
+ * One lazy load from the PFS, double-checked.  Each kind of load says:
+ *  - done_locked: whether there is nothing (left) to load: >0 done, 0 go
+ *    on, <0 an error (believed only on the second look, under pfs_lock);
+ *  - no_place_locked: what to do when n has no PFS place;
+ *  - read: the PFS I/O on path, with pfs_lock held and ns->lock not;
+ *  - install_locked: puts what read() found into the tree (rc is read's).
+ * All callbacks return 0 or -errno, and share arg.
+ */
+struct pfs_loader {
+	int (*done_locked)(struct vp_ns *ns, struct vp_node *n, void *arg);
+	int (*no_place_locked)(struct vp_ns *ns, struct vp_node *n, void *arg);
+	int (*read)(struct vp_ns *ns, const char *path, void *arg);
+	int (*install_locked)(struct vp_ns *ns, struct vp_node *n,
+			      const char *path, int rc, void *arg);
+};
+
+/* Runs a load of n.  No locks held on entry.  Returns 0 or -errno. */
+static int pfs_load(struct vp_ns *ns, struct vp_node *n,
+		    const struct pfs_loader *ld, void *arg)
+{
+	char path[PATH_MAX];
+	int rc;
+
+	pthread_mutex_lock(&ns->lock);
+	rc = ld->done_locked(ns, n, arg);
+	pthread_mutex_unlock(&ns->lock);
+	if (rc > 0)
+		return 0;
+
+	pthread_mutex_lock(&ns->pfs_lock);
+	pthread_mutex_lock(&ns->lock);
+	rc = ld->done_locked(ns, n, arg);
+	if (rc)
+		goto out_unlock;
+	if (vp_pfs_path_locked(ns, n, path, sizeof(path))) {
+		rc = ld->no_place_locked(ns, n, arg);
+		goto out_unlock;
+	}
+	pthread_mutex_unlock(&ns->lock);
+	rc = ld->read(ns, path, arg);
+	pthread_mutex_lock(&ns->lock);
+	rc = ld->install_locked(ns, n, path, rc, arg);
+out_unlock:
+	pthread_mutex_unlock(&ns->lock);
+	pthread_mutex_unlock(&ns->pfs_lock);
+	return rc > 0 ? 0 : rc;
+}
+
+/* ---- directories ---- */
+
+struct dir_load {
+	struct pfs_entry *ents;
+	size_t count;
+};
+
+static int dir_done_locked(struct vp_ns *ns, struct vp_node *dir, void *arg)
+{
+	VP_ASSERT_LOCKED(&ns->lock);
+	(void)arg;
+	if (!dir->loaded && ns->replica_loaded)
+		dir->loaded = 1;	/* a replica's tree comes from the producer now */
+	return dir->loaded;
+}
+
+static int dir_no_place_locked(struct vp_ns *ns, struct vp_node *dir, void *arg)
+{
+	VP_ASSERT_LOCKED(&ns->lock);
+	(void)arg;
+	dir->loaded = 1;	/* not on the PFS: nothing to read */
+	return 0;
+}
+
+static int dir_read(struct vp_ns *ns, const char *path, void *arg)
+{
+	struct dir_load *dl = arg;
+	int fd, rc;
+
+	fd = vp_pfs_open_dir(ns->pfs_root_fd, path);
+	if (fd < 0)
+		return fd;
+	rc = read_pfs_dir(fd, !*path, &dl->ents, &dl->count);
+	close(fd);
+	return rc;
+}
+
+/* A node for PFS entry e, linked in dir at its PFS place.  0 or -ENOMEM. */
+static int add_entry_locked(struct vp_ns *ns, struct vp_node *dir,
+			    struct pfs_entry *e)
+{
+	enum vp_node_type type = S_ISDIR(e->st.st_mode) ? VP_NODE_DIR :
+		S_ISLNK(e->st.st_mode) ? VP_NODE_SYMLINK : VP_NODE_FILE;
+	struct vp_node *n;
+
+	VP_ASSERT_LOCKED(&ns->lock);
+	n = vp_node_new_locked(ns, type, e->st.st_mode, e->st.st_uid,
+			       e->st.st_gid);
+	if (!n)
+		return -ENOMEM;
+	n->atime = e->st.st_atim;
+	n->mtime = e->st.st_mtim;
+	n->ctime = e->st.st_ctim;
+	n->symlink = e->target;
+	e->target = NULL;
+	n->size = (uint64_t)e->st.st_size;
+	n->version = e->version;
+	n->pfs_version = n->version;
+	vp_node_get(dir);
+	n->pfs_parent = dir;
+	n->pfs_name = strdup(e->name);
+	if (!n->pfs_name || vp_node_link_locked(ns, dir, n, e->name)) {
+		n->parent = NULL;
+		vp_node_put(ns, n);
+		return -ENOMEM;
+	}
+	return 0;
+}
+
+static int dir_install_locked(struct vp_ns *ns, struct vp_node *dir,
+			      const char *path, int rc, void *arg)
+{
+	struct dir_load *dl = arg;
+
+	VP_ASSERT_LOCKED(&ns->lock);
+	if (rc) {
+		vp_log(LOG_ERR, "fs", "reading directory '%s' on the PFS '%s': %s",
+		       path, ns->pfs_dir, strerror(-rc));
+		if (rc != -ENOENT)
+			return -EIO;
+		dir->loaded = 1;
+		return 0;
+	}
+	for (size_t i = 0; i < dl->count && !rc; i++)
+		if (!vp_node_child_locked(ns, dir, dl->ents[i].name))
+			rc = add_entry_locked(ns, dir, &dl->ents[i]);
+	if (!rc)
+		dir->loaded = 1;
+	return rc;
+}
+
+static const struct pfs_loader dir_loader = {
+	.done_locked = dir_done_locked,
+	.no_place_locked = dir_no_place_locked,
+	.read = dir_read,
+	.install_locked = dir_install_locked,
+};
+
+/* A PFS that cannot be read is an -EIO. */
+int vp_ns_load_dir(struct vp_ns *ns, struct vp_node *dir)
+{
+	struct dir_load dl = { NULL, 0 };
+	int rc = pfs_load(ns, dir, &dir_loader, &dl);
+
+	for (size_t i = 0; i < dl.count; i++) {
+		free(dl.ents[i].name);
+		free(dl.ents[i].target);
+	}
+	free(dl.ents);
+	return rc;
+}
+
+/* Loads every directory below dir from the PFS.  No locks held. */
+void vp_ns_load_tree(struct vp_ns *ns, struct vp_node *dir)
+{
+	struct vp_node **subdirs = NULL;
+	size_t n = 0;
+
+	if (vp_ns_load_dir(ns, dir))
+		return;
+	pthread_mutex_lock(&ns->lock);
+	subdirs = calloc(dir->nsubdirs + 1, sizeof(*subdirs));
+	for (struct vp_node *c = LIST_FIRST(&dir->children); c && subdirs;
+	     c = LIST_NEXT(c, sib_link)) {
+		if (c->type == VP_NODE_DIR && n < dir->nsubdirs) {
+			vp_node_get(c);
+			subdirs[n++] = c;
+		}
+	}
+	pthread_mutex_unlock(&ns->lock);
+	for (size_t i = 0; i < n; i++) {
+		vp_ns_load_tree(ns, subdirs[i]);
+		pthread_mutex_lock(&ns->lock);
+		vp_node_put(ns, subdirs[i]);
+		pthread_mutex_unlock(&ns->lock);
+	}
+	free(subdirs);
+}
+
+void vp_ns_load_all(struct vp_ns *ns)
+{
+	vp_ns_load_tree(ns, ns->root);
+}
+
+/* Finds a directory by inode, loaded; returns it with a ref, or -errno. */
+int vp_ns_get_dir(struct vp_ns *ns, uint64_t ino, struct vp_node **out)
+{
+	struct vp_node *dir = vp_node_by_ino(ns, ino);
+	int rc;
+
+	if (!dir)
+		return -ESTALE;
+	if (dir->type != VP_NODE_DIR) {
+		rc = -ENOTDIR;
+		goto err_put;
+	}
+	rc = vp_ns_load_dir(ns, dir);
+	if (rc)
+		goto err_put;
+	*out = dir;
+	return 0;
+err_put:
+	pthread_mutex_lock(&ns->lock);
+	vp_node_put(ns, dir);
+	pthread_mutex_unlock(&ns->lock);
+	return rc;
+}
+
+/*
+ * Resolves path, reading directories from the PFS on the way.  Returns
+ * the node with a reference, or NULL.  No locks held.
+ */
+struct vp_node *vp_resolve_loading(struct vp_ns *ns, const char *path)
+{
+	char copy[PATH_MAX], *save = NULL, *part;
+	struct vp_node *n;
+
+	if (strlen(path) >= sizeof(copy))
+		return NULL;
+	strcpy(copy, path);
+	pthread_mutex_lock(&ns->lock);
+	n = ns->root;
+	vp_node_get(n);
+	pthread_mutex_unlock(&ns->lock);
+	for (part = strtok_r(copy, "/", &save); part && n;
+	     part = strtok_r(NULL, "/", &save)) {
+		struct vp_node *c = NULL;
+
+		if (!strcmp(part, "."))
+			continue;
+		if (n->type == VP_NODE_DIR && !vp_ns_load_dir(ns, n)) {
+			pthread_mutex_lock(&ns->lock);
+			c = vp_node_child_locked(ns, n, part);
+			if (c)
+				vp_node_get(c);
+			pthread_mutex_unlock(&ns->lock);
+		}
+		vp_node_put_unlocked(ns, n);
+		n = c;
+	}
+	return n;
+}
+
+/*
+ * The bytes of version `version` of n from its GPU mirror, as a new data
+ * in the cache, or NULL (no mirror, no room in the cache soon enough).
+ * No locks held.
+ */
+static struct vp_data *gpu_load(struct vp_ns *ns, struct vp_node *n, uint64_t version)
+{
+	size_t chunk = vp_pool_chunk_size(ns->pool);
+	uint64_t size;
+	size_t nchunks;
+	void **mem;
+	struct vp_data *d = NULL;
+	int err = 0;
+
+	if (!ns->gpu || (size = vp_gpu_mirror_size(ns->gpu, n->ino, version)) == UINT64_MAX)
+		return NULL;
+	nchunks = (size_t)((size + chunk - 1) / chunk);
+	mem = calloc(nchunks ? nchunks : 1, sizeof(*mem));
+	if (!mem)
+		return NULL;
+	for (size_t i = 0; i < nchunks && !err; i++) {
+		uint64_t off = (uint64_t)i * chunk;
+		size_t len = size - off < chunk ? (size_t)(size - off) : chunk;
+
+		/* a short wait: the evictor frees clean versions under pressure */
+		mem[i] = vp_pool_get_chunk(ns->pool, ns->cfg.cache_wait < 1 ? ns->cfg.cache_wait : 1, &err);
+		if (!mem[i] || vp_gpu_read(ns->gpu, n->ino, version, mem[i], len, off) != (ssize_t)len)
+			err = err ? err : -EIO;
+	}
+	if (!err)
+		d = vp_data_adopt(ns->pool, mem, nchunks, size);	/* takes the chunks */
+	else
+		for (size_t i = 0; i < nchunks; i++)
+			if (mem[i])
+				vp_pool_put_chunk(ns->pool, mem[i]);
+	free(mem);
+	return d;
+}
+
+/* ---- file bytes ---- */
+
+struct file_load {
+	struct vp_data *out;	/* the result: a new reference */
+	struct vp_data *read;	/* what file_read() read */
+	int unwritten;		/* a version that is neither cached nor on the PFS */
+};
+
+static int file_done_locked(struct vp_ns *ns, struct vp_node *n, void *arg)
+{
+	struct file_load *fl = arg;
+
+	VP_ASSERT_LOCKED(&ns->lock);
+	if (n->cur) {
+		fl->out = vp_data_get(n->cur);
+		return 1;
+	}
+	fl->unwritten = n->pfs_version != n->version;
+	return fl->unwritten ? -EIO : 0;
+}
+
+static int file_no_place_locked(struct vp_ns *ns, struct vp_node *n, void *arg)
+{
+	VP_ASSERT_LOCKED(&ns->lock);
+	(void)n;
+	(void)arg;
+	return -EIO;
+}
+
+static int file_read(struct vp_ns *ns, const char *path, void *arg)
+{
+	struct file_load *fl = arg;
+	struct stat st;
+	int fd, rc;
+
+	fd = vp_pfs_openat(ns->pfs_root_fd, path, O_RDONLY | O_NOFOLLOW, 0);
+	if (fd < 0 || fstat(fd, &st)) {
+		rc = fd < 0 ? fd : -errno;
+		vp_log(LOG_ERR, "fs", "reading '%s' from the PFS '%s': %s",
+		       path, ns->pfs_dir, strerror(-rc));
+		if (fd >= 0)
+			close(fd);
+		return -EIO;
+	}
+	fl->read = vp_data_new_backed(ns->pool, fd, (uint64_t)st.st_size);	/* takes fd */
+	return fl->read ? 0 : -ENOMEM;
+}
+
+/* Makes d (whose reference it takes) n's cached bytes, unless some are. */
+static struct vp_data *adopt_cur_locked(struct vp_ns *ns, struct vp_node *n,
+					struct vp_data *d)
+{
+	VP_ASSERT_LOCKED(&ns->lock);
+	if (n->cur) {
+		vp_data_put(d);
+		return vp_data_get(n->cur);
+	}
+	n->cur = d;
+	n->size = vp_data_size(d);
+	if (!n->work)
+		vp_lru_add_locked(ns, n);
+	return vp_data_get(d);
+}
+
+static int file_install_locked(struct vp_ns *ns, struct vp_node *n,
+			       const char *path, int rc, void *arg)
+{
+	struct file_load *fl = arg;
+
+	VP_ASSERT_LOCKED(&ns->lock);
+	(void)path;
+	if (rc)
+		return rc;
+	fl->out = adopt_cur_locked(ns, n, fl->read);
+	fl->read = NULL;
+	return 0;
+}
+
+static const struct pfs_loader file_loader = {
+	.done_locked = file_done_locked,
+	.no_place_locked = file_no_place_locked,
+	.read = file_read,
+	.install_locked = file_install_locked,
+};
+
+/*
+ * Version `version` of n from its GPU mirror, made n's cached bytes if it
+ * is still the latest; a new reference in *out.  Returns 0, or -ENOENT
+ * without a mirror.  No locks held.
+ */
+static int gpu_reload(struct vp_ns *ns, struct vp_node *n, uint64_t version,
+		      struct vp_data **out)
+{
+	struct vp_data *d = gpu_load(ns, n, version);
+
+	if (!d)
+		return -ENOENT;
+	pthread_mutex_lock(&ns->lock);
+	if (n->cur || n->version == version)
+		*out = adopt_cur_locked(ns, n, d);
+	else
+		*out = d;	/* a newer version came meanwhile: this one, uncached */
+	pthread_mutex_unlock(&ns->lock);
+	return 0;
+}
+
+int vp_node_data(struct vp_ns *ns, struct vp_node *n, struct vp_data **out)
+{
+	struct file_load fl = { NULL, NULL, 0 };
+	uint64_t version;
+	int rc;
+
+	pthread_mutex_lock(&ns->lock);
+	if (n->cur) {
+		*out = vp_data_get(n->cur);
+		pthread_mutex_unlock(&ns->lock);
+		return 0;
+	}
+	version = n->version;
+	pthread_mutex_unlock(&ns->lock);
+
+	/* evicted from RAM but mirrored in GPU memory: back from there, not the PFS */
+	if (!gpu_reload(ns, n, version, out))
+		return 0;
+	rc = pfs_load(ns, n, &file_loader, &fl);
+	if (rc == -EIO && fl.unwritten)
+		vp_log(LOG_ERR, "fs", "file ino %" PRIu64 " has no bytes in the cache and none on the PFS",
+		       n->ino);
+	if (!rc)
+		*out = fl.out;
+	return rc;
+}

@@ -1,0 +1,467 @@
+/*
+ * node: the namespace's nodes and names -- references, the inode and name
+ * hash tables, links, the LRU of clean files, paths, lookup, attributes.
+ */
+#define _GNU_SOURCE
+#include <assert.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "../gpu.h"
+#include "../log.h"
+#include "ns_i.h"
+
+static size_t name_hash(uint64_t parent, const char *name, size_t size)
+{
+	uint64_t h = 1469598103934665603ULL ^ parent;
+
+	for (; *name; name++)
+		h = (h ^ (unsigned char)*name) * 1099511628211ULL;
+	return (size_t)(h % size);
+}
+
+void vp_node_get(struct vp_node *n)
+{
+	int old = __atomic_fetch_add(&n->refs, 1, __ATOMIC_RELAXED);
+
+	assert(old > 0);
+	(void)old;
+}
+
+void vp_node_free(struct vp_node *n)
+{
+	free(n->name);
+	free(n->pfs_name);
+	free(n->symlink);
+	free(n);
+}
+
+void vp_node_put(struct vp_ns *ns, struct vp_node *n)
+{
+	VP_ASSERT_LOCKED(&ns->lock);
+	while (n && __atomic_sub_fetch(&n->refs, 1, __ATOMIC_ACQ_REL) == 0) {
+		struct vp_node *pfs_parent = n->pfs_parent;
+
+		assert(!n->parent);
+		LIST_REMOVE(n, ino_link);
+		ns->nnodes--;
+		vp_lru_del_locked(ns, n);
+		vp_data_put(n->cur);
+		vp_data_put(n->work);
+		vp_node_free(n);
+		n = pfs_parent;	/* drop the PFS place's ref, iteratively */
+	}
+}
+
+void vp_node_put_unlocked(struct vp_ns *ns, struct vp_node *n)
+{
+	pthread_mutex_lock(&ns->lock);
+	vp_node_put(ns, n);
+	pthread_mutex_unlock(&ns->lock);
+}
+
+/* Grows both hash tables fourfold; on failure the chains grow longer. */
+static void rehash_locked(struct vp_ns *ns)
+{
+	size_t size = ns->hash_size * 4;
+	struct vp_node_list *by_name = calloc(size, sizeof(*by_name));
+	struct vp_node_list *by_ino = calloc(size, sizeof(*by_ino));
+
+	VP_ASSERT_LOCKED(&ns->lock);
+	if (!by_name || !by_ino) {
+		free(by_name);
+		free(by_ino);
+		return;		/* longer chains, still correct */
+	}
+	for (size_t i = 0; i < ns->hash_size; i++) {
+		struct vp_node *n;
+
+		while ((n = LIST_FIRST(&ns->by_ino[i]))) {
+			LIST_REMOVE(n, ino_link);
+			LIST_INSERT_HEAD(&by_ino[n->ino % size], n, ino_link);
+		}
+		while ((n = LIST_FIRST(&ns->by_name[i]))) {
+			LIST_REMOVE(n, name_link);
+			LIST_INSERT_HEAD(&by_name[name_hash(n->parent->ino, n->name, size)],
+					 n, name_link);
+		}
+	}
+	free(ns->by_name);
+	free(ns->by_ino);
+	ns->by_name = by_name;
+	ns->by_ino = by_ino;
+	ns->hash_size = size;
+}
+
+struct vp_node *vp_node_new_locked(struct vp_ns *ns, enum vp_node_type type,
+				   mode_t mode, uid_t uid, gid_t gid)
+{
+	struct vp_node *n;
+
+	VP_ASSERT_LOCKED(&ns->lock);
+	n = calloc(1, sizeof(*n));
+	if (!n)
+		return NULL;
+	n->refs = 1;		/* the caller's, usually the link */
+	n->ino = ns->next_ino++;
+	n->type = type;
+	n->mode = mode;
+	n->uid = uid;
+	n->gid = gid;
+	n->atime = n->mtime = n->ctime = vp_wall_now();
+	n->pfs_version = VP_NO_VERSION;
+	n->flushing_version = VP_NO_VERSION;
+	n->kcache_version = VP_NO_VERSION;
+	LIST_INIT(&n->children);
+	if (ns->nnodes >= ns->hash_size)
+		rehash_locked(ns);
+	LIST_INSERT_HEAD(&ns->by_ino[n->ino % ns->hash_size], n, ino_link);
+	ns->nnodes++;
+	return n;
+}
+
+struct vp_node *vp_node_find_locked(struct vp_ns *ns, uint64_t ino)
+{
+	struct vp_node *n;
+
+	VP_ASSERT_LOCKED(&ns->lock);
+	LIST_FOREACH(n, &ns->by_ino[ino % ns->hash_size], ino_link)
+		if (n->ino == ino)
+			break;
+	return n;
+}
+
+struct vp_node *vp_node_by_ino(struct vp_ns *ns, uint64_t ino)
+{
+	struct vp_node *n;
+
+	pthread_mutex_lock(&ns->lock);
+	n = vp_node_find_locked(ns, ino);
+	if (n)
+		vp_node_get(n);
+	pthread_mutex_unlock(&ns->lock);
+	return n;
+}
+
+struct vp_node *vp_node_child_locked(struct vp_ns *ns, struct vp_node *dir,
+				     const char *name)
+{
+	struct vp_node *n;
+
+	VP_ASSERT_LOCKED(&ns->lock);
+	LIST_FOREACH(n, &ns->by_name[name_hash(dir->ino, name, ns->hash_size)],
+		     name_link)
+		if (n->parent == dir && !strcmp(n->name, name))
+			break;
+	return n;
+}
+
+void vp_node_link_name_locked(struct vp_ns *ns, struct vp_node *dir,
+			      struct vp_node *n, char *name)
+{
+	VP_ASSERT_LOCKED(&ns->lock);
+	free(n->name);
+	n->name = name;
+	n->parent = dir;
+	LIST_INSERT_HEAD(&ns->by_name[name_hash(dir->ino, name, ns->hash_size)],
+			 n, name_link);
+	LIST_INSERT_HEAD(&dir->children, n, sib_link);
+	dir->nchildren++;
+	if (n->type == VP_NODE_DIR)
+		dir->nsubdirs++;
+	dir->mtime = dir->ctime = vp_wall_now();
+}
+
+int vp_node_link_locked(struct vp_ns *ns, struct vp_node *dir,
+			struct vp_node *n, const char *name)
+{
+	char *copy;
+
+	VP_ASSERT_LOCKED(&ns->lock);
+	copy = strdup(name);
+	if (!copy)
+		return -ENOMEM;
+	vp_node_link_name_locked(ns, dir, n, copy);
+	return 0;
+}
+
+void vp_node_detach_locked(struct vp_ns *ns, struct vp_node *n)
+{
+	struct vp_node *dir = n->parent;
+
+	VP_ASSERT_LOCKED(&ns->lock);
+	LIST_REMOVE(n, name_link);
+	LIST_REMOVE(n, sib_link);
+	dir->nchildren--;
+	if (n->type == VP_NODE_DIR)
+		dir->nsubdirs--;
+	dir->mtime = dir->ctime = vp_wall_now();
+	n->parent = NULL;
+	n->ctime = vp_wall_now();
+}
+
+void vp_node_unlink_locked(struct vp_ns *ns, struct vp_node *n)
+{
+	VP_ASSERT_LOCKED(&ns->lock);
+	if (n->type == VP_NODE_FILE)
+		vp_gpu_forget(ns->gpu, n->ino);	/* its mirror leaves the GPU */
+	vp_node_detach_locked(ns, n);
+	vp_node_put(ns, n);
+}
+
+/* Puts n at the LRU's tail: the most recently used clean file. */
+void vp_lru_add_locked(struct vp_ns *ns, struct vp_node *n)
+{
+	VP_ASSERT_LOCKED(&ns->lock);
+	vp_lru_del_locked(ns, n);
+	TAILQ_INSERT_TAIL(&ns->lru, n, lru_link);
+	n->in_lru = 1;
+}
+
+void vp_lru_del_locked(struct vp_ns *ns, struct vp_node *n)
+{
+	VP_ASSERT_LOCKED(&ns->lock);
+	if (!n->in_lru)
+		return;
+	TAILQ_REMOVE(&ns->lru, n, lru_link);
+	n->in_lru = 0;
+}
+
+/* Builds a path by walking up parent links (live or PFS places). */
+static int build_path(struct vp_ns *ns, struct vp_node *n, int pfs, char *buf,
+		      size_t len)
+{
+	const char *parts[PATH_MAX / 2];
+	size_t nparts = 0, used = 0;
+
+	while (n != ns->root) {
+		const char *name = pfs ? n->pfs_name : n->name;
+		struct vp_node *up = pfs ? n->pfs_parent : n->parent;
+
+		if (!up || !name || nparts == sizeof(parts) / sizeof(parts[0]))
+			return -ENOENT;
+		parts[nparts++] = name;
+		n = up;
+	}
+	buf[0] = '\0';
+	while (nparts--) {
+		size_t l = strlen(parts[nparts]);
+
+		if (used + l + 2 > len)
+			return -ENAMETOOLONG;
+		if (used)
+			buf[used++] = '/';
+		memcpy(buf + used, parts[nparts], l + 1);
+		used += l;
+	}
+	return 0;
+}
+
+int vp_pfs_path_locked(struct vp_ns *ns, struct vp_node *n, char *buf,
+		       size_t len)
+{
+	VP_ASSERT_LOCKED(&ns->lock);
+	return build_path(ns, n, 1, buf, len);
+}
+
+int vp_live_path_locked(struct vp_ns *ns, struct vp_node *n, char *buf,
+			size_t len)
+{
+	VP_ASSERT_LOCKED(&ns->lock);
+	return build_path(ns, n, 0, buf, len);
+}
+
+struct vp_node *vp_resolve_locked(struct vp_ns *ns, const char *path)
+{
+	struct vp_node *n = ns->root;
+	char copy[PATH_MAX], *save = NULL, *part;
+
+	VP_ASSERT_LOCKED(&ns->lock);
+	if (strlen(path) >= sizeof(copy))
+		return NULL;
+	strcpy(copy, path);
+	for (part = strtok_r(copy, "/", &save); part && n;
+	     part = strtok_r(NULL, "/", &save)) {
+		if (!strcmp(part, "."))
+			continue;
+		n = n->type == VP_NODE_DIR ? vp_node_child_locked(ns, n, part) : NULL;
+	}
+	return n;
+}
+
+/*
+ * Checks a name for a new entry in dir.  The PFS path it will have must
+ * fit PATH_MAX with room for the staging name.
+ */
+int vp_check_name_locked(struct vp_ns *ns, struct vp_node *dir,
+			 const char *name)
+{
+	char path[PATH_MAX];
+	size_t len = strlen(name);
+
+	VP_ASSERT_LOCKED(&ns->lock);
+	if (len == 0 || strchr(name, '/') || !strcmp(name, ".") ||
+	    !strcmp(name, ".."))
+		return -EINVAL;
+	if (len > VP_NAME_MAX)
+		return -ENAMETOOLONG;
+	if (dir == ns->root && !strcmp(name, VP_STAGING_DIR)) {
+		vp_log(LOG_WARNING, "fs", "refused to create '%s': the name is reserved for viperfs' staging folder",
+		       name);
+		return -EPERM;
+	}
+	if (vp_live_path_locked(ns, dir, path, sizeof(path) - 80 - len))
+		return -ENAMETOOLONG;
+	return 0;
+}
+
+uint64_t vp_node_size_locked(struct vp_ns *ns, struct vp_node *n)
+{
+	VP_ASSERT_LOCKED(&ns->lock);
+	if (n->type == VP_NODE_SYMLINK)
+		return strlen(n->symlink);
+	if (n->type == VP_NODE_DIR)
+		return 4096;
+	if (n->work)
+		return vp_data_size(n->work);
+	return n->size;
+}
+
+void vp_node_stat_locked(struct vp_ns *ns, struct vp_node *n, struct stat *st)
+{
+	VP_ASSERT_LOCKED(&ns->lock);
+	memset(st, 0, sizeof(*st));
+	st->st_ino = n->ino;
+	st->st_mode = n->mode;
+	st->st_nlink = n->type == VP_NODE_DIR ? 2 + n->nsubdirs : 1;
+	st->st_uid = n->uid;
+	st->st_gid = n->gid;
+	st->st_size = (off_t)vp_node_size_locked(ns, n);
+	st->st_blocks = (st->st_size + 511) / 512;
+	st->st_blksize = VP_CHUNK_SIZE;
+	st->st_atim = n->atime;
+	st->st_mtim = n->mtime;
+	st->st_ctim = n->ctime;
+}
+
+int vp_ns_lookup(struct vp_ns *ns, uint64_t parent, const char *name,
+		 struct stat *st)
+{
+	struct vp_node *dir, *n;
+	int rc;
+
+	if (strlen(name) > VP_NAME_MAX)
+		return -ENAMETOOLONG;
+	rc = vp_ns_get_dir(ns, parent, &dir);
+	if (rc)
+		return rc;
+	pthread_mutex_lock(&ns->lock);
+	n = vp_node_child_locked(ns, dir, name);
+	if (n) {
+		vp_node_get(n);		/* the kernel's lookup */
+		vp_node_stat_locked(ns, n, st);
+	} else {
+		rc = -ENOENT;
+	}
+	vp_node_put(ns, dir);
+	pthread_mutex_unlock(&ns->lock);
+	return rc;
+}
+
+void vp_ns_forget(struct vp_ns *ns, uint64_t ino, uint64_t nlookup)
+{
+	struct vp_node *n;
+
+	if (ino == VP_ROOT_INO)
+		return;
+	pthread_mutex_lock(&ns->lock);
+	n = vp_node_find_locked(ns, ino);
+	/* one put per kernel lookup; stop if a put frees the node */
+	for (; n && nlookup; nlookup--) {
+		int last = __atomic_load_n(&n->refs, __ATOMIC_RELAXED) == 1;
+
+		vp_node_put(ns, n);
+		if (last)
+			break;
+	}
+	pthread_mutex_unlock(&ns->lock);
+}
+
+int vp_ns_getattr(struct vp_ns *ns, uint64_t ino, struct stat *st)
+{
+	struct vp_node *n;
+	int rc = 0;
+
+	pthread_mutex_lock(&ns->lock);
+	n = vp_node_find_locked(ns, ino);
+	if (n)
+		vp_node_stat_locked(ns, n, st);
+	else
+		rc = -ESTALE;
+	pthread_mutex_unlock(&ns->lock);
+	return rc;
+}
+
+int vp_ns_readlink(struct vp_ns *ns, uint64_t ino, char *buf, size_t len)
+{
+	struct vp_node *n;
+	int rc = 0;
+
+	pthread_mutex_lock(&ns->lock);
+	n = vp_node_find_locked(ns, ino);
+	if (!n)
+		rc = -ESTALE;
+	else if (n->type != VP_NODE_SYMLINK)
+		rc = -EINVAL;
+	else if (strlen(n->symlink) >= len)
+		rc = -ENAMETOOLONG;
+	else
+		strcpy(buf, n->symlink);
+	pthread_mutex_unlock(&ns->lock);
+	return rc;
+}
+
+int vp_ns_path_ino(struct vp_ns *ns, const char *path, uint64_t *ino)
+{
+	struct vp_node *n;
+	int rc = -ENOENT;
+
+	pthread_mutex_lock(&ns->lock);
+	n = vp_resolve_locked(ns, path);
+	if (n && n->type == VP_NODE_FILE) {
+		*ino = n->ino;
+		rc = 0;
+	} else if (n) {
+		rc = -EISDIR;
+	}
+	pthread_mutex_unlock(&ns->lock);
+	return rc;
+}
+
+struct vp_data *vp_ns_path_data(struct vp_ns *ns, const char *path)
+{
+	struct vp_data *d = NULL;
+	struct vp_node *n;
+
+	pthread_mutex_lock(&ns->lock);
+	n = vp_resolve_locked(ns, path);
+	if (n && n->type == VP_NODE_FILE && n->cur)
+		d = vp_data_get(n->cur);
+	pthread_mutex_unlock(&ns->lock);
+	return d;
+}
+
+uint64_t vp_ns_path_version(struct vp_ns *ns, const char *path)
+{
+	struct vp_node *n;
+	uint64_t v = UINT64_MAX;
+
+	pthread_mutex_lock(&ns->lock);
+	n = vp_resolve_locked(ns, path);
+	if (n && n->type == VP_NODE_FILE)
+		v = n->version;
+	pthread_mutex_unlock(&ns->lock);
+	return v;
+}

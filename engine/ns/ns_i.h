@@ -1,0 +1,326 @@
+/*
+ * ns_i.h: what the namespace's files (engine/ns/), flush.c and pfs.c
+ * share.  Not for fs/ or tools/.
+ *
+ * THE FILES, one object each:
+ *   node.c    nodes and names: references, the hash tables, link/unlink,
+ *             the LRU, paths, lookup and attributes
+ *   load.c    loading from the PFS: directories, file bytes (lazily, or
+ *             from the GPU mirror), whole trees
+ *   file.c    files, handles and commit: open, write, flush, release,
+ *             versions and the publish=schedule decision
+ *   dir.c     directories: mkdir, symlink, unlink, rename, setattr, readdir
+ *   event.c   what the namespace tells others: version events for watchers
+ *             (with their own lock), replication notes, the installer
+ *   status.c  xattrs, status JSON, metrics, and the operations viperctl
+ *             asks for (flush, wait-idle, warm)
+ *   ns.c      lifecycle: vp_ns_new and vp_ns_free
+ *
+ * LOCKS: the order is lock.h's table.  ns->lock protects the tree, the
+ * node fields, the flush log (struct vp_flush) and the statistics.
+ *
+ * THE TWO VIEWS: every node has a live place (parent, name) and a PFS
+ * place (pfs_parent, pfs_name): where its file is on the PFS once the
+ * flush log has been replayed up to the present entry.  The flusher moves
+ * pfs places as it replays renames; everything that opens a PFS path
+ * (lazy loads, flushes) computes it from pfs places, under pfs_lock.
+ */
+#ifndef VP_NS_I_H
+#define VP_NS_I_H
+
+#include <limits.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <sys/queue.h>
+#include <time.h>
+
+#include "../clock.h"
+#include "../config.h"
+#include "../data.h"
+#include "../flush.h"
+#include "../lock.h"
+#include "../ns.h"
+#include "../pool.h"
+#include "../proto.h"
+#include "../sched.h"
+
+#define VP_NO_VERSION UINT64_MAX
+#define VP_STAGING_DIR ".viperfs-staging"
+#define VP_SCHEDULE_FILE ".viperfs-schedule.json"
+#define VP_INCOMING_DIR ".viperfs-incoming"	/* replicas: new inodes before the switch */
+#define VP_CHUNK_SIZE (1u << 20)
+#define VP_NAME_MAX 255
+#define VP_EVENT_RING 256			/* version events kept for watchers */
+#define VP_MAX_DEFERRED 16			/* installer renames awaiting their event */
+
+enum vp_node_type { VP_NODE_DIR, VP_NODE_FILE, VP_NODE_SYMLINK };
+
+struct vp_node;
+LIST_HEAD(vp_node_list, vp_node);
+
+struct vp_node {
+	int refs;			/* atomic: lookups, handles, log entries, links */
+	uint64_t ino;
+	enum vp_node_type type;
+	/* all below: protected by ns->lock */
+	struct vp_node *parent;		/* live place; NULL once unlinked */
+	char *name;
+	LIST_ENTRY(vp_node) name_link;	/* in an ns->by_name bucket */
+	LIST_ENTRY(vp_node) ino_link;	/* in an ns->by_ino bucket */
+	LIST_ENTRY(vp_node) sib_link;	/* in parent's children */
+	struct vp_node_list children;	/* directories */
+	unsigned int nchildren, nsubdirs;
+	int loaded;			/* directory read from the PFS */
+
+	struct vp_node *pfs_parent;	/* PFS place (holds a ref); NULL: none */
+	char *pfs_name;
+	uint64_t pfs_version;		/* version at the PFS place, or VP_NO_VERSION */
+
+	mode_t mode;			/* with type bits */
+	uid_t uid;
+	gid_t gid;
+	struct timespec atime, mtime, ctime;
+	char *symlink;
+
+	/* files */
+	uint64_t version;		/* latest committed version number */
+	uint64_t size;			/* of the latest committed version */
+	struct vp_data *cur;		/* its bytes, or NULL: on the PFS only */
+	struct vp_data *work;		/* working copy while writable handles exist */
+	unsigned int writers;
+	int dirty;			/* work changed since the last commit */
+	double work_started;		/* vp_now() when work was made */
+	uint64_t kcache_version;	/* version the kernel page cache may hold */
+	struct flush_op *pending;	/* queued DATA entry not yet started */
+	uint64_t flushing_version;	/* version being written, or VP_NO_VERSION */
+	uint64_t streamed;		/* atomic: bytes of the working copy previewed to consumers */
+	TAILQ_ENTRY(vp_node) lru_link;	/* clean, evictable */
+	int in_lru;
+};
+
+struct vp_handle {
+	LIST_ENTRY(vp_handle) link;	/* on ns->handles */
+	struct vp_node *node;		/* holds a ref */
+	struct vp_data *data;		/* holds a ref: the bytes this handle sees */
+	int writable;
+	pid_t owner;			/* writable: the opening process, 0 if unknown */
+	int wrote;			/* atomic: a write came through this handle */
+};
+
+/* A consumer's staged version, waiting for the installer's open. */
+struct install {
+	LIST_ENTRY(install) link;
+	char *path;
+	struct vp_data *data;		/* ref */
+	uint64_t version;
+	uint32_t mode;
+};
+
+struct vp_dir {
+	size_t n;
+	struct vp_dirent *ents;
+};
+
+/*
+ * Version events for watch, wait and on_update: a ring with a lock of its
+ * own, taken last (under ns->lock when a commit records), so that waiting
+ * watchers never hold up the namespace.
+ */
+struct vp_events {
+	pthread_mutex_t lock;
+	pthread_cond_t cond;		/* an event was recorded */
+	/* protected by lock: */
+	struct vp_event_rec {
+		uint64_t seq;
+		char *path;
+		uint64_t version, size;
+		double time;		/* wall clock */
+	} ring[VP_EVENT_RING];
+	uint64_t seq;			/* last recorded */
+};
+
+struct vp_ns {
+	struct vp_config cfg;
+	char pfs_dir[PATH_MAX];
+	int pfs_root_fd;		/* O_PATH, the PFS directory */
+	int staging_fd;			/* the staging folder in it */
+	struct vp_pool *pool;
+	struct vp_sched *sched;		/* publish=schedule, else NULL */
+	struct vp_repl *repl;		/* replication, else NULL */
+	struct vp_gpu *gpu;		/* the GPU tier, else NULL */
+	char gpu_off_reason[256];	/* gpu_cache set but the tier is off: why */
+	int replica;			/* a consumer: read-only, never flushes */
+	int replica_loaded;		/* its PFS tree is loaded: no lazy loads */
+	struct vp_flush flush;		/* the flush log and its threads */
+	struct vp_events events;
+
+	pthread_mutex_t pfs_lock;
+	pthread_mutex_t lock;
+	pthread_cond_t idle_cond;	/* open_handles reached 0 */
+	unsigned int open_handles;	/* atomic; broadcast on 0 under lock */
+	/*
+	 * Every handle, so that the ones whose RELEASE never came (the loop
+	 * stopped with it still queued in the kernel) are released at exit.
+	 */
+	pthread_mutex_t handles_lock;
+	LIST_HEAD(, vp_handle) handles;	/* protected by handles_lock */
+
+	/* protected by lock: */
+	char control_path[PATH_MAX];
+	uint64_t next_ino;
+	struct vp_node *root;
+	struct vp_node_list *by_name;
+	struct vp_node_list *by_ino;
+	size_t hash_size, nnodes;
+	TAILQ_HEAD(, vp_node) lru;
+
+	/* consumer, protected by lock: */
+	pid_t installer_tid;		/* the thread that installs */
+	LIST_HEAD(, install) installs;	/* staged */
+	/*
+	 * Files the installer renamed into place.  Their events wait until
+	 * its rename(2) has returned (vp_ns_installed): the kernel moves its
+	 * dentry only after our reply, and a watcher told earlier could still
+	 * open the old file.
+	 */
+	struct vp_node *deferred[VP_MAX_DEFERRED];
+	double deferred_at[VP_MAX_DEFERRED];	/* wall-clock time of each rename */
+	unsigned int ndeferred;
+
+	/* stats, protected by lock (the byte counts: atomic) */
+	uint64_t st_commits;
+	uint64_t st_bytes_written, st_bytes_read;
+	double st_stalls[64];		/* open-to-close of the last commits, a ring */
+	uint64_t st_stall_n;
+};
+
+static inline struct timespec vp_wall_now(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return ts;
+}
+
+static inline double vp_wall_seconds(void)
+{
+	struct timespec now = vp_wall_now();
+
+	return (double)now.tv_sec + (double)now.tv_nsec / 1e9;
+}
+
+/*
+ * node.c.  Functions ending in _locked need ns->lock.  Lookups return
+ * borrowed nodes unless they say "with a reference".
+ */
+void vp_node_get(struct vp_node *n);
+/* Drops a reference; the last one frees the node.  ns->lock held. */
+void vp_node_put(struct vp_ns *ns, struct vp_node *n);
+/* The same, taking ns->lock. */
+void vp_node_put_unlocked(struct vp_ns *ns, struct vp_node *n);
+/* A new node with one reference (the caller's, usually the link's). */
+struct vp_node *vp_node_new_locked(struct vp_ns *ns, enum vp_node_type type,
+				   mode_t mode, uid_t uid, gid_t gid);
+/* Frees n and its names, whatever its count (vp_ns_new, vp_ns_free). */
+void vp_node_free(struct vp_node *n);
+struct vp_node *vp_node_find_locked(struct vp_ns *ns, uint64_t ino);
+/* The node of ino with a new reference, or NULL.  Takes ns->lock. */
+struct vp_node *vp_node_by_ino(struct vp_ns *ns, uint64_t ino);
+struct vp_node *vp_node_child_locked(struct vp_ns *ns, struct vp_node *dir,
+				     const char *name);
+/* Links n as dir/name; the link takes over the caller's reference. */
+int vp_node_link_locked(struct vp_ns *ns, struct vp_node *dir,
+			struct vp_node *n, const char *name);
+/* The same with a name the link takes ownership of; cannot fail. */
+void vp_node_link_name_locked(struct vp_ns *ns, struct vp_node *dir,
+			      struct vp_node *n, char *name);
+/* Takes n out of its directory without dropping the link's reference. */
+void vp_node_detach_locked(struct vp_ns *ns, struct vp_node *n);
+/* Unlinks n and drops the link's reference. */
+void vp_node_unlink_locked(struct vp_ns *ns, struct vp_node *n);
+void vp_lru_add_locked(struct vp_ns *ns, struct vp_node *n);
+void vp_lru_del_locked(struct vp_ns *ns, struct vp_node *n);
+/* PFS-relative path of n's PFS place ("" for the root), or -ENOENT. */
+int vp_pfs_path_locked(struct vp_ns *ns, struct vp_node *n, char *buf,
+		       size_t len);
+/* Path of n's live place in the mount ("" for the root), or -ENOENT. */
+int vp_live_path_locked(struct vp_ns *ns, struct vp_node *n, char *buf,
+			size_t len);
+/* Finds a node by its live path ("" or "/" is the root), or NULL. */
+struct vp_node *vp_resolve_locked(struct vp_ns *ns, const char *path);
+/* Checks a name for a new entry in dir: 0 or -errno. */
+int vp_check_name_locked(struct vp_ns *ns, struct vp_node *dir,
+			 const char *name);
+uint64_t vp_node_size_locked(struct vp_ns *ns, struct vp_node *n);
+void vp_node_stat_locked(struct vp_ns *ns, struct vp_node *n, struct stat *st);
+
+/* load.c.  No locks held on entry to any of these. */
+/* Reads dir's entries from the PFS into the tree, once.  0 or -errno. */
+int vp_ns_load_dir(struct vp_ns *ns, struct vp_node *dir);
+/* Loads every directory below dir. */
+void vp_ns_load_tree(struct vp_ns *ns, struct vp_node *dir);
+/* The directory ino, loaded, with a reference in *out; or -errno. */
+int vp_ns_get_dir(struct vp_ns *ns, uint64_t ino, struct vp_node **out);
+/*
+ * A new reference to the bytes of n's latest version in *out, read from
+ * the GPU mirror or lazily from the PFS if they are not in the cache.
+ */
+int vp_node_data(struct vp_ns *ns, struct vp_node *n, struct vp_data **out);
+/* Resolves path, loading directories on the way; the node with a ref. */
+struct vp_node *vp_resolve_loading(struct vp_ns *ns, const char *path);
+
+/* file.c */
+/*
+ * Commits n's working copy (bytes, whose reference it takes) as a new
+ * version.  Returns 1 when the publish=schedule policy must decide on it:
+ * the caller then calls vp_publish_decide() with no lock held.
+ */
+int vp_commit_locked(struct vp_ns *ns, struct vp_node *n,
+		     struct vp_data *bytes);
+/* publish=schedule: decides on n's version; n borrowed, no locks held. */
+void vp_publish_decide(struct vp_ns *ns, struct vp_node *n, uint64_t version);
+/* The median open-to-close time of the last 64 commits. */
+double vp_median_stall_locked(struct vp_ns *ns);
+
+/* dir.c */
+/*
+ * Common start of mkdir/symlink/create: a loaded dir (with a ref in
+ * *dirp) and a free name.  On success ns->lock is held.
+ */
+int vp_ns_prepare_new(struct vp_ns *ns, uint64_t parent, const char *name,
+		      struct vp_node **dirp);
+
+/* event.c */
+/* The calling thread, as vp_ns_set_caller() set it (0: unknown). */
+pid_t vp_ns_caller(void);
+int vp_is_installer_locked(struct vp_ns *ns);
+/* On a consumer, refuses changes that do not come from the installer. */
+int vp_replica_refuse_locked(struct vp_ns *ns, const char *what,
+			     const char *name);
+/* The staged install for dir/name, taken out of the list (you own it). */
+struct install *vp_take_install_locked(struct vp_ns *ns, struct vp_node *dir,
+				       const char *name);
+void vp_install_free(struct install *in);
+/* Frees every staged install (vp_ns_free). */
+void vp_installs_release(struct vp_ns *ns);
+/* Records that n's path holds its newest version, now. */
+void vp_event_record_locked(struct vp_ns *ns, struct vp_node *n);
+/* The same after a rename: the installer's wait for vp_ns_installed(). */
+void vp_event_renamed_locked(struct vp_ns *ns, struct vp_node *n);
+void vp_events_init(struct vp_events *ev);
+void vp_events_release(struct vp_events *ev);
+/* Tells the replication engine about a namespace change / a version. */
+void vp_note_op_locked(struct vp_ns *ns, enum vp_op_kind kind,
+		       struct vp_node *n, struct vp_node *newdir,
+		       const char *newname);
+void vp_note_version_locked(struct vp_ns *ns, struct vp_node *n);
+
+/* pfs.c */
+int vp_pfs_open_root(const char *dir, char *err, size_t errlen);
+int vp_pfs_openat(int root_fd, const char *rel, int flags, mode_t mode);
+int vp_pfs_open_dir(int root_fd, const char *rel);
+/* Removes everything in the staging folder (crash leftovers). */
+void vp_pfs_clear_staging(int staging_fd);
+int vp_pfs_is_transient(int err);
+
+#endif
