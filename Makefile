@@ -53,7 +53,12 @@ $(BUILD)/%.o: %.c | deps
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(FUSE_CFLAGS) $(CUDA_INC) -MMD -MP -c $< -o $@
 
+# Made anew each time (a deleted source leaves no stale member), and ar names
+# members by file name only, so two engine sources may not share one.
 $(BUILD)/libviper.a: $(ENGINE_OBJ)
+	@dups=$$(for o in $^; do basename $$o; done | sort | uniq -d); \
+	[ -z "$$dups" ] || { echo "libviper.a: engine sources share a name: $$dups" >&2; exit 1; }
+	@rm -f $@
 	ar rcs $@ $^
 
 $(BUILD)/viperfs: $(FS_OBJ) $(BUILD)/libviper.a

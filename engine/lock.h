@@ -15,7 +15,9 @@
  *    3    observer hooks        ns           (the hooks run under ns->lock and
  *         (repl->lock, gpu      repl, gpu,   only queue: repl->lock, g->lock,
  *         ->lock, flush)        flush        flush queue lock)
- *    4    ns->handles_lock      ns           leaf
+ *    4    ns->handles_lock,     ns           leaf
+ *         ns->events.lock       ns (event)   leaf (the event ring; watchers
+ *                                            wait on it, not on ns->lock)
  *    5    data->lock            data         pool->lock, and the slab callbacks
  *                                            (6, 7) of a chunk it allocates;
  *                                            never taken with ns->lock held
