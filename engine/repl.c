@@ -149,43 +149,25 @@ enum consumer_state {
 	CONS_SUBSCRIBED,	/* in a session: announces and operations are applied */
 };
 
-struct vp_repl {
-	struct vp_ns *ns;
-	struct vp_config cfg;
-	char mnt[PATH_MAX];
-	int consumer;
-	struct vp_fab *fab;
-	struct vp_pool *pool;
-	uint8_t secret[512];
-	size_t secret_len;
-	uint8_t edge_secret[32];		/* producer: relay edge keys are HMACs under it */
-	uint64_t refused;			/* messages dropped: atomic */
-	size_t in_bytes;			/* of in_head's messages, protected by lock */
-	size_t pending_bytes;			/* ... of those from no subscribed consumer, protected by lock */
-
-	pthread_mutex_t lock;
-	pthread_cond_t cond;
-	int stop;				/* protected by lock */
-	struct qmsg *in_head, *in_tail;		/* received, protected by lock */
-	int resync;				/* consumer: a producer message was lost; protected by lock */
-	double refetch_after;			/* consumer: a fetch failed then; repl thread only */
-	double resub_at, resub_backoff;		/* consumer: the last resubscribe we chose, and the wait before another */
-	struct event *ev_head, *ev_tail;	/* producer, protected by lock */
-	pthread_t thread;
-	int thread_started;
-
-	pthread_mutex_t slab_lock;
-	struct slab_mr slabs[MAX_SLABS];	/* protected by slab_lock */
-	unsigned int nslabs;
-
-	/* producer, protected by lock */
+/* Producer: what it serves, and to whom. */
+struct vp_repl_producer {
+	uint8_t edge_secret[32];	/* relay edge keys are HMACs under it */
+	struct event *ev_head, *ev_tail;	/* protected by r->lock */
+	/* protected by r->lock; only the repl thread adds or frees peers */
 	struct peer *peers;
 	uint64_t next_peer_id;
 	uint64_t edge_gens;		/* relay edges made so far */
 	uint64_t seq;
 	struct pin *pins;
+	uint64_t gpu_versions_out, gpu_bytes_out;	/* announced from the tier */
+};
 
-	/* consumer, used by the repl thread only (status reads the copy in pub) */
+/* Consumer: its subscription, transfers and installs; repl thread only unless said. */
+struct vp_repl_consumer {
+	char mnt[PATH_MAX];
+	int resync;			/* a producer message was lost; protected by r->lock */
+	double refetch_after;		/* a fetch failed then */
+	double resub_at, resub_backoff;	/* the last resubscribe we chose, and the wait before another */
 	vp_fab_addr producer;
 	enum consumer_state state;
 	uint64_t my_id;
@@ -202,7 +184,7 @@ struct vp_repl {
 	size_t nseen, cap_seen;
 	int syncing;			/* between WELCOME and SYNC_END */
 	double last_transfer_s;
-	/* consumer: a copy of the thread's counters for status, protected by lock */
+	/* a copy of the thread's counters for status, protected by r->lock */
 	struct {
 		enum consumer_state state;
 		uint64_t installed, skipped, bytes_in, bytes_reused, bytes_streamed;
@@ -216,8 +198,21 @@ struct vp_repl {
 	struct prefetch *prefetch;	/* chunks of versions still being written */
 	uint64_t bytes_streamed;	/* fetched from previews */
 	uint64_t bytes_streamed_used;	/* of those, still valid at the version's commit */
+	uint64_t bytes_relay_in;	/* read from the relay */
+	uint64_t bytes_relay_fallback;	/* the relay did not offer in time: read from the producer */
+	uint64_t bytes_producer_in;	/* read from the producer, previews included */
+	uint64_t bytes_direct_in;	/* read from the network straight into the tier */
+	uint64_t from_producer, from_relay;	/* of the announce being fetched, for its DONE */
+	struct vp_gpu_stage *gst;	/* the version being fetched, going to the GPU tier chunk by chunk */
+	struct vp_fab_mr *gst_mr;	/* GPU-direct: gst's memory, registered; the producer's chunks land there */
+	struct vp_fab_mr **dead_mrs;	/* of quarantined stages: closed with the fabric */
+	size_t ndead_mrs;
+	void **quarantine;		/* chunks a timed-out read may still write */
+	size_t nquarantine;
+};
 
-	/* consumer: the relay tree (TOPO), repl thread only */
+/* Consumer: its place in the relay tree (TOPO); repl thread only unless said. */
+struct vp_repl_relay {
 	uint64_t parent_id;		/* the consumer we read relayed chunks from, 0: none */
 	vp_fab_addr parent_addr;
 	uint8_t parent_name[VP_PROTO_NAME_MAX];
@@ -230,24 +225,40 @@ struct vp_repl {
 	unsigned int nchildren;
 	struct relay_pin *rpins;
 	struct vp_msg *offer;		/* CHUNKS being filled for our children */
-	uint64_t bytes_relay_in;	/* read from the relay */
-	uint64_t bytes_relay_fallback;	/* the relay did not offer in time: read from the producer */
-	uint64_t bytes_producer_in;	/* read from the producer, previews included */
-	uint64_t from_producer, from_relay;	/* of the announce being fetched, for its DONE */
-	struct vp_gpu_stage *gst;	/* the version being fetched, going to the GPU tier chunk by chunk */
-	struct vp_fab_mr *gst_mr;	/* GPU-direct: gst's memory, registered; the producer's chunks land there */
-	struct vp_fab_mr **dead_mrs;	/* of quarantined stages: closed with the fabric */
-	size_t ndead_mrs;
-	/* GPU-direct (gpu_direct=auto, a tier whose memory the fabric can register) */
-	int direct;			/* 0: host-staged path */
-	int cuda_dev;			/* the tier's CUDA device, -1: host memory (gpu_tier=ram) */
-	uint64_t bytes_direct_in;	/* consumer: read from the network straight into the tier */
-	uint64_t gpu_versions_out, gpu_bytes_out;	/* producer, under lock: announced from the tier */
-	/* CHUNKS received, waiting for their announce, protected by lock */
+	/* CHUNKS received, waiting for their announce, protected by r->lock */
 	struct qmsg *rin_head, *rin_tail;
 	size_t rin_bytes;
-	void **quarantine;		/* chunks a timed-out read may still write */
-	size_t nquarantine;
+};
+
+struct vp_repl {
+	struct vp_ns *ns;
+	struct vp_config cfg;
+	int consumer;
+	struct vp_fab *fab;
+	struct vp_pool *pool;
+	uint8_t secret[512];
+	size_t secret_len;
+	uint64_t refused;			/* messages dropped: atomic */
+	/* GPU-direct (gpu_direct=auto, a tier whose memory the fabric can register) */
+	int direct;			/* 0: host-staged path; atomic */
+	int cuda_dev;			/* the tier's CUDA device, -1: host memory (gpu_tier=ram) */
+
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	int stop;				/* protected by lock */
+	struct qmsg *in_head, *in_tail;		/* received, protected by lock */
+	size_t in_bytes;			/* of in_head's messages, protected by lock */
+	size_t pending_bytes;			/* ... of those from no subscribed consumer, protected by lock */
+	pthread_t thread;
+	int thread_started;
+
+	pthread_mutex_t slab_lock;
+	struct slab_mr slabs[MAX_SLABS];	/* protected by slab_lock */
+	unsigned int nslabs;
+
+	struct vp_repl_producer prod;
+	struct vp_repl_consumer cons;
+	struct vp_repl_relay relay;
 };
 
 /*
@@ -362,7 +373,7 @@ static int load_secret(struct vp_repl *r, char *err, size_t errlen)
 	}
 	n = VP_SESS_KEY;
 	r->secret_len = n;
-	RAND_bytes(r->edge_secret, sizeof(r->edge_secret));
+	RAND_bytes(r->prod.edge_secret, sizeof(r->prod.edge_secret));
 	return 0;
 }
 
@@ -406,7 +417,7 @@ static void edge_key_of(struct vp_repl *r, uint64_t parent, uint64_t child, uint
 		msg[12 + i] = (uint8_t)(child >> (8 * i));
 		msg[20 + i] = (uint8_t)(gen >> (8 * i));
 	}
-	HMAC(EVP_sha256(), r->edge_secret, sizeof(r->edge_secret), msg, sizeof(msg), out, &len);
+	HMAC(EVP_sha256(), r->prod.edge_secret, sizeof(r->prod.edge_secret), msg, sizeof(msg), out, &len);
 }
 
 /* Consumer: the session of a relay edge, from the key its TOPO gave. */
@@ -536,7 +547,7 @@ static struct peer *peer_at_locked(struct vp_repl *r, vp_fab_addr addr, int acti
 {
 	if (addr == VP_FAB_ADDR_UNKNOWN)
 		return NULL;
-	for (struct peer *p = r->peers; p; p = p->next)
+	for (struct peer *p = r->prod.peers; p; p = p->next)
 		if (p->addr == addr && p->active == active)
 			return p;
 	return NULL;
@@ -598,8 +609,8 @@ static void on_recv(void *arg, vp_fab_addr src, const void *msg, size_t len)
 	if (!q->pending && !(r->consumer && type == VP_MSG_CHUNKS) &&
 	    r->in_bytes + len > INBOX_BYTES) {
 		/* a flood: bounded memory; a consumer that lost a producer message subscribes again */
-		if (r->consumer && src == r->producer)
-			r->resync = 1;
+		if (r->consumer && src == r->cons.producer)
+			r->cons.resync = 1;
 		pthread_mutex_unlock(&r->lock);
 		free(q);
 		refused(r, "a peer", len, "the inbox is full");
@@ -607,17 +618,17 @@ static void on_recv(void *arg, vp_fab_addr src, const void *msg, size_t len)
 	}
 	if (r->consumer && type == VP_MSG_CHUNKS) {
 		/* a relay's offer: the fetch of its announce takes it, maybe while busy */
-		while (r->rin_head && r->rin_bytes + len > RELAY_QUEUE_BYTES) {
-			struct qmsg *old = r->rin_head;	/* bounded: the oldest go first */
+		while (r->relay.rin_head && r->relay.rin_bytes + len > RELAY_QUEUE_BYTES) {
+			struct qmsg *old = r->relay.rin_head;	/* bounded: the oldest go first */
 
-			r->rin_head = old->next;
-			if (!r->rin_head)
-				r->rin_tail = NULL;
-			r->rin_bytes -= old->len;
+			r->relay.rin_head = old->next;
+			if (!r->relay.rin_head)
+				r->relay.rin_tail = NULL;
+			r->relay.rin_bytes -= old->len;
 			free(old);
 		}
-		qmsg_append(&r->rin_head, &r->rin_tail, q);
-		r->rin_bytes += len;
+		qmsg_append(&r->relay.rin_head, &r->relay.rin_tail, q);
+		r->relay.rin_bytes += len;
 	} else {
 		qmsg_append(&r->in_head, &r->in_tail, q);
 		r->in_bytes += len;
@@ -692,11 +703,11 @@ static void peer_queue_locked(struct peer *p, struct qmsg *q)
 static void event_append(struct vp_repl *r, struct event *e)
 {
 	pthread_mutex_lock(&r->lock);
-	if (r->ev_tail)
-		r->ev_tail->next = e;
+	if (r->prod.ev_tail)
+		r->prod.ev_tail->next = e;
 	else
-		r->ev_head = e;
-	r->ev_tail = e;
+		r->prod.ev_head = e;
+	r->prod.ev_tail = e;
 	pthread_cond_signal(&r->cond);
 	pthread_mutex_unlock(&r->lock);
 }
@@ -729,7 +740,7 @@ void vp_repl_note_op_locked(struct vp_repl *r, enum vp_op_kind kind,
 static void drop_queued_versions(struct vp_repl *r, const char *path, int previews_only)
 {
 	pthread_mutex_lock(&r->lock);
-	for (struct event *o = r->ev_head; o; o = o->next) {
+	for (struct event *o = r->prod.ev_head; o; o = o->next) {
 		if (o->is_version && o->data && !strcmp(o->path, path) &&
 		    (o->is_preview || !previews_only)) {
 			vp_data_put(o->data);
@@ -934,7 +945,7 @@ static int announce(struct vp_repl *r, const char *path, struct vp_data *d,
 	}
 	checksum = list_checksum(hashes, nchunks, size);
 	pthread_mutex_lock(&r->lock);
-	seq = ++r->seq;
+	seq = ++r->prod.seq;
 	pthread_mutex_unlock(&r->lock);
 	m->type = VP_MSG_ANNOUNCE;
 	m->u.announce.seq = seq;
@@ -968,7 +979,7 @@ static int announce(struct vp_repl *r, const char *path, struct vp_data *d,
 	if (!rc) {	/* the consumers it is for, by id: only they release it */
 		unsigned int n = 0;
 
-		for (struct peer *p = r->peers; p; p = p->next)
+		for (struct peer *p = r->prod.peers; p; p = p->next)
 			n += p->active && (!only || p == only);
 		pin->waiting = calloc(n ? n : 1, sizeof(*pin->waiting));
 		if (!pin->waiting)
@@ -982,7 +993,7 @@ static int announce(struct vp_repl *r, const char *path, struct vp_data *d,
 		m->u.announce.first = first;
 		m->u.announce.count = count;
 		memcpy(m->u.announce.chunk, refs + first, count * sizeof(*refs));
-		for (struct peer *p = r->peers; p; p = p->next) {
+		for (struct peer *p = r->prod.peers; p; p = p->next) {
 			struct qmsg *q;
 
 			if (!p->active || (only && p != only))
@@ -999,12 +1010,12 @@ static int announce(struct vp_repl *r, const char *path, struct vp_data *d,
 	}
 	pin->nwaiting = npeers;
 	if (!rc && npeers && pin->dev_mr) {
-		r->gpu_versions_out++;
-		r->gpu_bytes_out += size;
+		r->prod.gpu_versions_out++;
+		r->prod.gpu_bytes_out += size;
 	}
 	if (!rc && npeers) {
-		pin->next = r->pins;
-		r->pins = pin;
+		pin->next = r->prod.pins;
+		r->prod.pins = pin;
 		pin = NULL;
 	}
 	free(hashes);
@@ -1033,8 +1044,8 @@ static void queue_op(struct vp_repl *r, enum vp_op_kind kind, const char *path,
 	snprintf(m->u.op.path, sizeof(m->u.op.path), "%s", path);
 	snprintf(m->u.op.path2, sizeof(m->u.op.path2), "%s", path2 ? path2 : "");
 	pthread_mutex_lock(&r->lock);
-	m->u.op.seq = ++r->seq;
-	for (struct peer *p = r->peers; p; p = p->next) {
+	m->u.op.seq = ++r->prod.seq;
+	for (struct peer *p = r->prod.peers; p; p = p->next) {
 		if (p->active && (!only || p == only)) {
 			struct qmsg *q = qmsg_of(m);
 
@@ -1112,7 +1123,7 @@ static void catch_up(struct vp_repl *r, struct peer *p)
 		free(it);
 	}
 	pthread_mutex_lock(&r->lock);
-	m.u.sync_end.seq = r->seq;
+	m.u.sync_end.seq = r->prod.seq;
 	{
 		struct qmsg *q = qmsg_of(&m);
 
@@ -1154,7 +1165,7 @@ static void topo_update_locked(struct vp_repl *r)
 
 	if (!k)
 		return;
-	for (struct peer *p = r->peers; p; p = p->next)
+	for (struct peer *p = r->prod.peers; p; p = p->next)
 		n += p->active;
 	act = calloc(n ? n : 1, sizeof(*act));
 	m = calloc(1, sizeof(*m));
@@ -1164,7 +1175,7 @@ static void topo_update_locked(struct vp_repl *r)
 		return;
 	}
 	n = 0;
-	for (struct peer *p = r->peers; p; p = p->next)
+	for (struct peer *p = r->prod.peers; p; p = p->next)
 		if (p->active)
 			act[n++] = p;
 	qsort(act, n, sizeof(*act), cmp_peer_id);
@@ -1172,7 +1183,7 @@ static void topo_update_locked(struct vp_repl *r)
 		uint64_t parent = j >= k ? act[j / k - 1]->id : 0;
 
 		if (parent != act[j]->relay_parent || !act[j]->edge_gen)
-			act[j]->edge_gen = ++r->edge_gens;
+			act[j]->edge_gen = ++r->prod.edge_gens;
 		act[j]->relay_parent = parent;
 	}
 	for (unsigned int j = 0; j < n; j++) {
@@ -1212,7 +1223,7 @@ static void topo_update_locked(struct vp_repl *r)
 
 static void unpin_locked(struct vp_repl *r, int all_for_dead_peer)
 {
-	struct pin **pp = &r->pins;
+	struct pin **pp = &r->prod.pins;
 	double now = vp_now();
 
 	while (*pp) {
@@ -1231,7 +1242,7 @@ static void unpin_locked(struct vp_repl *r, int all_for_dead_peer)
 /* Unlinks and frees p: its queue, its pins, its address, its session. */
 static void peer_free_locked(struct vp_repl *r, struct peer *p)
 {
-	struct peer **pp = &r->peers;
+	struct peer **pp = &r->prod.peers;
 
 	while (*pp && *pp != p)
 		pp = &(*pp)->next;
@@ -1244,7 +1255,7 @@ static void peer_free_locked(struct vp_repl *r, struct peer *p)
 		free(q);
 	}
 	/* its pins (only those that wait for it: an unauthenticated peer has none) */
-	for (struct pin *pin = r->pins; pin; pin = pin->next)
+	for (struct pin *pin = r->prod.pins; pin; pin = pin->next)
 		pin_done(pin, p->id);
 	unpin_locked(r, 0);
 	vp_fab_remove(r->fab, p->addr);
@@ -1302,7 +1313,7 @@ static void evict_oldest_locked(struct vp_repl *r, const struct vp_msg *hello)
 {
 	struct peer *oldest = NULL;
 
-	for (struct peer *p = r->peers; p; p = p->next)
+	for (struct peer *p = r->prod.peers; p; p = p->next)
 		if (!p->active && (!hello || same_host(p->name, p->name_len, hello->u.hello.name,
 						       hello->u.hello.name_len)) &&
 		    (!oldest || p->hello_at < oldest->hello_at))
@@ -1341,7 +1352,7 @@ static void producer_hello(struct vp_repl *r, const struct vp_msg *m, vp_fab_add
 	}
 	pthread_mutex_lock(&r->lock);
 	other = peer_at_locked(r, addr, 0);
-	for (p = r->peers; p; p = p->next) {
+	for (p = r->prod.peers; p; p = p->next) {
 		pending += !p->active;
 		same += !p->active && same_host(p->name, p->name_len, m->u.hello.name,
 						m->u.hello.name_len);
@@ -1382,15 +1393,15 @@ static void producer_hello(struct vp_repl *r, const struct vp_msg *m, vp_fab_add
 	RAND_bytes(p->nonce_p, VP_PROTO_NONCE);
 	p->hello_at = p->last_heard = vp_now();
 	pthread_mutex_lock(&r->lock);
-	p->id = ++r->next_peer_id;
+	p->id = ++r->prod.next_peer_id;
 	reply.u.challenge.assigned_id = p->id;
 	memcpy(reply.u.challenge.nonce, p->nonce_p, VP_PROTO_NONCE);
 	mac_of(r, "VPR1-P", p->nonce_c, p->nonce_p, p->id, reply.u.challenge.mac);
 	q = qmsg_of(&reply);
 	if (q)
 		peer_queue_locked(p, q);
-	p->next = r->peers;
-	r->peers = p;
+	p->next = r->prod.peers;
+	r->prod.peers = p;
 	pthread_cond_signal(&r->cond);
 	pthread_mutex_unlock(&r->lock);
 }
@@ -1480,7 +1491,7 @@ static void producer_handle(struct vp_repl *r, struct qmsg *q)
 		if (m->u.done.status == 0)
 			p->versions_done++;
 		p->done_at = vp_now();
-		for (struct pin *pin = r->pins; pin; pin = pin->next)
+		for (struct pin *pin = r->prod.pins; pin; pin = pin->next)
 			if (pin->seq == m->u.done.seq)
 				pin_done(pin, p->id);	/* its own: another's DONE releases nothing */
 		p->bytes_out += m->u.done.from_producer;
@@ -1517,11 +1528,11 @@ static void producer_tick(struct vp_repl *r, double *last_beat)
 		struct event *e;
 
 		pthread_mutex_lock(&r->lock);
-		e = r->ev_head;
+		e = r->prod.ev_head;
 		if (e) {
-			r->ev_head = e->next;
-			if (!r->ev_head)
-				r->ev_tail = NULL;
+			r->prod.ev_head = e->next;
+			if (!r->prod.ev_head)
+				r->prod.ev_tail = NULL;
 		}
 		pthread_mutex_unlock(&r->lock);
 		if (!e)
@@ -1538,7 +1549,7 @@ static void producer_tick(struct vp_repl *r, double *last_beat)
 	}
 	/* outboxes */
 	pthread_mutex_lock(&r->lock);
-	for (p = r->peers; p; p = next) {
+	for (p = r->prod.peers; p; p = next) {
 		next = p->next;
 		if (!p->active && now - p->hello_at > HANDSHAKE_S) {
 			pending_drop_locked(r, p, &rl_hello, "it did not authenticate in time");
@@ -1589,11 +1600,11 @@ static void producer_tick(struct vp_repl *r, double *last_beat)
 
 		*last_beat = now;
 		pthread_mutex_lock(&r->lock);
-		hb.u.heartbeat.latest_seq = r->seq;
+		hb.u.heartbeat.latest_seq = r->prod.seq;
 		unpin_locked(r, 0);
 		pthread_mutex_unlock(&r->lock);
 		/* only this thread adds or frees peers: the list holds while we send */
-		for (p = r->peers; p; p = p->next)
+		for (p = r->prod.peers; p; p = p->next)
 			if (p->active)
 				send_msg(r, p->addr, &p->sess, &hb);
 	}
@@ -1609,24 +1620,24 @@ static void seen_add(struct vp_repl *r, const char *path)
 {
 	char buf[PATH_MAX];
 
-	if (!r->syncing)
+	if (!r->cons.syncing)
 		return;
 	snprintf(buf, sizeof(buf), "%s", path);
 	for (;;) {
 		char *slash;
 
-		if (r->nseen == r->cap_seen) {
-			size_t cap = r->cap_seen ? r->cap_seen * 2 : 256;
-			char **more = realloc(r->seen, cap * sizeof(*more));
+		if (r->cons.nseen == r->cons.cap_seen) {
+			size_t cap = r->cons.cap_seen ? r->cons.cap_seen * 2 : 256;
+			char **more = realloc(r->cons.seen, cap * sizeof(*more));
 
 			if (!more)
 				return;
-			r->seen = more;
-			r->cap_seen = cap;
+			r->cons.seen = more;
+			r->cons.cap_seen = cap;
 		}
-		r->seen[r->nseen] = strdup(buf);
-		if (r->seen[r->nseen])
-			r->nseen++;
+		r->cons.seen[r->cons.nseen] = strdup(buf);
+		if (r->cons.seen[r->cons.nseen])
+			r->cons.nseen++;
 		slash = strrchr(buf, '/');
 		if (!slash)
 			break;
@@ -1636,9 +1647,9 @@ static void seen_add(struct vp_repl *r, const char *path)
 
 static void seen_clear(struct vp_repl *r)
 {
-	for (size_t i = 0; i < r->nseen; i++)
-		free(r->seen[i]);
-	r->nseen = 0;
+	for (size_t i = 0; i < r->cons.nseen; i++)
+		free(r->cons.seen[i]);
+	r->cons.nseen = 0;
 }
 
 static int cmp_str(const void *a, const void *b)
@@ -1666,7 +1677,7 @@ static void stale_cb(void *arg, int type, const char *path, const char *target,
 	(void)version;
 	(void)mtime_ns;
 	if (!strncmp(path, ".viperfs-", 9) ||
-	    (a->r->nseen && bsearch(&key, a->r->seen, a->r->nseen, sizeof(char *), cmp_str)))
+	    (a->r->cons.nseen && bsearch(&key, a->r->cons.seen, a->r->cons.nseen, sizeof(char *), cmp_str)))
 		return;
 	if (a->n == a->cap) {
 		size_t cap = a->cap ? a->cap * 2 : 64;
@@ -1695,12 +1706,12 @@ static void remove_stale(struct vp_repl *r)
 {
 	struct stale_arg a = { .r = r };
 
-	if (r->nseen)
-		qsort(r->seen, r->nseen, sizeof(char *), cmp_str);
+	if (r->cons.nseen)
+		qsort(r->cons.seen, r->cons.nseen, sizeof(char *), cmp_str);
 	vp_ns_snapshot(r->ns, stale_cb, &a);
 	if (a.n && !mount_open(r)) {
 		for (size_t i = a.n; i-- > 0;) {
-			if (vp_safepath_unlink(r->mnt_fd, a.paths[i], a.types[i] == 0 ? AT_REMOVEDIR : 0) == 0)
+			if (vp_safepath_unlink(r->cons.mnt_fd, a.paths[i], a.types[i] == 0 ? AT_REMOVEDIR : 0) == 0)
 				vp_log(LOG_INFO, "repl", "'%s' was deleted on the producer while we were away; removed",
 				       a.paths[i]);
 		}
@@ -1711,13 +1722,13 @@ static void remove_stale(struct vp_repl *r)
 	free(a.paths);
 	free(a.types);
 	seen_clear(r);
-	r->syncing = 0;
+	r->cons.syncing = 0;
 }
 
 static void consumer_send(struct vp_repl *r, struct vp_msg *m)
 {
-	m->peer_id = r->my_id;
-	if (send_msg(r, r->producer, &r->sess, m))
+	m->peer_id = r->cons.my_id;
+	if (send_msg(r, r->cons.producer, &r->cons.sess, m))
 		vp_log(LOG_DEBUG, "repl", "send of %s to the producer failed", vp_msg_type_name(m->type));
 }
 
@@ -1730,10 +1741,10 @@ static void consumer_beat(struct vp_repl *r)
 {
 	double now = vp_now();
 
-	if (r->state == CONS_SUBSCRIBED && now - r->last_beat >= 1.0) {
+	if (r->cons.state == CONS_SUBSCRIBED && now - r->cons.last_beat >= 1.0) {
 		struct vp_msg hb = { .type = VP_MSG_HEARTBEAT };
 
-		r->last_beat = now;
+		r->cons.last_beat = now;
 		consumer_send(r, &hb);
 	}
 }
@@ -1745,8 +1756,8 @@ static void say_done(struct vp_repl *r, uint64_t seq, uint64_t version, int stat
 	m.u.done.seq = seq;
 	m.u.done.version = version;
 	m.u.done.status = status;
-	m.u.done.from_producer = r->from_producer;
-	m.u.done.from_relay = r->from_relay;
+	m.u.done.from_producer = r->cons.from_producer;
+	m.u.done.from_relay = r->cons.from_relay;
 	consumer_send(r, &m);
 }
 
@@ -1759,12 +1770,12 @@ static int mount_open(struct vp_repl *r)
 {
 	struct stat st;
 
-	r->mnt_fd = open(r->mnt, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (r->mnt_fd < 0)
+	r->cons.mnt_fd = open(r->cons.mnt, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (r->cons.mnt_fd < 0)
 		return -errno;
-	if (fstat(r->mnt_fd, &st) || st.st_dev != r->mnt_dev) {
-		close(r->mnt_fd);
-		r->mnt_fd = -1;
+	if (fstat(r->cons.mnt_fd, &st) || st.st_dev != r->cons.mnt_dev) {
+		close(r->cons.mnt_fd);
+		r->cons.mnt_fd = -1;
 		return -ENOTCONN;
 	}
 	return 0;
@@ -1773,9 +1784,9 @@ static int mount_open(struct vp_repl *r)
 static void mount_close(struct vp_repl *r)
 {
 	vp_ns_installed(r->ns);	/* our syscalls returned: the kernel sees what they did */
-	if (r->mnt_fd >= 0)
-		close(r->mnt_fd);
-	r->mnt_fd = -1;
+	if (r->cons.mnt_fd >= 0)
+		close(r->cons.mnt_fd);
+	r->cons.mnt_fd = -1;
 }
 
 /*
@@ -1784,7 +1795,7 @@ static void mount_close(struct vp_repl *r)
  */
 static void make_parents(struct vp_repl *r, const char *path)
 {
-	int rc = vp_safepath_mkparents(r->mnt_fd, path);
+	int rc = vp_safepath_mkparents(r->cons.mnt_fd, path);
 
 	if (rc)
 		vp_log(LOG_DEBUG, "repl", "the directories of '%s': %s", path, strerror(-rc));
@@ -1812,11 +1823,11 @@ static int install(struct vp_repl *r, const char *path, struct vp_data *d,
 		snprintf(hidden, sizeof(hidden), ".viperfs-incoming/%" PRIu64, seq);
 		rc = vp_ns_install_hidden(r->ns, hidden + strlen(".viperfs-incoming/"),
 					  d, version, mode);
-		if (!rc && (rc = vp_safepath_rename(r->mnt_fd, hidden, path)))
-			vp_safepath_unlink(r->mnt_fd, hidden, 0);	/* do not keep its bytes around */
+		if (!rc && (rc = vp_safepath_rename(r->cons.mnt_fd, hidden, path)))
+			vp_safepath_unlink(r->cons.mnt_fd, hidden, 0);	/* do not keep its bytes around */
 		vp_ns_installed(r->ns);	/* the kernel shows the new file: tell watch and wait */
 		if (!rc) {
-			fd = vp_safepath_open(r->mnt_fd, path, O_WRONLY, 0);
+			fd = vp_safepath_open(r->cons.mnt_fd, path, O_WRONLY, 0);
 			if (fd >= 0)
 				close(fd);
 		}
@@ -1825,7 +1836,7 @@ static int install(struct vp_repl *r, const char *path, struct vp_data *d,
 	}
 	rc = vp_ns_stage_install(r->ns, path, d, version, mode);
 	if (!rc) {
-		fd = vp_safepath_open(r->mnt_fd, path, O_WRONLY | O_CREAT, (mode_t)(mode & 07777));
+		fd = vp_safepath_open(r->cons.mnt_fd, path, O_WRONLY | O_CREAT, (mode_t)(mode & 07777));
 		if (fd < 0)
 			rc = fd;
 		else if (close(fd))
@@ -1853,11 +1864,11 @@ static int newer_queued(struct vp_repl *r, const char *path, uint64_t version)
 	/* bounded: the progress thread waits for this lock */
 	for (struct qmsg *q = r->in_head; q && !found && looked++ < 64; q = q->next) {
 		static __thread uint8_t plain[VP_FAB_MAX_MSG];
-		struct vp_sess peek = r->sess;	/* a copy: the real one opens it later */
+		struct vp_sess peek = r->cons.sess;	/* a copy: the real one opens it later */
 		const void *buf = q->buf;
 		ssize_t len = (ssize_t)q->len;
 
-		if (q->src != r->producer)
+		if (q->src != r->cons.producer)
 			continue;
 		if (peek.on && (len = vp_sess_open(&peek, q->buf, q->len, plain, sizeof(plain), NULL)) < 0)
 			continue;
@@ -1889,7 +1900,7 @@ static uint64_t chunk_len(const announce_t *a, uint32_t i)
 /* Sends m to another consumer of the tree, sealed with the edge's session, with a short deadline. */
 static int relay_send(struct vp_repl *r, vp_fab_addr to, struct vp_sess *s, struct vp_msg *m)
 {
-	m->peer_id = r->my_id;
+	m->peer_id = r->cons.my_id;
 	return encode_send(r, to, s, m, RELAY_SEND_S);
 }
 
@@ -1897,9 +1908,9 @@ static int relay_send(struct vp_repl *r, vp_fab_addr to, struct vp_sess *s, stru
 
 static struct exposure *expose_find(struct vp_repl *r, const void *mem)
 {
-	for (size_t i = 0; i < r->nexpo; i++)
-		if (r->expo[i].mem == mem)
-			return &r->expo[i];
+	for (size_t i = 0; i < r->relay.nexpo; i++)
+		if (r->relay.expo[i].mem == mem)
+			return &r->relay.expo[i];
 	return NULL;
 }
 
@@ -1924,23 +1935,23 @@ static int expose(struct vp_repl *r, void *mem, size_t len, uint64_t seq, uint64
 	}
 	if (e)
 		return -EINVAL;		/* the same chunk, another length: not offered */
-	if (r->nexpo == r->cap_expo) {
-		size_t cap = r->cap_expo ? r->cap_expo * 2 : 64;
-		struct exposure *more = realloc(r->expo, cap * sizeof(*more));
+	if (r->relay.nexpo == r->relay.cap_expo) {
+		size_t cap = r->relay.cap_expo ? r->relay.cap_expo * 2 : 64;
+		struct exposure *more = realloc(r->relay.expo, cap * sizeof(*more));
 
 		if (!more)
 			return -ENOMEM;
-		r->expo = more;
-		r->cap_expo = cap;
+		r->relay.expo = more;
+		r->relay.cap_expo = cap;
 	}
-	e = &r->expo[r->nexpo];
+	e = &r->relay.expo[r->relay.nexpo];
 	rc = vp_fab_mr_reg(r->fab, mem, len, &e->mr, &e->key, &e->raddr);
 	if (rc)
 		return rc;
 	e->mem = mem;
 	e->len = len;
 	e->seq = seq;
-	r->nexpo++;
+	r->relay.nexpo++;
 	*key = e->key;
 	*addr = e->raddr;
 	return 0;
@@ -1948,23 +1959,23 @@ static int expose(struct vp_repl *r, void *mem, size_t len, uint64_t seq, uint64
 
 static void unexpose_at(struct vp_repl *r, size_t i)
 {
-	vp_fab_mr_close(r->expo[i].mr);
-	r->expo[i] = r->expo[--r->nexpo];
+	vp_fab_mr_close(r->relay.expo[i].mr);
+	r->relay.expo[i] = r->relay.expo[--r->relay.nexpo];
 }
 
 /* Our children can no longer read the chunks of announce seq (0: of any). */
 static void unexpose_seq(struct vp_repl *r, uint64_t seq)
 {
-	for (size_t i = r->nexpo; i-- > 0;)
-		if (!seq || r->expo[i].seq == seq)
+	for (size_t i = r->relay.nexpo; i-- > 0;)
+		if (!seq || r->relay.expo[i].seq == seq)
 			unexpose_at(r, i);
 }
 
 /* ... nor the chunk at mem (it goes back to the pool, or elsewhere). */
 static void unexpose_mem(struct vp_repl *r, const void *mem)
 {
-	for (size_t i = r->nexpo; i-- > 0;)
-		if (r->expo[i].mem == mem)
+	for (size_t i = r->relay.nexpo; i-- > 0;)
+		if (r->relay.expo[i].mem == mem)
 			unexpose_at(r, i);
 }
 
@@ -1980,26 +1991,26 @@ static void expose_reseq(struct vp_repl *r, const void *mem, uint64_t seq)
 /* Starts the offers of announce a to our children. */
 static void offer_begin(struct vp_repl *r, const announce_t *a)
 {
-	if (!r->offer && !(r->offer = calloc(1, sizeof(*r->offer))))
+	if (!r->relay.offer && !(r->relay.offer = calloc(1, sizeof(*r->relay.offer))))
 		return;
-	if (r->offer->type == VP_MSG_CHUNKS && r->offer->u.chunks.seq == a->seq)
+	if (r->relay.offer->type == VP_MSG_CHUNKS && r->relay.offer->u.chunks.seq == a->seq)
 		return;
-	r->offer->type = VP_MSG_CHUNKS;
-	r->offer->u.chunks.seq = a->seq;
-	r->offer->u.chunks.nchunks = a->nchunks;
-	r->offer->u.chunks.count = 0;
+	r->relay.offer->type = VP_MSG_CHUNKS;
+	r->relay.offer->u.chunks.seq = a->seq;
+	r->relay.offer->u.chunks.nchunks = a->nchunks;
+	r->relay.offer->u.chunks.count = 0;
 }
 
 /* Sends the offers gathered for our children; LAST ends the announce. */
 static void offer_flush(struct vp_repl *r, int last)
 {
-	struct vp_msg *o = r->offer;
+	struct vp_msg *o = r->relay.offer;
 
-	if (!o || o->type != VP_MSG_CHUNKS || !r->nchildren || (!o->u.chunks.count && !last))
+	if (!o || o->type != VP_MSG_CHUNKS || !r->relay.nchildren || (!o->u.chunks.count && !last))
 		return;
 	o->u.chunks.flags = last ? VP_CHUNKS_LAST : 0;
-	for (unsigned int i = 0; i < r->nchildren; i++) {
-		struct relay_child *c = &r->children[i];
+	for (unsigned int i = 0; i < r->relay.nchildren; i++) {
+		struct relay_child *c = &r->relay.children[i];
 
 		if (c->dead)
 			continue;
@@ -2018,16 +2029,16 @@ static void offer_chunk(struct vp_repl *r, const announce_t *a, uint32_t i, cons
 	struct vp_chunk_offer *c;
 	uint64_t key, addr;
 
-	if (!r->nchildren || !(a->flags & VP_ANNOUNCE_RELAY) || !mem)
+	if (!r->relay.nchildren || !(a->flags & VP_ANNOUNCE_RELAY) || !mem)
 		return;
 	offer_begin(r, a);
-	if (!r->offer || expose(r, (void *)mem, (size_t)chunk_len(a, i), a->seq, &key, &addr))
+	if (!r->relay.offer || expose(r, (void *)mem, (size_t)chunk_len(a, i), a->seq, &key, &addr))
 		return;
-	c = &r->offer->u.chunks.chunk[r->offer->u.chunks.count++];
+	c = &r->relay.offer->u.chunks.chunk[r->relay.offer->u.chunks.count++];
 	c->idx = i;
 	c->addr = addr;
 	c->key = key;
-	if (r->offer->u.chunks.count == VP_PROTO_CHUNKS_PER_MSG)
+	if (r->relay.offer->u.chunks.count == VP_PROTO_CHUNKS_PER_MSG)
 		offer_flush(r, 0);
 }
 
@@ -2041,7 +2052,7 @@ static void chunk_ready(struct vp_repl *r, const announce_t *a, uint32_t i, cons
 			size_t len, int staged)
 {
 	if (!staged)
-		vp_gpu_stage_copy(r->gst, (uint64_t)i * a->chunk_size, mem, len);
+		vp_gpu_stage_copy(r->cons.gst, (uint64_t)i * a->chunk_size, mem, len);
 	offer_chunk(r, a, i, mem);
 	offer_flush(r, 0);
 	consumer_beat(r);
@@ -2056,23 +2067,23 @@ static int rpin_add(struct vp_repl *r, uint64_t seq, struct vp_data *d)
 	struct relay_pin *pin;
 	unsigned int n = 0;
 
-	if (!r->nchildren || !(pin = calloc(1, sizeof(*pin))))
+	if (!r->relay.nchildren || !(pin = calloc(1, sizeof(*pin))))
 		return 0;
-	for (unsigned int i = 0; i < r->nchildren; i++)
-		if (!r->children[i].dead)
-			pin->waiting[n++] = r->children[i].id;
+	for (unsigned int i = 0; i < r->relay.nchildren; i++)
+		if (!r->relay.children[i].dead)
+			pin->waiting[n++] = r->relay.children[i].id;
 	pin->seq = seq;
 	pin->data = vp_data_get(d);
 	pin->since = vp_now();
-	pin->next = r->rpins;
-	r->rpins = pin;
+	pin->next = r->relay.rpins;
+	r->relay.rpins = pin;
 	return 1;
 }
 
 /* Lets go of relay pins no child waits on (all: every pin). */
 static void rpin_sweep(struct vp_repl *r, int all)
 {
-	struct relay_pin **pp = &r->rpins;
+	struct relay_pin **pp = &r->relay.rpins;
 	double now = vp_now();
 
 	while (*pp) {
@@ -2095,7 +2106,7 @@ static void rpin_sweep(struct vp_repl *r, int all)
 /* Child is done with seq (seq 0: with everything, it left the tree). */
 static void rpin_done(struct vp_repl *r, uint64_t child, uint64_t seq)
 {
-	for (struct relay_pin *pin = r->rpins; pin; pin = pin->next)
+	for (struct relay_pin *pin = r->relay.rpins; pin; pin = pin->next)
 		if (!seq || pin->seq == seq)
 			for (unsigned int i = 0; i < VP_PROTO_MAX_CHILDREN; i++)
 				if (pin->waiting[i] == child)
@@ -2108,15 +2119,15 @@ static void relay_end(struct vp_repl *r, const announce_t *a)
 {
 	if (!(a->flags & VP_ANNOUNCE_RELAY))
 		return;
-	if (r->nchildren) {
+	if (r->relay.nchildren) {
 		offer_begin(r, a);
 		offer_flush(r, 1);
 	}
-	if (r->parent_id) {
+	if (r->relay.parent_id) {
 		struct vp_msg m = { .type = VP_MSG_RELAY_DONE };
 
 		m.u.relay_done.seq = a->seq;
-		relay_send(r, r->parent_addr, &r->parent_sess, &m);
+		relay_send(r, r->relay.parent_addr, &r->relay.parent_sess, &m);
 	}
 }
 
@@ -2126,9 +2137,9 @@ static struct qmsg *rin_take(struct vp_repl *r)
 	struct qmsg *q;
 
 	pthread_mutex_lock(&r->lock);
-	q = r->rin_head;
-	r->rin_head = r->rin_tail = NULL;
-	r->rin_bytes = 0;
+	q = r->relay.rin_head;
+	r->relay.rin_head = r->relay.rin_tail = NULL;
+	r->relay.rin_bytes = 0;
 	pthread_mutex_unlock(&r->lock);
 	return q;
 }
@@ -2153,27 +2164,27 @@ static void relay_topo(struct vp_repl *r, const struct vp_msg *m)
 	struct relay_child kids[VP_PROTO_MAX_CHILDREN];
 	unsigned int n = 0;
 
-	if (par->id != r->parent_id || par->name_len != r->parent_name_len ||
-	    memcmp(par->name, r->parent_name, par->name_len) ||
-	    memcmp(par->key, r->parent_key, VP_PROTO_EDGE_KEY)) {
-		if (r->parent_id)
-			vp_fab_remove(r->fab, r->parent_addr);
-		r->parent_id = 0;
-		vp_sess_clear(&r->parent_sess);
+	if (par->id != r->relay.parent_id || par->name_len != r->relay.parent_name_len ||
+	    memcmp(par->name, r->relay.parent_name, par->name_len) ||
+	    memcmp(par->key, r->relay.parent_key, VP_PROTO_EDGE_KEY)) {
+		if (r->relay.parent_id)
+			vp_fab_remove(r->fab, r->relay.parent_addr);
+		r->relay.parent_id = 0;
+		vp_sess_clear(&r->relay.parent_sess);
 		rin_clear(r);
-		if (par->id && vp_fab_insert_name(r->fab, par->name, par->name_len, &r->parent_addr)) {
+		if (par->id && vp_fab_insert_name(r->fab, par->name, par->name_len, &r->relay.parent_addr)) {
 			vp_log(LOG_WARNING, "repl", "relay: consumer %" PRIu64 " has an unusable endpoint name; reading from the producer",
 			       par->id);
 		} else if (par->id) {
-			r->parent_id = par->id;
-			memcpy(r->parent_name, par->name, par->name_len);
-			r->parent_name_len = par->name_len;
-			memcpy(r->parent_key, par->key, VP_PROTO_EDGE_KEY);
-			edge_session(r, &r->parent_sess, par->key, par->id, r->my_id, 0);
+			r->relay.parent_id = par->id;
+			memcpy(r->relay.parent_name, par->name, par->name_len);
+			r->relay.parent_name_len = par->name_len;
+			memcpy(r->relay.parent_key, par->key, VP_PROTO_EDGE_KEY);
+			edge_session(r, &r->relay.parent_sess, par->key, par->id, r->cons.my_id, 0);
 		}
-		if (r->parent_id)
+		if (r->relay.parent_id)
 			vp_log(LOG_NOTICE, "repl", "relay: reading new versions from consumer %" PRIu64 ", the producer serving what it does not offer within %.1f s",
-			       r->parent_id, r->cfg.relay_wait);
+			       r->relay.parent_id, r->cfg.relay_wait);
 		else
 			vp_log(LOG_NOTICE, "repl", "relay: reading new versions from the producer");
 	}
@@ -2182,8 +2193,8 @@ static void relay_topo(struct vp_repl *r, const struct vp_msg *m)
 		struct relay_child *k = &kids[n];
 		int kept = 0;
 
-		for (unsigned int j = 0; j < r->nchildren && !kept; j++) {
-			struct relay_child *old = &r->children[j];
+		for (unsigned int j = 0; j < r->relay.nchildren && !kept; j++) {
+			struct relay_child *old = &r->relay.children[j];
 
 			if (old->id == c->id && old->name_len == c->name_len &&
 			    !memcmp(old->name, c->name, c->name_len) &&
@@ -2205,19 +2216,19 @@ static void relay_topo(struct vp_repl *r, const struct vp_msg *m)
 			memcpy(k->name, c->name, c->name_len);
 			k->name_len = c->name_len;
 			memcpy(k->key, c->key, VP_PROTO_EDGE_KEY);
-			edge_session(r, &k->sess, c->key, r->my_id, c->id, 1);
+			edge_session(r, &k->sess, c->key, r->cons.my_id, c->id, 1);
 			vp_log(LOG_NOTICE, "repl", "relay: serving consumer %" PRIu64 " the chunks we receive", c->id);
 		}
 		n++;
 	}
-	for (unsigned int j = 0; j < r->nchildren; j++)
-		if (r->children[j].id) {	/* left the tree, or moved */
-			rpin_done(r, r->children[j].id, 0);
-			vp_fab_remove(r->fab, r->children[j].addr);
-			vp_sess_clear(&r->children[j].sess);
+	for (unsigned int j = 0; j < r->relay.nchildren; j++)
+		if (r->relay.children[j].id) {	/* left the tree, or moved */
+			rpin_done(r, r->relay.children[j].id, 0);
+			vp_fab_remove(r->fab, r->relay.children[j].addr);
+			vp_sess_clear(&r->relay.children[j].sess);
 		}
-	memcpy(r->children, kids, n * sizeof(kids[0]));
-	r->nchildren = n;
+	memcpy(r->relay.children, kids, n * sizeof(kids[0]));
+	r->relay.nchildren = n;
 }
 
 /* Forgets the relay tree (a new subscription gets a new TOPO). */
@@ -2239,13 +2250,13 @@ static void relay_reset(struct vp_repl *r)
  */
 static void quarantine(struct vp_repl *r, void *mem)
 {
-	void **q = realloc(r->quarantine, (r->nquarantine + 1) * sizeof(*q));
+	void **q = realloc(r->cons.quarantine, (r->cons.nquarantine + 1) * sizeof(*q));
 
 	unexpose_mem(r, mem);
 	if (!q)
 		return;		/* leaked rather than reused */
-	r->quarantine = q;
-	q[r->nquarantine++] = mem;
+	r->cons.quarantine = q;
+	q[r->cons.nquarantine++] = mem;
 }
 
 /* Checks each chunk read from the relay; offers it on to our children. */
@@ -2265,9 +2276,9 @@ static void relay_verify(void *arg, size_t req)
 	struct rverify *v = arg;
 	uint32_t i = v->idx[req];
 
-	if (XXH3_64bits(v->reqs[req].local, v->reqs[req].len) != v->r->asm_refs[i].hash) {
+	if (XXH3_64bits(v->reqs[req].local, v->reqs[req].len) != v->r->cons.asm_refs[i].hash) {
 		vp_log(LOG_WARNING, "repl", "relay: chunk %u from consumer %" PRIu64 " does not match its hash; the producer serves it",
-		       i, v->r->parent_id);
+		       i, v->r->relay.parent_id);
 		return;
 	}
 	v->got[v->pos[i]] = 1;
@@ -2296,11 +2307,11 @@ static int relay_take_offers(struct vp_repl *r, const announce_t *a, const int32
 
 		list = q->next;
 		q->next = NULL;
-		if (!r->parent_id || q->src != r->parent_addr) {
+		if (!r->relay.parent_id || q->src != r->relay.parent_addr) {
 			refused(r, "a consumer that is not our relay", q->len, "only our relay offers chunks");
-		} else if (open_msg(r, &r->parent_sess, q, m, "our relay", 0)) {
+		} else if (open_msg(r, &r->relay.parent_sess, q, m, "our relay", 0)) {
 			;	/* refused */
-		} else if (m->type != VP_MSG_CHUNKS || m->peer_id != r->parent_id) {
+		} else if (m->type != VP_MSG_CHUNKS || m->peer_id != r->relay.parent_id) {
 			refused(r, "our relay", q->len, "not an offer of its own");
 		} else if (c->seq > a->seq) {
 			/* for an announce still ahead: back, opened (its seal is spent) */
@@ -2309,7 +2320,7 @@ static int relay_take_offers(struct vp_repl *r, const announce_t *a, const int32
 			free(q);
 			if (!o)
 				continue;
-			o->src = r->parent_addr;
+			o->src = r->relay.parent_addr;
 			o->opened = 1;
 			*later_tail = o;
 			later_tail = &o->next;
@@ -2332,11 +2343,11 @@ static int relay_take_offers(struct vp_repl *r, const announce_t *a, const int32
 	}
 	if (later) {
 		pthread_mutex_lock(&r->lock);
-		*later_tail = r->rin_head;
-		if (!r->rin_head)
-			r->rin_tail = later_last;
-		r->rin_head = later;
-		r->rin_bytes += later_bytes;
+		*later_tail = r->relay.rin_head;
+		if (!r->relay.rin_head)
+			r->relay.rin_tail = later_last;
+		r->relay.rin_head = later;
+		r->relay.rin_bytes += later_bytes;
 		pthread_mutex_unlock(&r->lock);
 	}
 	return last;
@@ -2394,15 +2405,15 @@ static size_t relay_fetch(struct vp_repl *r, const announce_t *a, void **mem,
 			/* short batches, short deadlines: a dead relay costs seconds, not a file's time */
 			double wait = r->cfg.relay_wait < r->cfg.peer_timeout / 2 ?
 				      r->cfg.relay_wait : r->cfg.peer_timeout / 2;
-			int rc = vp_fab_read_cb(r->fab, r->parent_addr, reqs, nreq, r->cfg.repl_inflight,
+			int rc = vp_fab_read_cb(r->fab, r->relay.parent_addr, reqs, nreq, r->cfg.repl_inflight,
 						wait + (double)bytes / 50e6, relay_verify, &v);
 
 			left -= v.ngot;
-			r->bytes_relay_in += v.bytes;
-			r->from_relay += v.bytes;
+			r->cons.bytes_relay_in += v.bytes;
+			r->cons.from_relay += v.bytes;
 			if (rc) {
 				vp_log(LOG_WARNING, "repl", "relay: reads from consumer %" PRIu64 " failed (%s); the producer serves the rest of '%s'",
-				       r->parent_id, strerror(-rc), a->path);
+				       r->relay.parent_id, strerror(-rc), a->path);
 				/* reads may still land in the chunks that did not arrive */
 				for (size_t q = 0; q < nreq; q++) {
 					uint32_t i = idx[q];
@@ -2422,11 +2433,11 @@ static size_t relay_fetch(struct vp_repl *r, const announce_t *a, void **mem,
 			break;
 		if (vp_now() > quiet) {
 			vp_log(LOG_INFO, "repl", "relay: consumer %" PRIu64 " offered nothing of '%s' for %.1f s; the producer serves the rest",
-			       r->parent_id, a->path, r->cfg.relay_wait);
+			       r->relay.parent_id, a->path, r->cfg.relay_wait);
 			break;
 		}
 		pthread_mutex_lock(&r->lock);
-		if (!r->rin_head && !r->stop) {
+		if (!r->relay.rin_head && !r->stop) {
 			struct timespec ts;
 			double until = vp_now() + 0.05;
 
@@ -2468,14 +2479,14 @@ static void verify_chunk(void *arg, size_t req)
 	if (v->bad)
 		return;
 	if (v->direct) {	/* it landed in the GPU tier: on to the host cache */
-		rc = vp_gpu_stage_landed(v->r->gst, (uint64_t)idx * v->a->chunk_size, host,
+		rc = vp_gpu_stage_landed(v->r->cons.gst, (uint64_t)idx * v->a->chunk_size, host,
 					 v->reqs[req].len);
 		if (rc) {
 			v->bad = rc;
 			return;
 		}
 	}
-	if (XXH3_64bits(host, v->reqs[req].len) != v->r->asm_refs[idx].hash) {
+	if (XXH3_64bits(host, v->reqs[req].len) != v->r->cons.asm_refs[idx].hash) {
 		v->bad = -EBADMSG;
 		v->bad_idx = idx;
 		return;
@@ -2504,19 +2515,19 @@ static int fetch_chunks(struct vp_repl *r, const announce_t *a, void **mem,
 		rc = -ENOMEM;
 		goto out;
 	}
-	if ((a->flags & VP_ANNOUNCE_RELAY) && r->nchildren) {
+	if ((a->flags & VP_ANNOUNCE_RELAY) && r->relay.nchildren) {
 		uint8_t *needed = calloc(a->nchunks ? a->nchunks : 1, 1);
 
 		offer_begin(r, a);	/* what we hold already goes first */
 		for (size_t k = 0; needed && k < n; k++)
 			needed[need[k]] = 1;
 		for (uint32_t i = 0; needed && i < a->nchunks; i++)
-			if (!needed[i] && mem[i] && r->asm_refs[i].key)
+			if (!needed[i] && mem[i] && r->cons.asm_refs[i].key)
 				offer_chunk(r, a, i, mem[i]);
 		free(needed);
 		offer_flush(r, 0);
 	}
-	if ((a->flags & VP_ANNOUNCE_RELAY) && r->parent_id && n)
+	if ((a->flags & VP_ANNOUNCE_RELAY) && r->relay.parent_id && n)
 		missing = relay_fetch(r, a, mem, need, n, got);
 	for (size_t k = 0; k < n; k++) {
 		uint32_t i = need[k];
@@ -2531,29 +2542,29 @@ static int fetch_chunks(struct vp_repl *r, const announce_t *a, void **mem,
 		idx[nreq] = i;
 		reqs[nreq].mr = s->mr;
 		reqs[nreq].local = mem[i];
-		if (r->gst_mr) {	/* GPU-direct: into the tier, then to mem[i] */
-			reqs[nreq].mr = r->gst_mr;
-			reqs[nreq].local = (char *)vp_gpu_stage_mem(r->gst) + (uint64_t)i * a->chunk_size;
+		if (r->cons.gst_mr) {	/* GPU-direct: into the tier, then to mem[i] */
+			reqs[nreq].mr = r->cons.gst_mr;
+			reqs[nreq].local = (char *)vp_gpu_stage_mem(r->cons.gst) + (uint64_t)i * a->chunk_size;
 		}
 		reqs[nreq].len = (size_t)chunk_len(a, i);
-		reqs[nreq].remote_addr = r->asm_refs[i].addr;
-		reqs[nreq].key = r->asm_refs[i].key;
+		reqs[nreq].remote_addr = r->cons.asm_refs[i].addr;
+		reqs[nreq].key = r->cons.asm_refs[i].key;
 		bytes += reqs[nreq].len;
 		nreq++;
 	}
-	if ((a->flags & VP_ANNOUNCE_RELAY) && r->parent_id && missing)
-		r->bytes_relay_fallback += bytes;
+	if ((a->flags & VP_ANNOUNCE_RELAY) && r->relay.parent_id && missing)
+		r->cons.bytes_relay_fallback += bytes;
 	{
 		struct verify v = { .r = r, .a = a, .reqs = reqs, .fetched = idx, .mem = mem,
-				    .direct = r->gst_mr != NULL };
+				    .direct = r->cons.gst_mr != NULL };
 
 		/* given up after peer_timeout without a chunk: a slow producer is waited for */
-		rc = vp_fab_read_cb(r->fab, r->producer, reqs, nreq, r->cfg.repl_inflight,
+		rc = vp_fab_read_cb(r->fab, r->cons.producer, reqs, nreq, r->cfg.repl_inflight,
 				    r->cfg.peer_timeout, verify_chunk, &v);
-		r->from_producer += bytes;
-		r->bytes_producer_in += bytes;
+		r->cons.from_producer += bytes;
+		r->cons.bytes_producer_in += bytes;
 		if (!rc && v.direct)
-			r->bytes_direct_in += bytes;
+			r->cons.bytes_direct_in += bytes;
 		if (!rc && v.bad) {
 			*bad_idx = v.bad_idx;
 			rc = v.bad;
@@ -2570,7 +2581,7 @@ static struct prefetch *prefetch_find(struct vp_repl *r, const char *path)
 {
 	struct prefetch *pf;
 
-	for (pf = r->prefetch; pf && strcmp(pf->path, path); pf = pf->next)
+	for (pf = r->cons.prefetch; pf && strcmp(pf->path, path); pf = pf->next)
 		;
 	return pf;
 }
@@ -2579,7 +2590,7 @@ static void prefetch_drop(struct vp_repl *r, struct prefetch *pf)
 {
 	struct prefetch **pp;
 
-	for (pp = &r->prefetch; *pp && *pp != pf; pp = &(*pp)->next)
+	for (pp = &r->cons.prefetch; *pp && *pp != pf; pp = &(*pp)->next)
 		;
 	if (*pp)
 		*pp = pf->next;
@@ -2611,8 +2622,8 @@ static struct prefetch *prefetch_get(struct vp_repl *r, const char *path,
 			return NULL;
 		}
 		pf->version = version;
-		pf->next = r->prefetch;
-		r->prefetch = pf;
+		pf->next = r->cons.prefetch;
+		r->cons.prefetch = pf;
 	}
 	if (n > pf->n) {
 		void **mem = realloc(pf->mem, n * sizeof(*mem));
@@ -2652,8 +2663,8 @@ static void consumer_preview(struct vp_repl *r, const struct vp_msg *m)
 	for (uint32_t i = 0; i < a->nchunks; i++) {
 		int err;
 
-		if (!r->asm_refs[i].key ||
-		    (pf->mem[i] && pf->hash[i] == r->asm_refs[i].hash))
+		if (!r->cons.asm_refs[i].key ||
+		    (pf->mem[i] && pf->hash[i] == r->cons.asm_refs[i].hash))
 			continue;
 		if (!pf->mem[i] && !(pf->mem[i] = vp_pool_get_chunk(r->pool, 0, &err)))
 			break;	/* the cache is full: the rest moves at commit */
@@ -2670,8 +2681,8 @@ static void consumer_preview(struct vp_repl *r, const struct vp_msg *m)
 		goto out;
 	}
 	for (size_t k = 0; k < nreq; k++)
-		pf->hash[fetched[k]] = r->asm_refs[fetched[k]].hash;
-	r->bytes_streamed += bytes;
+		pf->hash[fetched[k]] = r->cons.asm_refs[fetched[k]].hash;
+	r->cons.bytes_streamed += bytes;
 	vp_metrics_add(VP_C_BYTES_REPL_IN, bytes);
 	vp_log(LOG_DEBUG, "repl", "preview of '%s' version %" PRIu64 ": %" PRIu64 " bytes fetched early",
 	       a->path, a->version, bytes);
@@ -2688,13 +2699,13 @@ out:
  */
 static void stage_register(struct vp_repl *r)
 {
-	int rc = vp_fab_mr_reg_dev(r->fab, vp_gpu_stage_mem(r->gst),
-				   (size_t)vp_gpu_stage_size(r->gst), r->cuda_dev, 0,
-				   &r->gst_mr, NULL, NULL);
+	int rc = vp_fab_mr_reg_dev(r->fab, vp_gpu_stage_mem(r->cons.gst),
+				   (size_t)vp_gpu_stage_size(r->cons.gst), r->cuda_dev, 0,
+				   &r->cons.gst_mr, NULL, NULL);
 
 	if (!rc)
 		return;
-	r->gst_mr = NULL;
+	r->cons.gst_mr = NULL;
 	__atomic_store_n(&r->direct, 0, __ATOMIC_RELAXED);	/* status reads it */
 	vp_log(LOG_WARNING, "repl", "registering GPU memory with the fabric: %s; the host-staged path takes over",
 	       strerror(-rc));
@@ -2714,7 +2725,7 @@ static void stage_unregister(struct vp_repl *r, int rc)
 {
 	struct vp_fab_mr **dead;
 
-	if (!r->gst_mr)
+	if (!r->cons.gst_mr)
 		return;
 	if (rc == -EBADMSG) {
 		__atomic_store_n(&r->direct, 0, __ATOMIC_RELAXED);
@@ -2722,15 +2733,15 @@ static void stage_unregister(struct vp_repl *r, int rc)
 		log_gpu_path(r, "producer", 0);
 	}
 	if (rc == -ETIMEDOUT &&
-	    (dead = realloc(r->dead_mrs, (r->ndead_mrs + 1) * sizeof(*dead)))) {
-		r->dead_mrs = dead;
-		dead[r->ndead_mrs++] = r->gst_mr;
-		vp_gpu_stage_quarantine(r->gst);
-		r->gst = NULL;
+	    (dead = realloc(r->cons.dead_mrs, (r->cons.ndead_mrs + 1) * sizeof(*dead)))) {
+		r->cons.dead_mrs = dead;
+		dead[r->cons.ndead_mrs++] = r->cons.gst_mr;
+		vp_gpu_stage_quarantine(r->cons.gst);
+		r->cons.gst = NULL;
 	} else {
-		vp_fab_mr_close(r->gst_mr);	/* (out of memory: a late read may land in freed memory) */
+		vp_fab_mr_close(r->cons.gst_mr);	/* (out of memory: a late read may land in freed memory) */
 	}
-	r->gst_mr = NULL;
+	r->cons.gst_mr = NULL;
 }
 
 
@@ -2770,40 +2781,40 @@ static void consumer_announce(struct vp_repl *r, struct vp_msg *m)
 			return;
 		}
 		seen_add(r, a->path);
-		free(r->asm_msg);
-		free(r->asm_refs);
-		r->asm_msg = m;
-		r->asm_refs = calloc(a->nchunks ? a->nchunks : 1, sizeof(*r->asm_refs));
-		r->asm_got = 0;
-		if (!r->asm_refs)
+		free(r->cons.asm_msg);
+		free(r->cons.asm_refs);
+		r->cons.asm_msg = m;
+		r->cons.asm_refs = calloc(a->nchunks ? a->nchunks : 1, sizeof(*r->cons.asm_refs));
+		r->cons.asm_got = 0;
+		if (!r->cons.asm_refs)
 			goto drop;
-	} else if (!r->asm_msg || strcmp(r->asm_msg->u.announce.path, a->path) ||
-		   r->asm_msg->u.announce.seq != a->seq || a->first != r->asm_got ||
-		   r->asm_msg->u.announce.nchunks != a->nchunks ||
-		   r->asm_msg->u.announce.size != a->size ||
-		   r->asm_msg->u.announce.chunk_size != a->chunk_size ||
-		   r->asm_msg->u.announce.version != a->version) {
+	} else if (!r->cons.asm_msg || strcmp(r->cons.asm_msg->u.announce.path, a->path) ||
+		   r->cons.asm_msg->u.announce.seq != a->seq || a->first != r->cons.asm_got ||
+		   r->cons.asm_msg->u.announce.nchunks != a->nchunks ||
+		   r->cons.asm_msg->u.announce.size != a->size ||
+		   r->cons.asm_msg->u.announce.chunk_size != a->chunk_size ||
+		   r->cons.asm_msg->u.announce.version != a->version) {
 		free(m);
 		return;		/* a piece of an announce we dropped (or not of this one) */
 	}
-	memcpy(r->asm_refs + a->first, a->chunk, a->count * sizeof(*a->chunk));
+	memcpy(r->cons.asm_refs + a->first, a->chunk, a->count * sizeof(*a->chunk));
 	a->mode &= 01777;	/* no setuid or setgid file from the network (we install as root) */
-	r->asm_got += a->count;
-	if (m != r->asm_msg)
+	r->cons.asm_got += a->count;
+	if (m != r->cons.asm_msg)
 		free(m);
-	m = r->asm_msg;
+	m = r->cons.asm_msg;
 	a = &m->u.announce;
-	if (r->asm_got < a->nchunks)
+	if (r->cons.asm_got < a->nchunks)
 		return;		/* more pieces to come */
-	r->asm_msg = NULL;
-	r->from_producer = r->from_relay = 0;
+	r->cons.asm_msg = NULL;
+	r->cons.from_producer = r->cons.from_relay = 0;
 
 	/* never go backwards; skip what we have */
 	have = vp_ns_path_version(r->ns, a->path);
 	if ((have != UINT64_MAX && have >= a->version) ||
 	    newer_queued(r, a->path, a->version)) {
 		if (!(a->flags & VP_ANNOUNCE_PREVIEW))
-			r->skipped++;
+			r->cons.skipped++;
 		vp_log(LOG_DEBUG, "repl", "'%s' version %" PRIu64 " skipped: a newer one is here or coming",
 		       a->path, a->version);
 		say_done(r, a->seq, a->version, 0);
@@ -2814,11 +2825,11 @@ static void consumer_announce(struct vp_repl *r, struct vp_msg *m)
 		uint64_t *hashes = malloc((a->nchunks ? a->nchunks : 1) * sizeof(*hashes));
 
 		for (uint32_t i = 0; hashes && i < a->nchunks; i++)
-			hashes[i] = r->asm_refs[i].hash;
+			hashes[i] = r->cons.asm_refs[i].hash;
 		sum = hashes ? list_checksum(hashes, a->nchunks, a->size) : 0;
 		free(hashes);
 		if (sum != a->checksum) {
-			r->checksum_errors++;
+			r->cons.checksum_errors++;
 			vp_log(LOG_ERR, "repl", "'%s' version %" PRIu64 ": the chunk list does not match its checksum; not installed",
 			       a->path, a->version);
 			rc = -EBADMSG;
@@ -2847,10 +2858,10 @@ static void consumer_announce(struct vp_repl *r, struct vp_msg *m)
 		int holes = 0;
 
 		for (uint32_t i = 0; i < a->nchunks && !holes; i++)
-			holes = !r->asm_refs[i].key;
+			holes = !r->cons.asm_refs[i].key;
 		if (!holes)
-			r->gst = vp_gpu_stage_begin(vp_ns_gpu(r->ns), a->size);
-		if (r->gst && r->direct)
+			r->cons.gst = vp_gpu_stage_begin(vp_ns_gpu(r->ns), a->size);
+		if (r->cons.gst && r->direct)
 			stage_register(r);
 	}
 	/* chunks the version we hold already has (same hash): copied here, not fetched */
@@ -2861,15 +2872,15 @@ static void consumer_announce(struct vp_repl *r, struct vp_msg *m)
 		const void *have_mem;
 		int err;
 
-		if (!r->asm_refs[i].key)
+		if (!r->cons.asm_refs[i].key)
 			continue;	/* a hole */
 		if (pf && i < pf->n && pf->mem[i] && len == a->chunk_size &&
-		    pf->hash[i] == r->asm_refs[i].hash) {
+		    pf->hash[i] == r->cons.asm_refs[i].hash) {
 			mem[i] = pf->mem[i];	/* fetched while the file was written */
 			pf->mem[i] = NULL;
 			expose_reseq(r, mem[i], a->seq);	/* offered as a preview: this announce's now */
 			streamed += len;
-			vp_gpu_stage_copy(r->gst, start, mem[i], (size_t)len);
+			vp_gpu_stage_copy(r->cons.gst, start, mem[i], (size_t)len);
 			continue;
 		}
 		mem[i] = vp_pool_get_chunk(r->pool, r->cfg.cache_wait, &err);
@@ -2878,10 +2889,10 @@ static void consumer_announce(struct vp_repl *r, struct vp_msg *m)
 			goto fail;
 		}
 		have_mem = old && old_size >= start + len ? vp_data_chunk_mem(old, i) : NULL;
-		if (have_mem && XXH3_64bits(have_mem, (size_t)len) == r->asm_refs[i].hash) {
+		if (have_mem && XXH3_64bits(have_mem, (size_t)len) == r->cons.asm_refs[i].hash) {
 			memcpy(mem[i], have_mem, (size_t)len);
 			reused += len;
-			vp_gpu_stage_copy(r->gst, start, mem[i], (size_t)len);
+			vp_gpu_stage_copy(r->cons.gst, start, mem[i], (size_t)len);
 			continue;
 		}
 		fetched[nreq++] = i;
@@ -2891,9 +2902,9 @@ static void consumer_announce(struct vp_repl *r, struct vp_msg *m)
 	rc = fetch_chunks(r, a, mem, fetched, nreq, &bad);
 	stage_unregister(r, rc);
 	if (rc == -EIO || rc == -ETIMEDOUT)
-		r->refetch_after = vp_now();	/* if the producer still speaks, subscribe again */
+		r->cons.refetch_after = vp_now();	/* if the producer still speaks, subscribe again */
 	if (rc == -EBADMSG) {
-		r->checksum_errors++;
+		r->cons.checksum_errors++;
 		vp_log(LOG_ERR, "repl", "'%s' version %" PRIu64 ": chunk %u does not match its hash; not installed",
 		       a->path, a->version, bad);
 	}
@@ -2912,12 +2923,12 @@ static void consumer_announce(struct vp_repl *r, struct vp_msg *m)
 		rc = -ENOMEM;
 		goto fail;
 	}
-	vp_gpu_stage_bind(r->gst, d);	/* the mirror of d, at its commit, takes it */
-	r->gst = NULL;
-	r->last_transfer_s = vp_now() - t0;
-	r->bytes_in += a->size - reused - streamed;
-	r->bytes_reused += reused;
-	r->bytes_streamed_used += streamed;
+	vp_gpu_stage_bind(r->cons.gst, d);	/* the mirror of d, at its commit, takes it */
+	r->cons.gst = NULL;
+	r->cons.last_transfer_s = vp_now() - t0;
+	r->cons.bytes_in += a->size - reused - streamed;
+	r->cons.bytes_reused += reused;
+	r->cons.bytes_streamed_used += streamed;
 	vp_metrics_add(VP_C_BYTES_REPL_IN, a->size - reused - streamed);
 	t_in = vp_now();
 	rc = install(r, a->path, d, a->version, a->mode, a->seq);
@@ -2926,13 +2937,13 @@ static void consumer_announce(struct vp_repl *r, struct vp_msg *m)
 		       a->version, strerror(-rc));
 		goto fail;
 	}
-	r->installed++;
-	if ((a->flags & VP_ANNOUNCE_RELAY) && r->nchildren)
+	r->cons.installed++;
+	if ((a->flags & VP_ANNOUNCE_RELAY) && r->relay.nchildren)
 		pinned = rpin_add(r, a->seq, d);	/* our children may still read it */
 	vp_metrics_notify_latency(vp_now() - t_in);
 	vp_metrics_add(VP_C_VERSIONS, 1);
 	vp_log(LOG_INFO, "repl", "'%s' version %" PRIu64 " installed (%" PRIu64 " bytes in %.3f s after its announce; %" PRIu64 " fetched while it was written, %" PRIu64 " unchanged, %" PRIu64 " from the relay)",
-	       a->path, a->version, a->size, r->last_transfer_s, streamed, reused, r->from_relay);
+	       a->path, a->version, a->size, r->cons.last_transfer_s, streamed, reused, r->cons.from_relay);
 	say_done(r, a->seq, a->version, 0);
 	goto out_free;
 fail:
@@ -2941,8 +2952,8 @@ fail:
 		       a->path, a->version, strerror(-rc));
 	say_done(r, a->seq, a->version, rc);
 out_free:
-	vp_gpu_stage_abort(r->gst);
-	r->gst = NULL;
+	vp_gpu_stage_abort(r->cons.gst);
+	r->cons.gst = NULL;
 	relay_end(r, a);
 	if (!pinned && !(a->flags & VP_ANNOUNCE_PREVIEW))
 		unexpose_seq(r, a->seq);	/* before its chunks go (a preview's stay with it) */
@@ -2958,8 +2969,8 @@ out_free:
 	    pf->version <= a->version)
 		prefetch_drop(r, pf);	/* the version is in (or failed): its previews are done */
 drop:
-	free(r->asm_refs);
-	r->asm_refs = NULL;
+	free(r->cons.asm_refs);
+	r->cons.asm_refs = NULL;
 	free(m);
 }
 
@@ -2970,7 +2981,7 @@ static void consumer_op(struct vp_repl *r, const struct vp_msg *m)
 	int rc = mount_open(r);
 
 	if (rc) {
-		vp_log(LOG_WARNING, "repl", "the mount '%s' is gone: %s", r->mnt, strerror(-rc));
+		vp_log(LOG_WARNING, "repl", "the mount '%s' is gone: %s", r->cons.mnt, strerror(-rc));
 		return;
 	}
 	vp_log(LOG_DEBUG, "repl", "replaying op %u on '%s'", m->u.op.kind, p);
@@ -2981,29 +2992,29 @@ static void consumer_op(struct vp_repl *r, const struct vp_msg *m)
 	/* every path is contained beneath the mount: no symlink on the way is followed */
 	case VP_OP_MKDIR:
 		make_parents(r, p);
-		rc = vp_safepath_mkdir(r->mnt_fd, p, mode);
+		rc = vp_safepath_mkdir(r->cons.mnt_fd, p, mode);
 		if (rc == -EEXIST)
 			rc = 0;
 		break;
 	case VP_OP_SYMLINK:	/* the target is data: stored as sent, never followed here */
 		make_parents(r, p);
-		vp_safepath_unlink(r->mnt_fd, p, 0);
-		rc = vp_safepath_symlink(r->mnt_fd, p2, p);
+		vp_safepath_unlink(r->cons.mnt_fd, p, 0);
+		rc = vp_safepath_symlink(r->cons.mnt_fd, p2, p);
 		break;
 	case VP_OP_RENAME:
 		make_parents(r, p2);
-		rc = vp_safepath_rename(r->mnt_fd, p, p2);
+		rc = vp_safepath_rename(r->cons.mnt_fd, p, p2);
 		if (rc == -ENOENT)
 			rc = 0;
 		break;
 	case VP_OP_UNLINK:
-		rc = vp_safepath_unlink(r->mnt_fd, p, 0);
+		rc = vp_safepath_unlink(r->cons.mnt_fd, p, 0);
 		vp_log(LOG_DEBUG, "repl", "unlink '%s': %s", p, rc ? strerror(-rc) : "done");
 		if (rc == -ENOENT)
 			rc = 0;
 		break;
 	case VP_OP_RMDIR:
-		rc = vp_safepath_unlink(r->mnt_fd, p, AT_REMOVEDIR);
+		rc = vp_safepath_unlink(r->cons.mnt_fd, p, AT_REMOVEDIR);
 		if (rc == -ENOENT)
 			rc = 0;
 		break;
@@ -3023,19 +3034,19 @@ static void consumer_op(struct vp_repl *r, const struct vp_msg *m)
 /* Forgets the reasons to subscribe again (a failed transfer, a lost message). */
 static void resync_clear(struct vp_repl *r)
 {
-	r->refetch_after = 0;
+	r->cons.refetch_after = 0;
 	pthread_mutex_lock(&r->lock);
-	r->resync = 0;
+	r->cons.resync = 0;
 	pthread_mutex_unlock(&r->lock);
 }
 
 static void consumer_lost(struct vp_repl *r, const char *why)
 {
 	vp_log(LOG_WARNING, "repl", "%s; keeping the last complete versions and subscribing again", why);
-	r->state = CONS_IDLE;
-	r->syncing = 0;		/* a catch-up cut short removes nothing */
+	r->cons.state = CONS_IDLE;
+	r->cons.syncing = 0;		/* a catch-up cut short removes nothing */
 	seen_clear(r);
-	vp_sess_clear(&r->sess);
+	vp_sess_clear(&r->cons.sess);
 	resync_clear(r);
 }
 
@@ -3050,17 +3061,17 @@ static void consumer_resubscribe(struct vp_repl *r, const char *why)
 	static struct vp_ratelimit rl = VP_RATELIMIT_INIT(5, 60.0);
 	double now = vp_now();
 
-	if (!r->resub_backoff || now - r->resub_at > 600)
-		r->resub_backoff = 5;
-	if (r->resub_at && now - r->resub_at < r->resub_backoff) {
+	if (!r->cons.resub_backoff || now - r->cons.resub_at > 600)
+		r->cons.resub_backoff = 5;
+	if (r->cons.resub_at && now - r->cons.resub_at < r->cons.resub_backoff) {
 		vp_log_limited(&rl, LOG_WARNING, "repl", "%s; not subscribing again before %.0f s have passed since the last time",
-			       why, r->resub_backoff);
+			       why, r->cons.resub_backoff);
 		resync_clear(r);
 		return;
 	}
-	if (r->resub_at)
-		r->resub_backoff = r->resub_backoff * 2 > 300 ? 300 : r->resub_backoff * 2;
-	r->resub_at = now;
+	if (r->cons.resub_at)
+		r->cons.resub_backoff = r->cons.resub_backoff * 2 > 300 ? 300 : r->cons.resub_backoff * 2;
+	r->cons.resub_at = now;
 	consumer_lost(r, why);
 }
 
@@ -3070,36 +3081,36 @@ static void consumer_handle(struct vp_repl *r, struct qmsg *q)
 
 	if (!m)
 		return;
-	if (q->src == r->producer) {
-		uint64_t last = r->sess.rx.seq;
+	if (q->src == r->cons.producer) {
+		uint64_t last = r->cons.sess.rx.seq;
 
 		/* with a secret, sealed from WELCOME on; a REFUSED may answer our AUTH plain */
-		if (open_msg(r, &r->sess, q, m, "the producer", r->state == CONS_CHALLENGED ? VP_MSG_REFUSED : 0))
+		if (open_msg(r, &r->cons.sess, q, m, "the producer", r->cons.state == CONS_CHALLENGED ? VP_MSG_REFUSED : 0))
 			goto out;
 		if (m->peer_id != 0 || m->type == VP_MSG_RELAY_DONE) {
 			refused(r, "the producer", q->len, "its header names a consumer");
 			goto out;
 		}
-		r->last_heard = vp_now();
-		if (r->sess.on && r->sess.rx.seq != last + 1 && r->state == CONS_SUBSCRIBED) {
+		r->cons.last_heard = vp_now();
+		if (r->cons.sess.on && r->cons.sess.rx.seq != last + 1 && r->cons.state == CONS_SUBSCRIBED) {
 			/* the transport is ordered: a gap is a message we dropped */
 			consumer_resubscribe(r, "messages from the producer were lost");
-			if (r->state != CONS_SUBSCRIBED)
+			if (r->cons.state != CONS_SUBSCRIBED)
 				goto out;
 		}
-		if (r->refetch_after && r->last_heard > r->refetch_after && r->state == CONS_SUBSCRIBED) {
+		if (r->cons.refetch_after && r->cons.last_heard > r->cons.refetch_after && r->cons.state == CONS_SUBSCRIBED) {
 			/* the producer is alive, yet a transfer from it failed */
 			consumer_resubscribe(r, "a transfer from the producer failed");
-			if (r->state != CONS_SUBSCRIBED)
+			if (r->cons.state != CONS_SUBSCRIBED)
 				goto out;
 		}
 	} else {
 		/* only relay children speak to a consumer, each on its edge's session */
 		struct relay_child *c = NULL;
 
-		for (unsigned int i = 0; i < r->nchildren && !c; i++)
-			if (r->children[i].addr == q->src)
-				c = &r->children[i];
+		for (unsigned int i = 0; i < r->relay.nchildren && !c; i++)
+			if (r->relay.children[i].addr == q->src)
+				c = &r->relay.children[i];
 		if (!c) {
 			refused(r, "an address that is not our producer or a relay child", q->len,
 				"a consumer takes messages from its producer and relay peers only");
@@ -3116,36 +3127,36 @@ static void consumer_handle(struct vp_repl *r, struct qmsg *q)
 	case VP_MSG_CHALLENGE: {
 		struct vp_msg reply = { .type = VP_MSG_AUTH };
 
-		if (r->state != CONS_HELLO_SENT)
+		if (r->cons.state != CONS_HELLO_SENT)
 			break;
-		if (!mac_ok(r, "VPR1-P", r->nonce_c, m->u.challenge.nonce,
+		if (!mac_ok(r, "VPR1-P", r->cons.nonce_c, m->u.challenge.nonce,
 			    m->u.challenge.assigned_id, m->u.challenge.mac)) {
 			struct vp_msg no = { .type = VP_MSG_REFUSED };
 
 			vp_log(LOG_ERR, "repl", "the producer failed authentication (wrong or missing secret_file); not subscribing");
-			r->my_id = m->u.challenge.assigned_id;
+			r->cons.my_id = m->u.challenge.assigned_id;
 			snprintf(no.u.refused.reason, sizeof(no.u.refused.reason),
 				 "the producer failed authentication: the secrets differ");
 			consumer_send(r, &no);
-			r->my_id = 0;
-			r->state = CONS_IDLE;
+			r->cons.my_id = 0;
+			r->cons.state = CONS_IDLE;
 			break;
 		}
-		r->my_id = m->u.challenge.assigned_id;
-		mac_of(r, "VPR1-C", m->u.challenge.nonce, r->nonce_c, r->my_id, reply.u.auth.mac);
-		r->state = CONS_CHALLENGED;
+		r->cons.my_id = m->u.challenge.assigned_id;
+		mac_of(r, "VPR1-C", m->u.challenge.nonce, r->cons.nonce_c, r->cons.my_id, reply.u.auth.mac);
+		r->cons.state = CONS_CHALLENGED;
 		consumer_send(r, &reply);	/* plain: the last message before the session */
-		if (session_derive(r, &r->sess, r->nonce_c, m->u.challenge.nonce, r->my_id, 0)) {
+		if (session_derive(r, &r->cons.sess, r->cons.nonce_c, m->u.challenge.nonce, r->cons.my_id, 0)) {
 			vp_log(LOG_ERR, "repl", "cannot derive the session keys; not subscribing");
-			r->state = CONS_IDLE;
+			r->cons.state = CONS_IDLE;
 		}
 		break;
 	}
 	case VP_MSG_WELCOME:
-		if (r->state == CONS_CHALLENGED) {
-			r->state = CONS_SUBSCRIBED;
+		if (r->cons.state == CONS_CHALLENGED) {
+			r->cons.state = CONS_SUBSCRIBED;
 			seen_clear(r);
-			r->syncing = 1;
+			r->cons.syncing = 1;
 			relay_reset(r);	/* the producer sends our place in the tree */
 			log_gpu_path(r, "producer", 0);
 			vp_log(LOG_NOTICE, "repl", "subscribed to the producer at '%s' over '%s'",
@@ -3154,28 +3165,28 @@ static void consumer_handle(struct vp_repl *r, struct qmsg *q)
 		break;
 	case VP_MSG_REFUSED:
 		vp_log(LOG_ERR, "repl", "the producer refused us: %s", m->u.refused.reason);
-		r->state = CONS_IDLE;
-		vp_sess_clear(&r->sess);
+		r->cons.state = CONS_IDLE;
+		vp_sess_clear(&r->cons.sess);
 		break;
 	case VP_MSG_ANNOUNCE:
-		if (r->state == CONS_SUBSCRIBED) {
+		if (r->cons.state == CONS_SUBSCRIBED) {
 			consumer_announce(r, m);
 			return;		/* took m */
 		}
 		break;
 	case VP_MSG_OP:
-		if (r->state == CONS_SUBSCRIBED)
+		if (r->cons.state == CONS_SUBSCRIBED)
 			consumer_op(r, m);
 		break;
 	case VP_MSG_SYNC_END:
-		if (r->state != CONS_SUBSCRIBED)
+		if (r->cons.state != CONS_SUBSCRIBED)
 			break;
-		if (r->syncing)
+		if (r->cons.syncing)
 			remove_stale(r);
 		vp_log(LOG_INFO, "repl", "caught up with the producer");
 		break;
 	case VP_MSG_TOPO:
-		if (r->state == CONS_SUBSCRIBED)
+		if (r->cons.state == CONS_SUBSCRIBED)
 			relay_topo(r, m);
 		break;
 	case VP_MSG_RELAY_DONE:
@@ -3192,24 +3203,24 @@ out:
 static void publish_stats(struct vp_repl *r)
 {
 	pthread_mutex_lock(&r->lock);
-	r->pub.state = r->state;
-	r->pub.installed = r->installed;
-	r->pub.skipped = r->skipped;
-	r->pub.bytes_in = r->bytes_in;
-	r->pub.bytes_reused = r->bytes_reused;
-	r->pub.bytes_streamed = r->bytes_streamed;
-	r->pub.bytes_streamed_used = r->bytes_streamed_used;
-	r->pub.checksum_errors = r->checksum_errors;
-	r->pub.last_transfer_s = r->last_transfer_s;
-	r->pub.last_heard = r->last_heard;
-	r->pub.bytes_relay_in = r->bytes_relay_in;
-	r->pub.bytes_relay_fallback = r->bytes_relay_fallback;
-	r->pub.bytes_producer_in = r->bytes_producer_in;
-	r->pub.bytes_direct_in = r->bytes_direct_in;
-	r->pub.parent_id = r->parent_id;
-	r->pub.nchildren = r->nchildren;
-	for (unsigned int i = 0; i < r->nchildren; i++)
-		r->pub.children[i] = r->children[i].id;
+	r->cons.pub.state = r->cons.state;
+	r->cons.pub.installed = r->cons.installed;
+	r->cons.pub.skipped = r->cons.skipped;
+	r->cons.pub.bytes_in = r->cons.bytes_in;
+	r->cons.pub.bytes_reused = r->cons.bytes_reused;
+	r->cons.pub.bytes_streamed = r->cons.bytes_streamed;
+	r->cons.pub.bytes_streamed_used = r->cons.bytes_streamed_used;
+	r->cons.pub.checksum_errors = r->cons.checksum_errors;
+	r->cons.pub.last_transfer_s = r->cons.last_transfer_s;
+	r->cons.pub.last_heard = r->cons.last_heard;
+	r->cons.pub.bytes_relay_in = r->cons.bytes_relay_in;
+	r->cons.pub.bytes_relay_fallback = r->cons.bytes_relay_fallback;
+	r->cons.pub.bytes_producer_in = r->cons.bytes_producer_in;
+	r->cons.pub.bytes_direct_in = r->cons.bytes_direct_in;
+	r->cons.pub.parent_id = r->relay.parent_id;
+	r->cons.pub.nchildren = r->relay.nchildren;
+	for (unsigned int i = 0; i < r->relay.nchildren; i++)
+		r->cons.pub.children[i] = r->relay.children[i].id;
 	pthread_mutex_unlock(&r->lock);
 }
 
@@ -3218,36 +3229,36 @@ static void consumer_tick(struct vp_repl *r)
 	double now = vp_now();
 
 	rpin_sweep(r, 0);
-	if (!r->parent_id && r->rin_head)
+	if (!r->relay.parent_id && r->relay.rin_head)
 		rin_clear(r);	/* offers from a relay we no longer have */
 
-	if (r->state == CONS_SUBSCRIBED && now - r->last_heard > r->cfg.peer_timeout) {
+	if (r->cons.state == CONS_SUBSCRIBED && now - r->cons.last_heard > r->cfg.peer_timeout) {
 		char why[384];
 
 		snprintf(why, sizeof(why), "the producer at '%s' is silent for %.0f s",
-			 r->cfg.subscribe, now - r->last_heard);
+			 r->cfg.subscribe, now - r->cons.last_heard);
 		consumer_lost(r, why);
-	} else if (r->state == CONS_SUBSCRIBED) {
+	} else if (r->cons.state == CONS_SUBSCRIBED) {
 		int lost;
 
 		pthread_mutex_lock(&r->lock);
-		lost = r->resync;
+		lost = r->cons.resync;
 		pthread_mutex_unlock(&r->lock);
 		if (lost)
 			consumer_resubscribe(r, "a message from the producer was dropped (our inbox was full)");
 	}
-	if (r->state < CONS_SUBSCRIBED && now - r->last_hello >= 1.0) {
+	if (r->cons.state < CONS_SUBSCRIBED && now - r->cons.last_hello >= 1.0) {
 		struct vp_msg m = { .type = VP_MSG_HELLO };
 		int n = vp_fab_name(r->fab, m.u.hello.name, sizeof(m.u.hello.name));
 
-		r->last_hello = now;
+		r->cons.last_hello = now;
 		if (n > 0) {
-			RAND_bytes(r->nonce_c, VP_PROTO_NONCE);
-			memcpy(m.u.hello.nonce, r->nonce_c, VP_PROTO_NONCE);
+			RAND_bytes(r->cons.nonce_c, VP_PROTO_NONCE);
+			memcpy(m.u.hello.nonce, r->cons.nonce_c, VP_PROTO_NONCE);
 			m.u.hello.name_len = (uint16_t)n;
-			r->state = CONS_HELLO_SENT;
-			r->my_id = 0;
-			vp_sess_clear(&r->sess);	/* a new handshake, a new session */
+			r->cons.state = CONS_HELLO_SENT;
+			r->cons.my_id = 0;
+			vp_sess_clear(&r->cons.sess);	/* a new handshake, a new session */
 			consumer_send(r, &m);
 		}
 	}
@@ -3265,10 +3276,10 @@ static void *repl_main(void *arg)
 		struct stat st;
 
 		vp_ns_set_installer(r->ns, gettid());
-		if (stat(r->mnt, &st) == 0)
-			r->mnt_dev = st.st_dev;	/* served by our loop, now running */
+		if (stat(r->cons.mnt, &st) == 0)
+			r->cons.mnt_dev = st.st_dev;	/* served by our loop, now running */
 		else
-			vp_log(LOG_ERR, "repl", "cannot stat the mount '%s': %s", r->mnt, strerror(errno));
+			vp_log(LOG_ERR, "repl", "cannot stat the mount '%s': %s", r->cons.mnt, strerror(errno));
 	}
 	pthread_mutex_lock(&r->lock);
 	while (!r->stop) {
@@ -3301,7 +3312,7 @@ static void *repl_main(void *arg)
 			producer_tick(r, &last_beat);
 		}
 		pthread_mutex_lock(&r->lock);
-		if (r->in_head || r->ev_head || r->stop)
+		if (r->in_head || r->prod.ev_head || r->stop)
 			continue;
 		vp_abstime(&ts, vp_now() + 0.1);
 		pthread_cond_timedwait(&r->cond, &r->lock, &ts);
@@ -3356,9 +3367,9 @@ struct vp_repl *vp_repl_new(struct vp_ns *ns, const struct vp_config *cfg,
 	r->ns = ns;
 	r->cfg = *cfg;
 	r->consumer = cfg->subscribe[0] != 0;
-	r->mnt_fd = -1;
+	r->cons.mnt_fd = -1;
 	r->pool = vp_ns_pool(ns);
-	snprintf(r->mnt, sizeof(r->mnt), "%s", mountpoint);
+	snprintf(r->cons.mnt, sizeof(r->cons.mnt), "%s", mountpoint);
 	pthread_mutex_init(&r->lock, NULL);
 	pthread_mutex_init(&r->slab_lock, NULL);
 	vp_cond_init_monotonic(&r->cond);
@@ -3417,7 +3428,7 @@ struct vp_repl *vp_repl_new(struct vp_ns *ns, const struct vp_config *cfg,
 	/* host memory (gpu_tier=ram) registers anywhere; CUDA memory needs FI_HMEM */
 	r->direct = vp_ns_gpu(ns) && strcmp(cfg->gpu_direct, "off") &&
 		(r->cuda_dev < 0 || vp_fab_has_hmem(r->fab) == 2);
-	if (r->consumer && vp_fab_insert_host(r->fab, host, colon + 1, &r->producer)) {
+	if (r->consumer && vp_fab_insert_host(r->fab, host, colon + 1, &r->cons.producer)) {
 		snprintf(err, errlen, "cannot resolve the producer '%s' with provider '%s'",
 			 cfg->subscribe, vp_fab_provider(r->fab));
 		goto err_close;
@@ -3453,13 +3464,13 @@ void vp_repl_free(struct vp_repl *r)
 		pthread_join(r->thread, NULL);
 	vp_pool_set_slab_cb(r->pool, NULL, NULL);
 	pthread_mutex_lock(&r->lock);
-	while (r->peers)
-		peer_drop_locked(r, r->peers, "shutting down");
+	while (r->prod.peers)
+		peer_drop_locked(r, r->prod.peers, "shutting down");
 	unpin_locked(r, 1);
-	while (r->ev_head) {
-		struct event *e = r->ev_head;
+	while (r->prod.ev_head) {
+		struct event *e = r->prod.ev_head;
 
-		r->ev_head = e->next;
+		r->prod.ev_head = e->next;
 		vp_data_put(e->data);
 		free(e->path);
 		free(e->path2);
@@ -3474,29 +3485,29 @@ void vp_repl_free(struct vp_repl *r)
 	r->in_tail = NULL;
 	pthread_mutex_unlock(&r->lock);
 	unexpose_seq(r, 0);
-	free(r->expo);
+	free(r->relay.expo);
 	for (unsigned int i = 0; i < r->nslabs; i++)
 		vp_fab_mr_close(r->slabs[i].mr);
-	for (size_t i = 0; i < r->ndead_mrs; i++)
-		vp_fab_mr_close(r->dead_mrs[i]);
-	free(r->dead_mrs);
+	for (size_t i = 0; i < r->cons.ndead_mrs; i++)
+		vp_fab_mr_close(r->cons.dead_mrs[i]);
+	free(r->cons.dead_mrs);
 	vp_fab_close(r->fab);
-	for (size_t i = 0; i < r->nquarantine; i++)
-		vp_pool_put_chunk(r->pool, r->quarantine[i]);	/* no read can land any more */
-	free(r->quarantine);
+	for (size_t i = 0; i < r->cons.nquarantine; i++)
+		vp_pool_put_chunk(r->pool, r->cons.quarantine[i]);	/* no read can land any more */
+	free(r->cons.quarantine);
 	rpin_sweep(r, 1);
 	rin_clear(r);
-	free(r->offer);
-	free(r->asm_msg);
-	free(r->asm_refs);
-	while (r->prefetch)
-		prefetch_drop(r, r->prefetch);
+	free(r->relay.offer);
+	free(r->cons.asm_msg);
+	free(r->cons.asm_refs);
+	while (r->cons.prefetch)
+		prefetch_drop(r, r->cons.prefetch);
 	seen_clear(r);
-	free(r->seen);
-	vp_sess_clear(&r->sess);
-	vp_sess_clear(&r->parent_sess);
-	for (unsigned int i = 0; i < r->nchildren; i++)
-		vp_sess_clear(&r->children[i].sess);
+	free(r->cons.seen);
+	vp_sess_clear(&r->cons.sess);
+	vp_sess_clear(&r->relay.parent_sess);
+	for (unsigned int i = 0; i < r->relay.nchildren; i++)
+		vp_sess_clear(&r->relay.children[i].sess);
 	OPENSSL_cleanse(r->secret, sizeof(r->secret));
 	pthread_cond_destroy(&r->cond);
 	pthread_mutex_destroy(&r->lock);
@@ -3509,7 +3520,7 @@ static double peer_lag_s_locked(struct vp_repl *r, struct peer *p, double now)
 {
 	double oldest = now;
 
-	for (struct pin *pin = r->pins; pin; pin = pin->next)
+	for (struct pin *pin = r->prod.pins; pin; pin = pin->next)
 		if (pin->seq > p->done_seq && pin->since < oldest)
 			oldest = pin->since;
 	return now - oldest;
@@ -3517,7 +3528,7 @@ static double peer_lag_s_locked(struct vp_repl *r, struct peer *p, double now)
 
 static const char *consumer_state(struct vp_repl *r)
 {
-	return r->pub.state == CONS_SUBSCRIBED ? "subscribed" : r->pub.state != CONS_IDLE ? "connecting" : "disconnected";
+	return r->cons.pub.state == CONS_SUBSCRIBED ? "subscribed" : r->cons.pub.state != CONS_IDLE ? "connecting" : "disconnected";
 }
 
 void vp_repl_status_json(struct vp_repl *r, FILE *out)
@@ -3535,17 +3546,17 @@ void vp_repl_status_json(struct vp_repl *r, FILE *out)
 			",\"checksum_errors\":%" PRIu64 ",\"last_transfer_s\":%.6f"
 			",\"last_heard_s\":%.3f,\"relay\":{\"parent\":%" PRIu64 ",\"children\":[",
 			vp_fab_provider(r->fab), r->cfg.subscribe, consumer_state(r),
-			r->pub.installed, r->pub.skipped, r->pub.bytes_in, r->pub.bytes_reused,
-			r->pub.bytes_streamed, r->pub.bytes_streamed_used, r->pub.checksum_errors,
-			r->pub.last_transfer_s, r->pub.last_heard > 0 ? now - r->pub.last_heard : -1.0,
-			r->pub.parent_id);
-		for (unsigned int i = 0; i < r->pub.nchildren; i++)
-			fprintf(out, "%s%" PRIu64, i ? "," : "", r->pub.children[i]);
+			r->cons.pub.installed, r->cons.pub.skipped, r->cons.pub.bytes_in, r->cons.pub.bytes_reused,
+			r->cons.pub.bytes_streamed, r->cons.pub.bytes_streamed_used, r->cons.pub.checksum_errors,
+			r->cons.pub.last_transfer_s, r->cons.pub.last_heard > 0 ? now - r->cons.pub.last_heard : -1.0,
+			r->cons.pub.parent_id);
+		for (unsigned int i = 0; i < r->cons.pub.nchildren; i++)
+			fprintf(out, "%s%" PRIu64, i ? "," : "", r->cons.pub.children[i]);
 		fprintf(out, "],\"bytes_from_relay\":%" PRIu64 ",\"bytes_relay_fallback\":%" PRIu64 "}"
 			",\"gpu_path\":\"%s\",\"bytes_gpu_direct\":%" PRIu64 ",\"sealed\":%s"
 			",\"refused_messages\":%" PRIu64 "}",
-			r->pub.bytes_relay_in, r->pub.bytes_relay_fallback, gpu_path(r),
-			r->pub.bytes_direct_in, r->secret_len ? "true" : "false",
+			r->cons.pub.bytes_relay_in, r->cons.pub.bytes_relay_fallback, gpu_path(r),
+			r->cons.pub.bytes_direct_in, r->secret_len ? "true" : "false",
 			__atomic_load_n(&r->refused, __ATOMIC_RELAXED));
 	} else {
 		int first = 1;
@@ -3553,17 +3564,17 @@ void vp_repl_status_json(struct vp_repl *r, FILE *out)
 		fprintf(out, "{\"role\":\"producer\",\"provider\":\"%s\",\"listen\":\"%s\",\"seq\":%" PRIu64
 			",\"gpu_path\":\"%s\",\"gpu_versions_out\":%" PRIu64 ",\"gpu_bytes_out\":%" PRIu64
 			",\"sealed\":%s,\"refused_messages\":%" PRIu64 ",\"peers\":[",
-			vp_fab_provider(r->fab), r->cfg.listen, r->seq, gpu_path(r),
-			r->gpu_versions_out, r->gpu_bytes_out, r->secret_len ? "true" : "false",
+			vp_fab_provider(r->fab), r->cfg.listen, r->prod.seq, gpu_path(r),
+			r->prod.gpu_versions_out, r->prod.gpu_bytes_out, r->secret_len ? "true" : "false",
 			__atomic_load_n(&r->refused, __ATOMIC_RELAXED));
-		for (struct peer *p = r->peers; p; p = p->next) {
+		for (struct peer *p = r->prod.peers; p; p = p->next) {
 			fprintf(out, "%s{\"id\":%" PRIu64 ",\"state\":\"%s\",\"active\":%s,\"done_seq\":%" PRIu64
 				",\"lag\":%" PRIu64 ",\"lag_s\":%.6f,\"versions_done\":%" PRIu64
 				",\"bytes_out\":%" PRIu64 ",\"bytes_relayed\":%" PRIu64 ",\"relay_parent\":%" PRIu64
 				",\"last_heard_s\":%.3f}",
 				first ? "" : ",", p->id, p->active ? "active" : "authenticating",
 				p->active ? "true" : "false",
-				p->done_seq, r->seq - p->done_seq, peer_lag_s_locked(r, p, now),
+				p->done_seq, r->prod.seq - p->done_seq, peer_lag_s_locked(r, p, now),
 				p->versions_done, p->bytes_out, p->bytes_relayed, p->relay_parent,
 				now - p->last_heard);
 			first = 0;
@@ -3587,36 +3598,36 @@ void vp_repl_metrics(struct vp_repl *r, FILE *out)
 	if (r->consumer) {
 		fputs("# HELP viperfs_producer_up 1 while this consumer is subscribed to its producer.\n"
 		      "# TYPE viperfs_producer_up gauge\n", out);
-		fprintf(out, "viperfs_producer_up %d\n", r->pub.state == CONS_SUBSCRIBED);
+		fprintf(out, "viperfs_producer_up %d\n", r->cons.pub.state == CONS_SUBSCRIBED);
 		fputs("# HELP viperfs_consumer_fetched_bytes_total Bytes of new versions this consumer read, by source (its relay, or the producer).\n"
 		      "# TYPE viperfs_consumer_fetched_bytes_total counter\n", out);
 		fprintf(out, "viperfs_consumer_fetched_bytes_total{from=\"relay\"} %" PRIu64 "\n",
-			r->pub.bytes_relay_in);
+			r->cons.pub.bytes_relay_in);
 		fprintf(out, "viperfs_consumer_fetched_bytes_total{from=\"producer\"} %" PRIu64 "\n",
-			r->pub.bytes_producer_in);
+			r->cons.pub.bytes_producer_in);
 	} else {
 		fputs("# HELP viperfs_peers Consumers connected to this producer.\n"
 		      "# TYPE viperfs_peers gauge\n", out);
 		{
 			unsigned int n = 0;
 
-			for (struct peer *p = r->peers; p; p = p->next)
+			for (struct peer *p = r->prod.peers; p; p = p->next)
 				n += p->active;
 			fprintf(out, "viperfs_peers %u\n", n);
 		}
 		fputs("# HELP viperfs_peer_lag_versions Versions announced that a consumer has not fetched yet.\n"
 		      "# TYPE viperfs_peer_lag_versions gauge\n", out);
-		for (struct peer *p = r->peers; p; p = p->next)
+		for (struct peer *p = r->prod.peers; p; p = p->next)
 			fprintf(out, "viperfs_peer_lag_versions{peer=\"%" PRIu64 "\"} %" PRIu64 "\n",
-				p->id, r->seq - p->done_seq);
+				p->id, r->prod.seq - p->done_seq);
 		fputs("# HELP viperfs_peer_lag_seconds Age of the oldest version a consumer has not fetched yet.\n"
 		      "# TYPE viperfs_peer_lag_seconds gauge\n", out);
-		for (struct peer *p = r->peers; p; p = p->next)
+		for (struct peer *p = r->prod.peers; p; p = p->next)
 			fprintf(out, "viperfs_peer_lag_seconds{peer=\"%" PRIu64 "\"} %.6f\n",
 				p->id, peer_lag_s_locked(r, p, now));
 		fputs("# HELP viperfs_peer_sent_bytes_total Bytes each consumer read from this producer's memory (relayed bytes excluded).\n"
 		      "# TYPE viperfs_peer_sent_bytes_total counter\n", out);
-		for (struct peer *p = r->peers; p; p = p->next)
+		for (struct peer *p = r->prod.peers; p; p = p->next)
 			fprintf(out, "viperfs_peer_sent_bytes_total{peer=\"%" PRIu64 "\"} %" PRIu64 "\n",
 				p->id, p->bytes_out);
 	}
