@@ -12,13 +12,13 @@
 #include "repl_i.h"
 
 void repl_mac_of(struct vp_repl *r, const char *role, const uint8_t *n1,
-		   const uint8_t *n2, uint64_t id, uint8_t *out)
+		 const uint8_t *n2, uint64_t id, uint8_t *out)
 {
 	vp_sess_handshake_mac(r->secret, r->secret_len, role, n1, n2, id, out);
 }
 
 int repl_mac_ok(struct vp_repl *r, const char *role, const uint8_t *n1,
-		  const uint8_t *n2, uint64_t id, const uint8_t *got)
+		const uint8_t *n2, uint64_t id, const uint8_t *got)
 {
 	uint8_t want[VP_PROTO_MAC];
 
@@ -83,7 +83,7 @@ int repl_load_secret(struct vp_repl *r, char *err, size_t errlen)
  * both nonces (sess.h); the producer sends with the first half.
  */
 int repl_session_derive(struct vp_repl *r, struct vp_sess *s, const uint8_t *nonce_c,
-			  const uint8_t *nonce_p, uint64_t id, int producer)
+			const uint8_t *nonce_p, uint64_t id, int producer)
 {
 	uint8_t salt[2 * VP_PROTO_NONCE];
 
@@ -103,7 +103,7 @@ int repl_session_derive(struct vp_repl *r, struct vp_sess *s, const uint8_t *non
  * sequence numbers twice.
  */
 void repl_edge_key_of(struct vp_repl *r, uint64_t parent, uint64_t child, uint64_t gen,
-			uint8_t *out)
+		      uint8_t *out)
 {
 	uint8_t msg[4 + 24];
 	unsigned int len = VP_PROTO_EDGE_KEY;
@@ -123,7 +123,7 @@ void repl_edge_key_of(struct vp_repl *r, uint64_t parent, uint64_t child, uint64
 
 /* Consumer: the session of a relay edge, from the key its TOPO gave. */
 void repl_edge_session(struct vp_repl *r, struct vp_sess *s, const uint8_t *key,
-			 uint64_t parent, uint64_t child, int i_am_parent)
+		       uint64_t parent, uint64_t child, int i_am_parent)
 {
 	uint8_t salt[16];
 

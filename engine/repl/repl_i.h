@@ -1,5 +1,6 @@
 /*
- * repl_i.h: the private header of repl (repl.h), shared by its files:
+ * repl_i.h: the private header of repl (repl.h), shared by its files, one
+ * per object, as libfabric's tcp provider has xnet.h and xnet_*.c:
  *
  *   thread.c    the object: new/free, the repl thread, status and metrics
  *   msg.c       messages: the inbox the fabric fills, opening, sealing, sending
@@ -9,7 +10,18 @@
  *   consumer.c  consumer: the subscription's state machine, catch-up's end
  *   announce.c  consumer: an announce, assembled, planned, fetched, installed
  *   fetch.c     consumer: chunk reads from the relay and the producer, checked
- *   relay.c     consumer: the relay tree, offers and exposures to children
+ *   relay.c     consumer: its place in the relay tree, offers to its children
+ *
+ * THREADING: the fabric's progress thread only queues what it receives
+ * (repl_on_recv); the namespace's hooks only queue events.  Everything
+ * else runs on the repl thread, which owns the sessions, the consumer's
+ * state and the relay's.  r->lock protects what those threads share, as
+ * each field says; r->slab_lock the slab table.  The lock order is the
+ * one table in lock.h.  Functions named _locked assert r->lock; the
+ * namespace's hooks (vp_repl_note_*_locked) run under ns->lock instead,
+ * which ns.h gives no way to assert.
+ *
+ * Cross-file functions are named repl_*; those of one file are static.
  */
 #ifndef VP_REPL_I_H
 #define VP_REPL_I_H
@@ -32,7 +44,6 @@ struct vp_data;
 struct vp_gpu;
 struct vp_gpu_lease;
 struct vp_gpu_stage;
-struct vp_ratelimit;
 
 #define MAX_SLABS 1024
 #define PIN_TIMEOUT 120.0
@@ -230,6 +241,10 @@ struct vp_repl_relay {
 	size_t rin_bytes;
 };
 
+/*
+ * The replication of one mount, as producer or consumer (r->consumer):
+ * shared fields first, then each role's in a sub-struct of its own.
+ */
 struct vp_repl {
 	struct vp_ns *ns;
 	struct vp_config cfg;
@@ -240,7 +255,7 @@ struct vp_repl {
 	size_t secret_len;
 	uint64_t refused;			/* messages dropped: atomic */
 	/* GPU-direct (gpu_direct=auto, a tier whose memory the fabric can register) */
-	int direct;			/* 0: host-staged path; atomic */
+	int direct;			/* 0: host-staged path; atomic (status reads it) */
 	int cuda_dev;			/* the tier's CUDA device, -1: host memory (gpu_tier=ram) */
 
 	pthread_mutex_t lock;
@@ -311,33 +326,33 @@ void repl_log_gpu_path(struct vp_repl *r, const char *role, uint64_t id);
 
 /* auth.c */
 void repl_mac_of(struct vp_repl *r, const char *role, const uint8_t *n1,
-		   const uint8_t *n2, uint64_t id, uint8_t *out);
+		 const uint8_t *n2, uint64_t id, uint8_t *out);
 int repl_mac_ok(struct vp_repl *r, const char *role, const uint8_t *n1,
-		  const uint8_t *n2, uint64_t id, const uint8_t *got);
+		const uint8_t *n2, uint64_t id, const uint8_t *got);
 int repl_load_secret(struct vp_repl *r, char *err, size_t errlen);
 int repl_session_derive(struct vp_repl *r, struct vp_sess *s, const uint8_t *nonce_c,
-			  const uint8_t *nonce_p, uint64_t id, int producer);
+			const uint8_t *nonce_p, uint64_t id, int producer);
 void repl_edge_key_of(struct vp_repl *r, uint64_t parent, uint64_t child, uint64_t gen,
-			uint8_t *out);
+		      uint8_t *out);
 void repl_edge_session(struct vp_repl *r, struct vp_sess *s, const uint8_t *key,
-			 uint64_t parent, uint64_t child, int i_am_parent);
+		       uint64_t parent, uint64_t child, int i_am_parent);
 
 /* msg.c */
 void repl_refused(struct vp_repl *r, const char *from, size_t len, const char *why);
 int repl_open_msg(struct vp_repl *r, struct vp_sess *s, const struct qmsg *q,
-		    struct vp_msg *m, const char *from, int clear_type);
+		  struct vp_msg *m, const char *from, int clear_type);
 void repl_on_recv(void *arg, vp_fab_addr src, const void *msg, size_t len);
 int repl_send_raw(struct vp_repl *r, vp_fab_addr to, struct vp_sess *s, const void *buf,
-		    size_t len, double deadline_s);
+		  size_t len, double deadline_s);
 int repl_encode_send(struct vp_repl *r, vp_fab_addr to, struct vp_sess *s, struct vp_msg *m,
-		       double deadline_s);
+		     double deadline_s);
 int repl_send_msg(struct vp_repl *r, vp_fab_addr to, struct vp_sess *s, struct vp_msg *m);
 struct qmsg *repl_qmsg_of(struct vp_msg *m);
 
 /* fetch.c */
 void repl_on_slab(void *arg, void *base, size_t len);
 int repl_fetch_chunks(struct vp_repl *r, const announce_t *a, void **mem,
-			const uint32_t *need, size_t n, uint32_t *bad_idx);
+		      const uint32_t *need, size_t n, uint32_t *bad_idx);
 void repl_stage_register(struct vp_repl *r);
 void repl_stage_unregister(struct vp_repl *r, int rc);
 
