@@ -1,4 +1,8 @@
-/* repl/announce.c: consumer: an announce, assembled, planned, fetched (fetch.c) and installed on the mount by syscalls; operations replayed */
+/*
+ * repl/announce.c: consumer: an ANNOUNCE, assembled from its pieces, checked,
+ * planned (what we hold already), fetched (fetch.c) and installed on the
+ * mount by ordinary syscalls; OPs replayed the same way.
+ */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>

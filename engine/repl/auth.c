@@ -1,4 +1,7 @@
-/* repl/auth.c: @@DESC@@ */
+/*
+ * repl/auth.c: the keys: the secret, the handshake's MACs, the sessions and the
+ * relay edges' keys (the sealing itself is sess.c's).
+ */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <openssl/crypto.h>

@@ -1,4 +1,8 @@
-/* repl/consumer.c: consumer: the subscription's state machine (HELLO to SUBSCRIBED and back), catch-up's end, the tick */
+/*
+ * repl/consumer.c: consumer: the subscription's state machine (HELLO, CHALLENGE,
+ * AUTH, WELCOME, and back to idle when the session ends), the end of a
+ * catch-up, the tick.
+ */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <openssl/rand.h>

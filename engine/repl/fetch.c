@@ -1,4 +1,8 @@
-/* repl/fetch.c: consumer: reading an announce's chunks from the relay and the producer, each checked as it lands */
+/*
+ * repl/fetch.c: consumer: the reads of an announce's chunks, from our relay
+ * first and the producer for the rest, each checked as it lands; the cache
+ * slabs they land in, and GPU-direct stages.
+ */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <inttypes.h>

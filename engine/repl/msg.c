@@ -1,4 +1,7 @@
-/* repl/msg.c: messages: the inbox the fabric fills, opening, sealing and sending */
+/*
+ * repl/msg.c: messages: the inbox the fabric fills, opening and checking what
+ * came, sealing and sending what goes.
+ */
 #define _GNU_SOURCE
 #include <stdbool.h>
 #include <stdlib.h>

@@ -1,4 +1,7 @@
-/* repl/peer.c: producer: the consumers it serves, from HELLO to their end, and the relay tree */
+/*
+ * repl/peer.c: producer: the consumers it serves, from HELLO to their end
+ * (handshake, DONE, outboxes, timeouts), and the relay tree over them.
+ */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <inttypes.h>

@@ -1,4 +1,7 @@
-/* repl/producer.c: producer: the namespace's events, announces and their pins, catch-up, the tick */
+/*
+ * repl/producer.c: producer: the namespace's events, turned into announces (with
+ * the pins that keep their bytes readable) and operations; catch-up; the tick.
+ */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <inttypes.h>

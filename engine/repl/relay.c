@@ -1,4 +1,7 @@
-/* repl/relay.c: consumer: its place in the relay tree, the offers and exposures to its children */
+/*
+ * repl/relay.c: consumer: its place in the relay tree (TOPO), the offers of
+ * checked chunks to its children, and what stays exposed and pinned for them.
+ */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <inttypes.h>

@@ -1,4 +1,7 @@
-/* repl/thread.c: the repl object: new and free, the repl thread, status and metrics */
+/*
+ * repl/thread.c: the repl object: new (start steps, one unwind) and free, the
+ * repl thread's loop, status and metrics.
+ */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
@@ -56,9 +59,10 @@ void repl_log_gpu_path(struct vp_repl *r, const char *role, uint64_t id)
 /* Takes the next received message off the inbox; NULL: none. */
 static struct qmsg *inbox_pop_locked(struct vp_repl *r)
 {
-	struct qmsg *q = STAILQ_FIRST(&r->in);
+	struct qmsg *q;
 
 	VP_ASSERT_LOCKED(&r->lock);
+	q = STAILQ_FIRST(&r->in);
 	if (!q)
 		return NULL;
 	STAILQ_REMOVE_HEAD(&r->in, link);
