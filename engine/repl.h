@@ -31,8 +31,11 @@
  * is refused and logged.
  *
  * THREADING: the progress thread of the fabric only queues received
- * messages; all work happens on the repl thread.  Lock order: ns->lock,
- * then repl->lock (the namespace calls the _locked hooks with its lock).
+ * messages; all work happens on the repl thread.  The namespace calls the
+ * _locked hooks with ns->lock held; the lock order is lock.h's table.
+ *
+ * The code lives in engine/repl/, one file per object (repl/repl_i.h
+ * says which).
  */
 #ifndef VP_REPL_H
 #define VP_REPL_H
@@ -63,7 +66,6 @@ void vp_repl_note_version_locked(struct vp_repl *r, const char *path,
 				 struct vp_data *d, uint64_t version,
 				 uint32_t mode, int64_t mtime_ns);
 
-/* A JSON object: role, provider, peers with state and lag. */
 /*
  * Producer: offers consumers the finished chunks of a version still being
  * written.  Takes over the caller's reference to d (a snapshot).  No lock
@@ -72,6 +74,7 @@ void vp_repl_note_version_locked(struct vp_repl *r, const char *path,
 void vp_repl_note_preview(struct vp_repl *r, const char *path, struct vp_data *d,
 			  uint64_t version, uint32_t mode);
 
+/* Writes a JSON object: role, provider, peers with state and lag; NULL r: null. */
 void vp_repl_status_json(struct vp_repl *r, FILE *out);
 /* Appends per-peer gauges in the Prometheus text format; NULL r: nothing. */
 void vp_repl_metrics(struct vp_repl *r, FILE *out);

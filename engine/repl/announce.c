@@ -1,0 +1,645 @@
+/*
+ * repl/announce.c: consumer: an ANNOUNCE, assembled from its pieces, checked,
+ * planned (what we hold already), fetched (fetch.c) and installed on the
+ * mount by ordinary syscalls; OPs replayed the same way.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include "../clock.h"
+#include "../data.h"
+#include "../gpu.h"
+#include "../log.h"
+#include "../metrics.h"
+#include "../ns.h"
+#include "../pool.h"
+#include "../safepath.h"
+#include "repl_i.h"
+
+/* Messages that peers (or anyone on the network) can cause, logged within limits. */
+static struct vp_ratelimit rl_announce = VP_RATELIMIT_INIT(10, 60.0);
+
+/*
+ * Opens the mount's root for one operation, and checks it is still our
+ * FUSE mount: after an unmount, the path is the directory underneath,
+ * which must never receive replicated files.  Returns 0 or -errno.
+ */
+int repl_mount_open(struct vp_repl *r)
+{
+	struct stat st;
+
+	r->cons.mnt_fd = open(r->cons.mnt, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (r->cons.mnt_fd < 0)
+		return -errno;
+	if (fstat(r->cons.mnt_fd, &st) || st.st_dev != r->cons.mnt_dev) {
+		close(r->cons.mnt_fd);
+		r->cons.mnt_fd = -1;
+		return -ENOTCONN;
+	}
+	return 0;
+}
+
+/* Closes what repl_mount_open() opened; the namespace raises the events our syscalls held back. */
+void repl_mount_close(struct vp_repl *r)
+{
+	vp_ns_installed(r->ns);	/* our syscalls returned: the kernel sees what they did */
+	if (r->cons.mnt_fd >= 0)
+		close(r->cons.mnt_fd);
+	r->cons.mnt_fd = -1;
+}
+
+/*
+ * mkdir -p of path's parents on the mount (as the producer has them),
+ * contained: a symlink on the way is not followed (safepath.h).
+ */
+static void make_parents(struct vp_repl *r, const char *path)
+{
+	int rc = vp_safepath_mkparents(r->cons.mnt_fd, path);
+
+	if (rc)
+		vp_log(LOG_DEBUG, "repl", "the directories of '%s': %s", path, strerror(-rc));
+}
+
+/*
+ * Installs a version by ordinary syscalls on the mount, so that watchers
+ * get the events of a local write.  A new file: open(O_CREAT) + close,
+ * with the bytes attached by the namespace (IN_CREATE, IN_CLOSE_WRITE).
+ * A replaced file: the bytes become a new inode in the hidden incoming
+ * folder, renamed over the path in one atomic switch (IN_MOVED_TO), then
+ * opened and closed (IN_CLOSE_WRITE).  Readers of the old inode keep it.
+ */
+static int install(struct vp_repl *r, const char *path, struct vp_data *d,
+		   uint64_t version, uint32_t mode, uint64_t seq)
+{
+	char hidden[64];
+	int fd, rc;
+
+	rc = repl_mount_open(r);
+	if (rc)
+		return rc;
+	make_parents(r, path);
+	if (vp_ns_path_version(r->ns, path) != UINT64_MAX) {
+		snprintf(hidden, sizeof(hidden), ".viperfs-incoming/%" PRIu64, seq);
+		rc = vp_ns_install_hidden(r->ns, hidden + strlen(".viperfs-incoming/"),
+					  d, version, mode);
+		if (!rc && (rc = vp_safepath_rename(r->cons.mnt_fd, hidden, path)))
+			vp_safepath_unlink(r->cons.mnt_fd, hidden, 0);	/* do not keep its bytes around */
+		vp_ns_installed(r->ns);	/* the kernel shows the new file: tell watch and wait */
+		if (!rc) {
+			fd = vp_safepath_open(r->cons.mnt_fd, path, O_WRONLY, 0);
+			if (fd >= 0)
+				close(fd);
+		}
+		repl_mount_close(r);
+		return rc;
+	}
+	rc = vp_ns_stage_install(r->ns, path, d, version, mode);
+	if (!rc) {
+		fd = vp_safepath_open(r->cons.mnt_fd, path, O_WRONLY | O_CREAT, (mode_t)(mode & 07777));
+		if (fd < 0)
+			rc = fd;
+		else if (close(fd))
+			rc = -errno;
+		vp_ns_unstage_install(r->ns, path);
+	}
+	repl_mount_close(r);
+	return rc;
+}
+
+/*
+ * Latest wins: true if an ANNOUNCE of a newer version of path is already
+ * waiting in the inbox, so that fetching this one would be wasted.
+ */
+static int newer_queued(struct vp_repl *r, const char *path, uint64_t version)
+{
+	struct vp_msg *m = malloc(sizeof(*m));
+	int found = 0;
+	unsigned int looked = 0;
+	struct qmsg *q;
+
+	if (!m)
+		return 0;
+	pthread_mutex_lock(&r->lock);
+	/* bounded: the progress thread waits for this lock */
+	for (q = STAILQ_FIRST(&r->in); q && !found && looked++ < 64; q = STAILQ_NEXT(q, link)) {
+		static __thread uint8_t plain[VP_FAB_MAX_MSG];
+		struct vp_sess peek = r->cons.sess;	/* a copy: the real one opens it later */
+		const void *buf = q->buf;
+		ssize_t len = (ssize_t)q->len;
+
+		if (q->src != r->cons.producer)
+			continue;
+		if (peek.on && (len = vp_sess_open(&peek, q->buf, q->len, plain, sizeof(plain), NULL)) < 0)
+			continue;
+		if (peek.on)
+			buf = plain;
+		if (vp_msg_decode(buf, (size_t)len, m, NULL) == 0 &&
+		    m->type == VP_MSG_ANNOUNCE && m->u.announce.first == 0 &&
+		    !(m->u.announce.flags & VP_ANNOUNCE_PREVIEW) &&
+		    m->u.announce.version > version && !strcmp(m->u.announce.path, path))
+			found = 1;
+		vp_sess_clear(&peek);
+	}
+	pthread_mutex_unlock(&r->lock);
+	free(m);
+	return found;
+}
+
+/* The chunks fetched early of path (from previews); NULL: none. */
+static struct prefetch *prefetch_find(struct vp_repl *r, const char *path)
+{
+	struct prefetch *pf;
+
+	LIST_FOREACH(pf, &r->cons.prefetch, link)
+		if (!strcmp(pf->path, path))
+			return pf;
+	return NULL;
+}
+
+/* Unlinks and frees pf; its chunks go back to the pool. */
+void repl_prefetch_drop(struct vp_repl *r, struct prefetch *pf)
+{
+	LIST_REMOVE(pf, link);
+	for (uint32_t i = 0; i < pf->n; i++)
+		if (pf->mem[i]) {
+			repl_unexpose_mem(r, pf->mem[i]);	/* a preview's chunks were offered too */
+			vp_pool_put_chunk(r->pool, pf->mem[i]);
+		}
+	free(pf->mem);
+	free(pf->hash);
+	free(pf->path);
+	free(pf);
+}
+
+/* The prefetch entry of path for version, made or grown to n chunks; NULL: no memory. */
+static struct prefetch *prefetch_get(struct vp_repl *r, const char *path,
+				     uint64_t version, uint32_t n)
+{
+	struct prefetch *pf = prefetch_find(r, path);
+
+	if (pf && pf->version != version) {
+		repl_prefetch_drop(r, pf);	/* chunks of an older version being written */
+		pf = NULL;
+	}
+	if (!pf) {
+		pf = calloc(1, sizeof(*pf));
+		if (!pf || !(pf->path = strdup(path))) {
+			free(pf);
+			return NULL;
+		}
+		pf->version = version;
+		LIST_INSERT_HEAD(&r->cons.prefetch, pf, link);
+	}
+	if (n > pf->n) {
+		void **mem = realloc(pf->mem, n * sizeof(*mem));
+		uint64_t *hash = mem ? realloc(pf->hash, n * sizeof(*hash)) : NULL;
+
+		if (mem)
+			pf->mem = mem;
+		if (!mem || !hash)
+			return NULL;
+		pf->hash = hash;
+		memset(pf->mem + pf->n, 0, (n - pf->n) * sizeof(*mem));
+		memset(pf->hash + pf->n, 0, (n - pf->n) * sizeof(*hash));
+		pf->n = n;
+	}
+	return pf;
+}
+
+/*
+ * A preview: fetches the finished chunks not fetched yet (best effort: no
+ * waiting for cache space), checks each against its hash, and keeps them
+ * for the version's ANNOUNCE.  Nothing is installed.
+ */
+static void consumer_preview(struct vp_repl *r, const struct vp_msg *m)
+{
+	const typeof(m->u.announce) *a = &m->u.announce;
+	struct prefetch *pf = prefetch_get(r, a->path, a->version, a->nchunks);
+	uint32_t *fetched = NULL, bad;
+	size_t nreq = 0;
+	uint64_t bytes = 0;
+	int rc = -ENOMEM;
+
+	if (!pf)
+		goto out;
+	fetched = calloc(a->nchunks ? a->nchunks : 1, sizeof(*fetched));
+	if (!fetched)
+		goto out;
+	for (uint32_t i = 0; i < a->nchunks; i++) {
+		int err;
+
+		if (!r->cons.asm_refs[i].key ||
+		    (pf->mem[i] && pf->hash[i] == r->cons.asm_refs[i].hash))
+			continue;
+		if (!pf->mem[i] && !(pf->mem[i] = vp_pool_get_chunk(r->pool, 0, &err)))
+			break;	/* the cache is full: the rest moves at commit */
+		pf->hash[i] = 0;
+		fetched[nreq++] = i;
+		bytes += a->chunk_size;
+	}
+	/* a relay offers what it holds of the preview; children take those too */
+	rc = repl_fetch_chunks(r, a, pf->mem, fetched, nreq, &bad);
+	if (rc) {
+		repl_prefetch_drop(r, pf);	/* nothing half-checked is kept */
+		vp_log(LOG_DEBUG, "repl", "preview of '%s' version %" PRIu64 " dropped: %s",
+		       a->path, a->version, strerror(-rc));
+		goto out;
+	}
+	for (size_t k = 0; k < nreq; k++)
+		pf->hash[fetched[k]] = r->cons.asm_refs[fetched[k]].hash;
+	r->cons.bytes_streamed += bytes;
+	vp_metrics_add(VP_C_BYTES_REPL_IN, bytes);
+	vp_log(LOG_DEBUG, "repl", "preview of '%s' version %" PRIu64 ": %" PRIu64 " bytes fetched early",
+	       a->path, a->version, bytes);
+out:
+	free(fetched);
+	repl_say_done(r, a->seq, a->version, rc);
+}
+
+/*
+ * Sizes are checked before anything is allocated for them: our chunk is
+ * the unit of every read, and a file has a quota.  Returns 0, or the
+ * -errno announce a is refused with (said in its DONE, counted, logged).
+ */
+static int announce_refuse(struct vp_repl *r, const announce_t *a)
+{
+	uint64_t max = vp_config_max_file_size(&r->cfg), ours = vp_pool_chunk_size(r->pool);
+	int refuse = 0;
+
+	if (a->chunk_size != ours) {
+		vp_log_limited(&rl_announce, LOG_ERR, "repl", "'%s' version %" PRIu64 " refused: its chunk size is not ours (%" PRIu32 " bytes; ours is %" PRIu64 ")",
+			       a->path, a->version, a->chunk_size, ours);
+		refuse = -EPROTO;
+	} else if (a->size > max) {
+		vp_log_limited(&rl_announce, LOG_ERR, "repl", "'%s' version %" PRIu64 " refused: larger than max_file_size (%" PRIu64 " bytes; the limit is %" PRIu64 ")",
+			       a->path, a->version, a->size, max);
+		refuse = -EFBIG;
+	}
+	if (refuse) {
+		__atomic_add_fetch(&r->refused, 1, __ATOMIC_RELAXED);
+		repl_say_done(r, a->seq, a->version, refuse);
+	}
+	return refuse;
+}
+
+/* True if a is the next piece of the announce being assembled. */
+static bool announce_continues(const struct vp_repl *r, const announce_t *a)
+{
+	const announce_t *got = r->cons.asm_msg ? &r->cons.asm_msg->u.announce : NULL;
+
+	return got && !strcmp(got->path, a->path) && got->seq == a->seq &&
+	       a->first == r->cons.asm_got && got->nchunks == a->nchunks &&
+	       got->size == a->size && got->chunk_size == a->chunk_size &&
+	       got->version == a->version;
+}
+
+/*
+ * Adds the ANNOUNCE m (a piece of a version's chunk list: big files take
+ * several) to the one being assembled; takes m.  Returns the complete
+ * announce once its last piece came (the caller owns it; its chunk list
+ * is in r->cons.asm_refs), NULL before.
+ */
+static struct vp_msg *announce_assemble(struct vp_repl *r, struct vp_msg *m)
+{
+	announce_t *a = &m->u.announce;
+
+	if (a->first == 0) {
+		if (announce_refuse(r, a)) {
+			free(m);
+			return NULL;
+		}
+		repl_seen_add(r, a->path);
+		free(r->cons.asm_msg);
+		free(r->cons.asm_refs);
+		r->cons.asm_msg = m;
+		r->cons.asm_refs = calloc(a->nchunks ? a->nchunks : 1, sizeof(*r->cons.asm_refs));
+		r->cons.asm_got = 0;
+		if (!r->cons.asm_refs) {
+			r->cons.asm_msg = NULL;
+			free(m);
+			return NULL;
+		}
+	} else if (!announce_continues(r, a)) {
+		free(m);
+		return NULL;	/* a piece of an announce we dropped (or not of this one) */
+	}
+	memcpy(r->cons.asm_refs + a->first, a->chunk, a->count * sizeof(*a->chunk));
+	a->mode &= 01777;	/* no setuid or setgid file from the network (we install as root) */
+	r->cons.asm_got += a->count;
+	if (m != r->cons.asm_msg)
+		free(m);
+	m = r->cons.asm_msg;
+	if (r->cons.asm_got < m->u.announce.nchunks)
+		return NULL;	/* more pieces to come */
+	r->cons.asm_msg = NULL;
+	return m;
+}
+
+/* Never backwards: true if we have a's version or a newer one, or a newer one is coming. */
+static bool announce_stale(struct vp_repl *r, const announce_t *a)
+{
+	uint64_t have = vp_ns_path_version(r->ns, a->path);
+
+	return (have != UINT64_MAX && have >= a->version) ||
+	       newer_queued(r, a->path, a->version);
+}
+
+/* True if the assembled chunk list matches a's checksum. */
+static bool announce_list_ok(struct vp_repl *r, const announce_t *a)
+{
+	uint64_t *hashes = malloc((a->nchunks ? a->nchunks : 1) * sizeof(*hashes));
+	uint64_t sum;
+
+	for (uint32_t i = 0; hashes && i < a->nchunks; i++)
+		hashes[i] = r->cons.asm_refs[i].hash;
+	sum = hashes ? list_checksum(hashes, a->nchunks, a->size) : 0;
+	free(hashes);
+	return sum == a->checksum;
+}
+
+/* A version being fetched: where each chunk goes, and which must come over the network. */
+struct announce_plan {
+	void **mem;		/* chunk -> our pool chunk, NULL: a hole (or none yet) */
+	uint32_t *need;		/* the chunks to fetch */
+	size_t nneed;
+	uint64_t reused;	/* bytes unchanged from the version we hold */
+	uint64_t streamed;	/* bytes fetched while the file was written (previews) */
+	struct vp_data *d;	/* the version, once its chunks are adopted */
+};
+
+/*
+ * With the GPU tier on, each chunk also goes to the device as soon as it
+ * is here and checked, while the next ones are still on the wire.  (Not
+ * with holes: device memory is not zeroed.)
+ */
+static void announce_stage(struct vp_repl *r, const announce_t *a)
+{
+	int holes = 0;
+
+	if (!vp_ns_gpu(r->ns))
+		return;
+	for (uint32_t i = 0; i < a->nchunks && !holes; i++)
+		holes = !r->cons.asm_refs[i].key;
+	if (!holes)
+		r->cons.gst = vp_gpu_stage_begin(vp_ns_gpu(r->ns), a->size);
+	if (r->cons.gst && r->direct)
+		repl_stage_register(r);
+}
+
+/*
+ * The reuse plan: a pool chunk for each chunk of a, filled already where
+ * we can (fetched while the file was written, or the same hash in the
+ * version we hold: copied here, not fetched); the rest goes in pl->need.
+ * Returns 0 or -errno (no cache space).
+ */
+static int announce_plan(struct vp_repl *r, const announce_t *a, struct announce_plan *pl)
+{
+	struct prefetch *pf = prefetch_find(r, a->path);
+	struct vp_data *old = vp_ns_path_data(r->ns, a->path);
+	uint64_t old_size = old ? vp_data_size(old) : 0;
+	int rc = 0;
+
+	for (uint32_t i = 0; i < a->nchunks; i++) {
+		uint64_t start = (uint64_t)i * a->chunk_size, len = chunk_len(a, i);
+		uint64_t hash = r->cons.asm_refs[i].hash;
+		const void *have_mem;
+
+		if (!r->cons.asm_refs[i].key)
+			continue;	/* a hole */
+		if (pf && i < pf->n && pf->mem[i] && len == a->chunk_size && pf->hash[i] == hash) {
+			pl->mem[i] = pf->mem[i];	/* fetched while the file was written */
+			pf->mem[i] = NULL;
+			repl_expose_reseq(r, pl->mem[i], a->seq);	/* offered as a preview: this announce's now */
+			pl->streamed += len;
+			vp_gpu_stage_copy(r->cons.gst, start, pl->mem[i], (size_t)len);
+			continue;
+		}
+		pl->mem[i] = vp_pool_get_chunk(r->pool, r->cfg.cache_wait, &rc);
+		if (!pl->mem[i])
+			break;
+		rc = 0;
+		have_mem = old && old_size >= start + len ? vp_data_chunk_mem(old, i) : NULL;
+		if (have_mem && XXH3_64bits(have_mem, (size_t)len) == hash) {
+			memcpy(pl->mem[i], have_mem, (size_t)len);
+			pl->reused += len;
+			vp_gpu_stage_copy(r->cons.gst, start, pl->mem[i], (size_t)len);
+			continue;
+		}
+		pl->need[pl->nneed++] = i;
+	}
+	vp_data_put(old);
+	return rc;
+}
+
+/*
+ * The fetched version becomes ours (its chunks adopted into pl->d) and
+ * is installed on the mount; DONE says so.  Returns 0 or -errno.
+ */
+static int announce_install(struct vp_repl *r, const announce_t *a, double t0,
+			    struct announce_plan *pl, int *pinned)
+{
+	uint64_t fetched;
+	double t_in;
+	int rc;
+
+	if (a->nchunks && a->size % a->chunk_size && pl->mem[a->nchunks - 1]) {
+		/* pool chunks are reused: nothing of an older file past the end */
+		size_t tail = (size_t)(a->size % a->chunk_size);
+
+		memset((char *)pl->mem[a->nchunks - 1] + tail, 0, a->chunk_size - tail);
+	}
+	pl->d = vp_data_adopt(r->pool, pl->mem, a->nchunks, a->size);
+	free(pl->mem);	/* the chunks are adopted, also on failure; the array is ours */
+	pl->mem = NULL;
+	if (!pl->d)
+		return -ENOMEM;
+	vp_gpu_stage_bind(r->cons.gst, pl->d);	/* the mirror of d, at its commit, takes it */
+	r->cons.gst = NULL;
+	r->cons.last_transfer_s = vp_now() - t0;
+	fetched = a->size - pl->reused - pl->streamed;
+	r->cons.bytes_in += fetched;
+	r->cons.bytes_reused += pl->reused;
+	r->cons.bytes_streamed_used += pl->streamed;
+	vp_metrics_add(VP_C_BYTES_REPL_IN, fetched);
+	t_in = vp_now();
+	rc = install(r, a->path, pl->d, a->version, a->mode, a->seq);
+	if (rc) {
+		vp_log(LOG_ERR, "repl", "installing '%s' version %" PRIu64 ": %s", a->path,
+		       a->version, strerror(-rc));
+		return rc;
+	}
+	r->cons.installed++;
+	if ((a->flags & VP_ANNOUNCE_RELAY) && r->relay.nchildren)
+		*pinned = repl_rpin_add(r, a->seq, pl->d);	/* our children may still read it */
+	vp_metrics_notify_latency(vp_now() - t_in);
+	vp_metrics_add(VP_C_VERSIONS, 1);
+	vp_log(LOG_INFO, "repl", "'%s' version %" PRIu64 " installed (%" PRIu64 " bytes in %.3f s after its announce; %" PRIu64 " fetched while it was written, %" PRIu64 " unchanged, %" PRIu64 " from the relay)",
+	       a->path, a->version, a->size, r->cons.last_transfer_s, pl->streamed, pl->reused,
+	       r->cons.from_relay);
+	repl_say_done(r, a->seq, a->version, 0);
+	return 0;
+}
+
+/*
+ * A complete, checked announce of a version we want: planned, fetched
+ * and installed.  The caller releases pl.  Returns 0 (DONE said) or
+ * -errno (not said yet).
+ */
+static int announce_version(struct vp_repl *r, const announce_t *a, double t0,
+			    struct announce_plan *pl, int *pinned)
+{
+	uint32_t bad = 0;
+	int rc;
+
+	vp_log(LOG_INFO, "repl", "fetching '%s' version %" PRIu64 " (%" PRIu64 " bytes)",
+	       a->path, a->version, a->size);
+	pl->mem = calloc(a->nchunks ? a->nchunks : 1, sizeof(*pl->mem));
+	pl->need = calloc(a->nchunks ? a->nchunks : 1, sizeof(*pl->need));
+	if (!pl->mem || !pl->need)
+		return -ENOMEM;
+	announce_stage(r, a);
+	rc = announce_plan(r, a, pl);
+	if (rc)
+		return rc;
+	rc = repl_fetch_chunks(r, a, pl->mem, pl->need, pl->nneed, &bad);
+	repl_stage_unregister(r, rc);
+	if (rc == -EIO || rc == -ETIMEDOUT)
+		r->cons.refetch_after = vp_now();	/* if the producer still speaks, subscribe again */
+	if (rc == -EBADMSG) {
+		r->cons.checksum_errors++;
+		vp_log(LOG_ERR, "repl", "'%s' version %" PRIu64 ": chunk %u does not match its hash; not installed",
+		       a->path, a->version, bad);
+	}
+	if (rc)
+		return rc;
+	return announce_install(r, a, t0, pl, pinned);
+}
+
+/*
+ * An announce is over: the GPU stage (if not bound) and the exposures of
+ * its chunks (unless a relay pin keeps them) go before its chunks do.
+ */
+static void announce_end(struct vp_repl *r, const announce_t *a, struct announce_plan *pl,
+			 int pinned)
+{
+	int preview = (a->flags & VP_ANNOUNCE_PREVIEW) != 0;
+	struct prefetch *pf;
+
+	vp_gpu_stage_abort(r->cons.gst);
+	r->cons.gst = NULL;
+	repl_relay_end(r, a);
+	if (!pinned && !preview)
+		repl_unexpose_seq(r, a->seq);	/* before its chunks go (a preview's stay with it) */
+	if (pl->mem)
+		for (uint32_t i = 0; i < a->nchunks; i++)
+			if (pl->mem[i])
+				vp_pool_put_chunk(r->pool, pl->mem[i]);
+	free(pl->mem);
+	free(pl->need);
+	vp_data_put(pl->d);
+	if (!preview && (pf = prefetch_find(r, a->path)) && pf->version <= a->version)
+		repl_prefetch_drop(r, pf);	/* the version is in (or failed): its previews are done */
+}
+
+/*
+ * An ANNOUNCE from the producer: assembled; skipped if we have that
+ * version or a newer one; its chunk list checked; then kept for later (a
+ * preview) or fetched and installed.  Every complete announce gets a
+ * DONE.  Takes m.
+ */
+void repl_consumer_announce(struct vp_repl *r, struct vp_msg *m)
+{
+	struct announce_plan pl = { 0 };
+	announce_t *a;
+	int rc, pinned = 0;
+
+	m = announce_assemble(r, m);
+	if (!m)
+		return;
+	a = &m->u.announce;
+	r->cons.from_producer = r->cons.from_relay = 0;
+	if (announce_stale(r, a)) {
+		if (!(a->flags & VP_ANNOUNCE_PREVIEW))
+			r->cons.skipped++;
+		vp_log(LOG_DEBUG, "repl", "'%s' version %" PRIu64 " skipped: a newer one is here or coming",
+		       a->path, a->version);
+		repl_say_done(r, a->seq, a->version, 0);
+	} else if (!announce_list_ok(r, a)) {
+		r->cons.checksum_errors++;
+		vp_log(LOG_ERR, "repl", "'%s' version %" PRIu64 ": the chunk list does not match its checksum; not installed",
+		       a->path, a->version);
+		repl_say_done(r, a->seq, a->version, -EBADMSG);
+	} else if (a->flags & VP_ANNOUNCE_PREVIEW) {
+		consumer_preview(r, m);
+	} else if ((rc = announce_version(r, a, vp_now(), &pl, &pinned))) {
+		if (rc != -EBADMSG)	/* said above */
+			vp_log(LOG_WARNING, "repl", "'%s' version %" PRIu64 " not fetched: %s; keeping the version we have",
+			       a->path, a->version, strerror(-rc));
+		repl_say_done(r, a->seq, a->version, rc);
+	}
+	announce_end(r, a, &pl, pinned);
+	free(r->cons.asm_refs);
+	r->cons.asm_refs = NULL;
+	free(m);
+}
+
+/* An OP from the producer, replayed on the mount by the same syscall. */
+void repl_consumer_op(struct vp_repl *r, const struct vp_msg *m)
+{
+	const char *p = m->u.op.path, *p2 = m->u.op.path2;
+	mode_t mode = (mode_t)(m->u.op.mode & 01777);	/* no setuid/setgid from the network */
+	int rc = repl_mount_open(r);
+
+	if (rc) {
+		vp_log(LOG_WARNING, "repl", "the mount '%s' is gone: %s", r->cons.mnt, strerror(-rc));
+		return;
+	}
+	vp_log(LOG_DEBUG, "repl", "replaying op %u on '%s'", m->u.op.kind, p);
+	if (m->u.op.kind == VP_OP_MKDIR || m->u.op.kind == VP_OP_SYMLINK ||
+	    m->u.op.kind == VP_OP_KEEP)
+		repl_seen_add(r, p);
+	switch (m->u.op.kind) {
+	/* every path is contained beneath the mount: no symlink on the way is followed */
+	case VP_OP_MKDIR:
+		make_parents(r, p);
+		rc = vp_safepath_mkdir(r->cons.mnt_fd, p, mode);
+		if (rc == -EEXIST)
+			rc = 0;
+		break;
+	case VP_OP_SYMLINK:	/* the target is data: stored as sent, never followed here */
+		make_parents(r, p);
+		vp_safepath_unlink(r->cons.mnt_fd, p, 0);
+		rc = vp_safepath_symlink(r->cons.mnt_fd, p2, p);
+		break;
+	case VP_OP_RENAME:
+		make_parents(r, p2);
+		rc = vp_safepath_rename(r->cons.mnt_fd, p, p2);
+		if (rc == -ENOENT)
+			rc = 0;
+		break;
+	case VP_OP_UNLINK:
+		rc = vp_safepath_unlink(r->cons.mnt_fd, p, 0);
+		vp_log(LOG_DEBUG, "repl", "unlink '%s': %s", p, rc ? strerror(-rc) : "done");
+		if (rc == -ENOENT)
+			rc = 0;
+		break;
+	case VP_OP_RMDIR:
+		rc = vp_safepath_unlink(r->cons.mnt_fd, p, AT_REMOVEDIR);
+		if (rc == -ENOENT)
+			rc = 0;
+		break;
+	case VP_OP_KEEP:
+		break;
+	}
+	repl_mount_close(r);
+	if (rc)
+		vp_log(LOG_WARNING, "repl", "replaying an operation on '%s': %s", p, strerror(-rc));
+}

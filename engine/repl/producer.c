@@ -1,0 +1,567 @@
+/*
+ * repl/producer.c: producer: the namespace's events, turned into announces (with
+ * the pins that keep their bytes readable) and operations; catch-up; the tick.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../clock.h"
+#include "../data.h"
+#include "../gpu.h"
+#include "../lock.h"
+#include "../log.h"
+#include "../ns.h"
+#include "../pool.h"
+#include "repl_i.h"
+
+/* Appends e to the producer's ordered event queue and wakes the thread. */
+static void event_append(struct vp_repl *r, struct event *e)
+{
+	pthread_mutex_lock(&r->lock);
+	STAILQ_INSERT_TAIL(&r->prod.events, e, link);
+	pthread_cond_signal(&r->cond);
+	pthread_mutex_unlock(&r->lock);
+}
+
+/*
+ * The namespace's hooks run with ns->lock held, which keeps the events in
+ * the namespace's order.  That lock is the namespace's own (ns.h gives no
+ * way to assert it); r->lock, taken inside, follows it (lock.h).
+ */
+void vp_repl_note_op_locked(struct vp_repl *r, enum vp_op_kind kind,
+			    const char *path, const char *path2, uint32_t mode)
+{
+	struct event *e;
+
+	if (!r || r->consumer)
+		return;
+	e = calloc(1, sizeof(*e));
+	if (!e || !(e->path = strdup(path)) || !(e->path2 = strdup(path2 ? path2 : ""))) {
+		if (e)
+			free(e->path);
+		free(e);
+		vp_log(LOG_ERR, "repl", "out of memory: consumers will miss a change to '%s'", path);
+		return;
+	}
+	e->kind = kind;
+	e->mode = mode & 07777;
+	vp_log(LOG_DEBUG, "repl", "noted op %u on '%s'", kind, path);
+	event_append(r, e);
+}
+
+/*
+ * Latest wins: queued, unsent versions and previews of path are dropped;
+ * with previews_only, only previews (a preview never replaces a version).
+ */
+static void drop_queued_versions(struct vp_repl *r, const char *path, int previews_only)
+{
+	struct event *o;
+
+	pthread_mutex_lock(&r->lock);
+	STAILQ_FOREACH(o, &r->prod.events, link) {
+		if (o->is_version && o->data && !strcmp(o->path, path) &&
+		    (o->is_preview || !previews_only)) {
+			vp_data_put(o->data);
+			o->data = NULL;
+		}
+	}
+	pthread_mutex_unlock(&r->lock);
+}
+
+void vp_repl_note_version_locked(struct vp_repl *r, const char *path,
+				 struct vp_data *d, uint64_t version,
+				 uint32_t mode, int64_t mtime_ns)
+{
+	struct event *e;
+
+	if (!r || r->consumer)
+		return;
+	e = calloc(1, sizeof(*e));
+	if (!e || !(e->path = strdup(path))) {
+		free(e);
+		vp_log(LOG_ERR, "repl", "out of memory: consumers will miss version %" PRIu64 " of '%s'",
+		       version, path);
+		return;
+	}
+	e->is_version = 1;
+	e->data = vp_data_get(d);
+	e->version = version;
+	e->mode = mode & 07777;
+	e->mtime_ns = mtime_ns;
+	drop_queued_versions(r, path, 0);
+	event_append(r, e);
+}
+
+void vp_repl_note_preview(struct vp_repl *r, const char *path, struct vp_data *d,
+			  uint64_t version, uint32_t mode)
+{
+	struct event *e;
+
+	if (!r || r->consumer) {
+		vp_data_put(d);
+		return;
+	}
+	e = calloc(1, sizeof(*e));
+	if (!e || !(e->path = strdup(path))) {
+		free(e);
+		vp_data_put(d);
+		return;		/* a preview is an optimisation: the version ships at commit */
+	}
+	e->is_version = e->is_preview = 1;
+	e->data = d;
+	e->version = version;
+	e->mode = mode & 07777;
+	drop_queued_versions(r, path, 1);	/* an unsent older preview */
+	event_append(r, e);
+}
+
+/* Consumer id is done with pin (said DONE, or left); another id changes nothing. */
+void repl_pin_done(struct pin *pin, uint64_t id)
+{
+	for (unsigned int i = 0; i < pin->nwaiting; i++)
+		if (pin->waiting[i] == id)
+			pin->waiting[i] = 0;
+}
+
+/* 1 if some consumer still reads pin. */
+static int pin_waited(const struct pin *pin)
+{
+	for (unsigned int i = 0; i < pin->nwaiting; i++)
+		if (pin->waiting[i])
+			return 1;
+	return 0;
+}
+
+static void pin_free(struct pin *pin, struct vp_gpu *g)
+{
+	for (uint32_t i = 0; i < pin->nmrs; i++)
+		vp_fab_mr_close(pin->mrs[i]);	/* no peer can read it any more */
+	free(pin->mrs);
+	free(pin->waiting);
+	vp_fab_mr_close(pin->dev_mr);
+	vp_gpu_lease_release(g, pin->lease);
+	vp_data_put(pin->data);
+	free(pin);
+}
+
+/*
+ * GPU-direct on the producer: when the tier holds a complete mirror of
+ * this very version, the announce points consumers into it (the pin
+ * keeps it leased and registered until they are done).  A version whose
+ * mirror is still being made goes from the host cache: waiting for the
+ * host-to-device copy would only delay the consumers.
+ */
+static void serve_from_gpu(struct vp_repl *r, const char *path, uint64_t version,
+			   uint64_t size, struct pin *pin)
+{
+	struct vp_gpu *g = vp_ns_gpu(r->ns);
+	uint64_t ino, msize;
+	void *mem;
+	int rc;
+
+	if (!g || !size || vp_ns_path_ino(r->ns, path, &ino))
+		return;
+	pin->lease = vp_gpu_hold(g, ino, version, &mem, &msize);
+	if (!pin->lease)
+		return;		/* not mirrored (yet) */
+	rc = vp_fab_mr_reg_dev(r->fab, mem, (size_t)msize, r->cuda_dev, VP_FAB_MR_REMOTE_READ,
+			       &pin->dev_mr, &pin->dev_key, &pin->dev_raddr);
+	if (rc) {
+		pin->dev_mr = NULL;
+		vp_gpu_lease_release(g, pin->lease);
+		pin->lease = NULL;
+		vp_log(LOG_WARNING, "repl", "'%s' version %" PRIu64 ": registering its GPU mirror with the fabric: %s; served from the host cache",
+		       path, version, strerror(-rc));
+		return;
+	}
+	vp_log(LOG_DEBUG, "repl", "'%s' version %" PRIu64 ": served from its GPU mirror", path, version);
+}
+
+/*
+ * Registers the chunks of a version for remote reads, for as long as the
+ * pin lasts (the consumers' transfer), and fills refs with where they
+ * are.  Each chunk is registered for its file bytes only: the rest of a
+ * last, partial chunk is never readable.  Returns 0 or -errno.
+ */
+static int pin_register(struct vp_repl *r, struct pin *pin, struct vp_data *d, uint64_t size,
+			uint32_t chunk, uint32_t nchunks, const uint64_t *hashes,
+			struct vp_chunk_ref *refs)
+{
+	pin->mrs = calloc(nchunks ? nchunks : 1, sizeof(*pin->mrs));
+	if (!pin->mrs)
+		return -ENOMEM;
+	pin->nmrs = nchunks;
+	for (uint32_t i = 0; i < nchunks; i++) {
+		const void *mem = vp_data_chunk_mem(d, i);
+		uint64_t start = (uint64_t)i * chunk;
+		size_t len = (size_t)(size - start < chunk ? size - start : chunk);
+		int rc;
+
+		refs[i] = (struct vp_chunk_ref){ 0 };
+		if (!mem)
+			continue;	/* a hole */
+		refs[i].hash = hashes[i];
+		if (pin->dev_mr) {	/* the same bytes, in the GPU mirror */
+			refs[i].key = pin->dev_key;
+			refs[i].addr = pin->dev_raddr + start;
+			continue;
+		}
+		rc = vp_fab_mr_reg(r->fab, (void *)mem, len, &pin->mrs[i], &refs[i].key,
+				   &refs[i].addr);
+		if (rc)
+			return rc;
+	}
+	return 0;
+}
+
+/*
+ * Fills in the chunk list's part of announce a (size, chunks, checksum)
+ * for d, and the next seq; *hashes gets the chunk hashes (the caller
+ * frees them).  Returns 0, -ENODATA (d is not all in the cache) or -errno.
+ */
+static int announce_hash(struct vp_repl *r, struct vp_data *d, announce_t *a, int preview,
+			 uint64_t **hashes)
+{
+	uint32_t chunk = (uint32_t)vp_pool_chunk_size(r->pool);
+	uint64_t size = vp_data_size(d);
+	uint32_t nchunks;
+	int rc;
+
+	if (preview)
+		size = size / chunk * chunk;	/* the finished chunks only */
+	nchunks = (uint32_t)((size + chunk - 1) / chunk);
+	if (!vp_data_fully_resident(d)) {
+		vp_log(LOG_INFO, "repl", "'%s' version %" PRIu64 " is not in the cache; consumers will read it from the PFS",
+		       a->path, a->version);
+		return -ENODATA;
+	}
+	*hashes = calloc(nchunks ? nchunks : 1, sizeof(**hashes));
+	rc = *hashes ? vp_data_chunk_hashes(d, *hashes, nchunks) : -ENOMEM;
+	if (rc)
+		return rc;
+	a->size = size;
+	a->chunk_size = chunk;
+	a->nchunks = nchunks;
+	a->checksum = list_checksum(*hashes, nchunks, size);
+	pthread_mutex_lock(&r->lock);
+	a->seq = ++r->prod.seq;
+	pthread_mutex_unlock(&r->lock);
+	return 0;
+}
+
+/* A new pin of d for announce a (from the GPU mirror if it can); NULL: no memory. */
+static struct pin *pin_new(struct vp_repl *r, const char *path, const announce_t *a,
+			   struct vp_data *d)
+{
+	struct pin *pin = calloc(1, sizeof(*pin));
+
+	if (!pin)
+		return NULL;
+	pin->seq = a->seq;
+	pin->data = vp_data_get(d);
+	pin->since = vp_now();
+	if (r->direct && !(a->flags & VP_ANNOUNCE_PREVIEW))
+		serve_from_gpu(r, path, a->version, a->size, pin);
+	return pin;
+}
+
+/*
+ * Queues the ANNOUNCE messages of m (several for big files, refs naming
+ * every chunk) on every active peer, or only on one (a catch-up).  The
+ * pin waits for those peers, by id: only they release it.  It is kept
+ * if some peer got the announce (*pinp is then NULL).  Returns 0 or -errno.
+ */
+static int announce_queue_locked(struct vp_repl *r, struct vp_msg *m,
+				 const struct vp_chunk_ref *refs, struct peer *only,
+				 struct pin **pinp)
+{
+	announce_t *a = &m->u.announce;
+	struct pin *pin = *pinp;
+	unsigned int n = 0, npeers = 0;
+	struct peer *p;
+
+	VP_ASSERT_LOCKED(&r->lock);
+	LIST_FOREACH(p, &r->prod.peers, link)
+		n += p->active && (!only || p == only);
+	pin->waiting = calloc(n ? n : 1, sizeof(*pin->waiting));
+	if (!pin->waiting)
+		return -ENOMEM;
+	for (uint32_t first = 0; first < a->nchunks || first == 0;
+	     first += VP_PROTO_CHUNKS_PER_MSG) {
+		uint32_t count = a->nchunks - first < VP_PROTO_CHUNKS_PER_MSG ?
+			a->nchunks - first : VP_PROTO_CHUNKS_PER_MSG;
+
+		a->first = first;
+		a->count = count;
+		memcpy(a->chunk, refs + first, count * sizeof(*refs));
+		LIST_FOREACH(p, &r->prod.peers, link) {
+			struct qmsg *q;
+
+			if (!p->active || (only && p != only))
+				continue;
+			q = repl_qmsg_of(m);
+			if (q) {
+				repl_peer_queue_locked(r, p, q);
+				if (first == 0)
+					pin->waiting[npeers++] = p->id;
+			}
+		}
+		if (a->nchunks == 0)
+			break;
+	}
+	pin->nwaiting = npeers;
+	if (npeers && pin->dev_mr) {
+		r->prod.gpu_versions_out++;
+		r->prod.gpu_bytes_out += a->size;
+	}
+	if (npeers) {
+		LIST_INSERT_HEAD(&r->prod.pins, pin, link);
+		*pinp = NULL;
+	}
+	return 0;
+}
+
+/*
+ * Announces a version: its chunks registered for the consumers' reads
+ * and pinned until they are done, its ANNOUNCE messages queued on every
+ * active peer (or only on one, for a catch-up).  Called with no lock
+ * held; takes r->lock to queue.  Returns 0 or -errno.
+ */
+static int announce(struct vp_repl *r, const char *path, struct vp_data *d,
+		    uint64_t version, uint32_t mode, int64_t mtime_ns,
+		    struct peer *only, int preview)
+{
+	struct vp_msg *m = calloc(1, sizeof(*m));
+	struct vp_chunk_ref *refs = NULL;
+	uint64_t *hashes = NULL;
+	struct pin *pin = NULL;
+	announce_t *a;
+	int rc;
+
+	if (!m)
+		return -ENOMEM;
+	m->type = VP_MSG_ANNOUNCE;
+	a = &m->u.announce;
+	a->version = version;
+	a->mode = mode;
+	a->flags = preview ? VP_ANNOUNCE_PREVIEW : 0;
+	if (!only && r->cfg.relay_fanout)
+		a->flags |= VP_ANNOUNCE_RELAY;	/* the whole tree gets it */
+	a->mtime_ns = mtime_ns;
+	snprintf(a->path, sizeof(a->path), "%s", path);
+	rc = announce_hash(r, d, a, preview, &hashes);
+	if (rc)
+		goto out;
+	pin = pin_new(r, path, a, d);
+	if (!pin) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	refs = calloc(a->nchunks ? a->nchunks : 1, sizeof(*refs));
+	rc = refs ? pin_register(r, pin, d, a->size, a->chunk_size, a->nchunks, hashes, refs) :
+		-ENOMEM;
+	pthread_mutex_lock(&r->lock);
+	if (!rc)
+		rc = announce_queue_locked(r, m, refs, only, &pin);
+	pthread_cond_signal(&r->cond);
+	pthread_mutex_unlock(&r->lock);
+	if (rc)
+		vp_log(LOG_ERR, "repl", "'%s' version %" PRIu64 ": registering its chunks with the fabric: %s; not replicated",
+		       path, version, strerror(-rc));
+out:
+	if (pin)
+		pin_free(pin, vp_ns_gpu(r->ns));
+	free(refs);
+	free(hashes);
+	free(m);
+	return rc;
+}
+
+static void queue_op(struct vp_repl *r, enum vp_op_kind kind, const char *path,
+		     const char *path2, uint32_t mode, struct peer *only)
+{
+	struct vp_msg *m = calloc(1, sizeof(*m));
+	struct peer *p;
+
+	if (!m)
+		return;
+	m->type = VP_MSG_OP;
+	m->u.op.kind = kind;
+	m->u.op.mode = mode;
+	snprintf(m->u.op.path, sizeof(m->u.op.path), "%s", path);
+	snprintf(m->u.op.path2, sizeof(m->u.op.path2), "%s", path2 ? path2 : "");
+	pthread_mutex_lock(&r->lock);
+	m->u.op.seq = ++r->prod.seq;
+	LIST_FOREACH(p, &r->prod.peers, link) {
+		if (p->active && (!only || p == only)) {
+			struct qmsg *q = repl_qmsg_of(m);
+
+			if (q)
+				repl_peer_queue_locked(r, p, q);
+		}
+	}
+	pthread_mutex_unlock(&r->lock);
+	free(m);
+}
+
+/* An entry of the tree, as a catch-up names it. */
+struct snap_item {
+	STAILQ_ENTRY(snap_item) link;
+	int type;		/* 0: directory, 1: file, 2: symlink (vp_ns_snapshot) */
+	char *path, *target;
+	uint32_t mode;
+	struct vp_data *data;
+	uint64_t version;
+	int64_t mtime_ns;
+};
+
+struct snap_arg {
+	STAILQ_HEAD(, snap_item) items;
+};
+
+/* Collects the tree under ns->lock; announced afterwards, without it. */
+static void snap_cb(void *arg, int type, const char *path, const char *target,
+		    uint32_t mode, struct vp_data *d, uint64_t version,
+		    int64_t mtime_ns)
+{
+	struct snap_arg *a = arg;
+	struct snap_item *it = calloc(1, sizeof(*it));
+
+	if (!it || !(it->path = strdup(path))) {
+		free(it);
+		return;
+	}
+	it->type = type;
+	it->target = target ? strdup(target) : NULL;
+	it->mode = mode & 07777;
+	it->data = d ? vp_data_get(d) : NULL;
+	it->version = version;
+	it->mtime_ns = mtime_ns;
+	STAILQ_INSERT_TAIL(&a->items, it, link);
+}
+
+/*
+ * A new consumer's catch-up: the whole tree, queued on p alone, then
+ * SYNC_END.  It names also the PFS directories nobody opened yet: the
+ * consumer removes what the catch-up does not name.
+ */
+void repl_catch_up(struct vp_repl *r, struct peer *p)
+{
+	struct snap_arg a;
+	struct vp_msg m = { .type = VP_MSG_SYNC_END };
+	struct snap_item *it;
+	unsigned int files = 0;
+	struct qmsg *q;
+
+	STAILQ_INIT(&a.items);
+	vp_ns_load_all(r->ns);
+	vp_ns_snapshot(r->ns, snap_cb, &a);
+	while ((it = STAILQ_FIRST(&a.items))) {
+		STAILQ_REMOVE_HEAD(&a.items, link);
+		if (it->type == 0)
+			queue_op(r, VP_OP_MKDIR, it->path, NULL, it->mode, p);
+		else if (it->type == 2)
+			queue_op(r, VP_OP_SYMLINK, it->path, it->target, 0, p);
+		else if (it->data && !announce(r, it->path, it->data, it->version,
+					       it->mode, it->mtime_ns, p, 0))
+			files++;
+		else
+			queue_op(r, VP_OP_KEEP, it->path, NULL, 0, p);	/* on the PFS only */
+		vp_data_put(it->data);
+		free(it->path);
+		free(it->target);
+		free(it);
+	}
+	pthread_mutex_lock(&r->lock);
+	m.u.sync_end.seq = r->prod.seq;
+	q = repl_qmsg_of(&m);
+	if (q)
+		repl_peer_queue_locked(r, p, q);
+	pthread_mutex_unlock(&r->lock);
+	repl_log_gpu_path(r, "consumer", p->id);
+	vp_log(LOG_INFO, "repl", "consumer %" PRIu64 " subscribed; catch-up of %u file version(s) queued",
+	       p->id, files);
+}
+
+/*
+ * Lets go of the pins no consumer reads any more, or that waited for
+ * longer than PIN_TIMEOUT; all_for_dead_peer: of every pin.
+ */
+void repl_unpin_locked(struct vp_repl *r, int all_for_dead_peer)
+{
+	struct pin *pin, *next;
+	double now = vp_now();
+
+	VP_ASSERT_LOCKED(&r->lock);
+	for (pin = LIST_FIRST(&r->prod.pins); pin; pin = next) {
+		next = LIST_NEXT(pin, link);
+		if (!pin_waited(pin) || all_for_dead_peer ||
+		    now - pin->since > PIN_TIMEOUT) {
+			LIST_REMOVE(pin, link);
+			pin_free(pin, vp_ns_gpu(r->ns));
+		}
+	}
+}
+
+/* Frees an event (and its data reference). */
+void repl_event_free(struct event *e)
+{
+	vp_data_put(e->data);
+	free(e->path);
+	free(e->path2);
+	free(e);
+}
+
+/* Turns the namespace's events, in order, into announces and operations. */
+static void producer_ship_events(struct vp_repl *r)
+{
+	for (;;) {
+		struct event *e;
+
+		pthread_mutex_lock(&r->lock);
+		e = STAILQ_FIRST(&r->prod.events);
+		if (e)
+			STAILQ_REMOVE_HEAD(&r->prod.events, link);
+		pthread_mutex_unlock(&r->lock);
+		if (!e)
+			break;
+		if (e->is_version && e->data)
+			announce(r, e->path, e->data, e->version, e->mode, e->mtime_ns, NULL,
+				 e->is_preview);
+		else if (!e->is_version)
+			queue_op(r, e->kind, e->path, e->path2, e->mode, NULL);
+		repl_event_free(e);
+	}
+}
+
+/* A HEARTBEAT to every subscribed consumer once a second; the pins expire. */
+static void producer_beat(struct vp_repl *r, double *last_beat, double now)
+{
+	struct vp_msg hb = { .type = VP_MSG_HEARTBEAT };
+	struct peer *p;
+
+	if (now - *last_beat < 1.0)
+		return;
+	*last_beat = now;
+	pthread_mutex_lock(&r->lock);
+	hb.u.heartbeat.latest_seq = r->prod.seq;
+	repl_unpin_locked(r, 0);
+	pthread_mutex_unlock(&r->lock);
+	/* only this thread adds or frees peers: the list holds while we send */
+	LIST_FOREACH(p, &r->prod.peers, link)
+		if (p->active)
+			repl_send_msg(r, p->addr, &p->sess, &hb);
+}
+
+/* The producer's work between messages: events, outboxes, heartbeats. */
+void repl_producer_tick(struct vp_repl *r, double *last_beat)
+{
+	double now = vp_now();
+
+	producer_ship_events(r);
+	repl_peers_tick(r, now);
+	producer_beat(r, last_beat, now);
+}
