@@ -12,9 +12,13 @@
  *    1    ns->pfs_lock          ns (pfs)     2..
  *    2    ns->lock              ns           3.. ; never held across PFS I/O
  *                                            except pfs_lock's metadata calls
- *    3    observer hooks        ns           (the hooks run under ns->lock and
- *         (repl->lock, gpu      repl, gpu,   only queue: repl->lock, g->lock,
- *         ->lock, flush)        flush        flush queue lock)
+ *    3    repl->lock            repl         g->lock (a pin's lease released),
+ *                                            data and pool (a pin's data put),
+ *                                            fab->lock (its MRs closed); the
+ *                                            observer hook takes it under
+ *                                            ns->lock and only queues
+ *    3b   g->lock               gpu          pool->lock; taken under ns->lock
+ *                                            (mirror, forget) and repl->lock
  *    4    ns->handles_lock,     ns           leaf
  *         ns->events.lock       ns (event)   leaf (the event ring; watchers
  *                                            wait on it, not on ns->lock)
