@@ -13,7 +13,8 @@
  *    2    ns->lock              ns           3.. ; never held across PFS I/O
  *                                            except pfs_lock's metadata calls
  *    3    repl->lock            repl         g->lock (a pin's lease released),
- *                                            data and pool (a pin's data put),
+ *                                            pool->lock (a pin's last data put:
+ *                                            no data->lock),
  *                                            fab->lock (its MRs closed); the
  *                                            observer hook takes it under
  *                                            ns->lock and only queues
