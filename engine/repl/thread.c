@@ -297,7 +297,7 @@ struct vp_repl *vp_repl_new(struct vp_ns *ns, const struct vp_config *cfg,
 	return r;
 
 err_slab_cb:
-	vp_pool_set_slab_cb(r->pool, NULL, NULL);
+	vp_pool_set_slab_cb(r->pool, NULL, r);
 	vp_fab_close(r->fab);
 err_release:
 	repl_release(r);
@@ -371,7 +371,7 @@ void vp_repl_free(struct vp_repl *r)
 	pthread_mutex_unlock(&r->lock);
 	if (r->thread_started)
 		pthread_join(r->thread, NULL);
-	vp_pool_set_slab_cb(r->pool, NULL, NULL);
+	vp_pool_set_slab_cb(r->pool, NULL, r);
 	producer_release(r);
 	fabric_release(r);
 	consumer_release(r);
