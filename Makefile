@@ -107,7 +107,7 @@ $(BUILD)/tests/tierbw: tests/gpu/tierbw.c $(BUILD)/libviper.a
 
 $(BUILD)/tests/ipc_reader: tests/gpu/ipc_reader.cu tools/viperfs_client.c tools/viperfs_client.h
 	@mkdir -p $(dir $@)
-	$(NVCC) -O2 -o $@ tests/gpu/ipc_reader.cu tools/viperfs_client.c
+	$(NVCC) -O2 -o $@ tests/gpu/ipc_reader.cu tools/viperfs_client.c -ljansson
 
 bench-gpu: all $(BUILD)/tests/tierbw
 	$(BUILD)/tests/tierbw $(GPU_BENCH_MIB) 5

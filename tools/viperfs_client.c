@@ -3,6 +3,7 @@
 #include "viperfs_client.h"
 
 #include <errno.h>
+#include <jansson.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -73,21 +74,49 @@ static int hexval(char c)
 	return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
 }
 
-static uint64_t field(const char *line, const char *key)
+/* Reads the daemon's one-line answer to gpu-export into e; -1 with err set. */
+static int parse_export(const char *line, struct vpc_gpu_export *e, char *err, size_t errlen)
 {
-	char pat[32];
-	const char *p;
+	json_error_t jerr;
+	json_t *j = json_loads(line, JSON_REJECT_DUPLICATES, &jerr);
+	const char *h = NULL, *msg = NULL;
+	json_int_t version = 0, size = 0;
+	int device = 0, rc = -1;
 
-	snprintf(pat, sizeof(pat), "\"%s\":", key);
-	p = strstr(line, pat);
-	return p ? strtoull(p + strlen(pat), NULL, 10) : 0;
+	if (!j) {
+		snprintf(err, errlen, "the daemon sent a malformed answer: %s", jerr.text);
+		return -1;
+	}
+	if (!json_unpack(j, "{s:s}", "error", &msg)) {
+		snprintf(err, errlen, "%s", msg);
+	} else if (json_unpack_ex(j, &jerr, 0, "{s:s, s:I, s:I, s:i}", "handle", &h,
+				  "version", &version, "size", &size, "device", &device)) {
+		snprintf(err, errlen, "the daemon sent a malformed answer: %s", jerr.text);
+	} else if (strlen(h) != 2 * sizeof(e->handle)) {
+		snprintf(err, errlen, "the daemon sent a malformed handle");
+	} else {
+		rc = 0;
+		for (size_t i = 0; i < sizeof(e->handle) && !rc; i++) {
+			int hi = hexval(h[2 * i]), lo = hexval(h[2 * i + 1]);
+
+			if (hi < 0 || lo < 0) {
+				snprintf(err, errlen, "the daemon sent a malformed handle");
+				rc = -1;
+			}
+			e->handle[i] = (unsigned char)(hi << 4 | lo);
+		}
+		e->version = (uint64_t)version;
+		e->size = (uint64_t)size;
+		e->device = device;
+	}
+	json_decref(j);
+	return rc;
 }
 
 int vpc_gpu_export(const char *path, struct vpc_gpu_export *e, char *err, size_t errlen)
 {
 	char root[PATH_MAX], rel[PATH_MAX], req[PATH_MAX + 32], line[1024];
 	size_t used = 0;
-	const char *h;
 	int rc;
 
 	memset(e, 0, sizeof(*e));
@@ -116,29 +145,10 @@ int vpc_gpu_export(const char *path, struct vpc_gpu_export *e, char *err, size_t
 			break;
 	}
 	line[used] = '\0';
-	h = strstr(line, "\"handle\":\"");
-	if (!h) {
-		const char *m = strstr(line, "\"error\":\"");
-
-		snprintf(err, errlen, "%.*s", m ? (int)strcspn(m + 9, "\"") : (int)strcspn(line, "\n"),
-			 m ? m + 9 : line);
+	if (parse_export(line, e, err, errlen)) {
 		vpc_gpu_release(e);
 		return -1;
 	}
-	h += 10;
-	for (int i = 0; i < 64; i++) {
-		int hi = hexval(h[2 * i]), lo = hi < 0 ? -1 : hexval(h[2 * i + 1]);
-
-		if (lo < 0) {
-			snprintf(err, errlen, "the daemon sent a malformed handle");
-			vpc_gpu_release(e);
-			return -1;
-		}
-		e->handle[i] = (unsigned char)(hi << 4 | lo);
-	}
-	e->version = field(line, "version");
-	e->size = field(line, "size");
-	e->device = (int)field(line, "device");
 	return 0;
 err_io:
 	snprintf(err, errlen, "the daemon of '%s' went away", root);

@@ -1,6 +1,7 @@
 /*
  * viperfs_client: a small C client library for local processes that talk
- * to a viperfs daemon (viperctl uses it too).
+ * to a viperfs daemon (viperctl uses it too).  Link with -lviperfs_client
+ * -ljansson (Debian: libjansson-dev); it reads the daemon's JSON answers.
  *
  * GPU export: an inference server on a consumer node maps the weights
  * straight from the GPU tier, with no trip through host memory:
