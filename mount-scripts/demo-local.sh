@@ -28,25 +28,16 @@ until grep -q " $mnt fuse.viperfs " /proc/mounts; do
 done
 
 echo "== training; each checkpoint is a plain torch.save into the mount"
-"$PY" - "$mnt" <<'PYEOF'
+PYTHONPATH="$(cd "$(dirname "$0")" && pwd)" "$PY" - "$mnt" <<'PYEOF'
 import os, sys, time, torch
+from nt3_demo import train
 mnt = sys.argv[1]
-torch.manual_seed(0)
-x = torch.randn(512, 1, 128); y = (x.mean(dim=2).squeeze() > 0).long()
-model = torch.nn.Sequential(torch.nn.Conv1d(1, 16, 7), torch.nn.ReLU(), torch.nn.MaxPool1d(2),
-                            torch.nn.Conv1d(16, 16, 5), torch.nn.ReLU(), torch.nn.Flatten(),
-                            torch.nn.Linear(16 * 57, 2))
-opt = torch.optim.Adam(model.parameters(), 1e-3)
-for epoch in range(5):
-    for i in range(0, 512, 64):
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(model(x[i:i + 64]), y[i:i + 64])
-        loss.backward(); opt.step()
+for epoch, loss, model in train(512, 5):
     t0 = time.perf_counter()
     torch.save(model.state_dict(), os.path.join(mnt, "nt3.pt"))
     stall = (time.perf_counter() - t0) * 1e3
     v = os.getxattr(os.path.join(mnt, "nt3.pt"), "user.viperfs.version").decode()
-    print("epoch %d  loss %.4f  checkpoint version %s saved in %.1f ms" % (epoch, loss.item(), v, stall))
+    print("epoch %d  loss %.4f  checkpoint version %s saved in %.1f ms" % (epoch, loss, v, stall))
 state = torch.load(os.path.join(mnt, "nt3.pt"))
 print("reloaded from the mount: %d tensors" % len(state))
 PYEOF

@@ -99,26 +99,17 @@ pids="$pids $!"
 until [ -e "$base/ready" ]; do sleep 0.05; done
 
 echo "== producer: training; each epoch is a plain torch.save into the mount"
-"$PY" - "$pm" "$base/saves.log" "$EPOCHS" <<'PYEOF'
+PYTHONPATH="$(cd "$(dirname "$0")" && pwd)" "$PY" - "$pm" "$base/saves.log" "$EPOCHS" <<'PYEOF'
 import os, sys, time, torch
+from nt3_demo import train
 mnt, saves, epochs = sys.argv[1], sys.argv[2], int(sys.argv[3])
-torch.manual_seed(0)
-x = torch.randn(2048, 1, 128); y = (x.mean(dim=2).squeeze() > 0).long()
-model = torch.nn.Sequential(torch.nn.Conv1d(1, 16, 7), torch.nn.ReLU(), torch.nn.MaxPool1d(2),
-                            torch.nn.Conv1d(16, 16, 5), torch.nn.ReLU(), torch.nn.Flatten(),
-                            torch.nn.Linear(16 * 57, 2))
-opt = torch.optim.Adam(model.parameters(), 1e-3)
-for epoch in range(epochs):
-    for i in range(0, 2048, 64):
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(model(x[i:i + 64]), y[i:i + 64])
-        loss.backward(); opt.step()
+for epoch, loss, model in train(2048, epochs):
     torch.save(model.state_dict(), os.path.join(mnt, "nt3.pt"))
     t = time.time()
     v = os.getxattr(os.path.join(mnt, "nt3.pt"), "user.viperfs.version").decode()
     with open(saves, "a") as f:
         f.write("%s %.6f\n" % (v, t))
-    print("producer: epoch %d  loss %.4f  saved version %s" % (epoch, loss.item(), v), flush=True)
+    print("producer: epoch %d  loss %.4f  saved version %s" % (epoch, loss, v), flush=True)
     time.sleep(1.0)      # the next epoch's compute, so the lines interleave readably
 PYEOF
 sleep 1

@@ -27,19 +27,14 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
 from conftest import BUILD, VIPERCTL, World  # noqa: E402
+import bench  # noqa: E402
 
 BLOCK = 4 << 20
 
 
 def write_file(path, size, fsync=False, seed=0):
-    buf = bytes([seed % 251]) * BLOCK
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    done = 0
-    while done < size:
-        done += os.write(fd, buf[:min(BLOCK, size - done)])
-    if fsync:
-        os.fsync(fd)
-    os.close(fd)
+    """bench.py's writer with a buffer of seed's byte; returns when close() returned."""
+    bench.write_file(path, bytes([seed % 251]) * BLOCK, size, fsync)
     return time.time()
 
 
