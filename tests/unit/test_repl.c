@@ -30,6 +30,7 @@
 #include "fakes/fake_mount.c"
 
 #define PORT "7701"
+#define PEER_TIMEOUT_S 3.0
 #define WAIT_S 10.0			/* a generous bound for what takes ~1 s */
 #define FILE_SIZE ((5u << 20) / 2)	/* 2.5 MiB: several chunks, a short last one */
 
@@ -114,6 +115,7 @@ static void side_start(struct side *s, int consumer, const char *secret)
 	cfg.ram_cache = 64ULL << 20;
 	cfg.ram_prefault = 0;
 	cfg.log_level = LOG_CRIT;
+	cfg.peer_timeout = PEER_TIMEOUT_S;
 	vp_log_set_level(LOG_CRIT);
 	snprintf(consumer ? cfg.subscribe : cfg.listen, sizeof(cfg.listen), "127.0.0.1:%s", PORT);
 	snprintf(cfg.secret_file, sizeof(cfg.secret_file), "%s", secret);
@@ -325,6 +327,67 @@ static void test_version_reaches_the_consumer(void **state)
 	assert_true(fake_fab_count(&fake_fab.bytes_read) >= FILE_SIZE);
 }
 
+/* Waits until pred(ns, path) holds on the consumer. */
+static void wait_until(struct fixture *fx, int (*pred)(struct vp_ns *, const char *),
+		       const char *path, const char *what)
+{
+	double end = vp_now() + WAIT_S;
+
+	while (vp_now() < end) {
+		if (pred(fx->cons.ns, path))
+			return;
+		nap();
+	}
+	fail_msg("'%s' %s on the consumer within %.0f s", path, what, WAIT_S);
+}
+
+static int exists(struct vp_ns *ns, const char *path)
+{
+	uint64_t ino;
+	int rc = vp_ns_path_ino(ns, path, &ino);
+
+	return rc == 0 || rc == -EISDIR;
+}
+
+static int gone(struct vp_ns *ns, const char *path)
+{
+	return !exists(ns, path);
+}
+
+static void test_namespace_changes_are_replayed(void **state)
+{
+	struct fixture *fx = *state;
+	struct stat st, dir;
+	char target[64];
+
+	side_start(&fx->prod, 0, fx->secret);
+	side_start(&fx->cons, 1, fx->secret);
+	wait_subscribed(fx, 1);
+	assert_int_equal(vp_ns_mkdir(fx->prod.ns, VP_ROOT_INO, "run", 0755, 0, 0, &dir), 0);
+	vp_ns_forget(fx->prod.ns, dir.st_ino, 1);
+	wait_until(fx, exists, "run", "did not appear");
+	put_file(fx->prod.ns, "old.pt", 1000, 8);
+	wait_file(fx, "old.pt", 1000, 8);
+
+	assert_int_equal(vp_ns_rename(fx->prod.ns, VP_ROOT_INO, "old.pt", dir.st_ino, "new.pt", 0), 0);
+	wait_file(fx, "run/new.pt", 1000, 8);
+	assert_true(gone(fx->cons.ns, "old.pt"));
+
+	assert_int_equal(vp_ns_symlink(fx->prod.ns, VP_ROOT_INO, "latest", "run/new.pt", 0, 0, &st), 0);
+	vp_ns_forget(fx->prod.ns, st.st_ino, 1);
+	wait_until(fx, exists, "latest", "did not appear");
+	assert_int_equal(vp_ns_lookup(fx->cons.ns, VP_ROOT_INO, "latest", &st), 0);
+	vp_ns_forget(fx->cons.ns, st.st_ino, 1);
+	assert_true(S_ISLNK(st.st_mode));
+	assert_int_equal(vp_ns_readlink(fx->cons.ns, st.st_ino, target, sizeof(target)), 0);
+	assert_string_equal(target, "run/new.pt");
+
+	assert_int_equal(vp_ns_unlink(fx->prod.ns, dir.st_ino, "new.pt"), 0);
+	wait_until(fx, gone, "run/new.pt", "was not removed");
+	assert_int_equal(vp_ns_rmdir(fx->prod.ns, VP_ROOT_INO, "run"), 0);
+	wait_until(fx, gone, "run", "was not removed");
+}
+
 static void test_consumer_is_read_only_for_others(void **state)
 {
 	struct fixture *fx = *state;
@@ -391,6 +454,50 @@ static void test_failed_read_refetches_whole(void **state)
 	assert_true(producer_active_peer(fx->prod.repl) >= 2);
 }
 
+static int producer_peers(struct vp_repl *r)
+{
+	json_t *j = status_of(r);
+	int n = (int)json_array_size(json_object_get(j, "peers"));
+
+	json_decref(j);
+	return n;
+}
+
+static void test_silent_producer_keeps_the_versions(void **state)
+{
+	struct fixture *fx = *state;
+	double end;
+
+	side_start(&fx->prod, 0, fx->secret);
+	side_start(&fx->cons, 1, fx->secret);
+	wait_subscribed(fx, 1);
+	put_file(fx->prod.ns, "model.pt", FILE_SIZE, 9);
+	wait_file(fx, "model.pt", FILE_SIZE, 9);
+	side_stop(&fx->prod);
+	end = vp_now() + PEER_TIMEOUT_S + WAIT_S;
+	while (consumer_subscribed(fx->cons.repl) && vp_now() < end)
+		nap();
+	assert_false(consumer_subscribed(fx->cons.repl));
+	assert_true(holds(fx->cons.ns, "model.pt", FILE_SIZE, 9));	/* the last complete version */
+}
+
+static void test_silent_consumer_is_dropped(void **state)
+{
+	struct fixture *fx = *state;
+	double t0, end;
+
+	side_start(&fx->prod, 0, fx->secret);
+	side_start(&fx->cons, 1, fx->secret);
+	wait_subscribed(fx, 1);
+	t0 = vp_now();
+	side_stop(&fx->cons);
+	end = t0 + PEER_TIMEOUT_S + WAIT_S;
+	while (producer_peers(fx->prod.repl) && vp_now() < end)
+		nap();
+	assert_int_equal(producer_peers(fx->prod.repl), 0);
+	assert_true(vp_now() - t0 >= PEER_TIMEOUT_S - 1.0);	/* not before its silence counts */
+}
+
 static void test_bad_listen_and_subscribe_are_refused(void **state)
 {
 	struct fixture *fx = *state;
@@ -429,9 +536,12 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_subscribes_with_the_right_secret, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_wrong_secret_is_refused, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_version_reaches_the_consumer, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_namespace_changes_are_replayed, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_consumer_is_read_only_for_others, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_lost_message_resubscribes, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_failed_read_refetches_whole, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_silent_producer_keeps_the_versions, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_silent_consumer_is_dropped, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_bad_listen_and_subscribe_are_refused, setup, teardown),
 	};
 
