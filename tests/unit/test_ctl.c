@@ -28,6 +28,7 @@
 #include "../../engine/ctl.h"
 #include "../../engine/log.h"
 #include "../../engine/ns.h"
+#include "ns_util.c"
 
 #define NOBODY 65534
 
@@ -50,11 +51,7 @@ static int setup(void **state)
 	if (!mkdtemp(fx->pfs))
 		return -1;
 	snprintf(fx->sock, sizeof(fx->sock), "%s.sock", fx->pfs);
-	vp_config_defaults(&cfg);
-	cfg.ram_cache = 64ULL << 20;
-	cfg.ram_prefault = 0;
-	cfg.log_level = LOG_CRIT;
-	vp_log_set_level(LOG_CRIT);
+	test_config(&cfg);
 	fx->ns = vp_ns_new(&cfg, fx->pfs, err, sizeof(err));
 	if (!fx->ns)
 		return -1;
@@ -161,21 +158,7 @@ static void assert_error(struct fixture *fx, const char *line, const char *want)
 
 static void put_file(struct vp_ns *ns, const char *name, const char *content)
 {
-	struct vp_handle *h;
-	struct stat st;
-	int keep, rc = vp_ns_lookup(ns, VP_ROOT_INO, name, &st);
-
-	if (rc == -ENOENT) {
-		assert_int_equal(vp_ns_create(ns, VP_ROOT_INO, name, 0644, O_WRONLY | O_CREAT,
-					      0, 0, &st, &h), 0);
-	} else {
-		assert_int_equal(rc, 0);
-		assert_int_equal(vp_ns_open(ns, st.st_ino, O_WRONLY | O_TRUNC, &h, &keep), 0);
-	}
-	vp_ns_forget(ns, st.st_ino, 1);
-	assert_int_equal(vp_ns_write(ns, h, content, strlen(content), 0),
-			 (ssize_t)strlen(content));
-	assert_int_equal(vp_ns_release(ns, h), 0);
+	put_bytes(ns, name, content, strlen(content));
 }
 
 static void test_ping_and_status(void **state)

@@ -24,6 +24,7 @@
 #include "../../engine/hook.h"
 #include "../../engine/log.h"
 #include "../../engine/ns.h"
+#include "ns_util.c"
 
 #define MNT "/mnt/hooked"
 #define LEAK_FD 47		/* an fd of the daemon without FD_CLOEXEC */
@@ -46,7 +47,6 @@ static int setup(void **state)
 		return -1;
 	snprintf(fx->out, sizeof(fx->out), "%s.out", fx->dir);
 	snprintf(fx->pidfile, sizeof(fx->pidfile), "%s.pid", fx->dir);
-	vp_log_set_level(LOG_CRIT);
 	*state = fx;
 	return 0;
 }
@@ -100,10 +100,7 @@ static void start(struct fixture *fx, const char *cmd, double timeout)
 	struct vp_config cfg;
 	char err[512], expanded[1024];
 
-	vp_config_defaults(&cfg);
-	cfg.ram_cache = 64ULL << 20;
-	cfg.ram_prefault = 0;
-	cfg.log_level = LOG_CRIT;
+	test_config(&cfg);
 	cfg.on_update_timeout = timeout;
 	fx->ns = vp_ns_new(&cfg, fx->dir, err, sizeof(err));
 	if (!fx->ns)
@@ -117,15 +114,7 @@ static void start(struct fixture *fx, const char *cmd, double timeout)
 
 static void put_file(struct vp_ns *ns, const char *name, const char *content)
 {
-	struct vp_handle *h;
-	struct stat st;
-
-	assert_int_equal(vp_ns_create(ns, VP_ROOT_INO, name, 0644, O_WRONLY | O_CREAT, 0, 0,
-				      &st, &h), 0);
-	vp_ns_forget(ns, st.st_ino, 1);
-	assert_int_equal(vp_ns_write(ns, h, content, strlen(content), 0),
-			 (ssize_t)strlen(content));
-	assert_int_equal(vp_ns_release(ns, h), 0);
+	put_bytes(ns, name, content, strlen(content));
 }
 
 /* The command's output so far ("" if none), in buf. */
@@ -188,6 +177,19 @@ static double wait_group_gone(pid_t pgid, double wait_s)
 	return vp_now() - t0;
 }
 
+/*
+ * Commits a version for the command to run on, waits up to wait_s until
+ * the command and its group are gone, and returns the seconds it took.
+ */
+static double run_until_gone(struct fixture *fx, double wait_s)
+{
+	double t0 = vp_now();
+
+	put_file(fx->ns, "m.pt", "1");
+	wait_group_gone(read_pid(fx, 5.0), wait_s);
+	return vp_now() - t0;
+}
+
 static void test_command_runs_with_the_event(void **state)
 {
 	struct fixture *fx = *state;
@@ -240,15 +242,10 @@ static void test_timeout_kills_the_command_and_its_group(void **state)
 {
 	struct fixture *fx = *state;
 	char buf[4096];
-	double t0, took;
-	pid_t pid;
+	double took;
 
 	start(fx, "echo started >> @OUT@; echo $$ > @PID@; sleep 30 & wait; echo finished >> @OUT@", 1.0);
-	t0 = vp_now();
-	put_file(fx->ns, "m.pt", "1");
-	pid = read_pid(fx, 5.0);
-	wait_group_gone(pid, 6.0);	/* the shell and its sleep */
-	took = vp_now() - t0;
+	took = run_until_gone(fx, 6.0);	/* the shell and its sleep */
 	assert_true(took >= 0.9);		/* not before on_update_timeout */
 	assert_true(took < 1.0 + VP_HOOK_GRACE_S);	/* SIGTERM was enough */
 	wait_output(fx, "started", 1.0, buf, sizeof(buf));
@@ -261,15 +258,10 @@ static void test_timeout_kills_the_command_and_its_group(void **state)
 static void test_sigterm_ignored_gets_sigkill(void **state)
 {
 	struct fixture *fx = *state;
-	double t0, took;
-	pid_t pid;
+	double took;
 
 	start(fx, "trap '' TERM; echo $$ > @PID@; sleep 30 & wait; wait", 0.5);
-	t0 = vp_now();
-	put_file(fx->ns, "m.pt", "1");
-	pid = read_pid(fx, 5.0);
-	wait_group_gone(pid, 0.5 + VP_HOOK_GRACE_S + 3.0);
-	took = vp_now() - t0;
+	took = run_until_gone(fx, 0.5 + VP_HOOK_GRACE_S + 3.0);
 	assert_true(took >= 0.5 + VP_HOOK_GRACE_S - 0.1);	/* the grace was given */
 }
 

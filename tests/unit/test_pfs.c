@@ -22,6 +22,7 @@
 #include "../../engine/log.h"
 #include "../../engine/ns.h"
 #include "fakes/fake_pfs.c"
+#include "ns_util.c"
 
 #define FILE_SIZE (3u << 20)	/* more than the 1 MiB tmpfs holds */
 
@@ -61,13 +62,9 @@ static int teardown(void **state)
 
 static void config(struct vp_config *cfg)
 {
-	vp_config_defaults(cfg);
-	cfg->ram_cache = 64ULL << 20;
-	cfg->ram_prefault = 0;
-	cfg->log_level = LOG_CRIT;
+	test_config(cfg);
 	cfg->flush_retry_max = 0.5;
 	cfg->unmount_wait = 5;
-	vp_log_set_level(LOG_CRIT);
 }
 
 static struct vp_ns *open_ns(struct fixture *fx)
@@ -92,19 +89,14 @@ static unsigned char byte_at(size_t i)
 static uint64_t put_file(struct vp_ns *ns, const char *name)
 {
 	unsigned char *buf = malloc(FILE_SIZE);
-	struct vp_handle *h;
-	struct stat st;
+	uint64_t ino;
 
 	assert_non_null(buf);
 	for (size_t i = 0; i < FILE_SIZE; i++)
 		buf[i] = byte_at(i);
-	assert_int_equal(vp_ns_create(ns, VP_ROOT_INO, name, 0644, O_WRONLY | O_CREAT, 0, 0,
-				      &st, &h), 0);
-	assert_int_equal(vp_ns_write(ns, h, buf, FILE_SIZE, 0), FILE_SIZE);
-	assert_int_equal(vp_ns_release(ns, h), 0);
-	vp_ns_forget(ns, st.st_ino, 1);
+	ino = put_bytes(ns, name, buf, FILE_SIZE);
 	free(buf);
-	return st.st_ino;
+	return ino;
 }
 
 static void assert_state(struct vp_ns *ns, uint64_t ino, const char *want)

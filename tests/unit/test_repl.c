@@ -28,6 +28,7 @@
 #include "../../engine/repl.h"
 #include "fakes/fake_fabric.c"
 #include "fakes/fake_mount.c"
+#include "ns_util.c"
 
 #define PORT "7701"
 #define PEER_TIMEOUT_S 3.0
@@ -111,12 +112,8 @@ static void side_start(struct side *s, int consumer, const char *secret)
 	struct vp_config cfg;
 	char err[512];
 
-	vp_config_defaults(&cfg);
-	cfg.ram_cache = 64ULL << 20;
-	cfg.ram_prefault = 0;
-	cfg.log_level = LOG_CRIT;
+	test_config(&cfg);
 	cfg.peer_timeout = PEER_TIMEOUT_S;
-	vp_log_set_level(LOG_CRIT);
 	snprintf(consumer ? cfg.subscribe : cfg.listen, sizeof(cfg.listen), "127.0.0.1:%s", PORT);
 	snprintf(cfg.secret_file, sizeof(cfg.secret_file), "%s", secret);
 	s->ns = vp_ns_new(&cfg, s->pfs, err, sizeof(err));
@@ -210,21 +207,8 @@ static unsigned char *pattern(size_t size, unsigned int seed)
 static void put_file(struct vp_ns *ns, const char *name, size_t size, unsigned int seed)
 {
 	unsigned char *buf = pattern(size, seed);
-	struct vp_handle *h;
-	struct stat st;
-	int keep, rc;
 
-	rc = vp_ns_lookup(ns, VP_ROOT_INO, name, &st);
-	if (rc == -ENOENT) {
-		assert_int_equal(vp_ns_create(ns, VP_ROOT_INO, name, 0644, O_WRONLY | O_CREAT,
-					      0, 0, &st, &h), 0);
-	} else {
-		assert_int_equal(rc, 0);
-		assert_int_equal(vp_ns_open(ns, st.st_ino, O_WRONLY | O_TRUNC, &h, &keep), 0);
-	}
-	vp_ns_forget(ns, st.st_ino, 1);
-	assert_int_equal(vp_ns_write(ns, h, buf, size, 0), (ssize_t)size);
-	assert_int_equal(vp_ns_release(ns, h), 0);
+	put_bytes(ns, name, buf, size);
 	free(buf);
 }
 
@@ -504,9 +488,7 @@ static void test_bad_listen_and_subscribe_are_refused(void **state)
 	struct vp_config cfg;
 	char err[512] = "";
 
-	vp_config_defaults(&cfg);
-	cfg.ram_cache = 64ULL << 20;
-	cfg.ram_prefault = 0;
+	test_config(&cfg);
 	fx->prod.ns = vp_ns_new(&cfg, fx->prod.pfs, err, sizeof(err));
 	assert_non_null(fx->prod.ns);
 	snprintf(cfg.secret_file, sizeof(cfg.secret_file), "%s", fx->secret);

@@ -30,11 +30,12 @@ static struct {
 } fake_mount;
 
 /*
- * Looks up path's parent directory; *leaf points at its last component
+ * Looks up path's parent directory, component by component, making the
+ * missing ones (mode 0755) if mkdirs; *leaf points at the last component
  * in buf.  Returns 0 or -errno.
  */
-static int fake_mount_parent(const char *path, char *buf, size_t len, uint64_t *parent,
-			     const char **leaf)
+static int fake_mount_walk(const char *path, int mkdirs, char *buf, size_t len,
+			   uint64_t *parent, const char **leaf)
 {
 	uint64_t ino = VP_ROOT_INO;
 	char *name, *slash;
@@ -50,6 +51,8 @@ static int fake_mount_parent(const char *path, char *buf, size_t len, uint64_t *
 
 		*slash = '\0';
 		rc = vp_ns_lookup(fake_mount.ns, ino, name, &st);
+		if (rc == -ENOENT && mkdirs)
+			rc = vp_ns_mkdir(fake_mount.ns, ino, name, 0755, 0, 0, &st);
 		if (rc)
 			return rc;
 		vp_ns_forget(fake_mount.ns, st.st_ino, 1);	/* the kernel's reference */
@@ -60,6 +63,20 @@ static int fake_mount_parent(const char *path, char *buf, size_t len, uint64_t *
 	*parent = ino;
 	*leaf = name;
 	return 0;
+}
+
+static int fake_mount_parent(const char *path, char *buf, size_t len, uint64_t *parent,
+			     const char **leaf)
+{
+	return fake_mount_walk(path, 0, buf, len, parent, leaf);
+}
+
+/* A node reference that a successful mkdir, symlink or create took goes back. */
+static int fake_mount_forget_new(int rc, const struct stat *st)
+{
+	if (!rc)
+		vp_ns_forget(fake_mount.ns, st->st_ino, 1);
+	return rc;
 }
 
 int vp_safepath_parent(int root_fd, const char *path, const char **leaf)
@@ -80,27 +97,19 @@ int vp_safepath_mkdir(int root_fd, const char *path, mode_t mode)
 
 	(void)root_fd;
 	if (!rc)
-		rc = vp_ns_mkdir(fake_mount.ns, parent, leaf, mode, 0, 0, &st);
-	if (!rc)
-		vp_ns_forget(fake_mount.ns, st.st_ino, 1);
+		rc = fake_mount_forget_new(vp_ns_mkdir(fake_mount.ns, parent, leaf, mode, 0, 0, &st),
+					   &st);
 	return rc;
 }
 
 int vp_safepath_mkparents(int root_fd, const char *path)
 {
 	char buf[PATH_MAX];
-	int rc = 0;
+	const char *leaf;
+	uint64_t parent;
 
-	if (snprintf(buf, sizeof(buf), "%s", path) >= (int)sizeof(buf))
-		return -ENAMETOOLONG;
-	for (char *s = strchr(buf, '/'); s && !rc; s = strchr(s + 1, '/')) {
-		*s = '\0';
-		rc = vp_safepath_mkdir(root_fd, buf, 0755);
-		if (rc == -EEXIST)
-			rc = 0;
-		*s = '/';
-	}
-	return rc;
+	(void)root_fd;
+	return fake_mount_walk(path, 1, buf, sizeof(buf), &parent, &leaf);
 }
 
 int vp_safepath_unlink(int root_fd, const char *path, int flags)
@@ -145,9 +154,8 @@ int vp_safepath_symlink(int root_fd, const char *target, const char *path)
 
 	(void)root_fd;
 	if (!rc)
-		rc = vp_ns_symlink(fake_mount.ns, parent, leaf, target, 0, 0, &st);
-	if (!rc)
-		vp_ns_forget(fake_mount.ns, st.st_ino, 1);
+		rc = fake_mount_forget_new(vp_ns_symlink(fake_mount.ns, parent, leaf, target, 0, 0,
+							 &st), &st);
 	return rc;
 }
 
