@@ -5,8 +5,15 @@ with -f so the test knows its PID, and awaited through the sd_notify
 readiness message (no sleeps).  Teardown unmounts, waits for the daemon
 to exit (killing only that PID if it hangs), unmounts any tmpfs the test
 made, and removes the temporary directories -- also when the test failed.
+
+The helpers the test files share live here too: polling with a deadline
+where there is no event (wait_for), reading a helper's event stream
+(lines_until), status, metrics, and a producer with its consumers
+(cluster).
 """
+import json
 import os
+import select
 import shutil
 import signal
 import socket
@@ -39,6 +46,92 @@ def wait_version(path, newer_than, timeout=60):
                        capture_output=True, text=True, timeout=timeout + 30)
     assert r.returncode == 0, r.stderr
     return int(r.stdout)
+
+
+def wait_for(pred, timeout=30, what="condition", interval=0.05):
+    """Polls a state with no event to wait on, with a deadline; returns pred's true value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting for " + what)
+        time.sleep(interval)
+
+
+_pending = {}
+
+
+def lines_until(proc, pred, timeout=30, stream="stdout"):
+    """Reads a helper's output lines (an event stream) until pred(line); returns the lines read.
+
+    Reads the raw fd and keeps its own buffer: select() on a buffered
+    file object misses lines that Python already pulled into its buffer.
+    """
+    fd = getattr(proc, stream).fileno()
+    buf = _pending.setdefault(fd, [b""])
+    deadline = time.monotonic() + timeout
+    seen = []
+    while True:
+        while b"\n" in buf[0]:
+            line, buf[0] = buf[0].split(b"\n", 1)
+            seen.append(line.decode(errors="replace"))
+            if pred(seen[-1]):
+                return seen
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        r, _, _ = select.select([fd], [], [], left)
+        if not r:
+            break
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        buf[0] += chunk
+    raise AssertionError("no matching line within %ss; saw %r" % (timeout, seen[-20:]))
+
+
+def status_json(mnt, prefix=()):
+    """viperctl status --json of the mount at mnt (prefix: e.g. nsenter into a node)."""
+    r = subprocess.run([*prefix, VIPERCTL, "status", mnt, "--json"], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def status(m):
+    """The status of Mount m."""
+    return status_json(m.mnt)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def scrape(port, prefix=(), path="/metrics", timeout=60):
+    """GET of the metrics endpoint within timeout seconds: (HTTP status, body)."""
+    r = subprocess.run([*prefix, "curl", "-s", "-m", str(timeout), "-w", "\n%{http_code}",
+                        "http://127.0.0.1:%d%s" % (port, path)],
+                       capture_output=True, text=True, timeout=timeout + 30)
+    assert r.returncode == 0, r.stderr
+    body, _, code = r.stdout.rpartition("\n")
+    return int(code), body
+
+
+def metric(text, name, labels=""):
+    for line in text.splitlines():
+        if line.startswith(name + labels + " "):
+            return float(line.split()[-1])
+    raise AssertionError("no metric %s%s" % (name, labels))
+
+
+def promtool_ok(text):
+    r = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
 
 
 def is_mounted(path):
@@ -298,6 +391,36 @@ class World:
         else:
             shutil.rmtree(self.base, ignore_errors=True)
         return reports
+
+
+def cluster_secret(world):
+    """The shared secret of a test's nodes (replication on a network needs one)."""
+    path = os.path.join(world.base, "cluster.secret")
+    if not os.path.exists(path):
+        write(path, os.urandom(16).hex().encode())
+    return ",secret_file=" + path
+
+
+def cluster(world, consumers=2, opts="", consumer_opts=None):
+    """A producer and consumers, each on a node of its own, over one PFS directory."""
+    net = world.net(1 + consumers)
+    port = 7800 + os.getpid() % 100
+    pfs = world.dir("pfs")
+    secret = cluster_secret(world)      # first: a test's own secret_file overrides it
+    prod = world.mount("listen=%s:%d,peer_timeout=3%s%s" % (net.addr(0), port, secret, opts),
+                       pfs=pfs, mnt=world.dir("prod"), prefix=net.prefix(0))
+    cons = []
+    for i in range(consumers):
+        co = secret + (consumer_opts[i] if consumer_opts else opts)
+        cons.append(world.mount("subscribe=%s:%d,peer_timeout=3,log_level=debug%s" % (net.addr(0), port, co),
+                                pfs=pfs, mnt=world.dir("cons%d" % i), prefix=net.prefix(1 + i)))
+    return net, prod, cons
+
+
+def subscribed(prod, n):
+    """At least n consumers are subscribed to the producer prod."""
+    st = status(prod)
+    return sum(1 for p in st["repl"]["peers"] if p["active"]) >= n
 
 
 @pytest.fixture

@@ -7,8 +7,7 @@ import time
 
 import pytest
 
-
-from conftest import read, write
+from conftest import read, status, wait_for, write
 
 
 def pfs_files(pfs):
@@ -20,15 +19,6 @@ def pfs_files(pfs):
             p = os.path.join(root, name)
             out[os.path.relpath(p, pfs)] = read(p)
     return out
-
-
-def wait_for(pred, timeout=60, what="condition"):
-    """Polls a state that has no event to wait on, with a deadline."""
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting for " + what)
-        time.sleep(0.02)
 
 
 def state(path):
@@ -62,13 +52,13 @@ def test_kill9_mid_flush_leaves_no_partial_file(world):
     for name, data in small.items():
         write(m.path(name), data)
     for name in small:
-        wait_for(lambda: state(m.path(name)) == "flushed", what=name + " flushed")
+        wait_for(lambda: state(m.path(name)) == "flushed", 60, name + " flushed", 0.02)
     big = os.urandom(24 << 20)
     write(m.path("big.pt"), big)
-    wait_for(lambda: state(m.path("big.pt")) == "flushing", what="big.pt flushing")
+    wait_for(lambda: state(m.path("big.pt")) == "flushing", 60, "big.pt flushing", 0.02)
     staging = m.pfs_path(".viperfs-staging")
     wait_for(lambda: any(os.path.getsize(os.path.join(staging, f)) > 0
-                         for f in os.listdir(staging)), what="staging file growing")
+                         for f in os.listdir(staging)), 60, "staging file growing", 0.02)
     m.kill9()
     on_pfs = pfs_files(m.pfs)
     # no partial file under a final name; the flushed ones are complete
@@ -102,7 +92,7 @@ def test_cache_full_blocks_then_enospc_and_loses_nothing(world):
     # nothing committed was dropped to make room
     assert read(m.path("committed.bin")) == committed
     assert read(m.path("kept.bin")) == kept     # evicted if needed, re-read from PFS
-    st = json.loads(m.ctl("status", m.mnt, "--json").stdout)
+    st = status(m)
     assert st["ram"]["enospc"] >= 1 and st["ram"]["used"] <= st["ram"]["budget"]
     os.unlink(m.path("too-big.bin"))
     world.set_readonly(pfs, False)
@@ -122,9 +112,8 @@ def test_pfs_goes_readonly_then_recovers(world):
     os.mkdir(m.path("dir-during"))
     write(m.path("dir-during", "f"), b"f")
     assert read(m.path("during")) == data          # served from the cache
-    wait_for(lambda: json.loads(m.ctl("status", m.mnt, "--json").stdout)["flush"]["retries"] >= 2,
-             what="flush retries")
-    st = json.loads(m.ctl("status", m.mnt, "--json").stdout)
+    wait_for(lambda: status(m)["flush"]["retries"] >= 2, 60, "flush retries", 0.02)
+    st = status(m)
     assert st["flush"]["last_error"] == "Read-only file system"
     assert state(m.path("during")) != "flushed"
     assert "retrying in" in m.read_log() and "keeping it in cache" in m.read_log()
@@ -146,7 +135,7 @@ def test_viperctl_flush_status_versions(world):
     r = m.ctl("flush", m.mnt)
     assert "flushed" in r.stdout
     assert read(m.pfs_path("a")) == b"22"
-    st = json.loads(m.ctl("status", m.mnt, "--json").stdout)
+    st = status(m)
     assert st["flush"]["skipped_versions"] == 1 and st["flush"]["flushed_versions"] == 1
     r = m.ctl("flush", "/tmp", check=False)
     assert r.returncode != 0 and "not inside a viperfs mount" in r.stderr
@@ -170,7 +159,7 @@ def test_flushed_versions_are_evicted_and_read_back(world):
     for i in range(5):                      # 60 MiB through a 32 MiB cache
         blobs[i] = os.urandom(12 << 20)
         write(m.path("ckpt-%d" % i), blobs[i])
-    st = json.loads(m.ctl("status", m.mnt, "--json").stdout)
+    st = status(m)
     assert st["evictions"] >= 2
     assert st["ram"]["used"] <= st["ram"]["budget"]
     for i, data in blobs.items():            # evicted ones come back from the PFS

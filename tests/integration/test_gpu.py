@@ -4,8 +4,8 @@ import os
 import subprocess
 import sys
 
-from conftest import VIPERCTL, read, wait_version, write
-from test_repl import cluster_secret, status, wait_for
+from conftest import (VIPERCTL, cluster, cluster_secret, read, status, subscribed, wait_for,
+                      wait_version, write)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -75,7 +75,6 @@ def test_the_relay_tests_pass_with_gpu_direct_on_every_node(world):
 
 def test_replicated_versions_reach_the_consumers_gpu_tier(world):
     """gpu_direct=off: the host-staged path; each chunk goes on to the tier as it arrives."""
-    from test_repl import cluster, subscribed
     net, prod, (c1,) = cluster(world, consumers=1, opts=",gpu_cache=64M,gpu_tier=ram,gpu_direct=off")
     wait_for(lambda: subscribed(prod, 1), what="the consumer subscribed")
     data = os.urandom(3 << 20)
@@ -172,7 +171,6 @@ def test_gpu_direct_survives_a_producer_killed_mid_transfer(world):
     """The producer dies while a consumer's reads land in its GPU tier: the consumer keeps
     its last complete version, in RAM and in its tier, and the next producer's versions
     land GPU-direct again."""
-    from test_repl import cluster, subscribed
     opts = ",ram_cache=3G,ram_prefault=0,repl_stream=0,gpu_cache=2G,gpu_tier=ram"
     net, prod, (c1,) = cluster(world, consumers=1, opts=opts)
     wait_for(lambda: subscribed(prod, 1), what="subscribed")

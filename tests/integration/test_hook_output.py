@@ -6,8 +6,7 @@ import subprocess
 import threading
 import time
 
-from conftest import VIPERCTL, read, write
-from test_repl import wait_for
+from conftest import VIPERCTL, read, wait_for, write
 
 
 def alive(pid):

@@ -17,7 +17,7 @@ import urllib.request
 
 import pytest
 
-from conftest import VIPERCTL, VIPERFS, write
+from conftest import VIPERCTL, VIPERFS, free_port, lines_until, scrape, status, wait_for, write
 
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 PYTHON = "/usr/bin/python3"
@@ -72,12 +72,6 @@ def opened():
             t.join(timeout=10)
         for s in things["socks"]:
             s.close()
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def ctl_path(m):
@@ -148,25 +142,10 @@ def viperctl_as_nobody(*args):
                           timeout=60, cwd="/")
 
 
-def read_line(proc, timeout):
-    """A line from proc's stdout within timeout seconds (select: no blocking past it)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stdout], [], [], deadline - time.monotonic())
-        if ready:
-            return proc.stdout.readline()
-    raise AssertionError("no line from pid %d within %.0f s" % (proc.pid, timeout))
-
-
 def shared_mount(world, opts=""):
     """A mount other users may reach (allow_other, a traversable base), as a site would set it up."""
     os.chmod(world.base, 0o755)
     return world.mount("allow_other" + ("," + opts if opts else ""))
-
-
-def scrape(port, timeout=10):
-    with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=timeout) as r:
-        return r.status, r.read().decode()
 
 
 def slowloris(port, opened, count):
@@ -207,12 +186,12 @@ def test_metrics_answer_with_200_idle_and_slow_clients_connected(world, opened):
     write(m.path("a.bin"), b"x" * 4096)
     idle_tcp(port, opened, 200)
     slowloris(port, opened, 4)
-    code, text = scrape(port)
+    code, text = scrape(port, timeout=10)
     assert code == 200
     assert "viperfs_written_bytes_total 4096" in text.splitlines()
     assert text.startswith("# HELP viperfs_fuse_request_duration_seconds ")
     # and again: the first scrape did not just win a race with the idle ones
-    assert scrape(port)[0] == 200
+    assert scrape(port, timeout=10)[0] == 200
     # other methods and paths as before
     req = urllib.request.Request("http://127.0.0.1:%d/metrics" % port, data=b"x", method="POST")
     with pytest.raises(urllib.error.HTTPError) as e:
@@ -247,7 +226,7 @@ def test_ctl_idle_clients_cost_no_threads_and_do_not_hold_up_unmount(world, open
     base = threads(pid)
     for _ in range(200):
         ctl_connect(path, opened)
-    st = json.loads(m.ctl("status", m.mnt, "--json").stdout)
+    st = status(m)
     assert st["pid"] == pid
     assert threads(pid) <= base + 16, "idle control clients cost threads"
     # long requests still work beside them: a watch sees a new version
@@ -290,11 +269,11 @@ def test_ctl_caps_requests_and_keeps_room_for_root(world, opened):
     # nobody takes what it may: 48 watches; the 49th is refused
     holder = world.spawn([*NOBODY, PYTHON, "-c", HOLD, path, "49", "watch /"],
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd="/")
-    answers = json.loads(read_line(holder, 60))
+    answers = json.loads(lines_until(holder, lambda l: True, 60)[-1])
     assert all('"watching":true' in a for a in answers[:48]), answers
     assert json.loads(answers[48])["error"].startswith("busy"), answers[48]
     # root still gets in: status, then the 16 requests kept for it
-    assert json.loads(m.ctl("status", m.mnt, "--json").stdout)["pid"] == pid
+    assert status(m)["pid"] == pid
     for _ in range(16):
         assert '"watching":true' in first_line(ctl_connect(path, opened, "watch /"))
     assert json.loads(first_line(ctl_connect(path, opened, "watch /")))["error"].startswith("busy")
@@ -303,13 +282,10 @@ def test_ctl_caps_requests_and_keeps_room_for_root(world, opened):
     # the watchers notice their clients leaving, and the room comes back
     holder.stdin.close()
     assert holder.wait(timeout=30) == 0
-    deadline = time.monotonic() + 30
-    while True:
+    def not_busy():
         answer = ask(path, "status")
-        if not answer.startswith(b'{"error":"busy'):
-            break
-        assert time.monotonic() < deadline, "the watches of a client that left were kept"
-        time.sleep(0.1)
+        return None if answer.startswith(b'{"error":"busy') else answer
+    answer = wait_for(not_busy, 30, "the room of the watches of a client that left", 0.1)
     assert json.loads(answer)["pid"] == pid
 
 
@@ -348,14 +324,14 @@ def test_ctl_authorises_by_peer_credentials(world):
     assert json.loads(ask_as_nobody(path, "ping")) == {"pong": True}
 
     # root may do all of it
-    assert json.loads(m.ctl("status", m.mnt, "--json").stdout)["pid"] == m.proc.pid
+    assert status(m)["pid"] == m.proc.pid
     assert m.ctl("flush", m.mnt).stdout.strip() == "flushed"
     assert b'"open_files":0' in ask(path, "idle 0")
 
     # a mount root others may not read: no status for them either
     os.chmod(m.mnt, 0o700)
     assert refused("status")
-    assert json.loads(m.ctl("status", m.mnt, "--json").stdout)["pid"] == m.proc.pid
+    assert status(m)["pid"] == m.proc.pid
 
 
 # ---- JSON ------------------------------------------------------------------------

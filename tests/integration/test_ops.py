@@ -11,25 +11,12 @@ import time
 
 import pytest
 
-from conftest import BUILD, ROOT, VIPERCTL, VIPERFS, is_mounted, read, wait_version, write
-from test_repl import wait_for
+from conftest import (BUILD, ROOT, VIPERCTL, VIPERFS, free_port, is_mounted, metric, promtool_ok, read,
+                      scrape, status_json, wait_for, wait_version, write)
 
 SCRIPTS = os.path.join(ROOT, "mount-scripts")
 SLURM_LAUNCHER = os.path.join(SCRIPTS, "viperfs-slurm")
 HELPER_ENV = dict(os.environ, VIPERFS_BIN=VIPERFS, VIPERCTL_BIN=VIPERCTL, FI_PROVIDER="tcp;ofi_rxm")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def status_json(mnt, prefix=()):
-    r = subprocess.run([*prefix, VIPERCTL, "status", mnt, "--json"], capture_output=True,
-                       text=True, timeout=60)
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)
 
 
 @pytest.fixture
@@ -228,27 +215,6 @@ def test_status_json_and_human(world):
     assert re.search(r"a\.pt\s+version 2\s+3\.0 MiB\s+flushed", human), human
     assert "ram 3.0 MiB used of 256.0 MiB" in human or "of 256.0 MiB" in human, human
     assert "replication    off" in human
-
-
-def scrape(port, prefix=(), path="/metrics"):
-    r = subprocess.run([*prefix, "curl", "-s", "-w", "\n%{http_code}", "http://127.0.0.1:%d%s" % (port, path)],
-                       capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stderr
-    body, _, code = r.stdout.rpartition("\n")
-    return int(code), body
-
-
-def metric(text, name, labels=""):
-    for line in text.splitlines():
-        if line.startswith(name + labels + " "):
-            return float(line.split()[-1])
-    raise AssertionError("no metric %s%s" % (name, labels))
-
-
-def promtool_ok(text):
-    r = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True,
-                       text=True, timeout=60)
-    assert r.returncode == 0, r.stdout + r.stderr
 
 
 def test_metrics_endpoint_promtool_and_counters(world):

@@ -7,6 +7,8 @@ import random
 import re
 import time
 
+from conftest import status
+
 
 def train(m, iters, every):
     """A stand-in job: ~2 ms per iteration, a loss line each, a checkpoint every `every`."""
@@ -57,7 +59,7 @@ def test_publish_schedule_flushes_selected_versions(world):
     assert all(i >= 100 for _, i in kept)
     plans = [int(n) for n in re.findall(r"re-planned at iteration \d+: (\d+) checkpoints", log)]
     assert len(plans) >= 5 and max(plans) >= 1
-    st = json.loads(m.ctl("status", m.mnt, "--json").stdout)
+    st = status(m)
     assert st["flush"]["skipped_versions"] >= len(kept)
     # at unmount the latest version still reaches the PFS: nothing is lost
     assert m.stop() == 0

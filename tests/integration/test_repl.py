@@ -3,7 +3,6 @@ real FUSE mounts, torch producers, watchdog and inotifywait consumers."""
 import hashlib
 import json
 import os
-import select
 import signal
 import subprocess
 import sys
@@ -13,53 +12,10 @@ import time
 import pytest
 import torch
 
-from conftest import read, wait_version, write
+from conftest import (cluster, lines_until, metric, promtool_ok, read, scrape, status, subscribed,
+                      wait_for, wait_version, write)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def wait_for(pred, timeout=30, what="condition"):
-    """Polls a state with no event to wait on, with a deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting for " + what)
-        time.sleep(0.05)
-
-
-_pending = {}
-
-
-def lines_until(proc, pred, timeout=30, stream="stdout"):
-    """Reads a helper's output lines (an event stream) until pred(line).
-
-    Reads the raw fd and keeps its own buffer: select() on a buffered
-    file object misses lines that Python already pulled into its buffer.
-    """
-    fd = getattr(proc, stream).fileno()
-    buf = _pending.setdefault(fd, [b""])
-    deadline = time.monotonic() + timeout
-    seen = []
-    while True:
-        while b"\n" in buf[0]:
-            line, buf[0] = buf[0].split(b"\n", 1)
-            seen.append(line.decode(errors="replace"))
-            if pred(seen[-1]):
-                return seen
-        left = deadline - time.monotonic()
-        if left <= 0:
-            break
-        r, _, _ = select.select([fd], [], [], left)
-        if not r:
-            break
-        chunk = os.read(fd, 65536)
-        if not chunk:
-            break
-        buf[0] += chunk
-    raise AssertionError("no matching line within %ss; saw %r" % (timeout, seen[-20:]))
 
 
 def dump_stacks(m):
@@ -67,38 +23,6 @@ def dump_stacks(m):
     r = subprocess.run(["gdb", "-p", str(m.proc.pid), "-batch", "-ex", "thread apply all bt 12"],
                        capture_output=True, text=True, timeout=60)
     print("\n".join(l for l in r.stdout.splitlines() if l.startswith(("#", "Thread"))))
-
-
-def status(m):
-    return json.loads(m.ctl("status", m.mnt, "--json").stdout)
-
-
-def cluster_secret(world):
-    """The shared secret of a test's nodes (replication on a network needs one)."""
-    path = os.path.join(world.base, "cluster.secret")
-    if not os.path.exists(path):
-        write(path, os.urandom(16).hex().encode())
-    return ",secret_file=" + path
-
-
-def cluster(world, consumers=2, opts="", consumer_opts=None):
-    net = world.net(1 + consumers)
-    port = 7800 + os.getpid() % 100
-    pfs = world.dir("pfs")
-    secret = cluster_secret(world)      # first: a test's own secret_file overrides it
-    prod = world.mount("listen=%s:%d,peer_timeout=3%s%s" % (net.addr(0), port, secret, opts),
-                       pfs=pfs, mnt=world.dir("prod"), prefix=net.prefix(0))
-    cons = []
-    for i in range(consumers):
-        co = secret + (consumer_opts[i] if consumer_opts else opts)
-        cons.append(world.mount("subscribe=%s:%d,peer_timeout=3,log_level=debug%s" % (net.addr(0), port, co),
-                                pfs=pfs, mnt=world.dir("cons%d" % i), prefix=net.prefix(1 + i)))
-    return net, prod, cons
-
-
-def subscribed(prod, n):
-    st = status(prod)
-    return sum(1 for p in st["repl"]["peers"] if p["active"]) >= n
 
 
 def sha(path):
@@ -481,7 +405,6 @@ def test_relay_chain_moves_one_copy_from_the_producer(world):
         assert status(c)["repl"]["relay"]["bytes_from_relay"] > 0
     assert status(order[0])["repl"]["relay"]["bytes_from_relay"] == 0
     # the same split in each consumer's metrics (each node has its own 127.0.0.1)
-    from test_ops import metric, promtool_ok, scrape
     for i, c in enumerate(order):
         code, text = scrape(mport, prefix=net.prefix(1 + cons.index(c)))
         assert code == 200

@@ -11,8 +11,7 @@ import time
 
 import pytest
 
-from conftest import BUILD, read, wait_version, write
-from test_repl import status, subscribed, wait_for
+from conftest import BUILD, read, status, subscribed, wait_for, wait_version, write
 
 HOSTILE = os.path.join(BUILD, "tests", "hostile")
 SECRET = b"0123456789abcdef0123456789abcdef"

@@ -4,8 +4,7 @@ import os
 import subprocess
 import time
 
-from conftest import VIPERCTL, read, write
-from test_repl import lines_until, wait_for
+from conftest import VIPERCTL, lines_until, read, wait_for, write
 
 
 def test_watch_wait_and_monotonic_versions(world):

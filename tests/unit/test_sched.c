@@ -1,0 +1,206 @@
+/*
+ * Unit tests: the publish=schedule policy (engine/sched.h) on synthetic
+ * loss logs: every version during warm-up, a plan at its end, and then
+ * exactly the versions the plan selects.
+ */
+#define _GNU_SOURCE
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../../engine/config.h"
+#include "../../engine/log.h"
+#include "../../engine/sched.h"
+
+#define T_ITER 0.01		/* seconds per training iteration in these logs */
+#define T_CKPT 0.1
+#define T_LOAD 0.1
+
+struct fixture {
+	struct vp_sched *s;
+	struct vp_losslog log;
+	double iters[4096], losses[4096];
+};
+
+static void config(struct vp_config *cfg)
+{
+	vp_config_defaults(cfg);
+	cfg->plan_warmup = 100;
+	cfg->plan_refit = 100000;	/* one plan, at the end of warm-up */
+	cfg->plan_t_infer = 1.0;
+	cfg->plan_inferences = 20;
+	vp_log_set_level(LOG_CRIT);
+}
+
+static int setup(void **state)
+{
+	struct fixture *fx = calloc(1, sizeof(*fx));
+	struct vp_config cfg;
+	char err[256];
+
+	if (!fx)
+		return -1;
+	config(&cfg);
+	fx->s = vp_sched_new(&cfg, err, sizeof(err));
+	fx->log.iter = fx->iters;
+	fx->log.loss = fx->losses;
+	*state = fx;
+	return fx->s ? 0 : -1;
+}
+
+static int teardown(void **state)
+{
+	struct fixture *fx = *state;
+
+	vp_sched_free(fx->s);
+	free(fx);
+	return 0;
+}
+
+/* The log as the job has written it up to iteration last (one row per iteration). */
+static const struct vp_losslog *log_up_to(struct fixture *fx, uint64_t last)
+{
+	assert_true(last < 4096);
+	for (uint64_t i = 0; i <= last; i++) {
+		fx->iters[i] = (double)i;
+		fx->losses[i] = 2.0 * exp(-(double)i / 300.0) + 0.1;
+	}
+	fx->log.n = last + 1;
+	return &fx->log;
+}
+
+/* Decides for a version committed at iteration iter, at the time the job reaches it. */
+static struct vp_sched_decision decide_at(struct fixture *fx, uint64_t iter)
+{
+	struct vp_sched_decision d;
+
+	vp_sched_decide(fx->s, log_up_to(fx, iter), (double)iter * T_ITER, T_CKPT, T_LOAD, &d);
+	assert_int_equal(d.iteration, iter);
+	assert_non_null(d.why);
+	return d;
+}
+
+/* The schedule's JSON, parsed (a new reference). */
+static json_t *schedule_of(struct vp_sched *s)
+{
+	char *text = vp_sched_json(s);
+	json_error_t jerr;
+	json_t *j;
+
+	assert_non_null(text);
+	j = json_loads(text, 0, &jerr);
+	if (!j)
+		fail_msg("the schedule is not JSON (%s): %s", jerr.text, text);
+	free(text);
+	return j;
+}
+
+static void test_needs_the_consumer_options(void **state)
+{
+	struct vp_config cfg;
+	char err[256] = "";
+
+	(void)state;
+	config(&cfg);
+	cfg.plan_t_infer = 0;
+	assert_null(vp_sched_new(&cfg, err, sizeof(err)));
+	assert_non_null(strstr(err, "plan_t_infer"));
+	config(&cfg);
+	cfg.plan_inferences = 0;
+	err[0] = '\0';
+	assert_null(vp_sched_new(&cfg, err, sizeof(err)));
+	assert_non_null(strstr(err, "plan_inferences"));
+	vp_sched_free(NULL);
+}
+
+static void test_every_version_before_a_log(void **state)
+{
+	struct fixture *fx = *state;
+	struct vp_sched_decision d;
+
+	vp_sched_decide(fx->s, NULL, 0.0, T_CKPT, T_LOAD, &d);
+	assert_true(d.selected);
+	assert_string_equal(d.why, "no loss log yet");
+	fx->log.n = 0;
+	vp_sched_decide(fx->s, &fx->log, 0.0, T_CKPT, T_LOAD, &d);
+	assert_true(d.selected);
+	assert_null(vp_sched_json(fx->s));
+}
+
+static void test_every_version_during_warm_up(void **state)
+{
+	struct fixture *fx = *state;
+
+	for (uint64_t iter = 10; iter < 100; iter += 10) {
+		struct vp_sched_decision d = decide_at(fx, iter);
+
+		assert_true(d.selected);
+		assert_false(d.replanned);
+		assert_string_equal(d.why, "warm-up");
+	}
+	assert_null(vp_sched_json(fx->s));	/* no plan yet */
+}
+
+static void test_plan_selects_its_iterations_only(void **state)
+{
+	struct fixture *fx = *state;
+	struct vp_sched_decision d;
+	json_t *j, *iters;
+	uint64_t first, second;
+
+	decide_at(fx, 50);		/* warm-up: t_iter is measured from here */
+	d = decide_at(fx, 150);
+	assert_true(d.selected);
+	assert_true(d.replanned);
+	assert_string_equal(d.why, "end of warm-up");
+
+	j = schedule_of(fx->s);
+	assert_int_equal(json_integer_value(json_object_get(j, "planned_at_iteration")), 150);
+	assert_int_equal(json_integer_value(json_object_get(j, "in_service_iteration")), 150);
+	assert_true(fabs(json_real_value(json_object_get(j, "t_iter")) - T_ITER) < 1e-6);
+	iters = json_object_get(j, "iterations");
+	assert_true(json_array_size(iters) >= 2);
+	first = (uint64_t)json_integer_value(json_array_get(iters, 0));
+	second = (uint64_t)json_integer_value(json_array_get(iters, 1));
+	json_decref(j);
+	assert_true(first > 150 && second > first);
+	assert_true(second < 4096);
+
+	if (first > 151) {
+		d = decide_at(fx, first - 1);
+		assert_false(d.selected);
+		assert_string_equal(d.why, "not a scheduled iteration");
+	}
+	d = decide_at(fx, first);
+	assert_true(d.selected);
+	assert_string_equal(d.why, "scheduled");
+	d = decide_at(fx, first);	/* another version at the same iteration */
+	assert_false(d.selected);
+	if (second > first + 1) {
+		d = decide_at(fx, second - 1);
+		assert_false(d.selected);
+	}
+	/* past a scheduled iteration: the next version is selected, and no other */
+	d = decide_at(fx, second + 1 < 4096 ? second + 1 : second);
+	assert_true(d.selected);
+	j = schedule_of(fx->s);
+	assert_true((uint64_t)json_integer_value(json_object_get(j, "in_service_iteration")) >= second);
+	json_decref(j);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_needs_the_consumer_options),
+		cmocka_unit_test_setup_teardown(test_every_version_before_a_log, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_every_version_during_warm_up, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_plan_selects_its_iterations_only, setup, teardown),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
