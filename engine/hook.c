@@ -31,6 +31,7 @@ struct vp_hook {
 	char cmd[PATH_MAX];
 	char mnt[PATH_MAX];
 	double timeout;		/* seconds a command may run, 0: no limit */
+	uint64_t seq;		/* the runner's place in the event ring */
 	pthread_t thread;
 	int stop;		/* atomic */
 };
@@ -244,11 +245,10 @@ static void run(struct vp_hook *h, const struct vp_event *ev)
 static void *hook_main(void *arg)
 {
 	struct vp_hook *h = arg;
-	uint64_t seq = vp_ns_event_seq(h->ns);
 	struct vp_event ev;
 
 	while (!__atomic_load_n(&h->stop, __ATOMIC_RELAXED)) {
-		int rc = vp_ns_next_event(h->ns, &seq, "", 0.5, &ev);
+		int rc = vp_ns_next_event(h->ns, &h->seq, "", 0.5, &ev);
 
 		if (rc == -EOVERFLOW)
 			vp_log(LOG_WARNING, "hook",
@@ -270,6 +270,8 @@ struct vp_hook *vp_hook_start(struct vp_ns *ns, const char *cmd,
 	h->timeout = vp_ns_config(ns)->on_update_timeout;
 	snprintf(h->cmd, sizeof(h->cmd), "%s", cmd);
 	snprintf(h->mnt, sizeof(h->mnt), "%s", mountpoint);
+	/* taken here: a version committed once this returns gets its run */
+	h->seq = vp_ns_event_seq(ns);
 	if (pthread_create(&h->thread, NULL, hook_main, h)) {
 		vp_log(LOG_ERR, "hook", "cannot start the on_update runner");
 		free(h);
