@@ -244,9 +244,14 @@ static struct fi_info *make_hints(const char *provider)
 static int get_info(struct vp_fab *fab, const char *node, const char *service,
 		    unsigned int flags, char *err, size_t errlen)
 {
-	int listen = !!(flags & VP_FAB_LISTEN);
-	const char *bind_node = listen ? node : NULL, *bind_service = listen ? service : NULL;
-	uint64_t gflags = listen ? FI_SOURCE : 0;
+	/*
+	 * A named address is where the endpoint binds, listening or not: left
+	 * to itself, the provider binds a consumer to the first address of any
+	 * interface, which may be one the producer cannot answer (a bridge's
+	 * link-local IPv6).
+	 */
+	const char *bind_node = node, *bind_service = node || service ? service : NULL;
+	uint64_t gflags = node || service ? FI_SOURCE : 0;
 	struct fi_info *hints = make_hints(fab->provider), *h = NULL;
 	int rc;
 
@@ -270,8 +275,8 @@ static int get_info(struct vp_fab *fab, const char *node, const char *service,
 	fi_freeinfo(hints);
 	if (rc) {
 		snprintf(err, errlen, "no libfabric provider '%s' for an RDM endpoint%s%s%s%s: %s",
-			 fab->provider, listen ? " on " : "", bind_node ? bind_node : "",
-			 listen ? ":" : "", bind_service ? bind_service : "",
+			 fab->provider, bind_node ? " on " : "", bind_node ? bind_node : "",
+			 bind_node && bind_service ? ":" : "", bind_node && bind_service ? bind_service : "",
 			 fi_strerror(-rc));
 		return -1;
 	}

@@ -93,8 +93,9 @@ static void test_messages_and_rma_read(void **state)
 	prod = vp_fab_open("tcp;ofi_rxm", "127.0.0.1", port, VP_FAB_LISTEN, on_msg, &pin, err, sizeof(err));
 	if (!prod)
 		fail_msg("producer: %s", err);
-	/* asking for FI_HMEM (GPU-direct) where the provider has none still opens */
-	cons = vp_fab_open("tcp;ofi_rxm", NULL, NULL, VP_FAB_HMEM, on_msg, &cin, err, sizeof(err));
+	/* bound as repl binds a consumer (an address towards the producer, any port), and
+	 * asking for FI_HMEM (GPU-direct) where the provider has none still opens */
+	cons = vp_fab_open("tcp;ofi_rxm", "127.0.0.1", "0", VP_FAB_HMEM, on_msg, &cin, err, sizeof(err));
 	if (!cons)
 		fail_msg("consumer: %s", err);
 	if (vp_fab_has_hmem(cons) < 2) {	/* then device memory is refused, clearly */
