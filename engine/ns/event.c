@@ -1,32 +1,20 @@
 /*
  * event: what the namespace tells others -- the ring of version events
- * for watch, wait and on_update; the notes replication ships; and on a
- * consumer the installer: staged versions, the refusal of every other
- * change, and the events held back until the installer's rename returns.
+ * for watch, wait and on_update; the observers (replication, the GPU
+ * tier: ns.h); and on a consumer the installer: staged versions, the
+ * refusal of every other change, and the events held back until the
+ * installer's rename returns.
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
-#include "../gpu.h"
 #include "../log.h"
-#include "../repl.h"
 #include "ns_i.h"
-
-static __thread pid_t caller_tid;
-
-void vp_ns_set_caller(pid_t tid)
-{
-	caller_tid = tid;
-}
-
-pid_t vp_ns_caller(void)
-{
-	return caller_tid;
-}
 
 void vp_ns_set_installer(struct vp_ns *ns, pid_t tid)
 {
@@ -35,17 +23,17 @@ void vp_ns_set_installer(struct vp_ns *ns, pid_t tid)
 	pthread_mutex_unlock(&ns->lock);
 }
 
-int vp_is_installer_locked(struct vp_ns *ns)
+int vp_is_installer_locked(struct vp_ns *ns, const struct vp_caller *who)
 {
 	VP_ASSERT_LOCKED(&ns->lock);
-	return ns->installer_tid && caller_tid == ns->installer_tid;
+	return ns->installer_tid && who && who->tid == ns->installer_tid;
 }
 
-int vp_replica_refuse_locked(struct vp_ns *ns, const char *what,
-			     const char *name)
+int vp_replica_refuse_locked(struct vp_ns *ns, const struct vp_caller *who,
+			     const char *what, const char *name)
 {
 	VP_ASSERT_LOCKED(&ns->lock);
-	if (!ns->replica || vp_is_installer_locked(ns))
+	if (!ns->replica || vp_is_installer_locked(ns, who))
 		return 0;
 	vp_log(LOG_NOTICE, "fs", "%s '%s' refused: this mount is a replica of '%s' and is read-only",
 	       what, name, ns->cfg.subscribe);
@@ -85,14 +73,15 @@ void vp_ns_unstage_install(struct vp_ns *ns, const char *path)
 }
 
 /* Or NULL.  Only for the installer thread. */
-struct install *vp_take_install_locked(struct vp_ns *ns, struct vp_node *dir,
-				       const char *name)
+struct install *vp_take_install_locked(struct vp_ns *ns,
+				       const struct vp_caller *who,
+				       struct vp_node *dir, const char *name)
 {
 	char path[PATH_MAX], full[PATH_MAX];
 	struct install *in;
 
 	VP_ASSERT_LOCKED(&ns->lock);
-	if (LIST_EMPTY(&ns->installs) || !vp_is_installer_locked(ns) ||
+	if (LIST_EMPTY(&ns->installs) || !vp_is_installer_locked(ns, who) ||
 	    vp_live_path_locked(ns, dir, path, sizeof(path)))
 		return NULL;
 	if (snprintf(full, sizeof(full), "%s%s%s", path, *path ? "/" : "", name) >= (int)sizeof(full))
@@ -156,7 +145,7 @@ int vp_ns_install_hidden(struct vp_ns *ns, const char *name, struct vp_data *d,
 	n->size = vp_data_size(d);
 	n->version = version;
 	/* the GPU tier mirrors it (taking what was staged while it arrived) */
-	vp_gpu_mirror(ns->gpu, n->ino, version, d);
+	vp_note_commit_locked(ns, n);
 out_unlock:
 	pthread_mutex_unlock(&ns->lock);
 	return rc;
@@ -209,10 +198,11 @@ void vp_event_record_locked(struct vp_ns *ns, struct vp_node *n)
 	record_event_at_locked(ns, n, vp_wall_seconds());
 }
 
-void vp_event_renamed_locked(struct vp_ns *ns, struct vp_node *n)
+void vp_event_renamed_locked(struct vp_ns *ns, const struct vp_caller *who,
+			     struct vp_node *n)
 {
 	VP_ASSERT_LOCKED(&ns->lock);
-	if (ns->replica && vp_is_installer_locked(ns) &&
+	if (ns->replica && vp_is_installer_locked(ns, who) &&
 	    ns->ndeferred < VP_MAX_DEFERRED) {
 		vp_node_get(n);		/* raised once the kernel sees the new name */
 		ns->deferred_at[ns->ndeferred] = vp_wall_seconds();
@@ -296,14 +286,118 @@ out_unlock:
 	return rc;
 }
 
+/* ---- observers ---- */
+
+int vp_ns_observe(struct vp_ns *ns, const struct vp_ns_observer *ops, void *arg)
+{
+	int rc = -ENOSPC;
+
+	pthread_mutex_lock(&ns->lock);
+	if (ns->nobservers < VP_NS_MAX_OBSERVERS) {
+		ns->observers[ns->nobservers].ops = ops;
+		ns->observers[ns->nobservers++].arg = arg;
+		rc = 0;
+	}
+	pthread_mutex_unlock(&ns->lock);
+	return rc;
+}
+
+void vp_ns_unobserve(struct vp_ns *ns, const struct vp_ns_observer *ops,
+		     void *arg)
+{
+	pthread_mutex_lock(&ns->lock);
+	for (unsigned int i = 0; i < ns->nobservers; i++) {
+		if (ns->observers[i].ops != ops || ns->observers[i].arg != arg)
+			continue;
+		memmove(&ns->observers[i], &ns->observers[i + 1],
+			(ns->nobservers - i - 1) * sizeof(ns->observers[0]));
+		ns->nobservers--;
+		break;
+	}
+	pthread_mutex_unlock(&ns->lock);
+}
+
+/* Every registered observer, in the order of registration (ns->lock held). */
+#define VP_FOREACH_OBSERVER(o, ns) \
+	for ((o) = (ns)->observers; (o) < (ns)->observers + (ns)->nobservers; (o)++)
+
+/*
+ * Whether an observer has the callback at offset off of struct
+ * vp_ns_observer: what is only worth computing for someone.
+ */
+static int observed_locked(struct vp_ns *ns, size_t off)
+{
+	const struct vp_observer_slot *o;
+	void (*fn)(void);
+
+	VP_ASSERT_LOCKED(&ns->lock);
+	VP_FOREACH_OBSERVER(o, ns) {
+		memcpy(&fn, (const char *)o->ops + off, sizeof(fn));
+		if (fn)
+			return 1;
+	}
+	return 0;
+}
+
+void vp_note_commit_locked(struct vp_ns *ns, struct vp_node *n)
+{
+	const struct vp_observer_slot *o;
+
+	VP_ASSERT_LOCKED(&ns->lock);
+	VP_FOREACH_OBSERVER(o, ns)
+		if (o->ops->on_commit)
+			o->ops->on_commit(o->arg, n->ino, n->version, n->cur);
+}
+
+void vp_note_unlink_locked(struct vp_ns *ns, struct vp_node *n)
+{
+	const struct vp_observer_slot *o;
+
+	VP_ASSERT_LOCKED(&ns->lock);
+	VP_FOREACH_OBSERVER(o, ns)
+		if (o->ops->on_unlink)
+			o->ops->on_unlink(o->arg, n->ino);
+}
+
+unsigned int vp_preview_observers_locked(struct vp_ns *ns,
+					 struct vp_observer_slot *out)
+{
+	const struct vp_observer_slot *o;
+	unsigned int count = 0;
+
+	VP_ASSERT_LOCKED(&ns->lock);
+	VP_FOREACH_OBSERVER(o, ns)
+		if (o->ops->on_preview)
+			out[count++] = *o;
+	return count;
+}
+
+void vp_observers_status_json(struct vp_ns *ns, FILE *out)
+{
+	struct vp_observer_slot status = { 0 };
+	const struct vp_observer_slot *o;
+
+	pthread_mutex_lock(&ns->lock);
+	VP_FOREACH_OBSERVER(o, ns)
+		if (o->ops->status_json && !status.ops)
+			status = *o;
+	pthread_mutex_unlock(&ns->lock);
+	if (status.ops)
+		status.ops->status_json(status.arg, out);
+	else
+		fputs("null", out);	/* no replication */
+}
+
 void vp_note_op_locked(struct vp_ns *ns, enum vp_op_kind kind,
 		       struct vp_node *n, struct vp_node *newdir,
 		       const char *newname)
 {
 	char path[PATH_MAX], path2[PATH_MAX] = "";
+	const struct vp_observer_slot *o;
 
 	VP_ASSERT_LOCKED(&ns->lock);
-	if (!ns->repl || ns->replica || vp_live_path_locked(ns, n, path, sizeof(path)))
+	if (ns->replica || !observed_locked(ns, offsetof(struct vp_ns_observer, on_op)) ||
+	    vp_live_path_locked(ns, n, path, sizeof(path)))
 		return;
 	if (kind == VP_OP_RENAME) {
 		char dpath[PATH_MAX];
@@ -315,7 +409,9 @@ void vp_note_op_locked(struct vp_ns *ns, enum vp_op_kind kind,
 	} else if (kind == VP_OP_SYMLINK) {
 		snprintf(path2, sizeof(path2), "%s", n->symlink);
 	}
-	vp_repl_note_op_locked(ns->repl, kind, path, path2, n->mode);
+	VP_FOREACH_OBSERVER(o, ns)
+		if (o->ops->on_op)
+			o->ops->on_op(o->arg, kind, path, path2, n->mode);
 }
 
 static int64_t ts_ns(struct timespec t)
@@ -325,14 +421,18 @@ static int64_t ts_ns(struct timespec t)
 
 void vp_note_version_locked(struct vp_ns *ns, struct vp_node *n)
 {
+	const struct vp_observer_slot *o;
 	char path[PATH_MAX];
 
 	VP_ASSERT_LOCKED(&ns->lock);
-	if (!ns->repl || ns->replica || !n->cur ||
+	if (ns->replica || !n->cur ||
+	    !observed_locked(ns, offsetof(struct vp_ns_observer, on_version)) ||
 	    vp_live_path_locked(ns, n, path, sizeof(path)))
 		return;
-	vp_repl_note_version_locked(ns->repl, path, n->cur, n->version, n->mode,
-				    ts_ns(n->mtime));
+	VP_FOREACH_OBSERVER(o, ns)
+		if (o->ops->on_version)
+			o->ops->on_version(o->arg, path, n->cur, n->version,
+					   n->mode, ts_ns(n->mtime));
 }
 
 static void snapshot_locked(struct vp_ns *ns, struct vp_node *dir,
