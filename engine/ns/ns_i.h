@@ -12,6 +12,8 @@
  *   dir.c     directories: mkdir, symlink, unlink, rename, setattr, readdir
  *   event.c   what the namespace tells others: version events for watchers
  *             (with their own lock), the observers, the installer
+ *   flushlog.c the flush log as the namespace appends to it; flush.c's
+ *             threads replay it (they call into the files here, not back)
  *   status.c  xattrs, status JSON, metrics, and the operations viperctl
  *             asks for (flush, wait-idle, warm)
  *   ns.c      lifecycle: vp_ns_new and vp_ns_free
@@ -343,6 +345,19 @@ void vp_observers_status_json(struct vp_ns *ns, FILE *out);
 
 /* load.c: the size of the tier's copy of (ino, version), or UINT64_MAX. */
 uint64_t vp_tier_size(struct vp_ns *ns, uint64_t ino, uint64_t version);
+
+/* flushlog.c (the log's entries and struct vp_flush: flush.h) */
+/* Appends an entry; takes the refs it needs. */
+struct flush_op *vp_flush_log_locked(struct vp_ns *ns, enum flush_op_type type,
+				     struct vp_node *node,
+				     struct vp_node *parent, const char *name,
+				     struct vp_node *victim);
+/* A version was committed: queue or coalesce its DATA entry. */
+void vp_flush_commit_locked(struct vp_ns *ns, struct vp_node *n, int force);
+/* n is unlinked: drop the bytes of a DATA entry that has not started. */
+void vp_flush_cancel_locked(struct vp_ns *ns, struct vp_node *n);
+/* What the log holds, for status and metrics. */
+void vp_flush_queue_locked(struct vp_ns *ns, struct vp_flush_queue *q);
 
 /* pfs.c */
 int vp_pfs_open_root(const char *dir, char *err, size_t errlen);
