@@ -10,8 +10,9 @@
  *   file.c    files, handles and commit: open, write, flush, release,
  *             versions and the publish=schedule decision
  *   dir.c     directories: mkdir, symlink, unlink, rename, setattr, readdir
- *   event.c   what the namespace tells others: version events for watchers
- *             (with their own lock), the observers, the installer
+ *   event.c   version events for watchers (with their own lock), the
+ *             consumer's installer
+ *   observe.c what the namespace tells other subsystems: the observers
  *   flushlog.c the flush log as the namespace appends to it; flush.c's
  *             threads replay it (they call into the files here, not back)
  *   status.c  xattrs, status JSON, metrics, and the operations viperctl
@@ -210,6 +211,12 @@ static inline struct timespec vp_wall_now(void)
 	return ts;
 }
 
+/* A timestamp in nanoseconds. */
+static inline int64_t vp_ts_ns(struct timespec t)
+{
+	return (int64_t)t.tv_sec * 1000000000LL + t.tv_nsec;
+}
+
 static inline double vp_wall_seconds(void)
 {
 	struct timespec now = vp_wall_now();
@@ -329,6 +336,8 @@ void vp_event_renamed_locked(struct vp_ns *ns, const struct vp_caller *who,
 			     struct vp_node *n);
 void vp_events_init(struct vp_events *ev);
 void vp_events_release(struct vp_events *ev);
+
+/* observe.c */
 /* Tells the observers (ns.h) about a namespace change / a published version. */
 void vp_note_op_locked(struct vp_ns *ns, enum vp_op_kind kind,
 		       struct vp_node *n, struct vp_node *newdir,
