@@ -186,7 +186,6 @@ static void notify_ready(void)
 	close(fd);
 }
 
-
 static int default_control_path(char *buf, size_t len)
 {
 	const char *dir = "/run/viperfs";

@@ -151,7 +151,8 @@ struct vp_ns {
 	struct vp_sched *sched;		/* publish=schedule, else NULL */
 	struct vp_gpu *gpu;		/* opaque, for vp_ns_gpu(); else NULL */
 	char gpu_off_reason[256];	/* gpu_cache set but the tier is off: why */
-	const struct vp_ns_tier *tier;	/* below the cache, else NULL */
+	/* below the cache, else NULL; set before the mount serves, read unlocked */
+	const struct vp_ns_tier *tier;
 	void *tier_arg;
 	int replica;			/* a consumer: read-only, never flushes */
 	int replica_loaded;		/* its PFS tree is loaded: no lazy loads */
