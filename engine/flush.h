@@ -1,7 +1,10 @@
 /*
  * flush: the background writer that replays the namespace's flush log on
  * the PFS.  struct vp_flush is a member object of struct vp_ns
- * (ns->flush), as squashfuse's struct sqfs holds its caches.
+ * (ns->flush), as squashfuse's struct sqfs holds its caches.  The
+ * namespace appends to the log (ns/flushlog.c, declared in ns/ns_i.h)
+ * and only starts and stops the threads here; they call into the
+ * namespace's internals (nodes, PFS places, the LRU), never the reverse.
  *
  * DESIGN: every namespace change (mkdir, symlink, rename, unlink, attribute
  * change) and every committed file version is appended to one log, in
@@ -103,7 +106,7 @@ struct vp_flush {
 	unsigned int nworkers;
 };
 
-/* What the log holds, for status and metrics.  ns->lock held. */
+/* What the log holds, for status and metrics (ns/flushlog.c). */
 struct vp_flush_queue {
 	uint64_t ops, data_bytes;
 	double oldest;			/* queued_at of the oldest DATA entry, 0: none */
@@ -117,16 +120,6 @@ void vp_flush_release(struct vp_flush *f);
 int vp_flush_start(struct vp_ns *ns);
 /* Stops them and drops what the log still holds.  No locks held. */
 void vp_flush_stop(struct vp_ns *ns);
-/* Appends an entry; takes the refs it needs.  Called with ns->lock held. */
-struct flush_op *vp_flush_log_locked(struct vp_ns *ns, enum flush_op_type type,
-				     struct vp_node *node,
-				     struct vp_node *parent, const char *name,
-				     struct vp_node *victim);
-/* A version was committed: queue or coalesce its DATA entry. */
-void vp_flush_commit_locked(struct vp_ns *ns, struct vp_node *n, int force);
-/* n is unlinked: drop the bytes of a DATA entry that has not started. */
-void vp_flush_cancel_locked(struct vp_ns *ns, struct vp_node *n);
-void vp_flush_queue_locked(struct vp_ns *ns, struct vp_flush_queue *q);
 /* The pool's pressure callback (arg: the ns): wakes the evictor. */
 void vp_flush_pressure(void *arg);
 

@@ -146,4 +146,15 @@ int vp_gpu_device(struct vp_gpu *g);
 /* Writes the tier's JSON object (for status). */
 void vp_gpu_status_json(struct vp_gpu *g, FILE *out);
 
+/*
+ * gpu_observer.c: the namespace's observer that mirrors and forgets, and
+ * the tier below its cache (ns.h; arg: g); the tier's own gauges in the
+ * Prometheus text format (NULL g: nothing).
+ */
+struct vp_ns_observer;
+struct vp_ns_tier;
+extern const struct vp_ns_observer vp_gpu_ns_observer;
+extern const struct vp_ns_tier vp_gpu_ns_tier;
+void vp_gpu_metrics(struct vp_gpu *g, FILE *out);
+
 #endif

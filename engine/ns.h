@@ -17,6 +17,12 @@
  * or -errno.  Lookups that the kernel keeps (lookup, create, mkdir,
  * symlink) take one node reference that vp_ns_forget() drops.
  *
+ * DEPENDENCIES: ns calls no other subsystem above it.  What it tells
+ * others (versions, namespace changes, previews) goes to the observers
+ * registered with vp_ns_observe(); the one tier below the RAM cache that
+ * it reads bytes back from (the GPU tier) is a struct vp_ns_tier that the
+ * daemon sets.  fs/main.c wires repl and gpu in.
+ *
  * THREADING: every function is thread-safe.  Functions that read or write
  * file bytes, or touch the PFS, may block.
  */
@@ -32,6 +38,7 @@
 
 #include "config.h"
 #include "data.h"
+#include "proto.h"
 
 #define VP_ROOT_INO 1
 
@@ -53,6 +60,19 @@ struct vp_dirent {
 	uint64_t ino;
 	mode_t type;		/* S_IFDIR, S_IFREG or S_IFLNK */
 	char *name;
+};
+
+/*
+ * Who makes a request: the thread (fs/ passes fuse_req_ctx()->pid) and
+ * the owner that new nodes get.  A NULL caller is the daemon itself (root,
+ * thread unknown).  On a consumer only the installer thread may change the
+ * tree (vp_ns_set_installer); a writable handle remembers the process of
+ * its opener, so that a close by another process does not commit.
+ */
+struct vp_caller {
+	pid_t tid;
+	uid_t uid;
+	gid_t gid;
 };
 
 struct vp_flush_progress {
@@ -86,32 +106,44 @@ int vp_ns_lookup(struct vp_ns *ns, uint64_t parent, const char *name,
 		 struct stat *st);
 void vp_ns_forget(struct vp_ns *ns, uint64_t ino, uint64_t nlookup);
 int vp_ns_getattr(struct vp_ns *ns, uint64_t ino, struct stat *st);
-/* h may be NULL; a size change goes to h's working copy when it has one. */
-int vp_ns_setattr(struct vp_ns *ns, uint64_t ino, const struct vp_setattr *sa,
-		  struct vp_handle *h, struct stat *st);
-int vp_ns_mkdir(struct vp_ns *ns, uint64_t parent, const char *name,
-		mode_t mode, uid_t uid, gid_t gid, struct stat *st);
-int vp_ns_symlink(struct vp_ns *ns, uint64_t parent, const char *name,
-		  const char *target, uid_t uid, gid_t gid, struct stat *st);
+/*
+ * The calls that change the tree take the caller (struct vp_caller, NULL:
+ * the daemon).  h may be NULL; a size change goes to h's working copy
+ * when it has one.
+ */
+int vp_ns_setattr(struct vp_ns *ns, const struct vp_caller *who, uint64_t ino,
+		  const struct vp_setattr *sa, struct vp_handle *h,
+		  struct stat *st);
+/* New nodes belong to who's uid and gid. */
+int vp_ns_mkdir(struct vp_ns *ns, const struct vp_caller *who, uint64_t parent,
+		const char *name, mode_t mode, struct stat *st);
+int vp_ns_symlink(struct vp_ns *ns, const struct vp_caller *who,
+		  uint64_t parent, const char *name, const char *target,
+		  struct stat *st);
 /* Copies the target, NUL-terminated, into buf of size len. */
 int vp_ns_readlink(struct vp_ns *ns, uint64_t ino, char *buf, size_t len);
-int vp_ns_unlink(struct vp_ns *ns, uint64_t parent, const char *name);
-int vp_ns_rmdir(struct vp_ns *ns, uint64_t parent, const char *name);
+int vp_ns_unlink(struct vp_ns *ns, const struct vp_caller *who,
+		 uint64_t parent, const char *name);
+int vp_ns_rmdir(struct vp_ns *ns, const struct vp_caller *who,
+		uint64_t parent, const char *name);
 /* flags: 0, RENAME_NOREPLACE or RENAME_EXCHANGE (the latter: -EINVAL). */
-int vp_ns_rename(struct vp_ns *ns, uint64_t parent, const char *name,
-		 uint64_t newparent, const char *newname, unsigned int flags);
+int vp_ns_rename(struct vp_ns *ns, const struct vp_caller *who,
+		 uint64_t parent, const char *name, uint64_t newparent,
+		 const char *newname, unsigned int flags);
 int vp_ns_statfs(struct vp_ns *ns, struct statvfs *sv);
 
 /*
  * Files.  vp_ns_create() and vp_ns_open() return a new handle in *hp that
  * vp_ns_release() frees.  *keep_cache says whether the kernel's cached
- * pages of this inode are still the bytes this handle reads.
+ * pages of this inode are still the bytes this handle reads.  who (NULL:
+ * the daemon) owns a created file; a writable handle remembers who's
+ * process.
  */
-int vp_ns_create(struct vp_ns *ns, uint64_t parent, const char *name,
-		 mode_t mode, int flags, uid_t uid, gid_t gid,
+int vp_ns_create(struct vp_ns *ns, const struct vp_caller *who,
+		 uint64_t parent, const char *name, mode_t mode, int flags,
 		 struct stat *st, struct vp_handle **hp);
-int vp_ns_open(struct vp_ns *ns, uint64_t ino, int flags,
-	       struct vp_handle **hp, int *keep_cache);
+int vp_ns_open(struct vp_ns *ns, const struct vp_caller *who, uint64_t ino,
+	       int flags, struct vp_handle **hp, int *keep_cache);
 /* Releases a handle; the last writable one commits a version. */
 int vp_ns_release(struct vp_ns *ns, struct vp_handle *h);
 int vp_handle_writable(const struct vp_handle *h);
@@ -121,10 +153,12 @@ ssize_t vp_ns_write(struct vp_ns *ns, struct vp_handle *h, const void *buf,
 ssize_t vp_ns_read(struct vp_ns *ns, struct vp_handle *h, uint64_t off,
 		   size_t len, struct vp_read *rd);
 /*
- * close() of a file descriptor (FUSE FLUSH): if h is the last writable
- * handle, what was written becomes a version now.
+ * close() of a file descriptor (FUSE FLUSH) by who: if h is the last
+ * writable handle and who is of the process that opened it, what was
+ * written becomes a version now.
  */
-int vp_ns_flush(struct vp_ns *ns, struct vp_handle *h);
+int vp_ns_flush(struct vp_ns *ns, const struct vp_caller *who,
+		struct vp_handle *h);
 /* fsync of a file; what it waits for is cfg->fsync_mode. */
 int vp_ns_fsync(struct vp_ns *ns, struct vp_handle *h);
 
@@ -191,8 +225,11 @@ int vp_ns_warm(struct vp_ns *ns, const char *path, vp_ns_warm_cb cb, void *arg,
 	       struct vp_warm_progress *p);
 
 /*
- * The GPU tier (borrowed; NULL: none).  With gpu_cache set and no tier,
- * off_reason says why, for status.  Set before the mount serves requests.
+ * The GPU tier, as a pointer the namespace keeps for those that look it up
+ * through it (repl, ctl) and never dereferences (borrowed; NULL: none).
+ * With gpu_cache set and no tier, off_reason says why, for status.  Set
+ * before the mount serves requests.  The namespace's own use of the tier
+ * goes through vp_ns_set_tier() and vp_ns_observe().
  */
 struct vp_gpu;
 void vp_ns_set_gpu(struct vp_ns *ns, struct vp_gpu *gpu, const char *off_reason);
@@ -200,7 +237,11 @@ struct vp_gpu *vp_ns_gpu(struct vp_ns *ns);
 /* The inode number of the file at path; -ENOENT, -EISDIR. */
 int vp_ns_path_ino(struct vp_ns *ns, const char *path, uint64_t *ino);
 
-/* Appends the namespace's gauges in the Prometheus text format. */
+/*
+ * Appends the namespace's gauges in the Prometheus text format: those of
+ * the RAM cache and of the tier below it (vp_ns_set_tier), the flush
+ * queue and the open files.  Other subsystems' metrics are theirs.
+ */
 void vp_ns_metrics(struct vp_ns *ns, FILE *out);
 
 /* Sets the control socket path that getxattr reports. */
@@ -226,21 +267,94 @@ int vp_ns_next_event(struct vp_ns *ns, uint64_t *seq, const char *prefix,
 /* The sequence number of the newest event (start watching from here). */
 uint64_t vp_ns_event_seq(struct vp_ns *ns);
 
+/* ---- observers: what the namespace tells other subsystems ---- */
+
+/*
+ * The callbacks of one observer; any may be NULL.  Those called with
+ * ns->lock held must only copy, take references and queue: never block,
+ * never call back into the namespace.  Paths are in the mount, without a
+ * leading '/'; data is borrowed (take a reference to keep it).
+ */
+struct vp_ns_observer {
+	/*
+	 * A linked file got a new version: committed here, or installed on
+	 * a consumer.  ns->lock held.
+	 */
+	void (*on_commit)(void *arg, uint64_t ino, uint64_t version,
+			  struct vp_data *d);
+	/* A file left the tree (unlinked, or replaced by a rename).  ns->lock held. */
+	void (*on_unlink)(void *arg, uint64_t ino);
+	/*
+	 * Producer: a namespace change, in the order of the flush log.
+	 * path2 is a rename's new path or a symlink's target, else "".
+	 * ns->lock held.
+	 */
+	void (*on_op)(void *arg, enum vp_op_kind kind, const char *path,
+		      const char *path2, uint32_t mode);
+	/* Producer: a version published (queued for the PFS).  ns->lock held. */
+	void (*on_version)(void *arg, const char *path, struct vp_data *d,
+			   uint64_t version, uint32_t mode, int64_t mtime_ns);
+	/*
+	 * Producer with repl_stream: a copy-on-write snapshot of the finished
+	 * chunks of version `version`, still being written.  No lock held.
+	 */
+	void (*on_preview)(void *arg, const char *path, struct vp_data *d,
+			   uint64_t version, uint32_t mode);
+	/*
+	 * Writes the observer's part of the status, the value of its "repl"
+	 * key (the one observer that has one: replication).  Called with no
+	 * lock held.  Until the status composition leaves the namespace.
+	 */
+	void (*status_json)(void *arg, FILE *out);
+};
+
+#define VP_NS_MAX_OBSERVERS 4
+
+/*
+ * Registers ops (borrowed, with arg) as an observer.  Call before the
+ * mount serves requests, and vp_ns_unobserve() after it stopped: the list
+ * is written under ns->lock, and on_preview, called with no lock, uses a
+ * copy taken under it, so an observer must outlive the requests in
+ * flight.  Returns 0, or -ENOSPC past VP_NS_MAX_OBSERVERS.
+ */
+int vp_ns_observe(struct vp_ns *ns, const struct vp_ns_observer *ops, void *arg);
+/* Unregisters ops with arg; no-op if it is not registered. */
+void vp_ns_unobserve(struct vp_ns *ns, const struct vp_ns_observer *ops,
+		     void *arg);
+
+/*
+ * The tier below the RAM cache (the GPU tier), which the namespace reads a
+ * file's bytes back from when the cache dropped them.
+ */
+struct vp_ns_tier {
+	const char *name;	/* its label in the metrics: "gpu" */
+	/* The size of its copy of (ino, version), or UINT64_MAX.  ns->lock may be held. */
+	uint64_t (*size)(void *arg, uint64_t ino, uint64_t version);
+	/* Copies len bytes at off of that copy into buf.  No lock held; may block. */
+	ssize_t (*read)(void *arg, uint64_t ino, uint64_t version, void *buf,
+			size_t len, uint64_t off);
+	/* Its bytes in use and its budget.  No lock held. */
+	void (*usage)(void *arg, uint64_t *used, uint64_t *budget);
+	/* Its status, a JSON object.  ns->lock held. */
+	void (*status_json)(void *arg, FILE *out);
+};
+
+/*
+ * Sets the tier below the cache (ops borrowed, with arg; NULL: none).
+ * Set before the mount serves requests and cleared after it stopped.
+ */
+void vp_ns_set_tier(struct vp_ns *ns, const struct vp_ns_tier *ops, void *arg);
+
 /* ---- replication (repl.h) ---- */
 
-struct vp_repl;
 struct vp_pool;
 
-/* Attaches the replication engine; the namespace reports changes to it. */
-void vp_ns_set_repl(struct vp_ns *ns, struct vp_repl *repl);
 struct vp_pool *vp_ns_pool(struct vp_ns *ns);
 
 /*
- * The thread id of the process making the current request (fs/ sets it
- * per request; thread-local).  On a consumer, only the installer thread
- * may change the namespace; everyone else gets EROFS.
+ * Consumer: the installer thread (gettid()), the only caller that may
+ * change the tree; everyone else gets EROFS.
  */
-void vp_ns_set_caller(pid_t tid);
 void vp_ns_set_installer(struct vp_ns *ns, pid_t tid);
 /* Consumer: the installer's syscalls returned; raises the events they held back. */
 void vp_ns_installed(struct vp_ns *ns);

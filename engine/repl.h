@@ -79,4 +79,7 @@ void vp_repl_status_json(struct vp_repl *r, FILE *out);
 /* Appends per-peer gauges in the Prometheus text format; NULL r: nothing. */
 void vp_repl_metrics(struct vp_repl *r, FILE *out);
 
+/* The namespace's observer that feeds the notes above (repl/ns_observer.c; arg: r). */
+extern const struct vp_ns_observer vp_repl_ns_observer;
+
 #endif

@@ -32,6 +32,14 @@ static struct vp_ns *ns_of(fuse_req_t req)
 	return fuse_req_userdata(req);
 }
 
+/* Who makes the request: the thread (for the replica's installer check) and the owner. */
+static struct vp_caller caller_of(fuse_req_t req)
+{
+	const struct fuse_ctx *ctx = fuse_req_ctx(req);
+
+	return (struct vp_caller){ .tid = ctx->pid, .uid = ctx->uid, .gid = ctx->gid };
+}
+
 static struct vp_handle *handle_of(struct fuse_file_info *fi)
 {
 	return fi ? (struct vp_handle *)(uintptr_t)fi->fh : NULL;
@@ -115,7 +123,6 @@ static void vpfs_getattr(fuse_req_t req, fuse_ino_t ino,
 static void vpfs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
 			 int to_set, struct fuse_file_info *fi)
 {
-	vp_ns_set_caller(fuse_req_ctx(req)->pid);
 	struct vp_setattr sa = {
 		.set_mode = !!(to_set & FUSE_SET_ATTR_MODE),
 		.set_uid = !!(to_set & FUSE_SET_ATTR_UID),
@@ -132,6 +139,7 @@ static void vpfs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
 		.atime = attr->st_atim,
 		.mtime = attr->st_mtim,
 	};
+	const struct vp_caller who = caller_of(req);
 	struct stat st;
 	int rc;
 
@@ -139,7 +147,7 @@ static void vpfs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
 		reply_err(req, -EINVAL);
 		return;
 	}
-	rc = vp_ns_setattr(ns_of(req), ino, &sa, handle_of(fi), &st);
+	rc = vp_ns_setattr(ns_of(req), &who, ino, &sa, handle_of(fi), &st);
 	if (rc)
 		reply_err(req, rc);
 	else
@@ -160,11 +168,10 @@ static void vpfs_readlink(fuse_req_t req, fuse_ino_t ino)
 static void vpfs_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name,
 		       mode_t mode)
 {
-	vp_ns_set_caller(fuse_req_ctx(req)->pid);
-	const struct fuse_ctx *ctx = fuse_req_ctx(req);
+	const struct vp_caller who = caller_of(req);
 	struct stat st;
-	int rc = vp_ns_mkdir(ns_of(req), parent, name, mode & ~ctx->umask,
-			     ctx->uid, ctx->gid, &st);
+	int rc = vp_ns_mkdir(ns_of(req), &who, parent, name,
+			     mode & ~fuse_req_ctx(req)->umask, &st);
 
 	reply_entry(req, rc, &st);
 }
@@ -183,33 +190,34 @@ static void vpfs_mknod(fuse_req_t req, fuse_ino_t parent, const char *name,
 static void vpfs_symlink(fuse_req_t req, const char *link, fuse_ino_t parent,
 			 const char *name)
 {
-	vp_ns_set_caller(fuse_req_ctx(req)->pid);
-	const struct fuse_ctx *ctx = fuse_req_ctx(req);
+	const struct vp_caller who = caller_of(req);
 	struct stat st;
-	int rc = vp_ns_symlink(ns_of(req), parent, name, link, ctx->uid,
-			       ctx->gid, &st);
+	int rc = vp_ns_symlink(ns_of(req), &who, parent, name, link, &st);
 
 	reply_entry(req, rc, &st);
 }
 
 static void vpfs_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
-	vp_ns_set_caller(fuse_req_ctx(req)->pid);
-	reply_err(req, vp_ns_unlink(ns_of(req), parent, name));
+	const struct vp_caller who = caller_of(req);
+
+	reply_err(req, vp_ns_unlink(ns_of(req), &who, parent, name));
 }
 
 static void vpfs_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
-	vp_ns_set_caller(fuse_req_ctx(req)->pid);
-	reply_err(req, vp_ns_rmdir(ns_of(req), parent, name));
+	const struct vp_caller who = caller_of(req);
+
+	reply_err(req, vp_ns_rmdir(ns_of(req), &who, parent, name));
 }
 
 static void vpfs_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
 			fuse_ino_t newparent, const char *newname,
 			unsigned int flags)
 {
-	vp_ns_set_caller(fuse_req_ctx(req)->pid);
-	reply_err(req, vp_ns_rename(ns_of(req), parent, name, newparent,
+	const struct vp_caller who = caller_of(req);
+
+	reply_err(req, vp_ns_rename(ns_of(req), &who, parent, name, newparent,
 				    newname, flags));
 }
 
@@ -238,15 +246,14 @@ static void set_open_flags(struct fuse_file_info *fi, struct vp_handle *h,
 static void vpfs_create(fuse_req_t req, fuse_ino_t parent, const char *name,
 			mode_t mode, struct fuse_file_info *fi)
 {
-	vp_ns_set_caller(fuse_req_ctx(req)->pid);
-	const struct fuse_ctx *ctx = fuse_req_ctx(req);
+	const struct vp_caller who = caller_of(req);
 	struct vp_handle *h;
 	struct fuse_entry_param e;
 	int rc;
 
 	memset(&e, 0, sizeof(e));
-	rc = vp_ns_create(ns_of(req), parent, name, mode & ~ctx->umask,
-			  fi->flags, ctx->uid, ctx->gid, &e.attr, &h);
+	rc = vp_ns_create(ns_of(req), &who, parent, name,
+			  mode & ~fuse_req_ctx(req)->umask, fi->flags, &e.attr, &h);
 	if (rc) {
 		reply_err(req, rc);
 		return;
@@ -264,10 +271,10 @@ static void vpfs_create(fuse_req_t req, fuse_ino_t parent, const char *name,
 
 static void vpfs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-	vp_ns_set_caller(fuse_req_ctx(req)->pid);
+	const struct vp_caller who = caller_of(req);
 	struct vp_handle *h;
 	int keep_cache = 0;
-	int rc = vp_ns_open(ns_of(req), ino, fi->flags, &h, &keep_cache);
+	int rc = vp_ns_open(ns_of(req), &who, ino, fi->flags, &h, &keep_cache);
 
 	if (rc) {
 		reply_err(req, rc);
@@ -314,9 +321,10 @@ static void vpfs_write(fuse_req_t req, fuse_ino_t ino, const char *buf,
 
 static void vpfs_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
+	const struct vp_caller who = caller_of(req);
+
 	(void)ino;
-	vp_ns_set_caller(fuse_req_ctx(req)->pid);
-	reply_err(req, vp_ns_flush(ns_of(req), handle_of(fi)));
+	reply_err(req, vp_ns_flush(ns_of(req), &who, handle_of(fi)));
 }
 
 static void vpfs_release(fuse_req_t req, fuse_ino_t ino,

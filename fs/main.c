@@ -20,6 +20,7 @@
 #include <fcntl.h>
 #include <fuse_lowlevel.h>
 #include <limits.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -185,11 +186,6 @@ static void notify_ready(void)
 	close(fd);
 }
 
-static void collect_metrics(void *arg, FILE *out)
-{
-	vp_ns_metrics(arg, out);
-}
-
 static int default_control_path(char *buf, size_t len)
 {
 	const char *dir = "/run/viperfs";
@@ -222,7 +218,8 @@ struct daemon {
 	struct vp_metrics_server *metrics;
 	struct fuse_args args;
 	struct fuse_session *se;
-	struct vp_repl *repl;
+	struct vp_repl *repl;		/* protected by repl_lock, for the metrics thread */
+	pthread_mutex_t repl_lock;
 	struct vp_hook *hook;
 	struct vp_ctl *ctl;
 	char err[PATH_MAX + 512];	/* why a start step failed */
@@ -392,7 +389,27 @@ static void stop_ns(struct daemon *d)
 	d->ns = NULL;
 }
 
-/* The GPU tier: without a usable device the mount works from RAM, and says why. */
+/*
+ * The gauges of the metrics endpoint (metrics.h's collect), subsystem by
+ * subsystem.  Runs on the server's thread: replication comes and goes
+ * under d->repl_lock.
+ */
+static void collect_metrics(void *arg, FILE *out)
+{
+	struct daemon *d = arg;
+
+	vp_ns_metrics(d->ns, out);
+	vp_gpu_metrics(d->gpu, out);
+	pthread_mutex_lock(&d->repl_lock);
+	vp_repl_metrics(d->repl, out);
+	pthread_mutex_unlock(&d->repl_lock);
+}
+
+/*
+ * The GPU tier: without a usable device the mount works from RAM, and says
+ * why.  The namespace mirrors into it (an observer) and reads back from it
+ * (the tier below its cache).
+ */
 static int start_gpu(struct daemon *d)
 {
 	const char *no_ops = NULL;
@@ -409,11 +426,24 @@ static int start_gpu(struct daemon *d)
 	if (!d->gpu)
 		vp_log(LOG_NOTICE, "gpu", "GPU tier off: %s; the mount works from RAM", why);
 	vp_ns_set_gpu(d->ns, d->gpu, d->gpu ? NULL : why);
+	if (!d->gpu)
+		return 0;
+	vp_gpu_attach_pool(d->gpu, vp_ns_pool(d->ns));
+	if (vp_ns_observe(d->ns, &vp_gpu_ns_observer, d->gpu)) {
+		snprintf(d->err, sizeof(d->err), "too many namespace observers");
+		vp_ns_set_gpu(d->ns, NULL, NULL);
+		vp_gpu_free(d->gpu);
+		d->gpu = NULL;
+		return -1;
+	}
+	vp_ns_set_tier(d->ns, &vp_gpu_ns_tier, d->gpu);
 	return 0;
 }
 
 static void stop_gpu(struct daemon *d)
 {
+	vp_ns_unobserve(d->ns, &vp_gpu_ns_observer, d->gpu);
+	vp_ns_set_tier(d->ns, NULL, NULL);
 	vp_ns_set_gpu(d->ns, NULL, NULL);
 	vp_gpu_free(d->gpu);
 	d->gpu = NULL;
@@ -424,7 +454,7 @@ static int start_metrics(struct daemon *d)
 {
 	if (!d->cfg.metrics[0])
 		return 0;
-	d->metrics = vp_metrics_serve(d->cfg.metrics, collect_metrics, d->ns,
+	d->metrics = vp_metrics_serve(d->cfg.metrics, collect_metrics, d,
 				      d->err, sizeof(d->err));
 	return d->metrics ? 0 : -1;
 }
@@ -510,25 +540,41 @@ static void stop_mount(struct daemon *d)
 	fuse_session_unmount(d->se);
 }
 
-/* Replication, after the mount: a consumer installs versions through it. */
+/*
+ * Replication, after the mount (a consumer installs versions through it)
+ * and before the mount serves requests: it observes the namespace.
+ */
 static int start_repl(struct daemon *d)
 {
+	struct vp_repl *r;
+
 	if (!d->cfg.listen[0] && !d->cfg.subscribe[0])
 		return 0;
-	d->repl = vp_repl_new(d->ns, &d->cfg, d->mountpoint, d->err, sizeof(d->err));
-	if (!d->repl)
+	r = vp_repl_new(d->ns, &d->cfg, d->mountpoint, d->err, sizeof(d->err));
+	if (!r)
 		return -1;
-	vp_ns_set_repl(d->ns, d->repl);
+	if (vp_ns_observe(d->ns, &vp_repl_ns_observer, r)) {
+		snprintf(d->err, sizeof(d->err), "too many namespace observers");
+		vp_repl_free(r);
+		return -1;
+	}
+	pthread_mutex_lock(&d->repl_lock);
+	d->repl = r;
+	pthread_mutex_unlock(&d->repl_lock);
 	return 0;
 }
 
 static void stop_repl(struct daemon *d)
 {
-	if (!d->repl)
+	struct vp_repl *r = d->repl;
+
+	if (!r)
 		return;
-	vp_ns_set_repl(d->ns, NULL);
-	vp_repl_free(d->repl);
+	vp_ns_unobserve(d->ns, &vp_repl_ns_observer, r);
+	pthread_mutex_lock(&d->repl_lock);
 	d->repl = NULL;
+	pthread_mutex_unlock(&d->repl_lock);
+	vp_repl_free(r);
 }
 
 static int start_hook(struct daemon *d)
@@ -658,7 +704,8 @@ static int daemon_run(struct daemon *d)
 
 int main(int argc, char **argv)
 {
-	static struct daemon d = { .report_fd = -1, .args = FUSE_ARGS_INIT(0, NULL) };
+	static struct daemon d = { .report_fd = -1, .args = FUSE_ARGS_INIT(0, NULL),
+				   .repl_lock = PTHREAD_MUTEX_INITIALIZER };
 	const char *pos[2];
 	int rc;
 

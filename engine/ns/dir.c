@@ -107,8 +107,9 @@ static void apply_attrs_locked(struct vp_ns *ns, struct vp_node *n,
 	}
 }
 
-int vp_ns_setattr(struct vp_ns *ns, uint64_t ino, const struct vp_setattr *sa,
-		  struct vp_handle *h, struct stat *st)
+int vp_ns_setattr(struct vp_ns *ns, const struct vp_caller *who, uint64_t ino,
+		  const struct vp_setattr *sa, struct vp_handle *h,
+		  struct stat *st)
 {
 	struct vp_node *n;
 	struct vp_data *target = NULL;
@@ -122,7 +123,7 @@ int vp_ns_setattr(struct vp_ns *ns, uint64_t ino, const struct vp_setattr *sa,
 		return -ESTALE;
 	}
 	vp_node_get(n);
-	rc = vp_replica_refuse_locked(ns, "changing", n->name ? n->name : "/");
+	rc = vp_replica_refuse_locked(ns, who, "changing", n->name ? n->name : "/");
 	if (!rc && sa->set_size)
 		rc = size_target_locked(ns, n, h, &target, &commit_new);
 	if (rc)
@@ -152,8 +153,8 @@ out_unlock:
 	return rc;
 }
 
-int vp_ns_prepare_new(struct vp_ns *ns, uint64_t parent, const char *name,
-		      struct vp_node **dirp)
+int vp_ns_prepare_new(struct vp_ns *ns, const struct vp_caller *who,
+		      uint64_t parent, const char *name, struct vp_node **dirp)
 {
 	int rc = vp_ns_get_dir(ns, parent, dirp);
 
@@ -165,7 +166,7 @@ int vp_ns_prepare_new(struct vp_ns *ns, uint64_t parent, const char *name,
 	else
 		rc = vp_check_name_locked(ns, *dirp, name);
 	if (!rc)
-		rc = vp_replica_refuse_locked(ns, "creating", name);
+		rc = vp_replica_refuse_locked(ns, who, "creating", name);
 	if (!rc && vp_node_child_locked(ns, *dirp, name))
 		rc = -EEXIST;
 	if (rc) {
@@ -175,15 +176,16 @@ int vp_ns_prepare_new(struct vp_ns *ns, uint64_t parent, const char *name,
 	return rc;	/* on success, ns->lock is held */
 }
 
-int vp_ns_mkdir(struct vp_ns *ns, uint64_t parent, const char *name,
-		mode_t mode, uid_t uid, gid_t gid, struct stat *st)
+int vp_ns_mkdir(struct vp_ns *ns, const struct vp_caller *who, uint64_t parent,
+		const char *name, mode_t mode, struct stat *st)
 {
 	struct vp_node *dir, *n;
-	int rc = vp_ns_prepare_new(ns, parent, name, &dir);
+	int rc = vp_ns_prepare_new(ns, who, parent, name, &dir);
 
 	if (rc)
 		return rc;
-	n = vp_node_new_locked(ns, VP_NODE_DIR, S_IFDIR | (mode & 07777), uid, gid);
+	n = vp_node_new_locked(ns, VP_NODE_DIR, S_IFDIR | (mode & 07777),
+			       vp_caller_uid(who), vp_caller_gid(who));
 	if (!n) {
 		rc = -ENOMEM;
 		goto out_unlock;
@@ -204,18 +206,20 @@ out_unlock:
 	return rc;
 }
 
-int vp_ns_symlink(struct vp_ns *ns, uint64_t parent, const char *name,
-		  const char *target, uid_t uid, gid_t gid, struct stat *st)
+int vp_ns_symlink(struct vp_ns *ns, const struct vp_caller *who,
+		  uint64_t parent, const char *name, const char *target,
+		  struct stat *st)
 {
 	struct vp_node *dir, *n;
 	int rc;
 
 	if (strlen(target) >= PATH_MAX)
 		return -ENAMETOOLONG;
-	rc = vp_ns_prepare_new(ns, parent, name, &dir);
+	rc = vp_ns_prepare_new(ns, who, parent, name, &dir);
 	if (rc)
 		return rc;
-	n = vp_node_new_locked(ns, VP_NODE_SYMLINK, S_IFLNK | 0777, uid, gid);
+	n = vp_node_new_locked(ns, VP_NODE_SYMLINK, S_IFLNK | 0777,
+			       vp_caller_uid(who), vp_caller_gid(who));
 	if (!n || !(n->symlink = strdup(target))) {
 		if (n)
 			vp_node_put(ns, n);
@@ -237,8 +241,8 @@ out_unlock:
 	return rc;
 }
 
-static int remove_entry(struct vp_ns *ns, uint64_t parent, const char *name,
-			int want_dir)
+static int remove_entry(struct vp_ns *ns, const struct vp_caller *who,
+			uint64_t parent, const char *name, int want_dir)
 {
 	struct vp_node *dir, *n;
 	int rc = vp_ns_get_dir(ns, parent, &dir);
@@ -268,7 +272,8 @@ static int remove_entry(struct vp_ns *ns, uint64_t parent, const char *name,
 		rc = -EISDIR;
 	} else if (want_dir && n->nchildren) {
 		rc = -ENOTEMPTY;
-	} else if (!(rc = vp_replica_refuse_locked(ns, want_dir ? "rmdir" : "unlink", name))) {
+	} else if (!(rc = vp_replica_refuse_locked(ns, who, want_dir ? "rmdir" : "unlink",
+						   name))) {
 		vp_flush_cancel_locked(ns, n);
 		vp_flush_log_locked(ns, OP_UNLINK, n, NULL, NULL, NULL);
 		vp_note_op_locked(ns, want_dir ? VP_OP_RMDIR : VP_OP_UNLINK, n, NULL, NULL);
@@ -282,14 +287,16 @@ out_put_dir:
 	return rc;
 }
 
-int vp_ns_unlink(struct vp_ns *ns, uint64_t parent, const char *name)
+int vp_ns_unlink(struct vp_ns *ns, const struct vp_caller *who,
+		 uint64_t parent, const char *name)
 {
-	return remove_entry(ns, parent, name, 0);
+	return remove_entry(ns, who, parent, name, 0);
 }
 
-int vp_ns_rmdir(struct vp_ns *ns, uint64_t parent, const char *name)
+int vp_ns_rmdir(struct vp_ns *ns, const struct vp_caller *who,
+		uint64_t parent, const char *name)
 {
-	return remove_entry(ns, parent, name, 1);
+	return remove_entry(ns, who, parent, name, 1);
 }
 
 /* Whether victim (or NULL) may be replaced by n, by type: 0 or -errno. */
@@ -337,16 +344,14 @@ static int rename_check_locked(struct vp_ns *ns, struct vp_node *dir,
 			if (up == n)
 				return -EINVAL;
 	rc = check_victim(n, victim);
-	if (!rc)
-		rc = vp_replica_refuse_locked(ns, "rename", name);
 	*np = n;
 	return rc;
 }
 
-/* Moves n to newdir/newname (the name's copy: the link takes it). */
-static void rename_apply_locked(struct vp_ns *ns, struct vp_node *n,
-				struct vp_node *newdir, char *newname,
-				struct vp_node *victim)
+/* Moves n to newdir/newname (the name's copy: the link takes it) for who. */
+static void rename_apply_locked(struct vp_ns *ns, const struct vp_caller *who,
+				struct vp_node *n, struct vp_node *newdir,
+				char *newname, struct vp_node *victim)
 {
 	VP_ASSERT_LOCKED(&ns->lock);
 	vp_flush_log_locked(ns, OP_RENAME, n, newdir, newname, victim);
@@ -361,7 +366,7 @@ static void rename_apply_locked(struct vp_ns *ns, struct vp_node *n,
 		n->version = victim->version + 1;
 	vp_node_detach_locked(ns, n);
 	vp_node_link_name_locked(ns, newdir, n, newname);
-	vp_event_renamed_locked(ns, n);
+	vp_event_renamed_locked(ns, who, n);
 }
 
 /*
@@ -384,8 +389,9 @@ static int get_victim(struct vp_ns *ns, struct vp_node *newdir,
 	return 0;
 }
 
-int vp_ns_rename(struct vp_ns *ns, uint64_t parent, const char *name,
-		 uint64_t newparent, const char *newname, unsigned int flags)
+int vp_ns_rename(struct vp_ns *ns, const struct vp_caller *who,
+		 uint64_t parent, const char *name, uint64_t newparent,
+		 const char *newname, unsigned int flags)
 {
 	struct vp_node *dir, *newdir = NULL, *n = NULL, *victim = NULL;
 	char *copy = NULL;
@@ -411,8 +417,10 @@ int vp_ns_rename(struct vp_ns *ns, uint64_t parent, const char *name,
 	pthread_mutex_lock(&ns->lock);
 	rc = rename_check_locked(ns, dir, name, newdir, newname, victim, flags,
 				 &n);
+	if (rc == 0)
+		rc = vp_replica_refuse_locked(ns, who, "rename", name);
 	if (rc == 0) {
-		rename_apply_locked(ns, n, newdir, copy, victim);
+		rename_apply_locked(ns, who, n, newdir, copy, victim);
 		copy = NULL;	/* the link owns it */
 	}
 	pthread_mutex_unlock(&ns->lock);

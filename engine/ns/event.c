@@ -1,8 +1,8 @@
 /*
- * event: what the namespace tells others -- the ring of version events
- * for watch, wait and on_update; the notes replication ships; and on a
- * consumer the installer: staged versions, the refusal of every other
- * change, and the events held back until the installer's rename returns.
+ * event: what the namespace tells watchers -- the ring of version events
+ * for watch, wait and on_update -- and on a consumer the installer:
+ * staged versions, the refusal of every other change, and the events held
+ * back until the installer's rename returns.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -11,22 +11,8 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "../gpu.h"
 #include "../log.h"
-#include "../repl.h"
 #include "ns_i.h"
-
-static __thread pid_t caller_tid;
-
-void vp_ns_set_caller(pid_t tid)
-{
-	caller_tid = tid;
-}
-
-pid_t vp_ns_caller(void)
-{
-	return caller_tid;
-}
 
 void vp_ns_set_installer(struct vp_ns *ns, pid_t tid)
 {
@@ -35,17 +21,17 @@ void vp_ns_set_installer(struct vp_ns *ns, pid_t tid)
 	pthread_mutex_unlock(&ns->lock);
 }
 
-int vp_is_installer_locked(struct vp_ns *ns)
+int vp_is_installer_locked(struct vp_ns *ns, const struct vp_caller *who)
 {
 	VP_ASSERT_LOCKED(&ns->lock);
-	return ns->installer_tid && caller_tid == ns->installer_tid;
+	return ns->installer_tid && who && who->tid == ns->installer_tid;
 }
 
-int vp_replica_refuse_locked(struct vp_ns *ns, const char *what,
-			     const char *name)
+int vp_replica_refuse_locked(struct vp_ns *ns, const struct vp_caller *who,
+			     const char *what, const char *name)
 {
 	VP_ASSERT_LOCKED(&ns->lock);
-	if (!ns->replica || vp_is_installer_locked(ns))
+	if (!ns->replica || vp_is_installer_locked(ns, who))
 		return 0;
 	vp_log(LOG_NOTICE, "fs", "%s '%s' refused: this mount is a replica of '%s' and is read-only",
 	       what, name, ns->cfg.subscribe);
@@ -85,14 +71,15 @@ void vp_ns_unstage_install(struct vp_ns *ns, const char *path)
 }
 
 /* Or NULL.  Only for the installer thread. */
-struct install *vp_take_install_locked(struct vp_ns *ns, struct vp_node *dir,
-				       const char *name)
+struct install *vp_take_install_locked(struct vp_ns *ns,
+				       const struct vp_caller *who,
+				       struct vp_node *dir, const char *name)
 {
 	char path[PATH_MAX], full[PATH_MAX];
 	struct install *in;
 
 	VP_ASSERT_LOCKED(&ns->lock);
-	if (LIST_EMPTY(&ns->installs) || !vp_is_installer_locked(ns) ||
+	if (LIST_EMPTY(&ns->installs) || !vp_is_installer_locked(ns, who) ||
 	    vp_live_path_locked(ns, dir, path, sizeof(path)))
 		return NULL;
 	if (snprintf(full, sizeof(full), "%s%s%s", path, *path ? "/" : "", name) >= (int)sizeof(full))
@@ -156,7 +143,7 @@ int vp_ns_install_hidden(struct vp_ns *ns, const char *name, struct vp_data *d,
 	n->size = vp_data_size(d);
 	n->version = version;
 	/* the GPU tier mirrors it (taking what was staged while it arrived) */
-	vp_gpu_mirror(ns->gpu, n->ino, version, d);
+	vp_note_commit_locked(ns, n);
 out_unlock:
 	pthread_mutex_unlock(&ns->lock);
 	return rc;
@@ -209,10 +196,11 @@ void vp_event_record_locked(struct vp_ns *ns, struct vp_node *n)
 	record_event_at_locked(ns, n, vp_wall_seconds());
 }
 
-void vp_event_renamed_locked(struct vp_ns *ns, struct vp_node *n)
+void vp_event_renamed_locked(struct vp_ns *ns, const struct vp_caller *who,
+			     struct vp_node *n)
 {
 	VP_ASSERT_LOCKED(&ns->lock);
-	if (ns->replica && vp_is_installer_locked(ns) &&
+	if (ns->replica && vp_is_installer_locked(ns, who) &&
 	    ns->ndeferred < VP_MAX_DEFERRED) {
 		vp_node_get(n);		/* raised once the kernel sees the new name */
 		ns->deferred_at[ns->ndeferred] = vp_wall_seconds();
@@ -296,44 +284,6 @@ out_unlock:
 	return rc;
 }
 
-void vp_note_op_locked(struct vp_ns *ns, enum vp_op_kind kind,
-		       struct vp_node *n, struct vp_node *newdir,
-		       const char *newname)
-{
-	char path[PATH_MAX], path2[PATH_MAX] = "";
-
-	VP_ASSERT_LOCKED(&ns->lock);
-	if (!ns->repl || ns->replica || vp_live_path_locked(ns, n, path, sizeof(path)))
-		return;
-	if (kind == VP_OP_RENAME) {
-		char dpath[PATH_MAX];
-
-		if (vp_live_path_locked(ns, newdir, dpath, sizeof(dpath)) ||
-		    snprintf(path2, sizeof(path2), "%s%s%s", dpath, *dpath ? "/" : "",
-			     newname) >= (int)sizeof(path2))
-			return;
-	} else if (kind == VP_OP_SYMLINK) {
-		snprintf(path2, sizeof(path2), "%s", n->symlink);
-	}
-	vp_repl_note_op_locked(ns->repl, kind, path, path2, n->mode);
-}
-
-static int64_t ts_ns(struct timespec t)
-{
-	return (int64_t)t.tv_sec * 1000000000LL + t.tv_nsec;
-}
-
-void vp_note_version_locked(struct vp_ns *ns, struct vp_node *n)
-{
-	char path[PATH_MAX];
-
-	VP_ASSERT_LOCKED(&ns->lock);
-	if (!ns->repl || ns->replica || !n->cur ||
-	    vp_live_path_locked(ns, n, path, sizeof(path)))
-		return;
-	vp_repl_note_version_locked(ns->repl, path, n->cur, n->version, n->mode,
-				    ts_ns(n->mtime));
-}
 
 static void snapshot_locked(struct vp_ns *ns, struct vp_node *dir,
 			    vp_ns_snapshot_cb cb, void *arg)
@@ -346,12 +296,12 @@ static void snapshot_locked(struct vp_ns *ns, struct vp_node *dir,
 		if (vp_live_path_locked(ns, c, path, sizeof(path)))
 			continue;
 		if (c->type == VP_NODE_DIR) {
-			cb(arg, 0, path, NULL, c->mode, NULL, 0, ts_ns(c->mtime));
+			cb(arg, 0, path, NULL, c->mode, NULL, 0, vp_ts_ns(c->mtime));
 			snapshot_locked(ns, c, cb, arg);
 		} else if (c->type == VP_NODE_SYMLINK) {
-			cb(arg, 2, path, c->symlink, c->mode, NULL, 0, ts_ns(c->mtime));
+			cb(arg, 2, path, c->symlink, c->mode, NULL, 0, vp_ts_ns(c->mtime));
 		} else if (c->version > 0 || c->cur) {
-			cb(arg, 1, path, NULL, c->mode, c->cur, c->version, ts_ns(c->mtime));
+			cb(arg, 1, path, NULL, c->mode, c->cur, c->version, vp_ts_ns(c->mtime));
 		}
 	}
 }

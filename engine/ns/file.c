@@ -11,11 +11,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../gpu.h"
 #include "../log.h"
 #include "../losslog.h"
 #include "../metrics.h"
-#include "../repl.h"
 #include "ns_i.h"
 
 /* The loss log and the schedule file flush as usual under publish=schedule. */
@@ -40,7 +38,7 @@ int vp_commit_locked(struct vp_ns *ns, struct vp_node *n,
 	ns->st_commits++;
 	vp_metrics_add(VP_C_VERSIONS, 1);
 	if (n->parent)
-		vp_gpu_mirror(ns->gpu, n->ino, n->version, bytes);	/* queued: the newest goes to the GPU */
+		vp_note_commit_locked(ns, n);	/* the GPU tier queues a mirror: the newest wins */
 	vp_event_record_locked(ns, n);
 	if (!n->parent || ns->replica)
 		return 0;	/* consumers never flush: the producer does */
@@ -88,11 +86,11 @@ static void write_internal_file(struct vp_ns *ns, const char *name,
 
 	rc = vp_ns_lookup(ns, VP_ROOT_INO, name, &st);
 	if (rc == 0) {
-		rc = vp_ns_open(ns, st.st_ino, O_WRONLY | O_TRUNC, &h, &keep);
+		rc = vp_ns_open(ns, NULL, st.st_ino, O_WRONLY | O_TRUNC, &h, &keep);
 		vp_ns_forget(ns, st.st_ino, 1);
 	} else if (rc == -ENOENT) {
-		rc = vp_ns_create(ns, VP_ROOT_INO, name, 0644, O_WRONLY | O_CREAT,
-				  0, 0, &st, &h);
+		rc = vp_ns_create(ns, NULL, VP_ROOT_INO, name, 0644,
+				  O_WRONLY | O_CREAT, &st, &h);
 		if (rc == 0)
 			vp_ns_forget(ns, st.st_ino, 1);
 	}
@@ -191,15 +189,23 @@ static pid_t tgid_of(pid_t tid)
 	return tgid;
 }
 
-static struct vp_handle *handle_new(struct vp_ns *ns, struct vp_node *n,
-				    struct vp_data *d, int writable)
+/* The process of who (NULL: the daemon, 0). */
+static pid_t caller_tgid(const struct vp_caller *who)
+{
+	return who ? tgid_of(who->tid) : 0;
+}
+
+static struct vp_handle *handle_new(struct vp_ns *ns,
+				    const struct vp_caller *who,
+				    struct vp_node *n, struct vp_data *d,
+				    int writable)
 {
 	struct vp_handle *h = calloc(1, sizeof(*h));
 
 	if (!h)
 		return NULL;
 	if (writable)
-		h->owner = tgid_of(vp_ns_caller());
+		h->owner = caller_tgid(who);
 	__atomic_add_fetch(&ns->open_handles, 1, __ATOMIC_RELAXED);
 	vp_node_get(n);
 	h->node = n;
@@ -256,6 +262,7 @@ static int release_locked(struct vp_ns *ns, struct vp_node *n,
  * Returns a new reference to them, or NULL (nothing staged).
  */
 static struct vp_data *attach_install_locked(struct vp_ns *ns,
+					     const struct vp_caller *who,
 					     struct vp_node *n)
 {
 	struct install *in;
@@ -264,7 +271,7 @@ static struct vp_data *attach_install_locked(struct vp_ns *ns,
 	VP_ASSERT_LOCKED(&ns->lock);
 	if (!n->parent || n->work)
 		return NULL;
-	in = vp_take_install_locked(ns, n->parent, n->name);
+	in = vp_take_install_locked(ns, who, n->parent, n->name);
 	if (!in)
 		return NULL;
 	n->work = vp_data_get(in->data);
@@ -358,8 +365,9 @@ static void open_undo(struct vp_ns *ns, struct vp_node *n, struct vp_data *d,
  * Opens n.  No locks held on entry.  For a writable open the working copy
  * is made (a clone of the latest version, or empty with O_TRUNC).
  */
-static int open_node(struct vp_ns *ns, struct vp_node *n, int flags,
-		     struct vp_handle **hp, int *keep_cache)
+static int open_node(struct vp_ns *ns, const struct vp_caller *who,
+		     struct vp_node *n, int flags, struct vp_handle **hp,
+		     int *keep_cache)
 {
 	int writable = (flags & O_ACCMODE) != O_RDONLY;
 	struct vp_data *d = NULL;
@@ -373,9 +381,9 @@ static int open_node(struct vp_ns *ns, struct vp_node *n, int flags,
 
 	pthread_mutex_lock(&ns->lock);
 	if (writable)
-		rc = vp_replica_refuse_locked(ns, "writing", n->name ? n->name : "?");
+		rc = vp_replica_refuse_locked(ns, who, "writing", n->name ? n->name : "?");
 	if (!rc && writable)
-		d = attach_install_locked(ns, n);
+		d = attach_install_locked(ns, who, n);
 	pthread_mutex_unlock(&ns->lock);
 	if (rc)
 		return rc;
@@ -400,7 +408,7 @@ static int open_node(struct vp_ns *ns, struct vp_node *n, int flags,
 	if (writable && (flags & O_TRUNC))
 		__atomic_store_n(&n->dirty, 1, __ATOMIC_RELEASE);
 make_handle:
-	*hp = handle_new(ns, n, d, writable);
+	*hp = handle_new(ns, who, n, d, writable);
 	if (!*hp) {
 		open_undo(ns, n, d, writable);
 		return -ENOMEM;
@@ -408,34 +416,34 @@ make_handle:
 	return 0;
 }
 
-int vp_ns_open(struct vp_ns *ns, uint64_t ino, int flags,
-	       struct vp_handle **hp, int *keep_cache)
+int vp_ns_open(struct vp_ns *ns, const struct vp_caller *who, uint64_t ino,
+	       int flags, struct vp_handle **hp, int *keep_cache)
 {
 	struct vp_node *n = vp_node_by_ino(ns, ino);
 	int rc;
 
 	if (!n)
 		return -ESTALE;
-	rc = open_node(ns, n, flags, hp, keep_cache);
+	rc = open_node(ns, who, n, flags, hp, keep_cache);
 	vp_node_put_unlocked(ns, n);
 	return rc;
 }
 
-int vp_ns_create(struct vp_ns *ns, uint64_t parent, const char *name,
-		 mode_t mode, int flags, uid_t uid, gid_t gid,
+int vp_ns_create(struct vp_ns *ns, const struct vp_caller *who,
+		 uint64_t parent, const char *name, mode_t mode, int flags,
 		 struct stat *st, struct vp_handle **hp)
 {
 	struct vp_node *dir, *n;
 	struct vp_data *d;
 	int rc, keep_cache;
 
-	rc = vp_ns_prepare_new(ns, parent, name, &dir);
+	rc = vp_ns_prepare_new(ns, who, parent, name, &dir);
 	if (rc == -EEXIST && !(flags & O_EXCL)) {
 		/* lost a race with another creator: open what is there */
 		rc = vp_ns_lookup(ns, parent, name, st);
 		if (rc)
 			return rc;
-		rc = vp_ns_open(ns, st->st_ino, flags, hp, &keep_cache);
+		rc = vp_ns_open(ns, who, st->st_ino, flags, hp, &keep_cache);
 		if (rc)
 			vp_ns_forget(ns, st->st_ino, 1);
 		return rc;
@@ -443,7 +451,8 @@ int vp_ns_create(struct vp_ns *ns, uint64_t parent, const char *name,
 	if (rc)
 		return rc;
 	d = vp_data_new(ns->pool);
-	n = d ? vp_node_new_locked(ns, VP_NODE_FILE, S_IFREG | (mode & 07777), uid, gid) : NULL;
+	n = d ? vp_node_new_locked(ns, VP_NODE_FILE, S_IFREG | (mode & 07777),
+				   vp_caller_uid(who), vp_caller_gid(who)) : NULL;
 	if (!n) {
 		vp_data_put(d);
 		rc = -ENOMEM;
@@ -456,7 +465,7 @@ int vp_ns_create(struct vp_ns *ns, uint64_t parent, const char *name,
 		goto out_unlock;
 	}
 	{
-		struct install *in = vp_take_install_locked(ns, dir, name);
+		struct install *in = vp_take_install_locked(ns, who, dir, name);
 
 		if (in) {
 			/* the replicated bytes are the new file's: no copy */
@@ -471,7 +480,7 @@ int vp_ns_create(struct vp_ns *ns, uint64_t parent, const char *name,
 	n->work_started = vp_now();
 	n->writers = 1;
 	n->dirty = 1;		/* even an empty file is a version */
-	*hp = handle_new(ns, n, d, 1);
+	*hp = handle_new(ns, who, n, d, 1);
 	if (!*hp) {
 		rc = -ENOMEM;	/* the empty file stays, with no writer */
 		n->writers = 0;
@@ -520,13 +529,15 @@ int vp_ns_release(struct vp_ns *ns, struct vp_handle *h)
  */
 static void maybe_preview(struct vp_ns *ns, struct vp_handle *h)
 {
+	struct vp_observer_slot obs[VP_NS_MAX_OBSERVERS];
 	struct vp_node *n = h->node;
 	uint64_t size, done, full, chunk, version;
 	char path[PATH_MAX];
 	struct vp_data *snap;
+	unsigned int nobs;
 	uint32_t mode;
 
-	if (!ns->repl || ns->replica || !ns->cfg.repl_stream)
+	if (ns->replica || !ns->cfg.repl_stream)
 		return;
 	size = vp_data_size(h->data);
 	done = __atomic_load_n(&n->streamed, __ATOMIC_RELAXED);
@@ -539,7 +550,8 @@ static void maybe_preview(struct vp_ns *ns, struct vp_handle *h)
 					 __ATOMIC_RELAXED, __ATOMIC_RELAXED))
 		return;
 	pthread_mutex_lock(&ns->lock);
-	if (!n->parent || vp_live_path_locked(ns, n, path, sizeof(path))) {
+	nobs = vp_preview_observers_locked(ns, obs);
+	if (!nobs || !n->parent || vp_live_path_locked(ns, n, path, sizeof(path))) {
 		pthread_mutex_unlock(&ns->lock);
 		return;
 	}
@@ -547,8 +559,11 @@ static void maybe_preview(struct vp_ns *ns, struct vp_handle *h)
 	mode = n->mode;
 	pthread_mutex_unlock(&ns->lock);
 	snap = vp_data_clone(h->data);
-	if (snap)
-		vp_repl_note_preview(ns->repl, path, snap, version, mode);
+	if (!snap)
+		return;
+	for (unsigned int i = 0; i < nobs; i++)
+		obs[i].ops->on_preview(obs[i].arg, path, snap, version, mode);
+	vp_data_put(snap);
 }
 
 ssize_t vp_ns_write(struct vp_ns *ns, struct vp_handle *h, const void *buf,
@@ -617,7 +632,8 @@ static int commit_snapshot(struct vp_ns *ns, struct vp_handle *h)
 	return 0;
 }
 
-int vp_ns_flush(struct vp_ns *ns, struct vp_handle *h)
+int vp_ns_flush(struct vp_ns *ns, const struct vp_caller *who,
+		struct vp_handle *h)
 {
 	pid_t tgid;
 	int last;
@@ -636,7 +652,7 @@ int vp_ns_flush(struct vp_ns *ns, struct vp_handle *h)
 	 */
 	if (!__atomic_load_n(&h->wrote, __ATOMIC_RELAXED))
 		return 0;
-	tgid = tgid_of(vp_ns_caller());
+	tgid = caller_tgid(who);
 	if (h->owner && tgid && tgid != h->owner)
 		return 0;
 	pthread_mutex_lock(&ns->lock);

@@ -16,7 +16,6 @@
 #include <sys/xattr.h>
 #include <unistd.h>
 
-#include "../gpu.h"
 #include "../log.h"
 #include "ns_i.h"
 
@@ -358,12 +357,17 @@ struct vp_node *vp_resolve_loading(struct vp_ns *ns, const char *path)
 	return n;
 }
 
+uint64_t vp_tier_size(struct vp_ns *ns, uint64_t ino, uint64_t version)
+{
+	return ns->tier ? ns->tier->size(ns->tier_arg, ino, version) : UINT64_MAX;
+}
+
 /*
- * The bytes of version `version` of n from its GPU mirror, as a new data
- * in the cache, or NULL (no mirror, no room in the cache soon enough).
- * No locks held.
+ * The bytes of version `version` of n from the tier below the cache (the
+ * GPU mirror), as a new data in the cache, or NULL (no copy there, no room
+ * in the cache soon enough).  No locks held.
  */
-static struct vp_data *gpu_load(struct vp_ns *ns, struct vp_node *n, uint64_t version)
+static struct vp_data *tier_load(struct vp_ns *ns, struct vp_node *n, uint64_t version)
 {
 	size_t chunk = vp_pool_chunk_size(ns->pool);
 	uint64_t size;
@@ -372,7 +376,7 @@ static struct vp_data *gpu_load(struct vp_ns *ns, struct vp_node *n, uint64_t ve
 	struct vp_data *d = NULL;
 	int err = 0;
 
-	if (!ns->gpu || (size = vp_gpu_mirror_size(ns->gpu, n->ino, version)) == UINT64_MAX)
+	if ((size = vp_tier_size(ns, n->ino, version)) == UINT64_MAX)
 		return NULL;
 	nchunks = (size_t)((size + chunk - 1) / chunk);
 	mem = calloc(nchunks ? nchunks : 1, sizeof(*mem));
@@ -384,7 +388,8 @@ static struct vp_data *gpu_load(struct vp_ns *ns, struct vp_node *n, uint64_t ve
 
 		/* a short wait: the evictor frees clean versions under pressure */
 		mem[i] = vp_pool_get_chunk(ns->pool, ns->cfg.cache_wait < 1 ? ns->cfg.cache_wait : 1, &err);
-		if (!mem[i] || vp_gpu_read(ns->gpu, n->ino, version, mem[i], len, off) != (ssize_t)len)
+		if (!mem[i] ||
+		    ns->tier->read(ns->tier_arg, n->ino, version, mem[i], len, off) != (ssize_t)len)
 			err = err ? err : -EIO;
 	}
 	if (!err)
@@ -483,14 +488,14 @@ static const struct pfs_loader file_loader = {
 };
 
 /*
- * Version `version` of n from its GPU mirror, made n's cached bytes if it
- * is still the latest; a new reference in *out.  Returns 0, or -ENOENT
- * without a mirror.  No locks held.
+ * Version `version` of n from the tier below (its GPU mirror), made n's
+ * cached bytes if it is still the latest; a new reference in *out.
+ * Returns 0, or -ENOENT without a copy there.  No locks held.
  */
-static int gpu_reload(struct vp_ns *ns, struct vp_node *n, uint64_t version,
+static int tier_reload(struct vp_ns *ns, struct vp_node *n, uint64_t version,
 		      struct vp_data **out)
 {
-	struct vp_data *d = gpu_load(ns, n, version);
+	struct vp_data *d = tier_load(ns, n, version);
 
 	if (!d)
 		return -ENOENT;
@@ -519,7 +524,7 @@ int vp_node_data(struct vp_ns *ns, struct vp_node *n, struct vp_data **out)
 	pthread_mutex_unlock(&ns->lock);
 
 	/* evicted from RAM but mirrored in GPU memory: back from there, not the PFS */
-	if (!gpu_reload(ns, n, version, out))
+	if (!tier_reload(ns, n, version, out))
 		return 0;
 	rc = pfs_load(ns, n, &file_loader, &fl);
 	if (rc == -EIO && fl.unwritten)

@@ -9,7 +9,6 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "../gpu.h"
 #include "../log.h"
 #include "ns_i.h"
 
@@ -206,7 +205,7 @@ void vp_node_unlink_locked(struct vp_ns *ns, struct vp_node *n)
 {
 	VP_ASSERT_LOCKED(&ns->lock);
 	if (n->type == VP_NODE_FILE)
-		vp_gpu_forget(ns->gpu, n->ino);	/* its mirror leaves the GPU */
+		vp_note_unlink_locked(ns, n);	/* its mirror leaves the GPU */
 	vp_node_detach_locked(ns, n);
 	vp_node_put(ns, n);
 }

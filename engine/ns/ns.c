@@ -12,7 +12,6 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 
-#include "../gpu.h"
 #include "../log.h"
 #include "ns_i.h"
 
@@ -309,13 +308,6 @@ unsigned int vp_ns_free(struct vp_ns *ns)
 	return left;
 }
 
-void vp_ns_set_repl(struct vp_ns *ns, struct vp_repl *repl)
-{
-	pthread_mutex_lock(&ns->lock);
-	ns->repl = repl;
-	pthread_mutex_unlock(&ns->lock);
-}
-
 struct vp_pool *vp_ns_pool(struct vp_ns *ns)
 {
 	return ns->pool;
@@ -324,13 +316,20 @@ struct vp_pool *vp_ns_pool(struct vp_ns *ns)
 void vp_ns_set_gpu(struct vp_ns *ns, struct vp_gpu *gpu, const char *off_reason)
 {
 	ns->gpu = gpu;
-	vp_gpu_attach_pool(gpu, ns->pool);
 	snprintf(ns->gpu_off_reason, sizeof(ns->gpu_off_reason), "%s", off_reason ? off_reason : "");
 }
 
 struct vp_gpu *vp_ns_gpu(struct vp_ns *ns)
 {
 	return ns->gpu;
+}
+
+void vp_ns_set_tier(struct vp_ns *ns, const struct vp_ns_tier *ops, void *arg)
+{
+	pthread_mutex_lock(&ns->lock);
+	ns->tier = ops;
+	ns->tier_arg = ops ? arg : NULL;
+	pthread_mutex_unlock(&ns->lock);
 }
 
 int vp_ns_statfs(struct vp_ns *ns, struct statvfs *sv)

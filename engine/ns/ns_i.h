@@ -10,8 +10,11 @@
  *   file.c    files, handles and commit: open, write, flush, release,
  *             versions and the publish=schedule decision
  *   dir.c     directories: mkdir, symlink, unlink, rename, setattr, readdir
- *   event.c   what the namespace tells others: version events for watchers
- *             (with their own lock), replication notes, the installer
+ *   event.c   version events for watchers (with their own lock), the
+ *             consumer's installer
+ *   observe.c what the namespace tells other subsystems: the observers
+ *   flushlog.c the flush log as the namespace appends to it; flush.c's
+ *             threads replay it (they call into the files here, not back)
  *   status.c  xattrs, status JSON, metrics, and the operations viperctl
  *             asks for (flush, wait-idle, warm)
  *   ns.c      lifecycle: vp_ns_new and vp_ns_free
@@ -146,9 +149,11 @@ struct vp_ns {
 	int staging_fd;			/* the staging folder in it */
 	struct vp_pool *pool;
 	struct vp_sched *sched;		/* publish=schedule, else NULL */
-	struct vp_repl *repl;		/* replication, else NULL */
-	struct vp_gpu *gpu;		/* the GPU tier, else NULL */
+	struct vp_gpu *gpu;		/* opaque, for vp_ns_gpu(); else NULL */
 	char gpu_off_reason[256];	/* gpu_cache set but the tier is off: why */
+	/* below the cache, else NULL; set before the mount serves, read unlocked */
+	const struct vp_ns_tier *tier;
+	void *tier_arg;
 	int replica;			/* a consumer: read-only, never flushes */
 	int replica_loaded;		/* its PFS tree is loaded: no lazy loads */
 	struct vp_flush flush;		/* the flush log and its threads */
@@ -166,6 +171,11 @@ struct vp_ns {
 	LIST_HEAD(, vp_handle) handles;	/* protected by handles_lock */
 
 	/* protected by lock: */
+	struct vp_observer_slot {
+		const struct vp_ns_observer *ops;
+		void *arg;
+	} observers[VP_NS_MAX_OBSERVERS];
+	unsigned int nobservers;
 	char control_path[PATH_MAX];
 	uint64_t next_ino;
 	struct vp_node *root;
@@ -202,11 +212,28 @@ static inline struct timespec vp_wall_now(void)
 	return ts;
 }
 
+/* A timestamp in nanoseconds. */
+static inline int64_t vp_ts_ns(struct timespec t)
+{
+	return (int64_t)t.tv_sec * 1000000000LL + t.tv_nsec;
+}
+
 static inline double vp_wall_seconds(void)
 {
 	struct timespec now = vp_wall_now();
 
 	return (double)now.tv_sec + (double)now.tv_nsec / 1e9;
+}
+
+/* The owner of what who creates (NULL: the daemon, root). */
+static inline uid_t vp_caller_uid(const struct vp_caller *who)
+{
+	return who ? who->uid : 0;
+}
+
+static inline gid_t vp_caller_gid(const struct vp_caller *who)
+{
+	return who ? who->gid : 0;
 }
 
 /*
@@ -287,33 +314,60 @@ double vp_median_stall_locked(struct vp_ns *ns);
  * Common start of mkdir/symlink/create: a loaded dir (with a ref in
  * *dirp) and a free name.  On success ns->lock is held.
  */
-int vp_ns_prepare_new(struct vp_ns *ns, uint64_t parent, const char *name,
-		      struct vp_node **dirp);
+int vp_ns_prepare_new(struct vp_ns *ns, const struct vp_caller *who,
+		      uint64_t parent, const char *name, struct vp_node **dirp);
 
 /* event.c */
-/* The calling thread, as vp_ns_set_caller() set it (0: unknown). */
-pid_t vp_ns_caller(void);
-int vp_is_installer_locked(struct vp_ns *ns);
+/* Whether who is the consumer's installer thread. */
+int vp_is_installer_locked(struct vp_ns *ns, const struct vp_caller *who);
 /* On a consumer, refuses changes that do not come from the installer. */
-int vp_replica_refuse_locked(struct vp_ns *ns, const char *what,
-			     const char *name);
+int vp_replica_refuse_locked(struct vp_ns *ns, const struct vp_caller *who,
+			     const char *what, const char *name);
 /* The staged install for dir/name, taken out of the list (you own it). */
-struct install *vp_take_install_locked(struct vp_ns *ns, struct vp_node *dir,
-				       const char *name);
+struct install *vp_take_install_locked(struct vp_ns *ns,
+				       const struct vp_caller *who,
+				       struct vp_node *dir, const char *name);
 void vp_install_free(struct install *in);
 /* Frees every staged install (vp_ns_free). */
 void vp_installs_release(struct vp_ns *ns);
 /* Records that n's path holds its newest version, now. */
 void vp_event_record_locked(struct vp_ns *ns, struct vp_node *n);
-/* The same after a rename: the installer's wait for vp_ns_installed(). */
-void vp_event_renamed_locked(struct vp_ns *ns, struct vp_node *n);
+/* The same after a rename by who: the installer's waits for vp_ns_installed(). */
+void vp_event_renamed_locked(struct vp_ns *ns, const struct vp_caller *who,
+			     struct vp_node *n);
 void vp_events_init(struct vp_events *ev);
 void vp_events_release(struct vp_events *ev);
-/* Tells the replication engine about a namespace change / a version. */
+
+/* observe.c */
+/* Tells the observers (ns.h) about a namespace change / a published version. */
 void vp_note_op_locked(struct vp_ns *ns, enum vp_op_kind kind,
 		       struct vp_node *n, struct vp_node *newdir,
 		       const char *newname);
 void vp_note_version_locked(struct vp_ns *ns, struct vp_node *n);
+/* ... that linked file n has a new version / that file n left the tree. */
+void vp_note_commit_locked(struct vp_ns *ns, struct vp_node *n);
+void vp_note_unlink_locked(struct vp_ns *ns, struct vp_node *n);
+/* The observers with an on_preview, copied into out; returns how many. */
+unsigned int vp_preview_observers_locked(struct vp_ns *ns,
+					 struct vp_observer_slot *out);
+/* Writes the "repl" value of the status: an observer's, or null. */
+void vp_observers_status_json(struct vp_ns *ns, FILE *out);
+
+/* load.c: the size of the tier's copy of (ino, version), or UINT64_MAX. */
+uint64_t vp_tier_size(struct vp_ns *ns, uint64_t ino, uint64_t version);
+
+/* flushlog.c (the log's entries and struct vp_flush: flush.h) */
+/* Appends an entry; takes the refs it needs. */
+struct flush_op *vp_flush_log_locked(struct vp_ns *ns, enum flush_op_type type,
+				     struct vp_node *node,
+				     struct vp_node *parent, const char *name,
+				     struct vp_node *victim);
+/* A version was committed: queue or coalesce its DATA entry. */
+void vp_flush_commit_locked(struct vp_ns *ns, struct vp_node *n, int force);
+/* n is unlinked: drop the bytes of a DATA entry that has not started. */
+void vp_flush_cancel_locked(struct vp_ns *ns, struct vp_node *n);
+/* What the log holds, for status and metrics. */
+void vp_flush_queue_locked(struct vp_ns *ns, struct vp_flush_queue *q);
 
 /* pfs.c */
 int vp_pfs_open_root(const char *dir, char *err, size_t errlen);

@@ -10,10 +10,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "../gpu.h"
 #include "../json.h"
 #include "../log.h"
-#include "../repl.h"
 #include "ns_i.h"
 
 #define XATTR_VERSION "user.viperfs.version"
@@ -199,7 +197,7 @@ static void versions_locked(struct vp_ns *ns, struct vp_node *n, FILE *out,
 	 */
 	{
 		int ram = n->cur != NULL;
-		int gpu = vp_gpu_mirror_size(ns->gpu, n->ino, n->version) != UINT64_MAX;
+		int gpu = vp_tier_size(ns, n->ino, n->version) != UINT64_MAX;
 		int pfs = n->pfs_version == n->version;
 
 		fprintf(out, ",\"version\":%" PRIu64 ",\"size\":%" PRIu64 ",\"state\":\"%s\",\"writers\":%u"
@@ -250,8 +248,8 @@ void vp_ns_status_json(struct vp_ns *ns, FILE *out)
 		"\"tiers\":{\"ram\":{\"budget\":%" PRIu64 ",\"used\":%" PRIu64 "},\"gpu\":",
 		(int)getpid(), __atomic_load_n(&ns->open_handles, __ATOMIC_RELAXED),
 		ns->cfg.unmount_wait, ps.budget, ps.used);
-	if (ns->gpu) {
-		vp_gpu_status_json(ns->gpu, out);
+	if (ns->tier) {
+		ns->tier->status_json(ns->tier_arg, out);
 	} else if (ns->cfg.gpu_cache) {
 		fputs("{\"state\":\"off\",\"reason\":", out);
 		vp_json_string(out, ns->gpu_off_reason);
@@ -292,7 +290,7 @@ void vp_ns_status_json(struct vp_ns *ns, FILE *out)
 	}
 	pthread_mutex_unlock(&ns->lock);
 	fputs(",\"repl\":", out);
-	vp_repl_status_json(ns->repl, out);	/* null without replication */
+	vp_observers_status_json(ns, out);	/* null without replication */
 	fputs("}\n", out);
 }
 
@@ -416,19 +414,21 @@ int vp_ns_warm(struct vp_ns *ns, const char *path, vp_ns_warm_cb cb, void *arg,
 
 void vp_ns_metrics(struct vp_ns *ns, FILE *out)
 {
-	char gpu_used[96] = "", gpu_budget[96] = "";
-	struct vp_gpu_stats gs;
+	char tier_used[96] = "", tier_budget[96] = "";
 	struct vp_pool_stats ps;
 	struct vp_flush_queue q;
 	struct file_counts fc;
 	double now = vp_now();
 
 	vp_pool_get_stats(ns->pool, &ps);
-	vp_gpu_get_stats(ns->gpu, &gs);
-	if (ns->gpu) {
-		snprintf(gpu_used, sizeof(gpu_used), "viperfs_cache_bytes{tier=\"gpu\"} %" PRIu64 "\n", gs.used);
-		snprintf(gpu_budget, sizeof(gpu_budget), "viperfs_cache_budget_bytes{tier=\"gpu\"} %" PRIu64 "\n",
-			 gs.budget);
+	if (ns->tier) {
+		uint64_t used, budget;
+
+		ns->tier->usage(ns->tier_arg, &used, &budget);
+		snprintf(tier_used, sizeof(tier_used), "viperfs_cache_bytes{tier=\"%s\"} %" PRIu64 "\n",
+			 ns->tier->name, used);
+		snprintf(tier_budget, sizeof(tier_budget),
+			 "viperfs_cache_budget_bytes{tier=\"%s\"} %" PRIu64 "\n", ns->tier->name, budget);
 	}
 	pthread_mutex_lock(&ns->lock);
 	vp_flush_queue_locked(ns, &q);
@@ -463,12 +463,8 @@ void vp_ns_metrics(struct vp_ns *ns, FILE *out)
 		"# HELP viperfs_open_files Open file handles on the mount.\n"
 		"# TYPE viperfs_open_files gauge\n"
 		"viperfs_open_files %u\n",
-		ps.used, gpu_used, ps.budget, gpu_budget, q.ops, q.data_bytes,
+		ps.used, tier_used, ps.budget, tier_budget, q.ops, q.data_bytes,
 		fc.unflushed_cached, q.oldest ? now - q.oldest : 0.0, ns->flush.st_last_flush_lag, ns->flush.st_retries,
 		__atomic_load_n(&ns->open_handles, __ATOMIC_RELAXED));
 	pthread_mutex_unlock(&ns->lock);
-	if (ns->gpu)
-		fprintf(out, "# HELP viperfs_gpu_mirrors Files whose newest version is mirrored in GPU memory.\n"
-			"# TYPE viperfs_gpu_mirrors gauge\nviperfs_gpu_mirrors %" PRIu64 "\n", gs.files);
-	vp_repl_metrics(ns->repl, out);
 }

@@ -80,12 +80,12 @@ static uint64_t put_file(struct vp_ns *ns, uint64_t parent, const char *name,
 
 	rc = vp_ns_lookup(ns, parent, name, &st);
 	if (rc == -ENOENT) {
-		assert_int_equal(vp_ns_create(ns, parent, name, 0644, O_WRONLY | O_CREAT,
-					      0, 0, &st, &h), 0);
+		assert_int_equal(vp_ns_create(ns, NULL, parent, name, 0644, O_WRONLY | O_CREAT,
+					      &st, &h), 0);
 	} else {
 		assert_int_equal(rc, 0);
 		vp_ns_forget(ns, st.st_ino, 1);
-		assert_int_equal(vp_ns_open(ns, st.st_ino, O_WRONLY | O_TRUNC, &h, &keep), 0);
+		assert_int_equal(vp_ns_open(ns, NULL, st.st_ino, O_WRONLY | O_TRUNC, &h, &keep), 0);
 	}
 	assert_int_equal(vp_ns_write(ns, h, content, strlen(content), 0),
 			 (ssize_t)strlen(content));
@@ -151,25 +151,25 @@ static void test_name_validation(void **state)
 
 	memset(longname, 'n', 256);
 	longname[256] = '\0';
-	assert_int_equal(vp_ns_mkdir(ns, VP_ROOT_INO, longname, 0755, 0, 0, &st), -ENAMETOOLONG);
+	assert_int_equal(vp_ns_mkdir(ns, NULL, VP_ROOT_INO, longname, 0755, &st), -ENAMETOOLONG);
 	assert_int_equal(vp_ns_lookup(ns, VP_ROOT_INO, longname, &st), -ENAMETOOLONG);
-	assert_int_equal(vp_ns_mkdir(ns, VP_ROOT_INO, "a/b", 0755, 0, 0, &st), -EINVAL);
-	assert_int_equal(vp_ns_mkdir(ns, VP_ROOT_INO, "", 0755, 0, 0, &st), -EINVAL);
-	assert_int_equal(vp_ns_mkdir(ns, VP_ROOT_INO, VP_STAGING_DIR, 0755, 0, 0, &st), -EPERM);
+	assert_int_equal(vp_ns_mkdir(ns, NULL, VP_ROOT_INO, "a/b", 0755, &st), -EINVAL);
+	assert_int_equal(vp_ns_mkdir(ns, NULL, VP_ROOT_INO, "", 0755, &st), -EINVAL);
+	assert_int_equal(vp_ns_mkdir(ns, NULL, VP_ROOT_INO, VP_STAGING_DIR, 0755, &st), -EPERM);
 	assert_int_equal(vp_ns_lookup(ns, VP_ROOT_INO, VP_STAGING_DIR, &st), -ENOENT);
-	assert_int_equal(vp_ns_mkdir(ns, VP_ROOT_INO, "d", 0755, 0, 0, &st), 0);
-	assert_int_equal(vp_ns_mkdir(ns, VP_ROOT_INO, "d", 0755, 0, 0, &st), -EEXIST);
-	assert_int_equal(vp_ns_create(ns, VP_ROOT_INO, "d", 0644, O_CREAT | O_EXCL | O_WRONLY,
-				      0, 0, &st, &h), -EEXIST);
-	assert_int_equal(vp_ns_rmdir(ns, VP_ROOT_INO, "nope"), -ENOENT);
+	assert_int_equal(vp_ns_mkdir(ns, NULL, VP_ROOT_INO, "d", 0755, &st), 0);
+	assert_int_equal(vp_ns_mkdir(ns, NULL, VP_ROOT_INO, "d", 0755, &st), -EEXIST);
+	assert_int_equal(vp_ns_create(ns, NULL, VP_ROOT_INO, "d", 0644, O_CREAT | O_EXCL | O_WRONLY,
+				      &st, &h), -EEXIST);
+	assert_int_equal(vp_ns_rmdir(ns, NULL, VP_ROOT_INO, "nope"), -ENOENT);
 	put_file(ns, VP_ROOT_INO, "f", "x");
-	assert_int_equal(vp_ns_rmdir(ns, VP_ROOT_INO, "f"), -ENOTDIR);
-	assert_int_equal(vp_ns_unlink(ns, VP_ROOT_INO, "d"), -EISDIR);
-	assert_int_equal(vp_ns_rename(ns, VP_ROOT_INO, "f", VP_ROOT_INO, "d", 0), -EISDIR);
-	assert_int_equal(vp_ns_rename(ns, VP_ROOT_INO, "d", VP_ROOT_INO, "f", 0), -ENOTDIR);
+	assert_int_equal(vp_ns_rmdir(ns, NULL, VP_ROOT_INO, "f"), -ENOTDIR);
+	assert_int_equal(vp_ns_unlink(ns, NULL, VP_ROOT_INO, "d"), -EISDIR);
+	assert_int_equal(vp_ns_rename(ns, NULL, VP_ROOT_INO, "f", VP_ROOT_INO, "d", 0), -EISDIR);
+	assert_int_equal(vp_ns_rename(ns, NULL, VP_ROOT_INO, "d", VP_ROOT_INO, "f", 0), -ENOTDIR);
 	assert_int_equal(vp_ns_lookup(ns, VP_ROOT_INO, "d", &st), 0);
 	/* a directory cannot move below itself */
-	assert_int_equal(vp_ns_rename(ns, VP_ROOT_INO, "d", st.st_ino, "x", 0), -EINVAL);
+	assert_int_equal(vp_ns_rename(ns, NULL, VP_ROOT_INO, "d", st.st_ino, "x", 0), -EINVAL);
 	vp_ns_forget(ns, st.st_ino, 1);
 }
 
@@ -186,7 +186,7 @@ static void test_overlong_path_is_refused(void **state)
 	name[250] = '\0';
 	/* 250-byte names: the 16th level would pass PATH_MAX on the PFS */
 	for (depth = 0; depth < 20; depth++) {
-		rc = vp_ns_mkdir(ns, dir, name, 0755, 0, 0, &st);
+		rc = vp_ns_mkdir(ns, NULL, dir, name, 0755, &st);
 		if (rc)
 			break;
 		dir = st.st_ino;
@@ -214,7 +214,7 @@ static void test_versions_and_snapshot_readers(void **state)
 	assert_int_equal(n, 6);
 	assert_memory_equal(value, "cached", 6);
 
-	assert_int_equal(vp_ns_open(ns, ino, O_RDONLY, &reader, &keep), 0);
+	assert_int_equal(vp_ns_open(ns, NULL, ino, O_RDONLY, &reader, &keep), 0);
 	put_file(ns, VP_ROOT_INO, "m.pt", "version two!");
 	n = vp_ns_getxattr(ns, ino, "user.viperfs.version", value, sizeof(value));
 	assert_memory_equal(value, "2", 1);
@@ -228,7 +228,7 @@ static void test_versions_and_snapshot_readers(void **state)
 	{
 		struct vp_handle *h;
 
-		assert_int_equal(vp_ns_open(ns, ino, O_RDWR, &h, &keep), 0);
+		assert_int_equal(vp_ns_open(ns, NULL, ino, O_RDWR, &h, &keep), 0);
 		vp_ns_release(ns, h);
 		vp_ns_getxattr(ns, ino, "user.viperfs.version", value, sizeof(value));
 		assert_memory_equal(value, "2", 1);
@@ -298,14 +298,14 @@ static void test_renames_replay_in_order(void **state)
 	put_file(ns, VP_ROOT_INO, "model.pt", "old");
 	flush_all(ns);
 	put_file(ns, VP_ROOT_INO, "model.pt.tmp", "new");
-	assert_int_equal(vp_ns_rename(ns, VP_ROOT_INO, "model.pt.tmp", VP_ROOT_INO, "model.pt", 0), 0);
+	assert_int_equal(vp_ns_rename(ns, NULL, VP_ROOT_INO, "model.pt.tmp", VP_ROOT_INO, "model.pt", 0), 0);
 	/* a directory filled, then renamed into place (save_pretrained) */
-	assert_int_equal(vp_ns_mkdir(ns, VP_ROOT_INO, "tmp-ckpt", 0755, 0, 0, &st), 0);
+	assert_int_equal(vp_ns_mkdir(ns, NULL, VP_ROOT_INO, "tmp-ckpt", 0755, &st), 0);
 	put_file(ns, st.st_ino, "weights.bin", "w");
-	assert_int_equal(vp_ns_rename(ns, VP_ROOT_INO, "tmp-ckpt", VP_ROOT_INO, "ckpt-1", 0), 0);
+	assert_int_equal(vp_ns_rename(ns, NULL, VP_ROOT_INO, "tmp-ckpt", VP_ROOT_INO, "ckpt-1", 0), 0);
 	put_file(ns, st.st_ino, "config.json", "{}");	/* written after the rename */
 	vp_ns_forget(ns, st.st_ino, 1);
-	assert_int_equal(vp_ns_rename(ns, VP_ROOT_INO, "ckpt-1", VP_ROOT_INO, "ckpt-2", 1 /* NOREPLACE */), 0);
+	assert_int_equal(vp_ns_rename(ns, NULL, VP_ROOT_INO, "ckpt-1", VP_ROOT_INO, "ckpt-2", 1 /* NOREPLACE */), 0);
 	assert_pfs_file(fx, "model.pt", "old");
 	flush_all(ns);
 	assert_pfs_file(fx, "model.pt", "new");
@@ -315,7 +315,7 @@ static void test_renames_replay_in_order(void **state)
 	assert_pfs_file(fx, "ckpt-2/weights.bin", "w");
 	assert_pfs_file(fx, "ckpt-2/config.json", "{}");
 	/* unlink reaches the PFS too */
-	assert_int_equal(vp_ns_unlink(ns, VP_ROOT_INO, "model.pt"), 0);
+	assert_int_equal(vp_ns_unlink(ns, NULL, VP_ROOT_INO, "model.pt"), 0);
 	flush_all(ns);
 	assert_pfs_missing(fx, "model.pt");
 }
@@ -341,7 +341,7 @@ static void test_loads_existing_pfs_tree_lazily(void **state)
 	assert_true(S_ISDIR(st.st_mode));
 	assert_int_equal(vp_ns_lookup(fx->ns, st.st_ino, "old.bin", &st), 0);
 	assert_int_equal(st.st_size, 12);
-	assert_int_equal(vp_ns_open(fx->ns, st.st_ino, O_RDONLY, &h, &keep), 0);
+	assert_int_equal(vp_ns_open(fx->ns, NULL, st.st_ino, O_RDONLY, &h, &keep), 0);
 	assert_int_equal(vp_ns_read(fx->ns, h, 5, 100, &rd), 7);
 	assert_memory_equal(rd.seg[0].ptr, "the pfs", 7);
 	vp_read_release(&rd);
@@ -355,7 +355,7 @@ static void test_symlink_on_pfs_cannot_redirect_flush(void **state)
 	struct stat st;
 	char a[256], b[256];
 
-	assert_int_equal(vp_ns_mkdir(ns, VP_ROOT_INO, "d", 0755, 0, 0, &st), 0);
+	assert_int_equal(vp_ns_mkdir(ns, NULL, VP_ROOT_INO, "d", 0755, &st), 0);
 	flush_all(ns);
 	/* someone swaps the PFS directory for a symlink pointing outside */
 	snprintf(a, sizeof(a), "%s/d", fx->pfs);
@@ -408,6 +408,168 @@ static void test_missing_pfs_is_refused(void **state)
 	assert_non_null(strstr(err, "No such file"));
 }
 
+/* An observer that writes down what it heard, one line per call. */
+struct heard {
+	char log[1024];
+};
+
+static void heard_add(struct heard *h, const char *fmt, ...)
+{
+	size_t len = strlen(h->log);
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(h->log + len, sizeof(h->log) - len, fmt, ap);
+	va_end(ap);
+}
+
+static void heard_commit(void *arg, uint64_t ino, uint64_t version,
+			 struct vp_data *d)
+{
+	(void)ino;
+	heard_add(arg, "commit v%llu %llu;", (unsigned long long)version,
+		  (unsigned long long)vp_data_size(d));
+}
+
+static void heard_unlink(void *arg, uint64_t ino)
+{
+	(void)ino;
+	heard_add(arg, "unlink;");
+}
+
+static void heard_op(void *arg, enum vp_op_kind kind, const char *path,
+		     const char *path2, uint32_t mode)
+{
+	(void)mode;
+	heard_add(arg, "op %d %s>%s;", (int)kind, path, path2);
+}
+
+static void heard_version(void *arg, const char *path, struct vp_data *d,
+			  uint64_t version, uint32_t mode, int64_t mtime_ns)
+{
+	(void)d;
+	(void)mode;
+	(void)mtime_ns;
+	heard_add(arg, "version %s v%llu;", path, (unsigned long long)version);
+}
+
+static const struct vp_ns_observer heard_ops = {
+	.on_commit = heard_commit,
+	.on_unlink = heard_unlink,
+	.on_op = heard_op,
+	.on_version = heard_version,
+};
+
+static void test_observers_hear_changes(void **state)
+{
+	struct fixture *fx = *state;
+	struct vp_ns *ns = open_ns(fx, "flush_interval=1h");
+	struct heard a = { "" }, b = { "" };
+	char want[512];
+	struct stat st;
+
+	assert_int_equal(vp_ns_observe(ns, &heard_ops, &a), 0);
+	assert_int_equal(vp_ns_observe(ns, &heard_ops, &b), 0);
+	assert_int_equal(vp_ns_mkdir(ns, NULL, VP_ROOT_INO, "d", 0755, &st), 0);
+	vp_ns_forget(ns, st.st_ino, 1);
+	put_file(ns, VP_ROOT_INO, "f", "abc");
+	assert_int_equal(vp_ns_rename(ns, NULL, VP_ROOT_INO, "f", VP_ROOT_INO, "g", 0), 0);
+	vp_ns_unobserve(ns, &heard_ops, &b);
+	assert_int_equal(vp_ns_unlink(ns, NULL, VP_ROOT_INO, "g"), 0);
+	snprintf(want, sizeof(want),
+		 "op %d d>;commit v1 3;version f v1;op %d f>g;",
+		 (int)VP_OP_MKDIR, (int)VP_OP_RENAME);
+	assert_string_equal(b.log, want);
+	snprintf(want + strlen(want), sizeof(want) - strlen(want), "op %d g>;unlink;",
+		 (int)VP_OP_UNLINK);
+	assert_string_equal(a.log, want);
+	vp_ns_unobserve(ns, &heard_ops, &a);
+}
+
+/* A tier below the cache that holds nothing, with fixed usage. */
+static uint64_t empty_size(void *arg, uint64_t ino, uint64_t version)
+{
+	(void)arg;
+	(void)ino;
+	(void)version;
+	return UINT64_MAX;
+}
+
+static ssize_t empty_read(void *arg, uint64_t ino, uint64_t version, void *buf,
+			  size_t len, uint64_t off)
+{
+	(void)arg;
+	(void)ino;
+	(void)version;
+	(void)buf;
+	(void)len;
+	(void)off;
+	return -ENOENT;
+}
+
+static void fixed_usage(void *arg, uint64_t *used, uint64_t *budget)
+{
+	(void)arg;
+	*used = 7;
+	*budget = 9;
+}
+
+static void test_metrics_report_the_tier_below(void **state)
+{
+	static const struct vp_ns_tier tier = {
+		.name = "fake", .size = empty_size, .read = empty_read,
+		.usage = fixed_usage,
+	};
+	struct fixture *fx = *state;
+	struct vp_ns *ns = open_ns(fx, NULL);
+	char *text = NULL;
+	size_t len = 0;
+	FILE *out;
+
+	vp_ns_set_tier(ns, &tier, NULL);
+	out = open_memstream(&text, &len);
+	assert_non_null(out);
+	vp_ns_metrics(ns, out);
+	fclose(out);
+	assert_non_null(strstr(text, "viperfs_cache_bytes{tier=\"fake\"} 7\n"));
+	assert_non_null(strstr(text, "viperfs_cache_budget_bytes{tier=\"fake\"} 9\n"));
+	assert_null(strstr(text, "viperfs_gpu_mirrors"));	/* the GPU tier's own */
+	free(text);
+	vp_ns_set_tier(ns, NULL, NULL);
+}
+
+static void test_replica_changes_only_by_the_installer(void **state)
+{
+	struct fixture *fx = *state;
+	struct vp_ns *ns = open_ns(fx, "subscribe=127.0.0.1:7000");
+	const struct vp_caller installer = { .tid = 4242, .uid = 5, .gid = 6 };
+	const struct vp_caller other = { .tid = 4243 };
+	struct vp_handle *h;
+	struct stat st;
+	int keep;
+
+	assert_int_equal(vp_ns_mkdir(ns, NULL, VP_ROOT_INO, "d", 0755, &st), -EROFS);
+	vp_ns_set_installer(ns, installer.tid);
+	assert_int_equal(vp_ns_mkdir(ns, &other, VP_ROOT_INO, "d", 0755, &st), -EROFS);
+	assert_int_equal(vp_ns_mkdir(ns, &installer, VP_ROOT_INO, "d", 0755, &st), 0);
+	assert_int_equal(st.st_uid, 5);
+	assert_int_equal(st.st_gid, 6);
+	vp_ns_forget(ns, st.st_ino, 1);
+	assert_int_equal(vp_ns_create(ns, &other, VP_ROOT_INO, "f", 0644,
+				      O_CREAT | O_WRONLY, &st, &h), -EROFS);
+	assert_int_equal(vp_ns_create(ns, &installer, VP_ROOT_INO, "f", 0644,
+				      O_CREAT | O_WRONLY, &st, &h), 0);
+	assert_int_equal(vp_ns_release(ns, h), 0);
+	assert_int_equal(vp_ns_open(ns, &other, st.st_ino, O_WRONLY, &h, &keep), -EROFS);
+	vp_ns_forget(ns, st.st_ino, 1);
+	assert_int_equal(vp_ns_rename(ns, &other, VP_ROOT_INO, "f", VP_ROOT_INO, "g", 0),
+			 -EROFS);
+	assert_int_equal(vp_ns_unlink(ns, &other, VP_ROOT_INO, "f"), -EROFS);
+	assert_int_equal(vp_ns_rename(ns, &installer, VP_ROOT_INO, "f", VP_ROOT_INO, "g", 0), 0);
+	vp_ns_installed(ns);
+	assert_int_equal(vp_ns_unlink(ns, &installer, VP_ROOT_INO, "g"), 0);
+}
+
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
 
 int main(void)
@@ -423,6 +585,9 @@ int main(void)
 		T(test_loads_existing_pfs_tree_lazily),
 		T(test_symlink_on_pfs_cannot_redirect_flush),
 		T(test_crash_leftovers_are_cleared),
+		T(test_observers_hear_changes),
+		T(test_metrics_report_the_tier_below),
+		T(test_replica_changes_only_by_the_installer),
 		cmocka_unit_test(test_missing_pfs_is_refused),
 	};
 	return cmocka_run_group_tests_name("ns", tests, NULL, NULL);

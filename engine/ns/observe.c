@@ -1,0 +1,155 @@
+/*
+ * observe: what the namespace tells other subsystems (ns.h's observers:
+ * replication, the GPU tier), and the list they register in.  The list
+ * is written under ns->lock; the notes run under it, except on_preview
+ * (file.c), which runs on a copy, and the status hook.
+ */
+#include <errno.h>
+#include <limits.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "ns_i.h"
+
+int vp_ns_observe(struct vp_ns *ns, const struct vp_ns_observer *ops, void *arg)
+{
+	int rc = -ENOSPC;
+
+	pthread_mutex_lock(&ns->lock);
+	if (ns->nobservers < VP_NS_MAX_OBSERVERS) {
+		ns->observers[ns->nobservers].ops = ops;
+		ns->observers[ns->nobservers++].arg = arg;
+		rc = 0;
+	}
+	pthread_mutex_unlock(&ns->lock);
+	return rc;
+}
+
+void vp_ns_unobserve(struct vp_ns *ns, const struct vp_ns_observer *ops,
+		     void *arg)
+{
+	pthread_mutex_lock(&ns->lock);
+	for (unsigned int i = 0; i < ns->nobservers; i++) {
+		if (ns->observers[i].ops != ops || ns->observers[i].arg != arg)
+			continue;
+		memmove(&ns->observers[i], &ns->observers[i + 1],
+			(ns->nobservers - i - 1) * sizeof(ns->observers[0]));
+		ns->nobservers--;
+		break;
+	}
+	pthread_mutex_unlock(&ns->lock);
+}
+
+/* Every registered observer, in the order of registration (ns->lock held). */
+#define VP_FOREACH_OBSERVER(o, ns) \
+	for ((o) = (ns)->observers; (o) < (ns)->observers + (ns)->nobservers; (o)++)
+
+/*
+ * Whether an observer has the callback at offset off of struct
+ * vp_ns_observer: what is only worth computing for someone.
+ */
+static int observed_locked(struct vp_ns *ns, size_t off)
+{
+	const struct vp_observer_slot *o;
+	void (*fn)(void);
+
+	VP_ASSERT_LOCKED(&ns->lock);
+	VP_FOREACH_OBSERVER(o, ns) {
+		memcpy(&fn, (const char *)o->ops + off, sizeof(fn));
+		if (fn)
+			return 1;
+	}
+	return 0;
+}
+
+void vp_note_commit_locked(struct vp_ns *ns, struct vp_node *n)
+{
+	const struct vp_observer_slot *o;
+
+	VP_ASSERT_LOCKED(&ns->lock);
+	VP_FOREACH_OBSERVER(o, ns)
+		if (o->ops->on_commit)
+			o->ops->on_commit(o->arg, n->ino, n->version, n->cur);
+}
+
+void vp_note_unlink_locked(struct vp_ns *ns, struct vp_node *n)
+{
+	const struct vp_observer_slot *o;
+
+	VP_ASSERT_LOCKED(&ns->lock);
+	VP_FOREACH_OBSERVER(o, ns)
+		if (o->ops->on_unlink)
+			o->ops->on_unlink(o->arg, n->ino);
+}
+
+unsigned int vp_preview_observers_locked(struct vp_ns *ns,
+					 struct vp_observer_slot *out)
+{
+	const struct vp_observer_slot *o;
+	unsigned int count = 0;
+
+	VP_ASSERT_LOCKED(&ns->lock);
+	VP_FOREACH_OBSERVER(o, ns)
+		if (o->ops->on_preview)
+			out[count++] = *o;
+	return count;
+}
+
+void vp_observers_status_json(struct vp_ns *ns, FILE *out)
+{
+	struct vp_observer_slot status = { 0 };
+	const struct vp_observer_slot *o;
+
+	pthread_mutex_lock(&ns->lock);
+	VP_FOREACH_OBSERVER(o, ns)
+		if (o->ops->status_json && !status.ops)
+			status = *o;
+	pthread_mutex_unlock(&ns->lock);
+	if (status.ops)
+		status.ops->status_json(status.arg, out);
+	else
+		fputs("null", out);	/* no replication */
+}
+
+void vp_note_op_locked(struct vp_ns *ns, enum vp_op_kind kind,
+		       struct vp_node *n, struct vp_node *newdir,
+		       const char *newname)
+{
+	char path[PATH_MAX], path2[PATH_MAX] = "";
+	const struct vp_observer_slot *o;
+
+	VP_ASSERT_LOCKED(&ns->lock);
+	if (ns->replica || !observed_locked(ns, offsetof(struct vp_ns_observer, on_op)) ||
+	    vp_live_path_locked(ns, n, path, sizeof(path)))
+		return;
+	if (kind == VP_OP_RENAME) {
+		char dpath[PATH_MAX];
+
+		if (vp_live_path_locked(ns, newdir, dpath, sizeof(dpath)) ||
+		    snprintf(path2, sizeof(path2), "%s%s%s", dpath, *dpath ? "/" : "",
+			     newname) >= (int)sizeof(path2))
+			return;
+	} else if (kind == VP_OP_SYMLINK) {
+		snprintf(path2, sizeof(path2), "%s", n->symlink);
+	}
+	VP_FOREACH_OBSERVER(o, ns)
+		if (o->ops->on_op)
+			o->ops->on_op(o->arg, kind, path, path2, n->mode);
+}
+
+void vp_note_version_locked(struct vp_ns *ns, struct vp_node *n)
+{
+	const struct vp_observer_slot *o;
+	char path[PATH_MAX];
+
+	VP_ASSERT_LOCKED(&ns->lock);
+	if (ns->replica || !n->cur ||
+	    !observed_locked(ns, offsetof(struct vp_ns_observer, on_version)) ||
+	    vp_live_path_locked(ns, n, path, sizeof(path)))
+		return;
+	VP_FOREACH_OBSERVER(o, ns)
+		if (o->ops->on_version)
+			o->ops->on_version(o->arg, path, n->cur, n->version,
+					   n->mode, vp_ts_ns(n->mtime));
+}

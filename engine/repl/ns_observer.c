@@ -1,0 +1,44 @@
+/*
+ * ns_observer: replication's observer of the namespace (ns.h).  The
+ * producer ships what the namespace reports -- its changes, its published
+ * versions, previews of versions still being written -- through repl.h's
+ * public notes; the status's "repl" value is replication's.  fs/main.c
+ * registers it with vp_ns_observe(ns, &vp_repl_ns_observer, repl).
+ */
+#include <stdint.h>
+#include <stdio.h>
+
+#include "../data.h"
+#include "../ns.h"
+#include "../repl.h"
+
+static void repl_on_op(void *arg, enum vp_op_kind kind, const char *path,
+		       const char *path2, uint32_t mode)
+{
+	vp_repl_note_op_locked(arg, kind, path, path2, mode);
+}
+
+static void repl_on_version(void *arg, const char *path, struct vp_data *d,
+			    uint64_t version, uint32_t mode, int64_t mtime_ns)
+{
+	vp_repl_note_version_locked(arg, path, d, version, mode, mtime_ns);
+}
+
+static void repl_on_preview(void *arg, const char *path, struct vp_data *d,
+			    uint64_t version, uint32_t mode)
+{
+	/* the note takes over a reference: its own */
+	vp_repl_note_preview(arg, path, vp_data_get(d), version, mode);
+}
+
+static void repl_status_json(void *arg, FILE *out)
+{
+	vp_repl_status_json(arg, out);
+}
+
+const struct vp_ns_observer vp_repl_ns_observer = {
+	.on_op = repl_on_op,
+	.on_version = repl_on_version,
+	.on_preview = repl_on_preview,
+	.status_json = repl_status_json,
+};
