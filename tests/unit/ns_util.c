@@ -32,11 +32,11 @@ static uint64_t put_bytes(struct vp_ns *ns, const char *name, const void *buf, s
 	int keep, rc = vp_ns_lookup(ns, VP_ROOT_INO, name, &st);
 
 	if (rc == -ENOENT) {
-		assert_int_equal(vp_ns_create(ns, VP_ROOT_INO, name, 0644, O_WRONLY | O_CREAT,
-					      0, 0, &st, &h), 0);
+		assert_int_equal(vp_ns_create(ns, NULL, VP_ROOT_INO, name, 0644, O_WRONLY | O_CREAT,
+					      &st, &h), 0);
 	} else {
 		assert_int_equal(rc, 0);
-		assert_int_equal(vp_ns_open(ns, st.st_ino, O_WRONLY | O_TRUNC, &h, &keep), 0);
+		assert_int_equal(vp_ns_open(ns, NULL, st.st_ino, O_WRONLY | O_TRUNC, &h, &keep), 0);
 	}
 	vp_ns_forget(ns, st.st_ino, 1);
 	assert_int_equal(vp_ns_write(ns, h, buf, len, 0), (ssize_t)len);

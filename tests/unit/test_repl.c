@@ -82,7 +82,7 @@ static int setup(void **state)
 static void side_stop(struct side *s)
 {
 	if (s->ns)
-		vp_ns_set_repl(s->ns, NULL);
+		vp_ns_unobserve(s->ns, &vp_repl_ns_observer, s->repl);
 	vp_repl_free(s->repl);
 	if (s->ns)
 		vp_ns_free(s->ns);
@@ -124,7 +124,7 @@ static void side_start(struct side *s, int consumer, const char *secret)
 	s->repl = vp_repl_new(s->ns, &cfg, s->mnt, err, sizeof(err));
 	if (!s->repl)
 		fail_msg("vp_repl_new: %s", err);
-	vp_ns_set_repl(s->ns, s->repl);
+	assert_int_equal(vp_ns_observe(s->ns, &vp_repl_ns_observer, s->repl), 0);
 }
 
 /* The status JSON of r (a new reference). */
@@ -347,17 +347,17 @@ static void test_namespace_changes_are_replayed(void **state)
 	side_start(&fx->prod, 0, fx->secret);
 	side_start(&fx->cons, 1, fx->secret);
 	wait_subscribed(fx, 1);
-	assert_int_equal(vp_ns_mkdir(fx->prod.ns, VP_ROOT_INO, "run", 0755, 0, 0, &dir), 0);
+	assert_int_equal(vp_ns_mkdir(fx->prod.ns, NULL, VP_ROOT_INO, "run", 0755, &dir), 0);
 	vp_ns_forget(fx->prod.ns, dir.st_ino, 1);
 	wait_until(fx, exists, "run", "did not appear");
 	put_file(fx->prod.ns, "old.pt", 1000, 8);
 	wait_file(fx, "old.pt", 1000, 8);
 
-	assert_int_equal(vp_ns_rename(fx->prod.ns, VP_ROOT_INO, "old.pt", dir.st_ino, "new.pt", 0), 0);
+	assert_int_equal(vp_ns_rename(fx->prod.ns, NULL, VP_ROOT_INO, "old.pt", dir.st_ino, "new.pt", 0), 0);
 	wait_file(fx, "run/new.pt", 1000, 8);
 	assert_true(gone(fx->cons.ns, "old.pt"));
 
-	assert_int_equal(vp_ns_symlink(fx->prod.ns, VP_ROOT_INO, "latest", "run/new.pt", 0, 0, &st), 0);
+	assert_int_equal(vp_ns_symlink(fx->prod.ns, NULL, VP_ROOT_INO, "latest", "run/new.pt", &st), 0);
 	vp_ns_forget(fx->prod.ns, st.st_ino, 1);
 	wait_until(fx, exists, "latest", "did not appear");
 	assert_int_equal(vp_ns_lookup(fx->cons.ns, VP_ROOT_INO, "latest", &st), 0);
@@ -366,23 +366,25 @@ static void test_namespace_changes_are_replayed(void **state)
 	assert_int_equal(vp_ns_readlink(fx->cons.ns, st.st_ino, target, sizeof(target)), 0);
 	assert_string_equal(target, "run/new.pt");
 
-	assert_int_equal(vp_ns_unlink(fx->prod.ns, dir.st_ino, "new.pt"), 0);
+	assert_int_equal(vp_ns_unlink(fx->prod.ns, NULL, dir.st_ino, "new.pt"), 0);
 	wait_until(fx, gone, "run/new.pt", "was not removed");
-	assert_int_equal(vp_ns_rmdir(fx->prod.ns, VP_ROOT_INO, "run"), 0);
+	assert_int_equal(vp_ns_rmdir(fx->prod.ns, NULL, VP_ROOT_INO, "run"), 0);
 	wait_until(fx, gone, "run", "was not removed");
 }
 
 static void test_consumer_is_read_only_for_others(void **state)
 {
 	struct fixture *fx = *state;
+	struct vp_caller other = { .tid = gettid() };
 	struct vp_handle *h;
 	struct stat st;
 
 	side_start(&fx->cons, 1, fx->secret);
-	vp_ns_set_caller(gettid());	/* not the installer */
-	assert_int_equal(vp_ns_create(fx->cons.ns, VP_ROOT_INO, "local.txt", 0644,
-				      O_WRONLY | O_CREAT, 0, 0, &st, &h), -EROFS);
-	assert_int_equal(vp_ns_mkdir(fx->cons.ns, VP_ROOT_INO, "d", 0755, 0, 0, &st), -EROFS);
+	/* not the installer: */
+	assert_int_equal(vp_ns_create(fx->cons.ns, &other, VP_ROOT_INO, "local.txt", 0644,
+				      O_WRONLY | O_CREAT, &st, &h), -EROFS);
+	assert_int_equal(vp_ns_mkdir(fx->cons.ns, &other, VP_ROOT_INO, "d", 0755, &st), -EROFS);
+	assert_int_equal(vp_ns_mkdir(fx->cons.ns, NULL, VP_ROOT_INO, "d", 0755, &st), -EROFS);
 }
 
 static void test_lost_message_resubscribes(void **state)

@@ -4,7 +4,7 @@
  * syscalls on its mount (safepath.h), which the kernel turns into FUSE
  * requests that fs/ll.c hands to the namespace.  Here the vp_safepath_*
  * calls go straight to the namespace in fake_mount.ns, as fs/ll.c would
- * take them: the caller is set (vp_ns_set_caller), a name is looked up
+ * take them: the caller is this thread (fake_caller()), a name is looked up
  * component by component, O_CREAT of a missing file is a create, and an
  * open is followed at once by the flush and release of the close (the
  * returned fd is /dev/null, which the caller closes).  root_fd (the real
@@ -29,6 +29,15 @@ static struct {
 	unsigned int opens, creates, renames;
 } fake_mount;
 
+/* The thread that makes the call, as fs/ll.c would name a FUSE request's. */
+static const struct vp_caller *fake_caller(void)
+{
+	static __thread struct vp_caller who;
+
+	who.tid = gettid();
+	return &who;
+}
+
 /*
  * Looks up path's parent directory, component by component, making the
  * missing ones (mode 0755) if mkdirs; *leaf points at the last component
@@ -40,7 +49,6 @@ static int fake_mount_walk(const char *path, int mkdirs, char *buf, size_t len,
 	uint64_t ino = VP_ROOT_INO;
 	char *name, *slash;
 
-	vp_ns_set_caller(gettid());
 	if (!*path || *path == '/')
 		return -EINVAL;
 	if (snprintf(buf, len, "%s", path) >= (int)len)
@@ -52,7 +60,7 @@ static int fake_mount_walk(const char *path, int mkdirs, char *buf, size_t len,
 		*slash = '\0';
 		rc = vp_ns_lookup(fake_mount.ns, ino, name, &st);
 		if (rc == -ENOENT && mkdirs)
-			rc = vp_ns_mkdir(fake_mount.ns, ino, name, 0755, 0, 0, &st);
+			rc = vp_ns_mkdir(fake_mount.ns, fake_caller(), ino, name, 0755, &st);
 		if (rc)
 			return rc;
 		vp_ns_forget(fake_mount.ns, st.st_ino, 1);	/* the kernel's reference */
@@ -97,7 +105,7 @@ int vp_safepath_mkdir(int root_fd, const char *path, mode_t mode)
 
 	(void)root_fd;
 	if (!rc)
-		rc = fake_mount_forget_new(vp_ns_mkdir(fake_mount.ns, parent, leaf, mode, 0, 0, &st),
+		rc = fake_mount_forget_new(vp_ns_mkdir(fake_mount.ns, fake_caller(), parent, leaf, mode, &st),
 					   &st);
 	return rc;
 }
@@ -122,8 +130,8 @@ int vp_safepath_unlink(int root_fd, const char *path, int flags)
 	(void)root_fd;
 	if (rc)
 		return rc;
-	return (flags & AT_REMOVEDIR) ? vp_ns_rmdir(fake_mount.ns, parent, leaf) :
-		vp_ns_unlink(fake_mount.ns, parent, leaf);
+	return (flags & AT_REMOVEDIR) ? vp_ns_rmdir(fake_mount.ns, fake_caller(), parent, leaf) :
+		vp_ns_unlink(fake_mount.ns, fake_caller(), parent, leaf);
 }
 
 int vp_safepath_rename(int root_fd, const char *from, const char *to)
@@ -138,7 +146,7 @@ int vp_safepath_rename(int root_fd, const char *from, const char *to)
 	if (!rc)
 		rc = fake_mount_parent(to, buf_to, sizeof(buf_to), &parent_to, &leaf_to);
 	if (!rc)
-		rc = vp_ns_rename(fake_mount.ns, parent_from, leaf_from, parent_to, leaf_to, 0);
+		rc = vp_ns_rename(fake_mount.ns, fake_caller(), parent_from, leaf_from, parent_to, leaf_to, 0);
 	if (!rc)
 		fake_mount.renames++;
 	return rc;
@@ -154,7 +162,7 @@ int vp_safepath_symlink(int root_fd, const char *target, const char *path)
 
 	(void)root_fd;
 	if (!rc)
-		rc = fake_mount_forget_new(vp_ns_symlink(fake_mount.ns, parent, leaf, target, 0, 0,
+		rc = fake_mount_forget_new(vp_ns_symlink(fake_mount.ns, fake_caller(), parent, leaf, target,
 							 &st), &st);
 	return rc;
 }
@@ -173,10 +181,10 @@ int vp_safepath_open(int root_fd, const char *path, int flags, mode_t mode)
 		return rc;
 	rc = vp_ns_lookup(fake_mount.ns, parent, leaf, &st);
 	if (rc == -ENOENT && (flags & O_CREAT)) {
-		rc = vp_ns_create(fake_mount.ns, parent, leaf, mode, flags, 0, 0, &st, &h);
+		rc = vp_ns_create(fake_mount.ns, fake_caller(), parent, leaf, mode, flags, &st, &h);
 		fake_mount.creates += !rc;
 	} else if (!rc) {
-		rc = vp_ns_open(fake_mount.ns, st.st_ino, flags, &h, &keep);
+		rc = vp_ns_open(fake_mount.ns, fake_caller(), st.st_ino, flags, &h, &keep);
 		vp_ns_forget(fake_mount.ns, st.st_ino, 1);	/* the lookup's reference */
 		st.st_ino = 0;
 	}
@@ -186,7 +194,7 @@ int vp_safepath_open(int root_fd, const char *path, int flags, mode_t mode)
 		vp_ns_forget(fake_mount.ns, st.st_ino, 1);	/* the create's reference */
 	fake_mount.opens++;
 	/* the caller only closes it: the close's FLUSH and RELEASE come now */
-	vp_ns_flush(fake_mount.ns, h);
+	vp_ns_flush(fake_mount.ns, fake_caller(), h);
 	rc = vp_ns_release(fake_mount.ns, h);
 	if (rc)
 		return rc;
