@@ -270,6 +270,24 @@ uint64_t vp_ns_event_seq(struct vp_ns *ns);
 /* ---- observers: what the namespace tells other subsystems ---- */
 
 /*
+ * A directory, file or symlink as the namespace tells others of it (the
+ * observers, vp_ns_snapshot).  Everything is borrowed for the call: an
+ * observer that keeps d takes its own reference.  ino is this node's own
+ * name for it; other nodes know the file by its path.
+ */
+enum vp_entry_type { VP_ENTRY_DIR, VP_ENTRY_FILE, VP_ENTRY_SYMLINK };
+struct vp_ns_entry {
+	enum vp_entry_type type;
+	const char *path;		/* the live path, without a leading '/' */
+	const char *target;		/* a symlink's target, else NULL */
+	uint64_t ino;
+	uint32_t mode;
+	struct vp_data *d;		/* a file's bytes of version `version`, or NULL */
+	uint64_t version;
+	int64_t mtime_ns;
+};
+
+/*
  * The callbacks of one observer; any may be NULL.  Those called with
  * ns->lock held must only copy, take references and queue: never block,
  * never call back into the namespace.  Paths are in the mount, without a
@@ -292,14 +310,12 @@ struct vp_ns_observer {
 	void (*on_op)(void *arg, enum vp_op_kind kind, const char *path,
 		      const char *path2, uint32_t mode);
 	/* Producer: a version published (queued for the PFS).  ns->lock held. */
-	void (*on_version)(void *arg, const char *path, struct vp_data *d,
-			   uint64_t version, uint32_t mode, int64_t mtime_ns);
+	void (*on_version)(void *arg, const struct vp_ns_entry *e);
 	/*
 	 * Producer with repl_stream: a copy-on-write snapshot of the finished
 	 * chunks of version `version`, still being written.  No lock held.
 	 */
-	void (*on_preview)(void *arg, const char *path, struct vp_data *d,
-			   uint64_t version, uint32_t mode);
+	void (*on_preview)(void *arg, const struct vp_ns_entry *e);
 	/*
 	 * Writes the observer's part of the status, the value of its "repl"
 	 * key (the one observer that has one: replication).  Called with no
@@ -382,17 +398,14 @@ struct vp_data *vp_ns_path_data(struct vp_ns *ns, const char *path);
 uint64_t vp_ns_path_version(struct vp_ns *ns, const char *path);
 
 /*
- * Calls cb for every directory (type 0, parents first), file (1) and
- * symlink (2), with ns->lock held: cb must only copy and take references.
+ * Calls cb for every directory (parents first), file and symlink, with
+ * ns->lock held: cb must only copy and take references.
  * d is the file's cached bytes, or NULL when they are only on the PFS.
  */
 /* Reads every directory of the PFS tree that is not loaded yet.  May block. */
 void vp_ns_load_all(struct vp_ns *ns);
 
-typedef void (*vp_ns_snapshot_cb)(void *arg, int type, const char *path,
-				  const char *target, uint32_t mode,
-				  struct vp_data *d, uint64_t version,
-				  int64_t mtime_ns);
+typedef void (*vp_ns_snapshot_cb)(void *arg, const struct vp_ns_entry *e);
 void vp_ns_snapshot(struct vp_ns *ns, vp_ns_snapshot_cb cb, void *arg);
 
 #endif

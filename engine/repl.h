@@ -47,6 +47,7 @@
 #include "proto.h"
 
 struct vp_ns;
+struct vp_ns_entry;
 struct vp_data;
 struct vp_repl;
 
@@ -61,18 +62,15 @@ void vp_repl_free(struct vp_repl *r);
 /* Producer hooks, called with ns->lock held; they only queue. */
 void vp_repl_note_op_locked(struct vp_repl *r, enum vp_op_kind kind,
 			    const char *path, const char *path2, uint32_t mode);
-/* Takes a reference to d. */
-void vp_repl_note_version_locked(struct vp_repl *r, const char *path,
-				 struct vp_data *d, uint64_t version,
-				 uint32_t mode, int64_t mtime_ns);
+/* A version of e->path (e->ino on this node); takes a reference to e->d. */
+void vp_repl_note_version_locked(struct vp_repl *r, const struct vp_ns_entry *e);
 
 /*
  * Producer: offers consumers the finished chunks of a version still being
- * written.  Takes over the caller's reference to d (a snapshot).  No lock
+ * written.  Takes over the caller's reference to e->d (a snapshot).  No lock
  * needed; never blocks.
  */
-void vp_repl_note_preview(struct vp_repl *r, const char *path, struct vp_data *d,
-			  uint64_t version, uint32_t mode);
+void vp_repl_note_preview(struct vp_repl *r, const struct vp_ns_entry *e);
 
 /* Writes a JSON object: role, provider, peers with state and lag; NULL r: null. */
 void vp_repl_status_json(struct vp_repl *r, FILE *out);

@@ -295,13 +295,24 @@ static void snapshot_locked(struct vp_ns *ns, struct vp_node *dir,
 	     c = LIST_NEXT(c, sib_link)) {
 		if (vp_live_path_locked(ns, c, path, sizeof(path)))
 			continue;
+		struct vp_ns_entry e = {
+			.path = path, .ino = c->ino, .mode = c->mode,
+			.mtime_ns = vp_ts_ns(c->mtime),
+		};
+
 		if (c->type == VP_NODE_DIR) {
-			cb(arg, 0, path, NULL, c->mode, NULL, 0, vp_ts_ns(c->mtime));
+			e.type = VP_ENTRY_DIR;
+			cb(arg, &e);
 			snapshot_locked(ns, c, cb, arg);
 		} else if (c->type == VP_NODE_SYMLINK) {
-			cb(arg, 2, path, c->symlink, c->mode, NULL, 0, vp_ts_ns(c->mtime));
+			e.type = VP_ENTRY_SYMLINK;
+			e.target = c->symlink;
+			cb(arg, &e);
 		} else if (c->version > 0 || c->cur) {
-			cb(arg, 1, path, NULL, c->mode, c->cur, c->version, vp_ts_ns(c->mtime));
+			e.type = VP_ENTRY_FILE;
+			e.d = c->cur;
+			e.version = c->version;
+			cb(arg, &e);
 		}
 	}
 }

@@ -531,11 +531,10 @@ static void maybe_preview(struct vp_ns *ns, struct vp_handle *h)
 {
 	struct vp_observer_slot obs[VP_NS_MAX_OBSERVERS];
 	struct vp_node *n = h->node;
-	uint64_t size, done, full, chunk, version;
+	struct vp_ns_entry e = { .type = VP_ENTRY_FILE };
+	uint64_t size, done, full, chunk;
 	char path[PATH_MAX];
-	struct vp_data *snap;
 	unsigned int nobs;
-	uint32_t mode;
 
 	if (ns->replica || !ns->cfg.repl_stream)
 		return;
@@ -555,15 +554,17 @@ static void maybe_preview(struct vp_ns *ns, struct vp_handle *h)
 		pthread_mutex_unlock(&ns->lock);
 		return;
 	}
-	version = n->version + 1;
-	mode = n->mode;
+	e.path = path;
+	e.ino = n->ino;
+	e.version = n->version + 1;
+	e.mode = n->mode;
 	pthread_mutex_unlock(&ns->lock);
-	snap = vp_data_clone(h->data);
-	if (!snap)
+	e.d = vp_data_clone(h->data);
+	if (!e.d)
 		return;
 	for (unsigned int i = 0; i < nobs; i++)
-		obs[i].ops->on_preview(obs[i].arg, path, snap, version, mode);
-	vp_data_put(snap);
+		obs[i].ops->on_preview(obs[i].arg, &e);
+	vp_data_put(e.d);
 }
 
 ssize_t vp_ns_write(struct vp_ns *ns, struct vp_handle *h, const void *buf,

@@ -148,8 +148,12 @@ void vp_note_version_locked(struct vp_ns *ns, struct vp_node *n)
 	    !observed_locked(ns, offsetof(struct vp_ns_observer, on_version)) ||
 	    vp_live_path_locked(ns, n, path, sizeof(path)))
 		return;
+	struct vp_ns_entry e = {
+		.type = VP_ENTRY_FILE, .path = path, .ino = n->ino, .mode = n->mode,
+		.d = n->cur, .version = n->version, .mtime_ns = vp_ts_ns(n->mtime),
+	};
+
 	VP_FOREACH_OBSERVER(o, ns)
 		if (o->ops->on_version)
-			o->ops->on_version(o->arg, path, n->cur, n->version,
-					   n->mode, vp_ts_ns(n->mtime));
+			o->ops->on_version(o->arg, &e);
 }

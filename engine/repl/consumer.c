@@ -64,18 +64,11 @@ struct stale_arg {
 	size_t n, cap;
 };
 
-static void stale_cb(void *arg, int type, const char *path, const char *target,
-		     uint32_t mode, struct vp_data *d, uint64_t version,
-		     int64_t mtime_ns)
+static void stale_cb(void *arg, const struct vp_ns_entry *e)
 {
 	struct stale_arg *a = arg;
-	const char *key = path;
+	const char *path = e->path, *key = path;
 
-	(void)target;
-	(void)mode;
-	(void)d;
-	(void)version;
-	(void)mtime_ns;
 	if (!strncmp(path, ".viperfs-", 9) ||
 	    (a->r->cons.nseen && bsearch(&key, a->r->cons.seen, a->r->cons.nseen, sizeof(char *), cmp_str)))
 		return;
@@ -92,7 +85,7 @@ static void stale_cb(void *arg, int type, const char *path, const char *target,
 		a->cap = cap;
 	}
 	a->paths[a->n] = strdup(path);
-	a->types[a->n] = type;
+	a->types[a->n] = e->type == VP_ENTRY_DIR ? 0 : 1;
 	if (a->paths[a->n])
 		a->n++;
 }

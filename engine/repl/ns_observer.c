@@ -18,17 +18,18 @@ static void repl_on_op(void *arg, enum vp_op_kind kind, const char *path,
 	vp_repl_note_op_locked(arg, kind, path, path2, mode);
 }
 
-static void repl_on_version(void *arg, const char *path, struct vp_data *d,
-			    uint64_t version, uint32_t mode, int64_t mtime_ns)
+static void repl_on_version(void *arg, const struct vp_ns_entry *e)
 {
-	vp_repl_note_version_locked(arg, path, d, version, mode, mtime_ns);
+	vp_repl_note_version_locked(arg, e);
 }
 
-static void repl_on_preview(void *arg, const char *path, struct vp_data *d,
-			    uint64_t version, uint32_t mode)
+static void repl_on_preview(void *arg, const struct vp_ns_entry *e)
 {
+	struct vp_ns_entry own = *e;
+
 	/* the note takes over a reference: its own */
-	vp_repl_note_preview(arg, path, vp_data_get(d), version, mode);
+	own.d = vp_data_get(e->d);
+	vp_repl_note_preview(arg, &own);
 }
 
 static void repl_status_json(void *arg, FILE *out)

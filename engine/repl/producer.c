@@ -71,50 +71,49 @@ static void drop_queued_versions(struct vp_repl *r, const char *path, int previe
 	pthread_mutex_unlock(&r->lock);
 }
 
-void vp_repl_note_version_locked(struct vp_repl *r, const char *path,
-				 struct vp_data *d, uint64_t version,
-				 uint32_t mode, int64_t mtime_ns)
+void vp_repl_note_version_locked(struct vp_repl *r, const struct vp_ns_entry *v)
 {
 	struct event *e;
 
 	if (!r || r->consumer)
 		return;
 	e = calloc(1, sizeof(*e));
-	if (!e || !(e->path = strdup(path))) {
+	if (!e || !(e->path = strdup(v->path))) {
 		free(e);
 		vp_log(LOG_ERR, "repl", "out of memory: consumers will miss version %" PRIu64 " of '%s'",
-		       version, path);
+		       v->version, v->path);
 		return;
 	}
 	e->is_version = 1;
-	e->data = vp_data_get(d);
-	e->version = version;
-	e->mode = mode & 07777;
-	e->mtime_ns = mtime_ns;
-	drop_queued_versions(r, path, 0);
+	e->ino = v->ino;
+	e->data = vp_data_get(v->d);
+	e->version = v->version;
+	e->mode = v->mode & 07777;
+	e->mtime_ns = v->mtime_ns;
+	drop_queued_versions(r, v->path, 0);
 	event_append(r, e);
 }
 
-void vp_repl_note_preview(struct vp_repl *r, const char *path, struct vp_data *d,
-			  uint64_t version, uint32_t mode)
+void vp_repl_note_preview(struct vp_repl *r, const struct vp_ns_entry *v)
 {
 	struct event *e;
 
 	if (!r || r->consumer) {
-		vp_data_put(d);
+		vp_data_put(v->d);
 		return;
 	}
 	e = calloc(1, sizeof(*e));
-	if (!e || !(e->path = strdup(path))) {
+	if (!e || !(e->path = strdup(v->path))) {
 		free(e);
-		vp_data_put(d);
+		vp_data_put(v->d);
 		return;		/* a preview is an optimisation: the version ships at commit */
 	}
 	e->is_version = e->is_preview = 1;
-	e->data = d;
-	e->version = version;
-	e->mode = mode & 07777;
-	drop_queued_versions(r, path, 1);	/* an unsent older preview */
+	e->ino = v->ino;
+	e->data = v->d;
+	e->version = v->version;
+	e->mode = v->mode & 07777;
+	drop_queued_versions(r, v->path, 1);	/* an unsent older preview */
 	event_append(r, e);
 }
 
@@ -154,15 +153,15 @@ static void pin_free(struct pin *pin, struct vp_gpu *g)
  * mirror is still being made goes from the host cache: waiting for the
  * host-to-device copy would only delay the consumers.
  */
-static void serve_from_gpu(struct vp_repl *r, const char *path, uint64_t version,
-			   uint64_t size, struct pin *pin)
+static void serve_from_gpu(struct vp_repl *r, const char *path, uint64_t ino,
+			   uint64_t version, uint64_t size, struct pin *pin)
 {
 	struct vp_gpu *g = vp_ns_gpu(r->ns);
-	uint64_t ino, msize;
+	uint64_t msize;
 	void *mem;
 	int rc;
 
-	if (!g || !size || vp_ns_path_ino(r->ns, path, &ino))
+	if (!g || !size)
 		return;
 	pin->lease = vp_gpu_hold(g, ino, version, &mem, &msize);
 	if (!pin->lease)
@@ -253,18 +252,18 @@ static int announce_hash(struct vp_repl *r, struct vp_data *d, announce_t *a, in
 }
 
 /* A new pin of d for announce a (from the GPU mirror if it can); NULL: no memory. */
-static struct pin *pin_new(struct vp_repl *r, const char *path, const announce_t *a,
-			   struct vp_data *d)
+static struct pin *pin_new(struct vp_repl *r, const struct vp_ns_entry *v,
+			   const announce_t *a)
 {
 	struct pin *pin = calloc(1, sizeof(*pin));
 
 	if (!pin)
 		return NULL;
 	pin->seq = a->seq;
-	pin->data = vp_data_get(d);
+	pin->data = vp_data_get(v->d);
 	pin->since = vp_now();
 	if (r->direct && !(a->flags & VP_ANNOUNCE_PREVIEW))
-		serve_from_gpu(r, path, a->version, a->size, pin);
+		serve_from_gpu(r, v->path, v->ino, a->version, a->size, pin);
 	return pin;
 }
 
@@ -330,8 +329,7 @@ static int announce_queue_locked(struct vp_repl *r, struct vp_msg *m,
  * active peer (or only on one, for a catch-up).  Called with no lock
  * held; takes r->lock to queue.  Returns 0 or -errno.
  */
-static int announce(struct vp_repl *r, const char *path, struct vp_data *d,
-		    uint64_t version, uint32_t mode, int64_t mtime_ns,
+static int announce(struct vp_repl *r, const struct vp_ns_entry *v,
 		    struct peer *only, int preview)
 {
 	struct vp_msg *m = calloc(1, sizeof(*m));
@@ -345,23 +343,23 @@ static int announce(struct vp_repl *r, const char *path, struct vp_data *d,
 		return -ENOMEM;
 	m->type = VP_MSG_ANNOUNCE;
 	a = &m->u.announce;
-	a->version = version;
-	a->mode = mode;
+	a->version = v->version;
+	a->mode = v->mode;
 	a->flags = preview ? VP_ANNOUNCE_PREVIEW : 0;
 	if (!only && r->cfg.relay_fanout)
 		a->flags |= VP_ANNOUNCE_RELAY;	/* the whole tree gets it */
-	a->mtime_ns = mtime_ns;
-	snprintf(a->path, sizeof(a->path), "%s", path);
-	rc = announce_hash(r, d, a, preview, &hashes);
+	a->mtime_ns = v->mtime_ns;
+	snprintf(a->path, sizeof(a->path), "%s", v->path);
+	rc = announce_hash(r, v->d, a, preview, &hashes);
 	if (rc)
 		goto out;
-	pin = pin_new(r, path, a, d);
+	pin = pin_new(r, v, a);
 	if (!pin) {
 		rc = -ENOMEM;
 		goto out;
 	}
 	refs = calloc(a->nchunks ? a->nchunks : 1, sizeof(*refs));
-	rc = refs ? pin_register(r, pin, d, a->size, a->chunk_size, a->nchunks, hashes, refs) :
+	rc = refs ? pin_register(r, pin, v->d, a->size, a->chunk_size, a->nchunks, hashes, refs) :
 		-ENOMEM;
 	pthread_mutex_lock(&r->lock);
 	if (!rc)
@@ -370,7 +368,7 @@ static int announce(struct vp_repl *r, const char *path, struct vp_data *d,
 	pthread_mutex_unlock(&r->lock);
 	if (rc)
 		vp_log(LOG_ERR, "repl", "'%s' version %" PRIu64 ": registering its chunks with the fabric: %s; not replicated",
-		       path, version, strerror(-rc));
+		       v->path, v->version, strerror(-rc));
 out:
 	if (pin)
 		pin_free(pin, vp_ns_gpu(r->ns));
@@ -410,12 +408,8 @@ static void queue_op(struct vp_repl *r, enum vp_op_kind kind, const char *path,
 /* An entry of the tree, as a catch-up names it. */
 struct snap_item {
 	STAILQ_ENTRY(snap_item) link;
-	int type;		/* 0: directory, 1: file, 2: symlink (vp_ns_snapshot) */
+	struct vp_ns_entry e;	/* path and target: the copies below; d: a reference */
 	char *path, *target;
-	uint32_t mode;
-	struct vp_data *data;
-	uint64_t version;
-	int64_t mtime_ns;
 };
 
 struct snap_arg {
@@ -423,23 +417,21 @@ struct snap_arg {
 };
 
 /* Collects the tree under ns->lock; announced afterwards, without it. */
-static void snap_cb(void *arg, int type, const char *path, const char *target,
-		    uint32_t mode, struct vp_data *d, uint64_t version,
-		    int64_t mtime_ns)
+static void snap_cb(void *arg, const struct vp_ns_entry *e)
 {
 	struct snap_arg *a = arg;
 	struct snap_item *it = calloc(1, sizeof(*it));
 
-	if (!it || !(it->path = strdup(path))) {
+	if (!it || !(it->path = strdup(e->path))) {
 		free(it);
 		return;
 	}
-	it->type = type;
-	it->target = target ? strdup(target) : NULL;
-	it->mode = mode & 07777;
-	it->data = d ? vp_data_get(d) : NULL;
-	it->version = version;
-	it->mtime_ns = mtime_ns;
+	it->target = e->target ? strdup(e->target) : NULL;
+	it->e = *e;
+	it->e.path = it->path;
+	it->e.target = it->target;
+	it->e.mode = e->mode & 07777;
+	it->e.d = e->d ? vp_data_get(e->d) : NULL;
 	STAILQ_INSERT_TAIL(&a->items, it, link);
 }
 
@@ -461,16 +453,15 @@ void repl_catch_up(struct vp_repl *r, struct peer *p)
 	vp_ns_snapshot(r->ns, snap_cb, &a);
 	while ((it = STAILQ_FIRST(&a.items))) {
 		STAILQ_REMOVE_HEAD(&a.items, link);
-		if (it->type == 0)
-			queue_op(r, VP_OP_MKDIR, it->path, NULL, it->mode, p);
-		else if (it->type == 2)
+		if (it->e.type == VP_ENTRY_DIR)
+			queue_op(r, VP_OP_MKDIR, it->path, NULL, it->e.mode, p);
+		else if (it->e.type == VP_ENTRY_SYMLINK)
 			queue_op(r, VP_OP_SYMLINK, it->path, it->target, 0, p);
-		else if (it->data && !announce(r, it->path, it->data, it->version,
-					       it->mode, it->mtime_ns, p, 0))
+		else if (it->e.d && !announce(r, &it->e, p, 0))
 			files++;
 		else
 			queue_op(r, VP_OP_KEEP, it->path, NULL, 0, p);	/* on the PFS only */
-		vp_data_put(it->data);
+		vp_data_put(it->e.d);
 		free(it->path);
 		free(it->target);
 		free(it);
@@ -528,9 +519,15 @@ static void producer_ship_events(struct vp_repl *r)
 		pthread_mutex_unlock(&r->lock);
 		if (!e)
 			break;
-		if (e->is_version && e->data)
-			announce(r, e->path, e->data, e->version, e->mode, e->mtime_ns, NULL,
-				 e->is_preview);
+		if (e->is_version && e->data) {
+			struct vp_ns_entry v = {
+				.type = VP_ENTRY_FILE, .path = e->path, .ino = e->ino,
+				.mode = e->mode, .d = e->data, .version = e->version,
+				.mtime_ns = e->mtime_ns,
+			};
+
+			announce(r, &v, NULL, e->is_preview);
+		}
 		else if (!e->is_version)
 			queue_op(r, e->kind, e->path, e->path2, e->mode, NULL);
 		repl_event_free(e);

@@ -76,6 +76,7 @@ struct event {			/* producer: a change to ship, in order */
 	enum vp_op_kind kind;
 	char *path, *path2;
 	uint32_t mode;
+	uint64_t ino;		/* versions: the file on this node (its GPU mirror's key) */
 	struct vp_data *data;	/* versions: ref */
 	uint64_t version;
 	int64_t mtime_ns;

@@ -411,6 +411,7 @@ static void test_missing_pfs_is_refused(void **state)
 /* An observer that writes down what it heard, one line per call. */
 struct heard {
 	char log[1024];
+	uint64_t ino;		/* the last commit's */
 };
 
 static void heard_add(struct heard *h, const char *fmt, ...)
@@ -426,7 +427,7 @@ static void heard_add(struct heard *h, const char *fmt, ...)
 static void heard_commit(void *arg, uint64_t ino, uint64_t version,
 			 struct vp_data *d)
 {
-	(void)ino;
+	((struct heard *)arg)->ino = ino;
 	heard_add(arg, "commit v%llu %llu;", (unsigned long long)version,
 		  (unsigned long long)vp_data_size(d));
 }
@@ -444,13 +445,13 @@ static void heard_op(void *arg, enum vp_op_kind kind, const char *path,
 	heard_add(arg, "op %d %s>%s;", (int)kind, path, path2);
 }
 
-static void heard_version(void *arg, const char *path, struct vp_data *d,
-			  uint64_t version, uint32_t mode, int64_t mtime_ns)
+static void heard_version(void *arg, const struct vp_ns_entry *e)
 {
-	(void)d;
-	(void)mode;
-	(void)mtime_ns;
-	heard_add(arg, "version %s v%llu;", path, (unsigned long long)version);
+	struct heard *h = arg;
+
+	/* the version names the file the commit did, by its inode too */
+	heard_add(arg, "version %s v%llu%s;", e->path, (unsigned long long)e->version,
+		  e->ino == h->ino && e->d && e->type == VP_ENTRY_FILE ? "" : " (not the commit's)");
 }
 
 static const struct vp_ns_observer heard_ops = {
@@ -464,7 +465,7 @@ static void test_observers_hear_changes(void **state)
 {
 	struct fixture *fx = *state;
 	struct vp_ns *ns = open_ns(fx, "flush_interval=1h");
-	struct heard a = { "" }, b = { "" };
+	struct heard a = { "", 0 }, b = { "", 0 };
 	char want[512];
 	struct stat st;
 
