@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/queue.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/time.h>
@@ -50,7 +51,7 @@ struct conn {
 	double deadline;	/* vp_now() by which the request line must be in */
 	size_t used;		/* bytes in line */
 	char line[PATH_MAX + 32];
-	struct conn *prev, *next;	/* in ctl->serving; protected by ctl->lock */
+	LIST_ENTRY(conn) link;		/* in ctl->serving; protected by ctl->lock */
 };
 
 /*
@@ -68,7 +69,7 @@ struct vp_ctl {
 	char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
 	pthread_mutex_t lock;
 	pthread_cond_t idle;
-	struct conn *serving;		/* protected by lock */
+	LIST_HEAD(, conn) serving;	/* protected by lock */
 	unsigned int active;		/* protected by lock: conns in serving */
 	unsigned int active_unprivileged;	/* protected by lock */
 	int stopping;			/* atomic */
@@ -79,21 +80,17 @@ struct vp_ctl {
 /* ---- answers ---------------------------------------------------------- */
 
 /*
- * Writes j (taken) as one line and flushes it, with no lock held: a client
- * that does not read blocks this thread only, never the mount.  NULL (jansson
- * ran out of memory building it) is answered as such.  Returns 0, or EOF
- * once the client has gone.
+ * Writes j (taken; NULL: jansson ran out of memory building it) as one
+ * line and flushes it, with no lock held: a client that does not read
+ * blocks this thread only, never the mount.  Returns 0, or EOF once the
+ * client has gone.
  */
 static int answer(FILE *out, json_t *j)
 {
-	char *text = j ? vp_json_dumps(j) : NULL;
+	char *line = vp_json_line(j);
 
-	json_decref(j);
-	if (text)
-		fprintf(out, "%s\n", text);
-	else
-		fputs("{\"error\":\"out of memory\"}\n", out);	/* nothing left to build it */
-	free(text);
+	fputs(line ? line : "{\"error\":\"out of memory\"}\n", out);
+	free(line);
 	return fflush(out);
 }
 
@@ -103,6 +100,13 @@ static void json_error(FILE *out, const char *msg)
 	answer(out, json_pack("{s:o}", "error", vp_json_name(msg)));
 }
 
+static void conn_free(struct conn *c)
+{
+	close(c->fd);
+	free(c->peer.groups);
+	free(c);
+}
+
 /*
  * Answers a connection that gets no thread: one line, never blocking (the
  * accept thread sends it), then closes and frees c.  msg is short plain
@@ -110,21 +114,13 @@ static void json_error(FILE *out, const char *msg)
  */
 static void conn_refuse(struct conn *c, const char *msg)
 {
-	json_t *j = json_pack("{s:s}", "error", msg);
-	char *text = j ? vp_json_dumps(j) : NULL;
+	char *line = vp_json_line(json_pack("{s:s}", "error", msg));
 
-	json_decref(j);
-	if (text) {
-		char line[256];
-		int len = snprintf(line, sizeof(line), "%s\n", text);
-
-		if (send(c->fd, line, (size_t)len, MSG_DONTWAIT | MSG_NOSIGNAL) < 0)
-			(void)0;	/* the client is gone or not reading: nothing to tell */
-	}
-	free(text);
-	close(c->fd);
-	free(c->peer.groups);
-	free(c);
+	/* a failure means the client is gone or not reading: nothing to tell */
+	if (line)
+		send(c->fd, line, strlen(line), MSG_DONTWAIT | MSG_NOSIGNAL);
+	free(line);
+	conn_free(c);
 }
 
 /* 1 if the client closed its end; its half-close after the request is not that. */
@@ -136,11 +132,10 @@ static int client_gone(int fd)
 }
 
 /*
- * Replication's part of status.  vp_repl_status_json() still writes text
- * (under r->lock, into memory here): it is read back until repl has a
- * json_t function of its own, after the repl split.  Its strings are
- * addresses and names of providers, no file names, so reading them back
- * loses nothing; text that is not JSON (a NaN) gives null.
+ * Replication's part of status: vp_repl_status_json() writes text (into
+ * memory), read back here until repl has a json_t function of its own,
+ * after the repl split.  It holds no file names; text that is not JSON (a
+ * NaN) gives null.
  */
 static json_t *repl_status(struct vp_repl *r)
 {
@@ -203,16 +198,6 @@ static void serve_ping(struct conn *c, char *arg, FILE *out)
 	answer(out, json_pack("{s:b}", "pong", 1));
 }
 
-/* j (taken) with "finished":true added where done is set. */
-static json_t *with_finished(json_t *j, int done)
-{
-	if (done && json_object_set_new(j, "finished", json_true())) {
-		json_decref(j);
-		j = NULL;
-	}
-	return j;
-}
-
 static void serve_flush(struct conn *c, char *path, FILE *out)
 {
 	struct vp_ctl *ctl = c->ctl;
@@ -226,12 +211,12 @@ static void serve_flush(struct conn *c, char *path, FILE *out)
 	}
 	do {
 		rc = vp_ns_flush_poll(ns, &p, 0.2);
-		if (answer(out, with_finished(json_pack("{s:I,s:I,s:I,s:s}",
-						    "done", (json_int_t)p.bytes_done,
-						    "total", (json_int_t)p.bytes_total,
-						    "ops_left", (json_int_t)p.ops_left,
-						    "error", p.last_error ? strerror(-p.last_error) : ""),
-					  rc)) == EOF)
+		if (answer(out, json_pack("{s:I,s:I,s:I,s:s,s:o*}",
+					  "done", (json_int_t)p.bytes_done,
+					  "total", (json_int_t)p.bytes_total,
+					  "ops_left", (json_int_t)p.ops_left,
+					  "error", p.last_error ? strerror(-p.last_error) : "",
+					  "finished", rc ? json_true() : NULL)) == EOF)	/* o*: the last only */
 			return;	/* the client went away */
 	} while (rc == 0 && !__atomic_load_n(&ctl->stopping, __ATOMIC_RELAXED));
 }
@@ -324,13 +309,14 @@ struct warm_out {
 
 static json_t *warm_json(const struct vp_warm_progress *p, int done)
 {
-	return with_finished(json_pack("{s:I,s:I,s:I,s:I,s:I,s:I}",
-				  "files", (json_int_t)p->files_total,
-				  "files_done", (json_int_t)p->files_done,
-				  "total", (json_int_t)p->bytes_total,
-				  "done", (json_int_t)p->bytes_done,
-				  "cached", (json_int_t)p->bytes_cached,
-				  "errors", (json_int_t)p->errors), done);
+	return json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:o*}",
+			 "files", (json_int_t)p->files_total,
+			 "files_done", (json_int_t)p->files_done,
+			 "total", (json_int_t)p->bytes_total,
+			 "done", (json_int_t)p->bytes_done,
+			 "cached", (json_int_t)p->bytes_cached,
+			 "errors", (json_int_t)p->errors,
+			 "finished", done ? json_true() : NULL);	/* o*: the last only */
 }
 
 /* Progress at most every 200 ms; stops when the client has gone. */
@@ -616,22 +602,11 @@ static void serve_request(struct conn *c, FILE *out)
 	r->serve(c, arg, out);
 }
 
-static void conn_free(struct conn *c)
-{
-	close(c->fd);
-	free(c->peer.groups);
-	free(c);
-}
-
 /* Counts c in; ctl->lock held. */
 static void serving_add_locked(struct vp_ctl *ctl, struct conn *c)
 {
 	VP_ASSERT_LOCKED(&ctl->lock);
-	c->prev = NULL;
-	c->next = ctl->serving;
-	if (c->next)
-		c->next->prev = c;
-	ctl->serving = c;
+	LIST_INSERT_HEAD(&ctl->serving, c, link);
 	ctl->active++;
 	if (!c->peer.privileged)
 		ctl->active_unprivileged++;
@@ -642,12 +617,7 @@ static void serving_remove_locked(struct vp_ctl *ctl, struct conn *c)
 {
 	VP_ASSERT_LOCKED(&ctl->lock);
 	assert(ctl->active > 0);
-	if (c->prev)
-		c->prev->next = c->next;
-	else
-		ctl->serving = c->next;
-	if (c->next)
-		c->next->prev = c->prev;
+	LIST_REMOVE(c, link);
 	ctl->active--;
 	if (!c->peer.privileged)
 		ctl->active_unprivileged--;
@@ -957,6 +927,7 @@ struct vp_ctl *vp_ctl_start(const struct vp_ctl_sources *src, const char *path,
 	ctl->ns = src->ns;
 	ctl->gpu = src->gpu;
 	ctl->repl = src->repl;
+	LIST_INIT(&ctl->serving);
 	ctl->stop_pipe[0] = ctl->stop_pipe[1] = -1;
 	strcpy(ctl->path, path);
 	strcpy(addr.sun_path, path);
@@ -992,6 +963,8 @@ err_msg:
 
 void vp_ctl_stop(struct vp_ctl *ctl)
 {
+	struct conn *c;
+
 	if (!ctl)
 		return;
 	__atomic_store_n(&ctl->stopping, 1, __ATOMIC_RELAXED);
@@ -1007,7 +980,7 @@ void vp_ctl_stop(struct vp_ctl *ctl)
 	 * and end.  A thread closes its descriptor only after leaving the
 	 * list, under the lock: no shutdown() hits a reused descriptor.
 	 */
-	for (struct conn *c = ctl->serving; c; c = c->next)
+	LIST_FOREACH(c, &ctl->serving, link)
 		shutdown(c->fd, SHUT_RDWR);
 	while (ctl->active)
 		pthread_cond_wait(&ctl->idle, &ctl->lock);

@@ -106,11 +106,19 @@ static void unmark(char *text)
 	*out = '\0';
 }
 
-char *vp_json_dumps(const json_t *j)
+char *vp_json_line(json_t *j)
 {
-	char *text = json_dumps(j, JSON_COMPACT | JSON_ENCODE_ANY | JSON_PRESERVE_ORDER);
+	char *text = j ? json_dumps(j, JSON_COMPACT | JSON_ENCODE_ANY | JSON_PRESERVE_ORDER) : NULL;
+	char *line = NULL;
 
-	if (text)
+	json_decref(j);
+	if (text) {
 		unmark(text);
-	return text;
+		line = realloc(text, strlen(text) + 2);
+		if (line)
+			strcat(line, "\n");
+		else
+			free(text);
+	}
+	return line;
 }

@@ -1,7 +1,7 @@
 /*
  * json: what viperfs adds to jansson for the JSON it writes (status, the
  * control socket's answers, the schedule file).  Every JSON value is a
- * json_t built with jansson and dumped by vp_json_dumps().
+ * json_t built with jansson and dumped by vp_json_line().
  *
  * DESIGN: names in the mount are bytes, not text; JSON is text, and
  * jansson takes only UTF-8.  A byte that is not part of well-formed UTF-8
@@ -15,7 +15,7 @@
  * refuses invalid UTF-8), and a string holding U+00FF comes out as the
  * raw UTF-8 of U+00FF.  So vp_json_name() marks each such byte as the
  * pair U+0000, U+00XX -- a NUL never occurs in a name, which is a C
- * string -- and vp_json_dumps() rewrites each marked pair, which jansson
+ * string -- and vp_json_line() rewrites each marked pair, which jansson
  * writes as \u0000 followed by the UTF-8 of U+00XX, as \u00XX.  Valid
  * multi-byte sequences are copied as they are; control characters come
  * out as jansson writes them (\n, \u001F).
@@ -47,10 +47,12 @@ json_t *vp_json_name(const char *name);
 json_t *vp_json_real(double v);
 
 /*
- * j (borrowed) as compact JSON text, keys in the order they were set, the
- * bytes vp_json_name() marked as \u00XX: a new string (free() it), or NULL
- * when memory ran out.
+ * j as one line of compact JSON text, newline included, keys in the order
+ * they were set, the bytes vp_json_name() marked as \u00XX: a new string
+ * (free() it), or NULL when j is NULL or memory ran out.  Takes j (its
+ * reference is dropped here), so a caller may pass what json_pack()
+ * returns as it is.
  */
-char *vp_json_dumps(const json_t *j);
+char *vp_json_line(json_t *j);
 
 #endif

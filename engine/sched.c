@@ -198,17 +198,10 @@ static json_t *schedule_locked(struct vp_sched *s)
 char *vp_sched_json(struct vp_sched *s)
 {
 	json_t *j = NULL;
-	char *text = NULL, *line = NULL;
 
 	pthread_mutex_lock(&s->lock);
 	if (s->have_plan)
 		j = schedule_locked(s);
 	pthread_mutex_unlock(&s->lock);
-	if (j)
-		text = vp_json_dumps(j);
-	json_decref(j);
-	if (text && asprintf(&line, "%s\n", text) < 0)
-		line = NULL;
-	free(text);
-	return line;
+	return vp_json_line(j);
 }

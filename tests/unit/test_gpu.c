@@ -457,13 +457,14 @@ static void test_status_object(void **state)
 	assert_string_equal(json_string_value(json_object_get(st, "state")), "on");
 	assert_true(json_is_integer(json_object_get(st, "used")));
 	assert_int_equal(json_integer_value(json_object_get(st, "used")), MiB + 3);
-	text = vp_json_dumps(st);
+	json_incref(st);
+	text = vp_json_line(st);
 	assert_non_null(text);
 	snprintf(want, sizeof(want),
 		 "{\"state\":\"on\",\"tier\":\"%s\",\"device\":0,\"name\":\"fake device\","
 		 "\"budget\":%llu,\"used\":%llu,\"files\":1,\"leased\":0,\"mirrored\":1,"
 		 "\"evicted\":0,\"failed\":0,\"reads\":0,\"read_bytes\":0,\"staged\":0,"
-		 "\"staged_bytes\":0}", fake_tier.name, 64 * MiB, MiB + 3);
+		 "\"staged_bytes\":0}\n", fake_tier.name, 64 * MiB, MiB + 3);
 	assert_string_equal(text, want);
 	free(text);
 	json_decref(st);
