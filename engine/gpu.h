@@ -147,7 +147,7 @@ int vp_gpu_cuda_device(struct vp_gpu *g);
 int vp_gpu_device(struct vp_gpu *g);
 /*
  * The tier's part of status ("tiers.gpu"): a new reference, or NULL when
- * memory ran out.  Takes g->lock only; call it with no other lock held.
+ * memory ran out.  Takes g->lock (lock.h), never the namespace lock.
  */
 json_t *vp_gpu_status(struct vp_gpu *g);
 
