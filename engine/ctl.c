@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/queue.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/time.h>
@@ -24,6 +25,7 @@
 #include "lock.h"
 #include "log.h"
 #include "ns.h"
+#include "repl.h"
 
 #define CTL_MAX_SERVING 64	/* requests served at once, one thread each */
 #define CTL_RESERVED 16		/* of those, only for root and the mount's owner */
@@ -49,7 +51,7 @@ struct conn {
 	double deadline;	/* vp_now() by which the request line must be in */
 	size_t used;		/* bytes in line */
 	char line[PATH_MAX + 32];
-	struct conn *prev, *next;	/* in ctl->serving; protected by ctl->lock */
+	LIST_ENTRY(conn) link;		/* in ctl->serving; protected by ctl->lock */
 };
 
 /*
@@ -59,13 +61,15 @@ struct conn {
  */
 struct vp_ctl {
 	struct vp_ns *ns;
+	struct vp_gpu *gpu;		/* NULL: no GPU tier */
+	struct vp_repl *repl;		/* NULL: no replication */
 	int listen_fd;
 	int stop_pipe[2];
 	pthread_t thread;
 	char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
 	pthread_mutex_t lock;
 	pthread_cond_t idle;
-	struct conn *serving;		/* protected by lock */
+	LIST_HEAD(, conn) serving;	/* protected by lock */
 	unsigned int active;		/* protected by lock: conns in serving */
 	unsigned int active_unprivileged;	/* protected by lock */
 	int stopping;			/* atomic */
@@ -75,28 +79,48 @@ struct vp_ctl {
 
 /* ---- answers ---------------------------------------------------------- */
 
+/*
+ * Writes j (taken; NULL: jansson ran out of memory building it) as one
+ * line and flushes it, with no lock held: a client that does not read
+ * blocks this thread only, never the mount.  Returns 0, or EOF once the
+ * client has gone.
+ */
+static int answer(FILE *out, json_t *j)
+{
+	char *line = vp_json_line(j);
+
+	fputs(line ? line : "{\"error\":\"out of memory\"}\n", out);
+	free(line);
+	return fflush(out);
+}
+
+/* msg may hold a client's bytes (a path): it goes out as a name does. */
 static void json_error(FILE *out, const char *msg)
 {
-	fputs("{\"error\":", out);
-	vp_json_string(out, msg);
-	fputs("}\n", out);
+	answer(out, json_pack("{s:o}", "error", vp_json_name(msg)));
+}
+
+static void conn_free(struct conn *c)
+{
+	close(c->fd);
+	free(c->peer.groups);
+	free(c);
 }
 
 /*
  * Answers a connection that gets no thread: one line, never blocking (the
- * accept thread sends it), then closes and frees c.  msg is plain text
- * (no quotes or backslashes).
+ * accept thread sends it), then closes and frees c.  msg is short plain
+ * text, one of this file's.
  */
 static void conn_refuse(struct conn *c, const char *msg)
 {
-	char line[256];
-	int len = snprintf(line, sizeof(line), "{\"error\":\"%s\"}\n", msg);
+	char *line = vp_json_line(json_pack("{s:s}", "error", msg));
 
-	if (send(c->fd, line, (size_t)len, MSG_DONTWAIT | MSG_NOSIGNAL) < 0)
-		(void)0;	/* the client is gone or not reading: nothing to tell */
-	close(c->fd);
-	free(c->peer.groups);
-	free(c);
+	/* a failure means the client is gone or not reading: nothing to tell */
+	if (line)
+		send(c->fd, line, strlen(line), MSG_DONTWAIT | MSG_NOSIGNAL);
+	free(line);
+	conn_free(c);
 }
 
 /* 1 if the client closed its end; its half-close after the request is not that. */
@@ -108,57 +132,45 @@ static int client_gone(int fd)
 }
 
 /*
- * Copies what fill wrote to a memory stream to out.  The namespace writes
- * its JSON with its lock held: a client that does not read must block
- * this thread only, never the mount.
+ * status: the namespace's part, built under its lock, then the GPU tier's
+ * and replication's, each under its own; dumped and sent after every
+ * unlock (answer()).
  */
-static int answer_buffered(FILE *out, int (*fill)(struct vp_ns *, const char *, FILE *),
-			   struct vp_ns *ns, const char *arg)
+static json_t *status_json(struct vp_ctl *ctl)
 {
-	char *text = NULL;
-	size_t len = 0;
-	FILE *mem = open_memstream(&text, &len);
-	int rc;
+	json_t *st = vp_ns_status(ctl->ns), *tiers = json_object_get(st, "tiers");
 
-	if (!mem) {
-		json_error(out, "out of memory");
-		return 0;
+	if (!json_is_object(tiers) ||
+	    (!json_object_get(tiers, "gpu") &&
+	     json_object_set_new(tiers, "gpu", ctl->gpu ? vp_gpu_status(ctl->gpu) : json_null())) ||
+	    json_object_set_new(st, "repl", vp_repl_status(ctl->repl))) {
+		json_decref(st);
+		return NULL;
 	}
-	rc = fill(ns, arg, mem);
-	if (fclose(mem)) {
-		free(text);
-		json_error(out, "out of memory");
-		return 0;
-	}
-	if (!rc)
-		fwrite(text, 1, len, out);
-	free(text);
-	return rc;
-}
-
-static int fill_status(struct vp_ns *ns, const char *arg, FILE *mem)
-{
-	(void)arg;
-	vp_ns_status_json(ns, mem);
-	return 0;
+	return st;
 }
 
 static void serve_status(struct conn *c, char *arg, FILE *out)
 {
-	answer_buffered(out, fill_status, c->ctl->ns, arg);
+	(void)arg;
+	answer(out, status_json(c->ctl));
 }
 
 static void serve_versions(struct conn *c, char *arg, FILE *out)
 {
-	if (answer_buffered(out, vp_ns_versions_json, c->ctl->ns, arg))
+	json_t *files;
+
+	if (vp_ns_versions(c->ctl->ns, arg, &files) == -ENOENT)
 		json_error(out, "no such path in the mount");
+	else
+		answer(out, files);
 }
 
 static void serve_ping(struct conn *c, char *arg, FILE *out)
 {
 	(void)c;
 	(void)arg;
-	fputs("{\"pong\":true}\n", out);
+	answer(out, json_pack("{s:b}", "pong", 1));
 }
 
 static void serve_flush(struct conn *c, char *path, FILE *out)
@@ -174,23 +186,21 @@ static void serve_flush(struct conn *c, char *path, FILE *out)
 	}
 	do {
 		rc = vp_ns_flush_poll(ns, &p, 0.2);
-		fprintf(out, "{\"done\":%llu,\"total\":%llu,\"ops_left\":%llu,\"error\":\"%s\"%s}\n",
-			(unsigned long long)p.bytes_done,
-			(unsigned long long)p.bytes_total,
-			(unsigned long long)p.ops_left,
-			p.last_error ? strerror(-p.last_error) : "",
-			rc ? ",\"finished\":true" : "");
-		if (fflush(out) == EOF)
+		if (answer(out, json_pack("{s:I,s:I,s:I,s:s,s:o*}",
+					  "done", (json_int_t)p.bytes_done,
+					  "total", (json_int_t)p.bytes_total,
+					  "ops_left", (json_int_t)p.ops_left,
+					  "error", p.last_error ? strerror(-p.last_error) : "",
+					  "finished", rc ? json_true() : NULL)) == EOF)	/* o*: the last only */
 			return;	/* the client went away */
 	} while (rc == 0 && !__atomic_load_n(&ctl->stopping, __ATOMIC_RELAXED));
 }
 
-static void print_event(FILE *out, const struct vp_event *ev)
+static json_t *event_json(const struct vp_event *ev)
 {
-	fputs("{\"path\":", out);
-	vp_json_string(out, ev->path);
-	fprintf(out, ",\"version\":%llu,\"size\":%llu,\"time\":%.6f}\n",
-		(unsigned long long)ev->version, (unsigned long long)ev->size, ev->time);
+	return json_pack("{s:o,s:I,s:I,s:o}", "path", vp_json_name(ev->path),
+			 "version", (json_int_t)ev->version, "size", (json_int_t)ev->size,
+			 "time", vp_json_real(ev->time));
 }
 
 /* watch PATH: one JSON line per new version below PATH, until the client leaves. */
@@ -200,8 +210,7 @@ static void serve_watch(struct conn *c, char *path, FILE *out)
 	uint64_t seq = vp_ns_event_seq(ctl->ns);
 	struct vp_event ev;
 
-	fputs("{\"watching\":true}\n", out);
-	fflush(out);
+	answer(out, json_pack("{s:b}", "watching", 1));
 	/*
 	 * The client half-closes after its request, so EOF on read means
 	 * nothing; a client that left shows as a hang-up on the socket (or a
@@ -212,9 +221,9 @@ static void serve_watch(struct conn *c, char *path, FILE *out)
 		int rc = vp_ns_next_event(ctl->ns, &seq, path, 0.5, &ev);
 
 		if (rc == -EOVERFLOW)
-			fputs("{\"error\":\"events were lost: the watcher fell behind\"}\n", out);
+			json_error(out, "events were lost: the watcher fell behind");
 		if (rc == 1)
-			print_event(out, &ev);
+			answer(out, event_json(&ev));
 		if (fflush(out) == EOF || ferror(out))
 			return;
 	}
@@ -249,7 +258,7 @@ static void serve_wait(struct conn *c, char *args, FILE *out)
 		int rc;
 
 		if (have != UINT64_MAX && have > v) {
-			fprintf(out, "{\"version\":%llu}\n", (unsigned long long)have);
+			answer(out, json_pack("{s:I}", "version", (json_int_t)have));
 			return;
 		}
 		if (client_gone(c->fd))
@@ -273,14 +282,16 @@ struct warm_out {
 	struct vp_ctl *ctl;
 };
 
-static void print_warm(FILE *out, const struct vp_warm_progress *p, int finished)
+static json_t *warm_json(const struct vp_warm_progress *p, int done)
 {
-	fprintf(out, "{\"files\":%llu,\"files_done\":%llu,\"total\":%llu,\"done\":%llu,"
-		"\"cached\":%llu,\"errors\":%llu%s}\n",
-		(unsigned long long)p->files_total, (unsigned long long)p->files_done,
-		(unsigned long long)p->bytes_total, (unsigned long long)p->bytes_done,
-		(unsigned long long)p->bytes_cached, (unsigned long long)p->errors,
-		finished ? ",\"finished\":true" : "");
+	return json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:o*}",
+			 "files", (json_int_t)p->files_total,
+			 "files_done", (json_int_t)p->files_done,
+			 "total", (json_int_t)p->bytes_total,
+			 "done", (json_int_t)p->bytes_done,
+			 "cached", (json_int_t)p->bytes_cached,
+			 "errors", (json_int_t)p->errors,
+			 "finished", done ? json_true() : NULL);	/* o*: the last only */
 }
 
 /* Progress at most every 200 ms; stops when the client has gone. */
@@ -294,8 +305,7 @@ static int warm_progress(void *arg, const struct vp_warm_progress *p)
 	if (now - w->last < 0.2)
 		return 0;
 	w->last = now;
-	print_warm(w->out, p, 0);
-	return fflush(w->out) == EOF ? -EPIPE : 0;
+	return answer(w->out, warm_json(p, 0)) == EOF ? -EPIPE : 0;
 }
 
 /* warm PATH: reads PATH's files from the PFS into the cache. */
@@ -310,7 +320,7 @@ static void serve_warm(struct conn *c, char *path, FILE *out)
 	else if (rc)
 		json_error(out, strerror(-rc));
 	else
-		print_warm(out, &p, 1);
+		answer(out, warm_json(&p, 1));
 }
 
 /* idle SECONDS: answers once no file is open, or says how many still are. */
@@ -319,9 +329,9 @@ static void serve_idle(struct conn *c, char *secs, FILE *out)
 	unsigned int open;
 
 	if (vp_ns_wait_idle(c->ctl->ns, atof(secs), &open))
-		fprintf(out, "{\"error\":\"busy\",\"open_files\":%u}\n", open);
+		answer(out, json_pack("{s:s,s:I}", "error", "busy", "open_files", (json_int_t)open));
 	else
-		fputs("{\"open_files\":0}\n", out);
+		answer(out, json_pack("{s:i}", "open_files", 0));
 }
 
 /*
@@ -332,8 +342,9 @@ static void serve_idle(struct conn *c, char *secs, FILE *out)
 static void serve_gpu_export(struct conn *c, char *path, FILE *out)
 {
 	struct vp_ctl *ctl = c->ctl;
-	struct vp_gpu *g = vp_ns_gpu(ctl->ns);
+	struct vp_gpu *g = ctl->gpu;
 	unsigned char handle[VP_TIER_IPC_HANDLE];
+	char hex[2 * VP_TIER_IPC_HANDLE + 1];
 	struct vp_gpu_lease *lease = NULL;
 	uint64_t ino, version, size;
 	int rc;
@@ -356,12 +367,11 @@ static void serve_gpu_export(struct conn *c, char *path, FILE *out)
 			   "the device refused the export (see the log)");
 		return;
 	}
-	fputs("{\"handle\":\"", out);
 	for (int i = 0; i < VP_TIER_IPC_HANDLE; i++)
-		fprintf(out, "%02x", handle[i]);
-	fprintf(out, "\",\"version\":%llu,\"size\":%llu,\"device\":%d}\n",
-		(unsigned long long)version, (unsigned long long)size, vp_gpu_device(g));
-	if (fflush(out) != EOF) {
+		snprintf(hex + 2 * i, 3, "%02x", handle[i]);
+	if (answer(out, json_pack("{s:s,s:I,s:I,s:i}", "handle", hex,
+				  "version", (json_int_t)version, "size", (json_int_t)size,
+				  "device", vp_gpu_device(g))) != EOF) {
 		for (;;) {
 			struct pollfd pfd[2] = {
 				{ .fd = c->fd, .events = POLLIN },
@@ -567,22 +577,11 @@ static void serve_request(struct conn *c, FILE *out)
 	r->serve(c, arg, out);
 }
 
-static void conn_free(struct conn *c)
-{
-	close(c->fd);
-	free(c->peer.groups);
-	free(c);
-}
-
 /* Counts c in; ctl->lock held. */
 static void serving_add_locked(struct vp_ctl *ctl, struct conn *c)
 {
 	VP_ASSERT_LOCKED(&ctl->lock);
-	c->prev = NULL;
-	c->next = ctl->serving;
-	if (c->next)
-		c->next->prev = c;
-	ctl->serving = c;
+	LIST_INSERT_HEAD(&ctl->serving, c, link);
 	ctl->active++;
 	if (!c->peer.privileged)
 		ctl->active_unprivileged++;
@@ -593,12 +592,7 @@ static void serving_remove_locked(struct vp_ctl *ctl, struct conn *c)
 {
 	VP_ASSERT_LOCKED(&ctl->lock);
 	assert(ctl->active > 0);
-	if (c->prev)
-		c->prev->next = c->next;
-	else
-		ctl->serving = c->next;
-	if (c->next)
-		c->next->prev = c->prev;
+	LIST_REMOVE(c, link);
 	ctl->active--;
 	if (!c->peer.privileged)
 		ctl->active_unprivileged--;
@@ -890,8 +884,8 @@ static void *accept_main(void *arg)
 	return NULL;
 }
 
-struct vp_ctl *vp_ctl_start(struct vp_ns *ns, const char *path, char *err,
-			    size_t errlen)
+struct vp_ctl *vp_ctl_start(const struct vp_ctl_sources *src, const char *path,
+			    char *err, size_t errlen)
 {
 	struct sockaddr_un addr = { .sun_family = AF_UNIX };
 	struct vp_ctl *ctl;
@@ -905,7 +899,10 @@ struct vp_ctl *vp_ctl_start(struct vp_ns *ns, const char *path, char *err,
 		snprintf(err, errlen, "out of memory");
 		return NULL;
 	}
-	ctl->ns = ns;
+	ctl->ns = src->ns;
+	ctl->gpu = src->gpu;
+	ctl->repl = src->repl;
+	LIST_INIT(&ctl->serving);
 	ctl->stop_pipe[0] = ctl->stop_pipe[1] = -1;
 	strcpy(ctl->path, path);
 	strcpy(addr.sun_path, path);
@@ -941,6 +938,8 @@ err_msg:
 
 void vp_ctl_stop(struct vp_ctl *ctl)
 {
+	struct conn *c;
+
 	if (!ctl)
 		return;
 	__atomic_store_n(&ctl->stopping, 1, __ATOMIC_RELAXED);
@@ -956,7 +955,7 @@ void vp_ctl_stop(struct vp_ctl *ctl)
 	 * and end.  A thread closes its descriptor only after leaving the
 	 * list, under the lock: no shutdown() hits a reused descriptor.
 	 */
-	for (struct conn *c = ctl->serving; c; c = c->next)
+	LIST_FOREACH(c, &ctl->serving, link)
 		shutdown(c->fd, SHUT_RDWR);
 	while (ctl->active)
 		pthread_cond_wait(&ctl->idle, &ctl->lock);

@@ -3,8 +3,9 @@
  *
  * A Unix stream socket; a client sends one request line and reads the
  * answer until the daemon closes the connection:
- *   status             one JSON object (vp_ns_status_json)
- *   versions PATH      one JSON array (vp_ns_versions_json)
+ *   status             one JSON object: vp_ns_status(), with "tiers.gpu"
+ *                      (vp_gpu_status(), or null) and "repl" added here
+ *   versions PATH      one JSON array (vp_ns_versions)
  *   watch PATH         {"watching":true}, then one JSON line per new version
  *                      below PATH, until the client closes
  *   wait PATH V S      {"version":N} once PATH holds a version above V, or
@@ -19,6 +20,8 @@
  *                      the lease lasts until the client closes
  *   ping               {"pong":true}
  * Errors come back as {"error":"..."}.  PATH is relative to the mount's root.
+ * Every answer is built with jansson (engine/json.h: how names that are
+ * not UTF-8 come out), each line ends in a newline.
  *
  * PERMISSIONS: the socket is mode 0666 and every request is judged by the
  * caller's credentials (SO_PEERCRED, SO_PEERGROUPS), with the mode bits
@@ -48,6 +51,9 @@
  * THREADING: one accept thread polls the listening socket and the
  * connections whose request line is not in; each request is then served
  * by a thread of its own, so a long flush or watch does not block status.
+ * An answer is built under the locks of what it reports on and written
+ * with none held: a client that stops reading blocks its own thread only
+ * (for up to 30 s), never the mount.
  * vp_ctl_stop() shuts down every open connection: the requests end and it
  * returns promptly, even with clients connected.
  */
@@ -56,16 +62,25 @@
 
 #include <stddef.h>
 
-struct vp_ns;
 struct vp_ctl;
+struct vp_gpu;
+struct vp_ns;
+struct vp_repl;
+
+/* What the control socket answers from; each borrowed until vp_ctl_stop(). */
+struct vp_ctl_sources {
+	struct vp_ns *ns;
+	struct vp_gpu *gpu;		/* NULL: no GPU tier */
+	struct vp_repl *repl;		/* NULL: no replication */
+};
 
 /*
  * Listens on path (made unique to this daemon by the caller; a stale
- * socket there is replaced).  ns is borrowed until vp_ctl_stop().  Returns
- * a new server, or NULL with a message in err.
+ * socket there is replaced), answering from src's objects (src itself is
+ * copied).  Returns a new server, or NULL with a message in err.
  */
-struct vp_ctl *vp_ctl_start(struct vp_ns *ns, const char *path, char *err,
-			    size_t errlen);
+struct vp_ctl *vp_ctl_start(const struct vp_ctl_sources *src, const char *path,
+			    char *err, size_t errlen);
 
 /*
  * Stops accepting, closes the connections that sent no request yet,

@@ -10,6 +10,7 @@
 
 #include "clock.h"
 #include "data.h"
+#include "json.h"
 #include "lock.h"
 #include "log.h"
 #include "pool.h"
@@ -853,19 +854,25 @@ int vp_gpu_device(struct vp_gpu *g)
 	return g->dev;
 }
 
-void vp_gpu_status_json(struct vp_gpu *g, FILE *out)
+json_t *vp_gpu_status(struct vp_gpu *g)
 {
 	struct vp_gpu_stats st;
 
 	vp_gpu_get_stats(g, &st);
-	fprintf(out, "{\"state\":\"%s\",\"tier\":\"%s\",\"device\":%d,\"name\":\"",
-		st.on ? "on" : "off", g->ops->name, g->dev);
-	for (const char *p = g->ops->device_name(g->t); *p; p++)
-		fputc(*p == '"' || *p == '\\' ? '_' : *p, out);
-	fprintf(out, "\",\"budget\":%" PRIu64 ",\"used\":%" PRIu64 ",\"files\":%" PRIu64
-		",\"leased\":%" PRIu64 ",\"mirrored\":%" PRIu64 ",\"evicted\":%" PRIu64
-		",\"failed\":%" PRIu64 ",\"reads\":%" PRIu64 ",\"read_bytes\":%" PRIu64
-		",\"staged\":%" PRIu64 ",\"staged_bytes\":%" PRIu64 "}",
-		st.budget, st.used, st.files, st.leased, st.mirrored, st.evicted, st.failed,
-		st.reads, st.read_bytes, st.staged, st.staged_bytes);
+	return json_pack("{s:s,s:s,s:i,s:o,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I}",
+			 "state", st.on ? "on" : "off",
+			 "tier", g->ops->name,
+			 "device", g->dev,
+			 "name", vp_json_name(g->ops->device_name(g->t)),	/* the driver's bytes */
+			 "budget", (json_int_t)st.budget,
+			 "used", (json_int_t)st.used,
+			 "files", (json_int_t)st.files,
+			 "leased", (json_int_t)st.leased,
+			 "mirrored", (json_int_t)st.mirrored,
+			 "evicted", (json_int_t)st.evicted,
+			 "failed", (json_int_t)st.failed,
+			 "reads", (json_int_t)st.reads,
+			 "read_bytes", (json_int_t)st.read_bytes,
+			 "staged", (json_int_t)st.staged,
+			 "staged_bytes", (json_int_t)st.staged_bytes);
 }

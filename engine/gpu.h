@@ -32,6 +32,8 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include <jansson.h>
+
 #include "tier.h"
 
 struct vp_data;
@@ -143,8 +145,11 @@ struct vp_gpu_lease *vp_gpu_hold(struct vp_gpu *g, uint64_t id, uint64_t version
 int vp_gpu_cuda_device(struct vp_gpu *g);
 /* The device ordinal. */
 int vp_gpu_device(struct vp_gpu *g);
-/* Writes the tier's JSON object (for status). */
-void vp_gpu_status_json(struct vp_gpu *g, FILE *out);
+/*
+ * The tier's part of status ("tiers.gpu"): a new reference, or NULL when
+ * memory ran out.  Takes g->lock (lock.h), never the namespace lock.
+ */
+json_t *vp_gpu_status(struct vp_gpu *g);
 
 /*
  * gpu_observer.c: the namespace's observer that mirrors and forgets, and

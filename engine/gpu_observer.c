@@ -46,17 +46,11 @@ static void gpu_usage(void *arg, uint64_t *used, uint64_t *budget)
 	*budget = st.budget;
 }
 
-static void gpu_status_json(void *arg, FILE *out)
-{
-	vp_gpu_status_json(arg, out);
-}
-
 const struct vp_ns_tier vp_gpu_ns_tier = {
 	.name = "gpu",
 	.size = gpu_size,
 	.read = gpu_read,
 	.usage = gpu_usage,
-	.status_json = gpu_status_json,
 };
 
 void vp_gpu_metrics(struct vp_gpu *g, FILE *out)

@@ -1,7 +1,10 @@
 /* json: see json.h. */
 #include "json.h"
 
-#include <stddef.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 /* Table 3-7 of the Unicode standard.  A NUL is never a continuation byte. */
 size_t vp_utf8_len(const unsigned char *s)
@@ -36,26 +39,86 @@ size_t vp_utf8_len(const unsigned char *s)
 	return len;
 }
 
-void vp_json_string(FILE *out, const char *s)
+json_t *vp_json_name(const char *name)
 {
-	const unsigned char *p = (const unsigned char *)s;
+	const unsigned char *p = (const unsigned char *)name;
+	char *marked, *o;
+	json_t *j;
 
-	fputc('"', out);
-	while (*p) {
+	while (*p && vp_utf8_len(p))
+		p += vp_utf8_len(p);
+	if (!*p)
+		return json_string(name);	/* UTF-8 already: the common case */
+	/* each odd byte becomes 3: NUL, then U+00XX in 2 */
+	marked = malloc(strlen(name) * 3 + 1);
+	if (!marked)
+		return NULL;
+	o = marked;
+	for (p = (const unsigned char *)name; *p;) {
 		size_t len = vp_utf8_len(p);
 
-		if (len == 0) {
-			fprintf(out, "\\u%04x", *p);	/* not UTF-8: the byte's value */
-			p++;
-		} else if (*p == '"' || *p == '\\') {
-			fputc('\\', out);
-			fputc(*p++, out);
-		} else if (*p < 0x20) {
-			fprintf(out, "\\u%04x", *p++);
-		} else {
-			fwrite(p, 1, len, out);
+		if (len) {
+			memcpy(o, p, len);
+			o += len;
 			p += len;
+			continue;
+		}
+		*o++ = '\0';
+		*o++ = (char)(0xc0 | (*p >> 6));
+		*o++ = (char)(0x80 | (*p & 0x3f));
+		p++;
+	}
+	j = json_stringn(marked, (size_t)(o - marked));
+	free(marked);
+	return j;
+}
+
+json_t *vp_json_real(double v)
+{
+	return isfinite(v) ? json_real(v) : json_null();
+}
+
+/*
+ * Rewrites, in place, each \u0000 jansson wrote for a mark, and the
+ * 2-byte UTF-8 of U+00XX after it, as \u00XX.  A backslash is only ever
+ * in a string and starts an escape: skipping each escape's first two
+ * characters keeps an escaped backslash before "u0000" what it is.
+ */
+static void unmark(char *text)
+{
+	static const char nul[] = "\\u0000";
+	char *in = text, *out = text;
+
+	while (*in) {
+		const unsigned char *next = (const unsigned char *)in + sizeof(nul) - 1;
+
+		if (!strncmp(in, nul, sizeof(nul) - 1) && (next[0] & 0xfe) == 0xc2 &&
+		    (next[1] & 0xc0) == 0x80) {
+			out += sprintf(out, "\\u%04x", ((next[0] & 0x03) << 6) | (next[1] & 0x3f));
+			in += sizeof(nul) - 1 + 2;
+		} else if (*in == '\\' && in[1]) {
+			*out++ = *in++;
+			*out++ = *in++;
+		} else {
+			*out++ = *in++;
 		}
 	}
-	fputc('"', out);
+	*out = '\0';
+}
+
+char *vp_json_line(json_t *j)
+{
+	char *text = j ? json_dumps(j, JSON_COMPACT | JSON_ENCODE_ANY | JSON_PRESERVE_ORDER) : NULL;
+	char *line = NULL;
+
+	json_decref(j);
+	if (text) {
+		unmark(text);
+		line = realloc(text, strlen(text) + 2);
+		if (line)
+			strcat(line, "\n");
+		else
+			free(text);
+	}
+	return line;
 }

@@ -36,6 +36,8 @@
 #include <sys/types.h>
 #include <time.h>
 
+#include <jansson.h>
+
 #include "config.h"
 #include "data.h"
 #include "proto.h"
@@ -193,13 +195,21 @@ int vp_ns_flush_start(struct vp_ns *ns, const char *path,
 int vp_ns_flush_poll(struct vp_ns *ns, struct vp_flush_progress *p,
 		     double wait_s);
 
-/* Writes a JSON object describing the mount (tiers, flush, stats). */
-void vp_ns_status_json(struct vp_ns *ns, FILE *out);
 /*
- * Writes a JSON array of {path, version, size, state} for path and, if it
- * is a directory, everything below it.  Returns 0 or -ENOENT.
+ * The namespace's part of status (pfs_dir, tiers.ram, flush, stats, paths,
+ * and tiers.gpu only where gpu_cache asked for a tier that is off): a new
+ * reference, or NULL when memory ran out.  Built under ns->lock, so the
+ * caller dumps and sends it with no lock held (a client that does not read
+ * must not stall the mount).  ctl.c adds the GPU tier's and replication's
+ * parts.
  */
-int vp_ns_versions_json(struct vp_ns *ns, const char *path, FILE *out);
+json_t *vp_ns_status(struct vp_ns *ns);
+/*
+ * The array of {path, version, size, state, writers, tiers} for path and,
+ * if it is a directory, everything below it, in *files (a new reference).
+ * Returns 0, -ENOENT or -ENOMEM (*files NULL).
+ */
+int vp_ns_versions(struct vp_ns *ns, const char *path, json_t **files);
 
 /*
  * Waits up to wait_s for every file handle on the mount to be released
@@ -316,12 +326,6 @@ struct vp_ns_observer {
 	 * chunks of version `version`, still being written.  No lock held.
 	 */
 	void (*on_preview)(void *arg, const struct vp_ns_entry *e);
-	/*
-	 * Writes the observer's part of the status, the value of its "repl"
-	 * key (the one observer that has one: replication).  Called with no
-	 * lock held.  Until the status composition leaves the namespace.
-	 */
-	void (*status_json)(void *arg, FILE *out);
 };
 
 #define VP_NS_MAX_OBSERVERS 4
@@ -351,8 +355,6 @@ struct vp_ns_tier {
 			size_t len, uint64_t off);
 	/* Its bytes in use and its budget.  No lock held. */
 	void (*usage)(void *arg, uint64_t *used, uint64_t *budget);
-	/* Its status, a JSON object.  ns->lock held. */
-	void (*status_json)(void *arg, FILE *out);
 };
 
 /*

@@ -43,6 +43,8 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include <jansson.h>
+
 #include "config.h"
 #include "proto.h"
 
@@ -72,8 +74,8 @@ void vp_repl_note_version_locked(struct vp_repl *r, const struct vp_ns_entry *e)
  */
 void vp_repl_note_preview(struct vp_repl *r, const struct vp_ns_entry *e);
 
-/* Writes a JSON object: role, provider, peers with state and lag; NULL r: null. */
-void vp_repl_status_json(struct vp_repl *r, FILE *out);
+/* The status object (role, provider, peers with state and lag: a new reference); NULL r: null. */
+json_t *vp_repl_status(struct vp_repl *r);
 /* Appends per-peer gauges in the Prometheus text format; NULL r: nothing. */
 void vp_repl_metrics(struct vp_repl *r, FILE *out);
 

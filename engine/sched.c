@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "json.h"
 #include "lock.h"
 #include "log.h"
 #include "plan.h"
@@ -169,30 +170,38 @@ out_unlock:
 	pthread_mutex_unlock(&s->lock);
 }
 
+/* The schedule as a new JSON object; NULL when memory ran out.  s->lock held. */
+static json_t *schedule_locked(struct vp_sched *s)
+{
+	json_t *iters = json_array();
+	char formula[256];
+
+	VP_ASSERT_LOCKED(&s->lock);
+	for (size_t k = 0; iters && k < s->nplan; k++) {
+		if (json_array_append_new(iters, json_integer((json_int_t)s->plan[k]))) {
+			json_decref(iters);
+			iters = NULL;
+		}
+	}
+	vp_fit_format(&s->fit, formula, sizeof(formula));
+	/* a fit or a plan gone wrong (NaN, inf) comes out as null, never as bad JSON */
+	return json_pack("{s:I,s:I,s:o,s:o,s:{s:s,s:s,s:o},s:o}",
+			 "planned_at_iteration", (json_int_t)s->last_fit_iter,
+			 "in_service_iteration", (json_int_t)s->last_selected,
+			 "predicted_cil", vp_json_real(s->predicted_cil),
+			 "t_iter", vp_json_real(s->t_iter),
+			 "fit", "family", vp_fit_name(s->fit.family), "formula", formula,
+			 "mse", vp_json_real(s->fit.mse),
+			 "iterations", iters);
+}
+
 char *vp_sched_json(struct vp_sched *s)
 {
-	char *buf = NULL, formula[256];
-	size_t len = 0;
-	FILE *f;
+	json_t *j = NULL;
 
 	pthread_mutex_lock(&s->lock);
-	if (!s->have_plan)
-		goto out_unlock;
-	f = open_memstream(&buf, &len);
-	if (!f)
-		goto out_unlock;
-	vp_fit_format(&s->fit, formula, sizeof(formula));
-	fprintf(f, "{\"planned_at_iteration\":%llu,\"in_service_iteration\":%llu,"
-		"\"predicted_cil\":%.3f,\"t_iter\":%.6f,\"fit\":{\"family\":\"%s\",\"formula\":\"%s\",\"mse\":%.6g},"
-		"\"iterations\":[",
-		(unsigned long long)s->last_fit_iter, (unsigned long long)s->last_selected,
-		s->predicted_cil, s->t_iter, vp_fit_name(s->fit.family), formula,
-		s->fit.mse);
-	for (size_t k = 0; k < s->nplan; k++)
-		fprintf(f, "%s%llu", k ? "," : "", (unsigned long long)s->plan[k]);
-	fputs("]}\n", f);
-	fclose(f);
-out_unlock:
+	if (s->have_plan)
+		j = schedule_locked(s);
 	pthread_mutex_unlock(&s->lock);
-	return buf;
+	return vp_json_line(j);
 }

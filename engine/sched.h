@@ -50,8 +50,10 @@ void vp_sched_decide(struct vp_sched *s, const struct vp_losslog *log,
 		     struct vp_sched_decision *d);
 
 /*
- * The current schedule as JSON ({"iterations":[...], ...}) in a new
- * malloc'd string (you own it), or NULL when there is none yet.
+ * The current schedule as one line of JSON ({"iterations":[...], ...},
+ * built with jansson; a number that is not finite is null) in a new
+ * malloc'd string (you own it), or NULL when there is none yet (or memory
+ * ran out).
  */
 char *vp_sched_json(struct vp_sched *s);
 

@@ -593,13 +593,14 @@ static void stop_hook(struct daemon *d)
 /* The control socket for viperctl: without one the mount works, and says so. */
 static int start_ctl(struct daemon *d)
 {
+	const struct vp_ctl_sources src = { .ns = d->ns, .gpu = d->gpu, .repl = d->repl };
 	char err[PATH_MAX + 512];
 
 	if (!d->cfg.control[0] && default_control_path(d->cfg.control, sizeof(d->cfg.control)))
 		vp_log(LOG_WARNING, "ctl", "no place for a control socket; viperctl will not reach this mount");
 	if (!d->cfg.control[0])
 		return 0;
-	d->ctl = vp_ctl_start(d->ns, d->cfg.control, err, sizeof(err));
+	d->ctl = vp_ctl_start(&src, d->cfg.control, err, sizeof(err));
 	if (d->ctl)
 		vp_ns_set_control_path(d->ns, d->cfg.control);
 	else

@@ -350,8 +350,6 @@ void vp_note_unlink_locked(struct vp_ns *ns, struct vp_node *n);
 /* The observers with an on_preview, copied into out; returns how many. */
 unsigned int vp_preview_observers_locked(struct vp_ns *ns,
 					 struct vp_observer_slot *out);
-/* Writes the "repl" value of the status: an observer's, or null. */
-void vp_observers_status_json(struct vp_ns *ns, FILE *out);
 
 /* load.c: the size of the tier's copy of (ino, version), or UINT64_MAX. */
 uint64_t vp_tier_size(struct vp_ns *ns, uint64_t ino, uint64_t version);

@@ -2,7 +2,7 @@
  * observe: what the namespace tells other subsystems (ns.h's observers:
  * replication, the GPU tier), and the list they register in.  The list
  * is written under ns->lock; the notes run under it, except on_preview
- * (file.c), which runs on a copy, and the status hook.
+ * (file.c), which runs on a copy.
  */
 #include <errno.h>
 #include <limits.h>
@@ -94,22 +94,6 @@ unsigned int vp_preview_observers_locked(struct vp_ns *ns,
 		if (o->ops->on_preview)
 			out[count++] = *o;
 	return count;
-}
-
-void vp_observers_status_json(struct vp_ns *ns, FILE *out)
-{
-	struct vp_observer_slot status = { 0 };
-	const struct vp_observer_slot *o;
-
-	pthread_mutex_lock(&ns->lock);
-	VP_FOREACH_OBSERVER(o, ns)
-		if (o->ops->status_json && !status.ops)
-			status = *o;
-	pthread_mutex_unlock(&ns->lock);
-	if (status.ops)
-		status.ops->status_json(status.arg, out);
-	else
-		fputs("null", out);	/* no replication */
 }
 
 void vp_note_op_locked(struct vp_ns *ns, enum vp_op_kind kind,

@@ -174,39 +174,55 @@ int vp_ns_flush_poll(struct vp_ns *ns, struct vp_flush_progress *p,
 	return rc;
 }
 
-static void versions_locked(struct vp_ns *ns, struct vp_node *n, FILE *out,
-			    int *first)
+/* The tiers that hold n's current version, as a new array of names. */
+static json_t *tiers_locked(struct vp_ns *ns, struct vp_node *n)
 {
-	char path[PATH_MAX];
+	json_t *tiers;
+	int ram, gpu, pfs;
 
 	VP_ASSERT_LOCKED(&ns->lock);
-	if (n->type == VP_NODE_DIR) {
-		for (struct vp_node *c = LIST_FIRST(&n->children); c;
-		     c = LIST_NEXT(c, sib_link))
-			versions_locked(ns, c, out, first);
-		return;
-	}
-	if (n->type != VP_NODE_FILE || vp_live_path_locked(ns, n, path, sizeof(path)))
-		return;
-	fprintf(out, "%s{\"path\":", *first ? "" : ",");
-	vp_json_string(out, path);
 	/*
 	 * Where its bytes sit: "ram" (the cache holds this version; one loaded
 	 * from the PFS fills in as it is read), "gpu" (mirrored), "pfs".  No
 	 * data function here: the namespace lock is held.
 	 */
-	{
-		int ram = n->cur != NULL;
-		int gpu = vp_tier_size(ns, n->ino, n->version) != UINT64_MAX;
-		int pfs = n->pfs_version == n->version;
-
-		fprintf(out, ",\"version\":%" PRIu64 ",\"size\":%" PRIu64 ",\"state\":\"%s\",\"writers\":%u"
-			",\"tiers\":[%s%s%s%s%s]}",
-			n->version, vp_node_size_locked(ns, n), state_locked(ns, n), n->writers,
-			ram ? "\"ram\"" : "", ram && gpu ? "," : "", gpu ? "\"gpu\"" : "",
-			(ram || gpu) && pfs ? "," : "", pfs ? "\"pfs\"" : "");
+	ram = n->cur != NULL;
+	gpu = vp_tier_size(ns, n->ino, n->version) != UINT64_MAX;
+	pfs = n->pfs_version == n->version;
+	tiers = json_array();
+	if (tiers && ((ram && json_array_append_new(tiers, json_string("ram"))) ||
+		      (gpu && json_array_append_new(tiers, json_string("gpu"))) ||
+		      (pfs && json_array_append_new(tiers, json_string("pfs"))))) {
+		json_decref(tiers);
+		tiers = NULL;
 	}
-	*first = 0;
+	return tiers;
+}
+
+/* Appends to files one object for each file at or below n; -ENOMEM. */
+static int versions_locked(struct vp_ns *ns, struct vp_node *n, json_t *files)
+{
+	char path[PATH_MAX];
+	json_t *file;
+
+	VP_ASSERT_LOCKED(&ns->lock);
+	if (n->type == VP_NODE_DIR) {
+		for (struct vp_node *c = LIST_FIRST(&n->children); c;
+		     c = LIST_NEXT(c, sib_link))
+			if (versions_locked(ns, c, files))
+				return -ENOMEM;
+		return 0;
+	}
+	if (n->type != VP_NODE_FILE || vp_live_path_locked(ns, n, path, sizeof(path)))
+		return 0;
+	file = json_pack("{s:o,s:I,s:I,s:s,s:I,s:o}",
+			 "path", vp_json_name(path),
+			 "version", (json_int_t)n->version,
+			 "size", (json_int_t)vp_node_size_locked(ns, n),
+			 "state", state_locked(ns, n),
+			 "writers", (json_int_t)n->writers,
+			 "tiers", tiers_locked(ns, n));
+	return json_array_append_new(files, file) ? -ENOMEM : 0;
 }
 
 struct file_counts {
@@ -232,82 +248,108 @@ static void count_files_locked(struct vp_ns *ns, struct file_counts *c)
 		}
 }
 
-void vp_ns_status_json(struct vp_ns *ns, FILE *out)
+/* The flush's part of status. */
+static json_t *flush_status_locked(struct vp_ns *ns, const struct vp_flush_queue *q)
+{
+	const struct vp_flush *f = &ns->flush;
+	double mean_lag;
+
+	VP_ASSERT_LOCKED(&ns->lock);
+	mean_lag = f->st_flushed_versions ?
+		   f->st_lag_sum / (double)f->st_flushed_versions : 0.0;
+	return json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:o,s:o,s:s,s:o}",
+			 "queued_ops", (json_int_t)q->ops,
+			 "queued_bytes", (json_int_t)q->data_bytes,
+			 "preparing", (json_int_t)f->preparing,
+			 "flushed_versions", (json_int_t)f->st_flushed_versions,
+			 "flushed_bytes", (json_int_t)f->st_flushed_bytes,
+			 "skipped_versions", (json_int_t)f->st_skipped_versions,
+			 "retries", (json_int_t)f->st_retries,
+			 "last_lag_s", vp_json_real(f->st_last_flush_lag),
+			 "mean_lag_s", vp_json_real(mean_lag),
+			 "last_error", f->last_error ? strerror(-f->last_error) : "",
+			 /* a file's name: any bytes */
+			 "last_error_path", vp_json_name(f->last_error ? f->last_error_path : ""));
+}
+
+/*
+ * "tiers": the RAM tier, and the GPU tier where gpu_cache asked for one
+ * that is off (with why).  The GPU tier's own status is the caller's to
+ * add (ctl.c).
+ */
+static json_t *tiers_status_locked(struct vp_ns *ns, const struct vp_pool_stats *ps)
+{
+	json_t *tiers;
+
+	VP_ASSERT_LOCKED(&ns->lock);
+	tiers = json_pack("{s:{s:I,s:I}}", "ram", "budget", (json_int_t)ps->budget,
+			  "used", (json_int_t)ps->used);
+	if (tiers && !ns->tier && ns->cfg.gpu_cache &&
+	    json_object_set_new(tiers, "gpu", json_pack("{s:s,s:o}", "state", "off", "reason",
+							 vp_json_name(ns->gpu_off_reason)))) {
+		json_decref(tiers);
+		tiers = NULL;
+	}
+	return tiers;
+}
+
+json_t *vp_ns_status(struct vp_ns *ns)
 {
 	struct vp_pool_stats ps;
 	struct vp_flush_queue q;
 	struct file_counts fc;
+	json_t *st, *paths;
 
 	vp_pool_get_stats(ns->pool, &ps);
 	pthread_mutex_lock(&ns->lock);
 	vp_flush_queue_locked(ns, &q);
 	count_files_locked(ns, &fc);
-	fputs("{\"pfs_dir\":", out);
-	vp_json_string(out, ns->pfs_dir);
-	fprintf(out, ",\"pid\":%d,\"open_files\":%u,\"unmount_wait_s\":%.3f,"
-		"\"tiers\":{\"ram\":{\"budget\":%" PRIu64 ",\"used\":%" PRIu64 "},\"gpu\":",
-		(int)getpid(), __atomic_load_n(&ns->open_handles, __ATOMIC_RELAXED),
-		ns->cfg.unmount_wait, ps.budget, ps.used);
-	if (ns->tier) {
-		ns->tier->status_json(ns->tier_arg, out);
-	} else if (ns->cfg.gpu_cache) {
-		fputs("{\"state\":\"off\",\"reason\":", out);
-		vp_json_string(out, ns->gpu_off_reason);
-		fputc('}', out);
-	} else {
-		fputs("null", out);
+	paths = json_array();
+	if (paths && versions_locked(ns, ns->root, paths)) {
+		json_decref(paths);
+		paths = NULL;
 	}
-	fputs("},", out);
-	fprintf(out,
-		"\"ram\":{\"budget\":%" PRIu64 ",\"used\":%" PRIu64
-		",\"mapped\":%" PRIu64 ",\"waits\":%" PRIu64 ",\"enospc\":%" PRIu64 "},"
-		"\"files\":%" PRIu64 ",\"unflushed_files\":%" PRIu64 ","
-		"\"flush\":{\"queued_ops\":%" PRIu64 ",\"queued_bytes\":%" PRIu64
-		",\"preparing\":%u,\"flushed_versions\":%" PRIu64 ",\"flushed_bytes\":%" PRIu64
-		",\"skipped_versions\":%" PRIu64 ",\"retries\":%" PRIu64
-		",\"last_lag_s\":%.3f,\"mean_lag_s\":%.6f,\"last_error\":\"%s\",\"last_error_path\":",
-		ps.budget, ps.used, ps.mapped, ps.waits, ps.enospc,
-		fc.files, fc.unflushed, q.ops, q.data_bytes, ns->flush.preparing,
-		ns->flush.st_flushed_versions, ns->flush.st_flushed_bytes,
-		ns->flush.st_skipped_versions, ns->flush.st_retries, ns->flush.st_last_flush_lag,
-		ns->flush.st_flushed_versions ? ns->flush.st_lag_sum / (double)ns->flush.st_flushed_versions : 0.0,
-		ns->flush.last_error ? strerror(-ns->flush.last_error) : "");
-	vp_json_string(out, ns->flush.last_error ? ns->flush.last_error_path : "");	/* a file's name: any bytes */
-	fprintf(out, "},"
-		"\"commits\":%" PRIu64 ",\"checkpoint_stall_s\":%.6f,\"evictions\":%" PRIu64
-		",\"bytes_written\":%" PRIu64 ",\"bytes_read\":%" PRIu64,
-		ns->st_commits,
-		vp_median_stall_locked(ns),
-		ns->flush.st_evictions,
-		__atomic_load_n(&ns->st_bytes_written, __ATOMIC_RELAXED),
-		__atomic_load_n(&ns->st_bytes_read, __ATOMIC_RELAXED));
-	{
-		int first = 1;
-
-		fputs(",\"paths\":[", out);
-		versions_locked(ns, ns->root, out, &first);
-		fputc(']', out);
-	}
+	st = json_pack("{s:o,s:i,s:I,s:o,s:o,s:{s:I,s:I,s:I,s:I,s:I},s:I,s:I,s:o,"
+		       "s:I,s:o,s:I,s:I,s:I,s:o}",
+		       "pfs_dir", vp_json_name(ns->pfs_dir),
+		       "pid", (int)getpid(),
+		       "open_files", (json_int_t)__atomic_load_n(&ns->open_handles, __ATOMIC_RELAXED),
+		       "unmount_wait_s", vp_json_real(ns->cfg.unmount_wait),
+		       "tiers", tiers_status_locked(ns, &ps),
+		       "ram", "budget", (json_int_t)ps.budget, "used", (json_int_t)ps.used,
+		       "mapped", (json_int_t)ps.mapped, "waits", (json_int_t)ps.waits,
+		       "enospc", (json_int_t)ps.enospc,
+		       "files", (json_int_t)fc.files,
+		       "unflushed_files", (json_int_t)fc.unflushed,
+		       "flush", flush_status_locked(ns, &q),
+		       "commits", (json_int_t)ns->st_commits,
+		       "checkpoint_stall_s", vp_json_real(vp_median_stall_locked(ns)),
+		       "evictions", (json_int_t)ns->flush.st_evictions,
+		       "bytes_written", (json_int_t)__atomic_load_n(&ns->st_bytes_written, __ATOMIC_RELAXED),
+		       "bytes_read", (json_int_t)__atomic_load_n(&ns->st_bytes_read, __ATOMIC_RELAXED),
+		       "paths", paths);
 	pthread_mutex_unlock(&ns->lock);
-	fputs(",\"repl\":", out);
-	vp_observers_status_json(ns, out);	/* null without replication */
-	fputs("}\n", out);
+	return st;
 }
 
-int vp_ns_versions_json(struct vp_ns *ns, const char *path, FILE *out)
+int vp_ns_versions(struct vp_ns *ns, const char *path, json_t **files)
 {
 	struct vp_node *n;
-	int first = 1;
+	int rc = 0;
 
 	pthread_mutex_lock(&ns->lock);
 	n = vp_resolve_locked(ns, path);
-	if (n) {
-		fputc('[', out);
-		versions_locked(ns, n, out, &first);
-		fputs("]\n", out);
-	}
+	*files = n ? json_array() : NULL;
+	if (!n)
+		rc = -ENOENT;
+	else if (!*files || versions_locked(ns, n, *files))
+		rc = -ENOMEM;
 	pthread_mutex_unlock(&ns->lock);
-	return n ? 0 : -ENOENT;
+	if (rc) {
+		json_decref(*files);
+		*files = NULL;
+	}
+	return rc;
 }
 
 int vp_ns_wait_idle(struct vp_ns *ns, double wait_s, unsigned int *open)

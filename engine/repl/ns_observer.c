@@ -2,8 +2,7 @@
  * ns_observer: replication's observer of the namespace (ns.h).  The
  * producer ships what the namespace reports -- its changes, its published
  * versions, previews of versions still being written -- through repl.h's
- * public notes; the status's "repl" value is replication's.  fs/main.c
- * registers it with vp_ns_observe(ns, &vp_repl_ns_observer, repl).
+ * public notes.  fs/main.c registers it with vp_ns_observe(ns, &vp_repl_ns_observer, repl).
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -32,14 +31,8 @@ static void repl_on_preview(void *arg, const struct vp_ns_entry *e)
 	vp_repl_note_preview(arg, &own);
 }
 
-static void repl_status_json(void *arg, FILE *out)
-{
-	vp_repl_status_json(arg, out);
-}
-
 const struct vp_ns_observer vp_repl_ns_observer = {
 	.on_op = repl_on_op,
 	.on_version = repl_on_version,
 	.on_preview = repl_on_preview,
-	.status_json = repl_status_json,
 };

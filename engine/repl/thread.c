@@ -17,6 +17,7 @@
 #include "../clock.h"
 #include "../data.h"
 #include "../gpu.h"
+#include "../json.h"
 #include "../lock.h"
 #include "../log.h"
 #include "../ns.h"
@@ -396,58 +397,98 @@ static const char *consumer_state(struct vp_repl *r)
 	return r->cons.pub.state == CONS_SUBSCRIBED ? "subscribed" : r->cons.pub.state != CONS_IDLE ? "connecting" : "disconnected";
 }
 
-void vp_repl_status_json(struct vp_repl *r, FILE *out)
+/* The consumer's status.  r->lock held. */
+static json_t *consumer_status_locked(struct vp_repl *r, double now)
+{
+	const typeof(r->cons.pub) *c = &r->cons.pub;
+	json_t *children = json_array();
+
+	VP_ASSERT_LOCKED(&r->lock);
+	for (unsigned int i = 0; children && i < c->nchildren; i++)
+		if (json_array_append_new(children, json_integer((json_int_t)c->children[i]))) {
+			json_decref(children);
+			children = NULL;
+		}
+	return json_pack("{s:s,s:s,s:s,s:s,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:o,s:o,"
+			 "s:{s:I,s:o,s:I,s:I},s:s,s:I,s:b,s:I}",
+			 "role", "consumer",
+			 "provider", vp_fab_provider(r->fab),
+			 "producer", r->cfg.subscribe,
+			 "state", consumer_state(r),
+			 "installed", (json_int_t)c->installed,
+			 "skipped", (json_int_t)c->skipped,
+			 "bytes_in", (json_int_t)c->bytes_in,
+			 "bytes_reused", (json_int_t)c->bytes_reused,
+			 "bytes_streamed", (json_int_t)c->bytes_streamed,
+			 "bytes_streamed_used", (json_int_t)c->bytes_streamed_used,
+			 "checksum_errors", (json_int_t)c->checksum_errors,
+			 "last_transfer_s", vp_json_real(c->last_transfer_s),
+			 "last_heard_s", vp_json_real(c->last_heard > 0 ? now - c->last_heard : -1.0),
+			 "relay",
+			 "parent", (json_int_t)c->parent_id,
+			 "children", children,
+			 "bytes_from_relay", (json_int_t)c->bytes_relay_in,
+			 "bytes_relay_fallback", (json_int_t)c->bytes_relay_fallback,
+			 "gpu_path", gpu_path(r),
+			 "bytes_gpu_direct", (json_int_t)c->bytes_direct_in,
+			 "sealed", r->secret_len != 0,
+			 "refused_messages", (json_int_t)__atomic_load_n(&r->refused, __ATOMIC_RELAXED));
+}
+
+/* One peer of the producer's status.  r->lock held. */
+static json_t *peer_status_locked(struct vp_repl *r, struct peer *p, double now)
+{
+	VP_ASSERT_LOCKED(&r->lock);
+	return json_pack("{s:I,s:s,s:b,s:I,s:I,s:o,s:I,s:I,s:I,s:I,s:o}",
+			 "id", (json_int_t)p->id,
+			 "state", p->active ? "active" : "authenticating",
+			 "active", p->active != 0,
+			 "done_seq", (json_int_t)p->done_seq,
+			 "lag", (json_int_t)(r->prod.seq - p->done_seq),
+			 "lag_s", vp_json_real(peer_lag_s_locked(r, p, now)),
+			 "versions_done", (json_int_t)p->versions_done,
+			 "bytes_out", (json_int_t)p->bytes_out,
+			 "bytes_relayed", (json_int_t)p->bytes_relayed,
+			 "relay_parent", (json_int_t)p->relay_parent,
+			 "last_heard_s", vp_json_real(now - p->last_heard));
+}
+
+/* The producer's status.  r->lock held. */
+static json_t *producer_status_locked(struct vp_repl *r, double now)
+{
+	json_t *peers = json_array();
+	struct peer *p;
+
+	VP_ASSERT_LOCKED(&r->lock);
+	LIST_FOREACH(p, &r->prod.peers, link)
+		if (peers && json_array_append_new(peers, peer_status_locked(r, p, now))) {
+			json_decref(peers);
+			peers = NULL;
+		}
+	return json_pack("{s:s,s:s,s:s,s:I,s:s,s:I,s:I,s:b,s:I,s:o}",
+			 "role", "producer",
+			 "provider", vp_fab_provider(r->fab),
+			 "listen", r->cfg.listen,
+			 "seq", (json_int_t)r->prod.seq,
+			 "gpu_path", gpu_path(r),
+			 "gpu_versions_out", (json_int_t)r->prod.gpu_versions_out,
+			 "gpu_bytes_out", (json_int_t)r->prod.gpu_bytes_out,
+			 "sealed", r->secret_len != 0,
+			 "refused_messages", (json_int_t)__atomic_load_n(&r->refused, __ATOMIC_RELAXED),
+			 "peers", peers);
+}
+
+json_t *vp_repl_status(struct vp_repl *r)
 {
 	double now = vp_now();
+	json_t *st;
 
-	if (!r) {
-		fputs("null", out);
-		return;
-	}
+	if (!r)
+		return json_null();
 	pthread_mutex_lock(&r->lock);
-	if (r->consumer) {
-		fprintf(out, "{\"role\":\"consumer\",\"provider\":\"%s\",\"producer\":\"%s\",\"state\":\"%s\","
-			"\"installed\":%" PRIu64 ",\"skipped\":%" PRIu64 ",\"bytes_in\":%" PRIu64 ",\"bytes_reused\":%" PRIu64 ",\"bytes_streamed\":%" PRIu64 ",\"bytes_streamed_used\":%" PRIu64
-			",\"checksum_errors\":%" PRIu64 ",\"last_transfer_s\":%.6f"
-			",\"last_heard_s\":%.3f,\"relay\":{\"parent\":%" PRIu64 ",\"children\":[",
-			vp_fab_provider(r->fab), r->cfg.subscribe, consumer_state(r),
-			r->cons.pub.installed, r->cons.pub.skipped, r->cons.pub.bytes_in, r->cons.pub.bytes_reused,
-			r->cons.pub.bytes_streamed, r->cons.pub.bytes_streamed_used, r->cons.pub.checksum_errors,
-			r->cons.pub.last_transfer_s, r->cons.pub.last_heard > 0 ? now - r->cons.pub.last_heard : -1.0,
-			r->cons.pub.parent_id);
-		for (unsigned int i = 0; i < r->cons.pub.nchildren; i++)
-			fprintf(out, "%s%" PRIu64, i ? "," : "", r->cons.pub.children[i]);
-		fprintf(out, "],\"bytes_from_relay\":%" PRIu64 ",\"bytes_relay_fallback\":%" PRIu64 "}"
-			",\"gpu_path\":\"%s\",\"bytes_gpu_direct\":%" PRIu64 ",\"sealed\":%s"
-			",\"refused_messages\":%" PRIu64 "}",
-			r->cons.pub.bytes_relay_in, r->cons.pub.bytes_relay_fallback, gpu_path(r),
-			r->cons.pub.bytes_direct_in, r->secret_len ? "true" : "false",
-			__atomic_load_n(&r->refused, __ATOMIC_RELAXED));
-	} else {
-		struct peer *p;
-		int first = 1;
-
-		fprintf(out, "{\"role\":\"producer\",\"provider\":\"%s\",\"listen\":\"%s\",\"seq\":%" PRIu64
-			",\"gpu_path\":\"%s\",\"gpu_versions_out\":%" PRIu64 ",\"gpu_bytes_out\":%" PRIu64
-			",\"sealed\":%s,\"refused_messages\":%" PRIu64 ",\"peers\":[",
-			vp_fab_provider(r->fab), r->cfg.listen, r->prod.seq, gpu_path(r),
-			r->prod.gpu_versions_out, r->prod.gpu_bytes_out, r->secret_len ? "true" : "false",
-			__atomic_load_n(&r->refused, __ATOMIC_RELAXED));
-		LIST_FOREACH(p, &r->prod.peers, link) {
-			fprintf(out, "%s{\"id\":%" PRIu64 ",\"state\":\"%s\",\"active\":%s,\"done_seq\":%" PRIu64
-				",\"lag\":%" PRIu64 ",\"lag_s\":%.6f,\"versions_done\":%" PRIu64
-				",\"bytes_out\":%" PRIu64 ",\"bytes_relayed\":%" PRIu64 ",\"relay_parent\":%" PRIu64
-				",\"last_heard_s\":%.3f}",
-				first ? "" : ",", p->id, p->active ? "active" : "authenticating",
-				p->active ? "true" : "false",
-				p->done_seq, r->prod.seq - p->done_seq, peer_lag_s_locked(r, p, now),
-				p->versions_done, p->bytes_out, p->bytes_relayed, p->relay_parent,
-				now - p->last_heard);
-			first = 0;
-		}
-		fputs("]}", out);
-	}
+	st = r->consumer ? consumer_status_locked(r, now) : producer_status_locked(r, now);
 	pthread_mutex_unlock(&r->lock);
+	return st;
 }
 
 void vp_repl_metrics(struct vp_repl *r, FILE *out)

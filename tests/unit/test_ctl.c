@@ -55,7 +55,7 @@ static int setup(void **state)
 	fx->ns = vp_ns_new(&cfg, fx->pfs, err, sizeof(err));
 	if (!fx->ns)
 		return -1;
-	fx->ctl = vp_ctl_start(fx->ns, fx->sock, err, sizeof(err));
+	fx->ctl = vp_ctl_start(&(struct vp_ctl_sources){ .ns = fx->ns }, fx->sock, err, sizeof(err));
 	*state = fx;
 	return fx->ctl ? 0 : -1;
 }

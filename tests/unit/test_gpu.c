@@ -10,6 +10,7 @@
 
 #include "../../engine/data.h"
 #include "../../engine/gpu.h"
+#include "../../engine/json.h"
 #include "../../engine/pool.h"
 #include "fakes/tier_fake.c"
 
@@ -440,6 +441,37 @@ static void test_gpu_direct_stage_and_hold(void **state)
 	vp_gpu_free(g);		/* frees the quarantined stage too (teardown checks) */
 }
 
+/* The tier's part of status: its keys, in order, with integer counts. */
+static void test_status_object(void **state)
+{
+	struct vp_gpu *g = gpu(64 * MiB);
+	struct vp_data *v1 = pattern(MiB + 3, 7);
+	json_t *st;
+	char *text, want[512];
+
+	(void)state;
+	vp_gpu_mirror(g, 5, 1, v1);
+	vp_gpu_drain(g);
+	st = vp_gpu_status(g);
+	assert_non_null(st);
+	assert_string_equal(json_string_value(json_object_get(st, "state")), "on");
+	assert_true(json_is_integer(json_object_get(st, "used")));
+	assert_int_equal(json_integer_value(json_object_get(st, "used")), MiB + 3);
+	json_incref(st);
+	text = vp_json_line(st);
+	assert_non_null(text);
+	snprintf(want, sizeof(want),
+		 "{\"state\":\"on\",\"tier\":\"%s\",\"device\":0,\"name\":\"fake device\","
+		 "\"budget\":%llu,\"used\":%llu,\"files\":1,\"leased\":0,\"mirrored\":1,"
+		 "\"evicted\":0,\"failed\":0,\"reads\":0,\"read_bytes\":0,\"staged\":0,"
+		 "\"staged_bytes\":0}\n", fake_tier.name, 64 * MiB, MiB + 3);
+	assert_string_equal(text, want);
+	free(text);
+	json_decref(st);
+	vp_data_put(v1);
+	vp_gpu_free(g);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -452,6 +484,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_latest_queued_request_wins, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_staged_version_is_mirrored_without_a_copy, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_gpu_direct_stage_and_hold, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_status_object, setup, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,25 +1,31 @@
 #define _GNU_SOURCE
-/* Unit tests: JSON string literals, escaping and invalid UTF-8. */
+/*
+ * Unit tests: JSON text from jansson through engine/json.h -- names of any
+ * bytes (invalid UTF-8 as \u00XX, as the daemon always wrote them), numbers
+ * that are not finite.
+ */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
 #include <cmocka.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "../../engine/json.h"
 
-/* vp_json_string(s) as a new string the caller frees. */
+/* The literal vp_json_name(s) dumps to, as a new string the caller frees. */
 static char *literal(const char *s)
 {
-	char *text = NULL;
-	size_t len = 0;
-	FILE *f = open_memstream(&text, &len);
+	json_t *j = vp_json_name(s);
+	char *text;
 
-	assert_non_null(f);
-	vp_json_string(f, s);
-	fclose(f);
+	assert_non_null(j);
+	text = vp_json_line(j);
+	assert_non_null(text);
+	assert_int_equal(text[strlen(text) - 1], '\n');
+	text[strlen(text) - 1] = '\0';
 	return text;
 }
 
@@ -28,7 +34,7 @@ static void expect(const char *in, const char *want)
 	char *got = literal(in);
 
 	if (strcmp(got, want))
-		fail_msg("vp_json_string(\"%s\"): got %s, want %s", in, got, want);
+		fail_msg("vp_json_name(\"%s\"): got %s, want %s", in, got, want);
 	free(got);
 }
 
@@ -44,7 +50,7 @@ static void test_quotes_backslashes_controls(void **state)
 {
 	(void)state;
 	expect("a\"b\\c", "\"a\\\"b\\\\c\"");
-	expect("\n\t\x01\x1f", "\"\\u000a\\u0009\\u0001\\u001f\"");
+	expect("\n\t\x01\x1f", "\"\\n\\t\\u0001\\u001F\"");	/* as jansson writes them */
 	expect("/ stays", "\"/ stays\"");
 }
 
@@ -94,6 +100,45 @@ static void test_truncated_sequences(void **state)
 	expect("\xe2\x82\"", "\"\\u00e2\\u0082\\\"\"");
 }
 
+/* What only looks like a mark stays what it is. */
+static void test_marks_are_only_ours(void **state)
+{
+	(void)state;
+	expect("\\u0000\xc3\xbf", "\"\\\\u0000\xc3\xbf\"");	/* a backslash, then "u0000\u00ff" */
+	expect("\xff\xc3\xbf", "\"\\u00ff\xc3\xbf\"");		/* the byte 0xff, then U+00FF */
+	expect("\x01\xc3\xbf", "\"\\u0001\xc3\xbf\"");
+}
+
+/* Marked names inside objects and arrays, beside other strings and numbers. */
+static void test_names_in_documents(void **state)
+{
+	json_t *j = json_pack("{s:o,s:[o,s],s:I}", "path", vp_json_name("bad\xff\xfename"),
+			      "list", vp_json_name("\x80"), "plain\xc3\xa9", "n", (json_int_t)7);
+	char *text;
+
+	(void)state;
+	assert_non_null(j);
+	text = vp_json_line(j);
+	assert_string_equal(text, "{\"path\":\"bad\\u00ff\\u00fename\","
+			    "\"list\":[\"\\u0080\",\"plain\xc3\xa9\"],\"n\":7}\n");
+	free(text);
+}
+
+/* JSON has no NaN or infinity: such a number is null, the document still JSON. */
+static void test_non_finite_numbers_are_null(void **state)
+{
+	json_t *j = json_pack("{s:o,s:o,s:o,s:o}", "nan", vp_json_real(NAN),
+			      "inf", vp_json_real(INFINITY), "minf", vp_json_real(-INFINITY),
+			      "half", vp_json_real(0.5));
+	char *text;
+
+	(void)state;
+	assert_non_null(j);
+	text = vp_json_line(j);
+	assert_string_equal(text, "{\"nan\":null,\"inf\":null,\"minf\":null,\"half\":0.5}\n");
+	free(text);
+}
+
 /* Every byte string of length 1 and 2: the output is printable ASCII or valid UTF-8. */
 static void test_every_short_input_is_text(void **state)
 {
@@ -129,6 +174,9 @@ int main(void)
 		cmocka_unit_test(test_overlong_and_surrogates_are_invalid),
 		cmocka_unit_test(test_truncated_sequences),
 		cmocka_unit_test(test_every_short_input_is_text),
+		cmocka_unit_test(test_marks_are_only_ours),
+		cmocka_unit_test(test_names_in_documents),
+		cmocka_unit_test(test_non_finite_numbers_are_null),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
