@@ -245,7 +245,7 @@ static void serve_wait(struct conn *c, char *args, FILE *out)
 	}
 	v = strtoull(ver, NULL, 10);
 	timeout = atof(secs);
-	deadline = timeout > 0 ? (double)time(NULL) + timeout : 0;
+	deadline = timeout > 0 ? vp_now() + timeout : 0;
 	while (*path == '/')
 		path++;
 	/*
@@ -254,6 +254,9 @@ static void serve_wait(struct conn *c, char *args, FILE *out)
 	 * the answer must mean that opening the path gives the new bytes.
 	 */
 	have = vp_ns_path_version(ctl->ns, path);
+	/* the client may act once it knows the wait watches the events */
+	if ((have == UINT64_MAX || have <= v) && answer(out, json_pack("{s:b}", "waiting", 1)))
+		return;
 	for (;;) {
 		int rc;
 
@@ -264,7 +267,7 @@ static void serve_wait(struct conn *c, char *args, FILE *out)
 		if (client_gone(c->fd))
 			return;
 		if (__atomic_load_n(&ctl->stopping, __ATOMIC_RELAXED) ||
-		    (deadline && (double)time(NULL) >= deadline)) {
+		    (deadline && vp_now() >= deadline)) {
 			json_error(out, "timed out");
 			return;
 		}

@@ -8,8 +8,10 @@
  *   versions PATH      one JSON array (vp_ns_versions)
  *   watch PATH         {"watching":true}, then one JSON line per new version
  *                      below PATH, until the client closes
- *   wait PATH V S      {"version":N} once PATH holds a version above V, or
- *                      {"error":"timed out"} after S seconds (0: no limit)
+ *   wait PATH V S      {"version":N} at once if PATH holds a version above V;
+ *                      else {"waiting":true} (the events are watched), then
+ *                      {"version":N} once it does, or {"error":"timed out"}
+ *                      after S seconds (0: no limit)
  *   flush PATH         JSON progress lines {"done":B,"total":B,"ops_left":N,
  *                      "error":"..."} every 200 ms, the last with "finished":true
  *   warm PATH          JSON progress lines {"files","files_done","total","done",

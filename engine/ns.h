@@ -235,15 +235,11 @@ int vp_ns_warm(struct vp_ns *ns, const char *path, vp_ns_warm_cb cb, void *arg,
 	       struct vp_warm_progress *p);
 
 /*
- * The GPU tier, as a pointer the namespace keeps for those that look it up
- * through it (repl, ctl) and never dereferences (borrowed; NULL: none).
- * With gpu_cache set and no tier, off_reason says why, for status.  Set
- * before the mount serves requests.  The namespace's own use of the tier
- * goes through vp_ns_set_tier() and vp_ns_observe().
+ * With gpu_cache set and no GPU tier: why, for status (NULL or "": the
+ * tier is on).  The namespace's use of the tier goes through
+ * vp_ns_set_tier() and vp_ns_observe(); it knows no struct vp_gpu.
  */
-struct vp_gpu;
-void vp_ns_set_gpu(struct vp_ns *ns, struct vp_gpu *gpu, const char *off_reason);
-struct vp_gpu *vp_ns_gpu(struct vp_ns *ns);
+void vp_ns_set_gpu_off(struct vp_ns *ns, const char *why);
 /* The inode number of the file at path; -ENOENT, -EISDIR. */
 int vp_ns_path_ino(struct vp_ns *ns, const char *path, uint64_t *ino);
 

@@ -50,14 +50,16 @@
 
 struct vp_ns;
 struct vp_ns_entry;
+struct vp_gpu;
 struct vp_data;
 struct vp_repl;
 
 /*
  * Starts replication for ns mounted at mountpoint, as producer (listen)
- * or consumer (subscribe).  Returns NULL with a message in err.
+ * or consumer (subscribe), with the GPU tier gpu (borrowed; NULL: none)
+ * for GPU-direct transfers.  Returns NULL with a message in err.
  */
-struct vp_repl *vp_repl_new(struct vp_ns *ns, const struct vp_config *cfg,
+struct vp_repl *vp_repl_new(struct vp_ns *ns, struct vp_gpu *gpu, const struct vp_config *cfg,
 			    const char *mountpoint, char *err, size_t errlen);
 void vp_repl_free(struct vp_repl *r);
 

@@ -425,13 +425,13 @@ static int start_gpu(struct daemon *d)
 		snprintf(why, sizeof(why), "%s", no_ops);
 	if (!d->gpu)
 		vp_log(LOG_NOTICE, "gpu", "GPU tier off: %s; the mount works from RAM", why);
-	vp_ns_set_gpu(d->ns, d->gpu, d->gpu ? NULL : why);
-	if (!d->gpu)
+	if (!d->gpu) {
+		vp_ns_set_gpu_off(d->ns, why);
 		return 0;
+	}
 	vp_gpu_attach_pool(d->gpu, vp_ns_pool(d->ns));
 	if (vp_ns_observe(d->ns, &vp_gpu_ns_observer, d->gpu)) {
 		snprintf(d->err, sizeof(d->err), "too many namespace observers");
-		vp_ns_set_gpu(d->ns, NULL, NULL);
 		vp_gpu_free(d->gpu);
 		d->gpu = NULL;
 		return -1;
@@ -444,7 +444,6 @@ static void stop_gpu(struct daemon *d)
 {
 	vp_ns_unobserve(d->ns, &vp_gpu_ns_observer, d->gpu);
 	vp_ns_set_tier(d->ns, NULL, NULL);
-	vp_ns_set_gpu(d->ns, NULL, NULL);
 	vp_gpu_free(d->gpu);
 	d->gpu = NULL;
 }
@@ -550,7 +549,7 @@ static int start_repl(struct daemon *d)
 
 	if (!d->cfg.listen[0] && !d->cfg.subscribe[0])
 		return 0;
-	r = vp_repl_new(d->ns, &d->cfg, d->mountpoint, d->err, sizeof(d->err));
+	r = vp_repl_new(d->ns, d->gpu, &d->cfg, d->mountpoint, d->err, sizeof(d->err));
 	if (!r)
 		return -1;
 	if (vp_ns_observe(d->ns, &vp_repl_ns_observer, r)) {

@@ -103,8 +103,12 @@ static int vpctl_copy(FILE *in)
 	int rc = 0;
 
 	while (fgets(line, sizeof(line), in)) {
-		if (!strncmp(line, "{\"error\"", 8))
+		json_t *j = vpctl_answer_parse(line);
+
+		/* the daemon's own bytes go out as they came; an error to stderr */
+		if (json_is_object(j) && json_object_get(j, "error"))
 			rc = 1;
+		json_decref(j);
 		fputs(line, rc ? stderr : stdout);
 	}
 	fclose(in);
@@ -749,10 +753,48 @@ static int vpctl_gpu_export(int argc, char **argv)
 	return 0;
 }
 
+/*
+ * Reads wait's answers: {"waiting":true} (said on stderr, so a script
+ * can start the writer once the wait is armed), then the version (printed
+ * on stdout) or an error.  Closes in; returns the exit status.
+ */
+static int wait_answer(FILE *in, const char *path)
+{
+	char line[1024];
+	int rc = 1;
+
+	while (fgets(line, sizeof(line), in)) {
+		/* plain jansson: the version is an exact 64-bit integer */
+		json_t *j = json_loads(line, 0, NULL);
+		json_t *v = json_object_get(j, "version");
+
+		if (json_is_true(json_object_get(j, "waiting"))) {
+			char safe[PATH_MAX * 4];
+
+			vpctl_escape(path, safe, sizeof(safe));
+			fprintf(stderr, "viperctl: waiting for a new version of '%s'\n", safe);
+			json_decref(j);
+			continue;
+		}
+		if (json_is_integer(v)) {
+			printf("%llu\n", (unsigned long long)json_integer_value(v));
+			rc = 0;
+		} else {
+			print_daemon_error(line);
+		}
+		json_decref(j);
+		fclose(in);
+		return rc;
+	}
+	fprintf(stderr, "viperctl: the daemon went away\n");
+	fclose(in);
+	return 1;
+}
+
 /* viperctl wait PATH --newer-than V [--timeout S] */
 static int vpctl_wait(int argc, char **argv)
 {
-	char root[PATH_MAX], rel[PATH_MAX], req[PATH_MAX + 64], line[1024];
+	char root[PATH_MAX], rel[PATH_MAX], req[PATH_MAX + 64];
 	const char *path = NULL, *newer = "0", *timeout = "0";
 	FILE *in;
 	int fd;
@@ -794,17 +836,7 @@ static int vpctl_wait(int argc, char **argv)
 		return 1;
 	}
 	in = fdopen(fd, "r");
-	if (!in || !fgets(line, sizeof(line), in)) {
-		fprintf(stderr, "viperctl: the daemon went away\n");
-		return 1;
-	}
-	fclose(in);
-	if (strstr(line, "\"error\"") || !strchr(line, ':')) {
-		print_daemon_error(line);
-		return 1;
-	}
-	printf("%llu\n", (unsigned long long)strtoull(strchr(line, ':') + 1, NULL, 10));
-	return 0;
+	return in ? wait_answer(in, path) : 1;
 }
 
 int main(int argc, char **argv)

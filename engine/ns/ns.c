@@ -313,15 +313,11 @@ struct vp_pool *vp_ns_pool(struct vp_ns *ns)
 	return ns->pool;
 }
 
-void vp_ns_set_gpu(struct vp_ns *ns, struct vp_gpu *gpu, const char *off_reason)
+void vp_ns_set_gpu_off(struct vp_ns *ns, const char *why)
 {
-	ns->gpu = gpu;
-	snprintf(ns->gpu_off_reason, sizeof(ns->gpu_off_reason), "%s", off_reason ? off_reason : "");
-}
-
-struct vp_gpu *vp_ns_gpu(struct vp_ns *ns)
-{
-	return ns->gpu;
+	pthread_mutex_lock(&ns->lock);
+	snprintf(ns->gpu_off_reason, sizeof(ns->gpu_off_reason), "%s", why ? why : "");
+	pthread_mutex_unlock(&ns->lock);
 }
 
 void vp_ns_set_tier(struct vp_ns *ns, const struct vp_ns_tier *ops, void *arg)

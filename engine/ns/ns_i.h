@@ -149,7 +149,6 @@ struct vp_ns {
 	int staging_fd;			/* the staging folder in it */
 	struct vp_pool *pool;
 	struct vp_sched *sched;		/* publish=schedule, else NULL */
-	struct vp_gpu *gpu;		/* opaque, for vp_ns_gpu(); else NULL */
 	char gpu_off_reason[256];	/* gpu_cache set but the tier is off: why */
 	/* below the cache, else NULL; set before the mount serves, read unlocked */
 	const struct vp_ns_tier *tier;

@@ -384,12 +384,12 @@ static void announce_stage(struct vp_repl *r, const announce_t *a)
 {
 	int holes = 0;
 
-	if (!vp_ns_gpu(r->ns))
+	if (!r->gpu)
 		return;
 	for (uint32_t i = 0; i < a->nchunks && !holes; i++)
 		holes = !r->cons.asm_refs[i].key;
 	if (!holes)
-		r->cons.gst = vp_gpu_stage_begin(vp_ns_gpu(r->ns), a->size);
+		r->cons.gst = vp_gpu_stage_begin(r->gpu, a->size);
 	if (r->cons.gst && r->direct)
 		repl_stage_register(r);
 }

@@ -156,7 +156,7 @@ static void pin_free(struct pin *pin, struct vp_gpu *g)
 static void serve_from_gpu(struct vp_repl *r, const char *path, uint64_t ino,
 			   uint64_t version, uint64_t size, struct pin *pin)
 {
-	struct vp_gpu *g = vp_ns_gpu(r->ns);
+	struct vp_gpu *g = r->gpu;
 	uint64_t msize;
 	void *mem;
 	int rc;
@@ -371,7 +371,7 @@ static int announce(struct vp_repl *r, const struct vp_ns_entry *v,
 		       v->path, v->version, strerror(-rc));
 out:
 	if (pin)
-		pin_free(pin, vp_ns_gpu(r->ns));
+		pin_free(pin, r->gpu);
 	free(refs);
 	free(hashes);
 	free(m);
@@ -492,7 +492,7 @@ void repl_unpin_locked(struct vp_repl *r, int all_for_dead_peer)
 		if (!pin_waited(pin) || all_for_dead_peer ||
 		    now - pin->since > PIN_TIMEOUT) {
 			LIST_REMOVE(pin, link);
-			pin_free(pin, vp_ns_gpu(r->ns));
+			pin_free(pin, r->gpu);
 		}
 	}
 }

@@ -248,6 +248,7 @@ struct vp_repl_relay {
  */
 struct vp_repl {
 	struct vp_ns *ns;
+	struct vp_gpu *gpu;		/* the GPU tier (borrowed), or NULL */
 	struct vp_config cfg;
 	int consumer;
 	struct vp_fab *fab;

@@ -27,7 +27,7 @@
 /* The path model bytes take through this node's GPU tier, for the log and status. */
 static const char *gpu_path(struct vp_repl *r)
 {
-	if (!vp_ns_gpu(r->ns))
+	if (!r->gpu)
 		return "none";
 	return __atomic_load_n(&r->direct, __ATOMIC_RELAXED) ? "direct" : "host-staged";
 }
@@ -42,7 +42,7 @@ static const char *gpu_path(struct vp_repl *r)
  */
 void repl_log_gpu_path(struct vp_repl *r, const char *role, uint64_t id)
 {
-	if (!vp_ns_gpu(r->ns))
+	if (!r->gpu)
 		return;
 	if (r->direct)
 		vp_log(LOG_NOTICE, "repl", "%s %" PRIu64 ": GPU-direct path (%s); %s",
@@ -151,14 +151,15 @@ static int local_ip_towards(const char *host, const char *port, char *out,
 }
 
 /* A new repl object, not started; NULL: no memory. */
-static struct vp_repl *repl_alloc(struct vp_ns *ns, const struct vp_config *cfg,
-				  const char *mountpoint)
+static struct vp_repl *repl_alloc(struct vp_ns *ns, struct vp_gpu *gpu,
+				  const struct vp_config *cfg, const char *mountpoint)
 {
 	struct vp_repl *r = calloc(1, sizeof(*r));
 
 	if (!r)
 		return NULL;
 	r->ns = ns;
+	r->gpu = gpu;
 	r->cfg = *cfg;
 	r->consumer = cfg->subscribe[0] != 0;
 	r->pool = vp_ns_pool(ns);
@@ -174,7 +175,7 @@ static struct vp_repl *repl_alloc(struct vp_ns *ns, const struct vp_config *cfg,
 	LIST_INIT(&r->cons.prefetch);
 	LIST_INIT(&r->relay.rpins);
 	STAILQ_INIT(&r->relay.rin);
-	r->cuda_dev = vp_gpu_cuda_device(vp_ns_gpu(ns));
+	r->cuda_dev = vp_gpu_cuda_device(gpu);
 	return r;
 }
 
@@ -258,7 +259,7 @@ static int repl_open_fabric(struct vp_repl *r, const char *host, const char *por
 	if (!r->fab)
 		return -EIO;
 	/* host memory (gpu_tier=ram) registers anywhere; CUDA memory needs FI_HMEM */
-	r->direct = vp_ns_gpu(r->ns) && strcmp(r->cfg.gpu_direct, "off") &&
+	r->direct = r->gpu && strcmp(r->cfg.gpu_direct, "off") &&
 		(r->cuda_dev < 0 || vp_fab_has_hmem(r->fab) == 2);
 	if (r->consumer && vp_fab_insert_host(r->fab, host, port, &r->cons.producer)) {
 		snprintf(err, errlen, "cannot resolve the producer '%s' with provider '%s'",
@@ -270,10 +271,10 @@ static int repl_open_fabric(struct vp_repl *r, const char *host, const char *por
 	return 0;
 }
 
-struct vp_repl *vp_repl_new(struct vp_ns *ns, const struct vp_config *cfg,
+struct vp_repl *vp_repl_new(struct vp_ns *ns, struct vp_gpu *gpu, const struct vp_config *cfg,
 			    const char *mountpoint, char *err, size_t errlen)
 {
-	struct vp_repl *r = repl_alloc(ns, cfg, mountpoint);
+	struct vp_repl *r = repl_alloc(ns, gpu, cfg, mountpoint);
 	char host[256], *port;
 
 	if (!r) {

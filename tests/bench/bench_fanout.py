@@ -19,14 +19,13 @@ import os
 import statistics
 import subprocess
 import sys
-import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from conftest import World  # noqa: E402
-from bench_repl import viperfs_wait_read, write_file  # noqa: E402
+from bench_repl import start_waiters, write_file  # noqa: E402
 
 
 def producer_tx(net):
@@ -55,11 +54,7 @@ def run_config(w, net, port, size, runs, n_cons, fanout, opts):
         lat, tx = [], []
         for version in range(1, runs + 1):
             done = []
-            threads = [threading.Thread(target=lambda c=c: done.append(
-                viperfs_wait_read(c.path("ckpt.pt"), version))) for c in cons]
-            for t in threads:
-                t.start()
-            time.sleep(0.5)      # the waiters are blocked in viperctl wait
+            threads = start_waiters([c.path("ckpt.pt") for c in cons], version, done)
             before = producer_tx(net)
             t_close = write_file(prod.path("ckpt.pt"), size, seed=version)
             for t in threads:

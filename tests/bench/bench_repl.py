@@ -54,12 +54,35 @@ def read_all(path, cold=False):
     return n
 
 
-def viperfs_wait_read(path, version):
-    """A consumer: wait for the version (push, no polling), read it all."""
-    subprocess.run([VIPERCTL, "wait", path, "--newer-than", str(version - 1), "--timeout", "120"],
-                   check=True, capture_output=True)
+def viperfs_wait_read(path, version, armed=None):
+    """A consumer: wait for the version (push, no polling), read it all.
+
+    armed (a threading.Semaphore) is released once the daemon said the wait
+    watches its events ("waiting" on stderr), or answered at once.
+    """
+    p = subprocess.Popen([VIPERCTL, "wait", path, "--newer-than", str(version - 1),
+                          "--timeout", "120"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    first = p.stderr.readline()
+    if armed is not None:
+        armed.release()
+    out, err = p.communicate(timeout=150)
+    if p.returncode:
+        raise RuntimeError("viperctl wait %s: %s%s" % (path, first, err))
     read_all(path)
     return time.time()
+
+
+def start_waiters(paths, version, done):
+    """Threads that wait for version at each path; returns them once every wait is armed."""
+    armed = threading.Semaphore(0)
+    threads = [threading.Thread(target=lambda p=p: done.append(
+        viperfs_wait_read(p, version, armed))) for p in paths]
+    for t in threads:
+        t.start()
+    for _ in threads:
+        armed.acquire()
+    return threads
 
 
 def main():
@@ -139,12 +162,8 @@ while True:
             for run in range(a.runs):
                 version += 1
                 done = []
-                threads = [threading.Thread(target=lambda c=c: done.append(
-                    viperfs_wait_read(c.path("ckpt.pt"), version))) for c in cons[:n_cons]]
                 # consumers not measured this round still receive it: let them
-                for t in threads:
-                    t.start()
-                time.sleep(0.5)      # the waiters are blocked in viperctl wait
+                threads = start_waiters([c.path("ckpt.pt") for c in cons[:n_cons]], version, done)
                 t_close = write_file(prod.path("ckpt.pt"), size, seed=version)
                 for t in threads:
                     t.join()

@@ -14,7 +14,6 @@ import json
 import os
 import statistics
 import sys
-import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -22,7 +21,7 @@ sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import conftest  # noqa: E402
 from conftest import World  # noqa: E402
-from bench_repl import viperfs_wait_read, write_file  # noqa: E402
+from bench_repl import start_waiters, write_file  # noqa: E402
 
 
 def main():
@@ -71,12 +70,10 @@ def main():
             prod, cons = pairs[mode]
             version[mode] += 1
             done = []
-            t = threading.Thread(target=lambda: done.append(
-                viperfs_wait_read(cons.path("ckpt.pt"), version[mode])))
-            t.start()
-            time.sleep(0.5)      # the waiter is blocked in viperctl wait
+            threads = start_waiters([cons.path("ckpt.pt")], version[mode], done)
             t_close = write_file(prod.path("ckpt.pt"), size, seed=run)
-            t.join()
+            for t in threads:
+                t.join()
             res[mode].append(done[0] - t_close)
         for mode, (prod, cons) in pairs.items():
             st = json.loads(cons.ctl("status", cons.mnt, "--json").stdout)["repl"]

@@ -2,7 +2,6 @@
 import json
 import os
 import subprocess
-import time
 
 from conftest import VIPERCTL, lines_until, read, wait_for, write
 
@@ -24,8 +23,10 @@ def test_watch_wait_and_monotonic_versions(world):
     assert os.getxattr(m.path("model.pt"), "user.viperfs.version") == b"3"
 
     waiter = world.spawn([VIPERCTL, "wait", m.path("model.pt"), "--newer-than", "3",
-                          "--timeout", "30"], stdout=subprocess.PIPE, text=True)
-    time.sleep(0.2)          # let it block first; the result does not depend on it
+                          "--timeout", "30"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+    # the daemon says when the wait watches the events: the write comes after
+    assert "waiting for a new version of" in waiter.stderr.readline()
     assert waiter.poll() is None
     write(m.path("model.pt"), b"4444")
     assert waiter.wait(timeout=30) == 0

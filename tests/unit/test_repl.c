@@ -121,7 +121,7 @@ static void side_start(struct side *s, int consumer, const char *secret)
 		fail_msg("vp_ns_new: %s", err);
 	if (consumer)
 		fake_mount.ns = s->ns;
-	s->repl = vp_repl_new(s->ns, &cfg, s->mnt, err, sizeof(err));
+	s->repl = vp_repl_new(s->ns, NULL, &cfg, s->mnt, err, sizeof(err));
 	if (!s->repl)
 		fail_msg("vp_repl_new: %s", err);
 	assert_int_equal(vp_ns_observe(s->ns, &vp_repl_ns_observer, s->repl), 0);
@@ -489,20 +489,20 @@ static void test_bad_listen_and_subscribe_are_refused(void **state)
 	snprintf(cfg.secret_file, sizeof(cfg.secret_file), "%s", fx->secret);
 
 	snprintf(cfg.listen, sizeof(cfg.listen), "0.0.0.0:%s", PORT);	/* a wildcard */
-	assert_null(vp_repl_new(fx->prod.ns, &cfg, fx->prod.mnt, err, sizeof(err)));
+	assert_null(vp_repl_new(fx->prod.ns, NULL, &cfg, fx->prod.mnt, err, sizeof(err)));
 	assert_non_null(strstr(err, "wildcard"));
 
 	snprintf(cfg.listen, sizeof(cfg.listen), "127.0.0.1");	/* no port */
-	assert_null(vp_repl_new(fx->prod.ns, &cfg, fx->prod.mnt, err, sizeof(err)));
+	assert_null(vp_repl_new(fx->prod.ns, NULL, &cfg, fx->prod.mnt, err, sizeof(err)));
 	assert_non_null(strstr(err, "HOST:PORT"));
 
 	snprintf(cfg.listen, sizeof(cfg.listen), "127.0.0.1:%s", PORT);
 	cfg.secret_file[0] = '\0';		/* no secret, and not insecure=1 */
-	assert_null(vp_repl_new(fx->prod.ns, &cfg, fx->prod.mnt, err, sizeof(err)));
+	assert_null(vp_repl_new(fx->prod.ns, NULL, &cfg, fx->prod.mnt, err, sizeof(err)));
 	assert_non_null(strstr(err, "secret_file"));
 
 	snprintf(cfg.secret_file, sizeof(cfg.secret_file), "%s.missing", fx->secret);
-	assert_null(vp_repl_new(fx->prod.ns, &cfg, fx->prod.mnt, err, sizeof(err)));
+	assert_null(vp_repl_new(fx->prod.ns, NULL, &cfg, fx->prod.mnt, err, sizeof(err)));
 	assert_non_null(strstr(err, "No such file"));
 	assert_int_equal(fake_fab_open_endpoints(), 0);
 }
