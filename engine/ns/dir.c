@@ -176,6 +176,30 @@ int vp_ns_prepare_new(struct vp_ns *ns, const struct vp_caller *who,
 	return rc;	/* on success, ns->lock is held */
 }
 
+/*
+ * The end of mkdir and symlink: links new node n (its ref goes to the
+ * link) as dir/name, logs and tells it, and gives the kernel's lookup its
+ * reference; drops dir's and ns->lock.  n NULL: out of memory.
+ */
+static int finish_new(struct vp_ns *ns, struct vp_node *dir, struct vp_node *n,
+		      const char *name, enum flush_op_type op, enum vp_op_kind kind,
+		      struct stat *st)
+{
+	int rc = n ? vp_node_link_locked(ns, dir, n, name) : -ENOMEM;
+
+	if (!rc) {
+		vp_flush_log_locked(ns, op, n, dir, name, NULL);
+		vp_note_op_locked(ns, kind, n, NULL, NULL);
+		vp_node_get(n);		/* the kernel's lookup */
+		vp_node_stat_locked(ns, n, st);
+	} else if (n) {
+		vp_node_put(ns, n);
+	}
+	vp_node_put(ns, dir);
+	pthread_mutex_unlock(&ns->lock);
+	return rc;
+}
+
 int vp_ns_mkdir(struct vp_ns *ns, const struct vp_caller *who, uint64_t parent,
 		const char *name, mode_t mode, struct stat *st)
 {
@@ -186,24 +210,9 @@ int vp_ns_mkdir(struct vp_ns *ns, const struct vp_caller *who, uint64_t parent,
 		return rc;
 	n = vp_node_new_locked(ns, VP_NODE_DIR, S_IFDIR | (mode & 07777),
 			       vp_caller_uid(who), vp_caller_gid(who));
-	if (!n) {
-		rc = -ENOMEM;
-		goto out_unlock;
-	}
-	n->loaded = 1;
-	rc = vp_node_link_locked(ns, dir, n, name);
-	if (rc) {
-		vp_node_put(ns, n);
-		goto out_unlock;
-	}
-	vp_flush_log_locked(ns, OP_MKDIR, n, dir, name, NULL);
-	vp_note_op_locked(ns, VP_OP_MKDIR, n, NULL, NULL);
-	vp_node_get(n);		/* the kernel's lookup */
-	vp_node_stat_locked(ns, n, st);
-out_unlock:
-	vp_node_put(ns, dir);
-	pthread_mutex_unlock(&ns->lock);
-	return rc;
+	if (n)
+		n->loaded = 1;
+	return finish_new(ns, dir, n, name, OP_MKDIR, VP_OP_MKDIR, st);
 }
 
 int vp_ns_symlink(struct vp_ns *ns, const struct vp_caller *who,
@@ -220,25 +229,11 @@ int vp_ns_symlink(struct vp_ns *ns, const struct vp_caller *who,
 		return rc;
 	n = vp_node_new_locked(ns, VP_NODE_SYMLINK, S_IFLNK | 0777,
 			       vp_caller_uid(who), vp_caller_gid(who));
-	if (!n || !(n->symlink = strdup(target))) {
-		if (n)
-			vp_node_put(ns, n);
-		rc = -ENOMEM;
-		goto out_unlock;
-	}
-	rc = vp_node_link_locked(ns, dir, n, name);
-	if (rc) {
+	if (n && !(n->symlink = strdup(target))) {
 		vp_node_put(ns, n);
-		goto out_unlock;
+		n = NULL;
 	}
-	vp_flush_log_locked(ns, OP_SYMLINK, n, dir, name, NULL);
-	vp_note_op_locked(ns, VP_OP_SYMLINK, n, NULL, NULL);
-	vp_node_get(n);
-	vp_node_stat_locked(ns, n, st);
-out_unlock:
-	vp_node_put(ns, dir);
-	pthread_mutex_unlock(&ns->lock);
-	return rc;
+	return finish_new(ns, dir, n, name, OP_SYMLINK, VP_OP_SYMLINK, st);
 }
 
 static int remove_entry(struct vp_ns *ns, const struct vp_caller *who,

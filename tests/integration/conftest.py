@@ -39,6 +39,25 @@ def write(path, data):
         f.write(data)
 
 
+def ctl_path(m):
+    return os.getxattr(m.mnt, "user.viperfs.control").decode()
+
+
+def ctl_ask(path, line, timeout=30):
+    """The daemon's whole answer to one control request line (bytes), on a fresh connection."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(timeout)
+        s.connect(path)
+        s.sendall(line.encode() + b"\n")
+        s.shutdown(socket.SHUT_WR)
+        out = b""
+        while True:
+            b = s.recv(65536)
+            if not b:
+                return out
+            out += b
+
+
 def wait_version(path, newer_than, timeout=60):
     """viperctl wait: blocks on the daemon's events (no polling) until path holds a
     version newer than newer_than; returns that version."""

@@ -17,7 +17,7 @@ import urllib.request
 
 import pytest
 
-from conftest import VIPERCTL, VIPERFS, free_port, lines_until, scrape, status, wait_for, write
+from conftest import VIPERCTL, VIPERFS, ctl_ask as ask, ctl_path, free_port, lines_until, scrape, status, wait_for, write
 
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 PYTHON = "/usr/bin/python3"
@@ -74,10 +74,6 @@ def opened():
             s.close()
 
 
-def ctl_path(m):
-    return os.getxattr(m.mnt, "user.viperfs.control").decode()
-
-
 def threads(pid):
     with open("/proc/%d/status" % pid) as f:
         for line in f:
@@ -113,21 +109,6 @@ def first_line(s):
             break
         out += b
     return out.split(b"\n")[0].decode()
-
-
-def ask(path, line, timeout=30):
-    """One request on a fresh connection, as root; the whole answer."""
-    with socket.socket(socket.AF_UNIX) as s:
-        s.settimeout(timeout)
-        s.connect(path)
-        s.sendall(line.encode() + b"\n")
-        s.shutdown(socket.SHUT_WR)
-        out = b""
-        while True:
-            b = s.recv(65536)
-            if not b:
-                return out
-            out += b
 
 
 def ask_as_nobody(path, line):

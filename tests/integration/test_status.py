@@ -12,26 +12,7 @@ import subprocess
 import threading
 import time
 
-from conftest import VIPERCTL, write
-
-
-def ctl_path(m):
-    return os.getxattr(m.mnt, "user.viperfs.control").decode()
-
-
-def ask(path, line, timeout=30):
-    """The daemon's whole answer to one request line, as bytes."""
-    with socket.socket(socket.AF_UNIX) as s:
-        s.settimeout(timeout)
-        s.connect(path)
-        s.sendall(line.encode() + b"\n")
-        s.shutdown(socket.SHUT_WR)
-        out = b""
-        while True:
-            b = s.recv(65536)
-            if not b:
-                return out
-            out += b
+from conftest import VIPERCTL, ctl_ask as ask, ctl_path, write
 
 
 def bounded(what, fn, timeout):
