@@ -9,6 +9,8 @@
  *
  *   rank  lock                  owner        may be followed by
  *   ----  --------------------  -----------  -------------------------------------
+ *    0    d->repl_lock          fs/main.c    repl->lock (the metrics text reads
+ *                                            the repl it guards against its free)
  *    1    ns->pfs_lock          ns (pfs)     2..
  *    2    ns->lock              ns           3.. ; never held across PFS I/O
  *                                            except pfs_lock's metadata calls
