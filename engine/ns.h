@@ -29,6 +29,7 @@
 #ifndef VP_NS_H
 #define VP_NS_H
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <sys/stat.h>
@@ -364,6 +365,8 @@ void vp_ns_set_tier(struct vp_ns *ns, const struct vp_ns_tier *ops, void *arg);
 struct vp_pool;
 
 struct vp_pool *vp_ns_pool(struct vp_ns *ns);
+/* True if the calling thread holds the namespace lock: for the asserts of its observers. */
+bool vp_ns_lock_held(const struct vp_ns *ns);
 
 /*
  * Consumer: the installer thread (gettid()), the only caller that may

@@ -313,6 +313,11 @@ struct vp_pool *vp_ns_pool(struct vp_ns *ns)
 	return ns->pool;
 }
 
+bool vp_ns_lock_held(const struct vp_ns *ns)
+{
+	return vp_lock_held(&ns->lock);
+}
+
 void vp_ns_set_gpu_off(struct vp_ns *ns, const char *why)
 {
 	pthread_mutex_lock(&ns->lock);

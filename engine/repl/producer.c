@@ -3,6 +3,7 @@
  * the pins that keep their bytes readable) and operations; catch-up; the tick.
  */
 #define _GNU_SOURCE
+#include <assert.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <stdlib.h>
@@ -38,6 +39,7 @@ void vp_repl_note_op_locked(struct vp_repl *r, enum vp_op_kind kind,
 
 	if (!r || r->consumer)
 		return;
+	assert(vp_ns_lock_held(r->ns));
 	e = calloc(1, sizeof(*e));
 	if (!e || !(e->path = strdup(path)) || !(e->path2 = strdup(path2 ? path2 : ""))) {
 		if (e)
@@ -77,6 +79,7 @@ void vp_repl_note_version_locked(struct vp_repl *r, const struct vp_ns_entry *v)
 
 	if (!r || r->consumer)
 		return;
+	assert(vp_ns_lock_held(r->ns));
 	e = calloc(1, sizeof(*e));
 	if (!e || !(e->path = strdup(v->path))) {
 		free(e);
