@@ -28,10 +28,11 @@ void vp_flush_pressure(void *arg)
 {
 	struct vp_ns *ns = arg;
 
-	pthread_mutex_lock(&ns->lock);
+	/* its own lock: a writer calls this holding data->lock, under which ns->lock may not go */
+	pthread_mutex_lock(&ns->flush.evict_lock);
 	ns->flush.evict_wanted = 1;
 	pthread_cond_signal(&ns->flush.evict_cond);
-	pthread_mutex_unlock(&ns->lock);
+	pthread_mutex_unlock(&ns->flush.evict_lock);
 }
 
 static int eligible_locked(struct vp_ns *ns, struct flush_op *op, double now,
@@ -623,17 +624,21 @@ static void *evictor_main(void *arg)
 	struct vp_ns *ns = arg;
 	struct vp_flush *f = &ns->flush;
 
-	pthread_mutex_lock(&ns->lock);
-	while (!f->stop) {
+	for (;;) {
 		uint64_t want;
+		int stop;
 
-		if (!f->evict_wanted) {
-			pthread_cond_wait(&f->evict_cond, &ns->lock);
-			continue;
-		}
+		pthread_mutex_lock(&f->evict_lock);
+		while (!f->evict_wanted && !f->evict_stop)
+			pthread_cond_wait(&f->evict_cond, &f->evict_lock);
+		stop = f->evict_stop;
 		f->evict_wanted = 0;
+		pthread_mutex_unlock(&f->evict_lock);
+		if (stop)
+			break;
 		/* free a tenth of the budget at a time, so writers are not woken for one chunk */
 		want = ns->cfg.ram_cache / 10;
+		pthread_mutex_lock(&ns->lock);
 		while (TAILQ_FIRST(&ns->lru) && vp_pool_available(ns->pool) < want) {
 			struct vp_node *n = TAILQ_FIRST(&ns->lru);
 
@@ -644,8 +649,8 @@ static void *evictor_main(void *arg)
 				f->st_evictions++;
 			}
 		}
+		pthread_mutex_unlock(&ns->lock);
 	}
-	pthread_mutex_unlock(&ns->lock);
 	return NULL;
 }
 
@@ -657,6 +662,7 @@ void vp_flush_init(struct vp_flush *f, const struct vp_config *cfg)
 	vp_cond_init_monotonic(&f->cond);
 	vp_cond_init_monotonic(&f->worker_cond);
 	vp_cond_init_monotonic(&f->evict_cond);
+	pthread_mutex_init(&f->evict_lock, NULL);
 	TAILQ_INIT(&f->log);
 	f->next_seq = 1;
 }
@@ -664,6 +670,7 @@ void vp_flush_init(struct vp_flush *f, const struct vp_config *cfg)
 void vp_flush_release(struct vp_flush *f)
 {
 	pthread_cond_destroy(&f->evict_cond);
+	pthread_mutex_destroy(&f->evict_lock);
 	pthread_cond_destroy(&f->worker_cond);
 	pthread_cond_destroy(&f->cond);
 	vp_tbucket_release(&f->bucket);
@@ -715,8 +722,11 @@ void vp_flush_stop(struct vp_ns *ns)
 	f->stop = 1;
 	pthread_cond_broadcast(&f->cond);
 	pthread_cond_broadcast(&f->worker_cond);
-	pthread_cond_broadcast(&f->evict_cond);
 	pthread_mutex_unlock(&ns->lock);
+	pthread_mutex_lock(&f->evict_lock);
+	f->evict_stop = 1;
+	pthread_cond_broadcast(&f->evict_cond);
+	pthread_mutex_unlock(&f->evict_lock);
 	if (started && f->dispatcher) {
 		pthread_join(f->dispatcher, NULL);
 		pthread_join(f->evictor, NULL);

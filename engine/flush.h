@@ -83,11 +83,12 @@ struct vp_flush {
 	struct tbucket bucket;		/* flush_bw */
 	pthread_cond_t cond;		/* log changed, or an entry finished */
 	pthread_cond_t worker_cond;	/* work for prepare workers */
-	pthread_cond_t evict_cond;	/* cache pressure */
+	pthread_mutex_t evict_lock;	/* a leaf: the pressure callback runs under data->lock */
+	pthread_cond_t evict_cond;	/* cache pressure, on evict_lock */
+	int evict_wanted, evict_stop;	/* protected by evict_lock */
 
 	/* protected by ns->lock: */
 	int stop;
-	int evict_wanted;
 	struct flush_log log;
 	uint64_t next_seq;
 	uint64_t done_seq;		/* every entry <= done_seq is replayed */

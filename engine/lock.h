@@ -38,7 +38,9 @@
  *   10    fab->lock             fabric       leaf
  *   11    s->lock (sched),      sched,       leaf
  *         tb->lock (tbucket),   tbucket,
- *         ctl->lock             ctl
+ *         ctl->lock,            ctl,
+ *         f->evict_lock         flush        (the pool's pressure callback,
+ *                                            under data->lock)
  *   12    log_lock              log          leaf; the one lock held across
  *                                            I/O (the write to the log sink)
  *

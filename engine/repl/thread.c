@@ -300,6 +300,8 @@ struct vp_repl *vp_repl_new(struct vp_ns *ns, struct vp_gpu *gpu, const struct v
 
 err_slab_cb:
 	vp_pool_set_slab_cb(r->pool, NULL, r);
+	for (unsigned int i = 0; i < r->nslabs; i++)
+		vp_fab_mr_close(r->slabs[i].mr);	/* the slabs the callback registered */
 	vp_fab_close(r->fab);
 err_release:
 	repl_release(r);
@@ -410,11 +412,11 @@ static json_t *consumer_status_locked(struct vp_repl *r, double now)
 			json_decref(children);
 			children = NULL;
 		}
-	return json_pack("{s:s,s:s,s:s,s:s,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:o,s:o,"
+	return json_pack("{s:s,s:s,s:o,s:s,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:o,s:o,"
 			 "s:{s:I,s:o,s:I,s:I},s:s,s:I,s:b,s:I}",
 			 "role", "consumer",
 			 "provider", vp_fab_provider(r->fab),
-			 "producer", r->cfg.subscribe,
+			 "producer", vp_json_name(r->cfg.subscribe),
 			 "state", consumer_state(r),
 			 "installed", (json_int_t)c->installed,
 			 "skipped", (json_int_t)c->skipped,
@@ -466,10 +468,10 @@ static json_t *producer_status_locked(struct vp_repl *r, double now)
 			json_decref(peers);
 			peers = NULL;
 		}
-	return json_pack("{s:s,s:s,s:s,s:I,s:s,s:I,s:I,s:b,s:I,s:o}",
+	return json_pack("{s:s,s:s,s:o,s:I,s:s,s:I,s:I,s:b,s:I,s:o}",
 			 "role", "producer",
 			 "provider", vp_fab_provider(r->fab),
-			 "listen", r->cfg.listen,
+			 "listen", vp_json_name(r->cfg.listen),
 			 "seq", (json_int_t)r->prod.seq,
 			 "gpu_path", gpu_path(r),
 			 "gpu_versions_out", (json_int_t)r->prod.gpu_versions_out,
