@@ -220,8 +220,8 @@ static int flush_progress(const char *path, double timeout, char *last_error, si
 		json_t *j = vpctl_answer_parse(line);
 		int finished;
 
-		if (!j || !strncmp(line, "{\"error\"", 8)) {
-			print_daemon_error(line);	/* refused */
+		if (!json_object_get(j, "done")) {
+			print_daemon_error(line);	/* refused: an error, not progress */
 			json_decref(j);
 			break;
 		}
