@@ -50,12 +50,17 @@ def ctl_ask(path, line, timeout=30):
         s.connect(path)
         s.sendall(line.encode() + b"\n")
         s.shutdown(socket.SHUT_WR)
-        out = b""
-        while True:
-            b = s.recv(65536)
-            if not b:
-                return out
-            out += b
+        return recv_all(s)
+
+
+def recv_all(s):
+    """Everything socket s still sends, up to its end."""
+    out = b""
+    while True:
+        b = s.recv(65536)
+        if not b:
+            return out
+        out += b
 
 
 def wait_version(path, newer_than, timeout=60):

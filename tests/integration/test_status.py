@@ -12,7 +12,7 @@ import subprocess
 import threading
 import time
 
-from conftest import VIPERCTL, ctl_ask as ask, ctl_path, write
+from conftest import VIPERCTL, ctl_ask as ask, ctl_path, recv_all, write
 
 
 def bounded(what, fn, timeout):
@@ -77,12 +77,7 @@ def test_status_nobody_reads_does_not_stall_the_mount(world):
         s = stuck.pop()
         s.settimeout(30)
         s.shutdown(socket.SHUT_WR)
-        out = b""
-        while True:
-            b = s.recv(65536)
-            if not b:
-                break
-            out += b
+        out = recv_all(s)
         s.close()
         assert out.endswith(b"}\n") and json.loads(out)["files"] == 2500
     finally:
