@@ -559,7 +559,7 @@ void repl_consumer_announce(struct vp_repl *r, struct vp_msg *m)
 {
 	struct announce_plan pl = { 0 };
 	announce_t *a;
-	int rc, pinned = 0;
+	int rc = 0, pinned = 0;
 
 	m = announce_assemble(r, m);
 	if (!m)
@@ -580,12 +580,13 @@ void repl_consumer_announce(struct vp_repl *r, struct vp_msg *m)
 	} else if (a->flags & VP_ANNOUNCE_PREVIEW) {
 		consumer_preview(r, m);
 	} else if ((rc = announce_version(r, a, vp_now(), &pl, &pinned))) {
-		if (rc != -EBADMSG)	/* said above */
-			vp_log(LOG_WARNING, "repl", "'%s' version %" PRIu64 " not fetched: %s; keeping the version we have",
-			       a->path, a->version, strerror(-rc));
 		repl_say_done(r, a->seq, a->version, rc);
 	}
 	announce_end(r, a, &pl, pinned);
+	/* said once its stage and chunks are let go: the log tells the state that is */
+	if (rc && rc != -EBADMSG)	/* -EBADMSG: said already */
+		vp_log(LOG_WARNING, "repl", "'%s' version %" PRIu64 " not fetched: %s; keeping the version we have",
+		       a->path, a->version, strerror(-rc));
 	free(r->cons.asm_refs);
 	r->cons.asm_refs = NULL;
 	free(m);

@@ -276,6 +276,7 @@ def test_handshakes_cannot_lock_consumers_out(world, secret):
     """16 endpoints saying HELLO again and again, and 64 names on 16 hosts that do not exist,
     10 times a second (the second review's lock-out: 4 per host fill a table of 64)."""
     net, port, pfs, prod, opts = producer_only(world, secret)
+    t_attack = time.monotonic()
     evil = world.spawn([*net.prefix(2), HOSTILE, "hellos", net.addr(2), "%s:%d" % (net.addr(0), port),
                         "hold", "90"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                        env=dict(os.environ, FI_PROVIDER="tcp;ofi_rxm"))
@@ -287,9 +288,11 @@ def test_handshakes_cannot_lock_consumers_out(world, secret):
     write(prod.path("m.bin"), b"weights")
     wait_version(cons.path("m.bin"), 0)
     assert evil.poll() is None
-    # pending handshakes are bounded (4 a host), and their drops are logged within limits
+    # pending handshakes are bounded (4 a host), and their drops are logged within limits:
+    # 10 lines and a summary a minute (a sanitized daemon is slow: the attack lasts longer)
     assert len(status(prod)["repl"]["peers"]) <= 1 + 17 * 4
-    assert prod.read_log().count("was dropped") <= 11
+    minutes = 1 + int((time.monotonic() - t_attack) // 60)
+    assert prod.read_log().count("was dropped") <= 11 * minutes
     # and the real consumer's replication is not slowed to a crawl meanwhile
     t0 = time.monotonic()
     write(prod.path("n.bin"), b"next")
@@ -315,6 +318,10 @@ def test_a_flood_stays_bounded(world):
     # bounded: the inboxes hold at most 64 + 1 MiB.  A sanitizer's allocator keeps freed
     # memory around (ASan's quarantine is 256 MiB), so there the bound is looser, and
     # still far below what was sent
-    limit = 512 if sanitized() else 64
-    assert peak - base < limit and peak - base < sent // 16 // 4, (base, peak, sent)
+    # (and TSan's shadow memory grows with what the inboxes touch, while a slowed flood
+    # sends less: there only the absolute bound holds)
+    if sanitized():
+        assert peak - base < 512, (base, peak, sent)
+    else:
+        assert peak - base < 64 and peak - base < sent // 16 // 4, (base, peak, sent)
     assert status(cons)["repl"]["state"] == "subscribed"
