@@ -86,7 +86,7 @@ struct vp_fab {
 	pthread_mutex_t lock;
 	pthread_cond_t cond;		/* an operation completed */
 	uint64_t send_busy;		/* bitmap of send slots in use, protected by lock */
-	unsigned int nabandoned;	/* of those, sends nobody waits for; protected by lock */
+	unsigned int nabandoned;	/* of those, sends nobody waits for; written under lock, read atomically */
 	SLIST_HEAD(, batch) orphans;	/* timed-out reads still posted; protected by lock */
 };
 
@@ -156,7 +156,7 @@ static void complete(struct vp_fab *fab, struct op *op, int status, size_t len,
 		free(op);
 	} else if (op->abandoned) {
 		op->abandoned = 0;	/* its sender timed out: the slot is free again */
-		fab->nabandoned--;
+		__atomic_sub_fetch(&fab->nabandoned, 1, __ATOMIC_RELAXED);
 		fab->send_busy &= ~(1ULL << op->index);
 	} else {
 		op->status = status;
@@ -751,7 +751,7 @@ static void abandon_send_locked(struct vp_fab *fab, struct op *op, vp_fab_addr d
 
 	VP_ASSERT_LOCKED(&fab->lock);
 	op->abandoned = 1;
-	fab->nabandoned++;
+	__atomic_add_fetch(&fab->nabandoned, 1, __ATOMIC_RELAXED);
 	pthread_mutex_unlock(&fab->lock);
 	if (fi_av_lookup(fab->av, dest, peer, &peer_len) || peer_len > sizeof(peer))
 		peer_len = 0;

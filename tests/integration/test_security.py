@@ -289,10 +289,11 @@ def test_handshakes_cannot_lock_consumers_out(world, secret):
     wait_version(cons.path("m.bin"), 0)
     assert evil.poll() is None
     # pending handshakes are bounded (4 a host), and their drops are logged within limits:
-    # 10 lines and a summary a minute (a sanitized daemon is slow: the attack lasts longer)
+    # 10 lines a minute for evictions and 10 for the other ends of a handshake (a
+    # sanitized daemon is slow: there the attack lasts longer than a minute)
     assert len(status(prod)["repl"]["peers"]) <= 1 + 17 * 4
     minutes = 1 + int((time.monotonic() - t_attack) // 60)
-    assert prod.read_log().count("was dropped") <= 11 * minutes
+    assert prod.read_log().count("was dropped") <= 20 * minutes
     # and the real consumer's replication is not slowed to a crawl meanwhile
     t0 = time.monotonic()
     write(prod.path("n.bin"), b"next")
