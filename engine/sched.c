@@ -75,8 +75,11 @@ static void replan_locked(struct vp_sched *s, const struct vp_losslog *log,
 	if (vp_fit_best(log->iter, log->loss, log->n, &fit, NULL))
 		return;
 	served = (uint64_t)(elapsed / s->cfg.plan_t_infer);
-	if (served >= s->cfg.plan_inferences)
-		return;		/* all inferences are served: nothing to plan */
+	if (served >= s->cfg.plan_inferences) {
+		vp_log(LOG_DEBUG, "plan", "not re-planned at iteration %llu: the %llu inferences are served",
+		       (unsigned long long)iter, (unsigned long long)s->cfg.plan_inferences);
+		return;		/* nothing to plan */
+	}
 	in.t_iter = s->t_iter;
 	in.t_infer = s->cfg.plan_t_infer;
 	in.t_ckpt = t_ckpt;

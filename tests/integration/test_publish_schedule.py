@@ -41,8 +41,10 @@ def test_publish_schedule_flushes_selected_versions(world):
     with open(m.path(".viperfs-schedule.json")) as f:
         sched = json.load(f)
     # re-planned as the run went on; late in the run, when the curve is flat,
-    # the best plan for what is left may be "no more checkpoints"
-    assert sched["planned_at_iteration"] >= 500
+    # the best plan for what is left may be "no more checkpoints".  A slow daemon (a
+    # sanitizer's) may take past the 10 s the 5000 inferences last: then there is
+    # nothing left to plan for, and it says so
+    assert sched["planned_at_iteration"] >= 500 or "inferences are served" in m.read_log()
     assert all(i > sched["planned_at_iteration"] for i in sched["iterations"])
     assert sched["fit"]["family"] in ("exp+c", "saturating", "exp", "linear")
     assert sched["t_iter"] > 0.001
