@@ -53,6 +53,7 @@ static const char *const PUBLISH_POLICIES[] = {
 };
 static const char *const GPU_TIERS[] = { "cuda", "ram", NULL };
 static const char *const GPU_DIRECT_MODES[] = { "auto", "off", NULL };
+static const char *const PASSTHROUGH_MODES[] = { "auto", "off", NULL };
 
 static uint64_t physical_memory(void)
 {
@@ -455,6 +456,9 @@ static const struct opt options[] = {
 	{ .name = "gpu_tier", .parse = parse_choice, FIELD(gpu_tier), .def = "cuda",
 	  .help = "the GPU tier's implementation: cuda, or ram (host memory posing as the device, to test the tier on a node without a GPU)",
 	  .choices = GPU_TIERS },
+	{ .name = "passthrough", .parse = parse_choice, FIELD(passthrough), .def = "auto",
+	  .help = "auto: readers of a committed version get its memory file by FUSE passthrough where the kernel and libfuse allow it; off: the daemon serves every read (splice)",
+	  .choices = PASSTHROUGH_MODES },
 	{ .name = "gpu_direct", .parse = parse_choice, FIELD(gpu_direct), .def = "auto",
 	  .help = "GPU-direct replication: auto (where the fabric can register the tier's memory, FI_HMEM for CUDA, a consumer's reads land in its GPU tier and a producer serves complete GPU mirrors from it) or off (always through the host caches)",
 	  .choices = GPU_DIRECT_MODES },

@@ -75,6 +75,7 @@ struct vp_config {
 	uint64_t gpu_cache;		/* bytes of GPU memory for mirrors, 0: no GPU tier */
 	uint64_t gpu_device;		/* CUDA device ordinal */
 	char gpu_tier[64];		/* cuda, or ram (host memory posing as the device: tests) */
+	char passthrough[16];		/* auto, or off: readers served by the daemon (splice) */
 	char gpu_direct[64];		/* auto, or off: network <-> GPU tier without the host cache in between */
 	char pfs_dir[PATH_MAX];		/* when not given as an argument */
 	char mountpoint[PATH_MAX];	/* when not given as an argument */

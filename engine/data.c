@@ -11,6 +11,7 @@
 #include <xxhash.h>
 
 #include "lock.h"
+#include "mfile.h"
 #include "pool.h"
 
 struct vp_chunk {
@@ -85,6 +86,124 @@ struct vp_data *vp_data_new(struct vp_pool *pool)
 	return data_alloc(pool);
 }
 
+struct vp_data *vp_data_new_mfile(struct vp_pool *pool, int *err)
+{
+	struct vp_data *d = data_alloc(pool);
+
+	if (!d) {
+		*err = -ENOMEM;
+		return NULL;
+	}
+	d->mf = vp_mfile_new(pool, err);
+	if (!d->mf) {
+		vp_data_put(d);
+		return NULL;
+	}
+	return d;
+}
+
+/* A new data sharing src's memory file; src->lock held. */
+static struct vp_data *share_mfile_locked(struct vp_data *src, int view)
+{
+	struct vp_data *d;
+
+	VP_ASSERT_LOCKED(&src->lock);
+	d = data_alloc(src->pool);
+	if (!d)
+		return NULL;
+	d->mf = vp_mfile_get(src->mf);
+	d->size = src->size;
+	d->view = view;
+	return d;
+}
+
+struct vp_data *vp_data_view(struct vp_data *src)
+{
+	struct vp_data *d;
+
+	if (!src->mf)
+		return vp_data_clone(src);
+	pthread_mutex_lock(&src->lock);
+	d = share_mfile_locked(src, 1);
+	pthread_mutex_unlock(&src->lock);
+	return d;
+}
+
+void vp_data_seal(struct vp_data *d)
+{
+	if (d && d->mf && !d->view && !vp_mfile_sealed(d->mf))
+		vp_mfile_seal(d->mf);
+}
+
+int vp_data_fd(struct vp_data *d)
+{
+	return d && d->mf && !d->view && vp_mfile_sealed(d->mf) ? d->mf->rofd : -1;
+}
+
+int vp_data_is_mfile(struct vp_data *d)
+{
+	return d && d->mf != NULL;
+}
+
+struct vp_data *vp_data_sealed_copy(struct vp_data *src, double wait_s)
+{
+	uint64_t size = vp_data_size(src), off = 0;
+	struct vp_data *d;
+	int err;
+
+	if (src->mf || !vp_data_fully_resident(src))
+		return NULL;
+	d = vp_data_new_mfile(src->pool, &err);
+	if (!d)
+		return NULL;
+	while (off < size) {
+		struct vp_read rd;
+		ssize_t n = vp_data_read(src, off, (size_t)(size - off), &rd);
+
+		if (n <= 0)
+			goto err;
+		for (unsigned int i = 0; i < rd.nseg; i++) {
+			if (vp_mfile_pwrite(d->mf, rd.seg[i].ptr, rd.seg[i].len, off,
+					    wait_s) != (ssize_t)rd.seg[i].len) {
+				vp_read_release(&rd);
+				goto err;
+			}
+			off += rd.seg[i].len;
+		}
+		vp_read_release(&rd);
+	}
+	if (vp_mfile_truncate(d->mf, size) || vp_mfile_seal(d->mf))
+		goto err;
+	d->size = size;
+	return d;
+err:
+	vp_data_put(d);
+	return NULL;
+}
+
+/*
+ * Before a write or truncate of a data whose memory file is sealed
+ * (shared with a committed version): its own copy of the first keep
+ * bytes.  d->lock held.  Returns 0 or -errno.
+ */
+static int mfile_own_locked(struct vp_data *d, uint64_t keep, double wait_s)
+{
+	struct vp_mfile *mf;
+	int err = 0;
+
+	VP_ASSERT_LOCKED(&d->lock);
+	if (d->view)
+		return -EBADF;
+	if (!vp_mfile_sealed(d->mf))
+		return 0;
+	mf = vp_mfile_copy(d->mf, keep < d->size ? keep : d->size, wait_s, &err);
+	if (!mf)
+		return err;
+	vp_mfile_put(d->mf);
+	d->mf = mf;
+	return 0;
+}
+
 /*
  * Makes room for n slots in a data no other thread can see yet (one
  * being made); reserve_slots_locked() is the same for any other.
@@ -139,6 +258,15 @@ struct vp_data *vp_data_clone(struct vp_data *src)
 	if (!d)
 		return NULL;
 	pthread_mutex_lock(&src->lock);
+	if (src->mf) {
+		vp_data_put(d);
+		if (!src->view && vp_mfile_seal(src->mf))
+			d = NULL;
+		else
+			d = share_mfile_locked(src, src->view);
+		pthread_mutex_unlock(&src->lock);
+		return d;
+	}
 	if (reserve_slots_new(d, src->nslots))
 		goto err_unlock;
 	if (src->backing_fd >= 0) {
@@ -182,6 +310,7 @@ void vp_data_put(struct vp_data *d)
 			chunk_put(d->pool, d->slots[i]);
 	if (d->backing_fd >= 0)
 		close(d->backing_fd);
+	vp_mfile_put(d->mf);
 	free(d->slots);
 	pthread_mutex_destroy(&d->lock);
 	free(d);
@@ -197,7 +326,7 @@ uint64_t vp_data_resident(struct vp_data *d)
 	uint64_t r;
 
 	pthread_mutex_lock(&d->lock);
-	r = d->resident;
+	r = d->mf ? d->size : d->resident;
 	pthread_mutex_unlock(&d->lock);
 	return r;
 }
@@ -296,6 +425,16 @@ ssize_t vp_data_write(struct vp_data *d, const void *buf, size_t len,
 	if (len == 0)
 		return 0;
 	pthread_mutex_lock(&d->lock);
+	if (d->mf) {
+		ssize_t n;
+
+		rc = mfile_own_locked(d, d->size, wait_s);
+		n = rc ? rc : vp_mfile_pwrite(d->mf, buf, len, off, wait_s);
+		if (n > 0 && off + (uint64_t)n > d->size)
+			__atomic_store_n(&d->size, off + (uint64_t)n, __ATOMIC_RELEASE);
+		pthread_mutex_unlock(&d->lock);
+		return n;
+	}
 	rc = reserve_slots_locked(d, (off + len + d->chunk_size - 1) / d->chunk_size);
 	if (rc)
 		goto out_unlock;
@@ -335,6 +474,14 @@ int vp_data_truncate(struct vp_data *d, uint64_t size, double wait_s)
 	if (size > VP_DATA_MAX_BYTES)
 		return -EFBIG;
 	pthread_mutex_lock(&d->lock);
+	if (d->mf) {
+		rc = mfile_own_locked(d, size, wait_s);
+		if (!rc)
+			rc = vp_mfile_truncate(d->mf, size);
+		if (!rc)
+			__atomic_store_n(&d->size, size, __ATOMIC_RELEASE);
+		goto out_unlock;
+	}
 	if (size < d->size) {
 		size_t keep = (size + d->chunk_size - 1) / d->chunk_size;
 		size_t tail = size % d->chunk_size;
@@ -381,6 +528,21 @@ ssize_t vp_data_read(struct vp_data *d, uint64_t off, size_t len,
 		goto out_unlock;
 	if (len > d->size - off)
 		len = (size_t)(d->size - off);
+	if (d->mf) {
+		const char *map = vp_mfile_map(d->mf, d->size);
+
+		if (!map) {
+			rc = -ENOMEM;
+			goto out_unlock;
+		}
+		rd->mf = vp_mfile_get(d->mf);
+		rd->seg[0].ptr = map + off;
+		rd->seg[0].len = len;
+		rd->nseg = 1;
+		rd->len = len;
+		rd->hits = 1;
+		goto out_unlock;
+	}
 	while (rd->len < len && rd->nseg < VP_READ_MAX_SEGS) {
 		uint64_t pos = off + rd->len;
 		size_t idx = pos / d->chunk_size;
@@ -447,6 +609,8 @@ void vp_read_release(struct vp_read *rd)
 			chunk_put(rd->pool, rd->held[i]);
 		free(rd->bounce[i]);
 	}
+	vp_mfile_put(rd->mf);
+	rd->mf = NULL;
 	rd->nseg = 0;
 	rd->len = 0;
 }
@@ -491,7 +655,12 @@ const void *vp_data_chunk_mem(struct vp_data *d, size_t idx)
 	const void *mem = NULL;
 
 	pthread_mutex_lock(&d->lock);
-	if (idx < d->nslots && d->slots[idx])
+	if (d->mf) {
+		const char *map = (uint64_t)idx * d->chunk_size < d->size ?
+				  vp_mfile_map(d->mf, d->size) : NULL;
+
+		mem = map ? map + idx * d->chunk_size : NULL;
+	} else if (idx < d->nslots && d->slots[idx])
 		mem = d->slots[idx]->mem;
 	pthread_mutex_unlock(&d->lock);
 	return mem;
@@ -533,6 +702,10 @@ int vp_data_chunk_hashes(struct vp_data *d, uint64_t *hashes, size_t n)
 			continue;
 		}
 		len = d->size - start < d->chunk_size ? d->size - start : d->chunk_size;
+		if (d->mf) {
+			hashes[i] = vp_mfile_chunk_hash(d->mf, i, d->chunk_size, (size_t)len);
+			continue;
+		}
 		if (!c) {
 			if (d->backing_fd >= 0 && start < d->backing_limit) {
 				rc = -ENODATA;	/* on the PFS, not here */

@@ -41,6 +41,14 @@ struct vp_data {
 	int backing_fd;			/* -1: none; owned */
 	uint64_t backing_limit;
 	uint64_t resident;		/* bytes of chunks held */
+	/*
+	 * A memory file (mfile.h) instead of chunks: the bytes are
+	 * [0, size) of mf.  Sealed, or this data's own working copy; a
+	 * view (a preview's snapshot) shares a working copy that may still
+	 * change under it.  The slots are unused.
+	 */
+	struct vp_mfile *mf;
+	int view;
 };
 
 /* One piece of a read: len bytes at ptr, valid until vp_read_release(). */
@@ -60,6 +68,7 @@ struct vp_read {
 	struct vp_chunk *held[VP_READ_MAX_SEGS];
 	void *bounce[VP_READ_MAX_SEGS];
 	struct vp_pool *pool;
+	struct vp_mfile *mf;
 };
 
 /* Returns a new empty data (one reference, yours) or NULL (ENOMEM). */
@@ -72,8 +81,45 @@ struct vp_data *vp_data_new(struct vp_pool *pool);
 struct vp_data *vp_data_new_backed(struct vp_pool *pool, int fd,
 				   uint64_t size);
 
-/* Returns a new data with the same bytes, sharing chunks (copy-on-write). */
+/*
+ * Returns a new empty data whose bytes live in a memory file of its own
+ * (mfile.h), or NULL with *err set.
+ */
+struct vp_data *vp_data_new_mfile(struct vp_pool *pool, int *err);
+
+/*
+ * Returns a new data with the same bytes, sharing chunks (copy-on-write).
+ * A memory file is sealed and shared: the next write to src copies it.
+ */
 struct vp_data *vp_data_clone(struct vp_data *src);
+
+/*
+ * A snapshot for a preview: a clone, except that a working memory file is
+ * shared as it is, unsealed, and may change under the view (previews are
+ * hash-checked by their readers).
+ */
+struct vp_data *vp_data_view(struct vp_data *src);
+
+/*
+ * Makes d's bytes immutable: a memory file is sealed.  Takes no data
+ * lock (callable under ns->lock): only for a data nobody writes any more.
+ */
+void vp_data_seal(struct vp_data *d);
+
+/*
+ * A new data with the bytes of d in a sealed memory file of its own
+ * (a copy), or NULL (no space within wait_s, or d not all in memory).
+ */
+struct vp_data *vp_data_sealed_copy(struct vp_data *d, double wait_s);
+
+/*
+ * The read-only descriptor of d's sealed memory file (valid while d is
+ * held), or -1: d is chunks, or still being written.
+ */
+int vp_data_fd(struct vp_data *d);
+
+/* Whether d's bytes are a memory file (sealed or not). */
+int vp_data_is_mfile(struct vp_data *d);
 
 /* Takes a reference; returns d. */
 struct vp_data *vp_data_get(struct vp_data *d);

@@ -28,6 +28,10 @@
  *    5    data->lock            data         pool->lock, and the slab callbacks
  *                                            (6, 7) of a chunk it allocates;
  *                                            never taken with ns->lock held
+ *    5b   mf->lock              mfile        pool->lock (charges, which may wait
+ *                                            for space); taken under data->lock,
+ *                                            and under ns->lock to seal a
+ *                                            version nobody writes any more
  *    6    g->tier_lock          gpu          t->reg_lock (the tier, CUDA);
  *                                            never under g->lock
  *    7    repl->slab_lock       repl         fabric registration

@@ -146,6 +146,12 @@ void vp_metrics_write(FILE *out, vp_metrics_collect_fn collect, void *arg)
 		      "Chunks read from the PFS copy (not in the cache).", VP_C_CACHE_MISSES);
 	counter_write(out, "viperfs_versions_total",
 		      "File versions committed (producer) or installed (consumer).", VP_C_VERSIONS);
+	fputs("# HELP viperfs_read_opens_total Read-only opens, by who serves their reads: the kernel from the version's memory file (passthrough), or the daemon.\n"
+	      "# TYPE viperfs_read_opens_total counter\n", out);
+	fprintf(out, "viperfs_read_opens_total{path=\"passthrough\"} %llu\n",
+		(unsigned long long)vp_metrics_get(VP_C_OPENS_PASSTHROUGH));
+	fprintf(out, "viperfs_read_opens_total{path=\"daemon\"} %llu\n",
+		(unsigned long long)vp_metrics_get(VP_C_OPENS_DAEMON));
 	fputs("# HELP viperfs_notify_latency_seconds Consumer: from the last byte of a version arriving to its install syscall returning (the watchers' events).\n"
 	      "# TYPE viperfs_notify_latency_seconds histogram\n", out);
 	hist_write(out, "viperfs_notify_latency_seconds", "", &notify_hist);

@@ -47,6 +47,8 @@ enum vp_counter {
 	VP_C_CACHE_HITS,	/* chunks read from the cache */
 	VP_C_CACHE_MISSES,	/* chunks read from the PFS copy */
 	VP_C_VERSIONS,		/* versions committed or installed */
+	VP_C_OPENS_PASSTHROUGH,	/* read-only opens the kernel serves from a memory file */
+	VP_C_OPENS_DAEMON,	/* read-only opens the daemon serves */
 	VP_C_COUNT
 };
 

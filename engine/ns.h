@@ -149,6 +149,45 @@ int vp_ns_open(struct vp_ns *ns, const struct vp_caller *who, uint64_t ino,
 	       int flags, struct vp_handle **hp, int *keep_cache);
 /* Releases a handle; the last writable one commits a version. */
 int vp_ns_release(struct vp_ns *ns, struct vp_handle *h);
+
+/*
+ * Passthrough (fs/ll.c).  Once vp_ns_set_passthrough() is on, a writable
+ * open of an inode that passthrough readers hold, and a new version of
+ * it, give the node a new inode number: the open gets -ESTALE (the
+ * kernel looks the name up again and retries) and the old name is
+ * invalidated through vp_ns_kernel.  Call these three under one lock of
+ * the caller's, which serialises them:
+ *  - vp_ns_pt_open() after an open says how the kernel may read h:
+ *    VP_PT_NONE: through the daemon (give it direct_io);
+ *    VP_PT_SHARE: from the backing file *id the inode has already;
+ *    VP_PT_REGISTER: register *fd as a backing file, then vp_ns_pt_set()
+ *    (id <= 0: it failed, and h goes through the daemon);
+ *  - vp_ns_pt_close() before vp_ns_release(): the backing id to close
+ *    (the inode's last passthrough open), or 0.
+ */
+enum vp_pt { VP_PT_NONE, VP_PT_SHARE, VP_PT_REGISTER };
+void vp_ns_set_passthrough(struct vp_ns *ns, int on);
+enum vp_pt vp_ns_pt_open(struct vp_ns *ns, struct vp_handle *h, int *fd, int *id);
+void vp_ns_pt_set(struct vp_ns *ns, struct vp_handle *h, int id);
+int vp_ns_pt_close(struct vp_ns *ns, struct vp_handle *h);
+/* The read-only descriptor of h's sealed memory file, or -1 (valid while h is open). */
+int vp_ns_handle_fd(struct vp_handle *h);
+uint64_t vp_ns_handle_size(struct vp_handle *h);
+/* n bytes read from h's memory file by the daemon outside vp_ns_read() (splice). */
+void vp_ns_count_read(struct vp_ns *ns, size_t n);
+/* How readers are served ("passthrough" or "daemon") and why, for status. */
+void vp_ns_set_read_path(struct vp_ns *ns, const char *mode, const char *why);
+
+/* What the namespace asks of the kernel's caches (fs/ll.c sends it). */
+struct vp_ns_kernel {
+	/*
+	 * The kernel's entry parent/name must be looked up again.  Called
+	 * with ns->lock held: it must only queue.
+	 */
+	void (*inval_entry)(void *arg, uint64_t parent, const char *name);
+};
+/* Set before the mount serves. */
+void vp_ns_set_kernel(struct vp_ns *ns, const struct vp_ns_kernel *ops, void *arg);
 int vp_handle_writable(const struct vp_handle *h);
 ssize_t vp_ns_write(struct vp_ns *ns, struct vp_handle *h, const void *buf,
 		    size_t len, uint64_t off);

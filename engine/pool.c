@@ -60,7 +60,8 @@ struct vp_pool {
 	bool calling;			/* a thread is mapping a slab or running callbacks */
 	SLIST_HEAD(, free_chunk) free_list;
 	SLIST_HEAD(, slab) slabs;
-	uint64_t used;
+	uint64_t used;			/* chunks handed out and bytes charged */
+	uint64_t charged;		/* of used: memory files (vp_pool_charge) */
 	uint64_t mapped;
 	uint64_t waits;
 	uint64_t enospc;
@@ -292,6 +293,69 @@ out_unlock:
 	return mem;
 }
 
+/*
+ * Waits, up to wait_s and with the pressure callback, until take(pool)
+ * (called with pool->lock held) succeeds.  Called with pool->lock held.
+ * Returns 1 when it did, 0 on timeout.
+ */
+static int wait_space_locked(struct vp_pool *pool, double wait_s,
+			     int (*take)(struct vp_pool *, uint64_t), uint64_t arg)
+{
+	struct timespec deadline;
+
+	VP_ASSERT_LOCKED(&pool->lock);
+	pool->waits++;
+	vp_abstime(&deadline, vp_now() + wait_s);
+	for (;;) {
+		int rc;
+
+		if (pool->pressure_cb) {
+			pthread_mutex_unlock(&pool->lock);
+			pool->pressure_cb(pool->pressure_arg);
+			pthread_mutex_lock(&pool->lock);
+			if (take(pool, arg))
+				return 1;
+		}
+		rc = pthread_cond_timedwait(&pool->freed, &pool->lock, &deadline);
+		if (take(pool, arg))
+			return 1;
+		if (rc == ETIMEDOUT)
+			return 0;
+	}
+}
+
+static int charge_take(struct vp_pool *pool, uint64_t bytes)
+{
+	if (pool->used + bytes > pool->budget)
+		return 0;
+	pool->used += bytes;
+	pool->charged += bytes;
+	return 1;
+}
+
+int vp_pool_charge(struct vp_pool *pool, uint64_t bytes, double wait_s)
+{
+	int ok;
+
+	pthread_mutex_lock(&pool->lock);
+	ok = charge_take(pool, bytes) ||
+	     (wait_s > 0 && wait_space_locked(pool, wait_s, charge_take, bytes));
+	if (!ok)
+		pool->enospc++;
+	pthread_mutex_unlock(&pool->lock);
+	return ok ? 0 : -ENOSPC;
+}
+
+void vp_pool_uncharge(struct vp_pool *pool, uint64_t bytes)
+{
+	pthread_mutex_lock(&pool->lock);
+	assert(pool->charged >= bytes);
+	pool->used -= bytes;
+	pool->charged -= bytes;
+	pthread_cond_broadcast(&pool->freed);
+	pthread_mutex_unlock(&pool->lock);
+}
+
 void vp_pool_put_chunk(struct vp_pool *pool, void *mem)
 {
 	struct free_chunk *fc = mem;
@@ -353,6 +417,7 @@ void vp_pool_get_stats(struct vp_pool *pool, struct vp_pool_stats *st)
 	pthread_mutex_lock(&pool->lock);
 	st->budget = pool->budget;
 	st->used = pool->used;
+	st->charged = pool->charged;
 	st->mapped = pool->mapped;
 	st->waits = pool->waits;
 	st->enospc = pool->enospc;

@@ -25,7 +25,8 @@
 
 struct vp_pool_stats {
 	uint64_t budget;	/* bytes */
-	uint64_t used;		/* bytes handed out */
+	uint64_t used;		/* bytes handed out (chunks and charges) */
+	uint64_t charged;	/* of used: charged by memory files */
 	uint64_t mapped;	/* bytes mapped and faulted in */
 	uint64_t waits;		/* allocations that had to wait for space */
 	uint64_t enospc;	/* allocations that gave up */
@@ -57,6 +58,13 @@ void vp_pool_set_pressure_cb(struct vp_pool *pool, void (*cb)(void *),
  * or -ENOMEM when the kernel refused memory.  May block.
  */
 void *vp_pool_get_chunk(struct vp_pool *pool, double wait_s, int *err);
+
+/*
+ * Charges bytes to the budget (memory files: engine/mfile.h), waiting up
+ * to wait_s as vp_pool_get_chunk() does.  Returns 0 or -ENOSPC.
+ */
+int vp_pool_charge(struct vp_pool *pool, uint64_t bytes, double wait_s);
+void vp_pool_uncharge(struct vp_pool *pool, uint64_t bytes);
 
 /* Gives a chunk back.  Never blocks for long. */
 void vp_pool_put_chunk(struct vp_pool *pool, void *mem);

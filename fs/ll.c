@@ -4,8 +4,14 @@
  * reply_err() is the one place that turns them into FUSE replies.
  *
  * Opens that may write get direct_io (writes bypass the page cache: 1.0x
- * tmpfs here, see docs/design.md); read-only opens keep the page cache,
- * so mmap(MAP_SHARED) works and re-reads are served by the kernel.
+ * tmpfs here, see docs/design.md).  A read-only open of a committed
+ * version, whose bytes are a sealed memory file, gets FUSE passthrough
+ * where the kernel and libfuse have it (the kernel reads and maps the
+ * memory file itself: no copy, no daemon CPU); the other read-only opens
+ * then get direct_io too, so that no open puts an inode in the kernel's
+ * caching mode, which passthrough opens refuse (engine/ns/pt.c).
+ * Without passthrough (-o passthrough=off, or refused), read-only opens
+ * keep the page cache, and reads of memory files are spliced from them.
  */
 #define FUSE_USE_VERSION 314
 #define _GNU_SOURCE
@@ -14,8 +20,11 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <fuse_lowlevel.h>
+#include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/queue.h>
 #include <sys/uio.h>
 
 #include "../engine/clock.h"
@@ -30,6 +39,102 @@
 static struct vp_ns *ns_of(fuse_req_t req)
 {
 	return fuse_req_userdata(req);
+}
+
+/*
+ * The adapter's own state, one mount per process: whether passthrough is
+ * on, the lock that serialises the passthrough bookkeeping (ns.h), and the
+ * notifier thread that sends the namespace's invalidations.  Those must
+ * not be sent from a request handler: the kernel takes the parent
+ * directory's lock, which the request's caller may hold.
+ */
+struct inval {
+	STAILQ_ENTRY(inval) link;
+	fuse_ino_t parent;
+	char name[];
+};
+
+static struct {
+	int pt;				/* passthrough opens happen */
+	pthread_mutex_t pt_lock;
+	struct fuse_session *se;
+	pthread_t notifier;
+	int notifier_started;
+	pthread_mutex_t lock;		/* the queue and stop */
+	pthread_cond_t cond;
+	STAILQ_HEAD(, inval) queue;
+	int stop;
+} ll = {
+	.pt_lock = PTHREAD_MUTEX_INITIALIZER,
+	.lock = PTHREAD_MUTEX_INITIALIZER,
+	.cond = PTHREAD_COND_INITIALIZER,
+	.queue = STAILQ_HEAD_INITIALIZER(ll.queue),
+};
+
+static void queue_inval_entry(void *arg, uint64_t parent, const char *name)
+{
+	size_t len = strlen(name);
+	struct inval *iv = malloc(sizeof(*iv) + len + 1);
+
+	(void)arg;
+	if (!iv)
+		return;		/* the entry times out on its own (ENTRY_TIMEOUT) */
+	iv->parent = parent;
+	memcpy(iv->name, name, len + 1);
+	pthread_mutex_lock(&ll.lock);
+	STAILQ_INSERT_TAIL(&ll.queue, iv, link);
+	pthread_cond_signal(&ll.cond);
+	pthread_mutex_unlock(&ll.lock);
+}
+
+static void *notifier_main(void *arg)
+{
+	(void)arg;
+	pthread_mutex_lock(&ll.lock);
+	for (;;) {
+		struct inval *iv;
+
+		while (!ll.stop && STAILQ_EMPTY(&ll.queue))
+			pthread_cond_wait(&ll.cond, &ll.lock);
+		iv = STAILQ_FIRST(&ll.queue);
+		if (!iv)
+			break;
+		STAILQ_REMOVE_HEAD(&ll.queue, link);
+		pthread_mutex_unlock(&ll.lock);
+		if (!ll.stop)
+			fuse_lowlevel_notify_inval_entry(ll.se, iv->parent, iv->name,
+							 strlen(iv->name));
+		free(iv);
+		pthread_mutex_lock(&ll.lock);
+	}
+	pthread_mutex_unlock(&ll.lock);
+	return NULL;
+}
+
+static const struct vp_ns_kernel kernel_ops = { .inval_entry = queue_inval_entry };
+
+int vpfs_ll_start(struct fuse_session *se, struct vp_ns *ns)
+{
+	ll.se = se;
+	ll.stop = 0;
+	if (pthread_create(&ll.notifier, NULL, notifier_main, NULL))
+		return -1;
+	ll.notifier_started = 1;
+	vp_ns_set_kernel(ns, &kernel_ops, NULL);
+	return 0;
+}
+
+void vpfs_ll_stop(struct vp_ns *ns)
+{
+	if (!ll.notifier_started)
+		return;
+	vp_ns_set_kernel(ns, NULL, NULL);
+	pthread_mutex_lock(&ll.lock);
+	ll.stop = 1;
+	pthread_cond_signal(&ll.cond);
+	pthread_mutex_unlock(&ll.lock);
+	pthread_join(ll.notifier, NULL);
+	ll.notifier_started = 0;
 }
 
 /* Who makes the request: the thread (for the replica's installer check) and the owner. */
@@ -66,9 +171,51 @@ static void reply_entry(fuse_req_t req, int rc, const struct stat *st)
 	fuse_reply_entry(req, &e);
 }
 
+/* Which read path the mount uses, and why: one log line, and status. */
+static void choose_read_path(struct vp_ns *ns, struct fuse_conn_info *conn)
+{
+	const char *want = vp_ns_config(ns)->passthrough;
+	char why[256];
+
+	ll.pt = 0;
+	if (!strcmp(want, "off")) {
+		snprintf(why, sizeof(why), "-o passthrough=off");
+	} else {
+#ifdef FUSE_CAP_PASSTHROUGH
+		if (conn->capable & FUSE_CAP_PASSTHROUGH) {
+			conn->want |= FUSE_CAP_PASSTHROUGH;
+			/* passthrough is refused silently above 1 (and with writeback_cache) */
+			conn->max_backing_stack_depth = 1;
+			ll.pt = 1;
+			snprintf(why, sizeof(why), "the kernel offered it (libfuse %s)",
+				 fuse_pkgversion());
+		} else {
+			snprintf(why, sizeof(why), "the kernel did not offer FUSE passthrough at INIT (it needs Linux >= 6.9 with CONFIG_FUSE_PASSTHROUGH)");
+		}
+#else
+		(void)conn;
+		snprintf(why, sizeof(why), "this build's libfuse (%s) has no passthrough (it needs >= 3.16)",
+			 fuse_pkgversion());
+#endif
+	}
+#ifdef FUSE_CAP_DIRECT_IO_ALLOW_MMAP
+	if (ll.pt && (conn->capable & FUSE_CAP_DIRECT_IO_ALLOW_MMAP))
+		conn->want |= FUSE_CAP_DIRECT_IO_ALLOW_MMAP;	/* mmap of the direct_io readers */
+	else
+		ll.pt = 0;
+#else
+	ll.pt = 0;
+#endif
+	vp_ns_set_passthrough(ns, ll.pt);
+	vp_ns_set_read_path(ns, ll.pt ? "passthrough" : "daemon", why);
+	if (ll.pt)
+		vp_log(LOG_INFO, "fs", "read path: passthrough, from the versions' memory files (%s)", why);
+	else
+		vp_log(LOG_INFO, "fs", "read path: the daemon, spliced from the versions' memory files (%s)", why);
+}
+
 static void vpfs_init(void *userdata, struct fuse_conn_info *conn)
 {
-	(void)userdata;
 	conn->max_write = MAX_REQUEST;
 	conn->max_read = MAX_REQUEST;
 	conn->max_readahead = MAX_REQUEST;
@@ -80,9 +227,12 @@ static void vpfs_init(void *userdata, struct fuse_conn_info *conn)
 		conn->want |= FUSE_CAP_PARALLEL_DIROPS;
 	/* flock() and fcntl() locks stay node-local: the kernel does them */
 	conn->want &= ~(FUSE_CAP_POSIX_LOCKS | FUSE_CAP_FLOCK_LOCKS);
-	/* writeback cache and splice measured no gain here */
-	conn->want &= ~(FUSE_CAP_WRITEBACK_CACHE | FUSE_CAP_SPLICE_WRITE |
-			FUSE_CAP_SPLICE_MOVE | FUSE_CAP_SPLICE_READ);
+	/* writeback cache measured no gain here, and it rules passthrough out */
+	conn->want &= ~(FUSE_CAP_WRITEBACK_CACHE | FUSE_CAP_SPLICE_MOVE | FUSE_CAP_SPLICE_READ);
+	/* replies from memory files are spliced, not copied (iov replies are not affected) */
+	if (conn->capable & FUSE_CAP_SPLICE_WRITE)
+		conn->want |= FUSE_CAP_SPLICE_WRITE;
+	choose_read_path(userdata, conn);
 }
 
 static void vpfs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
@@ -230,59 +380,160 @@ static void vpfs_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent,
 	reply_err(req, -EPERM);	/* hard links: not supported, as on many FUSE file systems */
 }
 
-static void set_open_flags(struct fuse_file_info *fi, struct vp_handle *h,
-			   int keep_cache)
+/*
+ * A read-only open with passthrough on: the backing file, if this open
+ * may have it (ns.h).  Returns 1 with fi->backing_id set, or 0.
+ */
+static int passthrough_open(fuse_req_t req, struct vp_handle *h,
+			    struct fuse_file_info *fi)
+{
+#ifdef FUSE_CAP_PASSTHROUGH
+	struct vp_ns *ns = ns_of(req);
+	int fd = -1, id = 0;
+	enum vp_pt how;
+
+	pthread_mutex_lock(&ll.pt_lock);
+	how = vp_ns_pt_open(ns, h, &fd, &id);
+	if (how == VP_PT_REGISTER) {
+		id = fuse_passthrough_open(req, fd);
+		if (id <= 0) {
+			int err = errno;
+
+			id = 0;
+			vp_log(LOG_WARNING, "fs", "read path: the kernel refused a backing file (%s%s); readers are served by the daemon from now on",
+			       strerror(err), err == EPERM ? ": passthrough needs CAP_SYS_ADMIN" : "");
+			vp_ns_set_read_path(ns, "daemon", err == EPERM ?
+					    "the kernel refused a backing file: the daemon lacks CAP_SYS_ADMIN" :
+					    "the kernel refused a backing file");
+			ll.pt = 0;
+		}
+		vp_ns_pt_set(ns, h, id);
+	}
+	pthread_mutex_unlock(&ll.pt_lock);
+	if (id > 0) {
+		fi->backing_id = id;
+		vp_metrics_add(VP_C_OPENS_PASSTHROUGH, 1);
+		return 1;
+	}
+#else
+	(void)req;
+	(void)h;
+	(void)fi;
+#endif
+	return 0;
+}
+
+static void set_open_flags(fuse_req_t req, struct fuse_file_info *fi,
+			   struct vp_handle *h, int keep_cache)
 {
 	fi->fh = (uintptr_t)h;
+	fi->keep_cache = 0;
 	if (vp_handle_writable(h)) {
 		fi->direct_io = 1;
-		fi->keep_cache = 0;
+	} else if (ll.pt) {
+		/* either the kernel reads the memory file, or the daemon does, uncached */
+		fi->direct_io = !passthrough_open(req, h, fi);
+		if (fi->direct_io)
+			vp_metrics_add(VP_C_OPENS_DAEMON, 1);
 	} else {
 		fi->direct_io = 0;
 		fi->keep_cache = keep_cache;
+		vp_metrics_add(VP_C_OPENS_DAEMON, 1);
 	}
+}
+
+/*
+ * The release of what passthrough_open() counted, before the engine's.
+ * req NULL: an open whose reply failed (the kernel never had it); its
+ * backing id, if it was the inode's last, stays registered until unmount.
+ */
+static void passthrough_release(struct vp_ns *ns, fuse_req_t req, struct vp_handle *h)
+{
+	int id;
+
+	pthread_mutex_lock(&ll.pt_lock);
+	id = vp_ns_pt_close(ns, h);
+	pthread_mutex_unlock(&ll.pt_lock);
+#ifdef FUSE_CAP_PASSTHROUGH
+	if (id > 0 && req)
+		fuse_passthrough_close(req, id);
+#else
+	(void)id;
+	(void)req;
+#endif
 }
 
 static void vpfs_create(fuse_req_t req, fuse_ino_t parent, const char *name,
 			mode_t mode, struct fuse_file_info *fi)
 {
 	const struct vp_caller who = caller_of(req);
+	struct vp_ns *ns = ns_of(req);	/* a failed reply frees req */
 	struct vp_handle *h;
 	struct fuse_entry_param e;
 	int rc;
 
 	memset(&e, 0, sizeof(e));
-	rc = vp_ns_create(ns_of(req), &who, parent, name,
+	rc = vp_ns_create(ns, &who, parent, name,
 			  mode & ~fuse_req_ctx(req)->umask, fi->flags, &e.attr, &h);
 	if (rc) {
 		reply_err(req, rc);
 		return;
 	}
-	set_open_flags(fi, h, 0);
+	set_open_flags(req, fi, h, 0);
 	e.ino = e.attr.st_ino;
 	e.attr_timeout = ATTR_TIMEOUT;
 	e.entry_timeout = ENTRY_TIMEOUT;
 	if (fuse_reply_create(req, &e, fi) == -ENOENT) {
-		/* interrupted: the kernel will not release it */
-		vp_ns_release(ns_of(req), h);
-		vp_ns_forget(ns_of(req), e.ino, 1);
+		/* interrupted: the kernel will not release it (and req is gone) */
+		passthrough_release(ns, NULL, h);
+		vp_ns_release(ns, h);
+		vp_ns_forget(ns, e.ino, 1);
 	}
 }
 
 static void vpfs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	const struct vp_caller who = caller_of(req);
+	struct vp_ns *ns = ns_of(req);	/* a failed reply frees req */
 	struct vp_handle *h;
 	int keep_cache = 0;
-	int rc = vp_ns_open(ns_of(req), &who, ino, fi->flags, &h, &keep_cache);
+	int rc = vp_ns_open(ns, &who, ino, fi->flags, &h, &keep_cache);
 
 	if (rc) {
 		reply_err(req, rc);
 		return;
 	}
-	set_open_flags(fi, h, keep_cache);
-	if (fuse_reply_open(req, fi) == -ENOENT)
-		vp_ns_release(ns_of(req), h);
+	set_open_flags(req, fi, h, keep_cache);
+	if (fuse_reply_open(req, fi) == -ENOENT) {
+		passthrough_release(ns, NULL, h);	/* req is gone */
+		vp_ns_release(ns, h);
+	}
+}
+
+/*
+ * A read of a sealed memory file: spliced from it into the reply (the
+ * daemon never touches the bytes).  Returns 0 when it replied.
+ */
+static int splice_read(fuse_req_t req, struct vp_handle *h, size_t size, off_t off)
+{
+	struct vp_ns *ns = ns_of(req);	/* the reply frees req */
+	int fd = vp_ns_handle_fd(h);
+	uint64_t end = vp_ns_handle_size(h);
+	struct fuse_bufvec bv = FUSE_BUFVEC_INIT(0);
+
+	if (fd < 0)
+		return -1;
+	if ((uint64_t)off >= end)
+		size = 0;
+	else if (size > end - (uint64_t)off)
+		size = (size_t)(end - (uint64_t)off);
+	bv.buf[0].size = size;
+	bv.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
+	bv.buf[0].fd = fd;
+	bv.buf[0].pos = off;
+	if (fuse_reply_data(req, &bv, FUSE_BUF_SPLICE_MOVE) == 0)
+		vp_ns_count_read(ns, size);
+	return 0;
 }
 
 static void vpfs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
@@ -293,6 +544,8 @@ static void vpfs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	ssize_t n;
 
 	(void)ino;
+	if (splice_read(req, handle_of(fi), size, off) == 0)
+		return;
 	n = vp_ns_read(ns_of(req), handle_of(fi), (uint64_t)off, size, &rd);
 	if (n < 0) {
 		reply_err(req, (int)n);
@@ -331,6 +584,7 @@ static void vpfs_release(fuse_req_t req, fuse_ino_t ino,
 			 struct fuse_file_info *fi)
 {
 	(void)ino;
+	passthrough_release(ns_of(req), req, handle_of(fi));
 	reply_err(req, vp_ns_release(ns_of(req), handle_of(fi)));
 }
 

@@ -4,7 +4,17 @@
 
 struct fuse_lowlevel_ops;
 
+struct fuse_session;
+struct vp_ns;
+
 /* userdata of the session must be the struct vp_ns *. */
 extern const struct fuse_lowlevel_ops vpfs_ops;
+
+/*
+ * The notifier thread that sends the namespace's invalidations to the
+ * kernel: start it once the session exists, stop it before it goes.
+ */
+int vpfs_ll_start(struct fuse_session *se, struct vp_ns *ns);
+void vpfs_ll_stop(struct vp_ns *ns);
 
 #endif

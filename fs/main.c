@@ -483,11 +483,19 @@ static int start_session(struct daemon *d)
 		fuse_opt_free_args(&d->args);
 		return -1;
 	}
+	if (vpfs_ll_start(d->se, d->ns)) {
+		snprintf(d->err, sizeof(d->err), "starting the notifier thread: %s", strerror(errno));
+		fuse_session_destroy(d->se);
+		d->se = NULL;
+		fuse_opt_free_args(&d->args);
+		return -1;
+	}
 	return 0;
 }
 
 static void stop_session(struct daemon *d)
 {
+	vpfs_ll_stop(d->ns);
 	fuse_session_destroy(d->se);
 	d->se = NULL;
 	fuse_opt_free_args(&d->args);

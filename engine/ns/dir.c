@@ -191,6 +191,7 @@ static int finish_new(struct vp_ns *ns, struct vp_node *dir, struct vp_node *n,
 		vp_flush_log_locked(ns, op, n, dir, name, NULL);
 		vp_note_op_locked(ns, kind, n, NULL, NULL);
 		vp_node_get(n);		/* the kernel's lookup */
+		n->nlookup++;
 		vp_node_stat_locked(ns, n, st);
 	} else if (n) {
 		vp_node_put(ns, n);

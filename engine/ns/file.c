@@ -28,6 +28,9 @@ int vp_commit_locked(struct vp_ns *ns, struct vp_node *n,
 		     struct vp_data *bytes)
 {
 	VP_ASSERT_LOCKED(&ns->lock);
+	vp_data_seal(bytes);	/* a memory file: the kernel keeps it immutable from now on */
+	if (vp_pt_busy_locked(ns, n))
+		vp_rekey_locked(ns, n);	/* a new version, a new inode: readers keep theirs */
 	vp_lru_del_locked(ns, n);
 	vp_data_put(n->cur);
 	n->cur = bytes;
@@ -195,6 +198,21 @@ static pid_t caller_tgid(const struct vp_caller *who)
 	return who ? tgid_of(who->tid) : 0;
 }
 
+struct vp_data *vp_ns_work_data(struct vp_ns *ns)
+{
+	static int warned;
+	struct vp_data *d;
+	int err;
+
+	d = vp_data_new_mfile(ns->pool, &err);
+	if (d)
+		return d;
+	if (!__atomic_exchange_n(&warned, 1, __ATOMIC_RELAXED))
+		vp_log(LOG_WARNING, "cache", "a memory file for new bytes was refused (%s); writing into chunks, which readers cannot get by passthrough",
+		       strerror(-err));
+	return vp_data_new(ns->pool);
+}
+
 static struct vp_handle *handle_new(struct vp_ns *ns,
 				    const struct vp_caller *who,
 				    struct vp_node *n, struct vp_data *d,
@@ -322,7 +340,7 @@ static int open_data(struct vp_ns *ns, struct vp_node *n, int writable,
 		}
 	}
 	if (!d) {
-		d = base ? vp_data_clone(base) : vp_data_new(ns->pool);
+		d = base ? vp_data_clone(base) : vp_ns_work_data(ns);
 		vp_data_put(base);
 		if (!d)
 			return -ENOMEM;
@@ -382,6 +400,11 @@ static int open_node(struct vp_ns *ns, const struct vp_caller *who,
 	pthread_mutex_lock(&ns->lock);
 	if (writable)
 		rc = vp_replica_refuse_locked(ns, who, "writing", n->name ? n->name : "?");
+	if (!rc && writable && vp_pt_busy_locked(ns, n)) {
+		/* passthrough readers hold this inode: the writer gets a new one */
+		vp_rekey_locked(ns, n);
+		rc = -ESTALE;
+	}
 	if (!rc && writable)
 		d = attach_install_locked(ns, who, n);
 	pthread_mutex_unlock(&ns->lock);
@@ -450,7 +473,7 @@ int vp_ns_create(struct vp_ns *ns, const struct vp_caller *who,
 	}
 	if (rc)
 		return rc;
-	d = vp_data_new(ns->pool);
+	d = vp_ns_work_data(ns);
 	n = d ? vp_node_new_locked(ns, VP_NODE_FILE, S_IFREG | (mode & 07777),
 				   vp_caller_uid(who), vp_caller_gid(who)) : NULL;
 	if (!n) {
@@ -492,6 +515,7 @@ int vp_ns_create(struct vp_ns *ns, const struct vp_caller *who,
 		goto out_unlock;
 	}
 	vp_node_get(n);		/* the kernel's lookup */
+	n->nlookup++;
 	vp_node_stat_locked(ns, n, st);
 out_unlock:
 	vp_node_put(ns, dir);
@@ -509,6 +533,7 @@ int vp_ns_release(struct vp_ns *ns, struct vp_handle *h)
 	LIST_REMOVE(h, link);
 	pthread_mutex_unlock(&ns->handles_lock);
 	pthread_mutex_lock(&ns->lock);
+	vp_kino_put(h->kino);	/* one vp_ns_pt_close() did not see (the exit) */
 	vp_node_get(n);		/* for vp_publish_decide, after the handle's is gone */
 	decide = release_locked(ns, n, h->data, h->writable, &version);
 	if (__atomic_sub_fetch(&ns->open_handles, 1, __ATOMIC_RELAXED) == 0)
@@ -559,7 +584,7 @@ static void maybe_preview(struct vp_ns *ns, struct vp_handle *h)
 	e.version = n->version + 1;
 	e.mode = n->mode;
 	pthread_mutex_unlock(&ns->lock);
-	e.d = vp_data_clone(h->data);
+	e.d = vp_data_view(h->data);	/* no seal: the writer goes on */
 	if (!e.d)
 		return;
 	for (unsigned int i = 0; i < nobs; i++)

@@ -31,6 +31,7 @@ void vp_node_get(struct vp_node *n)
 
 void vp_node_free(struct vp_node *n)
 {
+	vp_kino_put(n->kino);
 	free(n->name);
 	free(n->pfs_name);
 	free(n->symlink);
@@ -360,6 +361,7 @@ int vp_ns_lookup(struct vp_ns *ns, uint64_t parent, const char *name,
 	n = vp_node_child_locked(ns, dir, name);
 	if (n) {
 		vp_node_get(n);		/* the kernel's lookup */
+		n->nlookup++;
 		vp_node_stat_locked(ns, n, st);
 	} else {
 		rc = -ENOENT;
@@ -377,6 +379,15 @@ void vp_ns_forget(struct vp_ns *ns, uint64_t ino, uint64_t nlookup)
 		return;
 	pthread_mutex_lock(&ns->lock);
 	n = vp_node_find_locked(ns, ino);
+	if (!n) {
+		struct vp_alias *a = vp_alias_find_locked(ns, ino);
+
+		if (a)
+			vp_alias_forget_locked(ns, a, nlookup);
+		pthread_mutex_unlock(&ns->lock);
+		return;
+	}
+	n->nlookup -= nlookup < n->nlookup ? nlookup : n->nlookup;
 	/* one put per kernel lookup; stop if a put frees the node */
 	for (; n && nlookup; nlookup--) {
 		int last = __atomic_load_n(&n->refs, __ATOMIC_RELAXED) == 1;
@@ -395,10 +406,18 @@ int vp_ns_getattr(struct vp_ns *ns, uint64_t ino, struct stat *st)
 
 	pthread_mutex_lock(&ns->lock);
 	n = vp_node_find_locked(ns, ino);
-	if (n)
+	if (n) {
 		vp_node_stat_locked(ns, n, st);
-	else
-		rc = -ESTALE;
+	} else {
+		struct vp_alias *a = vp_alias_find_locked(ns, ino);
+
+		if (a) {	/* a re-keyed node, as its old inode's openers see it */
+			vp_node_stat_locked(ns, a->node, st);
+			st->st_ino = ino;
+		} else {
+			rc = -ESTALE;
+		}
+	}
 	pthread_mutex_unlock(&ns->lock);
 	return rc;
 }

@@ -172,6 +172,7 @@ struct vp_ns *vp_ns_new(const struct vp_config *cfg, const char *pfs_dir,
 	ns->replica = cfg->subscribe[0] != 0;
 	LIST_INIT(&ns->handles);
 	LIST_INIT(&ns->installs);
+	LIST_INIT(&ns->aliases);
 	TAILQ_INIT(&ns->lru);
 	if (open_pfs(ns, pfs_dir, err, errlen))
 		goto err_free;
@@ -300,6 +301,7 @@ unsigned int vp_ns_free(struct vp_ns *ns)
 	vp_flush_stop(ns);
 
 	vp_installs_release(ns);
+	vp_aliases_release(ns);
 	free_tree(ns);
 	release_sync(ns);
 	close_cache(ns);

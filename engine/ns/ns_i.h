@@ -99,6 +99,33 @@ struct vp_node {
 	uint64_t streamed;		/* atomic: bytes of the working copy previewed to consumers */
 	TAILQ_ENTRY(vp_node) lru_link;	/* clean, evictable */
 	int in_lru;
+	uint64_t nlookup;		/* the kernel's lookups of ino */
+	struct vp_kino *kino;		/* the kernel inode ino's opens (passthrough), or NULL */
+};
+
+/*
+ * The opens of one kernel inode (passthrough: pt.c).  The kernel lets an
+ * inode have one backing file while any of its files is open, and refuses
+ * a passthrough open beside an open without it, and the reverse.  So a
+ * node keeps one for its present inode number; a new version, or a writer,
+ * on an inode that passthrough readers hold gives the node a new number
+ * (re-keying), and the old kino lives on with its handles.
+ */
+struct vp_kino {
+	int refs;			/* the node's pointer, and each handle's */
+	uint64_t ino;
+	unsigned int pt_opens;		/* handles the kernel reads from the backing file */
+	unsigned int np_opens;		/* handles that go through the daemon */
+	int backing_id;			/* while pt_opens > 0 */
+	int backing_fd;			/* the memory file it is (identity only) */
+};
+
+/* An inode number a re-keyed node had, for the kernel's lookups of it. */
+struct vp_alias {
+	LIST_ENTRY(vp_alias) link;
+	uint64_t ino;
+	struct vp_node *node;		/* the lookups' references are on it */
+	uint64_t nlookup;
 };
 
 struct vp_handle {
@@ -108,6 +135,8 @@ struct vp_handle {
 	int writable;
 	pid_t owner;			/* writable: the opening process, 0 if unknown */
 	int wrote;			/* atomic: a write came through this handle */
+	struct vp_kino *kino;		/* passthrough's count of this open (ref), or NULL */
+	int pt;				/* the kernel reads it from the backing file */
 };
 
 /* A consumer's staged version, waiting for the installer's open. */
@@ -149,7 +178,9 @@ struct vp_ns {
 	int staging_fd;			/* the staging folder in it */
 	struct vp_pool *pool;
 	struct vp_sched *sched;		/* publish=schedule, else NULL */
-	char gpu_off_reason[256];	/* gpu_cache set but the tier is off: why */
+	char gpu_off_reason[256];
+	char read_path[16];		/* "passthrough" or "daemon" (fs/ll.c says) */
+	char read_path_why[256];	/* gpu_cache set but the tier is off: why */
 	/* below the cache, else NULL; set before the mount serves, read unlocked */
 	const struct vp_ns_tier *tier;
 	void *tier_arg;
@@ -182,6 +213,10 @@ struct vp_ns {
 	struct vp_node_list *by_ino;
 	size_t hash_size, nnodes;
 	TAILQ_HEAD(, vp_node) lru;
+	LIST_HEAD(, vp_alias) aliases;	/* inode numbers of re-keyed nodes the kernel holds */
+	int pt_on;			/* passthrough opens happen: re-key when needed */
+	const struct vp_ns_kernel *kernel;	/* set before the mount serves */
+	void *kernel_arg;
 
 	/* consumer, protected by lock: */
 	pid_t installer_tid;		/* the thread that installs */
@@ -295,7 +330,22 @@ int vp_node_data(struct vp_ns *ns, struct vp_node *n, struct vp_data **out);
 /* Resolves path, loading directories on the way; the node with a ref. */
 struct vp_node *vp_resolve_loading(struct vp_ns *ns, const char *path);
 
+/* pt.c */
+/* Gives n a new inode number (the old one stays an alias while the kernel holds it). */
+void vp_rekey_locked(struct vp_ns *ns, struct vp_node *n);
+/* Whether n's inode has passthrough opens (a writer or a new version must re-key). */
+int vp_pt_busy_locked(struct vp_ns *ns, struct vp_node *n);
+/* The alias of ino, or NULL. */
+struct vp_alias *vp_alias_find_locked(struct vp_ns *ns, uint64_t ino);
+/* The kernel forgot nlookup lookups of alias a. */
+void vp_alias_forget_locked(struct vp_ns *ns, struct vp_alias *a, uint64_t nlookup);
+void vp_aliases_release(struct vp_ns *ns);
+/* Drops a reference to a kino (ns->lock held, or the node being freed). */
+void vp_kino_put(struct vp_kino *k);
+
 /* file.c */
+/* A new working copy: a memory file (chunks if the kernel refuses one). */
+struct vp_data *vp_ns_work_data(struct vp_ns *ns);
 /*
  * Commits n's working copy (bytes, whose reference it takes) as a new
  * version.  Returns 1 when the publish=schedule policy must decide on it:

@@ -309,8 +309,8 @@ json_t *vp_ns_status(struct vp_ns *ns)
 		json_decref(paths);
 		paths = NULL;
 	}
-	st = json_pack("{s:o,s:i,s:I,s:o,s:o,s:{s:I,s:I,s:I,s:I,s:I},s:I,s:I,s:o,"
-		       "s:I,s:o,s:I,s:I,s:I,s:o}",
+	st = json_pack("{s:o,s:i,s:I,s:o,s:o,s:{s:I,s:I,s:I,s:I,s:I,s:I,s:I},s:I,s:I,s:o,"
+		       "s:I,s:o,s:I,s:I,s:I,s:o,s:{s:s,s:o}}",
 		       "pfs_dir", vp_json_name(ns->pfs_dir),
 		       "pid", (int)getpid(),
 		       "open_files", (json_int_t)__atomic_load_n(&ns->open_handles, __ATOMIC_RELAXED),
@@ -319,6 +319,9 @@ json_t *vp_ns_status(struct vp_ns *ns)
 		       "ram", "budget", (json_int_t)ps.budget, "used", (json_int_t)ps.used,
 		       "mapped", (json_int_t)ps.mapped, "waits", (json_int_t)ps.waits,
 		       "enospc", (json_int_t)ps.enospc,
+		       /* what the budget holds: versions' memory files, and chunks */
+		       "memory_files", (json_int_t)ps.charged,
+		       "chunks", (json_int_t)(ps.used - ps.charged),
 		       "files", (json_int_t)fc.files,
 		       "unflushed_files", (json_int_t)fc.unflushed,
 		       "flush", flush_status_locked(ns, &q),
@@ -327,7 +330,9 @@ json_t *vp_ns_status(struct vp_ns *ns)
 		       "evictions", (json_int_t)ns->flush.st_evictions,
 		       "bytes_written", (json_int_t)__atomic_load_n(&ns->st_bytes_written, __ATOMIC_RELAXED),
 		       "bytes_read", (json_int_t)__atomic_load_n(&ns->st_bytes_read, __ATOMIC_RELAXED),
-		       "paths", paths);
+		       "paths", paths,
+		       "read_path", "mode", ns->read_path[0] ? ns->read_path : "daemon",
+		       "why", vp_json_name(ns->read_path_why));
 	pthread_mutex_unlock(&ns->lock);
 	return st;
 }

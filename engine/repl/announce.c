@@ -76,8 +76,8 @@ static void make_parents(struct vp_repl *r, const char *path)
  * folder, renamed over the path in one atomic switch (IN_MOVED_TO), then
  * opened and closed (IN_CLOSE_WRITE).  Readers of the old inode keep it.
  */
-static int install(struct vp_repl *r, const char *path, struct vp_data *d,
-		   uint64_t version, uint32_t mode, uint64_t seq)
+static int install_bytes(struct vp_repl *r, const char *path, struct vp_data *d,
+			 uint64_t version, uint32_t mode, uint64_t seq)
 {
 	char hidden[64];
 	int fd, rc;
@@ -111,6 +111,25 @@ static int install(struct vp_repl *r, const char *path, struct vp_data *d,
 		vp_ns_unstage_install(r->ns, path);
 	}
 	repl_mount_close(r);
+	return rc;
+}
+
+/*
+ * The installed version is a sealed memory file, so that the node's
+ * readers get it by passthrough; the fetched chunks go once it is made.
+ * Without space for the copy, the chunks are installed as they are.
+ */
+static int install(struct vp_repl *r, const char *path, struct vp_data *d,
+		   uint64_t version, uint32_t mode, uint64_t seq)
+{
+	struct vp_data *sealed = vp_data_sealed_copy(d, 0);
+	int rc;
+
+	if (!sealed)
+		vp_log(LOG_INFO, "repl", "'%s' version %" PRIu64 ": no room for its memory file; installed as chunks (readers go through the daemon)",
+		       path, version);
+	rc = install_bytes(r, path, sealed ? sealed : d, version, mode, seq);
+	vp_data_put(sealed);
 	return rc;
 }
 

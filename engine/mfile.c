@@ -1,0 +1,330 @@
+/* mfile: see mfile.h. */
+#define _GNU_SOURCE
+#include "mfile.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/sendfile.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include "lock.h"
+#include "log.h"
+#include "pool.h"
+
+/* Pages are allocated ahead in steps of this much (a 15-20 us fault each otherwise). */
+#define ALLOC_STEP (8ULL << 20)
+#define PAGE_ROUND(x) (((x) + 4095) & ~4095ULL)
+
+struct vp_mfile *vp_mfile_new(struct vp_pool *pool, int *err)
+{
+	struct vp_mfile *mf = calloc(1, sizeof(*mf));
+	char path[64];
+
+	if (!mf) {
+		*err = -ENOMEM;
+		return NULL;
+	}
+	mf->fd = memfd_create("viperfs-version", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+	if (mf->fd < 0) {
+		*err = -errno;
+		free(mf);
+		return NULL;
+	}
+	/* a read-only description of the same file: its mappings can never be made writable */
+	snprintf(path, sizeof(path), "/proc/self/fd/%d", mf->fd);
+	mf->rofd = open(path, O_RDONLY | O_CLOEXEC);
+	if (mf->rofd < 0) {
+		*err = -errno;
+		close(mf->fd);
+		free(mf);
+		return NULL;
+	}
+	mf->refs = 1;
+	mf->pool = pool;
+	pthread_mutex_init(&mf->lock, NULL);
+	return mf;
+}
+
+struct vp_mfile *vp_mfile_get(struct vp_mfile *mf)
+{
+	__atomic_add_fetch(&mf->refs, 1, __ATOMIC_RELAXED);
+	return mf;
+}
+
+void vp_mfile_put(struct vp_mfile *mf)
+{
+	if (!mf || __atomic_sub_fetch(&mf->refs, 1, __ATOMIC_ACQ_REL) != 0)
+		return;
+	if (mf->map)
+		munmap(mf->map, mf->map_len);
+	for (unsigned int i = 0; i < mf->nold; i++)
+		munmap(mf->old_maps[i], mf->old_lens[i]);
+	free(mf->old_maps);
+	free(mf->old_lens);
+	free(mf->hashes);
+	close(mf->rofd);
+	close(mf->fd);
+	if (mf->alloc)
+		vp_pool_uncharge(mf->pool, mf->alloc);
+	pthread_mutex_destroy(&mf->lock);
+	free(mf);
+}
+
+/* Allocates (and charges) the file's pages up to end, in steps.  mf->lock held. */
+static int reserve_locked(struct vp_mfile *mf, uint64_t end, double wait_s)
+{
+	uint64_t want, step;
+	int rc;
+
+	VP_ASSERT_LOCKED(&mf->lock);
+	end = PAGE_ROUND(end);
+	if (end <= mf->alloc)
+		return 0;
+	want = end - mf->alloc;
+	/* ahead by a step, but never charge a step the budget has not got */
+	step = want < ALLOC_STEP ? ALLOC_STEP : PAGE_ROUND(want);
+	if (vp_pool_charge(mf->pool, step, 0) != 0) {
+		step = want;
+		rc = vp_pool_charge(mf->pool, step, wait_s);
+		if (rc)
+			return rc;
+	}
+	if (fallocate(mf->fd, FALLOC_FL_KEEP_SIZE, (off_t)mf->alloc, (off_t)step) != 0) {
+		rc = errno == ENOSPC ? -ENOSPC : -errno;
+		vp_pool_uncharge(mf->pool, step);
+		return rc;
+	}
+	mf->alloc += step;
+	return 0;
+}
+
+ssize_t vp_mfile_pwrite(struct vp_mfile *mf, const void *buf, size_t len,
+			uint64_t off, double wait_s)
+{
+	size_t done = 0;
+	int rc;
+
+	pthread_mutex_lock(&mf->lock);
+	if (mf->sealed) {
+		pthread_mutex_unlock(&mf->lock);
+		vp_log(LOG_CRIT, "mfile", "a write to a sealed version was refused (a bug: versions are immutable)");
+		return -EPERM;
+	}
+	rc = reserve_locked(mf, off + len, wait_s);
+	pthread_mutex_unlock(&mf->lock);
+	if (rc)
+		return rc;
+	while (done < len) {
+		ssize_t n = pwrite(mf->fd, (const char *)buf + done, len - done,
+				   (off_t)(off + done));
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0) {
+			rc = -errno;
+			if (rc == -EPERM)
+				vp_log(LOG_CRIT, "mfile", "the kernel refused a write to a sealed version (a bug)");
+			return done ? (ssize_t)done : rc;
+		}
+		done += (size_t)n;
+	}
+	pthread_mutex_lock(&mf->lock);
+	if (off + len > mf->size)
+		mf->size = off + len;
+	pthread_mutex_unlock(&mf->lock);
+	return (ssize_t)len;
+}
+
+int vp_mfile_truncate(struct vp_mfile *mf, uint64_t size)
+{
+	int rc = 0;
+
+	pthread_mutex_lock(&mf->lock);
+	if (mf->sealed) {
+		rc = -EPERM;
+	} else if (ftruncate(mf->fd, (off_t)size) != 0) {
+		rc = -errno;
+	} else {
+		/* a cut frees every page past the new end, the ones allocated ahead too */
+		uint64_t keep = PAGE_ROUND(size);
+
+		if (keep < mf->alloc) {
+			vp_pool_uncharge(mf->pool, mf->alloc - keep);
+			mf->alloc = keep;
+		}
+		mf->size = size;
+	}
+	pthread_mutex_unlock(&mf->lock);
+	return rc;
+}
+
+int vp_mfile_seal(struct vp_mfile *mf)
+{
+	int rc = 0;
+
+	pthread_mutex_lock(&mf->lock);
+	if (mf->sealed)
+		goto out_unlock;
+	/* the allocation ahead goes back: a sealed file holds its pages only */
+	if (ftruncate(mf->fd, (off_t)mf->size) != 0) {
+		rc = -errno;
+		goto out_unlock;
+	}
+	if (mf->alloc > PAGE_ROUND(mf->size)) {
+		uint64_t keep = PAGE_ROUND(mf->size);
+
+		if (fallocate(mf->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+			      (off_t)keep, (off_t)(mf->alloc - keep)) == 0) {
+			vp_pool_uncharge(mf->pool, mf->alloc - keep);
+			mf->alloc = keep;
+		}
+	}
+	if (fcntl(mf->fd, F_ADD_SEALS, F_SEAL_WRITE | F_SEAL_SHRINK | F_SEAL_GROW |
+		  F_SEAL_SEAL) != 0) {
+		rc = -errno;
+		vp_log(LOG_ERR, "mfile", "sealing a version: %s", strerror(errno));
+		goto out_unlock;
+	}
+	__atomic_store_n(&mf->sealed, 1, __ATOMIC_RELEASE);
+out_unlock:
+	pthread_mutex_unlock(&mf->lock);
+	return rc;
+}
+
+struct vp_mfile *vp_mfile_copy(struct vp_mfile *src, uint64_t size,
+			       double wait_s, int *err)
+{
+	struct vp_mfile *mf = vp_mfile_new(src->pool, err);
+	ssize_t n;
+
+	if (!mf)
+		return NULL;
+	pthread_mutex_lock(&mf->lock);
+	*err = reserve_locked(mf, size, wait_s);
+	pthread_mutex_unlock(&mf->lock);
+	if (!*err && size && ftruncate(mf->fd, (off_t)size) != 0)
+		*err = -errno;
+	if (!*err && size) {
+		n = vp_mfile_copy_out(src, mf->fd, 0, (size_t)size, 0);
+		if (n != (ssize_t)size)
+			*err = n < 0 ? (int)n : -EIO;
+	}
+	if (*err) {
+		vp_mfile_put(mf);
+		return NULL;
+	}
+	mf->size = size;
+	return mf;
+}
+
+const char *vp_mfile_map(struct vp_mfile *mf, uint64_t len)
+{
+	const char *map;
+
+	if (!len)
+		return NULL;
+	pthread_mutex_lock(&mf->lock);
+	if (!mf->map || mf->map_len < len) {
+		/* grow by doubling; readers may still point into the old one */
+		size_t want = mf->map_len ? mf->map_len : PAGE_ROUND(len);
+		void *m;
+
+		while (want < len)
+			want *= 2;
+		if (mf->sealed)
+			want = (size_t)PAGE_ROUND(mf->size);
+		m = mmap(NULL, want, PROT_READ, MAP_SHARED, mf->rofd, 0);
+		if (m == MAP_FAILED) {
+			pthread_mutex_unlock(&mf->lock);
+			return NULL;
+		}
+		if (mf->map) {
+			void **om = realloc(mf->old_maps, (mf->nold + 1) * sizeof(*om));
+			size_t *ol = om ? realloc(mf->old_lens, (mf->nold + 1) * sizeof(*ol)) : NULL;
+
+			if (om)
+				mf->old_maps = om;
+			if (!ol) {
+				munmap(m, want);
+				pthread_mutex_unlock(&mf->lock);
+				return NULL;
+			}
+			mf->old_lens = ol;
+			mf->old_maps[mf->nold] = mf->map;
+			mf->old_lens[mf->nold++] = mf->map_len;
+		}
+		mf->map = m;
+		mf->map_len = want;
+	}
+	map = mf->map;
+	pthread_mutex_unlock(&mf->lock);
+	return map;
+}
+
+uint64_t vp_mfile_chunk_hash(struct vp_mfile *mf, size_t idx, size_t chunk_size,
+			     size_t len)
+{
+	const char *map = vp_mfile_map(mf, (uint64_t)idx * chunk_size + len);
+	uint64_t h;
+
+	if (!map)
+		return 0;
+	if (!vp_mfile_sealed(mf))
+		return XXH3_64bits(map + idx * chunk_size, len);
+	pthread_mutex_lock(&mf->lock);
+	if (!mf->hashes) {
+		mf->nhashes = (size_t)((mf->size + chunk_size - 1) / chunk_size);
+		mf->hashes = calloc(mf->nhashes ? mf->nhashes : 1, sizeof(*mf->hashes));
+	}
+	h = mf->hashes && idx < mf->nhashes ? mf->hashes[idx] : 0;
+	pthread_mutex_unlock(&mf->lock);
+	if (h)
+		return h - 1;
+	h = XXH3_64bits(map + idx * chunk_size, len);
+	pthread_mutex_lock(&mf->lock);
+	if (mf->hashes && idx < mf->nhashes)
+		mf->hashes[idx] = h + 1;
+	pthread_mutex_unlock(&mf->lock);
+	return h;
+}
+
+ssize_t vp_mfile_copy_out(struct vp_mfile *mf, int out_fd, uint64_t off,
+			  size_t len, uint64_t out_off)
+{
+	size_t done = 0;
+	int use_sendfile = 0;
+
+	while (done < len) {
+		ssize_t n;
+
+		if (!use_sendfile) {
+			loff_t in = (loff_t)(off + done), out = (loff_t)(out_off + done);
+
+			n = copy_file_range(mf->rofd, &in, out_fd, &out, len - done, 0);
+			if (n < 0 && (errno == EXDEV || errno == EINVAL ||
+				      errno == EOPNOTSUPP || errno == ENOSYS)) {
+				use_sendfile = 1;	/* across file systems on some kernels */
+				continue;
+			}
+		} else {
+			off_t in = (off_t)(off + done);
+
+			if (lseek(out_fd, (off_t)(out_off + done), SEEK_SET) < 0)
+				return -errno;
+			n = sendfile(out_fd, mf->rofd, &in, len - done);
+		}
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return done ? (ssize_t)done : -errno;
+		if (n == 0)
+			break;
+		done += (size_t)n;
+	}
+	return (ssize_t)done;
+}

@@ -1,0 +1,103 @@
+/*
+ * mfile: a memory file, the bytes of one file version in a memfd of its
+ * own.
+ *
+ * DESIGN: a committed version is a memfd sealed with F_SEAL_WRITE,
+ * F_SEAL_SHRINK and F_SEAL_GROW, so the kernel itself keeps it immutable,
+ * and the same pages serve every use of those bytes: FUSE passthrough
+ * (the kernel reads and maps the memfd for the node's readers), the
+ * daemon's own reads (a read-only shared mapping), the flush (a copy in
+ * the kernel) and the network (the mapping is registered with the
+ * fabric).  No second copy is ever made of a sealed file.
+ *
+ * The daemon writes with pwrite(2) and never maps a memory file
+ * writable: a writable shared mapping would make F_SEAL_WRITE fail.  It
+ * maps a read-only descriptor of its own (an O_RDONLY open of
+ * /proc/self/fd/N), whose mappings cannot become writable either.
+ * Pages are allocated ahead with fallocate(2) in steps, so no write pays
+ * a page fault per page, and every allocated byte is charged to the
+ * pool's budget (ram_cache), with its backpressure.
+ *
+ * THREADING: mf->lock guards the allocation, the mapping and the seal;
+ * it is a leaf below the data lock (lock.h), and may be followed only by
+ * the pool's.  pwrite, truncate and copy are for the one data that owns
+ * an unsealed file (its data lock serialises them).
+ */
+#ifndef VP_MFILE_H
+#define VP_MFILE_H
+
+#include <pthread.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+struct vp_pool;
+
+struct vp_mfile {
+	int refs;			/* atomic */
+	int fd;				/* the memfd, read-write */
+	int rofd;			/* the same file, read-only: mappings, passthrough, flush */
+	struct vp_pool *pool;		/* borrowed; charged for alloc */
+	pthread_mutex_t lock;
+	/* protected by lock: */
+	uint64_t alloc;			/* bytes allocated (charged), from 0 */
+	uint64_t size;			/* the file's size */
+	char *map;			/* read-only, map_len bytes; NULL: none yet */
+	size_t map_len;
+	void **old_maps;		/* smaller mappings still in use by readers */
+	size_t *old_lens;
+	unsigned int nold;
+	int sealed;			/* also read atomically */
+	uint64_t *hashes;		/* sealed: chunk hashes (hash + 1; 0: not yet) */
+	size_t nhashes;
+};
+
+/* A new empty, unsealed memory file.  NULL with *err set (-errno). */
+struct vp_mfile *vp_mfile_new(struct vp_pool *pool, int *err);
+struct vp_mfile *vp_mfile_get(struct vp_mfile *mf);
+void vp_mfile_put(struct vp_mfile *mf);
+
+/*
+ * Writes len bytes at off (unsealed files only), allocating ahead; waits
+ * up to wait_s for cache space.  Returns len or -ENOSPC, -EPERM (sealed:
+ * logged loudly, a bug), -EIO.
+ */
+ssize_t vp_mfile_pwrite(struct vp_mfile *mf, const void *buf, size_t len,
+			uint64_t off, double wait_s);
+/* Sets the size of an unsealed file.  Returns 0 or -errno. */
+int vp_mfile_truncate(struct vp_mfile *mf, uint64_t size);
+/*
+ * Seals the file at its size (the allocation ahead is given back).
+ * Idempotent.  Returns 0 or -errno.
+ */
+int vp_mfile_seal(struct vp_mfile *mf);
+static inline int vp_mfile_sealed(struct vp_mfile *mf)
+{
+	return __atomic_load_n(&mf->sealed, __ATOMIC_ACQUIRE);
+}
+/*
+ * A new unsealed file with the first size bytes of src (copied in the
+ * kernel).  NULL with *err set.
+ */
+struct vp_mfile *vp_mfile_copy(struct vp_mfile *src, uint64_t size,
+			       double wait_s, int *err);
+/*
+ * The read-only mapping, covering at least len bytes (mapped or grown on
+ * demand; old mappings stay valid until the file is freed).  NULL when
+ * len is 0 or the kernel refused.
+ */
+const char *vp_mfile_map(struct vp_mfile *mf, uint64_t len);
+/*
+ * The xxh3-64 of chunk idx (len bytes from idx * chunk_size) of a sealed
+ * file, cached.
+ */
+uint64_t vp_mfile_chunk_hash(struct vp_mfile *mf, size_t idx, size_t chunk_size,
+			     size_t len);
+/*
+ * Copies [off, off + len) of the file to out_fd at out_off in the kernel
+ * (copy_file_range, sendfile where it refuses).  Returns bytes or -errno.
+ */
+ssize_t vp_mfile_copy_out(struct vp_mfile *mf, int out_fd, uint64_t off,
+			  size_t len, uint64_t out_off);
+
+#endif
