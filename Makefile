@@ -17,8 +17,15 @@ endif
 CFLAGS ?=
 override CFLAGS := $(CFLAGS_BASE) $(CFLAGS)
 
-FUSE_CFLAGS = $(shell pkg-config --cflags fuse3 2>/dev/null)
-FUSE_LIBS = $(shell pkg-config --libs fuse3 2>/dev/null || echo -lfuse3)
+# libfuse >= 3.16 (passthrough): the system's where it has one (Debian 13),
+# else the static one deps builds from Debian 13's source into FUSE3_PREFIX
+# (mount-scripts/build-libfuse.sh).  One prefix for every BUILD= dir.
+# Recursive (=): evaluated when a recipe runs, after deps.
+FUSE3_MIN = 3.16
+FUSE3_PREFIX = $(CURDIR)/build/fuse3
+FUSE_PKG_CONFIG = $(if $(shell pkg-config --atleast-version=$(FUSE3_MIN) fuse3 2>/dev/null && echo y),,PKG_CONFIG_PATH=$(FUSE3_PREFIX)/lib/pkgconfig$${PKG_CONFIG_PATH:+:$$PKG_CONFIG_PATH}) pkg-config
+FUSE_CFLAGS = $(shell $(FUSE_PKG_CONFIG) --cflags fuse3 2>/dev/null)
+FUSE_LIBS = $(shell $(FUSE_PKG_CONFIG) --static --libs fuse3 2>/dev/null || echo -lfuse3)
 
 BUILD ?= build
 ENGINE_SRC = $(wildcard engine/*.c engine/*/*.c)
@@ -45,9 +52,10 @@ all: deps $(BUILD)/viperfs $(BUILD)/viperctl $(BUILD)/libviperfs_client.a $(BUIL
 $(BUILD)/libviperfs_client.a: $(BUILD)/tools/viperfs_client.o
 	ar rcs $@ $^
 
-# Installs the Debian packages the build and tests need, if any is missing.
+# Installs the Debian packages the build and tests need, if any is missing,
+# and builds libfuse into FUSE3_PREFIX if the system's is too old for us.
 deps:
-	@[ "$(SKIP_DEPS)" = 1 ] || sh mount-scripts/install-deps.sh
+	@[ "$(SKIP_DEPS)" = 1 ] || sh mount-scripts/install-deps.sh "$(FUSE3_PREFIX)"
 
 $(BUILD)/%.o: %.c | deps
 	@mkdir -p $(dir $@)

@@ -34,7 +34,6 @@
 
 #define ENTRY_TIMEOUT 1.0
 #define ATTR_TIMEOUT 1.0
-#define MAX_REQUEST (1u << 20)
 
 static struct vp_ns *ns_of(fuse_req_t req)
 {
@@ -216,9 +215,9 @@ static void choose_read_path(struct vp_ns *ns, struct fuse_conn_info *conn)
 
 static void vpfs_init(void *userdata, struct fuse_conn_info *conn)
 {
-	conn->max_write = MAX_REQUEST;
-	conn->max_read = MAX_REQUEST;
-	conn->max_readahead = MAX_REQUEST;
+	conn->max_write = VPFS_MAX_REQUEST;
+	conn->max_read = VPFS_MAX_REQUEST;
+	conn->max_readahead = VPFS_MAX_REQUEST;
 	if (conn->capable & FUSE_CAP_ATOMIC_O_TRUNC)
 		conn->want |= FUSE_CAP_ATOMIC_O_TRUNC;
 	if (conn->capable & FUSE_CAP_ASYNC_READ)

@@ -469,8 +469,8 @@ static int start_session(struct daemon *d)
 	char fuse_opts[PATH_MAX + 2200];
 
 	snprintf(fuse_opts, sizeof(fuse_opts),
-		 "default_permissions,max_read=1048576,fsname=viperfs:%s,subtype=viperfs%s%s",
-		 d->pfs_dir, *d->passthru ? "," : "", d->passthru);
+		 "default_permissions,max_read=%u,fsname=viperfs:%s,subtype=viperfs%s%s",
+		 VPFS_MAX_REQUEST, d->pfs_dir, *d->passthru ? "," : "", d->passthru);
 	if (fuse_opt_add_arg(&d->args, d->prog) || fuse_opt_add_arg(&d->args, "-o") ||
 	    fuse_opt_add_arg(&d->args, fuse_opts)) {
 		snprintf(d->err, sizeof(d->err), "out of memory");
@@ -644,8 +644,9 @@ static const struct step {
 /* Tells the supervisor and the waiting parent that the mount is ready. */
 static void report_ready(struct daemon *d)
 {
-	vp_log(LOG_NOTICE, "fs", "mounted '%s' on '%s'%s", d->pfs_dir, d->mountpoint,
-	       d->cfg.subscribe[0] ? " (read-only replica)" : "");
+	vp_log(LOG_NOTICE, "fs", "mounted '%s' on '%s'%s (libfuse %s)", d->pfs_dir,
+	       d->mountpoint, d->cfg.subscribe[0] ? " (read-only replica)" : "",
+	       fuse_pkgversion());
 	notify_ready();
 	if (d->report_fd >= 0) {
 		int devnull = open("/dev/null", O_RDWR);
