@@ -5,12 +5,19 @@ One run, on this machine, prints medians and ratios:
   - producer write of a checkpoint (default 1 GiB) into viperfs, tmpfs, and
     the PFS directory with fsync: throughput, and the producer's stall
     (open() to close() returning; for the PFS, write + fsync + close);
-  - cold and warm reads from the mount against tmpfs.
+  - cold and warm reads from the mount against tmpfs;
+  - an mmap read of every page (MAP_SHARED, PROT_READ), cold for viperfs,
+    against tmpfs;
+  - the node's memory held after a file of the same size is written and read
+    once: the daemon's anonymous memory, the system's Shmem (memfds, tmpfs)
+    and the page cache of the file in the mount, on a mount of its own with
+    no tmpfs copy around.
 The PFS stand-in is a directory on this machine's disk (--pfs-base).
 Results also go to bench-results/bench.csv.
 """
 import argparse
 import csv
+import mmap
 import os
 import shutil
 import socket
@@ -23,6 +30,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BUILD = os.environ.get("VIPERFS_BUILD", os.path.join(ROOT, "build"))
 BLOCK = 4 << 20
+PAGE = 4096
 
 
 def write_file(path, buf, size, fsync=False):
@@ -54,6 +62,55 @@ def read_file(path, buf):
     return time.perf_counter() - t0, total
 
 
+def mmap_read(path):
+    """Maps the whole file (MAP_SHARED, PROT_READ) and reads the first byte
+    of every 4 KiB page, so that every page faults; returns (seconds, the
+    bytes read)."""
+    t0 = time.perf_counter()
+    fd = os.open(path, os.O_RDONLY)
+    mm = mmap.mmap(fd, 0, mmap.MAP_SHARED, mmap.PROT_READ)
+    mv = memoryview(mm)
+    sample = mv[::PAGE].tobytes()      # a strided copy in C: one load per page
+    mv.release()
+    mm.close()
+    os.close(fd)
+    return time.perf_counter() - t0, sample
+
+
+def page_sample(buf, size):
+    """The bytes mmap_read must see in a file that write_file wrote."""
+    mv = memoryview(buf)
+    n, rest = divmod(size, BLOCK)
+    return mv[::PAGE].tobytes() * n + mv[:rest:PAGE].tobytes()
+
+
+def page_cache_bytes(path):
+    """Bytes of path in the page cache (fincore, util-linux); None without it."""
+    r = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", path],
+                       capture_output=True, text=True)
+    if r.returncode != 0 or not r.stdout.strip():
+        return None
+    return int(r.stdout.split()[0])
+
+
+def status_bytes(pid, key):
+    """A kB field of /proc/PID/status (RssAnon, RssShmem), in bytes."""
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) << 10
+    return 0
+
+
+def meminfo_bytes(key):
+    """A kB field of /proc/meminfo (Shmem), in bytes."""
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) << 10
+    return 0
+
+
 def mount_viperfs(pfs, mnt, opts, base):
     sock_path = os.path.join(base, "notify.sock")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -80,8 +137,55 @@ def unmount(proc, mnt):
         proc.wait()
 
 
+def viperctl_flush(mnt):
+    subprocess.run([os.path.join(BUILD, "viperctl"), "flush", mnt],
+                   capture_output=True, check=True)
+
+
+def memory_run(buf, rbuf, size, pfs_base):
+    """Mounts a fresh viperfs, writes a file of size bytes and reads it once;
+    returns what the node holds for it, in bytes: a dict of the daemon's
+    RssAnon, the system's Shmem (memfds and tmpfs; the daemon's RssShmem is
+    inside it, kept for the record only), the page cache of the file in the
+    mount, and their total.  The PFS directory's page cache is the PFS
+    client's and is not counted.  ram_prefault=0: memory faulted in before
+    the first measurement would be held for the file yet not be seen."""
+    base = tempfile.mkdtemp(prefix="viperfs-bench-mem-")
+    pfs = tempfile.mkdtemp(prefix="viperfs-bench-mem-pfs-", dir=pfs_base)
+    mnt = os.path.join(base, "mnt")
+    os.makedirs(mnt)
+    proc = None
+    try:
+        cache = max(size * 3, 1 << 30)
+        proc = mount_viperfs(pfs, mnt, "ram_cache=%d,ram_prefault=0" % cache, base)
+        anon0 = status_bytes(proc.pid, "RssAnon")
+        rss_shmem0 = status_bytes(proc.pid, "RssShmem")
+        shmem0 = meminfo_bytes("Shmem")
+        path = os.path.join(mnt, "mem.pt")
+        write_file(path, buf, size)
+        viperctl_flush(mnt)
+        _, got = read_file(path, rbuf)
+        anon = status_bytes(proc.pid, "RssAnon") - anon0
+        rss_shmem = status_bytes(proc.pid, "RssShmem") - rss_shmem0
+        shmem = meminfo_bytes("Shmem") - shmem0
+        cached = page_cache_bytes(path)
+        if got != size:
+            raise RuntimeError("memory phase read %d bytes of %d" % (got, size))
+    finally:
+        if proc:
+            unmount(proc, mnt)
+        shutil.rmtree(base, ignore_errors=True)
+        shutil.rmtree(pfs, ignore_errors=True)
+    return {"anon": anon, "shmem": shmem, "rss_shmem": rss_shmem, "cache": cached or 0,
+            "no_fincore": cached is None, "total": anon + shmem + (cached or 0)}
+
+
 def gbps(size, secs):
     return size / secs / 1e9
+
+
+def gib(n):
+    return n / (1 << 30)
 
 
 def main():
@@ -108,7 +212,10 @@ def main():
     buf = bytearray(os.urandom(1 << 20)) * (BLOCK >> 20)
     rbuf = bytearray(BLOCK)
     rows = {k: [] for k in ("tmpfs_w", "vp_w", "vp_w2", "pfs_w", "tmpfs_r", "vp_cold",
-                             "vp_warm", "vp_busy")}
+                             "vp_warm", "vp_busy", "tmpfs_mmap", "vp_mmap")}
+    want = page_sample(buf, size)
+    mmap_ok = True
+    mmap_warm = []          # runs whose viperfs file was in the page cache before its mmap
     try:
         cache = max(size * 3, 1 << 30)
         proc = mount_viperfs(pfs, mnt, "ram_cache=%d,ram_prefault=%d" % (cache, size * 2), base)
@@ -119,15 +226,27 @@ def main():
             # a read while the new version is still being flushed competes
             # with the flusher for the two cores: reported on its own line
             rows["vp_busy"].append(read_file(os.path.join(mnt, "ckpt.pt"), rbuf)[0])
-            subprocess.run([os.path.join(BUILD, "viperctl"), "flush", mnt],
-                           capture_output=True, check=True)
+            viperctl_flush(mnt)
             rows["vp_w2"].append(write_file(os.path.join(mnt, "ckpt.pt"), buf, size))
-            subprocess.run([os.path.join(BUILD, "viperctl"), "flush", mnt],
-                           capture_output=True, check=True)
+            viperctl_flush(mnt)
             rows["tmpfs_r"].append(read_file(os.path.join(tmpfs, "ckpt.pt"), rbuf)[0])
             # first open of a new version: the kernel's page cache is empty
             rows["vp_cold"].append(read_file(os.path.join(mnt, "ckpt.pt"), rbuf)[0])
             rows["vp_warm"].append(read_file(os.path.join(mnt, "ckpt.pt"), rbuf)[0])
+            # mmap: a fresh file, flushed first like the cold read above;
+            # the writes were direct_io, so its page cache is empty
+            secs, got = mmap_read(os.path.join(tmpfs, "ckpt.pt"))
+            rows["tmpfs_mmap"].append(secs)
+            mmap_ok &= got == want
+            path = os.path.join(mnt, "mmap.pt")
+            write_file(path, buf, size)
+            viperctl_flush(mnt)
+            if page_cache_bytes(path):
+                mmap_warm.append(run)
+            secs, got = mmap_read(path)
+            rows["vp_mmap"].append(secs)
+            mmap_ok &= got == want
+            os.unlink(path)
         with open(os.path.join(pfs, "ckpt.pt"), "rb") as f:
             flushed_ok = f.read(BLOCK) == bytes(buf[:BLOCK])
     finally:
@@ -136,6 +255,9 @@ def main():
         subprocess.run(["umount", tmpfs], capture_output=True)
         shutil.rmtree(base, ignore_errors=True)
         shutil.rmtree(pfs_base, ignore_errors=True)
+    # a phase of its own: the tmpfs and the first mount are gone, so Shmem
+    # and the page cache hold nothing of the baseline's
+    mem = [memory_run(buf, rbuf, size, a.pfs_base) for _ in range(a.runs)]
 
     med = {k: statistics.median(v) for k, v in rows.items()}
     cpu = "?"
@@ -157,11 +279,30 @@ def main():
         ("read cold: viperfs", med["vp_cold"], med["tmpfs_r"] / med["vp_cold"], "x tmpfs (target >= 0.7)"),
         ("read warm: viperfs", med["vp_warm"], med["tmpfs_r"] / med["vp_warm"], "x tmpfs (target >= 0.9)"),
         ("read cold, flush running: viperfs", med["vp_busy"], med["tmpfs_r"] / med["vp_busy"], "x tmpfs"),
+        ("read mmap: tmpfs", med["tmpfs_mmap"], None, "baseline"),
+        ("read mmap: viperfs", med["vp_mmap"], med["tmpfs_mmap"] / med["vp_mmap"],
+         "x tmpfs (target >= 0.95)"),
     ]
     for name, secs, ratio, what in table:
         print("%-36s %10.3f %10.2f %10s %s" % (name, secs, gbps(size, secs),
                                                "" if ratio is None else "%.2f" % ratio, what))
+    # the cold mmap varies much from run to run: the spread is part of the figure
+    print("  read mmap, viperfs, each run: %s s" % " ".join("%.3f" % t for t in rows["vp_mmap"]))
+    parts = {k: int(statistics.median(m[k] for m in mem))
+             for k in ("anon", "shmem", "rss_shmem", "cache")}
+    held = int(statistics.median(m["total"] for m in mem))
+    print("%-36s %10s %10s %10.2f x file size (target <= 1.1): %.2f GiB held" % (
+        "memory after write+read: viperfs", "", "", held / size, gib(held)))
+    print("  memory parts (medians): daemon anon %.2f GiB + Shmem %.2f GiB + fuse page cache %.2f GiB"
+          " (daemon RssShmem %.2f GiB, inside Shmem)" % (
+              gib(parts["anon"]), gib(parts["shmem"]), gib(parts["cache"]), gib(parts["rss_shmem"])))
+    if any(m["no_fincore"] for m in mem):
+        print("  fincore (util-linux) is missing: the fuse page cache is not counted")
     print("flushed copy on the PFS matches: %s" % ("yes" if flushed_ok else "NO"))
+    print("mmap read the bytes written: %s" % ("yes" if mmap_ok else "NO"))
+    if mmap_warm:
+        print("  the viperfs file was in the page cache before its mmap in run(s) %s: not cold"
+              % ", ".join(str(r + 1) for r in mmap_warm))
     os.makedirs(a.out, exist_ok=True)
     with open(os.path.join(a.out, "bench.csv"), "w", newline="") as f:
         w = csv.writer(f)
@@ -169,7 +310,12 @@ def main():
         for name, secs, ratio, _ in table:
             w.writerow([name, "%.4f" % secs, "%.3f" % gbps(size, secs),
                         "" if ratio is None else "%.3f" % ratio, a.runs, size])
-    return 0 if flushed_ok else 1
+        # memory rows: bytes held, not a time; ratio to the file size
+        w.writerow(["memory after write+read: viperfs", "", "", "%.3f" % (held / size), a.runs, held])
+        for key, name in (("anon", "daemon anon"), ("shmem", "Shmem"), ("cache", "fuse page cache")):
+            w.writerow(["memory part: " + name, "", "", "%.3f" % (parts[key] / size), a.runs,
+                        parts[key]])
+    return 0 if flushed_ok and mmap_ok else 1
 
 
 if __name__ == "__main__":
