@@ -140,6 +140,13 @@ int vp_data_fd(struct vp_data *d)
 	return d && d->mf && !d->view && vp_mfile_sealed(d->mf) ? d->mf->rofd : -1;
 }
 
+ssize_t vp_data_copy_out(struct vp_data *d, int out_fd, uint64_t off, size_t len)
+{
+	if (vp_data_fd(d) < 0)
+		return -ENOTSUP;
+	return vp_mfile_copy_out(d->mf, out_fd, off, len, off);
+}
+
 int vp_data_is_mfile(struct vp_data *d)
 {
 	return d && d->mf != NULL;
@@ -535,6 +542,9 @@ ssize_t vp_data_read(struct vp_data *d, uint64_t off, size_t len,
 			rc = -ENOMEM;
 			goto out_unlock;
 		}
+		/* pieces no larger than a read of chunks gives (the flush paces by them) */
+		if (len > VP_READ_MAX_SEGS * d->chunk_size)
+			len = VP_READ_MAX_SEGS * d->chunk_size;
 		rd->mf = vp_mfile_get(d->mf);
 		rd->seg[0].ptr = map + off;
 		rd->seg[0].len = len;

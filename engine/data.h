@@ -118,6 +118,12 @@ struct vp_data *vp_data_sealed_copy(struct vp_data *d, double wait_s);
  */
 int vp_data_fd(struct vp_data *d);
 
+/*
+ * Copies [off, off + len) of a sealed memory file to out_fd at the same
+ * offset, in the kernel.  Returns bytes, -ENOTSUP (not one), or -errno.
+ */
+ssize_t vp_data_copy_out(struct vp_data *d, int out_fd, uint64_t off, size_t len);
+
 /* Whether d's bytes are a memory file (sealed or not). */
 int vp_data_is_mfile(struct vp_data *d);
 

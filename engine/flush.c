@@ -113,6 +113,20 @@ static int stage(struct vp_ns *ns, struct flush_op *op, mode_t mode, uid_t uid,
 		    O_CREAT | O_EXCL | O_WRONLY | O_NOFOLLOW | O_CLOEXEC, 0600);
 	if (fd < 0)
 		return -errno;
+	/* a memory file is copied in the kernel, a chunk's worth at a time (the pace) */
+	while (off < op->size && !rc && vp_data_fd(op->data) >= 0) {
+		size_t piece = op->size - off < VP_CHUNK_SIZE ? (size_t)(op->size - off) : VP_CHUNK_SIZE;
+		ssize_t n;
+
+		vp_tbucket_take(&ns->flush.bucket, piece);
+		n = vp_data_copy_out(op->data, fd, off, piece);
+		if (n <= 0) {
+			rc = n < 0 ? (int)n : -EIO;
+			break;
+		}
+		off += (uint64_t)n;
+		__atomic_store_n(&op->written, off, __ATOMIC_RELAXED);
+	}
 	while (off < op->size && !rc) {
 		struct vp_read rd;
 		ssize_t n = vp_data_read(op->data, off, (size_t)(op->size - off), &rd);

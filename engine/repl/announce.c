@@ -76,8 +76,8 @@ static void make_parents(struct vp_repl *r, const char *path)
  * folder, renamed over the path in one atomic switch (IN_MOVED_TO), then
  * opened and closed (IN_CLOSE_WRITE).  Readers of the old inode keep it.
  */
-static int install_bytes(struct vp_repl *r, const char *path, struct vp_data *d,
-			 uint64_t version, uint32_t mode, uint64_t seq)
+static int install(struct vp_repl *r, const char *path, struct vp_data *d,
+		   uint64_t version, uint32_t mode, uint64_t seq)
 {
 	char hidden[64];
 	int fd, rc;
@@ -114,24 +114,6 @@ static int install_bytes(struct vp_repl *r, const char *path, struct vp_data *d,
 	return rc;
 }
 
-/*
- * The installed version is a sealed memory file, so that the node's
- * readers get it by passthrough; the fetched chunks go once it is made.
- * Without space for the copy, the chunks are installed as they are.
- */
-static int install(struct vp_repl *r, const char *path, struct vp_data *d,
-		   uint64_t version, uint32_t mode, uint64_t seq)
-{
-	struct vp_data *sealed = vp_data_sealed_copy(d, 0);
-	int rc;
-
-	if (!sealed)
-		vp_log(LOG_INFO, "repl", "'%s' version %" PRIu64 ": no room for its memory file; installed as chunks (readers go through the daemon)",
-		       path, version);
-	rc = install_bytes(r, path, sealed ? sealed : d, version, mode, seq);
-	vp_data_put(sealed);
-	return rc;
-}
 
 /*
  * Latest wins: true if an ANNOUNCE of a newer version of path is already
@@ -392,6 +374,7 @@ struct announce_plan {
 	uint64_t reused;	/* bytes unchanged from the version we hold */
 	uint64_t streamed;	/* bytes fetched while the file was written (previews) */
 	struct vp_data *d;	/* the version, once its chunks are adopted */
+	struct vp_data *sealed;	/* d's bytes as a sealed memory file (installed), or NULL */
 };
 
 /*
@@ -480,7 +463,17 @@ static int announce_install(struct vp_repl *r, const announce_t *a, double t0,
 	pl->mem = NULL;
 	if (!pl->d)
 		return -ENOMEM;
-	vp_gpu_stage_bind(r->cons.gst, pl->d);	/* the mirror of d, at its commit, takes it */
+	/*
+	 * What is installed is a sealed memory file, so that the node's readers
+	 * get it by passthrough; pl->d's chunks go with the plan (or when the
+	 * relay's children are done with them).  Without space for the copy,
+	 * the chunks are installed as they are.
+	 */
+	pl->sealed = vp_data_sealed_copy(pl->d, 0);
+	if (!pl->sealed)
+		vp_log(LOG_INFO, "repl", "'%s' version %" PRIu64 ": no room for its memory file; installed as chunks (readers go through the daemon)",
+		       a->path, a->version);
+	vp_gpu_stage_bind(r->cons.gst, pl->sealed ? pl->sealed : pl->d);	/* the mirror, at its commit, takes it */
 	r->cons.gst = NULL;
 	r->cons.last_transfer_s = vp_now() - t0;
 	fetched = a->size - pl->reused - pl->streamed;
@@ -489,7 +482,7 @@ static int announce_install(struct vp_repl *r, const announce_t *a, double t0,
 	r->cons.bytes_streamed_used += pl->streamed;
 	vp_metrics_add(VP_C_BYTES_REPL_IN, fetched);
 	t_in = vp_now();
-	rc = install(r, a->path, pl->d, a->version, a->mode, a->seq);
+	rc = install(r, a->path, pl->sealed ? pl->sealed : pl->d, a->version, a->mode, a->seq);
 	if (rc) {
 		vp_log(LOG_ERR, "repl", "installing '%s' version %" PRIu64 ": %s", a->path,
 		       a->version, strerror(-rc));
@@ -564,6 +557,7 @@ static void announce_end(struct vp_repl *r, const announce_t *a, struct announce
 	free(pl->mem);
 	free(pl->need);
 	vp_data_put(pl->d);
+	vp_data_put(pl->sealed);
 	if (!preview && (pf = prefetch_find(r, a->path)) && pf->version <= a->version)
 		repl_prefetch_drop(r, pf);	/* the version is in (or failed): its previews are done */
 }
