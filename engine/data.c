@@ -152,7 +152,8 @@ int vp_data_is_mfile(struct vp_data *d)
 	return d && d->mf != NULL;
 }
 
-struct vp_data *vp_data_sealed_copy(struct vp_data *src, double wait_s)
+struct vp_data *vp_data_sealed_copy(struct vp_data *src, double wait_s,
+				    void (*progress)(void *arg), void *arg)
 {
 	uint64_t size = vp_data_size(src), off = 0;
 	struct vp_data *d;
@@ -178,6 +179,8 @@ struct vp_data *vp_data_sealed_copy(struct vp_data *src, double wait_s)
 			off += rd.seg[i].len;
 		}
 		vp_read_release(&rd);
+		if (progress)
+			progress(arg);
 	}
 	if (vp_mfile_truncate(d->mf, size) || vp_mfile_seal(d->mf))
 		goto err;

@@ -151,12 +151,14 @@ int vp_ns_open(struct vp_ns *ns, const struct vp_caller *who, uint64_t ino,
 int vp_ns_release(struct vp_ns *ns, struct vp_handle *h);
 
 /*
- * Passthrough (fs/ll.c).  Once vp_ns_set_passthrough() is on, a writable
- * open of an inode that passthrough readers hold, and a new version of
- * it, give the node a new inode number: the open gets -ESTALE (the
- * kernel looks the name up again and retries) and the old name is
- * invalidated through vp_ns_kernel.  Call these three under one lock of
- * the caller's, which serialises them:
+ * Passthrough (fs/ll.c).  A new version of an inode that read-only opens
+ * hold gives the node a new inode number, so that they keep the old one
+ * (the kernel's page cache and backing file are per inode); so does,
+ * once vp_ns_set_passthrough() is on, a writable open of an inode that
+ * passthrough readers hold: the open gets -ESTALE (the kernel looks the
+ * name up again and retries).  The old name is invalidated through
+ * vp_ns_kernel.  Call these three, for every read-only open, under one
+ * lock of the caller's, which serialises them:
  *  - vp_ns_pt_open() after an open says how the kernel may read h:
  *    VP_PT_NONE: through the daemon (give it direct_io);
  *    VP_PT_SHARE: from the backing file *id the inode has already;

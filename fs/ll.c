@@ -386,13 +386,13 @@ static void vpfs_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent,
 static int passthrough_open(fuse_req_t req, struct vp_handle *h,
 			    struct fuse_file_info *fi)
 {
-#ifdef FUSE_CAP_PASSTHROUGH
 	struct vp_ns *ns = ns_of(req);
 	int fd = -1, id = 0;
 	enum vp_pt how;
 
 	pthread_mutex_lock(&ll.pt_lock);
 	how = vp_ns_pt_open(ns, h, &fd, &id);
+#ifdef FUSE_CAP_PASSTHROUGH
 	if (how == VP_PT_REGISTER) {
 		id = fuse_passthrough_open(req, fd);
 		if (id <= 0) {
@@ -405,20 +405,23 @@ static int passthrough_open(fuse_req_t req, struct vp_handle *h,
 					    "the kernel refused a backing file: the daemon lacks CAP_SYS_ADMIN" :
 					    "the kernel refused a backing file");
 			ll.pt = 0;
+			vp_ns_set_passthrough(ns, 0);
 		}
 		vp_ns_pt_set(ns, h, id);
 	}
+#else
+	(void)how;
+	(void)fd;
+#endif
 	pthread_mutex_unlock(&ll.pt_lock);
 	if (id > 0) {
+#ifdef FUSE_CAP_PASSTHROUGH
 		fi->backing_id = id;
+#endif
 		vp_metrics_add(VP_C_OPENS_PASSTHROUGH, 1);
 		return 1;
 	}
-#else
-	(void)req;
-	(void)h;
 	(void)fi;
-#endif
 	return 0;
 }
 
@@ -435,6 +438,7 @@ static void set_open_flags(fuse_req_t req, struct fuse_file_info *fi,
 		if (fi->direct_io)
 			vp_metrics_add(VP_C_OPENS_DAEMON, 1);
 	} else {
+		passthrough_open(req, h, fi);	/* counts the open: VP_PT_NONE without passthrough */
 		fi->direct_io = 0;
 		fi->keep_cache = keep_cache;
 		vp_metrics_add(VP_C_OPENS_DAEMON, 1);

@@ -308,7 +308,10 @@ static int check_args(struct daemon *d, const char *pos[2])
 			pos[0], strerror(errno));
 		return 1;
 	}
-	if (!realpath(pos[1], d->mountpoint)) {
+	if (!strncmp(pos[1], "/dev/fd/", 8)) {
+		/* libfuse's convention: a /dev/fuse descriptor a privileged parent mounted */
+		snprintf(d->mountpoint, sizeof(d->mountpoint), "%s", pos[1]);
+	} else if (!realpath(pos[1], d->mountpoint)) {
 		fprintf(stderr, "viperfs: mount point '%s': %s\n", pos[1], strerror(errno));
 		return 1;
 	}
@@ -535,6 +538,8 @@ static int start_mount(struct daemon *d)
 			 d->mountpoint);
 		return -1;
 	}
+	if (!strncmp(d->mountpoint, "/dev/fd/", 8))
+		return 0;	/* mounted by the parent: its mount point is not ours to name */
 	raise_read_ahead(d->mountpoint);
 	snprintf(source, sizeof(source), "viperfs:%s", d->pfs_dir);
 	vpfs_utab_add(source, d->mountpoint);
@@ -543,7 +548,8 @@ static int start_mount(struct daemon *d)
 
 static void stop_mount(struct daemon *d)
 {
-	vpfs_utab_remove(d->mountpoint);
+	if (strncmp(d->mountpoint, "/dev/fd/", 8))
+		vpfs_utab_remove(d->mountpoint);
 	fuse_session_unmount(d->se);
 }
 

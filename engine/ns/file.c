@@ -29,7 +29,7 @@ int vp_commit_locked(struct vp_ns *ns, struct vp_node *n,
 {
 	VP_ASSERT_LOCKED(&ns->lock);
 	vp_data_seal(bytes);	/* a memory file: the kernel keeps it immutable from now on */
-	if (vp_pt_busy_locked(ns, n))
+	if (vp_kino_readers_locked(ns, n))
 		vp_rekey_locked(ns, n);	/* a new version, a new inode: readers keep theirs */
 	vp_lru_del_locked(ns, n);
 	vp_data_put(n->cur);

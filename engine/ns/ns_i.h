@@ -333,8 +333,13 @@ struct vp_node *vp_resolve_loading(struct vp_ns *ns, const char *path);
 /* pt.c */
 /* Gives n a new inode number (the old one stays an alias while the kernel holds it). */
 void vp_rekey_locked(struct vp_ns *ns, struct vp_node *n);
-/* Whether n's inode has passthrough opens (a writer or a new version must re-key). */
+/* Whether n's inode has passthrough opens (a writer must re-key). */
 int vp_pt_busy_locked(struct vp_ns *ns, struct vp_node *n);
+/*
+ * Whether read-only opens hold n's inode (a new version must re-key: the
+ * kernel's page cache and backing file are per inode, and they keep theirs).
+ */
+int vp_kino_readers_locked(struct vp_ns *ns, struct vp_node *n);
 /* The alias of ino, or NULL. */
 struct vp_alias *vp_alias_find_locked(struct vp_ns *ns, uint64_t ino);
 /* The kernel forgot nlookup lookups of alias a. */

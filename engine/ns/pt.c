@@ -67,6 +67,12 @@ int vp_pt_busy_locked(struct vp_ns *ns, struct vp_node *n)
 	return ns->pt_on && n->kino && n->kino->pt_opens > 0;
 }
 
+int vp_kino_readers_locked(struct vp_ns *ns, struct vp_node *n)
+{
+	VP_ASSERT_LOCKED(&ns->lock);
+	return n->kino && n->kino->pt_opens + n->kino->np_opens > 0;
+}
+
 struct vp_alias *vp_alias_find_locked(struct vp_ns *ns, uint64_t ino)
 {
 	struct vp_alias *a;
@@ -159,7 +165,7 @@ enum vp_pt vp_ns_pt_open(struct vp_ns *ns, struct vp_handle *h, int *fd, int *id
 		goto out_unlock;	/* no memory: through the daemon, uncounted */
 	k->refs++;
 	h->kino = k;
-	if (bfd >= 0 && !n->writers && !k->np_opens) {
+	if (ns->pt_on && bfd >= 0 && !n->writers && !k->np_opens) {
 		if (k->pt_opens && k->backing_fd == bfd) {
 			*id = k->backing_id;
 			how = VP_PT_SHARE;

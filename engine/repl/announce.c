@@ -441,6 +441,12 @@ static int announce_plan(struct vp_repl *r, const announce_t *a, struct announce
 	return rc;
 }
 
+/* The copy into a memory file can be long: the producer hears from us meanwhile. */
+static void beat(void *arg)
+{
+	repl_consumer_beat(arg);
+}
+
 /*
  * The fetched version becomes ours (its chunks adopted into pl->d) and
  * is installed on the mount; DONE says so.  Returns 0 or -errno.
@@ -469,7 +475,7 @@ static int announce_install(struct vp_repl *r, const announce_t *a, double t0,
 	 * relay's children are done with them).  Without space for the copy,
 	 * the chunks are installed as they are.
 	 */
-	pl->sealed = vp_data_sealed_copy(pl->d, 0);
+	pl->sealed = vp_data_sealed_copy(pl->d, 0, beat, r);
 	if (!pl->sealed)
 		vp_log(LOG_INFO, "repl", "'%s' version %" PRIu64 ": no room for its memory file; installed as chunks (readers go through the daemon)",
 		       a->path, a->version);

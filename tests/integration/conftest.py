@@ -225,9 +225,11 @@ class Net:
 class Mount:
     """One viperfs daemon serving pfs at mnt."""
 
-    def __init__(self, base, pfs, mnt, opts, prefix=None):
+    def __init__(self, base, pfs, mnt, opts, prefix=None, mnt_arg=None, pass_fds=()):
         self.base, self.pfs, self.mnt, self.opts = base, pfs, mnt, opts
         self.prefix = prefix or []
+        # the daemon's mount point argument, where it differs (a /dev/fd/N mounted by the test)
+        self.mnt_arg, self.pass_fds = mnt_arg or mnt, pass_fds
         self.proc = None
         self.log = os.path.join(base, "viperfs-%d.log" % time.monotonic_ns())
 
@@ -249,9 +251,9 @@ class Mount:
         env = dict(os.environ, NOTIFY_SOCKET=sock_path, FI_PROVIDER="tcp;ofi_rxm")
         self.stderr_path = self.log + ".stderr"
         self.stderr = open(self.stderr_path, "w")
-        self.proc = subprocess.Popen([*self.prefix, VIPERFS, "-f", "-o", opts, self.pfs, self.mnt],
+        self.proc = subprocess.Popen([*self.prefix, VIPERFS, "-f", "-o", opts, self.pfs, self.mnt_arg],
                                      env=env, stdout=subprocess.DEVNULL,
-                                     stderr=self.stderr)
+                                     stderr=self.stderr, pass_fds=self.pass_fds)
         try:
             msg = sock.recv(256).decode()
         except socket.timeout:
@@ -381,8 +383,9 @@ class World:
     def set_readonly(self, path, ro):
         subprocess.run(["mount", "-o", "remount,%s" % ("ro" if ro else "rw"), path], check=True)
 
-    def mount(self, opts="", pfs=None, mnt=None, prefix=None):
-        m = Mount(self.base, pfs or self.dir("pfs"), mnt or self.dir("mnt"), opts, prefix)
+    def mount(self, opts="", pfs=None, mnt=None, prefix=None, mnt_arg=None, pass_fds=()):
+        m = Mount(self.base, pfs or self.dir("pfs"), mnt or self.dir("mnt"), opts, prefix,
+                  mnt_arg, pass_fds)
         self.mounts.append(m)
         return m.start()
 

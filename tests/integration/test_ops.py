@@ -202,7 +202,9 @@ def test_status_json_and_human(world):
     assert st["pid"] == m.proc.pid
     assert st["files"] == 1 and st["unflushed_files"] == 0 and st["open_files"] == 0
     assert st["bytes_written"] == 2 * len(a)
-    assert st["bytes_read"] >= len(a)
+    # the kernel read the version's memory file itself (passthrough): the daemon saw no byte
+    assert st["read_path"]["mode"] == "passthrough" and st["bytes_read"] == 0
+    assert st["ram"]["memory_files"] >= len(a)
     assert st["tiers"]["ram"]["budget"] == 256 << 20
     assert st["tiers"]["ram"]["used"] >= len(a)
     assert st["tiers"]["gpu"] is None
@@ -215,6 +217,7 @@ def test_status_json_and_human(world):
     assert re.search(r"a\.pt\s+version 2\s+3\.0 MiB\s+flushed", human), human
     assert "ram 3.0 MiB used of 256.0 MiB" in human or "of 256.0 MiB" in human, human
     assert "replication    off" in human
+    assert re.search(r"read path\s+passthrough: the kernel offered it", human), human
 
 
 def test_metrics_endpoint_promtool_and_counters(world):
@@ -232,8 +235,12 @@ def test_metrics_endpoint_promtool_and_counters(world):
     m.flush()
     code, after = scrape(port)
     promtool_ok(after)
-    for name in ("viperfs_written_bytes_total", "viperfs_read_bytes_total", "viperfs_flushed_bytes_total"):
+    for name in ("viperfs_written_bytes_total", "viperfs_flushed_bytes_total"):
         assert metric(after, name) - metric(before, name) == len(data), name
+    # the read was the kernel's, from the version's memory file (passthrough)
+    assert metric(after, "viperfs_read_bytes_total") == metric(before, "viperfs_read_bytes_total")
+    opens = 'viperfs_read_opens_total'
+    assert metric(after, opens, '{path="passthrough"}') - metric(before, opens, '{path="passthrough"}') == 1
     assert metric(after, "viperfs_versions_total") - metric(before, "viperfs_versions_total") == 1
     w = 'viperfs_fuse_request_duration_seconds_count'
     assert metric(after, w, '{op="write"}') >= 5          # 1 MiB writes at most
@@ -252,6 +259,9 @@ def test_metrics_endpoint_promtool_and_counters(world):
     _, read_back = scrape(port)
     assert metric(read_back, "viperfs_cache_misses_total") == miss0
     assert metric(read_back, "viperfs_cache_hits_total") >= hits0 + 5
+    # bytes loaded from the PFS are chunks: the daemon serves them, and counts them
+    assert metric(read_back, "viperfs_read_bytes_total") - metric(warmed, "viperfs_read_bytes_total") == len(cold)
+    assert metric(read_back, opens, '{path="daemon"}') - metric(warmed, opens, '{path="daemon"}') == 1
     assert scrape(port, path="/nothing")[0] == 404
     assert m.ctl("warm", m.path("nope"), check=False).returncode == 1
 

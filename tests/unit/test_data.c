@@ -1,4 +1,5 @@
-/* Unit tests: chunked version data, holes, truncate, copy-on-write. */
+/* Unit tests: chunked version data, holes, truncate, copy-on-write; memory files. */
+#define _GNU_SOURCE
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -10,6 +11,7 @@
 #include <unistd.h>
 
 #include "../../engine/data.h"
+#include "../../engine/mfile.h"
 #include "../../engine/pool.h"
 
 #define CHUNK (1u << 20)
@@ -205,6 +207,107 @@ static void test_write_blocks_then_enospc(void **state)
 	free(buf);
 }
 
+
+/* A memory file: written, sealed by a clone, copied on the next write; the clone keeps its bytes. */
+static void test_mfile_seal_on_clone_then_copy_on_write(void **state)
+{
+	struct vp_pool *pool = *state;
+	size_t len = 3 * CHUNK + 777;
+	char *buf = malloc(len), *out = malloc(len);
+	struct vp_data *work, *v1;
+	struct vp_pool_stats st;
+	int err, fd;
+
+	fill(buf, len, 7);
+	work = vp_data_new_mfile(pool, &err);
+	assert_non_null(work);
+	assert_int_equal(vp_data_write(work, buf, len, 0, 0), (ssize_t)len);
+	assert_int_equal(vp_data_fd(work), -1);		/* not sealed: no passthrough yet */
+	v1 = vp_data_clone(work);			/* the commit */
+	fd = vp_data_fd(v1);
+	assert_true(fd >= 0);
+	assert_int_equal(fcntl(fd, F_GET_SEALS) & (F_SEAL_WRITE | F_SEAL_SHRINK | F_SEAL_GROW),
+			 F_SEAL_WRITE | F_SEAL_SHRINK | F_SEAL_GROW);
+	/* the allocation ahead went back: the budget holds the file's pages */
+	vp_pool_get_stats(pool, &st);
+	assert_int_equal(st.charged, (len + 4095) & ~4095ULL);
+	/* the writer goes on: its own copy, the version stays */
+	assert_int_equal(vp_data_write(work, "XY", 2, CHUNK, 0), 2);
+	assert_int_equal(vp_data_pread(v1, out, len, 0), (ssize_t)len);
+	assert_memory_equal(out, buf, len);
+	assert_int_equal(vp_data_pread(work, out, 2, CHUNK), 2);
+	assert_memory_equal(out, "XY", 2);
+	assert_int_equal(vp_data_pread(work, out, 100, 0), 100);
+	assert_memory_equal(out, buf, 100);
+	vp_data_put(work);
+	vp_data_put(v1);
+	free(buf);
+	free(out);
+}
+
+/* The seal is the kernel's: a write through the version's own memfd fails too. */
+static void test_mfile_sealed_write_fails_loudly(void **state)
+{
+	struct vp_pool *pool = *state;
+	struct vp_mfile *mf;
+	int err;
+
+	mf = vp_mfile_new(pool, &err);
+	assert_non_null(mf);
+	assert_int_equal(vp_mfile_pwrite(mf, "abc", 3, 0, 0), 3);
+	assert_int_equal(vp_mfile_seal(mf), 0);
+	assert_int_equal(vp_mfile_pwrite(mf, "zzz", 3, 0, 0), -EPERM);
+	assert_int_equal(pwrite(mf->fd, "zzz", 3, 0), -1);	/* past our own check, the kernel's */
+	assert_int_equal(errno, EPERM);
+	assert_int_equal(ftruncate(mf->fd, 1), -1);
+	vp_mfile_put(mf);
+}
+
+/* Memory files are charged to the budget, and a full one refuses with ENOSPC. */
+static void test_mfile_charged_to_the_budget(void **state)
+{
+	struct vp_pool *pool = vp_pool_new(CHUNK, 16 * CHUNK, 0);
+	char *buf = calloc(1, 20 * CHUNK);
+	struct vp_data *d;
+	int err;
+
+	(void)state;
+	d = vp_data_new_mfile(pool, &err);
+	assert_non_null(d);
+	assert_int_equal(vp_data_write(d, buf, 8 * CHUNK, 0, 0), (ssize_t)(8 * CHUNK));
+	assert_true(vp_pool_available(pool) <= 8 * CHUNK);
+	assert_int_equal(vp_data_write(d, buf, 12 * CHUNK, 8 * CHUNK, 0), -ENOSPC);
+	assert_int_equal(vp_data_truncate(d, CHUNK, 0), 0);	/* a cut gives pages back */
+	assert_true(vp_pool_available(pool) >= 15 * CHUNK);
+	vp_data_put(d);
+	assert_int_equal(vp_pool_available(pool), 16 * CHUNK);
+	vp_pool_free(pool);
+	free(buf);
+}
+
+/* A sealed copy of chunks is byte-exact, and chunk memory and hashes agree with the chunks'. */
+static void test_sealed_copy_of_chunks(void **state)
+{
+	struct vp_pool *pool = *state;
+	size_t len = 2 * CHUNK + 5;
+	char *buf = malloc(len);
+	uint64_t h1[3], h2[3];
+	struct vp_data *d = vp_data_new(pool), *m;
+
+	fill(buf, len, 3);
+	assert_int_equal(vp_data_write(d, buf, len, 0, 0), (ssize_t)len);
+	m = vp_data_sealed_copy(d, 0, NULL, NULL);
+	assert_non_null(m);
+	assert_true(vp_data_fd(m) >= 0);
+	assert_int_equal(vp_data_chunk_hashes(d, h1, 3), 0);
+	assert_int_equal(vp_data_chunk_hashes(m, h2, 3), 0);
+	assert_memory_equal(h1, h2, sizeof(h1));
+	assert_memory_equal(vp_data_chunk_mem(m, 2), buf + 2 * CHUNK, 5);
+	vp_data_put(d);
+	vp_data_put(m);
+	free(buf);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -215,6 +318,10 @@ int main(void)
 		cmocka_unit_test(test_reader_keeps_chunk_while_writer_changes_it),
 		cmocka_unit_test(test_backed_data_reads_file_lazily),
 		cmocka_unit_test(test_write_blocks_then_enospc),
+		cmocka_unit_test_setup_teardown(test_mfile_seal_on_clone_then_copy_on_write, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_mfile_sealed_write_fails_loudly, setup, teardown),
+		cmocka_unit_test(test_mfile_charged_to_the_budget),
+		cmocka_unit_test_setup_teardown(test_sealed_copy_of_chunks, setup, teardown),
 	};
 	return cmocka_run_group_tests_name("data", tests, setup, teardown);
 }

@@ -1,0 +1,246 @@
+"""The data plane: committed versions are sealed memory files, read by FUSE
+passthrough (or spliced from them by the daemon, with passthrough=off).
+
+Each test runs on both read paths where the path matters."""
+import errno
+import fcntl
+import hashlib
+import mmap
+import os
+import subprocess
+
+import pytest
+
+from conftest import VIPERFS, cluster, read, status, subscribed, wait_for, wait_version, write
+
+PATHS = ["auto", "off"]
+F_GET_SEALS = 1034
+F_SEAL_SHRINK, F_SEAL_GROW, F_SEAL_WRITE = 2, 4, 8
+
+
+def expected_mode(path):
+    return "passthrough" if path == "auto" else "daemon"
+
+
+def check_bytes(p, data):
+    """read(), pread() at odd offsets and mmap(MAP_SHARED) of every page all give data."""
+    assert read(p) == data
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        for off in (o for o in (0, 1, 4095, 1 << 20, len(data) - 3, len(data)) if o >= 0):
+            assert os.pread(fd, 7777, off) == data[off:off + 7777], off
+        if data:
+            with mmap.mmap(fd, 0, prot=mmap.PROT_READ) as m:
+                assert m[:] == data
+                assert m[::4096] == data[::4096]
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_reads_and_mmap_are_byte_exact_on_the_producer(world, path):
+    m = world.mount("passthrough=" + path)
+    assert status(m)["read_path"]["mode"] == expected_mode(path)
+    assert "read path: " in m.read_log()
+    data = os.urandom((20 << 20) + 12345)
+    write(m.path("model.pt"), data)
+    check_bytes(m.path("model.pt"), data)
+    write(m.path("empty"), b"")
+    check_bytes(m.path("empty"), b"")
+    m.flush()
+    assert read(m.pfs_path("model.pt")) == data     # the kernel-side copy to the PFS
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_reads_and_mmap_are_byte_exact_on_a_consumer(world, path):
+    net, prod, (c1,) = cluster(world, consumers=1, opts=",passthrough=" + path)
+    wait_for(lambda: subscribed(prod, 1), what="the consumer subscribed")
+    assert status(c1)["read_path"]["mode"] == expected_mode(path)
+    for i in range(3):
+        data = os.urandom((9 << 20) + 1000 * i)
+        write(prod.path("model.pt"), data)
+        wait_version(c1.path("model.pt"), i)
+        check_bytes(c1.path("model.pt"), data)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_a_reader_keeps_its_version_across_ten_switches(world, path):
+    m = world.mount("passthrough=" + path)
+    p = m.path("model.pt")
+    first = os.urandom(6 << 20)
+    write(p, first)
+    fd = os.open(p, os.O_RDONLY)
+    mm = mmap.mmap(fd, 0, prot=mmap.PROT_READ)
+    try:
+        for i in range(10):
+            if i % 2:
+                new = os.urandom((6 << 20) + i)
+                write(p, new)                       # O_TRUNC: a new version
+            else:
+                with open(p, "r+b") as f:           # in place (h5py's way)
+                    f.seek(4096 * (i + 1))
+                    f.write(b"v%d" % i)
+                new = read(p)
+                assert new[4096 * (i + 1):4096 * (i + 1) + 2] == b"v%d" % i
+            check_bytes(p, new)                     # new opens see the new version at once
+            assert os.pread(fd, len(first) + 1, 0) == first
+            assert mm[:] == first
+    finally:
+        mm.close()
+        os.close(fd)
+    assert status(m)["open_files"] == 0
+
+
+def test_no_open_fails_because_of_another_opens_mode(world):
+    """Every order of reader and writer opens on the producer, with passthrough on."""
+    m = world.mount()
+    assert status(m)["read_path"]["mode"] == "passthrough"
+    p = m.path("f")
+    a, b = os.urandom(3 << 20), os.urandom(2 << 20)
+    write(p, a)
+    # a reader (passthrough) first, then a writer: the writer is given a new inode
+    r = os.open(p, os.O_RDONLY)
+    w = os.open(p, os.O_WRONLY | os.O_TRUNC)
+    # a reader while the writer is open sees the working copy, through the daemon
+    r2 = os.open(p, os.O_RDONLY)
+    os.write(w, b)
+    assert os.pread(r2, len(b) + 1, 0) == b
+    os.close(w)
+    assert os.pread(r, len(a) + 1, 0) == a          # the first reader keeps its version
+    # a writer first, then a reader, then another writer (r+)
+    w = os.open(p, os.O_RDWR)
+    r3 = os.open(p, os.O_RDONLY)
+    w2 = os.open(p, os.O_RDWR)
+    os.pwrite(w2, b"zz", 0)
+    os.close(w2)
+    os.close(w)
+    assert read(p) == b"zz" + b[2:]
+    for fd in (r, r2, r3):
+        os.close(fd)
+    # readers after all that get the newest by passthrough, and a rename keeps working
+    check_bytes(p, b"zz" + b[2:])
+    os.rename(p, m.path("g"))
+    check_bytes(m.path("g"), b"zz" + b[2:])
+    assert status(m)["open_files"] == 0
+
+
+def daemon_memfds(pid):
+    out = []
+    for name in os.listdir("/proc/%d/fd" % pid):
+        try:
+            target = os.readlink("/proc/%d/fd/%s" % (pid, name))
+        except OSError:
+            continue
+        if target.startswith("/memfd:viperfs-version"):
+            out.append("/proc/%d/fd/%s" % (pid, name))
+    return out
+
+
+def test_committed_versions_are_sealed_by_the_kernel(world):
+    m = world.mount()
+    data = os.urandom(4 << 20)
+    write(m.path("model.pt"), data)
+    sealed = 0
+    for link in daemon_memfds(m.proc.pid):
+        fd = os.open(link, os.O_RDONLY)
+        try:
+            seals = fcntl.fcntl(fd, F_GET_SEALS)
+        finally:
+            os.close(fd)
+        if not seals & F_SEAL_WRITE:
+            continue
+        assert seals & (F_SEAL_SHRINK | F_SEAL_GROW) == F_SEAL_SHRINK | F_SEAL_GROW
+        sealed += 1
+        fd = os.open(link, os.O_RDWR)
+        try:
+            with pytest.raises(OSError) as e:
+                os.pwrite(fd, b"torn", 0)
+            assert e.value.errno == errno.EPERM
+            with pytest.raises(OSError):
+                os.ftruncate(fd, 1)
+        finally:
+            os.close(fd)
+    assert sealed >= 1
+    assert read(m.path("model.pt")) == data
+
+
+def meminfo_kb(key):
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise KeyError(key)
+
+
+def rss_anon_kb(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1])
+    raise KeyError("RssAnon")
+
+
+def page_cache_bytes(path):
+    """The page cache of the file's own inode, by cachestat(2).  (fincore maps the file,
+    and a passthrough mapping is the backing memory file's: it would count those pages.)"""
+    import ctypes
+    rng = (ctypes.c_uint64 * 2)(0, 0)
+    cs = (ctypes.c_uint64 * 5)()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.syscall(451, fd, ctypes.byref(rng), ctypes.byref(cs), 0) != 0:
+            raise OSError(ctypes.get_errno(), "cachestat")
+    finally:
+        os.close(fd)
+    return cs[0] * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_one_copy_of_a_version_in_the_nodes_memory(world):
+    """After writing and reading a file, the node holds it about once (not twice)."""
+    m = world.mount("ram_prefault=0")
+    size = 128 << 20
+    before = rss_anon_kb(m.proc.pid) + meminfo_kb("Shmem")
+    data = os.urandom(size)
+    write(m.path("model.pt"), data)
+    assert hashlib.sha256(read(m.path("model.pt"))).digest() == hashlib.sha256(data).digest()
+    del data
+    held = (rss_anon_kb(m.proc.pid) + meminfo_kb("Shmem") - before) * 1024 + \
+        page_cache_bytes(m.path("model.pt"))
+    assert held <= 1.3 * size, "%.2f x the file" % (held / size)
+    assert status(m)["ram"]["memory_files"] >= size
+
+
+def test_passthrough_off_says_so_and_counts_the_reads(world):
+    m = world.mount("passthrough=off")
+    write(m.path("a"), b"x" * 100000)
+    assert read(m.path("a")) == b"x" * 100000
+    st = status(m)
+    assert st["read_path"] == {"mode": "daemon", "why": "-o passthrough=off"}
+    assert st["bytes_read"] >= 100000        # the daemon served them (spliced)
+    assert "read path: the daemon" in m.read_log()
+
+
+def test_a_daemon_without_cap_sys_admin_falls_back_to_the_daemon(world):
+    """The kernel gives backing files to CAP_SYS_ADMIN only: without it, reads still
+    work, through the daemon, and the log and status say why."""
+    import ctypes
+    mnt = world.dir("mnt")
+    fuse = os.open("/dev/fuse", os.O_RDWR)
+    libc = ctypes.CDLL(None, use_errno=True)
+    opts = "fd=%d,rootmode=40000,user_id=0,group_id=0,default_permissions,max_read=1048576" % fuse
+    if libc.mount(b"viperfs", mnt.encode(), b"fuse.viperfs", 6, opts.encode()) != 0:  # nosuid,nodev
+        os.close(fuse)
+        raise OSError(ctypes.get_errno(), "mount")
+    try:
+        m = world.mount("", mnt=mnt, mnt_arg="/dev/fd/%d" % fuse,
+                        prefix=["setpriv", "--inh-caps=-sys_admin", "--bounding-set=-sys_admin"],
+                        pass_fds=(fuse,))
+        data = os.urandom(3 << 20)
+        write(os.path.join(mnt, "model.pt"), data)
+        check_bytes(os.path.join(mnt, "model.pt"), data)
+        wait_for(lambda: status(m)["read_path"]["mode"] == "daemon", what="the fallback")
+        assert "CAP_SYS_ADMIN" in status(m)["read_path"]["why"]
+        assert "the kernel refused a backing file" in m.read_log()
+    finally:
+        os.close(fuse)
