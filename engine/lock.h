@@ -11,6 +11,11 @@
  *   ----  --------------------  -----------  -------------------------------------
  *    0    d->repl_lock          fs/main.c    repl->lock (the metrics text reads
  *                                            the repl it guards against its free)
+ *    0b   ll.pt_lock            fs/ll.c      ns->lock (the passthrough bookkeeping
+ *                                            of ns/pt.c), and the backing-file
+ *                                            ioctls under it; ll.lock (the
+ *                                            notifier's queue) is a leaf, taken
+ *                                            under ns->lock (the re-keying hook)
  *    1    ns->pfs_lock          ns (pfs)     2..
  *    2    ns->lock              ns           3.. ; never held across PFS I/O
  *                                            except pfs_lock's metadata calls

@@ -54,7 +54,7 @@ struct inval {
 };
 
 static struct {
-	int pt;				/* passthrough opens happen */
+	int pt;				/* passthrough opens happen (atomic: the fallback turns it off) */
 	pthread_mutex_t pt_lock;
 	struct fuse_session *se;
 	pthread_t notifier;
@@ -175,21 +175,24 @@ static void choose_read_path(struct vp_ns *ns, struct fuse_conn_info *conn)
 {
 	const char *want = vp_ns_config(ns)->passthrough;
 	char why[256];
+	int pt = 0;
 
-	ll.pt = 0;
 	if (!strcmp(want, "off")) {
 		snprintf(why, sizeof(why), "-o passthrough=off");
 	} else {
-#ifdef FUSE_CAP_PASSTHROUGH
-		if (conn->capable & FUSE_CAP_PASSTHROUGH) {
-			conn->want |= FUSE_CAP_PASSTHROUGH;
+#if defined(FUSE_CAP_PASSTHROUGH) && defined(FUSE_CAP_DIRECT_IO_ALLOW_MMAP)
+		if (!(conn->capable & FUSE_CAP_PASSTHROUGH)) {
+			snprintf(why, sizeof(why), "the kernel did not offer FUSE passthrough at INIT (it needs Linux >= 6.9 with CONFIG_FUSE_PASSTHROUGH)");
+		} else if (!(conn->capable & FUSE_CAP_DIRECT_IO_ALLOW_MMAP)) {
+			/* the readers beside passthrough ones are direct_io, and must mmap */
+			snprintf(why, sizeof(why), "the kernel does not allow mmap of direct_io files");
+		} else {
+			conn->want |= FUSE_CAP_PASSTHROUGH | FUSE_CAP_DIRECT_IO_ALLOW_MMAP;
 			/* passthrough is refused silently above 1 (and with writeback_cache) */
 			conn->max_backing_stack_depth = 1;
-			ll.pt = 1;
+			pt = 1;
 			snprintf(why, sizeof(why), "the kernel offered it (libfuse %s)",
 				 fuse_pkgversion());
-		} else {
-			snprintf(why, sizeof(why), "the kernel did not offer FUSE passthrough at INIT (it needs Linux >= 6.9 with CONFIG_FUSE_PASSTHROUGH)");
 		}
 #else
 		(void)conn;
@@ -197,17 +200,10 @@ static void choose_read_path(struct vp_ns *ns, struct fuse_conn_info *conn)
 			 fuse_pkgversion());
 #endif
 	}
-#ifdef FUSE_CAP_DIRECT_IO_ALLOW_MMAP
-	if (ll.pt && (conn->capable & FUSE_CAP_DIRECT_IO_ALLOW_MMAP))
-		conn->want |= FUSE_CAP_DIRECT_IO_ALLOW_MMAP;	/* mmap of the direct_io readers */
-	else
-		ll.pt = 0;
-#else
-	ll.pt = 0;
-#endif
-	vp_ns_set_passthrough(ns, ll.pt);
-	vp_ns_set_read_path(ns, ll.pt ? "passthrough" : "daemon", why);
-	if (ll.pt)
+	__atomic_store_n(&ll.pt, pt, __ATOMIC_RELAXED);
+	vp_ns_set_passthrough(ns, pt);
+	vp_ns_set_read_path(ns, pt ? "passthrough" : "daemon", why);
+	if (pt)
 		vp_log(LOG_INFO, "fs", "read path: passthrough, from the versions' memory files (%s)", why);
 	else
 		vp_log(LOG_INFO, "fs", "read path: the daemon, spliced from the versions' memory files (%s)", why);
@@ -404,7 +400,7 @@ static int passthrough_open(fuse_req_t req, struct vp_handle *h,
 			vp_ns_set_read_path(ns, "daemon", err == EPERM ?
 					    "the kernel refused a backing file: the daemon lacks CAP_SYS_ADMIN" :
 					    "the kernel refused a backing file");
-			ll.pt = 0;
+			__atomic_store_n(&ll.pt, 0, __ATOMIC_RELAXED);
 			vp_ns_set_passthrough(ns, 0);
 		}
 		vp_ns_pt_set(ns, h, id);
@@ -432,7 +428,7 @@ static void set_open_flags(fuse_req_t req, struct fuse_file_info *fi,
 	fi->keep_cache = 0;
 	if (vp_handle_writable(h)) {
 		fi->direct_io = 1;
-	} else if (ll.pt) {
+	} else if (__atomic_load_n(&ll.pt, __ATOMIC_RELAXED)) {
 		/* either the kernel reads the memory file, or the daemon does, uncached */
 		fi->direct_io = !passthrough_open(req, h, fi);
 		if (fi->direct_io)
@@ -534,7 +530,11 @@ static int splice_read(fuse_req_t req, struct vp_handle *h, size_t size, off_t o
 	bv.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
 	bv.buf[0].fd = fd;
 	bv.buf[0].pos = off;
-	if (fuse_reply_data(req, &bv, FUSE_BUF_SPLICE_MOVE) == 0)
+	/*
+	 * No SPLICE_F_MOVE: the kernel could steal the memory file's own pages
+	 * from the pipe into the reader's page cache.
+	 */
+	if (fuse_reply_data(req, &bv, 0) == 0)
 		vp_ns_count_read(ns, size);
 	return 0;
 }

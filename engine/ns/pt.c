@@ -22,7 +22,9 @@
 
 void vp_ns_set_passthrough(struct vp_ns *ns, int on)
 {
+	pthread_mutex_lock(&ns->lock);
 	ns->pt_on = on;
+	pthread_mutex_unlock(&ns->lock);
 }
 
 void vp_ns_set_kernel(struct vp_ns *ns, const struct vp_ns_kernel *ops, void *arg)
