@@ -477,6 +477,27 @@ out_unlock:
 	return done ? (ssize_t)done : rc;
 }
 
+ssize_t vp_data_write_fd(struct vp_data *d, uint64_t off, size_t len, double wait_s,
+			 ssize_t (*fill)(void *arg, int fd, uint64_t off, size_t len), void *arg)
+{
+	ssize_t n;
+	int rc;
+
+	if (!d->mf)
+		return -ENOTSUP;
+	if (off > VP_DATA_MAX_BYTES || len > VP_DATA_MAX_BYTES - off)
+		return -EFBIG;
+	if (len == 0)
+		return 0;
+	pthread_mutex_lock(&d->lock);
+	rc = mfile_own_locked(d, d->size, wait_s);
+	n = rc ? rc : vp_mfile_write_fd(d->mf, off, len, wait_s, fill, arg);
+	if (n > 0 && off + (uint64_t)n > d->size)
+		__atomic_store_n(&d->size, off + (uint64_t)n, __ATOMIC_RELEASE);
+	pthread_mutex_unlock(&d->lock);
+	return n;
+}
+
 int vp_data_truncate(struct vp_data *d, uint64_t size, double wait_s)
 {
 	int rc = 0;

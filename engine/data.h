@@ -147,6 +147,14 @@ int vp_data_fully_resident(struct vp_data *d);
 ssize_t vp_data_write(struct vp_data *d, const void *buf, size_t len,
 		      uint64_t off, double wait_s);
 
+/*
+ * vp_data_write() for a memory file, where fill(arg, fd, off, len) puts
+ * the bytes into its memfd (a splice) and returns how many.  -ENOTSUP
+ * for chunks.
+ */
+ssize_t vp_data_write_fd(struct vp_data *d, uint64_t off, size_t len, double wait_s,
+			 ssize_t (*fill)(void *arg, int fd, uint64_t off, size_t len), void *arg);
+
 /* Sets the size.  Returns 0 or -errno (a COW copy may need space). */
 int vp_data_truncate(struct vp_data *d, uint64_t size, double wait_s);
 

@@ -14,9 +14,9 @@
  * writable: a writable shared mapping would make F_SEAL_WRITE fail.  It
  * maps a read-only descriptor of its own (an O_RDONLY open of
  * /proc/self/fd/N), whose mappings cannot become writable either.
- * Pages are allocated ahead with fallocate(2) in steps, so no write pays
- * a page fault per page, and every allocated byte is charged to the
- * pool's budget (ram_cache), with its backpressure.
+ * Pages come with the writes (whole pages are not zeroed first: no second
+ * pass over the memory), and are charged ahead, in steps, to the pool's
+ * budget (ram_cache), with its backpressure.
  *
  * THREADING: mf->lock guards the allocation, the mapping and the seal;
  * it is a leaf below the data lock (lock.h), and may be followed only by
@@ -64,6 +64,12 @@ void vp_mfile_put(struct vp_mfile *mf);
  */
 ssize_t vp_mfile_pwrite(struct vp_mfile *mf, const void *buf, size_t len,
 			uint64_t off, double wait_s);
+/*
+ * The same, where fill(arg, fd, off, len) puts the bytes into the memfd
+ * itself (a splice from the FUSE request's pipe) and returns how many.
+ */
+ssize_t vp_mfile_write_fd(struct vp_mfile *mf, uint64_t off, size_t len, double wait_s,
+			  ssize_t (*fill)(void *arg, int fd, uint64_t off, size_t len), void *arg);
 /* Sets the size of an unsealed file.  Returns 0 or -errno. */
 int vp_mfile_truncate(struct vp_mfile *mf, uint64_t size);
 /*

@@ -193,6 +193,13 @@ void vp_ns_set_kernel(struct vp_ns *ns, const struct vp_ns_kernel *ops, void *ar
 int vp_handle_writable(const struct vp_handle *h);
 ssize_t vp_ns_write(struct vp_ns *ns, struct vp_handle *h, const void *buf,
 		    size_t len, uint64_t off);
+/*
+ * vp_ns_write() where fill(arg, fd, off, len) puts the bytes into the
+ * working copy's memfd itself (fs/ll.c: a splice from the request's
+ * pipe).  -ENOTSUP: the working copy is chunks; use vp_ns_write().
+ */
+ssize_t vp_ns_write_fd(struct vp_ns *ns, struct vp_handle *h, uint64_t off, size_t len,
+		       ssize_t (*fill)(void *arg, int fd, uint64_t off, size_t len), void *arg);
 /* Reads through the handle's version (data.h's vp_data_read). */
 ssize_t vp_ns_read(struct vp_ns *ns, struct vp_handle *h, uint64_t off,
 		   size_t len, struct vp_read *rd);

@@ -211,7 +211,12 @@ static void choose_read_path(struct vp_ns *ns, struct fuse_conn_info *conn)
 
 static void vpfs_init(void *userdata, struct fuse_conn_info *conn)
 {
-	conn->max_write = VPFS_MAX_REQUEST;
+	/*
+	 * A page under 1 MiB: libfuse splices a request only into a pipe that
+	 * holds it with its header, and pipes stop at fs.pipe-max-size (1 MiB)
+	 * without CAP_SYS_RESOURCE.  Spliced writes skip the daemon's copy.
+	 */
+	conn->max_write = VPFS_MAX_REQUEST - 4096;
 	conn->max_read = VPFS_MAX_REQUEST;
 	conn->max_readahead = VPFS_MAX_REQUEST;
 	if (conn->capable & FUSE_CAP_ATOMIC_O_TRUNC)
@@ -223,10 +228,15 @@ static void vpfs_init(void *userdata, struct fuse_conn_info *conn)
 	/* flock() and fcntl() locks stay node-local: the kernel does them */
 	conn->want &= ~(FUSE_CAP_POSIX_LOCKS | FUSE_CAP_FLOCK_LOCKS);
 	/* writeback cache measured no gain here, and it rules passthrough out */
-	conn->want &= ~(FUSE_CAP_WRITEBACK_CACHE | FUSE_CAP_SPLICE_MOVE | FUSE_CAP_SPLICE_READ);
-	/* replies from memory files are spliced, not copied (iov replies are not affected) */
+	conn->want &= ~(FUSE_CAP_WRITEBACK_CACHE | FUSE_CAP_SPLICE_MOVE);
+	/*
+	 * Replies from memory files are spliced, not copied (iov replies are
+	 * not affected), and so are writes into them (write_buf).
+	 */
 	if (conn->capable & FUSE_CAP_SPLICE_WRITE)
 		conn->want |= FUSE_CAP_SPLICE_WRITE;
+	if (conn->capable & FUSE_CAP_SPLICE_READ)
+		conn->want |= FUSE_CAP_SPLICE_READ;
 	choose_read_path(userdata, conn);
 }
 
@@ -575,6 +585,55 @@ static void vpfs_write(fuse_req_t req, fuse_ino_t ino, const char *buf,
 		fuse_reply_write(req, (size_t)n);
 }
 
+/* The bytes of a write request, spliced (or copied) into the working copy's memfd. */
+static ssize_t fill_from_request(void *arg, int fd, uint64_t off, size_t len)
+{
+	struct fuse_bufvec *in = arg;
+	struct fuse_bufvec out = FUSE_BUFVEC_INIT(len);
+
+	out.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
+	out.buf[0].fd = fd;
+	out.buf[0].pos = (off_t)off;
+	return fuse_buf_copy(&out, in, 0);
+}
+
+/*
+ * A write whose bytes the kernel spliced into a pipe (FUSE_CAP_SPLICE_READ):
+ * they go from there into the working copy's memfd, and the daemon never
+ * copies them (for a direct_io write, the pipe holds the writer's own
+ * pages: one copy in all, as a write to tmpfs).
+ */
+static void vpfs_write_buf(fuse_req_t req, fuse_ino_t ino, struct fuse_bufvec *in,
+			   off_t off, struct fuse_file_info *fi)
+{
+	struct vp_ns *ns = ns_of(req);
+	struct vp_handle *h = handle_of(fi);
+	size_t len = fuse_buf_size(in);
+	ssize_t n;
+	char *buf;
+
+	(void)ino;
+	n = vp_ns_write_fd(ns, h, (uint64_t)off, len, fill_from_request, in);
+	if (n == -ENOTSUP) {	/* chunks: through memory */
+		struct fuse_bufvec mem = FUSE_BUFVEC_INIT(len);
+
+		buf = malloc(len ? len : 1);
+		if (!buf) {
+			reply_err(req, -ENOMEM);
+			return;
+		}
+		mem.buf[0].mem = buf;
+		n = fuse_buf_copy(&mem, in, 0);
+		if (n >= 0)
+			n = vp_ns_write(ns, h, buf, (size_t)n, (uint64_t)off);
+		free(buf);
+	}
+	if (n < 0)
+		reply_err(req, (int)n);
+	else
+		fuse_reply_write(req, (size_t)n);
+}
+
 static void vpfs_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	const struct vp_caller who = caller_of(req);
@@ -764,6 +823,7 @@ TIMED(VP_FOP_CREATE, vpfs_create, (fuse_req_t req, fuse_ino_t parent, const char
 TIMED(VP_FOP_OPEN, vpfs_open, (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi), (req, ino, fi))
 TIMED(VP_FOP_READ, vpfs_read, (fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi), (req, ino, size, off, fi))
 TIMED(VP_FOP_WRITE, vpfs_write, (fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off, struct fuse_file_info *fi), (req, ino, buf, size, off, fi))
+TIMED(VP_FOP_WRITE, vpfs_write_buf, (fuse_req_t req, fuse_ino_t ino, struct fuse_bufvec *in, off_t off, struct fuse_file_info *fi), (req, ino, in, off, fi))
 TIMED(VP_FOP_FLUSH, vpfs_flush, (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi), (req, ino, fi))
 TIMED(VP_FOP_RELEASE, vpfs_release, (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi), (req, ino, fi))
 TIMED(VP_FOP_FSYNC, vpfs_fsync, (fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi), (req, ino, datasync, fi))
@@ -796,6 +856,7 @@ const struct fuse_lowlevel_ops vpfs_ops = {
 	.open = timed_vpfs_open,
 	.read = timed_vpfs_read,
 	.write = timed_vpfs_write,
+	.write_buf = timed_vpfs_write_buf,
 	.flush = timed_vpfs_flush,
 	.release = timed_vpfs_release,
 	.fsync = timed_vpfs_fsync,

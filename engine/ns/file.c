@@ -592,14 +592,9 @@ static void maybe_preview(struct vp_ns *ns, struct vp_handle *h)
 	vp_data_put(e.d);
 }
 
-ssize_t vp_ns_write(struct vp_ns *ns, struct vp_handle *h, const void *buf,
-		    size_t len, uint64_t off)
+/* What a write that got n (bytes, or -errno) does after the bytes are in. */
+static void wrote(struct vp_ns *ns, struct vp_handle *h, ssize_t n)
 {
-	ssize_t n;
-
-	if (!h->writable)
-		return -EBADF;
-	n = vp_data_write(h->data, buf, len, off, ns->cfg.cache_wait);
 	if (n > 0) {
 		__atomic_store_n(&h->wrote, 1, __ATOMIC_RELAXED);
 		maybe_preview(ns, h);
@@ -611,6 +606,30 @@ ssize_t vp_ns_write(struct vp_ns *ns, struct vp_handle *h, const void *buf,
 		       "write refused: the RAM cache (ram_cache) is full of data not yet on the PFS and none was freed in %.1f s; raise ram_cache or flush_bw",
 		       ns->cfg.cache_wait);
 	}
+}
+
+ssize_t vp_ns_write(struct vp_ns *ns, struct vp_handle *h, const void *buf,
+		    size_t len, uint64_t off)
+{
+	ssize_t n;
+
+	if (!h->writable)
+		return -EBADF;
+	n = vp_data_write(h->data, buf, len, off, ns->cfg.cache_wait);
+	wrote(ns, h, n);
+	return n;
+}
+
+ssize_t vp_ns_write_fd(struct vp_ns *ns, struct vp_handle *h, uint64_t off, size_t len,
+		       ssize_t (*fill)(void *arg, int fd, uint64_t off, size_t len), void *arg)
+{
+	ssize_t n;
+
+	if (!h->writable)
+		return -EBADF;
+	n = vp_data_write_fd(h->data, off, len, ns->cfg.cache_wait, fill, arg);
+	if (n != -ENOTSUP)
+		wrote(ns, h, n);
 	return n;
 }
 
