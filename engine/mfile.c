@@ -20,6 +20,8 @@
 #define ALLOC_STEP (8ULL << 20)
 #define PAGE_ROUND(x) (((x) + 4095) & ~4095ULL)
 
+static void written_locked(struct vp_mfile *mf, uint64_t off, size_t len);
+
 struct vp_mfile *vp_mfile_new(struct vp_pool *pool, int *err)
 {
 	struct vp_mfile *mf = calloc(1, sizeof(*mf));
@@ -67,6 +69,8 @@ void vp_mfile_put(struct vp_mfile *mf)
 	free(mf->old_maps);
 	free(mf->old_lens);
 	free(mf->hashes);
+	free(mf->hash_gen);
+	free(mf->gen);
 	close(mf->rofd);
 	close(mf->fd);
 	if (mf->alloc)
@@ -138,6 +142,7 @@ ssize_t vp_mfile_pwrite(struct vp_mfile *mf, const void *buf, size_t len,
 	pthread_mutex_lock(&mf->lock);
 	if (off + len > mf->size)
 		mf->size = off + len;
+	written_locked(mf, off, len);
 	pthread_mutex_unlock(&mf->lock);
 	return (ssize_t)len;
 }
@@ -164,6 +169,7 @@ ssize_t vp_mfile_write_fd(struct vp_mfile *mf, uint64_t off, size_t len, double 
 	pthread_mutex_lock(&mf->lock);
 	if (off + (uint64_t)n > mf->size)
 		mf->size = off + (uint64_t)n;
+	written_locked(mf, off, (size_t)n);
 	pthread_mutex_unlock(&mf->lock);
 	return n;
 }
@@ -185,6 +191,10 @@ int vp_mfile_truncate(struct vp_mfile *mf, uint64_t size)
 			vp_pool_uncharge(mf->pool, mf->alloc - keep);
 			mf->alloc = keep;
 		}
+		/* the chunks between the two ends changed (cut, or zeros now) */
+		if (size != mf->size)
+			written_locked(mf, size < mf->size ? size : mf->size,
+				       (size_t)(size < mf->size ? mf->size - size : size - mf->size));
 		mf->size = size;
 	}
 	pthread_mutex_unlock(&mf->lock);
@@ -289,29 +299,74 @@ const char *vp_mfile_map(struct vp_mfile *mf, uint64_t len)
 	return map;
 }
 
+/* Makes the hash arrays cover chunk idx.  mf->lock held.  Returns 0 or -ENOMEM. */
+static int hashes_cover_locked(struct vp_mfile *mf, size_t idx)
+{
+	size_t n = mf->nhashes ? mf->nhashes : 16;
+	uint64_t *h;
+	uint32_t *hg, *g;
+
+	VP_ASSERT_LOCKED(&mf->lock);
+	if (idx < mf->nhashes)
+		return 0;
+	while (n <= idx)
+		n *= 2;
+	h = realloc(mf->hashes, n * sizeof(*h));
+	if (h)
+		mf->hashes = h;
+	hg = h ? realloc(mf->hash_gen, n * sizeof(*hg)) : NULL;
+	if (hg)
+		mf->hash_gen = hg;
+	g = hg ? realloc(mf->gen, n * sizeof(*g)) : NULL;
+	if (!g)
+		return -ENOMEM;
+	mf->gen = g;
+	memset(mf->hashes + mf->nhashes, 0, (n - mf->nhashes) * sizeof(*h));
+	memset(mf->hash_gen + mf->nhashes, 0, (n - mf->nhashes) * sizeof(*hg));
+	memset(mf->gen + mf->nhashes, 0, (n - mf->nhashes) * sizeof(*g));
+	mf->nhashes = n;
+	return 0;
+}
+
+/* A write touched [off, off + len): those chunks' cached hashes are stale.  mf->lock held. */
+static void written_locked(struct vp_mfile *mf, uint64_t off, size_t len)
+{
+	VP_ASSERT_LOCKED(&mf->lock);
+	if (!len)
+		return;
+	for (size_t i = (size_t)(off / VP_MFILE_HASH_CHUNK);
+	     i <= (size_t)((off + len - 1) / VP_MFILE_HASH_CHUNK) && i < mf->nhashes; i++)
+		mf->gen[i]++;
+}
+
 uint64_t vp_mfile_chunk_hash(struct vp_mfile *mf, size_t idx, size_t chunk_size,
 			     size_t len)
 {
 	const char *map = vp_mfile_map(mf, (uint64_t)idx * chunk_size + len);
-	uint64_t h;
+	uint64_t h = 0;
+	uint32_t gen = 0;
+	int cached = 0, cover;
 
 	if (!map)
 		return 0;
-	if (!vp_mfile_sealed(mf))
+	if (chunk_size != VP_MFILE_HASH_CHUNK)
 		return XXH3_64bits(map + idx * chunk_size, len);
 	pthread_mutex_lock(&mf->lock);
-	if (!mf->hashes) {
-		mf->nhashes = (size_t)((mf->size + chunk_size - 1) / chunk_size);
-		mf->hashes = calloc(mf->nhashes ? mf->nhashes : 1, sizeof(*mf->hashes));
+	cover = hashes_cover_locked(mf, idx) == 0;
+	if (cover) {
+		gen = mf->gen[idx];
+		cached = mf->hashes[idx] && mf->hash_gen[idx] == gen;
+		h = mf->hashes[idx];
 	}
-	h = mf->hashes && idx < mf->nhashes ? mf->hashes[idx] : 0;
 	pthread_mutex_unlock(&mf->lock);
-	if (h)
+	if (cached)
 		return h - 1;
 	h = XXH3_64bits(map + idx * chunk_size, len);
 	pthread_mutex_lock(&mf->lock);
-	if (mf->hashes && idx < mf->nhashes)
+	if (cover && mf->gen[idx] == gen) {	/* not written meanwhile */
 		mf->hashes[idx] = h + 1;
+		mf->hash_gen[idx] = gen;
+	}
 	pthread_mutex_unlock(&mf->lock);
 	return h;
 }

@@ -33,6 +33,9 @@
 
 struct vp_pool;
 
+/* The chunk of the cached hashes: the data's chunk size (VP_CHUNK_SIZE). */
+#define VP_MFILE_HASH_CHUNK (1u << 20)
+
 struct vp_mfile {
 	int refs;			/* atomic */
 	int fd;				/* the memfd, read-write */
@@ -48,7 +51,14 @@ struct vp_mfile {
 	size_t *old_lens;
 	unsigned int nold;
 	int sealed;			/* also read atomically */
-	uint64_t *hashes;		/* sealed: chunk hashes (hash + 1; 0: not yet) */
+	/*
+	 * Chunk hashes (hash + 1; 0: none), each valid while its chunk's
+	 * write count is still the one it was computed at (previews hash a
+	 * working file over and over: only the chunks written since).
+	 */
+	uint64_t *hashes;
+	uint32_t *hash_gen;		/* the chunk's write count when hashed */
+	uint32_t *gen;			/* writes that touched each chunk */
 	size_t nhashes;
 };
 
