@@ -547,6 +547,27 @@ out_unlock:
 	return rc;
 }
 
+/* vp_data_read() of a memory file: one segment in its mapping.  d->lock held. */
+static int read_mfile_locked(struct vp_data *d, uint64_t off, size_t len, struct vp_read *rd)
+{
+	const char *map;
+
+	VP_ASSERT_LOCKED(&d->lock);
+	map = vp_mfile_map(d->mf, d->size);
+	if (!map)
+		return -ENOMEM;
+	/* pieces no larger than a read of chunks gives (the flush paces by them) */
+	if (len > VP_READ_MAX_SEGS * d->chunk_size)
+		len = VP_READ_MAX_SEGS * d->chunk_size;
+	rd->mf = vp_mfile_get(d->mf);
+	rd->seg[0].ptr = map + off;
+	rd->seg[0].len = len;
+	rd->nseg = 1;
+	rd->len = len;
+	rd->hits = 1;
+	return 0;
+}
+
 ssize_t vp_data_read(struct vp_data *d, uint64_t off, size_t len,
 		     struct vp_read *rd)
 {
@@ -560,21 +581,7 @@ ssize_t vp_data_read(struct vp_data *d, uint64_t off, size_t len,
 	if (len > d->size - off)
 		len = (size_t)(d->size - off);
 	if (d->mf) {
-		const char *map = vp_mfile_map(d->mf, d->size);
-
-		if (!map) {
-			rc = -ENOMEM;
-			goto out_unlock;
-		}
-		/* pieces no larger than a read of chunks gives (the flush paces by them) */
-		if (len > VP_READ_MAX_SEGS * d->chunk_size)
-			len = VP_READ_MAX_SEGS * d->chunk_size;
-		rd->mf = vp_mfile_get(d->mf);
-		rd->seg[0].ptr = map + off;
-		rd->seg[0].len = len;
-		rd->nseg = 1;
-		rd->len = len;
-		rd->hits = 1;
+		rc = read_mfile_locked(d, off, len, rd);
 		goto out_unlock;
 	}
 	while (rd->len < len && rd->nseg < VP_READ_MAX_SEGS) {

@@ -109,42 +109,37 @@ static int reserve_locked(struct vp_mfile *mf, uint64_t end, double wait_s)
 	return 0;
 }
 
-ssize_t vp_mfile_pwrite(struct vp_mfile *mf, const void *buf, size_t len,
-			uint64_t off, double wait_s)
-{
-	size_t done = 0;
-	int rc;
+struct pwrite_arg {
+	const void *buf;
+};
 
-	pthread_mutex_lock(&mf->lock);
-	if (mf->sealed) {
-		pthread_mutex_unlock(&mf->lock);
-		vp_log(LOG_CRIT, "mfile", "a write to a sealed version was refused (a bug: versions are immutable)");
-		return -EPERM;
-	}
-	rc = reserve_locked(mf, off + len, wait_s);
-	pthread_mutex_unlock(&mf->lock);
-	if (rc)
-		return rc;
+/* vp_mfile_pwrite()'s fill: pwrite(2) of the caller's bytes. */
+static ssize_t fill_pwrite(void *arg, int fd, uint64_t off, size_t len)
+{
+	const char *buf = ((struct pwrite_arg *)arg)->buf;
+	size_t done = 0;
+
 	while (done < len) {
-		ssize_t n = pwrite(mf->fd, (const char *)buf + done, len - done,
-				   (off_t)(off + done));
+		ssize_t n = pwrite(fd, buf + done, len - done, (off_t)(off + done));
 
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n < 0) {
-			rc = -errno;
-			if (rc == -EPERM)
+			if (errno == EPERM)
 				vp_log(LOG_CRIT, "mfile", "the kernel refused a write to a sealed version (a bug)");
-			return done ? (ssize_t)done : rc;
+			return done ? (ssize_t)done : -errno;
 		}
 		done += (size_t)n;
 	}
-	pthread_mutex_lock(&mf->lock);
-	if (off + len > mf->size)
-		mf->size = off + len;
-	written_locked(mf, off, len);
-	pthread_mutex_unlock(&mf->lock);
-	return (ssize_t)len;
+	return (ssize_t)done;
+}
+
+ssize_t vp_mfile_pwrite(struct vp_mfile *mf, const void *buf, size_t len,
+			uint64_t off, double wait_s)
+{
+	struct pwrite_arg a = { buf };
+
+	return vp_mfile_write_fd(mf, off, len, wait_s, fill_pwrite, &a);
 }
 
 ssize_t vp_mfile_write_fd(struct vp_mfile *mf, uint64_t off, size_t len, double wait_s,

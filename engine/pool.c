@@ -255,51 +255,13 @@ static void *take_locked(struct vp_pool *pool, int *err)
 	return fc;
 }
 
-void *vp_pool_get_chunk(struct vp_pool *pool, double wait_s, int *err)
-{
-	struct timespec deadline;
-	void *mem;
-
-	*err = 0;
-	pthread_mutex_lock(&pool->lock);
-	mem = take_locked(pool, err);
-	if (mem || *err || wait_s <= 0)
-		goto out_unlock;
-
-	pool->waits++;
-	vp_abstime(&deadline, vp_now() + wait_s);
-	for (;;) {
-		int rc;
-
-		if (pool->pressure_cb) {
-			pthread_mutex_unlock(&pool->lock);
-			pool->pressure_cb(pool->pressure_arg);
-			pthread_mutex_lock(&pool->lock);
-			mem = take_locked(pool, err);
-			if (mem || *err)
-				break;
-		}
-		rc = pthread_cond_timedwait(&pool->freed, &pool->lock, &deadline);
-		mem = take_locked(pool, err);
-		if (mem || *err || rc == ETIMEDOUT)
-			break;
-	}
-out_unlock:
-	if (!mem && !*err) {
-		*err = -ENOSPC;
-		pool->enospc++;
-	}
-	pthread_mutex_unlock(&pool->lock);
-	return mem;
-}
-
 /*
  * Waits, up to wait_s and with the pressure callback, until take(pool)
  * (called with pool->lock held) succeeds.  Called with pool->lock held.
  * Returns 1 when it did, 0 on timeout.
  */
 static int wait_space_locked(struct vp_pool *pool, double wait_s,
-			     int (*take)(struct vp_pool *, uint64_t), uint64_t arg)
+			     int (*take)(struct vp_pool *, void *), void *arg)
 {
 	struct timespec deadline;
 
@@ -324,8 +286,40 @@ static int wait_space_locked(struct vp_pool *pool, double wait_s,
 	}
 }
 
-static int charge_take(struct vp_pool *pool, uint64_t bytes)
+/* wait_space_locked()'s take for a chunk: arg is a struct chunk_take. */
+struct chunk_take {
+	void *mem;
+	int err;
+};
+
+static int chunk_take(struct vp_pool *pool, void *arg)
 {
+	struct chunk_take *ct = arg;
+
+	ct->mem = take_locked(pool, &ct->err);
+	return ct->mem || ct->err;
+}
+
+void *vp_pool_get_chunk(struct vp_pool *pool, double wait_s, int *err)
+{
+	struct chunk_take ct = { NULL, 0 };
+
+	pthread_mutex_lock(&pool->lock);
+	if (!chunk_take(pool, &ct) && wait_s > 0)
+		wait_space_locked(pool, wait_s, chunk_take, &ct);
+	*err = ct.err;
+	if (!ct.mem && !*err) {
+		*err = -ENOSPC;
+		pool->enospc++;
+	}
+	pthread_mutex_unlock(&pool->lock);
+	return ct.mem;
+}
+
+static int charge_take(struct vp_pool *pool, void *arg)
+{
+	uint64_t bytes = *(uint64_t *)arg;
+
 	if (pool->used + bytes > pool->budget)
 		return 0;
 	pool->used += bytes;
@@ -338,8 +332,8 @@ int vp_pool_charge(struct vp_pool *pool, uint64_t bytes, double wait_s)
 	int ok;
 
 	pthread_mutex_lock(&pool->lock);
-	ok = charge_take(pool, bytes) ||
-	     (wait_s > 0 && wait_space_locked(pool, wait_s, charge_take, bytes));
+	ok = charge_take(pool, &bytes) ||
+	     (wait_s > 0 && wait_space_locked(pool, wait_s, charge_take, &bytes));
 	if (!ok)
 		pool->enospc++;
 	pthread_mutex_unlock(&pool->lock);
