@@ -32,6 +32,40 @@
 #include "../engine/metrics.h"
 #include "../engine/ns.h"
 
+/*
+ * The kernel orders requests: one sent after another's reply sees what
+ * its handler did (a READ after its OPEN, a RELEASE after its FLUSH).
+ * That order reaches the worker threads through /dev/fuse, where TSan
+ * cannot see it; a TSan build tells it, with the same edges: what a
+ * handler did before its reply happens before every handler that starts
+ * later (each reply function releases, each handler acquires).  Handlers
+ * that overlap get no edge, so their races still show.
+ */
+#ifdef __SANITIZE_THREAD__
+void __tsan_acquire(void *addr);
+void __tsan_release(void *addr);
+static char kernel_order;
+#define KERNEL_ORDER_BEGIN() __tsan_acquire(&kernel_order)
+#define KERNEL_ORDER_END() __tsan_release(&kernel_order)
+/* the edge starts where the reply goes, before the next request can come */
+#define fuse_reply_attr(...) (KERNEL_ORDER_END(), fuse_reply_attr(__VA_ARGS__))
+#define fuse_reply_buf(...) (KERNEL_ORDER_END(), fuse_reply_buf(__VA_ARGS__))
+#define fuse_reply_create(...) (KERNEL_ORDER_END(), fuse_reply_create(__VA_ARGS__))
+#define fuse_reply_data(...) (KERNEL_ORDER_END(), fuse_reply_data(__VA_ARGS__))
+#define fuse_reply_entry(...) (KERNEL_ORDER_END(), fuse_reply_entry(__VA_ARGS__))
+#define fuse_reply_err(...) (KERNEL_ORDER_END(), fuse_reply_err(__VA_ARGS__))
+#define fuse_reply_iov(...) (KERNEL_ORDER_END(), fuse_reply_iov(__VA_ARGS__))
+#define fuse_reply_none(...) (KERNEL_ORDER_END(), fuse_reply_none(__VA_ARGS__))
+#define fuse_reply_open(...) (KERNEL_ORDER_END(), fuse_reply_open(__VA_ARGS__))
+#define fuse_reply_readlink(...) (KERNEL_ORDER_END(), fuse_reply_readlink(__VA_ARGS__))
+#define fuse_reply_statfs(...) (KERNEL_ORDER_END(), fuse_reply_statfs(__VA_ARGS__))
+#define fuse_reply_write(...) (KERNEL_ORDER_END(), fuse_reply_write(__VA_ARGS__))
+#define fuse_reply_xattr(...) (KERNEL_ORDER_END(), fuse_reply_xattr(__VA_ARGS__))
+#else
+#define KERNEL_ORDER_BEGIN() ((void)0)
+#define KERNEL_ORDER_END() ((void)0)
+#endif
+
 #define ENTRY_TIMEOUT 1.0
 #define ATTR_TIMEOUT 1.0
 
@@ -811,6 +845,7 @@ static void vpfs_fallocate(fuse_req_t req, fuse_ino_t ino, int mode,
 	{								\
 		double t0 = vp_now();					\
 									\
+		KERNEL_ORDER_BEGIN();					\
 		fn args;						\
 		vp_metrics_fuse_op(op, vp_now() - t0);			\
 	}
