@@ -122,6 +122,8 @@ static void queue_inval_entry(void *arg, uint64_t parent, const char *name)
 
 static void *notifier_main(void *arg)
 {
+	int stop;
+
 	(void)arg;
 	pthread_mutex_lock(&ll.lock);
 	for (;;) {
@@ -133,8 +135,9 @@ static void *notifier_main(void *arg)
 		if (!iv)
 			break;
 		STAILQ_REMOVE_HEAD(&ll.queue, link);
+		stop = ll.stop;
 		pthread_mutex_unlock(&ll.lock);
-		if (!ll.stop)
+		if (!stop)
 			fuse_lowlevel_notify_inval_entry(ll.se, iv->parent, iv->name,
 							 strlen(iv->name));
 		free(iv);
