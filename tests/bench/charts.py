@@ -71,8 +71,8 @@ def throughput_chart(res_dir):
         w = csv.writer(f)
         w.writerow(["case", "gb_per_s"])
         for r in rows:
-            if r["metric"].startswith("stall"):
-                continue        # a latency, not a throughput
+            if r["metric"].startswith("stall") or not r.get("gb_per_s"):
+                continue        # a latency, or no throughput at all (the memory rows)
             w.writerow([r["metric"].replace(",", ";"), r["gb_per_s"]])
     png = os.path.join(res_dir, "throughput.png")
     gnuplot("""set terminal pngcairo size 900,500
