@@ -4,8 +4,7 @@
  * the kernel's rules (ns_i.h, struct vp_kino).
  *
  * A read-only open gets passthrough when its bytes are a sealed memory
- * file, no writer has the node open, and no open of the same kernel inode
- * goes through the daemon.  Every other open goes through the daemon
+ * file and no open of the same kernel inode goes through the daemon.  Every other open goes through the daemon
  * (direct_io, so it never puts the inode in the kernel's caching mode).
  * A writer, or a new version, on an inode that passthrough readers hold
  * moves the node to a new inode number: the readers keep the old inode
@@ -167,7 +166,13 @@ enum vp_pt vp_ns_pt_open(struct vp_ns *ns, struct vp_handle *h, int *fd, int *id
 		goto out_unlock;	/* no memory: through the daemon, uncounted */
 	k->refs++;
 	h->kino = k;
-	if (ns->pt_on && bfd >= 0 && !n->writers && !k->np_opens) {
+	/*
+	 * A sealed version, even with a writer still open (a RELEASE not in
+	 * yet, or a writer that has not written since the commit): its
+	 * handles are direct_io, which the kernel lets a backing file share
+	 * the inode with, and its next write goes to a copy.
+	 */
+	if (ns->pt_on && bfd >= 0 && !k->np_opens) {
 		if (k->pt_opens && k->backing_fd == bfd) {
 			*id = k->backing_id;
 			how = VP_PT_SHARE;
