@@ -147,11 +147,6 @@ ssize_t vp_data_copy_out(struct vp_data *d, int out_fd, uint64_t off, size_t len
 	return vp_mfile_copy_out(d->mf, out_fd, off, len, off);
 }
 
-int vp_data_is_mfile(struct vp_data *d)
-{
-	return d && d->mf != NULL;
-}
-
 struct vp_data *vp_data_sealed_copy(struct vp_data *src, double wait_s,
 				    void (*progress)(void *arg), void *arg)
 {
@@ -182,7 +177,7 @@ struct vp_data *vp_data_sealed_copy(struct vp_data *src, double wait_s,
 		if (progress)
 			progress(arg);
 	}
-	if (vp_mfile_truncate(d->mf, size) || vp_mfile_seal(d->mf))
+	if (vp_mfile_seal(d->mf))	/* every byte was written, holes as zeros */
 		goto err;
 	d->size = size;
 	return d;
@@ -212,6 +207,27 @@ static int mfile_own_locked(struct vp_data *d, uint64_t keep, double wait_s)
 	vp_mfile_put(d->mf);
 	d->mf = mf;
 	return 0;
+}
+
+/*
+ * A write into d's memory file (its own copy first, if it is shared
+ * sealed): buf's bytes, or (buf NULL) what fill puts there.  d->lock held.
+ */
+static ssize_t write_mfile_locked(struct vp_data *d, uint64_t off, size_t len, double wait_s,
+				  const void *buf,
+				  ssize_t (*fill)(void *arg, int fd, uint64_t off, size_t len),
+				  void *arg)
+{
+	int rc = mfile_own_locked(d, d->size, wait_s);
+	ssize_t n;
+
+	if (rc)
+		return rc;
+	n = buf ? vp_mfile_pwrite(d->mf, buf, len, off, wait_s) :
+		  vp_mfile_write_fd(d->mf, off, len, wait_s, fill, arg);
+	if (n > 0 && off + (uint64_t)n > d->size)
+		__atomic_store_n(&d->size, off + (uint64_t)n, __ATOMIC_RELEASE);
+	return n;
 }
 
 /*
@@ -436,12 +452,8 @@ ssize_t vp_data_write(struct vp_data *d, const void *buf, size_t len,
 		return 0;
 	pthread_mutex_lock(&d->lock);
 	if (d->mf) {
-		ssize_t n;
+		ssize_t n = write_mfile_locked(d, off, len, wait_s, buf, NULL, NULL);
 
-		rc = mfile_own_locked(d, d->size, wait_s);
-		n = rc ? rc : vp_mfile_pwrite(d->mf, buf, len, off, wait_s);
-		if (n > 0 && off + (uint64_t)n > d->size)
-			__atomic_store_n(&d->size, off + (uint64_t)n, __ATOMIC_RELEASE);
 		pthread_mutex_unlock(&d->lock);
 		return n;
 	}
@@ -481,7 +493,6 @@ ssize_t vp_data_write_fd(struct vp_data *d, uint64_t off, size_t len, double wai
 			 ssize_t (*fill)(void *arg, int fd, uint64_t off, size_t len), void *arg)
 {
 	ssize_t n;
-	int rc;
 
 	if (!d->mf)
 		return -ENOTSUP;
@@ -490,10 +501,7 @@ ssize_t vp_data_write_fd(struct vp_data *d, uint64_t off, size_t len, double wai
 	if (len == 0)
 		return 0;
 	pthread_mutex_lock(&d->lock);
-	rc = mfile_own_locked(d, d->size, wait_s);
-	n = rc ? rc : vp_mfile_write_fd(d->mf, off, len, wait_s, fill, arg);
-	if (n > 0 && off + (uint64_t)n > d->size)
-		__atomic_store_n(&d->size, off + (uint64_t)n, __ATOMIC_RELEASE);
+	n = write_mfile_locked(d, off, len, wait_s, NULL, fill, arg);
 	pthread_mutex_unlock(&d->lock);
 	return n;
 }

@@ -126,8 +126,6 @@ int vp_data_fd(struct vp_data *d);
  */
 ssize_t vp_data_copy_out(struct vp_data *d, int out_fd, uint64_t off, size_t len);
 
-/* Whether d's bytes are a memory file (sealed or not). */
-int vp_data_is_mfile(struct vp_data *d);
 
 /* Takes a reference; returns d. */
 struct vp_data *vp_data_get(struct vp_data *d);

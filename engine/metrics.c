@@ -117,6 +117,17 @@ static void counter_write(FILE *out, const char *name, const char *help,
 		name, name, (unsigned long long)vp_metrics_get(c));
 }
 
+/* A counter with two values of one label (direction="out"/"in", path=...). */
+static void counter2_write(FILE *out, const char *name, const char *help, const char *label,
+			   const char *v1, enum vp_counter c1, const char *v2, enum vp_counter c2)
+{
+	fprintf(out, "# HELP %s %s\n# TYPE %s counter\n", name, help, name);
+	fprintf(out, "%s{%s=\"%s\"} %llu\n", name, label, v1,
+		(unsigned long long)vp_metrics_get(c1));
+	fprintf(out, "%s{%s=\"%s\"} %llu\n", name, label, v2,
+		(unsigned long long)vp_metrics_get(c2));
+}
+
 void vp_metrics_write(FILE *out, vp_metrics_collect_fn collect, void *arg)
 {
 	char labels[64];
@@ -131,27 +142,20 @@ void vp_metrics_write(FILE *out, vp_metrics_collect_fn collect, void *arg)
 	counter_write(out, "viperfs_written_bytes_total",
 		      "Bytes written through the mount.", VP_C_BYTES_WRITTEN);
 	counter_write(out, "viperfs_read_bytes_total",
-		      "Bytes read through the mount.", VP_C_BYTES_READ);
+		      "Bytes read through the mount that the daemon served (passthrough reads are the kernel's own).", VP_C_BYTES_READ);
 	counter_write(out, "viperfs_flushed_bytes_total",
 		      "Bytes written to the PFS.", VP_C_BYTES_FLUSHED);
-	fputs("# HELP viperfs_replicated_bytes_total Bytes moved between peers, by direction.\n"
-	      "# TYPE viperfs_replicated_bytes_total counter\n", out);
-	fprintf(out, "viperfs_replicated_bytes_total{direction=\"out\"} %llu\n",
-		(unsigned long long)vp_metrics_get(VP_C_BYTES_REPL_OUT));
-	fprintf(out, "viperfs_replicated_bytes_total{direction=\"in\"} %llu\n",
-		(unsigned long long)vp_metrics_get(VP_C_BYTES_REPL_IN));
+	counter2_write(out, "viperfs_replicated_bytes_total", "Bytes moved between peers, by direction.",
+		       "direction", "out", VP_C_BYTES_REPL_OUT, "in", VP_C_BYTES_REPL_IN);
 	counter_write(out, "viperfs_cache_hits_total",
 		      "Chunks read from the cache.", VP_C_CACHE_HITS);
 	counter_write(out, "viperfs_cache_misses_total",
 		      "Chunks read from the PFS copy (not in the cache).", VP_C_CACHE_MISSES);
 	counter_write(out, "viperfs_versions_total",
 		      "File versions committed (producer) or installed (consumer).", VP_C_VERSIONS);
-	fputs("# HELP viperfs_read_opens_total Read-only opens, by who serves their reads: the kernel from the version's memory file (passthrough), or the daemon.\n"
-	      "# TYPE viperfs_read_opens_total counter\n", out);
-	fprintf(out, "viperfs_read_opens_total{path=\"passthrough\"} %llu\n",
-		(unsigned long long)vp_metrics_get(VP_C_OPENS_PASSTHROUGH));
-	fprintf(out, "viperfs_read_opens_total{path=\"daemon\"} %llu\n",
-		(unsigned long long)vp_metrics_get(VP_C_OPENS_DAEMON));
+	counter2_write(out, "viperfs_read_opens_total",
+		       "Read-only opens, by who serves their reads: the kernel from the version's memory file (passthrough), or the daemon.",
+		       "path", "passthrough", VP_C_OPENS_PASSTHROUGH, "daemon", VP_C_OPENS_DAEMON);
 	fputs("# HELP viperfs_notify_latency_seconds Consumer: from the last byte of a version arriving to its install syscall returning (the watchers' events).\n"
 	      "# TYPE viperfs_notify_latency_seconds histogram\n", out);
 	hist_write(out, "viperfs_notify_latency_seconds", "", &notify_hist);

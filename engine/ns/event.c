@@ -66,7 +66,6 @@ int vp_ns_replace_bytes(struct vp_ns *ns, const char *path, uint64_t version,
 	n = vp_resolve_locked(ns, path);
 	if (n && n->type == VP_NODE_FILE && n->version == version && n->cur == old &&
 	    !n->work && vp_data_size(now) == vp_data_size(old)) {
-		vp_data_seal(now);
 		n->cur = vp_data_get(now);
 		vp_data_put(old);	/* the node's: readers that opened it keep theirs */
 		rc = 0;

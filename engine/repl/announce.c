@@ -374,7 +374,6 @@ struct announce_plan {
 	uint64_t reused;	/* bytes unchanged from the version we hold */
 	uint64_t streamed;	/* bytes fetched while the file was written (previews) */
 	struct vp_data *d;	/* the version, once its chunks are adopted */
-	struct vp_data *sealed;	/* d's bytes as a sealed memory file (installed), or NULL */
 };
 
 /*
@@ -459,15 +458,17 @@ static void beat(void *arg)
 static void seal_installed(struct vp_repl *r, const announce_t *a, struct announce_plan *pl)
 {
 	double t0 = vp_now();
+	struct vp_data *sealed;
 	int rc;
 
-	pl->sealed = vp_data_sealed_copy(pl->d, 0, beat, r);
-	if (!pl->sealed) {
+	sealed = vp_data_sealed_copy(pl->d, 0, beat, r);
+	if (!sealed) {
 		vp_log(LOG_INFO, "repl", "'%s' version %" PRIu64 ": no room for its memory file; it stays in chunks (readers go through the daemon)",
 		       a->path, a->version);
 		return;
 	}
-	rc = vp_ns_replace_bytes(r->ns, a->path, a->version, pl->d, pl->sealed);
+	rc = vp_ns_replace_bytes(r->ns, a->path, a->version, pl->d, sealed);
+	vp_data_put(sealed);	/* the node's reference, if it took it */
 	vp_log(LOG_DEBUG, "repl", "'%s' version %" PRIu64 ": %s its memory file in %.3f s",
 	       a->path, a->version, rc ? "superseded before" : "now served from", vp_now() - t0);
 }
@@ -579,7 +580,6 @@ static void announce_end(struct vp_repl *r, const announce_t *a, struct announce
 	free(pl->mem);
 	free(pl->need);
 	vp_data_put(pl->d);
-	vp_data_put(pl->sealed);
 	if (!preview && (pf = prefetch_find(r, a->path)) && pf->version <= a->version)
 		repl_prefetch_drop(r, pf);	/* the version is in (or failed): its previews are done */
 }
