@@ -48,8 +48,12 @@
  *   11    s->lock (sched),      sched,       leaf
  *         tb->lock (tbucket),   tbucket,
  *         ctl->lock,            ctl,
- *         f->evict_lock         flush        (the pool's pressure callback,
+ *         f->evict_lock,        flush        (the pool's pressure callback,
  *                                            under data->lock)
+ *         sp->lock              mfile        (the spare: taken under mf->lock
+ *                                            to drop it, under data->lock
+ *                                            and ns->lock to take it; the
+ *                                            spare is put after its unlock)
  *   12    log_lock              log          leaf; the one lock held across
  *                                            I/O (the write to the log sink)
  *

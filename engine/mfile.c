@@ -12,6 +12,7 @@
 #include <unistd.h>
 #include <xxhash.h>
 
+#include "clock.h"
 #include "lock.h"
 #include "log.h"
 #include "pool.h"
@@ -22,7 +23,10 @@
 
 static void written_locked(struct vp_mfile *mf, uint64_t off, size_t len);
 
-struct vp_mfile *vp_mfile_new(struct vp_pool *pool, int *err)
+static struct vp_mfile *spare_take(struct vp_mspare *sp);
+void vp_mspare_drop(struct vp_mspare *sp);
+
+static struct vp_mfile *mfile_make(struct vp_pool *pool, int *err)
 {
 	struct vp_mfile *mf = calloc(1, sizeof(*mf));
 	char path[64];
@@ -50,6 +54,30 @@ struct vp_mfile *vp_mfile_new(struct vp_pool *pool, int *err)
 	mf->pool = pool;
 	pthread_mutex_init(&mf->lock, NULL);
 	return mf;
+}
+
+struct vp_mfile *vp_mfile_new(struct vp_pool *pool, int *err)
+{
+	struct vp_mfile *mf = spare_take(vp_pool_spare(pool));
+
+	return mf ? mf : mfile_make(pool, err);
+}
+
+/*
+ * Frees the pages allocated ahead past keep (a spare's that the file did
+ * not fill; a cut or a seal does not free pages past an unchanged size).
+ * mf->lock held.
+ */
+static void drop_ahead_locked(struct vp_mfile *mf, uint64_t keep)
+{
+	VP_ASSERT_LOCKED(&mf->lock);
+	keep = PAGE_ROUND(keep);
+	if (mf->ahead > keep &&
+	    fallocate(mf->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+		      (off_t)keep, (off_t)(mf->ahead - keep)) != 0)
+		vp_log(LOG_WARNING, "mfile", "freeing a spare's unused pages: %s", strerror(errno));
+	if (mf->ahead > keep)
+		mf->ahead = keep;
 }
 
 struct vp_mfile *vp_mfile_get(struct vp_mfile *mf)
@@ -101,6 +129,8 @@ static int reserve_locked(struct vp_mfile *mf, uint64_t end, double wait_s)
 	step = want < ALLOC_STEP ? ALLOC_STEP : PAGE_ROUND(want);
 	if (vp_pool_charge(mf->pool, step, 0) != 0) {
 		step = want;
+		/* the spare's memory is anyone's first, even with no wait */
+		vp_mspare_drop(vp_pool_spare(mf->pool));
 		rc = vp_pool_charge(mf->pool, step, wait_s);
 		if (rc)
 			return rc;
@@ -182,6 +212,8 @@ int vp_mfile_truncate(struct vp_mfile *mf, uint64_t size)
 		/* a cut frees every page past the new end, the ones allocated ahead too */
 		uint64_t keep = PAGE_ROUND(size);
 
+		drop_ahead_locked(mf, size);
+
 		if (keep < mf->alloc) {
 			vp_pool_uncharge(mf->pool, mf->alloc - keep);
 			mf->alloc = keep;
@@ -207,6 +239,7 @@ int vp_mfile_seal(struct vp_mfile *mf)
 		rc = -errno;
 		goto out_unlock;
 	}
+	drop_ahead_locked(mf, mf->size);
 	if (mf->alloc > PAGE_ROUND(mf->size)) {
 		/* the charge ahead goes back: a sealed file holds its pages only */
 		vp_pool_uncharge(mf->pool, mf->alloc - PAGE_ROUND(mf->size));
@@ -400,4 +433,180 @@ ssize_t vp_mfile_copy_out(struct vp_mfile *mf, int out_fd, uint64_t off,
 		done += (size_t)n;
 	}
 	return (ssize_t)done;
+}
+
+/* ---- the spare ---- */
+
+struct vp_mspare {
+	struct vp_pool *pool;
+	uint64_t bytes;
+	pthread_t thread;
+	pthread_mutex_t lock;		/* a leaf: nothing is called under it */
+	pthread_cond_t cond;		/* a spare was taken or dropped, or stop */
+	/* protected by lock: */
+	struct vp_mfile *ready;
+	double hold_until;		/* no new spare before (pressure, short budget) */
+	int stop;
+	uint64_t made, taken;
+};
+
+/* A memory file with bytes of pages allocated and charged, or NULL. */
+static struct vp_mfile *spare_make(struct vp_mspare *sp)
+{
+	struct vp_mfile *mf;
+	int err;
+
+	/* only from memory nobody is about to need (the pressure callback drops it) */
+	if (vp_pool_available(sp->pool) < sp->bytes + sp->bytes / 4 ||
+	    vp_pool_charge(sp->pool, sp->bytes, 0) != 0)
+		return NULL;
+	mf = mfile_make(sp->pool, &err);
+	if (!mf) {
+		vp_pool_uncharge(sp->pool, sp->bytes);
+		return NULL;
+	}
+	mf->alloc = sp->bytes;		/* vp_mfile_put() gives the charge back */
+	if (fallocate(mf->fd, FALLOC_FL_KEEP_SIZE, 0, (off_t)sp->bytes) != 0) {
+		vp_log(LOG_WARNING, "mfile", "allocating a spare of %llu bytes: %s",
+		       (unsigned long long)sp->bytes, strerror(errno));
+		vp_mfile_put(mf);
+		return NULL;
+	}
+	mf->ahead = sp->bytes;
+	return mf;
+}
+
+static void *spare_main(void *arg)
+{
+	struct vp_mspare *sp = arg;
+
+	pthread_mutex_lock(&sp->lock);
+	while (!sp->stop) {
+		double now = vp_now();
+		struct vp_mfile *mf;
+
+		if (sp->ready || now < sp->hold_until) {
+			struct timespec ts;
+
+			vp_abstime(&ts, sp->ready ? now + 3600 : sp->hold_until);
+			pthread_cond_timedwait(&sp->cond, &sp->lock, &ts);
+			continue;
+		}
+		pthread_mutex_unlock(&sp->lock);
+		mf = spare_make(sp);
+		pthread_mutex_lock(&sp->lock);
+		if (!mf) {
+			sp->hold_until = vp_now() + 1;
+			continue;
+		}
+		if (sp->stop || sp->hold_until > vp_now()) {	/* dropped meanwhile */
+			pthread_mutex_unlock(&sp->lock);
+			vp_mfile_put(mf);
+			pthread_mutex_lock(&sp->lock);
+			continue;
+		}
+		sp->ready = mf;
+		sp->made++;
+		pthread_cond_broadcast(&sp->cond);
+	}
+	pthread_mutex_unlock(&sp->lock);
+	return NULL;
+}
+
+struct vp_mspare *vp_mspare_new(struct vp_pool *pool, uint64_t bytes)
+{
+	struct vp_mspare *sp;
+
+	bytes = PAGE_ROUND(bytes);
+	if (!bytes)
+		return NULL;
+	sp = calloc(1, sizeof(*sp));
+	if (!sp)
+		return NULL;
+	sp->pool = pool;
+	sp->bytes = bytes;
+	pthread_mutex_init(&sp->lock, NULL);
+	vp_cond_init_monotonic(&sp->cond);
+	if (pthread_create(&sp->thread, NULL, spare_main, sp) != 0) {
+		pthread_cond_destroy(&sp->cond);
+		pthread_mutex_destroy(&sp->lock);
+		free(sp);
+		return NULL;
+	}
+	vp_pool_set_spare(pool, sp);
+	return sp;
+}
+
+void vp_mspare_free(struct vp_mspare *sp)
+{
+	if (!sp)
+		return;
+	vp_pool_set_spare(sp->pool, NULL);
+	pthread_mutex_lock(&sp->lock);
+	sp->stop = 1;
+	pthread_cond_broadcast(&sp->cond);
+	pthread_mutex_unlock(&sp->lock);
+	pthread_join(sp->thread, NULL);
+	vp_mfile_put(sp->ready);
+	pthread_cond_destroy(&sp->cond);
+	pthread_mutex_destroy(&sp->lock);
+	free(sp);
+}
+
+static struct vp_mfile *spare_take(struct vp_mspare *sp)
+{
+	struct vp_mfile *mf;
+
+	if (!sp)
+		return NULL;
+	pthread_mutex_lock(&sp->lock);
+	mf = sp->ready;
+	sp->ready = NULL;
+	if (mf) {
+		sp->taken++;
+		pthread_cond_broadcast(&sp->cond);
+	}
+	pthread_mutex_unlock(&sp->lock);
+	return mf;
+}
+
+void vp_mspare_drop(struct vp_mspare *sp)
+{
+	struct vp_mfile *mf;
+
+	if (!sp)
+		return;
+	pthread_mutex_lock(&sp->lock);
+	mf = sp->ready;
+	sp->ready = NULL;
+	sp->hold_until = vp_now() + 1;	/* and none made while the pressure lasts */
+	pthread_mutex_unlock(&sp->lock);
+	vp_mfile_put(mf);
+}
+
+int vp_mspare_wait_ready(struct vp_mspare *sp, double timeout_s)
+{
+	struct timespec ts;
+	int ready;
+
+	vp_abstime(&ts, vp_now() + timeout_s);
+	pthread_mutex_lock(&sp->lock);
+	while (!sp->ready && !sp->stop &&
+	       pthread_cond_timedwait(&sp->cond, &sp->lock, &ts) != ETIMEDOUT)
+		;
+	ready = sp->ready != NULL;
+	pthread_mutex_unlock(&sp->lock);
+	return ready;
+}
+
+void vp_mspare_get_stats(struct vp_mspare *sp, struct vp_mspare_stats *st)
+{
+	memset(st, 0, sizeof(*st));
+	if (!sp)
+		return;
+	pthread_mutex_lock(&sp->lock);
+	st->ready = sp->ready ? sp->bytes : 0;
+	st->made = sp->made;
+	st->taken = sp->taken;
+	pthread_mutex_unlock(&sp->lock);
 }

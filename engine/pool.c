@@ -55,6 +55,7 @@ struct vp_pool {
 	uint64_t budget;
 	void (*pressure_cb)(void *);
 	void *pressure_arg;
+	void *spare;			/* the memory-file layer's (engine/mfile.h), atomic */
 	/* protected by lock: */
 	struct slab_sub slab_sub[MAX_SLAB_SUBS];
 	bool calling;			/* a thread is mapping a slab or running callbacks */
@@ -208,6 +209,16 @@ void vp_pool_free(struct vp_pool *pool)
 	pthread_cond_destroy(&pool->freed);
 	pthread_mutex_destroy(&pool->lock);
 	free(pool);
+}
+
+void vp_pool_set_spare(struct vp_pool *pool, void *spare)
+{
+	__atomic_store_n(&pool->spare, spare, __ATOMIC_RELEASE);
+}
+
+void *vp_pool_spare(struct vp_pool *pool)
+{
+	return __atomic_load_n(&pool->spare, __ATOMIC_ACQUIRE);
 }
 
 void vp_pool_set_pressure_cb(struct vp_pool *pool, void (*cb)(void *),

@@ -46,6 +46,13 @@ struct vp_pool *vp_pool_new(size_t chunk_size, uint64_t budget,
 void vp_pool_free(struct vp_pool *pool);
 
 /*
+ * One pointer kept with the pool for the memory-file layer: its spare
+ * (engine/mfile.h).  NULL: none.
+ */
+void vp_pool_set_spare(struct vp_pool *pool, void *spare);
+void *vp_pool_spare(struct vp_pool *pool);
+
+/*
  * Sets the function called when an allocation finds the budget used up.
  * Call before other threads use the pool.
  */

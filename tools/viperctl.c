@@ -274,12 +274,13 @@ static const char *sz(double bytes, char *buf, size_t len)
 /* The cache and GPU tier lines of the status. */
 static void print_tiers(const json_t *st)
 {
-	char a[32], b[32], c[32];
+	char a[32], b[32], c[32], d[32];
 
-	printf("  %-14s ram %s used of %s (memory files %s)\n", "cache",
+	printf("  %-14s ram %s used of %s (memory files %s, spare %s)\n", "cache",
 	       sz(vpctl_num(st, "tiers.ram.used"), a, sizeof(a)),
 	       sz(vpctl_num(st, "tiers.ram.budget"), b, sizeof(b)),
-	       sz(vpctl_num(st, "ram.memory_files"), c, sizeof(c)));
+	       sz(vpctl_num(st, "ram.memory_files"), c, sizeof(c)),
+	       sz(vpctl_num(st, "ram.spare"), d, sizeof(d)));
 	if (*vpctl_str(st, "read_path.mode"))
 		printf("  %-14s %s: %s\n", "read path", vpctl_str(st, "read_path.mode"),
 		       vpctl_str(st, "read_path.why"));

@@ -61,6 +61,15 @@ static void close_pfs(struct vp_ns *ns)
 	close(ns->pfs_root_fd);
 }
 
+/* The pool is short of budget: the spare goes first, then clean versions. */
+static void cache_pressure(void *arg)
+{
+	struct vp_ns *ns = arg;
+
+	vp_mspare_drop(ns->spare);
+	vp_flush_pressure(ns);
+}
+
 /* Start step 2: the RAM cache and, under publish=schedule, the policy. */
 static int open_cache(struct vp_ns *ns, char *err, size_t errlen)
 {
@@ -72,10 +81,15 @@ static int open_cache(struct vp_ns *ns, char *err, size_t errlen)
 			 (unsigned long long)cfg->ram_cache, strerror(errno));
 		return -1;
 	}
-	vp_pool_set_pressure_cb(ns->pool, vp_flush_pressure, ns);
+	vp_pool_set_pressure_cb(ns->pool, cache_pressure, ns);
+	/* a spare of at most a quarter of the cache: it must never crowd versions out */
+	if (cfg->ram_spare)
+		ns->spare = vp_mspare_new(ns->pool, cfg->ram_spare < cfg->ram_cache / 4 ?
+					  cfg->ram_spare : cfg->ram_cache / 4);
 	if (cfg->publish == VP_PUBLISH_SCHEDULE) {
 		ns->sched = vp_sched_new(cfg, err, errlen);
 		if (!ns->sched) {
+			vp_mspare_free(ns->spare);
 			vp_pool_free(ns->pool);
 			return -1;
 		}
@@ -85,6 +99,7 @@ static int open_cache(struct vp_ns *ns, char *err, size_t errlen)
 
 static void close_cache(struct vp_ns *ns)
 {
+	vp_mspare_free(ns->spare);
 	vp_pool_free(ns->pool);
 	vp_sched_free(ns->sched);
 }

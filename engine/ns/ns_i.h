@@ -42,6 +42,7 @@
 #include "../data.h"
 #include "../flush.h"
 #include "../lock.h"
+#include "../mfile.h"
 #include "../ns.h"
 #include "../pool.h"
 #include "../proto.h"
@@ -177,6 +178,7 @@ struct vp_ns {
 	int pfs_root_fd;		/* O_PATH, the PFS directory */
 	int staging_fd;			/* the staging folder in it */
 	struct vp_pool *pool;
+	struct vp_mspare *spare;	/* ram_spare; NULL: none */
 	struct vp_sched *sched;		/* publish=schedule, else NULL */
 	char gpu_off_reason[256];
 	char read_path[16];		/* "passthrough" or "daemon" (fs/ll.c says) */
@@ -400,6 +402,7 @@ void vp_note_op_locked(struct vp_ns *ns, enum vp_op_kind kind,
 void vp_note_version_locked(struct vp_ns *ns, struct vp_node *n);
 /* ... that linked file n has a new version / that file n left the tree. */
 void vp_note_commit_locked(struct vp_ns *ns, struct vp_node *n);
+
 void vp_note_unlink_locked(struct vp_ns *ns, struct vp_node *n);
 /* The observers with an on_preview, copied into out; returns how many. */
 unsigned int vp_preview_observers_locked(struct vp_ns *ns,

@@ -296,6 +296,7 @@ static json_t *tiers_status_locked(struct vp_ns *ns, const struct vp_pool_stats 
 json_t *vp_ns_status(struct vp_ns *ns)
 {
 	struct vp_pool_stats ps;
+	struct vp_mspare_stats sps;
 	struct vp_flush_queue q;
 	struct file_counts fc;
 	json_t *st, *paths;
@@ -309,7 +310,8 @@ json_t *vp_ns_status(struct vp_ns *ns)
 		json_decref(paths);
 		paths = NULL;
 	}
-	st = json_pack("{s:o,s:i,s:I,s:o,s:o,s:{s:I,s:I,s:I,s:I,s:I,s:I,s:I},s:I,s:I,s:o,"
+	vp_mspare_get_stats(ns->spare, &sps);
+	st = json_pack("{s:o,s:i,s:I,s:o,s:o,s:{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I},s:I,s:I,s:o,"
 		       "s:I,s:o,s:I,s:I,s:I,s:o,s:{s:s,s:o}}",
 		       "pfs_dir", vp_json_name(ns->pfs_dir),
 		       "pid", (int)getpid(),
@@ -320,8 +322,10 @@ json_t *vp_ns_status(struct vp_ns *ns)
 		       "mapped", (json_int_t)ps.mapped, "waits", (json_int_t)ps.waits,
 		       "enospc", (json_int_t)ps.enospc,
 		       /* what the budget holds: versions' memory files, and chunks */
-		       "memory_files", (json_int_t)ps.charged,
+		       "memory_files", (json_int_t)(ps.charged - sps.ready),
 		       "chunks", (json_int_t)(ps.used - ps.charged),
+		       /* pages allocated ahead for the next version (ram_spare) */
+		       "spare", (json_int_t)sps.ready,
 		       "files", (json_int_t)fc.files,
 		       "unflushed_files", (json_int_t)fc.unflushed,
 		       "flush", flush_status_locked(ns, &q),
@@ -463,11 +467,13 @@ void vp_ns_metrics(struct vp_ns *ns, FILE *out)
 {
 	char tier_used[96] = "", tier_budget[96] = "";
 	struct vp_pool_stats ps;
+	struct vp_mspare_stats sps;
 	struct vp_flush_queue q;
 	struct file_counts fc;
 	double now = vp_now();
 
 	vp_pool_get_stats(ns->pool, &ps);
+	vp_mspare_get_stats(ns->spare, &sps);
 	if (ns->tier) {
 		uint64_t used, budget;
 
@@ -489,6 +495,9 @@ void vp_ns_metrics(struct vp_ns *ns, FILE *out)
 		"# TYPE viperfs_cache_budget_bytes gauge\n"
 		"viperfs_cache_budget_bytes{tier=\"ram\"} %" PRIu64 "\n"
 		"%s"
+		"# HELP viperfs_cache_spare_bytes Of the RAM cache, pages allocated ahead for the next version (ram_spare).\n"
+		"# TYPE viperfs_cache_spare_bytes gauge\n"
+		"viperfs_cache_spare_bytes %" PRIu64 "\n"
 		"# HELP viperfs_flush_queue_ops Namespace operations waiting to reach the PFS.\n"
 		"# TYPE viperfs_flush_queue_ops gauge\n"
 		"viperfs_flush_queue_ops %" PRIu64 "\n"
@@ -510,7 +519,7 @@ void vp_ns_metrics(struct vp_ns *ns, FILE *out)
 		"# HELP viperfs_open_files Open file handles on the mount.\n"
 		"# TYPE viperfs_open_files gauge\n"
 		"viperfs_open_files %u\n",
-		ps.used, tier_used, ps.budget, tier_budget, q.ops, q.data_bytes,
+		ps.used, tier_used, ps.budget, tier_budget, sps.ready, q.ops, q.data_bytes,
 		fc.unflushed_cached, q.oldest ? now - q.oldest : 0.0, ns->flush.st_last_flush_lag, ns->flush.st_retries,
 		__atomic_load_n(&ns->open_handles, __ATOMIC_RELAXED));
 	pthread_mutex_unlock(&ns->lock);

@@ -240,7 +240,7 @@ class Mount:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         sock.bind(sock_path)
         sock.settimeout(timeout)
-        opts = "control=%s,log_file=%s,ram_prefault=8M" % (
+        opts = "control=%s,log_file=%s,ram_prefault=8M,ram_spare=8M" % (
             os.path.join(self.base, "ctl-%d.sock" % time.monotonic_ns()), self.log)
         if self.opts:
             opts += "," + self.opts

@@ -198,7 +198,7 @@ def page_cache_bytes(path):
 
 def test_one_copy_of_a_version_in_the_nodes_memory(world):
     """After writing and reading a file, the node holds it about once (not twice)."""
-    m = world.mount("ram_prefault=0")
+    m = world.mount("ram_prefault=0,ram_spare=0")  # memory held ahead is not the file's
     size = 128 << 20
     before = rss_anon_kb(m.proc.pid) + meminfo_kb("Shmem")
     data = os.urandom(size)
@@ -209,6 +209,38 @@ def test_one_copy_of_a_version_in_the_nodes_memory(world):
         page_cache_bytes(m.path("model.pt"))
     assert held <= 1.3 * size, "%.2f x the file" % (held / size)
     assert status(m)["ram"]["memory_files"] >= size
+
+
+def version_memfd_blocks(pid):
+    """Bytes of pages held by each of the daemon's memory files, by inode."""
+    held = {}
+    for fd in os.listdir("/proc/%d/fd" % pid):
+        p = "/proc/%d/fd/%s" % (pid, fd)
+        try:
+            if "viperfs-version" in os.readlink(p):
+                st = os.stat(p)
+                held[st.st_ino] = st.st_blocks * 512
+        except OSError:
+            pass
+    return held
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_the_spare_takes_the_next_version_and_gives_back_what_it_did_not_fill(world, path):
+    """A 32 MiB spare is allocated ahead and shown; a 20 MiB version written into
+    it is byte-exact and holds 20 MiB of pages (the rest freed at the seal); a
+    new spare is made; the metrics show it."""
+    m = world.mount("ram_spare=32M,ram_cache=256M,passthrough=%s" % path)
+    wait_for(lambda: status(m)["ram"]["spare"] == 32 << 20, what="the first spare")
+    data = os.urandom(20 << 20)
+    write(m.path("model.pt"), data)
+    check_bytes(m.path("model.pt"), data)
+    assert status(m)["ram"]["memory_files"] == 20 << 20
+    wait_for(lambda: status(m)["ram"]["spare"] == 32 << 20, what="the next spare")
+    held = sorted(version_memfd_blocks(m.proc.pid).values())
+    assert held == [20 << 20, 32 << 20], held     # the version, and the new spare
+    st = status(m)
+    assert st["ram"]["used"] == st["ram"]["memory_files"] + st["ram"]["spare"] + st["ram"]["chunks"]
 
 
 def test_passthrough_off_says_so_and_counts_the_reads(world):

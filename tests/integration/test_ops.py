@@ -12,7 +12,7 @@ import time
 import pytest
 
 from conftest import (BUILD, ROOT, VIPERCTL, VIPERFS, free_port, is_mounted, metric, promtool_ok, read,
-                      scrape, status_json, wait_for, wait_version, write)
+                      scrape, status, status_json, wait_for, wait_version, write)
 
 SCRIPTS = os.path.join(ROOT, "mount-scripts")
 SLURM_LAUNCHER = os.path.join(SCRIPTS, "viperfs-slurm")
@@ -233,8 +233,10 @@ def test_metrics_endpoint_promtool_and_counters(world):
     write(m.path("hot.bin"), data)
     assert read(m.path("hot.bin")) == data
     m.flush()
+    wait_for(lambda: status(m)["ram"]["spare"] == 8 << 20, what="the spare (conftest: ram_spare=8M)")
     code, after = scrape(port)
     promtool_ok(after)
+    assert metric(after, "viperfs_cache_spare_bytes") == 8 << 20
     for name in ("viperfs_written_bytes_total", "viperfs_flushed_bytes_total"):
         assert metric(after, name) - metric(before, name) == len(data), name
     # the read was the kernel's, from the version's memory file (passthrough)

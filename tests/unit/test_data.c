@@ -8,6 +8,7 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "../../engine/data.h"
@@ -285,6 +286,75 @@ static void test_mfile_charged_to_the_budget(void **state)
 	free(buf);
 }
 
+/*
+ * The spare: made ahead and charged, taken by the next memory file (its
+ * pages are there), the pages a version does not fill freed at its seal,
+ * and made again.
+ */
+static void test_spare_taken_then_tail_freed_at_seal(void **state)
+{
+	struct vp_pool *pool = vp_pool_new(CHUNK, 32 * CHUNK, 0);
+	struct vp_mspare *sp = vp_mspare_new(pool, 4 * CHUNK);
+	struct vp_mspare_stats st;
+	struct vp_mfile *mf;
+	struct stat sb;
+	int err;
+
+	(void)state;
+	assert_non_null(sp);
+	assert_true(vp_mspare_wait_ready(sp, 30));
+	vp_mspare_get_stats(sp, &st);
+	assert_int_equal(st.ready, 4 * CHUNK);
+	assert_int_equal(vp_pool_available(pool), 28 * CHUNK);	/* charged like any memory file */
+	mf = vp_mfile_new(pool, &err);
+	assert_non_null(mf);
+	assert_int_equal(fstat(mf->fd, &sb), 0);
+	assert_true((uint64_t)sb.st_blocks * 512 >= 4 * CHUNK);	/* its pages are there */
+	assert_int_equal(sb.st_size, 0);
+	assert_int_equal(vp_mfile_pwrite(mf, "abc", 3, 8192, 0), 3);
+	assert_int_equal(vp_mfile_seal(mf), 0);
+	assert_int_equal(fstat(mf->fd, &sb), 0);
+	assert_int_equal(sb.st_size, 8195);
+	assert_true((uint64_t)sb.st_blocks * 512 <= 3 * 4096);	/* the rest went back */
+	assert_int_equal(mf->alloc, 3 * 4096);
+	assert_true(vp_mspare_wait_ready(sp, 30));		/* and a new one is made */
+	vp_mspare_get_stats(sp, &st);
+	assert_int_equal(st.made, 2);
+	assert_int_equal(st.taken, 1);
+	assert_int_equal(vp_pool_available(pool), 28 * CHUNK - 3 * 4096);
+	vp_mfile_put(mf);
+	vp_mspare_free(sp);
+	assert_int_equal(vp_pool_available(pool), 32 * CHUNK);
+	vp_pool_free(pool);
+}
+
+/* A write that needs the spare's memory gets it, even with no wait. */
+static void test_spare_gives_way_to_a_write(void **state)
+{
+	struct vp_pool *pool = vp_pool_new(CHUNK, 16 * CHUNK, 0);
+	struct vp_mspare *sp = vp_mspare_new(pool, 4 * CHUNK);
+	char *buf = calloc(1, 14 * CHUNK);
+	struct vp_mspare_stats st;
+	struct vp_mfile *mf;
+	int err;
+
+	(void)state;
+	assert_true(vp_mspare_wait_ready(sp, 30));
+	mf = vp_mfile_new(pool, &err);		/* takes it */
+	assert_non_null(mf);
+	assert_true(vp_mspare_wait_ready(sp, 30));	/* a second one: 8 of 16 chunks held */
+	assert_int_equal(vp_pool_available(pool), 8 * CHUNK);
+	assert_int_equal(vp_mfile_pwrite(mf, buf, 14 * CHUNK, 0, 0), (ssize_t)(14 * CHUNK));
+	vp_mspare_get_stats(sp, &st);
+	assert_int_equal(st.ready, 0);
+	assert_int_equal(vp_pool_available(pool), 2 * CHUNK);
+	vp_mfile_put(mf);
+	vp_mspare_free(sp);
+	assert_int_equal(vp_pool_available(pool), 16 * CHUNK);
+	vp_pool_free(pool);
+	free(buf);
+}
+
 /* A sealed copy of chunks is byte-exact, and chunk memory and hashes agree with the chunks'. */
 static void test_sealed_copy_of_chunks(void **state)
 {
@@ -321,6 +391,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_mfile_seal_on_clone_then_copy_on_write, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_mfile_sealed_write_fails_loudly, setup, teardown),
 		cmocka_unit_test(test_mfile_charged_to_the_budget),
+		cmocka_unit_test(test_spare_taken_then_tail_freed_at_seal),
+		cmocka_unit_test(test_spare_gives_way_to_a_write),
 		cmocka_unit_test_setup_teardown(test_sealed_copy_of_chunks, setup, teardown),
 	};
 	return cmocka_run_group_tests_name("data", tests, setup, teardown);
