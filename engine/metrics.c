@@ -153,6 +153,9 @@ void vp_metrics_write(FILE *out, vp_metrics_collect_fn collect, void *arg)
 		      "Chunks read from the PFS copy (not in the cache).", VP_C_CACHE_MISSES);
 	counter_write(out, "viperfs_versions_total",
 		      "File versions committed (producer) or installed (consumer).", VP_C_VERSIONS);
+	counter_write(out, "viperfs_commits_refused_total",
+		      "Versions not committed because a write, truncate or allocation for them failed (the path kept its previous version).",
+		      VP_C_COMMITS_REFUSED);
 	counter2_write(out, "viperfs_read_opens_total",
 		       "Read-only opens, by who serves their reads: the kernel from the version's memory file (passthrough), or the daemon.",
 		       "path", "passthrough", VP_C_OPENS_PASSTHROUGH, "daemon", VP_C_OPENS_DAEMON);

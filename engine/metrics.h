@@ -49,6 +49,7 @@ enum vp_counter {
 	VP_C_VERSIONS,		/* versions committed or installed */
 	VP_C_OPENS_PASSTHROUGH,	/* read-only opens the kernel serves from a memory file */
 	VP_C_OPENS_DAEMON,	/* read-only opens the daemon serves */
+	VP_C_COMMITS_REFUSED,	/* working copies dropped because a write to them failed */
 	VP_C_COUNT
 };
 

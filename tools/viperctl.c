@@ -317,10 +317,11 @@ static void print_flush(const json_t *st)
 	       vpctl_num(st, "flush.skipped_versions"), vpctl_num(st, "flush.retries"),
 	       *err ? err : "none", *err ? " at " : "",
 	       *err ? vpctl_str(st, "flush.last_error_path") : "");
-	printf("  %-14s written %s, read %s; %.0f commits, median stall %.3f s\n", "I/O",
-	       sz(vpctl_num(st, "bytes_written"), a, sizeof(a)),
+	printf("  %-14s written %s, read %s; %.0f commits (%.0f refused: a write failed), median stall %.3f s\n",
+	       "I/O", sz(vpctl_num(st, "bytes_written"), a, sizeof(a)),
 	       sz(vpctl_num(st, "bytes_read"), b, sizeof(b)),
-	       vpctl_num(st, "commits"), vpctl_num(st, "checkpoint_stall_s"));
+	       vpctl_num(st, "commits"), vpctl_num(st, "commits_refused"),
+	       vpctl_num(st, "checkpoint_stall_s"));
 }
 
 /* The GPU path, when the daemon reports one ("" from an older daemon). */

@@ -75,6 +75,8 @@ static int apply_size_locked(struct vp_ns *ns, struct vp_node *n, uint64_t size,
 		/* a writer opened meanwhile: cut its copy too */
 		pthread_mutex_unlock(&ns->lock);
 		rc = vp_data_truncate(n->work, size, ns->cfg.cache_wait);
+		if (rc)
+			vp_work_failed(ns, n, rc);
 		pthread_mutex_lock(&ns->lock);
 		__atomic_store_n(&n->dirty, 1, __ATOMIC_RELEASE);
 	} else {
@@ -132,6 +134,8 @@ int vp_ns_setattr(struct vp_ns *ns, const struct vp_caller *who, uint64_t ino,
 
 	if (sa->set_size)
 		rc = truncate_target(ns, n, sa->size, commit_new, &target);
+	if (rc && !commit_new)
+		vp_work_failed(ns, n, rc);	/* a writer's copy half cut: never a version */
 
 	pthread_mutex_lock(&ns->lock);
 	if (rc)
@@ -165,6 +169,8 @@ int vp_ns_prepare_new(struct vp_ns *ns, const struct vp_caller *who,
 		rc = -ENOENT;	/* the directory was removed */
 	else
 		rc = vp_check_name_locked(ns, *dirp, name);
+	if (!rc && who)		/* the daemon writes the schedule file there itself */
+		rc = vp_reserved_name_locked(ns, *dirp, name);
 	if (!rc)
 		rc = vp_replica_refuse_locked(ns, who, "creating", name);
 	if (!rc && vp_node_child_locked(ns, *dirp, name))
@@ -329,6 +335,8 @@ static int rename_check_locked(struct vp_ns *ns, struct vp_node *dir,
 	if (victim != vp_node_child_locked(ns, newdir, newname))
 		return -EBUSY;	/* raced with another change: let the caller retry */
 	rc = vp_check_name_locked(ns, newdir, newname);
+	if (!rc)
+		rc = vp_reserved_name_locked(ns, newdir, newname);
 	if (rc)
 		return rc;
 	if (victim == n)

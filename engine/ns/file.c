@@ -7,6 +7,7 @@
 #include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -240,6 +241,33 @@ int vp_handle_writable(const struct vp_handle *h)
 	return h->writable;
 }
 
+void vp_work_failed(struct vp_ns *ns, struct vp_node *n, int err)
+{
+	int none = 0;
+
+	(void)ns;
+	/* the errors that leave the working copy without bytes the writer meant */
+	if (err != -ENOSPC && err != -EIO && err != -ENOMEM && err != -EDQUOT &&
+	    err != -EFBIG && err != -EPERM)
+		return;
+	__atomic_compare_exchange_n(&n->work_err, &none, err, 0, __ATOMIC_ACQ_REL,
+				    __ATOMIC_RELAXED);
+}
+
+/* The last writer went and a write had failed: the working copy is dropped.  ns->lock held. */
+static void refuse_commit_locked(struct vp_ns *ns, struct vp_node *n, int err)
+{
+	char path[PATH_MAX];
+
+	VP_ASSERT_LOCKED(&ns->lock);
+	if (vp_live_path_locked(ns, n, path, sizeof(path)))
+		snprintf(path, sizeof(path), "%s", n->name ? n->name : "?");
+	vp_log(LOG_ERR, "fs", "'%s': not committed: a write to it failed (%s); the file keeps version %" PRIu64 ", and close() returned the error",
+	       path, strerror(-err), n->version);
+	__atomic_add_fetch(&ns->st_commits_refused, 1, __ATOMIC_RELAXED);
+	vp_metrics_add(VP_C_COMMITS_REFUSED, 1);
+}
+
 /*
  * Drops what a handle holds; the last writer commits.  ns->lock held.
  * Returns 1 (with the version in *version) when vp_publish_decide() is owed.
@@ -254,9 +282,14 @@ static int release_locked(struct vp_ns *ns, struct vp_node *n,
 		assert(n->writers > 0);
 		if (--n->writers == 0) {
 			struct vp_data *work = n->work;
+			int err = __atomic_exchange_n(&n->work_err, 0, __ATOMIC_ACQ_REL);
 
 			n->work = NULL;
-			if (__atomic_exchange_n(&n->dirty, 0, __ATOMIC_ACQ_REL)) {
+			if (err) {
+				__atomic_store_n(&n->dirty, 0, __ATOMIC_RELEASE);
+				refuse_commit_locked(ns, n, err);
+				vp_data_put(work);
+			} else if (__atomic_exchange_n(&n->dirty, 0, __ATOMIC_ACQ_REL)) {
 				/* the producer's stall for this checkpoint: open to close */
 				ns->st_stalls[ns->st_stall_n++ % 64] = vp_now() - n->work_started;
 				decide = vp_commit_locked(ns, n, work);
@@ -424,6 +457,7 @@ static int open_node(struct vp_ns *ns, const struct vp_caller *who,
 	if (writable && (flags & O_TRUNC) && vp_data_size(d)) {
 		rc = vp_data_truncate(d, 0, ns->cfg.cache_wait);
 		if (rc) {
+			vp_work_failed(ns, n, rc);
 			open_undo(ns, n, d, writable);
 			return rc;
 		}
@@ -595,6 +629,8 @@ static void maybe_preview(struct vp_ns *ns, struct vp_handle *h)
 /* What a write that got n (bytes, or -errno) does after the bytes are in. */
 static void wrote(struct vp_ns *ns, struct vp_handle *h, ssize_t n)
 {
+	if (n < 0)
+		vp_work_failed(ns, h->node, (int)n);
 	if (n > 0) {
 		__atomic_store_n(&h->wrote, 1, __ATOMIC_RELAXED);
 		maybe_preview(ns, h);
@@ -658,9 +694,14 @@ static int commit_snapshot(struct vp_ns *ns, struct vp_handle *h)
 	struct vp_node *n = h->node;
 	struct vp_data *snap;
 	uint64_t version;
-	int decide;
+	int decide, err;
 
-	if (!h->writable || !__atomic_exchange_n(&n->dirty, 0, __ATOMIC_ACQ_REL))
+	if (!h->writable)
+		return 0;
+	err = __atomic_load_n(&n->work_err, __ATOMIC_ACQUIRE);
+	if (err)
+		return err;	/* a failed write: never a version (the release says so) */
+	if (!__atomic_exchange_n(&n->dirty, 0, __ATOMIC_ACQ_REL))
 		return 0;
 	snap = vp_data_clone(h->data);
 	if (!snap) {
@@ -681,10 +722,14 @@ int vp_ns_flush(struct vp_ns *ns, const struct vp_caller *who,
 		struct vp_handle *h)
 {
 	pid_t tgid;
-	int last;
+	int last, err;
 
 	if (!h->writable)
 		return 0;
+	/* a write to the file failed: every close() says so, and nothing commits */
+	err = __atomic_load_n(&h->node->work_err, __ATOMIC_ACQUIRE);
+	if (err)
+		return err;
 	/*
 	 * FLUSH comes with every close() of a descriptor, so two kinds wait
 	 * for the handle's last close (RELEASE) instead of committing here:

@@ -63,8 +63,15 @@ static int read_pfs_dir(int fd, int is_root, struct pfs_entry **out, size_t *cou
 
 		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
 			continue;
-		if (is_root && !strcmp(de->d_name, VP_STAGING_DIR))
+		if (is_root && !strncmp(de->d_name, VP_RESERVED_PREFIX, strlen(VP_RESERVED_PREFIX)) &&
+		    strcmp(de->d_name, VP_SCHEDULE_FILE)) {
+			static struct vp_ratelimit rl = VP_RATELIMIT_INIT(10, 60.0);
+
+			if (strcmp(de->d_name, VP_STAGING_DIR))
+				vp_log_limited(&rl, LOG_WARNING, "pfs", "'%s' on the PFS is not shown: names that begin with '" VP_RESERVED_PREFIX "' at the root are reserved for viperfs",
+				       de->d_name);
 			continue;
+		}
 		if (strlen(de->d_name) > VP_NAME_MAX)
 			continue;
 		if (n == cap) {

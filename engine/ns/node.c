@@ -291,6 +291,18 @@ struct vp_node *vp_resolve_locked(struct vp_ns *ns, const char *path)
 	return n;
 }
 
+int vp_reserved_name_locked(struct vp_ns *ns, struct vp_node *dir, const char *name)
+{
+	static struct vp_ratelimit rl = VP_RATELIMIT_INIT(10, 60.0);
+
+	VP_ASSERT_LOCKED(&ns->lock);
+	if (dir != ns->root || strncmp(name, VP_RESERVED_PREFIX, strlen(VP_RESERVED_PREFIX)))
+		return 0;
+	vp_log_limited(&rl, LOG_WARNING, "fs", "refused '%s': names that begin with '" VP_RESERVED_PREFIX "' at the root are reserved for viperfs (its staging folder on the PFS, replicas' incoming folder, the schedule)",
+	       name);
+	return -EPERM;
+}
+
 /*
  * Checks a name for a new entry in dir.  The PFS path it will have must
  * fit PATH_MAX with room for the staging name.

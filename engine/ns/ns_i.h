@@ -49,6 +49,7 @@
 #include "../sched.h"
 
 #define VP_NO_VERSION UINT64_MAX
+#define VP_RESERVED_PREFIX ".viperfs-"	/* at the root: viperfs' own names */
 #define VP_STAGING_DIR ".viperfs-staging"
 #define VP_SCHEDULE_FILE ".viperfs-schedule.json"
 #define VP_INCOMING_DIR ".viperfs-incoming"	/* replicas: new inodes before the switch */
@@ -93,6 +94,7 @@ struct vp_node {
 	struct vp_data *work;		/* working copy while writable handles exist */
 	unsigned int writers;
 	int dirty;			/* work changed since the last commit */
+	int work_err;			/* atomic: -errno of a failed write to work (0: none); no commit */
 	double work_started;		/* vp_now() when work was made */
 	uint64_t kcache_version;	/* version the kernel page cache may hold */
 	struct flush_op *pending;	/* queued DATA entry not yet started */
@@ -235,6 +237,7 @@ struct vp_ns {
 
 	/* stats, protected by lock (the byte counts: atomic) */
 	uint64_t st_commits;
+	uint64_t st_commits_refused;	/* atomic */
 	uint64_t st_bytes_written, st_bytes_read;
 	double st_stalls[64];		/* open-to-close of the last commits, a ring */
 	uint64_t st_stall_n;
@@ -314,6 +317,8 @@ struct vp_node *vp_resolve_locked(struct vp_ns *ns, const char *path);
 /* Checks a name for a new entry in dir: 0 or -errno. */
 int vp_check_name_locked(struct vp_ns *ns, struct vp_node *dir,
 			 const char *name);
+/* -EPERM, and a log line, for a user's new name at the root that viperfs reserves (".viperfs-*"). */
+int vp_reserved_name_locked(struct vp_ns *ns, struct vp_node *dir, const char *name);
 uint64_t vp_node_size_locked(struct vp_ns *ns, struct vp_node *n);
 void vp_node_stat_locked(struct vp_ns *ns, struct vp_node *n, struct stat *st);
 
@@ -402,7 +407,13 @@ void vp_note_op_locked(struct vp_ns *ns, enum vp_op_kind kind,
 void vp_note_version_locked(struct vp_ns *ns, struct vp_node *n);
 /* ... that linked file n has a new version / that file n left the tree. */
 void vp_note_commit_locked(struct vp_ns *ns, struct vp_node *n);
-
+/*
+ * A write, truncate or allocation for n's working copy failed with err: if
+ * it lost bytes (ENOSPC, EIO, ...), the copy is never committed, every
+ * close() of a writer returns err, and the last writer's release drops it
+ * (file.c).  No lock needed.
+ */
+void vp_work_failed(struct vp_ns *ns, struct vp_node *n, int err);
 void vp_note_unlink_locked(struct vp_ns *ns, struct vp_node *n);
 /* The observers with an on_preview, copied into out; returns how many. */
 unsigned int vp_preview_observers_locked(struct vp_ns *ns,

@@ -312,7 +312,7 @@ json_t *vp_ns_status(struct vp_ns *ns)
 	}
 	vp_mspare_get_stats(ns->spare, &sps);
 	st = json_pack("{s:o,s:i,s:I,s:o,s:o,s:{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I},s:I,s:I,s:o,"
-		       "s:I,s:o,s:I,s:I,s:I,s:o,s:{s:s,s:o}}",
+		       "s:I,s:I,s:o,s:I,s:I,s:I,s:o,s:{s:s,s:o}}",
 		       "pfs_dir", vp_json_name(ns->pfs_dir),
 		       "pid", (int)getpid(),
 		       "open_files", (json_int_t)__atomic_load_n(&ns->open_handles, __ATOMIC_RELAXED),
@@ -330,6 +330,7 @@ json_t *vp_ns_status(struct vp_ns *ns)
 		       "unflushed_files", (json_int_t)fc.unflushed,
 		       "flush", flush_status_locked(ns, &q),
 		       "commits", (json_int_t)ns->st_commits,
+		       "commits_refused", (json_int_t)__atomic_load_n(&ns->st_commits_refused, __ATOMIC_RELAXED),
 		       "checkpoint_stall_s", vp_json_real(vp_median_stall_locked(ns)),
 		       "evictions", (json_int_t)ns->flush.st_evictions,
 		       "bytes_written", (json_int_t)__atomic_load_n(&ns->st_bytes_written, __ATOMIC_RELAXED),
