@@ -5,6 +5,8 @@
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
+#include <limits.h>
+#include <openssl/crypto.h>
 #include <openssl/rand.h>
 #include <stdlib.h>
 #include <string.h>
@@ -265,6 +267,49 @@ static int child_msg_open(struct vp_repl *r, const struct qmsg *q, struct vp_msg
 }
 
 /*
+ * A handshake failed: the next HELLO waits, 1 s doubling up to
+ * peer_timeout x 4 (a consumer with the wrong secret must not flood the
+ * producer, nor either log).  WELCOME resets it.
+ */
+static double auth_backoff(struct vp_repl *r)
+{
+	double cap = r->cfg.peer_timeout * 4 > 1 ? r->cfg.peer_timeout * 4 : 1;
+
+	r->cons.auth_backoff = r->cons.auth_backoff ? r->cons.auth_backoff * 2 : 1;
+	if (r->cons.auth_backoff > cap)
+		r->cons.auth_backoff = cap;
+	r->cons.hello_after = vp_now() + r->cons.auth_backoff;
+	r->cons.state = CONS_IDLE;
+	return r->cons.auth_backoff;
+}
+
+/*
+ * Why the producer's CHALLENGE does not prove our secret: which side has
+ * a secret_file, and which has none.  A MAC made with no key is what a
+ * producer without a secret sends.
+ */
+static void challenge_mismatch(struct vp_repl *r, const struct vp_msg *m, char *mine,
+			       size_t minelen, char *theirs, size_t theirslen)
+{
+	uint8_t keyless[VP_PROTO_MAC];
+
+	vp_sess_handshake_mac(NULL, 0, "VPR1-P", r->cons.nonce_c, m->u.challenge.nonce,
+			      m->u.challenge.assigned_id, keyless);
+	if (!r->secret_len) {
+		snprintf(mine, minelen, "the producer has a secret_file and this consumer has none: set secret_file here to the cluster's secret");
+		snprintf(theirs, theirslen, "the consumer has no secret_file, and the producer has one");
+	} else if (!CRYPTO_memcmp(keyless, m->u.challenge.mac, VP_PROTO_MAC)) {
+		snprintf(mine, minelen, "this consumer has a secret_file ('%s') and the producer has none: set the same secret_file on the producer",
+			 r->cfg.secret_file);
+		snprintf(theirs, theirslen, "the consumer has a secret_file, and the producer has none");
+	} else {
+		snprintf(mine, minelen, "the secrets differ: this consumer's secret_file ('%s') is not the producer's",
+			 r->cfg.secret_file);
+		snprintf(theirs, theirslen, "the consumer's secret_file differs from the producer's");
+	}
+}
+
+/*
  * A CHALLENGE (in CONS_HELLO_SENT): the producer proves it holds the
  * secret, and we answer with AUTH, the last plain message; or we refuse.
  */
@@ -275,14 +320,15 @@ static void consumer_challenge(struct vp_repl *r, const struct vp_msg *m)
 	if (!repl_mac_ok(r, "VPR1-P", r->cons.nonce_c, m->u.challenge.nonce,
 			 m->u.challenge.assigned_id, m->u.challenge.mac)) {
 		struct vp_msg no = { .type = VP_MSG_REFUSED };
+		char why[PATH_MAX + 160];
 
-		vp_log(LOG_ERR, "repl", "the producer failed authentication (wrong or missing secret_file); not subscribing");
+		challenge_mismatch(r, m, why, sizeof(why), no.u.refused.reason,
+				   sizeof(no.u.refused.reason));
 		r->cons.my_id = m->u.challenge.assigned_id;
-		snprintf(no.u.refused.reason, sizeof(no.u.refused.reason),
-			 "the producer failed authentication: the secrets differ");
 		consumer_send(r, &no);
 		r->cons.my_id = 0;
-		r->cons.state = CONS_IDLE;
+		vp_log(LOG_ERR, "repl", "authentication with the producer failed: %s; trying again in %.0f s",
+		       why, auth_backoff(r));
 		return;
 	}
 	r->cons.my_id = m->u.challenge.assigned_id;
@@ -301,6 +347,7 @@ static void consumer_challenge(struct vp_repl *r, const struct vp_msg *m)
 static void consumer_welcome(struct vp_repl *r)
 {
 	r->cons.state = CONS_SUBSCRIBED;
+	r->cons.auth_backoff = 0;
 	repl_seen_clear(r);
 	r->cons.syncing = 1;
 	repl_relay_reset(r);	/* the producer sends our place in the tree */
@@ -338,8 +385,8 @@ void repl_consumer_handle(struct vp_repl *r, struct qmsg *q)
 			consumer_welcome(r);
 		break;
 	case VP_MSG_REFUSED:
-		vp_log(LOG_ERR, "repl", "the producer refused us: %s", m->u.refused.reason);
-		r->cons.state = CONS_IDLE;
+		vp_log(LOG_ERR, "repl", "the producer refused us: %s; trying again in %.0f s",
+		       m->u.refused.reason, auth_backoff(r));
 		vp_sess_clear(&r->cons.sess);
 		break;
 	case VP_MSG_ANNOUNCE:
@@ -418,7 +465,8 @@ void repl_consumer_tick(struct vp_repl *r)
 		if (lost)
 			consumer_resubscribe(r, "a message from the producer was dropped (our inbox was full)");
 	}
-	if (r->cons.state < CONS_SUBSCRIBED && now - r->cons.last_hello >= 1.0) {
+	if (r->cons.state < CONS_SUBSCRIBED && now - r->cons.last_hello >= 1.0 &&
+	    now >= r->cons.hello_after) {
 		struct vp_msg m = { .type = VP_MSG_HELLO };
 		int n = vp_fab_name(r->fab, m.u.hello.name, sizeof(m.u.hello.name));
 

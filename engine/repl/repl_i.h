@@ -180,6 +180,8 @@ struct vp_repl_consumer {
 	int resync;			/* a producer message was lost; protected by r->lock */
 	double refetch_after;		/* a fetch failed then */
 	double resub_at, resub_backoff;	/* the last resubscribe we chose, and the wait before another */
+	double auth_backoff;		/* after a failed handshake: the wait before the next HELLO */
+	double hello_after;		/* no HELLO before (vp_now()) */
 	vp_fab_addr producer;
 	enum consumer_state state;
 	uint64_t my_id;
