@@ -503,6 +503,8 @@ static int announce_install(struct vp_repl *r, const announce_t *a, double t0,
 	r->cons.bytes_reused += pl->reused;
 	r->cons.bytes_streamed_used += pl->streamed;
 	vp_metrics_add(VP_C_BYTES_REPL_IN, fetched);
+	/* status shows the bytes before the watchers hear of the version */
+	repl_publish_stats(r);
 	t_in = vp_now();
 	rc = install(r, a->path, pl->d, a->version, a->mode, a->seq);
 	if (rc) {
@@ -511,6 +513,7 @@ static int announce_install(struct vp_repl *r, const announce_t *a, double t0,
 		return rc;
 	}
 	r->cons.installed++;
+	repl_publish_stats(r);	/* before the sealed copy below, which takes a while */
 	if ((a->flags & VP_ANNOUNCE_RELAY) && r->relay.nchildren)
 		*pinned = repl_rpin_add(r, a->seq, pl->d);	/* our children may still read it */
 	vp_metrics_notify_latency(vp_now() - t_in);
