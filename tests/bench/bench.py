@@ -224,10 +224,14 @@ def main():
         os.makedirs(d)
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=%d" % (size * 2 + (64 << 20)), "tmpfs", tmpfs],
                    check=True)
-    proc = None
+    proc = proc0 = None
+    base0 = os.path.join(base, "nospare")
+    mnt0 = os.path.join(base0, "mnt")
+    os.makedirs(mnt0)
+    os.makedirs(os.path.join(pfs_base, "pfs0"))
     buf = bytearray(os.urandom(1 << 20)) * (BLOCK >> 20)
     rbuf = bytearray(BLOCK)
-    rows = {k: [] for k in ("tmpfs_w", "vp_w", "vp_w2", "pfs_w", "tmpfs_r", "vp_cold",
+    rows = {k: [] for k in ("tmpfs_w", "vp_w", "vp_w0", "vp_w2", "pfs_w", "tmpfs_r", "vp_cold",
                              "vp_warm", "vp_busy", "tmpfs_mmap", "vp_mmap")}
     want = page_sample(buf, size)
     mmap_ok = True
@@ -238,10 +242,15 @@ def main():
         # pages allocated ahead; at most a quarter of the cache)
         cache = max(size * 4, 1 << 30)
         proc = mount_viperfs(pfs, mnt, "ram_cache=%d,ram_prefault=64M,ram_spare=%d" % (cache, size), base)
+        # the same without the spare, side by side (its file is deleted at once: no flush)
+        proc0 = mount_viperfs(os.path.join(pfs_base, "pfs0"), mnt0,
+                              "ram_cache=%d,ram_prefault=64M,ram_spare=0" % cache, base0)
         for run in range(a.runs):
             rows["tmpfs_w"].append(write_file(os.path.join(tmpfs, "ckpt.pt"), buf, size))
             spares.append(spare_ready(mnt) >= size)
             rows["vp_w"].append(write_file(os.path.join(mnt, "ckpt.pt"), buf, size))
+            rows["vp_w0"].append(write_file(os.path.join(mnt0, "ckpt.pt"), buf, size))
+            os.unlink(os.path.join(mnt0, "ckpt.pt"))
             rows["pfs_w"].append(write_file(os.path.join(pfs_base, "direct.pt"), buf, size, fsync=True))
             # a read while the new version is still being flushed competes
             # with the flusher for the two cores: reported on its own line
@@ -272,6 +281,8 @@ def main():
     finally:
         if proc:
             unmount(proc, mnt)
+        if proc0:
+            unmount(proc0, mnt0)
         subprocess.run(["umount", tmpfs], capture_output=True)
         shutil.rmtree(base, ignore_errors=True)
         shutil.rmtree(pfs_base, ignore_errors=True)
@@ -292,6 +303,7 @@ def main():
     table = [
         ("write: tmpfs", med["tmpfs_w"], None, "baseline"),
         ("write: viperfs", med["vp_w"], med["tmpfs_w"] / med["vp_w"], "x tmpfs (target >= 1.0)"),
+        ("write: viperfs, ram_spare=0", med["vp_w0"], med["tmpfs_w"] / med["vp_w0"], "x tmpfs"),
         ("write+fsync: PFS directory", med["pfs_w"], med["tmpfs_w"] / med["pfs_w"], "x tmpfs"),
         ("stall: viperfs (open..close)", med["vp_w"], med["pfs_w"] / med["vp_w"],
          "x lower than PFS (target >= 3)"),
