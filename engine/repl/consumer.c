@@ -120,10 +120,35 @@ static void remove_stale(struct vp_repl *r)
 	r->cons.syncing = 0;
 }
 
+/* The last time anything came from the producer: a message (queued or handled) or a read. */
+static double producer_heard(struct vp_repl *r)
+{
+	double heard;
+
+	pthread_mutex_lock(&r->lock);
+	heard = r->cons.last_rx;
+	pthread_mutex_unlock(&r->lock);
+	return r->cons.last_heard > heard ? r->cons.last_heard : heard;
+}
+
+/*
+ * A send to the producer waits no longer than the producer has left
+ * before it counts as silent (a send to a dead producer must not delay
+ * noticing it), and a HELLO no longer than the next one's second.
+ */
 static void consumer_send(struct vp_repl *r, struct vp_msg *m)
 {
+	double wait = r->cfg.peer_timeout;
+
+	if (m->type == VP_MSG_HELLO) {
+		wait = 1.0;
+	} else if (r->cons.state == CONS_SUBSCRIBED) {
+		wait = r->cfg.peer_timeout - (vp_now() - producer_heard(r));
+		if (wait < 0.2)
+			wait = 0.2;
+	}
 	m->peer_id = r->cons.my_id;
-	if (repl_send_msg(r, r->cons.producer, &r->cons.sess, m))
+	if (repl_encode_send(r, r->cons.producer, &r->cons.sess, m, wait))
 		vp_log(LOG_DEBUG, "repl", "send of %s to the producer failed", vp_msg_type_name(m->type));
 }
 
@@ -223,7 +248,12 @@ static int producer_msg_open(struct vp_repl *r, const struct qmsg *q, struct vp_
 		repl_refused(r, "the producer", q->len, "its header names a consumer");
 		return -1;
 	}
-	r->cons.last_heard = vp_now();
+	/*
+	 * When it arrived, not now: messages queued behind a long transfer
+	 * must not make a producer that died meanwhile look alive.
+	 */
+	if (q->at > r->cons.last_heard)
+		r->cons.last_heard = q->at;
 	if (r->cons.sess.on && r->cons.sess.rx.seq != last + 1 && r->cons.state == CONS_SUBSCRIBED) {
 		/* the transport is ordered: a gap is a message we dropped */
 		consumer_resubscribe(r, "messages from the producer were lost");
@@ -442,6 +472,23 @@ void repl_publish_stats(struct vp_repl *r)
 	pthread_mutex_unlock(&r->lock);
 }
 
+int repl_consumer_check_alive(struct vp_repl *r)
+{
+	double heard, now = vp_now();
+	char why[384];
+
+	if (r->cons.state != CONS_SUBSCRIBED)
+		return 0;
+	heard = producer_heard(r);
+	if (now - heard <= r->cfg.peer_timeout)
+		return 0;
+	snprintf(why, sizeof(why), "the producer at '%s' is silent for %.1f s",
+		 r->cfg.subscribe, now - heard);
+	consumer_lost(r, why);
+	repl_publish_stats(r);		/* status says so now */
+	return -1;
+}
+
 void repl_consumer_tick(struct vp_repl *r)
 {
 	double now = vp_now();
@@ -450,12 +497,8 @@ void repl_consumer_tick(struct vp_repl *r)
 	if (!r->relay.parent_id && !STAILQ_EMPTY(&r->relay.rin))
 		repl_rin_clear(r);	/* offers from a relay we no longer have */
 
-	if (r->cons.state == CONS_SUBSCRIBED && now - r->cons.last_heard > r->cfg.peer_timeout) {
-		char why[384];
-
-		snprintf(why, sizeof(why), "the producer at '%s' is silent for %.0f s",
-			 r->cfg.subscribe, now - r->cons.last_heard);
-		consumer_lost(r, why);
+	if (repl_consumer_check_alive(r)) {
+		;
 	} else if (r->cons.state == CONS_SUBSCRIBED) {
 		int lost;
 

@@ -362,6 +362,7 @@ static void verify_chunk(void *arg, size_t req)
 		v->bad_idx = idx;
 		return;
 	}
+	v->r->cons.last_heard = vp_now();	/* a read from the producer completed: it is alive */
 	chunk_ready(v->r, v->a, idx, host, v->reqs[req].len, v->direct);
 }
 
@@ -462,6 +463,18 @@ int repl_fetch_chunks(struct vp_repl *r, const announce_t *a, void **mem,
 	if (relayed && r->relay.parent_id && missing)
 		r->cons.bytes_relay_fallback += bytes;
 	rc = producer_read(r, a, mem, reqs, idx, nreq, bytes, bad_idx);
+	if (rc && rc != -EBADMSG && !r->cons.gst_mr) {
+		/*
+		 * A read the fabric gave up on may still be posted and land
+		 * later (a link that comes back): its chunk must never go back
+		 * to the pool, whose free list lives in free chunks (a consumer
+		 * crashed there after a link cut).
+		 */
+		for (size_t q = 0; q < nreq; q++) {
+			quarantine(r, mem[idx[q]]);
+			mem[idx[q]] = NULL;
+		}
+	}
 out:
 	free(reqs);
 	free(idx);

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../clock.h"
 #include "../lock.h"
 #include "../log.h"
 #include "repl_i.h"
@@ -75,6 +76,7 @@ static struct qmsg *qmsg_new(vp_fab_addr src, const void *msg, size_t len)
 	q->src = src;
 	q->opened = 0;
 	q->pending = 0;
+	q->at = vp_now();
 	q->len = len;
 	memcpy(q->buf, msg, len);
 	return q;
@@ -153,6 +155,8 @@ void repl_on_recv(void *arg, vp_fab_addr src, const void *msg, size_t len)
 	if (!q)
 		return;		/* dropped; the peer's deadlines cover it */
 	pthread_mutex_lock(&r->lock);
+	if (r->consumer && src == r->cons.producer)
+		r->cons.last_rx = q->at;	/* alive, even if the inbox has no room for it */
 	if (r->stop) {
 		;	/* shutting down: the progress thread outlives the repl thread */
 	} else if (!r->consumer && (why = producer_admit_locked(r, q, type))) {
@@ -220,6 +224,7 @@ struct qmsg *repl_qmsg_of(struct vp_msg *m)
 	q->src = VP_FAB_ADDR_UNKNOWN;
 	q->opened = 0;
 	q->pending = 0;
+	q->at = vp_now();
 	q->len = (size_t)n;
 	memcpy(q->buf, buf, (size_t)n);
 	return q;

@@ -427,7 +427,8 @@ void repl_producer_handle(struct vp_repl *r, struct qmsg *q)
 		repl_refused(r, from, q->len, "a handshake takes only AUTH or REFUSED");
 		goto out;
 	}
-	p->last_heard = vp_now();
+	if (q->at > p->last_heard)
+		p->last_heard = q->at;	/* when it arrived (consumer.c says why) */
 	switch (m->type) {
 	case VP_MSG_AUTH:
 		welcome = producer_auth_locked(r, p, m);

@@ -64,6 +64,7 @@ struct qmsg {			/* a message, raw, queued */
 	vp_fab_addr src;	/* where it came from (received ones), as the provider says */
 	int opened;		/* opened and checked already: plaintext (an offer put back) */
 	int pending;		/* counted in pending_bytes (from no subscribed consumer) */
+	double at;		/* vp_now() when it arrived: liveness counts from there, not from its handling */
 	size_t len;
 	uint8_t buf[];
 };
@@ -188,6 +189,7 @@ struct vp_repl_consumer {
 	uint8_t nonce_c[VP_PROTO_NONCE];
 	struct vp_sess sess;		/* with the producer (with a secret, from AUTH on) */
 	double last_heard, last_hello, last_beat;
+	double last_rx;			/* protected by lock: the last arrival from the producer's address */
 	int mnt_fd;			/* open only during one install or operation */
 	dev_t mnt_dev;			/* the FUSE mount's device */
 	struct vp_msg *asm_msg;		/* ANNOUNCE being assembled */
@@ -399,6 +401,13 @@ void repl_consumer_beat(struct vp_repl *r);
 void repl_say_done(struct vp_repl *r, uint64_t seq, uint64_t version, int status);
 void repl_consumer_handle(struct vp_repl *r, struct qmsg *q);
 void repl_publish_stats(struct vp_repl *r);
+/*
+ * Consumer, repl thread: if nothing arrived from the producer (messages,
+ * queued or not, and completed reads) for peer_timeout, the session is
+ * lost now.  Returns -1 then, else 0.  Called on every tick and before
+ * each message, so that no transfer and no backlog can hide a silence.
+ */
+int repl_consumer_check_alive(struct vp_repl *r);
 void repl_consumer_tick(struct vp_repl *r);
 
 /* announce.c */

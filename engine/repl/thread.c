@@ -97,8 +97,10 @@ static void *repl_main(void *arg)
 		struct timespec ts;
 
 		pthread_mutex_unlock(&r->lock);
-		if (q && r->consumer)
+		if (q && r->consumer) {
+			repl_consumer_check_alive(r);
 			repl_consumer_handle(r, q);
+		}
 		else if (q)
 			repl_producer_handle(r, q);
 		else if (r->consumer)
@@ -397,7 +399,8 @@ static double peer_lag_s_locked(struct vp_repl *r, struct peer *p, double now)
 
 static const char *consumer_state(struct vp_repl *r)
 {
-	return r->cons.pub.state == CONS_SUBSCRIBED ? "subscribed" : r->cons.pub.state != CONS_IDLE ? "connecting" : "disconnected";
+	/* a consumer not subscribed is always trying to be (HELLO every second, or after a back-off) */
+	return r->cons.pub.state == CONS_SUBSCRIBED ? "subscribed" : "connecting";
 }
 
 /* The consumer's status.  r->lock held. */

@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -138,3 +139,62 @@ def test_a_producer_without_a_secret_is_named_as_the_side_without_one(world):
     assert "this consumer has a secret_file" in cons.read_log()
     assert "and the producer has none: set the same secret_file on the producer" in cons.read_log()
     assert "refused us: the consumer has a secret_file, and the producer has none" in prod.read_log()
+
+
+def limit_link(net, i, rate):
+    """Caps node i's sending rate (tc tbf on its veth), so a transfer lasts."""
+    subprocess.run(["ip", "netns", "exec", net.names[i], "tc", "qdisc", "add", "dev", "%sp%d" % (net.tag, i),
+                    "root", "tbf", "rate", rate, "burst", "256kb", "latency", "400ms"], check=True)
+
+
+def wait_state(m, want, timeout):
+    """Seconds until m's replication state is want (polled every 50 ms)."""
+    t0 = time.monotonic()
+    wait_for(lambda: status(m)["repl"]["state"] == want, timeout=timeout, what="state " + want)
+    return time.monotonic() - t0
+
+
+def start_transfer(prod, cons, size):
+    """Writes a file of size bytes on the producer and waits until the consumer fetches it."""
+    write(prod.path("big.bin"), os.urandom(size))
+    wait_for(lambda: "fetching 'big.bin' version 1" in cons.read_log(), what="the transfer")
+
+
+def test_a_dead_producer_is_noticed_within_peer_timeout_during_a_transfer(world):
+    """kill -9 of the producer while a consumer fetches a version: the consumer says
+    'connecting' within peer_timeout (3 s) + 1 s, keeps nothing of the half-fetched
+    version, and the producer's backlog of messages does not hide the silence."""
+    net, prod, (cons,) = cluster(world, consumers=1, opts=",repl_stream=0")
+    wait_for(lambda: subscribed(prod, 1), what="the consumer")
+    limit_link(net, 0, "160mbit")                   # 64 MiB: about 3.5 s on the wire
+    start_transfer(prod, cons, 64 << 20)
+    prod.kill9()
+    took = wait_state(cons, "connecting", timeout=30)
+    assert took <= 3 + 1, "the consumer noticed after %.1f s: %s" % (took, cons.read_log()[-3000:])
+    assert "the producer at" in cons.read_log() and "is silent for" in cons.read_log()
+    assert not os.path.exists(cons.path("big.bin"))
+
+
+def test_a_link_cut_is_noticed_and_caught_up_after(world):
+    """The consumer's link goes down for 10 s during a transfer: 'connecting'
+    within peer_timeout + 1 s, no crash (a read given up on may land later),
+    and once the link is back the consumer subscribes again and gets the
+    version.  (The issue's 2 s for that is not met: 3.7-4.3 s here, see the
+    note; the bound below is the producer's TCP retransmit back-off.)"""
+    net, prod, (cons,) = cluster(world, consumers=1, opts=",repl_stream=0")
+    wait_for(lambda: subscribed(prod, 1), what="the consumer")
+    limit_link(net, 0, "160mbit")
+    start_transfer(prod, cons, 64 << 20)
+    veth = "%sv1" % net.tag                          # the consumer's, on the bridge side
+    subprocess.run(["ip", "link", "set", veth, "down"], check=True)
+    t_cut = time.monotonic()
+    try:
+        took = wait_state(cons, "connecting", timeout=30)
+        assert took <= 3 + 1, "the consumer noticed after %.1f s" % took
+        time.sleep(max(0.0, 10 - (time.monotonic() - t_cut)))     # the fault lasts 10 s
+    finally:
+        subprocess.run(["ip", "link", "set", veth, "up"], check=True)
+    back = wait_state(cons, "subscribed", timeout=30)
+    assert back <= 8, "subscribed again %.1f s after the link came back" % back
+    assert wait_version(cons.path("big.bin"), 0, timeout=60) == 1
+    assert read(cons.path("big.bin")) == read(prod.path("big.bin"))
