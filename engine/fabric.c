@@ -924,7 +924,7 @@ int vp_fab_read_cb(struct vp_fab *fab, vp_fab_addr src,
 		/* reads still posted: the batch must outlive them; freed at close */
 		SLIST_INSERT_HEAD(&fab->orphans, b, next);
 		pthread_mutex_unlock(&fab->lock);
-		return rc ? rc : -ETIMEDOUT;
+		return -ETIMEDOUT;	/* whatever else failed: their memory may still be written */
 	}
 	pthread_mutex_unlock(&fab->lock);
 	free(b);

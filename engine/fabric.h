@@ -154,7 +154,9 @@ struct vp_fab_read_req {
  * up to inflight reads outstanding, and waits until all completed, or
  * until deadline_s seconds passed without any read completing (a slow
  * peer that makes progress is waited for; a dead or stopped one is not).
- * Returns 0, -ETIMEDOUT, or -EIO (a piece failed).
+ * Returns 0, -EIO (a piece failed; none is still posted), or -ETIMEDOUT:
+ * then reads may still be posted and land later, so their memory must
+ * not be reused until vp_fab_close().
  */
 int vp_fab_read(struct vp_fab *fab, vp_fab_addr src,
 		const struct vp_fab_read_req *reqs, size_t n, unsigned int inflight,

@@ -24,7 +24,6 @@
 static void written_locked(struct vp_mfile *mf, uint64_t off, size_t len);
 
 static struct vp_mfile *spare_take(struct vp_mspare *sp);
-void vp_mspare_drop(struct vp_mspare *sp);
 
 static struct vp_mfile *mfile_make(struct vp_pool *pool, int *err)
 {
@@ -72,12 +71,12 @@ static void drop_ahead_locked(struct vp_mfile *mf, uint64_t keep)
 {
 	VP_ASSERT_LOCKED(&mf->lock);
 	keep = PAGE_ROUND(keep);
-	if (mf->ahead > keep &&
-	    fallocate(mf->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+	if (mf->ahead <= keep)
+		return;
+	if (fallocate(mf->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
 		      (off_t)keep, (off_t)(mf->ahead - keep)) != 0)
 		vp_log(LOG_WARNING, "mfile", "freeing a spare's unused pages: %s", strerror(errno));
-	if (mf->ahead > keep)
-		mf->ahead = keep;
+	mf->ahead = keep;
 }
 
 struct vp_mfile *vp_mfile_get(struct vp_mfile *mf)

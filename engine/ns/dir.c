@@ -76,7 +76,7 @@ static int apply_size_locked(struct vp_ns *ns, struct vp_node *n, uint64_t size,
 		pthread_mutex_unlock(&ns->lock);
 		rc = vp_data_truncate(n->work, size, ns->cfg.cache_wait);
 		if (rc)
-			vp_work_failed(ns, n, rc);
+			vp_work_failed(n, rc);
 		pthread_mutex_lock(&ns->lock);
 		__atomic_store_n(&n->dirty, 1, __ATOMIC_RELEASE);
 	} else {
@@ -135,7 +135,7 @@ int vp_ns_setattr(struct vp_ns *ns, const struct vp_caller *who, uint64_t ino,
 	if (sa->set_size)
 		rc = truncate_target(ns, n, sa->size, commit_new, &target);
 	if (rc && !commit_new)
-		vp_work_failed(ns, n, rc);	/* a writer's copy half cut: never a version */
+		vp_work_failed(n, rc);	/* a writer's copy half cut: never a version */
 
 	pthread_mutex_lock(&ns->lock);
 	if (rc)

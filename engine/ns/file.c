@@ -241,11 +241,10 @@ int vp_handle_writable(const struct vp_handle *h)
 	return h->writable;
 }
 
-void vp_work_failed(struct vp_ns *ns, struct vp_node *n, int err)
+void vp_work_failed(struct vp_node *n, int err)
 {
 	int none = 0;
 
-	(void)ns;
 	/* the errors that leave the working copy without bytes the writer meant */
 	if (err != -ENOSPC && err != -EIO && err != -ENOMEM && err != -EDQUOT &&
 	    err != -EFBIG && err != -EPERM)
@@ -457,7 +456,7 @@ static int open_node(struct vp_ns *ns, const struct vp_caller *who,
 	if (writable && (flags & O_TRUNC) && vp_data_size(d)) {
 		rc = vp_data_truncate(d, 0, ns->cfg.cache_wait);
 		if (rc) {
-			vp_work_failed(ns, n, rc);
+			vp_work_failed(n, rc);
 			open_undo(ns, n, d, writable);
 			return rc;
 		}
@@ -630,7 +629,7 @@ static void maybe_preview(struct vp_ns *ns, struct vp_handle *h)
 static void wrote(struct vp_ns *ns, struct vp_handle *h, ssize_t n)
 {
 	if (n < 0)
-		vp_work_failed(ns, h->node, (int)n);
+		vp_work_failed(h->node, (int)n);
 	if (n > 0) {
 		__atomic_store_n(&h->wrote, 1, __ATOMIC_RELAXED);
 		maybe_preview(ns, h);

@@ -317,6 +317,13 @@ struct vp_node *vp_resolve_locked(struct vp_ns *ns, const char *path);
 /* Checks a name for a new entry in dir: 0 or -errno. */
 int vp_check_name_locked(struct vp_ns *ns, struct vp_node *dir,
 			 const char *name);
+/*
+ * A write, truncate or allocation for n's working copy failed with err: if
+ * it lost bytes (ENOSPC, EIO, ...), the copy is never committed, every
+ * close() of a writer returns err, and the last writer's release drops it
+ * (file.c).  No lock needed (n->work_err is atomic; the first error stays).
+ */
+void vp_work_failed(struct vp_node *n, int err);
 /* -EPERM, and a log line, for a user's new name at the root that viperfs reserves (".viperfs-*"). */
 int vp_reserved_name_locked(struct vp_ns *ns, struct vp_node *dir, const char *name);
 uint64_t vp_node_size_locked(struct vp_ns *ns, struct vp_node *n);
@@ -407,13 +414,6 @@ void vp_note_op_locked(struct vp_ns *ns, enum vp_op_kind kind,
 void vp_note_version_locked(struct vp_ns *ns, struct vp_node *n);
 /* ... that linked file n has a new version / that file n left the tree. */
 void vp_note_commit_locked(struct vp_ns *ns, struct vp_node *n);
-/*
- * A write, truncate or allocation for n's working copy failed with err: if
- * it lost bytes (ENOSPC, EIO, ...), the copy is never committed, every
- * close() of a writer returns err, and the last writer's release drops it
- * (file.c).  No lock needed.
- */
-void vp_work_failed(struct vp_ns *ns, struct vp_node *n, int err);
 void vp_note_unlink_locked(struct vp_ns *ns, struct vp_node *n);
 /* The observers with an on_preview, copied into out; returns how many. */
 unsigned int vp_preview_observers_locked(struct vp_ns *ns,

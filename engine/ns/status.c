@@ -322,7 +322,8 @@ json_t *vp_ns_status(struct vp_ns *ns)
 		       "mapped", (json_int_t)ps.mapped, "waits", (json_int_t)ps.waits,
 		       "enospc", (json_int_t)ps.enospc,
 		       /* what the budget holds: versions' memory files, and chunks */
-		       "memory_files", (json_int_t)(ps.charged - sps.ready),
+		       /* two snapshots: a spare made or dropped between them must not wrap */
+		       "memory_files", (json_int_t)(ps.charged > sps.ready ? ps.charged - sps.ready : 0),
 		       "chunks", (json_int_t)(ps.used - ps.charged),
 		       /* pages allocated ahead for the next version (ram_spare) */
 		       "spare", (json_int_t)sps.ready,

@@ -351,14 +351,16 @@ static void consumer_challenge(struct vp_repl *r, const struct vp_msg *m)
 			 m->u.challenge.assigned_id, m->u.challenge.mac)) {
 		struct vp_msg no = { .type = VP_MSG_REFUSED };
 		char why[PATH_MAX + 160];
+		double wait;
 
 		challenge_mismatch(r, m, why, sizeof(why), no.u.refused.reason,
 				   sizeof(no.u.refused.reason));
 		r->cons.my_id = m->u.challenge.assigned_id;
 		consumer_send(r, &no);
 		r->cons.my_id = 0;
+		wait = auth_backoff(r);
 		vp_log(LOG_ERR, "repl", "authentication with the producer failed: %s; trying again in %.0f s",
-		       why, auth_backoff(r));
+		       why, wait);
 		return;
 	}
 	r->cons.my_id = m->u.challenge.assigned_id;
@@ -414,11 +416,14 @@ void repl_consumer_handle(struct vp_repl *r, struct qmsg *q)
 		if (r->cons.state == CONS_CHALLENGED)
 			consumer_welcome(r);
 		break;
-	case VP_MSG_REFUSED:
+	case VP_MSG_REFUSED: {
+		double wait = auth_backoff(r);
+
 		vp_log(LOG_ERR, "repl", "the producer refused us: %s; trying again in %.0f s",
-		       m->u.refused.reason, auth_backoff(r));
+		       m->u.refused.reason, wait);
 		vp_sess_clear(&r->cons.sess);
 		break;
+	}
 	case VP_MSG_ANNOUNCE:
 		if (subscribed) {
 			repl_consumer_announce(r, m);

@@ -463,12 +463,13 @@ int repl_fetch_chunks(struct vp_repl *r, const announce_t *a, void **mem,
 	if (relayed && r->relay.parent_id && missing)
 		r->cons.bytes_relay_fallback += bytes;
 	rc = producer_read(r, a, mem, reqs, idx, nreq, bytes, bad_idx);
-	if (rc && rc != -EBADMSG && !r->cons.gst_mr) {
+	if (rc == -ETIMEDOUT && !r->cons.gst_mr) {
 		/*
-		 * A read the fabric gave up on may still be posted and land
-		 * later (a link that comes back): its chunk must never go back
-		 * to the pool, whose free list lives in free chunks (a consumer
-		 * crashed there after a link cut).
+		 * Reads the fabric gave up on may still be posted and land
+		 * later (a link that comes back): their chunks must never go
+		 * back to the pool, whose free list lives in free chunks (a
+		 * consumer crashed there after a link cut).  Which of them is
+		 * still posted is not known, so all are kept.
 		 */
 		for (size_t q = 0; q < nreq; q++) {
 			quarantine(r, mem[idx[q]]);
