@@ -817,22 +817,48 @@ static int vpctl_wait(int argc, char **argv)
 		fprintf(stderr, "usage: viperctl wait PATH --newer-than V [--timeout S]\n");
 		return 2;
 	}
-	/* the file may not exist yet: resolve its directory */
+	/*
+	 * The file may not exist yet, nor the directories above it (a
+	 * consumer learns of "sub/" with its first version): resolve the
+	 * nearest ancestor that exists, and send the rest as it was given.
+	 */
 	{
-		char dir[PATH_MAX], *slash;
+		char dir[PATH_MAX];
+		const char *tail;
+		size_t cut = strlen(path);
+		int rc;
 
-		snprintf(dir, sizeof(dir), "%s", path);
-		slash = strrchr(dir, '/');
-		if (slash)
-			*slash = '\0';
-		else
-			strcpy(dir, ".");
-		if (vpc_find_mount(dir, root, rel)) {
-			fprintf(stderr, "viperctl: '%s' is not inside a viperfs mount\n", path);
+		if (cut >= sizeof(dir)) {
+			fprintf(stderr, "viperctl: '%s': %s\n", path, strerror(ENAMETOOLONG));
+			return 1;
+		}
+		for (;;) {
+			while (cut > 0 && path[cut - 1] != '/')
+				cut--;
+			if (!cut) {
+				tail = path;
+				rc = vpc_find_mount(".", root, rel);
+				break;
+			}
+			/* dir: what comes before the slash at cut - 1 */
+			snprintf(dir, sizeof(dir), "%.*s", (int)(cut - 1), path);
+			if (!*dir)
+				strcpy(dir, "/");
+			tail = path + cut;
+			rc = vpc_find_mount(dir, root, rel);
+			if (rc != -ENOENT)
+				break;
+			cut--;
+		}
+		if (rc) {
+			if (rc == -ENOTSUP)
+				fprintf(stderr, "viperctl: '%s' is not inside a viperfs mount\n", path);
+			else
+				fprintf(stderr, "viperctl: '%s': %s\n", path, strerror(-rc));
 			return 1;
 		}
 		snprintf(req, sizeof(req), "wait %s%s%s %s %s\n", rel,
-			 strcmp(rel, "/") ? "/" : "", slash ? slash + 1 : path, newer, timeout);
+			 strcmp(rel, "/") ? "/" : "", tail, newer, timeout);
 	}
 	fd = vpc_connect(root);
 	if (fd < 0)
