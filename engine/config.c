@@ -54,6 +54,7 @@ static const char *const PUBLISH_POLICIES[] = {
 static const char *const GPU_TIERS[] = { "cuda", "ram", NULL };
 static const char *const GPU_DIRECT_MODES[] = { "auto", "off", NULL };
 static const char *const PASSTHROUGH_MODES[] = { "auto", "off", NULL };
+static const char *const RECOVER_MODES[] = { "on", "off", NULL };
 
 static uint64_t physical_memory(void)
 {
@@ -471,6 +472,9 @@ static const struct opt options[] = {
 	{ .name = "relay_fanout", .parse = parse_count, FIELD(relay_fanout), .def = "1",
 	  .help = "producer: relay tree of consumers: the producer and each consumer serve at most this many consumers, which re-serve the chunks they received (1: a chain; 0: every consumer reads from the producer; at most 8)",
 	  .max = VP_RELAY_FANOUT_MAX },
+	{ .name = "recover", .parse = parse_choice, FIELD(recover), .def = "on",
+	  .help = "producer: on (a version that reached a consumer and not the PFS before this producer's last run ended is read back from the consumer, hash-checked, served and flushed) or off (it is not; the next version of the path is numbered after it all the same)",
+	  .choices = RECOVER_MODES },
 	{ .name = "relay_wait", .parse = parse_seconds_opt, FIELD(relay_wait), .def = "2",
 	  .help = "consumer: seconds a relayed transfer waits on the relay node without progress before the producer serves the rest" },
 };

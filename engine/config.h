@@ -78,6 +78,7 @@ struct vp_config {
 	char gpu_tier[64];		/* cuda, or ram (host memory posing as the device: tests) */
 	char passthrough[16];		/* auto, or off: readers served by the daemon (splice) */
 	char gpu_direct[64];		/* auto, or off: network <-> GPU tier without the host cache in between */
+	char recover[8];		/* producer: on, or off: versions only consumers hold are not taken back */
 	char pfs_dir[PATH_MAX];		/* when not given as an argument */
 	char mountpoint[PATH_MAX];	/* when not given as an argument */
 };

@@ -155,6 +155,8 @@ static int stage(struct vp_ns *ns, struct flush_op *op, mode_t mode, uid_t uid,
 	if (!rc) {
 		snprintf(value, sizeof(value), "%" PRIu64, op->version);
 		fsetxattr(fd, "user.viperfs.version", value, strlen(value), 0);
+		snprintf(value, sizeof(value), "%" PRIu64, op->epoch);
+		fsetxattr(fd, "user.viperfs.epoch", value, strlen(value), 0);
 		times[0] = mtime;
 		times[1] = mtime;
 		futimens(fd, times);

@@ -67,7 +67,7 @@ struct flush_op {
 	struct vp_node *victim;		/* ref: RENAME's replaced node */
 	/* DATA: the version to write; may be swapped for a newer one while QUEUED */
 	struct vp_data *data;		/* ref, NULL: cancelled */
-	uint64_t version;
+	uint64_t version, epoch;
 	uint64_t size;
 	double queued_at;
 	int forced;			/* eligible at once, whatever the policy */

@@ -339,6 +339,7 @@ struct vp_ns_entry {
 	uint32_t mode;
 	struct vp_data *d;		/* a file's bytes of version `version`, or NULL */
 	uint64_t version;
+	uint64_t epoch;			/* the producer's run that committed it (0: unknown) */
 	int64_t mtime_ns;
 };
 
@@ -437,7 +438,7 @@ void vp_ns_installed(struct vp_ns *ns);
 int vp_ns_replace_bytes(struct vp_ns *ns, const char *path, uint64_t version,
 			struct vp_data *old, struct vp_data *now);
 int vp_ns_stage_install(struct vp_ns *ns, const char *path, struct vp_data *d,
-			uint64_t version, uint32_t mode);
+			uint64_t version, uint64_t epoch, uint32_t mode);
 void vp_ns_unstage_install(struct vp_ns *ns, const char *path);
 /*
  * Consumer: puts d as file `name` (version `version`) in the replica's
@@ -447,11 +448,50 @@ void vp_ns_unstage_install(struct vp_ns *ns, const char *path);
  * their page cache.  Returns 0 or -errno.
  */
 int vp_ns_install_hidden(struct vp_ns *ns, const char *name, struct vp_data *d,
-			 uint64_t version, uint32_t mode);
+			 uint64_t version, uint64_t epoch, uint32_t mode);
 /* The version of the file at path, or UINT64_MAX if there is none. */
 /* The bytes of path's current version (a new reference), or NULL. */
 struct vp_data *vp_ns_path_data(struct vp_ns *ns, const char *path);
 uint64_t vp_ns_path_version(struct vp_ns *ns, const char *path);
+/*
+ * Versions are ordered by (epoch, version): the epoch is the producer's
+ * run that committed them (vp_ns_epoch; 0: unknown, a PFS file of an
+ * older viperfs).  The stamp of the file at path: 0, or -ENOENT.
+ */
+struct vp_ns_stamp {
+	uint64_t version, epoch;
+	uint32_t mode;			/* permission bits */
+	int64_t mtime_ns;
+};
+int vp_ns_path_stamp(struct vp_ns *ns, const char *path, struct vp_ns_stamp *out);
+/* Producer: true if path was unlinked or renamed away in this run (or cannot be told). */
+int vp_ns_removed_this_run(struct vp_ns *ns, const char *path);
+/* True if path exists on the PFS (not followed through symlinks). */
+int vp_ns_on_pfs(struct vp_ns *ns, const char *path);
+/* A producer's run: its epoch (0 on a consumer). */
+uint64_t vp_ns_epoch(const struct vp_ns *ns);
+/*
+ * Producer: a consumer holds version `version` of path from a run before
+ * this one; the next commit of path is numbered after it.  0 or -ENOENT.
+ */
+int vp_ns_raise_floor(struct vp_ns *ns, const char *path, uint64_t version);
+/*
+ * Consumer: path's version `version` is, byte for byte, the producer's
+ * of epoch `epoch`: it is stamped so, and not installed again.  -ESTALE
+ * if path has moved on.
+ */
+int vp_ns_relabel(struct vp_ns *ns, const char *path, uint64_t version,
+		  uint64_t epoch);
+/*
+ * Producer: d (a consumer's copy, checked) becomes version `version` of
+ * path, committed in this run: served, flushed and announced like any
+ * other.  Only while path still holds version `had` with no writer
+ * (had 0: path does not exist, and is made in its directory):
+ * -ESTALE otherwise (this run's versions win), -ENOTDIR if the directory
+ * is gone.
+ */
+int vp_ns_recover(struct vp_ns *ns, const char *path, struct vp_data *d,
+		  uint64_t version, uint64_t had, uint32_t mode, int64_t mtime_ns);
 
 /*
  * Calls cb for every directory (parents first), file and symlink, with

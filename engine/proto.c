@@ -307,9 +307,10 @@ static const struct field challenge_fields[] = {
 };
 static const struct field auth_fields[] = { FIELD(F_BYTES, auth.mac) };
 static const struct field refused_fields[] = { FIELD(F_STR, refused.reason) };
+static const struct field welcome_fields[] = { FIELD(F_INT, welcome.epoch) };
 static const struct field announce_fields[] = {
 	FIELD(F_INT, announce.seq), FIELD(F_INT, announce.version),
-	FIELD(F_INT, announce.size), FIELD(F_INT, announce.checksum),
+	FIELD(F_INT, announce.size), FIELD(F_INT, announce.checksum), FIELD(F_INT, announce.epoch),
 	FIELD(F_INT, announce.mode), FIELD(F_INT, announce.flags),
 	FIELD(F_INT, announce.mtime_ns), FIELD(F_INT, announce.chunk_size),
 	FIELD(F_INT, announce.nchunks), FIELD(F_INT, announce.first),
@@ -317,12 +318,13 @@ static const struct field announce_fields[] = {
 };
 static const struct field op_fields[] = {
 	FIELD(F_INT, op.seq), FIELD(F_INT, op.kind), FIELD(F_INT, op.mode),
+	FIELD(F_INT, op.version), FIELD(F_INT, op.epoch),
 	FIELD(F_STR, op.path), FIELD(F_STR, op.path2),
 };
 static const struct field sync_end_fields[] = { FIELD(F_INT, sync_end.seq) };
 static const struct field done_fields[] = {
 	FIELD(F_INT, done.seq), FIELD(F_INT, done.version),
-	FIELD(F_INT, done.status), FIELD(F_INT, done.from_producer),
+	FIELD(F_INT, done.status), FIELD(F_INT, done.epoch), FIELD(F_INT, done.from_producer),
 	FIELD(F_INT, done.from_relay),
 };
 static const struct field heartbeat_fields[] = { FIELD(F_INT, heartbeat.latest_seq) };
@@ -543,7 +545,7 @@ static const struct codec codecs[] = {
 	[VP_MSG_HELLO] = { FIELDS(hello_fields), hello_check, hello_put_tail, hello_get_tail },
 	[VP_MSG_CHALLENGE] = { FIELDS(challenge_fields), NULL, NULL, NULL },
 	[VP_MSG_AUTH] = { FIELDS(auth_fields), NULL, NULL, NULL },
-	[VP_MSG_WELCOME] = { NULL, 0, NULL, NULL, NULL },
+	[VP_MSG_WELCOME] = { FIELDS(welcome_fields), NULL, NULL, NULL },
 	[VP_MSG_REFUSED] = { FIELDS(refused_fields), NULL, NULL, NULL },
 	[VP_MSG_ANNOUNCE] = { FIELDS(announce_fields), announce_check,
 			      announce_put_tail, announce_get_tail },

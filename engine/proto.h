@@ -12,7 +12,9 @@
  *   HELLO      consumer -> producer: nonce, the consumer's endpoint name
  *   CHALLENGE  producer -> consumer: peer id, nonce, HMAC proving the producer
  *   AUTH       consumer -> producer: HMAC proving the consumer
- *   WELCOME    producer -> consumer: subscribed; a catch-up follows
+ *   WELCOME    producer -> consumer: subscribed, with the producer's epoch
+ *              (its run: versions are ordered by (epoch, version)); a
+ *              catch-up follows
  *   REFUSED    either way: a reason; the peer is dropped
  *   ANNOUNCE   producer -> consumer: a file version (path, version, size,
  *              mode, mtime, xxh3 checksum) and where its chunks are (RMA
@@ -22,7 +24,9 @@
  *   SYNC_END   producer -> consumer: the catch-up is complete; what the
  *              catch-up did not name was deleted meanwhile
  *   DONE       consumer -> producer: a version is installed (or skipped),
- *              with the bytes it read from the producer and from its relay
+ *              with the bytes it read from the producer and from its relay;
+ *              AHEAD: the consumer holds a later version of the path, of
+ *              a run before the producer's (its epoch and number)
  *   HEARTBEAT  both ways
  *   TOPO       producer -> consumer: its place in the relay tree: the
  *              consumer it reads relayed chunks from (id 0: none) and the
@@ -32,7 +36,11 @@
  *              that the relay now holds, checked, with RMA address + key
  *              in the relay's memory; LAST: it offers no more
  *   RELAY_DONE consumer -> relay: done with a relayed announce; the relay
- *              may let go of its chunks
+ *              may let go of its chunks.  Also producer -> consumer: done
+ *              with the chunks of a RECOVER announce
+ *   ANNOUNCE with RECOVER, consumer -> producer: a version the producer
+ *              lost (it said AHEAD), in the consumer's memory, for the
+ *              producer to read back
  *
  * Paths are relative to the mount, "/"-separated, and each component is
  * 1..255 bytes, not "." or "..", without "/" or NUL: a decoded path can
@@ -47,7 +55,7 @@
 #include <sys/types.h>
 
 #define VP_PROTO_MAGIC 0x31525056u	/* "VPR1" */
-#define VP_PROTO_VERSION 4		/* 2: per-chunk hashes in ANNOUNCE; 3: relay; 4: sealed sessions, relay edge keys */
+#define VP_PROTO_VERSION 5		/* 2: per-chunk hashes in ANNOUNCE; 3: relay; 4: sealed sessions, relay edge keys; 5: epochs, recovery */
 #define VP_PROTO_HDR 20
 #define VP_PROTO_NONCE 16
 #define VP_PROTO_MAC 32			/* HMAC-SHA256 */
@@ -80,7 +88,14 @@ enum vp_op_kind { VP_OP_MKDIR = 1, VP_OP_RENAME, VP_OP_UNLINK, VP_OP_RMDIR,
  * (TOPO) offers its chunks too.  Catch-ups, sent to one consumer, lack it.
  */
 #define VP_ANNOUNCE_RELAY 2u
-#define VP_ANNOUNCE_FLAGS (VP_ANNOUNCE_PREVIEW | VP_ANNOUNCE_RELAY)
+/*
+ * RECOVER: consumer -> producer, a version the restarted producer lacks
+ * (epoch: the run that committed it), in the consumer's memory.
+ */
+#define VP_ANNOUNCE_RECOVER 4u
+#define VP_ANNOUNCE_FLAGS (VP_ANNOUNCE_PREVIEW | VP_ANNOUNCE_RELAY | VP_ANNOUNCE_RECOVER)
+
+#define VP_DONE_AHEAD 1		/* DONE status: we hold a later version (done.version, done.epoch) */
 
 #define VP_CHUNKS_LAST 1u	/* CHUNKS: the relay offers nothing more of this seq */
 #define VP_PROTO_MAX_CHILDREN 8	/* TOPO: consumers one node serves */
@@ -125,7 +140,11 @@ struct vp_msg {
 			char reason[128];
 		} refused;
 		struct {
+			uint64_t epoch;		/* the producer's run */
+		} welcome;
+		struct {
 			uint64_t seq, version, size, checksum;
+			uint64_t epoch;		/* the producer's run that committed it (0: unknown) */
 			uint32_t mode;
 			uint32_t flags;		/* VP_ANNOUNCE_* */
 			int64_t mtime_ns;
@@ -137,6 +156,7 @@ struct vp_msg {
 			uint64_t seq;
 			uint32_t kind;	/* enum vp_op_kind */
 			uint32_t mode;
+			uint64_t version, epoch;	/* KEEP: the version on the PFS */
 			char path[PATH_MAX];
 			char path2[PATH_MAX];	/* rename target, symlink target */
 		} op;
@@ -145,7 +165,8 @@ struct vp_msg {
 		} sync_end;
 		struct {
 			uint64_t seq, version;
-			int32_t status;		/* 0 installed, else -errno */
+			int32_t status;		/* 0 installed, VP_DONE_AHEAD, else -errno */
+			uint64_t epoch;		/* AHEAD: of the version we hold */
 			uint64_t from_producer;	/* bytes read from the producer's memory */
 			uint64_t from_relay;	/* bytes read from the relay's */
 		} done;

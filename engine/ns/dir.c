@@ -366,7 +366,7 @@ static void rename_apply_locked(struct vp_ns *ns, const struct vp_caller *who,
 	}
 	/* versions are per path: a file renamed over another continues its count */
 	if (victim && victim->type == VP_NODE_FILE && n->type == VP_NODE_FILE &&
-	    n->version <= victim->version)
+	    n->version <= victim->version && !vp_is_installer_locked(ns, who))
 		n->version = victim->version + 1;
 	vp_node_detach_locked(ns, n);
 	vp_node_link_name_locked(ns, newdir, n, newname);

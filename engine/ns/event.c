@@ -39,7 +39,7 @@ int vp_replica_refuse_locked(struct vp_ns *ns, const struct vp_caller *who,
 }
 
 int vp_ns_stage_install(struct vp_ns *ns, const char *path, struct vp_data *d,
-			uint64_t version, uint32_t mode)
+			uint64_t version, uint64_t epoch, uint32_t mode)
 {
 	struct install *in = calloc(1, sizeof(*in));
 
@@ -49,6 +49,7 @@ int vp_ns_stage_install(struct vp_ns *ns, const char *path, struct vp_data *d,
 	}
 	in->data = vp_data_get(d);
 	in->version = version;
+	in->epoch = epoch;
 	in->mode = mode;
 	pthread_mutex_lock(&ns->lock);
 	LIST_INSERT_HEAD(&ns->installs, in, link);
@@ -130,7 +131,7 @@ void vp_installs_release(struct vp_ns *ns)
 }
 
 int vp_ns_install_hidden(struct vp_ns *ns, const char *name, struct vp_data *d,
-			 uint64_t version, uint32_t mode)
+			 uint64_t version, uint64_t epoch, uint32_t mode)
 {
 	struct vp_node *dir, *n, *old;
 	int rc = 0;
@@ -160,6 +161,7 @@ int vp_ns_install_hidden(struct vp_ns *ns, const char *name, struct vp_data *d,
 	n->cur = vp_data_get(d);
 	n->size = vp_data_size(d);
 	n->version = version;
+	n->epoch = epoch;
 	/* the GPU tier mirrors it (taking what was staged while it arrived) */
 	vp_note_commit_locked(ns, n);
 out_unlock:
@@ -330,6 +332,7 @@ static void snapshot_locked(struct vp_ns *ns, struct vp_node *dir,
 			e.type = VP_ENTRY_FILE;
 			e.d = c->cur;
 			e.version = c->version;
+			e.epoch = c->epoch;
 			cb(arg, &e);
 		}
 	}

@@ -36,7 +36,10 @@ int vp_commit_locked(struct vp_ns *ns, struct vp_node *n,
 	vp_data_put(n->cur);
 	n->cur = bytes;
 	n->size = vp_data_size(bytes);
-	n->version++;
+	/* after any number a consumer held of the run before (n->floor) */
+	n->version = (n->floor > n->version ? n->floor : n->version) + 1;
+	if (!ns->replica)
+		n->epoch = ns->epoch;	/* a consumer's installer set the producer's */
 	n->mtime = n->ctime = vp_wall_now();
 	__atomic_store_n(&n->streamed, 0, __ATOMIC_RELAXED);	/* the next version streams anew */
 	ns->st_commits++;
@@ -328,6 +331,8 @@ static struct vp_data *attach_install_locked(struct vp_ns *ns,
 	n->work_started = vp_now();
 	n->writers++;
 	n->version = in->version - 1;
+	n->floor = 0;
+	n->epoch = in->epoch;
 	n->mode = S_IFREG | (in->mode & 07777);
 	__atomic_store_n(&n->dirty, 1, __ATOMIC_RELEASE);
 	vp_lru_del_locked(ns, n);
@@ -528,6 +533,7 @@ int vp_ns_create(struct vp_ns *ns, const struct vp_caller *who,
 			vp_data_put(d);
 			d = vp_data_get(in->data);
 			n->version = in->version - 1;	/* the commit makes it in->version */
+			n->epoch = in->epoch;
 			n->mode = S_IFREG | (in->mode & 07777);
 			vp_install_free(in);
 		}
@@ -614,7 +620,8 @@ static void maybe_preview(struct vp_ns *ns, struct vp_handle *h)
 	}
 	e.path = path;
 	e.ino = n->ino;
-	e.version = n->version + 1;
+	e.version = (n->floor > n->version ? n->floor : n->version) + 1;
+	e.epoch = ns->epoch;
 	e.mode = n->mode;
 	pthread_mutex_unlock(&ns->lock);
 	e.d = vp_data_view(h->data);	/* no seal: the writer goes on */
@@ -777,4 +784,59 @@ int vp_ns_fsync(struct vp_ns *ns, struct vp_handle *h)
 	while (rc == 0)
 		rc = vp_ns_flush_poll(ns, &p, 1.0);
 	return rc < 0 ? rc : 0;
+}
+
+/* The new, empty file at path for vp_ns_recover (its directory must exist); NULL: cannot. */
+static struct vp_node *recover_new_locked(struct vp_ns *ns, const char *path, uint32_t mode)
+{
+	char dir[PATH_MAX];
+	const char *slash = strrchr(path, '/'), *name = slash ? slash + 1 : path;
+	struct vp_node *parent, *n;
+
+	VP_ASSERT_LOCKED(&ns->lock);
+	snprintf(dir, sizeof(dir), "%.*s", slash ? (int)(slash - path) : 0, path);
+	parent = *dir ? vp_resolve_locked(ns, dir) : ns->root;
+	if (!parent || parent->type != VP_NODE_DIR || vp_reserved_name_locked(ns, parent, name))
+		return NULL;
+	n = vp_node_new_locked(ns, VP_NODE_FILE, S_IFREG | (mode & 07777), 0, 0);
+	if (n && vp_node_link_locked(ns, parent, n, name)) {
+		vp_node_put(ns, n);
+		n = NULL;
+	}
+	return n;
+}
+
+int vp_ns_recover(struct vp_ns *ns, const char *path, struct vp_data *d,
+		  uint64_t version, uint64_t had, uint32_t mode, int64_t mtime_ns)
+{
+	struct vp_node *n;
+	int rc = 0, decide = 0;
+
+	pthread_mutex_lock(&ns->lock);
+	n = vp_resolve_locked(ns, path);
+	if (!n && !had && !(n = recover_new_locked(ns, path, mode))) {
+		rc = -ENOTDIR;	/* its directory is gone */
+	} else if (!n || n->type != VP_NODE_FILE || !n->parent) {
+		rc = -ESTALE;
+	} else if (n->version != had || n->work || version <= n->version) {
+		rc = -ESTALE;	/* a version of this run, or a writer: it wins */
+	} else {
+		uint64_t floor = n->floor;	/* raised for it, or for a later one */
+
+		vp_rekey_locked(ns, n);	/* a new inode: the kernel drops what it cached of the old bytes */
+		n->floor = version - 1;	/* the commit numbers it `version` */
+		n->mode = S_IFREG | (mode & 07777);
+		decide = vp_commit_locked(ns, n, vp_data_get(d));
+		n->floor = floor;
+		n->mtime.tv_sec = mtime_ns / 1000000000;
+		n->mtime.tv_nsec = mtime_ns % 1000000000;
+		if (decide)
+			vp_node_get(n);
+	}
+	pthread_mutex_unlock(&ns->lock);
+	if (decide) {
+		vp_publish_decide(ns, n, version);
+		vp_node_put_unlocked(ns, n);
+	}
+	return rc;
 }

@@ -65,6 +65,7 @@ void vp_flush_commit_locked(struct vp_ns *ns, struct vp_node *n, int force)
 		vp_data_put(op->data);
 		op->data = vp_data_get(n->cur);
 		op->version = n->version;
+		op->epoch = n->epoch;
 		op->size = n->size;
 		op->forced |= force;
 		ns->flush.st_skipped_versions++;
@@ -76,6 +77,7 @@ void vp_flush_commit_locked(struct vp_ns *ns, struct vp_node *n, int force)
 		return;
 	op->data = vp_data_get(n->cur);
 	op->version = n->version;
+	op->epoch = n->epoch;
 	op->size = n->size;
 	op->forced = force;
 	n->pending = op;

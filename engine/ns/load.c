@@ -20,28 +20,39 @@
 #include "ns_i.h"
 
 #define XATTR_VERSION "user.viperfs.version"
+#define XATTR_EPOCH "user.viperfs.epoch"
 
-static uint64_t read_version_xattr(int dirfd, const char *name)
+static uint64_t read_xattr_u64(int fd, const char *name)
 {
 	char buf[32];
-	ssize_t n;
-	int fd = openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
+	ssize_t n = fgetxattr(fd, name, buf, sizeof(buf) - 1);
 
-	if (fd < 0)
-		return 0;
-	n = fgetxattr(fd, XATTR_VERSION, buf, sizeof(buf) - 1);
-	close(fd);
 	if (n <= 0)
 		return 0;
 	buf[n] = '\0';
 	return strtoull(buf, NULL, 10);
 }
 
+/* The version (and the epoch of the run that wrote it) a flush left on name. */
+static uint64_t read_version_xattr(int dirfd, const char *name, uint64_t *epoch)
+{
+	int fd = openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
+	uint64_t v;
+
+	*epoch = 0;
+	if (fd < 0)
+		return 0;
+	v = read_xattr_u64(fd, XATTR_VERSION);
+	*epoch = read_xattr_u64(fd, XATTR_EPOCH);
+	close(fd);
+	return v;
+}
+
 struct pfs_entry {
 	char *name;
 	struct stat st;
 	char *target;
-	uint64_t version;
+	uint64_t version, epoch;
 };
 
 /* Reads a PFS directory into a new array.  No ns->lock held. */
@@ -67,7 +78,7 @@ static int read_pfs_dir(int fd, int is_root, struct pfs_entry **out, size_t *cou
 		    strcmp(de->d_name, VP_SCHEDULE_FILE)) {
 			static struct vp_ratelimit rl = VP_RATELIMIT_INIT(10, 60.0);
 
-			if (strcmp(de->d_name, VP_STAGING_DIR))
+			if (strcmp(de->d_name, VP_STAGING_DIR) && strcmp(de->d_name, VP_EPOCH_FILE))
 				vp_log_limited(&rl, LOG_WARNING, "pfs", "'%s' on the PFS is not shown: names that begin with '" VP_RESERVED_PREFIX "' at the root are reserved for viperfs",
 				       de->d_name);
 			continue;
@@ -100,7 +111,7 @@ static int read_pfs_dir(int fd, int is_root, struct pfs_entry **out, size_t *cou
 			e->target = strdup(buf);
 		}
 		if (S_ISREG(e->st.st_mode))
-			e->version = read_version_xattr(fd, de->d_name);
+			e->version = read_version_xattr(fd, de->d_name, &e->epoch);
 		e->name = strdup(de->d_name);
 		if (!e->name)
 			break;
@@ -218,6 +229,7 @@ static int add_entry_locked(struct vp_ns *ns, struct vp_node *dir,
 	e->target = NULL;
 	n->size = (uint64_t)e->st.st_size;
 	n->version = e->version;
+	n->epoch = e->epoch;
 	n->pfs_version = n->version;
 	vp_node_get(dir);
 	n->pfs_parent = dir;
@@ -540,4 +552,14 @@ int vp_node_data(struct vp_ns *ns, struct vp_node *n, struct vp_data **out)
 	if (!rc)
 		*out = fl.out;
 	return rc;
+}
+
+int vp_ns_on_pfs(struct vp_ns *ns, const char *path)
+{
+	int fd = vp_pfs_openat(ns->pfs_root_fd, path, O_PATH | O_NOFOLLOW | O_CLOEXEC, 0);
+
+	if (fd < 0)
+		return fd != -ENOENT;	/* an error other than absence: take it as there */
+	close(fd);
+	return 1;
 }

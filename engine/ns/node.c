@@ -495,3 +495,53 @@ uint64_t vp_ns_path_version(struct vp_ns *ns, const char *path)
 	pthread_mutex_unlock(&ns->lock);
 	return v;
 }
+
+int vp_ns_path_stamp(struct vp_ns *ns, const char *path, struct vp_ns_stamp *out)
+{
+	struct vp_node *n;
+	int rc = -ENOENT;
+
+	pthread_mutex_lock(&ns->lock);
+	n = vp_resolve_locked(ns, path);
+	if (n && n->type == VP_NODE_FILE) {
+		out->version = n->version;
+		out->epoch = n->epoch;
+		out->mode = n->mode & 07777;
+		out->mtime_ns = vp_ts_ns(n->mtime);
+		rc = 0;
+	}
+	pthread_mutex_unlock(&ns->lock);
+	return rc;
+}
+
+int vp_ns_raise_floor(struct vp_ns *ns, const char *path, uint64_t version)
+{
+	struct vp_node *n;
+	int rc = -ENOENT;
+
+	pthread_mutex_lock(&ns->lock);
+	n = vp_resolve_locked(ns, path);
+	if (n && n->type == VP_NODE_FILE) {
+		if (version > n->floor)
+			n->floor = version;
+		rc = 0;
+	}
+	pthread_mutex_unlock(&ns->lock);
+	return rc;
+}
+
+int vp_ns_relabel(struct vp_ns *ns, const char *path, uint64_t version,
+		  uint64_t epoch)
+{
+	struct vp_node *n;
+	int rc = -ESTALE;
+
+	pthread_mutex_lock(&ns->lock);
+	n = vp_resolve_locked(ns, path);
+	if (n && n->type == VP_NODE_FILE && n->version == version && !n->work) {
+		n->epoch = epoch;
+		rc = 0;
+	}
+	pthread_mutex_unlock(&ns->lock);
+	return rc;
+}

@@ -6,10 +6,12 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "../log.h"
@@ -34,6 +36,49 @@ static int open_staging(struct vp_ns *ns, char *err, size_t errlen)
 	return 0;
 }
 
+/*
+ * A producer's run is an epoch: its start time in ns (CLOCK_REALTIME),
+ * and past the last run's, kept in PFS_DIR/.viperfs-epoch, should the
+ * clock have stepped back.  Consumers order versions by (epoch, version):
+ * a restarted producer numbers from what the PFS kept, and a consumer may
+ * hold a later number of the run before.  A PFS that cannot keep the
+ * file (read-only) costs only the guard against a clock step.
+ */
+static uint64_t start_epoch(struct vp_ns *ns)
+{
+	struct timespec ts;
+	char buf[32], tmp[64];
+	uint64_t epoch, last = 0;
+	ssize_t len;
+	int fd;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	epoch = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+	fd = openat(ns->pfs_root_fd, VP_EPOCH_FILE, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd >= 0) {
+		len = read(fd, buf, sizeof(buf) - 1);
+		close(fd);
+		if (len > 0) {
+			buf[len] = '\0';
+			last = strtoull(buf, NULL, 10);
+		}
+	}
+	if (epoch <= last)
+		epoch = last + 1;
+	len = snprintf(buf, sizeof(buf), "%" PRIu64 "\n", epoch);
+	snprintf(tmp, sizeof(tmp), "epoch.%d", (int)getpid());
+	fd = openat(ns->staging_fd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0644);
+	if (fd < 0 || write(fd, buf, (size_t)len) != len || fsync(fd) ||
+	    renameat(ns->staging_fd, tmp, ns->pfs_root_fd, VP_EPOCH_FILE)) {
+		vp_log(LOG_WARNING, "ns", "cannot keep this run's epoch in '%s/%s': %s; versions are ordered by the clock alone",
+		       ns->pfs_dir, VP_EPOCH_FILE, strerror(errno));
+		unlinkat(ns->staging_fd, tmp, 0);
+	}
+	if (fd >= 0)
+		close(fd);
+	return epoch;
+}
+
 /* Start step 1: the PFS directory and its staging folder. */
 static int open_pfs(struct vp_ns *ns, const char *pfs_dir, char *err,
 		    size_t errlen)
@@ -51,6 +96,8 @@ static int open_pfs(struct vp_ns *ns, const char *pfs_dir, char *err,
 		close(ns->pfs_root_fd);
 		return -1;
 	}
+	if (!ns->replica)
+		ns->epoch = start_epoch(ns);
 	return 0;
 }
 
@@ -226,6 +273,11 @@ err_free:
 	return NULL;
 }
 
+uint64_t vp_ns_epoch(const struct vp_ns *ns)
+{
+	return ns->epoch;
+}
+
 const struct vp_config *vp_ns_config(struct vp_ns *ns)
 {
 	return &ns->cfg;
@@ -317,6 +369,7 @@ unsigned int vp_ns_free(struct vp_ns *ns)
 
 	vp_installs_release(ns);
 	vp_aliases_release(ns);
+	free(ns->tombs);
 	free_tree(ns);
 	release_sync(ns);
 	close_cache(ns);

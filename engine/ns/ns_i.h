@@ -52,6 +52,8 @@
 #define VP_RESERVED_PREFIX ".viperfs-"	/* at the root: viperfs' own names */
 #define VP_STAGING_DIR ".viperfs-staging"
 #define VP_SCHEDULE_FILE ".viperfs-schedule.json"
+#define VP_EPOCH_FILE ".viperfs-epoch"		/* the last producer run's epoch */
+#define VP_TOMBS 65536				/* paths removed in a run, remembered (observe.c) */
 #define VP_INCOMING_DIR ".viperfs-incoming"	/* replicas: new inodes before the switch */
 #define VP_CHUNK_SIZE (1u << 20)
 #define VP_NAME_MAX 255
@@ -89,6 +91,8 @@ struct vp_node {
 
 	/* files */
 	uint64_t version;		/* latest committed version number */
+	uint64_t epoch;			/* of the producer's run that committed it (0: unknown) */
+	uint64_t floor;			/* producer: a consumer held this number; the next is after it */
 	uint64_t size;			/* of the latest committed version */
 	struct vp_data *cur;		/* its bytes, or NULL: on the PFS only */
 	struct vp_data *work;		/* working copy while writable handles exist */
@@ -147,7 +151,7 @@ struct install {
 	LIST_ENTRY(install) link;
 	char *path;
 	struct vp_data *data;		/* ref */
-	uint64_t version;
+	uint64_t version, epoch;
 	uint32_t mode;
 };
 
@@ -189,6 +193,9 @@ struct vp_ns {
 	const struct vp_ns_tier *tier;
 	void *tier_arg;
 	int replica;			/* a consumer: read-only, never flushes */
+	uint64_t epoch;			/* a producer's run (vp_ns_epoch); 0 on a consumer */
+	uint64_t *tombs;		/* protected by lock: hashes of paths removed in this run (VP_TOMBS) */
+	size_t ntombs;
 	int replica_loaded;		/* its PFS tree is loaded: no lazy loads */
 	struct vp_flush flush;		/* the flush log and its threads */
 	struct vp_events events;

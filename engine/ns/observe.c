@@ -8,7 +8,9 @@
 #include <limits.h>
 #include <stddef.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <xxhash.h>
 
 #include "ns_i.h"
 
@@ -96,6 +98,45 @@ unsigned int vp_preview_observers_locked(struct vp_ns *ns,
 	return count;
 }
 
+/*
+ * A path removed (unlinked, renamed away) in this run: a consumer's offer
+ * of a file the producer does not have is taken back only if the path was
+ * not removed here (recover.c).  Open addressing on xxh3 of the path; a
+ * collision only refuses an offer.  Full: every such offer is refused.
+ */
+static void tomb_add_locked(struct vp_ns *ns, const char *path)
+{
+	uint64_t h = XXH3_64bits(path, strlen(path)) | 1;
+
+	VP_ASSERT_LOCKED(&ns->lock);
+	if (!ns->tombs && !(ns->tombs = calloc(VP_TOMBS, sizeof(*ns->tombs))))
+		return;
+	for (size_t i = h % VP_TOMBS, k = 0; k < VP_TOMBS && ns->ntombs < VP_TOMBS; i = (i + 1) % VP_TOMBS, k++) {
+		if (ns->tombs[i] == h)
+			return;
+		if (!ns->tombs[i]) {
+			ns->tombs[i] = h;
+			ns->ntombs++;
+			return;
+		}
+	}
+}
+
+int vp_ns_removed_this_run(struct vp_ns *ns, const char *path)
+{
+	uint64_t h = XXH3_64bits(path, strlen(path)) | 1;
+	int found = 0;
+
+	pthread_mutex_lock(&ns->lock);
+	if (ns->ntombs >= VP_TOMBS)
+		found = 1;
+	for (size_t i = h % VP_TOMBS, k = 0; ns->tombs && !found && k < VP_TOMBS && ns->tombs[i];
+	     i = (i + 1) % VP_TOMBS, k++)
+		found = ns->tombs[i] == h;
+	pthread_mutex_unlock(&ns->lock);
+	return found;
+}
+
 void vp_note_op_locked(struct vp_ns *ns, enum vp_op_kind kind,
 		       struct vp_node *n, struct vp_node *newdir,
 		       const char *newname)
@@ -117,6 +158,8 @@ void vp_note_op_locked(struct vp_ns *ns, enum vp_op_kind kind,
 	} else if (kind == VP_OP_SYMLINK) {
 		snprintf(path2, sizeof(path2), "%s", n->symlink);
 	}
+	if (kind == VP_OP_UNLINK || kind == VP_OP_RENAME)
+		tomb_add_locked(ns, path);
 	VP_FOREACH_OBSERVER(o, ns)
 		if (o->ops->on_op)
 			o->ops->on_op(o->arg, kind, path, path2, n->mode);
@@ -134,7 +177,7 @@ void vp_note_version_locked(struct vp_ns *ns, struct vp_node *n)
 		return;
 	struct vp_ns_entry e = {
 		.type = VP_ENTRY_FILE, .path = path, .ino = n->ino, .mode = n->mode,
-		.d = n->cur, .version = n->version, .mtime_ns = vp_ts_ns(n->mtime),
+		.d = n->cur, .version = n->version, .epoch = n->epoch, .mtime_ns = vp_ts_ns(n->mtime),
 	};
 
 	VP_FOREACH_OBSERVER(o, ns)

@@ -77,7 +77,7 @@ static void make_parents(struct vp_repl *r, const char *path)
  * opened and closed (IN_CLOSE_WRITE).  Readers of the old inode keep it.
  */
 static int install(struct vp_repl *r, const char *path, struct vp_data *d,
-		   uint64_t version, uint32_t mode, uint64_t seq)
+		   uint64_t version, uint64_t epoch, uint32_t mode, uint64_t seq)
 {
 	char hidden[64];
 	int fd, rc;
@@ -89,7 +89,7 @@ static int install(struct vp_repl *r, const char *path, struct vp_data *d,
 	if (vp_ns_path_version(r->ns, path) != UINT64_MAX) {
 		snprintf(hidden, sizeof(hidden), ".viperfs-incoming/%" PRIu64, seq);
 		rc = vp_ns_install_hidden(r->ns, hidden + strlen(".viperfs-incoming/"),
-					  d, version, mode);
+					  d, version, epoch, mode);
 		if (!rc && (rc = vp_safepath_rename(r->cons.mnt_fd, hidden, path)))
 			vp_safepath_unlink(r->cons.mnt_fd, hidden, 0);	/* do not keep its bytes around */
 		vp_ns_installed(r->ns);	/* the kernel shows the new file: tell watch and wait */
@@ -101,7 +101,7 @@ static int install(struct vp_repl *r, const char *path, struct vp_data *d,
 		repl_mount_close(r);
 		return rc;
 	}
-	rc = vp_ns_stage_install(r->ns, path, d, version, mode);
+	rc = vp_ns_stage_install(r->ns, path, d, version, epoch, mode);
 	if (!rc) {
 		fd = vp_safepath_open(r->cons.mnt_fd, path, O_WRONLY | O_CREAT, (mode_t)(mode & 07777));
 		if (fd < 0)
@@ -344,13 +344,21 @@ static struct vp_msg *announce_assemble(struct vp_repl *r, struct vp_msg *m)
 	return m;
 }
 
-/* Never backwards: true if we have a's version or a newer one, or a newer one is coming. */
-static bool announce_stale(struct vp_repl *r, const announce_t *a)
+/*
+ * Never backwards, by (epoch, version) (recover.c): a newer one coming
+ * is a SKIP; a preview is only ever taken or skipped.
+ */
+static enum repl_verdict announce_verdict(struct vp_repl *r, const announce_t *a,
+					  uint64_t *have_v, uint64_t *have_e)
 {
-	uint64_t have = vp_ns_path_version(r->ns, a->path);
+	int preview = (a->flags & VP_ANNOUNCE_PREVIEW) != 0;
+	enum repl_verdict v;
 
-	return (have != UINT64_MAX && have >= a->version) ||
-	       newer_queued(r, a->path, a->version);
+	if (newer_queued(r, a->path, a->version))
+		return REPL_SKIP;
+	v = repl_reconcile(r, a->path, a->epoch, a->version, preview ? NULL : &a->checksum,
+			   a->size, have_v, have_e);
+	return preview && v == REPL_AHEAD ? REPL_SKIP : v;
 }
 
 /* True if the assembled chunk list matches a's checksum. */
@@ -506,13 +514,14 @@ static int announce_install(struct vp_repl *r, const announce_t *a, double t0,
 	/* status shows the bytes before the watchers hear of the version */
 	repl_publish_stats(r);
 	t_in = vp_now();
-	rc = install(r, a->path, pl->d, a->version, a->mode, a->seq);
+	rc = install(r, a->path, pl->d, a->version, a->epoch, a->mode, a->seq);
 	if (rc) {
 		vp_log(LOG_ERR, "repl", "installing '%s' version %" PRIu64 ": %s", a->path,
 		       a->version, strerror(-rc));
 		return rc;
 	}
 	r->cons.installed++;
+	repl_ahead_clear(r, a->path);
 	repl_publish_stats(r);	/* before the sealed copy below, which takes a while */
 	if ((a->flags & VP_ANNOUNCE_RELAY) && r->relay.nchildren)
 		*pinned = repl_rpin_add(r, a->seq, pl->d);	/* our children may still read it */
@@ -596,6 +605,8 @@ static void announce_end(struct vp_repl *r, const announce_t *a, struct announce
 void repl_consumer_announce(struct vp_repl *r, struct vp_msg *m)
 {
 	struct announce_plan pl = { 0 };
+	enum repl_verdict verdict;
+	uint64_t have_v = 0, have_e = 0;
 	announce_t *a;
 	int rc = 0, pinned = 0;
 
@@ -604,7 +615,16 @@ void repl_consumer_announce(struct vp_repl *r, struct vp_msg *m)
 		return;
 	a = &m->u.announce;
 	r->cons.from_producer = r->cons.from_relay = 0;
-	if (announce_stale(r, a)) {
+	verdict = announce_verdict(r, a, &have_v, &have_e);
+	if (verdict == REPL_AHEAD) {
+		repl_consumer_ahead(r, a->path, a->seq, have_v, have_e, a->version);
+	} else if (verdict == REPL_SAME) {
+		if (!vp_ns_relabel(r->ns, a->path, a->version, a->epoch))
+			repl_ahead_clear(r, a->path);
+		vp_log(LOG_INFO, "repl", "'%s' version %" PRIu64 ": the same bytes as ours, now of the producer's run; not installed again",
+		       a->path, a->version);
+		repl_say_done(r, a->seq, a->version, 0);
+	} else if (verdict == REPL_SKIP) {
 		if (!(a->flags & VP_ANNOUNCE_PREVIEW))
 			r->cons.skipped++;
 		vp_log(LOG_DEBUG, "repl", "'%s' version %" PRIu64 " skipped: a newer one is here or coming",
@@ -659,12 +679,14 @@ void repl_consumer_op(struct vp_repl *r, const struct vp_msg *m)
 		rc = vp_safepath_symlink(r->cons.mnt_fd, p2, p);
 		break;
 	case VP_OP_RENAME:
+		repl_ahead_clear(r, p);
 		make_parents(r, p2);
 		rc = vp_safepath_rename(r->cons.mnt_fd, p, p2);
 		if (rc == -ENOENT)
 			rc = 0;
 		break;
 	case VP_OP_UNLINK:
+		repl_ahead_clear(r, p);
 		rc = vp_safepath_unlink(r->cons.mnt_fd, p, 0);
 		vp_log(LOG_DEBUG, "repl", "unlink '%s': %s", p, rc ? strerror(-rc) : "done");
 		if (rc == -ENOENT)
@@ -675,8 +697,17 @@ void repl_consumer_op(struct vp_repl *r, const struct vp_msg *m)
 		if (rc == -ENOENT)
 			rc = 0;
 		break;
-	case VP_OP_KEEP:
+	case VP_OP_KEEP: {	/* on the PFS only: is ours later? */
+		uint64_t have_v = 0, have_e = 0;
+
+		if (repl_reconcile(r, p, m->u.op.epoch, m->u.op.version, NULL, 0,
+				   &have_v, &have_e) == REPL_AHEAD) {
+			repl_mount_close(r);
+			repl_consumer_ahead(r, p, m->u.op.seq, have_v, have_e, m->u.op.version);
+			return;
+		}
 		break;
+	}
 	}
 	repl_mount_close(r);
 	if (rc)

@@ -62,7 +62,8 @@ static int cmp_str(const void *a, const void *b)
 struct stale_arg {
 	struct vp_repl *r;
 	char **paths;
-	int *types;
+	int *types;		/* 0 a directory, 1 a file, 2 a file of a run before the producer's */
+	uint64_t (*stamps)[2];	/* files: version, epoch */
 	size_t n, cap;
 };
 
@@ -78,16 +79,22 @@ static void stale_cb(void *arg, const struct vp_ns_entry *e)
 		size_t cap = a->cap ? a->cap * 2 : 64;
 		char **p = realloc(a->paths, cap * sizeof(*p));
 		int *t = p ? realloc(a->types, cap * sizeof(*t)) : NULL;
+		uint64_t (*s)[2] = t ? realloc(a->stamps, cap * sizeof(*s)) : NULL;
 
 		if (p)
 			a->paths = p;
-		if (!t)
+		if (t)
+			a->types = t;
+		if (!s)
 			return;
-		a->types = t;
+		a->stamps = s;
 		a->cap = cap;
 	}
 	a->paths[a->n] = strdup(path);
-	a->types[a->n] = e->type == VP_ENTRY_DIR ? 0 : 1;
+	a->types[a->n] = e->type == VP_ENTRY_DIR ? 0 :
+		e->type == VP_ENTRY_FILE && a->r->cons.new_run && e->epoch < a->r->cons.epoch ? 2 : 1;
+	a->stamps[a->n][0] = e->version;
+	a->stamps[a->n][1] = e->epoch;
 	if (a->paths[a->n])
 		a->n++;
 }
@@ -95,7 +102,10 @@ static void stale_cb(void *arg, const struct vp_ns_entry *e)
 /*
  * The catch-up is complete: what it did not name was deleted on the
  * producer while we were away.  Removed by syscalls, so watchers see
- * IN_DELETE; children before their directories.
+ * IN_DELETE; children before their directories.  Except a file of a run
+ * before the producer's that is not on the PFS: the producer cannot have
+ * deleted what it never knew, so its last run made it and died before
+ * the flush.  That one is kept and offered back (recover.c).
  */
 static void remove_stale(struct vp_repl *r)
 {
@@ -104,8 +114,16 @@ static void remove_stale(struct vp_repl *r)
 	if (r->cons.nseen)
 		qsort(r->cons.seen, r->cons.nseen, sizeof(char *), cmp_str);
 	vp_ns_snapshot(r->ns, stale_cb, &a);
+	for (size_t i = 0; i < a.n; i++)
+		if (a.types[i] == 2 && !vp_ns_on_pfs(r->ns, a.paths[i])) {
+			repl_consumer_ahead(r, a.paths[i], 0, a.stamps[i][0], a.stamps[i][1], 0);
+			free(a.paths[i]);
+			a.paths[i] = NULL;
+		}
 	if (a.n && !repl_mount_open(r)) {
 		for (size_t i = a.n; i-- > 0;) {
+			if (!a.paths[i])
+				continue;
 			if (vp_safepath_unlink(r->cons.mnt_fd, a.paths[i], a.types[i] == 0 ? AT_REMOVEDIR : 0) == 0)
 				vp_log(LOG_INFO, "repl", "'%s' was deleted on the producer while we were away; removed",
 				       a.paths[i]);
@@ -116,8 +134,10 @@ static void remove_stale(struct vp_repl *r)
 		free(a.paths[i]);
 	free(a.paths);
 	free(a.types);
+	free(a.stamps);
 	repl_seen_clear(r);
 	r->cons.syncing = 0;
+	r->cons.new_run = 0;
 }
 
 /* The last time anything came from the producer: a message (queued or handled) or a read. */
@@ -136,7 +156,7 @@ static double producer_heard(struct vp_repl *r)
  * before it counts as silent (a send to a dead producer must not delay
  * noticing it), and a HELLO no longer than the next one's second.
  */
-static void consumer_send(struct vp_repl *r, struct vp_msg *m)
+void repl_consumer_send(struct vp_repl *r, struct vp_msg *m)
 {
 	double wait = r->cfg.peer_timeout;
 
@@ -165,7 +185,7 @@ void repl_consumer_beat(struct vp_repl *r)
 		struct vp_msg hb = { .type = VP_MSG_HEARTBEAT };
 
 		r->cons.last_beat = now;
-		consumer_send(r, &hb);
+		repl_consumer_send(r, &hb);
 	}
 }
 
@@ -178,7 +198,7 @@ void repl_say_done(struct vp_repl *r, uint64_t seq, uint64_t version, int status
 	m.u.done.status = status;
 	m.u.done.from_producer = r->cons.from_producer;
 	m.u.done.from_relay = r->cons.from_relay;
-	consumer_send(r, &m);
+	repl_consumer_send(r, &m);
 }
 
 /* Forgets the reasons to subscribe again (a failed transfer, a lost message). */
@@ -356,7 +376,7 @@ static void consumer_challenge(struct vp_repl *r, const struct vp_msg *m)
 		challenge_mismatch(r, m, why, sizeof(why), no.u.refused.reason,
 				   sizeof(no.u.refused.reason));
 		r->cons.my_id = m->u.challenge.assigned_id;
-		consumer_send(r, &no);
+		repl_consumer_send(r, &no);
 		r->cons.my_id = 0;
 		wait = auth_backoff(r);
 		vp_log(LOG_ERR, "repl", "authentication with the producer failed: %s; trying again in %.0f s",
@@ -367,7 +387,7 @@ static void consumer_challenge(struct vp_repl *r, const struct vp_msg *m)
 	repl_mac_of(r, "VPR1-C", m->u.challenge.nonce, r->cons.nonce_c, r->cons.my_id,
 		    reply.u.auth.mac);
 	r->cons.state = CONS_CHALLENGED;
-	consumer_send(r, &reply);	/* plain: the last message before the session */
+	repl_consumer_send(r, &reply);	/* plain: the last message before the session */
 	if (repl_session_derive(r, &r->cons.sess, r->cons.nonce_c, m->u.challenge.nonce,
 				r->cons.my_id, 0)) {
 		vp_log(LOG_ERR, "repl", "cannot derive the session keys; not subscribing");
@@ -376,8 +396,15 @@ static void consumer_challenge(struct vp_repl *r, const struct vp_msg *m)
 }
 
 /* A WELCOME (in CONS_CHALLENGED): subscribed; the catch-up follows. */
-static void consumer_welcome(struct vp_repl *r)
+static void consumer_welcome(struct vp_repl *r, const struct vp_msg *m)
 {
+	if (r->cons.epoch && m->u.welcome.epoch != r->cons.epoch)
+		vp_log(LOG_NOTICE, "repl", "the producer runs anew (epoch %" PRIu64 ", was %" PRIu64 "): every path is reconciled with its state",
+		       m->u.welcome.epoch, r->cons.epoch);
+	r->cons.new_run = m->u.welcome.epoch != r->cons.epoch;
+	r->cons.epoch = m->u.welcome.epoch;
+	repl_ahead_clear(r, NULL);	/* the catch-up says again what is still ahead */
+	repl_offers_done(r, 0, 1);
 	r->cons.state = CONS_SUBSCRIBED;
 	r->cons.auth_backoff = 0;
 	repl_seen_clear(r);
@@ -414,7 +441,7 @@ void repl_consumer_handle(struct vp_repl *r, struct qmsg *q)
 		break;
 	case VP_MSG_WELCOME:
 		if (r->cons.state == CONS_CHALLENGED)
-			consumer_welcome(r);
+			consumer_welcome(r, m);
 		break;
 	case VP_MSG_REFUSED: {
 		double wait = auth_backoff(r);
@@ -443,7 +470,10 @@ void repl_consumer_handle(struct vp_repl *r, struct qmsg *q)
 			repl_relay_topo(r, m);
 		break;
 	case VP_MSG_RELAY_DONE:
-		repl_rpin_done(r, m->peer_id, m->u.relay_done.seq);
+		if (q->src == r->cons.producer)
+			repl_offers_done(r, m->u.relay_done.seq, 0);	/* it took (or let go of) an offer */
+		else
+			repl_rpin_done(r, m->peer_id, m->u.relay_done.seq);
 		break;
 	default:
 		break;
@@ -499,6 +529,7 @@ void repl_consumer_tick(struct vp_repl *r)
 	double now = vp_now();
 
 	repl_rpin_sweep(r, 0);
+	repl_offers_done(r, 0, 0);	/* offers the producer never took */
 	if (!r->relay.parent_id && !STAILQ_EMPTY(&r->relay.rin))
 		repl_rin_clear(r);	/* offers from a relay we no longer have */
 
@@ -526,7 +557,7 @@ void repl_consumer_tick(struct vp_repl *r)
 			r->cons.state = CONS_HELLO_SENT;
 			r->cons.my_id = 0;
 			vp_sess_clear(&r->cons.sess);	/* a new handshake, a new session */
-			consumer_send(r, &m);
+			repl_consumer_send(r, &m);
 		}
 	}
 	repl_consumer_beat(r);

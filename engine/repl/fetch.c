@@ -46,8 +46,7 @@ out_unlock:
 	pthread_mutex_unlock(&r->slab_lock);
 }
 
-/* The registered slab that holds mem; NULL: none. */
-static struct slab_mr *slab_of(struct vp_repl *r, const void *mem)
+struct slab_mr *repl_slab_of(struct vp_repl *r, const void *mem)
 {
 	struct slab_mr *found = NULL;
 
@@ -196,7 +195,7 @@ static size_t relay_batch(struct vp_repl *r, struct relay_fetch *rf,
 
 	while (rf->head < rf->tail && nreq < RELAY_BATCH) {
 		uint32_t k = rf->fifo[rf->head++], i = rf->need[k];
-		struct slab_mr *s = rf->mem[i] ? slab_of(r, rf->mem[i]) : NULL;
+		struct slab_mr *s = rf->mem[i] ? repl_slab_of(r, rf->mem[i]) : NULL;
 
 		if (!s)
 			continue;	/* the producer serves it */
@@ -443,7 +442,7 @@ int repl_fetch_chunks(struct vp_repl *r, const announce_t *a, void **mem,
 
 		if (got[k])
 			continue;
-		if (!mem[i] || !(s = slab_of(r, mem[i]))) {
+		if (!mem[i] || !(s = repl_slab_of(r, mem[i]))) {
 			rc = mem[i] ? -EFAULT : -ENOMEM;
 			goto out;
 		}

@@ -351,6 +351,7 @@ static void producer_welcome(struct vp_repl *r, struct peer *p)
 {
 	struct vp_msg w = { .type = VP_MSG_WELCOME };
 
+	w.u.welcome.epoch = r->prod.epoch;
 	repl_send_msg(r, p->addr, &p->sess, &w);	/* sealed: the first of the session */
 	repl_catch_up(r, p);
 	pthread_mutex_lock(&r->lock);
@@ -437,6 +438,10 @@ void repl_producer_handle(struct vp_repl *r, struct qmsg *q)
 		producer_done_locked(r, p, m);
 		break;
 	case VP_MSG_HEARTBEAT:
+		break;
+	case VP_MSG_ANNOUNCE:		/* only a version offered back */
+		if (m->u.announce.flags & VP_ANNOUNCE_RECOVER)
+			repl_recover_offer_locked(r, p, m);
 		break;
 	case VP_MSG_REFUSED:
 		producer_refused_locked(r, p, m);

@@ -91,6 +91,7 @@ void vp_repl_note_version_locked(struct vp_repl *r, const struct vp_ns_entry *v)
 	e->ino = v->ino;
 	e->data = vp_data_get(v->d);
 	e->version = v->version;
+	e->epoch = v->epoch;
 	e->mode = v->mode & 07777;
 	e->mtime_ns = v->mtime_ns;
 	drop_queued_versions(r, v->path, 0);
@@ -115,6 +116,7 @@ void vp_repl_note_preview(struct vp_repl *r, const struct vp_ns_entry *v)
 	e->ino = v->ino;
 	e->data = v->d;
 	e->version = v->version;
+	e->epoch = v->epoch;
 	e->mode = v->mode & 07777;
 	drop_queued_versions(r, v->path, 1);	/* an unsent older preview */
 	event_append(r, e);
@@ -137,7 +139,7 @@ static int pin_waited(const struct pin *pin)
 	return 0;
 }
 
-static void pin_free(struct pin *pin, struct vp_gpu *g)
+void repl_pin_free(struct pin *pin, struct vp_gpu *g)
 {
 	for (uint32_t i = 0; i < pin->nmrs; i++)
 		vp_fab_mr_close(pin->mrs[i]);	/* no peer can read it any more */
@@ -188,7 +190,7 @@ static void serve_from_gpu(struct vp_repl *r, const char *path, uint64_t ino,
  * are.  Each chunk is registered for its file bytes only: the rest of a
  * last, partial chunk is never readable.  Returns 0 or -errno.
  */
-static int pin_register(struct vp_repl *r, struct pin *pin, struct vp_data *d, uint64_t size,
+int repl_pin_register(struct vp_repl *r, struct pin *pin, struct vp_data *d, uint64_t size,
 			uint32_t chunk, uint32_t nchunks, const uint64_t *hashes,
 			struct vp_chunk_ref *refs)
 {
@@ -224,7 +226,7 @@ static int pin_register(struct vp_repl *r, struct pin *pin, struct vp_data *d, u
  * for d, and the next seq; *hashes gets the chunk hashes (the caller
  * frees them).  Returns 0, -ENODATA (d is not all in the cache) or -errno.
  */
-static int announce_hash(struct vp_repl *r, struct vp_data *d, announce_t *a, int preview,
+int repl_announce_hash(struct vp_repl *r, struct vp_data *d, announce_t *a, int preview,
 			 uint64_t **hashes)
 {
 	uint32_t chunk = (uint32_t)vp_pool_chunk_size(r->pool);
@@ -347,13 +349,14 @@ static int announce(struct vp_repl *r, const struct vp_ns_entry *v,
 	m->type = VP_MSG_ANNOUNCE;
 	a = &m->u.announce;
 	a->version = v->version;
+	a->epoch = v->epoch;
 	a->mode = v->mode;
 	a->flags = preview ? VP_ANNOUNCE_PREVIEW : 0;
 	if (!only && r->cfg.relay_fanout)
 		a->flags |= VP_ANNOUNCE_RELAY;	/* the whole tree gets it */
 	a->mtime_ns = v->mtime_ns;
 	snprintf(a->path, sizeof(a->path), "%s", v->path);
-	rc = announce_hash(r, v->d, a, preview, &hashes);
+	rc = repl_announce_hash(r, v->d, a, preview, &hashes);
 	if (rc)
 		goto out;
 	pin = pin_new(r, v, a);
@@ -362,7 +365,7 @@ static int announce(struct vp_repl *r, const struct vp_ns_entry *v,
 		goto out;
 	}
 	refs = calloc(a->nchunks ? a->nchunks : 1, sizeof(*refs));
-	rc = refs ? pin_register(r, pin, v->d, a->size, a->chunk_size, a->nchunks, hashes, refs) :
+	rc = refs ? repl_pin_register(r, pin, v->d, a->size, a->chunk_size, a->nchunks, hashes, refs) :
 		-ENOMEM;
 	pthread_mutex_lock(&r->lock);
 	if (!rc)
@@ -374,7 +377,7 @@ static int announce(struct vp_repl *r, const struct vp_ns_entry *v,
 		       v->path, v->version, strerror(-rc));
 out:
 	if (pin)
-		pin_free(pin, r->gpu);
+		repl_pin_free(pin, r->gpu);
 	free(refs);
 	free(hashes);
 	free(m);
@@ -382,7 +385,8 @@ out:
 }
 
 static void queue_op(struct vp_repl *r, enum vp_op_kind kind, const char *path,
-		     const char *path2, uint32_t mode, struct peer *only)
+		     const char *path2, uint32_t mode, struct peer *only,
+		     const struct vp_ns_entry *keep)
 {
 	struct vp_msg *m = calloc(1, sizeof(*m));
 	struct peer *p;
@@ -394,6 +398,10 @@ static void queue_op(struct vp_repl *r, enum vp_op_kind kind, const char *path,
 	m->u.op.mode = mode;
 	snprintf(m->u.op.path, sizeof(m->u.op.path), "%s", path);
 	snprintf(m->u.op.path2, sizeof(m->u.op.path2), "%s", path2 ? path2 : "");
+	if (keep) {	/* KEEP: which version the PFS has */
+		m->u.op.version = keep->version;
+		m->u.op.epoch = keep->epoch;
+	}
 	pthread_mutex_lock(&r->lock);
 	m->u.op.seq = ++r->prod.seq;
 	LIST_FOREACH(p, &r->prod.peers, link) {
@@ -457,13 +465,13 @@ void repl_catch_up(struct vp_repl *r, struct peer *p)
 	while ((it = STAILQ_FIRST(&a.items))) {
 		STAILQ_REMOVE_HEAD(&a.items, link);
 		if (it->e.type == VP_ENTRY_DIR)
-			queue_op(r, VP_OP_MKDIR, it->path, NULL, it->e.mode, p);
+			queue_op(r, VP_OP_MKDIR, it->path, NULL, it->e.mode, p, NULL);
 		else if (it->e.type == VP_ENTRY_SYMLINK)
-			queue_op(r, VP_OP_SYMLINK, it->path, it->target, 0, p);
+			queue_op(r, VP_OP_SYMLINK, it->path, it->target, 0, p, NULL);
 		else if (it->e.d && !announce(r, &it->e, p, 0))
 			files++;
 		else
-			queue_op(r, VP_OP_KEEP, it->path, NULL, 0, p);	/* on the PFS only */
+			queue_op(r, VP_OP_KEEP, it->path, NULL, 0, p, &it->e);	/* on the PFS only */
 		vp_data_put(it->e.d);
 		free(it->path);
 		free(it->target);
@@ -495,7 +503,7 @@ void repl_unpin_locked(struct vp_repl *r, int all_for_dead_peer)
 		if (!pin_waited(pin) || all_for_dead_peer ||
 		    now - pin->since > PIN_TIMEOUT) {
 			LIST_REMOVE(pin, link);
-			pin_free(pin, r->gpu);
+			repl_pin_free(pin, r->gpu);
 		}
 	}
 }
@@ -526,13 +534,13 @@ static void producer_ship_events(struct vp_repl *r)
 			struct vp_ns_entry v = {
 				.type = VP_ENTRY_FILE, .path = e->path, .ino = e->ino,
 				.mode = e->mode, .d = e->data, .version = e->version,
-				.mtime_ns = e->mtime_ns,
+				.epoch = e->epoch, .mtime_ns = e->mtime_ns,
 			};
 
 			announce(r, &v, NULL, e->is_preview);
 		}
 		else if (!e->is_version)
-			queue_op(r, e->kind, e->path, e->path2, e->mode, NULL);
+			queue_op(r, e->kind, e->path, e->path2, e->mode, NULL, NULL);
 		repl_event_free(e);
 	}
 }
@@ -562,6 +570,7 @@ void repl_producer_tick(struct vp_repl *r, double *last_beat)
 	double now = vp_now();
 
 	producer_ship_events(r);
+	repl_recover_tick(r);	/* versions consumers offer back */
 	repl_peers_tick(r, now);
 	producer_beat(r, last_beat, now);
 }

@@ -79,7 +79,7 @@ struct event {			/* producer: a change to ship, in order */
 	uint32_t mode;
 	uint64_t ino;		/* versions: the file on this node (its GPU mirror's key) */
 	struct vp_data *data;	/* versions: ref */
-	uint64_t version;
+	uint64_t version, epoch;
 	int64_t mtime_ns;
 };
 STAILQ_HEAD(event_list, event);
@@ -98,6 +98,17 @@ struct pin {			/* producer: bytes consumers may still be reading */
 	double since;
 };
 LIST_HEAD(pin_list, pin);
+
+struct recovery;		/* producer: a RECOVER announce being taken (recover.c) */
+LIST_HEAD(recovery_list, recovery);
+
+/* What a consumer does with the producer's version of a path (recover.c). */
+enum repl_verdict {
+	REPL_TAKE,		/* later than ours: fetch and install */
+	REPL_SAME,		/* our bytes, of another run: stamp, do not install */
+	REPL_SKIP,		/* ours is as new, or a later one is coming */
+	REPL_AHEAD,		/* ours is later, and the producer lost it: keep, say, offer back */
+};
 
 struct peer {			/* producer: a consumer, subscribed or in its handshake */
 	LIST_ENTRY(peer) link;
@@ -173,6 +184,10 @@ struct vp_repl_producer {
 	uint64_t seq;
 	struct pin_list pins;
 	uint64_t gpu_versions_out, gpu_bytes_out;	/* announced from the tier */
+	struct recovery_list recoveries;	/* offers back from consumers; protected by r->lock */
+	uint64_t recovered;		/* versions taken back from consumers (repl thread; status reads it) */
+	uint64_t ahead_seen;		/* versions consumers held that this run lacked */
+	uint64_t epoch;			/* this run's (vp_ns_epoch), for WELCOME */
 };
 
 /* Consumer: its subscription, transfers and installs; repl thread only unless said. */
@@ -225,6 +240,11 @@ struct vp_repl_consumer {
 	size_t ndead_mrs;
 	void **quarantine;		/* chunks a timed-out read may still write */
 	size_t nquarantine;
+	uint64_t epoch;			/* the producer's run (WELCOME) */
+	int new_run;			/* its first catch-up in this run: unnamed files it never knew are offered back */
+	char **ahead;			/* paths we hold later than the producer does; protected by r->lock */
+	size_t nahead;
+	struct pin_list offers;		/* versions offered back to the producer, until its RELAY_DONE */
 };
 
 /* Consumer: its place in the relay tree (TOPO); repl thread only unless said. */
@@ -357,6 +377,8 @@ struct qmsg *repl_qmsg_of(struct vp_msg *m);
 
 /* fetch.c */
 void repl_on_slab(void *arg, void *base, size_t len);
+/* The registered slab that holds mem; NULL: none. */
+struct slab_mr *repl_slab_of(struct vp_repl *r, const void *mem);
 int repl_fetch_chunks(struct vp_repl *r, const announce_t *a, void **mem,
 		      const uint32_t *need, size_t n, uint32_t *bad_idx);
 void repl_stage_register(struct vp_repl *r);
@@ -382,6 +404,12 @@ void repl_relay_reset(struct vp_repl *r);
 
 /* producer.c */
 void repl_pin_done(struct pin *pin, uint64_t id);
+void repl_pin_free(struct pin *pin, struct vp_gpu *g);
+int repl_pin_register(struct vp_repl *r, struct pin *pin, struct vp_data *d, uint64_t size,
+		      uint32_t chunk, uint32_t nchunks, const uint64_t *hashes,
+		      struct vp_chunk_ref *refs);
+int repl_announce_hash(struct vp_repl *r, struct vp_data *d, announce_t *a, int preview,
+		       uint64_t **hashes);
 void repl_catch_up(struct vp_repl *r, struct peer *p);
 void repl_unpin_locked(struct vp_repl *r, int all_for_dead_peer);
 void repl_event_free(struct event *e);
@@ -399,6 +427,7 @@ void repl_seen_add(struct vp_repl *r, const char *path);
 void repl_seen_clear(struct vp_repl *r);
 void repl_consumer_beat(struct vp_repl *r);
 void repl_say_done(struct vp_repl *r, uint64_t seq, uint64_t version, int status);
+void repl_consumer_send(struct vp_repl *r, struct vp_msg *m);
 void repl_consumer_handle(struct vp_repl *r, struct qmsg *q);
 void repl_publish_stats(struct vp_repl *r);
 /*
@@ -416,5 +445,27 @@ void repl_mount_close(struct vp_repl *r);
 void repl_prefetch_drop(struct vp_repl *r, struct prefetch *pf);
 void repl_consumer_announce(struct vp_repl *r, struct vp_msg *m);
 void repl_consumer_op(struct vp_repl *r, const struct vp_msg *m);
+
+/* recover.c */
+/*
+ * Consumer: what to do with the producer's (epoch, version) of path
+ * (checksum and size: its bytes, where known, for REPL_SAME); *have_v and
+ * *have_e get ours (unset for REPL_TAKE of a path we lack).
+ */
+enum repl_verdict repl_reconcile(struct vp_repl *r, const char *path, uint64_t epoch,
+				 uint64_t version, const uint64_t *checksum, uint64_t size,
+				 uint64_t *have_v, uint64_t *have_e);
+/* Consumer: we hold path later than the producer (of seq) does: keep, say, offer back. */
+void repl_consumer_ahead(struct vp_repl *r, const char *path, uint64_t seq,
+			 uint64_t have_v, uint64_t have_e, uint64_t their_v);
+/* Consumer: path (NULL: every path) is no longer ahead of the producer. */
+void repl_ahead_clear(struct vp_repl *r, const char *path);
+/* Consumer: the producer is done with offer seq (all: with every offer; old ones go too). */
+void repl_offers_done(struct vp_repl *r, uint64_t seq, int all);
+/* Producer: a piece of a consumer's RECOVER announce (r->lock held). */
+void repl_recover_offer_locked(struct vp_repl *r, struct peer *p, struct vp_msg *m);
+/* Producer, repl thread: takes back the offers that are complete. */
+void repl_recover_tick(struct vp_repl *r);
+void repl_recover_free(struct vp_repl *r);
 
 #endif

@@ -172,6 +172,9 @@ static struct vp_repl *repl_alloc(struct vp_ns *ns, struct vp_gpu *gpu,
 	STAILQ_INIT(&r->prod.events);
 	LIST_INIT(&r->prod.peers);
 	LIST_INIT(&r->prod.pins);
+	LIST_INIT(&r->prod.recoveries);
+	r->prod.epoch = vp_ns_epoch(ns);
+	LIST_INIT(&r->cons.offers);
 	r->cons.mnt_fd = -1;
 	snprintf(r->cons.mnt, sizeof(r->cons.mnt), "%s", mountpoint);
 	LIST_INIT(&r->cons.prefetch);
@@ -379,6 +382,7 @@ void vp_repl_free(struct vp_repl *r)
 		pthread_join(r->thread, NULL);
 	vp_pool_set_slab_cb(r->pool, NULL, r);
 	producer_release(r);
+	repl_recover_free(r);	/* offers' registrations, before the fabric */
 	fabric_release(r);
 	consumer_release(r);
 	repl_release(r);
@@ -407,16 +411,21 @@ static const char *consumer_state(struct vp_repl *r)
 static json_t *consumer_status_locked(struct vp_repl *r, double now)
 {
 	const typeof(r->cons.pub) *c = &r->cons.pub;
-	json_t *children = json_array();
+	json_t *children = json_array(), *ahead = json_array();
 
 	VP_ASSERT_LOCKED(&r->lock);
+	for (size_t i = 0; ahead && i < r->cons.nahead; i++)
+		if (json_array_append_new(ahead, vp_json_name(r->cons.ahead[i]))) {
+			json_decref(ahead);
+			ahead = NULL;
+		}
 	for (unsigned int i = 0; children && i < c->nchildren; i++)
 		if (json_array_append_new(children, json_integer((json_int_t)c->children[i]))) {
 			json_decref(children);
 			children = NULL;
 		}
 	return json_pack("{s:s,s:s,s:o,s:s,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:o,s:o,"
-			 "s:{s:I,s:o,s:I,s:I},s:s,s:I,s:b,s:I}",
+			 "s:{s:I,s:o,s:I,s:I},s:s,s:I,s:b,s:I,s:o}",
 			 "role", "consumer",
 			 "provider", vp_fab_provider(r->fab),
 			 "producer", vp_json_name(r->cfg.subscribe),
@@ -438,7 +447,8 @@ static json_t *consumer_status_locked(struct vp_repl *r, double now)
 			 "gpu_path", gpu_path(r),
 			 "bytes_gpu_direct", (json_int_t)c->bytes_direct_in,
 			 "sealed", r->secret_len != 0,
-			 "refused_messages", (json_int_t)__atomic_load_n(&r->refused, __ATOMIC_RELAXED));
+			 "refused_messages", (json_int_t)__atomic_load_n(&r->refused, __ATOMIC_RELAXED),
+			 "ahead", ahead);
 }
 
 /* One peer of the producer's status.  r->lock held. */
@@ -463,15 +473,18 @@ static json_t *peer_status_locked(struct vp_repl *r, struct peer *p, double now)
 static json_t *producer_status_locked(struct vp_repl *r, double now)
 {
 	json_t *peers = json_array();
+	char epoch[24];
 	struct peer *p;
 
 	VP_ASSERT_LOCKED(&r->lock);
+	/* a string: 19 digits do not survive a JSON reader's doubles */
+	snprintf(epoch, sizeof(epoch), "%" PRIu64, r->prod.epoch);
 	LIST_FOREACH(p, &r->prod.peers, link)
 		if (peers && json_array_append_new(peers, peer_status_locked(r, p, now))) {
 			json_decref(peers);
 			peers = NULL;
 		}
-	return json_pack("{s:s,s:s,s:o,s:I,s:s,s:I,s:I,s:b,s:I,s:o}",
+	return json_pack("{s:s,s:s,s:o,s:I,s:s,s:I,s:I,s:b,s:I,s:I,s:I,s:s,s:o}",
 			 "role", "producer",
 			 "provider", vp_fab_provider(r->fab),
 			 "listen", vp_json_name(r->cfg.listen),
@@ -481,6 +494,9 @@ static json_t *producer_status_locked(struct vp_repl *r, double now)
 			 "gpu_bytes_out", (json_int_t)r->prod.gpu_bytes_out,
 			 "sealed", r->secret_len != 0,
 			 "refused_messages", (json_int_t)__atomic_load_n(&r->refused, __ATOMIC_RELAXED),
+			 "recovered", (json_int_t)__atomic_load_n(&r->prod.recovered, __ATOMIC_RELAXED),
+			 "ahead_seen", (json_int_t)__atomic_load_n(&r->prod.ahead_seen, __ATOMIC_RELAXED),
+			 "epoch", epoch,
 			 "peers", peers);
 }
 

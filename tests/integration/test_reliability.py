@@ -198,3 +198,102 @@ def test_a_link_cut_is_noticed_and_caught_up_after(world):
     assert back <= 8, "subscribed again %.1f s after the link came back" % back
     assert wait_version(cons.path("big.bin"), 0, timeout=60) == 1
     assert read(cons.path("big.bin")) == read(prod.path("big.bin"))
+
+
+def test_a_restarted_producer_is_a_new_epoch_and_takes_back_what_only_a_consumer_holds(world):
+    """A is flushed; B reaches the consumer but not the PFS (flush_bw=1M); the
+    producer is killed and restarted on the same PFS, where it finds A as
+    version 1.  Its new epoch makes the consumer reconcile: it says that it
+    holds version 2, which the producer lacks, and the producer takes B back
+    from it (hash-checked), serves it as version 2 and flushes it.  Its next
+    version, C, is 3 on both nodes: nothing is skipped, nothing repeats.  A
+    new file that never reached the PFS is taken back too."""
+    net, prod, (cons,) = cluster(world, consumers=1, opts=",flush_bw=1M")
+    wait_for(lambda: subscribed(prod, 1), what="the consumer")
+    a, b, c = os.urandom(64 << 10), os.urandom(6 << 20), os.urandom(96 << 10)
+    n = os.urandom(300 << 10)
+    write(prod.path("model.pt"), a)
+    os.mkdir(prod.path("run"))
+    prod.flush()
+    assert wait_version(cons.path("model.pt"), 0) == 1
+    write(prod.path("model.pt"), b)                 # 6 s to flush at 1 MiB/s
+    write(prod.path("run", "new.pt"), n)            # flushed after B
+    assert wait_version(cons.path("model.pt"), 1) == 2
+    assert wait_version(cons.path("run", "new.pt"), 0) == 1
+    assert read(cons.path("model.pt")) == b
+    prod.kill9()
+    assert read(prod.pfs_path("model.pt")) == a     # B reached only the consumer
+    assert not os.path.exists(prod.pfs_path("run", "new.pt"))
+    prod.start()
+    wait_for(lambda: "holds 'model.pt' version 2, which the producer does not have" in cons.read_log(),
+             what="the consumer's word")
+    wait_for(lambda: "took back 'model.pt' version 2" in prod.read_log(), what="the recovery")
+    assert read(prod.path("model.pt")) == b
+    assert wait_version(prod.path("model.pt"), 1) == 2
+    prod.flush()
+    assert read(prod.pfs_path("model.pt")) == b
+    wait_for(lambda: "took back 'run/new.pt' version 1" in prod.read_log(), what="the new file")
+    assert read(prod.path("run", "new.pt")) == n
+    prod.flush()
+    assert read(prod.pfs_path("run", "new.pt")) == n
+    assert read(cons.path("run", "new.pt")) == n
+    assert status(prod)["repl"]["recovered"] == 2
+    assert read(cons.path("model.pt")) == b         # the same bytes: not installed again
+    write(prod.path("model.pt"), c)
+    assert wait_version(prod.path("model.pt"), 2) == 3
+    assert wait_version(cons.path("model.pt"), 2, timeout=20) == 3
+    assert read(cons.path("model.pt")) == c
+
+
+def test_a_version_nobody_can_give_back_is_said_and_numbered_after(world):
+    """As above, but the consumer is told nothing can be taken back (its copy of
+    B is the one the restarted producer lacks, and the producer runs with
+    recover=off): the consumer keeps B and says so in its log and its status,
+    and the producer numbers its next version after B's."""
+    net, prod, (cons,) = cluster(world, consumers=1, opts=",flush_bw=1M,recover=off")
+    wait_for(lambda: subscribed(prod, 1), what="the consumer")
+    a, b, c = os.urandom(64 << 10), os.urandom(6 << 20), os.urandom(96 << 10)
+    write(prod.path("model.pt"), a)
+    prod.flush()
+    assert wait_version(cons.path("model.pt"), 0) == 1
+    write(prod.path("model.pt"), b)
+    assert wait_version(cons.path("model.pt"), 1) == 2
+    prod.kill9()
+    prod.start()
+    wait_for(lambda: "holds 'model.pt' version 2, which the producer does not have" in cons.read_log(),
+             what="the consumer's word")
+    wait_for(lambda: status(cons)["repl"]["ahead"] == ["model.pt"], what="the consumer's status")
+    wait_for(lambda: "'model.pt': a consumer holds version 2" in prod.read_log(), what="the producer's word")
+    assert read(prod.path("model.pt")) == a and read(cons.path("model.pt")) == b
+    write(prod.path("model.pt"), c)
+    assert wait_version(prod.path("model.pt"), 1) == 3
+    assert wait_version(cons.path("model.pt"), 2, timeout=20) == 3
+    assert read(cons.path("model.pt")) == c
+    assert status(cons)["repl"]["ahead"] == []
+
+
+def test_a_file_the_restarted_producer_deleted_is_not_brought_back(world):
+    """The consumer holds f.pt of the producer's last run; the restarted producer
+    deletes it (and the PFS copy goes) while the consumer is cut off.  When the
+    consumer comes back, f.pt is not on the PFS and the catch-up does not name it:
+    the consumer offers it back, the producer knows it deleted the path in this
+    run, and the consumer deletes it too (it does not come back to life)."""
+    net, prod, (cons,) = cluster(world, consumers=1)
+    wait_for(lambda: subscribed(prod, 1), what="the consumer")
+    write(prod.path("f.pt"), b"of the last run")
+    prod.flush()
+    assert wait_version(cons.path("f.pt"), 0) == 1
+    prod.kill9()
+    net.link(1, False)
+    try:
+        prod.start()
+        os.unlink(prod.path("f.pt"))
+        prod.flush()
+        assert not os.path.exists(prod.pfs_path("f.pt"))
+    finally:
+        net.link(1, True)
+    wait_for(lambda: "'f.pt' version 1 from consumer" in prod.read_log() and
+             "it was deleted in this run" in prod.read_log(), timeout=40, what="the refusal")
+    wait_for(lambda: not os.path.exists(cons.path("f.pt")), what="the consumer deletes it")
+    assert not os.path.exists(prod.path("f.pt"))
+    assert status(cons)["repl"]["ahead"] == []

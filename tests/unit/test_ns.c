@@ -235,6 +235,63 @@ static void test_versions_and_snapshot_readers(void **state)
 	}
 }
 
+/*
+ * Each run is a later epoch, kept on the PFS; a version flushed keeps its
+ * run's epoch; a raised floor numbers the next commit after it; a version
+ * taken back is committed under its own number, only over the version it
+ * was taken against.
+ */
+static void test_epochs_floors_and_taking_back(void **state)
+{
+	struct fixture *fx = *state;
+	struct vp_ns *ns = open_ns(fx, "flush_interval=0");
+	struct vp_ns_stamp st;
+	uint64_t first = vp_ns_epoch(ns), ino;
+	struct vp_data *d;
+	char value[32];
+	ssize_t n;
+
+	assert_true(first > 0);
+	ino = put_file(ns, VP_ROOT_INO, "m.pt", "one");
+	flush_all(ns);
+	vp_ns_free(ns);
+	ns = open_ns(fx, "flush_interval=0");
+	assert_true(vp_ns_epoch(ns) > first);
+	/* the PFS file: version 1 of the run before */
+	assert_int_equal(vp_ns_lookup(ns, VP_ROOT_INO, "m.pt", &(struct stat){ 0 }), 0);
+	assert_int_equal(vp_ns_path_stamp(ns, "m.pt", &st), 0);
+	assert_int_equal(st.version, 1);
+	assert_true(st.epoch == first);
+	assert_int_equal(vp_ns_path_stamp(ns, "nothing", &st), -ENOENT);
+
+	/* a consumer holds 4: taken back over version 1 (not over another) */
+	d = vp_data_new(vp_ns_pool(ns));
+	assert_int_equal(vp_data_write(d, "four", 4, 0, 0), 4);
+	assert_int_equal(vp_ns_recover(ns, "m.pt", d, 4, 2, 0600, 0), -ESTALE);
+	assert_int_equal(vp_ns_raise_floor(ns, "m.pt", 4), 0);
+	assert_int_equal(vp_ns_recover(ns, "m.pt", d, 4, 1, 0600, 0), 0);
+	vp_data_put(d);
+	assert_int_equal(vp_ns_path_stamp(ns, "m.pt", &st), 0);
+	assert_int_equal(st.version, 4);
+	assert_true(st.epoch == vp_ns_epoch(ns));
+	assert_int_equal(st.mode, 0600);
+	flush_all(ns);
+	assert_pfs_file(fx, "m.pt", "four");
+	/* the next version is numbered after it, and again past a floor */
+	put_file(ns, VP_ROOT_INO, "m.pt", "five");
+	assert_int_equal(vp_ns_path_version(ns, "m.pt"), 5);
+	assert_int_equal(vp_ns_raise_floor(ns, "m.pt", 9), 0);
+	ino = put_file(ns, VP_ROOT_INO, "m.pt", "ten");
+	assert_int_equal(vp_ns_path_version(ns, "m.pt"), 10);
+	n = vp_ns_getxattr(ns, ino, "user.viperfs.version", value, sizeof(value));
+	assert_int_equal(n, 2);
+	assert_memory_equal(value, "10", 2);
+	/* a version of this run is never replaced by one taken back */
+	d = vp_data_new(vp_ns_pool(ns));
+	assert_int_equal(vp_ns_recover(ns, "m.pt", d, 11, 9, 0600, 0), -ESTALE);
+	vp_data_put(d);
+}
+
 static void test_coalescing_latest(void **state)
 {
 	struct fixture *fx = *state;
@@ -579,6 +636,7 @@ int main(void)
 		T(test_name_validation),
 		T(test_overlong_path_is_refused),
 		T(test_versions_and_snapshot_readers),
+		T(test_epochs_floors_and_taking_back),
 		T(test_coalescing_latest),
 		T(test_flush_all_keeps_every_version),
 		T(test_flush_every_n),

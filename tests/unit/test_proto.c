@@ -80,7 +80,13 @@ static void test_roundtrips(void **state)
 	d = roundtrip(m);
 	assert_int_equal(d->u.announce.flags, VP_ANNOUNCE_PREVIEW | VP_ANNOUNCE_RELAY);
 	free(d);
-	m->u.announce.flags = 4;
+	m->u.announce.flags = VP_ANNOUNCE_RECOVER;
+	m->u.announce.epoch = 1796239697263800879ULL;
+	d = roundtrip(m);
+	assert_int_equal(d->u.announce.flags, VP_ANNOUNCE_RECOVER);
+	assert_true(d->u.announce.epoch == 1796239697263800879ULL);
+	free(d);
+	m->u.announce.flags = 8;
 	assert_true(vp_msg_encode(m, buf, sizeof(buf)) < 0);
 	m->u.announce.flags = 0;
 
@@ -104,6 +110,37 @@ static void test_roundtrips(void **state)
 	strcpy(m->u.op.path2, "../elsewhere/x");	/* a link's target is its content */
 	d = roundtrip(m);
 	assert_string_equal(d->u.op.path2, "../elsewhere/x");
+	free(m);
+	free(d);
+
+	/* a KEEP says which version the PFS has, and of which run */
+	m = msg_new(VP_MSG_OP);
+	m->u.op.kind = VP_OP_KEEP;
+	strcpy(m->u.op.path, "model.pt");
+	m->u.op.version = 41;
+	m->u.op.epoch = 7;
+	d = roundtrip(m);
+	assert_int_equal(d->u.op.version, 41);
+	assert_int_equal(d->u.op.epoch, 7);
+	free(m);
+	free(d);
+
+	/* WELCOME: the producer's run; DONE AHEAD: the consumer's later version */
+	m = msg_new(VP_MSG_WELCOME);
+	m->u.welcome.epoch = 99;
+	d = roundtrip(m);
+	assert_int_equal(d->u.welcome.epoch, 99);
+	free(m);
+	free(d);
+	m = msg_new(VP_MSG_DONE);
+	m->u.done.seq = 3;
+	m->u.done.version = 2;
+	m->u.done.epoch = 98;
+	m->u.done.status = VP_DONE_AHEAD;
+	d = roundtrip(m);
+	assert_int_equal(d->u.done.status, VP_DONE_AHEAD);
+	assert_int_equal(d->u.done.version, 2);
+	assert_int_equal(d->u.done.epoch, 98);
 	free(m);
 	free(d);
 
