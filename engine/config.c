@@ -45,9 +45,6 @@ struct opt {
 #define FIELD(f) .offset = offsetof(struct vp_config, f), \
 	.size = sizeof(((struct vp_config *)0)->f)
 
-static const char *const FSYNC_MODES[] = {
-	[VP_FSYNC_CACHE] = "cache", [VP_FSYNC_PFS] = "pfs", NULL,
-};
 static const char *const PUBLISH_POLICIES[] = {
 	[VP_PUBLISH_ALL] = "all", [VP_PUBLISH_SCHEDULE] = "schedule", NULL,
 };
@@ -266,6 +263,28 @@ static int parse_enum(struct vp_config *cfg, const struct opt *o,
 	return 0;
 }
 
+/* fsync=cache, pfs, peers or peers:N (N from 1 to 64; peers: 1). */
+static int parse_fsync(struct vp_config *cfg, const struct opt *o,
+		       const char *value, char *why, size_t whylen)
+{
+	uint64_t n = 1;
+
+	(void)o;
+	if (!strcmp(value, "cache")) {
+		cfg->fsync_mode = VP_FSYNC_CACHE;
+	} else if (!strcmp(value, "pfs")) {
+		cfg->fsync_mode = VP_FSYNC_PFS;
+	} else if (!strcmp(value, "peers") ||
+		   (!strncmp(value, "peers:", 6) && !parse_decimal(value + 6, 64, &n) && n > 0)) {
+		cfg->fsync_mode = VP_FSYNC_PEERS;
+		cfg->fsync_peers = (unsigned int)n;
+	} else {
+		snprintf(why, whylen, "cache, pfs, peers or peers:N (N consumers, 1 to 64)");
+		return -EINVAL;
+	}
+	return 0;
+}
+
 /* flush=latest, all or every:N (N from 1). */
 static int parse_flush(struct vp_config *cfg, const struct opt *o,
 		       const char *value, char *why, size_t whylen)
@@ -403,9 +422,8 @@ static const struct opt options[] = {
 	  .help = "files written to the PFS at the same time" },
 	{ .name = "flush_retry_max", .parse = parse_seconds_opt, FIELD(flush_retry_max), .def = "30",
 	  .help = "longest back-off between retries of a failed PFS operation" },
-	{ .name = "fsync", .parse = parse_enum, FIELD(fsync_mode), .def = "cache",
-	  .help = "what fsync() waits for: cache (committed in memory) or pfs",
-	  .choices = FSYNC_MODES },
+	{ .name = "fsync", .parse = parse_fsync, FIELD(fsync_mode), .def = "cache",
+	  .help = "what fsync() waits for: cache (committed in memory), peers[:N] (N consumers hold the version, default 1; at most 120 s, else EIO) or pfs (on the PFS)" },
 	{ .name = "unmount_wait", .parse = parse_seconds_opt, FIELD(unmount_wait), .def = "300",
 	  .help = "seconds to drain pending flushes at unmount (0: until done)" },
 	{ .name = "log_level", .parse = parse_log_level, FIELD(log_level), .def = "info",
@@ -528,6 +546,10 @@ int vp_config_check(const struct vp_config *cfg, char *err, size_t errlen)
 	const char *role = cfg->subscribe[0] ? "subscribe" : "listen";
 	const char *addr = cfg->subscribe[0] ? cfg->subscribe : cfg->listen;
 
+	if (cfg->fsync_mode == VP_FSYNC_PEERS && !cfg->listen[0]) {
+		snprintf(err, errlen, "fsync=peers waits for consumers: it needs listen= (a producer)");
+		return -EINVAL;
+	}
 	if (cfg->listen[0] && cfg->subscribe[0]) {
 		snprintf(err, errlen, "a mount is a producer (listen=) or a consumer (subscribe=), not both; drop one");
 		return -EINVAL;

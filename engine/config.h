@@ -28,6 +28,7 @@ enum vp_flush_policy {
 enum vp_fsync_mode {
 	VP_FSYNC_CACHE,		/* fsync returns once the data is a committed version in the cache */
 	VP_FSYNC_PFS,		/* fsync waits until that version is on the PFS */
+	VP_FSYNC_PEERS,		/* fsync waits until fsync_peers consumers hold that version */
 };
 
 enum vp_publish_policy {
@@ -42,6 +43,7 @@ struct vp_config {
 	double cache_wait;		/* seconds a writer waits for cache space */
 	enum vp_flush_policy flush_policy;
 	unsigned int flush_every;	/* with VP_FLUSH_EVERY */
+	unsigned int fsync_peers;	/* with VP_FSYNC_PEERS: consumers that must hold the version */
 	uint64_t flush_bw;		/* bytes per second to the PFS, 0: no cap */
 	double flush_interval;		/* seconds between flush passes, 0: continuous */
 	unsigned int flush_inflight;	/* files written to the PFS at once */

@@ -372,6 +372,14 @@ struct vp_ns_observer {
 	 * chunks of version `version`, still being written.  No lock held.
 	 */
 	void (*on_preview)(void *arg, const struct vp_ns_entry *e);
+	/*
+	 * Producer: how many consumers hold the version whose bytes are d
+	 * (the caller keeps a reference), or said they have moved past it;
+	 * waits up to wait_s for want of them.  With wait_s 0 it only counts,
+	 * and ns->lock may be held; else no lock is held and it may block.
+	 */
+	unsigned int (*held_by)(void *arg, const struct vp_data *d, unsigned int want,
+				double wait_s);
 };
 
 #define VP_NS_MAX_OBSERVERS 4

@@ -76,6 +76,16 @@ void vp_repl_note_version_locked(struct vp_repl *r, const struct vp_ns_entry *e)
  */
 void vp_repl_note_preview(struct vp_repl *r, const struct vp_ns_entry *e);
 
+/*
+ * Producer, fsync=peers: how many subscribed consumers hold the version
+ * whose bytes are d (the caller keeps a reference: d is its identity), by
+ * their DONE; waits up to wait_s for want of them, and no longer than
+ * peer_timeout while fewer than want consumers are subscribed.  With
+ * wait_s 0 it only counts (ns->lock may be held).
+ */
+unsigned int vp_repl_held_by(struct vp_repl *r, const struct vp_data *d, unsigned int want,
+			     double wait_s);
+
 /* The status object (role, provider, peers with state and lag: a new reference); NULL r: null. */
 json_t *vp_repl_status(struct vp_repl *r);
 /* Appends per-peer gauges in the Prometheus text format; NULL r: nothing. */

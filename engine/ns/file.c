@@ -762,6 +762,36 @@ int vp_ns_flush(struct vp_ns *ns, const struct vp_caller *who,
 	return last ? commit_snapshot(ns, h) : 0;
 }
 
+/*
+ * fsync=peers[:N]: n's version is in the memory of N consumers (their
+ * DONE), or EIO after FSYNC_PEERS_S or once too few are subscribed; the
+ * version stays committed either way.
+ */
+static int fsync_peers(struct vp_ns *ns, struct vp_node *n)
+{
+	unsigned int want = ns->cfg.fsync_peers, have;
+	char path[PATH_MAX] = "?";
+	struct vp_data *d = NULL;
+	uint64_t version = 0;
+
+	pthread_mutex_lock(&ns->lock);
+	if (n->cur && n->parent) {
+		d = vp_data_get(n->cur);
+		version = n->version;
+		vp_live_path_locked(ns, n, path, sizeof(path));
+	}
+	pthread_mutex_unlock(&ns->lock);
+	if (!d)
+		return 0;	/* unlinked: nobody will hold it */
+	have = vp_held_wait(ns, d, want, FSYNC_PEERS_S);
+	vp_data_put(d);
+	if (have >= want)
+		return 0;
+	vp_log(LOG_ERR, "fs", "fsync of '%s': %u of the %u consumer(s) fsync=peers asks for hold version %" PRIu64 "; EIO (it stays committed here)",
+	       path, have, want, version);
+	return -EIO;
+}
+
 int vp_ns_fsync(struct vp_ns *ns, struct vp_handle *h)
 {
 	struct vp_node *n = h->node;
@@ -775,6 +805,8 @@ int vp_ns_fsync(struct vp_ns *ns, struct vp_handle *h)
 	rc = commit_snapshot(ns, h);
 	if (rc)
 		return rc;
+	if (ns->cfg.fsync_mode == VP_FSYNC_PEERS)
+		return fsync_peers(ns, n);
 	pthread_mutex_lock(&ns->lock);
 	rc = vp_live_path_locked(ns, n, path, sizeof(path));
 	pthread_mutex_unlock(&ns->lock);

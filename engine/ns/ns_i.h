@@ -54,6 +54,7 @@
 #define VP_SCHEDULE_FILE ".viperfs-schedule.json"
 #define VP_EPOCH_FILE ".viperfs-epoch"		/* the last producer run's epoch */
 #define VP_TOMBS 65536				/* paths removed in a run, remembered (observe.c) */
+#define FSYNC_PEERS_S 120.0			/* fsync=peers waits at most this long */
 #define VP_INCOMING_DIR ".viperfs-incoming"	/* replicas: new inodes before the switch */
 #define VP_CHUNK_SIZE (1u << 20)
 #define VP_NAME_MAX 255
@@ -419,6 +420,10 @@ void vp_note_op_locked(struct vp_ns *ns, enum vp_op_kind kind,
 		       struct vp_node *n, struct vp_node *newdir,
 		       const char *newname);
 void vp_note_version_locked(struct vp_ns *ns, struct vp_node *n);
+/* fsync=peers: consumers that hold d's version (the observers' held_by): count now / wait. */
+unsigned int vp_held_count_locked(struct vp_ns *ns, const struct vp_data *d);
+unsigned int vp_held_wait(struct vp_ns *ns, const struct vp_data *d, unsigned int want,
+			  double wait_s);
 /* ... that linked file n has a new version / that file n left the tree. */
 void vp_note_commit_locked(struct vp_ns *ns, struct vp_node *n);
 void vp_note_unlink_locked(struct vp_ns *ns, struct vp_node *n);

@@ -184,3 +184,32 @@ void vp_note_version_locked(struct vp_ns *ns, struct vp_node *n)
 		if (o->ops->on_version)
 			o->ops->on_version(o->arg, &e);
 }
+
+unsigned int vp_held_count_locked(struct vp_ns *ns, const struct vp_data *d)
+{
+	const struct vp_observer_slot *o;
+	unsigned int n = 0;
+
+	VP_ASSERT_LOCKED(&ns->lock);
+	VP_FOREACH_OBSERVER(o, ns)
+		if (o->ops->held_by)
+			n += o->ops->held_by(o->arg, d, 0, 0);
+	return n;
+}
+
+unsigned int vp_held_wait(struct vp_ns *ns, const struct vp_data *d, unsigned int want,
+			  double wait_s)
+{
+	struct vp_observer_slot obs[VP_NS_MAX_OBSERVERS];
+	const struct vp_observer_slot *o;
+	unsigned int nobs = 0, n = 0;
+
+	pthread_mutex_lock(&ns->lock);
+	VP_FOREACH_OBSERVER(o, ns)
+		if (o->ops->held_by)
+			obs[nobs++] = *o;
+	pthread_mutex_unlock(&ns->lock);
+	for (unsigned int i = 0; i < nobs; i++)
+		n += obs[i].ops->held_by(obs[i].arg, d, want, wait_s);
+	return n;
+}

@@ -23,6 +23,8 @@ static const char *state_locked(struct vp_ns *ns, struct vp_node *n)
 	VP_ASSERT_LOCKED(&ns->lock);
 	if (n->pfs_version == n->version)
 		return "flushed";
+	if (n->cur && !ns->replica && vp_held_count_locked(ns, n->cur))
+		return "peers";	/* in consumers' memory too: survives this node */
 	if (n->flushing_version == n->version)
 		return "flushing";
 	return "cached";

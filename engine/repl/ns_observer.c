@@ -31,8 +31,15 @@ static void repl_on_preview(void *arg, const struct vp_ns_entry *e)
 	vp_repl_note_preview(arg, &own);
 }
 
+static unsigned int repl_held_by(void *arg, const struct vp_data *d, unsigned int want,
+				 double wait_s)
+{
+	return vp_repl_held_by(arg, d, want, wait_s);
+}
+
 const struct vp_ns_observer vp_repl_ns_observer = {
 	.on_op = repl_on_op,
 	.on_version = repl_on_version,
 	.on_preview = repl_on_preview,
+	.held_by = repl_held_by,
 };

@@ -371,8 +371,11 @@ static void producer_done_locked(struct vp_repl *r, struct peer *p, const struct
 		p->versions_done++;
 	p->done_at = vp_now();
 	LIST_FOREACH(pin, &r->prod.pins, link)
-		if (pin->seq == m->u.done.seq)
+		if (pin->seq == m->u.done.seq) {
+			if (m->u.done.status == 0)
+				repl_ack_locked(r, pin, p->id);	/* fsync=peers: it holds the version */
 			repl_pin_done(pin, p->id);	/* its own: another's DONE releases nothing */
+		}
 	p->bytes_out += m->u.done.from_producer;
 	p->bytes_relayed += m->u.done.from_relay;
 	vp_metrics_add(VP_C_BYTES_REPL_OUT, m->u.done.from_producer);

@@ -122,6 +122,77 @@ void vp_repl_note_preview(struct vp_repl *r, const struct vp_ns_entry *v)
 	event_append(r, e);
 }
 
+void repl_ack_locked(struct vp_repl *r, const struct pin *pin, uint64_t id)
+{
+	VP_ASSERT_LOCKED(&r->lock);
+	r->prod.acks[r->prod.nacks++ % REPL_ACKS] = (struct ack){ .data = pin->data, .peer = id };
+	pthread_cond_broadcast(&r->prod.held_cond);
+}
+
+/* The consumers whose DONE for d's version is in the ring, each once. */
+static unsigned int held_count_locked(struct vp_repl *r, const void *d)
+{
+	uint64_t seen[64];
+	unsigned int n = 0;
+	uint64_t first = r->prod.nacks > REPL_ACKS ? r->prod.nacks - REPL_ACKS : 0;
+
+	VP_ASSERT_LOCKED(&r->lock);
+	for (uint64_t i = first; i < r->prod.nacks && n < 64; i++) {
+		const struct ack *a = &r->prod.acks[i % REPL_ACKS];
+		unsigned int k = 0;
+
+		if (a->data != d)
+			continue;
+		while (k < n && seen[k] != a->peer)
+			k++;
+		if (k == n)
+			seen[n++] = a->peer;
+	}
+	return n;
+}
+
+static unsigned int active_peers_locked(struct vp_repl *r)
+{
+	struct peer *p;
+	unsigned int n = 0;
+
+	VP_ASSERT_LOCKED(&r->lock);
+	LIST_FOREACH(p, &r->prod.peers, link)
+		n += p->active != 0;
+	return n;
+}
+
+unsigned int vp_repl_held_by(struct vp_repl *r, const struct vp_data *d, unsigned int want,
+			     double wait_s)
+{
+	double now = vp_now(), deadline = now + wait_s, short_since = 0;
+	unsigned int n;
+
+	if (!r || r->consumer)
+		return 0;
+	pthread_mutex_lock(&r->lock);
+	for (;;) {
+		struct timespec ts;
+
+		n = held_count_locked(r, d);
+		now = vp_now();
+		if (n >= want || now >= deadline || r->stop)
+			break;
+		if (active_peers_locked(r) < want) {
+			if (!short_since)
+				short_since = now;
+			else if (now - short_since > r->cfg.peer_timeout)
+				break;	/* not enough consumers to hold it */
+		} else {
+			short_since = 0;
+		}
+		vp_abstime(&ts, now + 0.5 < deadline ? now + 0.5 : deadline);
+		pthread_cond_timedwait(&r->prod.held_cond, &r->lock, &ts);
+	}
+	pthread_mutex_unlock(&r->lock);
+	return n;
+}
+
 /* Consumer id is done with pin (said DONE, or left); another id changes nothing. */
 void repl_pin_done(struct pin *pin, uint64_t id)
 {

@@ -58,6 +58,7 @@ struct vp_gpu_stage;
 #define PENDING_SEND_S 0.001	/* a send to a consumer that has not authenticated: one try, this long */
 #define PENDING_INBOX_BYTES (1u << 20)	/* messages from senders that are not subscribed consumers */
 #define ENCODE_MAX (VP_FAB_MAX_MSG - VP_SESS_OVERHEAD)	/* room for the seal */
+#define REPL_ACKS 4096		/* producer: DONEs remembered for fsync=peers */
 
 struct qmsg {			/* a message, raw, queued */
 	STAILQ_ENTRY(qmsg) link;
@@ -188,6 +189,10 @@ struct vp_repl_producer {
 	uint64_t recovered;		/* versions taken back from consumers (repl thread; status reads it) */
 	uint64_t ahead_seen;		/* versions consumers held that this run lacked */
 	uint64_t epoch;			/* this run's (vp_ns_epoch), for WELCOME */
+	/* fsync=peers: the last DONEs (a ring), protected by r->lock; held_cond on each */
+	struct ack { const void *data; uint64_t peer; } acks[REPL_ACKS];
+	uint64_t nacks;
+	pthread_cond_t held_cond;
 };
 
 /* Consumer: its subscription, transfers and installs; repl thread only unless said. */
@@ -404,6 +409,8 @@ void repl_relay_reset(struct vp_repl *r);
 
 /* producer.c */
 void repl_pin_done(struct pin *pin, uint64_t id);
+/* A consumer said DONE (installed, or past it) for pin's bytes: fsync=peers counts it. */
+void repl_ack_locked(struct vp_repl *r, const struct pin *pin, uint64_t id);
 void repl_pin_free(struct pin *pin, struct vp_gpu *g);
 int repl_pin_register(struct vp_repl *r, struct pin *pin, struct vp_data *d, uint64_t size,
 		      uint32_t chunk, uint32_t nchunks, const uint64_t *hashes,

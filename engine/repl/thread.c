@@ -168,6 +168,7 @@ static struct vp_repl *repl_alloc(struct vp_ns *ns, struct vp_gpu *gpu,
 	pthread_mutex_init(&r->lock, NULL);
 	pthread_mutex_init(&r->slab_lock, NULL);
 	vp_cond_init_monotonic(&r->cond);
+	vp_cond_init_monotonic(&r->prod.held_cond);
 	STAILQ_INIT(&r->in);
 	STAILQ_INIT(&r->prod.events);
 	LIST_INIT(&r->prod.peers);
@@ -189,6 +190,7 @@ static void repl_release(struct vp_repl *r)
 {
 	OPENSSL_cleanse(r->secret, sizeof(r->secret));
 	pthread_cond_destroy(&r->cond);
+	pthread_cond_destroy(&r->prod.held_cond);
 	pthread_mutex_destroy(&r->lock);
 	pthread_mutex_destroy(&r->slab_lock);
 	free(r);

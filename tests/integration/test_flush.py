@@ -11,11 +11,14 @@ from conftest import read, status, wait_for, write
 
 
 def pfs_files(pfs):
-    """Every file on the PFS under its final name, staging excluded."""
+    """Every file on the PFS under its final name; viperfs' own (staging, the
+    producer's epoch) excluded."""
     out = {}
     for root, dirs, files in os.walk(pfs):
         dirs[:] = [d for d in dirs if d != ".viperfs-staging"]
         for name in files:
+            if root == pfs and name == ".viperfs-epoch":
+                continue
             p = os.path.join(root, name)
             out[os.path.relpath(p, pfs)] = read(p)
     return out

@@ -297,3 +297,33 @@ def test_a_file_the_restarted_producer_deleted_is_not_brought_back(world):
     wait_for(lambda: not os.path.exists(cons.path("f.pt")), what="the consumer deletes it")
     assert not os.path.exists(prod.path("f.pt"))
     assert status(cons)["repl"]["ahead"] == []
+
+
+def test_fsync_peers_returns_once_consumers_hold_the_version(world):
+    """fsync=peers:2: fsync() of a 32 MiB version over a 160 Mbit/s link returns only
+    once both consumers hold it (each shows the version the moment fsync returns),
+    and the file's state says 'peers' while it is not on the PFS.  With one consumer
+    dead, fsync gives EIO (the log says 1 of 2), and the version stays committed."""
+    net, prod, (c1, c2) = cluster(world, consumers=2, opts=",fsync=peers:2,flush_bw=8M,repl_stream=0",
+                                  consumer_opts=["", ""])
+    wait_for(lambda: subscribed(prod, 2), what="the consumers")
+    limit_link(net, 0, "160mbit")                   # 32 MiB: about 1.7 s on the wire
+    data = os.urandom(32 << 20)
+    fd = os.open(prod.path("model.pt"), os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+        # no wait here: fsync returned, so both consumers hold version 1
+        for c in (c1, c2):
+            assert os.getxattr(c.path("model.pt"), "user.viperfs.version") == b"1", c.mnt
+        assert os.getxattr(prod.path("model.pt"), "user.viperfs.state") == b"peers"
+        c2.kill9()
+        os.pwrite(fd, b"v2", 0)
+        with pytest.raises(OSError) as e:
+            os.fsync(fd)
+        assert e.value.errno == errno.EIO
+    finally:
+        os.close(fd)
+    assert "1 of the 2 consumer(s) fsync=peers asks for hold version 2; EIO" in prod.read_log()
+    assert wait_version(prod.path("model.pt"), 1) == 2
+    assert wait_version(c1.path("model.pt"), 1) == 2

@@ -238,7 +238,9 @@ static void test_validators(void **state)
 		{ "insecure", "1", "2" },			/* parse_count, bounded */
 		{ "gpu_device", "3", "-1" },			/* parse_count */
 		{ "fabric_provider", "tcp", "" },		/* parse_string_opt: see below */
-		{ "fsync", "pfs", "disk" },			/* parse_enum */
+		{ "fsync", "pfs", "disk" },			/* parse_fsync */
+		{ "fsync", "peers:3", "peers:0" },		/* parse_fsync */
+		{ "fsync", "peers", "peers:65" },		/* parse_fsync */
 		{ "publish", "schedule", "some" },		/* parse_enum */
 		{ "gpu_tier", "ram", "bogus" },			/* parse_choice */
 		{ "gpu_direct", "off", "yes" },			/* parse_choice */
@@ -278,6 +280,11 @@ static void test_validator_values(void **state)
 	assert_non_null(strstr(err, "want cuda or ram"));
 	assert_int_equal(set(&cfg, "fsync", "pfs", err, sizeof(err)), 0);
 	assert_int_equal(cfg.fsync_mode, VP_FSYNC_PFS);
+	assert_int_equal(set(&cfg, "fsync", "peers:2", err, sizeof(err)), 0);
+	assert_int_equal(cfg.fsync_mode, VP_FSYNC_PEERS);
+	assert_int_equal(cfg.fsync_peers, 2);
+	assert_int_equal(set(&cfg, "fsync", "peers", err, sizeof(err)), 0);
+	assert_int_equal(cfg.fsync_peers, 1);
 	assert_int_equal(set(&cfg, "publish", "schedule", err, sizeof(err)), 0);
 	assert_int_equal(cfg.publish, VP_PUBLISH_SCHEDULE);
 	assert_int_equal(set(&cfg, "relay_fanout", "9", err, sizeof(err)), -EINVAL);
