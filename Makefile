@@ -45,7 +45,7 @@ ENGINE_LIBS += -L$(CUDA_HOME)/lib64 -lcudart -Wl,-rpath,$(CUDA_HOME)/lib64
 endif
 endif
 
-.PHONY: all deps test unit integration check bench bench-gpu clean install demo plan-report check-thread fuzz demo-local
+.PHONY: all deps test unit integration check bench bench-gpu clean install demo plan-report check-thread fuzz demo-local chaos
 all: deps $(BUILD)/viperfs $(BUILD)/viperctl $(BUILD)/libviperfs_client.a $(BUILD)/tests/fabpoke $(BUILD)/tests/fabbw $(BUILD)/tests/hostile
 
 # The C client library for local processes (GPU export): tools/viperfs_client.h
@@ -101,6 +101,14 @@ test: all $(UNIT_BIN)
 
 check:
 	$(MAKE) BUILD=build-san SANITIZE=address,undefined test
+
+# The chaos test, long and with a random seed (make test runs 40 s of seed 1234):
+# CHAOS_SECONDS=600 CHAOS_SEED=42 make chaos
+CHAOS_SECONDS ?= 300
+CHAOS_SEED ?= random
+chaos: all
+	@CHAOS_SECONDS=$(CHAOS_SECONDS) CHAOS_SEED=$(CHAOS_SEED) VIPERFS_BUILD=$(abspath $(BUILD)) \
+		$(PYTHON) -m pytest -q -s -p no:cacheprovider tests/integration/test_chaos.py
 
 check-thread:
 	$(MAKE) BUILD=build-tsan SANITIZE=thread test

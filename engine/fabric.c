@@ -88,6 +88,7 @@ struct vp_fab {
 	uint64_t send_busy;		/* bitmap of send slots in use, protected by lock */
 	unsigned int nabandoned;	/* of those, sends nobody waits for; written under lock, read atomically */
 	SLIST_HEAD(, batch) orphans;	/* timed-out reads still posted; protected by lock */
+	int shut;			/* vp_fab_shutdown() ran */
 };
 
 int vp_fab_errno(int rc)
@@ -339,8 +340,10 @@ static void close_endpoint(struct vp_fab *fab)
 {
 	if (fab->ep)
 		fi_close(&fab->ep->fid);
+	fab->ep = NULL;
 	if (fab->buf_mr)
 		fi_close(&fab->buf_mr->fid);
+	fab->buf_mr = NULL;
 }
 
 /*
@@ -462,11 +465,22 @@ err_free_fab:
 	return NULL;
 }
 
+void vp_fab_shutdown(struct vp_fab *fab)
+{
+	if (!fab || fab->shut)
+		return;
+	fab->shut = 1;
+	stop_progress(fab);
+	/* before any registration goes: a read still posted names its memory's */
+	if (fab->ep && !fi_close(&fab->ep->fid))
+		fab->ep = NULL;	/* else (FI_EBUSY: registrations bound to it) after them */
+}
+
 void vp_fab_close(struct vp_fab *fab)
 {
 	if (!fab)
 		return;
-	stop_progress(fab);
+	vp_fab_shutdown(fab);
 	close_endpoint(fab);
 	free(fab->buf);
 	close_domain(fab);
@@ -929,4 +943,23 @@ int vp_fab_read_cb(struct vp_fab *fab, vp_fab_addr src,
 	pthread_mutex_unlock(&fab->lock);
 	free(b);
 	return rc;
+}
+
+unsigned int vp_fab_orphan_reads(struct vp_fab *fab)
+{
+	struct batch *b, *next;
+	unsigned int n = 0;
+
+	pthread_mutex_lock(&fab->lock);
+	for (b = SLIST_FIRST(&fab->orphans); b; b = next) {
+		next = SLIST_NEXT(b, next);
+		if (b->outstanding) {
+			n += b->outstanding;
+		} else {
+			SLIST_REMOVE(&fab->orphans, b, batch, next);	/* all its reads are over */
+			free(b);
+		}
+	}
+	pthread_mutex_unlock(&fab->lock);
+	return n;
 }

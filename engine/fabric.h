@@ -62,6 +62,14 @@ struct vp_fab *vp_fab_open(const char *provider, const char *node,
 			   void *cb_arg, char *err, size_t errlen);
 /* Stops the progress thread and frees everything.  Registered memory must be closed first. */
 void vp_fab_close(struct vp_fab *fab);
+/*
+ * The first half of vp_fab_close(): stops the progress thread and closes
+ * the endpoint, which ends every posted operation.  Then the caller's
+ * registrations may go (a read given up on names its local memory's:
+ * closing that first crashed libfabric's tcp provider at exit), and
+ * vp_fab_close() does the rest.  Nothing may be sent or read after it.
+ */
+void vp_fab_shutdown(struct vp_fab *fab);
 
 /* The provider in use, e.g. "tcp;ofi_rxm". */
 const char *vp_fab_provider(const struct vp_fab *fab);
@@ -168,6 +176,12 @@ int vp_fab_read(struct vp_fab *fab, vp_fab_addr src,
 int vp_fab_read_cb(struct vp_fab *fab, vp_fab_addr src,
 		   const struct vp_fab_read_req *reqs, size_t n, unsigned int inflight,
 		   double deadline_s, void (*done)(void *arg, size_t req), void *arg);
+
+/*
+ * Reads that a vp_fab_read() gave up on (-ETIMEDOUT) and that are still
+ * posted: once 0, none can land any more, and their memory may be reused.
+ */
+unsigned int vp_fab_orphan_reads(struct vp_fab *fab);
 
 /* Translates a -FI_E* code (or -errno) to -errno. */
 int vp_fab_errno(int fi_rc);

@@ -474,6 +474,13 @@ struct vp_ns_stamp {
 int vp_ns_path_stamp(struct vp_ns *ns, const char *path, struct vp_ns_stamp *out);
 /* Producer: true if path was unlinked or renamed away in this run (or cannot be told). */
 int vp_ns_removed_this_run(struct vp_ns *ns, const char *path);
+/*
+ * Consumer: a copy of path's bytes on the PFS, if the PFS holds version
+ * `version` of it (its xattr); *mode gets its permissions.  NULL with
+ * *err: -ESTALE (another version there), -ENOENT, -ENOMEM, -EIO.
+ */
+struct vp_data *vp_ns_pfs_copy(struct vp_ns *ns, const char *path, uint64_t version,
+			       uint32_t *mode, int *err);
 /* True if path exists on the PFS (not followed through symlinks). */
 int vp_ns_on_pfs(struct vp_ns *ns, const char *path);
 /* A producer's run: its epoch (0 on a consumer). */

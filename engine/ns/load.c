@@ -563,3 +563,55 @@ int vp_ns_on_pfs(struct vp_ns *ns, const char *path)
 	close(fd);
 	return 1;
 }
+
+struct vp_data *vp_ns_pfs_copy(struct vp_ns *ns, const char *path, uint64_t version,
+			       uint32_t *mode, int *err)
+{
+	int fd = vp_pfs_openat(ns->pfs_root_fd, path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC, 0);
+	struct vp_data *d = NULL;
+	struct stat st;
+	char *buf = NULL;
+	uint64_t off = 0;
+
+	*err = fd < 0 ? fd : 0;
+	if (fd < 0)
+		return NULL;
+	if (fstat(fd, &st) || !S_ISREG(st.st_mode)) {
+		*err = -EINVAL;
+		goto out;
+	}
+	if (read_xattr_u64(fd, XATTR_VERSION) != version) {
+		*err = -ESTALE;		/* the PFS moved on (or not yet) */
+		goto out;
+	}
+	*mode = st.st_mode & 07777;
+	d = vp_ns_work_data(ns);
+	buf = malloc(1 << 20);
+	if (!d || !buf) {
+		*err = -ENOMEM;
+		goto out;
+	}
+	while (off < (uint64_t)st.st_size) {
+		ssize_t n = pread(fd, buf, 1 << 20, (off_t)off);
+		ssize_t w;
+
+		if (n <= 0) {
+			*err = n < 0 ? -errno : -EIO;
+			break;
+		}
+		w = vp_data_write(d, buf, (size_t)n, off, ns->cfg.cache_wait);
+		if (w != n) {
+			*err = w < 0 ? (int)w : -EIO;
+			break;
+		}
+		off += (uint64_t)n;
+	}
+out:
+	if (*err) {
+		vp_data_put(d);
+		d = NULL;
+	}
+	free(buf);
+	close(fd);
+	return d;
+}

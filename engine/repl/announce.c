@@ -180,6 +180,32 @@ void repl_prefetch_drop(struct vp_repl *r, struct prefetch *pf)
 	free(pf);
 }
 
+/* Bytes the previews hold. */
+static uint64_t prefetch_held(struct vp_repl *r)
+{
+	struct prefetch *pf;
+	uint64_t n = 0;
+
+	LIST_FOREACH(pf, &r->cons.prefetch, link)
+		for (uint32_t i = 0; i < pf->n; i++)
+			n += pf->mem[i] != NULL;
+	return n * vp_pool_chunk_size(r->pool);
+}
+
+void repl_prefetch_forget(struct vp_repl *r, const char *path, double idle_s)
+{
+	struct prefetch *pf, *next;
+	size_t len = path ? strlen(path) : 0;
+	double now = vp_now();
+
+	for (pf = LIST_FIRST(&r->cons.prefetch); pf; pf = next) {
+		next = LIST_NEXT(pf, link);
+		if (path ? !strncmp(pf->path, path, len) && (!pf->path[len] || pf->path[len] == '/') :
+		    now - pf->touched > idle_s)
+			repl_prefetch_drop(r, pf);
+	}
+}
+
 /* The prefetch entry of path for version, made or grown to n chunks; NULL: no memory. */
 static struct prefetch *prefetch_get(struct vp_repl *r, const char *path,
 				     uint64_t version, uint32_t n)
@@ -226,11 +252,14 @@ static void consumer_preview(struct vp_repl *r, const struct vp_msg *m)
 	struct prefetch *pf = prefetch_get(r, a->path, a->version, a->nchunks);
 	uint32_t *fetched = NULL, bad;
 	size_t nreq = 0;
-	uint64_t bytes = 0;
+	uint64_t bytes = 0, held;
 	int rc = -ENOMEM;
 
 	if (!pf)
 		goto out;
+	pf->touched = vp_now();
+	/* previews never take more than a quarter of the cache: committed versions come first */
+	held = prefetch_held(r);
 	fetched = calloc(a->nchunks ? a->nchunks : 1, sizeof(*fetched));
 	if (!fetched)
 		goto out;
@@ -240,8 +269,11 @@ static void consumer_preview(struct vp_repl *r, const struct vp_msg *m)
 		if (!r->cons.asm_refs[i].key ||
 		    (pf->mem[i] && pf->hash[i] == r->cons.asm_refs[i].hash))
 			continue;
+		if (!pf->mem[i] && held + a->chunk_size > r->cfg.ram_cache / 4)
+			break;
 		if (!pf->mem[i] && !(pf->mem[i] = vp_pool_get_chunk(r->pool, 0, &err)))
 			break;	/* the cache is full: the rest moves at commit */
+		held += a->chunk_size;
 		pf->hash[i] = 0;
 		fetched[nreq++] = i;
 		bytes += a->chunk_size;
@@ -650,6 +682,34 @@ void repl_consumer_announce(struct vp_repl *r, struct vp_msg *m)
 	free(m);
 }
 
+/*
+ * A KEEP of a version later than ours, which the producer has on the PFS
+ * only (its cache let it go while we were away): ours is replaced by the
+ * PFS copy, if the PFS holds that very version.
+ */
+static void keep_from_pfs(struct vp_repl *r, const struct vp_msg *m)
+{
+	const char *p = m->u.op.path;
+	struct vp_data *d;
+	uint32_t mode = 0644;
+	int rc;
+
+	d = vp_ns_pfs_copy(r->ns, p, m->u.op.version, &mode, &rc);
+	if (d) {
+		rc = install(r, p, d, m->u.op.version, m->u.op.epoch, mode, m->u.op.seq);
+		vp_data_put(d);
+	}
+	if (rc) {
+		vp_log(LOG_WARNING, "repl", "'%s': the producer has version %" PRIu64 " on the PFS only, later than ours; reading it from the PFS: %s; keeping ours",
+		       p, m->u.op.version, strerror(-rc));
+		return;
+	}
+	r->cons.installed++;
+	repl_ahead_clear(r, p);
+	vp_log(LOG_INFO, "repl", "'%s' version %" PRIu64 " installed from the PFS (the producer holds it there only)",
+	       p, m->u.op.version);
+}
+
 /* An OP from the producer, replayed on the mount by the same syscall. */
 void repl_consumer_op(struct vp_repl *r, const struct vp_msg *m)
 {
@@ -680,6 +740,7 @@ void repl_consumer_op(struct vp_repl *r, const struct vp_msg *m)
 		break;
 	case VP_OP_RENAME:
 		repl_ahead_clear(r, p);
+		repl_prefetch_forget(r, p, 0);	/* previews of a file that is not written there any more */
 		make_parents(r, p2);
 		rc = vp_safepath_rename(r->cons.mnt_fd, p, p2);
 		if (rc == -ENOENT)
@@ -687,6 +748,7 @@ void repl_consumer_op(struct vp_repl *r, const struct vp_msg *m)
 		break;
 	case VP_OP_UNLINK:
 		repl_ahead_clear(r, p);
+		repl_prefetch_forget(r, p, 0);
 		rc = vp_safepath_unlink(r->cons.mnt_fd, p, 0);
 		vp_log(LOG_DEBUG, "repl", "unlink '%s': %s", p, rc ? strerror(-rc) : "done");
 		if (rc == -ENOENT)
@@ -697,16 +759,17 @@ void repl_consumer_op(struct vp_repl *r, const struct vp_msg *m)
 		if (rc == -ENOENT)
 			rc = 0;
 		break;
-	case VP_OP_KEEP: {	/* on the PFS only: is ours later? */
+	case VP_OP_KEEP: {	/* on the PFS only: is ours later, or older? */
 		uint64_t have_v = 0, have_e = 0;
+		enum repl_verdict v = repl_reconcile(r, p, m->u.op.epoch, m->u.op.version, NULL, 0,
+						     &have_v, &have_e);
 
-		if (repl_reconcile(r, p, m->u.op.epoch, m->u.op.version, NULL, 0,
-				   &have_v, &have_e) == REPL_AHEAD) {
-			repl_mount_close(r);
+		repl_mount_close(r);
+		if (v == REPL_AHEAD)
 			repl_consumer_ahead(r, p, m->u.op.seq, have_v, have_e, m->u.op.version);
-			return;
-		}
-		break;
+		else if (v == REPL_TAKE)
+			keep_from_pfs(r, m);	/* ours is older, or we have none */
+		return;
 	}
 	}
 	repl_mount_close(r);

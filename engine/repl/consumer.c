@@ -405,6 +405,7 @@ static void consumer_welcome(struct vp_repl *r, const struct vp_msg *m)
 	r->cons.epoch = m->u.welcome.epoch;
 	repl_ahead_clear(r, NULL);	/* the catch-up says again what is still ahead */
 	repl_offers_done(r, 0, 1);
+	repl_prefetch_forget(r, NULL, -1);	/* previews of the last session: its versions come whole */
 	r->cons.state = CONS_SUBSCRIBED;
 	r->cons.auth_backoff = 0;
 	repl_seen_clear(r);
@@ -530,6 +531,8 @@ void repl_consumer_tick(struct vp_repl *r)
 
 	repl_rpin_sweep(r, 0);
 	repl_offers_done(r, 0, 0);	/* offers the producer never took */
+	repl_prefetch_forget(r, NULL, PREFETCH_IDLE_S);	/* previews of files never committed */
+	repl_quarantine_release(r);
 	if (!r->relay.parent_id && !STAILQ_EMPTY(&r->relay.rin))
 		repl_rin_clear(r);	/* offers from a relay we no longer have */
 

@@ -76,10 +76,11 @@ static void chunk_ready(struct vp_repl *r, const announce_t *a, uint32_t i, cons
 }
 
 /*
- * Chunk memory a timed-out read may still write: never reused, and given
- * back to the pool only after the fabric is closed.
+ * Chunk memory a timed-out read may still write: not reused until the
+ * fabric has no read it gave up on still posted (then none can land), or
+ * it is closed.
  */
-static void quarantine(struct vp_repl *r, void *mem)
+void repl_quarantine(struct vp_repl *r, void *mem)
 {
 	void **q = realloc(r->cons.quarantine, (r->cons.nquarantine + 1) * sizeof(*q));
 
@@ -88,6 +89,18 @@ static void quarantine(struct vp_repl *r, void *mem)
 		return;		/* leaked rather than reused */
 	r->cons.quarantine = q;
 	q[r->cons.nquarantine++] = mem;
+}
+
+void repl_quarantine_release(struct vp_repl *r)
+{
+	if (!r->cons.nquarantine || vp_fab_orphan_reads(r->fab))
+		return;
+	/* every read given up on has completed or failed since: nothing lands there now */
+	vp_log(LOG_DEBUG, "repl", "%zu quarantined chunk(s) back to the cache: the reads given up on are over",
+	       r->cons.nquarantine);
+	for (size_t i = 0; i < r->cons.nquarantine; i++)
+		vp_pool_put_chunk(r->pool, r->cons.quarantine[i]);
+	r->cons.nquarantine = 0;
 }
 
 typedef typeof(((struct vp_msg *)0)->u.chunks) chunks_t;
@@ -240,7 +253,7 @@ static int relay_read(struct vp_repl *r, struct relay_fetch *rf, struct vp_fab_r
 
 		if (rf->got[rf->pos[i]])
 			continue;
-		quarantine(r, rf->mem[i]);
+		repl_quarantine(r, rf->mem[i]);
 		rf->mem[i] = vp_pool_get_chunk(r->pool, r->cfg.cache_wait, &err);
 	}
 	return rc;
@@ -471,7 +484,7 @@ int repl_fetch_chunks(struct vp_repl *r, const announce_t *a, void **mem,
 		 * still posted is not known, so all are kept.
 		 */
 		for (size_t q = 0; q < nreq; q++) {
-			quarantine(r, mem[idx[q]]);
+			repl_quarantine(r, mem[idx[q]]);
 			mem[idx[q]] = NULL;
 		}
 	}

@@ -642,6 +642,7 @@ void repl_producer_tick(struct vp_repl *r, double *last_beat)
 
 	producer_ship_events(r);
 	repl_recover_tick(r);	/* versions consumers offer back */
+	repl_quarantine_release(r);	/* chunks of reads back it gave up on */
 	repl_peers_tick(r, now);
 	producer_beat(r, last_beat, now);
 }

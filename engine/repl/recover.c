@@ -333,8 +333,10 @@ static int read_back(struct vp_repl *r, struct recovery *job, void **mem)
 	if (!rc)
 		rc = vp_fab_read(r->fab, job->addr, reqs, n, r->cfg.repl_inflight, r->cfg.peer_timeout);
 	if (rc == -ETIMEDOUT) {
-		for (size_t k = 0; k < n; k++)	/* a read may land later: never back to the pool */
+		for (size_t k = 0; k < n; k++) {	/* a read may land later: not back to the pool yet */
+			repl_quarantine(r, mem[idx[k]]);
 			mem[idx[k]] = NULL;
+		}
 	}
 	for (size_t k = 0; !rc && k < n; k++)
 		if (XXH3_64bits(reqs[k].local, reqs[k].len) != job->refs[idx[k]].hash) {

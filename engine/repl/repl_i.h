@@ -319,7 +319,10 @@ struct prefetch {
 	uint32_t n;			/* slots in mem and hash */
 	void **mem;			/* pool chunks, or NULL */
 	uint64_t *hash;			/* of each chunk in mem */
+	double touched;			/* vp_now() of its last preview */
 };
+
+#define PREFETCH_IDLE_S 60.0	/* a preview with no news this long is dropped (its file was never committed) */
 
 typedef typeof(((struct vp_msg *)0)->u.announce) announce_t;
 
@@ -382,6 +385,12 @@ struct qmsg *repl_qmsg_of(struct vp_msg *m);
 
 /* fetch.c */
 void repl_on_slab(void *arg, void *base, size_t len);
+/*
+ * A chunk a read given up on may still write: kept out of the pool until
+ * the fabric has no such read left (repl_quarantine_release, each tick).
+ */
+void repl_quarantine(struct vp_repl *r, void *mem);
+void repl_quarantine_release(struct vp_repl *r);
 /* The registered slab that holds mem; NULL: none. */
 struct slab_mr *repl_slab_of(struct vp_repl *r, const void *mem);
 int repl_fetch_chunks(struct vp_repl *r, const announce_t *a, void **mem,
@@ -450,6 +459,8 @@ void repl_consumer_tick(struct vp_repl *r);
 int repl_mount_open(struct vp_repl *r);
 void repl_mount_close(struct vp_repl *r);
 void repl_prefetch_drop(struct vp_repl *r, struct prefetch *pf);
+/* Drops the previews of path and below it; path NULL: those idle for idle_s. */
+void repl_prefetch_forget(struct vp_repl *r, const char *path, double idle_s);
 void repl_consumer_announce(struct vp_repl *r, struct vp_msg *m);
 void repl_consumer_op(struct vp_repl *r, const struct vp_msg *m);
 

@@ -334,11 +334,13 @@ static void producer_release(struct vp_repl *r)
 }
 
 /*
- * The fabric, and what it may still touch: the registrations go before
- * it closes, the quarantined chunks only after (no read can land then).
+ * The fabric, and what it may still touch: the endpoint goes first (it
+ * ends every posted read), then the registrations, then the rest of the
+ * fabric, and the quarantined chunks only after (no read can land then).
  */
 static void fabric_release(struct vp_repl *r)
 {
+	vp_fab_shutdown(r->fab);
 	repl_unexpose_seq(r, 0);
 	free(r->relay.expo);
 	for (unsigned int i = 0; i < r->nslabs; i++)

@@ -276,14 +276,15 @@ class Mount:
             return ""
 
     def sanitizer_report(self):
-        """What ASan/UBSan/LSan printed, if anything (make check)."""
+        """What ASan/UBSan/LSan printed (make check), or the daemon's own report of
+        a crash (its signal handler's backtrace), if anything."""
         try:
             with open(self.stderr_path) as f:
                 text = f.read()
         except (OSError, AttributeError):
             return ""
         bad = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
-               "WARNING: ThreadSanitizer")
+               "WARNING: ThreadSanitizer", "terminated with signal")
         return text if any(b in text for b in bad) else ""
 
     def path(self, *parts):
