@@ -830,7 +830,7 @@ static struct vp_node *recover_new_locked(struct vp_ns *ns, const char *path, ui
 	parent = *dir ? vp_resolve_locked(ns, dir) : ns->root;
 	if (!parent || parent->type != VP_NODE_DIR || vp_reserved_name_locked(ns, parent, name))
 		return NULL;
-	n = vp_node_new_locked(ns, VP_NODE_FILE, S_IFREG | (mode & 07777), 0, 0);
+	n = vp_node_new_locked(ns, VP_NODE_FILE, S_IFREG | (mode & 01777), 0, 0);
 	if (n && vp_node_link_locked(ns, parent, n, name)) {
 		vp_node_put(ns, n);
 		n = NULL;
@@ -857,7 +857,7 @@ int vp_ns_recover(struct vp_ns *ns, const char *path, struct vp_data *d,
 
 		vp_rekey_locked(ns, n);	/* a new inode: the kernel drops what it cached of the old bytes */
 		n->floor = version - 1;	/* the commit numbers it `version` */
-		n->mode = S_IFREG | (mode & 07777);
+		n->mode = S_IFREG | (mode & 01777);	/* no setuid or setgid from the network */
 		decide = vp_commit_locked(ns, n, vp_data_get(d));
 		n->floor = floor;
 		n->mtime.tv_sec = mtime_ns / 1000000000;

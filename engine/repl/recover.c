@@ -359,6 +359,8 @@ static int take_back(struct vp_repl *r, struct recovery *job)
 	struct vp_data *d;
 	int rc;
 
+	if (a->epoch >= r->prod.epoch)
+		return -EPERM;		/* a version of this run (or a later one) is ours to have */
 	if (vp_ns_path_stamp(r->ns, a->path, &st)) {
 		if (vp_ns_removed_this_run(r->ns, a->path))
 			return -ENOENT;		/* deleted here: not made again */
@@ -451,7 +453,8 @@ static void recover_one(struct vp_repl *r, struct recovery *job)
 		       rc == -ESTALE ? "this run has a later version" :
 		       rc == -ENOENT ? "it was deleted in this run; the consumer deletes it too" :
 		       rc == -ENOTDIR ? "its directory is gone" :
-		       rc == -EBADMSG ? "its bytes do not match their hashes" : strerror(-rc));
+		       rc == -EBADMSG ? "its bytes do not match their hashes" :
+		       rc == -EPERM ? "it claims a run that is not before this one" : strerror(-rc));
 	} else {
 		__atomic_add_fetch(&r->prod.recovered, 1, __ATOMIC_RELAXED);
 		vp_log(LOG_NOTICE, "repl", "took back '%s' version %" PRIu64 " from consumer %" PRIu64 " (%" PRIu64 " bytes, every chunk hash-checked, in %.3f s): served and flushed as this run's",
