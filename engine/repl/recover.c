@@ -43,6 +43,7 @@
 #include "repl_i.h"
 
 #define OFFER_TIMEOUT 120.0	/* a consumer's offer waits this long for the producer's reads */
+#define MAX_OFFERS_QUEUED 4096	/* producer: complete offers of one consumer waiting to be read */
 
 /* (e1, v1) against (e2, v2): <0, 0, >0. */
 static int stamp_cmp(uint64_t e1, uint64_t v1, uint64_t e2, uint64_t v2)
@@ -274,8 +275,31 @@ void repl_recover_offer_locked(struct vp_repl *r, struct peer *p, struct vp_msg 
 		if (job->peer == p->id && !job->complete && job->m->u.announce.seq == a->seq)
 			break;
 	if (!job) {
-		if (a->first != 0)
-			return;		/* a piece of an offer we dropped */
+		struct recovery *old, *next;
+		unsigned int queued = 0;
+		uint64_t bytes = a->size;
+
+		if (a->first != 0 || a->size > r->cfg.ram_cache)
+			return;		/* a piece of an offer we dropped, or more than the cache holds */
+		/* one offer being assembled per consumer, and a few complete ones queued */
+		for (old = LIST_FIRST(&r->prod.recoveries); old; old = next) {
+			next = LIST_NEXT(old, link);
+			if (old->peer != p->id)
+				continue;
+			if (!old->complete) {
+				LIST_REMOVE(old, link);
+				recovery_free(old);
+			} else {
+				queued++;
+				bytes += old->m->u.announce.size;
+			}
+		}
+		/* what an honest consumer can hold: its offers fit in a cache like ours */
+		if (queued >= MAX_OFFERS_QUEUED || bytes > 2 * r->cfg.ram_cache) {
+			vp_log(LOG_WARNING, "repl", "consumer %" PRIu64 " offers '%s' back while %u of its offers wait: dropped (it offers again at its next catch-up)",
+			       p->id, a->path, queued);
+			return;
+		}
 		job = calloc(1, sizeof(*job));
 		if (!job || !(job->m = malloc(sizeof(*m))) ||
 		    !(job->refs = calloc(a->nchunks ? a->nchunks : 1, sizeof(*job->refs)))) {
