@@ -281,6 +281,13 @@ void repl_recover_offer_locked(struct vp_repl *r, struct peer *p, struct vp_msg 
 
 		if (a->first != 0 || a->size > r->cfg.ram_cache)
 			return;		/* a piece of an offer we dropped, or more than the cache holds */
+		/* our chunk layout, a sane number, a run before ours: else it is never read */
+		if (a->chunk_size != vp_pool_chunk_size(r->pool) || !a->version ||
+		    a->version >= (1ULL << 48) || a->epoch >= r->prod.epoch) {
+			vp_log(LOG_WARNING, "repl", "consumer %" PRIu64 " offers '%s' version %" PRIu64 " back with a chunk size, number or run we cannot take: refused",
+			       p->id, a->path, a->version);
+			return;
+		}
 		/* one offer being assembled per consumer, and a few complete ones queued */
 		for (old = LIST_FIRST(&r->prod.recoveries); old; old = next) {
 			next = LIST_NEXT(old, link);
@@ -311,6 +318,8 @@ void repl_recover_offer_locked(struct vp_repl *r, struct peer *p, struct vp_msg 
 		job->addr = p->addr;
 		LIST_INSERT_HEAD(&r->prod.recoveries, job, link);
 	} else if (a->first != job->got || a->nchunks != job->m->u.announce.nchunks ||
+		   a->chunk_size != job->m->u.announce.chunk_size || a->size != job->m->u.announce.size ||
+		   a->checksum != job->m->u.announce.checksum || a->epoch != job->m->u.announce.epoch ||
 		   a->version != job->m->u.announce.version ||
 		   strcmp(a->path, job->m->u.announce.path)) {
 		return;
