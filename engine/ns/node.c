@@ -485,15 +485,9 @@ struct vp_data *vp_ns_path_data(struct vp_ns *ns, const char *path)
 
 uint64_t vp_ns_path_version(struct vp_ns *ns, const char *path)
 {
-	struct vp_node *n;
-	uint64_t v = UINT64_MAX;
+	struct vp_ns_stamp st;
 
-	pthread_mutex_lock(&ns->lock);
-	n = vp_resolve_locked(ns, path);
-	if (n && n->type == VP_NODE_FILE)
-		v = n->version;
-	pthread_mutex_unlock(&ns->lock);
-	return v;
+	return vp_ns_path_stamp(ns, path, &st) ? UINT64_MAX : st.version;
 }
 
 int vp_ns_path_stamp(struct vp_ns *ns, const char *path, struct vp_ns_stamp *out)

@@ -366,12 +366,7 @@ static int announce_queue_locked(struct vp_repl *r, struct vp_msg *m,
 		return -ENOMEM;
 	for (uint32_t first = 0; first < a->nchunks || first == 0;
 	     first += VP_PROTO_CHUNKS_PER_MSG) {
-		uint32_t count = a->nchunks - first < VP_PROTO_CHUNKS_PER_MSG ?
-			a->nchunks - first : VP_PROTO_CHUNKS_PER_MSG;
-
-		a->first = first;
-		a->count = count;
-		memcpy(a->chunk, refs + first, count * sizeof(*refs));
+		announce_piece(a, refs, first);
 		LIST_FOREACH(p, &r->prod.peers, link) {
 			struct qmsg *q;
 

@@ -186,10 +186,7 @@ static int offer_back(struct vp_repl *r, const char *path, uint64_t version, uin
 	if (rc)
 		goto out;
 	for (uint32_t first = 0; first < a->nchunks || first == 0; first += VP_PROTO_CHUNKS_PER_MSG) {
-		a->first = first;
-		a->count = a->nchunks - first < VP_PROTO_CHUNKS_PER_MSG ?
-			a->nchunks - first : VP_PROTO_CHUNKS_PER_MSG;
-		memcpy(a->chunk, refs + first, a->count * sizeof(*refs));
+		announce_piece(a, refs, first);
 		repl_consumer_send(r, m);
 		if (!a->nchunks)
 			break;

@@ -30,6 +30,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <stdint.h>
+#include <string.h>
 #include <sys/queue.h>
 #include <sys/types.h>
 #include <xxhash.h>
@@ -342,6 +343,18 @@ static inline uint64_t chunk_len(const announce_t *a, uint32_t i)
 static inline uint64_t list_checksum(const uint64_t *hashes, uint32_t n, uint64_t size)
 {
 	return XXH3_64bits_withSeed(hashes, (size_t)n * sizeof(*hashes), size);
+}
+
+/*
+ * Makes a the piece of a version's chunk list that starts at chunk first
+ * (big files take several ANNOUNCEs): first, count and the refs of it.
+ */
+static inline void announce_piece(announce_t *a, const struct vp_chunk_ref *refs, uint32_t first)
+{
+	a->first = first;
+	a->count = a->nchunks - first < VP_PROTO_CHUNKS_PER_MSG ?
+		a->nchunks - first : VP_PROTO_CHUNKS_PER_MSG;
+	memcpy(a->chunk, refs + first, a->count * sizeof(*refs));
 }
 
 /* Frees every message of list, which is left empty. */
