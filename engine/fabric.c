@@ -28,6 +28,7 @@
 #define N_SEND 64		/* send slots (a bitmap of 64) */
 #define N_SEND_UNTRUSTED 16	/* the last ones: sends to peers that have not authenticated */
 #define MAX_STUCK_PER_PEER 2	/* abandoned sends to one address before we stop posting to it */
+#define MAX_DETACHED_PER_PEER 2	/* VP_FAB_SEND_NOW sends in flight to one address */
 
 enum op_kind { OP_RECV, OP_SEND, OP_READ };
 
@@ -39,7 +40,8 @@ struct op {
 	struct fi_context fictx;	/* first */
 	enum op_kind kind;
 	int done;			/* protected by fab->lock */
-	int abandoned;			/* sends: the sender gave up waiting; the completion frees the slot */
+	int abandoned;			/* sends: nobody waits; the completion frees the slot */
+	int detached;			/* ... for it was a VP_FAB_SEND_NOW (not a timeout: not stuck) */
 	uint8_t peer[VP_FAB_NAME_MAX];	/* abandoned sends: the destination's address */
 	size_t peer_len;
 	int status;			/* 0 or -errno, protected by fab->lock */
@@ -89,6 +91,8 @@ struct vp_fab {
 	unsigned int nabandoned;	/* of those, sends nobody waits for; written under lock, read atomically */
 	SLIST_HEAD(, batch) orphans;	/* timed-out reads still posted; protected by lock */
 	int shut;			/* vp_fab_shutdown() ran */
+	int kept;			/* ... with reads still posted: left open (vp_fab_close) */
+	struct vp_fab *kept_next;
 };
 
 int vp_fab_errno(int rc)
@@ -156,7 +160,8 @@ static void complete(struct vp_fab *fab, struct op *op, int status, size_t len,
 		b->outstanding--;
 		free(op);
 	} else if (op->abandoned) {
-		op->abandoned = 0;	/* its sender timed out: the slot is free again */
+		op->abandoned = 0;	/* nobody waits for it: the slot is free again */
+		op->detached = 0;
 		__atomic_sub_fetch(&fab->nabandoned, 1, __ATOMIC_RELAXED);
 		fab->send_busy &= ~(1ULL << op->index);
 	} else {
@@ -465,12 +470,35 @@ err_free_fab:
 	return NULL;
 }
 
+/*
+ * Fabrics left open by vp_fab_close(): reachable, so that a leak checker
+ * does not take them for lost.  Protected by kept_lock.
+ */
+static struct vp_fab *kept_fabs;
+static pthread_mutex_t kept_lock = PTHREAD_MUTEX_INITIALIZER;
+
 void vp_fab_shutdown(struct vp_fab *fab)
 {
+	unsigned int orphans;
+
 	if (!fab || fab->shut)
 		return;
 	fab->shut = 1;
 	stop_progress(fab);
+	/*
+	 * Reads we gave up on (a link cut) that are still posted: rxm's
+	 * endpoint close walks them and crashes (libfabric 1.17, seen when a
+	 * consumer unmounts before a cut link comes back).  With the progress
+	 * thread stopped nothing can land any more, so the endpoint is left
+	 * open, until the process ends.
+	 */
+	orphans = vp_fab_orphan_reads(fab);
+	if (orphans) {
+		vp_log(LOG_INFO, "fabric", "%u reads given up on are still posted; the endpoint stays open until the process ends",
+		       orphans);
+		fab->kept = 1;
+		return;
+	}
 	/* before any registration goes: a read still posted names its memory's */
 	if (fab->ep && !fi_close(&fab->ep->fid))
 		fab->ep = NULL;	/* else (FI_EBUSY: registrations bound to it) after them */
@@ -481,6 +509,13 @@ void vp_fab_close(struct vp_fab *fab)
 	if (!fab)
 		return;
 	vp_fab_shutdown(fab);
+	if (fab->kept) {
+		pthread_mutex_lock(&kept_lock);
+		fab->kept_next = kept_fabs;
+		kept_fabs = fab;
+		pthread_mutex_unlock(&kept_lock);
+		return;
+	}
 	close_endpoint(fab);
 	free(fab->buf);
 	close_domain(fab);
@@ -705,9 +740,13 @@ void vp_fab_mr_close(struct vp_fab_mr *mr)
  * On rxm, a send that a dead or stopped peer never takes never completes,
  * not even after fi_av_remove: its slot is lost until close.  So a peer
  * gets at most MAX_STUCK_PER_PEER of them; it is known by its address,
- * not its fi_addr, which libfabric reuses for the next peer.
+ * not its fi_addr, which libfabric reuses for the next peer.  detached:
+ * count the VP_FAB_SEND_NOW sends in flight instead, which nobody gave
+ * up on (a slow peer is not a stuck one), and which have a bound of their
+ * own.
  */
-static unsigned int stuck_to_locked(struct vp_fab *fab, const uint8_t *peer, size_t len)
+static unsigned int stuck_to_locked(struct vp_fab *fab, const uint8_t *peer, size_t len,
+				    int detached)
 {
 	unsigned int n = 0;
 
@@ -715,20 +754,22 @@ static unsigned int stuck_to_locked(struct vp_fab *fab, const uint8_t *peer, siz
 	for (unsigned int i = 0; i < N_SEND; i++) {
 		const struct op *op = &fab->send_ops[i];
 
-		n += (fab->send_busy & (1ULL << i)) && op->abandoned && op->peer_len == len &&
-			!memcmp(op->peer, peer, len);
+		n += (fab->send_busy & (1ULL << i)) && op->abandoned && op->detached == detached &&
+			op->peer_len == len && !memcmp(op->peer, peer, len);
 	}
 	return n;
 }
 
 /*
  * Takes a send slot from the trusted or the untrusted ones, waiting for
- * one until ts (the untrusted do not wait).  peer[peer_len] is the
- * destination's address (peer_len 0: not known).  Returns the slot's op,
- * or NULL: -EAGAIN, nothing posted.
+ * one until ts unless nowait.  peer[peer_len] is the
+ * destination's address (peer_len 0: not known).  detached: for a
+ * VP_FAB_SEND_NOW, refused while MAX_DETACHED_PER_PEER are in flight to
+ * that address.  Returns the slot's op, or NULL: -EAGAIN, nothing posted.
  */
 static struct op *take_slot_locked(struct vp_fab *fab, const uint8_t *peer, size_t peer_len,
-				   const struct timespec *ts, int untrusted)
+				   const struct timespec *ts, int untrusted, int nowait,
+				   int detached)
 {
 	uint64_t pool = untrusted ? ~0ULL << (N_SEND - N_SEND_UNTRUSTED) :
 		~(~0ULL << (N_SEND - N_SEND_UNTRUSTED));
@@ -736,10 +777,12 @@ static struct op *take_slot_locked(struct vp_fab *fab, const uint8_t *peer, size
 	struct op *op;
 
 	VP_ASSERT_LOCKED(&fab->lock);
-	if (peer_len && stuck_to_locked(fab, peer, peer_len) >= (untrusted ? 1 : MAX_STUCK_PER_PEER))
+	if (peer_len && stuck_to_locked(fab, peer, peer_len, 0) >= (untrusted ? 1 : MAX_STUCK_PER_PEER))
 		return NULL;	/* it takes nothing: no more of our slots for it */
+	if (detached && peer_len && stuck_to_locked(fab, peer, peer_len, 1) >= MAX_DETACHED_PER_PEER)
+		return NULL;	/* it has not taken the last ones yet: no use in more */
 	while ((fab->send_busy & pool) == pool)
-		if (untrusted || pthread_cond_timedwait(&fab->cond, &fab->lock, ts) == ETIMEDOUT)
+		if (nowait || pthread_cond_timedwait(&fab->cond, &fab->lock, ts) == ETIMEDOUT)
 			return NULL;	/* every slot busy */
 	slot = (unsigned int)__builtin_ctzll(~fab->send_busy & pool);
 	fab->send_busy |= 1ULL << slot;
@@ -748,6 +791,7 @@ static struct op *take_slot_locked(struct vp_fab *fab, const uint8_t *peer, size
 	op->index = slot;
 	op->done = 0;
 	op->abandoned = 0;
+	op->detached = 0;
 	op->status = 0;
 	op->peer_len = 0;
 	return op;
@@ -777,38 +821,85 @@ static void abandon_send_locked(struct vp_fab *fab, struct op *op, vp_fab_addr d
 	pthread_mutex_unlock(&fab->lock);
 }
 
-static int send_in(struct vp_fab *fab, vp_fab_addr dest, const void *msg, size_t len,
-		   double deadline_s, int untrusted)
+/* The message, copied into the send buffer (vp_fab_send()'s make). */
+struct copy_arg {
+	const void *msg;
+	size_t len;
+};
+
+static ssize_t copy_make(void *arg, void *buf, size_t cap)
 {
+	const struct copy_arg *c = arg;
+
+	if (c->len > cap)
+		return -EMSGSIZE;
+	memcpy(buf, c->msg, c->len);
+	return (ssize_t)c->len;
+}
+
+int vp_fab_send_made(struct vp_fab *fab, vp_fab_addr dest, pthread_mutex_t *order,
+		     vp_fab_make_cb make, void (*unmake)(void *arg), void *arg,
+		     double deadline_s, unsigned int flags)
+{
+	int untrusted = !!(flags & VP_FAB_SEND_UNTRUSTED), now_only = !!(flags & VP_FAB_SEND_NOW);
 	double deadline = vp_now() + deadline_s;
 	uint8_t peer[VP_FAB_NAME_MAX];
 	size_t peer_len = sizeof(peer);	/* 0: its address is not needed (or not known) */
 	struct timespec ts;
 	struct op *op;
+	ssize_t len;
 	int rc;
 
-	if (len > VP_FAB_MAX_MSG)
-		return -EMSGSIZE;
-	/* the address, to tell stuck peers apart; only needed once a send is stuck */
-	if (!__atomic_load_n(&fab->nabandoned, __ATOMIC_RELAXED) ||
+	/* the address, to tell stuck peers apart; only needed once a send is (or may be) stuck */
+	if ((!now_only && !__atomic_load_n(&fab->nabandoned, __ATOMIC_RELAXED)) ||
 	    fi_av_lookup(fab->av, dest, peer, &peer_len) || peer_len > sizeof(peer))
 		peer_len = 0;
 	vp_abstime(&ts, deadline);
 	pthread_mutex_lock(&fab->lock);
-	op = take_slot_locked(fab, peer, peer_len, &ts, untrusted);
+	op = take_slot_locked(fab, peer, peer_len, &ts, untrusted, untrusted || now_only, now_only);
 	pthread_mutex_unlock(&fab->lock);
 	if (!op)
 		return -EAGAIN;
 
-	memcpy(send_buf(fab, op->index), msg, len);
 	for (;;) {
-		rc = (int)fi_send(fab->ep, send_buf(fab, op->index), len, fab->buf_desc,
-				  dest, &op->fictx);
-		if (rc != -FI_EAGAIN || untrusted || vp_now() > deadline)
+		if (order)
+			pthread_mutex_lock(order);
+		len = make(arg, send_buf(fab, op->index), VP_FAB_MAX_MSG);
+		if (len < 0) {
+			rc = (int)len;
+		} else {
+			if (now_only) {	/* the completion frees the slot; set before it can come */
+				pthread_mutex_lock(&fab->lock);
+				op->abandoned = 1;
+				op->detached = 1;
+				__atomic_add_fetch(&fab->nabandoned, 1, __ATOMIC_RELAXED);
+				memcpy(op->peer, peer, peer_len);
+				op->peer_len = peer_len;
+				pthread_mutex_unlock(&fab->lock);
+			}
+			rc = (int)fi_send(fab->ep, send_buf(fab, op->index), (size_t)len, fab->buf_desc,
+					  dest, &op->fictx);
+			if (rc && now_only) {
+				pthread_mutex_lock(&fab->lock);
+				op->abandoned = 0;
+				op->detached = 0;
+				__atomic_sub_fetch(&fab->nabandoned, 1, __ATOMIC_RELAXED);
+				pthread_mutex_unlock(&fab->lock);
+			}
+			if (rc && unmake)
+				unmake(arg);	/* never posted: as if never made */
+		}
+		if (order)
+			pthread_mutex_unlock(order);
+		if (rc != -FI_EAGAIN || untrusted || now_only || vp_now() > deadline)
 			break;
 		sched_yield();
 	}
 	pthread_mutex_lock(&fab->lock);
+	if (rc == 0 && now_only) {
+		pthread_mutex_unlock(&fab->lock);
+		return 0;	/* posted; nobody waits */
+	}
 	if (rc == 0) {
 		while (!op->done)
 			if (pthread_cond_timedwait(&fab->cond, &fab->lock, &ts) == ETIMEDOUT &&
@@ -817,7 +908,7 @@ static int send_in(struct vp_fab *fab, vp_fab_addr dest, const void *msg, size_t
 				return -ETIMEDOUT;
 			}
 		rc = op->status;
-	} else {
+	} else if (len >= 0) {
 		rc = rc == -FI_EAGAIN ? -EAGAIN : vp_fab_errno(rc);	/* never posted */
 	}
 	fab->send_busy &= ~(1ULL << op->index);
@@ -829,13 +920,22 @@ static int send_in(struct vp_fab *fab, vp_fab_addr dest, const void *msg, size_t
 int vp_fab_send(struct vp_fab *fab, vp_fab_addr dest, const void *msg,
 		size_t len, double deadline_s)
 {
-	return send_in(fab, dest, msg, len, deadline_s, 0);
+	struct copy_arg c = { msg, len };
+
+	if (len > VP_FAB_MAX_MSG)
+		return -EMSGSIZE;
+	return vp_fab_send_made(fab, dest, NULL, copy_make, NULL, &c, deadline_s, 0);
 }
 
 int vp_fab_send_untrusted(struct vp_fab *fab, vp_fab_addr dest, const void *msg,
 			  size_t len, double wait_s)
 {
-	return send_in(fab, dest, msg, len, wait_s, 1);
+	struct copy_arg c = { msg, len };
+
+	if (len > VP_FAB_MAX_MSG)
+		return -EMSGSIZE;
+	return vp_fab_send_made(fab, dest, NULL, copy_make, NULL, &c, wait_s,
+				VP_FAB_SEND_UNTRUSTED);
 }
 
 int vp_fab_read(struct vp_fab *fab, vp_fab_addr src,

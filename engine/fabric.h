@@ -25,8 +25,10 @@
 #ifndef VP_FABRIC_H
 #define VP_FABRIC_H
 
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 struct vp_fab;
 struct vp_fab_mr;
@@ -60,7 +62,11 @@ typedef void (*vp_fab_recv_cb)(void *arg, vp_fab_addr src, const void *msg, size
 struct vp_fab *vp_fab_open(const char *provider, const char *node,
 			   const char *service, unsigned int flags, vp_fab_recv_cb cb,
 			   void *cb_arg, char *err, size_t errlen);
-/* Stops the progress thread and frees everything.  Registered memory must be closed first. */
+/*
+ * Stops the progress thread and frees everything.  Registered memory must
+ * be closed first.  An endpoint that vp_fab_shutdown() left open is kept
+ * (reachable) until the process ends.
+ */
 void vp_fab_close(struct vp_fab *fab);
 /*
  * The first half of vp_fab_close(): stops the progress thread and closes
@@ -68,6 +74,9 @@ void vp_fab_close(struct vp_fab *fab);
  * registrations may go (a read given up on names its local memory's:
  * closing that first crashed libfabric's tcp provider at exit), and
  * vp_fab_close() does the rest.  Nothing may be sent or read after it.
+ * With reads given up on still posted (a link cut), the endpoint stays
+ * open instead (closing it under them crashed rxm), and nothing lands:
+ * no thread progresses it any more.
  */
 void vp_fab_shutdown(struct vp_fab *fab);
 
@@ -103,6 +112,30 @@ void vp_fab_remove(struct vp_fab *fab, vp_fab_addr addr);
  */
 int vp_fab_send(struct vp_fab *fab, vp_fab_addr dest, const void *msg,
 		size_t len, double deadline_s);
+
+/* Makes a message in buf (at most cap bytes): returns its length, or -errno. */
+typedef ssize_t (*vp_fab_make_cb)(void *arg, void *buf, size_t cap);
+
+#define VP_FAB_SEND_UNTRUSTED 1u	/* as vp_fab_send_untrusted() */
+#define VP_FAB_SEND_NOW 2u		/* a slot now or -EAGAIN, one try to post, and nobody waits */
+
+/*
+ * vp_fab_send() of a message made in the send buffer, for messages that
+ * must leave in the order they are made (a session's, numbered as they
+ * are sealed).  A slot is taken first (waiting as vp_fab_send() does).
+ * Then, with *order locked (NULL: none), make() writes the message and
+ * the provider is asked once; if it does not take it, unmake() (NULL:
+ * none) takes the message back, so its number is free again, order is
+ * unlocked, and the post is tried again until the deadline.  The wait
+ * for the completion is outside order.  With VP_FAB_SEND_NOW the call
+ * never blocks: 0 once posted, and the completion frees the slot; while
+ * two such sends to dest's address are in flight, more are refused
+ * (-EAGAIN), so a peer that takes nothing holds at most two slots, and
+ * they do not count as stuck sends to it.  Returns as vp_fab_send().
+ */
+int vp_fab_send_made(struct vp_fab *fab, vp_fab_addr dest, pthread_mutex_t *order,
+		     vp_fab_make_cb make, void (*unmake)(void *arg), void *arg,
+		     double deadline_s, unsigned int flags);
 
 /*
  * Memory registration.  Keys are random 64-bit values where the provider

@@ -22,7 +22,9 @@
  * Bulk data is not sealed: RMA reads move it, and each chunk is checked
  * against the xxh3 hash that its sealed ANNOUNCE carries.
  *
- * THREADING: a struct vp_sess belongs to one thread (the repl thread).
+ * THREADING: a struct vp_sess is not locked.  Its owner says who may
+ * seal with it (repl: the repl thread, and the beat thread's heartbeats,
+ * both under repl's tx_lock, which also orders the sends).
  */
 #ifndef VP_SESS_H
 #define VP_SESS_H
@@ -85,6 +87,14 @@ void vp_sess_clear(struct vp_sess *s);
  */
 ssize_t vp_sess_seal(struct vp_sess *s, const void *msg, size_t len, void *out,
 		     size_t outlen);
+
+/*
+ * Takes back the message sealed last, which was never sent (the transport
+ * would not take it): its sequence number is used again, so the receiver
+ * sees no gap.  Only before any other message is sealed, and only for a
+ * message nobody saw: a number is never used for two messages that left.
+ */
+void vp_sess_unseal(struct vp_sess *s);
 
 /*
  * Opens a sealed message into out (header and payload, as vp_msg_decode()

@@ -312,6 +312,35 @@ static void test_replays_are_dropped(void **state)
 	assert_null(memmem(out, sizeof(out), "secret-name", 11));
 }
 
+/*
+ * A message the transport did not take gives its number back: the next one
+ * is sealed with it, so the receiver sees no gap, and the one taken back
+ * can never be opened after it.
+ */
+static void test_unseal_gives_the_number_back(void **state)
+{
+	struct pair *p = *state;
+	uint8_t untaken[BUF_LEN], next[BUF_LEN], after[BUF_LEN];
+	size_t len0 = seal_op(&p->producer, untaken, 1, "not-sent");
+	size_t len1, len2;
+
+	assert_int_equal(p->producer.tx.seq, 1);
+	vp_sess_unseal(&p->producer);
+	assert_int_equal(p->producer.tx.seq, 0);
+	len1 = seal_op(&p->producer, next, 1, "sent");
+	len2 = seal_op(&p->producer, after, 2, "sent-too");
+	expect_open(&p->consumer, next, len1, (ssize_t)len1 - VP_SESS_OVERHEAD);
+	assert_int_equal(p->consumer.rx.seq, 1);
+	expect_open(&p->consumer, untaken, len0, -EALREADY);
+	expect_open(&p->consumer, after, len2, (ssize_t)len2 - VP_SESS_OVERHEAD);
+	assert_int_equal(p->consumer.rx.seq, 2);
+
+	/* without a session there is no number to give back */
+	vp_sess_clear(&p->producer);
+	vp_sess_unseal(&p->producer);
+	assert_int_equal(p->producer.tx.seq, 0);
+}
+
 static void test_reflected_message_is_refused(void **state)
 {
 	struct pair *p = *state;
@@ -449,6 +478,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_every_bit_flip_is_refused, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_truncated_or_extended_is_refused, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_replays_are_dropped, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_unseal_gives_the_number_back, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_reflected_message_is_refused, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_unsealed_message_is_refused, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_dropped_counts_every_failure, setup, teardown),

@@ -341,23 +341,14 @@ static int fake_fault(unsigned int *count, uint16_t only_port, uint16_t port)
 	return 1;
 }
 
-int vp_fab_send(struct vp_fab *fab, vp_fab_addr dest, const void *msg,
-		size_t len, double deadline_s)
+/* Delivers m (or drops or fails it, as the faults say); takes m.  Returns 0 or -errno. */
+static int fake_post(struct vp_fab *fab, vp_fab_addr dest, struct fake_msg *m)
 {
 	uint16_t port = ntohs(fab->name.sin_port);
-	struct fake_msg *m;
 	struct vp_fab *to;
 	int rc = 0;
 
-	(void)deadline_s;
-	if (len > VP_FAB_MAX_MSG)
-		return -EMSGSIZE;
-	m = malloc(sizeof(*m) + len);
-	if (!m)
-		return -ENOMEM;
 	m->from = fab->name;
-	m->len = len;
-	memcpy(m->buf, msg, len);
 	pthread_mutex_lock(&fake_fab.lock);
 	if (dest >= FAKE_FAB_AV_MAX || !fab->av[dest].refs) {
 		rc = -EINVAL;
@@ -374,6 +365,52 @@ int vp_fab_send(struct vp_fab *fab, vp_fab_addr dest, const void *msg,
 	pthread_mutex_unlock(&fake_fab.lock);
 	free(m);
 	return rc;
+}
+
+/* Made under order and delivered under it, so messages arrive in the order they were made. */
+int vp_fab_send_made(struct vp_fab *fab, vp_fab_addr dest, pthread_mutex_t *order,
+		     vp_fab_make_cb make, void (*unmake)(void *arg), void *arg,
+		     double deadline_s, unsigned int flags)
+{
+	struct fake_msg *m = malloc(sizeof(*m) + VP_FAB_MAX_MSG);
+	ssize_t len;
+	int rc;
+
+	(void)deadline_s;
+	(void)flags;
+	if (!m)
+		return -ENOMEM;
+	if (order)
+		pthread_mutex_lock(order);
+	len = make(arg, m->buf, VP_FAB_MAX_MSG);
+	if (len < 0) {
+		free(m);
+		rc = (int)len;
+	} else {
+		m->len = (size_t)len;
+		rc = fake_post(fab, dest, m);
+		if (rc && unmake)
+			unmake(arg);
+	}
+	if (order)
+		pthread_mutex_unlock(order);
+	return rc;
+}
+
+int vp_fab_send(struct vp_fab *fab, vp_fab_addr dest, const void *msg,
+		size_t len, double deadline_s)
+{
+	struct fake_msg *m;
+
+	(void)deadline_s;
+	if (len > VP_FAB_MAX_MSG)
+		return -EMSGSIZE;
+	m = malloc(sizeof(*m) + len);
+	if (!m)
+		return -ENOMEM;
+	m->len = len;
+	memcpy(m->buf, msg, len);
+	return fake_post(fab, dest, m);
 }
 
 int vp_fab_send_untrusted(struct vp_fab *fab, vp_fab_addr dest, const void *msg,
