@@ -147,8 +147,7 @@ ssize_t vp_data_copy_out(struct vp_data *d, int out_fd, uint64_t off, size_t len
 	return vp_mfile_copy_out(d->mf, out_fd, off, len, off);
 }
 
-struct vp_data *vp_data_sealed_copy(struct vp_data *src, double wait_s,
-				    void (*progress)(void *arg), void *arg)
+struct vp_data *vp_data_sealed_copy(struct vp_data *src, double wait_s)
 {
 	uint64_t size = vp_data_size(src), off = 0;
 	struct vp_data *d;
@@ -174,8 +173,6 @@ struct vp_data *vp_data_sealed_copy(struct vp_data *src, double wait_s,
 			off += rd.seg[i].len;
 		}
 		vp_read_release(&rd);
-		if (progress)
-			progress(arg);
 	}
 	if (vp_mfile_seal(d->mf))	/* every byte was written, holes as zeros */
 		goto err;

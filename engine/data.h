@@ -109,10 +109,8 @@ void vp_data_seal(struct vp_data *d);
 /*
  * A new data with the bytes of d in a sealed memory file of its own
  * (a copy), or NULL (no space within wait_s, or d not all in memory).
- * progress (NULL: none) is called between pieces (a heartbeat is due).
  */
-struct vp_data *vp_data_sealed_copy(struct vp_data *d, double wait_s,
-				    void (*progress)(void *arg), void *arg);
+struct vp_data *vp_data_sealed_copy(struct vp_data *d, double wait_s);
 
 /*
  * The read-only descriptor of d's sealed memory file (valid while d is

@@ -25,6 +25,9 @@
  *                                            fab->lock (its MRs closed); the
  *                                            observer hook takes it under
  *                                            ns->lock and only queues
+ *    3a   repl->tx_lock         repl         fab->lock (a send posted); a
+ *                                            message is sealed and posted under
+ *                                            it, taken under repl->lock or alone
  *    3b   g->lock               gpu          pool->lock; taken under ns->lock
  *                                            (mirror, forget) and repl->lock
  *    4    ns->handles_lock,     ns           leaf

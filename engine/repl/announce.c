@@ -480,12 +480,6 @@ static int announce_plan(struct vp_repl *r, const announce_t *a, struct announce
 	return rc;
 }
 
-/* The copy into a memory file can be long: the producer hears from us meanwhile. */
-static void beat(void *arg)
-{
-	repl_consumer_beat(arg);
-}
-
 /*
  * Once a version is installed (its watchers told, DONE sent), its bytes
  * are copied into a sealed memory file that replaces the chunks as the
@@ -501,7 +495,7 @@ static void seal_installed(struct vp_repl *r, const announce_t *a, struct announ
 	struct vp_data *sealed;
 	int rc;
 
-	sealed = vp_data_sealed_copy(pl->d, 0, beat, r);
+	sealed = vp_data_sealed_copy(pl->d, 0);
 	if (!sealed) {
 		vp_log(LOG_INFO, "repl", "'%s' version %" PRIu64 ": no room for its memory file; it stays in chunks (readers go through the daemon)",
 		       a->path, a->version);

@@ -172,21 +172,37 @@ void repl_consumer_send(struct vp_repl *r, struct vp_msg *m)
 		vp_log(LOG_DEBUG, "repl", "send of %s to the producer failed", vp_msg_type_name(m->type));
 }
 
+void repl_consumer_heard(struct vp_repl *r, double at)
+{
+	pthread_mutex_lock(&r->lock);
+	if (at > r->cons.last_rx)
+		r->cons.last_rx = at;
+	pthread_mutex_unlock(&r->lock);
+}
+
 /*
- * A heartbeat to the producer once a second: from the tick, and from
- * inside long transfers, so that a consumer busy fetching (or waiting on
- * a dead relay) is not taken for dead.
+ * The beat thread's part in the session: on from WELCOME (heartbeats go
+ * to the producer once a second, and its silence is watched, beat.c),
+ * off before the session is cleared or derived again.
  */
-void repl_consumer_beat(struct vp_repl *r)
+static void beats_on(struct vp_repl *r)
 {
 	double now = vp_now();
 
-	if (r->cons.state == CONS_SUBSCRIBED && now - r->cons.last_beat >= 1.0) {
-		struct vp_msg hb = { .type = VP_MSG_HEARTBEAT };
+	pthread_mutex_lock(&r->lock);
+	r->cons.beat_id = r->cons.my_id;
+	r->cons.last_beat = now;
+	r->cons.silent = 0;
+	r->cons.beat_on = 1;
+	pthread_mutex_unlock(&r->lock);
+}
 
-		r->cons.last_beat = now;
-		repl_consumer_send(r, &hb);
-	}
+static void beats_off(struct vp_repl *r)
+{
+	pthread_mutex_lock(&r->lock);
+	r->cons.beat_on = 0;
+	r->cons.silent = 0;
+	pthread_mutex_unlock(&r->lock);
 }
 
 void repl_say_done(struct vp_repl *r, uint64_t seq, uint64_t version, int status)
@@ -217,10 +233,12 @@ static void resync_clear(struct vp_repl *r)
  */
 static void consumer_lost(struct vp_repl *r, const char *why)
 {
-	vp_log(LOG_WARNING, "repl", "%s; keeping the last complete versions and subscribing again", why);
+	if (why)	/* NULL: the beat thread said why */
+		vp_log(LOG_WARNING, "repl", "%s; keeping the last complete versions and subscribing again", why);
 	r->cons.state = CONS_IDLE;
 	r->cons.syncing = 0;		/* a catch-up cut short removes nothing */
 	repl_seen_clear(r);
+	beats_off(r);
 	vp_sess_clear(&r->cons.sess);
 	resync_clear(r);
 }
@@ -407,6 +425,7 @@ static void consumer_welcome(struct vp_repl *r, const struct vp_msg *m)
 	repl_offers_done(r, 0, 1);
 	repl_prefetch_forget(r, NULL, -1);	/* previews of the last session: its versions come whole */
 	r->cons.state = CONS_SUBSCRIBED;
+	beats_on(r);
 	r->cons.auth_backoff = 0;
 	repl_seen_clear(r);
 	r->cons.syncing = 1;
@@ -449,6 +468,7 @@ void repl_consumer_handle(struct vp_repl *r, struct qmsg *q)
 
 		vp_log(LOG_ERR, "repl", "the producer refused us: %s; trying again in %.0f s",
 		       m->u.refused.reason, wait);
+		beats_off(r);
 		vp_sess_clear(&r->cons.sess);
 		break;
 	}
@@ -510,17 +530,16 @@ void repl_publish_stats(struct vp_repl *r)
 
 int repl_consumer_check_alive(struct vp_repl *r)
 {
-	double heard, now = vp_now();
-	char why[384];
+	int silent;
 
 	if (r->cons.state != CONS_SUBSCRIBED)
 		return 0;
-	heard = producer_heard(r);
-	if (now - heard <= r->cfg.peer_timeout)
+	pthread_mutex_lock(&r->lock);
+	silent = r->cons.silent;
+	pthread_mutex_unlock(&r->lock);
+	if (!silent)
 		return 0;
-	snprintf(why, sizeof(why), "the producer at '%s' is silent for %.1f s",
-		 r->cfg.subscribe, now - heard);
-	consumer_lost(r, why);
+	consumer_lost(r, NULL);
 	repl_publish_stats(r);		/* status says so now */
 	return -1;
 }
@@ -559,9 +578,9 @@ void repl_consumer_tick(struct vp_repl *r)
 			m.u.hello.name_len = (uint16_t)n;
 			r->cons.state = CONS_HELLO_SENT;
 			r->cons.my_id = 0;
+			beats_off(r);
 			vp_sess_clear(&r->cons.sess);	/* a new handshake, a new session */
 			repl_consumer_send(r, &m);
 		}
 	}
-	repl_consumer_beat(r);
 }

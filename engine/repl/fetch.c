@@ -62,8 +62,7 @@ struct slab_mr *repl_slab_of(struct vp_repl *r, const void *mem)
 /*
  * Chunk i of announce a arrived in mem and matched its hash, while later
  * reads are still in flight: on to the GPU tier's stage (unless it landed
- * there: staged) and to our relay children, and a heartbeat if one is due
- * (transfers can be long).
+ * there: staged) and to our relay children.
  */
 static void chunk_ready(struct vp_repl *r, const announce_t *a, uint32_t i, const void *mem,
 			size_t len, int staged)
@@ -72,7 +71,6 @@ static void chunk_ready(struct vp_repl *r, const announce_t *a, uint32_t i, cons
 		vp_gpu_stage_copy(r->cons.gst, (uint64_t)i * a->chunk_size, mem, len);
 	repl_offer_chunk(r, a, i, mem);
 	repl_offer_flush(r, 0);
-	repl_consumer_beat(r);
 }
 
 /*
@@ -245,8 +243,9 @@ static int relay_read(struct vp_repl *r, struct relay_fetch *rf, struct vp_fab_r
 	r->cons.from_relay += v.bytes;
 	if (!rc)
 		return 0;
-	vp_log(LOG_WARNING, "repl", "relay: reads from consumer %" PRIu64 " failed (%s); the producer serves the rest of '%s'",
-	       r->relay.parent_id, strerror(-rc), rf->a->path);
+	vp_log(LOG_WARNING, "repl", "relay: reads from consumer %" PRIu64 " failed (%s); the producer serves the rest of '%s', and what follows for %.0f s or until the tree changes",
+	       r->relay.parent_id, strerror(-rc), rf->a->path, RELAY_QUIET_S);
+	r->relay.parent_quiet_until = vp_now() + RELAY_QUIET_S;
 	for (size_t q = 0; q < nreq; q++) {
 		uint32_t i = idx[q];
 		int err;
@@ -310,7 +309,6 @@ static size_t relay_fetch(struct vp_repl *r, const announce_t *a, void **mem,
 		size_t nreq, ngot;
 
 		relay_take_offers(r, &rf);
-		repl_consumer_beat(r);
 		nreq = relay_batch(r, &rf, reqs, idx, &bytes);
 		if (nreq) {
 			int rc = relay_read(r, &rf, reqs, idx, nreq, bytes, &ngot);
@@ -324,8 +322,9 @@ static size_t relay_fetch(struct vp_repl *r, const announce_t *a, void **mem,
 		if (rf.last)
 			break;
 		if (vp_now() > quiet) {
-			vp_log(LOG_INFO, "repl", "relay: consumer %" PRIu64 " offered nothing of '%s' for %.1f s; the producer serves the rest",
-			       r->relay.parent_id, a->path, r->cfg.relay_wait);
+			vp_log(LOG_INFO, "repl", "relay: consumer %" PRIu64 " offered nothing of '%s' for %.1f s; the producer serves the rest, and what follows for %.0f s or until the tree changes",
+			       r->relay.parent_id, a->path, r->cfg.relay_wait, RELAY_QUIET_S);
+			r->relay.parent_quiet_until = vp_now() + RELAY_QUIET_S;
 			break;
 		}
 		if (relay_wait_offers(r, quiet))
@@ -374,7 +373,7 @@ static void verify_chunk(void *arg, size_t req)
 		v->bad_idx = idx;
 		return;
 	}
-	v->r->cons.last_heard = vp_now();	/* a read from the producer completed: it is alive */
+	repl_consumer_heard(v->r, vp_now());	/* a read from the producer completed: it is alive */
 	chunk_ready(v->r, v->a, idx, host, v->reqs[req].len, v->direct);
 }
 
@@ -436,7 +435,7 @@ int repl_fetch_chunks(struct vp_repl *r, const announce_t *a, void **mem,
 	struct vp_fab_read_req *reqs = calloc(n ? n : 1, sizeof(*reqs));
 	uint32_t *idx = calloc(n ? n : 1, sizeof(*idx));
 	uint8_t *got = calloc(n ? n : 1, 1);
-	int relayed = (a->flags & VP_ANNOUNCE_RELAY) != 0;
+	int relayed = (a->flags & VP_ANNOUNCE_RELAY) != 0, from_relay;
 	size_t nreq = 0, missing = n;
 	uint64_t bytes = 0;
 	int rc = 0;
@@ -447,7 +446,9 @@ int repl_fetch_chunks(struct vp_repl *r, const announce_t *a, void **mem,
 	}
 	if (relayed && r->relay.nchildren)
 		offer_held(r, a, mem, need, n);
-	if (relayed && r->relay.parent_id && n)
+	/* a relay that failed us lately: the producer serves until it is due again */
+	from_relay = relayed && r->relay.parent_id && vp_now() >= r->relay.parent_quiet_until;
+	if (from_relay && n)
 		missing = relay_fetch(r, a, mem, need, n, got);
 	for (size_t k = 0; k < n; k++) {
 		uint32_t i = need[k];
@@ -472,7 +473,7 @@ int repl_fetch_chunks(struct vp_repl *r, const announce_t *a, void **mem,
 		bytes += reqs[nreq].len;
 		nreq++;
 	}
-	if (relayed && r->relay.parent_id && missing)
+	if (from_relay && missing)
 		r->cons.bytes_relay_fallback += bytes;
 	rc = producer_read(r, a, mem, reqs, idx, nreq, bytes, bad_idx);
 	if (rc == -ETIMEDOUT && !r->cons.gst_mr) {

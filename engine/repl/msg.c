@@ -3,6 +3,7 @@
  * came, sealing and sending what goes.
  */
 #define _GNU_SOURCE
+#include <errno.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
@@ -89,9 +90,13 @@ static struct qmsg *qmsg_new(vp_fab_addr src, const void *msg, size_t len)
  */
 static const char *producer_admit_locked(struct vp_repl *r, struct qmsg *q, int type)
 {
+	struct peer *p;
+
 	VP_ASSERT_LOCKED(&r->lock);
-	if (repl_peer_at_locked(r, q->src, 1))
+	if ((p = repl_peer_at_locked(r, q->src, 1))) {
+		p->last_rx = q->at;	/* alive, whatever the repl thread is doing (beat.c) */
 		return type == VP_MSG_CHUNKS ? "a producer takes no relay offers" : NULL;
+	}
 	q->pending = 1;
 	if (type != VP_MSG_HELLO && type != VP_MSG_AUTH && type != VP_MSG_REFUSED)
 		return "only HELLO, AUTH and REFUSED come before a consumer authenticated";
@@ -174,24 +179,52 @@ void repl_on_recv(void *arg, vp_fab_addr src, const void *msg, size_t len)
 		repl_refused(r, from, len, why);
 }
 
+/* A message being sent: sealed into the send buffer (under tx_lock), or copied there plain. */
+struct outgoing {
+	struct vp_sess *s;
+	const void *buf;
+	size_t len;
+};
+
+static ssize_t seal_into(void *arg, void *out, size_t cap)
+{
+	const struct outgoing *o = arg;
+
+	if (o->s && o->s->on)
+		return vp_sess_seal(o->s, o->buf, o->len, out, cap);
+	if (o->len > cap)
+		return -EMSGSIZE;
+	memcpy(out, o->buf, o->len);
+	return (ssize_t)o->len;
+}
+
+static void unseal(void *arg)
+{
+	const struct outgoing *o = arg;
+
+	if (o->s)
+		vp_sess_unseal(o->s);
+}
+
 /*
  * Sends an encoded message to `to`, sealed with s when s is on (a
- * session), plain otherwise.  Repl thread only (it owns the sessions).
+ * session), plain otherwise.  Sealed and posted under r->tx_lock, so that
+ * the beat thread's heartbeats and the repl thread's messages leave in
+ * the order of their sequence numbers; a message the transport did not
+ * take gives its number back.  flags: vp_fab_send_made()'s.
  */
+int repl_send_flags(struct vp_repl *r, vp_fab_addr to, struct vp_sess *s, const void *buf,
+		    size_t len, double deadline_s, unsigned int flags)
+{
+	struct outgoing o = { s, buf, len };
+
+	return vp_fab_send_made(r->fab, to, &r->tx_lock, seal_into, unseal, &o, deadline_s, flags);
+}
+
 int repl_send_raw(struct vp_repl *r, vp_fab_addr to, struct vp_sess *s, const void *buf,
 		  size_t len, double deadline_s)
 {
-	static __thread uint8_t sealed[VP_FAB_MAX_MSG];
-
-	if (s && s->on) {
-		ssize_t n = vp_sess_seal(s, buf, len, sealed, sizeof(sealed));
-
-		if (n < 0)
-			return (int)n;
-		buf = sealed;
-		len = (size_t)n;
-	}
-	return vp_fab_send(r->fab, to, buf, len, deadline_s);
+	return repl_send_flags(r, to, s, buf, len, deadline_s, 0);
 }
 
 int repl_encode_send(struct vp_repl *r, vp_fab_addr to, struct vp_sess *s, struct vp_msg *m,

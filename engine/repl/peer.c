@@ -35,11 +35,14 @@ struct peer *repl_peer_at_locked(struct vp_repl *r, vp_fab_addr addr, int active
 	return NULL;
 }
 
-/* Queues q (encoded, not sealed yet) on p's outbox; takes q. */
+/* Queues q (encoded, not sealed yet) on p's outbox (a silent p gets nothing); takes q. */
 void repl_peer_queue_locked(struct vp_repl *r, struct peer *p, struct qmsg *q)
 {
 	VP_ASSERT_LOCKED(&r->lock);
-	STAILQ_INSERT_TAIL(&p->out, q, link);
+	if (p->silent)
+		free(q);
+	else
+		STAILQ_INSERT_TAIL(&p->out, q, link);
 }
 
 static int cmp_peer_id(const void *a, const void *b)
@@ -73,7 +76,7 @@ static void topo_update_locked(struct vp_repl *r)
 	if (!k)
 		return;
 	LIST_FOREACH(p, &r->prod.peers, link)
-		n += p->active;
+		n += peer_live(p);
 	act = calloc(n ? n : 1, sizeof(*act));
 	m = calloc(1, sizeof(*m));
 	if (!act || !m) {
@@ -83,7 +86,7 @@ static void topo_update_locked(struct vp_repl *r)
 	}
 	n = 0;
 	LIST_FOREACH(p, &r->prod.peers, link)
-		if (p->active)
+		if (peer_live(p))
 			act[n++] = p;
 	qsort(act, n, sizeof(*act), cmp_peer_id);
 	for (unsigned int j = 0; j < n; j++) {	/* each new edge: a new generation */
@@ -145,6 +148,24 @@ static void peer_free_locked(struct vp_repl *r, struct peer *p)
 	free(p);
 	if (!r->stop)
 		topo_update_locked(r);	/* its children move up */
+}
+
+void repl_peer_silent_locked(struct vp_repl *r, struct peer *p, double silence)
+{
+	struct pin *pin;
+
+	VP_ASSERT_LOCKED(&r->lock);
+	vp_log(LOG_WARNING, "repl", "consumer %" PRIu64 " is silent for %.1f s; it gets nothing more, and what it held is let go",
+	       p->id, silence);
+	p->silent = 1;
+	qmsg_list_free(&p->out);
+	STAILQ_INIT(&p->out);
+	LIST_FOREACH(pin, &r->prod.pins, link)
+		repl_pin_done(pin, p->id);
+	repl_unpin_locked(r, 0);
+	if (!r->stop)
+		topo_update_locked(r);	/* its children move up */
+	pthread_cond_signal(&r->cond);	/* the repl thread drops it */
 }
 
 /* A consumer goes, logged (a handshake's end is logged within limits by pending_drop_locked). */
@@ -342,6 +363,7 @@ static int producer_auth_locked(struct vp_repl *r, struct peer *p, const struct 
 	old = repl_peer_at_locked(r, p->addr, 1);
 	if (old)
 		repl_peer_drop_locked(r, old, "it subscribed again (a new session replaces it)");
+	p->last_beat = vp_now();	/* the first heartbeat a second after WELCOME */
 	p->active = 1;
 	return 1;
 }
@@ -464,30 +486,37 @@ out:
  * Sends p's outbox, in order, sealed as it goes: sequence numbers in the
  * order of sending.  A peer that has not authenticated gets a moment, not
  * peer_timeout: whoever says HELLO must not hold up the thread (a name
- * that never answers).  A peer whose sends fail is dropped.
+ * that never answers).  A subscribed one gets until it would count as
+ * silent; a send that is not done by then stays posted, and the rest wait
+ * for the next tick: a link that is slow (bulk reads ahead of our
+ * messages on one connection) is not a dead peer, and the beat thread
+ * says which it is.  A peer whose sends fail is dropped.
  */
 static void peer_send_queued_locked(struct vp_repl *r, struct peer *p)
 {
 	struct qmsg *q;
 
 	VP_ASSERT_LOCKED(&r->lock);
-	while ((q = STAILQ_FIRST(&p->out))) {
+	while (!p->silent && (q = STAILQ_FIRST(&p->out))) {
 		vp_fab_addr addr = p->addr;
 		int active = p->active, rc;
+		double wait = active ? repl_peer_send_wait_locked(r, p) : 0;
 
 		STAILQ_REMOVE_HEAD(&p->out, link);
 		pthread_mutex_unlock(&r->lock);
-		rc = active ? repl_send_raw(r, addr, &p->sess, q->buf, q->len, r->cfg.peer_timeout) :
+		rc = active ? repl_send_raw(r, addr, &p->sess, q->buf, q->len, wait) :
 			vp_fab_send_untrusted(r->fab, addr, q->buf, q->len, PENDING_SEND_S);
 		pthread_mutex_lock(&r->lock);
-		if (rc == -EAGAIN && !active) {
+		if (rc == -EAGAIN) {
 			STAILQ_INSERT_HEAD(&p->out, q, link);	/* not taken yet: again next tick */
 			break;
 		}
 		free(q);
+		if (rc == -ETIMEDOUT && active)
+			break;		/* still posted: it leaves in order, after what is ahead of it */
 		if (rc && !(rc == -ETIMEDOUT && !active)) {
 			if (active)
-				repl_peer_drop_locked(r, p, "sends time out");
+				repl_peer_drop_locked(r, p, rc == -ETIMEDOUT ? "sends time out" : "sends fail");
 			else
 				pending_drop_locked(r, p, &rl_hello, "its address does not take messages");
 			break;
@@ -508,7 +537,7 @@ void repl_peers_tick(struct vp_repl *r, double now)
 		next = LIST_NEXT(p, link);
 		if (!p->active && now - p->hello_at > HANDSHAKE_S)
 			pending_drop_locked(r, p, &rl_hello, "it did not authenticate in time");
-		else if (p->active && now - p->last_heard > r->cfg.peer_timeout)
+		else if (p->silent)	/* the beat thread found it so */
 			repl_peer_drop_locked(r, p, "no heartbeat");
 		else
 			peer_send_queued_locked(r, p);

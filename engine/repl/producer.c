@@ -158,7 +158,7 @@ static unsigned int active_peers_locked(struct vp_repl *r)
 
 	VP_ASSERT_LOCKED(&r->lock);
 	LIST_FOREACH(p, &r->prod.peers, link)
-		n += p->active != 0;
+		n += peer_live(p);
 	return n;
 }
 
@@ -360,7 +360,7 @@ static int announce_queue_locked(struct vp_repl *r, struct vp_msg *m,
 
 	VP_ASSERT_LOCKED(&r->lock);
 	LIST_FOREACH(p, &r->prod.peers, link)
-		n += p->active && (!only || p == only);
+		n += peer_live(p) && (!only || p == only);
 	pin->waiting = calloc(n ? n : 1, sizeof(*pin->waiting));
 	if (!pin->waiting)
 		return -ENOMEM;
@@ -370,7 +370,7 @@ static int announce_queue_locked(struct vp_repl *r, struct vp_msg *m,
 		LIST_FOREACH(p, &r->prod.peers, link) {
 			struct qmsg *q;
 
-			if (!p->active || (only && p != only))
+			if (!peer_live(p) || (only && p != only))
 				continue;
 			q = repl_qmsg_of(m);
 			if (q) {
@@ -471,7 +471,7 @@ static void queue_op(struct vp_repl *r, enum vp_op_kind kind, const char *path,
 	pthread_mutex_lock(&r->lock);
 	m->u.op.seq = ++r->prod.seq;
 	LIST_FOREACH(p, &r->prod.peers, link) {
-		if (p->active && (!only || p == only)) {
+		if (peer_live(p) && (!only || p == only)) {
 			struct qmsg *q = repl_qmsg_of(m);
 
 			if (q)
@@ -611,27 +611,12 @@ static void producer_ship_events(struct vp_repl *r)
 	}
 }
 
-/* A HEARTBEAT to every subscribed consumer once a second; the pins expire. */
-static void producer_beat(struct vp_repl *r, double *last_beat, double now)
-{
-	struct vp_msg hb = { .type = VP_MSG_HEARTBEAT };
-	struct peer *p;
-
-	if (now - *last_beat < 1.0)
-		return;
-	*last_beat = now;
-	pthread_mutex_lock(&r->lock);
-	hb.u.heartbeat.latest_seq = r->prod.seq;
-	repl_unpin_locked(r, 0);
-	pthread_mutex_unlock(&r->lock);
-	/* only this thread adds or frees peers: the list holds while we send */
-	LIST_FOREACH(p, &r->prod.peers, link)
-		if (p->active)
-			repl_send_msg(r, p->addr, &p->sess, &hb);
-}
-
-/* The producer's work between messages: events, outboxes, heartbeats. */
-void repl_producer_tick(struct vp_repl *r, double *last_beat)
+/*
+ * The producer's work between messages: events, outboxes, silent
+ * consumers dropped (their heartbeats are beat.c's), and once a second
+ * the pins that expired.
+ */
+void repl_producer_tick(struct vp_repl *r, double *last_unpin)
 {
 	double now = vp_now();
 
@@ -639,5 +624,10 @@ void repl_producer_tick(struct vp_repl *r, double *last_beat)
 	repl_recover_tick(r);	/* versions consumers offer back */
 	repl_quarantine_release(r);	/* chunks of reads back it gave up on */
 	repl_peers_tick(r, now);
-	producer_beat(r, last_beat, now);
+	if (now - *last_unpin >= 1.0) {
+		*last_unpin = now;
+		pthread_mutex_lock(&r->lock);
+		repl_unpin_locked(r, 0);
+		pthread_mutex_unlock(&r->lock);
+	}
 }

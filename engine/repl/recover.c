@@ -440,7 +440,7 @@ static void offer_release(struct vp_repl *r, uint64_t peer, uint64_t seq, const 
 		return;
 	pthread_mutex_lock(&r->lock);
 	LIST_FOREACH(p, &r->prod.peers, link)
-		if (p->id == peer && p->active)
+		if (p->id == peer && peer_live(p))
 			break;
 	if (p && unlink) {
 		m->type = VP_MSG_OP;
@@ -517,7 +517,7 @@ void repl_recover_tick(struct vp_repl *r)
 
 		next = LIST_NEXT(job, link);
 		LIST_FOREACH(p, &r->prod.peers, link)
-			if (p->id == job->peer && p->active)
+			if (p->id == job->peer && peer_live(p))
 				break;
 		if (!p) {
 			LIST_REMOVE(job, link);

@@ -212,7 +212,11 @@ void repl_rpin_done(struct vp_repl *r, uint64_t child, uint64_t seq)
 	repl_rpin_sweep(r, 0);
 }
 
-/* Ends a relayed announce: LAST to our children, RELAY_DONE to our relay. */
+/*
+ * Ends a relayed announce: LAST to our children, RELAY_DONE to our relay
+ * (unless it failed us lately: its pins expire on their own, and a dead
+ * relay would cost every version a send's deadline).
+ */
 void repl_relay_end(struct vp_repl *r, const announce_t *a)
 {
 	if (!(a->flags & VP_ANNOUNCE_RELAY))
@@ -221,11 +225,17 @@ void repl_relay_end(struct vp_repl *r, const announce_t *a)
 		repl_offer_begin(r, a);
 		repl_offer_flush(r, 1);
 	}
-	if (r->relay.parent_id) {
+	if (r->relay.parent_id && vp_now() >= r->relay.parent_quiet_until) {
 		struct vp_msg m = { .type = VP_MSG_RELAY_DONE };
+		int rc;
 
 		m.u.relay_done.seq = a->seq;
-		relay_send(r, r->relay.parent_addr, &r->relay.parent_sess, &m);
+		rc = relay_send(r, r->relay.parent_addr, &r->relay.parent_sess, &m);
+		if (rc) {
+			vp_log(LOG_INFO, "repl", "relay: consumer %" PRIu64 " does not take our messages (%s); the producer serves us for %.0f s or until the tree changes",
+			       r->relay.parent_id, strerror(-rc), RELAY_QUIET_S);
+			r->relay.parent_quiet_until = vp_now() + RELAY_QUIET_S;
+		}
 	}
 }
 
@@ -285,6 +295,7 @@ static void relay_set_parent(struct vp_repl *r, const struct vp_peer_ref *par)
 	if (r->relay.parent_id)
 		vp_fab_remove(r->fab, r->relay.parent_addr);
 	r->relay.parent_id = 0;
+	r->relay.parent_quiet_until = 0;
 	vp_sess_clear(&r->relay.parent_sess);
 	repl_rin_clear(r);
 	if (par->id && vp_fab_insert_name(r->fab, par->name, par->name_len, &r->relay.parent_addr)) {

@@ -3,6 +3,7 @@
  * per object, as libfabric's tcp provider has xnet.h and xnet_*.c:
  *
  *   thread.c    the object: new/free, the repl thread, status and metrics
+ *   beat.c      liveness: the beat thread's heartbeats and silences
  *   msg.c       messages: the inbox the fabric fills, opening, sealing, sending
  *   auth.c      the keys: the secret, handshake MACs, sessions, relay edge keys
  *   producer.c  producer: events, announces and their pins, catch-up, the tick
@@ -13,9 +14,14 @@
  *   relay.c     consumer: its place in the relay tree, offers to its children
  *
  * THREADING: the fabric's progress thread only queues what it receives
- * (repl_on_recv); the namespace's hooks only queue events.  Everything
- * else runs on the repl thread, which owns the sessions, the consumer's
- * state and the relay's.  r->lock protects what those threads share, as
+ * (repl_on_recv); the namespace's hooks only queue events; the beat
+ * thread (beat.c) only sends heartbeats and marks silent peers, never
+ * waiting on the network.  Everything else runs on the repl thread, which
+ * owns the sessions, the consumer's state and the relay's.  Every sealed
+ * send is sealed and posted under r->tx_lock, which orders the two
+ * threads' messages on one session; the beat thread seals only under
+ * r->lock too, and a session it beats on is derived and cleared only
+ * under r->lock.  r->lock protects what those threads share, as
  * each field says; r->slab_lock the slab table.  The lock order is the
  * one table in lock.h.  Functions named _locked assert r->lock; the
  * namespace's hooks (vp_repl_note_*_locked) run under ns->lock instead,
@@ -52,6 +58,7 @@ struct vp_gpu_stage;
 #define RELAY_QUEUE_BYTES (16u << 20)	/* CHUNKS a consumer holds for announces still ahead */
 #define RELAY_SEND_S 1.0	/* deadline of an offer to a child */
 #define RELAY_BATCH 16		/* chunks read from a relay per batch */
+#define RELAY_QUIET_S 30.0	/* a relay that failed us is not read from for this long */
 #define INBOX_BYTES (64u << 20)	/* received messages waiting for the repl thread */
 #define MAX_PENDING 1024	/* producer: consumers between HELLO and AUTH; the oldest goes first */
 #define MAX_PENDING_PER_HOST 4	/* ... of them naming one host */
@@ -120,7 +127,10 @@ struct peer {			/* producer: a consumer, subscribed or in its handshake */
 	uint8_t nonce_c[VP_PROTO_NONCE], nonce_p[VP_PROTO_NONCE];
 	struct vp_sess sess;	/* on once it authenticated (with a secret) */
 	double hello_at;	/* its HELLO: it has HANDSHAKE_S to authenticate */
-	double last_heard;
+	double last_heard;	/* its last message handled (protected by r->lock) */
+	double last_rx;		/* its last message's arrival, on the progress thread (r->lock) */
+	int silent;		/* the beat thread found it silent: no more sends, dropped next tick (r->lock) */
+	double last_beat;	/* the beat thread's last heartbeat to it (r->lock) */
 	struct qmsg_list out;	/* to send, in order; protected by r->lock */
 	uint64_t sent_seq, done_seq;
 	uint64_t versions_done;
@@ -209,8 +219,13 @@ struct vp_repl_consumer {
 	uint64_t my_id;
 	uint8_t nonce_c[VP_PROTO_NONCE];
 	struct vp_sess sess;		/* with the producer (with a secret, from AUTH on) */
-	double last_heard, last_hello, last_beat;
-	double last_rx;			/* protected by lock: the last arrival from the producer's address */
+	double last_heard, last_hello;
+	double last_rx;			/* protected by lock: the last arrival from the producer (a message, or a read's completion) */
+	/* the beat thread's, protected by r->lock: */
+	int beat_on;			/* subscribed: heartbeats go to the producer, and silence is watched */
+	uint64_t beat_id;		/* ... with this id in their header (my_id) */
+	double last_beat;		/* the last heartbeat */
+	int silent;			/* the producer was silent for peer_timeout: the session is over */
 	int mnt_fd;			/* open only during one install or operation */
 	dev_t mnt_dev;			/* the FUSE mount's device */
 	struct vp_msg *asm_msg;		/* ANNOUNCE being assembled */
@@ -261,6 +276,7 @@ struct vp_repl_relay {
 	uint16_t parent_name_len;
 	uint8_t parent_key[VP_PROTO_EDGE_KEY];
 	struct vp_sess parent_sess;
+	double parent_quiet_until;	/* it offered nothing (or its reads failed): the producer serves until then */
 	struct exposure *expo;		/* chunks exposed to our children */
 	size_t nexpo, cap_expo;
 	struct relay_child children[VP_PROTO_MAX_CHILDREN];
@@ -298,6 +314,10 @@ struct vp_repl {
 	size_t pending_bytes;			/* ... of those from no subscribed consumer, protected by lock */
 	pthread_t thread;
 	int thread_started;
+	pthread_mutex_t tx_lock;		/* sealing and posting a message (THREADING above) */
+	pthread_cond_t beat_cond;		/* with lock: the beat thread's sleep, cut short by stop */
+	pthread_t beat_thread;
+	int beat_started;
 
 	pthread_mutex_t slab_lock;
 	struct slab_mr slabs[MAX_SLABS];	/* protected by slab_lock */
@@ -371,6 +391,19 @@ static inline void qmsg_list_free(struct qmsg_list *list)
 /* thread.c */
 void repl_log_gpu_path(struct vp_repl *r, const char *role, uint64_t id);
 
+/* A subscribed consumer the beat thread has not found silent: it gets messages, pins, a place in the tree. */
+static inline int peer_live(const struct peer *p)
+{
+	return p->active && !p->silent;
+}
+
+/* beat.c */
+#define BEAT_S 1.0		/* a heartbeat to each peer this often */
+#define BEAT_TICK_S 0.1		/* silences are checked this often */
+void *repl_beat_main(void *arg);
+/* Producer: seconds a send to p may wait before p counts as silent (at least 0.2). */
+double repl_peer_send_wait_locked(struct vp_repl *r, const struct peer *p);
+
 /* auth.c */
 void repl_mac_of(struct vp_repl *r, const char *role, const uint8_t *n1,
 		 const uint8_t *n2, uint64_t id, uint8_t *out);
@@ -391,6 +424,8 @@ int repl_open_msg(struct vp_repl *r, struct vp_sess *s, const struct qmsg *q,
 void repl_on_recv(void *arg, vp_fab_addr src, const void *msg, size_t len);
 int repl_send_raw(struct vp_repl *r, vp_fab_addr to, struct vp_sess *s, const void *buf,
 		  size_t len, double deadline_s);
+int repl_send_flags(struct vp_repl *r, vp_fab_addr to, struct vp_sess *s, const void *buf,
+		    size_t len, double deadline_s, unsigned int flags);
 int repl_encode_send(struct vp_repl *r, vp_fab_addr to, struct vp_sess *s, struct vp_msg *m,
 		     double deadline_s);
 int repl_send_msg(struct vp_repl *r, vp_fab_addr to, struct vp_sess *s, struct vp_msg *m);
@@ -442,7 +477,7 @@ int repl_announce_hash(struct vp_repl *r, struct vp_data *d, announce_t *a, int 
 void repl_catch_up(struct vp_repl *r, struct peer *p);
 void repl_unpin_locked(struct vp_repl *r, int all_for_dead_peer);
 void repl_event_free(struct event *e);
-void repl_producer_tick(struct vp_repl *r, double *last_beat);
+void repl_producer_tick(struct vp_repl *r, double *last_unpin);
 
 /* peer.c */
 struct peer *repl_peer_at_locked(struct vp_repl *r, vp_fab_addr addr, int active);
@@ -450,22 +485,29 @@ void repl_peer_queue_locked(struct vp_repl *r, struct peer *p, struct qmsg *q);
 void repl_peer_drop_locked(struct vp_repl *r, struct peer *p, const char *why);
 void repl_producer_handle(struct vp_repl *r, struct qmsg *q);
 void repl_peers_tick(struct vp_repl *r, double now);
+/*
+ * The beat thread found p silent for `silence` seconds: it gets nothing
+ * more, its pins and outbox are let go, its relay children move up; the
+ * repl thread frees it on its next tick.
+ */
+void repl_peer_silent_locked(struct vp_repl *r, struct peer *p, double silence);
 
 /* consumer.c */
 void repl_seen_add(struct vp_repl *r, const char *path);
 void repl_seen_clear(struct vp_repl *r);
-void repl_consumer_beat(struct vp_repl *r);
 void repl_say_done(struct vp_repl *r, uint64_t seq, uint64_t version, int status);
 void repl_consumer_send(struct vp_repl *r, struct vp_msg *m);
 void repl_consumer_handle(struct vp_repl *r, struct qmsg *q);
 void repl_publish_stats(struct vp_repl *r);
 /*
- * Consumer, repl thread: if nothing arrived from the producer (messages,
- * queued or not, and completed reads) for peer_timeout, the session is
- * lost now.  Returns -1 then, else 0.  Called on every tick and before
- * each message, so that no transfer and no backlog can hide a silence.
+ * Consumer, repl thread: if the beat thread found the producer silent
+ * (nothing arrived from it, messages or completed reads, for
+ * peer_timeout), the session is lost now.  Returns -1 then, else 0.
+ * Called on every tick and before each message.
  */
 int repl_consumer_check_alive(struct vp_repl *r);
+/* Consumer: the producer was heard from now (a message arrived, a read completed). */
+void repl_consumer_heard(struct vp_repl *r, double at);
 void repl_consumer_tick(struct vp_repl *r);
 
 /* announce.c */

@@ -75,12 +75,12 @@ static struct qmsg *inbox_pop_locked(struct vp_repl *r)
 
 /*
  * The repl thread: every received message in order, and a tick between
- * them (deadlines, heartbeats, the producer's events), until stop.
+ * them (deadlines, the producer's events), until stop.
  */
 static void *repl_main(void *arg)
 {
 	struct vp_repl *r = arg;
-	double last_beat = 0;
+	double last_unpin = 0;
 
 	if (r->consumer) {
 		struct stat st;
@@ -106,7 +106,7 @@ static void *repl_main(void *arg)
 		else if (r->consumer)
 			repl_consumer_tick(r);
 		else
-			repl_producer_tick(r, &last_beat);
+			repl_producer_tick(r, &last_unpin);
 		if (r->consumer)
 			repl_publish_stats(r);
 		free(q);
@@ -167,7 +167,9 @@ static struct vp_repl *repl_alloc(struct vp_ns *ns, struct vp_gpu *gpu,
 	r->pool = vp_ns_pool(ns);
 	pthread_mutex_init(&r->lock, NULL);
 	pthread_mutex_init(&r->slab_lock, NULL);
+	pthread_mutex_init(&r->tx_lock, NULL);
 	vp_cond_init_monotonic(&r->cond);
+	vp_cond_init_monotonic(&r->beat_cond);
 	vp_cond_init_monotonic(&r->prod.held_cond);
 	STAILQ_INIT(&r->in);
 	STAILQ_INIT(&r->prod.events);
@@ -190,9 +192,11 @@ static void repl_release(struct vp_repl *r)
 {
 	OPENSSL_cleanse(r->secret, sizeof(r->secret));
 	pthread_cond_destroy(&r->cond);
+	pthread_cond_destroy(&r->beat_cond);
 	pthread_cond_destroy(&r->prod.held_cond);
 	pthread_mutex_destroy(&r->lock);
 	pthread_mutex_destroy(&r->slab_lock);
+	pthread_mutex_destroy(&r->tx_lock);
 	free(r);
 }
 
@@ -300,11 +304,19 @@ struct vp_repl *vp_repl_new(struct vp_ns *ns, struct vp_gpu *gpu, const struct v
 		goto err_slab_cb;
 	}
 	r->thread_started = 1;
+	if (pthread_create(&r->beat_thread, NULL, repl_beat_main, r)) {
+		snprintf(err, errlen, "cannot start the heartbeat thread");
+		goto err_thread;
+	}
+	r->beat_started = 1;
 	vp_log(LOG_NOTICE, "repl", "%s %s with libfabric provider '%s'",
 	       r->consumer ? "consumer of" : "producer listening on",
 	       r->consumer ? cfg->subscribe : cfg->listen, vp_fab_provider(r->fab));
 	return r;
 
+err_thread:
+	vp_repl_free(r);	/* the repl thread runs: the whole of it */
+	return NULL;
 err_slab_cb:
 	vp_pool_set_slab_cb(r->pool, NULL, r);
 	for (unsigned int i = 0; i < r->nslabs; i++)
@@ -381,7 +393,10 @@ void vp_repl_free(struct vp_repl *r)
 	pthread_mutex_lock(&r->lock);
 	r->stop = 1;
 	pthread_cond_broadcast(&r->cond);
+	pthread_cond_broadcast(&r->beat_cond);
 	pthread_mutex_unlock(&r->lock);
+	if (r->beat_started)
+		pthread_join(r->beat_thread, NULL);
 	if (r->thread_started)
 		pthread_join(r->thread, NULL);
 	vp_pool_set_slab_cb(r->pool, NULL, r);
@@ -408,7 +423,7 @@ static double peer_lag_s_locked(struct vp_repl *r, struct peer *p, double now)
 static const char *consumer_state(struct vp_repl *r)
 {
 	/* a consumer not subscribed is always trying to be (HELLO every second, or after a back-off) */
-	return r->cons.pub.state == CONS_SUBSCRIBED ? "subscribed" : "connecting";
+	return r->cons.pub.state == CONS_SUBSCRIBED && !r->cons.silent ? "subscribed" : "connecting";
 }
 
 /* The consumer's status.  r->lock held. */
@@ -461,8 +476,8 @@ static json_t *peer_status_locked(struct vp_repl *r, struct peer *p, double now)
 	VP_ASSERT_LOCKED(&r->lock);
 	return json_pack("{s:I,s:s,s:b,s:I,s:I,s:o,s:I,s:I,s:I,s:I,s:o}",
 			 "id", (json_int_t)p->id,
-			 "state", p->active ? "active" : "authenticating",
-			 "active", p->active != 0,
+			 "state", p->silent ? "silent" : p->active ? "active" : "authenticating",
+			 "active", peer_live(p),
 			 "done_seq", (json_int_t)p->done_seq,
 			 "lag", (json_int_t)(r->prod.seq - p->done_seq),
 			 "lag_s", vp_json_real(peer_lag_s_locked(r, p, now)),
@@ -531,7 +546,7 @@ void vp_repl_metrics(struct vp_repl *r, FILE *out)
 	if (r->consumer) {
 		fputs("# HELP viperfs_producer_up 1 while this consumer is subscribed to its producer.\n"
 		      "# TYPE viperfs_producer_up gauge\n", out);
-		fprintf(out, "viperfs_producer_up %d\n", r->cons.pub.state == CONS_SUBSCRIBED);
+		fprintf(out, "viperfs_producer_up %d\n", r->cons.pub.state == CONS_SUBSCRIBED && !r->cons.silent);
 		fputs("# HELP viperfs_consumer_fetched_bytes_total Bytes of new versions this consumer read, by source (its relay, or the producer).\n"
 		      "# TYPE viperfs_consumer_fetched_bytes_total counter\n", out);
 		fprintf(out, "viperfs_consumer_fetched_bytes_total{from=\"relay\"} %" PRIu64 "\n",
@@ -547,7 +562,7 @@ void vp_repl_metrics(struct vp_repl *r, FILE *out)
 			unsigned int n = 0;
 
 			LIST_FOREACH(p, &r->prod.peers, link)
-				n += p->active;
+				n += peer_live(p);
 			fprintf(out, "viperfs_peers %u\n", n);
 		}
 		fputs("# HELP viperfs_peer_lag_versions Versions announced that a consumer has not fetched yet.\n"

@@ -179,8 +179,9 @@ def test_a_link_cut_is_noticed_and_caught_up_after(world):
     """The consumer's link goes down for 10 s during a transfer: 'connecting'
     within peer_timeout + 1 s, no crash (a read given up on may land later),
     and once the link is back the consumer subscribes again and gets the
-    version.  (The issue's 2 s for that is not met: 3.7-4.3 s here, see the
-    note; the bound below is the producer's TCP retransmit back-off.)"""
+    version: 1.05-1.10 s after it (the next HELLO) in 7 runs alone on the
+    2-core VM, once over 3 s within the whole suite; the bound is the TCP
+    retransmit back-off of the connection that was cut."""
     net, prod, (cons,) = cluster(world, consumers=1, opts=",repl_stream=0")
     wait_for(lambda: subscribed(prod, 1), what="the consumer")
     limit_link(net, 0, "160mbit")
@@ -198,6 +199,36 @@ def test_a_link_cut_is_noticed_and_caught_up_after(world):
     assert back <= 8, "subscribed again %.1f s after the link came back" % back
     assert wait_version(cons.path("big.bin"), 0, timeout=60) == 1
     assert read(cons.path("big.bin")) == read(prod.path("big.bin"))
+
+
+def test_a_dead_consumer_is_dropped_and_holds_up_no_other(world):
+    """Two consumers; the first one's link goes down while the producer ships it
+    a version and a burst of 300 more: the producer stops sending to it and
+    drops it within peer_timeout (3 s) + 1 s, while the second one, whose
+    heartbeats come from a thread no send waits on, stays subscribed the whole
+    time and gets every file."""
+    net, prod, (dead, live) = cluster(world, consumers=2, opts=",repl_stream=0")
+    wait_for(lambda: subscribed(prod, 2), what="the consumers")
+    limit_link(net, 0, "160mbit")
+    start_transfer(prod, dead, 64 << 20)
+    subprocess.run(["ip", "link", "set", "%sv1" % net.tag, "down"], check=True)
+    t_cut = time.monotonic()
+    try:
+        for i in range(300):
+            write(prod.path("f%03d" % i), b"%d" % i)
+        wait_for(lambda: not subscribed(prod, 2), timeout=30, what="the dead consumer dropped")
+        took = time.monotonic() - t_cut
+        assert took <= 3 + 1, "the producer dropped it after %.1f s" % took
+        assert re.search(r"consumer \d+ is silent for [34]\.\d s; it gets nothing more", prod.read_log()), \
+            prod.read_log()[-3000:]
+        assert status(live)["repl"]["state"] == "subscribed"
+        assert wait_version(live.path("f299"), 0, timeout=60) == 1
+        assert wait_version(live.path("big.bin"), 0, timeout=60) == 1
+    finally:
+        subprocess.run(["ip", "link", "set", "%sv1" % net.tag, "up"], check=True)
+    assert all(read(live.path("f%03d" % i)) == b"%d" % i for i in range(300))
+    log = live.read_log()
+    assert "is silent for" not in log and log.count("subscribed to the producer") == 1, log[-3000:]
 
 
 def test_a_restarted_producer_is_a_new_epoch_and_takes_back_what_only_a_consumer_holds(world):

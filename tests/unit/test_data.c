@@ -366,7 +366,7 @@ static void test_sealed_copy_of_chunks(void **state)
 
 	fill(buf, len, 3);
 	assert_int_equal(vp_data_write(d, buf, len, 0, 0), (ssize_t)len);
-	m = vp_data_sealed_copy(d, 0, NULL, NULL);
+	m = vp_data_sealed_copy(d, 0);
 	assert_non_null(m);
 	assert_true(vp_data_fd(m) >= 0);
 	assert_int_equal(vp_data_chunk_hashes(d, h1, 3), 0);
