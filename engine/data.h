@@ -49,6 +49,13 @@ struct vp_data {
 	 */
 	struct vp_mfile *mf;
 	int view;
+	/*
+	 * Consumers that said they hold this version (the producer's
+	 * replication counts them for fsync=peers).  Atomic.  In the data,
+	 * not in a table keyed by its address: a freed data's address comes
+	 * back for the next one.
+	 */
+	unsigned int peers_held;
 };
 
 /* One piece of a read: len bytes at ptr, valid until vp_read_release(). */

@@ -125,30 +125,19 @@ void vp_repl_note_preview(struct vp_repl *r, const struct vp_ns_entry *v)
 void repl_ack_locked(struct vp_repl *r, const struct pin *pin, uint64_t id)
 {
 	VP_ASSERT_LOCKED(&r->lock);
-	r->prod.acks[r->prod.nacks++ % REPL_ACKS] = (struct ack){ .data = pin->data, .peer = id };
-	pthread_cond_broadcast(&r->prod.held_cond);
+	for (unsigned int i = 0; i < pin->nwaiting; i++)
+		if (id && pin->waiting[i] == id) {	/* once per consumer: the pin forgets it next */
+			__atomic_add_fetch(&pin->data->peers_held, 1, __ATOMIC_RELAXED);
+			pthread_cond_broadcast(&r->prod.held_cond);
+			return;
+		}
 }
 
-/* The consumers whose DONE for d's version is in the ring, each once. */
-static unsigned int held_count_locked(struct vp_repl *r, const void *d)
+/* The consumers that said they hold d's version. */
+static unsigned int held_count_locked(struct vp_repl *r, const struct vp_data *d)
 {
-	uint64_t seen[64];
-	unsigned int n = 0;
-	uint64_t first = r->prod.nacks > REPL_ACKS ? r->prod.nacks - REPL_ACKS : 0;
-
 	VP_ASSERT_LOCKED(&r->lock);
-	for (uint64_t i = first; i < r->prod.nacks && n < 64; i++) {
-		const struct ack *a = &r->prod.acks[i % REPL_ACKS];
-		unsigned int k = 0;
-
-		if (a->data != d)
-			continue;
-		while (k < n && seen[k] != a->peer)
-			k++;
-		if (k == n)
-			seen[n++] = a->peer;
-	}
-	return n;
+	return __atomic_load_n(&d->peers_held, __ATOMIC_RELAXED);
 }
 
 static unsigned int active_peers_locked(struct vp_repl *r)

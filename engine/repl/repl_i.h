@@ -66,7 +66,6 @@ struct vp_gpu_stage;
 #define PENDING_SEND_S 0.001	/* a send to a consumer that has not authenticated: one try, this long */
 #define PENDING_INBOX_BYTES (1u << 20)	/* messages from senders that are not subscribed consumers */
 #define ENCODE_MAX (VP_FAB_MAX_MSG - VP_SESS_OVERHEAD)	/* room for the seal */
-#define REPL_ACKS 4096		/* producer: DONEs remembered for fsync=peers */
 
 struct qmsg {			/* a message, raw, queued */
 	STAILQ_ENTRY(qmsg) link;
@@ -200,9 +199,7 @@ struct vp_repl_producer {
 	uint64_t recovered;		/* versions taken back from consumers (repl thread; status reads it) */
 	uint64_t ahead_seen;		/* versions consumers held that this run lacked */
 	uint64_t epoch;			/* this run's (vp_ns_epoch), for WELCOME */
-	/* fsync=peers: the last DONEs (a ring), protected by r->lock; held_cond on each */
-	struct ack { const void *data; uint64_t peer; } acks[REPL_ACKS];
-	uint64_t nacks;
+	/* fsync=peers: broadcast (under lock) on each DONE counted in a data's peers_held */
 	pthread_cond_t held_cond;
 };
 
@@ -466,7 +463,11 @@ void repl_relay_reset(struct vp_repl *r);
 
 /* producer.c */
 void repl_pin_done(struct pin *pin, uint64_t id);
-/* A consumer said DONE (installed, or past it) for pin's bytes: fsync=peers counts it. */
+/*
+ * Consumer id said DONE (installed) for pin's bytes: fsync=peers counts
+ * it in the data, once (only while the pin waits for id; call before
+ * repl_pin_done).
+ */
 void repl_ack_locked(struct vp_repl *r, const struct pin *pin, uint64_t id);
 void repl_pin_free(struct pin *pin, struct vp_gpu *g);
 int repl_pin_register(struct vp_repl *r, struct pin *pin, struct vp_data *d, uint64_t size,

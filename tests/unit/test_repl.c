@@ -477,6 +477,40 @@ static void test_silent_consumer_is_dropped(void **state)
 	assert_true(vp_now() - t0 >= PEER_TIMEOUT_S - 1.0);	/* not before its silence counts */
 }
 
+/*
+ * fsync=peers: a version counts as held once its consumer said DONE for
+ * it, once per consumer, and a later version counts from nothing.  (The
+ * count lives in the version's data now, not in a ring of DONEs keyed by
+ * address, which a freed version's address could match; this test does
+ * not get the allocator to hand an address back.)
+ */
+static void test_held_by_counts_each_version_once(void **state)
+{
+	struct fixture *fx = *state;
+	struct vp_data *d;
+
+	side_start(&fx->prod, 0, fx->secret);
+	side_start(&fx->cons, 1, fx->secret);
+	wait_subscribed(fx, 1);
+	put_file(fx->prod.ns, "model.pt", FILE_SIZE, 3);
+	wait_file(fx, "model.pt", FILE_SIZE, 3);
+	d = vp_ns_path_data(fx->prod.ns, "model.pt");
+	assert_non_null(d);
+	assert_int_equal(vp_repl_held_by(fx->prod.repl, d, 1, WAIT_S), 1);
+	assert_int_equal(vp_repl_held_by(fx->prod.repl, d, 2, 0.2), 1);	/* one consumer: one */
+	vp_data_put(d);
+
+	/* with the consumer gone, no later version is held, whatever its address */
+	side_stop(&fx->cons);
+	for (unsigned int seed = 4; seed < 24; seed++) {
+		put_file(fx->prod.ns, "model.pt", FILE_SIZE, seed);
+		d = vp_ns_path_data(fx->prod.ns, "model.pt");
+		assert_non_null(d);
+		assert_int_equal(vp_repl_held_by(fx->prod.repl, d, 0, 0), 0);
+		vp_data_put(d);
+	}
+}
+
 static void test_bad_listen_and_subscribe_are_refused(void **state)
 {
 	struct fixture *fx = *state;
@@ -519,6 +553,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_failed_read_refetches_whole, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_silent_producer_keeps_the_versions, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_silent_consumer_is_dropped, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_held_by_counts_each_version_once, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_bad_listen_and_subscribe_are_refused, setup, teardown),
 	};
 
