@@ -42,7 +42,9 @@ static int open_staging(struct vp_ns *ns, char *err, size_t errlen)
  * clock have stepped back.  Consumers order versions by (epoch, version):
  * a restarted producer numbers from what the PFS kept, and a consumer may
  * hold a later number of the run before.  A PFS that cannot keep the
- * file (read-only) costs only the guard against a clock step.
+ * file (read-only) costs only the guard against a clock step; a file
+ * that does not hold a number below 2^63 (year 2262) is ignored, said,
+ * and replaced, so that no epoch ever wraps to 0 ("none").
  */
 static uint64_t start_epoch(struct vp_ns *ns)
 {
@@ -59,8 +61,16 @@ static uint64_t start_epoch(struct vp_ns *ns)
 		len = read(fd, buf, sizeof(buf) - 1);
 		close(fd);
 		if (len > 0) {
+			char *end;
+
 			buf[len] = '\0';
-			last = strtoull(buf, NULL, 10);
+			errno = 0;
+			last = strtoull(buf, &end, 10);
+			if (errno || end == buf || (*end && strcmp(end, "\n")) || last >= 1ULL << 63) {
+				vp_log(LOG_WARNING, "ns", "'%s/%s' does not hold a run's epoch; ignored (the clock orders this run)",
+				       ns->pfs_dir, VP_EPOCH_FILE);
+				last = 0;
+			}
 		}
 	}
 	if (epoch <= last)

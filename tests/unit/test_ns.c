@@ -10,10 +10,12 @@
 #include <cmocka.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "../../engine/log.h"
@@ -241,6 +243,36 @@ static void test_versions_and_snapshot_readers(void **state)
  * taken back is committed under its own number, only over the version it
  * was taken against.
  */
+/* A .viperfs-epoch that holds no sane number never makes an epoch wrap to 0. */
+static void test_a_bad_epoch_file_is_ignored(void **state)
+{
+	static const char *bad[] = { "18446744073709551615\n", "-1\n", "99999999999999999999999\n",
+				     "junk\n", "12x\n", "" };
+	struct fixture *fx = *state;
+	struct timespec ts;
+	char path[128];
+
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		uint64_t now, e;
+		FILE *f;
+
+		snprintf(path, sizeof(path), "%s/.viperfs-epoch", fx->pfs);
+		f = fopen(path, "w");
+		assert_non_null(f);
+		fputs(bad[i], f);
+		fclose(f);
+		clock_gettime(CLOCK_REALTIME, &ts);
+		now = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+		e = vp_ns_epoch(open_ns(fx, NULL));
+		if (e < now || e > now + 60ull * 1000000000ull)
+			fail_msg("epoch %" PRIu64 " from a file of '%s' (now %" PRIu64 ")", e, bad[i], now);
+		vp_ns_free(fx->ns);
+		fx->ns = NULL;
+	}
+	/* and the next run is later than that one, from the file it rewrote */
+	assert_true(vp_ns_epoch(open_ns(fx, NULL)) > 0);
+}
+
 static void test_epochs_floors_and_taking_back(void **state)
 {
 	struct fixture *fx = *state;
@@ -636,6 +668,7 @@ int main(void)
 		T(test_name_validation),
 		T(test_overlong_path_is_refused),
 		T(test_versions_and_snapshot_readers),
+		T(test_a_bad_epoch_file_is_ignored),
 		T(test_epochs_floors_and_taking_back),
 		T(test_coalescing_latest),
 		T(test_flush_all_keeps_every_version),
