@@ -493,24 +493,11 @@ static void recover_one(struct vp_repl *r, struct recovery *job)
 	offer_release(r, job->peer, a->seq, rc == -ENOENT ? a->path : NULL);
 }
 
-void repl_recover_tick(struct vp_repl *r)
+/* Frees the offers whose consumer left (or fell silent), complete or not. */
+static void recover_sweep(struct vp_repl *r)
 {
 	struct recovery *job, *next;
 
-	for (;;) {
-		pthread_mutex_lock(&r->lock);
-		LIST_FOREACH(job, &r->prod.recoveries, link)
-			if (job->complete)
-				break;
-		if (job)
-			LIST_REMOVE(job, link);
-		pthread_mutex_unlock(&r->lock);
-		if (!job)
-			break;
-		recover_one(r, job);
-		recovery_free(job);
-	}
-	/* offers that never completed (their consumer left mid-way) */
 	pthread_mutex_lock(&r->lock);
 	for (job = LIST_FIRST(&r->prod.recoveries); job; job = next) {
 		struct peer *p;
@@ -525,6 +512,32 @@ void repl_recover_tick(struct vp_repl *r)
 		}
 	}
 	pthread_mutex_unlock(&r->lock);
+}
+
+/*
+ * Takes back complete offers, for RECOVER_TICK_S at most: each is a whole
+ * version's reads, and the messages queued meanwhile (DONEs, HELLOs) wait
+ * for the repl thread.  An offer whose consumer is gone is not read.
+ */
+void repl_recover_tick(struct vp_repl *r)
+{
+	double until = vp_now() + RECOVER_TICK_S;
+	struct recovery *job;
+
+	do {
+		recover_sweep(r);
+		pthread_mutex_lock(&r->lock);
+		LIST_FOREACH(job, &r->prod.recoveries, link)
+			if (job->complete)
+				break;
+		if (job)
+			LIST_REMOVE(job, link);
+		pthread_mutex_unlock(&r->lock);
+		if (!job)
+			break;
+		recover_one(r, job);
+		recovery_free(job);
+	} while (vp_now() < until);
 }
 
 void repl_recover_free(struct vp_repl *r)
