@@ -477,7 +477,9 @@ int vp_ns_removed_this_run(struct vp_ns *ns, const char *path);
 /*
  * Consumer: a copy of path's bytes on the PFS, if the PFS holds version
  * `version` of it (its xattr); *mode gets its permissions.  NULL with
- * *err: -ESTALE (another version there), -ENOENT, -ENOMEM, -EIO.
+ * *err: -ESTALE (another version there), -ENOENT, -EINVAL (not a regular
+ * file; a FIFO is not waited on), -EFBIG (larger than ram_cache), -ENOMEM,
+ * -ENOSPC, -EIO.
  */
 struct vp_data *vp_ns_pfs_copy(struct vp_ns *ns, const char *path, uint64_t version,
 			       uint32_t *mode, int *err);

@@ -567,7 +567,8 @@ int vp_ns_on_pfs(struct vp_ns *ns, const char *path)
 struct vp_data *vp_ns_pfs_copy(struct vp_ns *ns, const char *path, uint64_t version,
 			       uint32_t *mode, int *err)
 {
-	int fd = vp_pfs_openat(ns->pfs_root_fd, path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC, 0);
+	/* O_NONBLOCK: a FIFO put there must not hold the repl thread in open() */
+	int fd = vp_pfs_openat(ns->pfs_root_fd, path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK, 0);
 	struct vp_data *d = NULL;
 	struct stat st;
 	char *buf = NULL;
@@ -578,6 +579,10 @@ struct vp_data *vp_ns_pfs_copy(struct vp_ns *ns, const char *path, uint64_t vers
 		return NULL;
 	if (fstat(fd, &st) || !S_ISREG(st.st_mode)) {
 		*err = -EINVAL;
+		goto out;
+	}
+	if ((uint64_t)st.st_size > ns->cfg.ram_cache) {
+		*err = -EFBIG;		/* it could never fit: not one chunk of it is read */
 		goto out;
 	}
 	if (read_xattr_u64(fd, XATTR_VERSION) != version) {

@@ -243,6 +243,47 @@ static void test_versions_and_snapshot_readers(void **state)
  * taken back is committed under its own number, only over the version it
  * was taken against.
  */
+/*
+ * A consumer's copy of a version from the PFS: a FIFO at the path is
+ * refused without waiting for a writer, and a file larger than the cache
+ * is refused before a byte of it is read.
+ */
+static void test_pfs_copy_refuses_fifos_and_oversized_files(void **state)
+{
+	struct fixture *fx = *state;
+	struct vp_ns *ns = open_ns(fx, NULL);
+	uint32_t mode;
+	char path[128];
+	int err = 0, fd;
+
+	snprintf(path, sizeof(path), "%s/pipe", fx->pfs);
+	assert_int_equal(mkfifo(path, 0644), 0);
+	assert_null(vp_ns_pfs_copy(ns, "pipe", 1, &mode, &err));	/* blocked in open() before */
+	assert_int_equal(err, -EINVAL);
+
+	snprintf(path, sizeof(path), "%s/huge.bin", fx->pfs);
+	fd = open(path, O_WRONLY | O_CREAT, 0644);
+	assert_true(fd >= 0);
+	assert_int_equal(ftruncate(fd, (64 << 20) + 1), 0);	/* the cache is 64 MiB */
+	assert_int_equal(fsetxattr(fd, "user.viperfs.version", "1", 1, 0), 0);
+	close(fd);
+	assert_null(vp_ns_pfs_copy(ns, "huge.bin", 1, &mode, &err));
+	assert_int_equal(err, -EFBIG);
+
+	/* one that fits, of that version, is copied */
+	fd = open(path, O_WRONLY | O_TRUNC);
+	assert_true(fd >= 0);
+	assert_int_equal(write(fd, "weights", 7), 7);
+	close(fd);
+	{
+		struct vp_data *d = vp_ns_pfs_copy(ns, "huge.bin", 1, &mode, &err);
+
+		assert_non_null(d);
+		assert_int_equal(vp_data_size(d), 7);
+		vp_data_put(d);
+	}
+}
+
 /* A .viperfs-epoch that holds no sane number never makes an epoch wrap to 0. */
 static void test_a_bad_epoch_file_is_ignored(void **state)
 {
@@ -668,6 +709,7 @@ int main(void)
 		T(test_name_validation),
 		T(test_overlong_path_is_refused),
 		T(test_versions_and_snapshot_readers),
+		T(test_pfs_copy_refuses_fifos_and_oversized_files),
 		T(test_a_bad_epoch_file_is_ignored),
 		T(test_epochs_floors_and_taking_back),
 		T(test_coalescing_latest),
