@@ -28,7 +28,6 @@
 #define N_SEND 64		/* send slots (a bitmap of 64) */
 #define N_SEND_UNTRUSTED 16	/* the last ones: sends to peers that have not authenticated */
 #define MAX_STUCK_PER_PEER 2	/* abandoned sends to one address before we stop posting to it */
-#define MAX_DETACHED_PER_PEER 2	/* VP_FAB_SEND_NOW sends in flight to one address */
 
 enum op_kind { OP_RECV, OP_SEND, OP_READ };
 
@@ -42,7 +41,7 @@ struct op {
 	int done;			/* protected by fab->lock */
 	int abandoned;			/* sends: nobody waits; the completion frees the slot */
 	int detached;			/* ... for it was a VP_FAB_SEND_NOW (not a timeout: not stuck) */
-	uint8_t peer[VP_FAB_NAME_MAX];	/* abandoned sends: the destination's address */
+	uint8_t peer[VP_FAB_NAME_MAX];	/* sends: the destination's address (peer_len 0: not known) */
 	size_t peer_len;
 	int status;			/* 0 or -errno, protected by fab->lock */
 	unsigned int index;		/* recv/send buffer slot */
@@ -88,7 +87,6 @@ struct vp_fab {
 	pthread_mutex_t lock;
 	pthread_cond_t cond;		/* an operation completed */
 	uint64_t send_busy;		/* bitmap of send slots in use, protected by lock */
-	unsigned int nabandoned;	/* of those, sends nobody waits for; written under lock, read atomically */
 	SLIST_HEAD(, batch) orphans;	/* timed-out reads still posted; protected by lock */
 	int shut;			/* vp_fab_shutdown() ran */
 	int kept;			/* ... with reads still posted: left open (vp_fab_close) */
@@ -162,7 +160,6 @@ static void complete(struct vp_fab *fab, struct op *op, int status, size_t len,
 	} else if (op->abandoned) {
 		op->abandoned = 0;	/* nobody waits for it: the slot is free again */
 		op->detached = 0;
-		__atomic_sub_fetch(&fab->nabandoned, 1, __ATOMIC_RELAXED);
 		fab->send_busy &= ~(1ULL << op->index);
 	} else {
 		op->status = status;
@@ -740,13 +737,11 @@ void vp_fab_mr_close(struct vp_fab_mr *mr)
  * On rxm, a send that a dead or stopped peer never takes never completes,
  * not even after fi_av_remove: its slot is lost until close.  So a peer
  * gets at most MAX_STUCK_PER_PEER of them; it is known by its address,
- * not its fi_addr, which libfabric reuses for the next peer.  detached:
- * count the VP_FAB_SEND_NOW sends in flight instead, which nobody gave
- * up on (a slow peer is not a stuck one), and which have a bound of their
- * own.
+ * not its fi_addr, which libfabric reuses for the next peer.  A
+ * VP_FAB_SEND_NOW that nobody waits for (detached) is not stuck: it was
+ * never given up on.  all: count every send in flight to that address.
  */
-static unsigned int stuck_to_locked(struct vp_fab *fab, const uint8_t *peer, size_t len,
-				    int detached)
+static unsigned int sends_to_locked(struct vp_fab *fab, const uint8_t *peer, size_t len, int all)
 {
 	unsigned int n = 0;
 
@@ -754,7 +749,7 @@ static unsigned int stuck_to_locked(struct vp_fab *fab, const uint8_t *peer, siz
 	for (unsigned int i = 0; i < N_SEND; i++) {
 		const struct op *op = &fab->send_ops[i];
 
-		n += (fab->send_busy & (1ULL << i)) && op->abandoned && op->detached == detached &&
+		n += (fab->send_busy & (1ULL << i)) && (all || (op->abandoned && !op->detached)) &&
 			op->peer_len == len && !memcmp(op->peer, peer, len);
 	}
 	return n;
@@ -762,14 +757,15 @@ static unsigned int stuck_to_locked(struct vp_fab *fab, const uint8_t *peer, siz
 
 /*
  * Takes a send slot from the trusted or the untrusted ones, waiting for
- * one until ts unless nowait.  peer[peer_len] is the
- * destination's address (peer_len 0: not known).  detached: for a
- * VP_FAB_SEND_NOW, refused while MAX_DETACHED_PER_PEER are in flight to
- * that address.  Returns the slot's op, or NULL: -EAGAIN, nothing posted.
+ * one until ts unless nowait.  peer[peer_len] is the destination's
+ * address (peer_len 0: not known), recorded in the op.  One send to an
+ * address is in flight at a time: the next waits for it (or, nowait, is
+ * refused), so that messages complete at the peer in the order they were
+ * made (a large message's rendezvous would let a small one sent after it
+ * overtake it).  Returns the slot's op, or NULL: -EAGAIN, nothing posted.
  */
 static struct op *take_slot_locked(struct vp_fab *fab, const uint8_t *peer, size_t peer_len,
-				   const struct timespec *ts, int untrusted, int nowait,
-				   int detached)
+				   const struct timespec *ts, int untrusted, int nowait)
 {
 	uint64_t pool = untrusted ? ~0ULL << (N_SEND - N_SEND_UNTRUSTED) :
 		~(~0ULL << (N_SEND - N_SEND_UNTRUSTED));
@@ -777,13 +773,11 @@ static struct op *take_slot_locked(struct vp_fab *fab, const uint8_t *peer, size
 	struct op *op;
 
 	VP_ASSERT_LOCKED(&fab->lock);
-	if (peer_len && stuck_to_locked(fab, peer, peer_len, 0) >= (untrusted ? 1 : MAX_STUCK_PER_PEER))
+	if (peer_len && sends_to_locked(fab, peer, peer_len, 0) >= (untrusted ? 1 : MAX_STUCK_PER_PEER))
 		return NULL;	/* it takes nothing: no more of our slots for it */
-	if (detached && peer_len && stuck_to_locked(fab, peer, peer_len, 1) >= MAX_DETACHED_PER_PEER)
-		return NULL;	/* it has not taken the last ones yet: no use in more */
-	while ((fab->send_busy & pool) == pool)
+	while ((fab->send_busy & pool) == pool || (peer_len && sends_to_locked(fab, peer, peer_len, 1)))
 		if (nowait || pthread_cond_timedwait(&fab->cond, &fab->lock, ts) == ETIMEDOUT)
-			return NULL;	/* every slot busy */
+			return NULL;	/* every slot busy, or the last send to it not done */
 	slot = (unsigned int)__builtin_ctzll(~fab->send_busy & pool);
 	fab->send_busy |= 1ULL << slot;
 	op = &fab->send_ops[slot];
@@ -793,7 +787,8 @@ static struct op *take_slot_locked(struct vp_fab *fab, const uint8_t *peer, size
 	op->abandoned = 0;
 	op->detached = 0;
 	op->status = 0;
-	op->peer_len = 0;
+	memcpy(op->peer, peer, peer_len);
+	op->peer_len = peer_len;
 	return op;
 }
 
@@ -802,22 +797,10 @@ static struct op *take_slot_locked(struct vp_fab *fab, const uint8_t *peer, size
  * provider may still use the buffer, and its completion (or error
  * completion) frees it.  Called with fab->lock held; returns without it.
  */
-static void abandon_send_locked(struct vp_fab *fab, struct op *op, vp_fab_addr dest)
+static void abandon_send_locked(struct vp_fab *fab, struct op *op)
 {
-	uint8_t peer[VP_FAB_NAME_MAX];
-	size_t peer_len = sizeof(peer);
-
 	VP_ASSERT_LOCKED(&fab->lock);
-	op->abandoned = 1;
-	__atomic_add_fetch(&fab->nabandoned, 1, __ATOMIC_RELAXED);
-	pthread_mutex_unlock(&fab->lock);
-	if (fi_av_lookup(fab->av, dest, peer, &peer_len) || peer_len > sizeof(peer))
-		peer_len = 0;
-	pthread_mutex_lock(&fab->lock);
-	if (op->abandoned) {	/* still: remember whose it is */
-		memcpy(op->peer, peer, peer_len);
-		op->peer_len = peer_len;
-	}
+	op->abandoned = 1;	/* its address is in it since its slot was taken */
 	pthread_mutex_unlock(&fab->lock);
 }
 
@@ -844,19 +827,18 @@ int vp_fab_send_made(struct vp_fab *fab, vp_fab_addr dest, pthread_mutex_t *orde
 	int untrusted = !!(flags & VP_FAB_SEND_UNTRUSTED), now_only = !!(flags & VP_FAB_SEND_NOW);
 	double deadline = vp_now() + deadline_s;
 	uint8_t peer[VP_FAB_NAME_MAX];
-	size_t peer_len = sizeof(peer);	/* 0: its address is not needed (or not known) */
+	size_t peer_len = sizeof(peer);	/* 0: its address is not known */
 	struct timespec ts;
 	struct op *op;
 	ssize_t len;
 	int rc;
 
-	/* the address, to tell stuck peers apart; only needed once a send is (or may be) stuck */
-	if ((!now_only && !__atomic_load_n(&fab->nabandoned, __ATOMIC_RELAXED)) ||
-	    fi_av_lookup(fab->av, dest, peer, &peer_len) || peer_len > sizeof(peer))
+	/* the address: one send in flight to it at a time, and stuck peers told apart */
+	if (fi_av_lookup(fab->av, dest, peer, &peer_len) || peer_len > sizeof(peer))
 		peer_len = 0;
 	vp_abstime(&ts, deadline);
 	pthread_mutex_lock(&fab->lock);
-	op = take_slot_locked(fab, peer, peer_len, &ts, untrusted, untrusted || now_only, now_only);
+	op = take_slot_locked(fab, peer, peer_len, &ts, untrusted, untrusted || now_only);
 	pthread_mutex_unlock(&fab->lock);
 	if (!op)
 		return -EAGAIN;
@@ -872,9 +854,6 @@ int vp_fab_send_made(struct vp_fab *fab, vp_fab_addr dest, pthread_mutex_t *orde
 				pthread_mutex_lock(&fab->lock);
 				op->abandoned = 1;
 				op->detached = 1;
-				__atomic_add_fetch(&fab->nabandoned, 1, __ATOMIC_RELAXED);
-				memcpy(op->peer, peer, peer_len);
-				op->peer_len = peer_len;
 				pthread_mutex_unlock(&fab->lock);
 			}
 			rc = (int)fi_send(fab->ep, send_buf(fab, op->index), (size_t)len, fab->buf_desc,
@@ -883,7 +862,6 @@ int vp_fab_send_made(struct vp_fab *fab, vp_fab_addr dest, pthread_mutex_t *orde
 				pthread_mutex_lock(&fab->lock);
 				op->abandoned = 0;
 				op->detached = 0;
-				__atomic_sub_fetch(&fab->nabandoned, 1, __ATOMIC_RELAXED);
 				pthread_mutex_unlock(&fab->lock);
 			}
 			if (rc && unmake)
@@ -904,7 +882,7 @@ int vp_fab_send_made(struct vp_fab *fab, vp_fab_addr dest, pthread_mutex_t *orde
 		while (!op->done)
 			if (pthread_cond_timedwait(&fab->cond, &fab->lock, &ts) == ETIMEDOUT &&
 			    !op->done) {	/* (a completion may have come as the wait timed out) */
-				abandon_send_locked(fab, op, dest);
+				abandon_send_locked(fab, op);
 				return -ETIMEDOUT;
 			}
 		rc = op->status;

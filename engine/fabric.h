@@ -104,8 +104,10 @@ void vp_fab_remove(struct vp_fab *fab, vp_fab_addr addr);
 
 /*
  * Sends len bytes (at most VP_FAB_MAX_MSG) to dest and waits for the
- * send completion until deadline_s seconds from now.  May block.
- * Returns 0; -EAGAIN if the provider took nothing before the deadline
+ * send completion until deadline_s seconds from now.  May block.  One
+ * send to an address is in flight at a time (the next waits for it), so
+ * messages to a peer complete there in the order they were sent, whatever
+ * the provider does with large ones.  Returns 0; -EAGAIN if the provider took nothing before the deadline
  * (the message was not sent: a peer still connecting, or a full queue);
  * -ETIMEDOUT if it was posted but did not complete in time (it may still
  * arrive); or another -errno.
@@ -129,9 +131,9 @@ typedef ssize_t (*vp_fab_make_cb)(void *arg, void *buf, size_t cap);
  * unlocked, and the post is tried again until the deadline.  The wait
  * for the completion is outside order.  With VP_FAB_SEND_NOW the call
  * never blocks: 0 once posted, and the completion frees the slot; while
- * two such sends to dest's address are in flight, more are refused
- * (-EAGAIN), so a peer that takes nothing holds at most two slots, and
- * they do not count as stuck sends to it.  Returns as vp_fab_send().
+ * any send to dest's address is in flight it is refused (-EAGAIN), so a
+ * peer that takes nothing holds at most one such slot, and it does not
+ * count as a stuck send to it.  Returns as vp_fab_send().
  */
 int vp_fab_send_made(struct vp_fab *fab, vp_fab_addr dest, pthread_mutex_t *order,
 		     vp_fab_make_cb make, void (*unmake)(void *arg), void *arg,
