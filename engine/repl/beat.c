@@ -29,9 +29,14 @@
 #include "../log.h"
 #include "repl_i.h"
 
-/* One HEARTBEAT to `to`, sealed with s, if a send slot is free now. */
-static void beat_locked(struct vp_repl *r, vp_fab_addr to, struct vp_sess *s, uint64_t peer_id,
-			uint64_t latest_seq)
+/*
+ * One HEARTBEAT to `to`, sealed with s, if it can go now: a free slot, and
+ * no other message to it still in flight (which then says we are alive,
+ * and must not be overtaken).  Returns 0 if posted; else it is tried
+ * again on the next check.
+ */
+static int beat_locked(struct vp_repl *r, vp_fab_addr to, struct vp_sess *s, uint64_t peer_id,
+		       uint64_t latest_seq)
 {
 	struct vp_msg hb = { .type = VP_MSG_HEARTBEAT, .peer_id = peer_id };
 	uint8_t buf[256];
@@ -42,10 +47,11 @@ static void beat_locked(struct vp_repl *r, vp_fab_addr to, struct vp_sess *s, ui
 	hb.u.heartbeat.latest_seq = latest_seq;
 	n = vp_msg_encode(&hb, buf, sizeof(buf));
 	if (n < 0)
-		return;
+		return (int)n;
 	rc = repl_send_flags(r, to, s, buf, (size_t)n, 0, VP_FAB_SEND_NOW);
-	if (rc)
+	if (rc && rc != -EAGAIN)
 		vp_log(LOG_DEBUG, "repl", "a heartbeat was not sent: %s", strerror(-rc));
+	return rc;
 }
 
 static double later(double a, double b)
@@ -75,10 +81,9 @@ static void producer_beats_locked(struct vp_repl *r, double now)
 			continue;
 		if (silence > r->cfg.peer_timeout)
 			repl_peer_silent_locked(r, p, silence);
-		else if (now - p->last_beat >= BEAT_S) {
+		else if (now - p->last_beat >= BEAT_S &&
+			 !beat_locked(r, p->addr, &p->sess, 0, r->prod.seq))
 			p->last_beat = now;
-			beat_locked(r, p->addr, &p->sess, 0, r->prod.seq);
-		}
 	}
 }
 
@@ -96,9 +101,9 @@ static void consumer_beat_locked(struct vp_repl *r, double now)
 		r->cons.silent = 1;
 		r->cons.beat_on = 0;
 		pthread_cond_signal(&r->cond);	/* the repl thread ends the session */
-	} else if (now - r->cons.last_beat >= BEAT_S) {
+	} else if (now - r->cons.last_beat >= BEAT_S &&
+		   !beat_locked(r, r->cons.producer, &r->cons.sess, r->cons.beat_id, 0)) {
 		r->cons.last_beat = now;
-		beat_locked(r, r->cons.producer, &r->cons.sess, r->cons.beat_id, 0);
 	}
 }
 

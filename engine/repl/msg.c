@@ -7,6 +7,7 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <openssl/crypto.h>
 
 #include "../clock.h"
 #include "../lock.h"
@@ -88,13 +89,39 @@ static struct qmsg *qmsg_new(vp_fab_addr src, const void *msg, size_t len)
  * may.  Anyone may start a handshake: such messages are marked pending
  * and wait in a small inbox of their own.
  */
+/*
+ * True if q, from subscribed consumer p, is a sign of life on arrival: a
+ * small message (a HEARTBEAT, a DONE) sealed with p's key.  Its sequence
+ * number is not checked (the repl thread's to keep); what a process on
+ * p's host sends as p, with no secret, is not life.  Without a secret
+ * any message is.  Larger messages count once handled (last_heard).
+ */
+static bool alive_sign_locked(struct vp_repl *r, const struct peer *p, const struct qmsg *q)
+{
+	uint8_t out[ALIVE_SIGN_MAX];
+	struct vp_sess chk = { .on = 1 };
+	const char *why;
+	ssize_t n;
+
+	VP_ASSERT_LOCKED(&r->lock);
+	if (!p->sess.on)
+		return !r->secret_len;
+	if (q->len > sizeof(out))
+		return false;
+	memcpy(chk.rx.key, p->sess.rx.key, sizeof(chk.rx.key));	/* derived and cleared under r->lock */
+	n = vp_sess_open(&chk, q->buf, q->len, out, sizeof(out), &why);
+	OPENSSL_cleanse(&chk, sizeof(chk));
+	return n >= 0;
+}
+
 static const char *producer_admit_locked(struct vp_repl *r, struct qmsg *q, int type)
 {
 	struct peer *p;
 
 	VP_ASSERT_LOCKED(&r->lock);
 	if ((p = repl_peer_at_locked(r, q->src, 1))) {
-		p->last_rx = q->at;	/* alive, whatever the repl thread is doing (beat.c) */
+		if (alive_sign_locked(r, p, q))
+			p->last_rx = q->at;	/* alive, whatever the repl thread is doing (beat.c) */
 		return type == VP_MSG_CHUNKS ? "a producer takes no relay offers" : NULL;
 	}
 	q->pending = 1;

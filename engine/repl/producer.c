@@ -518,8 +518,15 @@ void repl_catch_up(struct vp_repl *r, struct peer *p)
 	vp_ns_load_all(r->ns);
 	vp_ns_snapshot(r->ns, snap_cb, &a);
 	while ((it = STAILQ_FIRST(&a.items))) {
+		int live;
+
 		STAILQ_REMOVE_HEAD(&a.items, link);
-		if (it->e.type == VP_ENTRY_DIR)
+		pthread_mutex_lock(&r->lock);
+		live = peer_live(p);	/* one that fell silent meanwhile gets no more (beat.c) */
+		pthread_mutex_unlock(&r->lock);
+		if (!live)
+			;
+		else if (it->e.type == VP_ENTRY_DIR)
 			queue_op(r, VP_OP_MKDIR, it->path, NULL, it->e.mode, p, NULL);
 		else if (it->e.type == VP_ENTRY_SYMLINK)
 			queue_op(r, VP_OP_SYMLINK, it->path, it->target, 0, p, NULL);

@@ -58,6 +58,7 @@ struct vp_gpu_stage;
 #define RELAY_QUEUE_BYTES (16u << 20)	/* CHUNKS a consumer holds for announces still ahead */
 #define RELAY_SEND_S 1.0	/* deadline of an offer to a child */
 #define RELAY_BATCH 16		/* chunks read from a relay per batch */
+#define ALIVE_SIGN_MAX 512	/* producer: messages checked on arrival as signs of life (beat.c) */
 #define RECOVER_TICK_S 0.5	/* producer: offers back taken per tick, at most this long */
 #define RELAY_QUIET_S 30.0	/* a relay that failed us is not read from for this long */
 #define INBOX_BYTES (64u << 20)	/* received messages waiting for the repl thread */

@@ -326,3 +326,28 @@ def test_a_flood_stays_bounded(world):
     else:
         assert peak - base < 64 and peak - base < sent // 16 // 4, (base, peak, sent)
     assert status(cons)["repl"]["state"] == "subscribed"
+
+
+def test_a_dead_consumers_address_cannot_keep_it_alive(world):
+    """A process on a dead consumer's host takes its endpoint address and says
+    HEARTBEAT and DONE as that consumer, plain and sealed with a key of its own,
+    5 times a second: the producer still finds the consumer silent and drops it
+    within peer_timeout (3 s) + 1 s.  (On arrival only a message sealed with the
+    consumer's session counts as a sign of life.)"""
+    net, port, prod, (cons,) = nodes(world, secret=True)
+    wait_for(lambda: subscribed(prod, 1), what="the consumer")
+    cport = fabric_port(net, 1, cons.proc.pid)
+    cons.kill9()
+    t0 = time.monotonic()
+    poser = subprocess.Popen([*net.prefix(1), HOSTILE, "pose", net.addr(1), str(cport),
+                              "%s:%d" % (net.addr(0), port), "1", "8"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: not subscribed(prod, 1), timeout=20, what="the dead consumer dropped")
+        took = time.monotonic() - t0
+    finally:
+        out, err = poser.communicate(timeout=60)
+    assert poser.returncode == 0, err
+    assert int(re.search(r"sent (\d+)", out).group(1)) > 10, out     # the producer took its messages
+    assert took <= 3 + 1, "dropped after %.1f s: %s" % (took, prod.read_log()[-3000:])
+    assert re.search(r"consumer 1 is silent for [34]\.\d s", prod.read_log()), prod.read_log()[-3000:]

@@ -10,6 +10,10 @@
  *	symlink, an ANNOUNCE of version 1,000,000, a 16 TiB file, a
  *	HEARTBEAT -- plain, and as sealed garbage; then forged consumer
  *	messages (REFUSED, DONE, HEARTBEAT) for peer ids 1..4.
+ *   hostile pose IP PORT HOST:PORT ID SECONDS
+ *	From a dead consumer's own endpoint address (IP:PORT, free once it
+ *	died): HEARTBEATs and DONEs as consumer ID, plain and sealed with a
+ *	key of its own, 5 a second for SECONDS.
  *   hostile rma LOCAL_IP HOST:PORT OUT_FILE
  *	RMA reads of the peer's memory with no HELLO: keys 0..64, 64 random
  *	keys, at offsets 0 and 1 MiB.  Writes every byte a read returned to
@@ -272,6 +276,39 @@ static int cmd_inject(const char *local, const char *target)
 		send_plain(fab, to, &m);
 		m.type = VP_MSG_HEARTBEAT;
 		send_plain(fab, to, &m);
+	}
+	printf("sent %u\n", sent);
+	vp_fab_close(fab);
+	return 0;
+}
+
+/*
+ * pose: from a dead consumer's own address (ip, port), HEARTBEATs and
+ * DONEs as consumer `id` to the producer at target, plain and sealed with
+ * a key of our own, every 0.2 s for secs: none may keep it alive.
+ */
+static int cmd_pose(const char *ip, const char *port, const char *target, uint64_t id, double secs)
+{
+	struct vp_fab *fab = open_at(ip, port, 1);
+	vp_fab_addr to = peer_at(fab, target);
+	struct vp_sess fake = { 0 };
+	uint8_t salt[16];
+	double end = vp_now() + secs;
+
+	RAND_bytes(salt, sizeof(salt));
+	vp_sess_derive(&fake, salt, sizeof(salt), salt, sizeof(salt), "session", id, 0);
+	while (vp_now() < end) {
+		struct timespec ts = { 0, 200 * 1000 * 1000 };
+
+		memset(&m, 0, sizeof(m));
+		m.peer_id = id;
+		m.type = VP_MSG_HEARTBEAT;
+		send_plain(fab, to, &m);
+		send_sealed(fab, to, &fake, &m);
+		m.type = VP_MSG_DONE;
+		m.u.done.seq = 1;
+		send_sealed(fab, to, &fake, &m);
+		nanosleep(&ts, NULL);
 	}
 	printf("sent %u\n", sent);
 	vp_fab_close(fab);
@@ -613,6 +650,8 @@ int main(int argc, char **argv)
 	vp_cond_init_monotonic(&in.cond);	/* recv_msg's deadlines are monotonic */
 	if (argc == 4 && !strcmp(argv[1], "inject"))
 		return cmd_inject(argv[2], argv[3]);
+	if (argc == 7 && !strcmp(argv[1], "pose"))
+		return cmd_pose(argv[2], argv[3], argv[4], strtoull(argv[5], NULL, 10), atof(argv[6]));
 	if (argc == 5 && !strcmp(argv[1], "rma"))
 		return cmd_rma(argv[2], argv[3], argv[4]);
 	if (argc == 4 && !strcmp(argv[1], "badhello"))
@@ -621,6 +660,6 @@ int main(int argc, char **argv)
 		return cmd_hellos(argv[2], argv[3], argv[4], atof(argv[5]));
 	if (argc == 5 && !strcmp(argv[1], "producer"))
 		return cmd_producer(argv[2], argv[3], argv[4]);
-	fprintf(stderr, "usage: hostile inject|rma|badhello|producer ... (see the source)\n");
+	fprintf(stderr, "usage: hostile inject|pose|rma|badhello|producer ... (see the source)\n");
 	return 2;
 }
