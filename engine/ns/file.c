@@ -830,7 +830,8 @@ static struct vp_node *recover_new_locked(struct vp_ns *ns, const char *path, ui
 	parent = *dir ? vp_resolve_locked(ns, dir) : ns->root;
 	if (!parent || parent->type != VP_NODE_DIR || vp_reserved_name_locked(ns, parent, name))
 		return NULL;
-	n = vp_node_new_locked(ns, VP_NODE_FILE, S_IFREG | (mode & 01777), 0, 0);
+	/* its owner was never sent: its directory's, not the daemon's (root) */
+	n = vp_node_new_locked(ns, VP_NODE_FILE, S_IFREG | (mode & 01777), parent->uid, parent->gid);
 	if (n && vp_node_link_locked(ns, parent, n, name)) {
 		vp_node_put(ns, n);
 		n = NULL;

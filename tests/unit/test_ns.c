@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/xattr.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -328,6 +329,13 @@ static void test_epochs_floors_and_taking_back(void **state)
 	ino = put_file(ns, VP_ROOT_INO, "m.pt", "one");
 	flush_all(ns);
 	vp_ns_free(ns);
+	{
+		char dir[128];
+
+		snprintf(dir, sizeof(dir), "%s/team", fx->pfs);
+		assert_int_equal(mkdir(dir, 0755), 0);
+		assert_int_equal(chown(dir, 1234, 5678), 0);
+	}
 	ns = open_ns(fx, "flush_interval=0");
 	assert_true(vp_ns_epoch(ns) > first);
 	/* the PFS file: version 1 of the run before */
@@ -362,7 +370,18 @@ static void test_epochs_floors_and_taking_back(void **state)
 	/* a version of this run is never replaced by one taken back */
 	d = vp_data_new(vp_ns_pool(ns));
 	assert_int_equal(vp_ns_recover(ns, "m.pt", d, 11, 9, 0600, 0), -ESTALE);
+	/* a path this run never had is made, owned as its directory (its owner never came) */
+	assert_int_equal(vp_ns_recover(ns, "team/new.pt", d, 3, 0, 0640, 0), 0);
 	vp_data_put(d);
+	{
+		struct stat dst, fst;
+
+		assert_int_equal(vp_ns_lookup(ns, VP_ROOT_INO, "team", &dst), 0);
+		assert_int_equal(vp_ns_lookup(ns, dst.st_ino, "new.pt", &fst), 0);
+		assert_int_equal(fst.st_uid, 1234);
+		assert_int_equal(fst.st_gid, 5678);
+		assert_int_equal(fst.st_mode & 07777, 0640);
+	}
 }
 
 static void test_coalescing_latest(void **state)
