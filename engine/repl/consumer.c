@@ -236,6 +236,7 @@ static void consumer_lost(struct vp_repl *r, const char *why)
 	if (why)	/* NULL: the beat thread said why */
 		vp_log(LOG_WARNING, "repl", "%s; keeping the last complete versions and subscribing again", why);
 	r->cons.state = CONS_IDLE;
+	r->cons.resub_why = NULL;	/* the next session's catch-up brings what it was for */
 	r->cons.syncing = 0;		/* a catch-up cut short removes nothing */
 	repl_seen_clear(r);
 	beats_off(r);
@@ -247,7 +248,9 @@ static void consumer_lost(struct vp_repl *r, const char *why)
  * consumer_lost() for a reason of our own (a lost message, a failed
  * transfer), not a silent producer: each costs the producer a catch-up,
  * so such resubscribes back off (5 s, doubling to 5 min; back to 5 s after
- * 10 quiet minutes).  Too soon, the session goes on.
+ * 10 quiet minutes).  Too soon, the session goes on and the reason stays:
+ * the next message or tick past the back-off subscribes again (what
+ * failed is not otherwise fetched again until its next version).
  */
 static void consumer_resubscribe(struct vp_repl *r, const char *why)
 {
@@ -257,14 +260,16 @@ static void consumer_resubscribe(struct vp_repl *r, const char *why)
 	if (!r->cons.resub_backoff || now - r->cons.resub_at > 600)
 		r->cons.resub_backoff = 5;
 	if (r->cons.resub_at && now - r->cons.resub_at < r->cons.resub_backoff) {
-		vp_log_limited(&rl, LOG_WARNING, "repl", "%s; not subscribing again before %.0f s have passed since the last time",
+		vp_log_limited(&rl, LOG_WARNING, "repl", "%s; subscribing again once %.0f s have passed since the last time",
 			       why, r->cons.resub_backoff);
 		resync_clear(r);
+		r->cons.resub_why = why;	/* the tick's, once the back-off is over */
 		return;
 	}
 	if (r->cons.resub_at)
 		r->cons.resub_backoff = r->cons.resub_backoff * 2 > 300 ? 300 : r->cons.resub_backoff * 2;
 	r->cons.resub_at = now;
+	r->cons.resub_why = NULL;
 	consumer_lost(r, why);
 }
 
@@ -565,6 +570,8 @@ void repl_consumer_tick(struct vp_repl *r)
 		pthread_mutex_unlock(&r->lock);
 		if (lost)
 			consumer_resubscribe(r, "a message from the producer was dropped (our inbox was full)");
+		else if (r->cons.resub_why && now - r->cons.resub_at >= r->cons.resub_backoff)
+			consumer_resubscribe(r, r->cons.resub_why);	/* deferred by the back-off */
 	}
 	if (r->cons.state < CONS_SUBSCRIBED && now - r->cons.last_hello >= 1.0 &&
 	    now >= r->cons.hello_after) {

@@ -211,6 +211,7 @@ struct vp_repl_consumer {
 	int resync;			/* a producer message was lost; protected by r->lock */
 	double refetch_after;		/* a fetch failed then */
 	double resub_at, resub_backoff;	/* the last resubscribe we chose, and the wait before another */
+	const char *resub_why;		/* a resubscribe the back-off deferred (a literal), or NULL */
 	double auth_backoff;		/* after a failed handshake: the wait before the next HELLO */
 	double hello_after;		/* no HELLO before (vp_now()) */
 	vp_fab_addr producer;

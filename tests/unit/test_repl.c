@@ -431,6 +431,25 @@ static void test_failed_read_refetches_whole(void **state)
 	assert_true(holds(fx->cons.ns, "model.pt", FILE_SIZE, 5));
 	/* it took a new subscription (a catch-up) to bring it */
 	assert_true(producer_active_peer(fx->prod.repl) >= 2);
+
+	/*
+	 * Another failure within the back-off (5 s): the resubscribe waits
+	 * for it, and still comes (it used to be dropped: the version stayed
+	 * missing until the next one).
+	 */
+	pthread_mutex_lock(&fake_fab.lock);
+	fake_fab.fail_reads = 1;
+	pthread_mutex_unlock(&fake_fab.lock);
+	put_file(fx->prod.ns, "model.pt", FILE_SIZE, 6);
+	end = vp_now() + WAIT_S;
+	while (vp_now() < end && fake_fab_count(&fake_fab.failed_reads) < 2)
+		nap();
+	assert_int_equal(fake_fab_count(&fake_fab.failed_reads), 2);
+	end = vp_now() + 5.0 + WAIT_S;
+	while (vp_now() < end && !holds(fx->cons.ns, "model.pt", FILE_SIZE, 6))
+		nap();
+	assert_true(holds(fx->cons.ns, "model.pt", FILE_SIZE, 6));
+	assert_true(producer_active_peer(fx->prod.repl) >= 3);
 }
 
 static int producer_peers(struct vp_repl *r)
