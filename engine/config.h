@@ -38,6 +38,7 @@ enum vp_publish_policy {
 
 struct vp_config {
 	uint64_t ram_cache;		/* bytes of chunk memory */
+	uint64_t nonempty;		/* 1: mount over a directory that holds files (hidden while mounted) */
 	uint64_t ram_prefault;		/* bytes faulted in at start */
 	uint64_t ram_spare;		/* a memory file allocated ahead (mfile.h) */
 	double cache_wait;		/* seconds a writer waits for cache space */

@@ -26,6 +26,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <stddef.h>
+#include <dirent.h>
+#include <sys/file.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -222,6 +224,7 @@ struct daemon {
 	pthread_mutex_t repl_lock;
 	struct vp_hook *hook;
 	struct vp_ctl *ctl;
+	int pfs_lock_fd;		/* this node's claim on the PFS directory, -1: none */
 	char err[PATH_MAX + 512];	/* why a start step failed */
 };
 
@@ -291,6 +294,129 @@ static int parse_args(struct daemon *d, int argc, char **argv, const char *pos[2
 	return -1;
 }
 
+/* Undoes /proc/self/mountinfo's octal escapes (\040 for a space) in place. */
+static void mountinfo_unescape(char *s)
+{
+	char *o = s;
+
+	for (; *s; s++, o++) {
+		if (s[0] == '\\' && s[1] >= '0' && s[1] <= '3' && s[2] >= '0' && s[2] <= '7' &&
+		    s[3] >= '0' && s[3] <= '7') {
+			*o = (char)((s[1] - '0') * 64 + (s[2] - '0') * 8 + (s[3] - '0'));
+			s += 3;
+		} else {
+			*o = *s;
+		}
+	}
+	*o = '\0';
+}
+
+/* 1 if path is the mount point of a viperfs mount (fuse.viperfs) in our mount table. */
+static int is_viperfs_mount(const char *path)
+{
+	FILE *f = fopen("/proc/self/mountinfo", "re");
+	char *line = NULL;
+	size_t cap = 0;
+	int found = 0;
+
+	if (!f)
+		return 0;
+	while (!found && getline(&line, &cap, f) > 0) {
+		char mnt[PATH_MAX], *sep = strstr(line, " - ");
+		char fstype[64];
+
+		/* id parent major:minor root MOUNT_POINT ... - FSTYPE SOURCE ... */
+		if (!sep || sscanf(line, "%*s %*s %*s %*s %4095s", mnt) != 1 ||
+		    sscanf(sep + 3, "%63s", fstype) != 1)
+			continue;
+		mountinfo_unescape(mnt);
+		found = !strcmp(mnt, path) && !strcmp(fstype, "fuse.viperfs");
+	}
+	free(line);
+	fclose(f);
+	return found;
+}
+
+/*
+ * Claims the PFS directory for this node: a lock (flock) on a file named
+ * by this network namespace and the directory's device and inode, in
+ * /run/viperfs (or $XDG_RUNTIME_DIR, /tmp for others).  Two mounts of one
+ * PFS directory on a node keep two caches that disagree; on the nodes of
+ * a cluster (their own network namespaces, as in the tests) it is shared.
+ * The lock goes with the daemon, however it ends.  Returns 0, 1 if
+ * another live mount holds it (printed), or 0 with a warning if no lock
+ * can be made here.
+ */
+static int claim_pfs_dir(struct daemon *d)
+{
+	const char *run = geteuid() == 0 ? "/run" : getenv("XDG_RUNTIME_DIR");
+	struct stat pfs, net;
+	char dir[PATH_MAX], path[PATH_MAX + 64];
+	int fd;
+
+	if (stat(d->pfs_dir, &pfs) || stat("/proc/self/ns/net", &net))
+		return 0;
+	snprintf(dir, sizeof(dir), "%s/viperfs%s", run && *run ? run : "/tmp",
+		 run && *run ? "" : "-locks");
+	if (mkdir(dir, 0755) && errno != EEXIST) {
+		fprintf(stderr, "viperfs: warning: cannot make '%s' (%s): a second mount of this PFS directory on this node is not refused\n",
+			dir, strerror(errno));
+		return 0;
+	}
+	snprintf(path, sizeof(path), "%s/pfs-%llu-%llu-%llu.lock", dir,
+		 (unsigned long long)net.st_ino, (unsigned long long)pfs.st_dev,
+		 (unsigned long long)pfs.st_ino);
+	fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
+	if (fd < 0) {
+		fprintf(stderr, "viperfs: warning: cannot open '%s' (%s): a second mount of this PFS directory on this node is not refused\n",
+			path, strerror(errno));
+		return 0;
+	}
+	if (flock(fd, LOCK_EX | LOCK_NB)) {
+		fprintf(stderr, "viperfs: the PFS directory '%s' is served by another viperfs mount on this node; two would keep caches that disagree (unmount the other first)\n",
+			d->pfs_dir);
+		close(fd);
+		return 1;
+	}
+	d->pfs_lock_fd = fd;	/* held until exit (the child inherits it) */
+	return 0;
+}
+
+/* The mount point: a directory, not a viperfs mount already, and empty unless nonempty=1. */
+static int check_mountpoint(struct daemon *d)
+{
+	struct stat st;
+	DIR *dir;
+	struct dirent *e;
+	int empty = 1;
+
+	if (stat(d->mountpoint, &st) || !S_ISDIR(st.st_mode)) {
+		fprintf(stderr, "viperfs: mount point '%s' is not a directory\n", d->mountpoint);
+		return 1;
+	}
+	if (is_viperfs_mount(d->mountpoint)) {
+		fprintf(stderr, "viperfs: '%s' is a viperfs mount already (unmount it first: fusermount3 -u '%s')\n",
+			d->mountpoint, d->mountpoint);
+		return 1;
+	}
+	if (d->cfg.nonempty)
+		return 0;
+	dir = opendir(d->mountpoint);
+	if (!dir) {
+		fprintf(stderr, "viperfs: mount point '%s': %s\n", d->mountpoint, strerror(errno));
+		return 1;
+	}
+	while (empty && (e = readdir(dir)))
+		empty = !strcmp(e->d_name, ".") || !strcmp(e->d_name, "..");
+	closedir(dir);
+	if (!empty) {
+		fprintf(stderr, "viperfs: mount point '%s' is not empty: its files would be hidden under the mount (empty it, or add -o nonempty=1)\n",
+			d->mountpoint);
+		return 1;
+	}
+	return 0;
+}
+
 /*
  * Checks everything that can be checked before the mount: the options
  * together, FUSE's options, the two directories.  Returns -1 to go on,
@@ -312,13 +438,21 @@ static int check_args(struct daemon *d, const char *pos[2])
 		/* libfuse's convention: a /dev/fuse descriptor a privileged parent mounted */
 		snprintf(d->mountpoint, sizeof(d->mountpoint), "%s", pos[1]);
 	} else if (!realpath(pos[1], d->mountpoint)) {
-		fprintf(stderr, "viperfs: mount point '%s': %s\n", pos[1], strerror(errno));
+		if (errno == ENOTCONN)
+			fprintf(stderr, "viperfs: mount point '%s': a FUSE mount there lost its daemon; unmount it first: fusermount3 -uz '%s'\n",
+				pos[1], pos[1]);
+		else
+			fprintf(stderr, "viperfs: mount point '%s': %s\n", pos[1], strerror(errno));
 		return 1;
 	}
 	if (!strcmp(d->pfs_dir, d->mountpoint)) {
 		fprintf(stderr, "viperfs: the mount point must not be the PFS directory itself\n");
 		return 1;
 	}
+	if (strncmp(d->mountpoint, "/dev/fd/", 8) && check_mountpoint(d))
+		return 1;
+	if (claim_pfs_dir(d))
+		return 1;
 	return -1;
 }
 
@@ -719,7 +853,7 @@ static int daemon_run(struct daemon *d)
 
 int main(int argc, char **argv)
 {
-	static struct daemon d = { .report_fd = -1, .args = FUSE_ARGS_INIT(0, NULL),
+	static struct daemon d = { .report_fd = -1, .pfs_lock_fd = -1, .args = FUSE_ARGS_INIT(0, NULL),
 				   .repl_lock = PTHREAD_MUTEX_INITIALIZER };
 	const char *pos[2];
 	int rc;

@@ -202,6 +202,49 @@ def test_daemon_mode_returns_once_mounted_and_bad_pfs_is_refused(world):
     assert not is_mounted(mnt)
 
 
+def test_unsafe_mounts_are_refused(world):
+    """A mount point that is a file, one that is a viperfs mount already, a PFS
+    directory another mount on this node serves, and a mount point with files
+    in it (without nonempty=1) are refused with exit 1 and a reason; nothing is
+    mounted.  nonempty=1 mounts over the files, which come back after."""
+    from conftest import VIPERFS, is_mounted
+    m = world.mount()
+    write(m.path("served"), b"x")
+
+    def refused(pfs, mnt, why, opts=""):
+        r = subprocess.run([VIPERFS, "-o", "control=%s/r.sock,ram_prefault=0%s" % (world.base, opts),
+                            pfs, mnt], capture_output=True, text=True, timeout=60)
+        if r.returncode == 0:
+            subprocess.run(["fusermount3", "-uz", mnt])
+        assert r.returncode == 1 and why in r.stderr, (r.returncode, r.stderr)
+
+    afile = os.path.join(world.base, "afile")
+    write(afile, b"not a directory")
+    refused(world.dir("pfs2"), afile, "is not a directory")
+    refused(world.dir("pfs3"), m.mnt, "is a viperfs mount already")
+    refused(m.pfs, world.dir("mnt2"), "is served by another viperfs mount on this node")
+    assert not is_mounted(world.base + "/mnt2")
+    full = world.dir("full")
+    write(os.path.join(full, "mine.txt"), b"hidden, not lost")
+    refused(world.dir("pfs4"), full, "is not empty")
+    assert read(m.path("served")) == b"x"          # the first mount goes on
+
+    r = subprocess.run([VIPERFS, "-o", "control=%s/n.sock,ram_prefault=0,nonempty=1" % world.base,
+                        world.dir("pfs4"), full], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    try:
+        assert is_mounted(full) and os.listdir(full) == []
+    finally:
+        subprocess.run(["fusermount3", "-u", full], check=True)
+    assert read(os.path.join(full, "mine.txt")) == b"hidden, not lost"
+    # once the first mount is gone, its PFS directory may be mounted again
+    m.stop()
+    r = subprocess.run([VIPERFS, "-o", "control=%s/a.sock,ram_prefault=0" % world.base,
+                        m.pfs, world.dir("mnt5")], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    subprocess.run(["fusermount3", "-u", world.base + "/mnt5"], check=True)
+
+
 def test_config_file_and_help(world):
     from conftest import VIPERFS
     cfg = os.path.join(world.base, "viperfs.conf")
