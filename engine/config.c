@@ -337,7 +337,11 @@ static int parse_config(struct vp_config *cfg, const struct opt *o,
 		rc = vp_config_load_file(cfg, value, why, whylen);
 	if (!rc)
 		memcpy(field_of(cfg, o), value, strlen(value) + 1);
-	return rc;
+	/*
+	 * A missing file, or an unknown option in it, is the file's error
+	 * (said in why), not an unknown option 'config' of ours.
+	 */
+	return rc == -ENOENT ? -EINVAL : rc;
 }
 
 /*
@@ -593,6 +597,16 @@ static char *trim(char *s)
 	return s;
 }
 
+/* Cuts an inline comment off a value: from a '#' that follows a space or tab. */
+static void strip_comment(char *value)
+{
+	for (char *p = value; *p; p++)
+		if (*p == '#' && (p == value || p[-1] == ' ' || p[-1] == '\t')) {
+			*p = '\0';
+			return;
+		}
+}
+
 int vp_config_load_file(struct vp_config *cfg, const char *path, char *err,
 			size_t errlen)
 {
@@ -622,6 +636,7 @@ int vp_config_load_file(struct vp_config *cfg, const char *path, char *err,
 			break;
 		}
 		*eq = '\0';
+		strip_comment(eq + 1);
 		if (!strcmp(trim(s), "config")) {
 			snprintf(err, errlen, "config file '%s' line %u: a config file cannot include another",
 				 path, lineno);

@@ -130,6 +130,29 @@ static void test_config_file(void **state)
 	fclose(f);
 	assert_int_equal(vp_config_load_file(&cfg, path, err, sizeof(err)), -EINVAL);
 	assert_non_null(strstr(err, "line 2"));
+
+	/* inline comments after a space; a '#' inside a value stays */
+	f = fopen(path, "w");
+	fputs("ram_cache = 1G  # one gig\nlog_file = /tmp/a#b.log\n", f);
+	fclose(f);
+	assert_int_equal(vp_config_load_file(&cfg, path, err, sizeof(err)), 0);
+	assert_int_equal(cfg.ram_cache, 1ULL << 30);
+	assert_string_equal(cfg.log_file, "/tmp/a#b.log");
+
+	/* an unknown name in a file: the file, the line and the name, through -o config= too */
+	f = fopen(path, "w");
+	fputs("ram_cache = 32M\nflush-bw = 10M\n", f);
+	fclose(f);
+	{
+		char opts[64], passthru[64] = "";
+
+		snprintf(opts, sizeof(opts), "config=%s", path);
+		assert_int_equal(vp_config_parse_opts(&cfg, opts, passthru, sizeof(passthru), err,
+						      sizeof(err)), -EINVAL);
+		assert_non_null(strstr(err, "line 2: unknown option 'flush-bw'"));
+		assert_non_null(strstr(err, path));
+		assert_string_equal(passthru, "");	/* not taken for a FUSE option */
+	}
 	unlink(path);
 	assert_int_equal(vp_config_load_file(&cfg, path, err, sizeof(err)), -ENOENT);
 }
@@ -303,10 +326,18 @@ static void test_validator_values(void **state)
 	assert_int_equal(set(&cfg, "fabric_provider", long_value, err, sizeof(err)), -EINVAL);
 	assert_non_null(strstr(err, "longer than 63 bytes"));
 	assert_int_equal(set(&cfg, "metrics", long_value, err, sizeof(err)), -EINVAL);
-	/* config=: a missing file is the file's own message */
+	/* config=: a missing file is the file's own message, not an unknown option 'config' */
 	assert_int_equal(set(&cfg, "config", "/nonexistent/viperfs.conf", err, sizeof(err)),
-			 -ENOENT);
-	assert_non_null(strstr(err, "config file '/nonexistent/viperfs.conf'"));
+			 -EINVAL);
+	assert_non_null(strstr(err, "config file '/nonexistent/viperfs.conf': No such file"));
+	{
+		char passthru[64] = "";
+
+		assert_int_equal(vp_config_parse_opts(&cfg, "config=/nonexistent/viperfs.conf", passthru,
+						      sizeof(passthru), err, sizeof(err)), -EINVAL);
+		assert_non_null(strstr(err, "config file '/nonexistent/viperfs.conf': No such file"));
+		assert_string_equal(passthru, "");
+	}
 }
 
 /* vp_config_check: the options against each other, before the mount. */
