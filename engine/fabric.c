@@ -27,7 +27,6 @@
 #define N_RECV 32
 #define N_SEND 64		/* send slots (a bitmap of 64) */
 #define N_SEND_UNTRUSTED 16	/* the last ones: sends to peers that have not authenticated */
-#define MAX_STUCK_PER_PEER 2	/* abandoned sends to one address before we stop posting to it */
 
 enum op_kind { OP_RECV, OP_SEND, OP_READ };
 
@@ -733,26 +732,22 @@ void vp_fab_mr_close(struct vp_fab_mr *mr)
 }
 
 /*
- * Slots whose send was abandoned to dest's address (protected by fab->lock).
- * On rxm, a send that a dead or stopped peer never takes never completes,
- * not even after fi_av_remove: its slot is lost until close.  So a peer
- * gets at most MAX_STUCK_PER_PEER of them; it is known by its address,
- * not its fi_addr, which libfabric reuses for the next peer.  A
- * VP_FAB_SEND_NOW that nobody waits for (detached) is not stuck: it was
- * never given up on.  all: count every send in flight to that address.
+ * The send in flight to the address peer[len], or NULL (protected by
+ * fab->lock; there is at most one, take_slot_locked() says why).  A peer
+ * is known by its address, not its fi_addr, which libfabric reuses for
+ * the next peer.
  */
-static unsigned int sends_to_locked(struct vp_fab *fab, const uint8_t *peer, size_t len, int all)
+static const struct op *send_to_locked(struct vp_fab *fab, const uint8_t *peer, size_t len)
 {
-	unsigned int n = 0;
-
 	VP_ASSERT_LOCKED(&fab->lock);
 	for (unsigned int i = 0; i < N_SEND; i++) {
 		const struct op *op = &fab->send_ops[i];
 
-		n += (fab->send_busy & (1ULL << i)) && (all || (op->abandoned && !op->detached)) &&
-			op->peer_len == len && !memcmp(op->peer, peer, len);
+		if ((fab->send_busy & (1ULL << i)) && op->peer_len == len &&
+		    !memcmp(op->peer, peer, len))
+			return op;
 	}
-	return n;
+	return NULL;
 }
 
 /*
@@ -762,7 +757,11 @@ static unsigned int sends_to_locked(struct vp_fab *fab, const uint8_t *peer, siz
  * address is in flight at a time: the next waits for it (or, nowait, is
  * refused), so that messages complete at the peer in the order they were
  * made (a large message's rendezvous would let a small one sent after it
- * overtake it).  Returns the slot's op, or NULL: -EAGAIN, nothing posted.
+ * overtake it).  One that a sender gave up on (stuck: on rxm, a send
+ * that a dead or stopped peer never takes never completes, not even after
+ * fi_av_remove) refuses the next at once.  A VP_FAB_SEND_NOW nobody waits
+ * for (detached) is not stuck: it was never given up on.  Returns the
+ * slot's op, or NULL: -EAGAIN, nothing posted.
  */
 static struct op *take_slot_locked(struct vp_fab *fab, const uint8_t *peer, size_t peer_len,
 				   const struct timespec *ts, int untrusted, int nowait)
@@ -773,11 +772,16 @@ static struct op *take_slot_locked(struct vp_fab *fab, const uint8_t *peer, size
 	struct op *op;
 
 	VP_ASSERT_LOCKED(&fab->lock);
-	if (peer_len && sends_to_locked(fab, peer, peer_len, 0) >= (untrusted ? 1 : MAX_STUCK_PER_PEER))
-		return NULL;	/* it takes nothing: no more of our slots for it */
-	while ((fab->send_busy & pool) == pool || (peer_len && sends_to_locked(fab, peer, peer_len, 1)))
+	for (;;) {
+		const struct op *last = peer_len ? send_to_locked(fab, peer, peer_len) : NULL;
+
+		if (last && last->abandoned && !last->detached)
+			return NULL;	/* stuck: it takes nothing for now */
+		if (!last && (fab->send_busy & pool) != pool)
+			break;
 		if (nowait || pthread_cond_timedwait(&fab->cond, &fab->lock, ts) == ETIMEDOUT)
 			return NULL;	/* every slot busy, or the last send to it not done */
+	}
 	slot = (unsigned int)__builtin_ctzll(~fab->send_busy & pool);
 	fab->send_busy |= 1ULL << slot;
 	op = &fab->send_ops[slot];

@@ -5,16 +5,18 @@
  * a send to a consumer that stopped reading, a relay that died), and
  * heartbeats sent from it would stop for as long.  The beat thread sends
  * them instead, once a second to each peer, and watches the silences:
- * anything that arrives from a peer (a message, on the progress thread,
- * or a read's completion) counts, whatever the repl thread is doing.
+ * what arrives from a peer counts, whatever the repl thread is doing (a
+ * message, stamped by the progress thread: on the producer only one that
+ * opens with the consumer's key, msg.c; a read's completion).
  *
  * It never waits on the network.  A heartbeat takes a send slot now or is
- * skipped (VP_FAB_SEND_NOW: posted once, its completion frees the slot),
- * and it is sealed and posted under r->tx_lock like every other message
- * on its session, so that sequence numbers leave in order.  It holds
- * r->lock while it beats, so that the repl thread cannot clear (or free)
- * a session under it: the repl thread derives and clears a session that
- * is beaten on only under r->lock.
+ * tried again at the next check (VP_FAB_SEND_NOW: posted once, its
+ * completion frees the slot; refused while another message to that peer
+ * is in flight), and it is sealed and posted under r->tx_lock like every
+ * other message on its session, so that sequence numbers leave in order.
+ * It holds r->lock while it beats, so that the repl thread cannot clear
+ * (or free) a session under it: the repl thread derives and clears a
+ * session that is beaten on only under r->lock.
  *
  * A peer found silent for peer_timeout is marked so, and the repl thread
  * is woken: the producer sends it nothing more and drops it on its next
@@ -54,17 +56,17 @@ static int beat_locked(struct vp_repl *r, vp_fab_addr to, struct vp_sess *s, uin
 	return rc;
 }
 
-static double later(double a, double b)
+/* Seconds since p was last heard from: an arrival that proved it (msg.c), or a message handled. */
+static double peer_silence_locked(struct vp_repl *r, const struct peer *p, double now)
 {
-	return a > b ? a : b;
+	VP_ASSERT_LOCKED(&r->lock);
+	return now - (p->last_rx > p->last_heard ? p->last_rx : p->last_heard);
 }
 
 double repl_peer_send_wait_locked(struct vp_repl *r, const struct peer *p)
 {
-	double wait;
+	double wait = r->cfg.peer_timeout - peer_silence_locked(r, p, vp_now());
 
-	VP_ASSERT_LOCKED(&r->lock);
-	wait = r->cfg.peer_timeout - (vp_now() - later(p->last_rx, p->last_heard));
 	return wait < 0.2 ? 0.2 : wait;
 }
 
@@ -75,7 +77,7 @@ static void producer_beats_locked(struct vp_repl *r, double now)
 
 	VP_ASSERT_LOCKED(&r->lock);
 	LIST_FOREACH(p, &r->prod.peers, link) {
-		double silence = now - later(p->last_rx, p->last_heard);
+		double silence = peer_silence_locked(r, p, now);
 
 		if (!p->active || p->silent)
 			continue;

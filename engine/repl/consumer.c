@@ -140,7 +140,10 @@ static void remove_stale(struct vp_repl *r)
 	r->cons.new_run = 0;
 }
 
-/* The last time anything came from the producer: a message (queued or handled) or a read. */
+/*
+ * The last time anything came from the producer: a message (stamped on
+ * arrival, so no later than last_heard, its handling) or a read.
+ */
 static double producer_heard(struct vp_repl *r)
 {
 	double heard;
@@ -148,7 +151,7 @@ static double producer_heard(struct vp_repl *r)
 	pthread_mutex_lock(&r->lock);
 	heard = r->cons.last_rx;
 	pthread_mutex_unlock(&r->lock);
-	return r->cons.last_heard > heard ? r->cons.last_heard : heard;
+	return heard;
 }
 
 /*

@@ -85,11 +85,6 @@ static struct qmsg *qmsg_new(vp_fab_addr src, const void *msg, size_t len)
 }
 
 /*
- * Producer: why q (of type) may not wait for the repl thread, NULL if it
- * may.  Anyone may start a handshake: such messages are marked pending
- * and wait in a small inbox of their own.
- */
-/*
  * True if q, from subscribed consumer p, is a sign of life on arrival: a
  * small message (a HEARTBEAT, a DONE) sealed with p's key.  Its sequence
  * number is not checked (the repl thread's to keep); what a process on
@@ -114,6 +109,11 @@ static bool alive_sign_locked(struct vp_repl *r, const struct peer *p, const str
 	return n >= 0;
 }
 
+/*
+ * Producer: why q (of type) may not wait for the repl thread, NULL if it
+ * may.  Anyone may start a handshake: such messages are marked pending
+ * and wait in a small inbox of their own.
+ */
 static const char *producer_admit_locked(struct vp_repl *r, struct qmsg *q, int type)
 {
 	struct peer *p;

@@ -131,40 +131,42 @@ static void topo_update_locked(struct vp_repl *r)
 	free(m);
 }
 
-/* Unlinks and frees p: its queue, its pins, its address, its session. */
-static void peer_free_locked(struct vp_repl *r, struct peer *p)
+/*
+ * Lets go of what p holds, once it is out of the tree (unlinked, or
+ * silent): its queue, its pins (only those that wait for it: an
+ * unauthenticated peer has none), its place (its children move up).
+ */
+static void peer_let_go_locked(struct vp_repl *r, struct peer *p)
 {
 	struct pin *pin;
 
 	VP_ASSERT_LOCKED(&r->lock);
-	LIST_REMOVE(p, link);
 	qmsg_list_free(&p->out);
-	/* its pins (only those that wait for it: an unauthenticated peer has none) */
 	LIST_FOREACH(pin, &r->prod.pins, link)
 		repl_pin_done(pin, p->id);
 	repl_unpin_locked(r, 0);
+	if (!r->stop)
+		topo_update_locked(r);
+}
+
+/* Unlinks and frees p: what it holds, its address, its session. */
+static void peer_free_locked(struct vp_repl *r, struct peer *p)
+{
+	VP_ASSERT_LOCKED(&r->lock);
+	LIST_REMOVE(p, link);
+	peer_let_go_locked(r, p);
 	vp_fab_remove(r->fab, p->addr);
 	vp_sess_clear(&p->sess);
 	free(p);
-	if (!r->stop)
-		topo_update_locked(r);	/* its children move up */
 }
 
 void repl_peer_silent_locked(struct vp_repl *r, struct peer *p, double silence)
 {
-	struct pin *pin;
-
 	VP_ASSERT_LOCKED(&r->lock);
 	vp_log(LOG_WARNING, "repl", "consumer %" PRIu64 " is silent for %.1f s; it gets nothing more, and what it held is let go",
 	       p->id, silence);
-	p->silent = 1;
-	qmsg_list_free(&p->out);
-	STAILQ_INIT(&p->out);
-	LIST_FOREACH(pin, &r->prod.pins, link)
-		repl_pin_done(pin, p->id);
-	repl_unpin_locked(r, 0);
-	if (!r->stop)
-		topo_update_locked(r);	/* its children move up */
+	p->silent = 1;		/* first: out of the tree */
+	peer_let_go_locked(r, p);
 	pthread_cond_signal(&r->cond);	/* the repl thread drops it */
 }
 

@@ -524,9 +524,9 @@ void repl_catch_up(struct vp_repl *r, struct peer *p)
 		pthread_mutex_lock(&r->lock);
 		live = peer_live(p);	/* one that fell silent meanwhile gets no more (beat.c) */
 		pthread_mutex_unlock(&r->lock);
-		if (!live)
-			;
-		else if (it->e.type == VP_ENTRY_DIR)
+		if (!live)	/* nothing queued; the item is freed below */
+			goto next;
+		if (it->e.type == VP_ENTRY_DIR)
 			queue_op(r, VP_OP_MKDIR, it->path, NULL, it->e.mode, p, NULL);
 		else if (it->e.type == VP_ENTRY_SYMLINK)
 			queue_op(r, VP_OP_SYMLINK, it->path, it->target, 0, p, NULL);
@@ -534,6 +534,7 @@ void repl_catch_up(struct vp_repl *r, struct peer *p)
 			files++;
 		else
 			queue_op(r, VP_OP_KEEP, it->path, NULL, 0, p, &it->e);	/* on the PFS only */
+next:
 		vp_data_put(it->e.d);
 		free(it->path);
 		free(it->target);
