@@ -44,7 +44,7 @@
 #include "ll.h"
 #include "utab.h"
 
-#define VIPERFS_VERSION "0.1.0"
+#include "../engine/version.h"
 
 /*
  * FUSE mount options passed through to libfuse; any other name is a typo
@@ -261,7 +261,7 @@ static int parse_args(struct daemon *d, int argc, char **argv, const char *pos[2
 			usage(stdout);
 			return 0;
 		} else if (!strcmp(a, "-V") || !strcmp(a, "--version")) {
-			printf("viperfs %s (libfuse %s)\n", VIPERFS_VERSION, fuse_pkgversion());
+			printf("viperfs %s (libfuse %s)\n", VP_RELEASE, fuse_pkgversion());
 			return 0;
 		} else if (!strcmp(a, "-f")) {
 			d->foreground = 1;
