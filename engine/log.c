@@ -3,20 +3,41 @@
 #include "log.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "clock.h"
+#include "json.h"
 #include "lock.h"
 
 static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;
 static enum vp_log_sink log_sink = VP_LOG_STDERR;
 static FILE *log_file;		/* protected by log_lock */
 static int log_level = LOG_INFO;
+static int log_json;		/* log_format=json; protected by log_lock */
+static int log_utc;		/* log_time=utc; protected by log_lock */
+
+/*
+ * SIGHUP reopens the log file in the handler itself: open() and dup2()
+ * are async-signal-safe, and dup2 swaps the file under log_file's
+ * descriptor in one step, so a line being written goes to one file or
+ * the other, whole.  The path is set before the handler is installed and
+ * not changed after.  The next line says how the reopen went.
+ */
+static char log_path[PATH_MAX];
+static int log_fd = -1;			/* log_file's descriptor, for the handler */
+static volatile sig_atomic_t hup_errno = -1;	/* -1: none since the last line, else 0 or errno */
 
 static const char *const level_names[] = {
 	[LOG_EMERG] = "emerg", [LOG_ALERT] = "alert", [LOG_CRIT] = "crit",
@@ -50,6 +71,8 @@ int vp_log_open(enum vp_log_sink sink, const char *path, int level)
 		if (log_file)
 			fclose(log_file);
 		log_file = f;
+		snprintf(log_path, sizeof(log_path), "%s", path);
+		__atomic_store_n(&log_fd, fileno(f), __ATOMIC_RELEASE);
 	} else if (sink == VP_LOG_SYSLOG) {
 		openlog("viperfs", LOG_PID, LOG_DAEMON);
 	}
@@ -63,6 +86,7 @@ out_unlock:
 void vp_log_close(void)
 {
 	pthread_mutex_lock(&log_lock);
+	__atomic_store_n(&log_fd, -1, __ATOMIC_RELEASE);
 	if (log_file)
 		fclose(log_file);
 	log_file = NULL;
@@ -75,6 +99,56 @@ void vp_log_close(void)
 void vp_log_set_level(int level)
 {
 	__atomic_store_n(&log_level, level, __ATOMIC_RELAXED);
+}
+
+void vp_log_set_format(int json, int utc)
+{
+	pthread_mutex_lock(&log_lock);
+	log_json = json;
+	log_utc = utc;
+	pthread_mutex_unlock(&log_lock);
+}
+
+static void on_hup(int sig)
+{
+	int saved = errno, fd = __atomic_load_n(&log_fd, __ATOMIC_ACQUIRE), nfd;
+
+	(void)sig;
+	if (fd < 0) {
+		hup_errno = 0;
+		errno = saved;
+		return;
+	}
+	nfd = open(log_path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+	if (nfd < 0) {
+		hup_errno = errno;
+	} else {
+		hup_errno = dup3(nfd, fd, O_CLOEXEC) < 0 ? errno : 0;
+		close(nfd);
+	}
+	errno = saved;
+}
+
+int vp_log_reopen_on_hup(void)
+{
+	struct sigaction sa = { .sa_handler = on_hup, .sa_flags = SA_RESTART };
+
+	sigemptyset(&sa.sa_mask);
+	return sigaction(SIGHUP, &sa, NULL) ? -errno : 0;
+}
+
+int vp_log_syslog_reachable(char *why, size_t len)
+{
+	struct sockaddr_un addr = { .sun_family = AF_UNIX, .sun_path = "/dev/log" };
+	int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0), rc = 0;
+
+	if (fd < 0 || connect(fd, (struct sockaddr *)&addr, sizeof(addr))) {
+		snprintf(why, len, "%s: %s", addr.sun_path, strerror(errno));
+		rc = -1;
+	}
+	if (fd >= 0)
+		close(fd);
+	return rc;
 }
 
 static void log_write_locked(int level, const char *subsys, const char *msg);
@@ -156,27 +230,79 @@ static void escape_controls(const char *msg, char *out, size_t len)
 	out[o] = '\0';
 }
 
-/* One line to the sink.  Called with log_lock held. */
+/* The time stamp: ISO 8601 with milliseconds, in UTC (Z) or local time with its offset. */
+static void stamp_now(char *out, size_t len)
+{
+	struct timespec ts;
+	struct tm tm;
+	char date[32], zone[8];
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	if (log_utc)
+		gmtime_r(&ts.tv_sec, &tm);
+	else
+		localtime_r(&ts.tv_sec, &tm);
+	strftime(date, sizeof(date), "%Y-%m-%dT%H:%M:%S", &tm);
+	if (log_utc) {
+		snprintf(zone, sizeof(zone), "Z");
+	} else {
+		strftime(zone, sizeof(zone), "%z", &tm);	/* +0100 -> +01:00 */
+		memmove(zone + 4, zone + 3, 3);
+		zone[3] = ':';
+	}
+	snprintf(out, len, "%s.%03ld%s", date, ts.tv_nsec / 1000000, zone);
+}
+
+static void log_emit_locked(int level, const char *subsys, const char *raw);
+
+/* One line to the sink, after the word on a SIGHUP since the last one.  Called with log_lock held. */
 static void log_write_locked(int level, const char *subsys, const char *raw)
 {
-	char msg[4096];
+	int hup = hup_errno;
 
 	VP_ASSERT_LOCKED(&log_lock);
+	if (hup >= 0) {
+		char msg[PATH_MAX + 128];
+
+		hup_errno = -1;
+		if (log_file && hup)
+			snprintf(msg, sizeof(msg), "SIGHUP: cannot reopen the log file '%s': %s; still writing to the one open",
+				 log_path, strerror(hup));
+		else
+			snprintf(msg, sizeof(msg), log_file ? "SIGHUP: log file '%s' reopened" :
+				 "SIGHUP: no log file to reopen (it does not unmount; SIGTERM does)",
+				 log_path);
+		log_emit_locked(hup ? LOG_WARNING : LOG_NOTICE, "log", msg);
+	}
+	log_emit_locked(level, subsys, raw);
+}
+
+static void log_emit_locked(int level, const char *subsys, const char *raw)
+{
+	char msg[4096], stamp[64];
+	FILE *out = log_file ? log_file : stderr;
+
 	if (level > __atomic_load_n(&log_level, __ATOMIC_RELAXED))
 		return;
-	escape_controls(raw, msg, sizeof(msg));
 	if (log_sink == VP_LOG_SYSLOG) {
+		escape_controls(raw, msg, sizeof(msg));
 		syslog(level, "%s: %s", subsys, msg);
-	} else {
-		FILE *out = log_file ? log_file : stderr;
-		struct timespec ts;
-		struct tm tm;
-		char stamp[32];
-
-		clock_gettime(CLOCK_REALTIME, &ts);
-		localtime_r(&ts.tv_sec, &tm);
-		strftime(stamp, sizeof(stamp), "%Y-%m-%d %H:%M:%S", &tm);
-		fprintf(out, "%s.%03ld viperfs %s %s: %s\n", stamp,
-			ts.tv_nsec / 1000000, level_names[level], subsys, msg);
+		return;
 	}
+	stamp_now(stamp, sizeof(stamp));
+	if (log_json) {
+		/* names that are not UTF-8 as everywhere else in our JSON (json.h) */
+		char *line = vp_json_line(json_pack("{s:s,s:s,s:s,s:i,s:o}", "time", stamp,
+						    "level", level_names[level], "subsys", subsys,
+						    "pid", (int)getpid(), "msg", vp_json_name(raw)));
+
+		if (line) {
+			fputs(line, out);
+			free(line);
+			return;
+		}
+		/* out of memory: the line as text, not nothing */
+	}
+	escape_controls(raw, msg, sizeof(msg));
+	fprintf(out, "%s viperfs %s %s: %s\n", stamp, level_names[level], subsys, msg);
 }

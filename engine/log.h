@@ -9,6 +9,7 @@
 #ifndef VP_LOG_H
 #define VP_LOG_H
 
+#include <stddef.h>
 #include <syslog.h>
 
 /* Where log lines go.  VP_LOG_STDERR is the default until vp_log_open(). */
@@ -21,6 +22,18 @@ enum vp_log_sink { VP_LOG_STDERR, VP_LOG_SYSLOG, VP_LOG_FILE };
 int vp_log_open(enum vp_log_sink sink, const char *path, int level);
 void vp_log_close(void);
 void vp_log_set_level(int level);
+
+/* log_format=json (1: one JSON object a line) and log_time=utc (1), for the stderr and file sinks. */
+void vp_log_set_format(int json, int utc);
+
+/*
+ * SIGHUP reopens the log file (for logrotate) and does nothing else; the
+ * next line says whether it worked.  Returns 0 or -errno from sigaction.
+ */
+int vp_log_reopen_on_hup(void);
+
+/* 0 if syslog's socket (/dev/log) takes a connection, else -1 with why. */
+int vp_log_syslog_reachable(char *why, size_t len);
 
 /* Parses "error", "warning", "notice", "info", "debug"; -1 if unknown. */
 int vp_log_level_parse(const char *name);
