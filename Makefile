@@ -70,7 +70,7 @@ $(BUILD)/libviper.a: $(ENGINE_OBJ)
 	ar rcs $@ $^
 
 $(BUILD)/viperfs: $(FS_OBJ) $(BUILD)/libviper.a
-	$(CC) $(LDFLAGS) -o $@ $(FS_OBJ) $(BUILD)/libviper.a $(FUSE_LIBS) $(ENGINE_LIBS)
+	$(CC) $(LDFLAGS) -o $@ $(FS_OBJ) $(BUILD)/libviper.a $(FUSE_LIBS) -lmount $(ENGINE_LIBS)
 
 VIPERCTL_OBJ = $(patsubst %.c,$(BUILD)/%.o,$(wildcard tools/*.c))
 $(BUILD)/viperctl: $(VIPERCTL_OBJ) $(BUILD)/libviper.a

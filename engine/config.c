@@ -31,8 +31,22 @@ typedef int opt_parse_fn(struct vp_config *cfg, const struct opt *o,
  * One option: the redis static_configs[] way, a name, its validator, the
  * field it fills, its bounds, default and help.
  */
+/* The sections of --help and of the man page, in their order. */
+enum opt_group { G_MOUNT, G_CACHE, G_FLUSH, G_REPL, G_PLAN, G_GPU, G_OPS, N_GROUPS };
+
+static const char *const group_titles[N_GROUPS] = {
+	[G_MOUNT] = "The mount",
+	[G_CACHE] = "The RAM cache and reads",
+	[G_FLUSH] = "The flush to the PFS",
+	[G_REPL] = "Replication (producer: listen=; consumer: subscribe=)",
+	[G_PLAN] = "The planner (publish=schedule)",
+	[G_GPU] = "The GPU tier",
+	[G_OPS] = "Logs, metrics and hooks",
+};
+
 struct opt {
 	const char *name;
+	enum opt_group group;
 	opt_parse_fn *parse;
 	size_t offset;			/* of the field in struct vp_config */
 	size_t size;			/* of the field: bounds a string's length */
@@ -51,6 +65,8 @@ static const char *const PUBLISH_POLICIES[] = {
 static const char *const GPU_TIERS[] = { "cuda", "ram", NULL };
 static const char *const GPU_DIRECT_MODES[] = { "auto", "off", NULL };
 static const char *const PASSTHROUGH_MODES[] = { "auto", "off", NULL };
+static const char *const LOG_FORMATS[] = { "text", "json", NULL };
+static const char *const LOG_TIMES[] = { "local", "utc", NULL };
 static const char *const RECOVER_MODES[] = { "on", "off", NULL };
 
 static uint64_t physical_memory(void)
@@ -404,103 +420,109 @@ static int parse_subscribe(struct vp_config *cfg, const struct opt *o,
 }
 
 static const struct opt options[] = {
-	{ .name = "pfs_dir", .parse = parse_string_opt, FIELD(pfs_dir), .def = "",
+	{ .name = "pfs_dir", .group = G_MOUNT, .parse = parse_string_opt, FIELD(pfs_dir), .def = "",
 	  .help = "the PFS directory, for a config file that describes the whole mount (instead of the first argument)" },
-	{ .name = "mountpoint", .parse = parse_string_opt, FIELD(mountpoint), .def = "",
+	{ .name = "mountpoint", .group = G_MOUNT, .parse = parse_string_opt, FIELD(mountpoint), .def = "",
 	  .help = "the mount point, for a config file that describes the whole mount (instead of the second argument)" },
-	{ .name = "nonempty", .parse = parse_count, FIELD(nonempty), .def = "0",
+	{ .name = "nonempty", .group = G_MOUNT, .parse = parse_count, FIELD(nonempty), .def = "0",
 	  .help = "1: mount over a directory that is not empty (its files are hidden while mounted); else such a mount is refused",
 	  .max = 1 },
-	{ .name = "ram_cache", .parse = parse_size_opt, FIELD(ram_cache), .def = "25%",
-	  .help = "RAM for file data (K/M/G suffix or % of physical memory)" },
-	{ .name = "ram_prefault", .parse = parse_size_opt, FIELD(ram_prefault), .def = "256M",
+	{ .name = "ram_cache", .group = G_CACHE, .parse = parse_size_opt, FIELD(ram_cache), .def = "25%",
+	  .help = "RAM for file data: a size, or a percentage of physical memory" },
+	{ .name = "ram_prefault", .group = G_CACHE, .parse = parse_size_opt, FIELD(ram_prefault), .def = "256M",
 	  .help = "cache memory faulted in at start, for replicas and chunked files" },
-	{ .name = "ram_spare", .parse = parse_size_opt, FIELD(ram_spare), .def = "256M",
+	{ .name = "ram_spare", .group = G_CACHE, .parse = parse_size_opt, FIELD(ram_spare), .def = "256M",
 	  .help = "memory allocated ahead for the next version, so its writes land in pages that exist (at most a quarter of ram_cache; 0: off)" },
-	{ .name = "cache_wait", .parse = parse_seconds_opt, FIELD(cache_wait), .def = "10",
+	{ .name = "cache_wait", .group = G_CACHE, .parse = parse_seconds_opt, FIELD(cache_wait), .def = "10",
 	  .help = "seconds a writer waits for cache space before ENOSPC" },
-	{ .name = "flush", .parse = parse_flush, FIELD(flush_policy), .def = "latest",
+	{ .name = "flush", .group = G_FLUSH, .parse = parse_flush, FIELD(flush_policy), .def = "latest",
 	  .help = "which versions reach the PFS: latest, all, every:N" },
-	{ .name = "flush_bw", .parse = parse_size_opt, FIELD(flush_bw), .def = "0",
-	  .help = "cap on PFS write bandwidth, bytes per second (0: none)" },
-	{ .name = "flush_interval", .parse = parse_seconds_opt, FIELD(flush_interval), .def = "0",
+	{ .name = "flush_bw", .group = G_FLUSH, .parse = parse_size_opt, FIELD(flush_bw), .def = "0",
+	  .help = "cap on PFS write bandwidth, in bytes per second (100M: 100 MiB/s; 0: none)" },
+	{ .name = "flush_interval", .group = G_FLUSH, .parse = parse_seconds_opt, FIELD(flush_interval), .def = "0",
 	  .help = "seconds between flush passes (0: flush as soon as committed)" },
-	{ .name = "flush_inflight", .parse = parse_positive, FIELD(flush_inflight), .def = "2",
+	{ .name = "flush_inflight", .group = G_FLUSH, .parse = parse_positive, FIELD(flush_inflight), .def = "2",
 	  .help = "files written to the PFS at the same time" },
-	{ .name = "flush_retry_max", .parse = parse_seconds_opt, FIELD(flush_retry_max), .def = "30",
+	{ .name = "flush_retry_max", .group = G_FLUSH, .parse = parse_seconds_opt, FIELD(flush_retry_max), .def = "30",
 	  .help = "longest back-off between retries of a failed PFS operation" },
-	{ .name = "fsync", .parse = parse_fsync, FIELD(fsync_mode), .def = "cache",
+	{ .name = "fsync", .group = G_FLUSH, .parse = parse_fsync, FIELD(fsync_mode), .def = "cache",
 	  .help = "what fsync() waits for: cache (committed in memory), peers[:N] (N consumers hold the version, default 1; at most 120 s, else EIO) or pfs (on the PFS)" },
-	{ .name = "unmount_wait", .parse = parse_seconds_opt, FIELD(unmount_wait), .def = "300",
+	{ .name = "unmount_wait", .group = G_FLUSH, .parse = parse_seconds_opt, FIELD(unmount_wait), .def = "300",
 	  .help = "seconds to drain pending flushes at unmount (0: until done)" },
-	{ .name = "log_level", .parse = parse_log_level, FIELD(log_level), .def = "info",
+	{ .name = "log_level", .group = G_OPS, .parse = parse_log_level, FIELD(log_level), .def = "info",
 	  .help = "error, warning, notice, info or debug" },
-	{ .name = "log_file", .parse = parse_string_opt, FIELD(log_file), .def = "",
-	  .help = "append logs to this file (default: stderr with -f, else syslog)" },
-	{ .name = "control", .parse = parse_string_opt, FIELD(control), .def = "",
-	  .help = "control socket for viperctl (default: /run/viperfs/<pid>.sock)" },
-	{ .name = "config", .parse = parse_config, FIELD(config_file), .def = "",
+	{ .name = "log_file", .group = G_OPS, .parse = parse_string_opt, FIELD(log_file), .def = "",
+	  .help = "append logs to this file (default: stderr with -f, else syslog; where syslog is not reachable, the daemon says so and falls back to /var/log/viperfs.log, or $XDG_STATE_HOME/viperfs/viperfs.log); SIGHUP reopens it" },
+	{ .name = "log_format", .group = G_OPS, .parse = parse_choice, FIELD(log_format), .def = "text",
+	  .help = "text, or json: one object a line (time, level, subsystem, message, pid), for log shippers; syslog lines stay text",
+	  .choices = LOG_FORMATS },
+	{ .name = "log_time", .group = G_OPS, .parse = parse_choice, FIELD(log_time), .def = "local",
+	  .help = "time stamps of log lines in local time with its UTC offset (local), or in UTC (utc)",
+	  .choices = LOG_TIMES },
+	{ .name = "control", .group = G_MOUNT, .parse = parse_string_opt, FIELD(control), .def = "",
+	  .help = "control socket for viperctl (default: /run/viperfs/viperfs-PID.sock; for a user, $XDG_RUNTIME_DIR/viperfs-PID.sock)" },
+	{ .name = "config", .group = G_MOUNT, .parse = parse_config, FIELD(config_file), .def = "",
 	  .help = "read options from FILE, one 'name = value' a line" },
-	{ .name = "publish", .parse = parse_enum, FIELD(publish), .def = "all",
+	{ .name = "publish", .group = G_PLAN, .parse = parse_enum, FIELD(publish), .def = "all",
 	  .help = "which versions ship and flush: all, or schedule (the planner picks; needs plan_t_infer, plan_inferences)",
 	  .choices = PUBLISH_POLICIES },
-	{ .name = "loss_log", .parse = parse_string_opt, FIELD(loss_log), .def = "loss.csv",
+	{ .name = "loss_log", .group = G_PLAN, .parse = parse_string_opt, FIELD(loss_log), .def = "loss.csv",
 	  .help = "with publish=schedule: the loss log the job writes in the mount (iter,loss CSV, Keras CSVLogger, Lightning metrics.csv)" },
-	{ .name = "plan_warmup", .parse = parse_positive, FIELD(plan_warmup), .def = "200",
+	{ .name = "plan_warmup", .group = G_PLAN, .parse = parse_positive, FIELD(plan_warmup), .def = "200",
 	  .help = "with publish=schedule: training iterations of warm-up before the first fit" },
-	{ .name = "plan_refit", .parse = parse_positive, FIELD(plan_refit), .def = "200",
+	{ .name = "plan_refit", .group = G_PLAN, .parse = parse_positive, FIELD(plan_refit), .def = "200",
 	  .help = "with publish=schedule: iterations between re-fits" },
-	{ .name = "plan_t_infer", .parse = parse_seconds_opt, FIELD(plan_t_infer), .def = "0",
+	{ .name = "plan_t_infer", .group = G_PLAN, .parse = parse_seconds_opt, FIELD(plan_t_infer), .def = "0",
 	  .help = "with publish=schedule: seconds per inference on the consumers" },
-	{ .name = "plan_inferences", .parse = parse_count, FIELD(plan_inferences), .def = "0",
+	{ .name = "plan_inferences", .group = G_PLAN, .parse = parse_count, FIELD(plan_inferences), .def = "0",
 	  .help = "with publish=schedule: inferences served after warm-up" },
-	{ .name = "plan_lambda", .parse = parse_seconds_opt, FIELD(plan_lambda), .def = "0",
+	{ .name = "plan_lambda", .group = G_PLAN, .parse = parse_seconds_opt, FIELD(plan_lambda), .def = "0",
 	  .help = "with publish=schedule: weight of producer stall against inference loss" },
-	{ .name = "listen", .parse = parse_listen, FIELD(listen), .def = "",
+	{ .name = "listen", .group = G_REPL, .parse = parse_listen, FIELD(listen), .def = "",
 	  .help = "producer: serve consumers on ADDR:PORT (libfabric)" },
-	{ .name = "subscribe", .parse = parse_subscribe, FIELD(subscribe), .def = "",
+	{ .name = "subscribe", .group = G_REPL, .parse = parse_subscribe, FIELD(subscribe), .def = "",
 	  .help = "consumer: replicate from the producer at HOST:PORT; the mount is then read-only" },
-	{ .name = "secret_file", .parse = parse_string_opt, FIELD(secret_file), .def = "",
+	{ .name = "secret_file", .group = G_REPL, .parse = parse_string_opt, FIELD(secret_file), .def = "",
 	  .help = "file with the shared secret of every node (16+ bytes; openssl rand -hex 32): peers authenticate with it (HMAC-SHA256) and seal every message (ChaCha20-Poly1305); replication (listen= or subscribe=) needs it, unless insecure=1" },
-	{ .name = "insecure", .parse = parse_count, FIELD(insecure), .def = "0",
+	{ .name = "insecure", .group = G_REPL, .parse = parse_count, FIELD(insecure), .def = "0",
 	  .help = "1: replicate without secret_file, on a network nobody else reaches (peers are then checked by address only: anyone who reaches the port, local users too, can read announced versions and inject messages)",
 	  .max = 1 },
-	{ .name = "fabric_provider", .parse = parse_string_opt, FIELD(fabric_provider), .def = "",
+	{ .name = "fabric_provider", .group = G_REPL, .parse = parse_string_opt, FIELD(fabric_provider), .def = "",
 	  .help = "libfabric provider (default: $FI_PROVIDER, else tcp;ofi_rxm)" },
-	{ .name = "repl_inflight", .parse = parse_positive, FIELD(repl_inflight), .def = "8",
+	{ .name = "repl_inflight", .group = G_REPL, .parse = parse_positive, FIELD(repl_inflight), .def = "8",
 	  .help = "RMA reads of 1 MiB in flight per transfer" },
-	{ .name = "repl_stream", .parse = parse_size_opt, FIELD(repl_stream), .def = "16M",
+	{ .name = "repl_stream", .group = G_REPL, .parse = parse_size_opt, FIELD(repl_stream), .def = "16M",
 	  .help = "producer: while a file is being written, offer consumers its finished chunks every this many bytes, so little is left to move at close (0: ship at close only)" },
-	{ .name = "on_update", .parse = parse_string_opt, FIELD(on_update), .def = "",
+	{ .name = "on_update", .group = G_OPS, .parse = parse_string_opt, FIELD(on_update), .def = "",
 	  .help = "shell command run for each new version, with VIPERFS_PATH, VIPERFS_VERSION, VIPERFS_SIZE set (for servers with a load API)" },
-	{ .name = "on_update_timeout", .parse = parse_seconds_opt, FIELD(on_update_timeout), .def = "60",
+	{ .name = "on_update_timeout", .group = G_OPS, .parse = parse_seconds_opt, FIELD(on_update_timeout), .def = "60",
 	  .help = "seconds an on_update command may run; past it, it is killed (SIGTERM, then SIGKILL 2 s later) and the log says so (0: no limit)" },
-	{ .name = "max_file_size", .parse = parse_size_opt, FIELD(max_file_size), .def = "0",
+	{ .name = "max_file_size", .group = G_CACHE, .parse = parse_size_opt, FIELD(max_file_size), .def = "0",
 	  .help = "largest file a replica accepts from the network; 0: the cache size (ram_cache)" },
-	{ .name = "gpu_cache", .parse = parse_size_opt, FIELD(gpu_cache), .def = "0",
+	{ .name = "gpu_cache", .group = G_GPU, .parse = parse_size_opt, FIELD(gpu_cache), .def = "0",
 	  .help = "GPU memory for the GPU tier: the newest version of each file is mirrored there (0: off; without a usable device the tier is off and the log says why)" },
-	{ .name = "gpu_device", .parse = parse_count, FIELD(gpu_device), .def = "0",
+	{ .name = "gpu_device", .group = G_GPU, .parse = parse_count, FIELD(gpu_device), .def = "0",
 	  .help = "CUDA device of the GPU tier" },
-	{ .name = "gpu_tier", .parse = parse_choice, FIELD(gpu_tier), .def = "cuda",
+	{ .name = "gpu_tier", .group = G_GPU, .parse = parse_choice, FIELD(gpu_tier), .def = "cuda",
 	  .help = "the GPU tier's implementation: cuda, or ram (host memory posing as the device, to test the tier on a node without a GPU)",
 	  .choices = GPU_TIERS },
-	{ .name = "passthrough", .parse = parse_choice, FIELD(passthrough), .def = "auto",
+	{ .name = "passthrough", .group = G_CACHE, .parse = parse_choice, FIELD(passthrough), .def = "auto",
 	  .help = "auto: readers of a committed version get its memory file by FUSE passthrough where the kernel and libfuse allow it; off: the daemon serves every read (splice)",
 	  .choices = PASSTHROUGH_MODES },
-	{ .name = "gpu_direct", .parse = parse_choice, FIELD(gpu_direct), .def = "auto",
+	{ .name = "gpu_direct", .group = G_GPU, .parse = parse_choice, FIELD(gpu_direct), .def = "auto",
 	  .help = "GPU-direct replication: auto (where the fabric can register the tier's memory, FI_HMEM for CUDA, a consumer's reads land in its GPU tier and a producer serves complete GPU mirrors from it) or off (always through the host caches)",
 	  .choices = GPU_DIRECT_MODES },
-	{ .name = "metrics", .parse = parse_string_opt, FIELD(metrics), .def = "",
+	{ .name = "metrics", .group = G_OPS, .parse = parse_string_opt, FIELD(metrics), .def = "",
 	  .help = "serve Prometheus metrics at http://ADDR:PORT/metrics (a bare PORT binds 127.0.0.1)" },
-	{ .name = "peer_timeout", .parse = parse_seconds_opt, FIELD(peer_timeout), .def = "5",
+	{ .name = "peer_timeout", .group = G_REPL, .parse = parse_seconds_opt, FIELD(peer_timeout), .def = "5",
 	  .help = "seconds without a heartbeat before a peer counts as dead" },
-	{ .name = "relay_fanout", .parse = parse_count, FIELD(relay_fanout), .def = "1",
+	{ .name = "relay_fanout", .group = G_REPL, .parse = parse_count, FIELD(relay_fanout), .def = "1",
 	  .help = "producer: relay tree of consumers: the producer and each consumer serve at most this many consumers, which re-serve the chunks they received (1: a chain; 0: every consumer reads from the producer; at most 8)",
 	  .max = VP_RELAY_FANOUT_MAX },
-	{ .name = "recover", .parse = parse_choice, FIELD(recover), .def = "on",
+	{ .name = "recover", .group = G_REPL, .parse = parse_choice, FIELD(recover), .def = "on",
 	  .help = "producer: on (a version that reached a consumer and not the PFS before this producer's last run ended is read back from the consumer, hash-checked, served and flushed) or off (it is not; the next version of the path is numbered after it all the same)",
 	  .choices = RECOVER_MODES },
-	{ .name = "relay_wait", .parse = parse_seconds_opt, FIELD(relay_wait), .def = "2",
+	{ .name = "relay_wait", .group = G_REPL, .parse = parse_seconds_opt, FIELD(relay_wait), .def = "2",
 	  .help = "consumer: seconds a relayed transfer waits on the relay node without progress before the producer serves the rest" },
 };
 
@@ -703,11 +725,59 @@ uint64_t vp_config_max_file_size(const struct vp_config *cfg)
 	return cfg->max_file_size ? cfg->max_file_size : cfg->ram_cache;
 }
 
+/* Writes text from column indent, wrapped at 80 columns; the first line starts at col. */
+static void help_wrap(FILE *out, const char *text, int col, int indent)
+{
+	const char *p = text;
+
+	while (*p) {
+		int room = 80 - col, len = (int)strcspn(p, " ");
+
+		if (col > indent && len + 1 > room) {
+			fprintf(out, "\n%*s", indent, "");
+			col = indent;
+		} else if (col > indent) {
+			fputc(' ', out);
+			col++;
+		}
+		fprintf(out, "%.*s", len, p);
+		col += len;
+		p += len;
+		while (*p == ' ')
+			p++;
+	}
+	fputc('\n', out);
+}
+
 void vp_config_help(FILE *out)
 {
-	fprintf(out, "viperfs options (-o name=value,... or in a config file):\n");
-	for (size_t i = 0; i < N_OPTIONS; i++)
-		fprintf(out, "    %-16s %s (default: %s)\n", options[i].name,
-			options[i].help,
-			*options[i].def ? options[i].def : "none");
+	char text[1024];
+
+	fprintf(out, "Options (-o name=value,... or 'name = value' lines in a config file).\n"
+		     "Sizes and rates take K, M, G or T, binary: 1K is 1024 bytes, and\n"
+		     "flush_bw=100M is 100 MiB/s (KiB, MB and the like are read the same).\n"
+		     "Times are in seconds and may have decimals.\n");
+	for (int g = 0; g < N_GROUPS; g++) {
+		fprintf(out, "\n%s:\n", group_titles[g]);
+		for (size_t i = 0; i < N_OPTIONS; i++) {
+			const struct opt *o = &options[i];
+			int col;
+
+			if (o->group != (enum opt_group)g)
+				continue;
+			col = fprintf(out, "  %s", o->name);
+			if (strstr(o->help, "(default:"))
+				snprintf(text, sizeof(text), "%s", o->help);
+			else
+				snprintf(text, sizeof(text), "%s (default: %s)", o->help,
+					 *o->def ? o->def : "none");
+			if (col >= 21) {
+				fprintf(out, "\n%*s", 21, "");
+				col = 21;
+			} else {
+				col += fprintf(out, "%*s", 21 - col, "");
+			}
+			help_wrap(out, text, col, 21);
+		}
+	}
 }

@@ -53,6 +53,8 @@ struct vp_config {
 	double unmount_wait;		/* seconds to drain flushes at unmount, 0: forever */
 	int log_level;			/* syslog level */
 	char log_file[PATH_MAX];	/* empty: stderr in foreground, else syslog */
+	char log_format[8];		/* text, or json */
+	char log_time[8];		/* local (with its offset), or utc */
 	char control[PATH_MAX];		/* control socket path, empty: derived */
 	char config_file[PATH_MAX];	/* the file given with config=, if any */
 	enum vp_publish_policy publish;

@@ -79,6 +79,15 @@ static int check_passthru(const char *opts, char *err, size_t errlen)
 	return rc;
 }
 
+/* The short usage, for a usage error. */
+static void usage_short(FILE *out)
+{
+	fprintf(out,
+		"usage: viperfs [-f] [-d] [-o opt[,opt...]] PFS_DIR MOUNTPOINT\n"
+		"       viperfs [-f] -o config=FILE\n"
+		"'viperfs --help' lists the options; man viperfs has the details.\n");
+}
+
 static void usage(FILE *out)
 {
 	fprintf(out,
@@ -88,12 +97,15 @@ static void usage(FILE *out)
 		"Mounts PFS_DIR (a directory on the parallel file system) at MOUNTPOINT\n"
 		"through a RAM cache; checkpoints reach PFS_DIR in the background.\n"
 		"\n"
-		"    -f          stay in the foreground, log to stderr\n"
-		"    -d          debug: foreground and log_level=debug\n"
-		"    -o opt,...  options below, or FUSE's own (allow_other, ...)\n"
-		"    -h, --help  this text\n"
-		"    -V          version\n\n");
+		"  -f                 stay in the foreground, log to stderr\n"
+		"  -d                 debug: foreground and log_level=debug\n"
+		"  -o opt,...         options below, or FUSE's own (allow_other, ...)\n"
+		"  -h, --help         this text\n"
+		"  -V, --version      the versions of viperfs and libfuse\n"
+		"\n");
 	vp_config_help(out);
+	fprintf(out, "\nExit status: 0 mounted (or a clean stop with -f), 1 the mount failed,\n"
+		     "2 a usage or option error (nothing was mounted).\n");
 }
 
 /* Tells the waiting parent how the start went; "" means mounted. */
@@ -188,15 +200,20 @@ static void notify_ready(void)
 	close(fd);
 }
 
+/* Where default control sockets live: /run/viperfs for root, else $XDG_RUNTIME_DIR or /tmp. */
+static const char *control_dir(void)
+{
+	const char *xdg = getenv("XDG_RUNTIME_DIR");
+
+	if (geteuid() == 0)
+		return "/run/viperfs";
+	return xdg && *xdg ? xdg : "/tmp";
+}
+
 static int default_control_path(char *buf, size_t len)
 {
-	const char *dir = "/run/viperfs";
+	const char *dir = control_dir();
 
-	if (geteuid() != 0) {
-		const char *xdg = getenv("XDG_RUNTIME_DIR");
-
-		dir = xdg && *xdg ? xdg : "/tmp";
-	}
 	if (mkdir(dir, 0755) && errno != EEXIST)
 		return -errno;
 	snprintf(buf, len, "%s/viperfs-%d.sock", dir, (int)getpid());
@@ -225,6 +242,7 @@ struct daemon {
 	struct vp_hook *hook;
 	struct vp_ctl *ctl;
 	int pfs_lock_fd;		/* this node's claim on the PFS directory, -1: none */
+	char pfs_lock_path[PATH_MAX + 64];
 	char err[PATH_MAX + 512];	/* why a start step failed */
 };
 
@@ -286,7 +304,9 @@ static int parse_args(struct daemon *d, int argc, char **argv, const char *pos[2
 		pos[npos++] = d->cfg.mountpoint;
 	}
 	if (npos != 2) {
-		usage(stderr);
+		fprintf(stderr, "viperfs: %s\n", npos ? "name the mount point too" :
+			"name the PFS directory and the mount point");
+		usage_short(stderr);
 		return 2;
 	}
 	if (d->debug)
@@ -347,12 +367,67 @@ static int is_viperfs_mount(const char *path)
  * another live mount holds it (printed), or 0 with a warning if no lock
  * can be made here.
  */
+/*
+ * Takes path's lock: 1 held, 0 another holds it, -1 with errno.  A lock
+ * file is unlinked by its holder at exit (and by clean_stale_locks), so a
+ * lock taken on a file that was unlinked meanwhile is dropped and taken
+ * again on the new one.
+ */
+static int lock_file(const char *path, int *out_fd)
+{
+	for (int tries = 0; tries < 8; tries++) {
+		struct stat held, now;
+		int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
+
+		if (fd < 0)
+			return -1;
+		if (flock(fd, LOCK_EX | LOCK_NB)) {
+			int e = errno;
+
+			close(fd);
+			errno = e;
+			return e == EWOULDBLOCK ? 0 : -1;
+		}
+		if (!fstat(fd, &held) && !stat(path, &now) && held.st_ino == now.st_ino &&
+		    held.st_dev == now.st_dev) {
+			*out_fd = fd;
+			return 1;
+		}
+		close(fd);
+	}
+	errno = EAGAIN;
+	return -1;
+}
+
+/* Removes the lock files in dir that nobody holds (daemons killed with -9 left them). */
+static void clean_stale_locks(const char *dir)
+{
+	DIR *d = opendir(dir);
+	struct dirent *e;
+	char path[PATH_MAX];
+
+	if (!d)
+		return;
+	while ((e = readdir(d))) {
+		int fd;
+
+		if (strncmp(e->d_name, "pfs-", 4) || !strstr(e->d_name, ".lock") ||
+		    (size_t)snprintf(path, sizeof(path), "%s/%s", dir, e->d_name) >= sizeof(path))
+			continue;
+		if (lock_file(path, &fd) == 1) {
+			unlink(path);	/* under the lock: a claimer re-checks the inode */
+			close(fd);
+		}
+	}
+	closedir(d);
+}
+
 static int claim_pfs_dir(struct daemon *d)
 {
 	const char *run = geteuid() == 0 ? "/run" : getenv("XDG_RUNTIME_DIR");
 	struct stat pfs, net;
-	char dir[PATH_MAX], path[PATH_MAX + 64];
-	int fd;
+	char dir[PATH_MAX];
+	int fd = -1, rc;
 
 	if (stat(d->pfs_dir, &pfs) || stat("/proc/self/ns/net", &net))
 		return 0;
@@ -363,23 +438,33 @@ static int claim_pfs_dir(struct daemon *d)
 			dir, strerror(errno));
 		return 0;
 	}
-	snprintf(path, sizeof(path), "%s/pfs-%llu-%llu-%llu.lock", dir,
+	clean_stale_locks(dir);
+	snprintf(d->pfs_lock_path, sizeof(d->pfs_lock_path), "%s/pfs-%llu-%llu-%llu.lock", dir,
 		 (unsigned long long)net.st_ino, (unsigned long long)pfs.st_dev,
 		 (unsigned long long)pfs.st_ino);
-	fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
-	if (fd < 0) {
-		fprintf(stderr, "viperfs: warning: cannot open '%s' (%s): a second mount of this PFS directory on this node is not refused\n",
-			path, strerror(errno));
+	rc = lock_file(d->pfs_lock_path, &fd);
+	if (rc < 0) {
+		fprintf(stderr, "viperfs: warning: cannot lock '%s' (%s): a second mount of this PFS directory on this node is not refused\n",
+			d->pfs_lock_path, strerror(errno));
 		return 0;
 	}
-	if (flock(fd, LOCK_EX | LOCK_NB)) {
+	if (rc == 0) {
 		fprintf(stderr, "viperfs: the PFS directory '%s' is served by another viperfs mount on this node; two would keep caches that disagree (unmount the other first)\n",
 			d->pfs_dir);
-		close(fd);
 		return 1;
 	}
 	d->pfs_lock_fd = fd;	/* held until exit (the child inherits it) */
 	return 0;
+}
+
+/* The daemon's last step: the claim's file goes, then the claim (a claimer re-checks the inode). */
+static void release_pfs_dir(struct daemon *d)
+{
+	if (d->pfs_lock_fd < 0)
+		return;
+	unlink(d->pfs_lock_path);
+	close(d->pfs_lock_fd);
+	d->pfs_lock_fd = -1;
 }
 
 /* The mount point: a directory, not a viperfs mount already, and empty unless nonempty=1. */
@@ -489,8 +574,67 @@ static int daemonize(struct daemon *d)
 
 /* ---- start steps: each returns 0, or -1 with d->err set ---- */
 
+/* mkdir -p: 0, or -1 with errno. */
+static int mkdir_p(const char *path, mode_t mode)
+{
+	char buf[PATH_MAX];
+
+	if (snprintf(buf, sizeof(buf), "%s", path) >= (int)sizeof(buf)) {
+		errno = ENAMETOOLONG;
+		return -1;
+	}
+	for (char *p = buf + 1; *p; p++) {
+		if (*p != '/')
+			continue;
+		*p = '\0';
+		if (mkdir(buf, mode) && errno != EEXIST)
+			return -1;
+		*p = '/';
+	}
+	return mkdir(buf, mode) && errno != EEXIST ? -1 : 0;
+}
+
+/*
+ * Where a daemon logs when syslog is not reachable: $XDG_STATE_HOME's
+ * viperfs/ if set, else /var/log for root, else ~/.local/state/viperfs.
+ */
+static int fallback_log_path(char *buf, size_t len)
+{
+	const char *xdg = getenv("XDG_STATE_HOME"), *home = getenv("HOME");
+	char dir[PATH_MAX];
+
+	if (xdg && *xdg)
+		snprintf(dir, sizeof(dir), "%s/viperfs", xdg);
+	else if (geteuid() == 0)
+		snprintf(dir, sizeof(dir), "/var/log");
+	else if (home && *home)
+		snprintf(dir, sizeof(dir), "%s/.local/state/viperfs", home);
+	else
+		return -ENOENT;
+	if (strcmp(dir, "/var/log") && mkdir_p(dir, 0700))
+		return -errno;
+	if ((size_t)snprintf(buf, len, "%s/viperfs.log", dir) >= len)
+		return -ENAMETOOLONG;
+	return 0;
+}
+
 static int start_log(struct daemon *d)
 {
+	char why[PATH_MAX + 64];
+
+	vp_log_set_format(!strcmp(d->cfg.log_format, "json"), !strcmp(d->cfg.log_time, "utc"));
+	if (!d->cfg.log_file[0] && !d->foreground &&
+	    vp_log_syslog_reachable(why, sizeof(why))) {
+		/* said once on stderr, which the waiting parent still shares */
+		if (fallback_log_path(d->cfg.log_file, sizeof(d->cfg.log_file))) {
+			fprintf(stderr, "viperfs: warning: syslog is not reachable (%s), and there is no log file to fall back to: the daemon's log is lost; give -o log_file=FILE\n",
+				why);
+			d->cfg.log_file[0] = '\0';
+		} else {
+			fprintf(stderr, "viperfs: warning: syslog is not reachable (%s); logging to %s (-o log_file=FILE chooses)\n",
+				why, d->cfg.log_file);
+		}
+	}
 	if (!d->cfg.log_file[0]) {
 		vp_log_open(d->foreground ? VP_LOG_STDERR : VP_LOG_SYSLOG, NULL,
 			    d->cfg.log_level);
@@ -649,7 +793,11 @@ static int start_signals(struct daemon *d)
 	 */
 	signal(SIGTERM, SIG_DFL);
 	signal(SIGINT, SIG_DFL);
-	signal(SIGHUP, SIG_DFL);
+	/* SIGHUP reopens the log (logrotate), and libfuse leaves a signal that has a handler alone */
+	if (vp_log_reopen_on_hup()) {
+		snprintf(d->err, sizeof(d->err), "cannot set the SIGHUP handler");
+		return -1;
+	}
 	if (fuse_set_signal_handlers(d->se)) {
 		snprintf(d->err, sizeof(d->err), "cannot set signal handlers");
 		return -1;
@@ -675,6 +823,7 @@ static int start_mount(struct daemon *d)
 	if (!strncmp(d->mountpoint, "/dev/fd/", 8))
 		return 0;	/* mounted by the parent: its mount point is not ours to name */
 	raise_read_ahead(d->mountpoint);
+	vpfs_clean_stale(control_dir());
 	snprintf(source, sizeof(source), "viperfs:%s", d->pfs_dir);
 	vpfs_utab_add(source, d->mountpoint);
 	return 0;
@@ -865,7 +1014,9 @@ int main(int argc, char **argv)
 		rc = check_args(&d, pos);
 	if (rc < 0)
 		rc = daemonize(&d);
-	if (rc < 0)
+	if (rc < 0) {
 		rc = daemon_run(&d);
+		release_pfs_dir(&d);	/* the daemon's; a parent that waited leaves it */
+	}
 	return rc;
 }

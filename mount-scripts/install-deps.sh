@@ -10,7 +10,7 @@ here=$(dirname "$0")
 fuse3_prefix=${1:-$here/../build/fuse3}
 # meson, ninja-build, dpkg-dev: build-libfuse.sh (apt-get source, the build)
 PKGS="build-essential pkg-config fuse3 libfuse3-dev meson ninja-build dpkg-dev libxxhash-dev libcmocka-dev
-libfabric-dev libfabric-bin libssl-dev libmicrohttpd-dev libjansson-dev clang libclang-rt-14-dev attr inotify-tools rsync gdb nftables python3 python3-pytest python3-numpy
+libmount-dev libfabric-dev libfabric-bin libssl-dev libmicrohttpd-dev libjansson-dev clang libclang-rt-14-dev attr inotify-tools rsync gdb nftables python3 python3-pytest python3-numpy
 python3-h5py python3-torch python3-watchdog
 slurmd slurmctld slurm-client munge prometheus gnuplot-nox curl"
 missing=""
