@@ -30,6 +30,7 @@
 #include <sys/file.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -146,24 +147,13 @@ static int wait_for_child(int fd)
  */
 static void raise_read_ahead(const char *mountpoint)
 {
-	FILE *f = fopen("/proc/self/mountinfo", "re");
-	char line[4096], path[128];
-	unsigned int major, minor;
-	int found = 0;
+	char path[128];
+	dev_t dev;
+	FILE *f;
 
-	if (!f)
+	if (!vpfs_mount_of(mountpoint, NULL, &dev))
 		return;
-	while (fgets(line, sizeof(line), f)) {
-		char mnt[PATH_MAX];
-
-		if (sscanf(line, "%*u %*u %u:%u %*s %4095s", &major, &minor, mnt) == 3 &&
-		    !strcmp(mnt, mountpoint))
-			found = 1;	/* the last match is the newest mount */
-	}
-	fclose(f);
-	if (!found)
-		return;
-	snprintf(path, sizeof(path), "/sys/class/bdi/%u:%u/read_ahead_kb", major, minor);
+	snprintf(path, sizeof(path), "/sys/class/bdi/%u:%u/read_ahead_kb", major(dev), minor(dev));
 	f = fopen(path, "we");
 	if (f) {
 		fputs("4096", f);
@@ -314,47 +304,12 @@ static int parse_args(struct daemon *d, int argc, char **argv, const char *pos[2
 	return -1;
 }
 
-/* Undoes /proc/self/mountinfo's octal escapes (\040 for a space) in place. */
-static void mountinfo_unescape(char *s)
-{
-	char *o = s;
-
-	for (; *s; s++, o++) {
-		if (s[0] == '\\' && s[1] >= '0' && s[1] <= '3' && s[2] >= '0' && s[2] <= '7' &&
-		    s[3] >= '0' && s[3] <= '7') {
-			*o = (char)((s[1] - '0') * 64 + (s[2] - '0') * 8 + (s[3] - '0'));
-			s += 3;
-		} else {
-			*o = *s;
-		}
-	}
-	*o = '\0';
-}
-
 /* 1 if path is the mount point of a viperfs mount (fuse.viperfs) in our mount table. */
 static int is_viperfs_mount(const char *path)
 {
-	FILE *f = fopen("/proc/self/mountinfo", "re");
-	char *line = NULL;
-	size_t cap = 0;
-	int found = 0;
+	int viperfs = 0;
 
-	if (!f)
-		return 0;
-	while (!found && getline(&line, &cap, f) > 0) {
-		char mnt[PATH_MAX], *sep = strstr(line, " - ");
-		char fstype[64];
-
-		/* id parent major:minor root MOUNT_POINT ... - FSTYPE SOURCE ... */
-		if (!sep || sscanf(line, "%*s %*s %*s %*s %4095s", mnt) != 1 ||
-		    sscanf(sep + 3, "%63s", fstype) != 1)
-			continue;
-		mountinfo_unescape(mnt);
-		found = !strcmp(mnt, path) && !strcmp(fstype, "fuse.viperfs");
-	}
-	free(line);
-	fclose(f);
-	return found;
+	return vpfs_mount_of(path, &viperfs, NULL) && viperfs;
 }
 
 /*

@@ -186,6 +186,26 @@ static void clean_sockets(const char *dir)
 	closedir(d);
 }
 
+int vpfs_mount_of(const char *mountpoint, int *viperfs, dev_t *devno)
+{
+	struct libmnt_table *mounts = mnt_new_table();
+	struct libmnt_fs *m = NULL;
+	int found = 0;
+
+	/* the newest mount on the path: mountinfo lists mounts oldest first */
+	if (mounts && !mnt_table_parse_file(mounts, "/proc/self/mountinfo"))
+		m = mnt_table_find_target(mounts, mountpoint, MNT_ITER_BACKWARD);
+	if (m) {
+		found = 1;
+		if (viperfs)
+			*viperfs = !strcmp(mnt_fs_get_fstype(m) ?: "", "fuse.viperfs");
+		if (devno)
+			*devno = mnt_fs_get_devno(m);
+	}
+	mnt_unref_table(mounts);
+	return found;
+}
+
 void vpfs_clean_stale(const char *socket_dir)
 {
 	if (geteuid() == 0)

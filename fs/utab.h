@@ -2,6 +2,8 @@
 #ifndef VPFS_UTAB_H
 #define VPFS_UTAB_H
 
+#include <sys/types.h>
+
 /* Adds a utab entry (uhelper=viperfs) for the mount; logs and goes on if it cannot. */
 void vpfs_utab_add(const char *source, const char *mountpoint);
 /* Removes the entry again. */
@@ -14,5 +16,12 @@ void vpfs_utab_remove(const char *mountpoint);
  * logged.
  */
 void vpfs_clean_stale(const char *socket_dir);
+
+/*
+ * 1 if mountpoint is a mount point in this process's mount table, with
+ * whether its newest mount is viperfs's and that mount's device number;
+ * else 0.  (libmount reads mountinfo, its escapes included.)
+ */
+int vpfs_mount_of(const char *mountpoint, int *viperfs, dev_t *devno);
 
 #endif
