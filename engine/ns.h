@@ -187,10 +187,22 @@ struct vp_ns_kernel {
 	 * with ns->lock held: it must only queue.
 	 */
 	void (*inval_entry)(void *arg, uint64_t parent, const char *name);
+	/* The kernel's cached attributes of ino are stale.  Same rule. */
+	void (*inval_attr)(void *arg, uint64_t ino);
 };
 /* Set before the mount serves. */
 void vp_ns_set_kernel(struct vp_ns *ns, const struct vp_ns_kernel *ops, void *arg);
 int vp_handle_writable(const struct vp_handle *h);
+
+/*
+ * A write through h by a caller without CAP_FSETID clears the file's
+ * setuid bit, and its setgid bit where group execute is set, as a local
+ * file system does (the kernel leaves this to FUSE file systems for
+ * direct I/O writes).  The caller is not root: the bits are cleared (as a
+ * chmod: logged for the PFS) and the kernel's cached mode dropped.
+ */
+void vp_ns_write_kills_privs(struct vp_ns *ns, const struct vp_caller *who,
+			     struct vp_handle *h);
 ssize_t vp_ns_write(struct vp_ns *ns, struct vp_handle *h, const void *buf,
 		    size_t len, uint64_t off);
 /*

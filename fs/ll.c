@@ -83,7 +83,8 @@ static struct vp_ns *ns_of(fuse_req_t req)
  */
 struct inval {
 	STAILQ_ENTRY(inval) link;
-	fuse_ino_t parent;
+	fuse_ino_t parent;		/* the entry's directory, or the inode whose attributes changed */
+	int inode;			/* 1: the inode's attributes, not an entry */
 	char name[];
 };
 
@@ -104,20 +105,32 @@ static struct {
 	.queue = STAILQ_HEAD_INITIALIZER(ll.queue),
 };
 
-static void queue_inval_entry(void *arg, uint64_t parent, const char *name)
+static void queue_inval(uint64_t ino, int inode, const char *name)
 {
 	size_t len = strlen(name);
 	struct inval *iv = malloc(sizeof(*iv) + len + 1);
 
-	(void)arg;
 	if (!iv)
-		return;		/* the entry times out on its own (ENTRY_TIMEOUT) */
-	iv->parent = parent;
+		return;		/* it times out on its own (ENTRY_TIMEOUT, ATTR_TIMEOUT) */
+	iv->parent = ino;
+	iv->inode = inode;
 	memcpy(iv->name, name, len + 1);
 	pthread_mutex_lock(&ll.lock);
 	STAILQ_INSERT_TAIL(&ll.queue, iv, link);
 	pthread_cond_signal(&ll.cond);
 	pthread_mutex_unlock(&ll.lock);
+}
+
+static void queue_inval_entry(void *arg, uint64_t parent, const char *name)
+{
+	(void)arg;
+	queue_inval(parent, 0, name);
+}
+
+static void queue_inval_attr(void *arg, uint64_t ino)
+{
+	(void)arg;
+	queue_inval(ino, 1, "");
 }
 
 static void *notifier_main(void *arg)
@@ -137,7 +150,9 @@ static void *notifier_main(void *arg)
 		STAILQ_REMOVE_HEAD(&ll.queue, link);
 		stop = ll.stop;
 		pthread_mutex_unlock(&ll.lock);
-		if (!stop)
+		if (!stop && iv->inode)
+			fuse_lowlevel_notify_inval_inode(ll.se, iv->parent, -1, 0);	/* attributes only */
+		else if (!stop)
 			fuse_lowlevel_notify_inval_entry(ll.se, iv->parent, iv->name,
 							 strlen(iv->name));
 		free(iv);
@@ -147,7 +162,10 @@ static void *notifier_main(void *arg)
 	return NULL;
 }
 
-static const struct vp_ns_kernel kernel_ops = { .inval_entry = queue_inval_entry };
+static const struct vp_ns_kernel kernel_ops = {
+	.inval_entry = queue_inval_entry,
+	.inval_attr = queue_inval_attr,
+};
 
 int vpfs_ll_start(struct fuse_session *se, struct vp_ns *ns)
 {
@@ -264,6 +282,12 @@ static void vpfs_init(void *userdata, struct fuse_conn_info *conn)
 		conn->want |= FUSE_CAP_PARALLEL_DIROPS;
 	/* flock() and fcntl() locks stay node-local: the kernel does them */
 	conn->want &= ~(FUSE_CAP_POSIX_LOCKS | FUSE_CAP_FLOCK_LOCKS);
+	/*
+	 * setuid/setgid (and security.capability) on write, truncate and
+	 * chown by a caller without CAP_FSETID: the kernel clears them itself
+	 * (a SETATTR) when the file system does not claim the job.
+	 */
+	conn->want &= ~(FUSE_CAP_HANDLE_KILLPRIV | FUSE_CAP_HANDLE_KILLPRIV_V2);
 	/* writeback cache measured no gain here, and it rules passthrough out */
 	conn->want &= ~(FUSE_CAP_WRITEBACK_CACHE | FUSE_CAP_SPLICE_MOVE);
 	/*
@@ -659,6 +683,11 @@ static void vpfs_write_buf(fuse_req_t req, fuse_ino_t ino, struct fuse_bufvec *i
 	char *buf;
 
 	(void)ino;
+	if (fuse_req_ctx(req)->uid != 0) {
+		const struct vp_caller who = caller_of(req);
+
+		vp_ns_write_kills_privs(ns, &who, h);
+	}
 	n = vp_ns_write_fd(ns, h, (uint64_t)off, len, fill_from_request, in);
 	if (n == -ENOTSUP) {	/* chunks: through memory */
 		struct fuse_bufvec mem = FUSE_BUFVEC_INIT(len);

@@ -109,6 +109,33 @@ static void apply_attrs_locked(struct vp_ns *ns, struct vp_node *n,
 	}
 }
 
+/* The mode a write by an unprivileged caller leaves: no setuid, no setgid where group may execute. */
+static uint32_t killed_mode(uint32_t mode)
+{
+	mode &= ~(uint32_t)S_ISUID;
+	if ((mode & (S_ISGID | S_IXGRP)) == (S_ISGID | S_IXGRP))
+		mode &= ~(uint32_t)S_ISGID;
+	return mode;
+}
+
+void vp_ns_write_kills_privs(struct vp_ns *ns, const struct vp_caller *who,
+			     struct vp_handle *h)
+{
+	struct vp_node *n = h->node;
+	struct vp_setattr sa = { .set_mode = 1 };
+
+	if (!who || vp_caller_uid(who) == 0 || !h->writable)
+		return;		/* root has CAP_FSETID (the daemon cannot see finer capabilities) */
+	pthread_mutex_lock(&ns->lock);
+	sa.mode = killed_mode(n->mode);
+	if (sa.mode != n->mode) {
+		apply_attrs_locked(ns, n, &sa);
+		if (ns->kernel && ns->kernel->inval_attr)
+			ns->kernel->inval_attr(ns->kernel_arg, n->ino);
+	}
+	pthread_mutex_unlock(&ns->lock);
+}
+
 int vp_ns_setattr(struct vp_ns *ns, const struct vp_caller *who, uint64_t ino,
 		  const struct vp_setattr *sa, struct vp_handle *h,
 		  struct stat *st)
@@ -252,12 +279,14 @@ static int remove_entry(struct vp_ns *ns, const struct vp_caller *who,
 	if (rc)
 		return rc;
 	pthread_mutex_lock(&ns->lock);
-	n = vp_node_child_locked(ns, dir, name);
+	/* a read-only replica refuses first, as the VFS does for a read-only mount */
+	rc = vp_replica_refuse_locked(ns, who, want_dir ? "rmdir" : "unlink", name);
+	n = rc ? NULL : vp_node_child_locked(ns, dir, name);
 	if (n)
 		vp_node_get(n);
 	pthread_mutex_unlock(&ns->lock);
 	if (!n) {
-		rc = -ENOENT;
+		rc = rc ? rc : -ENOENT;
 		goto out_put_dir;
 	}
 	if (want_dir && n->type == VP_NODE_DIR)
@@ -274,8 +303,7 @@ static int remove_entry(struct vp_ns *ns, const struct vp_caller *who,
 		rc = -EISDIR;
 	} else if (want_dir && n->nchildren) {
 		rc = -ENOTEMPTY;
-	} else if (!(rc = vp_replica_refuse_locked(ns, who, want_dir ? "rmdir" : "unlink",
-						   name))) {
+	} else {
 		vp_flush_cancel_locked(ns, n);
 		vp_flush_log_locked(ns, OP_UNLINK, n, NULL, NULL, NULL);
 		vp_note_op_locked(ns, want_dir ? VP_OP_RMDIR : VP_OP_UNLINK, n, NULL, NULL);
@@ -419,10 +447,11 @@ int vp_ns_rename(struct vp_ns *ns, const struct vp_caller *who,
 	}
 
 	pthread_mutex_lock(&ns->lock);
-	rc = rename_check_locked(ns, dir, name, newdir, newname, victim, flags,
-				 &n);
+	/* a read-only replica refuses first, as the VFS does for a read-only mount */
+	rc = vp_replica_refuse_locked(ns, who, "rename", name);
 	if (rc == 0)
-		rc = vp_replica_refuse_locked(ns, who, "rename", name);
+		rc = rename_check_locked(ns, dir, name, newdir, newname, victim, flags,
+					 &n);
 	if (rc == 0) {
 		rename_apply_locked(ns, who, n, newdir, copy, victim);
 		copy = NULL;	/* the link owns it */

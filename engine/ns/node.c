@@ -347,7 +347,11 @@ void vp_node_stat_locked(struct vp_ns *ns, struct vp_node *n, struct stat *st)
 	memset(st, 0, sizeof(*st));
 	st->st_ino = n->ino;
 	st->st_mode = n->mode;
-	st->st_nlink = n->type == VP_NODE_DIR ? 2 + n->nsubdirs : 1;
+	/* unlinked (or removed) while still open: no name holds it, as POSIX has it */
+	if (!n->parent && n != ns->root)
+		st->st_nlink = 0;
+	else
+		st->st_nlink = n->type == VP_NODE_DIR ? 2 + n->nsubdirs : 1;
 	st->st_uid = n->uid;
 	st->st_gid = n->gid;
 	st->st_size = (off_t)vp_node_size_locked(ns, n);

@@ -294,3 +294,53 @@ def test_a_shell_redirect_commits_one_version(mnt):
     r = mnt.ctl("wait", mnt.path("empty"), "--newer-than", "0", "--timeout", "30")
     assert r.stdout.strip() == "1"
     assert read(mnt.path("empty")) == b""
+
+
+def test_an_unlinked_open_file_has_no_links(mnt):
+    with open(mnt.path("gone"), "wb") as f:
+        f.write(b"x")
+        assert os.fstat(f.fileno()).st_nlink == 1
+        os.unlink(mnt.path("gone"))
+        assert os.fstat(f.fileno()).st_nlink == 0
+    os.mkdir(mnt.path("d"))
+    fd = os.open(mnt.path("d"), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.rmdir(mnt.path("d"))
+        assert os.fstat(fd).st_nlink == 0
+    finally:
+        os.close(fd)
+    assert os.stat(mnt.mnt).st_nlink >= 2      # the root is not unlinked
+
+
+def as_nobody(*cmd):
+    return subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *cmd],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_setuid_and_setgid_go_at_a_write_by_another_user(world):
+    """As on tmpfs: a write by a user without CAP_FSETID clears setuid, and
+    setgid where the group may execute; a truncate too; root's write keeps
+    them.  The kernel's cached mode is dropped, so stat sees it at once."""
+    os.chmod(world.base, 0o755)                 # mkdtemp's 0700 would stop nobody first
+    m = world.mount("allow_other,default_permissions")
+    cases = {"suid": (0o4777, 0o777), "sgid": (0o2777, 0o777), "both": (0o6777, 0o777),
+             "sgid-noexec": (0o2767, 0o2767)}     # a mandatory-lock mark, kept
+    for name, (mode, _) in cases.items():
+        write(m.path(name), b"x")
+        os.chmod(m.path(name), mode)
+        assert stat.S_IMODE(os.stat(m.path(name)).st_mode) == mode
+        r = as_nobody("sh", "-c", "echo more >> '%s'" % m.path(name))
+        assert r.returncode == 0, r.stderr
+    for name, (_, want) in cases.items():
+        assert stat.S_IMODE(os.stat(m.path(name)).st_mode) == want, name
+    write(m.path("cut"), b"0123456789")
+    os.chmod(m.path("cut"), 0o6777)
+    assert as_nobody("truncate", "-s", "3", m.path("cut")).returncode == 0
+    assert stat.S_IMODE(os.stat(m.path("cut")).st_mode) == 0o777
+    write(m.path("root"), b"x")
+    os.chmod(m.path("root"), 0o6777)
+    with open(m.path("root"), "ab") as f:
+        f.write(b"by root")
+    assert stat.S_IMODE(os.stat(m.path("root")).st_mode) == 0o6777
+    m.flush()
+    assert stat.S_IMODE(os.stat(m.pfs_path("suid")).st_mode) == 0o777      # and so on the PFS

@@ -2,6 +2,7 @@
 real FUSE mounts, torch producers, watchdog and inotifywait consumers."""
 import hashlib
 import json
+import errno
 import os
 import signal
 import subprocess
@@ -94,6 +95,13 @@ def test_torch_versions_reach_consumers_with_inotify_events(world):
     with pytest.raises(OSError) as e:
         write(c1.path("model.pt"), b"no")
     assert e.value.errno == 30  # EROFS
+    # every change the daemon is asked for is EROFS first: rmdir of a
+    # non-empty directory too (it was ENOTEMPTY)
+    for change in (lambda: os.rmdir(c1.path("ckpt-1")), lambda: os.unlink(c1.path("model.pt")),
+                   lambda: os.rename(c1.path("model.pt"), c1.path("m2.pt"))):
+        with pytest.raises(OSError) as e:
+            change()
+        assert e.value.errno == errno.EROFS, e.value
     assert "read-only" in c1.read_log()
     reloader.stdin.close()
 
