@@ -444,10 +444,11 @@ static double objective(const struct vp_plan_input *in, const struct vp_schedule
 	return s->cil + in->lambda * s->overhead;
 }
 
-/* "1,234.5 (6.7%)": a saving against a baseline CIL. */
+/* "12345 (6.7%)", "16.64 (0.2%)": a saving against a baseline CIL. */
 static void format_saving(char *buf, size_t len, double saving, double baseline)
 {
-	snprintf(buf, len, "%.4g (%.2g%%)", saving, baseline > 0 ? 100 * saving / baseline : 0);
+	snprintf(buf, len, fabs(saving) >= 1000 ? "%.0f (%.3g%%)" : "%.4g (%.3g%%)", saving,
+		 baseline > 0 ? 100 * saving / baseline : 0);
 }
 
 /*
@@ -502,8 +503,8 @@ static void plan_recommend(const struct plan_args *a, struct plan *p)
 		snprintf(how, sizeof(how), "checkpoint every %llu iterations (the fixed schedule, %zu checkpoints)",
 			 (unsigned long long)p->rec->iters[0], p->rec->n);
 	else
-		snprintf(how, sizeof(how), "checkpoint at the %zu iterations of the %s schedule (listed above; all of them in --json)",
-			 p->rec->n, p->rec_name);
+		snprintf(how, sizeof(how), "checkpoint at the %zu iteration%s of the %s schedule (listed above; all of them in --json)",
+			 p->rec->n, p->rec->n == 1 ? "" : "s", p->rec_name);
 	format_saving(vs_none, sizeof(vs_none), p->cil_none - p->rec->cil, p->cil_none);
 	if (a->epoch > 0 && p->rec != &p->epoch) {
 		char s[64];
