@@ -49,6 +49,15 @@ static int is_number(const char *s, double *v)
 	return *end == '\0' && isfinite(*v);
 }
 
+/* A number that is nan or inf (Keras writes "nan" once a loss diverges). */
+static int is_nonfinite(const char *s)
+{
+	char *end;
+	double v = strtod(s, &end);
+
+	return *s && *end == '\0' && !isfinite(v);
+}
+
 static int find_column(char **cols, int n, const char *const *names)
 {
 	for (int k = 0; names[k]; k++)
@@ -58,14 +67,24 @@ static int find_column(char **cols, int n, const char *const *names)
 	return -1;
 }
 
-/* Parses an open stream; path names it in messages.  Closes f. */
+/* "a, b, c": the header's names, for a message. */
+static void list_columns(char **cols, int n, char *buf, size_t len)
+{
+	size_t used = 0;
+
+	buf[0] = '\0';
+	for (int i = 0; i < n && used < len; i++)
+		used += (size_t)snprintf(buf + used, len - used, "%s%s", i ? ", " : "", cols[i]);
+}
+
 /*
- * Reads the first line: a header names the iteration and loss columns
+ * Reads the first line: a header names the iteration and value columns
  * (*icol -1: the row number), or it is data (then f is rewound).
  * Returns 0 or -EINVAL with a message in err.
  */
-static int parse_header(FILE *f, const char *path, struct vp_losslog *log,
-			int *icol, int *lcol, char *err, size_t errlen)
+static int parse_header(FILE *f, const char *path, const struct vp_losslog_opts *opts,
+			struct vp_losslog *log, int *icol, int *lcol, char *err,
+			size_t errlen)
 {
 	static const char *const iter_names[] = {
 		"step", "iteration", "iter", "global_step", "it", "epoch", NULL,
@@ -74,7 +93,7 @@ static int parse_header(FILE *f, const char *path, struct vp_losslog *log,
 		"loss", "train_loss", "train_loss_step", "training_loss",
 		"train/loss", NULL,
 	};
-	char line[8192], *cols[MAX_COLS];
+	char line[8192], *cols[MAX_COLS], names[512];
 	double v;
 	int n;
 
@@ -88,6 +107,11 @@ static int parse_header(FILE *f, const char *path, struct vp_losslog *log,
 	if (n < 1 || is_number(cols[0], &v)) {
 		strcpy(log->iter_column, "column 1");
 		strcpy(log->loss_column, "column 2");
+		if (opts->column) {
+			snprintf(err, errlen, "loss log '%s' has no header line, so it has no column '%s'",
+				 path, opts->column);
+			return -EINVAL;
+		}
 		if (n < 2) {
 			snprintf(err, errlen, "loss log '%s': expected 'iteration,loss' lines", path);
 			return -EINVAL;
@@ -95,19 +119,37 @@ static int parse_header(FILE *f, const char *path, struct vp_losslog *log,
 		rewind(f);	/* the first line is data */
 		return 0;
 	}
+	list_columns(cols, n, names, sizeof(names));
 	*icol = find_column(cols, n, iter_names);
-	*lcol = find_column(cols, n, loss_names);
-	for (int i = 0; *lcol < 0 && i < n; i++)
-		if (strcasestr(cols[i], "loss") && !strcasestr(cols[i], "val"))
-			*lcol = i;
+	if (opts->column) {
+		const char *const wanted[] = { opts->column, NULL };
+
+		*lcol = find_column(cols, n, wanted);
+		if (*lcol < 0) {
+			snprintf(err, errlen, "loss log '%s': no column '%s' in its header (columns: %s)",
+				 path, opts->column, names);
+			return -EINVAL;
+		}
+		if (*lcol == *icol) {
+			snprintf(err, errlen, "loss log '%s': column '%s' is the iteration column",
+				 path, opts->column);
+			return -EINVAL;
+		}
+	} else {
+		*lcol = find_column(cols, n, loss_names);
+		for (int i = 0; *lcol < 0 && i < n; i++)
+			if (strcasestr(cols[i], "loss") && !strcasestr(cols[i], "val"))
+				*lcol = i;
+	}
 	if (*lcol < 0) {
-		snprintf(err, errlen, "loss log '%s': no loss column in its header (looked for loss, train_loss, ...)",
-			 path);
+		snprintf(err, errlen, "loss log '%s': no loss column in its header (looked for loss, train_loss, ...; columns: %s)",
+			 path, names);
 		return -EINVAL;
 	}
 	snprintf(log->iter_column, sizeof(log->iter_column), "%s",
 		 *icol >= 0 ? cols[*icol] : "(row number)");
 	snprintf(log->loss_column, sizeof(log->loss_column), "%s", cols[*lcol]);
+	log->per_epoch = *icol >= 0 && !strcasecmp(cols[*icol], "epoch");
 	return 0;
 }
 
@@ -132,26 +174,66 @@ static int append_row(struct vp_losslog *log, size_t *cap, double it, double los
 	return 0;
 }
 
-/* Parses f, which it closes.  Returns 0 or -errno with a message in err. */
-static int parse_stream(FILE *f, const char *path, struct vp_losslog *log,
-			char *err, size_t errlen)
+/*
+ * One cell of a data row: 1 with *v set, 0 to skip the row (empty, nan,
+ * inf, or text where reading is not strict), -EINVAL with err set.
+ */
+static int read_cell(char **cols, int n, int col, const char *name, int strict,
+		     const char *path, size_t lineno, double *v, char *err, size_t errlen)
 {
+	char *end;
+
+	if (col >= n || !*cols[col])
+		return 0;
+	*v = strtod(cols[col], &end);
+	if (*end == '\0' && end != cols[col])
+		return isfinite(*v) ? 1 : 0;
+	if (!strict)
+		return 0;
+	snprintf(err, errlen, "loss log '%s', line %zu, column %d ('%s'): '%s' is not a number",
+		 path, lineno, col + 1, name, cols[col]);
+	return -EINVAL;
+}
+
+/* Parses f, which it closes.  Returns 0 or -errno with a message in err. */
+static int parse_stream(FILE *f, const char *path, const struct vp_losslog_opts *opts,
+			struct vp_losslog *log, char *err, size_t errlen)
+{
+	static const struct vp_losslog_opts defaults;
 	char line[8192], *cols[MAX_COLS];
 	int icol, lcol, n;
-	size_t cap = 0;
+	size_t cap = 0, lineno = 1;
 	int rc;
 
 	memset(log, 0, sizeof(*log));
-	rc = parse_header(f, path, log, &icol, &lcol, err, errlen);
+	if (!opts)
+		opts = &defaults;
+	rc = parse_header(f, path, opts, log, &icol, &lcol, err, errlen);
+	if (!rc && !strcmp(log->iter_column, "column 1"))
+		lineno = 0;	/* no header: rewound, the first line is data */
 	while (!rc && fgets(line, sizeof(line), f)) {
+		/* a log being written may end in half a line */
+		int strict = opts->strict && strchr(line, '\n');
 		double it, loss;
+		int got;
 
+		lineno++;
 		n = split(line, cols);
-		if (n <= lcol || !is_number(cols[lcol], &loss))
+		got = read_cell(cols, n, lcol, log->loss_column, strict, path, lineno, &loss,
+				err, errlen);
+		if (got == 0 && lcol < n && is_nonfinite(cols[lcol]) && !log->nonfinite++)
+			log->first_nonfinite_line = lineno;
+		if (got <= 0) {
+			rc = got;
 			continue;	/* e.g. a validation row */
+		}
 		if (icol >= 0) {
-			if (n <= icol || !is_number(cols[icol], &it))
+			got = read_cell(cols, n, icol, log->iter_column, strict, path, lineno,
+					&it, err, errlen);
+			if (got <= 0) {
+				rc = got;
 				continue;
+			}
 		} else {
 			it = (double)log->n;
 		}
@@ -161,8 +243,8 @@ static int parse_stream(FILE *f, const char *path, struct vp_losslog *log,
 	}
 	fclose(f);
 	if (!rc && log->n < 4) {
-		snprintf(err, errlen, "loss log '%s': %zu usable rows; the fit needs at least 4",
-			 path, log->n);
+		snprintf(err, errlen, "loss log '%s': %zu usable rows of '%s'; the fit needs at least 4",
+			 path, log->n, log->loss_column);
 		rc = -EINVAL;
 	}
 	if (rc)
@@ -170,8 +252,8 @@ static int parse_stream(FILE *f, const char *path, struct vp_losslog *log,
 	return rc;
 }
 
-int vp_losslog_read(const char *path, struct vp_losslog *log, char *err,
-		    size_t errlen)
+int vp_losslog_read_opts(const char *path, const struct vp_losslog_opts *opts,
+			 struct vp_losslog *log, char *err, size_t errlen)
 {
 	FILE *f = fopen(path, "re");
 	int rc;
@@ -182,11 +264,24 @@ int vp_losslog_read(const char *path, struct vp_losslog *log, char *err,
 		snprintf(err, errlen, "loss log '%s': %s", path, strerror(-rc));
 		return rc;
 	}
-	return parse_stream(f, path, log, err, errlen);
+	return parse_stream(f, path, opts, log, err, errlen);
+}
+
+int vp_losslog_read(const char *path, struct vp_losslog *log, char *err,
+		    size_t errlen)
+{
+	return vp_losslog_read_opts(path, NULL, log, err, errlen);
 }
 
 int vp_losslog_parse(const char *buf, size_t len, const char *name,
 		     struct vp_losslog *log, char *err, size_t errlen)
+{
+	return vp_losslog_parse_opts(buf, len, name, NULL, log, err, errlen);
+}
+
+int vp_losslog_parse_opts(const char *buf, size_t len, const char *name,
+			  const struct vp_losslog_opts *opts,
+			  struct vp_losslog *log, char *err, size_t errlen)
 {
 	FILE *f = len ? fmemopen((void *)buf, len, "r") : NULL;
 
@@ -195,7 +290,7 @@ int vp_losslog_parse(const char *buf, size_t len, const char *name,
 		snprintf(err, errlen, "loss log '%s' is empty", name);
 		return -EINVAL;
 	}
-	return parse_stream(f, name, log, err, errlen);
+	return parse_stream(f, name, opts, log, err, errlen);
 }
 
 void vp_losslog_release(struct vp_losslog *log)

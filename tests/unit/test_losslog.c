@@ -137,6 +137,90 @@ static void test_refusals(void **state)
 	parse_refused("iter,loss\n", "0 usable rows");
 }
 
+/* Parses text with opts, expects -EINVAL and an error containing want. */
+static void opts_refused(const char *text, const struct vp_losslog_opts *opts,
+			 const char *want)
+{
+	struct vp_losslog log;
+	char err[256] = "";
+
+	assert_int_equal(vp_losslog_parse_opts(text, strlen(text), "log.csv", opts, &log, err,
+					       sizeof(err)), -EINVAL);
+	if (!strstr(err, "log.csv") || !strstr(err, want))
+		fail_msg("'%s' does not name log.csv and say '%s'", err, want);
+	assert_int_equal(log.n, 0);
+	assert_null(log.iter);
+}
+
+static void test_column_option(void **state)
+{
+	const char *keras = "epoch,accuracy,loss,val_accuracy,val_loss\n"
+			    "0,0.5,0.9,0.4,1.0\n1,0.6,0.7,0.5,0.95\n"
+			    "2,0.7,0.5,0.6,0.8\n3,0.8,0.4,0.7,0.7\n";
+	const char *acc = "step,accuracy\n1,0.1\n2,0.3\n3,0.5\n4,0.6\n";
+	struct vp_losslog_opts opts = { .column = "VAL_LOSS", .strict = 1 };
+	struct vp_losslog log;
+	char err[256] = "";
+
+	(void)state;
+	assert_int_equal(vp_losslog_parse_opts(keras, strlen(keras), "log.csv", &opts, &log,
+					       err, sizeof(err)), 0);
+	assert_string_equal(log.loss_column, "val_loss");	/* the header's spelling */
+	assert_true(log.per_epoch);
+	assert_true(log.loss[1] == 0.95 && log.iter[3] == 3.0);
+	vp_losslog_release(&log);
+
+	/* an accuracy-only log is read when its column is named */
+	opts.column = "accuracy";
+	assert_int_equal(vp_losslog_parse_opts(acc, strlen(acc), "log.csv", &opts, &log, err, sizeof(err)), 0);
+	assert_false(log.per_epoch);	/* step, not epoch */
+	assert_true(log.loss[3] == 0.6);
+	vp_losslog_release(&log);
+
+	opts.column = "val_los";
+	opts_refused(keras, &opts, "no column 'val_los' in its header (columns: epoch, accuracy, loss");
+	opts.column = "epoch";
+	opts_refused(keras, &opts, "is the iteration column");
+	opts.column = "loss";
+	opts_refused("1,0.5\n2,0.4\n3,0.3\n4,0.2\n", &opts, "no header line");
+	opts.column = NULL;
+	opts_refused("step,accuracy\n1,0.5\n", &opts, "columns: step, accuracy");
+}
+
+static void test_strict_names_line_and_column(void **state)
+{
+	struct vp_losslog_opts strict = { .strict = 1 };
+	struct vp_losslog log;
+	char err[256] = "";
+	/* Lightning's sparse rows (empty cells) and a diverged loss (nan) are not errors */
+	const char *ok = "epoch,step,train_loss,val_loss\n0,1,0.9,\n0,1,,1.1\n0,2,nan,\n"
+			 "0,3,0.7,\n0,4,inf,\n0,5,0.6,\n1,6,0.5,\n1,7,0.4";
+	const char *partial = "iter,loss\n1,4\n2,3\n3,2\n4,1\n5,0.";
+	const char *garbled = "iter,loss\n1,4\n2,3\n3,2\n4,1\n5,1e";
+
+	(void)state;
+	assert_int_equal(vp_losslog_parse_opts(ok, strlen(ok), "log.csv", &strict, &log, err,
+					       sizeof(err)), 0);
+	assert_int_equal(log.n, 5);
+	assert_int_equal(log.nonfinite, 2);
+	assert_int_equal(log.first_nonfinite_line, 4);
+	vp_losslog_release(&log);
+
+	opts_refused("iter,loss\n1,0.9\n2,0.8\n3,0.5abc\n4,0.4\n5,0.3\n", &strict,
+		     "line 4, column 2 ('loss'): '0.5abc' is not a number");
+	opts_refused("iter,loss\n1,0.9\nx,0.8\n3,0.5\n4,0.4\n5,0.3\n", &strict,
+		     "line 3, column 1 ('iter'): 'x' is not a number");
+	/* without a header the first line is line 1 */
+	opts_refused("1,0.9\n2,0.8\n3,?\n4,0.4\n5,0.3\n", &strict, "line 3, column 2");
+	/* an unterminated last line is a log being written: skipped, not refused */
+	assert_int_equal(vp_losslog_parse_opts(partial, strlen(partial), "log.csv", &strict, &log, err, sizeof(err)), 0);
+	assert_int_equal(log.n, 5);
+	vp_losslog_release(&log);
+	assert_int_equal(vp_losslog_parse_opts(garbled, strlen(garbled), "log.csv", &strict, &log, err, sizeof(err)), 0);
+	assert_int_equal(log.n, 4);
+	vp_losslog_release(&log);
+}
+
 static void test_read_from_a_file(void **state)
 {
 	char path[] = "/tmp/vp-test-losslog-XXXXXX";
@@ -168,6 +252,8 @@ int main(void)
 		cmocka_unit_test(test_no_header_and_no_iteration_column),
 		cmocka_unit_test(test_malformed_rows_are_skipped),
 		cmocka_unit_test(test_refusals),
+		cmocka_unit_test(test_column_option),
+		cmocka_unit_test(test_strict_names_line_and_column),
 		cmocka_unit_test(test_read_from_a_file),
 	};
 
