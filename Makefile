@@ -45,17 +45,22 @@ ENGINE_LIBS += -L$(CUDA_HOME)/lib64 -lcudart -Wl,-rpath,$(CUDA_HOME)/lib64
 endif
 endif
 
-.PHONY: all deps test unit integration check bench bench-gpu clean install demo plan-report check-thread fuzz demo-local chaos
+.PHONY: all deps test-deps test unit integration check bench bench-gpu clean install demo plan-report check-thread fuzz demo-local chaos
 all: deps $(BUILD)/viperfs $(BUILD)/viperctl $(BUILD)/libviperfs_client.a $(BUILD)/tests/fabpoke $(BUILD)/tests/fabbw $(BUILD)/tests/hostile
 
 # The C client library for local processes (GPU export): tools/viperfs_client.h
 $(BUILD)/libviperfs_client.a: $(BUILD)/tools/viperfs_client.o
 	ar rcs $@ $^
 
-# Installs the Debian packages the build and tests need, if any is missing,
-# and builds libfuse into FUSE3_PREFIX if the system's is too old for us.
+# Installs the Debian packages the build and the daemon need, if any is
+# missing, and builds libfuse into FUSE3_PREFIX if the system's is too old for
+# us; test-deps adds what the tests, benchmarks and demos need (cmocka for the
+# unit tests first).  SKIP_DEPS=1 installs nothing.
 deps:
 	@[ "$(SKIP_DEPS)" = 1 ] || sh mount-scripts/install-deps.sh "$(FUSE3_PREFIX)"
+
+test-deps: deps
+	@[ "$(SKIP_DEPS)" = 1 ] || sh mount-scripts/install-deps.sh --test "$(FUSE3_PREFIX)"
 
 $(BUILD)/%.o: %.c | deps
 	@mkdir -p $(dir $@)
@@ -85,18 +90,18 @@ $(BUILD)/tests/hostile: tests/tools/hostile.c $(BUILD)/libviper.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libviper.a $(ENGINE_LIBS)
 
-$(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libviper.a
+$(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libviper.a | test-deps
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libviper.a -lcmocka $(ENGINE_LIBS)
 
-unit: all $(UNIT_BIN)
+unit: all test-deps $(UNIT_BIN)
 	@sh tests/run-unit.sh $(UNIT_BIN)
 
-integration: all
+integration: all test-deps
 	@$(PYTHON) -m pytest -q -p no:cacheprovider tests/integration
 
 # Unit tests, then integration tests on real mounts; one summary line at the end.
-test: all $(UNIT_BIN)
+test: all test-deps $(UNIT_BIN)
 	@VIPERFS_BUILD=$(abspath $(BUILD)) sh tests/run-all.sh "$(PYTHON)" $(UNIT_BIN)
 
 check:
@@ -106,7 +111,7 @@ check:
 # CHAOS_SECONDS=600 CHAOS_SEED=42 make chaos
 CHAOS_SECONDS ?= 300
 CHAOS_SEED ?= random
-chaos: all
+chaos: all test-deps
 	@CHAOS_SECONDS=$(CHAOS_SECONDS) CHAOS_SEED=$(CHAOS_SEED) VIPERFS_BUILD=$(abspath $(BUILD)) \
 		$(PYTHON) -m pytest -q -s -p no:cacheprovider tests/integration/test_chaos.py
 
@@ -125,14 +130,14 @@ $(BUILD)/tests/ipc_reader: tests/gpu/ipc_reader.cu tools/viperfs_client.c tools/
 	@mkdir -p $(dir $@)
 	$(NVCC) -O2 -o $@ tests/gpu/ipc_reader.cu tools/viperfs_client.c -ljansson
 
-bench-gpu: all $(BUILD)/tests/tierbw
+bench-gpu: all test-deps $(BUILD)/tests/tierbw
 	$(BUILD)/tests/tierbw $(GPU_BENCH_MIB) 5
 else
 bench-gpu:
 	@echo "make bench-gpu: this build has no CUDA runtime (CUDA_HOME=$(CUDA_HOME)); nothing to measure"; exit 1
 endif
 
-bench: all
+bench: all test-deps
 	@$(PYTHON) tests/bench/bench.py $(BENCH_ARGS)
 	@$(PYTHON) tests/bench/bench_repl.py $(BENCH_ARGS)
 	@$(PYTHON) tests/bench/bench_fanout.py $(BENCH_ARGS)
@@ -140,12 +145,12 @@ bench: all
 	@$(PYTHON) tests/bench/charts.py
 
 # The planner's real run: NT3-like CNN, actual CIL of each schedule (~3 min).
-plan-report: all
+plan-report: all test-deps
 	@$(PYTHON) tests/planner/nt3_run.py
 
 # libFuzzer on the replication wire decoder and the session layer (clang); FUZZ_TIME seconds each.
 FUZZ_TIME ?= 60
-fuzz: deps
+fuzz: test-deps
 	@mkdir -p $(BUILD)/fuzz tests/fuzz/corpus tests/fuzz/corpus-sess
 	clang -g -O1 -fsanitize=fuzzer,address,undefined -D_GNU_SOURCE -o $(BUILD)/fuzz/fuzz_proto \
 		tests/fuzz/fuzz_proto.c engine/proto.c
@@ -157,11 +162,11 @@ fuzz: deps
 		-print_final_stats=1 tests/fuzz/corpus-sess tests/fuzz/corpus
 
 # Two nodes (network namespaces): training producer, inference consumer.
-demo: all
+demo: all test-deps
 	@sh mount-scripts/demo.sh
 
 # One node: a mount, a training loop, the flush.
-demo-local: all
+demo-local: all test-deps
 	@sh mount-scripts/demo-local.sh
 
 # SBINDIR: where mount(8) looks for helpers (/sbin/mount.TYPE).
