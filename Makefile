@@ -23,9 +23,18 @@ override CFLAGS := $(CFLAGS_BASE) $(CFLAGS)
 # Recursive (=): evaluated when a recipe runs, after deps.
 FUSE3_MIN = 3.16
 FUSE3_PREFIX = $(CURDIR)/build/fuse3
-FUSE_PKG_CONFIG = $(if $(shell pkg-config --atleast-version=$(FUSE3_MIN) fuse3 2>/dev/null && echo y),,PKG_CONFIG_PATH=$(FUSE3_PREFIX)/lib/pkgconfig$${PKG_CONFIG_PATH:+:$$PKG_CONFIG_PATH}) pkg-config
+FUSE_SYSTEM = $(shell pkg-config --atleast-version=$(FUSE3_MIN) fuse3 2>/dev/null && echo y)
+FUSE_PKG_CONFIG = $(if $(FUSE_SYSTEM),,PKG_CONFIG_PATH=$(FUSE3_PREFIX)/lib/pkgconfig$${PKG_CONFIG_PATH:+:$$PKG_CONFIG_PATH}) pkg-config
 FUSE_CFLAGS = $(shell $(FUSE_PKG_CONFIG) --cflags fuse3 2>/dev/null)
 FUSE_LIBS = $(shell $(FUSE_PKG_CONFIG) --static --libs fuse3 2>/dev/null || echo -lfuse3)
+# The private libfuse runs the fusermount3 of its prefix, a path in the build
+# tree; the daemon runs the one make install puts in LIBEXECDIR instead
+# (fs/fusermount.c).  LIBFUSE_FUSERMOUNT: the path compiled into the library.
+LIBFUSE_FUSERMOUNT = $(shell $(FUSE_PKG_CONFIG) --variable=prefix fuse3 2>/dev/null)/bin/fusermount3
+FUSERMOUNT_DEFS = $(if $(FUSE_SYSTEM),,-DVP_FUSERMOUNT='"$(LIBEXECDIR)/fusermount3"' -DVP_LIBFUSE_FUSERMOUNT='"$(LIBFUSE_FUSERMOUNT)"')
+FUSERMOUNT_WRAP = $(if $(FUSE_SYSTEM),,-Wl,--wrap=posix_spawn)
+# Programs only viperfs runs.
+LIBEXECDIR ?= $(PREFIX)/lib/viperfs
 
 BUILD ?= build
 ENGINE_SRC = $(wildcard engine/*.c engine/*/*.c)
@@ -45,7 +54,7 @@ ENGINE_LIBS += -L$(CUDA_HOME)/lib64 -lcudart -Wl,-rpath,$(CUDA_HOME)/lib64
 endif
 endif
 
-.PHONY: all deps test-deps test unit integration check bench bench-gpu clean install demo plan-report check-thread fuzz demo-local chaos
+.PHONY: all deps test-deps test unit integration check bench bench-gpu clean install demo plan-report check-thread fuzz demo-local chaos FORCE
 all: deps $(BUILD)/viperfs $(BUILD)/viperctl $(BUILD)/libviperfs_client.a $(BUILD)/tests/fabpoke $(BUILD)/tests/fabbw $(BUILD)/tests/hostile
 
 # The C client library for local processes (GPU export): tools/viperfs_client.h
@@ -75,7 +84,16 @@ $(BUILD)/libviper.a: $(ENGINE_OBJ)
 	ar rcs $@ $^
 
 $(BUILD)/viperfs: $(FS_OBJ) $(BUILD)/libviper.a
-	$(CC) $(LDFLAGS) -o $@ $(FS_OBJ) $(BUILD)/libviper.a $(FUSE_LIBS) $(ENGINE_LIBS)
+	$(CC) $(LDFLAGS) $(FUSERMOUNT_WRAP) -o $@ $(FS_OBJ) $(BUILD)/libviper.a $(FUSE_LIBS) $(ENGINE_LIBS)
+
+# fs/fusermount.o names LIBEXECDIR: made again when that changes (git's GIT-PREFIX).
+$(BUILD)/fs/fusermount.o: override CFLAGS += $(FUSERMOUNT_DEFS)
+$(BUILD)/fs/fusermount.o: $(BUILD)/FUSERMOUNT-DEFS
+$(BUILD)/FUSERMOUNT-DEFS: FORCE | deps
+	@mkdir -p $(dir $@)
+	@echo '$(LIBEXECDIR) $(LIBFUSE_FUSERMOUNT) $(FUSE_SYSTEM)' | cmp -s - $@ || \
+		echo '$(LIBEXECDIR) $(LIBFUSE_FUSERMOUNT) $(FUSE_SYSTEM)' > $@
+FORCE:
 
 VIPERCTL_OBJ = $(patsubst %.c,$(BUILD)/%.o,$(wildcard tools/*.c))
 $(BUILD)/viperctl: $(VIPERCTL_OBJ) $(BUILD)/libviper.a
@@ -189,6 +207,7 @@ install: all
 	chmod 0755 $(DESTDIR)$(PREFIX)/bin/viperfs-slurm
 	$(SUBST) mount-scripts/viperfs@.service > $(DESTDIR)$(SYSTEMDDIR)/viperfs@.service
 	install -m 0644 README.md $(DESTDIR)$(DOCDIR)/README.md
+	$(if $(FUSE_SYSTEM),,install -D -m 0755 $(FUSE3_PREFIX)/bin/fusermount3 $(DESTDIR)$(LIBEXECDIR)/fusermount3)
 
 clean:
 	rm -rf build build-san build-tsan
