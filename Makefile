@@ -33,8 +33,6 @@ FUSE_LIBS = $(shell $(FUSE_PKG_CONFIG) --static --libs fuse3 2>/dev/null || echo
 LIBFUSE_FUSERMOUNT = $(shell $(FUSE_PKG_CONFIG) --variable=prefix fuse3 2>/dev/null)/bin/fusermount3
 FUSERMOUNT_DEFS = $(if $(FUSE_SYSTEM),,-DVP_FUSERMOUNT='"$(LIBEXECDIR)/fusermount3"' -DVP_LIBFUSE_FUSERMOUNT='"$(LIBFUSE_FUSERMOUNT)"')
 FUSERMOUNT_WRAP = $(if $(FUSE_SYSTEM),,-Wl,--wrap=posix_spawn)
-# Programs only viperfs runs.
-LIBEXECDIR ?= $(PREFIX)/lib/viperfs
 
 BUILD ?= build
 ENGINE_SRC = $(wildcard engine/*.c engine/*/*.c)
@@ -54,8 +52,22 @@ ENGINE_LIBS += -L$(CUDA_HOME)/lib64 -lcudart -Wl,-rpath,$(CUDA_HOME)/lib64
 endif
 endif
 
-.PHONY: all deps test-deps test unit integration check bench bench-gpu clean install demo plan-report check-thread fuzz demo-local chaos FORCE
-all: deps $(BUILD)/viperfs $(BUILD)/viperctl $(BUILD)/libviperfs_client.a $(BUILD)/tests/fabpoke $(BUILD)/tests/fabbw $(BUILD)/tests/hostile
+# Where make install puts things (DESTDIR= stages them elsewhere).  SBINDIR:
+# the mount helpers.  mount(8) runs /sbin/mount.fuse.viperfs, and on Debian
+# /sbin is /usr/sbin: PREFIX=/usr (or SBINDIR=/sbin) makes `mount -t
+# fuse.viperfs` find them.  LIBEXECDIR: programs only viperfs runs.
+BINDIR ?= $(PREFIX)/bin
+SBINDIR ?= $(PREFIX)/sbin
+LIBDIR ?= $(PREFIX)/lib
+INCLUDEDIR ?= $(PREFIX)/include
+LIBEXECDIR ?= $(PREFIX)/lib/viperfs
+MANDIR ?= $(PREFIX)/share/man
+DOCDIR ?= $(PREFIX)/share/doc/viperfs
+BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
+SYSTEMDDIR ?= /etc/systemd/system
+
+.PHONY: all deps test-deps test unit integration check bench bench-gpu clean install uninstall demo plan-report check-thread fuzz demo-local chaos FORCE
+all: deps $(BUILD)/viperfs $(BUILD)/viperctl $(BUILD)/libviperfs_client.a $(BUILD)/tests/fabpoke $(BUILD)/tests/fabbw $(BUILD)/tests/hostile $(BUILD)/man/viperfs.8
 
 # The C client library for local processes (GPU export): tools/viperfs_client.h
 $(BUILD)/libviperfs_client.a: $(BUILD)/tools/viperfs_client.o
@@ -94,6 +106,13 @@ $(BUILD)/FUSERMOUNT-DEFS: FORCE | deps
 	@echo '$(LIBEXECDIR) $(LIBFUSE_FUSERMOUNT) $(FUSE_SYSTEM)' | cmp -s - $@ || \
 		echo '$(LIBEXECDIR) $(LIBFUSE_FUSERMOUNT) $(FUSE_SYSTEM)' > $@
 FORCE:
+
+# viperfs(8): docs/man/viperfs.8.in with its options section made from the
+# option table (`viperfs --help`), so the page lists what the daemon takes.
+$(BUILD)/man/viperfs.8: docs/man/viperfs.8.in docs/man/options.awk $(BUILD)/viperfs
+	@mkdir -p $(dir $@)
+	ASAN_OPTIONS=detect_leaks=0 $(BUILD)/viperfs --help | awk -f docs/man/options.awk - docs/man/viperfs.8.in > $@.tmp
+	@mv $@.tmp $@
 
 VIPERCTL_OBJ = $(patsubst %.c,$(BUILD)/%.o,$(wildcard tools/*.c))
 $(BUILD)/viperctl: $(VIPERCTL_OBJ) $(BUILD)/libviper.a
@@ -187,27 +206,51 @@ demo: all test-deps
 demo-local: all test-deps
 	@sh mount-scripts/demo-local.sh
 
-# SBINDIR: where mount(8) looks for helpers (/sbin/mount.TYPE).
-SBINDIR ?= /sbin
-SYSTEMDDIR ?= /etc/systemd/system
-DOCDIR ?= $(PREFIX)/share/doc/viperfs
-SUBST = sed -e 's|@BINDIR@|$(PREFIX)/bin|g' -e 's|@DOCDIR@|$(DOCDIR)|g'
+# make install; make uninstall removes what it put there (the same variables).
+# Man pages: the generated viperfs(8) and every docs/man/*.[18], gzipped as
+# Debian has them.  The fusermount3 of the private libfuse goes to LIBEXECDIR,
+# not setuid: root mounts need it only for auto_unmount (fs/fusermount.c).
+SUBST = sed -e 's|@BINDIR@|$(BINDIR)|g' -e 's|@DOCDIR@|$(DOCDIR)|g'
+MAN_PAGES = $(BUILD)/man/viperfs.8 $(filter-out docs/man/viperfs.8,$(wildcard docs/man/*.[18]))
+man_dest = $(MANDIR)/man$(patsubst .%,%,$(suffix $(1)))/$(notdir $(1)).gz
+BASH_COMPLETION = $(wildcard mount-scripts/viperctl.bash-completion)
+INSTALLED = $(BINDIR)/viperfs $(BINDIR)/viperctl $(BINDIR)/viperfs-slurm \
+	$(LIBDIR)/libviperfs_client.a $(INCLUDEDIR)/viperfs_client.h \
+	$(SBINDIR)/mount.viperfs $(SBINDIR)/umount.viperfs \
+	$(SBINDIR)/mount.fuse.viperfs $(SBINDIR)/umount.fuse.viperfs \
+	$(SYSTEMDDIR)/viperfs@.service $(DOCDIR)/README.md \
+	$(foreach m,$(MAN_PAGES),$(call man_dest,$(m))) $(MANDIR)/man8/umount.viperfs.8.gz \
+	$(if $(BASH_COMPLETION),$(BASHCOMPDIR)/viperctl) \
+	$(if $(FUSE_SYSTEM),,$(LIBEXECDIR)/fusermount3)
 install: all
-	install -D -m 0755 $(BUILD)/viperfs $(DESTDIR)$(PREFIX)/bin/viperfs
-	install -D -m 0755 $(BUILD)/viperctl $(DESTDIR)$(PREFIX)/bin/viperctl
-	install -D -m 0644 $(BUILD)/libviperfs_client.a $(DESTDIR)$(PREFIX)/lib/libviperfs_client.a
-	install -D -m 0644 tools/viperfs_client.h $(DESTDIR)$(PREFIX)/include/viperfs_client.h
-	@mkdir -p $(DESTDIR)$(SBINDIR) $(DESTDIR)$(SYSTEMDDIR) $(DESTDIR)$(DOCDIR)
+	install -D -m 0755 $(BUILD)/viperfs $(DESTDIR)$(BINDIR)/viperfs
+	install -D -m 0755 $(BUILD)/viperctl $(DESTDIR)$(BINDIR)/viperctl
+	install -D -m 0644 $(BUILD)/libviperfs_client.a $(DESTDIR)$(LIBDIR)/libviperfs_client.a
+	install -D -m 0644 tools/viperfs_client.h $(DESTDIR)$(INCLUDEDIR)/viperfs_client.h
+	@mkdir -p $(DESTDIR)$(SBINDIR) $(DESTDIR)$(SYSTEMDDIR) $(DESTDIR)$(DOCDIR) $(DESTDIR)$(MANDIR)/man8
 	$(SUBST) mount-scripts/mount.viperfs > $(DESTDIR)$(SBINDIR)/mount.viperfs
 	$(SUBST) mount-scripts/umount.viperfs > $(DESTDIR)$(SBINDIR)/umount.viperfs
 	chmod 0755 $(DESTDIR)$(SBINDIR)/mount.viperfs $(DESTDIR)$(SBINDIR)/umount.viperfs
 	ln -sf mount.viperfs $(DESTDIR)$(SBINDIR)/mount.fuse.viperfs
 	ln -sf umount.viperfs $(DESTDIR)$(SBINDIR)/umount.fuse.viperfs
-	$(SUBST) mount-scripts/viperfs-slurm > $(DESTDIR)$(PREFIX)/bin/viperfs-slurm
-	chmod 0755 $(DESTDIR)$(PREFIX)/bin/viperfs-slurm
+	$(SUBST) mount-scripts/viperfs-slurm > $(DESTDIR)$(BINDIR)/viperfs-slurm
+	chmod 0755 $(DESTDIR)$(BINDIR)/viperfs-slurm
 	$(SUBST) mount-scripts/viperfs@.service > $(DESTDIR)$(SYSTEMDDIR)/viperfs@.service
+	chmod 0644 $(DESTDIR)$(SYSTEMDDIR)/viperfs@.service
 	install -m 0644 README.md $(DESTDIR)$(DOCDIR)/README.md
+	$(foreach m,$(MAN_PAGES),mkdir -p $(dir $(DESTDIR)$(call man_dest,$(m))) && \
+		gzip -9n < $(m) > $(DESTDIR)$(call man_dest,$(m)) && \
+		chmod 0644 $(DESTDIR)$(call man_dest,$(m)) &&) true
+	ln -sf mount.viperfs.8.gz $(DESTDIR)$(MANDIR)/man8/umount.viperfs.8.gz
+	$(if $(BASH_COMPLETION),install -D -m 0644 $(BASH_COMPLETION) $(DESTDIR)$(BASHCOMPDIR)/viperctl)
 	$(if $(FUSE_SYSTEM),,install -D -m 0755 $(FUSE3_PREFIX)/bin/fusermount3 $(DESTDIR)$(LIBEXECDIR)/fusermount3)
+	@case "$(SBINDIR)" in /sbin|/usr/sbin) ;; *) echo "make install: mount(8) looks for its helpers in /sbin, not $(SBINDIR): PREFIX=/usr or SBINDIR=/sbin makes 'mount -t fuse.viperfs' work" ;; esac
+
+# No `all`: what to remove is known without building anything.  Only the
+# directories that are viperfs's own go with the files.
+uninstall:
+	rm -f $(addprefix $(DESTDIR),$(INSTALLED))
+	rmdir $(DESTDIR)$(LIBEXECDIR) $(DESTDIR)$(DOCDIR) 2>/dev/null || true
 
 clean:
 	rm -rf build build-san build-tsan
