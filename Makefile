@@ -66,7 +66,7 @@ DOCDIR ?= $(PREFIX)/share/doc/viperfs
 BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
 SYSTEMDDIR ?= /etc/systemd/system
 
-.PHONY: all deps test-deps test unit integration check bench bench-gpu clean install uninstall demo plan-report check-thread fuzz demo-local chaos FORCE
+.PHONY: all deps test-deps test unit integration check bench bench-gpu clean install uninstall deb demo plan-report check-thread fuzz demo-local chaos FORCE
 all: deps $(BUILD)/viperfs $(BUILD)/viperctl $(BUILD)/libviperfs_client.a $(BUILD)/tests/fabpoke $(BUILD)/tests/fabbw $(BUILD)/tests/hostile $(BUILD)/man/viperfs.8
 
 # The C client library for local processes (GPU export): tools/viperfs_client.h
@@ -252,7 +252,19 @@ uninstall:
 	rm -f $(addprefix $(DESTDIR),$(INSTALLED))
 	rmdir $(DESTDIR)$(LIBEXECDIR) $(DESTDIR)$(DOCDIR) 2>/dev/null || true
 
+# A Debian package of this tree (PREFIX=/usr, the unit in /lib/systemd/system),
+# built in DEB_BUILD so that build/ stays as it is, staged with make install and
+# packed by mount-scripts/make-deb.sh (Depends from dpkg-shlibdeps).  Without
+# the CUDA runtime unless DEB_NO_CUDA=0: Debian has no package of it to depend on.
+DEB_BUILD ?= build-deb
+DEB_NO_CUDA ?= 1
+deb:
+	rm -rf $(DEB_BUILD)/debian
+	$(MAKE) BUILD=$(DEB_BUILD) NO_CUDA=$(DEB_NO_CUDA) PREFIX=/usr SYSTEMDDIR=/lib/systemd/system \
+		DESTDIR=$(abspath $(DEB_BUILD))/debian/viperfs install
+	sh mount-scripts/make-deb.sh $(DEB_BUILD)
+
 clean:
-	rm -rf build build-san build-tsan
+	rm -rf build build-san build-tsan $(DEB_BUILD)
 
 -include $(ENGINE_OBJ:.o=.d) $(FS_OBJ:.o=.d) $(VIPERCTL_OBJ:.o=.d)
