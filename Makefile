@@ -23,9 +23,16 @@ override CFLAGS := $(CFLAGS_BASE) $(CFLAGS)
 # Recursive (=): evaluated when a recipe runs, after deps.
 FUSE3_MIN = 3.16
 FUSE3_PREFIX = $(CURDIR)/build/fuse3
-FUSE_PKG_CONFIG = $(if $(shell pkg-config --atleast-version=$(FUSE3_MIN) fuse3 2>/dev/null && echo y),,PKG_CONFIG_PATH=$(FUSE3_PREFIX)/lib/pkgconfig$${PKG_CONFIG_PATH:+:$$PKG_CONFIG_PATH}) pkg-config
+FUSE_SYSTEM = $(shell pkg-config --atleast-version=$(FUSE3_MIN) fuse3 2>/dev/null && echo y)
+FUSE_PKG_CONFIG = $(if $(FUSE_SYSTEM),,PKG_CONFIG_PATH=$(FUSE3_PREFIX)/lib/pkgconfig$${PKG_CONFIG_PATH:+:$$PKG_CONFIG_PATH}) pkg-config
 FUSE_CFLAGS = $(shell $(FUSE_PKG_CONFIG) --cflags fuse3 2>/dev/null)
 FUSE_LIBS = $(shell $(FUSE_PKG_CONFIG) --static --libs fuse3 2>/dev/null || echo -lfuse3)
+# The private libfuse runs the fusermount3 of its prefix, a path in the build
+# tree; the daemon runs the one make install puts in LIBEXECDIR instead
+# (fs/fusermount.c).  LIBFUSE_FUSERMOUNT: the path compiled into the library.
+LIBFUSE_FUSERMOUNT = $(shell $(FUSE_PKG_CONFIG) --variable=prefix fuse3 2>/dev/null)/bin/fusermount3
+FUSERMOUNT_DEFS = $(if $(FUSE_SYSTEM),,-DVP_FUSERMOUNT='"$(LIBEXECDIR)/fusermount3"' -DVP_LIBFUSE_FUSERMOUNT='"$(LIBFUSE_FUSERMOUNT)"')
+FUSERMOUNT_WRAP = $(if $(FUSE_SYSTEM),,-Wl,--wrap=posix_spawn)
 
 BUILD ?= build
 ENGINE_SRC = $(wildcard engine/*.c engine/*/*.c)
@@ -45,17 +52,36 @@ ENGINE_LIBS += -L$(CUDA_HOME)/lib64 -lcudart -Wl,-rpath,$(CUDA_HOME)/lib64
 endif
 endif
 
-.PHONY: all deps test unit integration check bench bench-gpu clean install demo plan-report check-thread fuzz demo-local chaos
-all: deps $(BUILD)/viperfs $(BUILD)/viperctl $(BUILD)/libviperfs_client.a $(BUILD)/tests/fabpoke $(BUILD)/tests/fabbw $(BUILD)/tests/hostile
+# Where make install puts things (DESTDIR= stages them elsewhere).  SBINDIR:
+# the mount helpers.  mount(8) runs /sbin/mount.fuse.viperfs, and on Debian
+# /sbin is /usr/sbin: PREFIX=/usr (or SBINDIR=/sbin) makes `mount -t
+# fuse.viperfs` find them.  LIBEXECDIR: programs only viperfs runs.
+BINDIR ?= $(PREFIX)/bin
+SBINDIR ?= $(PREFIX)/sbin
+LIBDIR ?= $(PREFIX)/lib
+INCLUDEDIR ?= $(PREFIX)/include
+LIBEXECDIR ?= $(PREFIX)/lib/viperfs
+MANDIR ?= $(PREFIX)/share/man
+DOCDIR ?= $(PREFIX)/share/doc/viperfs
+BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
+SYSTEMDDIR ?= /etc/systemd/system
+
+.PHONY: all deps test-deps test unit integration check bench bench-gpu clean install uninstall deb demo plan-report check-thread fuzz demo-local chaos FORCE
+all: deps $(BUILD)/viperfs $(BUILD)/viperctl $(BUILD)/libviperfs_client.a $(BUILD)/tests/fabpoke $(BUILD)/tests/fabbw $(BUILD)/tests/hostile $(BUILD)/man/viperfs.8
 
 # The C client library for local processes (GPU export): tools/viperfs_client.h
 $(BUILD)/libviperfs_client.a: $(BUILD)/tools/viperfs_client.o
 	ar rcs $@ $^
 
-# Installs the Debian packages the build and tests need, if any is missing,
-# and builds libfuse into FUSE3_PREFIX if the system's is too old for us.
+# Installs the Debian packages the build and the daemon need, if any is
+# missing, and builds libfuse into FUSE3_PREFIX if the system's is too old for
+# us; test-deps adds what the tests, benchmarks and demos need (cmocka for the
+# unit tests first).  SKIP_DEPS=1 installs nothing.
 deps:
 	@[ "$(SKIP_DEPS)" = 1 ] || sh mount-scripts/install-deps.sh "$(FUSE3_PREFIX)"
+
+test-deps: deps
+	@[ "$(SKIP_DEPS)" = 1 ] || sh mount-scripts/install-deps.sh --test "$(FUSE3_PREFIX)"
 
 $(BUILD)/%.o: %.c | deps
 	@mkdir -p $(dir $@)
@@ -70,7 +96,23 @@ $(BUILD)/libviper.a: $(ENGINE_OBJ)
 	ar rcs $@ $^
 
 $(BUILD)/viperfs: $(FS_OBJ) $(BUILD)/libviper.a
-	$(CC) $(LDFLAGS) -o $@ $(FS_OBJ) $(BUILD)/libviper.a $(FUSE_LIBS) -lmount $(ENGINE_LIBS)
+	$(CC) $(LDFLAGS) $(FUSERMOUNT_WRAP) -o $@ $(FS_OBJ) $(BUILD)/libviper.a $(FUSE_LIBS) -lmount $(ENGINE_LIBS)
+
+# fs/fusermount.o names LIBEXECDIR: made again when that changes (git's GIT-PREFIX).
+$(BUILD)/fs/fusermount.o: override CFLAGS += $(FUSERMOUNT_DEFS)
+$(BUILD)/fs/fusermount.o: $(BUILD)/FUSERMOUNT-DEFS
+$(BUILD)/FUSERMOUNT-DEFS: FORCE | deps
+	@mkdir -p $(dir $@)
+	@echo '$(LIBEXECDIR) $(LIBFUSE_FUSERMOUNT) $(FUSE_SYSTEM)' | cmp -s - $@ || \
+		echo '$(LIBEXECDIR) $(LIBFUSE_FUSERMOUNT) $(FUSE_SYSTEM)' > $@
+FORCE:
+
+# viperfs(8): docs/man/viperfs.8.in with its options section made from the
+# option table (`viperfs --help`), so the page lists what the daemon takes.
+$(BUILD)/man/viperfs.8: docs/man/viperfs.8.in docs/man/options.awk $(BUILD)/viperfs
+	@mkdir -p $(dir $@)
+	ASAN_OPTIONS=detect_leaks=0 $(BUILD)/viperfs --help | awk -f docs/man/options.awk - docs/man/viperfs.8.in > $@.tmp
+	@mv $@.tmp $@
 
 VIPERCTL_OBJ = $(patsubst %.c,$(BUILD)/%.o,$(wildcard tools/*.c))
 $(BUILD)/viperctl: $(VIPERCTL_OBJ) $(BUILD)/libviper.a
@@ -85,18 +127,18 @@ $(BUILD)/tests/hostile: tests/tools/hostile.c $(BUILD)/libviper.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libviper.a $(ENGINE_LIBS)
 
-$(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libviper.a
+$(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libviper.a | test-deps
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libviper.a -lcmocka $(ENGINE_LIBS)
 
-unit: all $(UNIT_BIN)
+unit: all test-deps $(UNIT_BIN)
 	@sh tests/run-unit.sh $(UNIT_BIN)
 
-integration: all
+integration: all test-deps
 	@$(PYTHON) -m pytest -q -p no:cacheprovider tests/integration
 
 # Unit tests, then integration tests on real mounts; one summary line at the end.
-test: all $(UNIT_BIN)
+test: all test-deps $(UNIT_BIN)
 	@VIPERFS_BUILD=$(abspath $(BUILD)) sh tests/run-all.sh "$(PYTHON)" $(UNIT_BIN)
 
 check:
@@ -106,7 +148,7 @@ check:
 # CHAOS_SECONDS=600 CHAOS_SEED=42 make chaos
 CHAOS_SECONDS ?= 300
 CHAOS_SEED ?= random
-chaos: all
+chaos: all test-deps
 	@CHAOS_SECONDS=$(CHAOS_SECONDS) CHAOS_SEED=$(CHAOS_SEED) VIPERFS_BUILD=$(abspath $(BUILD)) \
 		$(PYTHON) -m pytest -q -s -p no:cacheprovider tests/integration/test_chaos.py
 
@@ -125,14 +167,14 @@ $(BUILD)/tests/ipc_reader: tests/gpu/ipc_reader.cu tools/viperfs_client.c tools/
 	@mkdir -p $(dir $@)
 	$(NVCC) -O2 -o $@ tests/gpu/ipc_reader.cu tools/viperfs_client.c -ljansson
 
-bench-gpu: all $(BUILD)/tests/tierbw
+bench-gpu: all test-deps $(BUILD)/tests/tierbw
 	$(BUILD)/tests/tierbw $(GPU_BENCH_MIB) 5
 else
 bench-gpu:
 	@echo "make bench-gpu: this build has no CUDA runtime (CUDA_HOME=$(CUDA_HOME)); nothing to measure"; exit 1
 endif
 
-bench: all
+bench: all test-deps
 	@$(PYTHON) tests/bench/bench.py $(BENCH_ARGS)
 	@$(PYTHON) tests/bench/bench_repl.py $(BENCH_ARGS)
 	@$(PYTHON) tests/bench/bench_fanout.py $(BENCH_ARGS)
@@ -140,12 +182,12 @@ bench: all
 	@$(PYTHON) tests/bench/charts.py
 
 # The planner's real run: NT3-like CNN, actual CIL of each schedule (~3 min).
-plan-report: all
+plan-report: all test-deps
 	@$(PYTHON) tests/planner/nt3_run.py
 
 # libFuzzer on the replication wire decoder and the session layer (clang); FUZZ_TIME seconds each.
 FUZZ_TIME ?= 60
-fuzz: deps
+fuzz: test-deps
 	@mkdir -p $(BUILD)/fuzz tests/fuzz/corpus tests/fuzz/corpus-sess
 	clang -g -O1 -fsanitize=fuzzer,address,undefined -D_GNU_SOURCE -o $(BUILD)/fuzz/fuzz_proto \
 		tests/fuzz/fuzz_proto.c engine/proto.c
@@ -157,35 +199,72 @@ fuzz: deps
 		-print_final_stats=1 tests/fuzz/corpus-sess tests/fuzz/corpus
 
 # Two nodes (network namespaces): training producer, inference consumer.
-demo: all
+demo: all test-deps
 	@sh mount-scripts/demo.sh
 
 # One node: a mount, a training loop, the flush.
-demo-local: all
+demo-local: all test-deps
 	@sh mount-scripts/demo-local.sh
 
-# SBINDIR: where mount(8) looks for helpers (/sbin/mount.TYPE).
-SBINDIR ?= /sbin
-SYSTEMDDIR ?= /etc/systemd/system
-DOCDIR ?= $(PREFIX)/share/doc/viperfs
-SUBST = sed -e 's|@BINDIR@|$(PREFIX)/bin|g' -e 's|@DOCDIR@|$(DOCDIR)|g'
+# make install; make uninstall removes what it put there (the same variables).
+# Man pages: the generated viperfs(8) and every docs/man/*.[18], gzipped as
+# Debian has them.  The fusermount3 of the private libfuse goes to LIBEXECDIR,
+# not setuid: root mounts need it only for auto_unmount (fs/fusermount.c).
+SUBST = sed -e 's|@BINDIR@|$(BINDIR)|g' -e 's|@DOCDIR@|$(DOCDIR)|g'
+MAN_PAGES = $(BUILD)/man/viperfs.8 $(filter-out docs/man/viperfs.8,$(wildcard docs/man/*.[18]))
+man_dest = $(MANDIR)/man$(patsubst .%,%,$(suffix $(1)))/$(notdir $(1)).gz
+BASH_COMPLETION = $(wildcard mount-scripts/viperctl.bash-completion)
+INSTALLED = $(BINDIR)/viperfs $(BINDIR)/viperctl $(BINDIR)/viperfs-slurm \
+	$(LIBDIR)/libviperfs_client.a $(INCLUDEDIR)/viperfs_client.h \
+	$(SBINDIR)/mount.viperfs $(SBINDIR)/umount.viperfs \
+	$(SBINDIR)/mount.fuse.viperfs $(SBINDIR)/umount.fuse.viperfs \
+	$(SYSTEMDDIR)/viperfs@.service $(DOCDIR)/README.md \
+	$(foreach m,$(MAN_PAGES),$(call man_dest,$(m))) $(MANDIR)/man8/umount.viperfs.8.gz \
+	$(if $(BASH_COMPLETION),$(BASHCOMPDIR)/viperctl) \
+	$(if $(FUSE_SYSTEM),,$(LIBEXECDIR)/fusermount3)
 install: all
-	install -D -m 0755 $(BUILD)/viperfs $(DESTDIR)$(PREFIX)/bin/viperfs
-	install -D -m 0755 $(BUILD)/viperctl $(DESTDIR)$(PREFIX)/bin/viperctl
-	install -D -m 0644 $(BUILD)/libviperfs_client.a $(DESTDIR)$(PREFIX)/lib/libviperfs_client.a
-	install -D -m 0644 tools/viperfs_client.h $(DESTDIR)$(PREFIX)/include/viperfs_client.h
-	@mkdir -p $(DESTDIR)$(SBINDIR) $(DESTDIR)$(SYSTEMDDIR) $(DESTDIR)$(DOCDIR)
+	install -D -m 0755 $(BUILD)/viperfs $(DESTDIR)$(BINDIR)/viperfs
+	install -D -m 0755 $(BUILD)/viperctl $(DESTDIR)$(BINDIR)/viperctl
+	install -D -m 0644 $(BUILD)/libviperfs_client.a $(DESTDIR)$(LIBDIR)/libviperfs_client.a
+	install -D -m 0644 tools/viperfs_client.h $(DESTDIR)$(INCLUDEDIR)/viperfs_client.h
+	@mkdir -p $(DESTDIR)$(SBINDIR) $(DESTDIR)$(SYSTEMDDIR) $(DESTDIR)$(DOCDIR) $(DESTDIR)$(MANDIR)/man8
 	$(SUBST) mount-scripts/mount.viperfs > $(DESTDIR)$(SBINDIR)/mount.viperfs
 	$(SUBST) mount-scripts/umount.viperfs > $(DESTDIR)$(SBINDIR)/umount.viperfs
 	chmod 0755 $(DESTDIR)$(SBINDIR)/mount.viperfs $(DESTDIR)$(SBINDIR)/umount.viperfs
 	ln -sf mount.viperfs $(DESTDIR)$(SBINDIR)/mount.fuse.viperfs
 	ln -sf umount.viperfs $(DESTDIR)$(SBINDIR)/umount.fuse.viperfs
-	$(SUBST) mount-scripts/viperfs-slurm > $(DESTDIR)$(PREFIX)/bin/viperfs-slurm
-	chmod 0755 $(DESTDIR)$(PREFIX)/bin/viperfs-slurm
+	$(SUBST) mount-scripts/viperfs-slurm > $(DESTDIR)$(BINDIR)/viperfs-slurm
+	chmod 0755 $(DESTDIR)$(BINDIR)/viperfs-slurm
 	$(SUBST) mount-scripts/viperfs@.service > $(DESTDIR)$(SYSTEMDDIR)/viperfs@.service
+	chmod 0644 $(DESTDIR)$(SYSTEMDDIR)/viperfs@.service
 	install -m 0644 README.md $(DESTDIR)$(DOCDIR)/README.md
+	$(foreach m,$(MAN_PAGES),mkdir -p $(dir $(DESTDIR)$(call man_dest,$(m))) && \
+		gzip -9n < $(m) > $(DESTDIR)$(call man_dest,$(m)) && \
+		chmod 0644 $(DESTDIR)$(call man_dest,$(m)) &&) true
+	ln -sf mount.viperfs.8.gz $(DESTDIR)$(MANDIR)/man8/umount.viperfs.8.gz
+	$(if $(BASH_COMPLETION),install -D -m 0644 $(BASH_COMPLETION) $(DESTDIR)$(BASHCOMPDIR)/viperctl)
+	$(if $(FUSE_SYSTEM),,install -D -m 0755 $(FUSE3_PREFIX)/bin/fusermount3 $(DESTDIR)$(LIBEXECDIR)/fusermount3)
+	@case "$(SBINDIR)" in /sbin|/usr/sbin) ;; *) echo "make install: mount(8) looks for its helpers in /sbin, not $(SBINDIR): PREFIX=/usr or SBINDIR=/sbin makes 'mount -t fuse.viperfs' work" ;; esac
+
+# No `all`: what to remove is known without building anything.  Only the
+# directories that are viperfs's own go with the files.
+uninstall:
+	rm -f $(addprefix $(DESTDIR),$(INSTALLED))
+	rmdir $(DESTDIR)$(LIBEXECDIR) $(DESTDIR)$(DOCDIR) 2>/dev/null || true
+
+# A Debian package of this tree (PREFIX=/usr, the unit in /lib/systemd/system),
+# built in DEB_BUILD so that build/ stays as it is, staged with make install and
+# packed by mount-scripts/make-deb.sh (Depends from dpkg-shlibdeps).  Without
+# the CUDA runtime unless DEB_NO_CUDA=0: Debian has no package of it to depend on.
+DEB_BUILD ?= build-deb
+DEB_NO_CUDA ?= 1
+deb:
+	rm -rf $(DEB_BUILD)/debian
+	$(MAKE) BUILD=$(DEB_BUILD) NO_CUDA=$(DEB_NO_CUDA) PREFIX=/usr SYSTEMDDIR=/lib/systemd/system \
+		DESTDIR=$(abspath $(DEB_BUILD))/debian/viperfs install
+	sh mount-scripts/make-deb.sh $(DEB_BUILD)
 
 clean:
-	rm -rf build build-san build-tsan
+	rm -rf build build-san build-tsan $(DEB_BUILD)
 
 -include $(ENGINE_OBJ:.o=.d) $(FS_OBJ:.o=.d) $(VIPERCTL_OBJ:.o=.d)
