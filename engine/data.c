@@ -503,6 +503,27 @@ ssize_t vp_data_write_fd(struct vp_data *d, uint64_t off, size_t len, double wai
 	return n;
 }
 
+int vp_data_fallocate(struct vp_data *d, uint64_t off, uint64_t len, int keep_size,
+		      double wait_s)
+{
+	int rc;
+
+	if (off > VP_DATA_MAX_BYTES || len > VP_DATA_MAX_BYTES - off)
+		return -EFBIG;
+	pthread_mutex_lock(&d->lock);
+	if (!d->mf) {
+		pthread_mutex_unlock(&d->lock);
+		return -EOPNOTSUPP;
+	}
+	rc = mfile_own_locked(d, d->size, wait_s);
+	if (!rc)
+		rc = vp_mfile_fallocate(d->mf, off, len, keep_size, wait_s);
+	if (!rc && !keep_size && off + len > d->size)
+		__atomic_store_n(&d->size, off + len, __ATOMIC_RELEASE);
+	pthread_mutex_unlock(&d->lock);
+	return rc;
+}
+
 int vp_data_truncate(struct vp_data *d, uint64_t size, double wait_s)
 {
 	int rc = 0;

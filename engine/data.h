@@ -162,6 +162,15 @@ ssize_t vp_data_write_fd(struct vp_data *d, uint64_t off, size_t len, double wai
 int vp_data_truncate(struct vp_data *d, uint64_t size, double wait_s);
 
 /*
+ * fallocate(2), mode 0 or FALLOC_FL_KEEP_SIZE (keep_size), on a memory
+ * file (vp_mfile_fallocate, its own copy first): 0, -ENOSPC when the
+ * cache cannot hold it, or -EOPNOTSUPP for chunks (a file loaded from the
+ * PFS and opened for update).
+ */
+int vp_data_fallocate(struct vp_data *d, uint64_t off, uint64_t len, int keep_size,
+		      double wait_s);
+
+/*
  * Reads up to len bytes at off (short at EOF; 0 past it) as segments that
  * point into the cache where they can.  len is cut so that at most
  * VP_READ_MAX_SEGS chunks are touched.  rd must be released with

@@ -227,6 +227,28 @@ int vp_mfile_truncate(struct vp_mfile *mf, uint64_t size)
 	return rc;
 }
 
+int vp_mfile_fallocate(struct vp_mfile *mf, uint64_t off, uint64_t len, int keep_size,
+		       double wait_s)
+{
+	int rc;
+
+	pthread_mutex_lock(&mf->lock);
+	if (mf->sealed) {
+		pthread_mutex_unlock(&mf->lock);
+		vp_log(LOG_CRIT, "mfile", "an fallocate of a sealed version was refused (a bug: versions are immutable)");
+		return -EPERM;
+	}
+	rc = reserve_locked(mf, off + len, wait_s);
+	if (!rc && fallocate(mf->fd, keep_size ? FALLOC_FL_KEEP_SIZE : 0, (off_t)off, (off_t)len))
+		rc = -errno;
+	if (!rc && !keep_size && off + len > mf->size) {
+		written_locked(mf, mf->size, (size_t)(off + len - mf->size));	/* zeros now */
+		mf->size = off + len;
+	}
+	pthread_mutex_unlock(&mf->lock);
+	return rc;
+}
+
 int vp_mfile_seal(struct vp_mfile *mf)
 {
 	int rc = 0;

@@ -86,6 +86,15 @@ ssize_t vp_mfile_write_fd(struct vp_mfile *mf, uint64_t off, size_t len, double 
 			  ssize_t (*fill)(void *arg, int fd, uint64_t off, size_t len), void *arg);
 /* Sets the size of an unsealed file.  Returns 0 or -errno. */
 int vp_mfile_truncate(struct vp_mfile *mf, uint64_t size);
+
+/*
+ * fallocate(2) mode 0 (keep_size 0: the file grows to off + len, zeros)
+ * or FALLOC_FL_KEEP_SIZE: the pages of [off, off + len) are charged to
+ * the budget (waiting up to wait_s, else -ENOSPC) and allocated, so that
+ * writes there cannot fail for memory.  Pages past the end go at the seal.
+ */
+int vp_mfile_fallocate(struct vp_mfile *mf, uint64_t off, uint64_t len, int keep_size,
+		       double wait_s);
 /*
  * Seals the file at its size (the allocation ahead is given back).
  * Idempotent.  Returns 0 or -errno.

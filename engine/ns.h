@@ -220,6 +220,15 @@ ssize_t vp_ns_read(struct vp_ns *ns, struct vp_handle *h, uint64_t off,
  * writable handle and who is of the process that opened it, what was
  * written becomes a version now.
  */
+/*
+ * fallocate(2) through writable h: mode 0 (the file grows to off + len)
+ * or FALLOC_FL_KEEP_SIZE reserve cache memory for the range, -ENOSPC when
+ * the cache cannot hold it (after cache_wait); other modes (PUNCH_HOLE,
+ * ZERO_RANGE, ...) are -EOPNOTSUPP.  A growth is a change: the close
+ * commits it.
+ */
+int vp_ns_fallocate(struct vp_ns *ns, struct vp_handle *h, int mode, uint64_t off,
+		    uint64_t len);
 int vp_ns_flush(struct vp_ns *ns, const struct vp_caller *who,
 		struct vp_handle *h);
 /* fsync of a file; what it waits for is cfg->fsync_mode. */

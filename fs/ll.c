@@ -859,11 +859,12 @@ static void vpfs_fallocate(fuse_req_t req, fuse_ino_t ino, int mode,
 			   off_t offset, off_t length, struct fuse_file_info *fi)
 {
 	(void)ino;
-	(void)mode;
-	(void)offset;
-	(void)length;
-	(void)fi;
-	reply_err(req, -EOPNOTSUPP);
+	if (offset < 0 || length <= 0) {
+		reply_err(req, -EINVAL);
+		return;
+	}
+	reply_err(req, vp_ns_fallocate(ns_of(req), handle_of(fi), mode, (uint64_t)offset,
+				       (uint64_t)length));
 }
 
 

@@ -675,6 +675,32 @@ ssize_t vp_ns_write_fd(struct vp_ns *ns, struct vp_handle *h, uint64_t off, size
 	return n;
 }
 
+int vp_ns_fallocate(struct vp_ns *ns, struct vp_handle *h, int mode, uint64_t off,
+		    uint64_t len)
+{
+	uint64_t before;
+	int rc;
+
+	if (mode & ~FALLOC_FL_KEEP_SIZE)
+		return -EOPNOTSUPP;	/* holes and ranges of zeros: not in memory files (docs) */
+	if (!h->writable)
+		return -EBADF;
+	if (len == 0)
+		return -EINVAL;
+	before = vp_data_size(h->data);
+	rc = vp_data_fallocate(h->data, off, len, mode & FALLOC_FL_KEEP_SIZE, ns->cfg.cache_wait);
+	if (rc == 0 && vp_data_size(h->data) != before) {
+		__atomic_store_n(&h->wrote, 1, __ATOMIC_RELAXED);
+		__atomic_store_n(&h->node->dirty, 1, __ATOMIC_RELEASE);
+	} else if (rc == -ENOSPC) {
+		/* the file's bytes are whole: nothing failed but the reservation */
+		vp_log(LOG_WARNING, "cache",
+		       "fallocate refused: the RAM cache (ram_cache) cannot hold %" PRIu64 " more bytes within %.1f s",
+		       len, ns->cfg.cache_wait);
+	}
+	return rc;
+}
+
 ssize_t vp_ns_read(struct vp_ns *ns, struct vp_handle *h, uint64_t off,
 		   size_t len, struct vp_read *rd)
 {

@@ -116,11 +116,7 @@ def test_fsync_flock_statfs_fallocate(mnt):
     dfd = os.open(mnt.mnt, os.O_RDONLY | os.O_DIRECTORY)
     os.fsync(dfd)
     os.close(dfd)
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
-    assert libc.fallocate(fd, 0, 0, 1 << 20) == -1
-    assert ctypes.get_errno() in (errno.EOPNOTSUPP, errno.ENOTSUP)
-    os.posix_fallocate(fd, 0, 8192)          # glibc falls back to writing zeros
+    os.posix_fallocate(fd, 0, 8192)
     assert os.fstat(fd).st_size == 8192
     fd2 = os.open(p, os.O_RDONLY)
     fcntl.flock(fd, fcntl.LOCK_EX)
@@ -344,3 +340,50 @@ def test_setuid_and_setgid_go_at_a_write_by_another_user(world):
     assert stat.S_IMODE(os.stat(m.path("root")).st_mode) == 0o6777
     m.flush()
     assert stat.S_IMODE(os.stat(m.pfs_path("suid")).st_mode) == 0o777      # and so on the PFS
+
+
+FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE = 0x01, 0x02, 0x10
+
+
+def fallocate(fd, mode, off, length):
+    """fallocate(2) itself (posix_fallocate would write zeros where it fails): 0 or errno."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+    return 0 if libc.fallocate(fd, mode, off, length) == 0 else ctypes.get_errno()
+
+
+def test_fallocate_reserves_cache_memory(world):
+    """Mode 0 grows the file (zeros) and is a change the close commits;
+    KEEP_SIZE reserves without growing; both fail with ENOSPC when the cache
+    cannot hold the range, and the file's bytes are untouched then; holes
+    and zero ranges are refused (EOPNOTSUPP)."""
+    m = world.mount("ram_cache=96M,ram_spare=0,cache_wait=0.2")
+    p = m.path("db")
+    fd = os.open(p, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        os.write(fd, b"head")
+        assert fallocate(fd, 0, 0, 8 << 20) == 0
+        assert os.fstat(fd).st_size == 8 << 20
+        assert fallocate(fd, FALLOC_FL_KEEP_SIZE, 8 << 20, 8 << 20) == 0
+        assert os.fstat(fd).st_size == 8 << 20          # kept
+        assert fallocate(fd, 0, 0, 1 << 30) == errno.ENOSPC      # more than the cache
+        assert fallocate(fd, FALLOC_FL_KEEP_SIZE, 0, 1 << 30) == errno.ENOSPC
+        assert fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, 4096) in (
+            errno.EOPNOTSUPP, errno.ENOTSUP)
+        assert fallocate(fd, FALLOC_FL_ZERO_RANGE, 0, 4096) in (errno.EOPNOTSUPP, errno.ENOTSUP)
+        os.pwrite(fd, b"tail", (8 << 20) - 4)
+    finally:
+        os.close(fd)
+    data = read(p)
+    assert len(data) == 8 << 20 and data[:4] == b"head" and data[-4:] == b"tail"
+    assert data[4:-4].count(0) == len(data) - 8
+    assert "fallocate refused" in m.read_log()
+    m.flush()
+    assert os.path.getsize(m.pfs_path("db")) == 8 << 20       # a version, flushed whole
+    # a growth alone is a new version too
+    v = os.getxattr(p, "user.viperfs.version")
+    fd = os.open(p, os.O_RDWR)
+    assert fallocate(fd, 0, 0, 9 << 20) == 0
+    os.close(fd)
+    assert int(os.getxattr(p, "user.viperfs.version")) == int(v) + 1
+    assert os.path.getsize(p) == 9 << 20

@@ -258,6 +258,7 @@ static void test_mfile_sealed_write_fails_loudly(void **state)
 	assert_int_equal(vp_mfile_pwrite(mf, "abc", 3, 0, 0), 3);
 	assert_int_equal(vp_mfile_seal(mf), 0);
 	assert_int_equal(vp_mfile_pwrite(mf, "zzz", 3, 0, 0), -EPERM);
+	assert_int_equal(vp_mfile_fallocate(mf, 0, 4096, 0, 0), -EPERM);
 	assert_int_equal(pwrite(mf->fd, "zzz", 3, 0), -1);	/* past our own check, the kernel's */
 	assert_int_equal(errno, EPERM);
 	assert_int_equal(ftruncate(mf->fd, 1), -1);
@@ -284,6 +285,40 @@ static void test_mfile_charged_to_the_budget(void **state)
 	assert_int_equal(vp_pool_available(pool), 16 * CHUNK);
 	vp_pool_free(pool);
 	free(buf);
+}
+
+/*
+ * fallocate: mode 0 grows the file with zeros and charges its pages;
+ * KEEP_SIZE charges without growing, and the seal gives those pages back;
+ * past the budget, -ENOSPC and the file as it was.
+ */
+static void test_mfile_fallocate_reserves(void **state)
+{
+	struct vp_pool *pool = vp_pool_new(CHUNK, 16 * CHUNK, 0);
+	struct vp_data *d, *v;
+	char out[8];
+	int err;
+
+	(void)state;
+	d = vp_data_new_mfile(pool, &err);
+	assert_non_null(d);
+	assert_int_equal(vp_data_write(d, "head", 4, 0, 0), 4);
+	assert_int_equal(vp_data_fallocate(d, 0, 4 * CHUNK, 0, 0), 0);
+	assert_int_equal(vp_data_size(d), 4 * CHUNK);
+	assert_int_equal(vp_data_pread(d, out, 8, 0), 8);
+	assert_memory_equal(out, "head\0\0\0\0", 8);
+	assert_true(vp_pool_available(pool) <= 12 * CHUNK);
+	assert_int_equal(vp_data_fallocate(d, 4 * CHUNK, 4 * CHUNK, 1, 0), 0);
+	assert_int_equal(vp_data_size(d), 4 * CHUNK);		/* kept */
+	assert_true(vp_pool_available(pool) <= 8 * CHUNK);	/* but charged */
+	assert_int_equal(vp_data_fallocate(d, 0, 32 * CHUNK, 0, 0), -ENOSPC);
+	assert_int_equal(vp_data_size(d), 4 * CHUNK);
+	v = vp_data_clone(d);					/* the commit seals */
+	vp_data_put(d);
+	assert_true(vp_pool_available(pool) >= 12 * CHUNK);	/* the pages past the end went */
+	vp_data_put(v);
+	assert_int_equal(vp_pool_available(pool), 16 * CHUNK);
+	vp_pool_free(pool);
 }
 
 /*
@@ -391,6 +426,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_mfile_seal_on_clone_then_copy_on_write, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_mfile_sealed_write_fails_loudly, setup, teardown),
 		cmocka_unit_test(test_mfile_charged_to_the_budget),
+		cmocka_unit_test(test_mfile_fallocate_reserves),
 		cmocka_unit_test(test_spare_taken_then_tail_freed_at_seal),
 		cmocka_unit_test(test_spare_gives_way_to_a_write),
 		cmocka_unit_test_setup_teardown(test_sealed_copy_of_chunks, setup, teardown),
