@@ -324,7 +324,13 @@ int vp_check_name_locked(struct vp_ns *ns, struct vp_node *dir,
 		       name);
 		return -EPERM;
 	}
-	if (vp_live_path_locked(ns, dir, path, sizeof(path) - 80 - len))
+	/*
+	 * The whole path from the root fits PATH_MAX, as on a local file
+	 * system: staging names live in the staging folder, and every path
+	 * on the PFS and on a replica is opened from a directory descriptor.
+	 */
+	if (vp_live_path_locked(ns, dir, path, sizeof(path)) ||
+	    strlen(path) + (*path ? 1 : 0) + len >= PATH_MAX)
 		return -ENAMETOOLONG;
 	return 0;
 }

@@ -387,3 +387,47 @@ def test_fallocate_reserves_cache_memory(world):
     os.close(fd)
     assert int(os.getxattr(p, "user.viperfs.version")) == int(v) + 1
     assert os.path.getsize(p) == 9 << 20
+
+
+def test_paths_up_to_path_max(world):
+    """A path of PATH_MAX - 1 bytes from the mount root (15 directories of
+    NAME_MAX, then a file), as on tmpfs: made, written, read, flushed to the
+    PFS; one byte more is ENAMETOOLONG."""
+    m = world.mount()
+    names = [chr(ord("a") + i) * 255 for i in range(15)]
+    last = "f" * (4095 - 15 * 256)
+    assert len("/".join(names + [last])) == 4095
+
+    def walk(root):
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+        for n in names:
+            try:
+                os.mkdir(n, dir_fd=fd)
+            except FileExistsError:
+                pass
+            nfd = os.open(n, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+        return fd
+
+    fd = walk(m.mnt)
+    try:
+        f = os.open(last, os.O_CREAT | os.O_WRONLY, 0o644, dir_fd=fd)
+        os.write(f, b"deep")
+        os.close(f)
+        with pytest.raises(OSError) as e:
+            os.open(last + "g", os.O_CREAT | os.O_WRONLY, 0o644, dir_fd=fd)
+        assert e.value.errno == errno.ENAMETOOLONG
+        f = os.open(last, os.O_RDONLY, dir_fd=fd)
+        assert os.read(f, 10) == b"deep"
+        os.close(f)
+    finally:
+        os.close(fd)
+    m.flush()
+    fd = walk(m.pfs)
+    try:
+        f = os.open(last, os.O_RDONLY, dir_fd=fd)
+        assert os.read(f, 10) == b"deep"
+        os.close(f)
+    finally:
+        os.close(fd)
