@@ -370,6 +370,51 @@ static int replay_symlink(struct vp_ns *ns, struct flush_op *op,
 	return 0;
 }
 
+/*
+ * A FIFO, socket or device node: made in the staging folder (mknodat),
+ * then renamed into place.  Where the PFS refuses the node (a device
+ * without CAP_MKNOD, a file system without FIFOs), an empty file stands in
+ * for it, with the node in the xattr user.viperfs.node ("TYPE RDEV"),
+ * which a load turns back into the node; the log says so once a run.
+ */
+static int replay_mknod(struct vp_ns *ns, struct flush_op *op,
+			const struct replay_dirs *r)
+{
+	static int said;
+	char tmp[64], xattr[64];
+	mode_t mode = op->node->mode;
+	int fd;
+
+	if (r->dfd < 0)
+		return r->dfd;
+	snprintf(tmp, sizeof(tmp), "%" PRIu64 "-%" PRIu64 ".nod", op->seq, op->node->ino);
+	unlinkat(ns->staging_fd, tmp, 0);
+	if (mknodat(ns->staging_fd, tmp, mode & (S_IFMT | 0777), op->node->rdev) == 0)
+		goto place;
+	if (errno != EPERM && errno != EOPNOTSUPP && errno != EINVAL && errno != EACCES)
+		return -errno;
+	if (!__atomic_exchange_n(&said, 1, __ATOMIC_RELAXED))
+		vp_log(LOG_NOTICE, "flush", "the PFS refuses a %s node (%s): it is kept as an empty file with the xattr " VP_NODE_XATTR ", and a mount restores it",
+		       S_ISFIFO(mode) ? "FIFO" : S_ISSOCK(mode) ? "socket" : "device", strerror(errno));
+	fd = openat(ns->staging_fd, tmp, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return -errno;
+	snprintf(xattr, sizeof(xattr), "%o %llu", (unsigned int)(mode & S_IFMT),
+		 (unsigned long long)op->node->rdev);
+	if (fsetxattr(fd, VP_NODE_XATTR, xattr, strlen(xattr), 0)) {
+		int e = errno;
+
+		close(fd);
+		unlinkat(ns->staging_fd, tmp, 0);
+		return -e;
+	}
+	close(fd);
+place:
+	if (renameat(ns->staging_fd, tmp, r->dfd, op->name))
+		return -errno;
+	return 0;
+}
+
 static int replay_rename(struct flush_op *op, const struct replay_dirs *r)
 {
 	if (r->dfd < 0)
@@ -443,6 +488,7 @@ static void replay_places_locked(struct vp_ns *ns, struct flush_op *op)
 	switch (op->type) {
 	case OP_MKDIR:
 	case OP_SYMLINK:
+	case OP_MKNOD:
 		set_place_locked(ns, n, op->parent, op->name);
 		break;
 	case OP_RENAME:
@@ -476,6 +522,9 @@ static int replay_meta(struct vp_ns *ns, struct flush_op *op, char *where,
 	case OP_SYMLINK:
 		rc = replay_symlink(ns, op, &r);
 		break;
+	case OP_MKNOD:
+		rc = replay_mknod(ns, op, &r);
+		break;
 	case OP_RENAME:
 		rc = replay_rename(op, &r);
 		break;
@@ -505,6 +554,7 @@ static const char *op_verb(enum flush_op_type t)
 	static const char *const verbs[] = {
 		[OP_MKDIR] = "mkdir", [OP_DATA] = "flush", [OP_SYMLINK] = "symlink",
 		[OP_RENAME] = "rename", [OP_UNLINK] = "unlink", [OP_ATTR] = "chmod",
+		[OP_MKNOD] = "mknod",
 	};
 	return verbs[t];
 }

@@ -120,6 +120,13 @@ int vp_ns_setattr(struct vp_ns *ns, const struct vp_caller *who, uint64_t ino,
 /* New nodes belong to who's uid and gid. */
 int vp_ns_mkdir(struct vp_ns *ns, const struct vp_caller *who, uint64_t parent,
 		const char *name, mode_t mode, struct stat *st);
+/*
+ * A FIFO, UNIX socket, or character or block device (mode's type bits,
+ * rdev) at parent/name: an inode of its own whose I/O is the kernel's,
+ * never the daemon's.  -EINVAL for another type.
+ */
+int vp_ns_mknod(struct vp_ns *ns, const struct vp_caller *who, uint64_t parent,
+		const char *name, uint32_t mode, uint64_t rdev, struct stat *st);
 int vp_ns_symlink(struct vp_ns *ns, const struct vp_caller *who,
 		  uint64_t parent, const char *name, const char *target,
 		  struct stat *st);
@@ -351,13 +358,14 @@ uint64_t vp_ns_event_seq(struct vp_ns *ns);
  * observer that keeps d takes its own reference.  ino is this node's own
  * name for it; other nodes know the file by its path.
  */
-enum vp_entry_type { VP_ENTRY_DIR, VP_ENTRY_FILE, VP_ENTRY_SYMLINK };
+enum vp_entry_type { VP_ENTRY_DIR, VP_ENTRY_FILE, VP_ENTRY_SYMLINK, VP_ENTRY_SPECIAL };
 struct vp_ns_entry {
 	enum vp_entry_type type;
 	const char *path;		/* the live path, without a leading '/' */
 	const char *target;		/* a symlink's target, else NULL */
 	uint64_t ino;
 	uint32_t mode;
+	uint64_t rdev;			/* a special node's device number */
 	struct vp_data *d;		/* a file's bytes of version `version`, or NULL */
 	uint64_t version;
 	uint64_t epoch;			/* the producer's run that committed it (0: unknown) */
@@ -382,10 +390,11 @@ struct vp_ns_observer {
 	/*
 	 * Producer: a namespace change, in the order of the flush log.
 	 * path2 is a rename's new path or a symlink's target, else "".
+	 * mode has the type bits; rdev is a device node's number (MKNOD).
 	 * ns->lock held.
 	 */
 	void (*on_op)(void *arg, enum vp_op_kind kind, const char *path,
-		      const char *path2, uint32_t mode);
+		      const char *path2, uint32_t mode, uint64_t rdev);
 	/* Producer: a version published (queued for the PFS).  ns->lock held. */
 	void (*on_version)(void *arg, const struct vp_ns_entry *e);
 	/*

@@ -318,7 +318,7 @@ static const struct field announce_fields[] = {
 };
 static const struct field op_fields[] = {
 	FIELD(F_INT, op.seq), FIELD(F_INT, op.kind), FIELD(F_INT, op.mode),
-	FIELD(F_INT, op.version), FIELD(F_INT, op.epoch),
+	FIELD(F_INT, op.version), FIELD(F_INT, op.epoch), FIELD(F_INT, op.rdev),
 	FIELD(F_STR, op.path), FIELD(F_STR, op.path2),
 };
 static const struct field sync_end_fields[] = { FIELD(F_INT, sync_end.seq) };
@@ -421,10 +421,24 @@ static void announce_get_tail(struct rd *r, struct vp_msg *m)
 	}
 }
 
+int vp_proto_special_mode(uint32_t mode)
+{
+	switch (mode & S_IFMT_MASK) {
+	case 0010000u:	/* S_IFIFO */
+	case 0140000u:	/* S_IFSOCK */
+	case 0020000u:	/* S_IFCHR */
+	case 0060000u:	/* S_IFBLK */
+		return 1;
+	default:
+		return 0;
+	}
+}
+
 static int op_check(const struct vp_msg *m)
 {
 	if (vp_proto_check_path(m->u.op.path) ||
-	    m->u.op.kind < VP_OP_MKDIR || m->u.op.kind > VP_OP_KEEP ||
+	    m->u.op.kind < VP_OP_MKDIR || m->u.op.kind > VP_OP_LAST ||
+	    (m->u.op.kind == VP_OP_MKNOD && !vp_proto_special_mode(m->u.op.mode)) ||
 	    (m->u.op.kind == VP_OP_RENAME && vp_proto_check_path(m->u.op.path2)) ||
 	    (m->u.op.kind == VP_OP_SYMLINK && !m->u.op.path2[0]))
 		return -EINVAL;
@@ -435,15 +449,17 @@ static void op_get_tail(struct rd *r, struct vp_msg *m)
 {
 	if (r->err)
 		return;
-	if (m->u.op.kind < VP_OP_MKDIR || m->u.op.kind > VP_OP_KEEP)
+	if (m->u.op.kind < VP_OP_MKDIR || m->u.op.kind > VP_OP_LAST)
 		r->err = "unknown operation";
+	else if (m->u.op.kind == VP_OP_MKNOD && !vp_proto_special_mode(m->u.op.mode))
+		r->err = "a node that is not a FIFO, socket or device";
 	else if (vp_proto_check_path(m->u.op.path))
 		r->err = "bad path";
 	else if (m->u.op.kind == VP_OP_RENAME && vp_proto_check_path(m->u.op.path2))
 		r->err = "bad rename target";
 	else if (m->u.op.kind == VP_OP_SYMLINK && !m->u.op.path2[0])
 		r->err = "empty symlink target";
-	else if (m->u.op.mode & S_IFMT_MASK)
+	else if (m->u.op.kind != VP_OP_MKNOD && (m->u.op.mode & S_IFMT_MASK))
 		r->err = "mode has file type bits";
 }
 

@@ -55,7 +55,7 @@
 #include <sys/types.h>
 
 #define VP_PROTO_MAGIC 0x31525056u	/* "VPR1" */
-#define VP_PROTO_VERSION 5		/* 2: per-chunk hashes in ANNOUNCE; 3: relay; 4: sealed sessions, relay edge keys; 5: epochs, recovery */
+#define VP_PROTO_VERSION 6		/* 2: per-chunk hashes in ANNOUNCE; 3: relay; 4: sealed sessions, relay edge keys; 5: epochs, recovery; 6: special nodes (MKNOD) */
 #define VP_PROTO_HDR 20
 #define VP_PROTO_NONCE 16
 #define VP_PROTO_MAC 32			/* HMAC-SHA256 */
@@ -74,7 +74,9 @@ enum vp_msg_type {
 enum vp_op_kind { VP_OP_MKDIR = 1, VP_OP_RENAME, VP_OP_UNLINK, VP_OP_RMDIR,
 		  VP_OP_SYMLINK,
 		  VP_OP_KEEP,	/* catch-up: the path exists on the producer (e.g. on the PFS only) */
+		  VP_OP_MKNOD,	/* a FIFO, socket or device node: mode with its type, rdev */
 };
+#define VP_OP_LAST VP_OP_MKNOD
 
 /*
  * ANNOUNCE flags.  PREVIEW: the full chunks written so far of a version
@@ -157,6 +159,7 @@ struct vp_msg {
 			uint32_t kind;	/* enum vp_op_kind */
 			uint32_t mode;
 			uint64_t version, epoch;	/* KEEP: the version on the PFS */
+			uint64_t rdev;			/* MKNOD: the device number */
 			char path[PATH_MAX];
 			char path2[PATH_MAX];	/* rename target, symlink target */
 		} op;
@@ -213,6 +216,9 @@ int vp_msg_peek_type(const void *buf, size_t len);
 
 /* 0 if path is a valid relative mount path (see above), else -EINVAL. */
 int vp_proto_check_path(const char *path);
+
+/* 1 if mode's type is a FIFO, a socket or a character or block device (MKNOD), else 0. */
+int vp_proto_special_mode(uint32_t mode);
 
 const char *vp_msg_type_name(enum vp_msg_type t);
 

@@ -65,7 +65,7 @@ void vp_repl_free(struct vp_repl *r);
 
 /* Producer hooks, called with ns->lock held; they only queue. */
 void vp_repl_note_op_locked(struct vp_repl *r, enum vp_op_kind kind,
-			    const char *path, const char *path2, uint32_t mode);
+			    const char *path, const char *path2, uint32_t mode, uint64_t rdev);
 /* A version of e->path (e->ino on this node); takes a reference to e->d. */
 void vp_repl_note_version_locked(struct vp_repl *r, const struct vp_ns_entry *e);
 

@@ -76,6 +76,19 @@ int vp_safepath_mkdir(int root_fd, const char *path, mode_t mode)
 	return rc;
 }
 
+int vp_safepath_mknod(int root_fd, const char *path, mode_t mode, dev_t rdev)
+{
+	const char *leaf;
+	int dfd = vp_safepath_parent(root_fd, path, &leaf), rc = 0;
+
+	if (dfd < 0)
+		return dfd;
+	if (mknodat(dfd, leaf, mode, rdev))
+		rc = -errno;
+	close(dfd);
+	return rc;
+}
+
 int vp_safepath_unlink(int root_fd, const char *path, int flags)
 {
 	const char *leaf;

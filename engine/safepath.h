@@ -33,6 +33,8 @@ int vp_safepath_parent(int root_fd, const char *path, const char **leaf);
 int vp_safepath_mkparents(int root_fd, const char *path);
 
 int vp_safepath_mkdir(int root_fd, const char *path, mode_t mode);
+/* mknodat(2) of a FIFO, socket or device node beneath root_fd. */
+int vp_safepath_mknod(int root_fd, const char *path, mode_t mode, dev_t rdev);
 /* flags: 0 or AT_REMOVEDIR. */
 int vp_safepath_unlink(int root_fd, const char *path, int flags);
 int vp_safepath_rename(int root_fd, const char *from, const char *to);

@@ -401,15 +401,29 @@ static void vpfs_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name,
 	reply_entry(req, rc, &st);
 }
 
+/*
+ * FIFOs, sockets and device nodes are inodes of their own, whose I/O is
+ * the kernel's (the daemon never opens them).  A regular file made by
+ * mknod(2) is an empty file, created and closed: an empty version 1.
+ */
 static void vpfs_mknod(fuse_req_t req, fuse_ino_t parent, const char *name,
 		       mode_t mode, dev_t rdev)
 {
-	(void)parent;
-	(void)name;
-	(void)mode;
-	(void)rdev;
-	/* regular files come through create(); devices and FIFOs are no model files */
-	reply_err(req, -EPERM);
+	const struct vp_caller who = caller_of(req);
+	struct vp_ns *ns = ns_of(req);
+	struct vp_handle *h;
+	struct stat st;
+	int rc;
+
+	if (S_ISREG(mode)) {
+		rc = vp_ns_create(ns, &who, parent, name, mode & 07777, O_CREAT | O_EXCL | O_WRONLY,
+				  &st, &h);
+		if (!rc)
+			rc = vp_ns_release(ns, h);
+	} else {
+		rc = vp_ns_mknod(ns, &who, parent, name, mode, rdev, &st);
+	}
+	reply_entry(req, rc, &st);
 }
 
 static void vpfs_symlink(fuse_req_t req, const char *link, fuse_ino_t parent,

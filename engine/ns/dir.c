@@ -107,6 +107,9 @@ static void apply_attrs_locked(struct vp_ns *ns, struct vp_node *n,
 		if (n->parent || n == ns->root)
 			vp_flush_log_locked(ns, OP_ATTR, n, NULL, NULL, NULL);
 	}
+	/* a special node's mode reaches consumers as the node made again */
+	if (sa->set_mode && n->type == VP_NODE_SPECIAL && n->parent)
+		vp_note_op_locked(ns, VP_OP_MKNOD, n, NULL, NULL);
 }
 
 /* The mode a write by an unprivileged caller leaves: no setuid, no setgid where group may execute. */
@@ -210,7 +213,7 @@ int vp_ns_prepare_new(struct vp_ns *ns, const struct vp_caller *who,
 }
 
 /*
- * The end of mkdir and symlink: links new node n (its ref goes to the
+ * The end of mkdir, mknod and symlink: links new node n (its ref goes to the
  * link) as dir/name, logs and tells it, and gives the kernel's lookup its
  * reference; drops dir's and ns->lock.  n NULL: out of memory.
  */
@@ -247,6 +250,24 @@ int vp_ns_mkdir(struct vp_ns *ns, const struct vp_caller *who, uint64_t parent,
 	if (n)
 		n->loaded = 1;
 	return finish_new(ns, dir, n, name, OP_MKDIR, VP_OP_MKDIR, st);
+}
+
+int vp_ns_mknod(struct vp_ns *ns, const struct vp_caller *who, uint64_t parent,
+		const char *name, uint32_t mode, uint64_t rdev, struct stat *st)
+{
+	struct vp_node *dir, *n;
+	int rc;
+
+	if (!S_ISFIFO(mode) && !S_ISSOCK(mode) && !S_ISCHR(mode) && !S_ISBLK(mode))
+		return -EINVAL;
+	rc = vp_ns_prepare_new(ns, who, parent, name, &dir);
+	if (rc)
+		return rc;
+	n = vp_node_new_locked(ns, VP_NODE_SPECIAL, mode & (S_IFMT | 07777),
+			       vp_caller_uid(who), vp_caller_gid(who));
+	if (n)
+		n->rdev = S_ISCHR(mode) || S_ISBLK(mode) ? (dev_t)rdev : 0;
+	return finish_new(ns, dir, n, name, OP_MKNOD, VP_OP_MKNOD, st);
 }
 
 int vp_ns_symlink(struct vp_ns *ns, const struct vp_caller *who,

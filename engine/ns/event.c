@@ -328,6 +328,10 @@ static void snapshot_locked(struct vp_ns *ns, struct vp_node *dir,
 			e.type = VP_ENTRY_SYMLINK;
 			e.target = c->symlink;
 			cb(arg, &e);
+		} else if (c->type == VP_NODE_SPECIAL) {
+			e.type = VP_ENTRY_SPECIAL;
+			e.rdev = c->rdev;
+			cb(arg, &e);
 		} else if (c->version > 0 || c->cur) {
 			e.type = VP_ENTRY_FILE;
 			e.d = c->cur;

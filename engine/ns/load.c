@@ -50,10 +50,36 @@ static uint64_t read_version_xattr(int dirfd, const char *name, uint64_t *epoch)
 
 struct pfs_entry {
 	char *name;
-	struct stat st;
+	struct stat st;			/* a stand-in's type and rdev are the node's */
 	char *target;
 	uint64_t version, epoch;
 };
+
+/*
+ * A regular file on the PFS that stands in for a special node the PFS
+ * refused (flush.c, replay_mknod): its type and rdev put into st.
+ */
+static void read_stand_in(int dirfd, const char *name, struct stat *st)
+{
+	int fd = openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
+	char buf[64];
+	unsigned int type;
+	unsigned long long rdev;
+	ssize_t n;
+
+	if (fd < 0)
+		return;
+	n = fgetxattr(fd, VP_NODE_XATTR, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0 || st->st_size != 0)
+		return;
+	buf[n] = '\0';
+	if (sscanf(buf, "%o %llu", &type, &rdev) != 2 ||
+	    (type != S_IFIFO && type != S_IFSOCK && type != S_IFCHR && type != S_IFBLK))
+		return;
+	st->st_mode = (st->st_mode & 07777) | type;
+	st->st_rdev = (dev_t)rdev;
+}
 
 /* Reads a PFS directory into a new array.  No ns->lock held. */
 static int read_pfs_dir(int fd, int is_root, struct pfs_entry **out, size_t *count)
@@ -98,9 +124,8 @@ static int read_pfs_dir(int fd, int is_root, struct pfs_entry **out, size_t *cou
 		memset(e, 0, sizeof(*e));
 		if (fstatat(fd, de->d_name, &e->st, AT_SYMLINK_NOFOLLOW))
 			continue;
-		if (!S_ISREG(e->st.st_mode) && !S_ISDIR(e->st.st_mode) &&
-		    !S_ISLNK(e->st.st_mode))
-			continue;	/* sockets, devices: not model files */
+		if (S_ISREG(e->st.st_mode) && e->st.st_size == 0)
+			read_stand_in(fd, de->d_name, &e->st);
 		if (S_ISLNK(e->st.st_mode)) {
 			char buf[PATH_MAX];
 			ssize_t l = readlinkat(fd, de->d_name, buf, sizeof(buf) - 1);
@@ -112,6 +137,8 @@ static int read_pfs_dir(int fd, int is_root, struct pfs_entry **out, size_t *cou
 		}
 		if (S_ISREG(e->st.st_mode))
 			e->version = read_version_xattr(fd, de->d_name, &e->epoch);
+		if (!S_ISREG(e->st.st_mode) && !S_ISDIR(e->st.st_mode) && !S_ISLNK(e->st.st_mode))
+			e->st.st_size = 0;	/* FIFOs, sockets, devices: no bytes of ours */
 		e->name = strdup(de->d_name);
 		if (!e->name)
 			break;
@@ -214,7 +241,8 @@ static int add_entry_locked(struct vp_ns *ns, struct vp_node *dir,
 			    struct pfs_entry *e)
 {
 	enum vp_node_type type = S_ISDIR(e->st.st_mode) ? VP_NODE_DIR :
-		S_ISLNK(e->st.st_mode) ? VP_NODE_SYMLINK : VP_NODE_FILE;
+		S_ISLNK(e->st.st_mode) ? VP_NODE_SYMLINK :
+		S_ISREG(e->st.st_mode) ? VP_NODE_FILE : VP_NODE_SPECIAL;
 	struct vp_node *n;
 
 	VP_ASSERT_LOCKED(&ns->lock);
@@ -227,6 +255,8 @@ static int add_entry_locked(struct vp_ns *ns, struct vp_node *dir,
 	n->ctime = e->st.st_ctim;
 	n->symlink = e->target;
 	e->target = NULL;
+	if (type == VP_NODE_SPECIAL)
+		n->rdev = S_ISCHR(e->st.st_mode) || S_ISBLK(e->st.st_mode) ? e->st.st_rdev : 0;
 	n->size = (uint64_t)e->st.st_size;
 	n->version = e->version;
 	n->epoch = e->epoch;

@@ -360,6 +360,7 @@ void vp_node_stat_locked(struct vp_ns *ns, struct vp_node *n, struct stat *st)
 		st->st_nlink = n->type == VP_NODE_DIR ? 2 + n->nsubdirs : 1;
 	st->st_uid = n->uid;
 	st->st_gid = n->gid;
+	st->st_rdev = n->rdev;
 	st->st_size = (off_t)vp_node_size_locked(ns, n);
 	st->st_blocks = (st->st_size + 511) / 512;
 	st->st_blksize = VP_CHUNK_SIZE;

@@ -55,13 +55,16 @@
 #define VP_EPOCH_FILE ".viperfs-epoch"		/* the last producer run's epoch */
 #define VP_TOMBS 65536				/* paths removed in a run, remembered (observe.c) */
 #define FSYNC_PEERS_S 120.0			/* fsync=peers waits at most this long */
+/* On the PFS: a special node the PFS refused, kept as an empty file ("TYPE-BITS-OCTAL RDEV") */
+#define VP_NODE_XATTR "user.viperfs.node"
 #define VP_INCOMING_DIR ".viperfs-incoming"	/* replicas: new inodes before the switch */
 #define VP_CHUNK_SIZE (1u << 20)
 #define VP_NAME_MAX 255
 #define VP_EVENT_RING 256			/* version events kept for watchers */
 #define VP_MAX_DEFERRED 16			/* installer renames awaiting their event */
 
-enum vp_node_type { VP_NODE_DIR, VP_NODE_FILE, VP_NODE_SYMLINK };
+/* SPECIAL: a FIFO, socket or device node (its type in mode, rdev) */
+enum vp_node_type { VP_NODE_DIR, VP_NODE_FILE, VP_NODE_SYMLINK, VP_NODE_SPECIAL };
 
 struct vp_node;
 LIST_HEAD(vp_node_list, vp_node);
@@ -89,6 +92,7 @@ struct vp_node {
 	gid_t gid;
 	struct timespec atime, mtime, ctime;
 	char *symlink;
+	dev_t rdev;			/* special nodes: the device number */
 
 	/* files */
 	uint64_t version;		/* latest committed version number */

@@ -162,7 +162,7 @@ void vp_note_op_locked(struct vp_ns *ns, enum vp_op_kind kind,
 		tomb_add_locked(ns, path);
 	VP_FOREACH_OBSERVER(o, ns)
 		if (o->ops->on_op)
-			o->ops->on_op(o->arg, kind, path, path2, n->mode);
+			o->ops->on_op(o->arg, kind, path, path2, n->mode, n->rdev);
 }
 
 void vp_note_version_locked(struct vp_ns *ns, struct vp_node *n)

@@ -717,7 +717,7 @@ void repl_consumer_op(struct vp_repl *r, const struct vp_msg *m)
 	}
 	vp_log(LOG_DEBUG, "repl", "replaying op %u on '%s'", m->u.op.kind, p);
 	if (m->u.op.kind == VP_OP_MKDIR || m->u.op.kind == VP_OP_SYMLINK ||
-	    m->u.op.kind == VP_OP_KEEP)
+	    m->u.op.kind == VP_OP_KEEP || m->u.op.kind == VP_OP_MKNOD)
 		repl_seen_add(r, p);
 	switch (m->u.op.kind) {
 	/* every path is contained beneath the mount: no symlink on the way is followed */
@@ -726,6 +726,12 @@ void repl_consumer_op(struct vp_repl *r, const struct vp_msg *m)
 		rc = vp_safepath_mkdir(r->cons.mnt_fd, p, mode);
 		if (rc == -EEXIST)
 			rc = 0;
+		break;
+	case VP_OP_MKNOD:	/* the producer's numbers; the mount's nodev keeps a device shut */
+		make_parents(r, p);
+		vp_safepath_unlink(r->cons.mnt_fd, p, 0);
+		rc = vp_safepath_mknod(r->cons.mnt_fd, p,
+				       (mode_t)(m->u.op.mode & (S_IFMT | 01777)), (dev_t)m->u.op.rdev);
 		break;
 	case VP_OP_SYMLINK:	/* the target is data: stored as sent, never followed here */
 		make_parents(r, p);

@@ -12,9 +12,9 @@
 #include "../repl.h"
 
 static void repl_on_op(void *arg, enum vp_op_kind kind, const char *path,
-		       const char *path2, uint32_t mode)
+		       const char *path2, uint32_t mode, uint64_t rdev)
 {
-	vp_repl_note_op_locked(arg, kind, path, path2, mode);
+	vp_repl_note_op_locked(arg, kind, path, path2, mode, rdev);
 }
 
 static void repl_on_version(void *arg, const struct vp_ns_entry *e)

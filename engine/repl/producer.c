@@ -33,7 +33,7 @@ static void event_append(struct vp_repl *r, struct event *e)
  * way to assert it); r->lock, taken inside, follows it (lock.h).
  */
 void vp_repl_note_op_locked(struct vp_repl *r, enum vp_op_kind kind,
-			    const char *path, const char *path2, uint32_t mode)
+			    const char *path, const char *path2, uint32_t mode, uint64_t rdev)
 {
 	struct event *e;
 
@@ -49,7 +49,8 @@ void vp_repl_note_op_locked(struct vp_repl *r, enum vp_op_kind kind,
 		return;
 	}
 	e->kind = kind;
-	e->mode = mode & 07777;
+	e->mode = kind == VP_OP_MKNOD ? mode : mode & 07777;
+	e->rdev = rdev;
 	vp_log(LOG_DEBUG, "repl", "noted op %u on '%s'", kind, path);
 	event_append(r, e);
 }
@@ -440,7 +441,7 @@ out:
 }
 
 static void queue_op(struct vp_repl *r, enum vp_op_kind kind, const char *path,
-		     const char *path2, uint32_t mode, struct peer *only,
+		     const char *path2, uint32_t mode, uint64_t rdev, struct peer *only,
 		     const struct vp_ns_entry *keep)
 {
 	struct vp_msg *m = calloc(1, sizeof(*m));
@@ -451,6 +452,7 @@ static void queue_op(struct vp_repl *r, enum vp_op_kind kind, const char *path,
 	m->type = VP_MSG_OP;
 	m->u.op.kind = kind;
 	m->u.op.mode = mode;
+	m->u.op.rdev = rdev;
 	snprintf(m->u.op.path, sizeof(m->u.op.path), "%s", path);
 	snprintf(m->u.op.path2, sizeof(m->u.op.path2), "%s", path2 ? path2 : "");
 	if (keep) {	/* KEEP: which version the PFS has */
@@ -496,7 +498,7 @@ static void snap_cb(void *arg, const struct vp_ns_entry *e)
 	it->e = *e;
 	it->e.path = it->path;
 	it->e.target = it->target;
-	it->e.mode = e->mode & 07777;
+	it->e.mode = e->type == VP_ENTRY_SPECIAL ? e->mode : e->mode & 07777;	/* MKNOD: its type */
 	it->e.d = e->d ? vp_data_get(e->d) : NULL;
 	STAILQ_INSERT_TAIL(&a->items, it, link);
 }
@@ -527,13 +529,15 @@ void repl_catch_up(struct vp_repl *r, struct peer *p)
 		if (!live)	/* nothing queued; the item is freed below */
 			goto next;
 		if (it->e.type == VP_ENTRY_DIR)
-			queue_op(r, VP_OP_MKDIR, it->path, NULL, it->e.mode, p, NULL);
+			queue_op(r, VP_OP_MKDIR, it->path, NULL, it->e.mode, 0, p, NULL);
 		else if (it->e.type == VP_ENTRY_SYMLINK)
-			queue_op(r, VP_OP_SYMLINK, it->path, it->target, 0, p, NULL);
+			queue_op(r, VP_OP_SYMLINK, it->path, it->target, 0, 0, p, NULL);
+		else if (it->e.type == VP_ENTRY_SPECIAL)
+			queue_op(r, VP_OP_MKNOD, it->path, NULL, it->e.mode, it->e.rdev, p, NULL);
 		else if (it->e.d && !announce(r, &it->e, p, 0))
 			files++;
 		else
-			queue_op(r, VP_OP_KEEP, it->path, NULL, 0, p, &it->e);	/* on the PFS only */
+			queue_op(r, VP_OP_KEEP, it->path, NULL, 0, 0, p, &it->e);	/* on the PFS only */
 next:
 		vp_data_put(it->e.d);
 		free(it->path);
@@ -603,7 +607,7 @@ static void producer_ship_events(struct vp_repl *r)
 			announce(r, &v, NULL, e->is_preview);
 		}
 		else if (!e->is_version)
-			queue_op(r, e->kind, e->path, e->path2, e->mode, NULL, NULL);
+			queue_op(r, e->kind, e->path, e->path2, e->mode, e->rdev, NULL, NULL);
 		repl_event_free(e);
 	}
 }

@@ -86,7 +86,8 @@ struct event {			/* producer: a change to ship, in order */
 	int is_preview;		/* with is_version: finished chunks of a version being written */
 	enum vp_op_kind kind;
 	char *path, *path2;
-	uint32_t mode;
+	uint32_t mode;		/* MKNOD: with the type bits */
+	uint64_t rdev;		/* MKNOD: the device number */
 	uint64_t ino;		/* versions: the file on this node (its GPU mirror's key) */
 	struct vp_data *data;	/* versions: ref */
 	uint64_t version, epoch;

@@ -233,7 +233,7 @@ static void test_max_file_size(void **state)
 	vp_config_help(out);
 	fclose(out);
 	assert_non_null(strstr(help, "max_file_size"));
-	assert_non_null(strstr(help, "largest file a replica accepts from the network; 0: the cache size"));
+	assert_non_null(strstr(help, "largest file a replica accepts from the network"));
 	assert_non_null(strstr(help, "on_update_timeout"));
 	free(help);
 }

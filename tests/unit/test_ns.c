@@ -588,9 +588,10 @@ static void heard_unlink(void *arg, uint64_t ino)
 }
 
 static void heard_op(void *arg, enum vp_op_kind kind, const char *path,
-		     const char *path2, uint32_t mode)
+		     const char *path2, uint32_t mode, uint64_t rdev)
 {
 	(void)mode;
+	(void)rdev;
 	heard_add(arg, "op %d %s>%s;", (int)kind, path, path2);
 }
 

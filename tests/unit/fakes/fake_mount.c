@@ -167,6 +167,21 @@ int vp_safepath_symlink(int root_fd, const char *target, const char *path)
 	return rc;
 }
 
+int vp_safepath_mknod(int root_fd, const char *path, mode_t mode, dev_t rdev)
+{
+	char buf[PATH_MAX];
+	const char *leaf;
+	uint64_t parent;
+	struct stat st;
+	int rc = fake_mount_parent(path, buf, sizeof(buf), &parent, &leaf);
+
+	(void)root_fd;
+	if (!rc)
+		rc = fake_mount_forget_new(vp_ns_mknod(fake_mount.ns, fake_caller(), parent, leaf, mode,
+						       rdev, &st), &st);
+	return rc;
+}
+
 int vp_safepath_open(int root_fd, const char *path, int flags, mode_t mode)
 {
 	char buf[PATH_MAX];
