@@ -40,7 +40,9 @@ EPOCH_SAMPLES = 2048
 
 
 NOTES = """\
-stall           torch.save + fsync + close: the time the training loop waits.
+stall           torch.save + fsync + close: the time the training loop waits. On viperfs,
+                fsync returns once the version is committed in memory (fsync=cache, the
+                default); it reaches the PFS in the background (the flush below).
 update latency  from the producer calling torch.save to a consumer having loaded that
                 version and checked its CRC-32; "of which load" is that consumer's
                 torch.load and check, the same work on both paths.
