@@ -1,6 +1,6 @@
 """make demo's three processes (mount-scripts/demo.sh starts them).
 
-  producer VIPERFS_MNT PFS_DIR RUN_DIR EPOCHS SIZE
+  producer VIPERFS_MNT PFS_DIR RUN_DIR EPOCHS SIZE_BYTES
       trains the NT3-like CNN (nt3_demo.train) and after each epoch saves
       the same checkpoint twice, the same way: open, torch.save, fsync,
       close; first into the viperfs mount, then into the PFS directory.
@@ -15,7 +15,7 @@
       loads the file when its stat changes.
 
 The checkpoint is the model's state_dict, an extra float32 tensor that
-pads it to SIZE bytes (its values change every epoch, as trained weights
+pads it to SIZE_BYTES (its values change every epoch, as trained weights
 do), the version number and the CRC-32 of every tensor's bytes.  A
 consumer counts a version as an update only once torch.load succeeded and
 the CRC and the version match; anything else (a half-written file, a mix
@@ -92,15 +92,6 @@ def save(state, path):
     return time.perf_counter() - t0
 
 
-def parse_size(text):
-    """'64M', '1G', '512K' (binary units) or bytes."""
-    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    t = text.strip().upper().rstrip("B").rstrip("I")
-    if t and t[-1] in mult:
-        return int(float(t[:-1]) * mult[t[-1]])
-    return int(t)
-
-
 def human_size(n):
     for unit, mult in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
         if n >= mult:
@@ -133,8 +124,8 @@ class Results:
                     elif int(v) == version:
                         return float(t), float(acc), float(load_s)
             time.sleep(0.005)
-        raise SystemExit("demo: no consumer loaded version %d of '%s' within %d s; see %s" %
-                         (version, NAME, timeout, self.path))
+        raise SystemExit("demo: the %s consumer did not load version %d of '%s' within %d s" %
+                         (os.path.basename(self.path).split(".")[0], version, NAME, timeout))
 
 
 def producer(mnt, pfs, run, epochs, size):
@@ -188,6 +179,7 @@ def summary(rows, size, results):
         v, p = med("viperfs_" + key), med("pfs_" + key)
         print("%-20s %8.3f s %14.3f s %14.1fx" % (label, v, p, p / v if v > 0 else float("inf")))
     print("%-20s %8.3f s %14.3f s" % ("  of which load", med("viperfs_load"), med("pfs_load")))
+    # a row exists only once both consumers have loaded and checked its version
     print("%-20s %10s %16s" % ("versions verified", "%d of %d" % (n, n), "%d of %d" % (n, n)))
     print("%-20s %10d %16d" % ("torn loads", results["viperfs"].torn, results["pfs"].torn))
     print()
@@ -292,13 +284,13 @@ def pfs_consumer(pfs, run):
 def main(argv):
     role = argv[1] if len(argv) > 1 else ""
     if role == "producer" and len(argv) == 7:
-        producer(argv[2], argv[3], argv[4], int(argv[5]), parse_size(argv[6]))
+        producer(argv[2], argv[3], argv[4], int(argv[5]), int(argv[6]))
     elif role == "viperfs-consumer" and len(argv) == 4:
         viperfs_consumer(argv[2], argv[3])
     elif role == "pfs-consumer" and len(argv) == 4:
         pfs_consumer(argv[2], argv[3])
     else:
-        sys.exit("usage: demo_ckpt.py producer MNT PFS_DIR RUN_DIR EPOCHS SIZE\n"
+        sys.exit("usage: demo_ckpt.py producer MNT PFS_DIR RUN_DIR EPOCHS SIZE_BYTES\n"
                  "       demo_ckpt.py viperfs-consumer MNT RUN_DIR\n"
                  "       demo_ckpt.py pfs-consumer PFS_DIR RUN_DIR")
 
