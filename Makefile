@@ -198,7 +198,8 @@ fuzz: test-deps
 	$(BUILD)/fuzz/fuzz_sess -max_total_time=$(FUZZ_TIME) -max_len=65536 \
 		-print_final_stats=1 tests/fuzz/corpus-sess tests/fuzz/corpus
 
-# Two nodes (network namespaces): training producer, inference consumer.
+# Two nodes (network namespaces): a training producer and inference consumers,
+# viperfs against the PFS with a 1 s poll (DEMO_SIZE, default 1G; EPOCHS, default 7).
 demo: all test-deps
 	@sh mount-scripts/demo.sh
 
