@@ -140,6 +140,19 @@ int vp_data_fd(struct vp_data *d)
 	return d && d->mf && !d->view && vp_mfile_sealed(d->mf) ? d->mf->rofd : -1;
 }
 
+int vp_data_backing_fd(struct vp_data *d)
+{
+	int fd = -1;
+
+	if (!d)
+		return -1;
+	pthread_mutex_lock(&d->lock);
+	if (!d->mf && d->pristine && d->backing_fd >= 0 && d->backing_limit == d->size)
+		fd = d->backing_fd;
+	pthread_mutex_unlock(&d->lock);
+	return fd;
+}
+
 ssize_t vp_data_copy_out(struct vp_data *d, int out_fd, uint64_t off, size_t len)
 {
 	if (vp_data_fd(d) < 0)
@@ -267,6 +280,7 @@ struct vp_data *vp_data_new_backed(struct vp_pool *pool, int fd, uint64_t size)
 	d->backing_fd = fd;
 	d->size = size;
 	d->backing_limit = size;
+	d->pristine = 1;
 	if (reserve_slots_new(d, (size + d->chunk_size - 1) / d->chunk_size)) {
 		vp_data_put(d);
 		return NULL;
@@ -305,6 +319,7 @@ struct vp_data *vp_data_clone(struct vp_data *src)
 	}
 	d->size = src->size;
 	d->backing_limit = src->backing_limit;
+	d->pristine = src->pristine;
 	d->resident = src->resident;
 	pthread_mutex_unlock(&src->lock);
 	return d;
@@ -457,6 +472,7 @@ ssize_t vp_data_write(struct vp_data *d, const void *buf, size_t len,
 	rc = reserve_slots_locked(d, (off + len + d->chunk_size - 1) / d->chunk_size);
 	if (rc)
 		goto out_unlock;
+	d->pristine = 0;
 	while (done < len) {
 		uint64_t pos = off + done;
 		size_t idx = pos / d->chunk_size;
@@ -539,6 +555,8 @@ int vp_data_truncate(struct vp_data *d, uint64_t size, double wait_s)
 			__atomic_store_n(&d->size, size, __ATOMIC_RELEASE);
 		goto out_unlock;
 	}
+	if (size != d->size)
+		d->pristine = 0;
 	if (size < d->size) {
 		size_t keep = (size + d->chunk_size - 1) / d->chunk_size;
 		size_t tail = size % d->chunk_size;

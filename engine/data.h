@@ -40,6 +40,7 @@ struct vp_data {
 	uint64_t size;			/* also read atomically without lock */
 	int backing_fd;			/* -1: none; owned */
 	uint64_t backing_limit;
+	int pristine;			/* the backing file's bytes, unchanged (no write or cut since) */
 	uint64_t resident;		/* bytes of chunks held */
 	/*
 	 * A memory file (mfile.h) instead of chunks: the bytes are
@@ -124,6 +125,13 @@ struct vp_data *vp_data_sealed_copy(struct vp_data *d, double wait_s);
  * held), or -1: d is chunks, or still being written.
  */
 int vp_data_fd(struct vp_data *d);
+
+/*
+ * A file whose bytes are, unchanged, those of its backing file (a version
+ * loaded from the PFS, or evicted to it): that file's descriptor, which
+ * the kernel may read itself (passthrough), else -1.  Borrowed.
+ */
+int vp_data_backing_fd(struct vp_data *d);
 
 /*
  * Copies [off, off + len) of a sealed memory file to out_fd at the same

@@ -477,15 +477,21 @@ static int passthrough_open(fuse_req_t req, struct vp_handle *h,
 			    struct fuse_file_info *fi)
 {
 	struct vp_ns *ns = ns_of(req);
-	int fd = -1, id = 0;
+	int fd = -1, id = 0, pfs = 0;
 	enum vp_pt how;
 
 	pthread_mutex_lock(&ll.pt_lock);
-	how = vp_ns_pt_open(ns, h, &fd, &id);
+	how = vp_ns_pt_open(ns, h, &fd, &id, &pfs);
 #ifdef FUSE_CAP_PASSTHROUGH
 	if (how == VP_PT_REGISTER) {
 		id = fuse_passthrough_open(req, fd);
-		if (id <= 0) {
+		if (id <= 0 && pfs) {
+			/* this PFS's files: through the daemon (lazy reads); memory files go on */
+			vp_log(LOG_NOTICE, "fs", "read path: the kernel refused a file on the PFS as a backing file (%s); versions on the PFS only are read through the daemon",
+			       strerror(errno));
+			id = 0;
+			vp_ns_set_passthrough_pfs(ns, 0);
+		} else if (id <= 0) {
 			int err = errno;
 
 			id = 0;

@@ -231,6 +231,7 @@ struct vp_ns {
 	TAILQ_HEAD(, vp_node) lru;
 	LIST_HEAD(, vp_alias) aliases;	/* inode numbers of re-keyed nodes the kernel holds */
 	int pt_on;			/* passthrough opens happen: re-key when needed */
+	int pt_pfs_off;			/* the kernel refused a PFS file as a backing file */
 	const struct vp_ns_kernel *kernel;	/* set before the mount serves */
 	void *kernel_arg;
 

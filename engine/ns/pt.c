@@ -153,14 +153,40 @@ static struct vp_kino *kino_of_locked(struct vp_ns *ns, struct vp_node *n)
 	return n->kino;
 }
 
-enum vp_pt vp_ns_pt_open(struct vp_ns *ns, struct vp_handle *h, int *fd, int *id)
+void vp_ns_set_passthrough_pfs(struct vp_ns *ns, int on)
+{
+	pthread_mutex_lock(&ns->lock);
+	ns->pt_pfs_off = !on;
+	pthread_mutex_unlock(&ns->lock);
+}
+
+/*
+ * The file the kernel may read h from: its sealed memory file, or, for a
+ * version on the PFS only whose bytes are the PFS file's, unchanged, that
+ * file (*pfs 1).  -1: none.  ns->lock held.
+ */
+static int pt_fd_locked(struct vp_ns *ns, struct vp_handle *h, int *pfs)
+{
+	int fd = vp_ns_handle_fd(h);
+
+	VP_ASSERT_LOCKED(&ns->lock);
+	*pfs = 0;
+	if (fd < 0 && !h->writable && !ns->pt_pfs_off) {
+		fd = vp_data_backing_fd(h->data);
+		*pfs = fd >= 0;
+	}
+	return fd;
+}
+
+enum vp_pt vp_ns_pt_open(struct vp_ns *ns, struct vp_handle *h, int *fd, int *id, int *pfs)
 {
 	struct vp_node *n = h->node;
 	enum vp_pt how = VP_PT_NONE;
 	struct vp_kino *k;
-	int bfd = vp_ns_handle_fd(h);
+	int bfd;
 
 	pthread_mutex_lock(&ns->lock);
+	bfd = pt_fd_locked(ns, h, pfs);
 	k = kino_of_locked(ns, n);
 	if (!k)
 		goto out_unlock;	/* no memory: through the daemon, uncounted */
@@ -198,9 +224,11 @@ void vp_ns_pt_set(struct vp_ns *ns, struct vp_handle *h, int id)
 
 	pthread_mutex_lock(&ns->lock);
 	if (id > 0) {
+		int pfs;
+
 		k->pt_opens++;
 		k->backing_id = id;
-		k->backing_fd = vp_ns_handle_fd(h);
+		k->backing_fd = pt_fd_locked(ns, h, &pfs);
 	} else {
 		h->pt = 0;
 		k->np_opens++;

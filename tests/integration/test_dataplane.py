@@ -276,3 +276,28 @@ def test_a_daemon_without_cap_sys_admin_falls_back_to_the_daemon(world):
         assert "the kernel refused a backing file" in m.read_log()
     finally:
         os.close(fuse)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_a_version_on_the_pfs_only_is_read_from_the_pfs_file(world, path):
+    """A file that is on the PFS only (there before the mount) is read by
+    passthrough from the PFS file itself: no copy in the daemon, no cache
+    memory.  Once changed, it is a version of ours, read through the daemon
+    until it is a memory file.  passthrough=off: the daemon reads it."""
+    pfs = world.dir("pfs")
+    data = os.urandom((8 << 20) + 777)
+    write(os.path.join(pfs, "old.pt"), data)
+    m = world.mount("passthrough=" + path, pfs=pfs)
+    check_bytes(m.path("old.pt"), data)
+    st = status(m)
+    if path == "auto":
+        assert st["bytes_read"] == 0, st["bytes_read"]     # the kernel read the PFS file
+    else:
+        assert st["bytes_read"] >= len(data)
+    with open(m.path("old.pt"), "r+b") as f:
+        f.seek(100)
+        f.write(b"CHANGED")
+    want = data[:100] + b"CHANGED" + data[107:]
+    check_bytes(m.path("old.pt"), want)
+    m.flush()
+    assert read(os.path.join(pfs, "old.pt")) == want
