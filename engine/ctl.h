@@ -4,7 +4,11 @@
  * A Unix stream socket; a client sends one request line and reads the
  * answer until the daemon closes the connection:
  *   status             one JSON object: vp_ns_status(), with "tiers.gpu"
- *                      (vp_gpu_status(), or null) and "repl" added here
+ *                      (vp_gpu_status(), or null) and "repl" added here, and
+ *                      the daemon's "release" (VP_RELEASE), "started" (Unix
+ *                      time the control socket opened, just after the mount),
+ *                      "uptime_s" since then, "mountpoint" and "options" (the
+ *                      -o options as given; "" where unknown)
  *   versions PATH      one JSON array (vp_ns_versions)
  *   watch PATH         {"watching":true}, then one JSON line per new version
  *                      below PATH, until the client closes
@@ -74,6 +78,8 @@ struct vp_ctl_sources {
 	struct vp_ns *ns;
 	struct vp_gpu *gpu;		/* NULL: no GPU tier */
 	struct vp_repl *repl;		/* NULL: no replication */
+	const char *mountpoint;		/* for status; NULL: "" (copied) */
+	const char *options;		/* the -o options as given; NULL: "" (copied) */
 };
 
 /*
