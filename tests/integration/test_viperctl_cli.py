@@ -238,3 +238,50 @@ def test_newline_in_a_name_does_not_break_the_tables(world):
         assert not any(l.startswith("name.bin") for l in r.stdout.splitlines()), r.stdout
     paths = r.stdout.splitlines()[1:]
     assert len(paths) == 2 and all(" version 1 " in l for l in paths), r.stdout
+
+
+def complete(*words, cwd=None):
+    """What mount-scripts/viperctl.bash-completion offers for the words (the last is
+    the one being completed), with bash-completion's two helpers stubbed."""
+    script = r'''
+_init_completion() { cur=${COMP_WORDS[COMP_CWORD]}; prev=${COMP_WORDS[COMP_CWORD-1]};
+                     words=("${COMP_WORDS[@]}"); cword=$COMP_CWORD; }
+_filedir() { COMPREPLY=("<files $*>"); }
+complete() { [ "$*" = "-F _viperctl viperctl" ] || exit 9; }
+. "$1"; shift
+COMP_WORDS=("$@"); COMP_CWORD=$(($# - 1)); _viperctl
+printf '%s\n' "${COMPREPLY[@]}"
+'''
+    r = subprocess.run(["bash", "-c", script, "bash",
+                        os.path.join(ROOT, "mount-scripts", "viperctl.bash-completion"),
+                        "viperctl", *words], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    return [w for w in r.stdout.splitlines() if w]
+
+
+def test_bash_completion(world):
+    m = world.mount()
+    assert complete("") == COMMANDS
+    assert complete("st") == ["status"]
+    assert complete("--v") == ["--version"]
+    assert complete("umount", "--f") == ["--force"]
+    assert complete("wait", "x", "--") == ["--newer-than", "--timeout", "--help"]
+    assert complete("wait", "x", "--timeout", "") == []      # seconds: nothing to offer
+    assert m.mnt in complete("status", "")                   # the mounts of the node
+    assert m.mnt in complete("umount", world.base)
+    assert complete("warm", "") == ["<files >"]
+    assert complete("plan", "") == ["<files csv>"]
+
+
+def test_man_page_documents_every_command_and_exit_status():
+    page = os.path.join(ROOT, "docs", "man", "viperctl.1")
+    r = subprocess.run(["groff", "-man", "-Tutf8", "-ww", "-z", page], capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    text = subprocess.run(["man", "-l", page], capture_output=True, text=True, timeout=30,
+                          env=dict(os.environ, MANWIDTH="100", LC_ALL="C")).stdout
+    for cmd in COMMANDS:
+        assert re.search(r"^ +%s\b" % re.escape(cmd), text, re.M), cmd
+    exits = text.split("EXIT STATUS")[1].split("FILES")[0]
+    assert re.findall(r"^ {7}(\d+)\s", exits, re.M) == ["0", "1", "2", "3", "4", "32"], exits
+    assert re.search(r"'fusermount3 -uz /mnt/ckpt' or\s+'viperctl umount --force /mnt/ckpt'", text)
