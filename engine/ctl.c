@@ -238,17 +238,30 @@ static void serve_watch(struct conn *c, char *path, FILE *out)
 	}
 }
 
+/*
+ * Cuts the last space-separated word off args (in place) and returns it,
+ * or NULL if there is none: the words after a PATH, which may hold spaces.
+ */
+static char *last_word(char *args)
+{
+	char *space = strrchr(args, ' ');
+
+	if (!space || !space[1])
+		return NULL;
+	*space = '\0';
+	return space + 1;
+}
+
 /* wait PATH VERSION SECONDS: answers once PATH holds a newer version. */
 static void serve_wait(struct conn *c, char *args, FILE *out)
 {
 	struct vp_ctl *ctl = c->ctl;
-	char *save = NULL, *path = strtok_r(args, " ", &save);
-	char *ver = strtok_r(NULL, " ", &save), *secs = strtok_r(NULL, " ", &save);
+	char *secs = last_word(args), *ver = secs ? last_word(args) : NULL, *path = args;
 	uint64_t seq = vp_ns_event_seq(ctl->ns), v, have;
 	double deadline, timeout;
 	struct vp_event ev;
 
-	if (!path || !ver || !secs) {
+	if (!ver || !*path) {
 		json_error(out, "usage: wait PATH VERSION SECONDS");
 		return;
 	}

@@ -15,7 +15,8 @@
  *   wait PATH V S      {"version":N} at once if PATH holds a version above V;
  *                      else {"waiting":true} (the events are watched), then
  *                      {"version":N} once it does, or {"error":"timed out"}
- *                      after S seconds (0: no limit)
+ *                      after S seconds (0: no limit); V and S are the last two
+ *                      words, so PATH may hold spaces
  *   flush PATH         JSON progress lines {"done":B,"total":B,"ops_left":N,
  *                      "error":"..."} every 200 ms, the last with "finished":true
  *   warm PATH          JSON progress lines {"files","files_done","total","done",

@@ -288,6 +288,12 @@ static void test_wait_answers_or_times_out(void **state)
 	}
 	/* the deadline is monotonic: never early */
 	assert_true(vp_now() - t0 >= 2.0 && vp_now() - t0 < 6.0);
+	/* a name with spaces: VERSION and SECONDS are the last two words */
+	put_file(fx->ns, "my model.pt", "v1");
+	j = ask_json(fx, "wait /my model.pt 0 5\n");
+	assert_int_equal(json_integer_value(json_object_get(j, "version")),
+			 vp_ns_path_version(fx->ns, "my model.pt"));
+	json_decref(j);
 }
 
 /* Reads one line (to its newline) from fd into buf of len; returns its length. */
