@@ -235,6 +235,23 @@ static int connect_daemon(const char *root, int *fd)
 }
 
 /*
+ * 0 if rel can go in a request line; else, with the message printed, the
+ * exit status: a line ends at a newline, and what came after it would be
+ * lost (a request about another file).
+ */
+static int check_request_path(const char *path, const char *rel)
+{
+	char safe[PATH_MAX * 4];
+
+	if (!strpbrk(rel, "\r\n"))
+		return VPCTL_OK;
+	vpctl_escape(path, safe, sizeof(safe));
+	fprintf(stderr, "viperctl: '%s': a name with a newline cannot be sent to the daemon; name the directory that holds it\n",
+		safe);
+	return VPCTL_ERROR;
+}
+
+/*
  * Sends one request about path's mount (the path inside it appended when
  * with_rel); *in is the stream of the answer (fclose it).  A timeout_s
  * other than 0 bounds each read of the answer.  Returns 0, or the exit
@@ -248,6 +265,8 @@ static int open_request(const char *path, const char *verb, int with_rel, int ti
 	int fd, rc;
 
 	rc = find_mount(path, root, rel);
+	if (!rc && with_rel)
+		rc = check_request_path(path, rel);
 	if (!rc)
 		rc = connect_daemon(root, &fd);
 	if (rc)
@@ -1021,6 +1040,10 @@ static int vpctl_wait(const struct args *a)
 	FILE *in;
 	int fd, rc = find_mount_ahead(path, root, rel, &tail);
 
+	if (!rc)
+		rc = check_request_path(path, rel);
+	if (!rc)
+		rc = check_request_path(path, tail);
 	if (!rc)
 		rc = connect_daemon(root, &fd);
 	if (rc)

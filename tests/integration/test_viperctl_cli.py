@@ -285,3 +285,22 @@ def test_man_page_documents_every_command_and_exit_status():
     exits = text.split("EXIT STATUS")[1].split("FILES")[0]
     assert re.findall(r"^ {7}(\d+)\s", exits, re.M) == ["0", "1", "2", "3", "4", "32"], exits
     assert re.search(r"'fusermount3 -uz /mnt/ckpt' or\s+'viperctl umount --force /mnt/ckpt'", text)
+
+
+def test_names_with_spaces_and_newlines_in_requests(world):
+    m = world.mount("flush_interval=1h")
+    write(m.path("my model.pt"), b"1")
+    write(m.path("a\nb.pt"), b"2")
+    write(m.path("a"), b"3")
+    # the wait's words after the path are its last two: the space is the name's
+    r = viperctl("wait", m.path("my model.pt"), "--timeout", "10")
+    assert r.returncode == 0 and r.stdout == "1\n", r.stderr
+    r = viperctl("versions", "--json", m.path("my model.pt"))
+    assert [f["path"] for f in json.loads(r.stdout)] == ["my model.pt"]
+    # a newline would end the request line: refused, not a request about 'a'
+    for args in (["flush", m.path("a\nb.pt")], ["versions", m.path("a\nb.pt")],
+                 ["wait", m.path("a\nb.pt"), "--timeout", "10"]):
+        r = viperctl(*args)
+        assert r.returncode == 1, (args, r.returncode, r.stderr)
+        assert "a\\x0ab.pt': a name with a newline cannot be sent" in r.stderr, r.stderr
+    assert not os.path.exists(m.pfs_path("a"))      # nothing flushed 'a' instead
