@@ -26,6 +26,7 @@
 #include "log.h"
 #include "ns.h"
 #include "repl.h"
+#include "version.h"
 
 #define CTL_MAX_SERVING 64	/* requests served at once, one thread each */
 #define CTL_RESERVED 16		/* of those, only for root and the mount's owner */
@@ -63,6 +64,9 @@ struct vp_ctl {
 	struct vp_ns *ns;
 	struct vp_gpu *gpu;		/* NULL: no GPU tier */
 	struct vp_repl *repl;		/* NULL: no replication */
+	char *mountpoint, *options;	/* owned; for status */
+	double started;			/* Unix time of vp_ctl_start() */
+	double started_mono;		/* vp_now() then: uptime_s */
 	int listen_fd;
 	int stop_pipe[2];
 	pthread_t thread;
@@ -133,14 +137,19 @@ static int client_gone(int fd)
 
 /*
  * status: the namespace's part, built under its lock, then the GPU tier's
- * and replication's, each under its own; dumped and sent after every
- * unlock (answer()).
+ * and replication's, each under its own, then the daemon's own (release,
+ * start, mount); dumped and sent after every unlock (answer()).
  */
 static json_t *status_json(struct vp_ctl *ctl)
 {
 	json_t *st = vp_ns_status(ctl->ns), *tiers = json_object_get(st, "tiers");
 
 	if (!json_is_object(tiers) ||
+	    json_object_update_missing_new(st, json_pack("{s:s,s:o,s:o,s:o,s:o}",
+		"release", VP_RELEASE, "started", vp_json_real(ctl->started),
+		"uptime_s", vp_json_real(vp_now() - ctl->started_mono),
+		"mountpoint", vp_json_name(ctl->mountpoint),
+		"options", vp_json_name(ctl->options))) ||
 	    (!json_object_get(tiers, "gpu") &&
 	     json_object_set_new(tiers, "gpu", ctl->gpu ? vp_gpu_status(ctl->gpu) : json_null())) ||
 	    json_object_set_new(st, "repl", vp_repl_status(ctl->repl))) {
@@ -229,17 +238,30 @@ static void serve_watch(struct conn *c, char *path, FILE *out)
 	}
 }
 
+/*
+ * Cuts the last space-separated word off args (in place) and returns it,
+ * or NULL if there is none: the words after a PATH, which may hold spaces.
+ */
+static char *last_word(char *args)
+{
+	char *space = strrchr(args, ' ');
+
+	if (!space || !space[1])
+		return NULL;
+	*space = '\0';
+	return space + 1;
+}
+
 /* wait PATH VERSION SECONDS: answers once PATH holds a newer version. */
 static void serve_wait(struct conn *c, char *args, FILE *out)
 {
 	struct vp_ctl *ctl = c->ctl;
-	char *save = NULL, *path = strtok_r(args, " ", &save);
-	char *ver = strtok_r(NULL, " ", &save), *secs = strtok_r(NULL, " ", &save);
+	char *secs = last_word(args), *ver = secs ? last_word(args) : NULL, *path = args;
 	uint64_t seq = vp_ns_event_seq(ctl->ns), v, have;
 	double deadline, timeout;
 	struct vp_event ev;
 
-	if (!path || !ver || !secs) {
+	if (!ver || !*path) {
 		json_error(out, "usage: wait PATH VERSION SECONDS");
 		return;
 	}
@@ -887,6 +909,15 @@ static void *accept_main(void *arg)
 	return NULL;
 }
 
+/* The wall-clock time now, Unix seconds (status's "started"; never a deadline). */
+static double wall_now(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
 struct vp_ctl *vp_ctl_start(const struct vp_ctl_sources *src, const char *path,
 			    char *err, size_t errlen)
 {
@@ -905,6 +936,17 @@ struct vp_ctl *vp_ctl_start(const struct vp_ctl_sources *src, const char *path,
 	ctl->ns = src->ns;
 	ctl->gpu = src->gpu;
 	ctl->repl = src->repl;
+	ctl->mountpoint = strdup(src->mountpoint ? src->mountpoint : "");
+	ctl->options = strdup(src->options ? src->options : "");
+	if (!ctl->mountpoint || !ctl->options) {
+		free(ctl->mountpoint);
+		free(ctl->options);
+		free(ctl);
+		snprintf(err, errlen, "out of memory");
+		return NULL;
+	}
+	ctl->started = wall_now();
+	ctl->started_mono = vp_now();
 	LIST_INIT(&ctl->serving);
 	ctl->stop_pipe[0] = ctl->stop_pipe[1] = -1;
 	strcpy(ctl->path, path);
@@ -935,6 +977,8 @@ err_msg:
 	}
 	pthread_cond_destroy(&ctl->idle);
 	pthread_mutex_destroy(&ctl->lock);
+	free(ctl->mountpoint);
+	free(ctl->options);
 	free(ctl);
 	return NULL;
 }
@@ -967,5 +1011,7 @@ void vp_ctl_stop(struct vp_ctl *ctl)
 	close(ctl->stop_pipe[1]);
 	pthread_cond_destroy(&ctl->idle);
 	pthread_mutex_destroy(&ctl->lock);
+	free(ctl->mountpoint);
+	free(ctl->options);
 	free(ctl);
 }

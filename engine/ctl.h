@@ -4,14 +4,19 @@
  * A Unix stream socket; a client sends one request line and reads the
  * answer until the daemon closes the connection:
  *   status             one JSON object: vp_ns_status(), with "tiers.gpu"
- *                      (vp_gpu_status(), or null) and "repl" added here
+ *                      (vp_gpu_status(), or null) and "repl" added here, and
+ *                      the daemon's "release" (VP_RELEASE), "started" (Unix
+ *                      time the control socket opened, just after the mount),
+ *                      "uptime_s" since then, "mountpoint" and "options" (the
+ *                      -o options as given; "" where unknown)
  *   versions PATH      one JSON array (vp_ns_versions)
  *   watch PATH         {"watching":true}, then one JSON line per new version
  *                      below PATH, until the client closes
  *   wait PATH V S      {"version":N} at once if PATH holds a version above V;
  *                      else {"waiting":true} (the events are watched), then
  *                      {"version":N} once it does, or {"error":"timed out"}
- *                      after S seconds (0: no limit)
+ *                      after S seconds (0: no limit); V and S are the last two
+ *                      words, so PATH may hold spaces
  *   flush PATH         JSON progress lines {"done":B,"total":B,"ops_left":N,
  *                      "error":"..."} every 200 ms, the last with "finished":true
  *   warm PATH          JSON progress lines {"files","files_done","total","done",
@@ -74,6 +79,8 @@ struct vp_ctl_sources {
 	struct vp_ns *ns;
 	struct vp_gpu *gpu;		/* NULL: no GPU tier */
 	struct vp_repl *repl;		/* NULL: no replication */
+	const char *mountpoint;		/* for status; NULL: "" (copied) */
+	const char *options;		/* the -o options as given; NULL: "" (copied) */
 };
 
 /*

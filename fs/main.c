@@ -216,6 +216,7 @@ struct daemon {
 	char pfs_dir[PATH_MAX];
 	char mountpoint[PATH_MAX];
 	char passthru[2048];		/* FUSE's own options, for libfuse */
+	char options[4096];		/* every -o list as given, for viperctl status */
 	const char *prog;		/* argv[0], for libfuse */
 	int foreground;
 	int debug;			/* -d: log_level=debug, whatever -o says */
@@ -251,6 +252,9 @@ static int parse_opts(struct daemon *d, const char *opts)
 		fprintf(stderr, "viperfs: %s\n", d->err);
 		return 2;
 	}
+	/* only shown: a list too long for the buffer is cut */
+	snprintf(d->options + strlen(d->options), sizeof(d->options) - strlen(d->options),
+		 "%s%s", *d->options ? "," : "", opts);
 	return 0;
 }
 
@@ -844,7 +848,8 @@ static void stop_hook(struct daemon *d)
 /* The control socket for viperctl: without one the mount works, and says so. */
 static int start_ctl(struct daemon *d)
 {
-	const struct vp_ctl_sources src = { .ns = d->ns, .gpu = d->gpu, .repl = d->repl };
+	const struct vp_ctl_sources src = { .ns = d->ns, .gpu = d->gpu, .repl = d->repl,
+					    .mountpoint = d->mountpoint, .options = d->options };
 	char err[PATH_MAX + 512];
 
 	if (!d->cfg.control[0] && default_control_path(d->cfg.control, sizeof(d->cfg.control)))

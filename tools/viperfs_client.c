@@ -35,8 +35,9 @@ int vpc_find_mount(const char *path, char *root, char *rel)
 			break;
 		strcpy(root, up);
 	}
+	/* a dead mount's attributes may still be cached: its getxattr tells */
 	if (getxattr(root, "user.viperfs.control", up, sizeof(up) - 1) < 0)
-		return -ENOTSUP;
+		return errno == ENOTCONN ? -ENOTCONN : -ENOTSUP;
 	strcpy(rel, real + strlen(root));
 	if (!*rel)
 		strcpy(rel, "/");
@@ -47,22 +48,26 @@ int vpc_connect(const char *root)
 {
 	struct sockaddr_un addr = { .sun_family = AF_UNIX };
 	ssize_t n;
-	int fd;
+	int fd, saved;
 
 	n = getxattr(root, "user.viperfs.control", addr.sun_path,
 		     sizeof(addr.sun_path) - 1);
 	if (n < 0) {
+		saved = errno;
 		fprintf(stderr, "viperctl: '%s' is not a viperfs mount (or the daemon has no control socket)\n",
 			root);
+		errno = saved;
 		return -1;
 	}
 	addr.sun_path[n] = '\0';
 	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (fd < 0 || connect(fd, (struct sockaddr *)&addr, sizeof(addr))) {
+		saved = errno;
 		fprintf(stderr, "viperctl: cannot reach the daemon of '%s' at '%s': %s\n",
-			root, addr.sun_path, strerror(errno));
+			root, addr.sun_path, strerror(saved));
 		if (fd >= 0)
 			close(fd);
+		errno = saved;
 		return -1;
 	}
 	return fd;

@@ -30,11 +30,16 @@
 /*
  * Finds the viperfs mount holding path: fills root (the mount's root) and
  * rel (path inside it), both PATH_MAX.  Returns 0, -ENOTSUP (not in a
- * viperfs mount) or -errno.
+ * viperfs mount), -ENOTCONN (in a FUSE mount whose daemon is gone) or
+ * -errno.
  */
 int vpc_find_mount(const char *path, char *root, char *rel);
 
-/* Connects to the daemon of the mount at root.  Returns a socket or -1 (message on stderr). */
+/*
+ * Connects to the daemon of the mount at root.  Returns a socket, or -1
+ * with a message on stderr and errno set (ECONNREFUSED, ENOENT: the
+ * daemon is gone or its socket was removed).
+ */
 int vpc_connect(const char *root);
 
 struct vpc_gpu_export {

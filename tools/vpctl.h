@@ -2,9 +2,23 @@
 #ifndef VPCTL_H
 #define VPCTL_H
 
+#include <limits.h>
 #include <stddef.h>
 
 #include <jansson.h>
+
+/*
+ * viperctl's exit statuses, the same for every command (viperctl(1)).
+ * umount keeps umount(8)'s: 0, 2 for usage, 32 when the mount stays.
+ */
+enum vpctl_exit {
+	VPCTL_OK = 0,
+	VPCTL_ERROR = 1,	/* the daemon refused, a file could not be read, ... */
+	VPCTL_USAGE = 2,	/* a bad command line (usage on stderr) */
+	VPCTL_NO_DAEMON = 3,	/* not in a viperfs mount, or its daemon is gone */
+	VPCTL_TIMED_OUT = 4,	/* --timeout passed (wait, flush), or the daemon did not answer */
+	VPCTL_UMOUNT_FAILED = 32,	/* umount(8)'s "unmount failed" */
+};
 
 /* viperctl plan ...; returns the exit status. */
 int vpctl_plan(int argc, char **argv);
@@ -57,5 +71,46 @@ double vpctl_num(const json_t *j, const char *path);
 
 /* The string at path (borrowed from j), "" if missing. */
 const char *vpctl_str(const json_t *j, const char *path);
+
+/* ---- the human output (vpctl_status.c) ---- */
+
+/* bytes as "1.5 GiB" into buf (len bytes); returns buf. */
+const char *vpctl_size(double bytes, char *buf, size_t len);
+
+/* seconds as "12s", "3m 05s", "2h 07m" or "4d 3h" into buf; returns buf. */
+const char *vpctl_duration(double seconds, char *buf, size_t len);
+
+/*
+ * Prints the status st (from vpctl_answer_parse: its strings are escaped;
+ * borrowed) of the mount at mnt on stdout, for people.
+ */
+void vpctl_print_status(const char *mnt, const json_t *st);
+
+/* Prints the daemon's list of files (its versions answer, borrowed) as a table. */
+void vpctl_print_files(const json_t *files);
+
+/* ---- the node's viperfs mounts (vpctl_mounts.c) ---- */
+
+/* One line of /proc/self/mountinfo whose type is fuse.viperfs. */
+struct vpctl_mount {
+	char point[PATH_MAX];		/* the mount point */
+	char source[PATH_MAX];		/* viperfs:PFS_DIR */
+	char options[1024];		/* the kernel's per-mount options (rw,nosuid,...) */
+};
+
+/*
+ * Lists this node's viperfs mounts (in this mount namespace), live or
+ * whose daemon is gone, in the kernel's order: *out is a new array of *n
+ * (free() it; NULL when *n is 0).  Returns 0 or -errno.
+ */
+int vpctl_mounts_list(struct vpctl_mount **out, size_t *n);
+
+/*
+ * The viperfs mount that holds path, found by its text (made absolute
+ * with the working directory): path is never looked up, so this works on
+ * a mount whose daemon is gone.  Returns 0 with *mnt filled, -ENOENT if
+ * no viperfs mount holds it, or -errno.
+ */
+int vpctl_mount_of(const char *path, struct vpctl_mount *mnt);
 
 #endif

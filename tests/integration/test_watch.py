@@ -37,7 +37,7 @@ def test_watch_wait_and_monotonic_versions(world):
     assert r.returncode == 0 and r.stdout.strip() == "4"
     r = subprocess.run([VIPERCTL, "wait", m.path("later.pt"), "--newer-than", "0",
                         "--timeout", "0.5"], capture_output=True, text=True, timeout=30)
-    assert r.returncode == 1 and "timed out" in r.stderr
+    assert r.returncode == 4 and "timed out" in r.stderr
     # nor the directories above it (a consumer learns of them with the first version)
     waiter = world.spawn([VIPERCTL, "wait", m.path("run7", "ckpt", "model.pt"), "--newer-than", "0",
                           "--timeout", "30"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -49,7 +49,7 @@ def test_watch_wait_and_monotonic_versions(world):
     assert waiter.stdout.read().strip() == "1"
     r = subprocess.run([VIPERCTL, "wait", "/nonexistent-dir/x.pt", "--newer-than", "0"],
                        capture_output=True, text=True, timeout=30)
-    assert r.returncode == 1 and "not inside a viperfs mount" in r.stderr
+    assert r.returncode == 3 and "not inside a viperfs mount" in r.stderr
 
 
 def test_on_update_runs_a_command_per_version(world):

@@ -28,6 +28,7 @@
 #include "../../engine/ctl.h"
 #include "../../engine/log.h"
 #include "../../engine/ns.h"
+#include "../../engine/version.h"
 #include "ns_util.c"
 
 #define NOBODY 65534
@@ -172,10 +173,44 @@ static void test_ping_and_status(void **state)
 	assert_true(json_is_object(j));
 	assert_null(json_object_get(j, "error"));
 	assert_true(json_is_null(json_object_get(j, "repl")));	/* no replication here */
+	/* the daemon's own fields; no mount point nor options given: "" */
+	assert_string_equal(json_string_value(json_object_get(j, "release")), VP_RELEASE);
+	assert_true(json_real_value(json_object_get(j, "uptime_s")) >= 0);
+	assert_true(json_real_value(json_object_get(j, "uptime_s")) < 60);
+	assert_true(json_real_value(json_object_get(j, "started")) > (double)time(NULL) - 60);
+	assert_true(json_real_value(json_object_get(j, "started")) <= (double)time(NULL) + 1);
+	assert_string_equal(json_string_value(json_object_get(j, "mountpoint")), "");
+	assert_string_equal(json_string_value(json_object_get(j, "options")), "");
 	json_decref(j);
 	j = ask_json(fx, "ping");		/* EOF ends a line, too */
 	assert_true(json_is_true(json_object_get(j, "pong")));
 	json_decref(j);
+}
+
+/* The mount point and options the daemon gives are in the status, copied. */
+static void test_status_names_the_mount_and_its_options(void **state)
+{
+	struct fixture *fx = *state;
+	char mnt[] = "/mnt/ckpt", opts[] = "ram_cache=1G,flush=all", sock[PATH_MAX + 8], err[512];
+	struct vp_ctl *ctl;
+	json_t *j;
+	char *answer;
+
+	snprintf(sock, sizeof(sock), "%s.2.sock", fx->pfs);
+	ctl = vp_ctl_start(&(struct vp_ctl_sources){ .ns = fx->ns, .mountpoint = mnt,
+						      .options = opts }, sock, err, sizeof(err));
+	assert_non_null(ctl);
+	memset(mnt, 'x', sizeof(mnt) - 1);	/* copied: the caller's buffers may change */
+	memset(opts, 'x', sizeof(opts) - 1);
+	answer = ask_raw(sock, "status\n", 7);
+	assert_non_null(answer);
+	j = json_loads(answer, 0, NULL);
+	assert_string_equal(json_string_value(json_object_get(j, "mountpoint")), "/mnt/ckpt");
+	assert_string_equal(json_string_value(json_object_get(j, "options")),
+			    "ram_cache=1G,flush=all");
+	json_decref(j);
+	free(answer);
+	vp_ctl_stop(ctl);
 }
 
 static void test_versions(void **state)
@@ -253,6 +288,12 @@ static void test_wait_answers_or_times_out(void **state)
 	}
 	/* the deadline is monotonic: never early */
 	assert_true(vp_now() - t0 >= 2.0 && vp_now() - t0 < 6.0);
+	/* a name with spaces: VERSION and SECONDS are the last two words */
+	put_file(fx->ns, "my model.pt", "v1");
+	j = ask_json(fx, "wait /my model.pt 0 5\n");
+	assert_int_equal(json_integer_value(json_object_get(j, "version")),
+			 vp_ns_path_version(fx->ns, "my model.pt"));
+	json_decref(j);
 }
 
 /* Reads one line (to its newline) from fd into buf of len; returns its length. */
@@ -378,6 +419,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_ping_and_status, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_status_names_the_mount_and_its_options, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_versions, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_bad_requests_get_a_clear_error, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_long_request_line_is_refused, setup, teardown),
