@@ -147,8 +147,14 @@ int vp_data_backing_fd(struct vp_data *d)
 	if (!d)
 		return -1;
 	pthread_mutex_lock(&d->lock);
-	if (!d->mf && d->pristine && d->backing_fd >= 0 && d->backing_limit == d->size)
-		fd = d->backing_fd;
+	if (!d->mf && d->pristine && d->backing_fd >= 0 && d->backing_limit == d->size) {
+		size_t n = (d->size + d->chunk_size - 1) / d->chunk_size, held = 0;
+
+		for (size_t i = 0; i < n && i < d->nslots; i++)
+			held += d->slots[i] != NULL;
+		if (held < n || n == 0)
+			fd = d->backing_fd;	/* not all in the cache (warm): the PFS file */
+	}
 	pthread_mutex_unlock(&d->lock);
 	return fd;
 }

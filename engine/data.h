@@ -128,8 +128,9 @@ int vp_data_fd(struct vp_data *d);
 
 /*
  * A file whose bytes are, unchanged, those of its backing file (a version
- * loaded from the PFS, or evicted to it): that file's descriptor, which
- * the kernel may read itself (passthrough), else -1.  Borrowed.
+ * loaded from the PFS, or evicted to it), and not all in the cache (a
+ * warmed file is read from RAM): that file's descriptor, which the kernel
+ * may read itself (passthrough), else -1.  Borrowed.
  */
 int vp_data_backing_fd(struct vp_data *d);
 
