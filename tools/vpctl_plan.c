@@ -265,6 +265,11 @@ static const char *option_name(int opt)
 	return "?";
 }
 
+/* A usage error's last two lines, as every viperctl command's. */
+#define PLAN_SHORT_USAGE \
+	"usage: viperctl plan LOG.csv --t-iter S --t-infer S --t-ckpt S --inferences M [options]\n" \
+	"Try 'viperctl plan --help'.\n"
+
 /* Parses the command line into a; returns -1 to go on, else the exit status. */
 static int parse_plan_args(int argc, char **argv, struct plan_args *a)
 {
@@ -289,7 +294,7 @@ static int parse_plan_args(int argc, char **argv, struct plan_args *a)
 			plan_usage(stdout);
 			return 0;
 		} else if (opt == ':' || opt == '?') {
-			fprintf(stderr, "viperctl plan: %s '%s'; see viperctl plan --help\n",
+			fprintf(stderr, "viperctl plan: %s '%s'\n" PLAN_SHORT_USAGE,
 				opt == ':' ? "a value is missing after" : "unknown option",
 				argv[optind - 1]);
 			return 2;
@@ -301,7 +306,7 @@ static int parse_plan_args(int argc, char **argv, struct plan_args *a)
 		}
 	}
 	if (optind != argc - 1) {
-		fprintf(stderr, "viperctl plan: %s; see viperctl plan --help\n",
+		fprintf(stderr, "viperctl plan: %s\n" PLAN_SHORT_USAGE,
 			optind == argc ? "which log? give LOG.csv" : "one log at a time");
 		return 2;
 	}
