@@ -43,15 +43,21 @@ def test_plain_iter_loss(tmp_path):
     assert p["schedules"]["epoch"]["iterations"][0] == 1000
 
 
-def test_lightning_metrics_csv_with_validation_rows(tmp_path):
-    random.seed(2)
+def lightning_log(path, seed, steps, per_epoch, val_every, val):
+    """A Lightning CSVLogger metrics.csv: a train_loss row per step, and a
+    validation row (no train_loss) every val_every steps, val(step) its value."""
+    random.seed(seed)
     rows = ["epoch,step,train_loss,val_loss"]
-    for i in range(1, 401):
-        rows.append("%d,%d,%.6f," % (i // 100, i, curve(i) + random.gauss(0, 0.01)))
-        if i % 100 == 0:
-            rows.append("%d,%d,,0.9" % (i // 100, i))     # validation row: no train_loss
-    f = tmp_path / "metrics.csv"
-    f.write_text("\n".join(rows) + "\n")
+    for step in range(1, steps + 1):
+        rows.append("%d,%d,%.6f," % (step // per_epoch, step, curve(step) + random.gauss(0, 0.01)))
+        if step % val_every == 0:
+            rows.append("%d,%d,,%.6f" % (step // per_epoch, step, val(step)))
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def test_lightning_metrics_csv_with_validation_rows(tmp_path):
+    f = lightning_log(tmp_path / "metrics.csv", 2, 400, 100, 100, lambda step: 0.9)
     check(plan(f), 400)
 
 
@@ -90,14 +96,8 @@ def test_keras_csvlogger_per_epoch(tmp_path):
 
 
 def test_lightning_metrics_csv_val_loss(tmp_path):
-    random.seed(4)
-    rows = ["epoch,step,train_loss,val_loss"]
-    for step in range(1, 1001):
-        rows.append("%d,%d,%.6f," % (step // 200, step, curve(step) + random.gauss(0, 0.01)))
-        if step % 25 == 0:
-            rows.append("%d,%d,,%.6f" % (step // 200, step, val_curve(step) + random.gauss(0, 0.005)))
-    f = tmp_path / "metrics.csv"
-    f.write_text("\n".join(rows) + "\n")
+    f = lightning_log(tmp_path / "metrics.csv", 4, 1000, 200, 25,
+                      lambda step: val_curve(step) + random.gauss(0, 0.005))
     train = plan(f, "--warmup", "500")
     val = plan(f, "--warmup", "500", "--metric", "val_loss")
     for p in (train, val):
