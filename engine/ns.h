@@ -492,9 +492,14 @@ void vp_ns_unstage_install(struct vp_ns *ns, const char *path);
 int vp_ns_install_hidden(struct vp_ns *ns, const char *name, struct vp_data *d,
 			 uint64_t version, uint64_t epoch, uint32_t mode);
 /* The version of the file at path, or UINT64_MAX if there is none. */
+uint64_t vp_ns_path_version(struct vp_ns *ns, const char *path);
 /* The bytes of path's current version (a new reference), or NULL. */
 struct vp_data *vp_ns_path_data(struct vp_ns *ns, const char *path);
-uint64_t vp_ns_path_version(struct vp_ns *ns, const char *path);
+/*
+ * 1 if a node that is not a directory is at path (a file, a symlink, a
+ * FIFO, a device): an install must replace it by a rename, never open it.
+ */
+int vp_ns_path_taken(struct vp_ns *ns, const char *path);
 /*
  * Versions are ordered by (epoch, version): the epoch is the producer's
  * run that committed them (vp_ns_epoch; 0: unknown, a PFS file of an

@@ -501,6 +501,18 @@ uint64_t vp_ns_path_version(struct vp_ns *ns, const char *path)
 	return vp_ns_path_stamp(ns, path, &st) ? UINT64_MAX : st.version;
 }
 
+int vp_ns_path_taken(struct vp_ns *ns, const char *path)
+{
+	struct vp_node *n;
+	int taken;
+
+	pthread_mutex_lock(&ns->lock);
+	n = vp_resolve_locked(ns, path);
+	taken = n && n->type != VP_NODE_DIR;
+	pthread_mutex_unlock(&ns->lock);
+	return taken;
+}
+
 int vp_ns_path_stamp(struct vp_ns *ns, const char *path, struct vp_ns_stamp *out)
 {
 	struct vp_node *n;

@@ -86,7 +86,8 @@ static int install(struct vp_repl *r, const char *path, struct vp_data *d,
 	if (rc)
 		return rc;
 	make_parents(r, path);
-	if (vp_ns_path_version(r->ns, path) != UINT64_MAX) {
+	/* over any node (a FIFO that an open would block on, a device): a new inode, renamed in */
+	if (vp_ns_path_taken(r->ns, path)) {
 		snprintf(hidden, sizeof(hidden), ".viperfs-incoming/%" PRIu64, seq);
 		rc = vp_ns_install_hidden(r->ns, hidden + strlen(".viperfs-incoming/"),
 					  d, version, epoch, mode);
@@ -94,7 +95,7 @@ static int install(struct vp_repl *r, const char *path, struct vp_data *d,
 			vp_safepath_unlink(r->cons.mnt_fd, hidden, 0);	/* do not keep its bytes around */
 		vp_ns_installed(r->ns);	/* the kernel shows the new file: tell watch and wait */
 		if (!rc) {
-			fd = vp_safepath_open(r->cons.mnt_fd, path, O_WRONLY, 0);
+			fd = vp_safepath_open(r->cons.mnt_fd, path, O_WRONLY | O_NONBLOCK | O_NOCTTY, 0);
 			if (fd >= 0)
 				close(fd);
 		}
@@ -103,7 +104,8 @@ static int install(struct vp_repl *r, const char *path, struct vp_data *d,
 	}
 	rc = vp_ns_stage_install(r->ns, path, d, version, epoch, mode);
 	if (!rc) {
-		fd = vp_safepath_open(r->cons.mnt_fd, path, O_WRONLY | O_CREAT, (mode_t)(mode & 07777));
+		fd = vp_safepath_open(r->cons.mnt_fd, path, O_WRONLY | O_CREAT | O_NONBLOCK | O_NOCTTY,
+				      (mode_t)(mode & 07777));
 		if (fd < 0)
 			rc = fd;
 		else if (close(fd))

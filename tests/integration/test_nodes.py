@@ -126,3 +126,24 @@ def test_special_nodes_reach_consumers_as_metadata(world):
     assert stat.S_ISFIFO(os.lstat(late.path("fifo")).st_mode)
     assert os.lstat(late.path("null")).st_rdev == os.makedev(1, 3)
     assert not os.path.lexists(late.path("loop"))
+
+
+def test_a_file_that_replaced_a_fifo_is_installed_over_it(world):
+    """A consumer that still has a FIFO where the producer now has a file
+    (it was away for the unlink, and its PFS still holds the FIFO) installs
+    the file over the FIFO by a rename, and never opens the FIFO (an open
+    for writing would wait for a reader forever)."""
+    net, prod, (c1,) = cluster(world, consumers=1, opts=",flush_interval=3600")
+    wait_for(lambda: subscribed(prod, 1), what="the subscription")
+    os.mkfifo(prod.path("q"), 0o644)
+    prod.flush()                                # the PFS, which c1 loads at its start, has the FIFO
+    write(prod.path("marker"), b"1")
+    wait_version(c1.path("marker"), 0)
+    assert stat.S_ISFIFO(os.lstat(c1.path("q")).st_mode)
+    c1.stop()
+    os.unlink(prod.path("q"))
+    write(prod.path("q"), b"now a file")        # not flushed: flush_interval
+    again = world.mount(c1.opts, pfs=c1.pfs, mnt=world.dir("again"), prefix=net.prefix(1))
+    assert stat.S_ISFIFO(os.lstat(again.path("q")).st_mode)     # from the PFS, until the catch-up
+    wait_for(lambda: "caught up with the producer" in again.read_log(), what="the catch-up")
+    assert read(again.path("q")) == b"now a file"
