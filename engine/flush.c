@@ -377,20 +377,51 @@ static int replay_symlink(struct vp_ns *ns, struct flush_op *op,
  * for it, with the node in the xattr user.viperfs.node ("TYPE RDEV"),
  * which a load turns back into the node; the log says so once a run.
  */
+/*
+ * A stand-in's xattr: "TYPE RDEV MODE UID GID" (type and mode in octal).
+ * The stand-in itself stays ours and 0600 (ns/load.c trusts no other), so
+ * the node's mode and owner live here.
+ */
+static int set_stand_in(int fd, mode_t mode, dev_t rdev, uid_t uid, gid_t gid)
+{
+	char xattr[96];
+
+	snprintf(xattr, sizeof(xattr), "%o %llu %o %u %u", (unsigned int)(mode & S_IFMT),
+		 (unsigned long long)rdev, (unsigned int)(mode & 07777), (unsigned int)uid,
+		 (unsigned int)gid);
+	return fsetxattr(fd, VP_NODE_XATTR, xattr, strlen(xattr), 0) ? -errno : 0;
+}
+
 static int replay_mknod(struct vp_ns *ns, struct flush_op *op,
 			const struct replay_dirs *r)
 {
 	static int said;
-	char tmp[64], xattr[64];
-	mode_t mode = op->node->mode;
-	int fd;
+	char tmp[64];
+	struct vp_node *n = op->node;
+	mode_t mode;
+	uid_t uid;
+	gid_t gid;
+	int fd, rc;
 
 	if (r->dfd < 0)
 		return r->dfd;
-	snprintf(tmp, sizeof(tmp), "%" PRIu64 "-%" PRIu64 ".nod", op->seq, op->node->ino);
+	pthread_mutex_lock(&ns->lock);	/* a setattr changes them under it */
+	mode = n->mode;
+	uid = n->uid;
+	gid = n->gid;
+	pthread_mutex_unlock(&ns->lock);
+	snprintf(tmp, sizeof(tmp), "%" PRIu64 "-%" PRIu64 ".nod", op->seq, n->ino);
 	unlinkat(ns->staging_fd, tmp, 0);
-	if (mknodat(ns->staging_fd, tmp, mode & (S_IFMT | 0777), op->node->rdev) == 0)
+	if (mknodat(ns->staging_fd, tmp, mode & S_IFMT, n->rdev) == 0) {
+		/* the umask is not the node's: its mode and owner, as a file's (stage()) */
+		if (fchmodat(ns->staging_fd, tmp, mode & 07777, 0) ||
+		    (fchownat(ns->staging_fd, tmp, uid, gid, AT_SYMLINK_NOFOLLOW) && errno != EPERM)) {
+			rc = -errno;
+			unlinkat(ns->staging_fd, tmp, 0);
+			return rc;
+		}
 		goto place;
+	}
 	if (errno != EPERM && errno != EOPNOTSUPP && errno != EINVAL && errno != EACCES)
 		return -errno;
 	if (!__atomic_exchange_n(&said, 1, __ATOMIC_RELAXED))
@@ -399,16 +430,12 @@ static int replay_mknod(struct vp_ns *ns, struct flush_op *op,
 	fd = openat(ns->staging_fd, tmp, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0600);
 	if (fd < 0)
 		return -errno;
-	snprintf(xattr, sizeof(xattr), "%o %llu", (unsigned int)(mode & S_IFMT),
-		 (unsigned long long)op->node->rdev);
-	if (fsetxattr(fd, VP_NODE_XATTR, xattr, strlen(xattr), 0)) {
-		int e = errno;
-
-		close(fd);
-		unlinkat(ns->staging_fd, tmp, 0);
-		return -e;
-	}
+	rc = fchmod(fd, 0600) ? -errno : set_stand_in(fd, mode, n->rdev, uid, gid);	/* 0600 whatever the umask */
 	close(fd);
+	if (rc) {
+		unlinkat(ns->staging_fd, tmp, 0);
+		return rc;
+	}
 place:
 	if (renameat(ns->staging_fd, tmp, r->dfd, op->name))
 		return -errno;
@@ -468,6 +495,21 @@ static int replay_attr(struct vp_ns *ns, struct flush_op *op,
 		return 0;	/* its DATA entry will carry the attributes */
 	if (fd < 0)
 		return fd;
+	if (n->type == VP_NODE_SPECIAL) {
+		struct stat st;
+
+		/* a stand-in keeps its own 0600: the node's mode and owner go in its xattr */
+		if (!fstatat(fd, name, &st, AT_SYMLINK_NOFOLLOW) && S_ISREG(st.st_mode)) {
+			int sfd = openat(fd, name, O_WRONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+			int rc = sfd < 0 ? -errno : set_stand_in(sfd, mode, n->rdev, uid, gid);
+
+			if (sfd >= 0)
+				close(sfd);
+			if (rc)
+				return rc;
+			return utimensat(fd, name, times, AT_SYMLINK_NOFOLLOW) && errno != ENOENT ? -errno : 0;
+		}
+	}
 	if (n->type != VP_NODE_SYMLINK &&
 	    fchmodat(fd, name, mode & 07777, 0) && errno != ENOENT)
 		return -errno;

@@ -55,7 +55,7 @@ static int check_passthru(const char *opts, char *err, size_t errlen)
 {
 	static const char *const known[] = {
 		"allow_other", "allow_root", "auto_unmount", "default_permissions",
-		"ro", "rw", "nosuid", "suid", "nodev", "dev", "noexec", "exec",
+		"ro", "rw", "nosuid", "suid", "nodev", "noexec", "exec",
 		"atime", "noatime", "relatime", "fsname", "subtype", NULL,
 	};
 	char *copy = strdup(opts), *save = NULL, *tok;
@@ -70,7 +70,11 @@ static int check_passthru(const char *opts, char *err, size_t errlen)
 
 		for (int i = 0; known[i] && !ok; i++)
 			ok = strlen(known[i]) == len && !strncmp(tok, known[i], len);
-		if (!ok) {
+		if (!ok && !strcmp(tok, "dev")) {
+			/* device numbers come from the producer and the PFS: never opened here */
+			snprintf(err, errlen, "'dev' is refused: a viperfs mount is always nodev (its device nodes carry other nodes' numbers)");
+			rc = -1;
+		} else if (!ok) {
 			snprintf(err, errlen, "unknown option '%.*s'; 'viperfs --help' lists them",
 				 (int)len, tok);
 			rc = -1;

@@ -57,28 +57,37 @@ struct pfs_entry {
 
 /*
  * A regular file on the PFS that stands in for a special node the PFS
- * refused (flush.c, replay_mknod): its type and rdev put into st.
+ * refused (flush.c, replay_mknod): the node's type, rdev, mode and owner
+ * put into st.  Only a stand-in the daemon made counts: owned by us, mode
+ * 0600, one link.  Anyone who may write the PFS can set a user.* xattr on
+ * a file of theirs, and must not get a device node in the mount.
  */
 static void read_stand_in(int dirfd, const char *name, struct stat *st)
 {
-	int fd = openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
-	char buf[64];
-	unsigned int type;
+	int fd = openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+	char buf[96];
+	unsigned int type, mode, uid, gid;
 	unsigned long long rdev;
+	struct stat now;
 	ssize_t n;
 
 	if (fd < 0)
 		return;
-	n = fgetxattr(fd, VP_NODE_XATTR, buf, sizeof(buf) - 1);
+	/* the file opened, not the name listed: it may have been swapped meanwhile */
+	n = fstat(fd, &now) || !S_ISREG(now.st_mode) || now.st_size != 0 ||
+	    now.st_uid != geteuid() || (now.st_mode & 07777) != 0600 || now.st_nlink != 1 ? -1 :
+	    fgetxattr(fd, VP_NODE_XATTR, buf, sizeof(buf) - 1);
 	close(fd);
-	if (n <= 0 || st->st_size != 0)
+	if (n <= 0)
 		return;
 	buf[n] = '\0';
-	if (sscanf(buf, "%o %llu", &type, &rdev) != 2 ||
+	if (sscanf(buf, "%o %llu %o %u %u", &type, &rdev, &mode, &uid, &gid) != 5 ||
 	    (type != S_IFIFO && type != S_IFSOCK && type != S_IFCHR && type != S_IFBLK))
 		return;
-	st->st_mode = (st->st_mode & 07777) | type;
+	st->st_mode = type | (mode & 07777 & ~(unsigned int)(S_ISUID | S_ISGID));
 	st->st_rdev = (dev_t)rdev;
+	st->st_uid = uid;
+	st->st_gid = gid;
 }
 
 /* Reads a PFS directory into a new array.  No ns->lock held. */

@@ -38,6 +38,10 @@ def test_a_usage_error_prints_a_short_usage(world):
     assert len(r.stderr.splitlines()) <= 5 and "ram_cache" not in r.stderr
     r = subprocess.run([VIPERFS, "-x", "a", "b"], capture_output=True, text=True, timeout=30)
     assert r.returncode == 2 and "unknown flag '-x'" in r.stderr
+    # device nodes carry other nodes' numbers: the mount stays nodev
+    r = subprocess.run([VIPERFS, "-o", "dev", world.dir("pfs"), world.dir("m")],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and "'dev' is refused" in r.stderr
 
 
 def test_json_logs_in_utc(world):

@@ -69,7 +69,7 @@ def test_special_nodes_on_the_producer_the_pfs_and_a_remount(world):
     assert os.path.isfile(m.path("plain")) and os.path.getsize(m.path("plain")) == 0
     m.flush()
     modes = {"fifo": 0o600, "null": 0o644}
-    assert_nodes(m.pfs, modes)                  # the PFS holds the nodes themselves
+    assert_nodes(m.pfs, modes)                  # the PFS holds the nodes, with their modes
     assert os.lstat(m.pfs_path("loop")).st_uid == 65534
     assert os.lstat(m.pfs_path("null")).st_mtime == 1_600_000_000
     assert not os.path.lexists(m.pfs_path("gone"))
@@ -85,20 +85,37 @@ def test_special_nodes_on_the_producer_the_pfs_and_a_remount(world):
 
 def test_a_pfs_that_refuses_devices_keeps_a_stand_in(world):
     """A daemon without CAP_MKNOD cannot make a device on the PFS: an empty
-    file with the node in user.viperfs.node stands in for it, and a mount
-    turns it back into the node."""
+    0600 file of its own with the node in user.viperfs.node (type, rdev,
+    mode, owner) stands in for it, and a mount turns it back into the node.
+    A look-alike that the daemon did not make (another owner, another mode)
+    stays a plain empty file: whoever may write the PFS gets no device."""
     m = world.mount(prefix=["setpriv", "--inh-caps=-mknod", "--bounding-set=-mknod"])
     make_nodes(m.mnt)
+    os.chown(m.path("null"), 65534, 65534)
     m.flush()
     st = os.lstat(m.pfs_path("null"))
-    assert stat.S_ISREG(st.st_mode) and st.st_size == 0
-    assert os.getxattr(m.pfs_path("null"), "user.viperfs.node") == b"%o %d" % (
+    assert stat.S_ISREG(st.st_mode) and st.st_size == 0 and stat.S_IMODE(st.st_mode) == 0o600
+    assert os.getxattr(m.pfs_path("null"), "user.viperfs.node") == b"%o %d 640 65534 65534" % (
         stat.S_IFCHR, os.makedev(1, 3))
     assert stat.S_ISFIFO(os.lstat(m.pfs_path("fifo")).st_mode)     # FIFOs need no capability
     assert "kept as an empty file with the xattr user.viperfs.node" in m.read_log()
+    os.chmod(m.path("null"), 0o600)             # a chmod of the node goes into the xattr
+    m.flush()
+    assert stat.S_IMODE(os.lstat(m.pfs_path("null")).st_mode) == 0o600
+    assert b" 600 65534 " in os.getxattr(m.pfs_path("null"), "user.viperfs.node")
     m.stop()
+    # look-alikes a PFS user could make
+    for name, owner, mode in (("fake1", 65534, 0o600), ("fake2", 0, 0o644)):
+        write(m.pfs_path(name), b"")
+        os.chown(m.pfs_path(name), owner, owner)
+        os.chmod(m.pfs_path(name), mode)
+        os.setxattr(m.pfs_path(name), "user.viperfs.node", b"%o %d 666 0 0" % (
+            stat.S_IFBLK, os.makedev(8, 0)))
     again = world.mount(pfs=m.pfs, mnt=world.dir("again"))
-    assert_nodes(again.mnt)
+    assert_nodes(again.mnt, {"null": 0o600})
+    assert (os.lstat(again.path("null")).st_uid, os.lstat(again.path("null")).st_gid) == (65534, 65534)
+    for name in ("fake1", "fake2"):
+        assert stat.S_ISREG(os.lstat(again.path(name)).st_mode), name
 
 
 def test_special_nodes_reach_consumers_as_metadata(world):
