@@ -169,7 +169,7 @@ int vp_ns_release(struct vp_ns *ns, struct vp_handle *h);
  *  - vp_ns_pt_open() after an open says how the kernel may read h:
  *    VP_PT_NONE: through the daemon (give it direct_io);
  *    VP_PT_SHARE: from the backing file *id the inode has already;
- *    VP_PT_REGISTER: register *fd as a backing file, then vp_ns_pt_set()
+ *    VP_PT_REGISTER: register *fd as a backing file, then vp_ns_pt_set(.., *fd)
  *    (id <= 0: it failed, and h goes through the daemon).  *pfs says
  *    that *fd is the version's file on the PFS (a version on the PFS
  *    only), not a memory file: where the kernel refuses one, call
@@ -181,7 +181,7 @@ enum vp_pt { VP_PT_NONE, VP_PT_SHARE, VP_PT_REGISTER };
 void vp_ns_set_passthrough(struct vp_ns *ns, int on);
 enum vp_pt vp_ns_pt_open(struct vp_ns *ns, struct vp_handle *h, int *fd, int *id, int *pfs);
 void vp_ns_set_passthrough_pfs(struct vp_ns *ns, int on);
-void vp_ns_pt_set(struct vp_ns *ns, struct vp_handle *h, int id);
+void vp_ns_pt_set(struct vp_ns *ns, struct vp_handle *h, int id, int fd);
 int vp_ns_pt_close(struct vp_ns *ns, struct vp_handle *h);
 /* The read-only descriptor of h's sealed memory file, or -1 (valid while h is open). */
 int vp_ns_handle_fd(struct vp_handle *h);

@@ -45,7 +45,12 @@ int __wrap_posix_spawn(pid_t *pid, const char *path,
 		       const posix_spawnattr_t *attr,
 		       char *const argv[], char *const envp[])
 {
-	if (!strcmp(path, VP_LIBFUSE_FUSERMOUNT) && access(VP_FUSERMOUNT, X_OK) == 0)
+	/*
+	 * Root only: the installed copy is not setuid, so a user's mount
+	 * needs the system's (setuid) fusermount3, which libfuse finds on
+	 * $PATH when the compiled-in one is not there.
+	 */
+	if (!strcmp(path, VP_LIBFUSE_FUSERMOUNT) && geteuid() == 0 && access(VP_FUSERMOUNT, X_OK) == 0)
 		path = VP_FUSERMOUNT;
 	return __real_posix_spawn(pid, path, actions, attr, argv, envp);
 }

@@ -418,8 +418,9 @@ static void vpfs_mknod(fuse_req_t req, fuse_ino_t parent, const char *name,
 	if (S_ISREG(mode)) {
 		rc = vp_ns_create(ns, &who, parent, name, mode & 07777, O_CREAT | O_EXCL | O_WRONLY,
 				  &st, &h);
-		if (!rc)
-			rc = vp_ns_release(ns, h);
+		/* the name exists once created, and the entry holds the kernel's lookup */
+		if (!rc && vp_ns_release(ns, h))
+			vp_log(LOG_WARNING, "fs", "mknod '%s': the empty file's first version failed", name);
 	} else {
 		rc = vp_ns_mknod(ns, &who, parent, name, mode, rdev, &st);
 	}
@@ -503,7 +504,7 @@ static int passthrough_open(fuse_req_t req, struct vp_handle *h,
 			__atomic_store_n(&ll.pt, 0, __ATOMIC_RELAXED);
 			vp_ns_set_passthrough(ns, 0);
 		}
-		vp_ns_pt_set(ns, h, id);
+		vp_ns_pt_set(ns, h, id, fd);
 	}
 #else
 	(void)how;

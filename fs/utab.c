@@ -19,12 +19,14 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <libmount/libmount.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -147,7 +149,11 @@ out:
 	mnt_unref_table(mounts);
 }
 
-/* 1 if nothing listens on the UNIX socket at path (a dead daemon's). */
+/*
+ * 1 if nothing listens on the UNIX socket at path (a dead daemon's).  The
+ * probe never waits: a listener that does not accept (a full backlog)
+ * counts as alive.
+ */
 static int socket_is_dead(const char *path)
 {
 	struct sockaddr_un addr = { .sun_family = AF_UNIX };
@@ -156,7 +162,7 @@ static int socket_is_dead(const char *path)
 	if (strlen(path) >= sizeof(addr.sun_path))
 		return 0;
 	strcpy(addr.sun_path, path);
-	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
 	if (fd < 0)
 		return 0;
 	dead = connect(fd, (struct sockaddr *)&addr, sizeof(addr)) && errno == ECONNREFUSED;
@@ -175,8 +181,14 @@ static void clean_sockets(const char *dir)
 	if (!d)
 		return;
 	while ((e = readdir(d))) {
-		if (sscanf(e->d_name, "viperfs-%d.sock", &pid) != 1 || e->d_type != DT_SOCK ||
+		struct stat st;
+		int end = 0;
+
+		/* ours only: the whole name viperfs-PID.sock, a socket we own (not a link) */
+		if (sscanf(e->d_name, "viperfs-%d.sock%n", &pid, &end) != 1 || e->d_name[end] ||
 		    pid == (int)getpid() ||
+		    fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) || !S_ISSOCK(st.st_mode) ||
+		    st.st_uid != geteuid() ||
 		    (size_t)snprintf(path, sizeof(path), "%s/%s", dir, e->d_name) >= sizeof(path))
 			continue;
 		if (socket_is_dead(path) && !unlink(path))

@@ -218,17 +218,15 @@ out_unlock:
 	return how;
 }
 
-void vp_ns_pt_set(struct vp_ns *ns, struct vp_handle *h, int id)
+void vp_ns_pt_set(struct vp_ns *ns, struct vp_handle *h, int id, int fd)
 {
 	struct vp_kino *k = h->kino;
 
 	pthread_mutex_lock(&ns->lock);
 	if (id > 0) {
-		int pfs;
-
 		k->pt_opens++;
 		k->backing_id = id;
-		k->backing_fd = pt_fd_locked(ns, h, &pfs);
+		k->backing_fd = fd;	/* the one registered (a warm since may have changed the choice) */
 	} else {
 		h->pt = 0;
 		k->np_opens++;
