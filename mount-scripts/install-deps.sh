@@ -31,11 +31,13 @@ libmount-dev libfabric-dev libssl-dev libxxhash-dev libmicrohttpd-dev libjansson
 #   slurm*, munge       tests/integration/test_ops.py (viperfs-slurm in a one-node cluster)
 #   prometheus          promtool check metrics; gnuplot-nox: tests/bench/charts.py
 #   man-db, mandoc      the man pages (tests/integration/test_package.py)
+#   glusterfs-*         a real distributed PFS: tests/integration/test_gluster.py, make bench, make paper
 if [ "$test" = 1 ]; then
 	PKGS="$PKGS libcmocka-dev clang libclang-rt-14-dev libfabric-bin
 attr inotify-tools rsync gdb nftables iproute2 curl
 python3 python3-pytest python3-numpy python3-h5py python3-torch python3-watchdog
-slurmd slurmctld slurm-client munge prometheus gnuplot-nox man-db mandoc"
+slurmd slurmctld slurm-client munge prometheus gnuplot-nox man-db mandoc
+glusterfs-server glusterfs-client"
 fi
 missing=""
 for p in $PKGS; do

@@ -358,6 +358,7 @@ class World:
         self.tmpfs = []
         self.nets = []
         self.procs = []
+        self.finalizers = []    # after the mounts stop, before the networks go
 
     def net(self, nodes):
         n = Net(nodes)
@@ -369,6 +370,10 @@ class World:
         p = subprocess.Popen(args, **kw)
         self.procs.append(p)
         return p
+
+    def on_cleanup(self, fn):
+        """fn() runs at cleanup, once the viperfs mounts are stopped (a PFS they flush to)."""
+        self.finalizers.append(fn)
 
     def dir(self, name):
         p = os.path.join(self.base, name)
@@ -410,6 +415,11 @@ class World:
         for p in reversed(stale):
             subprocess.run(["fusermount3", "-uz", p], capture_output=True)
         drop_utab_entries(self.base)
+        for fn in reversed(self.finalizers):
+            try:
+                fn()
+            except Exception as e:
+                reports.append("cleanup %s: %s" % (getattr(fn, "__qualname__", fn), e))
         for p in reversed(self.tmpfs):
             subprocess.run(["umount", "-l", p], capture_output=True)
         for n in self.nets:
