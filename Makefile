@@ -66,7 +66,7 @@ DOCDIR ?= $(PREFIX)/share/doc/viperfs
 BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
 SYSTEMDDIR ?= /etc/systemd/system
 
-.PHONY: all deps test-deps test unit integration check bench bench-gpu clean install uninstall deb demo plan-report check-thread fuzz demo-local chaos FORCE
+.PHONY: all deps test-deps test unit integration check bench paper bench-gpu clean install uninstall deb demo plan-report check-thread fuzz demo-local chaos FORCE
 all: deps $(BUILD)/viperfs $(BUILD)/viperctl $(BUILD)/libviperfs_client.a $(BUILD)/tests/fabpoke $(BUILD)/tests/fabbw $(BUILD)/tests/hostile $(BUILD)/man/viperfs.8
 
 # The C client library for local processes (GPU export): tools/viperfs_client.h
@@ -177,9 +177,15 @@ endif
 bench: all test-deps
 	@$(PYTHON) tests/bench/bench.py $(BENCH_ARGS)
 	@$(PYTHON) tests/bench/bench_repl.py $(BENCH_ARGS)
+	@$(PYTHON) tests/bench/bench_pfs.py $(BENCH_ARGS)
 	@$(PYTHON) tests/bench/bench_fanout.py $(BENCH_ARGS)
 	@$(PYTHON) tests/bench/bench_seal.py $(BENCH_ARGS)
 	@$(PYTHON) tests/bench/charts.py
+
+# The paper's experiments (tests/paper/): update latency for 600 MB and 4.6 GB
+# checkpoints against GlusterFS with pollers.  BENCH_PFS=DIR: your PFS.
+paper: all test-deps
+	@$(PYTHON) tests/paper/update_latency.py $(PAPER_ARGS)
 
 # The planner's real run: NT3-like CNN, actual CIL of each schedule (~3 min).
 plan-report: all test-deps

@@ -12,8 +12,10 @@ One run, on this machine, prints medians and ratios:
     once: the daemon's anonymous memory, the system's Shmem (memfds, tmpfs)
     and the page cache of the file in the mount, on a mount of its own with
     no tmpfs copy around.
-The PFS stand-in is a directory on this machine's disk (--pfs-base).
-Results also go to bench-results/bench.csv.
+The PFS is a GlusterFS volume whose brick is on a node (network namespace)
+of its own, written through this node's GlusterFS client
+(tests/integration/gluster.py); BENCH_PFS=DIR (or --pfs-base DIR) names a
+PFS directory of yours instead.  Results also go to bench-results/bench.csv.
 """
 import argparse
 import csv
@@ -30,6 +32,9 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BUILD = os.environ.get("VIPERFS_BUILD", os.path.join(ROOT, "build"))
+sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
+from conftest import World  # noqa: E402
+import gluster  # noqa: E402
 BLOCK = 4 << 20
 PAGE = 4096
 
@@ -208,13 +213,35 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", default="1G", help="checkpoint size (K/M/G)")
     ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--pfs-base", default="/var/tmp",
-                    help="disk directory that stands in for the PFS")
+    ap.add_argument("--pfs-base", default=os.environ.get("BENCH_PFS") or None,
+                    help="a PFS directory to use instead of GlusterFS (BENCH_PFS)")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench-results"))
     a, _ = ap.parse_known_args()
     mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
     size = int(float(a.size[:-1]) * mult[a.size[-1].upper()]) if a.size[-1].upper() in mult else int(a.size)
 
+    world = None
+    pfs_where = a.pfs_base
+    if not a.pfs_base:
+        if gluster.available():
+            print("bench: %s; set BENCH_PFS=DIR to use a PFS of yours" % gluster.available())
+            return 1
+        world = World()
+        try:
+            net = world.net(2)
+            a.pfs_base = gluster.Gluster(world, net, server=0).client(1)
+        except Exception:
+            world.cleanup()
+            raise
+        pfs_where = "GlusterFS (a brick on another node, this node's client)"
+    try:
+        return run(a, size, pfs_where)
+    finally:
+        if world:
+            world.cleanup()
+
+
+def run(a, size, pfs_where):
     base = tempfile.mkdtemp(prefix="viperfs-bench-")
     pfs_base = tempfile.mkdtemp(prefix="viperfs-bench-pfs-", dir=a.pfs_base)
     tmpfs = os.path.join(base, "tmpfs")
@@ -297,14 +324,14 @@ def main():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    print("viperfs bench: %.2f GiB checkpoint, %d runs, medians; %d cores, %s" % (
-        size / (1 << 30), a.runs, os.cpu_count(), cpu))
+    print("viperfs bench: %.2f GiB checkpoint, %d runs, medians; %d cores, %s; PFS: %s" % (
+        size / (1 << 30), a.runs, os.cpu_count(), cpu, pfs_where))
     print("%-36s %10s %10s %10s" % ("", "seconds", "GB/s", "ratio"))
     table = [
         ("write: tmpfs", med["tmpfs_w"], None, "baseline"),
         ("write: viperfs", med["vp_w"], med["tmpfs_w"] / med["vp_w"], "x tmpfs (target >= 1.0)"),
         ("write: viperfs, ram_spare=0", med["vp_w0"], med["tmpfs_w"] / med["vp_w0"], "x tmpfs"),
-        ("write+fsync: PFS directory", med["pfs_w"], med["tmpfs_w"] / med["pfs_w"], "x tmpfs"),
+        ("write+fsync: the PFS", med["pfs_w"], med["tmpfs_w"] / med["pfs_w"], "x tmpfs"),
         ("stall: viperfs (open..close)", med["vp_w"], med["pfs_w"] / med["vp_w"],
          "x lower than PFS (target >= 3)"),
         ("read: tmpfs", med["tmpfs_r"], None, "baseline"),

@@ -3,11 +3,6 @@
 to a consumer having read the last byte, side by side in one run:
 
   - viperfs, 1 consumer and 3 consumers (network namespaces, libfabric tcp);
-  - the PFS directory with fsync, and a consumer polling every 1 s; once
-    reading the file as the writer left it in this machine's page cache,
-    and once cold (the pages dropped first with POSIX_FADV_DONTNEED), as a
-    consumer on another node would read it from the PFS;
-  - rsync started at close() (a best case for lsyncd: no delay, local copy);
   - the raw libfabric RMA-read bandwidth between two nodes, for
     "closeness to the wire" = latency / (bytes / raw bandwidth);
   - notification latency: the consumer daemon's install to a watchdog
@@ -16,11 +11,9 @@ to a consumer having read the last byte, side by side in one run:
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
@@ -89,14 +82,13 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", default="1G")
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--pfs-base", default="/var/tmp")
     ap.add_argument("--stream", default=None,
                     help="producer's repl_stream (default: the daemon's); 0 ships at close only")
     a, _ = ap.parse_known_args()
     mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
     size = int(float(a.size[:-1]) * mult[a.size[-1].upper()])
     w = World()
-    res = {k: [] for k in ("raw", "vp1", "vp3", "poll", "poll_cold", "rsync", "notify")}
+    res = {k: [] for k in ("raw", "vp1", "vp3", "notify")}
     try:
         net = w.net(4)
         port = 7900 + os.getpid() % 50
@@ -182,45 +174,6 @@ while True:
                     line = watcher.stdout.readline().split()
                 if n_cons == 1:
                     res["notify"].append(float(line[2]) - ev["time"])
-        # PFS + 1 s polling
-        pdir = tempfile.mkdtemp(prefix="viperfs-bench-pfs-", dir=a.pfs_base)
-        try:
-            for run in range(2 * a.runs):
-                cold = run >= a.runs
-                path = os.path.join(pdir, "ckpt.pt")
-                got = []
-
-                def poller(prev):
-                    while True:
-                        time.sleep(1.0)
-                        try:
-                            st = os.stat(path)
-                        except FileNotFoundError:
-                            continue
-                        if (st.st_mtime_ns, st.st_size) != prev and st.st_size == size:
-                            read_all(path, cold=cold)
-                            got.append(time.time())
-                            return
-                prev = None
-                if os.path.exists(path):
-                    st = os.stat(path)
-                    prev = (st.st_mtime_ns, st.st_size)
-                t = threading.Thread(target=poller, args=(prev,))
-                t.start()
-                # the write lands at evenly spread phases of the 1 s poll
-                time.sleep(0.05 + (run % a.runs + 0.5) / a.runs)
-                t_close = write_file(path, size, fsync=True, seed=run)
-                t.join()
-                res["poll_cold" if cold else "poll"].append(got[0] - t_close)
-            # rsync pushing the directory at close()
-            src, dst = w.dir("rs-src"), w.dir("rs-dst")
-            for run in range(a.runs):
-                t_close = write_file(os.path.join(src, "ckpt.pt"), size, seed=run)
-                subprocess.run(["rsync", "-a", "--inplace", src + "/", dst + "/"], check=True)
-                read_all(os.path.join(dst, "ckpt.pt"))
-                res["rsync"].append(time.time() - t_close)
-        finally:
-            shutil.rmtree(pdir, ignore_errors=True)
         watcher.stdin.close()
     finally:
         w.cleanup()
@@ -231,15 +184,9 @@ while True:
           (size / (1 << 30), a.runs, os.cpu_count(), a.stream if a.stream is not None else "default"))
     rows = [
         ("raw libfabric RMA read (tcp, veth)", wire, "%.2f GB/s" % med["raw"]),
-        ("update latency: viperfs, 1 consumer", med["vp1"],
-         "%.1fx faster than PFS+poll (target >= 10)" % (med["poll"] / med["vp1"])),
+        ("update latency: viperfs, 1 consumer", med["vp1"], "bench_pfs.py has the baselines"),
         ("update latency: viperfs, 3 consumers", med["vp3"],
          "%.2fx the 1-consumer latency (target <= 1.5)" % (med["vp3"] / med["vp1"])),
-        ("update latency: PFS+fsync, 1 s poll", med["poll"], "baseline"),
-        ("  same, the poller reading cold", med["poll_cold"],
-         "viperfs %.1fx faster (a reader on another node)" % (med["poll_cold"] / med["vp1"])),
-        ("update latency: rsync at close()", med["rsync"],
-         "%.2fx viperfs" % (med["rsync"] / med["vp1"])),
         ("closeness to the wire (viperfs / raw)", med["vp1"] / wire,
          "target <= 1.3"),
         ("notification: install -> inotify event", med["notify"],

@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """make bench, last step: the results as CSV and as PNG charts (gnuplot).
 
-Reads what bench.py and bench_repl.py left in bench-results/ and writes:
+Reads what bench.py, bench_repl.py and bench_pfs.py left in bench-results/
+and writes:
   update_latency.csv / .png  update latency per version: viperfs with 1 and
-                             3 consumers, PFS+fsync with a 1 s poller, rsync
+                             3 consumers (bench_repl), the PFS pollers and
+                             rsync (bench_pfs; a missed update is left out)
   throughput.csv / .png      write and read throughput: viperfs, tmpfs, PFS
 Either input may be missing (a bench that was not run); its chart is skipped.
 """
@@ -18,7 +20,8 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 SERIES = [("vp1", "viperfs, 1 consumer"), ("vp3", "viperfs, 3 consumers"),
-          ("poll", "PFS+fsync, 1 s poll"), ("rsync", "rsync at close()")]
+          ("poll1", "PFS+fsync, 1 s poll"), ("poll15", "PFS+fsync, 15 s poll"),
+          ("rename", "PFS, temp+rename, 1 s poll"), ("rsync", "rsync at close()")]
 
 
 def gnuplot(script, out):
@@ -28,23 +31,31 @@ def gnuplot(script, out):
 
 
 def latency_chart(res_dir):
-    src = os.path.join(res_dir, "bench_repl.json")
-    if not os.path.exists(src):
+    samples, size = {}, None
+    for name in ("bench_repl.json", "bench_pfs.json"):
+        try:
+            with open(os.path.join(res_dir, name)) as f:
+                data = json.load(f)
+        except FileNotFoundError:
+            continue
+        size = size or data["size"]
+        for k, v in data["samples"].items():
+            # bench_pfs: {stall, latency, torn} per run, latency None when missed
+            samples[k] = [x["latency"] if isinstance(x, dict) else x for x in v]
+    if not samples:
         return None
-    with open(src) as f:
-        data = json.load(f)
-    samples = data["samples"]
-    runs = max(len(samples.get(k, [])) for k, _ in SERIES)
+    series = [(k, t) for k, t in SERIES if k in samples]
+    runs = max(len(samples[k]) for k, _ in series)
     path = os.path.join(res_dir, "update_latency.csv")
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["version"] + [k for k, _ in SERIES])
+        w.writerow(["version"] + [k for k, _ in series])
         for i in range(runs):
-            w.writerow([i + 1] + ["%.6f" % samples[k][i] if i < len(samples.get(k, [])) else ""
-                                  for k, _ in SERIES])
+            w.writerow([i + 1] + ["%.6f" % samples[k][i] if i < len(samples[k])
+                                  and samples[k][i] is not None else "" for k, _ in series])
     png = os.path.join(res_dir, "update_latency.png")
     plots = ", ".join("'%s' using 1:%d with linespoints title '%s'" % (path, i + 2, title)
-                      for i, (_, title) in enumerate(SERIES))
+                      for i, (_, title) in enumerate(series))
     gnuplot("""set terminal pngcairo size 900,500
 set output '%s'
 set datafile separator ','
@@ -56,7 +67,7 @@ set ylabel 'seconds'
 set logscale y
 set grid
 plot %s
-""" % (png, data["size"] / (1 << 30), plots), png)
+""" % (png, size / (1 << 30), plots), png)
     return path, png
 
 
@@ -78,7 +89,7 @@ def throughput_chart(res_dir):
     gnuplot("""set terminal pngcairo size 900,500
 set output '%s'
 set datafile separator ','
-set title 'Throughput: viperfs against tmpfs and the PFS directory (medians)'
+set title 'Throughput: viperfs against tmpfs and the PFS (medians)'
 set style data histograms
 set style fill solid 0.8 border -1
 set boxwidth 0.8

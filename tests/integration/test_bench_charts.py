@@ -10,9 +10,14 @@ from conftest import ROOT
 
 def test_charts_write_csv_and_png(tmp_path):
     rnd = random.Random()
-    samples = {k: [rnd.uniform(0.01, 3) for _ in range(4)] for k in ("vp1", "vp3", "poll", "rsync")}
+    samples = {k: [rnd.uniform(0.01, 3) for _ in range(4)] for k in ("vp1", "vp3")}
     with open(tmp_path / "bench_repl.json", "w") as f:
         json.dump({"size": 1 << 28, "runs": 4, "samples": samples, "medians": {}}, f)
+    pfs = {k: [{"stall": 1.0, "latency": rnd.uniform(0.5, 9), "torn": 0} for _ in range(4)]
+           for k in ("poll1", "rsync")}
+    pfs["poll1"][2]["latency"] = None       # a missed update: no point
+    with open(tmp_path / "bench_pfs.json", "w") as f:
+        json.dump({"size": 1 << 28, "runs": 4, "samples": pfs, "medians": {}}, f)
     gbs = {m: rnd.uniform(0.1, 9) for m in ("write: tmpfs", "write: viperfs", "read warm: viperfs")}
     with open(tmp_path / "bench.csv", "w", newline="") as f:
         w = csv.writer(f)
@@ -30,6 +35,9 @@ def test_charts_write_csv_and_png(tmp_path):
     with open(tmp_path / "update_latency.csv") as f:
         rows = list(csv.DictReader(f))
     assert [float(r["vp1"]) for r in rows] == [round(v, 6) for v in samples["vp1"]]
+    assert [float(r["poll1"]) if r["poll1"] else None for r in rows] == [
+        v["latency"] and round(v["latency"], 6) for v in pfs["poll1"]]
+    assert "poll15" not in rows[0]          # not measured: no column
     with open(tmp_path / "throughput.csv") as f:
         got = {r["case"]: float(r["gb_per_s"]) for r in csv.DictReader(f)}
     assert got == {m: round(v, 3) for m, v in gbs.items()}     # no stall row: not a throughput
