@@ -3,7 +3,6 @@
 #include "log.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
 #include <signal.h>
@@ -29,15 +28,14 @@ static int log_json;		/* log_format=json; protected by log_lock */
 static int log_utc;		/* log_time=utc; protected by log_lock */
 
 /*
- * SIGHUP reopens the log file in the handler itself: open() and dup2()
- * are async-signal-safe, and dup2 swaps the file under log_file's
- * descriptor in one step, so a line being written goes to one file or
- * the other, whole.  The path is set before the handler is installed and
- * not changed after.  The next line says how the reopen went.
+ * SIGHUP reopens the log file: the handler only raises hup_pending, and the
+ * next line reopens it under log_lock before it is written (so it goes to
+ * the new file, and the line before it says how the reopen went).  The
+ * handler touches no descriptor: one it read could be closed by
+ * vp_log_close, and its number reused, before it got to use it.
  */
-static char log_path[PATH_MAX];
-static int log_fd = -1;			/* log_file's descriptor, for the handler */
-static volatile sig_atomic_t hup_errno = -1;	/* -1: none since the last line, else 0 or errno */
+static char log_path[PATH_MAX];		/* protected by log_lock */
+static volatile sig_atomic_t hup_pending;
 
 static const char *const level_names[] = {
 	[LOG_EMERG] = "emerg", [LOG_ALERT] = "alert", [LOG_CRIT] = "crit",
@@ -72,7 +70,6 @@ int vp_log_open(enum vp_log_sink sink, const char *path, int level)
 			fclose(log_file);
 		log_file = f;
 		snprintf(log_path, sizeof(log_path), "%s", path);
-		__atomic_store_n(&log_fd, fileno(f), __ATOMIC_RELEASE);
 	} else if (sink == VP_LOG_SYSLOG) {
 		openlog("viperfs", LOG_PID, LOG_DAEMON);
 	}
@@ -86,7 +83,6 @@ out_unlock:
 void vp_log_close(void)
 {
 	pthread_mutex_lock(&log_lock);
-	__atomic_store_n(&log_fd, -1, __ATOMIC_RELEASE);
 	if (log_file)
 		fclose(log_file);
 	log_file = NULL;
@@ -111,22 +107,8 @@ void vp_log_set_format(int json, int utc)
 
 static void on_hup(int sig)
 {
-	int saved = errno, fd = __atomic_load_n(&log_fd, __ATOMIC_ACQUIRE), nfd;
-
 	(void)sig;
-	if (fd < 0) {
-		hup_errno = 0;
-		errno = saved;
-		return;
-	}
-	nfd = open(log_path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
-	if (nfd < 0) {
-		hup_errno = errno;
-	} else {
-		hup_errno = dup3(nfd, fd, O_CLOEXEC) < 0 ? errno : 0;
-		close(nfd);
-	}
-	errno = saved;
+	hup_pending = 1;
 }
 
 int vp_log_reopen_on_hup(void)
@@ -255,25 +237,39 @@ static void stamp_now(char *out, size_t len)
 
 static void log_emit_locked(int level, const char *subsys, const char *raw);
 
-/* One line to the sink, after the word on a SIGHUP since the last one.  Called with log_lock held. */
-static void log_write_locked(int level, const char *subsys, const char *raw)
+/* A SIGHUP came: the log file opened again by its path.  Called with log_lock held. */
+static void reopen_locked(void)
 {
-	int hup = hup_errno;
+	char msg[PATH_MAX + 128];
+	int level = LOG_NOTICE;
 
 	VP_ASSERT_LOCKED(&log_lock);
-	if (hup >= 0) {
-		char msg[PATH_MAX + 128];
+	hup_pending = 0;
+	if (!log_file) {
+		snprintf(msg, sizeof(msg), "SIGHUP: no log file to reopen (it does not unmount; SIGTERM does)");
+	} else {
+		FILE *f = fopen(log_path, "ae");
 
-		hup_errno = -1;
-		if (log_file && hup)
+		if (!f) {
 			snprintf(msg, sizeof(msg), "SIGHUP: cannot reopen the log file '%s': %s; still writing to the one open",
-				 log_path, strerror(hup));
-		else
-			snprintf(msg, sizeof(msg), log_file ? "SIGHUP: log file '%s' reopened" :
-				 "SIGHUP: no log file to reopen (it does not unmount; SIGTERM does)",
-				 log_path);
-		log_emit_locked(hup ? LOG_WARNING : LOG_NOTICE, "log", msg);
+				 log_path, strerror(errno));
+			level = LOG_WARNING;
+		} else {
+			setvbuf(f, NULL, _IOLBF, 0);
+			fclose(log_file);
+			log_file = f;
+			snprintf(msg, sizeof(msg), "SIGHUP: log file '%s' reopened", log_path);
+		}
 	}
+	log_emit_locked(level, "log", msg);
+}
+
+/* One line to the sink, after a SIGHUP's reopen if one came.  Called with log_lock held. */
+static void log_write_locked(int level, const char *subsys, const char *raw)
+{
+	VP_ASSERT_LOCKED(&log_lock);
+	if (hup_pending)
+		reopen_locked();
 	log_emit_locked(level, subsys, raw);
 }
 
