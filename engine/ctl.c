@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <math.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -51,7 +52,7 @@ struct conn {
 	struct peer peer;
 	double deadline;	/* vp_now() by which the request line must be in */
 	size_t used;		/* bytes in line */
-	char line[PATH_MAX + 32];
+	char line[PATH_MAX + 128];	/* "wait " PATH " " VERSION " " SECONDS "\n" at the most */
 	LIST_ENTRY(conn) link;		/* in ctl->serving; protected by ctl->lock */
 };
 
@@ -265,8 +266,21 @@ static void serve_wait(struct conn *c, char *args, FILE *out)
 		json_error(out, "usage: wait PATH VERSION SECONDS");
 		return;
 	}
-	v = strtoull(ver, NULL, 10);
-	timeout = atof(secs);
+	{
+		char *end;
+
+		errno = 0;
+		v = strtoull(ver, &end, 10);
+		if (errno || end == ver || *end || *ver == '-') {
+			json_error(out, "wait: VERSION is not a number");
+			return;
+		}
+		timeout = strtod(secs, &end);
+		if (end == secs || *end || !isfinite(timeout) || timeout < 0) {
+			json_error(out, "wait: SECONDS is not a number of seconds");
+			return;
+		}
+	}
 	deadline = timeout > 0 ? vp_now() + timeout : 0;
 	while (*path == '/')
 		path++;

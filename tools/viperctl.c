@@ -1048,8 +1048,12 @@ static int vpctl_wait(const struct args *a)
 		rc = connect_daemon(root, &fd);
 	if (rc)
 		return rc;
-	snprintf(req, sizeof(req), "wait %s%s%s %llu %.3f\n", rel, strcmp(rel, "/") ? "/" : "",
-		 tail, a->newer_than, a->timeout > 0 ? a->timeout : 0);
+	if (snprintf(req, sizeof(req), "wait %s%s%s %llu %.3f\n", rel, strcmp(rel, "/") ? "/" : "",
+		     tail, a->newer_than, a->timeout > 0 ? a->timeout : 0) >= (int)sizeof(req)) {
+		fprintf(stderr, "viperctl: wait: '%s': %s\n", path, strerror(ENAMETOOLONG));
+		close(fd);
+		return VPCTL_ERROR;
+	}
 	if (write(fd, req, strlen(req)) != (ssize_t)strlen(req)) {
 		fprintf(stderr, "viperctl: write to the daemon of '%s': %s\n", root, strerror(errno));
 		close(fd);

@@ -107,3 +107,22 @@ def test_status_wire_format_for_names_that_are_not_utf8(world):
     assert b"bad\\xff\\xfename" in r.stdout, r.stdout
     assert b"caf\xc3\xa9-\\xc3" in r.stdout, r.stdout
     m.stop()
+
+
+def test_wait_refuses_numbers_that_are_not(world):
+    m = world.mount()
+    write(m.path("f"), b"1")
+    path = ctl_path(m)
+    for line, err in (("wait f abc 1", "VERSION is not a number"),
+                      ("wait f 1x 1", "VERSION is not a number"),
+                      ("wait f -1 1", "VERSION is not a number"),
+                      ("wait f 0 soon", "SECONDS is not a number"),
+                      ("wait f 0 -5", "SECONDS is not a number"),
+                      ("wait f 0 nan", "SECONDS is not a number")):
+        assert err in ask(path, line).decode(), line
+    assert json.loads(ask(path, "wait f 0 1")) == {"version": 1}
+    # a path as long as the kernel allows, with the numbers, fits the request line
+    deep = "/".join(["d" * 250] * 16)[:4000]
+    r = subprocess.run([VIPERCTL, "wait", m.path(deep), "--timeout", "0.2"], capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode == 4 and "timed out" in r.stderr, r.stderr
