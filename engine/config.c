@@ -443,6 +443,8 @@ static const struct opt options[] = {
 	  .help = "seconds between flush passes (0: flush as soon as committed)" },
 	{ .name = "flush_inflight", .group = G_FLUSH, .parse = parse_positive, FIELD(flush_inflight), .def = "2",
 	  .help = "files written to the PFS at the same time" },
+	{ .name = "flush_hold", .group = G_FLUSH, .parse = parse_seconds_opt, FIELD(flush_hold), .def = "10",
+	  .help = "producer: seconds a version's flush waits for every subscribed consumer to hold it, so that the PFS write does not slow the transfer (0: flush at once; viperctl flush and the unmount never wait)" },
 	{ .name = "flush_retry_max", .group = G_FLUSH, .parse = parse_seconds_opt, FIELD(flush_retry_max), .def = "30",
 	  .help = "longest back-off between retries of a failed PFS operation" },
 	{ .name = "fsync", .group = G_FLUSH, .parse = parse_fsync, FIELD(fsync_mode), .def = "cache",

@@ -49,6 +49,7 @@ struct vp_config {
 	double flush_interval;		/* seconds between flush passes, 0: continuous */
 	unsigned int flush_inflight;	/* files written to the PFS at once */
 	double flush_retry_max;		/* longest back-off between retries, seconds */
+	double flush_hold;		/* a version's flush waits this long for the consumers to hold it */
 	enum vp_fsync_mode fsync_mode;
 	double unmount_wait;		/* seconds to drain flushes at unmount, 0: forever */
 	int log_level;			/* syslog level */

@@ -170,6 +170,46 @@ static int stage(struct vp_ns *ns, struct flush_op *op, mode_t mode, uid_t uid,
 	return rc;
 }
 
+/*
+ * flush_hold: before its PFS write, a version waits until every live
+ * consumer holds it, or flush_hold runs out, so the flush does not take
+ * the producer's cores and network from the transfer.  A forced entry
+ * (viperctl flush, the unmount) or a stopping flush ends the wait.
+ * Called with ns->lock held; drops it while it waits.
+ */
+static void hold_for_consumers_locked(struct vp_ns *ns, struct flush_op *op)
+{
+	struct vp_flush *f = &ns->flush;
+	double until = vp_now() + ns->cfg.flush_hold;
+	int all = 0;
+
+	VP_ASSERT_LOCKED(&ns->lock);
+	if (ns->replica || ns->cfg.flush_hold <= 0 || !op->data || op->forced ||
+	    op->seq <= f->force_seq)
+		return;
+	pthread_mutex_unlock(&ns->lock);
+	all = vp_held_all_wait(ns, op->data, 0);	/* they have it, or there are none */
+	pthread_mutex_lock(&ns->lock);
+	if (all)
+		return;
+	f->holding++;
+	while (!f->stop && !op->forced && op->seq > f->force_seq) {
+		double left = until - vp_now();
+
+		if (left <= 0)
+			break;
+		pthread_mutex_unlock(&ns->lock);
+		all = vp_held_all_wait(ns, op->data, left < 0.25 ? left : 0.25);
+		pthread_mutex_lock(&ns->lock);
+		if (all)
+			break;
+	}
+	f->holding--;
+	f->st_held++;
+	if (!all && !f->stop && !op->forced && op->seq > f->force_seq)
+		f->st_hold_timeouts++;
+}
+
 static void *worker_main(void *arg)
 {
 	struct vp_ns *ns = arg;
@@ -199,6 +239,7 @@ static void *worker_main(void *arg)
 		mtime = op->node->mtime;
 		snprintf(op->stage_name, sizeof(op->stage_name),
 			 "%" PRIu64 "-%" PRIu64 ".tmp", op->seq, op->node->ino);
+		hold_for_consumers_locked(ns, op);
 		pthread_mutex_unlock(&ns->lock);
 
 		rc = op->data ? stage(ns, op, mode, uid, gid, mtime) : 0;

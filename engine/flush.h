@@ -94,6 +94,8 @@ struct vp_flush {
 	uint64_t done_seq;		/* every entry <= done_seq is replayed */
 	uint64_t force_seq;		/* entries <= force_seq are eligible at once */
 	unsigned int preparing;
+	unsigned int holding;		/* workers waiting for consumers (flush_hold) */
+	uint64_t st_held, st_hold_timeouts;	/* versions held; of them, flushed when flush_hold ran out */
 	int last_error;			/* last PFS error, -errno, 0 after success */
 	char last_error_path[PATH_MAX];
 	uint64_t st_flushed_versions, st_flushed_bytes;

@@ -414,6 +414,12 @@ struct vp_ns_observer {
 	 */
 	unsigned int (*held_by)(void *arg, const struct vp_data *d, unsigned int want,
 				double wait_s);
+	/*
+	 * Producer (flush_hold): 1 once every live consumer holds the version
+	 * whose bytes are d (or none is live), 0 if that is not so within
+	 * wait_s.  No lock held; it may block.
+	 */
+	int (*held_all)(void *arg, const struct vp_data *d, double wait_s);
 };
 
 #define VP_NS_MAX_OBSERVERS 4

@@ -86,6 +86,12 @@ void vp_repl_note_preview(struct vp_repl *r, const struct vp_ns_entry *e);
 unsigned int vp_repl_held_by(struct vp_repl *r, const struct vp_data *d, unsigned int want,
 			     double wait_s);
 
+/*
+ * Producer, flush_hold: 1 once every live consumer holds d's version by its
+ * DONE (vacuously when none is live), 0 if not within wait_s.
+ */
+int vp_repl_held_all(struct vp_repl *r, const struct vp_data *d, double wait_s);
+
 /* The status object (role, provider, peers with state and lag: a new reference); NULL r: null. */
 json_t *vp_repl_status(struct vp_repl *r);
 /* Appends per-peer gauges in the Prometheus text format; NULL r: nothing. */

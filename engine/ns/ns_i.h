@@ -429,6 +429,8 @@ void vp_note_version_locked(struct vp_ns *ns, struct vp_node *n);
 unsigned int vp_held_count_locked(struct vp_ns *ns, const struct vp_data *d);
 unsigned int vp_held_wait(struct vp_ns *ns, const struct vp_data *d, unsigned int want,
 			  double wait_s);
+/* flush_hold: 1 once every observer's live consumers hold d's version (held_all), within wait_s. */
+int vp_held_all_wait(struct vp_ns *ns, const struct vp_data *d, double wait_s);
 /* ... that linked file n has a new version / that file n left the tree. */
 void vp_note_commit_locked(struct vp_ns *ns, struct vp_node *n);
 void vp_note_unlink_locked(struct vp_ns *ns, struct vp_node *n);

@@ -197,6 +197,23 @@ unsigned int vp_held_count_locked(struct vp_ns *ns, const struct vp_data *d)
 	return n;
 }
 
+int vp_held_all_wait(struct vp_ns *ns, const struct vp_data *d, double wait_s)
+{
+	struct vp_observer_slot obs[VP_NS_MAX_OBSERVERS];
+	const struct vp_observer_slot *o;
+	unsigned int nobs = 0;
+	int all = 1;
+
+	pthread_mutex_lock(&ns->lock);
+	VP_FOREACH_OBSERVER(o, ns)
+		if (o->ops->held_all)
+			obs[nobs++] = *o;
+	pthread_mutex_unlock(&ns->lock);
+	for (unsigned int i = 0; i < nobs; i++)
+		all &= obs[i].ops->held_all(obs[i].arg, d, wait_s);
+	return all;
+}
+
 unsigned int vp_held_wait(struct vp_ns *ns, const struct vp_data *d, unsigned int want,
 			  double wait_s)
 {

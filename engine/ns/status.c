@@ -259,10 +259,13 @@ static json_t *flush_status_locked(struct vp_ns *ns, const struct vp_flush_queue
 	VP_ASSERT_LOCKED(&ns->lock);
 	mean_lag = f->st_flushed_versions ?
 		   f->st_lag_sum / (double)f->st_flushed_versions : 0.0;
-	return json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:o,s:o,s:s,s:o}",
+	return json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:o,s:o,s:s,s:o}",
 			 "queued_ops", (json_int_t)q->ops,
 			 "queued_bytes", (json_int_t)q->data_bytes,
 			 "preparing", (json_int_t)f->preparing,
+			 "holding", (json_int_t)f->holding,
+			 "held_versions", (json_int_t)f->st_held,
+			 "hold_timeouts", (json_int_t)f->st_hold_timeouts,
 			 "flushed_versions", (json_int_t)f->st_flushed_versions,
 			 "flushed_bytes", (json_int_t)f->st_flushed_bytes,
 			 "skipped_versions", (json_int_t)f->st_skipped_versions,

@@ -37,9 +37,15 @@ static unsigned int repl_held_by(void *arg, const struct vp_data *d, unsigned in
 	return vp_repl_held_by(arg, d, want, wait_s);
 }
 
+static int repl_held_all(void *arg, const struct vp_data *d, double wait_s)
+{
+	return vp_repl_held_all(arg, d, wait_s);
+}
+
 const struct vp_ns_observer vp_repl_ns_observer = {
 	.on_op = repl_on_op,
 	.on_version = repl_on_version,
 	.on_preview = repl_on_preview,
 	.held_by = repl_held_by,
+	.held_all = repl_held_all,
 };

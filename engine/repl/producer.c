@@ -183,6 +183,30 @@ unsigned int vp_repl_held_by(struct vp_repl *r, const struct vp_data *d, unsigne
 	return n;
 }
 
+int vp_repl_held_all(struct vp_repl *r, const struct vp_data *d, double wait_s)
+{
+	double deadline = vp_now() + wait_s;
+	int all;
+
+	if (!r || r->consumer)
+		return 1;
+	pthread_mutex_lock(&r->lock);
+	for (;;) {
+		struct timespec ts;
+		double now;
+
+		all = held_count_locked(r, d) >= active_peers_locked(r);
+		now = vp_now();
+		if (all || r->stop || now >= deadline)
+			break;
+		/* a consumer that dies stops counting: look again every 0.5 s */
+		vp_abstime(&ts, now + 0.5 < deadline ? now + 0.5 : deadline);
+		pthread_cond_timedwait(&r->prod.held_cond, &r->lock, &ts);
+	}
+	pthread_mutex_unlock(&r->lock);
+	return all;
+}
+
 /* Consumer id is done with pin (said DONE, or left); another id changes nothing. */
 void repl_pin_done(struct pin *pin, uint64_t id)
 {

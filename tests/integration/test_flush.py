@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from conftest import read, status, wait_for, write
+from conftest import cluster, read, status, subscribed, wait_for, wait_version, write
 
 
 def pfs_files(pfs):
@@ -167,3 +167,44 @@ def test_flushed_versions_are_evicted_and_read_back(world):
     assert st["ram"]["used"] <= st["ram"]["budget"]
     for i, data in blobs.items():            # evicted ones come back from the PFS
         assert read(m.path("ckpt-%d" % i)) == data
+
+
+def test_flush_waits_for_the_consumers_then_goes(world):
+    """flush_hold: a version reaches the PFS once every live consumer holds it
+    (the transfer first); a forced flush does not wait; with no consumer
+    there is nothing to wait for."""
+    net, prod, (cons,) = cluster(world, consumers=1, opts=",flush_hold=120,peer_timeout=120")
+    wait_for(lambda: subscribed(prod, 1), 30, "subscribed")
+    write(prod.path("first.pt"), b"1" * 100_000)
+    wait_version(cons.path("first.pt"), 0)
+    wait_for(lambda: state(prod.path("first.pt")) == "flushed", 60, "first flushed")
+    net.link(1, False)                      # the consumer can't fetch; still live for 120 s
+    data = os.urandom(3 << 20)
+    write(prod.path("held.pt"), data)
+    wait_for(lambda: status(prod)["flush"]["holding"] == 1, 30, "the flush holding")
+    assert state(prod.path("held.pt")) != "flushed"
+    assert not os.path.exists(prod.pfs_path("held.pt"))
+    net.link(1, True)                       # it fetches, says DONE: the flush goes
+    assert wait_version(cons.path("held.pt"), 0) == 1
+    wait_for(lambda: state(prod.path("held.pt")) == "flushed", 60, "held.pt flushed")
+    assert read(prod.pfs_path("held.pt")) == data
+    st = status(prod)["flush"]
+    assert st["holding"] == 0 and st["held_versions"] >= 1 and st["hold_timeouts"] == 0
+    # a forced flush goes at once, with the consumer cut off
+    net.link(1, False)
+    write(prod.path("forced.pt"), b"f" * 50_000)
+    prod.flush()
+    assert read(prod.pfs_path("forced.pt")) == b"f" * 50_000
+    net.link(1, True)
+    wait_version(cons.path("forced.pt"), 0)
+
+
+def test_flush_hold_runs_out(world):
+    net, prod, (cons,) = cluster(world, consumers=1, opts=",flush_hold=1,peer_timeout=120")
+    wait_for(lambda: subscribed(prod, 1), 30, "subscribed")
+    net.link(1, False)
+    write(prod.path("late.pt"), b"x" * 200_000)
+    wait_for(lambda: state(prod.path("late.pt")) == "flushed", 60, "flushed when the hold ran out")
+    assert status(prod)["flush"]["hold_timeouts"] == 1
+    net.link(1, True)
+    wait_version(cons.path("late.pt"), 0)
