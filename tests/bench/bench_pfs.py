@@ -26,8 +26,10 @@ Methods, each a checkpoint of --size bytes written --runs times:
 
 Every load is checked: a version's file is its own byte repeated, so a load
 counts as an update only if it has every byte of the version being waited
-for.  Anything else is a torn load, counted in its own column; the poller
-then waits for the next change.  A version never loaded completely within
+for.  A load reads the end of the file first, as torch.load does (the zip
+archive's directory is there), and fails at once on a file still being
+written.  A failed or wrong load is a torn load, counted in its own column;
+the poller then waits for the next change.  A version never loaded completely within
 --deadline seconds is a miss.
 
   update latency  close() returned -> the consumer has read the last byte of
@@ -88,7 +90,13 @@ def write_version(path, size, version, fsync=False, tmp=None):
 
 
 def load_checked(path, size, version, cold):
-    """Reads all of path; True if it is exactly that version's bytes."""
+    """A load as torch.load makes it, checked: True if path is exactly that
+    version's bytes.
+
+    torch.load reads the archive's directory at the end of the file first,
+    so a file still being written fails there, before its body is read: the
+    size the load opens must be the whole file, and its last block the
+    version's.  A load that passes reads every byte and compares it."""
     want = pattern(version)
     buf = bytearray(BLOCK)
     mv = memoryview(buf)
@@ -100,6 +108,9 @@ def load_checked(path, size, version, cold):
     try:
         if cold:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        end = os.fstat(fd).st_size
+        if end != size or os.pread(fd, min(BLOCK, size), size - min(BLOCK, size)) != want[:min(BLOCK, size)]:
+            return False        # "failed finding central directory"
         while True:
             r = os.readv(fd, [mv])
             if not r:
@@ -200,7 +211,8 @@ class Setup:
         if "viperfs" in methods:
             secret = cluster_secret(world)
             port = 7600 + os.getpid() % 100
-            cache = "ram_cache=%d,ram_prefault=%d" % (size * 3 + (256 << 20), size)
+            # a version, its successor being written, and room: 4.6 GB runs fit in 24 GiB
+            cache = "ram_cache=%d,ram_prefault=%d" % (size * 2 + (512 << 20), min(size, 1 << 30))
             vpfs = os.path.join(self.prod_pfs, "viperfs")
             os.makedirs(vpfs, exist_ok=True)
             self.prod = world.mount("listen=%s:%d,%s%s%s" % (net.addr(1), port, cache, secret,
