@@ -33,6 +33,16 @@ training batches, weights and inference samples):
   gpu       viperfs GPU to GPU: only where torch.cuda.is_available(); not
             implemented in this script (a line says so)
 
+Defaults: 256 MiB checkpoints (NT3.A's is 600 MB) every 250 of 5000
+iterations (20 checkpoints), 50,000 requests; about 7-9 minutes on the
+2-core development VM.  --quick: 32 MiB, 1200 iterations, about 2 minutes.
+
+CPUs (this VM has 2; --no-pin turns it off): the training loop runs on CPU
+0, the other nodes' processes (consumers, their viperfs and GlusterFS
+clients, the brick, glusterd) on CPU 1, and the producer node's own viperfs
+daemon and GlusterFS client are not pinned, so they may use the training
+loop's core while it waits in torch.save, as a node's daemons would.
+
 Training overhead is the time the checkpoints kept the training loop
 waiting (measured around torch.save [+ fsync] in the producer), in total and
 per checkpoint; the wall-clock time the run took beyond the no-checkpoint
@@ -125,8 +135,12 @@ class Proc:
 
 
 def pin(a, cpu):
-    """taskset prefix: the training loop gets CPU 0, everything else CPU 1 (--no-pin: none)."""
-    return [] if a.no_pin else ["taskset", "-c", str(cpu)]
+    """taskset prefix (--no-pin, or cpu None: none).  The training loop gets CPU 0; the other
+    nodes' processes (consumers, their viperfs and GlusterFS clients, the brick, glusterd) get
+    CPU 1; the producer node's own I/O helpers (its viperfs daemon, its GlusterFS client) are
+    not pinned: they may run on the training loop's core while it waits in torch.save, as a
+    node's daemons use its cores."""
+    return [] if a.no_pin or cpu is None else ["taskset", "-c", str(cpu)]
 
 
 def pin_pids(a, pids):
@@ -167,7 +181,7 @@ def viperfs_pair(world, net, a, clients, sub, port, prod_opts=""):
     wait_for(lambda: os.path.isdir(pfs2), 30, "the directory on the other client")
     mem = ",ram_prefault=256M,ram_spare=256M"    # the daemon's defaults (the tests' World sets 8M)
     prod = world.mount("listen=%s:%d%s%s%s" % (net.addr(1), port, secret, mem, prod_opts),
-                       pfs=pfs1, mnt=world.dir(sub + "-prod"), prefix=net.prefix(1) + pin(a, 1))
+                       pfs=pfs1, mnt=world.dir(sub + "-prod"), prefix=net.prefix(1) + pin(a, None))
     cons = world.mount("subscribe=%s:%d%s%s" % (net.addr(1), port, secret, mem),
                        pfs=pfs2, mnt=world.dir(sub + "-cons"), prefix=net.prefix(2) + pin(a, 1))
     wait_for(lambda: sum(p["active"] for p in status(prod)["repl"]["peers"]) >= 1, 60,
@@ -264,8 +278,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a short run, to check that it works")
     ap.add_argument("--size", type=int, help="checkpoint size in MiB (default 256; quick 32)")
-    ap.add_argument("--iters", type=int, help="training iterations (default 6000; quick 1200)")
-    ap.add_argument("--every", type=int, help="checkpoint every K iterations (default 300; quick 150)")
+    ap.add_argument("--iters", type=int, help="training iterations (default 5000; quick 1200)")
+    ap.add_argument("--every", type=int, help="checkpoint every K iterations (default 250; quick 150)")
     ap.add_argument("--lr", type=float, help="Adam learning rate (default 1.2e-5; quick 5e-5)")
     ap.add_argument("--requests", type=int, default=50000)
     ap.add_argument("--warmup", type=int, help="publish=schedule: plan_warmup iterations (default 4*every)")
@@ -275,8 +289,8 @@ def main():
     ap.add_argument("--dir", default=os.path.join(ROOT, "bench-results"))
     a = ap.parse_args()
     a.size = a.size or (32 if a.quick else 256)
-    a.iters = a.iters or (1200 if a.quick else 6000)
-    a.every = a.every or (150 if a.quick else 300)
+    a.iters = a.iters or (1200 if a.quick else 5000)
+    a.every = a.every or (150 if a.quick else 250)
     a.warmup = a.warmup or 4 * a.every
     a.lr = a.lr or (5e-5 if a.quick else 1.2e-5)
     why = gluster.available()
@@ -290,7 +304,7 @@ def main():
     t_start = time.monotonic()
 
     # the request window: the training run's length without checkpoints, calibrated
-    r = subprocess.run([*pin(a, 0), PY, PRODUCER, "--calibrate", "300", "--lr", str(a.lr)], capture_output=True,
+    r = subprocess.run([*pin(a, 0), PY, PRODUCER, "--calibrate", "500", "--lr", str(a.lr)], capture_output=True,
                        text=True, timeout=300, check=True)
     t_iter = json.loads(r.stdout)["t_iter"]
     window = a.iters * t_iter
@@ -300,7 +314,9 @@ def main():
     cfg = {"size_mib": a.size, "iters": a.iters, "every": a.every, "lr": a.lr,
            "requests": a.requests, "window_s": window, "t_iter_calibrated_s": t_iter,
            "t_infer_s": dt, "plan_warmup": a.warmup, "plan_inferences": left, "quick": a.quick,
-           "pinned": "" if a.no_pin else "training loop on CPU 0; consumers, viperfs daemons, glusterd, bricks, clients on CPU 1",
+           "pinned": "" if a.no_pin else ("training loop on CPU 0; the other nodes' processes (consumers, their viperfs "
+                                            "and GlusterFS clients, brick, glusterd) on CPU 1; the producer node's viperfs "
+                                            "daemon and GlusterFS client unpinned"),
            "model": "tests/planner/nt3_run.py nt3_model(256), Adam lr %g, batch 32, torch %s, 1 thread"
                     % (a.lr, __import__("torch").__version__)}
     log("== CIL and training overhead (paper experiment 2)%s" % (" --quick" if a.quick else ""))
@@ -328,7 +344,7 @@ def main():
         clients = {i: g.client(i) for i in (1, 2, 3)}
         g._find_bricks()
         pin_pids(a, [gluster._read_pid(g.pidfile), *g.brick_pids,
-                     *(gluster._read_pid(pf) for _, pf in g.clients)])
+                     *(gluster._read_pid(pf) for _, pf in g.clients[1:])])   # not node 1's client
         name = "nt3.pt"
         port = 7600 + os.getpid() % 200
 
