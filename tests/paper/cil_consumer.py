@@ -239,14 +239,17 @@ def main():
            "cum_every_1000": [float(cum[i]) for i in range(999, m, 1000)],
            "loads": [dict(r, t_notice=r["t_notice"] - t0,
                           **{k: r[k] - t0 for k in ("t_read", "t_done", "t_ready") if k in r})
-                     for r in loader.loads if r["why"] != "initial" or r["result"] == "update"],
+                     for r in list(loader.loads) if r["why"] != "initial" or r["result"] == "update"],
            "updates": sum(1 for r in loader.loads if r["result"] == "update" and r["why"] != "initial"),
            "torn": sum(1 for r in loader.loads if r["result"] == "torn" and r["why"] != "initial"),
            "t0": t0}
     with open(a.out, "w") as f:
         json.dump(res, f)
     print(json.dumps({"done": True, "cil": res["cil"]}), flush=True)
-    return 0
+    # out at once: a loader thread may still be inside torch.load, and tearing the
+    # interpreter down under it aborts the process ("terminate called without an
+    # active exception"), seen once
+    os._exit(0)
 
 
 if __name__ == "__main__":
