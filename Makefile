@@ -182,10 +182,13 @@ bench: all test-deps
 	@$(PYTHON) tests/bench/bench_seal.py $(BENCH_ARGS)
 	@$(PYTHON) tests/bench/charts.py
 
-# The paper's experiments (tests/paper/): update latency for 600 MB and 4.6 GB
-# checkpoints against GlusterFS with pollers.  BENCH_PFS=DIR: your PFS.
+# The paper's experiments (tests/paper/), about 15 minutes: 1. update latency
+# for 600 MB and 4.6 GB checkpoints against GlusterFS with pollers
+# (BENCH_PFS=DIR: your PFS); 2. cumulative inference loss and training
+# overhead of an NT3-like run.  PAPER_ARGS=--quick: a short run of both.
 paper: all test-deps
 	@$(PYTHON) tests/paper/update_latency.py $(PAPER_ARGS)
+	@$(PYTHON) tests/paper/cil.py $(PAPER_ARGS)
 
 # The planner's real run: NT3-like CNN, actual CIL of each schedule (~3 min).
 plan-report: all test-deps
