@@ -32,7 +32,7 @@ PY
 
 # The whole suite on the default read path (passthrough where the kernel
 # has it), then the read-heavy files again with the daemon serving reads.
-set -- $(run_pytest tests/integration)
+set -- $(run_pytest tests/integration tests/paper)
 ip=$1; if_=$2; is=$3
 set -- $(VIPERFS_EXTRA_OPTS=passthrough=off run_pytest tests/integration/test_posix.py \
 	tests/integration/test_loaders.py tests/integration/test_watch.py)
