@@ -51,7 +51,7 @@ struct vp_node;
 struct vp_ns;
 
 enum flush_op_type { OP_MKDIR, OP_DATA, OP_SYMLINK, OP_RENAME, OP_UNLINK,
-		     OP_ATTR, OP_MKNOD };
+		     OP_ATTR, OP_MKNOD, OP_LINK };
 
 enum flush_op_state { OPS_QUEUED, OPS_PREPARING, OPS_PREPARED, OPS_FAILED };
 

@@ -130,6 +130,15 @@ int vp_ns_mknod(struct vp_ns *ns, const struct vp_caller *who, uint64_t parent,
 int vp_ns_symlink(struct vp_ns *ns, const struct vp_caller *who,
 		  uint64_t parent, const char *name, const char *target,
 		  struct stat *st);
+/*
+ * link(2): a new name newparent/newname for the file, symlink or special
+ * node ino (a hard link; the inode's versions are seen under all its
+ * names).  st: the inode's attributes, with the kernel's lookup counted.
+ * -EPERM for a directory, -ENOENT for a node with no name left, -EEXIST,
+ * -EMLINK past VP_LINK_MAX names; on a consumer -EROFS.
+ */
+int vp_ns_link(struct vp_ns *ns, const struct vp_caller *who, uint64_t ino,
+	       uint64_t newparent, const char *newname, struct stat *st);
 /* Copies the target, NUL-terminated, into buf of size len. */
 int vp_ns_readlink(struct vp_ns *ns, uint64_t ino, char *buf, size_t len);
 int vp_ns_unlink(struct vp_ns *ns, const struct vp_caller *who,

@@ -464,10 +464,11 @@ static void vpfs_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
 static void vpfs_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent,
 		      const char *newname)
 {
-	(void)ino;
-	(void)newparent;
-	(void)newname;
-	reply_err(req, -EPERM);	/* hard links: not supported, as on many FUSE file systems */
+	const struct vp_caller who = caller_of(req);
+	struct stat st;
+	int rc = vp_ns_link(ns_of(req), &who, ino, newparent, newname, &st);
+
+	reply_entry(req, rc, &st);
 }
 
 /*

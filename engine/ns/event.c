@@ -189,10 +189,11 @@ static void record_event_at_locked(struct vp_ns *ns, struct vp_node *n,
 {
 	struct vp_events *ev = &ns->events;
 	char path[PATH_MAX], *copy;
+	struct vp_node *inode = vp_node_inode(n);
 	struct vp_event_rec *e;
 
 	VP_ASSERT_LOCKED(&ns->lock);
-	if (n->type != VP_NODE_FILE || vp_live_path_locked(ns, n, path, sizeof(path)) ||
+	if (inode->type != VP_NODE_FILE || vp_live_path_locked(ns, n, path, sizeof(path)) ||
 	    !strncmp(path, VP_INCOMING_DIR "/", sizeof(VP_INCOMING_DIR)))
 		return;
 	copy = strdup(path);
@@ -202,8 +203,8 @@ static void record_event_at_locked(struct vp_ns *ns, struct vp_node *n,
 	e->path = copy;
 	if (copy) {
 		e->seq = ++ev->seq;
-		e->version = n->version;
-		e->size = n->size;
+		e->version = inode->version;
+		e->size = inode->size;
 		e->time = when;
 		pthread_cond_broadcast(&ev->cond);
 	}
@@ -212,8 +213,15 @@ static void record_event_at_locked(struct vp_ns *ns, struct vp_node *n,
 
 void vp_event_record_locked(struct vp_ns *ns, struct vp_node *n)
 {
+	double now = vp_wall_seconds();
+	struct vp_node *l;
+
 	VP_ASSERT_LOCKED(&ns->lock);
-	record_event_at_locked(ns, n, vp_wall_seconds());
+	record_event_at_locked(ns, n, now);
+	if (n->type != VP_NODE_LINK)	/* an inode's version is new under each of its names */
+		LIST_FOREACH(l, &n->links, link_link)
+			if (l->parent)
+				record_event_at_locked(ns, l, now);
 }
 
 void vp_event_renamed_locked(struct vp_ns *ns, const struct vp_caller *who,
@@ -226,7 +234,7 @@ void vp_event_renamed_locked(struct vp_ns *ns, const struct vp_caller *who,
 		ns->deferred_at[ns->ndeferred] = vp_wall_seconds();
 		ns->deferred[ns->ndeferred++] = n;
 	} else {
-		vp_event_record_locked(ns, n);
+		record_event_at_locked(ns, n, vp_wall_seconds());	/* this name only */
 	}
 }
 

@@ -45,8 +45,14 @@ void vp_node_put(struct vp_ns *ns, struct vp_node *n)
 		struct vp_node *pfs_parent = n->pfs_parent;
 
 		assert(!n->parent);
-		LIST_REMOVE(n, ino_link);
-		ns->nnodes--;
+		assert(!LIST_FIRST(&n->links));	/* each holds a ref */
+		if (n->type == VP_NODE_LINK) {
+			LIST_REMOVE(n, link_link);
+			vp_node_put(ns, n->inode);	/* not a link: no deeper */
+		} else {
+			LIST_REMOVE(n, ino_link);
+			ns->nnodes--;
+		}
 		vp_lru_del_locked(ns, n);
 		vp_data_put(n->cur);
 		vp_data_put(n->work);
@@ -115,11 +121,92 @@ struct vp_node *vp_node_new_locked(struct vp_ns *ns, enum vp_node_type type,
 	n->flushing_version = VP_NO_VERSION;
 	n->kcache_version = VP_NO_VERSION;
 	LIST_INIT(&n->children);
+	LIST_INIT(&n->links);
 	if (ns->nnodes >= ns->hash_size)
 		rehash_locked(ns);
 	LIST_INSERT_HEAD(&ns->by_ino[n->ino % ns->hash_size], n, ino_link);
 	ns->nnodes++;
 	return n;
+}
+
+struct vp_node *vp_link_new_locked(struct vp_ns *ns, struct vp_node *inode)
+{
+	struct vp_node *l;
+
+	VP_ASSERT_LOCKED(&ns->lock);
+	assert(inode->type != VP_NODE_LINK && inode->type != VP_NODE_DIR);
+	l = calloc(1, sizeof(*l));
+	if (!l)
+		return NULL;
+	l->refs = 1;		/* the caller's, usually the link */
+	l->ino = inode->ino;	/* for readdir; never in the inode hash */
+	l->type = VP_NODE_LINK;
+	l->mode = inode->mode & S_IFMT;	/* the type, for readdir; the rest is the inode's */
+	l->pfs_version = VP_NO_VERSION;
+	l->flushing_version = VP_NO_VERSION;
+	l->kcache_version = VP_NO_VERSION;
+	LIST_INIT(&l->children);
+	LIST_INIT(&l->links);
+	vp_node_get(inode);
+	l->inode = inode;
+	LIST_INSERT_HEAD(&inode->links, l, link_link);
+	return l;
+}
+
+unsigned int vp_node_nlink_locked(struct vp_ns *ns, struct vp_node *inode)
+{
+	unsigned int count;
+	struct vp_node *l;
+
+	VP_ASSERT_LOCKED(&ns->lock);
+	count = inode->parent || inode == ns->root ? 1 : 0;
+	LIST_FOREACH(l, &inode->links, link_link)
+		if (l->parent)
+			count++;
+	return count;
+}
+
+struct vp_node *vp_node_other_name_locked(struct vp_node *inode)
+{
+	struct vp_node *l;
+
+	LIST_FOREACH(l, &inode->links, link_link)
+		if (l->parent)
+			break;
+	return l;
+}
+
+void vp_node_remove_name_locked(struct vp_ns *ns, struct vp_node *n,
+				enum vp_op_kind kind)
+{
+	struct vp_node *inode = vp_node_inode(n);
+	struct vp_node *other = n == inode ? vp_node_other_name_locked(n) : NULL;
+	struct vp_node *dir;
+	struct timespec mtime, ctime;
+	char *name;
+
+	VP_ASSERT_LOCKED(&ns->lock);
+	if (n == inode && !other)
+		vp_flush_cancel_locked(ns, n);	/* the last name: its bytes need not reach the PFS */
+	vp_flush_log_locked(ns, OP_UNLINK, n, NULL, NULL, other);
+	vp_note_op_locked(ns, kind, n, NULL, NULL);
+	if (!other) {
+		vp_node_unlink_locked(ns, n);
+		inode->ctime = vp_wall_now();	/* its link count changed */
+		return;
+	}
+	/* the inode takes other's place; other's directory is unchanged */
+	dir = other->parent;
+	mtime = dir->mtime;
+	ctime = dir->ctime;
+	name = other->name;
+	other->name = NULL;
+	vp_node_detach_locked(ns, other);
+	vp_node_detach_locked(ns, n);
+	vp_node_link_name_locked(ns, dir, n, name);
+	dir->mtime = mtime;
+	dir->ctime = ctime;
+	vp_node_put(ns, other);		/* its link's */
 }
 
 struct vp_node *vp_node_find_locked(struct vp_ns *ns, uint64_t ino)
@@ -288,7 +375,7 @@ struct vp_node *vp_resolve_locked(struct vp_ns *ns, const char *path)
 			continue;
 		n = n->type == VP_NODE_DIR ? vp_node_child_locked(ns, n, part) : NULL;
 	}
-	return n;
+	return vp_node_inode(n);
 }
 
 int vp_reserved_name_locked(struct vp_ns *ns, struct vp_node *dir, const char *name)
@@ -338,6 +425,7 @@ int vp_check_name_locked(struct vp_ns *ns, struct vp_node *dir,
 uint64_t vp_node_size_locked(struct vp_ns *ns, struct vp_node *n)
 {
 	VP_ASSERT_LOCKED(&ns->lock);
+	n = vp_node_inode(n);
 	if (n->type == VP_NODE_SYMLINK)
 		return strlen(n->symlink);
 	if (n->type == VP_NODE_DIR)
@@ -350,14 +438,17 @@ uint64_t vp_node_size_locked(struct vp_ns *ns, struct vp_node *n)
 void vp_node_stat_locked(struct vp_ns *ns, struct vp_node *n, struct stat *st)
 {
 	VP_ASSERT_LOCKED(&ns->lock);
+	n = vp_node_inode(n);
 	memset(st, 0, sizeof(*st));
 	st->st_ino = n->ino;
 	st->st_mode = n->mode;
 	/* unlinked (or removed) while still open: no name holds it, as POSIX has it */
 	if (!n->parent && n != ns->root)
 		st->st_nlink = 0;
+	else if (n->type == VP_NODE_DIR)
+		st->st_nlink = 2 + n->nsubdirs;
 	else
-		st->st_nlink = n->type == VP_NODE_DIR ? 2 + n->nsubdirs : 1;
+		st->st_nlink = vp_node_nlink_locked(ns, n);
 	st->st_uid = n->uid;
 	st->st_gid = n->gid;
 	st->st_rdev = n->rdev;
@@ -381,7 +472,7 @@ int vp_ns_lookup(struct vp_ns *ns, uint64_t parent, const char *name,
 	if (rc)
 		return rc;
 	pthread_mutex_lock(&ns->lock);
-	n = vp_node_child_locked(ns, dir, name);
+	n = vp_node_inode(vp_node_child_locked(ns, dir, name));
 	if (n) {
 		vp_node_get(n);		/* the kernel's lookup */
 		n->nlookup++;

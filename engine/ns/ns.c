@@ -219,6 +219,12 @@ static void free_tree(struct vp_ns *ns)
 		struct vp_node *n;
 
 		while ((n = LIST_FIRST(&ns->by_ino[i]))) {
+			struct vp_node *l;
+
+			while ((l = LIST_FIRST(&n->links))) {	/* its other names */
+				LIST_REMOVE(l, link_link);
+				vp_node_free(l);
+			}
 			LIST_REMOVE(n, ino_link);
 			vp_data_put(n->cur);
 			vp_data_put(n->work);

@@ -27,6 +27,18 @@
  * flush log has been replayed up to the present entry.  The flusher moves
  * pfs places as it replays renames; everything that opens a PFS path
  * (lazy loads, flushes) computes it from pfs places, under pfs_lock.
+ *
+ * HARD LINKS: an inode's first name is its own node's place; every other
+ * name is a node of type VP_NODE_LINK (a "link node") in the tree, with a
+ * live and a PFS place of its own, its inode in ->inode (a reference) and
+ * itself on the inode's ->links.  Link nodes are in the name hash and in
+ * their directory's children, never in the inode hash; they share the
+ * inode's ino.  So lookup, readdir, rename and the flush log treat a name
+ * as a node, and whatever wants the inode (attributes, versions, bytes,
+ * opens) goes through vp_node_inode().  When the inode's own name goes
+ * while other names remain, the inode takes the place of one of its link
+ * nodes (live at once, on the PFS when the flusher replays the unlink),
+ * so an inode with a name always has a live place of its own.
  */
 #ifndef VP_NS_I_H
 #define VP_NS_I_H
@@ -60,11 +72,16 @@
 #define VP_INCOMING_DIR ".viperfs-incoming"	/* replicas: new inodes before the switch */
 #define VP_CHUNK_SIZE (1u << 20)
 #define VP_NAME_MAX 255
+#define VP_LINK_MAX 65000			/* names of one inode (ext4: 65000) */
 #define VP_EVENT_RING 256			/* version events kept for watchers */
 #define VP_MAX_DEFERRED 16			/* installer renames awaiting their event */
 
-/* SPECIAL: a FIFO, socket or device node (its type in mode, rdev) */
-enum vp_node_type { VP_NODE_DIR, VP_NODE_FILE, VP_NODE_SYMLINK, VP_NODE_SPECIAL };
+/*
+ * SPECIAL: a FIFO, socket or device node (its type in mode, rdev).
+ * LINK: an extra name of another node (a hard link, see HARD LINKS below).
+ */
+enum vp_node_type { VP_NODE_DIR, VP_NODE_FILE, VP_NODE_SYMLINK, VP_NODE_SPECIAL,
+		    VP_NODE_LINK };
 
 struct vp_node;
 LIST_HEAD(vp_node_list, vp_node);
@@ -113,7 +130,20 @@ struct vp_node {
 	int in_lru;
 	uint64_t nlookup;		/* the kernel's lookups of ino */
 	struct vp_kino *kino;		/* the kernel inode ino's opens (passthrough), or NULL */
+
+	/* hard links, protected by ns->lock */
+	struct vp_node *inode;		/* LINK: the node it names (holds a ref) */
+	struct vp_node_list links;	/* not a LINK: its link nodes, linked or not */
+	LIST_ENTRY(vp_node) link_link;	/* LINK: in inode->links */
+	dev_t pfs_dev;			/* loaded with st_nlink > 1: its PFS inode */
+	ino_t pfs_ino;
 };
+
+/* The inode n names: n itself, or a link node's inode. */
+static inline struct vp_node *vp_node_inode(struct vp_node *n)
+{
+	return n && n->type == VP_NODE_LINK ? n->inode : n;
+}
 
 /*
  * The opens of one kernel inode (passthrough: pt.c).  The kernel lets an
@@ -317,6 +347,20 @@ void vp_node_link_name_locked(struct vp_ns *ns, struct vp_node *dir,
 void vp_node_detach_locked(struct vp_ns *ns, struct vp_node *n);
 /* Unlinks n and drops the link's reference. */
 void vp_node_unlink_locked(struct vp_ns *ns, struct vp_node *n);
+/* A new link node for inode (one reference: the caller's, usually the link's), or NULL. */
+struct vp_node *vp_link_new_locked(struct vp_ns *ns, struct vp_node *inode);
+/* The names of inode in the tree: its own place and its linked link nodes. */
+unsigned int vp_node_nlink_locked(struct vp_ns *ns, struct vp_node *inode);
+/* One of inode's linked link nodes, or NULL. */
+struct vp_node *vp_node_other_name_locked(struct vp_node *inode);
+/*
+ * Removes the name n (a node or a link node) from the tree, logs it for the
+ * PFS and tells the observers (kind: VP_OP_UNLINK or VP_OP_RMDIR).  An
+ * inode whose own name goes while other names remain takes the place of
+ * one of them.  Drops the link's reference.
+ */
+void vp_node_remove_name_locked(struct vp_ns *ns, struct vp_node *n,
+				enum vp_op_kind kind);
 void vp_lru_add_locked(struct vp_ns *ns, struct vp_node *n);
 void vp_lru_del_locked(struct vp_ns *ns, struct vp_node *n);
 /* PFS-relative path of n's PFS place ("" for the root), or -ENOENT. */
