@@ -371,11 +371,13 @@ uint64_t vp_ns_event_seq(struct vp_ns *ns);
  * observer that keeps d takes its own reference.  ino is this node's own
  * name for it; other nodes know the file by its path.
  */
-enum vp_entry_type { VP_ENTRY_DIR, VP_ENTRY_FILE, VP_ENTRY_SYMLINK, VP_ENTRY_SPECIAL };
+/* LINK: another name (path) of the node at target (a hard link) */
+enum vp_entry_type { VP_ENTRY_DIR, VP_ENTRY_FILE, VP_ENTRY_SYMLINK, VP_ENTRY_SPECIAL,
+		     VP_ENTRY_LINK };
 struct vp_ns_entry {
 	enum vp_entry_type type;
 	const char *path;		/* the live path, without a leading '/' */
-	const char *target;		/* a symlink's target, else NULL */
+	const char *target;		/* a symlink's target, a link's node's path, else NULL */
 	uint64_t ino;
 	uint32_t mode;
 	uint64_t rdev;			/* a special node's device number */
@@ -559,7 +561,8 @@ int vp_ns_recover(struct vp_ns *ns, const char *path, struct vp_data *d,
 		  uint64_t version, uint64_t had, uint32_t mode, int64_t mtime_ns);
 
 /*
- * Calls cb for every directory (parents first), file and symlink, with
+ * Calls cb for every directory (parents first), file, symlink and special
+ * node, then for every other name of a node (VP_ENTRY_LINK), with
  * ns->lock held: cb must only copy and take references.
  * d is the file's cached bytes, or NULL when they are only on the PFS.
  */

@@ -406,6 +406,10 @@ static void rename_apply_locked(struct vp_ns *ns, const struct vp_caller *who,
 	uint64_t victim_version = victim && victim->type == VP_NODE_FILE ? victim->version : 0;
 
 	VP_ASSERT_LOCKED(&ns->lock);
+	if (victim && ns->replica && vp_is_installer_locked(ns, who) && n->type == VP_NODE_FILE &&
+	    vp_node_inode(victim)->type == VP_NODE_FILE && vp_node_inode(victim) != n &&
+	    vp_node_nlink_locked(ns, vp_node_inode(victim)) > 1)
+		vp_node_take_names_locked(ns, n, victim);	/* a new version under every name */
 	if (victim && victim->type != VP_NODE_LINK && vp_node_other_name_locked(victim)) {
 		/*
 		 * An inode with other names: only this name goes (the inode

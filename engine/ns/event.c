@@ -242,8 +242,14 @@ void vp_ns_installed(struct vp_ns *ns)
 {
 	pthread_mutex_lock(&ns->lock);
 	for (unsigned int i = 0; i < ns->ndeferred; i++) {
+		struct vp_node *l;
+
 		/* stamped with the rename's time: the version was in place then */
 		record_event_at_locked(ns, ns->deferred[i], ns->deferred_at[i]);
+		if (ns->deferred[i]->type != VP_NODE_LINK)	/* and under its other names */
+			LIST_FOREACH(l, &ns->deferred[i]->links, link_link)
+				if (l->parent)
+					record_event_at_locked(ns, l, ns->deferred_at[i]);
 		vp_node_put(ns, ns->deferred[i]);
 	}
 	ns->ndeferred = 0;
@@ -313,16 +319,30 @@ out_unlock:
 }
 
 
+/* links: only the link nodes (a second walk, after every node they name) */
 static void snapshot_locked(struct vp_ns *ns, struct vp_node *dir,
-			    vp_ns_snapshot_cb cb, void *arg)
+			    vp_ns_snapshot_cb cb, void *arg, int links)
 {
-	char path[PATH_MAX];
+	char path[PATH_MAX], target[PATH_MAX];
 
 	VP_ASSERT_LOCKED(&ns->lock);
 	for (struct vp_node *c = LIST_FIRST(&dir->children); c;
 	     c = LIST_NEXT(c, sib_link)) {
 		if (vp_live_path_locked(ns, c, path, sizeof(path)))
 			continue;
+		if (links || c->type == VP_NODE_LINK) {
+			struct vp_ns_entry e = {
+				.type = VP_ENTRY_LINK, .path = path, .target = target,
+				.ino = c->ino, .mode = c->mode,
+			};
+
+			if (c->type == VP_NODE_DIR)
+				snapshot_locked(ns, c, cb, arg, links);
+			else if (links && c->type == VP_NODE_LINK &&
+				 !vp_live_path_locked(ns, c->inode, target, sizeof(target)))
+				cb(arg, &e);
+			continue;
+		}
 		struct vp_ns_entry e = {
 			.path = path, .ino = c->ino, .mode = c->mode,
 			.mtime_ns = vp_ts_ns(c->mtime),
@@ -331,7 +351,7 @@ static void snapshot_locked(struct vp_ns *ns, struct vp_node *dir,
 		if (c->type == VP_NODE_DIR) {
 			e.type = VP_ENTRY_DIR;
 			cb(arg, &e);
-			snapshot_locked(ns, c, cb, arg);
+			snapshot_locked(ns, c, cb, arg, 0);
 		} else if (c->type == VP_NODE_SYMLINK) {
 			e.type = VP_ENTRY_SYMLINK;
 			e.target = c->symlink;
@@ -353,6 +373,7 @@ static void snapshot_locked(struct vp_ns *ns, struct vp_node *dir,
 void vp_ns_snapshot(struct vp_ns *ns, vp_ns_snapshot_cb cb, void *arg)
 {
 	pthread_mutex_lock(&ns->lock);
-	snapshot_locked(ns, ns->root, cb, arg);
+	snapshot_locked(ns, ns->root, cb, arg, 0);
+	snapshot_locked(ns, ns->root, cb, arg, 1);
 	pthread_mutex_unlock(&ns->lock);
 }

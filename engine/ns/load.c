@@ -245,16 +245,89 @@ static int dir_read(struct vp_ns *ns, const char *path, void *arg)
 	return rc;
 }
 
-/* A node for PFS entry e, linked in dir at its PFS place.  0 or -ENOMEM. */
+static size_t pfs_ino_bucket(dev_t dev, ino_t ino)
+{
+	return (size_t)(((uint64_t)dev * 1099511628211ULL ^ (uint64_t)ino) % VP_PFS_INO_BUCKETS);
+}
+
+/* The node loaded from the PFS inode (dev, ino) that still has a name, or NULL. */
+static struct vp_node *pfs_ino_find_locked(struct vp_ns *ns, dev_t dev, ino_t ino)
+{
+	struct vp_node *n;
+
+	VP_ASSERT_LOCKED(&ns->lock);
+	if (!ns->by_pfs_ino)
+		return NULL;
+	LIST_FOREACH(n, &ns->by_pfs_ino[pfs_ino_bucket(dev, ino)], pfs_ino_link)
+		if (n->pfs_dev == dev && n->pfs_ino == ino && n->parent)
+			break;
+	return n;
+}
+
+/* Remembers that n was loaded from the PFS inode (dev, ino), which has other names. */
+static void pfs_ino_add_locked(struct vp_ns *ns, struct vp_node *n, dev_t dev, ino_t ino)
+{
+	VP_ASSERT_LOCKED(&ns->lock);
+	if (!ns->by_pfs_ino &&
+	    !(ns->by_pfs_ino = calloc(VP_PFS_INO_BUCKETS, sizeof(*ns->by_pfs_ino))))
+		return;		/* its other names load as files of their own */
+	n->pfs_dev = dev;
+	n->pfs_ino = ino;
+	n->in_pfs_ino = 1;
+	LIST_INSERT_HEAD(&ns->by_pfs_ino[pfs_ino_bucket(dev, ino)], n, pfs_ino_link);
+}
+
+/*
+ * PFS entry e is another name of inode (a hard link there): a link node in
+ * dir at its PFS place.  If the inode has had a new version flushed since
+ * it was loaded, this name on the PFS still holds the old file: it is
+ * linked again.  0 or -ENOMEM.
+ */
+static int add_link_locked(struct vp_ns *ns, struct vp_node *dir,
+			   struct vp_node *inode, struct pfs_entry *e)
+{
+	struct vp_node *l = vp_link_new_locked(ns, inode);
+
+	VP_ASSERT_LOCKED(&ns->lock);
+	if (!l)
+		return -ENOMEM;
+	vp_node_get(dir);
+	l->pfs_parent = dir;
+	l->pfs_name = strdup(e->name);
+	if (!l->pfs_name || vp_node_link_locked(ns, dir, l, e->name)) {
+		l->parent = NULL;
+		vp_node_put(ns, l);
+		return -ENOMEM;
+	}
+	if (inode->type == VP_NODE_FILE && e->version != inode->pfs_version)
+		vp_flush_log_locked(ns, OP_LINK, l, dir, e->name, NULL);
+	return 0;
+}
+
+/*
+ * A node for PFS entry e, linked in dir at its PFS place; or, for another
+ * name of a PFS inode already loaded, a link node of its node.  0 or
+ * -ENOMEM.
+ */
 static int add_entry_locked(struct vp_ns *ns, struct vp_node *dir,
 			    struct pfs_entry *e)
 {
 	enum vp_node_type type = S_ISDIR(e->st.st_mode) ? VP_NODE_DIR :
 		S_ISLNK(e->st.st_mode) ? VP_NODE_SYMLINK :
 		S_ISREG(e->st.st_mode) ? VP_NODE_FILE : VP_NODE_SPECIAL;
+	int linked = type != VP_NODE_DIR && e->st.st_nlink > 1;
 	struct vp_node *n;
 
 	VP_ASSERT_LOCKED(&ns->lock);
+	/*
+	 * Even with one link left: a new version flushed under the node's
+	 * own name replaced its file there, and this name holds the old one.
+	 */
+	if (type != VP_NODE_DIR) {
+		n = pfs_ino_find_locked(ns, e->st.st_dev, e->st.st_ino);
+		if (n && n->type == type)
+			return add_link_locked(ns, dir, n, e);
+	}
 	n = vp_node_new_locked(ns, type, e->st.st_mode, e->st.st_uid,
 			       e->st.st_gid);
 	if (!n)
@@ -278,6 +351,8 @@ static int add_entry_locked(struct vp_ns *ns, struct vp_node *dir,
 		vp_node_put(ns, n);
 		return -ENOMEM;
 	}
+	if (linked)
+		pfs_ino_add_locked(ns, n, e->st.st_dev, e->st.st_ino);
 	return 0;
 }
 

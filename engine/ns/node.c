@@ -54,6 +54,8 @@ void vp_node_put(struct vp_ns *ns, struct vp_node *n)
 			ns->nnodes--;
 		}
 		vp_lru_del_locked(ns, n);
+		if (n->in_pfs_ino)
+			LIST_REMOVE(n, pfs_ino_link);
 		vp_data_put(n->cur);
 		vp_data_put(n->work);
 		vp_node_free(n);
@@ -207,6 +209,51 @@ void vp_node_remove_name_locked(struct vp_ns *ns, struct vp_node *n,
 	dir->mtime = mtime;
 	dir->ctime = ctime;
 	vp_node_put(ns, other);		/* its link's */
+}
+
+/* The kernel must look dir/name up again (its dentry names another inode now). */
+static void inval_name_locked(struct vp_ns *ns, struct vp_node *dir, const char *name)
+{
+	VP_ASSERT_LOCKED(&ns->lock);
+	if (ns->kernel && ns->kernel->inval_entry)
+		ns->kernel->inval_entry(ns->kernel_arg, dir->ino, name);
+}
+
+void vp_node_take_names_locked(struct vp_ns *ns, struct vp_node *n,
+			       struct vp_node *victim)
+{
+	struct vp_node *old = vp_node_inode(victim), *l, *next;
+
+	VP_ASSERT_LOCKED(&ns->lock);
+	assert(n->type == VP_NODE_FILE && old->type == VP_NODE_FILE && n != old);
+	for (l = LIST_FIRST(&old->links); l; l = next) {
+		next = LIST_NEXT(l, link_link);
+		if (l == victim || !l->parent)
+			continue;
+		LIST_REMOVE(l, link_link);
+		vp_node_get(n);
+		l->inode = n;
+		LIST_INSERT_HEAD(&n->links, l, link_link);
+		vp_node_put(ns, old);	/* l's, which old's other refs outlive */
+		inval_name_locked(ns, l->parent, l->name);
+	}
+	if (victim != old && old->parent) {
+		/* old's own place becomes a name of n */
+		struct vp_node *dir = old->parent;
+		struct timespec mtime = dir->mtime, ctime = dir->ctime;
+		char *name = old->name;
+
+		l = vp_link_new_locked(ns, n);
+		if (!l)
+			return;	/* that name keeps the old inode */
+		old->name = NULL;
+		vp_node_detach_locked(ns, old);
+		vp_node_link_name_locked(ns, dir, l, name);
+		dir->mtime = mtime;
+		dir->ctime = ctime;
+		inval_name_locked(ns, dir, name);
+		vp_node_put(ns, old);	/* its place's */
+	}
 }
 
 struct vp_node *vp_node_find_locked(struct vp_ns *ns, uint64_t ino)

@@ -233,6 +233,7 @@ static void free_tree(struct vp_ns *ns)
 	}
 	free(ns->by_name);
 	free(ns->by_ino);
+	free(ns->by_pfs_ino);
 }
 
 struct vp_ns *vp_ns_new(const struct vp_config *cfg, const char *pfs_dir,

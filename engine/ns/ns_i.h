@@ -72,6 +72,7 @@
 #define VP_INCOMING_DIR ".viperfs-incoming"	/* replicas: new inodes before the switch */
 #define VP_CHUNK_SIZE (1u << 20)
 #define VP_NAME_MAX 255
+#define VP_PFS_INO_BUCKETS 4096		/* ns->by_pfs_ino */
 #define VP_LINK_MAX 65000			/* names of one inode (ext4: 65000) */
 #define VP_EVENT_RING 256			/* version events kept for watchers */
 #define VP_MAX_DEFERRED 16			/* installer renames awaiting their event */
@@ -135,8 +136,10 @@ struct vp_node {
 	struct vp_node *inode;		/* LINK: the node it names (holds a ref) */
 	struct vp_node_list links;	/* not a LINK: its link nodes, linked or not */
 	LIST_ENTRY(vp_node) link_link;	/* LINK: in inode->links */
-	dev_t pfs_dev;			/* loaded with st_nlink > 1: its PFS inode */
+	dev_t pfs_dev;			/* loaded with st_nlink > 1: its PFS inode then */
 	ino_t pfs_ino;
+	LIST_ENTRY(vp_node) pfs_ino_link;	/* in ns->by_pfs_ino, if in_pfs_ino */
+	int in_pfs_ino;
 };
 
 /* The inode n names: n itself, or a link node's inode. */
@@ -258,6 +261,8 @@ struct vp_ns {
 	struct vp_node_list *by_name;
 	struct vp_node_list *by_ino;
 	size_t hash_size, nnodes;
+	/* nodes loaded from PFS files with several links, by their PFS inode (load.c) */
+	struct vp_node_list *by_pfs_ino;	/* VP_PFS_INO_BUCKETS, or NULL: none yet */
 	TAILQ_HEAD(, vp_node) lru;
 	LIST_HEAD(, vp_alias) aliases;	/* inode numbers of re-keyed nodes the kernel holds */
 	int pt_on;			/* passthrough opens happen: re-key when needed */
@@ -351,6 +356,14 @@ void vp_node_unlink_locked(struct vp_ns *ns, struct vp_node *n);
 struct vp_node *vp_link_new_locked(struct vp_ns *ns, struct vp_node *inode);
 /* The names of inode in the tree: its own place and its linked link nodes. */
 unsigned int vp_node_nlink_locked(struct vp_ns *ns, struct vp_node *inode);
+/*
+ * A consumer's install of file n over victim, a name of a linked inode:
+ * n takes every other name of that inode too (the kernel is told to look
+ * them up again), so the new version shows under all of them.  The caller
+ * then replaces victim by n as any rename does.
+ */
+void vp_node_take_names_locked(struct vp_ns *ns, struct vp_node *n,
+			       struct vp_node *victim);
 /* One of inode's linked link nodes, or NULL. */
 struct vp_node *vp_node_other_name_locked(struct vp_node *inode);
 /*
