@@ -592,7 +592,7 @@ int vp_ns_opendir(struct vp_ns *ns, uint64_t ino, struct vp_dir **dp)
 	     c = LIST_NEXT(c, sib_link)) {
 		if (dir == ns->root && ns->replica && !strcmp(c->name, VP_INCOMING_DIR))
 			continue;	/* hidden: watchers must never add a watch there */
-		d->ents[i].ino = c->ino;
+		d->ents[i].ino = vp_node_inode(c)->ino;	/* a link node's inode may be re-keyed */
 		d->ents[i].type = c->mode & S_IFMT;
 		d->ents[i++].name = strdup(c->name);
 	}

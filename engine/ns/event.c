@@ -333,7 +333,7 @@ static void snapshot_locked(struct vp_ns *ns, struct vp_node *dir,
 		if (links || c->type == VP_NODE_LINK) {
 			struct vp_ns_entry e = {
 				.type = VP_ENTRY_LINK, .path = path, .target = target,
-				.ino = c->ino, .mode = c->mode,
+				.ino = c->inode ? c->inode->ino : c->ino, .mode = c->mode,
 			};
 
 			if (c->type == VP_NODE_DIR)

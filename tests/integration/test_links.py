@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import cluster, read, subscribed, wait_for, wait_version, write
+from conftest import VIPERCTL, cluster, lines_until, read, subscribed, wait_for, wait_version, write
 
 
 def as_nobody(*cmd):
@@ -261,3 +261,35 @@ def test_links_reach_consumers(world):
     wait_for(lambda: "caught up with the producer" in late.read_log(), what="the catch-up")
     st = same_inode(late.path("d", "b"), late.path("e"))
     assert st.st_nlink == 2 and read(late.path("e")) == b"three"
+
+
+def test_watchers_see_the_new_name_and_versions_under_every_name(world):
+    """inotify: IN_CREATE for the new name, on the producer and on a
+    consumer (whose installer replays link(2)); viperctl watch: a version
+    event for the new name, and for each name at every new version."""
+    net, prod, (c1,) = cluster(world, consumers=1)
+    wait_for(lambda: subscribed(prod, 1), what="the subscription")
+    os.mkdir(prod.path("d"))
+    write(prod.path("a"), b"1")
+    write(prod.path("marker"), b"1")
+    wait_version(c1.path("marker"), 0)
+    watchers = []
+    for m in (prod, c1):
+        w = world.spawn(["stdbuf", "-oL", "inotifywait", "-m", "-r", "--format", "%e %w%f", m.mnt],
+                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        lines_until(w, lambda l: "Watches established" in l, stream="stderr")
+        watchers.append(w)
+    versions = world.spawn([VIPERCTL, "watch", c1.mnt], stdout=subprocess.PIPE)
+    lines_until(versions, lambda l: '"watching"' in l)
+    os.link(prod.path("a"), prod.path("d", "b"))
+    for m, w in zip((prod, c1), watchers):
+        lines_until(w, lambda l: l.strip() == "CREATE %s" % m.path("d", "b"))
+    lines_until(versions, lambda l: '"path":"d/b"' in l and '"version":1' in l)
+    write(prod.path("a"), b"22")
+    got = set()
+
+    def both(line):
+        got.update(p for p in ("a", "d/b") if '"path":"%s"' % p in line and '"version":2' in line)
+        return got == {"a", "d/b"}
+    lines_until(versions, both)
+    assert read(c1.path("d", "b")) == b"22"
