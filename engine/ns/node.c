@@ -141,7 +141,7 @@ struct vp_node *vp_link_new_locked(struct vp_ns *ns, struct vp_node *inode)
 	if (!l)
 		return NULL;
 	l->refs = 1;		/* the caller's, usually the link */
-	l->ino = inode->ino;	/* for readdir; never in the inode hash */
+	l->ino = inode->ino;	/* as it was then (readdir asks the inode); never in the inode hash */
 	l->type = VP_NODE_LINK;
 	l->mode = inode->mode & S_IFMT;	/* the type, for readdir; the rest is the inode's */
 	l->pfs_version = VP_NO_VERSION;
@@ -247,6 +247,7 @@ void vp_node_take_names_locked(struct vp_ns *ns, struct vp_node *n,
 		if (!l)
 			return;	/* that name keeps the old inode */
 		old->name = NULL;
+		vp_note_unlink_locked(ns, old);	/* its last name: its mirror leaves the GPU */
 		vp_node_detach_locked(ns, old);
 		vp_node_link_name_locked(ns, dir, l, name);
 		dir->mtime = mtime;
