@@ -22,7 +22,7 @@ def as_nobody(*cmd):
 def same_inode(*paths):
     sts = [os.lstat(p) for p in paths]
     assert len({(s.st_dev, s.st_ino) for s in sts}) == 1, [(p, s.st_ino) for p, s in zip(paths, sts)]
-    return sts[0]
+    return os.lstat(paths[0])   # after every name was looked up (a remount reads directories lazily)
 
 
 def test_link_names_one_inode(mnt):
@@ -293,3 +293,34 @@ def test_watchers_see_the_new_name_and_versions_under_every_name(world):
         return got == {"a", "d/b"}
     lines_until(versions, both)
     assert read(c1.path("d", "b")) == b"22"
+
+
+def test_links_of_special_nodes_and_a_moved_directory(world):
+    """A FIFO's names are links on the PFS too; a device the PFS refuses is a
+    stand-in, and each of its names is a stand-in of its own (a mount trusts
+    only a stand-in with one link), which a remount loads as two nodes.  A
+    directory renamed with a name in it takes the name along on the PFS."""
+    m = world.mount(prefix=["setpriv", "--inh-caps=-mknod", "--bounding-set=-mknod"])
+    os.mkdir(m.path("d"))
+    os.mkfifo(m.path("q"))
+    os.link(m.path("q"), m.path("d", "q2"))
+    os.mknod(m.path("null"), stat.S_IFCHR | 0o640, os.makedev(1, 3))
+    os.link(m.path("null"), m.path("null2"))
+    write(m.path("f"), b"f")
+    os.link(m.path("f"), m.path("d", "f2"))
+    m.flush()
+    os.rename(m.path("d"), m.path("moved"))
+    m.flush()
+    assert stat.S_ISFIFO(same_inode(m.pfs_path("q"), m.pfs_path("moved", "q2")).st_mode)
+    assert same_inode(m.pfs_path("f"), m.pfs_path("moved", "f2")).st_nlink == 2
+    for name in ("null", "null2"):
+        st = os.lstat(m.pfs_path(name))
+        assert stat.S_ISREG(st.st_mode) and st.st_nlink == 1, name
+        assert os.getxattr(m.pfs_path(name), "user.viperfs.node").startswith(b"%o " % stat.S_IFCHR)
+    assert "kept as an empty file with the xattr" in m.read_log()
+    m.stop()
+    again = world.mount(pfs=m.pfs, mnt=world.dir("again"))
+    assert same_inode(again.path("q"), again.path("moved", "q2")).st_nlink == 2
+    assert same_inode(again.path("f"), again.path("moved", "f2")).st_nlink == 2
+    for name in ("null", "null2"):
+        assert os.lstat(again.path(name)).st_rdev == os.makedev(1, 3), name
