@@ -487,6 +487,13 @@ struct vp_node *vp_resolve_loading(struct vp_ns *ns, const char *path)
 		vp_node_put_unlocked(ns, n);
 		n = c;
 	}
+	if (n && n->type == VP_NODE_LINK) {	/* the name's inode */
+		struct vp_node *inode = n->inode;
+
+		vp_node_get(inode);	/* n's reference holds it meanwhile */
+		vp_node_put_unlocked(ns, n);
+		n = inode;
+	}
 	return n;
 }
 

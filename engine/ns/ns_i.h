@@ -370,7 +370,7 @@ struct vp_node *vp_node_other_name_locked(struct vp_node *inode);
  * Removes the name n (a node or a link node) from the tree, logs it for the
  * PFS and tells the observers (kind: VP_OP_UNLINK or VP_OP_RMDIR).  An
  * inode whose own name goes while other names remain takes the place of
- * one of them.  Drops the link's reference.
+ * one of them.  Drops the link's reference; the caller holds one of its own on n.
  */
 void vp_node_remove_name_locked(struct vp_ns *ns, struct vp_node *n,
 				enum vp_op_kind kind);
@@ -411,7 +411,7 @@ int vp_ns_get_dir(struct vp_ns *ns, uint64_t ino, struct vp_node **out);
  * the GPU mirror or lazily from the PFS if they are not in the cache.
  */
 int vp_node_data(struct vp_ns *ns, struct vp_node *n, struct vp_data **out);
-/* Resolves path, loading directories on the way; the node with a ref. */
+/* Resolves path, loading directories on the way; the node (a name's inode) with a ref. */
 struct vp_node *vp_resolve_loading(struct vp_ns *ns, const char *path);
 
 /* pt.c */

@@ -324,3 +324,24 @@ def test_links_of_special_nodes_and_a_moved_directory(world):
     assert same_inode(again.path("f"), again.path("moved", "f2")).st_nlink == 2
     for name in ("null", "null2"):
         assert os.lstat(again.path(name)).st_rdev == os.makedev(1, 3), name
+
+
+def test_viperctl_flush_of_another_name_flushes_the_file(world):
+    """viperctl flush and warm of a name that is not the inode's own."""
+    m = world.mount("flush_interval=3600")
+    write(m.path("a"), b"held back")
+    os.link(m.path("a"), m.path("b"))
+    m.flush(m.path("b"))
+    assert same_inode(m.pfs_path("a"), m.pfs_path("b")).st_nlink == 2
+    assert read(m.pfs_path("b")) == b"held back"
+
+
+def test_viperctl_warm_of_another_name_warms_the_file(world):
+    m = world.mount()
+    os.mkdir(m.path("d"))
+    write(m.path("a"), b"x" * 4096)
+    os.link(m.path("a"), m.path("d", "b"))
+    m.stop()
+    again = world.mount(pfs=m.pfs, mnt=world.dir("again"))
+    r = again.ctl("warm", again.path("d", "b"))     # the root, with 'a', is read first
+    assert "1 files, 4.0 KiB read" in r.stdout, r.stdout
