@@ -107,9 +107,15 @@ static void apply_attrs_locked(struct vp_ns *ns, struct vp_node *n,
 		if (n->parent || n == ns->root)
 			vp_flush_log_locked(ns, OP_ATTR, n, NULL, NULL, NULL);
 	}
-	/* a special node's mode reaches consumers as the node made again */
-	if (sa->set_mode && n->type == VP_NODE_SPECIAL && n->parent)
+	/* a special node's mode reaches consumers as the node made again, and its other names linked again */
+	if (sa->set_mode && n->type == VP_NODE_SPECIAL && n->parent) {
+		struct vp_node *l;
+
 		vp_note_op_locked(ns, VP_OP_MKNOD, n, NULL, NULL);
+		LIST_FOREACH(l, &n->links, link_link)
+			if (l->parent)
+				vp_note_op_locked(ns, VP_OP_LINK, l, NULL, NULL);
+	}
 }
 
 /* The mode a write by an unprivileged caller leaves: no setuid, no setgid where group may execute. */
@@ -431,6 +437,7 @@ static void rename_apply_locked(struct vp_ns *ns, const struct vp_caller *who,
 	    n->version <= victim_version && !vp_is_installer_locked(ns, who))
 		n->version = victim_version + 1;
 	vp_node_detach_locked(ns, n);
+	vp_node_inode(n)->ctime = n->ctime;	/* a link node's rename changes its inode */
 	vp_node_link_name_locked(ns, newdir, n, newname);
 	vp_event_renamed_locked(ns, who, n);
 }

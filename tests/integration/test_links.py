@@ -129,10 +129,13 @@ def test_rename_and_linked_names(mnt):
     # a rename onto another name of the same inode does nothing (POSIX)
     os.rename(mnt.path("a"), mnt.path("b"))
     assert same_inode(mnt.path("a"), mnt.path("b")).st_nlink == 2
-    # renaming one name moves that name only
+    # renaming one name moves that name only, and changes the inode's ctime
+    before = os.stat(mnt.path("a")).st_ctime_ns
+    time.sleep(0.01)
     os.rename(mnt.path("b"), mnt.path("c"))
     assert not os.path.exists(mnt.path("b"))
-    assert same_inode(mnt.path("a"), mnt.path("c")).st_nlink == 2
+    st = same_inode(mnt.path("a"), mnt.path("c"))
+    assert st.st_nlink == 2 and st.st_ctime_ns > before
     # a rename over a linked name replaces that name only
     write(mnt.path("x"), b"X")
     os.rename(mnt.path("x"), mnt.path("a"))
@@ -248,12 +251,18 @@ def test_links_reach_consumers(world):
     write(prod.path("a"), b"three")
     wait_for(lambda: read(c1.path("d", "b")) == b"three", what="version three under d/b")
     assert same_inode(c1.path("a"), c1.path("d", "b")).st_nlink == 2
+    # a FIFO with two names, chmod'ed: the node is sent again, and its other name with it
+    os.mkfifo(prod.path("q"))
+    os.link(prod.path("q"), prod.path("d", "q2"))
+    os.chmod(prod.path("d", "q2"), 0o600)
     # one name goes: the other stays
     os.unlink(prod.path("a"))
     write(prod.path("marker"), b"2")
     wait_version(c1.path("marker"), 1)
     assert not os.path.lexists(c1.path("a"))
     assert os.stat(c1.path("d", "b")).st_nlink == 1 and read(c1.path("d", "b")) == b"three"
+    st = same_inode(c1.path("q"), c1.path("d", "q2"))
+    assert stat.S_ISFIFO(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600 and st.st_nlink == 2
     # a consumer that subscribes later gets the links in its catch-up
     os.link(prod.path("d", "b"), prod.path("e"))
     c1.stop()
