@@ -209,6 +209,12 @@ struct vp_ns_kernel {
 	void (*inval_entry)(void *arg, uint64_t parent, const char *name);
 	/* The kernel's cached attributes of ino are stale.  Same rule. */
 	void (*inval_attr)(void *arg, uint64_t ino);
+	/*
+	 * inval_entry, sent before it returns.  Called with no lock held, by
+	 * a thread that serves no request (the consumer's installer); may be
+	 * NULL (inval_entry then).
+	 */
+	void (*inval_entry_now)(void *arg, uint64_t parent, const char *name);
 };
 /* Set before the mount serves. */
 void vp_ns_set_kernel(struct vp_ns *ns, const struct vp_ns_kernel *ops, void *arg);

@@ -162,9 +162,23 @@ static void *notifier_main(void *arg)
 	return NULL;
 }
 
+/* No request is served by the caller (ns.h): the kernel may take the directory's lock. */
+static void send_inval_entry(void *arg, uint64_t parent, const char *name)
+{
+	int stop;
+
+	(void)arg;
+	pthread_mutex_lock(&ll.lock);
+	stop = ll.stop;
+	pthread_mutex_unlock(&ll.lock);
+	if (!stop && ll.se)
+		fuse_lowlevel_notify_inval_entry(ll.se, parent, name, strlen(name));
+}
+
 static const struct vp_ns_kernel kernel_ops = {
 	.inval_entry = queue_inval_entry,
 	.inval_attr = queue_inval_attr,
+	.inval_entry_now = send_inval_entry,
 };
 
 int vpfs_ll_start(struct fuse_session *se, struct vp_ns *ns)

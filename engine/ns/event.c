@@ -124,6 +124,12 @@ void vp_installs_release(struct vp_ns *ns)
 {
 	struct install *in;
 
+	for (size_t i = 0; i < ns->nstale_names; i++)
+		free(ns->stale_names[i].name);
+	free(ns->stale_names);
+	ns->stale_names = NULL;
+	ns->nstale_names = ns->cap_stale_names = 0;
+
 	while ((in = LIST_FIRST(&ns->installs))) {
 		LIST_REMOVE(in, link);
 		vp_install_free(in);
@@ -238,8 +244,31 @@ void vp_event_renamed_locked(struct vp_ns *ns, const struct vp_caller *who,
 	}
 }
 
+/* Tells the kernel of the names installs gave new inodes, now.  No lock held. */
+static void send_stale_names(struct vp_ns *ns)
+{
+	struct vp_stale_name *names;
+	size_t count;
+
+	pthread_mutex_lock(&ns->lock);
+	names = ns->stale_names;
+	count = ns->nstale_names;
+	ns->stale_names = NULL;
+	ns->nstale_names = ns->cap_stale_names = 0;
+	pthread_mutex_unlock(&ns->lock);
+	for (size_t i = 0; i < count; i++) {
+		if (ns->kernel && ns->kernel->inval_entry_now)
+			ns->kernel->inval_entry_now(ns->kernel_arg, names[i].parent, names[i].name);
+		else if (ns->kernel && ns->kernel->inval_entry)
+			ns->kernel->inval_entry(ns->kernel_arg, names[i].parent, names[i].name);
+		free(names[i].name);
+	}
+	free(names);
+}
+
 void vp_ns_installed(struct vp_ns *ns)
 {
+	send_stale_names(ns);	/* first: a watcher told of a name opens the new inode */
 	pthread_mutex_lock(&ns->lock);
 	for (unsigned int i = 0; i < ns->ndeferred; i++) {
 		struct vp_node *l;

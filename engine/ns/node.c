@@ -211,10 +211,29 @@ void vp_node_remove_name_locked(struct vp_ns *ns, struct vp_node *n,
 	vp_node_put(ns, other);		/* its link's */
 }
 
-/* The kernel must look dir/name up again (its dentry names another inode now). */
+/*
+ * The kernel must look dir/name up again (its dentry names another inode
+ * now): told by vp_ns_installed() before it raises the events, or at once
+ * (queued) without memory to remember it.
+ */
 static void inval_name_locked(struct vp_ns *ns, struct vp_node *dir, const char *name)
 {
+	struct vp_stale_name *sn = ns->stale_names;
+
 	VP_ASSERT_LOCKED(&ns->lock);
+	if (ns->nstale_names == ns->cap_stale_names) {
+		size_t cap = ns->cap_stale_names ? ns->cap_stale_names * 2 : 8;
+
+		sn = realloc(ns->stale_names, cap * sizeof(*sn));
+		if (sn) {
+			ns->stale_names = sn;
+			ns->cap_stale_names = cap;
+		}
+	}
+	if (sn && (sn[ns->nstale_names].name = strdup(name))) {
+		sn[ns->nstale_names++].parent = dir->ino;
+		return;
+	}
 	if (ns->kernel && ns->kernel->inval_entry)
 		ns->kernel->inval_entry(ns->kernel_arg, dir->ino, name);
 }

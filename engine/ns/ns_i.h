@@ -282,6 +282,15 @@ struct vp_ns {
 	struct vp_node *deferred[VP_MAX_DEFERRED];
 	double deferred_at[VP_MAX_DEFERRED];	/* wall-clock time of each rename */
 	unsigned int ndeferred;
+	/*
+	 * Names an install gave a new inode (vp_node_take_names_locked): the
+	 * kernel is told before the events are raised, for the same reason.
+	 */
+	struct vp_stale_name {
+		uint64_t parent;
+		char *name;
+	} *stale_names;
+	size_t nstale_names, cap_stale_names;
 
 	/* stats, protected by lock (the byte counts: atomic) */
 	uint64_t st_commits;
@@ -466,7 +475,7 @@ struct install *vp_take_install_locked(struct vp_ns *ns,
 				       const struct vp_caller *who,
 				       struct vp_node *dir, const char *name);
 void vp_install_free(struct install *in);
-/* Frees every staged install (vp_ns_free). */
+/* Frees every staged install and stale name (vp_ns_free). */
 void vp_installs_release(struct vp_ns *ns);
 /* Records that n's path holds its newest version, now. */
 void vp_event_record_locked(struct vp_ns *ns, struct vp_node *n);
