@@ -409,7 +409,9 @@ static void rename_apply_locked(struct vp_ns *ns, const struct vp_caller *who,
 				struct vp_node *n, struct vp_node *newdir,
 				char *newname, struct vp_node *victim)
 {
-	uint64_t victim_version = victim && victim->type == VP_NODE_FILE ? victim->version : 0;
+	/* any name of a file: its count goes on */
+	int victim_file = victim && vp_node_inode(victim)->type == VP_NODE_FILE;
+	uint64_t victim_version = victim_file ? vp_node_inode(victim)->version : 0;
 
 	VP_ASSERT_LOCKED(&ns->lock);
 	if (victim && ns->replica && vp_is_installer_locked(ns, who) && n->type == VP_NODE_FILE &&
@@ -433,7 +435,7 @@ static void rename_apply_locked(struct vp_ns *ns, const struct vp_caller *who,
 		vp_node_inode(victim)->ctime = vp_wall_now();
 	}
 	/* versions are per path: a file renamed over another continues its count */
-	if (victim_version && n->type == VP_NODE_FILE &&
+	if (victim_file && n->type == VP_NODE_FILE &&
 	    n->version <= victim_version && !vp_is_installer_locked(ns, who))
 		n->version = victim_version + 1;
 	vp_node_detach_locked(ns, n);
