@@ -183,7 +183,7 @@ void vp_node_remove_name_locked(struct vp_ns *ns, struct vp_node *n,
 {
 	struct vp_node *inode = vp_node_inode(n);
 	struct vp_node *other = n == inode ? vp_node_other_name_locked(n) : NULL;
-	struct vp_node *dir;
+	struct vp_node *dir, *from = n->parent;
 	struct timespec mtime, ctime;
 	char *name;
 
@@ -206,8 +206,10 @@ void vp_node_remove_name_locked(struct vp_ns *ns, struct vp_node *n,
 	vp_node_detach_locked(ns, other);
 	vp_node_detach_locked(ns, n);
 	vp_node_link_name_locked(ns, dir, n, name);
-	dir->mtime = mtime;
-	dir->ctime = ctime;
+	if (dir != from) {	/* unless the name that went was there too */
+		dir->mtime = mtime;
+		dir->ctime = ctime;
+	}
 	vp_node_put(ns, other);		/* its link's */
 }
 

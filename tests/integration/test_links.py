@@ -55,17 +55,30 @@ def test_link_names_one_inode(mnt):
     assert same_inode(mnt.path("a"), mnt.path("c")).st_nlink == 3
     # one name goes: the others stay, with one link less and a new ctime
     before = os.stat(mnt.path("c"))
+    root_before = os.stat(mnt.mnt)
     time.sleep(0.01)
     os.unlink(mnt.path("a"))
     assert not os.path.exists(mnt.path("a"))
     st = same_inode(mnt.path("d", "b"), mnt.path("c"))
     assert st.st_nlink == 2 and st.st_ctime_ns > before.st_ctime_ns
+    root_after = os.stat(mnt.mnt)                           # the name's directory changed
+    assert root_after.st_mtime_ns > root_before.st_mtime_ns
+    assert root_after.st_ctime_ns > root_before.st_ctime_ns
     assert read(mnt.path("c")) == b"two, longer!"
     write(mnt.path("c"), b"three")
     assert read(mnt.path("d", "b")) == b"three"
     os.unlink(mnt.path("d", "b"))
     assert os.stat(mnt.path("c")).st_nlink == 1
     assert read(mnt.path("c")) == b"three"
+    # the inode's first name goes, its other is elsewhere: only the first's directory changes
+    write(mnt.path("x"), b"x")
+    os.link(mnt.path("x"), mnt.path("d", "y"))
+    d_before, root_before = os.stat(mnt.path("d")), os.stat(mnt.mnt)
+    time.sleep(0.01)
+    os.unlink(mnt.path("x"))
+    assert os.stat(mnt.path("d")).st_mtime_ns == d_before.st_mtime_ns
+    assert os.stat(mnt.mnt).st_mtime_ns > root_before.st_mtime_ns
+    assert os.stat(mnt.path("d", "y")).st_nlink == 1 and read(mnt.path("d", "y")) == b"x"
 
 
 def test_link_errors(mnt):
