@@ -213,6 +213,7 @@ out_unlock:
 struct dir_load {
 	struct pfs_entry *ents;
 	size_t count;
+	int names_elsewhere;		/* a file has names on the PFS not in the tree yet */
 };
 
 static int dir_done_locked(struct vp_ns *ns, struct vp_node *dir, void *arg)
@@ -370,9 +371,18 @@ static int dir_install_locked(struct vp_ns *ns, struct vp_node *dir,
 		dir->loaded = 1;
 		return 0;
 	}
-	for (size_t i = 0; i < dl->count && !rc; i++)
-		if (!vp_node_child_locked(ns, dir, dl->ents[i].name))
-			rc = add_entry_locked(ns, dir, &dl->ents[i]);
+	for (size_t i = 0; i < dl->count && !rc; i++) {
+		struct pfs_entry *e = &dl->ents[i];
+		struct vp_node *n;
+
+		if (vp_node_child_locked(ns, dir, e->name))
+			continue;
+		rc = add_entry_locked(ns, dir, e);
+		n = rc || S_ISDIR(e->st.st_mode) || e->st.st_nlink < 2 ? NULL :
+			vp_node_inode(vp_node_child_locked(ns, dir, e->name));
+		if (n && vp_node_nlink_locked(ns, n) < e->st.st_nlink)
+			dl->names_elsewhere = 1;
+	}
 	if (!rc)
 		dir->loaded = 1;
 	return rc;
@@ -386,9 +396,27 @@ static const struct pfs_loader dir_loader = {
 };
 
 /* A PFS that cannot be read is an -EIO. */
+/*
+ * A PFS file with names in directories not read yet: the whole tree is
+ * read now, once, so that its link count and every name are known (tar
+ * -H, rsync -H and find -links trust st_nlink) and a new version reaches
+ * every name on the PFS.  A load that comes meanwhile does not wait for it.
+ */
+static void load_other_names(struct vp_ns *ns)
+{
+	static struct vp_ratelimit rl = VP_RATELIMIT_INIT(1, 3600.0);
+
+	if (__atomic_exchange_n(&ns->loading_names, 1, __ATOMIC_ACQ_REL))
+		return;		/* under way (this is part of it, or another thread's) */
+	vp_log_limited(&rl, LOG_INFO, "fs", "a file on the PFS '%s' has hard links in directories not read yet: reading the whole PFS tree once",
+		       ns->pfs_dir);
+	vp_ns_load_tree(ns, ns->root);
+	__atomic_store_n(&ns->loading_names, 0, __ATOMIC_RELEASE);
+}
+
 int vp_ns_load_dir(struct vp_ns *ns, struct vp_node *dir)
 {
-	struct dir_load dl = { NULL, 0 };
+	struct dir_load dl = { NULL, 0, 0 };
 	int rc = pfs_load(ns, dir, &dir_loader, &dl);
 
 	for (size_t i = 0; i < dl.count; i++) {
@@ -396,6 +424,8 @@ int vp_ns_load_dir(struct vp_ns *ns, struct vp_node *dir)
 		free(dl.ents[i].target);
 	}
 	free(dl.ents);
+	if (!rc && dl.names_elsewhere)
+		load_other_names(ns);
 	return rc;
 }
 

@@ -263,6 +263,7 @@ struct vp_ns {
 	size_t hash_size, nnodes;
 	/* nodes loaded from PFS files with several links, by their PFS inode (load.c) */
 	struct vp_node_list *by_pfs_ino;	/* VP_PFS_INO_BUCKETS, or NULL: none yet */
+	int loading_names;		/* atomic: load.c reads the whole tree for a file's other names */
 	TAILQ_HEAD(, vp_node) lru;
 	LIST_HEAD(, vp_alias) aliases;	/* inode numbers of re-keyed nodes the kernel holds */
 	int pt_on;			/* passthrough opens happen: re-key when needed */
