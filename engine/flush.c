@@ -303,11 +303,206 @@ static int open_parent_locked(struct vp_ns *ns, struct vp_node *parent,
 	return vp_pfs_open_dir(ns->pfs_root_fd, path);
 }
 
+/* ---- hard links on the PFS ------------------------------------------ */
+
+/* The xattrs a copy of a PFS file keeps (stage(), set_stand_in()). */
+static const char *const copied_xattrs[] = {
+	"user.viperfs.version", "user.viperfs.epoch", VP_NODE_XATTR,
+};
+
+/*
+ * A copy of the PFS entry sdir/sname as staging/tmp, where the PFS refuses
+ * a link: a file's bytes, mode, owner, times and our xattrs; a symlink's
+ * target; a special node made again.  0 or -errno.
+ */
+static int copy_pfs_entry(struct vp_ns *ns, int sdir, const char *sname,
+			  const char *tmp)
+{
+	struct timespec times[2];
+	struct stat st;
+	int in, out, rc = 0;
+
+	if (fstatat(sdir, sname, &st, AT_SYMLINK_NOFOLLOW))
+		return -errno;
+	if (S_ISLNK(st.st_mode)) {
+		char target[PATH_MAX];
+		ssize_t l = readlinkat(sdir, sname, target, sizeof(target) - 1);
+
+		if (l < 0)
+			return -errno;
+		target[l] = '\0';
+		return symlinkat(target, ns->staging_fd, tmp) ? -errno : 0;
+	}
+	if (!S_ISREG(st.st_mode))
+		return mknodat(ns->staging_fd, tmp, st.st_mode, st.st_rdev) ? -errno : 0;
+	in = openat(sdir, sname, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+	if (in < 0)
+		return -errno;
+	out = openat(ns->staging_fd, tmp, O_CREAT | O_EXCL | O_WRONLY | O_NOFOLLOW | O_CLOEXEC, 0600);
+	if (out < 0) {
+		rc = -errno;
+		goto out_close_in;
+	}
+	for (off_t left = st.st_size; left > 0 && !rc;) {
+		ssize_t n = copy_file_range(in, NULL, out, NULL, (size_t)left, 0);
+
+		if (n < 0 && (errno == EXDEV || errno == EINVAL || errno == ENOSYS ||
+			      errno == EOPNOTSUPP)) {
+			char buf[1 << 16];
+
+			n = read(in, buf, sizeof(buf));
+			if (n > 0 && write_all(out, buf, (size_t)n, (uint64_t)(st.st_size - left)))
+				n = -1;
+		}
+		if (n < 0)
+			rc = -errno;
+		else if (n == 0)
+			break;
+		else
+			left -= n;
+	}
+	for (size_t i = 0; !rc && i < sizeof(copied_xattrs) / sizeof(copied_xattrs[0]); i++) {
+		char value[128];
+		ssize_t l = fgetxattr(in, copied_xattrs[i], value, sizeof(value));
+
+		if (l >= 0)
+			fsetxattr(out, copied_xattrs[i], value, (size_t)l, 0);
+	}
+	if (!rc) {
+		if (fchown(out, st.st_uid, st.st_gid)) {
+			/* not root on the PFS: keep our own owner */
+		}
+		times[0] = st.st_atim;
+		times[1] = st.st_mtim;
+		if (fchmod(out, st.st_mode & 07777) || futimens(out, times) || fsync(out))
+			rc = -errno;
+	}
+	close(out);
+	if (rc)
+		unlinkat(ns->staging_fd, tmp, 0);
+out_close_in:
+	close(in);
+	return rc;
+}
+
+/*
+ * Gives the PFS entry sdir/sname (an inode of type type) the name
+ * ddir/dname: a hard link made in the staging folder and renamed into
+ * place, or a copy where the PFS refuses links (said once a run) and for
+ * a special node's stand-in (a load trusts only a stand-in with one link).
+ * Holding pfs_lock.  0 or -errno.
+ */
+static int pfs_link(struct vp_ns *ns, enum vp_node_type type, int sdir,
+		    const char *sname, int ddir, const char *dname,
+		    const char *tmp)
+{
+	static int said;
+	struct stat st;
+	int rc;
+
+	VP_ASSERT_LOCKED(&ns->pfs_lock);
+	unlinkat(ns->staging_fd, tmp, 0);
+	if (type == VP_NODE_SPECIAL && !fstatat(sdir, sname, &st, AT_SYMLINK_NOFOLLOW) &&
+	    S_ISREG(st.st_mode)) {
+		rc = copy_pfs_entry(ns, sdir, sname, tmp);	/* a stand-in */
+	} else if (linkat(sdir, sname, ns->staging_fd, tmp, 0) == 0) {
+		rc = 0;
+	} else if (errno == EPERM || errno == EXDEV || errno == EMLINK || errno == EOPNOTSUPP) {
+		if (!__atomic_exchange_n(&said, 1, __ATOMIC_RELAXED))
+			vp_log(LOG_NOTICE, "flush", "the PFS '%s' refuses hard links (%s): a file's other names are written there as copies, which a mount loads as separate files",
+			       ns->pfs_dir, strerror(errno));
+		rc = copy_pfs_entry(ns, sdir, sname, tmp);
+	} else {
+		rc = -errno;
+	}
+	if (rc)
+		return rc;
+	if (renameat(ns->staging_fd, tmp, ddir, dname)) {
+		rc = -errno;
+		unlinkat(ns->staging_fd, tmp, 0);
+		return rc;
+	}
+	return fsync(ddir) ? -errno : 0;
+}
+
+/* One of an inode's other names on the PFS, copied out under ns->lock. */
+struct pfs_name {
+	char dir[PATH_MAX];
+	char *name;
+};
+
+/*
+ * The PFS places of n's link nodes (a new array in *out, its count
+ * returned; 0 on failure).  pfs_lock and ns->lock held.
+ */
+static size_t link_places_locked(struct vp_ns *ns, struct vp_node *n,
+				 struct pfs_name **out)
+{
+	struct pfs_name *names;
+	struct vp_node *l;
+	size_t count = 0, i = 0;
+
+	VP_ASSERT_LOCKED(&ns->pfs_lock);
+	VP_ASSERT_LOCKED(&ns->lock);
+	*out = NULL;
+	LIST_FOREACH(l, &n->links, link_link)
+		count += l->pfs_parent != NULL;
+	if (!count || !(names = calloc(count, sizeof(*names))))
+		return 0;
+	LIST_FOREACH(l, &n->links, link_link) {
+		if (!l->pfs_parent || vp_pfs_path_locked(ns, l->pfs_parent, names[i].dir,
+							  sizeof(names[i].dir)))
+			continue;
+		if ((names[i].name = strdup(l->pfs_name)))
+			i++;
+	}
+	*out = names;
+	return i;
+}
+
+static void free_names(struct pfs_name *names, size_t count)
+{
+	for (size_t i = 0; i < count; i++)
+		free(names[i].name);
+	free(names);
+}
+
+/*
+ * After a new version of n went to its PFS name (dfd/name, a new file):
+ * its other names there are linked to it again.  A failure is logged; the
+ * version itself is on the PFS.  Holding pfs_lock, not ns->lock.
+ */
+static void relink_names(struct vp_ns *ns, struct vp_node *n, int dfd,
+			 const char *name, struct pfs_name *names, size_t count,
+			 uint64_t seq)
+{
+	static struct vp_ratelimit rl = VP_RATELIMIT_INIT(10, 60.0);
+
+	for (size_t i = 0; i < count; i++) {
+		char tmp[64];
+		int ddir = vp_pfs_open_dir(ns->pfs_root_fd, names[i].dir);
+		int rc = ddir;
+
+		snprintf(tmp, sizeof(tmp), "%" PRIu64 "-%" PRIu64 "-%zu.lnk", seq, n->ino, i);
+		if (ddir >= 0) {
+			rc = pfs_link(ns, n->type, dfd, name, ddir, names[i].name, tmp);
+			close(ddir);
+		}
+		if (rc)
+			vp_log_limited(&rl, LOG_WARNING, "flush", "linking '%s%s%s' on the PFS '%s' to its file's new version: %s; that name keeps the older version there",
+				       names[i].dir, *names[i].dir ? "/" : "", names[i].name,
+				       ns->pfs_dir, strerror(-rc));
+	}
+	free_names(names, count);
+}
+
 static int publish(struct vp_ns *ns, struct flush_op *op, char *where, size_t wlen)
 {
 	struct vp_node *n = op->node;
 	struct vp_flush *f = &ns->flush;
 	char dpath[PATH_MAX];
+	struct pfs_name *names = NULL;
+	size_t nnames;
 	int dfd, rc = 0;
 
 	pthread_mutex_lock(&ns->pfs_lock);
@@ -327,11 +522,16 @@ static int publish(struct vp_ns *ns, struct flush_op *op, char *where, size_t wl
 		rc = dfd;
 		goto out_unlock;
 	}
+	nnames = link_places_locked(ns, n, &names);
 	pthread_mutex_unlock(&ns->lock);
 	if (renameat(ns->staging_fd, op->stage_name, dfd, n->pfs_name))
 		rc = -errno;
 	else if (fsync(dfd))
 		rc = -errno;
+	if (!rc)	/* the rename replaced the file its other names were links of */
+		relink_names(ns, n, dfd, n->pfs_name, names, nnames, op->seq);
+	else
+		free_names(names, nnames);
 	close(dfd);
 	pthread_mutex_lock(&ns->lock);
 	if (!rc) {
@@ -483,6 +683,37 @@ place:
 	return 0;
 }
 
+/*
+ * A new name of an inode: a link on the PFS to the inode's PFS file, if
+ * it has one yet (else its DATA entry's publish links every name).
+ */
+static int replay_link(struct vp_ns *ns, struct flush_op *op,
+		       const struct replay_dirs *r)
+{
+	struct vp_node *inode = op->node->inode;
+	char spath[PATH_MAX], sname[VP_NAME_MAX + 1], tmp[64];
+	int sdir, rc;
+
+	if (r->dfd < 0)
+		return r->dfd;
+	pthread_mutex_lock(&ns->lock);
+	rc = !inode->pfs_parent ||
+	     (inode->type == VP_NODE_FILE && inode->pfs_version == VP_NO_VERSION) ? 1 :
+	     vp_pfs_path_locked(ns, inode->pfs_parent, spath, sizeof(spath));
+	if (!rc)
+		snprintf(sname, sizeof(sname), "%s", inode->pfs_name);
+	pthread_mutex_unlock(&ns->lock);
+	if (rc)
+		return rc > 0 ? 0 : rc;
+	sdir = vp_pfs_open_dir(ns->pfs_root_fd, spath);
+	if (sdir < 0)
+		return sdir;
+	snprintf(tmp, sizeof(tmp), "%" PRIu64 "-%" PRIu64 ".lnk", op->seq, inode->ino);
+	rc = pfs_link(ns, inode->type, sdir, sname, r->dfd, op->name, tmp);
+	close(sdir);
+	return rc;
+}
+
 static int replay_rename(struct flush_op *op, const struct replay_dirs *r)
 {
 	if (r->dfd < 0)
@@ -572,6 +803,7 @@ static void replay_places_locked(struct vp_ns *ns, struct flush_op *op)
 	case OP_MKDIR:
 	case OP_SYMLINK:
 	case OP_MKNOD:
+	case OP_LINK:
 		set_place_locked(ns, n, op->parent, op->name);
 		break;
 	case OP_RENAME:
@@ -582,6 +814,14 @@ static void replay_places_locked(struct vp_ns *ns, struct flush_op *op)
 		set_place_locked(ns, n, op->parent, op->name);
 		break;
 	case OP_UNLINK:
+		if (op->victim) {	/* an inode's own name went: it takes victim's place */
+			uint64_t version = n->pfs_version;
+
+			set_place_locked(ns, n, op->victim->pfs_parent, op->victim->pfs_name);
+			set_place_locked(ns, op->victim, NULL, NULL);
+			n->pfs_version = n->pfs_parent ? version : VP_NO_VERSION;
+			break;
+		}
 		set_place_locked(ns, n, NULL, NULL);
 		n->pfs_version = VP_NO_VERSION;
 		break;
@@ -611,6 +851,9 @@ static int replay_meta(struct vp_ns *ns, struct flush_op *op, char *where,
 	case OP_RENAME:
 		rc = replay_rename(op, &r);
 		break;
+	case OP_LINK:
+		rc = replay_link(ns, op, &r);
+		break;
 	case OP_UNLINK:
 		rc = replay_unlink(op, &r);
 		break;
@@ -637,7 +880,7 @@ static const char *op_verb(enum flush_op_type t)
 	static const char *const verbs[] = {
 		[OP_MKDIR] = "mkdir", [OP_DATA] = "flush", [OP_SYMLINK] = "symlink",
 		[OP_RENAME] = "rename", [OP_UNLINK] = "unlink", [OP_ATTR] = "chmod",
-		[OP_MKNOD] = "mknod",
+		[OP_MKNOD] = "mknod", [OP_LINK] = "link",
 	};
 	return verbs[t];
 }

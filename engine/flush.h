@@ -6,9 +6,9 @@
  * and only starts and stops the threads here; they call into the
  * namespace's internals (nodes, PFS places, the LRU), never the reverse.
  *
- * DESIGN: every namespace change (mkdir, symlink, rename, unlink, attribute
- * change) and every committed file version is appended to one log, in
- * order.  The dispatcher thread replays the log on the PFS strictly in
+ * DESIGN: every namespace change (mkdir, symlink, mknod, link, rename,
+ * unlink, attribute change) and every committed file version is appended
+ * to one log, in order.  The dispatcher thread replays the log on the PFS strictly in
  * order, so the PFS always shows a state the mount went through (with
  * coalesced file contents), whatever crashes or fails.
  *
@@ -51,7 +51,7 @@ struct vp_node;
 struct vp_ns;
 
 enum flush_op_type { OP_MKDIR, OP_DATA, OP_SYMLINK, OP_RENAME, OP_UNLINK,
-		     OP_ATTR, OP_MKNOD };
+		     OP_ATTR, OP_MKNOD, OP_LINK };
 
 enum flush_op_state { OPS_QUEUED, OPS_PREPARING, OPS_PREPARED, OPS_FAILED };
 
@@ -62,9 +62,10 @@ struct flush_op {
 	enum flush_op_type type;
 	enum flush_op_state state;
 	struct vp_node *node;		/* ref */
-	struct vp_node *parent;		/* ref: new place (MKDIR, SYMLINK, RENAME, DATA) */
+	struct vp_node *parent;		/* ref: new place (MKDIR, SYMLINK, MKNOD, LINK, RENAME, DATA) */
 	char *name;
-	struct vp_node *victim;		/* ref: RENAME's replaced node */
+	/* ref: RENAME's replaced node; UNLINK: the link node whose place the inode takes */
+	struct vp_node *victim;
 	/* DATA: the version to write; may be swapped for a newer one while QUEUED */
 	struct vp_data *data;		/* ref, NULL: cancelled */
 	uint64_t version, epoch;

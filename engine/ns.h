@@ -130,6 +130,15 @@ int vp_ns_mknod(struct vp_ns *ns, const struct vp_caller *who, uint64_t parent,
 int vp_ns_symlink(struct vp_ns *ns, const struct vp_caller *who,
 		  uint64_t parent, const char *name, const char *target,
 		  struct stat *st);
+/*
+ * link(2): a new name newparent/newname for the file, symlink or special
+ * node ino (a hard link; the inode's versions are seen under all its
+ * names).  st: the inode's attributes, with the kernel's lookup counted.
+ * -EPERM for a directory, -ENOENT for a node with no name left, -EEXIST,
+ * -EMLINK past VP_LINK_MAX names; on a consumer -EROFS.
+ */
+int vp_ns_link(struct vp_ns *ns, const struct vp_caller *who, uint64_t ino,
+	       uint64_t newparent, const char *newname, struct stat *st);
 /* Copies the target, NUL-terminated, into buf of size len. */
 int vp_ns_readlink(struct vp_ns *ns, uint64_t ino, char *buf, size_t len);
 int vp_ns_unlink(struct vp_ns *ns, const struct vp_caller *who,
@@ -200,6 +209,12 @@ struct vp_ns_kernel {
 	void (*inval_entry)(void *arg, uint64_t parent, const char *name);
 	/* The kernel's cached attributes of ino are stale.  Same rule. */
 	void (*inval_attr)(void *arg, uint64_t ino);
+	/*
+	 * inval_entry, sent before it returns.  Called with no lock held, by
+	 * a thread that serves no request (the consumer's installer); may be
+	 * NULL (inval_entry then).
+	 */
+	void (*inval_entry_now)(void *arg, uint64_t parent, const char *name);
 };
 /* Set before the mount serves. */
 void vp_ns_set_kernel(struct vp_ns *ns, const struct vp_ns_kernel *ops, void *arg);
@@ -362,11 +377,13 @@ uint64_t vp_ns_event_seq(struct vp_ns *ns);
  * observer that keeps d takes its own reference.  ino is this node's own
  * name for it; other nodes know the file by its path.
  */
-enum vp_entry_type { VP_ENTRY_DIR, VP_ENTRY_FILE, VP_ENTRY_SYMLINK, VP_ENTRY_SPECIAL };
+/* LINK: another name (path) of the node at target (a hard link) */
+enum vp_entry_type { VP_ENTRY_DIR, VP_ENTRY_FILE, VP_ENTRY_SYMLINK, VP_ENTRY_SPECIAL,
+		     VP_ENTRY_LINK };
 struct vp_ns_entry {
 	enum vp_entry_type type;
 	const char *path;		/* the live path, without a leading '/' */
-	const char *target;		/* a symlink's target, else NULL */
+	const char *target;		/* a symlink's target, a link's node's path, else NULL */
 	uint64_t ino;
 	uint32_t mode;
 	uint64_t rdev;			/* a special node's device number */
@@ -556,7 +573,8 @@ int vp_ns_recover(struct vp_ns *ns, const char *path, struct vp_data *d,
 		  uint64_t version, uint64_t had, uint32_t mode, int64_t mtime_ns);
 
 /*
- * Calls cb for every directory (parents first), file and symlink, with
+ * Calls cb for every directory (parents first), file, symlink and special
+ * node, then for every other name of a node (VP_ENTRY_LINK), with
  * ns->lock held: cb must only copy and take references.
  * d is the file's cached bytes, or NULL when they are only on the PFS.
  */

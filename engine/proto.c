@@ -439,7 +439,8 @@ static int op_check(const struct vp_msg *m)
 	if (vp_proto_check_path(m->u.op.path) ||
 	    m->u.op.kind < VP_OP_MKDIR || m->u.op.kind > VP_OP_LAST ||
 	    (m->u.op.kind == VP_OP_MKNOD && !vp_proto_special_mode(m->u.op.mode)) ||
-	    (m->u.op.kind == VP_OP_RENAME && vp_proto_check_path(m->u.op.path2)) ||
+	    ((m->u.op.kind == VP_OP_RENAME || m->u.op.kind == VP_OP_LINK) &&
+	     vp_proto_check_path(m->u.op.path2)) ||
 	    (m->u.op.kind == VP_OP_SYMLINK && !m->u.op.path2[0]))
 		return -EINVAL;
 	return 0;
@@ -457,6 +458,8 @@ static void op_get_tail(struct rd *r, struct vp_msg *m)
 		r->err = "bad path";
 	else if (m->u.op.kind == VP_OP_RENAME && vp_proto_check_path(m->u.op.path2))
 		r->err = "bad rename target";
+	else if (m->u.op.kind == VP_OP_LINK && vp_proto_check_path(m->u.op.path2))
+		r->err = "bad link target";
 	else if (m->u.op.kind == VP_OP_SYMLINK && !m->u.op.path2[0])
 		r->err = "empty symlink target";
 	else if (m->u.op.kind != VP_OP_MKNOD && (m->u.op.mode & S_IFMT_MASK))

@@ -55,7 +55,7 @@
 #include <sys/types.h>
 
 #define VP_PROTO_MAGIC 0x31525056u	/* "VPR1" */
-#define VP_PROTO_VERSION 6		/* 2: per-chunk hashes in ANNOUNCE; 3: relay; 4: sealed sessions, relay edge keys; 5: epochs, recovery; 6: special nodes (MKNOD) */
+#define VP_PROTO_VERSION 7		/* 2: per-chunk hashes in ANNOUNCE; 3: relay; 4: sealed sessions, relay edge keys; 5: epochs, recovery; 6: special nodes (MKNOD); 7: hard links (LINK) */
 #define VP_PROTO_HDR 20
 #define VP_PROTO_NONCE 16
 #define VP_PROTO_MAC 32			/* HMAC-SHA256 */
@@ -75,8 +75,9 @@ enum vp_op_kind { VP_OP_MKDIR = 1, VP_OP_RENAME, VP_OP_UNLINK, VP_OP_RMDIR,
 		  VP_OP_SYMLINK,
 		  VP_OP_KEEP,	/* catch-up: the path exists on the producer (e.g. on the PFS only) */
 		  VP_OP_MKNOD,	/* a FIFO, socket or device node: mode with its type, rdev */
+		  VP_OP_LINK,	/* a hard link: path a new name of the node at path2 */
 };
-#define VP_OP_LAST VP_OP_MKNOD
+#define VP_OP_LAST VP_OP_LINK
 
 /*
  * ANNOUNCE flags.  PREVIEW: the full chunks written so far of a version

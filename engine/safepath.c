@@ -121,6 +121,25 @@ int vp_safepath_rename(int root_fd, const char *from, const char *to)
 	return rc;
 }
 
+int vp_safepath_link(int root_fd, const char *from, const char *to)
+{
+	const char *lfrom, *lto;
+	int ffd = vp_safepath_parent(root_fd, from, &lfrom), tfd, rc = 0;
+
+	if (ffd < 0)
+		return ffd;
+	tfd = vp_safepath_parent(root_fd, to, &lto);
+	if (tfd < 0) {
+		close(ffd);
+		return tfd;
+	}
+	if (linkat(ffd, lfrom, tfd, lto, 0))	/* no AT_SYMLINK_FOLLOW: a symlink gets the link */
+		rc = -errno;
+	close(tfd);
+	close(ffd);
+	return rc;
+}
+
 int vp_safepath_symlink(int root_fd, const char *target, const char *path)
 {
 	const char *leaf;

@@ -38,6 +38,8 @@ int vp_safepath_mknod(int root_fd, const char *path, mode_t mode, dev_t rdev);
 /* flags: 0 or AT_REMOVEDIR. */
 int vp_safepath_unlink(int root_fd, const char *path, int flags);
 int vp_safepath_rename(int root_fd, const char *from, const char *to);
+/* A hard link: to becomes another name of the node at from (never followed). */
+int vp_safepath_link(int root_fd, const char *from, const char *to);
 /* A symlink at path with target as it came (not followed, not checked). */
 int vp_safepath_symlink(int root_fd, const char *target, const char *path);
 /* openat(O_NOFOLLOW | O_CLOEXEC | flags) of path; returns the fd or -errno. */

@@ -162,9 +162,23 @@ static void *notifier_main(void *arg)
 	return NULL;
 }
 
+/* No request is served by the caller (ns.h): the kernel may take the directory's lock. */
+static void send_inval_entry(void *arg, uint64_t parent, const char *name)
+{
+	int stop;
+
+	(void)arg;
+	pthread_mutex_lock(&ll.lock);
+	stop = ll.stop;
+	pthread_mutex_unlock(&ll.lock);
+	if (!stop && ll.se)
+		fuse_lowlevel_notify_inval_entry(ll.se, parent, name, strlen(name));
+}
+
 static const struct vp_ns_kernel kernel_ops = {
 	.inval_entry = queue_inval_entry,
 	.inval_attr = queue_inval_attr,
+	.inval_entry_now = send_inval_entry,
 };
 
 int vpfs_ll_start(struct fuse_session *se, struct vp_ns *ns)
@@ -464,10 +478,11 @@ static void vpfs_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
 static void vpfs_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent,
 		      const char *newname)
 {
-	(void)ino;
-	(void)newparent;
-	(void)newname;
-	reply_err(req, -EPERM);	/* hard links: not supported, as on many FUSE file systems */
+	const struct vp_caller who = caller_of(req);
+	struct stat st;
+	int rc = vp_ns_link(ns_of(req), &who, ino, newparent, newname, &st);
+
+	reply_entry(req, rc, &st);
 }
 
 /*

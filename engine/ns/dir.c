@@ -107,9 +107,15 @@ static void apply_attrs_locked(struct vp_ns *ns, struct vp_node *n,
 		if (n->parent || n == ns->root)
 			vp_flush_log_locked(ns, OP_ATTR, n, NULL, NULL, NULL);
 	}
-	/* a special node's mode reaches consumers as the node made again */
-	if (sa->set_mode && n->type == VP_NODE_SPECIAL && n->parent)
+	/* a special node's mode reaches consumers as the node made again, and its other names linked again */
+	if (sa->set_mode && n->type == VP_NODE_SPECIAL && n->parent) {
+		struct vp_node *l;
+
 		vp_note_op_locked(ns, VP_OP_MKNOD, n, NULL, NULL);
+		LIST_FOREACH(l, &n->links, link_link)
+			if (l->parent)
+				vp_note_op_locked(ns, VP_OP_LINK, l, NULL, NULL);
+	}
 }
 
 /* The mode a write by an unprivileged caller leaves: no setuid, no setgid where group may execute. */
@@ -325,10 +331,7 @@ static int remove_entry(struct vp_ns *ns, const struct vp_caller *who,
 	} else if (want_dir && n->nchildren) {
 		rc = -ENOTEMPTY;
 	} else {
-		vp_flush_cancel_locked(ns, n);
-		vp_flush_log_locked(ns, OP_UNLINK, n, NULL, NULL, NULL);
-		vp_note_op_locked(ns, want_dir ? VP_OP_RMDIR : VP_OP_UNLINK, n, NULL, NULL);
-		vp_node_unlink_locked(ns, n);
+		vp_node_remove_name_locked(ns, n, want_dir ? VP_OP_RMDIR : VP_OP_UNLINK);
 	}
 out_unlock:
 	vp_node_put(ns, n);
@@ -388,8 +391,8 @@ static int rename_check_locked(struct vp_ns *ns, struct vp_node *dir,
 		rc = vp_reserved_name_locked(ns, newdir, newname);
 	if (rc)
 		return rc;
-	if (victim == n)
-		return 1;
+	if (victim && vp_node_inode(victim) == vp_node_inode(n))
+		return 1;	/* two names of one inode: rename does nothing (POSIX) */
 	if (victim && (flags & 1))
 		return -EEXIST;
 	if (n->type == VP_NODE_DIR)
@@ -406,18 +409,37 @@ static void rename_apply_locked(struct vp_ns *ns, const struct vp_caller *who,
 				struct vp_node *n, struct vp_node *newdir,
 				char *newname, struct vp_node *victim)
 {
+	/* any name of a file: its count goes on */
+	int victim_file = victim && vp_node_inode(victim)->type == VP_NODE_FILE;
+	uint64_t victim_version = victim_file ? vp_node_inode(victim)->version : 0;
+
 	VP_ASSERT_LOCKED(&ns->lock);
+	if (victim && ns->replica && vp_is_installer_locked(ns, who) && n->type == VP_NODE_FILE &&
+	    vp_node_inode(victim)->type == VP_NODE_FILE && vp_node_inode(victim) != n &&
+	    vp_node_nlink_locked(ns, vp_node_inode(victim)) > 1)
+		vp_node_take_names_locked(ns, n, victim);	/* a new version under every name */
+	if (victim && victim->type != VP_NODE_LINK && vp_node_other_name_locked(victim)) {
+		/*
+		 * An inode with other names: only this name goes (the inode
+		 * takes another's place), logged as an unlink before the rename.
+		 */
+		vp_node_remove_name_locked(ns, victim, VP_OP_UNLINK);
+		victim = NULL;
+	}
 	vp_flush_log_locked(ns, OP_RENAME, n, newdir, newname, victim);
 	vp_note_op_locked(ns, VP_OP_RENAME, n, newdir, newname);
 	if (victim) {
-		vp_flush_cancel_locked(ns, victim);
+		if (victim->type != VP_NODE_LINK)
+			vp_flush_cancel_locked(ns, victim);
 		vp_node_unlink_locked(ns, victim);
+		vp_node_inode(victim)->ctime = vp_wall_now();
 	}
 	/* versions are per path: a file renamed over another continues its count */
-	if (victim && victim->type == VP_NODE_FILE && n->type == VP_NODE_FILE &&
-	    n->version <= victim->version && !vp_is_installer_locked(ns, who))
-		n->version = victim->version + 1;
+	if (victim_file && n->type == VP_NODE_FILE &&
+	    n->version <= victim_version && !vp_is_installer_locked(ns, who))
+		n->version = victim_version + 1;
 	vp_node_detach_locked(ns, n);
+	vp_node_inode(n)->ctime = n->ctime;	/* a link node's rename changes its inode */
 	vp_node_link_name_locked(ns, newdir, n, newname);
 	vp_event_renamed_locked(ns, who, n);
 }
@@ -492,6 +514,50 @@ out_put_dir:
 	return rc;
 }
 
+int vp_ns_link(struct vp_ns *ns, const struct vp_caller *who, uint64_t ino,
+	       uint64_t newparent, const char *newname, struct stat *st)
+{
+	struct vp_node *dir, *n, *l = NULL;
+	int rc = vp_ns_prepare_new(ns, who, newparent, newname, &dir);
+
+	if (rc)
+		return rc;	/* ns->lock is held from here on */
+	n = vp_node_find_locked(ns, ino);
+	if (!n) {
+		struct vp_alias *a = vp_alias_find_locked(ns, ino);
+
+		n = a ? a->node : NULL;	/* a re-keyed inode: the node it is now */
+	}
+	if (!n)
+		rc = -ESTALE;
+	else if (n->type == VP_NODE_DIR)
+		rc = -EPERM;	/* no hard links to directories (POSIX allows it, Linux does not) */
+	else if (!n->parent)
+		rc = -ENOENT;	/* no name left: the kernel's rule for an unlinked file */
+	else if (vp_node_nlink_locked(ns, n) >= VP_LINK_MAX)
+		rc = -EMLINK;
+	else if (!(l = vp_link_new_locked(ns, n)))
+		rc = -ENOMEM;
+	else
+		rc = vp_node_link_locked(ns, dir, l, newname);
+	if (rc) {
+		if (l)
+			vp_node_put(ns, l);
+		goto out_unlock;
+	}
+	n->ctime = vp_wall_now();
+	vp_flush_log_locked(ns, OP_LINK, l, dir, newname, NULL);
+	vp_note_op_locked(ns, VP_OP_LINK, l, NULL, NULL);
+	vp_event_record_locked(ns, l);	/* the new name holds the inode's version */
+	vp_node_get(n);		/* the kernel's lookup */
+	n->nlookup++;
+	vp_node_stat_locked(ns, n, st);
+out_unlock:
+	vp_node_put(ns, dir);
+	pthread_mutex_unlock(&ns->lock);
+	return rc;
+}
+
 int vp_ns_fsyncdir(struct vp_ns *ns, uint64_t ino)
 {
 	struct vp_flush_progress p;
@@ -535,7 +601,7 @@ int vp_ns_opendir(struct vp_ns *ns, uint64_t ino, struct vp_dir **dp)
 	     c = LIST_NEXT(c, sib_link)) {
 		if (dir == ns->root && ns->replica && !strcmp(c->name, VP_INCOMING_DIR))
 			continue;	/* hidden: watchers must never add a watch there */
-		d->ents[i].ino = c->ino;
+		d->ents[i].ino = vp_node_inode(c)->ino;	/* a link node's inode may be re-keyed */
 		d->ents[i].type = c->mode & S_IFMT;
 		d->ents[i++].name = strdup(c->name);
 	}

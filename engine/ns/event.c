@@ -124,6 +124,12 @@ void vp_installs_release(struct vp_ns *ns)
 {
 	struct install *in;
 
+	for (size_t i = 0; i < ns->nstale_names; i++)
+		free(ns->stale_names[i].name);
+	free(ns->stale_names);
+	ns->stale_names = NULL;
+	ns->nstale_names = ns->cap_stale_names = 0;
+
 	while ((in = LIST_FIRST(&ns->installs))) {
 		LIST_REMOVE(in, link);
 		vp_install_free(in);
@@ -189,10 +195,11 @@ static void record_event_at_locked(struct vp_ns *ns, struct vp_node *n,
 {
 	struct vp_events *ev = &ns->events;
 	char path[PATH_MAX], *copy;
+	struct vp_node *inode = vp_node_inode(n);
 	struct vp_event_rec *e;
 
 	VP_ASSERT_LOCKED(&ns->lock);
-	if (n->type != VP_NODE_FILE || vp_live_path_locked(ns, n, path, sizeof(path)) ||
+	if (inode->type != VP_NODE_FILE || vp_live_path_locked(ns, n, path, sizeof(path)) ||
 	    !strncmp(path, VP_INCOMING_DIR "/", sizeof(VP_INCOMING_DIR)))
 		return;
 	copy = strdup(path);
@@ -202,8 +209,8 @@ static void record_event_at_locked(struct vp_ns *ns, struct vp_node *n,
 	e->path = copy;
 	if (copy) {
 		e->seq = ++ev->seq;
-		e->version = n->version;
-		e->size = n->size;
+		e->version = inode->version;
+		e->size = inode->size;
 		e->time = when;
 		pthread_cond_broadcast(&ev->cond);
 	}
@@ -212,8 +219,15 @@ static void record_event_at_locked(struct vp_ns *ns, struct vp_node *n,
 
 void vp_event_record_locked(struct vp_ns *ns, struct vp_node *n)
 {
+	double now = vp_wall_seconds();
+	struct vp_node *l;
+
 	VP_ASSERT_LOCKED(&ns->lock);
-	record_event_at_locked(ns, n, vp_wall_seconds());
+	record_event_at_locked(ns, n, now);
+	if (n->type != VP_NODE_LINK)	/* an inode's version is new under each of its names */
+		LIST_FOREACH(l, &n->links, link_link)
+			if (l->parent)
+				record_event_at_locked(ns, l, now);
 }
 
 void vp_event_renamed_locked(struct vp_ns *ns, const struct vp_caller *who,
@@ -226,16 +240,45 @@ void vp_event_renamed_locked(struct vp_ns *ns, const struct vp_caller *who,
 		ns->deferred_at[ns->ndeferred] = vp_wall_seconds();
 		ns->deferred[ns->ndeferred++] = n;
 	} else {
-		vp_event_record_locked(ns, n);
+		record_event_at_locked(ns, n, vp_wall_seconds());	/* this name only */
 	}
+}
+
+/* Tells the kernel of the names installs gave new inodes, now.  No lock held. */
+static void send_stale_names(struct vp_ns *ns)
+{
+	struct vp_stale_name *names;
+	size_t count;
+
+	pthread_mutex_lock(&ns->lock);
+	names = ns->stale_names;
+	count = ns->nstale_names;
+	ns->stale_names = NULL;
+	ns->nstale_names = ns->cap_stale_names = 0;
+	pthread_mutex_unlock(&ns->lock);
+	for (size_t i = 0; i < count; i++) {
+		if (ns->kernel && ns->kernel->inval_entry_now)
+			ns->kernel->inval_entry_now(ns->kernel_arg, names[i].parent, names[i].name);
+		else if (ns->kernel && ns->kernel->inval_entry)
+			ns->kernel->inval_entry(ns->kernel_arg, names[i].parent, names[i].name);
+		free(names[i].name);
+	}
+	free(names);
 }
 
 void vp_ns_installed(struct vp_ns *ns)
 {
+	send_stale_names(ns);	/* first: a watcher told of a name opens the new inode */
 	pthread_mutex_lock(&ns->lock);
 	for (unsigned int i = 0; i < ns->ndeferred; i++) {
+		struct vp_node *l;
+
 		/* stamped with the rename's time: the version was in place then */
 		record_event_at_locked(ns, ns->deferred[i], ns->deferred_at[i]);
+		if (ns->deferred[i]->type != VP_NODE_LINK)	/* and under its other names */
+			LIST_FOREACH(l, &ns->deferred[i]->links, link_link)
+				if (l->parent)
+					record_event_at_locked(ns, l, ns->deferred_at[i]);
 		vp_node_put(ns, ns->deferred[i]);
 	}
 	ns->ndeferred = 0;
@@ -305,16 +348,30 @@ out_unlock:
 }
 
 
+/* links: only the link nodes (a second walk, after every node they name) */
 static void snapshot_locked(struct vp_ns *ns, struct vp_node *dir,
-			    vp_ns_snapshot_cb cb, void *arg)
+			    vp_ns_snapshot_cb cb, void *arg, int links)
 {
-	char path[PATH_MAX];
+	char path[PATH_MAX], target[PATH_MAX];
 
 	VP_ASSERT_LOCKED(&ns->lock);
 	for (struct vp_node *c = LIST_FIRST(&dir->children); c;
 	     c = LIST_NEXT(c, sib_link)) {
 		if (vp_live_path_locked(ns, c, path, sizeof(path)))
 			continue;
+		if (links || c->type == VP_NODE_LINK) {
+			struct vp_ns_entry e = {
+				.type = VP_ENTRY_LINK, .path = path, .target = target,
+				.ino = c->inode ? c->inode->ino : c->ino, .mode = c->mode,
+			};
+
+			if (c->type == VP_NODE_DIR)
+				snapshot_locked(ns, c, cb, arg, links);
+			else if (links && c->type == VP_NODE_LINK &&
+				 !vp_live_path_locked(ns, c->inode, target, sizeof(target)))
+				cb(arg, &e);
+			continue;
+		}
 		struct vp_ns_entry e = {
 			.path = path, .ino = c->ino, .mode = c->mode,
 			.mtime_ns = vp_ts_ns(c->mtime),
@@ -323,7 +380,7 @@ static void snapshot_locked(struct vp_ns *ns, struct vp_node *dir,
 		if (c->type == VP_NODE_DIR) {
 			e.type = VP_ENTRY_DIR;
 			cb(arg, &e);
-			snapshot_locked(ns, c, cb, arg);
+			snapshot_locked(ns, c, cb, arg, 0);
 		} else if (c->type == VP_NODE_SYMLINK) {
 			e.type = VP_ENTRY_SYMLINK;
 			e.target = c->symlink;
@@ -345,6 +402,7 @@ static void snapshot_locked(struct vp_ns *ns, struct vp_node *dir,
 void vp_ns_snapshot(struct vp_ns *ns, vp_ns_snapshot_cb cb, void *arg)
 {
 	pthread_mutex_lock(&ns->lock);
-	snapshot_locked(ns, ns->root, cb, arg);
+	snapshot_locked(ns, ns->root, cb, arg, 0);
+	snapshot_locked(ns, ns->root, cb, arg, 1);
 	pthread_mutex_unlock(&ns->lock);
 }

@@ -213,6 +213,7 @@ out_unlock:
 struct dir_load {
 	struct pfs_entry *ents;
 	size_t count;
+	int names_elsewhere;		/* a file has names on the PFS not in the tree yet */
 };
 
 static int dir_done_locked(struct vp_ns *ns, struct vp_node *dir, void *arg)
@@ -245,16 +246,89 @@ static int dir_read(struct vp_ns *ns, const char *path, void *arg)
 	return rc;
 }
 
-/* A node for PFS entry e, linked in dir at its PFS place.  0 or -ENOMEM. */
+static size_t pfs_ino_bucket(dev_t dev, ino_t ino)
+{
+	return (size_t)(((uint64_t)dev * 1099511628211ULL ^ (uint64_t)ino) % VP_PFS_INO_BUCKETS);
+}
+
+/* The node loaded from the PFS inode (dev, ino) that still has a name, or NULL. */
+static struct vp_node *pfs_ino_find_locked(struct vp_ns *ns, dev_t dev, ino_t ino)
+{
+	struct vp_node *n;
+
+	VP_ASSERT_LOCKED(&ns->lock);
+	if (!ns->by_pfs_ino)
+		return NULL;
+	LIST_FOREACH(n, &ns->by_pfs_ino[pfs_ino_bucket(dev, ino)], pfs_ino_link)
+		if (n->pfs_dev == dev && n->pfs_ino == ino && n->parent)
+			break;
+	return n;
+}
+
+/* Remembers that n was loaded from the PFS inode (dev, ino), which has other names. */
+static void pfs_ino_add_locked(struct vp_ns *ns, struct vp_node *n, dev_t dev, ino_t ino)
+{
+	VP_ASSERT_LOCKED(&ns->lock);
+	if (!ns->by_pfs_ino &&
+	    !(ns->by_pfs_ino = calloc(VP_PFS_INO_BUCKETS, sizeof(*ns->by_pfs_ino))))
+		return;		/* its other names load as files of their own */
+	n->pfs_dev = dev;
+	n->pfs_ino = ino;
+	n->in_pfs_ino = 1;
+	LIST_INSERT_HEAD(&ns->by_pfs_ino[pfs_ino_bucket(dev, ino)], n, pfs_ino_link);
+}
+
+/*
+ * PFS entry e is another name of inode (a hard link there): a link node in
+ * dir at its PFS place.  If the inode has had a new version flushed since
+ * it was loaded, this name on the PFS still holds the old file: it is
+ * linked again.  0 or -ENOMEM.
+ */
+static int add_link_locked(struct vp_ns *ns, struct vp_node *dir,
+			   struct vp_node *inode, struct pfs_entry *e)
+{
+	struct vp_node *l = vp_link_new_locked(ns, inode);
+
+	VP_ASSERT_LOCKED(&ns->lock);
+	if (!l)
+		return -ENOMEM;
+	vp_node_get(dir);
+	l->pfs_parent = dir;
+	l->pfs_name = strdup(e->name);
+	if (!l->pfs_name || vp_node_link_locked(ns, dir, l, e->name)) {
+		l->parent = NULL;
+		vp_node_put(ns, l);
+		return -ENOMEM;
+	}
+	if (inode->type == VP_NODE_FILE && e->version != inode->pfs_version)
+		vp_flush_log_locked(ns, OP_LINK, l, dir, e->name, NULL);
+	return 0;
+}
+
+/*
+ * A node for PFS entry e, linked in dir at its PFS place; or, for another
+ * name of a PFS inode already loaded, a link node of its node.  0 or
+ * -ENOMEM.
+ */
 static int add_entry_locked(struct vp_ns *ns, struct vp_node *dir,
 			    struct pfs_entry *e)
 {
 	enum vp_node_type type = S_ISDIR(e->st.st_mode) ? VP_NODE_DIR :
 		S_ISLNK(e->st.st_mode) ? VP_NODE_SYMLINK :
 		S_ISREG(e->st.st_mode) ? VP_NODE_FILE : VP_NODE_SPECIAL;
+	int linked = type != VP_NODE_DIR && e->st.st_nlink > 1;
 	struct vp_node *n;
 
 	VP_ASSERT_LOCKED(&ns->lock);
+	/*
+	 * Even with one link left: a new version flushed under the node's
+	 * own name replaced its file there, and this name holds the old one.
+	 */
+	if (type != VP_NODE_DIR) {
+		n = pfs_ino_find_locked(ns, e->st.st_dev, e->st.st_ino);
+		if (n && n->type == type)
+			return add_link_locked(ns, dir, n, e);
+	}
 	n = vp_node_new_locked(ns, type, e->st.st_mode, e->st.st_uid,
 			       e->st.st_gid);
 	if (!n)
@@ -278,6 +352,8 @@ static int add_entry_locked(struct vp_ns *ns, struct vp_node *dir,
 		vp_node_put(ns, n);
 		return -ENOMEM;
 	}
+	if (linked)
+		pfs_ino_add_locked(ns, n, e->st.st_dev, e->st.st_ino);
 	return 0;
 }
 
@@ -295,9 +371,18 @@ static int dir_install_locked(struct vp_ns *ns, struct vp_node *dir,
 		dir->loaded = 1;
 		return 0;
 	}
-	for (size_t i = 0; i < dl->count && !rc; i++)
-		if (!vp_node_child_locked(ns, dir, dl->ents[i].name))
-			rc = add_entry_locked(ns, dir, &dl->ents[i]);
+	for (size_t i = 0; i < dl->count && !rc; i++) {
+		struct pfs_entry *e = &dl->ents[i];
+		struct vp_node *n;
+
+		if (vp_node_child_locked(ns, dir, e->name))
+			continue;
+		rc = add_entry_locked(ns, dir, e);
+		n = rc || S_ISDIR(e->st.st_mode) || e->st.st_nlink < 2 ? NULL :
+			vp_node_inode(vp_node_child_locked(ns, dir, e->name));
+		if (n && vp_node_nlink_locked(ns, n) < e->st.st_nlink)
+			dl->names_elsewhere = 1;
+	}
 	if (!rc)
 		dir->loaded = 1;
 	return rc;
@@ -311,9 +396,27 @@ static const struct pfs_loader dir_loader = {
 };
 
 /* A PFS that cannot be read is an -EIO. */
+/*
+ * A PFS file with names in directories not read yet: the whole tree is
+ * read now, once, so that its link count and every name are known (tar
+ * -H, rsync -H and find -links trust st_nlink) and a new version reaches
+ * every name on the PFS.  A load that comes meanwhile does not wait for it.
+ */
+static void load_other_names(struct vp_ns *ns)
+{
+	static struct vp_ratelimit rl = VP_RATELIMIT_INIT(1, 3600.0);
+
+	if (__atomic_exchange_n(&ns->loading_names, 1, __ATOMIC_ACQ_REL))
+		return;		/* under way (this is part of it, or another thread's) */
+	vp_log_limited(&rl, LOG_INFO, "fs", "a file on the PFS '%s' has hard links in directories not read yet: reading the whole PFS tree once",
+		       ns->pfs_dir);
+	vp_ns_load_tree(ns, ns->root);
+	__atomic_store_n(&ns->loading_names, 0, __ATOMIC_RELEASE);
+}
+
 int vp_ns_load_dir(struct vp_ns *ns, struct vp_node *dir)
 {
-	struct dir_load dl = { NULL, 0 };
+	struct dir_load dl = { NULL, 0, 0 };
 	int rc = pfs_load(ns, dir, &dir_loader, &dl);
 
 	for (size_t i = 0; i < dl.count; i++) {
@@ -321,6 +424,8 @@ int vp_ns_load_dir(struct vp_ns *ns, struct vp_node *dir)
 		free(dl.ents[i].target);
 	}
 	free(dl.ents);
+	if (!rc && dl.names_elsewhere)
+		load_other_names(ns);
 	return rc;
 }
 
@@ -411,6 +516,13 @@ struct vp_node *vp_resolve_loading(struct vp_ns *ns, const char *path)
 		}
 		vp_node_put_unlocked(ns, n);
 		n = c;
+	}
+	if (n && n->type == VP_NODE_LINK) {	/* the name's inode */
+		struct vp_node *inode = n->inode;
+
+		vp_node_get(inode);	/* n's reference holds it meanwhile */
+		vp_node_put_unlocked(ns, n);
+		n = inode;
 	}
 	return n;
 }

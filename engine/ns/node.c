@@ -45,9 +45,17 @@ void vp_node_put(struct vp_ns *ns, struct vp_node *n)
 		struct vp_node *pfs_parent = n->pfs_parent;
 
 		assert(!n->parent);
-		LIST_REMOVE(n, ino_link);
-		ns->nnodes--;
+		assert(!LIST_FIRST(&n->links));	/* each holds a ref */
+		if (n->type == VP_NODE_LINK) {
+			LIST_REMOVE(n, link_link);
+			vp_node_put(ns, n->inode);	/* not a link: no deeper */
+		} else {
+			LIST_REMOVE(n, ino_link);
+			ns->nnodes--;
+		}
 		vp_lru_del_locked(ns, n);
+		if (n->in_pfs_ino)
+			LIST_REMOVE(n, pfs_ino_link);
 		vp_data_put(n->cur);
 		vp_data_put(n->work);
 		vp_node_free(n);
@@ -115,11 +123,159 @@ struct vp_node *vp_node_new_locked(struct vp_ns *ns, enum vp_node_type type,
 	n->flushing_version = VP_NO_VERSION;
 	n->kcache_version = VP_NO_VERSION;
 	LIST_INIT(&n->children);
+	LIST_INIT(&n->links);
 	if (ns->nnodes >= ns->hash_size)
 		rehash_locked(ns);
 	LIST_INSERT_HEAD(&ns->by_ino[n->ino % ns->hash_size], n, ino_link);
 	ns->nnodes++;
 	return n;
+}
+
+struct vp_node *vp_link_new_locked(struct vp_ns *ns, struct vp_node *inode)
+{
+	struct vp_node *l;
+
+	VP_ASSERT_LOCKED(&ns->lock);
+	assert(inode->type != VP_NODE_LINK && inode->type != VP_NODE_DIR);
+	l = calloc(1, sizeof(*l));
+	if (!l)
+		return NULL;
+	l->refs = 1;		/* the caller's, usually the link */
+	l->ino = inode->ino;	/* as it was then (readdir asks the inode); never in the inode hash */
+	l->type = VP_NODE_LINK;
+	l->mode = inode->mode & S_IFMT;	/* the type, for readdir; the rest is the inode's */
+	l->pfs_version = VP_NO_VERSION;
+	l->flushing_version = VP_NO_VERSION;
+	l->kcache_version = VP_NO_VERSION;
+	LIST_INIT(&l->children);
+	LIST_INIT(&l->links);
+	vp_node_get(inode);
+	l->inode = inode;
+	LIST_INSERT_HEAD(&inode->links, l, link_link);
+	return l;
+}
+
+unsigned int vp_node_nlink_locked(struct vp_ns *ns, struct vp_node *inode)
+{
+	unsigned int count;
+	struct vp_node *l;
+
+	VP_ASSERT_LOCKED(&ns->lock);
+	count = inode->parent || inode == ns->root ? 1 : 0;
+	LIST_FOREACH(l, &inode->links, link_link)
+		if (l->parent)
+			count++;
+	return count;
+}
+
+struct vp_node *vp_node_other_name_locked(struct vp_node *inode)
+{
+	struct vp_node *l;
+
+	LIST_FOREACH(l, &inode->links, link_link)
+		if (l->parent)
+			break;
+	return l;
+}
+
+void vp_node_remove_name_locked(struct vp_ns *ns, struct vp_node *n,
+				enum vp_op_kind kind)
+{
+	struct vp_node *inode = vp_node_inode(n);
+	struct vp_node *other = n == inode ? vp_node_other_name_locked(n) : NULL;
+	struct vp_node *dir, *from = n->parent;
+	struct timespec mtime, ctime;
+	char *name;
+
+	VP_ASSERT_LOCKED(&ns->lock);
+	if (n == inode && !other)
+		vp_flush_cancel_locked(ns, n);	/* the last name: its bytes need not reach the PFS */
+	vp_flush_log_locked(ns, OP_UNLINK, n, NULL, NULL, other);
+	vp_note_op_locked(ns, kind, n, NULL, NULL);
+	if (!other) {
+		vp_node_unlink_locked(ns, n);
+		inode->ctime = vp_wall_now();	/* its link count changed */
+		return;
+	}
+	/* the inode takes other's place; other's directory is unchanged */
+	dir = other->parent;
+	mtime = dir->mtime;
+	ctime = dir->ctime;
+	name = other->name;
+	other->name = NULL;
+	vp_node_detach_locked(ns, other);
+	vp_node_detach_locked(ns, n);
+	vp_node_link_name_locked(ns, dir, n, name);
+	if (dir != from) {	/* unless the name that went was there too */
+		dir->mtime = mtime;
+		dir->ctime = ctime;
+	}
+	vp_node_put(ns, other);		/* its link's */
+}
+
+/*
+ * The kernel must look dir/name up again (its dentry names another inode
+ * now): told by vp_ns_installed() before it raises the events, or at once
+ * (queued) without memory to remember it.
+ */
+static void inval_name_locked(struct vp_ns *ns, struct vp_node *dir, const char *name)
+{
+	struct vp_stale_name *sn = ns->stale_names;
+
+	VP_ASSERT_LOCKED(&ns->lock);
+	if (ns->nstale_names == ns->cap_stale_names) {
+		size_t cap = ns->cap_stale_names ? ns->cap_stale_names * 2 : 8;
+
+		sn = realloc(ns->stale_names, cap * sizeof(*sn));
+		if (sn) {
+			ns->stale_names = sn;
+			ns->cap_stale_names = cap;
+		}
+	}
+	if (sn && (sn[ns->nstale_names].name = strdup(name))) {
+		sn[ns->nstale_names++].parent = dir->ino;
+		return;
+	}
+	if (ns->kernel && ns->kernel->inval_entry)
+		ns->kernel->inval_entry(ns->kernel_arg, dir->ino, name);
+}
+
+void vp_node_take_names_locked(struct vp_ns *ns, struct vp_node *n,
+			       struct vp_node *victim)
+{
+	struct vp_node *old = vp_node_inode(victim), *l, *next;
+
+	VP_ASSERT_LOCKED(&ns->lock);
+	assert(n->type == VP_NODE_FILE && old->type == VP_NODE_FILE && n != old);
+	for (l = LIST_FIRST(&old->links); l; l = next) {
+		next = LIST_NEXT(l, link_link);
+		if (l == victim || !l->parent)
+			continue;
+		LIST_REMOVE(l, link_link);
+		vp_node_get(n);
+		l->inode = n;
+		LIST_INSERT_HEAD(&n->links, l, link_link);
+		vp_node_put(ns, old);	/* l's, which old's other refs outlive */
+		inval_name_locked(ns, l->parent, l->name);
+	}
+	if (victim != old && old->parent) {
+		/* old's own place becomes a name of n */
+		struct vp_node *dir = old->parent;
+		struct timespec mtime = dir->mtime, ctime = dir->ctime;
+		char *name = old->name;
+
+		l = vp_link_new_locked(ns, n);
+		if (!l)
+			return;	/* that name keeps the old inode */
+		old->name = NULL;
+		vp_note_unlink_locked(ns, old);	/* its last name: its mirror leaves the GPU */
+		vp_node_detach_locked(ns, old);
+		vp_node_link_name_locked(ns, dir, l, name);
+		dir->mtime = mtime;
+		dir->ctime = ctime;
+		inval_name_locked(ns, dir, name);
+		vp_node_put(ns, old);	/* its place's */
+	}
 }
 
 struct vp_node *vp_node_find_locked(struct vp_ns *ns, uint64_t ino)
@@ -288,7 +444,7 @@ struct vp_node *vp_resolve_locked(struct vp_ns *ns, const char *path)
 			continue;
 		n = n->type == VP_NODE_DIR ? vp_node_child_locked(ns, n, part) : NULL;
 	}
-	return n;
+	return vp_node_inode(n);
 }
 
 int vp_reserved_name_locked(struct vp_ns *ns, struct vp_node *dir, const char *name)
@@ -338,6 +494,7 @@ int vp_check_name_locked(struct vp_ns *ns, struct vp_node *dir,
 uint64_t vp_node_size_locked(struct vp_ns *ns, struct vp_node *n)
 {
 	VP_ASSERT_LOCKED(&ns->lock);
+	n = vp_node_inode(n);
 	if (n->type == VP_NODE_SYMLINK)
 		return strlen(n->symlink);
 	if (n->type == VP_NODE_DIR)
@@ -350,14 +507,17 @@ uint64_t vp_node_size_locked(struct vp_ns *ns, struct vp_node *n)
 void vp_node_stat_locked(struct vp_ns *ns, struct vp_node *n, struct stat *st)
 {
 	VP_ASSERT_LOCKED(&ns->lock);
+	n = vp_node_inode(n);
 	memset(st, 0, sizeof(*st));
 	st->st_ino = n->ino;
 	st->st_mode = n->mode;
 	/* unlinked (or removed) while still open: no name holds it, as POSIX has it */
 	if (!n->parent && n != ns->root)
 		st->st_nlink = 0;
+	else if (n->type == VP_NODE_DIR)
+		st->st_nlink = 2 + n->nsubdirs;
 	else
-		st->st_nlink = n->type == VP_NODE_DIR ? 2 + n->nsubdirs : 1;
+		st->st_nlink = vp_node_nlink_locked(ns, n);
 	st->st_uid = n->uid;
 	st->st_gid = n->gid;
 	st->st_rdev = n->rdev;
@@ -381,7 +541,7 @@ int vp_ns_lookup(struct vp_ns *ns, uint64_t parent, const char *name,
 	if (rc)
 		return rc;
 	pthread_mutex_lock(&ns->lock);
-	n = vp_node_child_locked(ns, dir, name);
+	n = vp_node_inode(vp_node_child_locked(ns, dir, name));
 	if (n) {
 		vp_node_get(n);		/* the kernel's lookup */
 		n->nlookup++;

@@ -219,6 +219,12 @@ static void free_tree(struct vp_ns *ns)
 		struct vp_node *n;
 
 		while ((n = LIST_FIRST(&ns->by_ino[i]))) {
+			struct vp_node *l;
+
+			while ((l = LIST_FIRST(&n->links))) {	/* its other names */
+				LIST_REMOVE(l, link_link);
+				vp_node_free(l);
+			}
 			LIST_REMOVE(n, ino_link);
 			vp_data_put(n->cur);
 			vp_data_put(n->work);
@@ -227,6 +233,7 @@ static void free_tree(struct vp_ns *ns)
 	}
 	free(ns->by_name);
 	free(ns->by_ino);
+	free(ns->by_pfs_ino);
 }
 
 struct vp_ns *vp_ns_new(const struct vp_config *cfg, const char *pfs_dir,

@@ -27,6 +27,18 @@
  * flush log has been replayed up to the present entry.  The flusher moves
  * pfs places as it replays renames; everything that opens a PFS path
  * (lazy loads, flushes) computes it from pfs places, under pfs_lock.
+ *
+ * HARD LINKS: an inode's first name is its own node's place; every other
+ * name is a node of type VP_NODE_LINK (a "link node") in the tree, with a
+ * live and a PFS place of its own, its inode in ->inode (a reference) and
+ * itself on the inode's ->links.  Link nodes are in the name hash and in
+ * their directory's children, never in the inode hash; they share the
+ * inode's ino.  So lookup, readdir, rename and the flush log treat a name
+ * as a node, and whatever wants the inode (attributes, versions, bytes,
+ * opens) goes through vp_node_inode().  When the inode's own name goes
+ * while other names remain, the inode takes the place of one of its link
+ * nodes (live at once, on the PFS when the flusher replays the unlink),
+ * so an inode with a name always has a live place of its own.
  */
 #ifndef VP_NS_I_H
 #define VP_NS_I_H
@@ -60,11 +72,17 @@
 #define VP_INCOMING_DIR ".viperfs-incoming"	/* replicas: new inodes before the switch */
 #define VP_CHUNK_SIZE (1u << 20)
 #define VP_NAME_MAX 255
+#define VP_PFS_INO_BUCKETS 4096		/* ns->by_pfs_ino */
+#define VP_LINK_MAX 65000			/* names of one inode (ext4: 65000) */
 #define VP_EVENT_RING 256			/* version events kept for watchers */
 #define VP_MAX_DEFERRED 16			/* installer renames awaiting their event */
 
-/* SPECIAL: a FIFO, socket or device node (its type in mode, rdev) */
-enum vp_node_type { VP_NODE_DIR, VP_NODE_FILE, VP_NODE_SYMLINK, VP_NODE_SPECIAL };
+/*
+ * SPECIAL: a FIFO, socket or device node (its type in mode, rdev).
+ * LINK: an extra name of another node (a hard link, see HARD LINKS below).
+ */
+enum vp_node_type { VP_NODE_DIR, VP_NODE_FILE, VP_NODE_SYMLINK, VP_NODE_SPECIAL,
+		    VP_NODE_LINK };
 
 struct vp_node;
 LIST_HEAD(vp_node_list, vp_node);
@@ -113,7 +131,22 @@ struct vp_node {
 	int in_lru;
 	uint64_t nlookup;		/* the kernel's lookups of ino */
 	struct vp_kino *kino;		/* the kernel inode ino's opens (passthrough), or NULL */
+
+	/* hard links, protected by ns->lock */
+	struct vp_node *inode;		/* LINK: the node it names (holds a ref) */
+	struct vp_node_list links;	/* not a LINK: its link nodes, linked or not */
+	LIST_ENTRY(vp_node) link_link;	/* LINK: in inode->links */
+	dev_t pfs_dev;			/* loaded with st_nlink > 1: its PFS inode then */
+	ino_t pfs_ino;
+	LIST_ENTRY(vp_node) pfs_ino_link;	/* in ns->by_pfs_ino, if in_pfs_ino */
+	int in_pfs_ino;
 };
+
+/* The inode n names: n itself, or a link node's inode. */
+static inline struct vp_node *vp_node_inode(struct vp_node *n)
+{
+	return n && n->type == VP_NODE_LINK ? n->inode : n;
+}
 
 /*
  * The opens of one kernel inode (passthrough: pt.c).  The kernel lets an
@@ -228,6 +261,9 @@ struct vp_ns {
 	struct vp_node_list *by_name;
 	struct vp_node_list *by_ino;
 	size_t hash_size, nnodes;
+	/* nodes loaded from PFS files with several links, by their PFS inode (load.c) */
+	struct vp_node_list *by_pfs_ino;	/* VP_PFS_INO_BUCKETS, or NULL: none yet */
+	int loading_names;		/* atomic: load.c reads the whole tree for a file's other names */
 	TAILQ_HEAD(, vp_node) lru;
 	LIST_HEAD(, vp_alias) aliases;	/* inode numbers of re-keyed nodes the kernel holds */
 	int pt_on;			/* passthrough opens happen: re-key when needed */
@@ -247,6 +283,15 @@ struct vp_ns {
 	struct vp_node *deferred[VP_MAX_DEFERRED];
 	double deferred_at[VP_MAX_DEFERRED];	/* wall-clock time of each rename */
 	unsigned int ndeferred;
+	/*
+	 * Names an install gave a new inode (vp_node_take_names_locked): the
+	 * kernel is told before the events are raised, for the same reason.
+	 */
+	struct vp_stale_name {
+		uint64_t parent;
+		char *name;
+	} *stale_names;
+	size_t nstale_names, cap_stale_names;
 
 	/* stats, protected by lock (the byte counts: atomic) */
 	uint64_t st_commits;
@@ -317,6 +362,28 @@ void vp_node_link_name_locked(struct vp_ns *ns, struct vp_node *dir,
 void vp_node_detach_locked(struct vp_ns *ns, struct vp_node *n);
 /* Unlinks n and drops the link's reference. */
 void vp_node_unlink_locked(struct vp_ns *ns, struct vp_node *n);
+/* A new link node for inode (one reference: the caller's, usually the link's), or NULL. */
+struct vp_node *vp_link_new_locked(struct vp_ns *ns, struct vp_node *inode);
+/* The names of inode in the tree: its own place and its linked link nodes. */
+unsigned int vp_node_nlink_locked(struct vp_ns *ns, struct vp_node *inode);
+/*
+ * A consumer's install of file n over victim, a name of a linked inode:
+ * n takes every other name of that inode too (the kernel is told to look
+ * them up again), so the new version shows under all of them.  The caller
+ * then replaces victim by n as any rename does.
+ */
+void vp_node_take_names_locked(struct vp_ns *ns, struct vp_node *n,
+			       struct vp_node *victim);
+/* One of inode's linked link nodes, or NULL. */
+struct vp_node *vp_node_other_name_locked(struct vp_node *inode);
+/*
+ * Removes the name n (a node or a link node) from the tree, logs it for the
+ * PFS and tells the observers (kind: VP_OP_UNLINK or VP_OP_RMDIR).  An
+ * inode whose own name goes while other names remain takes the place of
+ * one of them.  Drops the link's reference; the caller holds one of its own on n.
+ */
+void vp_node_remove_name_locked(struct vp_ns *ns, struct vp_node *n,
+				enum vp_op_kind kind);
 void vp_lru_add_locked(struct vp_ns *ns, struct vp_node *n);
 void vp_lru_del_locked(struct vp_ns *ns, struct vp_node *n);
 /* PFS-relative path of n's PFS place ("" for the root), or -ENOENT. */
@@ -354,7 +421,7 @@ int vp_ns_get_dir(struct vp_ns *ns, uint64_t ino, struct vp_node **out);
  * the GPU mirror or lazily from the PFS if they are not in the cache.
  */
 int vp_node_data(struct vp_ns *ns, struct vp_node *n, struct vp_data **out);
-/* Resolves path, loading directories on the way; the node with a ref. */
+/* Resolves path, loading directories on the way; the node (a name's inode) with a ref. */
 struct vp_node *vp_resolve_loading(struct vp_ns *ns, const char *path);
 
 /* pt.c */
@@ -409,7 +476,7 @@ struct install *vp_take_install_locked(struct vp_ns *ns,
 				       const struct vp_caller *who,
 				       struct vp_node *dir, const char *name);
 void vp_install_free(struct install *in);
-/* Frees every staged install (vp_ns_free). */
+/* Frees every staged install and stale name (vp_ns_free). */
 void vp_installs_release(struct vp_ns *ns);
 /* Records that n's path holds its newest version, now. */
 void vp_event_record_locked(struct vp_ns *ns, struct vp_node *n);

@@ -157,6 +157,10 @@ void vp_note_op_locked(struct vp_ns *ns, enum vp_op_kind kind,
 			return;
 	} else if (kind == VP_OP_SYMLINK) {
 		snprintf(path2, sizeof(path2), "%s", n->symlink);
+	} else if (kind == VP_OP_LINK) {	/* path: the new name; path2: the inode's own */
+		if (vp_live_path_locked(ns, vp_node_inode(n), path2, sizeof(path2)))
+			return;
+		n = vp_node_inode(n);
 	}
 	if (kind == VP_OP_UNLINK || kind == VP_OP_RENAME)
 		tomb_add_locked(ns, path);

@@ -719,7 +719,7 @@ void repl_consumer_op(struct vp_repl *r, const struct vp_msg *m)
 	}
 	vp_log(LOG_DEBUG, "repl", "replaying op %u on '%s'", m->u.op.kind, p);
 	if (m->u.op.kind == VP_OP_MKDIR || m->u.op.kind == VP_OP_SYMLINK ||
-	    m->u.op.kind == VP_OP_KEEP || m->u.op.kind == VP_OP_MKNOD)
+	    m->u.op.kind == VP_OP_KEEP || m->u.op.kind == VP_OP_MKNOD || m->u.op.kind == VP_OP_LINK)
 		repl_seen_add(r, p);
 	switch (m->u.op.kind) {
 	/* every path is contained beneath the mount: no symlink on the way is followed */
@@ -740,6 +740,17 @@ void repl_consumer_op(struct vp_repl *r, const struct vp_msg *m)
 		vp_safepath_unlink(r->cons.mnt_fd, p, 0);
 		rc = vp_safepath_symlink(r->cons.mnt_fd, p2, p);
 		break;
+	case VP_OP_LINK: {	/* p: the new name of the node at p2 */
+		uint64_t have = 0, want = 0;
+
+		if (!vp_ns_path_ino(r->ns, p, &have) && !vp_ns_path_ino(r->ns, p2, &want) &&
+		    have == want)
+			break;	/* already one file (loaded so from the PFS): no events */
+		make_parents(r, p);
+		vp_safepath_unlink(r->cons.mnt_fd, p, 0);
+		rc = vp_safepath_link(r->cons.mnt_fd, p2, p);
+		break;
+	}
 	case VP_OP_RENAME:
 		repl_ahead_clear(r, p);
 		repl_prefetch_forget(r, p, 0);	/* previews of a file that is not written there any more */

@@ -558,6 +558,8 @@ void repl_catch_up(struct vp_repl *r, struct peer *p)
 			queue_op(r, VP_OP_SYMLINK, it->path, it->target, 0, 0, p, NULL);
 		else if (it->e.type == VP_ENTRY_SPECIAL)
 			queue_op(r, VP_OP_MKNOD, it->path, NULL, it->e.mode, it->e.rdev, p, NULL);
+		else if (it->e.type == VP_ENTRY_LINK)	/* after every node: its own name is there */
+			queue_op(r, VP_OP_LINK, it->path, it->target, 0, 0, p, NULL);
 		else if (it->e.d && !announce(r, &it->e, p, 0))
 			files++;
 		else

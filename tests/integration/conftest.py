@@ -84,9 +84,6 @@ def wait_for(pred, timeout=30, what="condition", interval=0.05):
         time.sleep(interval)
 
 
-_pending = {}
-
-
 def lines_until(proc, pred, timeout=30, stream="stdout"):
     """Reads a helper's output lines (an event stream) until pred(line); returns the lines read.
 
@@ -94,7 +91,8 @@ def lines_until(proc, pred, timeout=30, stream="stdout"):
     file object misses lines that Python already pulled into its buffer.
     """
     fd = getattr(proc, stream).fileno()
-    buf = _pending.setdefault(fd, [b""])
+    # kept on the process, not by fd: a later helper's pipe may get the number of one with lines left
+    buf = proc.__dict__.setdefault("_pending_" + stream, [b""])
     deadline = time.monotonic() + timeout
     seen = []
     while True:

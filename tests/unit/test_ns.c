@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/xattr.h>
 #include <time.h>
 #include <unistd.h>
@@ -721,6 +722,193 @@ static void test_replica_changes_only_by_the_installer(void **state)
 	assert_int_equal(vp_ns_unlink(ns, &installer, VP_ROOT_INO, "g"), 0);
 }
 
+/*
+ * linkat(2) as the flush calls it (this binary's definition comes before
+ * libc's): refused while refuse_links is set, like a PFS without links.
+ */
+static int refuse_links;
+
+int linkat(int olddirfd, const char *oldpath, int newdirfd, const char *newpath, int flags)
+{
+	if (refuse_links) {
+		errno = EPERM;
+		return -1;
+	}
+	return (int)syscall(SYS_linkat, olddirfd, oldpath, newdirfd, newpath, flags);
+}
+
+static void pfs_stat(struct fixture *fx, const char *rel, struct stat *st)
+{
+	char path[256];
+
+	snprintf(path, sizeof(path), "%s/%s", fx->pfs, rel);
+	if (lstat(path, st))
+		fail_msg("'%s' is not on the PFS: %s", rel, strerror(errno));
+}
+
+static void test_hard_links_share_an_inode_and_reach_the_pfs(void **state)
+{
+	struct fixture *fx = *state;
+	struct vp_ns *ns = open_ns(fx, "flush_interval=1h");
+	struct stat st, dst, a, b;
+	uint64_t ino, dir;
+
+	ino = put_file(ns, VP_ROOT_INO, "a", "v1");
+	assert_int_equal(vp_ns_mkdir(ns, NULL, VP_ROOT_INO, "d", 0755, &dst), 0);
+	dir = dst.st_ino;
+	assert_int_equal(vp_ns_link(ns, NULL, ino, dir, "b", &st), 0);
+	vp_ns_forget(ns, ino, 1);
+	assert_int_equal(st.st_ino, ino);
+	assert_int_equal(st.st_nlink, 2);
+	assert_int_equal(vp_ns_link(ns, NULL, dir, VP_ROOT_INO, "d2", &st), -EPERM);
+	assert_int_equal(vp_ns_link(ns, NULL, ino, VP_ROOT_INO, "d", &st), -EEXIST);
+	assert_int_equal(vp_ns_link(ns, NULL, ino, VP_ROOT_INO, ".viperfs-staging", &st), -EPERM);
+	assert_int_equal(vp_ns_link(ns, NULL, 999999, VP_ROOT_INO, "x", &st), -ESTALE);
+	/* the name is the inode: a version through it is the inode's */
+	assert_int_equal(vp_ns_lookup(ns, dir, "b", &st), 0);
+	vp_ns_forget(ns, st.st_ino, 1);
+	assert_int_equal(st.st_ino, ino);
+	assert_int_equal(put_file(ns, dir, "b", "v2"), ino);
+	assert_int_equal(vp_ns_path_version(ns, "a"), vp_ns_path_version(ns, "d/b"));
+	assert_int_equal(count_log(ns, OP_LINK), 1);
+	flush_all(ns);
+	assert_pfs_file(fx, "a", "v2");
+	assert_pfs_file(fx, "d/b", "v2");
+	pfs_stat(fx, "a", &a);
+	pfs_stat(fx, "d/b", &b);
+	assert_int_equal(a.st_ino, b.st_ino);
+	assert_int_equal(a.st_nlink, 2);
+	/* the inode's own name goes: it takes the other's place, here and on the PFS */
+	assert_int_equal(vp_ns_unlink(ns, NULL, VP_ROOT_INO, "a"), 0);
+	assert_int_equal(vp_ns_lookup(ns, VP_ROOT_INO, "a", &st), -ENOENT);
+	assert_int_equal(vp_ns_getattr(ns, ino, &st), 0);
+	assert_int_equal(st.st_nlink, 1);
+	assert_int_equal(put_file(ns, dir, "b", "v3"), ino);
+	flush_all(ns);
+	assert_pfs_missing(fx, "a");
+	assert_pfs_file(fx, "d/b", "v3");
+	pfs_stat(fx, "d/b", &b);
+	assert_int_equal(b.st_nlink, 1);
+	/* and the last name: the inode is gone */
+	assert_int_equal(vp_ns_unlink(ns, NULL, dir, "b"), 0);
+	assert_int_equal(vp_ns_getattr(ns, ino, &st), 0);	/* the flush log still holds it */
+	assert_int_equal(st.st_nlink, 0);
+	assert_int_equal(vp_ns_link(ns, NULL, ino, dir, "back", &st), -ENOENT);
+	flush_all(ns);
+	assert_pfs_missing(fx, "d/b");
+}
+
+static void test_a_pfs_without_links_gets_copies(void **state)
+{
+	struct fixture *fx = *state;
+	struct vp_ns *ns = open_ns(fx, "flush_interval=1h");
+	struct stat st, a, b;
+	uint64_t ino;
+
+	refuse_links = 1;
+	ino = put_file(ns, VP_ROOT_INO, "a", "one");
+	assert_int_equal(vp_ns_link(ns, NULL, ino, VP_ROOT_INO, "b", &st), 0);
+	vp_ns_forget(ns, ino, 1);
+	flush_all(ns);
+	assert_pfs_file(fx, "b", "one");
+	put_file(ns, VP_ROOT_INO, "a", "two");
+	flush_all(ns);
+	refuse_links = 0;
+	assert_pfs_file(fx, "a", "two");
+	assert_pfs_file(fx, "b", "two");	/* copied again after the new version */
+	pfs_stat(fx, "a", &a);
+	pfs_stat(fx, "b", &b);
+	assert_int_not_equal(a.st_ino, b.st_ino);
+	assert_int_equal(b.st_nlink, 1);
+	assert_int_equal(a.st_mode, b.st_mode);
+}
+
+static void test_a_remount_joins_the_names_of_one_pfs_inode(void **state)
+{
+	struct fixture *fx = *state;
+	struct vp_ns *ns = open_ns(fx, "flush_interval=1h");
+	struct stat st, b;
+	uint64_t ino;
+
+	ino = put_file(ns, VP_ROOT_INO, "a", "v1");
+	assert_int_equal(vp_ns_link(ns, NULL, ino, VP_ROOT_INO, "b", &st), 0);
+	vp_ns_forget(ns, ino, 1);
+	put_file(ns, VP_ROOT_INO, "c", "alone");
+	vp_ns_free(ns);		/* flushes */
+	ns = open_ns(fx, "flush_interval=1h");
+	assert_int_equal(vp_ns_lookup(ns, VP_ROOT_INO, "a", &st), 0);
+	assert_int_equal(vp_ns_lookup(ns, VP_ROOT_INO, "b", &b), 0);
+	assert_int_equal(st.st_ino, b.st_ino);
+	assert_int_equal(b.st_nlink, 2);
+	vp_ns_forget(ns, st.st_ino, 2);
+	assert_int_equal(vp_ns_lookup(ns, VP_ROOT_INO, "c", &st), 0);
+	vp_ns_forget(ns, st.st_ino, 1);
+	assert_int_not_equal(st.st_ino, b.st_ino);
+	assert_int_equal(st.st_nlink, 1);
+	put_file(ns, VP_ROOT_INO, "b", "v2");
+	assert_int_equal(vp_ns_path_version(ns, "a"), vp_ns_path_version(ns, "b"));
+}
+
+/* A file made by the consumer's installer, as its install does. */
+static uint64_t install_file(struct vp_ns *ns, const struct vp_caller *who, const char *name,
+			     const char *content)
+{
+	struct vp_handle *h;
+	struct stat st;
+
+	assert_int_equal(vp_ns_create(ns, who, VP_ROOT_INO, name, 0644, O_CREAT | O_WRONLY,
+				      &st, &h), 0);
+	vp_ns_forget(ns, st.st_ino, 1);
+	assert_int_equal(vp_ns_write(ns, h, content, strlen(content), 0), (ssize_t)strlen(content));
+	assert_int_equal(vp_ns_release(ns, h), 0);
+	return st.st_ino;
+}
+
+static void test_an_install_over_one_name_takes_them_all(void **state)
+{
+	struct fixture *fx = *state;
+	struct vp_ns *ns = open_ns(fx, "subscribe=127.0.0.1:7000");
+	const struct vp_caller installer = { .tid = 4242 };
+	struct vp_data *d;
+	struct stat st, a, b;
+	uint64_t ino;
+
+	vp_ns_set_installer(ns, installer.tid);
+	ino = install_file(ns, &installer, "a", "old");
+	assert_int_equal(vp_ns_link(ns, NULL, ino, VP_ROOT_INO, "b", &st), -EROFS);
+	assert_int_equal(vp_ns_link(ns, &installer, ino, VP_ROOT_INO, "b", &st), 0);
+	vp_ns_forget(ns, ino, 1);
+	install_file(ns, &installer, "src", "new!");
+	d = vp_ns_path_data(ns, "src");
+	assert_non_null(d);
+	/* over b, a link node: the new inode has both names */
+	assert_int_equal(vp_ns_install_hidden(ns, "7", d, 5, 0, 0644), 0);
+	vp_data_put(d);
+	{
+		struct vp_node *inc;
+		uint64_t inc_ino;
+
+		pthread_mutex_lock(&ns->lock);
+		inc = vp_resolve_locked(ns, ".viperfs-incoming");
+		assert_non_null(inc);
+		inc_ino = inc->ino;
+		pthread_mutex_unlock(&ns->lock);
+		assert_int_equal(vp_ns_rename(ns, &installer, inc_ino, "7", VP_ROOT_INO, "b", 0), 0);
+	}
+	vp_ns_installed(ns);
+	assert_int_equal(vp_ns_lookup(ns, VP_ROOT_INO, "a", &a), 0);
+	assert_int_equal(vp_ns_lookup(ns, VP_ROOT_INO, "b", &b), 0);
+	vp_ns_forget(ns, a.st_ino, 1);
+	vp_ns_forget(ns, b.st_ino, 1);
+	assert_int_equal(a.st_ino, b.st_ino);
+	assert_int_not_equal(a.st_ino, ino);
+	assert_int_equal(a.st_nlink, 2);
+	assert_int_equal(a.st_size, 4);
+	assert_int_equal(vp_ns_path_version(ns, "a"), 5);
+	/* the old inode has no name left (a reference may keep it a while) */
+	assert_true(vp_ns_getattr(ns, ino, &st) == -ESTALE || st.st_nlink == 0);
+}
+
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
 
 int main(void)
@@ -742,6 +930,10 @@ int main(void)
 		T(test_observers_hear_changes),
 		T(test_metrics_report_the_tier_below),
 		T(test_replica_changes_only_by_the_installer),
+		T(test_hard_links_share_an_inode_and_reach_the_pfs),
+		T(test_a_pfs_without_links_gets_copies),
+		T(test_a_remount_joins_the_names_of_one_pfs_inode),
+		T(test_an_install_over_one_name_takes_them_all),
 		cmocka_unit_test(test_missing_pfs_is_refused),
 	};
 	return cmocka_run_group_tests_name("ns", tests, NULL, NULL);

@@ -357,6 +357,46 @@ static void test_encoder_refuses_what_would_not_decode(void **state)
 	free(m);
 }
 
+/* LINK: a new name (path) of the node at path2; both paths checked both ways. */
+static void test_link_ops(void **state)
+{
+	struct vp_msg *m = msg_new(VP_MSG_OP), *d = calloc(1, sizeof(*d));
+	const char *why = NULL;
+	uint8_t *at;
+	ssize_t n;
+
+	(void)state;
+	m->u.op.kind = VP_OP_LINK;
+	m->u.op.mode = 0644;
+	strcpy(m->u.op.path, "run/pppp");
+	strcpy(m->u.op.path2, "qqqq/model.pt");
+	free(d);
+	d = roundtrip(m);
+	assert_int_equal(d->u.op.kind, VP_OP_LINK);
+	assert_string_equal(d->u.op.path, "run/pppp");
+	assert_string_equal(d->u.op.path2, "qqqq/model.pt");
+	/* the encoder refuses a target that would not decode */
+	strcpy(m->u.op.path2, "../model.pt");
+	assert_int_equal(vp_msg_encode(m, buf, sizeof(buf)), -EINVAL);
+	m->u.op.path2[0] = '\0';
+	assert_int_equal(vp_msg_encode(m, buf, sizeof(buf)), -EINVAL);
+	/* and the decoder one that a peer sends anyway */
+	strcpy(m->u.op.path2, "qqqq/model.pt");
+	n = vp_msg_encode(m, buf, sizeof(buf));
+	assert_true(n > 0);
+	at = memmem(buf, (size_t)n, "qqqq", 4);
+	assert_non_null(at);
+	memcpy(at, "/etc", 4);
+	assert_int_equal(vp_msg_decode(buf, (size_t)n, d, &why), -EBADMSG);
+	assert_non_null(why);
+	assert_non_null(strstr(why, "bad link target"));
+	memcpy(at, "../q", 4);
+	assert_int_equal(vp_msg_decode(buf, (size_t)n, d, &why), -EBADMSG);
+	assert_non_null(strstr(why, "bad link target"));
+	free(m);
+	free(d);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -365,6 +405,7 @@ int main(void)
 		cmocka_unit_test(test_path_rules),
 		cmocka_unit_test(test_malformed_messages_are_refused),
 		cmocka_unit_test(test_encoder_refuses_what_would_not_decode),
+		cmocka_unit_test(test_link_ops),
 	};
 	return cmocka_run_group_tests_name("proto", tests, NULL, NULL);
 }

@@ -365,6 +365,40 @@ static void test_namespace_changes_are_replayed(void **state)
 	wait_until(fx, gone, "run", "was not removed");
 }
 
+/* 1 if the consumer's b.pt and run/a.pt are one file (same inode number). */
+static int one_file(struct vp_ns *ns, const char *path)
+{
+	uint64_t a, b;
+
+	return !vp_ns_path_ino(ns, path, &a) && !vp_ns_path_ino(ns, "run/a.pt", &b) && a == b;
+}
+
+static void test_links_are_replayed_as_one_file(void **state)
+{
+	struct fixture *fx = *state;
+	struct stat st, dir;
+	uint64_t ino;
+
+	side_start(&fx->prod, 0, fx->secret);
+	side_start(&fx->cons, 1, fx->secret);
+	wait_subscribed(fx, 1);
+	assert_int_equal(vp_ns_mkdir(fx->prod.ns, NULL, VP_ROOT_INO, "run", 0755, &dir), 0);
+	vp_ns_forget(fx->prod.ns, dir.st_ino, 1);
+	put_file(fx->prod.ns, "b.pt", 1000, 3);
+	assert_int_equal(vp_ns_path_ino(fx->prod.ns, "b.pt", &ino), 0);
+	assert_int_equal(vp_ns_link(fx->prod.ns, NULL, ino, dir.st_ino, "a.pt", &st), 0);
+	vp_ns_forget(fx->prod.ns, ino, 1);
+	wait_until(fx, one_file, "b.pt", "was not one file with run/a.pt");
+	/* a new version is the inode's: both names show it */
+	put_file(fx->prod.ns, "b.pt", 2000, 4);
+	wait_file(fx, "run/a.pt", 2000, 4);
+	assert_true(one_file(fx->cons.ns, "b.pt"));
+	/* one name goes, the other keeps the file */
+	assert_int_equal(vp_ns_unlink(fx->prod.ns, NULL, VP_ROOT_INO, "b.pt"), 0);
+	wait_until(fx, gone, "b.pt", "was not removed");
+	assert_true(holds(fx->cons.ns, "run/a.pt", 2000, 4));
+}
+
 static void test_consumer_is_read_only_for_others(void **state)
 {
 	struct fixture *fx = *state;
@@ -567,6 +601,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_wrong_secret_is_refused, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_version_reaches_the_consumer, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_namespace_changes_are_replayed, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_links_are_replayed_as_one_file, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_consumer_is_read_only_for_others, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_lost_message_resubscribes, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_failed_read_refetches_whole, setup, teardown),

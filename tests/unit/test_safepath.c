@@ -317,6 +317,12 @@ static void test_symlink_in_a_directory_does_not_escape(void **state)
 		expect_rc(fx, vp_safepath_rename(fx->root_fd, path, path2), -ELOOP,
 			  "rename within", path);
 
+		/* link: the symlink in the source's parent (a link to a file outside), the target's */
+		join(path, sizeof(path), p, "secret");
+		expect_rc(fx, vp_safepath_link(fx->root_fd, path, "hard"), -ELOOP, "link from", path);
+		join(path, sizeof(path), p, "hard");
+		expect_rc(fx, vp_safepath_link(fx->root_fd, "victim", path), -ELOOP, "link to", path);
+
 		join(path, sizeof(path), p, "newlink");
 		expect_rc(fx, vp_safepath_symlink(fx->root_fd, "/etc/passwd", path), -ELOOP,
 			  "symlink", path);
@@ -339,6 +345,7 @@ static void test_symlink_in_a_directory_does_not_escape(void **state)
 	}
 	/* nothing was made in root either */
 	assert_int_equal(root_lstat(fx, "moved", &st), -ENOENT);
+	assert_int_equal(root_lstat(fx, "hard", &st), -ENOENT);
 	assert_int_equal(root_lstat(fx, "a", &st), -ENOENT);
 }
 
@@ -383,6 +390,13 @@ static void test_symlink_as_last_component_is_not_followed(void **state)
 	expect_rc(fx, vp_safepath_rename(fx->root_fd, "victimdir", "dlnk"), -ENOTDIR,
 		  "rename onto", "dlnk");
 	expect_rc(fx, vp_safepath_rename(fx->root_fd, "dlnk", "d/dlnk"), 0, "rename", "dlnk");
+
+	/* a hard link of a symlink is of the symlink, not of what it points to */
+	expect_rc(fx, vp_safepath_link(fx->root_fd, "chain", "d/hard"), 0, "link", "chain");
+	assert_int_equal(root_lstat(fx, "d/hard", &st), 0);
+	assert_true(S_ISLNK(st.st_mode));
+	assert_int_equal(st.st_nlink, 2);
+	expect_rc(fx, vp_safepath_unlink(fx->root_fd, "d/hard", 0), 0, "unlink", "d/hard");
 
 	/* unlink removes the link, not what it points to */
 	expect_rc(fx, vp_safepath_unlink(fx->root_fd, "d/dlnk", 0), 0, "unlink", "d/dlnk");

@@ -152,6 +152,28 @@ int vp_safepath_rename(int root_fd, const char *from, const char *to)
 	return rc;
 }
 
+int vp_safepath_link(int root_fd, const char *from, const char *to)
+{
+	char buf_from[PATH_MAX], buf_to[PATH_MAX];
+	const char *leaf_from, *leaf_to;
+	uint64_t parent_from, parent_to, ino;
+	struct stat st;
+	int rc;
+
+	(void)root_fd;
+	rc = fake_mount_parent(from, buf_from, sizeof(buf_from), &parent_from, &leaf_from);
+	if (!rc)
+		rc = fake_mount_parent(to, buf_to, sizeof(buf_to), &parent_to, &leaf_to);
+	if (!rc)
+		rc = vp_ns_lookup(fake_mount.ns, parent_from, leaf_from, &st);
+	if (rc)
+		return rc;
+	ino = st.st_ino;
+	vp_ns_forget(fake_mount.ns, ino, 1);	/* its name holds it */
+	return fake_mount_forget_new(vp_ns_link(fake_mount.ns, fake_caller(), ino, parent_to, leaf_to,
+						&st), &st);
+}
+
 int vp_safepath_symlink(int root_fd, const char *target, const char *path)
 {
 	char buf[PATH_MAX];
