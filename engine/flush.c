@@ -35,13 +35,19 @@ void vp_flush_pressure(void *arg)
 	pthread_mutex_unlock(&ns->flush.evict_lock);
 }
 
+/* op was asked for now (viperctl flush, fsync=pfs, the unmount): no policy holds it back. */
+static int forced_locked(struct vp_ns *ns, const struct flush_op *op)
+{
+	VP_ASSERT_LOCKED(&ns->lock);
+	return op->forced || op->seq <= ns->flush.force_seq;
+}
+
 static int eligible_locked(struct vp_ns *ns, struct flush_op *op, double now,
 			   double *when)
 {
 	VP_ASSERT_LOCKED(&ns->lock);
 	*when = op->queued_at + ns->cfg.flush_interval;
-	return op->forced || op->seq <= ns->flush.force_seq ||
-	       ns->cfg.flush_interval <= 0 || now >= *when;
+	return forced_locked(ns, op) || ns->cfg.flush_interval <= 0 || now >= *when;
 }
 
 static void free_op_locked(struct vp_ns *ns, struct flush_op *op)
@@ -184,8 +190,7 @@ static void hold_for_consumers_locked(struct vp_ns *ns, struct flush_op *op)
 	int all = 0;
 
 	VP_ASSERT_LOCKED(&ns->lock);
-	if (ns->replica || ns->cfg.flush_hold <= 0 || !op->data || op->forced ||
-	    op->seq <= f->force_seq)
+	if (ns->replica || ns->cfg.flush_hold <= 0 || !op->data || forced_locked(ns, op))
 		return;
 	pthread_mutex_unlock(&ns->lock);
 	all = vp_held_all_wait(ns, op->data, 0);	/* they have it, or there are none */
@@ -193,7 +198,7 @@ static void hold_for_consumers_locked(struct vp_ns *ns, struct flush_op *op)
 	if (all)
 		return;
 	f->holding++;
-	while (!f->stop && !op->forced && op->seq > f->force_seq) {
+	while (!f->stop && !forced_locked(ns, op)) {
 		double left = until - vp_now();
 
 		if (left <= 0)
@@ -206,7 +211,7 @@ static void hold_for_consumers_locked(struct vp_ns *ns, struct flush_op *op)
 	}
 	f->holding--;
 	f->st_held++;
-	if (!all && !f->stop && !op->forced && op->seq > f->force_seq)
+	if (!all && !f->stop && !forced_locked(ns, op))
 		f->st_hold_timeouts++;
 }
 

@@ -102,18 +102,28 @@ int vp_safepath_unlink(int root_fd, const char *path, int flags)
 	return rc;
 }
 
+/* The parents of from and to, opened beneath root_fd; 0, or -errno with neither open. */
+static int two_parents(int root_fd, const char *from, const char *to, int *ffd,
+		       const char **lfrom, int *tfd, const char **lto)
+{
+	*ffd = vp_safepath_parent(root_fd, from, lfrom);
+	if (*ffd < 0)
+		return *ffd;
+	*tfd = vp_safepath_parent(root_fd, to, lto);
+	if (*tfd < 0) {
+		close(*ffd);
+		return *tfd;
+	}
+	return 0;
+}
+
 int vp_safepath_rename(int root_fd, const char *from, const char *to)
 {
 	const char *lfrom, *lto;
-	int ffd = vp_safepath_parent(root_fd, from, &lfrom), tfd, rc = 0;
+	int ffd, tfd, rc = two_parents(root_fd, from, to, &ffd, &lfrom, &tfd, &lto);
 
-	if (ffd < 0)
-		return ffd;
-	tfd = vp_safepath_parent(root_fd, to, &lto);
-	if (tfd < 0) {
-		close(ffd);
-		return tfd;
-	}
+	if (rc)
+		return rc;
 	if (renameat(ffd, lfrom, tfd, lto))	/* never follows either last component */
 		rc = -errno;
 	close(tfd);
@@ -124,15 +134,10 @@ int vp_safepath_rename(int root_fd, const char *from, const char *to)
 int vp_safepath_link(int root_fd, const char *from, const char *to)
 {
 	const char *lfrom, *lto;
-	int ffd = vp_safepath_parent(root_fd, from, &lfrom), tfd, rc = 0;
+	int ffd, tfd, rc = two_parents(root_fd, from, to, &ffd, &lfrom, &tfd, &lto);
 
-	if (ffd < 0)
-		return ffd;
-	tfd = vp_safepath_parent(root_fd, to, &lto);
-	if (tfd < 0) {
-		close(ffd);
-		return tfd;
-	}
+	if (rc)
+		return rc;
 	if (linkat(ffd, lfrom, tfd, lto, 0))	/* no AT_SYMLINK_FOLLOW: a symlink gets the link */
 		rc = -errno;
 	close(tfd);

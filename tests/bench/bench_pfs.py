@@ -50,9 +50,10 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
 from conftest import VIPERCTL, World, cluster_secret, status  # noqa: E402
+import bench  # noqa: E402
 import gluster  # noqa: E402
 
-BLOCK = 4 << 20
+BLOCK = bench.BLOCK         # the writer is bench.py's
 METHODS = ("poll1", "poll15", "careful", "rename", "rsync", "viperfs")
 TITLES = {
     "poll1": "PFS + fsync, 1 s poll",
@@ -74,16 +75,10 @@ def pattern(version):
 
 
 def write_version(path, size, version, fsync=False, tmp=None):
-    """A version's file: its byte, size times.  Returns (t_open, t_close)."""
-    buf = memoryview(pattern(version))
+    """A version's file: its byte, size times (bench.py's writer), renamed
+    into place from tmp if given.  Returns (t_open, t_close), wall clock."""
     t_open = time.time()
-    fd = os.open(tmp or path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    done = 0
-    while done < size:
-        done += os.write(fd, buf[:min(BLOCK, size - done)])
-    if fsync:
-        os.fsync(fd)
-    os.close(fd)
+    bench.write_file(tmp or path, pattern(version), size, fsync)
     if tmp:
         os.rename(tmp, path)
     return t_open, time.time()

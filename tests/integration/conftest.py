@@ -466,7 +466,7 @@ def world():
         yield w
     finally:
         reports = w.cleanup()
-    assert not reports, "the daemon's sanitizers reported:\n" + "\n".join(reports)
+    assert not reports, "the daemons' sanitizers, or a cleanup step, reported:\n" + "\n".join(reports)
 
 
 @pytest.fixture
