@@ -35,6 +35,10 @@ def test_a_failed_write_is_never_committed(world):
     r = subprocess.run([sys.executable, "-c", "import sys, torch; torch.save({'w': torch.rand(25 << 20)}, sys.argv[1])",
                         prod.path("model.pt")], capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and "write" in r.stderr, r.stderr[-2000:]
+    # the kernel sends a dead process's RELEASE after the process is reaped: until
+    # it arrives, that handle still holds the working copy open, and the plain
+    # writer below would not be its last writer
+    wait_for(lambda: status(prod)["commits_refused"] == 1, what="the dead save's release")
     # the same with plain writes: the write fails, and so does close()
     fd = os.open(prod.path("model.pt"), os.O_WRONLY | os.O_TRUNC)
     chunk = os.urandom(1 << 20)
