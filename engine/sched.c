@@ -13,10 +13,38 @@
 #include "log.h"
 #include "plan.h"
 
+/* What one re-plan needs: a copy of the inputs, taken under the lock. */
+struct plan_job {
+	uint64_t iter;			/* where the job was */
+	uint64_t last_selected;		/* the version in service then */
+	double elapsed;			/* since inference started */
+	double t_iter, t_ckpt, t_load;
+	double *log_iter, *log_loss;	/* the loss log then (owned) */
+	size_t n;
+};
+
+/* What a re-plan produced, installed under the lock. */
+struct plan_result {
+	uint64_t *plan;			/* absolute iterations (owned) */
+	size_t nplan;
+	struct vp_fit fit;
+	double cil;
+};
+
 struct vp_sched {
 	pthread_mutex_t lock;
 	struct vp_config cfg;
+	pthread_t thread;		/* the planner */
+	int have_thread;
+	void (*on_plan)(void *arg);	/* a new schedule is in place */
+	void *on_plan_arg;
 	/* protected by lock: */
+	pthread_cond_t cond;		/* a job, a stop, or a job done */
+	struct plan_job job;		/* the latest re-plan asked for */
+	int job_pending;
+	int planning;			/* the planner works on a job, unlocked */
+	int stop;
+	uint64_t asked_iter;		/* iteration of the last re-plan asked for */
 	double first_time;		/* first observation of the log */
 	uint64_t first_iter;
 	double t0;			/* when warm-up ended: inference starts */
@@ -30,6 +58,8 @@ struct vp_sched {
 	double predicted_cil;
 	int have_plan;
 };
+
+static void *planner(void *arg);
 
 struct vp_sched *vp_sched_new(const struct vp_config *cfg, char *err,
 			      size_t errlen)
@@ -46,44 +76,87 @@ struct vp_sched *vp_sched_new(const struct vp_config *cfg, char *err,
 		return NULL;
 	}
 	pthread_mutex_init(&s->lock, NULL);
+	pthread_cond_init(&s->cond, NULL);
 	s->cfg = *cfg;
 	s->first_time = -1;
+	if (pthread_create(&s->thread, NULL, planner, s)) {
+		snprintf(err, errlen, "cannot start the planner thread");
+		pthread_cond_destroy(&s->cond);
+		pthread_mutex_destroy(&s->lock);
+		free(s);
+		return NULL;
+	}
+	s->have_thread = 1;
 	return s;
+}
+
+void vp_sched_on_plan(struct vp_sched *s, void (*fn)(void *arg), void *arg)
+{
+	pthread_mutex_lock(&s->lock);
+	s->on_plan = fn;
+	s->on_plan_arg = arg;
+	pthread_mutex_unlock(&s->lock);
+}
+
+void vp_sched_stop(struct vp_sched *s)
+{
+	if (!s || !s->have_thread)
+		return;
+	pthread_mutex_lock(&s->lock);
+	s->stop = 1;
+	pthread_cond_broadcast(&s->cond);
+	pthread_mutex_unlock(&s->lock);
+	pthread_join(s->thread, NULL);
+	s->have_thread = 0;
+}
+
+void vp_sched_settle(struct vp_sched *s)
+{
+	pthread_mutex_lock(&s->lock);
+	while ((s->job_pending || s->planning) && !s->stop)
+		pthread_cond_wait(&s->cond, &s->lock);
+	pthread_mutex_unlock(&s->lock);
 }
 
 void vp_sched_free(struct vp_sched *s)
 {
 	if (!s)
 		return;
+	vp_sched_stop(s);
+	free(s->job.log_iter);
+	free(s->job.log_loss);
 	free(s->plan);
+	pthread_cond_destroy(&s->cond);
 	pthread_mutex_destroy(&s->lock);
 	free(s);
 }
 
-/* Fits and plans the rest of the run.  Called with s->lock held. */
-static void replan_locked(struct vp_sched *s, const struct vp_losslog *log,
-			  uint64_t iter, double now, double t_ckpt,
-			  double t_load)
+/*
+ * Fits the job's loss log and plans the rest of the run.  No lock held: it
+ * reads only the job and the options.  Returns 0 with *r filled, or -1
+ * (no fit, nothing left to plan, no memory).
+ */
+static int plan(const struct vp_sched *s, const struct plan_job *job,
+		struct plan_result *r)
 {
 	struct vp_plan_input in = { 0 };
 	struct vp_schedule sched;
-	struct vp_fit fit;
-	double elapsed = now - s->t0, *pl;
+	double *pl;
 	uint64_t served;
+	int rc = -1;
 
-	VP_ASSERT_LOCKED(&s->lock);
-	if (vp_fit_best(log->iter, log->loss, log->n, &fit, NULL))
-		return;
-	served = (uint64_t)(elapsed / s->cfg.plan_t_infer);
+	if (vp_fit_best(job->log_iter, job->log_loss, job->n, &r->fit, NULL))
+		return -1;
+	served = (uint64_t)(job->elapsed / s->cfg.plan_t_infer);
 	if (served >= s->cfg.plan_inferences) {
 		vp_log(LOG_DEBUG, "plan", "not re-planned at iteration %llu: the %llu inferences are served",
-		       (unsigned long long)iter, (unsigned long long)s->cfg.plan_inferences);
-		return;		/* nothing to plan */
+		       (unsigned long long)job->iter, (unsigned long long)s->cfg.plan_inferences);
+		return -1;	/* nothing to plan */
 	}
-	in.t_iter = s->t_iter;
+	in.t_iter = job->t_iter;
 	in.t_infer = s->cfg.plan_t_infer;
-	in.t_ckpt = t_ckpt;
-	in.t_load = t_load;
+	in.t_ckpt = job->t_ckpt;
+	in.t_load = job->t_load;
 	in.inferences = s->cfg.plan_inferences - served;
 	in.lambda = s->cfg.plan_lambda;
 	in.horizon = (uint64_t)((double)in.inferences * in.t_infer / in.t_iter);
@@ -93,27 +166,121 @@ static void replan_locked(struct vp_sched *s, const struct vp_losslog *log,
 		in.horizon = 1000000;
 	pl = malloc((in.horizon + 1) * sizeof(*pl));
 	if (!pl)
-		return;
-	pl[0] = fmax(0.0, vp_fit_eval(&fit, (double)s->last_selected));
+		return -1;
+	pl[0] = fmax(0.0, vp_fit_eval(&r->fit, (double)job->last_selected));
 	for (uint64_t c = 1; c <= in.horizon; c++)
-		pl[c] = fmax(0.0, vp_fit_eval(&fit, (double)(iter + c)));
+		pl[c] = fmax(0.0, vp_fit_eval(&r->fit, (double)(job->iter + c)));
 	if (vp_plan_optimal(&in, pl, &sched) == 0) {
-		free(s->plan);
-		s->plan = sched.iters;
-		s->nplan = sched.n;
-		for (size_t k = 0; k < s->nplan; k++)
-			s->plan[k] += iter;
-		s->predicted_cil = sched.cil;
-		s->fit = fit;
-		s->have_plan = 1;
-		s->last_fit_iter = iter;
+		r->plan = sched.iters;
+		r->nplan = sched.n;
+		for (size_t k = 0; k < r->nplan; k++)
+			r->plan[k] += job->iter;
+		r->cil = sched.cil;
 		vp_log(LOG_INFO, "plan",
 		       "re-planned at iteration %llu: %zu checkpoints for the %llu inferences left, predicted CIL %.1f (fit %s, mse %.3g, t_iter %.4f s)",
-		       (unsigned long long)iter, s->nplan,
+		       (unsigned long long)job->iter, r->nplan,
 		       (unsigned long long)in.inferences, sched.cil,
-		       vp_fit_name(fit.family), fit.mse, s->t_iter);
+		       vp_fit_name(r->fit.family), r->fit.mse, job->t_iter);
+		rc = 0;
 	}
 	free(pl);
+	return rc;
+}
+
+/*
+ * The planner thread: takes the latest job, plans it with no lock held (a
+ * plan can take a second; the writer whose close() asked for it must not
+ * wait), and installs the result unless a newer plan is already in place.
+ */
+static void *planner(void *arg)
+{
+	struct vp_sched *s = arg;
+
+	pthread_mutex_lock(&s->lock);
+	for (;;) {
+		struct plan_job job;
+		struct plan_result r = { 0 };
+		void (*fn)(void *) = NULL;
+		void *fn_arg = NULL;
+		int ok;
+
+		while (!s->job_pending && !s->stop)
+			pthread_cond_wait(&s->cond, &s->lock);
+		if (s->stop)
+			break;
+		job = s->job;
+		memset(&s->job, 0, sizeof(s->job));
+		s->job_pending = 0;
+		s->planning = 1;
+		pthread_mutex_unlock(&s->lock);
+
+		ok = plan(s, &job, &r) == 0;
+		free(job.log_iter);
+		free(job.log_loss);
+
+		pthread_mutex_lock(&s->lock);
+		if (ok && (!s->have_plan || job.iter >= s->last_fit_iter)) {
+			free(s->plan);
+			s->plan = r.plan;
+			s->nplan = r.nplan;
+			s->predicted_cil = r.cil;
+			s->fit = r.fit;
+			s->have_plan = 1;
+			s->last_fit_iter = job.iter;
+			fn = s->on_plan;
+			fn_arg = s->on_plan_arg;
+		} else if (ok) {
+			free(r.plan);
+		} else if (s->asked_iter == job.iter) {
+			s->asked_iter = 0;	/* no plan: the next version asks again */
+		}
+		if (fn) {
+			pthread_mutex_unlock(&s->lock);
+			fn(fn_arg);	/* still "planning": settle waits for the file too */
+			pthread_mutex_lock(&s->lock);
+		}
+		s->planning = 0;
+		pthread_cond_broadcast(&s->cond);
+	}
+	pthread_mutex_unlock(&s->lock);
+	return NULL;
+}
+
+/*
+ * Asks the planner for a re-plan from the state now.  A job not yet taken
+ * is replaced: only the latest state is worth planning.  Returns 0, or -1
+ * when memory ran out (no re-plan this time).  s->lock held.
+ */
+static int ask_replan_locked(struct vp_sched *s, const struct vp_losslog *log,
+			     uint64_t iter, double now, double t_ckpt,
+			     double t_load)
+{
+	struct plan_job job = { 0 };
+
+	VP_ASSERT_LOCKED(&s->lock);
+	job.log_iter = malloc(log->n * sizeof(double));
+	job.log_loss = malloc(log->n * sizeof(double));
+	if (!job.log_iter || !job.log_loss) {
+		free(job.log_iter);
+		free(job.log_loss);
+		return -1;
+	}
+	memcpy(job.log_iter, log->iter, log->n * sizeof(double));
+	memcpy(job.log_loss, log->loss, log->n * sizeof(double));
+	job.n = log->n;
+	job.iter = iter;
+	job.last_selected = s->last_selected;
+	job.elapsed = now - s->t0;
+	job.t_iter = s->t_iter;
+	job.t_ckpt = t_ckpt;
+	job.t_load = t_load;
+	free(s->job.log_iter);
+	free(s->job.log_loss);
+	s->job = job;
+	s->job_pending = 1;
+	s->asked_iter = iter;
+	pthread_cond_broadcast(&s->cond);
+	return 0;
 }
 
 void vp_sched_decide(struct vp_sched *s, const struct vp_losslog *log,
@@ -150,8 +317,7 @@ void vp_sched_decide(struct vp_sched *s, const struct vp_losslog *log,
 		s->have_t0 = 1;
 		s->t0 = now;
 		s->last_selected = iter;
-		replan_locked(s, log, iter, now, t_ckpt, t_load);
-		d->replanned = s->have_plan;
+		d->replanned = ask_replan_locked(s, log, iter, now, t_ckpt, t_load) == 0;
 		d->why = "end of warm-up";
 		goto out_unlock;
 	}
@@ -165,10 +331,10 @@ void vp_sched_decide(struct vp_sched *s, const struct vp_losslog *log,
 			break;
 		}
 	}
-	if (iter >= s->last_fit_iter + s->cfg.plan_refit) {
-		replan_locked(s, log, iter, now, t_ckpt, t_load);
-		d->replanned = 1;
-	}
+	/* a re-plan asked for and not yet in place counts: it is not asked again */
+	if (iter >= (s->asked_iter > s->last_fit_iter ? s->asked_iter : s->last_fit_iter) +
+		    s->cfg.plan_refit)
+		d->replanned = ask_replan_locked(s, log, iter, now, t_ckpt, t_load) == 0;
 out_unlock:
 	pthread_mutex_unlock(&s->lock);
 }

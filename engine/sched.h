@@ -15,7 +15,13 @@
  * schedule is planned for the inferences still to come, starting from the
  * version in service, so it stays exact for what remains.
  *
- * THREADING: thread-safe (an internal mutex); may take a second to plan.
+ * A re-plan runs on the policy's own planner thread, from a copy of the
+ * inputs: it can take a second, and the writer whose close() asked for it
+ * does not wait.  Until the new plan is in place, decisions use the one
+ * before; a scheduled iteration passed meanwhile selects the next version.
+ *
+ * THREADING: thread-safe (an internal mutex); the planner thread calls the
+ * on_plan callback with no lock held.
  */
 #ifndef VP_SCHED_H
 #define VP_SCHED_H
@@ -31,14 +37,28 @@ struct vp_sched;
 struct vp_sched_decision {
 	int selected;		/* ship and flush this version */
 	uint64_t iteration;	/* where the job is, from the log */
-	int replanned;		/* the schedule changed: rewrite the schedule file */
+	int replanned;		/* a re-plan was asked of the planner thread */
 	const char *why;	/* for the log line */
 };
 
 /* Returns a new policy, or NULL with a message in err (missing options). */
 struct vp_sched *vp_sched_new(const struct vp_config *cfg, char *err,
 			      size_t errlen);
+/* Stops the planner thread (waits for a plan under way); then frees. */
 void vp_sched_free(struct vp_sched *s);
+
+/*
+ * fn(arg) is called on the planner thread, with no lock held, each time a
+ * new schedule is in place (to write the schedule file).  Set it before the
+ * first decision.
+ */
+void vp_sched_on_plan(struct vp_sched *s, void (*fn)(void *arg), void *arg);
+
+/* Stops the planner thread: a plan under way is finished, one asked for is dropped. */
+void vp_sched_stop(struct vp_sched *s);
+
+/* Waits until no re-plan is asked for or under way (tests). */
+void vp_sched_settle(struct vp_sched *s);
 
 /*
  * Decides for a version committed at time now (seconds, monotonic), with

@@ -167,13 +167,17 @@ void vp_publish_decide(struct vp_ns *ns, struct vp_node *n, uint64_t version)
 	       (unsigned long long)version, (unsigned long long)d.iteration,
 	       d.selected ? "published" : "kept on this node only", d.why);
 	vp_losslog_release(&log);
-	if (d.replanned) {
-		char *json = vp_sched_json(ns->sched);
+}
 
-		if (json)
-			write_internal_file(ns, VP_SCHEDULE_FILE, json);
-		free(json);
-	}
+/* The planner thread has a new schedule: the schedule file follows.  No locks held. */
+void vp_publish_schedule_changed(void *arg)
+{
+	struct vp_ns *ns = arg;
+	char *json = vp_sched_json(ns->sched);
+
+	if (json)
+		write_internal_file(ns, VP_SCHEDULE_FILE, json);
+	free(json);
 }
 
 /* The process (thread group) of thread tid, from /proc; 0 if unknown. */

@@ -150,6 +150,7 @@ static int open_cache(struct vp_ns *ns, char *err, size_t errlen)
 			vp_pool_free(ns->pool);
 			return -1;
 		}
+		vp_sched_on_plan(ns->sched, vp_publish_schedule_changed, ns);
 	}
 	return 0;
 }
@@ -377,6 +378,7 @@ unsigned int vp_ns_free(struct vp_ns *ns)
 {
 	unsigned int left;
 
+	vp_sched_stop(ns->sched);	/* its callback writes into the namespace */
 	release_orphans(ns);
 	drain_flush(ns);
 	pthread_mutex_lock(&ns->lock);

@@ -454,6 +454,8 @@ int vp_commit_locked(struct vp_ns *ns, struct vp_node *n,
 		     struct vp_data *bytes);
 /* publish=schedule: decides on n's version; n borrowed, no locks held. */
 void vp_publish_decide(struct vp_ns *ns, struct vp_node *n, uint64_t version);
+/* The planner's on_plan callback (arg: the ns): rewrites the schedule file. */
+void vp_publish_schedule_changed(void *arg);
 /* The median open-to-close time of the last 64 commits. */
 double vp_median_stall_locked(struct vp_ns *ns);
 

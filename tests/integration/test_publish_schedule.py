@@ -7,7 +7,7 @@ import random
 import re
 import time
 
-from conftest import status
+from conftest import status, wait_for
 
 
 def train(m, iters, every):
@@ -37,14 +37,19 @@ def test_publish_schedule_flushes_selected_versions(world):
     with open(m.path("model.bin"), "rb") as f:
         assert f.read() == last
     assert os.getxattr(m.path("model.bin"), "user.viperfs.version") == b"60"
-    # the schedule is where a training loop can read it
-    with open(m.path(".viperfs-schedule.json")) as f:
-        sched = json.load(f)
-    # re-planned as the run went on; late in the run, when the curve is flat,
-    # the best plan for what is left may be "no more checkpoints".  A slow daemon (a
-    # sanitizer's) may take past the 10 s the 5000 inferences last: then there is
-    # nothing left to plan for, and it says so
-    assert sched["planned_at_iteration"] >= 500 or "inferences are served" in m.read_log()
+    # the schedule is where a training loop can read it.  Re-plans run on the
+    # planner thread, not in the writer's close(): the one the last versions asked
+    # for lands a moment after the job is done.  Re-planned as the run went on;
+    # late in the run, when the curve is flat, the best plan for what is left may
+    # be "no more checkpoints".  A slow daemon (a sanitizer's) may take past the
+    # 10 s the 5000 inferences last: then there is nothing left to plan for, and
+    # it says so
+    def schedule():
+        with open(m.path(".viperfs-schedule.json")) as f:
+            return json.load(f)
+    wait_for(lambda: schedule()["planned_at_iteration"] >= 500 or "inferences are served" in m.read_log(),
+             what="the re-plan of the run's last versions")
+    sched = schedule()
     assert all(i > sched["planned_at_iteration"] for i in sched["iterations"])
     assert sched["fit"]["family"] in ("exp+c", "saturating", "exp", "linear")
     assert sched["t_iter"] > 0.001
@@ -60,7 +65,9 @@ def test_publish_schedule_flushes_selected_versions(world):
     assert all(why in ("warm-up", "end of warm-up", "scheduled") for _, _, why in published)
     assert all(i >= 100 for _, i in kept)
     plans = [int(n) for n in re.findall(r"re-planned at iteration \d+: (\d+) checkpoints", log)]
-    assert len(plans) >= 5 and max(plans) >= 1
+    # one at warm-up's end, and at least one later (a re-plan asked for while one
+    # is under way replaces any other still waiting: only the latest is planned)
+    assert len(plans) >= 2 and max(plans) >= 1
     st = status(m)
     assert st["flush"]["skipped_versions"] >= len(kept)
     # at unmount the latest version still reaches the PFS: nothing is lost

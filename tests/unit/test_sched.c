@@ -10,6 +10,7 @@
 #include <cmocka.h>
 #include <jansson.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -82,6 +83,7 @@ static struct vp_sched_decision decide_at(struct fixture *fx, uint64_t iter)
 	vp_sched_decide(fx->s, log_up_to(fx, iter), (double)iter * T_ITER, T_CKPT, T_LOAD, &d);
 	assert_int_equal(d.iteration, iter);
 	assert_non_null(d.why);
+	vp_sched_settle(fx->s);		/* the plan asked for is in place */
 	return d;
 }
 
@@ -193,6 +195,77 @@ static void test_plan_selects_its_iterations_only(void **state)
 	json_decref(j);
 }
 
+/* An on_plan callback that counts, and holds the planner until the test opens the gate. */
+static pthread_mutex_t gate_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t gate_cond = PTHREAD_COND_INITIALIZER;
+static int gate_open, plans_done;
+
+static void held_on_plan(void *arg)
+{
+	(void)arg;
+	pthread_mutex_lock(&gate_lock);
+	plans_done++;
+	pthread_cond_broadcast(&gate_cond);
+	while (!gate_open)
+		pthread_cond_wait(&gate_cond, &gate_lock);
+	pthread_mutex_unlock(&gate_lock);
+}
+
+static int planned_at(struct vp_sched *s)
+{
+	json_t *j = schedule_of(s);
+	int at = (int)json_integer_value(json_object_get(j, "planned_at_iteration"));
+
+	json_decref(j);
+	return at;
+}
+
+/*
+ * A re-plan runs on the planner thread, not in the caller: with the
+ * planner held, a decision that asks for one returns at once with the old
+ * plan still in place; the new one arrives when the planner is let go.
+ */
+static void test_replans_off_the_callers_thread(void **state)
+{
+	struct fixture *fx = *state;
+	struct vp_sched_decision d;
+	struct vp_config cfg;
+	char err[256];
+
+	vp_sched_free(fx->s);
+	config(&cfg);
+	cfg.plan_refit = 100;
+	fx->s = vp_sched_new(&cfg, err, sizeof(err));
+	assert_non_null(fx->s);
+	gate_open = 0;
+	plans_done = 0;
+	vp_sched_on_plan(fx->s, held_on_plan, NULL);
+
+	decide_at(fx, 50);
+	vp_sched_decide(fx->s, log_up_to(fx, 150), 150 * T_ITER, T_CKPT, T_LOAD, &d);
+	assert_true(d.replanned);
+	pthread_mutex_lock(&gate_lock);
+	while (plans_done < 1)		/* the first plan is in; the planner is held */
+		pthread_cond_wait(&gate_cond, &gate_lock);
+	pthread_mutex_unlock(&gate_lock);
+	assert_int_equal(planned_at(fx->s), 150);
+
+	vp_sched_decide(fx->s, log_up_to(fx, 260), 260 * T_ITER, T_CKPT, T_LOAD, &d);
+	assert_true(d.replanned);
+	assert_int_equal(planned_at(fx->s), 150);	/* not planned by the caller */
+	/* asked and not yet in place: a later version does not ask again */
+	vp_sched_decide(fx->s, log_up_to(fx, 270), 270 * T_ITER, T_CKPT, T_LOAD, &d);
+	assert_false(d.replanned);
+
+	pthread_mutex_lock(&gate_lock);
+	gate_open = 1;
+	pthread_cond_broadcast(&gate_cond);
+	pthread_mutex_unlock(&gate_lock);
+	vp_sched_settle(fx->s);
+	assert_int_equal(planned_at(fx->s), 260);
+	assert_int_equal(plans_done, 2);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -200,6 +273,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_every_version_before_a_log, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_every_version_during_warm_up, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_plan_selects_its_iterations_only, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_replans_off_the_callers_thread, setup, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
