@@ -126,7 +126,6 @@ class Proc:
             rc = self.p.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             raise RuntimeError("%s still running after %d s\n%s" % (self.name, timeout, tail(self.err)))
-        conftest._pending.pop(self.p.stdout.fileno(), None)
         self.errf.close()
         if rc != 0:
             raise RuntimeError("%s exited %d\n%s" % (self.name, rc, tail(self.err)))
