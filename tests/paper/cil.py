@@ -66,7 +66,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
 
-import conftest  # noqa: E402
 from conftest import World, cluster_secret, lines_until, status, wait_for  # noqa: E402
 import gluster  # noqa: E402
 
