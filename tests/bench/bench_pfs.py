@@ -23,6 +23,9 @@ Methods, each a checkpoint of --size bytes written --runs times:
   viperfs   producer and consumer mounts of viperfs on nodes 1 and 2, each
             flushing to (reading from) its own client of the same volume;
             the consumer waits for the version (push) and loads it
+  tmpfs     not a way to deliver: the same writer into /dev/shm, no
+            consumer.  Its stall is the ceiling of any RAM cache on this
+            machine (the stall ratio no design can beat here)
 
 Every load is checked: a version's file is its own byte repeated, so a load
 counts as an update only if it has every byte of the version being waited
@@ -54,7 +57,7 @@ import bench  # noqa: E402
 import gluster  # noqa: E402
 
 BLOCK = bench.BLOCK         # the writer is bench.py's
-METHODS = ("poll1", "poll15", "careful", "rename", "rsync", "viperfs")
+METHODS = ("poll1", "poll15", "careful", "rename", "rsync", "viperfs", "tmpfs")
 TITLES = {
     "poll1": "PFS + fsync, 1 s poll",
     "poll15": "PFS + fsync, 15 s poll",
@@ -62,6 +65,7 @@ TITLES = {
     "rename": "PFS, temp + fsync + rename, 1 s poll",
     "rsync": "rsync -W pushed at close()",
     "viperfs": "viperfs (flush to the same PFS)",
+    "tmpfs": "reference: the writer into tmpfs",
 }
 
 
@@ -251,6 +255,17 @@ def run_rsync(s, version):
     return {"stall": t_close - t_open, "latency": t - t_close if ok else None, "torn": 0 if ok else 1}
 
 
+def run_tmpfs(s, version):
+    """The reference: the same writer into tmpfs, nothing delivered."""
+    path = "/dev/shm/viperfs-bench-pfs-%d.pt" % os.getpid()
+    try:
+        t_open, t_close = write_version(path, s.size, version)
+    finally:
+        if os.path.exists(path):
+            os.unlink(path)
+    return {"stall": t_close - t_open, "latency": None, "torn": 0, "reference": True}
+
+
 def run_viperfs(s, version, nth):
     """version: the bytes' pattern; nth: the daemon's version number of the file."""
     path, cpath = s.prod.path("ckpt.pt"), s.cons.path("ckpt.pt")
@@ -291,6 +306,8 @@ def measure(size, runs, methods, pfs_dir=None, log=print, vp_opts=""):
                     r = run_poll(s, v, run, runs, 1.0, rename=True)
                 elif m == "rsync":
                     r = run_rsync(s, v)
+                elif m == "tmpfs":
+                    r = run_tmpfs(s, v)
                 else:
                     r = run_viperfs(s, v, version[m])
                     s.prod.flush()      # untimed: its flush must not slow the next method
@@ -317,7 +334,7 @@ def summarize(res):
         out[m] = {"latency": statistics.median(lat) if lat else None,
                   "stall": statistics.median(x["stall"] for x in samples) if samples else None,
                   "torn": sum(x["torn"] for x in samples),
-                  "missed": sum(1 for x in samples if x["latency"] is None),
+                  "missed": sum(1 for x in samples if x["latency"] is None and not x.get("reference")),
                   "runs": len(samples)}
     return out
 
@@ -331,6 +348,8 @@ def table(med, where):
         if m != "viperfs" and vp.get("latency") and v["latency"]:
             ratio = "%.1fx lower latency, %.1fx lower stall" % (v["latency"] / vp["latency"],
                                                                 v["stall"] / vp["stall"])
+        elif m == "tmpfs" and vp.get("stall") and v["stall"]:
+            ratio = "viperfs' stall is %.2fx this" % (vp["stall"] / v["stall"])
         lines.append("%-40s %10s %10.3f %6d %6d  %s" % (
             TITLES[m], "%.3f" % v["latency"] if v["latency"] is not None else "-",
             v["stall"], v["torn"], v["missed"], ratio))
@@ -351,6 +370,10 @@ def targets(med):
     row("update latency, viperfs vs PFS + fsync + 1 s poll", "poll1", "latency", 4)
     row("update latency, viperfs vs PFS + 15 s poll", "poll15", "latency", 10)
     row("producer stall vs write + fsync to the PFS", "poll1", "stall", 5)
+    b, t = med.get("poll1"), med.get("tmpfs")
+    if b and t and b["stall"] and t["stall"]:
+        out.append("%-52s %6.1fx  (the most any RAM cache could reach on this machine)" % (
+            "  ceiling: PFS stall vs a tmpfs write", b["stall"] / t["stall"]))
     if vp:
         out.append("%-52s %6d   target 0: %s" % ("torn loads, viperfs", vp["torn"],
                                                  "met" if vp["torn"] == 0 else "NOT met"))
