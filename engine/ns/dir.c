@@ -78,9 +78,9 @@ static int apply_size_locked(struct vp_ns *ns, struct vp_node *n, uint64_t size,
 		if (rc)
 			vp_work_failed(n, rc);
 		pthread_mutex_lock(&ns->lock);
-		__atomic_store_n(&n->dirty, 1, __ATOMIC_RELEASE);
+		vp_mark_dirty(n);
 	} else {
-		__atomic_store_n(&n->dirty, 1, __ATOMIC_RELEASE);
+		vp_mark_dirty(n);
 	}
 	n->mtime = n->ctime = vp_wall_now();
 	return rc;

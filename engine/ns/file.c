@@ -40,7 +40,18 @@ int vp_commit_locked(struct vp_ns *ns, struct vp_node *n,
 	n->version = (n->floor > n->version ? n->floor : n->version) + 1;
 	if (!ns->replica)
 		n->epoch = ns->epoch;	/* a consumer's installer set the producer's */
-	n->mtime = n->ctime = vp_wall_now();
+	{
+		/* the time of the last change to the bytes, not of the commit */
+		int64_t t = __atomic_exchange_n(&n->work_mtime_ns, 0, __ATOMIC_RELAXED);
+
+		if (t) {
+			n->mtime.tv_sec = t / 1000000000;
+			n->mtime.tv_nsec = t % 1000000000;
+			n->ctime = n->mtime;
+		} else {
+			n->mtime = n->ctime = vp_wall_now();
+		}
+	}
 	__atomic_store_n(&n->streamed, 0, __ATOMIC_RELAXED);	/* the next version streams anew */
 	ns->st_commits++;
 	vp_metrics_add(VP_C_VERSIONS, 1);
@@ -471,7 +482,7 @@ static int open_node(struct vp_ns *ns, const struct vp_caller *who,
 		}
 	}
 	if (writable && (flags & O_TRUNC))
-		__atomic_store_n(&n->dirty, 1, __ATOMIC_RELEASE);
+		vp_mark_dirty(n);
 make_handle:
 	*hp = handle_new(ns, who, n, d, writable);
 	if (!*hp) {
@@ -546,6 +557,7 @@ int vp_ns_create(struct vp_ns *ns, const struct vp_caller *who,
 	n->work_started = vp_now();
 	n->writers = 1;
 	n->dirty = 1;		/* even an empty file is a version */
+	n->work_mtime_ns = vp_ts_ns(n->mtime);	/* made now: the commit keeps its times */
 	*hp = handle_new(ns, who, n, d, 1);
 	if (!*hp) {
 		rc = -ENOMEM;	/* the empty file stays, with no writer */
@@ -644,7 +656,7 @@ static void wrote(struct vp_ns *ns, struct vp_handle *h, ssize_t n)
 	if (n > 0) {
 		__atomic_store_n(&h->wrote, 1, __ATOMIC_RELAXED);
 		maybe_preview(ns, h);
-		__atomic_store_n(&h->node->dirty, 1, __ATOMIC_RELEASE);
+		vp_mark_dirty(h->node);
 		__atomic_add_fetch(&ns->st_bytes_written, (uint64_t)n, __ATOMIC_RELAXED);
 		vp_metrics_add(VP_C_BYTES_WRITTEN, (uint64_t)n);
 	} else if (n == -ENOSPC) {
@@ -695,7 +707,7 @@ int vp_ns_fallocate(struct vp_ns *ns, struct vp_handle *h, int mode, uint64_t of
 	rc = vp_data_fallocate(h->data, off, len, mode & FALLOC_FL_KEEP_SIZE, ns->cfg.cache_wait);
 	if (rc == 0 && vp_data_size(h->data) != before) {
 		__atomic_store_n(&h->wrote, 1, __ATOMIC_RELAXED);
-		__atomic_store_n(&h->node->dirty, 1, __ATOMIC_RELEASE);
+		vp_mark_dirty(h->node);
 	} else if (rc == -ENOSPC) {
 		/* the file's bytes are whole: nothing failed but the reservation */
 		vp_log(LOG_WARNING, "cache",

@@ -121,6 +121,7 @@ struct vp_node {
 	struct vp_data *work;		/* working copy while writable handles exist */
 	unsigned int writers;
 	int dirty;			/* work changed since the last commit */
+	int64_t work_mtime_ns;		/* atomic: wall time of work's last change (0: none) */
 	int work_err;			/* atomic: -errno of a failed write to work (0: none); no commit */
 	double work_started;		/* vp_now() when work was made */
 	uint64_t kcache_version;	/* version the kernel page cache may hold */
@@ -313,6 +314,17 @@ static inline struct timespec vp_wall_now(void)
 static inline int64_t vp_ts_ns(struct timespec t)
 {
 	return (int64_t)t.tv_sec * 1000000000LL + t.tv_nsec;
+}
+
+/*
+ * The working copy of n changed: the next commit makes a version, and its
+ * mtime and ctime are the time of this change (as a local file system's
+ * are the last write's), not of the commit.
+ */
+static inline void vp_mark_dirty(struct vp_node *n)
+{
+	__atomic_store_n(&n->work_mtime_ns, vp_ts_ns(vp_wall_now()), __ATOMIC_RELAXED);
+	__atomic_store_n(&n->dirty, 1, __ATOMIC_RELEASE);
 }
 
 static inline double vp_wall_seconds(void)

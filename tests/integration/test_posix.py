@@ -6,6 +6,7 @@ import mmap
 import os
 import stat
 import subprocess
+import time
 
 import pytest
 
@@ -427,3 +428,28 @@ def test_paths_up_to_path_max(world):
         os.close(f)
     finally:
         os.close(fd)
+
+
+def test_a_versions_times_are_its_last_changes_not_its_commits(mnt):
+    """As on a local file system, a file's mtime and ctime are those of its last
+    write (or of its creation), not of the close() that commits the version: a
+    create and a close change nothing, and a write 0.3 s before the close is
+    the file's time.  The suite's "failed chown keeps ctime" check caught the
+    commit's time, a second later across a tick."""
+    p = mnt.path("created.bin")
+    fd = os.open(p, os.O_WRONLY | os.O_CREAT, 0o644)
+    made = os.fstat(fd)
+    time.sleep(0.3)                 # the gap between the change and the commit
+    os.close(fd)
+    st = os.stat(p)
+    assert (st.st_mtime_ns, st.st_ctime_ns) == (made.st_mtime_ns, made.st_ctime_ns)
+
+    fd = os.open(p, os.O_WRONLY)
+    os.write(fd, b"x" * 4096)
+    wrote = time.time_ns()
+    time.sleep(0.3)
+    os.close(fd)
+    st = os.stat(p)
+    assert os.getxattr(p, "user.viperfs.version") == b"2"
+    assert made.st_mtime_ns < st.st_mtime_ns <= wrote
+    assert st.st_ctime_ns == st.st_mtime_ns
