@@ -66,7 +66,7 @@ DOCDIR ?= $(PREFIX)/share/doc/viperfs
 BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
 SYSTEMDDIR ?= /etc/systemd/system
 
-.PHONY: all deps test-deps test unit integration check bench paper bench-gpu clean install uninstall deb demo plan-report check-thread fuzz demo-local chaos FORCE
+.PHONY: all deps test-deps test unit integration check bench paper bench-gpu clean install uninstall deb demo plan-report check-thread fuzz demo-local chaos posix-suite FORCE
 all: deps $(BUILD)/viperfs $(BUILD)/viperctl $(BUILD)/libviperfs_client.a $(BUILD)/tests/fabpoke $(BUILD)/tests/fabbw $(BUILD)/tests/hostile $(BUILD)/man/viperfs.8
 
 # The C client library for local processes (GPU export): tools/viperfs_client.h
@@ -151,6 +151,11 @@ CHAOS_SEED ?= random
 chaos: all test-deps
 	@CHAOS_SECONDS=$(CHAOS_SECONDS) CHAOS_SEED=$(CHAOS_SEED) VIPERFS_BUILD=$(abspath $(BUILD)) \
 		$(PYTHON) -m pytest -q -s -p no:cacheprovider tests/integration/test_chaos.py
+
+# A POSIX conformance suite you built (pjdfstest; not packaged by Debian):
+# PJDFSTEST=DIR make posix-suite  (tmpfs and a viperfs mount, side by side)
+posix-suite: all test-deps
+	@VIPERFS_BUILD=$(abspath $(BUILD)) $(PYTHON) tests/posix/suite.py $(PJDFSTEST)
 
 check-thread:
 	$(MAKE) BUILD=build-tsan SANITIZE=thread test
