@@ -87,6 +87,7 @@ struct vp_fab {
 	pthread_cond_t cond;		/* an operation completed */
 	uint64_t send_busy;		/* bitmap of send slots in use, protected by lock */
 	SLIST_HEAD(, batch) orphans;	/* timed-out reads still posted; protected by lock */
+	int cancel;			/* vp_fab_cancel_reads(); protected by lock */
 	int shut;			/* vp_fab_shutdown() ran */
 	int kept;			/* ... with reads still posted: left open (vp_fab_close) */
 	struct vp_fab *kept_next;
@@ -976,6 +977,10 @@ int vp_fab_read_cb(struct vp_fab *fab, vp_fab_addr src,
 	while (next < n || b->outstanding || seen < b->ndone) {
 		if (b->failed)
 			break;
+		if (fab->cancel) {
+			rc = -ECANCELED;
+			break;
+		}
 		if (b->ndone != progress) {
 			/* a read completed: the peer is alive; the wait starts again */
 			progress = b->ndone;
@@ -1025,6 +1030,14 @@ int vp_fab_read_cb(struct vp_fab *fab, vp_fab_addr src,
 	pthread_mutex_unlock(&fab->lock);
 	free(b);
 	return rc;
+}
+
+void vp_fab_cancel_reads(struct vp_fab *fab)
+{
+	pthread_mutex_lock(&fab->lock);
+	fab->cancel = 1;
+	pthread_cond_broadcast(&fab->cond);
+	pthread_mutex_unlock(&fab->lock);
 }
 
 unsigned int vp_fab_orphan_reads(struct vp_fab *fab)

@@ -211,6 +211,13 @@ int vp_fab_read(struct vp_fab *fab, vp_fab_addr src,
 int vp_fab_read_cb(struct vp_fab *fab, vp_fab_addr src,
 		   const struct vp_fab_read_req *reqs, size_t n, unsigned int inflight,
 		   double deadline_s, void (*done)(void *arg, size_t req), void *arg);
+/*
+ * Shutdown: every wait for reads, now and from now on, ends at once, with
+ * -ECANCELED (or -ETIMEDOUT where reads are still posted, as above), so
+ * that a fetch from a silent peer does not hold an unmount for its
+ * deadline.  Thread-safe; there is no undo.
+ */
+void vp_fab_cancel_reads(struct vp_fab *fab);
 
 /*
  * Reads that a vp_fab_read() gave up on (-ETIMEDOUT) and that are still

@@ -395,6 +395,8 @@ void vp_repl_free(struct vp_repl *r)
 	pthread_cond_broadcast(&r->cond);
 	pthread_cond_broadcast(&r->beat_cond);
 	pthread_mutex_unlock(&r->lock);
+	if (r->fab)
+		vp_fab_cancel_reads(r->fab);	/* a fetch from a silent peer ends now */
 	if (r->beat_started)
 		pthread_join(r->beat_thread, NULL);
 	if (r->thread_started)

@@ -6,6 +6,7 @@ import errno
 import hashlib
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -362,3 +363,27 @@ def test_fsync_peers_returns_once_consumers_hold_the_version(world):
     assert "1 of the 2 consumer(s) fsync=peers asks for hold version 2; EIO" in prod.read_log()
     assert wait_version(prod.path("model.pt"), 1) == 2
     assert wait_version(c1.path("model.pt"), 1) == 2
+
+
+def test_a_consumer_unmounts_at_once_while_a_fetch_waits_on_a_silent_producer(world):
+    """A consumer mid-fetch from a producer that went silent (SIGSTOP: no error,
+    no close) unmounts at once: the wait for the reads is cancelled, not sat out
+    to its peer_timeout (30 s here)."""
+    net, prod, (cons,) = cluster(world, consumers=1, opts=",peer_timeout=30,repl_stream=0")
+    wait_for(lambda: subscribed(prod, 1), what="the consumer")
+    write(prod.path("m.bin"), b"1" * (1 << 20))
+    assert wait_version(cons.path("m.bin"), 0) == 1
+    # a slow link, so that the next fetch is surely in flight when the producer stops
+    subprocess.run(["ip", "netns", "exec", net.names[0], "tc", "qdisc", "add", "dev",
+                    "%sp0" % net.tag, "root", "tbf", "rate", "100mbit", "burst", "64kb",
+                    "latency", "50ms"], check=True)
+    write(prod.path("m.bin"), os.urandom(64 << 20))
+    wait_for(lambda: "fetching 'm.bin' version 2" in cons.read_log(), what="the fetch")
+    os.kill(prod.proc.pid, signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        assert cons.stop(timeout=60) == 0
+        took = time.monotonic() - t0
+    finally:
+        os.kill(prod.proc.pid, signal.SIGCONT)
+    assert took < 15, "the unmount waited %.1f s for a silent producer" % took

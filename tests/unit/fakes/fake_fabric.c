@@ -227,6 +227,11 @@ void vp_fab_shutdown(struct vp_fab *fab)
 	(void)fab;
 }
 
+void vp_fab_cancel_reads(struct vp_fab *fab)
+{
+	(void)fab;	/* the fake's reads never wait */
+}
+
 unsigned int vp_fab_orphan_reads(struct vp_fab *fab)
 {
 	(void)fab;
