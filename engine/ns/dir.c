@@ -99,8 +99,13 @@ static void apply_attrs_locked(struct vp_ns *ns, struct vp_node *n,
 		n->gid = sa->gid;
 	if (sa->set_atime)
 		n->atime = sa->atime_now ? vp_wall_now() : sa->atime;
-	if (sa->set_mtime)
+	if (sa->set_mtime) {
 		n->mtime = sa->mtime_now ? vp_wall_now() : sa->mtime;
+		/* through a writer (cp -p's futimens before close): the commit keeps it */
+		if (n->work)
+			__atomic_store_n(&n->work_mtime_ns, vp_ts_ns(n->mtime) ? vp_ts_ns(n->mtime) : 1,
+					 __ATOMIC_RELAXED);
+	}
 	if (sa->set_mode || sa->set_uid || sa->set_gid || sa->set_atime ||
 	    sa->set_mtime) {
 		n->ctime = vp_wall_now();
@@ -138,9 +143,11 @@ void vp_ns_write_kills_privs(struct vp_ns *ns, const struct vp_caller *who,
 	pthread_mutex_lock(&ns->lock);
 	sa.mode = killed_mode(n->mode);
 	if (sa.mode != n->mode) {
+		const struct vp_ns_kernel *k = vp_kernel_of(ns);
+
 		apply_attrs_locked(ns, n, &sa);
-		if (ns->kernel && ns->kernel->inval_attr)
-			ns->kernel->inval_attr(ns->kernel_arg, n->ino);
+		if (k && k->inval_attr)
+			k->inval_attr(ns->kernel_arg, n->ino);
 	}
 	pthread_mutex_unlock(&ns->lock);
 }

@@ -47,7 +47,9 @@ int vp_commit_locked(struct vp_ns *ns, struct vp_node *n,
 		if (t) {
 			n->mtime.tv_sec = t / 1000000000;
 			n->mtime.tv_nsec = t % 1000000000;
-			n->ctime = n->mtime;
+			/* never back: a chmod or rename during the write is later */
+			if (vp_ts_ns(n->ctime) < t)
+				n->ctime = n->mtime;
 		} else {
 			n->mtime = n->ctime = vp_wall_now();
 		}
@@ -304,6 +306,7 @@ static int release_locked(struct vp_ns *ns, struct vp_node *n,
 			n->work = NULL;
 			if (err) {
 				__atomic_store_n(&n->dirty, 0, __ATOMIC_RELEASE);
+				__atomic_store_n(&n->work_mtime_ns, 0, __ATOMIC_RELAXED);
 				refuse_commit_locked(ns, n, err);
 				vp_data_put(work);
 			} else if (__atomic_exchange_n(&n->dirty, 0, __ATOMIC_ACQ_REL)) {
@@ -412,6 +415,7 @@ static struct vp_data *join_writers_locked(struct vp_ns *ns, struct vp_node *n,
 	if (!n->work) {
 		n->work = vp_data_get(d);
 		n->work_started = vp_now();
+		__atomic_store_n(&n->work_mtime_ns, 0, __ATOMIC_RELAXED);	/* a new working copy */
 	} else if (n->work != d) {
 		vp_data_put(d);		/* another writer won the race */
 		d = vp_data_get(n->work);

@@ -441,15 +441,51 @@ def test_a_versions_times_are_its_last_changes_not_its_commits(mnt):
     made = os.fstat(fd)
     time.sleep(0.3)                 # the gap between the change and the commit
     os.close(fd)
-    st = os.stat(p)
-    assert (st.st_mtime_ns, st.st_ctime_ns) == (made.st_mtime_ns, made.st_ctime_ns)
+    assert fresh_times(p) == (made.st_mtime_ns, made.st_ctime_ns)
 
     fd = os.open(p, os.O_WRONLY)
     os.write(fd, b"x" * 4096)
     wrote = time.time_ns()
     time.sleep(0.3)
     os.close(fd)
-    st = os.stat(p)
     assert os.getxattr(p, "user.viperfs.version") == b"2"
-    assert made.st_mtime_ns < st.st_mtime_ns <= wrote
-    assert st.st_ctime_ns == st.st_mtime_ns
+    mtime, ctime = fresh_times(p)
+    assert made.st_mtime_ns < mtime <= wrote
+    assert ctime == mtime
+
+
+def fresh_times(path):
+    """(mtime_ns, ctime_ns) from the daemon, not from the kernel's attribute
+    cache: statx(AT_STATX_FORCE_SYNC) makes FUSE ask again."""
+    buf = ctypes.create_string_buffer(256)
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.statx(-100, os.fsencode(path), 0x2000, 0x7ff, buf) != 0:     # AT_FDCWD, FORCE_SYNC
+        raise OSError(ctypes.get_errno(), "statx", path)
+
+    def ts(off):
+        sec, nsec = int.from_bytes(buf[off:off + 8], "little", signed=True), int.from_bytes(buf[off + 8:off + 12], "little")
+        return sec * 1000000000 + nsec
+    return ts(112), ts(96)          # stx_mtime, stx_ctime
+
+
+def test_times_set_or_changed_while_a_writer_is_open_survive_its_close(mnt, tmp_path):
+    """cp -p sets the copy's times through the descriptor before it closes it:
+    the commit keeps them.  A chmod after the last write is the file's ctime:
+    the commit never moves ctime back to the write."""
+    src = tmp_path / "old.bin"
+    src.write_bytes(os.urandom(3 << 20))
+    os.utime(src, ns=(978307200_000000000, 978307200_123456789))      # 2001-01-01
+    dst = mnt.path("copied.bin")
+    subprocess.run(["cp", "-p", str(src), dst], check=True)
+    assert fresh_times(dst)[0] == 978307200_123456789
+    assert read(dst) == src.read_bytes()
+
+    p = mnt.path("chmodded.bin")
+    fd = os.open(p, os.O_WRONLY | os.O_CREAT, 0o644)
+    os.write(fd, b"y" * 4096)
+    time.sleep(0.05)                # the chmod must come after the write's time
+    os.fchmod(fd, 0o600)
+    changed = os.fstat(fd).st_ctime_ns
+    os.close(fd)
+    mtime, ctime = fresh_times(p)
+    assert ctime >= changed > mtime
