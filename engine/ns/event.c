@@ -257,10 +257,12 @@ static void send_stale_names(struct vp_ns *ns)
 	ns->nstale_names = ns->cap_stale_names = 0;
 	pthread_mutex_unlock(&ns->lock);
 	for (size_t i = 0; i < count; i++) {
-		if (ns->kernel && ns->kernel->inval_entry_now)
-			ns->kernel->inval_entry_now(ns->kernel_arg, names[i].parent, names[i].name);
-		else if (ns->kernel && ns->kernel->inval_entry)
-			ns->kernel->inval_entry(ns->kernel_arg, names[i].parent, names[i].name);
+		const struct vp_ns_kernel *k = vp_kernel_of(ns);
+
+		if (k && k->inval_entry_now)
+			k->inval_entry_now(ns->kernel_arg, names[i].parent, names[i].name);
+		else if (k && k->inval_entry)
+			k->inval_entry(ns->kernel_arg, names[i].parent, names[i].name);
 		free(names[i].name);
 	}
 	free(names);

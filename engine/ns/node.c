@@ -236,8 +236,12 @@ static void inval_name_locked(struct vp_ns *ns, struct vp_node *dir, const char 
 		sn[ns->nstale_names++].parent = dir->ino;
 		return;
 	}
-	if (ns->kernel && ns->kernel->inval_entry)
-		ns->kernel->inval_entry(ns->kernel_arg, dir->ino, name);
+	{
+		const struct vp_ns_kernel *k = vp_kernel_of(ns);
+
+		if (k && k->inval_entry)
+			k->inval_entry(ns->kernel_arg, dir->ino, name);
+	}
 }
 
 void vp_node_take_names_locked(struct vp_ns *ns, struct vp_node *n,

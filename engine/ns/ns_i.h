@@ -269,7 +269,7 @@ struct vp_ns {
 	LIST_HEAD(, vp_alias) aliases;	/* inode numbers of re-keyed nodes the kernel holds */
 	int pt_on;			/* passthrough opens happen: re-key when needed */
 	int pt_pfs_off;			/* the kernel refused a PFS file as a backing file */
-	const struct vp_ns_kernel *kernel;	/* set before the mount serves */
+	const struct vp_ns_kernel *kernel;	/* atomic (vp_kernel_of): set before the mount serves, NULL at its stop */
 	void *kernel_arg;
 
 	/* consumer, protected by lock: */
@@ -314,6 +314,12 @@ static inline struct timespec vp_wall_now(void)
 static inline int64_t vp_ts_ns(struct timespec t)
 {
 	return (int64_t)t.tv_sec * 1000000000LL + t.tv_nsec;
+}
+
+/* The kernel's notifier ops, or NULL (not yet, or the mount stopped): read once per use. */
+static inline const struct vp_ns_kernel *vp_kernel_of(struct vp_ns *ns)
+{
+	return __atomic_load_n(&ns->kernel, __ATOMIC_ACQUIRE);
 }
 
 /*

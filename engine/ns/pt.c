@@ -28,8 +28,8 @@ void vp_ns_set_passthrough(struct vp_ns *ns, int on)
 
 void vp_ns_set_kernel(struct vp_ns *ns, const struct vp_ns_kernel *ops, void *arg)
 {
-	ns->kernel = ops;
 	ns->kernel_arg = arg;
+	__atomic_store_n(&ns->kernel, ops, __ATOMIC_RELEASE);
 }
 
 void vp_ns_set_read_path(struct vp_ns *ns, const char *mode, const char *why)
@@ -134,8 +134,12 @@ void vp_rekey_locked(struct vp_ns *ns, struct vp_node *n)
 	n->kino = NULL;
 	vp_log(LOG_DEBUG, "fs", "'%s': inode %" PRIu64 " is now %" PRIu64 " (passthrough readers keep the old one)",
 	       n->name ? n->name : "?", old, n->ino);
-	if (n->parent && ns->kernel && ns->kernel->inval_entry)
-		ns->kernel->inval_entry(ns->kernel_arg, n->parent->ino, n->name);
+	{
+		const struct vp_ns_kernel *k = vp_kernel_of(ns);
+
+		if (n->parent && k && k->inval_entry)
+			k->inval_entry(ns->kernel_arg, n->parent->ino, n->name);
+	}
 }
 
 /* n's kino for its present inode number, made if needed.  ns->lock held. */
