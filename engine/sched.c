@@ -145,14 +145,14 @@ static int plan(const struct vp_sched *s, const struct plan_job *job,
 	uint64_t served;
 	int rc = -1;
 
-	if (vp_fit_best(job->log_iter, job->log_loss, job->n, &r->fit, NULL))
-		return -1;
 	served = (uint64_t)(job->elapsed / s->cfg.plan_t_infer);
 	if (served >= s->cfg.plan_inferences) {
 		vp_log(LOG_DEBUG, "plan", "not re-planned at iteration %llu: the %llu inferences are served",
 		       (unsigned long long)job->iter, (unsigned long long)s->cfg.plan_inferences);
-		return -1;	/* nothing to plan */
+		return -1;	/* nothing to plan (checked first: no fit for it) */
 	}
+	if (vp_fit_best(job->log_iter, job->log_loss, job->n, &r->fit, NULL))
+		return -1;
 	in.t_iter = job->t_iter;
 	in.t_infer = s->cfg.plan_t_infer;
 	in.t_ckpt = job->t_ckpt;

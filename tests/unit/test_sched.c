@@ -11,6 +11,7 @@
 #include <jansson.h>
 #include <math.h>
 #include <pthread.h>
+#include <time.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -54,10 +55,13 @@ static int setup(void **state)
 	return fx->s ? 0 : -1;
 }
 
+static void open_gate(void);
+
 static int teardown(void **state)
 {
 	struct fixture *fx = *state;
 
+	open_gate();		/* a planner held by a failed test must not hold the free */
 	vp_sched_free(fx->s);
 	free(fx);
 	return 0;
@@ -211,6 +215,30 @@ static void held_on_plan(void *arg)
 	pthread_mutex_unlock(&gate_lock);
 }
 
+static void open_gate(void)
+{
+	pthread_mutex_lock(&gate_lock);
+	gate_open = 1;
+	pthread_cond_broadcast(&gate_cond);
+	pthread_mutex_unlock(&gate_lock);
+}
+
+/* Waits up to 30 s for n plans in place; 0 if they came. */
+static int wait_plans(int n)
+{
+	struct timespec ts;
+	int rc = 0;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_sec += 30;
+	pthread_mutex_lock(&gate_lock);
+	while (plans_done < n && rc == 0)
+		rc = pthread_cond_timedwait(&gate_cond, &gate_lock, &ts);
+	rc = plans_done >= n ? 0 : -1;
+	pthread_mutex_unlock(&gate_lock);
+	return rc;
+}
+
 static int planned_at(struct vp_sched *s)
 {
 	json_t *j = schedule_of(s);
@@ -244,10 +272,9 @@ static void test_replans_off_the_callers_thread(void **state)
 	decide_at(fx, 50);
 	vp_sched_decide(fx->s, log_up_to(fx, 150), 150 * T_ITER, T_CKPT, T_LOAD, &d);
 	assert_true(d.replanned);
-	pthread_mutex_lock(&gate_lock);
-	while (plans_done < 1)		/* the first plan is in; the planner is held */
-		pthread_cond_wait(&gate_cond, &gate_lock);
-	pthread_mutex_unlock(&gate_lock);
+	/* the first plan is in, and the planner is held (a design that plans in the caller has none) */
+	if (wait_plans(1))
+		fail_msg("no plan came through the on_plan callback within 30 s");
 	assert_int_equal(planned_at(fx->s), 150);
 
 	vp_sched_decide(fx->s, log_up_to(fx, 260), 260 * T_ITER, T_CKPT, T_LOAD, &d);
@@ -257,10 +284,7 @@ static void test_replans_off_the_callers_thread(void **state)
 	vp_sched_decide(fx->s, log_up_to(fx, 270), 270 * T_ITER, T_CKPT, T_LOAD, &d);
 	assert_false(d.replanned);
 
-	pthread_mutex_lock(&gate_lock);
-	gate_open = 1;
-	pthread_cond_broadcast(&gate_cond);
-	pthread_mutex_unlock(&gate_lock);
+	open_gate();
 	vp_sched_settle(fx->s);
 	assert_int_equal(planned_at(fx->s), 260);
 	assert_int_equal(plans_done, 2);
