@@ -375,6 +375,19 @@ uint64_t vp_data_resident(struct vp_data *d)
 	return r;
 }
 
+const void *vp_data_sealed_map(struct vp_data *d, uint64_t *len)
+{
+	const void *map = NULL;
+
+	pthread_mutex_lock(&d->lock);
+	if (d->mf && vp_mfile_sealed(d->mf) && d->size) {
+		map = vp_mfile_map(d->mf, d->size);
+		*len = d->size;
+	}
+	pthread_mutex_unlock(&d->lock);
+	return map;
+}
+
 int vp_data_fully_resident(struct vp_data *d)
 {
 	int full = 1;

@@ -151,6 +151,11 @@ uint64_t vp_data_size(struct vp_data *d);
 uint64_t vp_data_resident(struct vp_data *d);
 /* True if every byte is in memory (nothing left to read from a backing file). */
 int vp_data_fully_resident(struct vp_data *d);
+/*
+ * A sealed memory file's read-only mapping of all its bytes (valid while
+ * d is held), its length in *len; NULL for any other data.
+ */
+const void *vp_data_sealed_map(struct vp_data *d, uint64_t *len);
 
 /*
  * Writes len bytes at off, growing the data.  Waits up to wait_s for cache

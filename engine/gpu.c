@@ -54,6 +54,9 @@ struct vp_gpu {
 	int dev;
 	struct vp_pool *pool;		/* whose slabs are pinned for the tier, or NULL */
 	pthread_mutex_t tier_lock;	/* one thread in the tier at a time; never under lock */
+	/* protected by tier_lock: */
+	uint64_t st_pinned_copies;	/* atomic for readers */
+	int warned_pin;
 	pthread_mutex_t lock;
 	pthread_cond_t cond;		/* work queued, or stop */
 	pthread_cond_t idle;		/* the queue drained */
@@ -189,14 +192,41 @@ static void device_failed_locked(struct vp_gpu *g, int rc)
 	}
 }
 
+/*
+ * Pins a sealed memory file's mapping for the copies of d (returns its
+ * base, or NULL: the copies go through staging).  Tier lock held.
+ */
+static const void *pin_sealed(struct vp_gpu *g, struct vp_data *d)
+{
+	uint64_t len = 0;
+	const void *base = g->ops->pin_host_ro ? vp_data_sealed_map(d, &len) : NULL;
+	int rc;
+
+	if (!base)
+		return NULL;
+	rc = g->ops->pin_host_ro(g->t, base, (size_t)len);
+	if (!rc) {
+		__atomic_add_fetch(&g->st_pinned_copies, 1, __ATOMIC_RELAXED);
+		return base;
+	}
+	if (!g->warned_pin) {
+		g->warned_pin = 1;
+		vp_log(LOG_INFO, "gpu", "could not pin a version's memory file for the device (%s): its copies go through staging",
+		       strerror(-rc));
+	}
+	return NULL;
+}
+
 /* Copies d into new device memory.  No lock held; takes the tier lock. */
 static int copy_in(struct vp_gpu *g, struct vp_data *d, uint64_t size, void **mem)
 {
+	const void *pinned;
 	uint64_t off = 0;
 	int rc;
 
 	pthread_mutex_lock(&g->tier_lock);
 	rc = device_alloc(g, size, mem);
+	pinned = rc ? NULL : pin_sealed(g, d);
 	while (!rc && off < size) {
 		struct vp_read rd;
 		ssize_t n = vp_data_read(d, off, (size_t)(size - off), &rd);
@@ -212,6 +242,11 @@ static int copy_in(struct vp_gpu *g, struct vp_data *d, uint64_t size, void **me
 			rc = g->ops->sync(g->t);
 		vp_read_release(&rd);
 		off += (uint64_t)n;
+	}
+	if (pinned) {
+		if (rc)
+			g->ops->sync(g->t);	/* no copy may still read the pages */
+		g->ops->unpin_host(g->t, pinned);
 	}
 	if (rc && *mem) {
 		g->ops->free(g->t, *mem);
@@ -713,6 +748,7 @@ void vp_gpu_get_stats(struct vp_gpu *g, struct vp_gpu_stats *st)
 	st->staged_bytes = g->staged_bytes;
 	st->on = g->on;
 	pthread_mutex_unlock(&g->lock);
+	st->pinned_copies = __atomic_load_n(&g->st_pinned_copies, __ATOMIC_RELAXED);
 }
 
 /* ---- staging while the bytes arrive ------------------------------------ */
@@ -859,7 +895,7 @@ json_t *vp_gpu_status(struct vp_gpu *g)
 	struct vp_gpu_stats st;
 
 	vp_gpu_get_stats(g, &st);
-	return json_pack("{s:s,s:s,s:i,s:o,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I}",
+	return json_pack("{s:s,s:s,s:i,s:o,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I}",
 			 "state", st.on ? "on" : "off",
 			 "tier", g->ops->name,
 			 "device", g->dev,
@@ -874,5 +910,6 @@ json_t *vp_gpu_status(struct vp_gpu *g)
 			 "reads", (json_int_t)st.reads,
 			 "read_bytes", (json_int_t)st.read_bytes,
 			 "staged", (json_int_t)st.staged,
-			 "staged_bytes", (json_int_t)st.staged_bytes);
+			 "staged_bytes", (json_int_t)st.staged_bytes,
+			 "pinned_copies", (json_int_t)st.pinned_copies);
 }

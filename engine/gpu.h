@@ -89,6 +89,7 @@ struct vp_gpu_stats {
 	uint64_t mirrored, evicted, failed;	/* mirrors made, evicted, failed */
 	uint64_t reads, read_bytes;	/* copies back to the host */
 	uint64_t staged, staged_bytes;	/* mirrors that took memory staged while the bytes arrived */
+	uint64_t pinned_copies;		/* mirrors copied straight from their pinned memory file */
 	int on;				/* 0: off after a device error */
 };
 void vp_gpu_get_stats(struct vp_gpu *g, struct vp_gpu_stats *st);

@@ -58,6 +58,13 @@ struct vp_tier_ops {
 	 * unlike the rest; may be NULL.  Undone at close().
 	 */
 	int (*register_host)(struct vp_tier *t, void *base, size_t len);
+	/*
+	 * Pins a read-only host mapping (a version's sealed memory file) for
+	 * the copies that follow, as register_host, until unpin_host(base).
+	 * Returns 0 or -errno (then copies go through staging).  May be NULL.
+	 */
+	int (*pin_host_ro)(struct vp_tier *t, const void *base, size_t len);
+	void (*unpin_host)(struct vp_tier *t, const void *base);
 };
 
 extern const struct vp_tier_ops vp_tier_ram;

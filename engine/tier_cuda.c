@@ -146,8 +146,12 @@ static int take_stage(struct vp_tier *t, unsigned int *slot)
 	return cuda_err(t, cudaEventSynchronize(t->done[*slot]), "cudaEventSynchronize");
 }
 
-/* Pins a host range; the CUDA call runs with no lock held (is_pinned() is on the copy path). */
-static int cuda_register_host(struct vp_tier *t, void *base, size_t len)
+/*
+ * Pins a host range (flags: cudaHostRegisterDefault, or ReadOnly for a
+ * read-only mapping); the CUDA call runs with no lock held (is_pinned()
+ * is on the copy path).
+ */
+static int register_range(struct vp_tier *t, void *base, size_t len, unsigned int flags)
 {
 	int full, rc;
 
@@ -157,7 +161,7 @@ static int cuda_register_host(struct vp_tier *t, void *base, size_t len)
 	if (full)
 		return -ENOSPC;
 	cudaSetDevice(t->dev);
-	rc = cuda_err(NULL, cudaHostRegister(base, len, cudaHostRegisterDefault), "cudaHostRegister");
+	rc = cuda_err(NULL, cudaHostRegister(base, len, flags), "cudaHostRegister");
 	if (rc)
 		return rc;
 	pthread_mutex_lock(&t->reg_lock);
@@ -173,6 +177,39 @@ static int cuda_register_host(struct vp_tier *t, void *base, size_t len)
 		return -ENOSPC;
 	}
 	return 0;
+}
+
+static int cuda_register_host(struct vp_tier *t, void *base, size_t len)
+{
+	return register_range(t, base, len, cudaHostRegisterDefault);
+}
+
+/* A sealed memory file's read-only mapping, where the device can pin one. */
+static int cuda_pin_host_ro(struct vp_tier *t, const void *base, size_t len)
+{
+	int ro = 0;
+
+	if (cudaDeviceGetAttribute(&ro, cudaDevAttrHostRegisterReadOnlySupported, t->dev) != cudaSuccess || !ro)
+		return -ENOTSUP;
+	return register_range(t, (void *)(uintptr_t)base, len, cudaHostRegisterReadOnly);
+}
+
+static void cuda_unpin_host(struct vp_tier *t, const void *base)
+{
+	int found = 0;
+
+	pthread_mutex_lock(&t->reg_lock);
+	for (unsigned int i = 0; i < t->nreg && !found; i++) {
+		if (t->reg[i].base != base)
+			continue;
+		t->reg[i] = t->reg[--t->nreg];
+		found = 1;
+	}
+	pthread_mutex_unlock(&t->reg_lock);
+	if (found) {
+		cudaSetDevice(t->dev);
+		cuda_err(NULL, cudaHostUnregister((void *)(uintptr_t)base), "cudaHostUnregister");
+	}
 }
 
 /* True if [src, src+len) lies in pinned (registered) host memory. */
@@ -311,6 +348,8 @@ const struct vp_tier_ops vp_tier_cuda = {
 	.sync = cuda_sync,
 	.export_ipc = cuda_export_ipc,
 	.register_host = cuda_register_host,
+	.pin_host_ro = cuda_pin_host_ro,
+	.unpin_host = cuda_unpin_host,
 };
 #else
 /* Built without the CUDA runtime: the GPU tier is off (vp_tier_gpu_ops says why). */

@@ -162,6 +162,15 @@ dd if="$WORK/src.bin" of="$MNT/ckpt.bin" bs=4M status=none && ok "2 GiB checkpoi
 poll_status "$MNT" '"off" if s["tiers"]["gpu"]["state"] != "on" else s["tiers"]["gpu"]["files"] == 1 and s["tiers"]["gpu"]["used"] == 2 << 30' 600 && ok "mirrored to the GPU ($("$BUILD/viperctl" status "$MNT" | grep 'gpu tier'))" ||
 	bad "not mirrored to the GPU within 60 s: $("$BUILD/viperctl" status "$MNT" | grep 'gpu tier')"
 cmp -s "$WORK/src.bin" "$MNT/ckpt.bin" && ok "read back byte-exact" || bad "read back differs"
+# the version is a sealed memory file: its copy went straight from it, pinned (or the log says why not)
+pinned=$(status_of "$MNT" 's["tiers"]["gpu"].get("pinned_copies", 0)')
+if [ "$GPU_TIER" = ram ]; then
+	:	# the host tier pins nothing
+elif [ "${pinned:-0}" -ge 1 ]; then
+	ok "the memory file was pinned for its copy (pinned_copies $pinned)"
+else
+	bad "the memory file was not pinned for its copy: $(grep -h 'could not pin' "$OUT/viperfs.log" 2>/dev/null | tail -1)"
+fi
 ipc_check "$MNT/ckpt.bin" "gpu-export round trip"
 if "$BUILD/viperctl" umount "$MNT" > "$OUT/umount.txt" 2>&1; then
 	ok "unmounted, everything on the PFS"

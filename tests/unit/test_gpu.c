@@ -464,11 +464,82 @@ static void test_status_object(void **state)
 		 "{\"state\":\"on\",\"tier\":\"%s\",\"device\":0,\"name\":\"fake device\","
 		 "\"budget\":%llu,\"used\":%llu,\"files\":1,\"leased\":0,\"mirrored\":1,"
 		 "\"evicted\":0,\"failed\":0,\"reads\":0,\"read_bytes\":0,\"staged\":0,"
-		 "\"staged_bytes\":0}\n", fake_tier.name, 64 * MiB, MiB + 3);
+		 "\"staged_bytes\":0,\"pinned_copies\":0}\n", fake_tier.name, 64 * MiB, MiB + 3);
 	assert_string_equal(text, want);
 	free(text);
 	json_decref(st);
 	vp_data_put(v1);
+	vp_gpu_free(g);
+}
+
+/* A data of size bytes in a sealed memory file, byte i (i * 7 + seed) & 0xff. */
+static struct vp_data *sealed_pattern(uint64_t size, unsigned int seed)
+{
+	unsigned char *buf = malloc(size);
+	struct vp_data *d;
+	int err;
+
+	d = vp_data_new_mfile(pool, &err);
+	assert_non_null(d);
+	for (uint64_t i = 0; i < size; i++)
+		buf[i] = (unsigned char)(i * 7 + seed);
+	assert_int_equal(vp_data_write(d, buf, size, 0, 0), (ssize_t)size);
+	free(buf);
+	vp_data_seal(d);
+	return d;
+}
+
+/*
+ * A version in a sealed memory file goes to the device straight from its
+ * mapping, pinned for the copy and unpinned once the copy is done; where
+ * the device cannot pin it, through staging as before, with the same bytes.
+ */
+static void test_a_sealed_version_is_pinned_for_its_copy(void **state)
+{
+	struct vp_gpu *g = gpu(64 * MiB);
+	struct vp_data *v = sealed_pattern(3 * MiB + 5, 3), *c = pattern(MiB, 4);
+	struct vp_gpu_stats st;
+	uint64_t len = 0;
+	const void *map = vp_data_sealed_map(v, &len);
+
+	(void)state;
+	assert_non_null(map);
+	assert_int_equal(len, 3 * MiB + 5);
+	assert_null(vp_data_sealed_map(c, &len));	/* chunks: nothing to pin */
+	vp_gpu_mirror(g, 7, 1, v);
+	vp_gpu_drain(g);
+	assert_mirror(g, 7, 1, 3 * MiB + 5, 3);
+	assert_int_equal(fake.pins, 1);
+	assert_int_equal(fake.unpins, 1);
+	assert_null(fake.pin_base);		/* unpinned after the copy */
+	assert_true(fake.pinned_copies >= 1);
+	assert_int_equal(fake.pinned_copies, fake.copies);
+	vp_gpu_get_stats(g, &st);
+	assert_int_equal(st.pinned_copies, 1);
+	assert_int_equal(st.failed, 0);
+
+	/* a chunked version is never pinned */
+	vp_gpu_mirror(g, 8, 1, c);
+	vp_gpu_drain(g);
+	assert_mirror(g, 8, 1, MiB, 4);
+	assert_int_equal(fake.pins, 1);
+
+	/* the device refuses: staging, the same bytes, no unpin */
+	fake.fail_pin = 1;
+	vp_gpu_forget(g, 7);
+	vp_gpu_drain(g);
+	vp_gpu_mirror(g, 7, 2, v);
+	vp_gpu_drain(g);
+	assert_mirror(g, 7, 2, 3 * MiB + 5, 3);
+	assert_int_equal(fake.pins, 2);
+	assert_int_equal(fake.unpins, 1);
+	vp_gpu_get_stats(g, &st);
+	assert_int_equal(st.pinned_copies, 1);
+	vp_gpu_forget(g, 7);
+	vp_gpu_forget(g, 8);
+	vp_gpu_drain(g);
+	vp_data_put(v);
+	vp_data_put(c);
 	vp_gpu_free(g);
 }
 
@@ -485,6 +556,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_staged_version_is_mirrored_without_a_copy, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_gpu_direct_stage_and_hold, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_status_object, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_a_sealed_version_is_pinned_for_its_copy, setup, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -29,8 +29,12 @@ struct fake_copy {
 
 static struct {
 	uint64_t total, allocated;
-	int no_device, fail_alloc, fail_copy;
+	int no_device, fail_alloc, fail_copy, fail_pin;
 	unsigned int allocs, copies;
+	/* pin_host_ro: the range pinned now (one at a time), and the counts */
+	const char *pin_base;
+	size_t pin_len;
+	unsigned int pins, unpins, pinned_copies;
 } fake = { .total = 256ull << 20 };
 
 struct vp_tier {
@@ -159,6 +163,9 @@ static int fake_copy_in(struct vp_tier *t, void *mem, uint64_t off, const void *
 	c->len = len;
 	c->fail = fake.fail_copy;
 	fake.copies++;
+	if (fake.pin_base && (const char *)src >= fake.pin_base &&
+	    (const char *)src + len <= fake.pin_base + fake.pin_len)
+		fake.pinned_copies++;
 	pthread_mutex_lock(&t->lock);
 	if (t->tail)
 		t->tail->next = c;
@@ -203,6 +210,33 @@ static int fake_export_ipc(struct vp_tier *t, void *mem, void *out)
 	return 0;
 }
 
+static int fake_pin_host_ro(struct vp_tier *t, const void *base, size_t len)
+{
+	(void)t;
+	fake.pins++;
+	if (fake.fail_pin)
+		return -ENOTSUP;
+	if (fake.pin_base)
+		return -EBUSY;	/* the tests pin one range at a time */
+	fake.pin_base = base;
+	fake.pin_len = len;
+	return 0;
+}
+
+static void fake_unpin_host(struct vp_tier *t, const void *base)
+{
+	int busy;
+
+	pthread_mutex_lock(&t->lock);
+	busy = t->head || t->busy;	/* a queued copy still reads the pinned pages */
+	pthread_mutex_unlock(&t->lock);
+	if (busy)
+		fake.fail_copy = 1;	/* shows up as a device error */
+	if (base == fake.pin_base)
+		fake.pin_base = NULL;
+	fake.unpins++;
+}
+
 static const struct vp_tier_ops fake_tier = {
 	.name = "fake",
 	.open = fake_open,
@@ -215,4 +249,6 @@ static const struct vp_tier_ops fake_tier = {
 	.copy_out = fake_copy_out,
 	.sync = fake_sync,
 	.export_ipc = fake_export_ipc,
+	.pin_host_ro = fake_pin_host_ro,
+	.unpin_host = fake_unpin_host,
 };
