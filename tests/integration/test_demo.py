@@ -52,6 +52,20 @@ def leftovers(pid, base):
     return left
 
 
+def stuck_report(pid, base):
+    """What a demo that does not end is doing: its processes, and the end of its logs."""
+    ps = subprocess.run(["ps", "-o", "pid,stat,etime,wchan:20,args", "-s", str(pid)],
+                        capture_output=True, text=True).stdout
+    logs = ""
+    for name in ("producer.log", "consumer.log"):
+        try:
+            with open(os.path.join(base, name)) as f:
+                logs += "-- the end of %s\n%s" % (name, "".join(f.readlines()[-25:]))
+        except OSError as e:
+            logs += "-- %s: %s\n" % (name, e)
+    return "\n-- processes\n" + ps + logs
+
+
 def base_of(out):
     m = re.search(r"files in (/tmp/viperfs-demo-\S+)", out)
     assert m, "the demo did not say where its files are:\n" + out
@@ -115,7 +129,11 @@ def test_demo_ctrl_c_cleans_up():
                 break
         assert re.search(r"^\s+1\s", out, re.M), "the demo never printed version 1:\n" + out
         os.killpg(p.pid, signal.SIGINT)     # what Ctrl-C in a terminal does
-        rest, _ = p.communicate(timeout=30)
+        try:
+            rest, _ = p.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("the demo did not end within 60 s of Ctrl-C:\n" + out +
+                                 stuck_report(p.pid, base_of(out)))
         out += rest
     finally:
         if p.poll() is None:
