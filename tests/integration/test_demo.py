@@ -9,6 +9,7 @@ the suite.
 """
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -52,6 +53,35 @@ def leftovers(pid, base):
     return left
 
 
+def kill_demo(p, out):
+    """A demo that did not end by itself: SIGKILL to its process group, then
+    what its own cleanup (which SIGKILL skips) would have removed: the
+    processes it started (by PID, from their command lines), its mounts, its
+    namespaces and bridge, its directory."""
+    if p.poll() is None:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+    m = re.search(r"files in (/tmp/viperfs-demo-\S+)", out)
+    base = m.group(1) if m else None
+    if base:
+        for what in leftovers(p.pid, base):
+            if what.startswith("process "):
+                try:
+                    os.kill(int(what.split()[1].rstrip(":")), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        with open("/proc/mounts") as f:
+            mounts = [line.split()[1] for line in f if base in line.split()[1]]
+        for mnt in reversed(mounts):
+            subprocess.run(["fusermount3", "-uz", mnt], capture_output=True)
+    tag = "vpd%d" % p.pid
+    for n in ("p", "c"):
+        subprocess.run(["ip", "netns", "del", tag + n], capture_output=True)
+    subprocess.run(["ip", "link", "del", tag + "br"], capture_output=True)
+    if base:
+        shutil.rmtree(base, ignore_errors=True)
+
+
 def stuck_report(pid, base):
     """What a demo that does not end is doing: its processes, and the end of its logs."""
     ps = subprocess.run(["ps", "-o", "pid,stat,etime,wchan:20,args", "-s", str(pid)],
@@ -76,11 +106,15 @@ def test_demo_short_summary_and_cleanup():
     t0 = time.monotonic()
     p = subprocess.Popen(["sh", DEMO], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                          text=True, env=demo_env(), start_new_session=True)
+    out = ""
     try:
         out, _ = p.communicate(timeout=LIMIT_S)
     except subprocess.TimeoutExpired:
         os.killpg(p.pid, signal.SIGINT)
-        out, _ = p.communicate(timeout=30)
+        try:
+            out, _ = p.communicate(timeout=30)
+        finally:
+            kill_demo(p, out)
         raise AssertionError("the short demo took over %d s:\n%s" % (LIMIT_S, out))
     wall = time.monotonic() - t0
     assert p.returncode == 0, out
@@ -141,8 +175,7 @@ def test_demo_ctrl_c_cleans_up():
         out += rest
     finally:
         if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
+            kill_demo(p, out)
     assert p.returncode == 130, out
     assert "demo: interrupted; removing" in out
     assert "Traceback" not in out, out
