@@ -190,7 +190,7 @@ static int plan(const struct vp_sched *s, const struct plan_job *job,
 /*
  * The planner thread: takes the latest job, plans it with no lock held (a
  * plan can take a second; the writer whose close() asked for it must not
- * wait), and installs the result unless a newer plan is already in place.
+ * wait), and installs the result.
  */
 static void *planner(void *arg)
 {
@@ -219,7 +219,7 @@ static void *planner(void *arg)
 		free(job.log_loss);
 
 		pthread_mutex_lock(&s->lock);
-		if (ok && (!s->have_plan || job.iter >= s->last_fit_iter)) {
+		if (ok) {	/* jobs come in order: this is the newest state planned */
 			free(s->plan);
 			s->plan = r.plan;
 			s->nplan = r.nplan;
@@ -229,8 +229,6 @@ static void *planner(void *arg)
 			s->last_fit_iter = job.iter;
 			fn = s->on_plan;
 			fn_arg = s->on_plan_arg;
-		} else if (ok) {
-			free(r.plan);
 		} else if (s->asked_iter == job.iter) {
 			s->asked_iter = 0;	/* no plan: the next version asks again */
 		}

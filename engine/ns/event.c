@@ -261,8 +261,8 @@ static void send_stale_names(struct vp_ns *ns)
 
 		if (k && k->inval_entry_now)
 			k->inval_entry_now(ns->kernel_arg, names[i].parent, names[i].name);
-		else if (k && k->inval_entry)
-			k->inval_entry(ns->kernel_arg, names[i].parent, names[i].name);
+		else
+			vp_kernel_inval_entry(ns, names[i].parent, names[i].name);
 		free(names[i].name);
 	}
 	free(names);

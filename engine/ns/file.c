@@ -25,6 +25,21 @@ static int policy_exempt_locked(struct vp_ns *ns, struct vp_node *n)
 	       (n->parent == ns->root && !strcmp(n->name, VP_SCHEDULE_FILE));
 }
 
+/* A new version's mtime and ctime: its last change's (vp_mark_dirty), not the commit's. */
+static void commit_times(struct vp_node *n)
+{
+	int64_t t = __atomic_exchange_n(&n->work_mtime_ns, 0, __ATOMIC_RELAXED);
+
+	if (!t) {
+		n->mtime = n->ctime = vp_wall_now();
+		return;
+	}
+	n->mtime.tv_sec = t / 1000000000;
+	n->mtime.tv_nsec = t % 1000000000;
+	if (vp_ts_ns(n->ctime) < t)	/* never back: a chmod or rename during the write is later */
+		n->ctime = n->mtime;
+}
+
 int vp_commit_locked(struct vp_ns *ns, struct vp_node *n,
 		     struct vp_data *bytes)
 {
@@ -40,20 +55,7 @@ int vp_commit_locked(struct vp_ns *ns, struct vp_node *n,
 	n->version = (n->floor > n->version ? n->floor : n->version) + 1;
 	if (!ns->replica)
 		n->epoch = ns->epoch;	/* a consumer's installer set the producer's */
-	{
-		/* the time of the last change to the bytes, not of the commit */
-		int64_t t = __atomic_exchange_n(&n->work_mtime_ns, 0, __ATOMIC_RELAXED);
-
-		if (t) {
-			n->mtime.tv_sec = t / 1000000000;
-			n->mtime.tv_nsec = t % 1000000000;
-			/* never back: a chmod or rename during the write is later */
-			if (vp_ts_ns(n->ctime) < t)
-				n->ctime = n->mtime;
-		} else {
-			n->mtime = n->ctime = vp_wall_now();
-		}
-	}
+	commit_times(n);
 	__atomic_store_n(&n->streamed, 0, __ATOMIC_RELAXED);	/* the next version streams anew */
 	ns->st_commits++;
 	vp_metrics_add(VP_C_VERSIONS, 1);

@@ -236,12 +236,7 @@ static void inval_name_locked(struct vp_ns *ns, struct vp_node *dir, const char 
 		sn[ns->nstale_names++].parent = dir->ino;
 		return;
 	}
-	{
-		const struct vp_ns_kernel *k = vp_kernel_of(ns);
-
-		if (k && k->inval_entry)
-			k->inval_entry(ns->kernel_arg, dir->ino, name);
-	}
+	vp_kernel_inval_entry(ns, dir->ino, name);
 }
 
 void vp_node_take_names_locked(struct vp_ns *ns, struct vp_node *n,

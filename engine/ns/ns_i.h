@@ -322,6 +322,15 @@ static inline const struct vp_ns_kernel *vp_kernel_of(struct vp_ns *ns)
 	return __atomic_load_n(&ns->kernel, __ATOMIC_ACQUIRE);
 }
 
+/* The kernel forgets the name parent/name (queued by the notifier), if there is a kernel. */
+static inline void vp_kernel_inval_entry(struct vp_ns *ns, uint64_t parent, const char *name)
+{
+	const struct vp_ns_kernel *k = vp_kernel_of(ns);
+
+	if (k && k->inval_entry)
+		k->inval_entry(ns->kernel_arg, parent, name);
+}
+
 /*
  * The working copy of n changed: the next commit makes a version, and its
  * mtime and ctime are the time of this change (as a local file system's

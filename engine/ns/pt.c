@@ -134,12 +134,8 @@ void vp_rekey_locked(struct vp_ns *ns, struct vp_node *n)
 	n->kino = NULL;
 	vp_log(LOG_DEBUG, "fs", "'%s': inode %" PRIu64 " is now %" PRIu64 " (passthrough readers keep the old one)",
 	       n->name ? n->name : "?", old, n->ino);
-	{
-		const struct vp_ns_kernel *k = vp_kernel_of(ns);
-
-		if (n->parent && k && k->inval_entry)
-			k->inval_entry(ns->kernel_arg, n->parent->ino, n->name);
-	}
+	if (n->parent)
+		vp_kernel_inval_entry(ns, n->parent->ino, n->name);
 }
 
 /* n's kino for its present inode number, made if needed.  ns->lock held. */
