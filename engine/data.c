@@ -102,6 +102,19 @@ struct vp_data *vp_data_new_mfile(struct vp_pool *pool, int *err)
 	return d;
 }
 
+struct vp_data *vp_data_from_mfile(struct vp_pool *pool, struct vp_mfile *mf)
+{
+	struct vp_data *d = vp_mfile_sealed(mf) ? data_alloc(pool) : NULL;
+
+	if (!d) {
+		vp_mfile_put(mf);
+		return NULL;
+	}
+	d->mf = mf;
+	d->size = mf->size;
+	return d;
+}
+
 /* A new data sharing src's memory file; src->lock held. */
 static struct vp_data *share_mfile_locked(struct vp_data *src, int view)
 {
@@ -164,42 +177,6 @@ ssize_t vp_data_copy_out(struct vp_data *d, int out_fd, uint64_t off, size_t len
 	if (vp_data_fd(d) < 0)
 		return -ENOTSUP;
 	return vp_mfile_copy_out(d->mf, out_fd, off, len, off);
-}
-
-struct vp_data *vp_data_sealed_copy(struct vp_data *src, double wait_s)
-{
-	uint64_t size = vp_data_size(src), off = 0;
-	struct vp_data *d;
-	int err;
-
-	if (src->mf || !vp_data_fully_resident(src))
-		return NULL;
-	d = vp_data_new_mfile(src->pool, &err);
-	if (!d)
-		return NULL;
-	while (off < size) {
-		struct vp_read rd;
-		ssize_t n = vp_data_read(src, off, (size_t)(size - off), &rd);
-
-		if (n <= 0)
-			goto err;
-		for (unsigned int i = 0; i < rd.nseg; i++) {
-			if (vp_mfile_pwrite(d->mf, rd.seg[i].ptr, rd.seg[i].len, off,
-					    wait_s) != (ssize_t)rd.seg[i].len) {
-				vp_read_release(&rd);
-				goto err;
-			}
-			off += rd.seg[i].len;
-		}
-		vp_read_release(&rd);
-	}
-	if (vp_mfile_seal(d->mf))	/* every byte was written, holes as zeros */
-		goto err;
-	d->size = size;
-	return d;
-err:
-	vp_data_put(d);
-	return NULL;
 }
 
 /*

@@ -28,6 +28,7 @@
 
 struct vp_pool;
 struct vp_chunk;
+struct vp_mfile;
 
 struct vp_data {
 	int refs;			/* atomic */
@@ -96,6 +97,13 @@ struct vp_data *vp_data_new_backed(struct vp_pool *pool, int fd,
 struct vp_data *vp_data_new_mfile(struct vp_pool *pool, int *err);
 
 /*
+ * Returns a new data whose bytes are those of mf, a sealed memory file
+ * (a landed version), taking the caller's reference to mf (also on
+ * failure), or NULL (ENOMEM).
+ */
+struct vp_data *vp_data_from_mfile(struct vp_pool *pool, struct vp_mfile *mf);
+
+/*
  * Returns a new data with the same bytes, sharing chunks (copy-on-write).
  * A memory file is sealed and shared: the next write to src copies it.
  */
@@ -113,12 +121,6 @@ struct vp_data *vp_data_view(struct vp_data *src);
  * lock (callable under ns->lock): only for a data nobody writes any more.
  */
 void vp_data_seal(struct vp_data *d);
-
-/*
- * A new data with the bytes of d in a sealed memory file of its own
- * (a copy), or NULL (no space within wait_s, or d not all in memory).
- */
-struct vp_data *vp_data_sealed_copy(struct vp_data *d, double wait_s);
 
 /*
  * The read-only descriptor of d's sealed memory file (valid while d is

@@ -91,6 +91,8 @@ void vp_mfile_put(struct vp_mfile *mf)
 		return;
 	if (mf->map)
 		munmap(mf->map, mf->map_len);
+	if (mf->wmap)
+		munmap(mf->wmap, mf->wmap_len);
 	for (unsigned int i = 0; i < mf->nold; i++)
 		munmap(mf->old_maps[i], mf->old_lens[i]);
 	free(mf->old_maps);
@@ -267,7 +269,15 @@ int vp_mfile_seal(struct vp_mfile *mf)
 		mf->alloc = PAGE_ROUND(mf->size);
 	}
 	if (fcntl(mf->fd, F_ADD_SEALS, F_SEAL_WRITE | F_SEAL_SHRINK | F_SEAL_GROW |
-		  F_SEAL_SEAL) != 0) {
+		  F_SEAL_SEAL) != 0 && (errno != EBUSY ||
+		  fcntl(mf->fd, F_ADD_SEALS, F_SEAL_FUTURE_WRITE | F_SEAL_SHRINK | F_SEAL_GROW |
+			F_SEAL_SEAL) != 0)) {
+		/*
+		 * EBUSY: pages pinned for a device (a fabric registration of a
+		 * landing that relay children still read): F_SEAL_WRITE waits
+		 * for pins, F_SEAL_FUTURE_WRITE does not, and refuses every
+		 * write and writable mapping from now on just the same.
+		 */
 		rc = -errno;
 		vp_log(LOG_ERR, "mfile", "sealing a version: %s", strerror(errno));
 		goto out_unlock;
@@ -346,6 +356,118 @@ const char *vp_mfile_map(struct vp_mfile *mf, uint64_t len)
 	map = mf->map;
 	pthread_mutex_unlock(&mf->lock);
 	return map;
+}
+
+/* ---- landing ---- */
+
+char *vp_mfile_land_map(struct vp_mfile *mf, size_t reserve, int *err)
+{
+	void *m;
+
+	reserve = (size_t)PAGE_ROUND(reserve ? reserve : 1);
+	pthread_mutex_lock(&mf->lock);
+	if (mf->sealed || mf->wmap) {
+		pthread_mutex_unlock(&mf->lock);
+		*err = -EINVAL;
+		return NULL;
+	}
+	m = mmap(NULL, reserve, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, mf->fd, 0);
+	if (m == MAP_FAILED) {
+		*err = -errno;
+		pthread_mutex_unlock(&mf->lock);
+		return NULL;
+	}
+	mf->wmap = m;
+	mf->wmap_len = reserve;
+	pthread_mutex_unlock(&mf->lock);
+	return m;
+}
+
+int vp_mfile_land_grow(struct vp_mfile *mf, uint64_t size, double wait_s)
+{
+	uint64_t from;
+	int rc;
+
+	pthread_mutex_lock(&mf->lock);
+	if (!mf->wmap || mf->sealed || size > mf->wmap_len) {
+		pthread_mutex_unlock(&mf->lock);
+		return -EINVAL;
+	}
+	from = mf->size;
+	if (size <= from) {
+		pthread_mutex_unlock(&mf->lock);
+		return 0;
+	}
+	rc = reserve_locked(mf, size, wait_s);
+	if (!rc && ftruncate(mf->fd, (off_t)size) != 0)
+		rc = -errno;
+	if (!rc)
+		mf->size = size;
+	pthread_mutex_unlock(&mf->lock);
+	if (rc)
+		return rc;
+	/*
+	 * The pages mapped now, in one call: a spare's exist already and are
+	 * only mapped; new ones are allocated here, not one fault at a time
+	 * under the fabric's copy.  Best effort (MADV_POPULATE_WRITE: 5.14).
+	 */
+	from &= ~4095ULL;
+	(void)madvise(mf->wmap + from, (size_t)(PAGE_ROUND(size) - from), MADV_POPULATE_WRITE);
+	return 0;
+}
+
+int vp_mfile_land_zero(struct vp_mfile *mf, uint64_t off, uint64_t len)
+{
+	int rc = 0;
+
+	pthread_mutex_lock(&mf->lock);
+	if (mf->sealed || off >= mf->size)
+		rc = mf->sealed ? -EPERM : 0;
+	else if (fallocate(mf->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off,
+			   (off_t)(off + len > mf->size ? mf->size - off : len)) != 0)
+		rc = -errno;
+	pthread_mutex_unlock(&mf->lock);
+	return rc;
+}
+
+int vp_mfile_land_finish(struct vp_mfile *mf, uint64_t size)
+{
+	size_t keep = (size_t)PAGE_ROUND(size);
+	int rc = 0;
+
+	pthread_mutex_lock(&mf->lock);
+	if (!mf->wmap || mf->sealed || mf->map || size > mf->wmap_len) {
+		pthread_mutex_unlock(&mf->lock);
+		return -EINVAL;
+	}
+	if (ftruncate(mf->fd, (off_t)size) != 0) {
+		rc = -errno;
+		goto out_unlock;
+	}
+	drop_ahead_locked(mf, size);
+	if (mf->alloc > keep) {
+		vp_pool_uncharge(mf->pool, mf->alloc - keep);
+		mf->alloc = keep;
+	}
+	if (size != mf->size)
+		written_locked(mf, size < mf->size ? size : mf->size,
+			       (size_t)(size < mf->size ? mf->size - size : size - mf->size));
+	mf->size = size;
+	/* the same pages, read-only, at the same address: no instant where it is unmapped */
+	if (keep && mmap(mf->wmap, keep, PROT_READ, MAP_SHARED | MAP_FIXED, mf->rofd, 0) == MAP_FAILED) {
+		rc = -errno;
+		vp_log(LOG_ERR, "mfile", "mapping a landed version read-only: %s", strerror(errno));
+		goto out_unlock;
+	}
+	if (mf->wmap_len > keep)
+		munmap(mf->wmap + keep, mf->wmap_len - keep);
+	mf->map = keep ? mf->wmap : NULL;
+	mf->map_len = keep;
+	mf->wmap = NULL;
+	mf->wmap_len = 0;
+out_unlock:
+	pthread_mutex_unlock(&mf->lock);
+	return rc ? rc : vp_mfile_seal(mf);
 }
 
 /* Makes the hash arrays cover chunk idx.  mf->lock held.  Returns 0 or -ENOMEM. */

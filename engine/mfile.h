@@ -61,6 +61,8 @@ struct vp_mfile {
 	uint32_t *hash_gen;		/* the chunk's write count when hashed */
 	uint32_t *gen;			/* writes that touched each chunk */
 	size_t nhashes;
+	char *wmap;			/* a landing's writable mapping (below); NULL: none */
+	size_t wmap_len;
 };
 
 /*
@@ -116,6 +118,31 @@ struct vp_mfile *vp_mfile_copy(struct vp_mfile *src, uint64_t size,
  * len is 0 or the kernel refused.
  */
 const char *vp_mfile_map(struct vp_mfile *mf, uint64_t len);
+/*
+ * Landing: bytes that others write into an unsealed file -- the fabric's
+ * RMA reads -- through a writable shared mapping of the file, reserved
+ * once (reserve bytes of address space, none of memory) so that every
+ * pointer into it stays where it is while the file grows.  For the one
+ * owner of the file; the daemon's own writes still use pwrite.
+ *
+ *  - vp_mfile_land_map: the mapping (the file keeps its size), or NULL
+ *    with *err set.
+ *  - vp_mfile_land_grow: the file grows to size (never shrinks; at most
+ *    the reserve), its pages charged to the budget (waiting up to wait_s,
+ *    else -ENOSPC) and mapped ahead, so that no landing pays a fault.
+ *  - vp_mfile_land_zero: [off, off + len) reads as zeros again (its pages
+ *    freed): a hole where an early landing put bytes.
+ *  - vp_mfile_land_finish: the file's size becomes size, a read-only
+ *    mapping of the same pages takes the writable one's place at the same
+ *    address (pointers into it stay valid, for reading: mf->map), and the
+ *    file is sealed.  Nothing may still write there: the fabric's reads
+ *    into it are over, its registration closed.  0 or -errno.
+ */
+char *vp_mfile_land_map(struct vp_mfile *mf, size_t reserve, int *err);
+int vp_mfile_land_grow(struct vp_mfile *mf, uint64_t size, double wait_s);
+int vp_mfile_land_zero(struct vp_mfile *mf, uint64_t off, uint64_t len);
+int vp_mfile_land_finish(struct vp_mfile *mf, uint64_t size);
+
 /*
  * The xxh3-64 of chunk idx (len bytes from idx * chunk_size) of a sealed
  * file, cached.

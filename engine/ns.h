@@ -495,13 +495,6 @@ void vp_ns_installed(struct vp_ns *ns);
  * attaches d (a reference is taken) as version `version` instead of
  * truncating or copying.  Returns 0 or -errno.
  */
-/*
- * Consumer: path's version, whose node holds old, is held as now from
- * here on (the same bytes, as a sealed memory file).  -ESTALE if path has
- * moved on meanwhile.
- */
-int vp_ns_replace_bytes(struct vp_ns *ns, const char *path, uint64_t version,
-			struct vp_data *old, struct vp_data *now);
 int vp_ns_stage_install(struct vp_ns *ns, const char *path, struct vp_data *d,
 			uint64_t version, uint64_t epoch, uint32_t mode);
 void vp_ns_unstage_install(struct vp_ns *ns, const char *path);

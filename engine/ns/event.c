@@ -57,24 +57,6 @@ int vp_ns_stage_install(struct vp_ns *ns, const char *path, struct vp_data *d,
 	return 0;
 }
 
-int vp_ns_replace_bytes(struct vp_ns *ns, const char *path, uint64_t version,
-			struct vp_data *old, struct vp_data *now)
-{
-	struct vp_node *n;
-	int rc = -ESTALE;
-
-	pthread_mutex_lock(&ns->lock);
-	n = vp_resolve_locked(ns, path);
-	if (n && n->type == VP_NODE_FILE && n->version == version && n->cur == old &&
-	    !n->work && vp_data_size(now) == vp_data_size(old)) {
-		n->cur = vp_data_get(now);
-		vp_data_put(old);	/* the node's: readers that opened it keep theirs */
-		rc = 0;
-	}
-	pthread_mutex_unlock(&ns->lock);
-	return rc;
-}
-
 void vp_ns_unstage_install(struct vp_ns *ns, const char *path)
 {
 	struct install *in;

@@ -19,6 +19,7 @@
 #include "../gpu.h"
 #include "../log.h"
 #include "../metrics.h"
+#include "../mfile.h"
 #include "../ns.h"
 #include "../pool.h"
 #include "../safepath.h"
@@ -167,15 +168,23 @@ static struct prefetch *prefetch_find(struct vp_repl *r, const char *path)
 	return NULL;
 }
 
-/* Unlinks and frees pf; its chunks go back to the pool. */
+/* True if mem is in l's memory. */
+static bool in_land(const struct land *l, const void *mem)
+{
+	return l && (const char *)mem >= l->base && (const char *)mem < l->base + l->reserve;
+}
+
+/* Unlinks and frees pf; its landing goes (pool chunks a relay's failure left go back). */
 void repl_prefetch_drop(struct vp_repl *r, struct prefetch *pf)
 {
 	LIST_REMOVE(pf, link);
 	for (uint32_t i = 0; i < pf->n; i++)
 		if (pf->mem[i]) {
 			repl_unexpose_mem(r, pf->mem[i]);	/* a preview's chunks were offered too */
-			vp_pool_put_chunk(r->pool, pf->mem[i]);
+			if (!in_land(pf->land, pf->mem[i]))
+				vp_pool_put_chunk(r->pool, pf->mem[i]);
 		}
+	repl_land_put(r, pf->land);
 	free(pf->mem);
 	free(pf->hash);
 	free(pf->path);
@@ -189,9 +198,8 @@ static uint64_t prefetch_held(struct vp_repl *r)
 	uint64_t n = 0;
 
 	LIST_FOREACH(pf, &r->cons.prefetch, link)
-		for (uint32_t i = 0; i < pf->n; i++)
-			n += pf->mem[i] != NULL;
-	return n * vp_pool_chunk_size(r->pool);
+		n += pf->land ? pf->land->size : 0;
+	return n;
 }
 
 void repl_prefetch_forget(struct vp_repl *r, const char *path, double idle_s)
@@ -219,8 +227,20 @@ static struct prefetch *prefetch_get(struct vp_repl *r, const char *path,
 		pf = NULL;
 	}
 	if (!pf) {
+		uint64_t max = vp_config_max_file_size(&r->cfg), cs = vp_pool_chunk_size(r->pool);
+		int err;
+
+		if (max > VP_MAX_LAND)
+			max = VP_MAX_LAND;
 		pf = calloc(1, sizeof(*pf));
 		if (!pf || !(pf->path = strdup(path))) {
+			free(pf);
+			return NULL;
+		}
+		/* the file's final size is not known yet: room for the largest one */
+		pf->land = repl_land_new(r, (max + cs - 1) / cs * cs, &err);
+		if (!pf->land) {
+			free(pf->path);
 			free(pf);
 			return NULL;
 		}
@@ -254,7 +274,7 @@ static void consumer_preview(struct vp_repl *r, const struct vp_msg *m)
 	struct prefetch *pf = prefetch_get(r, a->path, a->version, a->nchunks);
 	uint32_t *fetched = NULL, bad;
 	size_t nreq = 0;
-	uint64_t bytes = 0, held;
+	uint64_t bytes = 0, held, want;
 	int rc = -ENOMEM;
 
 	if (!pf)
@@ -265,23 +285,35 @@ static void consumer_preview(struct vp_repl *r, const struct vp_msg *m)
 	fetched = calloc(a->nchunks ? a->nchunks : 1, sizeof(*fetched));
 	if (!fetched)
 		goto out;
+	want = pf->land->size;
 	for (uint32_t i = 0; i < a->nchunks; i++) {
-		int err;
+		uint64_t start = (uint64_t)i * a->chunk_size, end = start + chunk_len(a, i);
 
 		if (!r->cons.asm_refs[i].key ||
 		    (pf->mem[i] && pf->hash[i] == r->cons.asm_refs[i].hash))
 			continue;
-		if (!pf->mem[i] && held + a->chunk_size > r->cfg.ram_cache / 4)
+		if (end > want && (held + end - want > r->cfg.ram_cache / 4 || end > pf->land->reserve))
 			break;
-		if (!pf->mem[i] && !(pf->mem[i] = vp_pool_get_chunk(r->pool, 0, &err)))
-			break;	/* the cache is full: the rest moves at commit */
-		held += a->chunk_size;
+		if (end > want) {
+			held += end - want;
+			want = end;
+		}
+		pf->mem[i] = pf->land->base + start;
 		pf->hash[i] = 0;
 		fetched[nreq++] = i;
-		bytes += a->chunk_size;
+		bytes += end - start;
+	}
+	if (nreq && repl_land_grow(r, pf->land, want, 0)) {
+		/* the cache is full (no waiting for a preview): the rest moves at commit */
+		for (size_t k = 0; k < nreq; k++)
+			pf->mem[fetched[k]] = NULL;
+		nreq = 0;
+		bytes = 0;
 	}
 	/* a relay offers what it holds of the preview; children take those too */
 	rc = repl_fetch_chunks(r, a, pf->mem, fetched, nreq, &bad);
+	if (!rc && pf->land->tainted)
+		rc = -EAGAIN;	/* a relay's read given up on may still land there: not kept */
 	if (rc) {
 		repl_prefetch_drop(r, pf);	/* nothing half-checked is kept */
 		vp_log(LOG_DEBUG, "repl", "preview of '%s' version %" PRIu64 " dropped: %s",
@@ -410,7 +442,8 @@ static bool announce_list_ok(struct vp_repl *r, const announce_t *a)
 
 /* A version being fetched: where each chunk goes, and which must come over the network. */
 struct announce_plan {
-	void **mem;		/* chunk -> our pool chunk, NULL: a hole (or none yet) */
+	struct land *land;	/* the version's memory file, being filled */
+	void **mem;		/* chunk -> its place in land (a pool chunk where a relay failed), NULL: a hole */
 	uint32_t *need;		/* the chunks to fetch */
 	size_t nneed;
 	uint64_t reused;	/* bytes unchanged from the version we hold */
@@ -438,99 +471,146 @@ static void announce_stage(struct vp_repl *r, const announce_t *a)
 }
 
 /*
- * The reuse plan: a pool chunk for each chunk of a, filled already where
- * we can (fetched while the file was written, or the same hash in the
- * version we hold: copied here, not fetched); the rest goes in pl->need.
- * Returns 0 or -errno (no cache space).
+ * The reuse plan: the version's landing, a preview's when the file was
+ * previewed (its chunks are in place already), else a new one; filled
+ * already where we can (the same hash in the version we hold, or in a
+ * preview of another version: copied, not fetched); the rest goes in
+ * pl->need.  Returns 0 or -errno (no cache space).
  */
 static int announce_plan(struct vp_repl *r, const announce_t *a, struct announce_plan *pl)
 {
 	struct prefetch *pf = prefetch_find(r, a->path);
 	struct vp_data *old = vp_ns_path_data(r->ns, a->path);
 	uint64_t old_size = old ? vp_data_size(old) : 0;
-	int rc = 0;
+	int rc = 0, taken = 0;
 
-	for (uint32_t i = 0; i < a->nchunks; i++) {
+	if (pf && pf->version == a->version && pf->land && !pf->land->tainted) {
+		pl->land = pf->land;	/* the chunks fetched while the file was written are in place */
+		pf->land = NULL;
+		taken = 1;
+		for (uint32_t i = a->nchunks; i < pf->n; i++)
+			if (pf->mem[i]) {	/* past the version's end: cut at its seal */
+				repl_unexpose_mem(r, pf->mem[i]);
+				pf->mem[i] = NULL;
+			}
+	} else {
+		uint64_t cs = a->chunk_size;
+
+		pl->land = repl_land_new(r, a->size ? (a->size + cs - 1) / cs * cs : cs, &rc);
+	}
+	if (pl->land)
+		rc = repl_land_grow(r, pl->land, a->size, r->cfg.cache_wait);
+	for (uint32_t i = 0; !rc && i < a->nchunks; i++) {
 		uint64_t start = (uint64_t)i * a->chunk_size, len = chunk_len(a, i);
 		uint64_t hash = r->cons.asm_refs[i].hash;
+		void *early = pf && i < pf->n ? pf->mem[i] : NULL;
+		char *at = pl->land->base + start;
 		const void *have_mem;
 
-		if (!r->cons.asm_refs[i].key)
-			continue;	/* a hole */
-		if (pf && i < pf->n && pf->mem[i] && len == a->chunk_size && pf->hash[i] == hash) {
-			pl->mem[i] = pf->mem[i];	/* fetched while the file was written */
-			pf->mem[i] = NULL;
-			repl_expose_reseq(r, pl->mem[i], a->seq);	/* offered as a preview: this announce's now */
-			pl->streamed += len;
-			vp_gpu_stage_copy(r->cons.gst, start, pl->mem[i], (size_t)len);
+		if (taken && early)
+			pf->mem[i] = NULL;	/* the plan's now */
+		if (!r->cons.asm_refs[i].key) {	/* a hole */
+			if (taken && early) {
+				repl_unexpose_mem(r, early);
+				rc = vp_mfile_land_zero(pl->land->mf, start, len);
+			}
 			continue;
 		}
-		pl->mem[i] = vp_pool_get_chunk(r->pool, r->cfg.cache_wait, &rc);
-		if (!pl->mem[i])
-			break;
-		rc = 0;
+		pl->mem[i] = at;
+		if (early && len == a->chunk_size && pf->hash[i] == hash) {
+			if (taken)	/* offered as a preview: this announce's now */
+				repl_expose_reseq(r, at, a->seq);
+			else
+				memcpy(at, early, (size_t)len);
+			pl->streamed += len;
+			vp_gpu_stage_copy(r->cons.gst, start, at, (size_t)len);
+			continue;
+		}
+		if (taken && early)
+			repl_unexpose_mem(r, early);	/* bytes written over since: fetched again, here */
 		have_mem = old && old_size >= start + len ? vp_data_chunk_mem(old, i) : NULL;
 		if (have_mem && XXH3_64bits(have_mem, (size_t)len) == hash) {
-			memcpy(pl->mem[i], have_mem, (size_t)len);
+			memcpy(at, have_mem, (size_t)len);
 			pl->reused += len;
-			vp_gpu_stage_copy(r->cons.gst, start, pl->mem[i], (size_t)len);
+			vp_gpu_stage_copy(r->cons.gst, start, at, (size_t)len);
 			continue;
 		}
 		pl->need[pl->nneed++] = i;
 	}
+	if (taken)	/* what the loop did not get to (an error): nothing of pf points there */
+		for (uint32_t i = 0; i < a->nchunks && i < pf->n; i++)
+			if (pf->mem[i]) {
+				repl_unexpose_mem(r, pf->mem[i]);
+				pf->mem[i] = NULL;
+			}
 	vp_data_put(old);
 	return rc;
 }
 
 /*
- * Once a version is installed (its watchers told, DONE sent), its bytes
- * are copied into a sealed memory file that replaces the chunks as the
- * node's copy, so that new readers get it by passthrough and the node
- * holds it once.  Readers that opened it meanwhile keep the chunks until
- * they close.  Off the update's critical path: the copy (about 0.5 s a
- * GiB here) would otherwise sit between the last byte and the install.
- * Without room for the copy, the chunks stay.
+ * The bytes of a version whose landing a read given up on may still
+ * write (a relay that failed us; the producer served those chunks into
+ * pool chunks): copied into a sealed memory file of their own.  The
+ * chunks offered to our children from the landing are withdrawn (they
+ * fall back to the producer).  Rare; NULL with *err set.
  */
-static void seal_installed(struct vp_repl *r, const announce_t *a, struct announce_plan *pl)
+static struct vp_data *land_copy(struct vp_repl *r, const announce_t *a,
+				 struct announce_plan *pl, int *err)
 {
-	double t0 = vp_now();
-	struct vp_data *sealed;
-	int rc;
+	struct vp_data *d = vp_data_new_mfile(r->pool, err);
 
-	sealed = vp_data_sealed_copy(pl->d, 0);
-	if (!sealed) {
-		vp_log(LOG_INFO, "repl", "'%s' version %" PRIu64 ": no room for its memory file; it stays in chunks (readers go through the daemon)",
-		       a->path, a->version);
-		return;
+	repl_unexpose_seq(r, a->seq);
+	for (uint32_t i = 0; d && i < a->nchunks; i++) {
+		uint64_t len = chunk_len(a, i);
+		ssize_t n;
+
+		if (!pl->mem[i])
+			continue;
+		n = vp_data_write(d, pl->mem[i], (size_t)len, (uint64_t)i * a->chunk_size,
+				  r->cfg.cache_wait);
+		if (n != (ssize_t)len) {
+			*err = n < 0 ? (int)n : -EIO;
+			vp_data_put(d);
+			d = NULL;
+		}
 	}
-	rc = vp_ns_replace_bytes(r->ns, a->path, a->version, pl->d, sealed);
-	vp_data_put(sealed);	/* the node's reference, if it took it */
-	vp_log(LOG_DEBUG, "repl", "'%s' version %" PRIu64 ": %s its memory file in %.3f s",
-	       a->path, a->version, rc ? "superseded before" : "now served from", vp_now() - t0);
+	if (d && (*err = vp_data_truncate(d, a->size, 0))) {
+		vp_data_put(d);
+		d = NULL;
+	}
+	if (d)
+		vp_data_seal(d);
+	vp_log(LOG_INFO, "repl", "'%s' version %" PRIu64 ": copied out of a memory file a read given up on may still write",
+	       a->path, a->version);
+	return d;
 }
 
 /*
- * The fetched version becomes ours (its chunks adopted into pl->d) and
- * is installed on the mount; DONE says so.  Returns 0 or -errno.
+ * The fetched version becomes ours (its landing sealed: pl->d) and is
+ * installed on the mount; DONE says so.  Returns 0 or -errno.
  */
 static int announce_install(struct vp_repl *r, const announce_t *a, double t0,
 			    struct announce_plan *pl, int *pinned)
 {
+	struct vp_mfile *mf;
 	uint64_t fetched;
 	double t_in;
-	int rc;
+	int rc = 0;
 
-	if (a->nchunks && a->size % a->chunk_size && pl->mem[a->nchunks - 1]) {
-		/* pool chunks are reused: nothing of an older file past the end */
-		size_t tail = (size_t)(a->size % a->chunk_size);
-
-		memset((char *)pl->mem[a->nchunks - 1] + tail, 0, a->chunk_size - tail);
+	if (pl->land->tainted) {
+		pl->d = land_copy(r, a, pl, &rc);
+	} else {
+		/* its pages are the version's: the seal makes them immutable, and nothing is copied */
+		mf = repl_land_seal(r, pl->land, a->size, &rc);
+		pl->land = NULL;
+		pl->d = mf ? vp_data_from_mfile(r->pool, mf) : NULL;
+		if (mf && !pl->d)
+			rc = -ENOMEM;
+		free(pl->mem);	/* pointers into the landing */
+		pl->mem = NULL;
 	}
-	pl->d = vp_data_adopt(r->pool, pl->mem, a->nchunks, a->size);
-	free(pl->mem);	/* the chunks are adopted, also on failure; the array is ours */
-	pl->mem = NULL;
 	if (!pl->d)
-		return -ENOMEM;
+		return rc ? rc : -ENOMEM;
 	vp_gpu_stage_bind(r->cons.gst, pl->d);	/* the mirror of d, at its commit, takes it */
 	r->cons.gst = NULL;
 	r->cons.last_transfer_s = vp_now() - t0;
@@ -550,7 +630,7 @@ static int announce_install(struct vp_repl *r, const announce_t *a, double t0,
 	}
 	r->cons.installed++;
 	repl_ahead_clear(r, a->path);
-	repl_publish_stats(r);	/* before the sealed copy below, which takes a while */
+	repl_publish_stats(r);
 	if ((a->flags & VP_ANNOUNCE_RELAY) && r->relay.nchildren)
 		*pinned = repl_rpin_add(r, a->seq, pl->d);	/* our children may still read it */
 	vp_metrics_notify_latency(vp_now() - t_in);
@@ -559,7 +639,6 @@ static int announce_install(struct vp_repl *r, const announce_t *a, double t0,
 	       a->path, a->version, a->size, r->cons.last_transfer_s, pl->streamed, pl->reused,
 	       r->cons.from_relay);
 	repl_say_done(r, a->seq, a->version, 0);
-	seal_installed(r, a, pl);
 	return 0;
 }
 
@@ -615,8 +694,9 @@ static void announce_end(struct vp_repl *r, const announce_t *a, struct announce
 		repl_unexpose_seq(r, a->seq);	/* before its chunks go (a preview's stay with it) */
 	if (pl->mem)
 		for (uint32_t i = 0; i < a->nchunks; i++)
-			if (pl->mem[i])
-				vp_pool_put_chunk(r->pool, pl->mem[i]);
+			if (pl->mem[i] && !in_land(pl->land, pl->mem[i]))
+				vp_pool_put_chunk(r->pool, pl->mem[i]);	/* a relay's failure left them */
+	repl_land_put(r, pl->land);
 	free(pl->mem);
 	free(pl->need);
 	vp_data_put(pl->d);

@@ -13,6 +13,7 @@
 #include "../clock.h"
 #include "../gpu.h"
 #include "../log.h"
+#include "../mfile.h"
 #include "../pool.h"
 #include "repl_i.h"
 
@@ -55,8 +56,172 @@ struct slab_mr *repl_slab_of(struct vp_repl *r, const void *mem)
 		if ((const char *)mem >= r->slabs[i].base &&
 		    (const char *)mem < r->slabs[i].base + r->slabs[i].len)
 			found = &r->slabs[i];
+	if (!found) {
+		struct land *l;
+
+		LIST_FOREACH(l, &r->cons.lands, link)
+			if (l->reg.mr && (const char *)mem >= l->reg.base &&
+			    (const char *)mem < l->reg.base + l->reg.len) {
+				found = &l->reg;
+				break;
+			}
+	}
 	pthread_mutex_unlock(&r->slab_lock);
 	return found;
+}
+
+/* ---- landings (repl_i.h) ---- */
+
+struct land *repl_land_new(struct vp_repl *r, uint64_t reserve, int *err)
+{
+	struct land *l = calloc(1, sizeof(*l));
+
+	if (!l) {
+		*err = -ENOMEM;
+		return NULL;
+	}
+	l->mf = vp_mfile_new(r->pool, err);
+	if (!l->mf) {
+		free(l);
+		return NULL;
+	}
+	l->reserve = (size_t)reserve;
+	l->base = vp_mfile_land_map(l->mf, l->reserve, err);
+	if (!l->base) {
+		vp_log(LOG_ERR, "repl", "mapping %" PRIu64 " bytes of a memory file for the network to land in: %s",
+		       reserve, strerror(-*err));
+		vp_mfile_put(l->mf);
+		free(l);
+		return NULL;
+	}
+	l->reg.base = l->base;
+	pthread_mutex_lock(&r->slab_lock);
+	LIST_INSERT_HEAD(&r->cons.lands, l, link);
+	pthread_mutex_unlock(&r->slab_lock);
+	return l;
+}
+
+struct land *repl_land_of(struct vp_repl *r, const void *mem)
+{
+	struct land *l;
+
+	pthread_mutex_lock(&r->slab_lock);
+	LIST_FOREACH(l, &r->cons.lands, link)
+		if ((const char *)mem >= l->base && (const char *)mem < l->base + l->reserve)
+			break;
+	pthread_mutex_unlock(&r->slab_lock);
+	return l;
+}
+
+int repl_land_grow(struct vp_repl *r, struct land *l, uint64_t size, double wait_s)
+{
+	size_t want = (size_t)((size + 4095) & ~4095ULL);
+	struct vp_fab_mr *mr = NULL, *old;
+	int rc;
+
+	if (l->tainted)
+		return -EAGAIN;
+	if (size > l->reserve)
+		return -EFBIG;
+	rc = vp_mfile_land_grow(l->mf, size, wait_s);
+	if (rc)
+		return rc;
+	if (size > l->size)
+		l->size = size;
+	if (want <= l->reg.len)
+		return 0;
+	/* no read is posted into it between fetches (else it is tainted): a new registration, the old one closed */
+	rc = vp_fab_mr_reg_local(r->fab, l->base, want, &mr);
+	if (rc) {
+		vp_log(LOG_ERR, "repl", "registering %zu bytes of a memory file with the fabric: %s",
+		       want, strerror(-rc));
+		return rc;
+	}
+	pthread_mutex_lock(&r->slab_lock);
+	old = l->reg.mr;
+	l->reg.mr = mr;
+	l->reg.len = want;
+	pthread_mutex_unlock(&r->slab_lock);
+	vp_fab_mr_close(old);
+	return 0;
+}
+
+/* Unlinks l from the landings in use; its registration, closed, unless a read may still use it. */
+static void land_unlink(struct vp_repl *r, struct land *l)
+{
+	struct vp_fab_mr *mr;
+
+	pthread_mutex_lock(&r->slab_lock);
+	LIST_REMOVE(l, link);
+	mr = l->tainted ? NULL : l->reg.mr;
+	if (mr)
+		l->reg.mr = NULL;
+	pthread_mutex_unlock(&r->slab_lock);
+	vp_fab_mr_close(mr);
+}
+
+static void land_free(struct land *l)
+{
+	vp_fab_mr_close(l->reg.mr);
+	vp_mfile_put(l->mf);
+	free(l);
+}
+
+void repl_land_put(struct vp_repl *r, struct land *l)
+{
+	if (!l)
+		return;
+	land_unlink(r, l);
+	if (l->tainted) {
+		LIST_INSERT_HEAD(&r->cons.dead_lands, l, link);	/* freed by repl_quarantine_release */
+		return;
+	}
+	land_free(l);
+}
+
+struct vp_mfile *repl_land_seal(struct vp_repl *r, struct land *l, uint64_t size, int *err)
+{
+	struct vp_mfile *mf;
+
+	if (l->tainted) {
+		*err = -EAGAIN;
+		repl_land_put(r, l);
+		return NULL;
+	}
+	land_unlink(r, l);	/* every read into it is over: its registration goes first */
+	*err = vp_mfile_land_finish(l->mf, size);
+	if (*err) {
+		/* where it is mapped now is not known: kept, as if a read could still land */
+		l->tainted = 1;
+		LIST_INSERT_HEAD(&r->cons.dead_lands, l, link);
+		return NULL;
+	}
+	mf = l->mf;
+	free(l);
+	return mf;
+}
+
+void repl_lands_fabric_gone(struct vp_repl *r, int closed)
+{
+	struct land *l;
+
+	if (closed) {
+		while ((l = LIST_FIRST(&r->cons.dead_lands))) {
+			LIST_REMOVE(l, link);
+			land_free(l);
+		}
+		return;
+	}
+	pthread_mutex_lock(&r->slab_lock);
+	LIST_FOREACH(l, &r->cons.lands, link) {
+		vp_fab_mr_close(l->reg.mr);
+		l->reg.mr = NULL;
+	}
+	LIST_FOREACH(l, &r->cons.dead_lands, link) {
+		vp_fab_mr_close(l->reg.mr);
+		l->reg.mr = NULL;
+	}
+	pthread_mutex_unlock(&r->slab_lock);
 }
 
 /*
@@ -80,9 +245,15 @@ static void chunk_ready(struct vp_repl *r, const announce_t *a, uint32_t i, cons
  */
 void repl_quarantine(struct vp_repl *r, void *mem)
 {
-	void **q = realloc(r->cons.quarantine, (r->cons.nquarantine + 1) * sizeof(*q));
+	struct land *l = mem ? repl_land_of(r, mem) : NULL;
+	void **q;
 
 	repl_unexpose_mem(r, mem);
+	if (l) {
+		l->tainted = 1;	/* the whole memory file: kept until no such read is left */
+		return;
+	}
+	q = realloc(r->cons.quarantine, (r->cons.nquarantine + 1) * sizeof(*q));
 	if (!q)
 		return;		/* leaked rather than reused */
 	r->cons.quarantine = q;
@@ -91,9 +262,18 @@ void repl_quarantine(struct vp_repl *r, void *mem)
 
 void repl_quarantine_release(struct vp_repl *r)
 {
-	if (!r->cons.nquarantine || vp_fab_orphan_reads(r->fab))
+	struct land *l;
+
+	if ((!r->cons.nquarantine && LIST_EMPTY(&r->cons.dead_lands)) || vp_fab_orphan_reads(r->fab))
 		return;
 	/* every read given up on has completed or failed since: nothing lands there now */
+	while ((l = LIST_FIRST(&r->cons.dead_lands))) {
+		LIST_REMOVE(l, link);
+		vp_log(LOG_DEBUG, "repl", "a memory file that reads given up on could still write is freed: those reads are over");
+		land_free(l);
+	}
+	if (!r->cons.nquarantine)
+		return;
 	vp_log(LOG_DEBUG, "repl", "%zu quarantined chunk(s) back to the cache: the reads given up on are over",
 	       r->cons.nquarantine);
 	for (size_t i = 0; i < r->cons.nquarantine; i++)

@@ -179,6 +179,28 @@ struct slab_mr {			/* cache memory, registered as a local read target only */
 	struct vp_fab_mr *mr;
 };
 
+/*
+ * Consumer: a landing, the memory file that a version's chunks are read
+ * into by the fabric, each at its own offset (chunk i at i * chunk_size),
+ * through a writable mapping (mfile.h).  Once every chunk is in and
+ * checked, that file, sealed, is the version: no copy, one copy of the
+ * bytes on the node.  A preview's landing becomes its version's.  A read
+ * given up on may still land: the landing is then tainted, never sealed
+ * nor reused, and freed once the fabric has no such read left.
+ */
+struct land {
+	LIST_ENTRY(land) link;		/* cons.lands, or cons.dead_lands once given up */
+	struct vp_mfile *mf;
+	char *base;			/* the writable mapping, reserve bytes of address space */
+	size_t reserve;
+	uint64_t size;			/* the file's size now (grown to) */
+	struct slab_mr reg;		/* [base, base + reg.len) registered; protected by slab_lock */
+	int tainted;
+};
+
+#define VP_MAX_LAND (1ULL << 44)	/* address space a preview's landing maps, at most */
+LIST_HEAD(land_list, land);
+
 /* A consumer's subscription, in the order it goes through. */
 enum consumer_state {
 	CONS_IDLE,		/* no session: a HELLO goes out every second */
@@ -249,6 +271,8 @@ struct vp_repl_consumer {
 		double last_transfer_s, last_heard;
 	} pub;
 	LIST_HEAD(, prefetch) prefetch;	/* chunks of versions still being written */
+	struct land_list lands;		/* landings in use (repl_slab_of looks there); protected by slab_lock */
+	struct land_list dead_lands;	/* tainted: until no read given up on is left */
 	uint64_t bytes_streamed;	/* fetched from previews */
 	uint64_t bytes_streamed_used;	/* of those, still valid at the version's commit */
 	uint64_t bytes_relay_in;	/* read from the relay */
@@ -339,7 +363,8 @@ struct prefetch {
 	char *path;
 	uint64_t version;
 	uint32_t n;			/* slots in mem and hash */
-	void **mem;			/* pool chunks, or NULL */
+	struct land *land;		/* where its chunks land; NULL: none yet */
+	void **mem;			/* chunk -> in land, NULL: not fetched */
 	uint64_t *hash;			/* of each chunk in mem */
 	double touched;			/* vp_now() of its last preview */
 };
@@ -440,8 +465,27 @@ void repl_on_slab(void *arg, void *base, size_t len);
  */
 void repl_quarantine(struct vp_repl *r, void *mem);
 void repl_quarantine_release(struct vp_repl *r);
-/* The registered slab that holds mem; NULL: none. */
+/* The registered slab (or landing) that holds mem; NULL: none. */
 struct slab_mr *repl_slab_of(struct vp_repl *r, const void *mem);
+/*
+ * Landings (struct land): a new one of reserve bytes; grown to size
+ * (charged, waiting up to wait_s; registered with the fabric), 0 or
+ * -errno; the landing holding mem (NULL: none); given up (tainted: kept
+ * until the fabric has no read left that could land there; else freed);
+ * sealed at size as the version's memory file (yours), NULL with *err
+ * set (tainted: -EAGAIN; the landing is gone either way).
+ */
+struct land *repl_land_new(struct vp_repl *r, uint64_t reserve, int *err);
+int repl_land_grow(struct vp_repl *r, struct land *l, uint64_t size, double wait_s);
+struct land *repl_land_of(struct vp_repl *r, const void *mem);
+void repl_land_put(struct vp_repl *r, struct land *l);
+struct vp_mfile *repl_land_seal(struct vp_repl *r, struct land *l, uint64_t size, int *err);
+/*
+ * The fabric is going: closed 0, every landing's registration closes
+ * (before the fabric does); closed 1, the given-up landings are freed
+ * (after it did: no read can land then).
+ */
+void repl_lands_fabric_gone(struct vp_repl *r, int closed);
 int repl_fetch_chunks(struct vp_repl *r, const announce_t *a, void **mem,
 		      const uint32_t *need, size_t n, uint32_t *bad_idx);
 void repl_stage_register(struct vp_repl *r);

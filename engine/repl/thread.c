@@ -181,6 +181,8 @@ static struct vp_repl *repl_alloc(struct vp_ns *ns, struct vp_gpu *gpu,
 	r->cons.mnt_fd = -1;
 	snprintf(r->cons.mnt, sizeof(r->cons.mnt), "%s", mountpoint);
 	LIST_INIT(&r->cons.prefetch);
+	LIST_INIT(&r->cons.lands);
+	LIST_INIT(&r->cons.dead_lands);
 	LIST_INIT(&r->relay.rpins);
 	STAILQ_INIT(&r->relay.rin);
 	r->cuda_dev = vp_gpu_cuda_device(gpu);
@@ -360,7 +362,9 @@ static void fabric_release(struct vp_repl *r)
 	for (size_t i = 0; i < r->cons.ndead_mrs; i++)
 		vp_fab_mr_close(r->cons.dead_mrs[i]);
 	free(r->cons.dead_mrs);
+	repl_lands_fabric_gone(r, 0);
 	vp_fab_close(r->fab);
+	repl_lands_fabric_gone(r, 1);
 	for (size_t i = 0; i < r->cons.nquarantine; i++)
 		vp_pool_put_chunk(r->pool, r->cons.quarantine[i]);
 	free(r->cons.quarantine);

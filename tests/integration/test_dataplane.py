@@ -301,3 +301,60 @@ def test_a_version_on_the_pfs_only_is_read_from_the_pfs_file(world, path):
     check_bytes(m.path("old.pt"), want)
     m.flush()
     assert read(os.path.join(pfs, "old.pt")) == want
+
+
+def daemon_memfd_seals(pid):
+    """The seals of each of the daemon's version memory files."""
+    seals = []
+    for link in daemon_memfds(pid):
+        fd = os.open(link, os.O_RDONLY)
+        try:
+            seals.append(fcntl.fcntl(fd, F_GET_SEALS))
+        finally:
+            os.close(fd)
+    return seals
+
+
+def test_a_consumers_versions_land_in_their_memory_files(world):
+    """The network's reads land in the new version's memory file itself: from its
+    install, the consumer holds each version once, sealed, with no chunks and no copy
+    in the daemon's memory, and its readers get it by passthrough from the first read.
+    Versions with changed, unchanged and hole chunks, streamed while written, a
+    shorter one, and an empty one."""
+    net, prod, (c1,) = cluster(world, consumers=1, opts=",ram_spare=0,ram_prefault=0,repl_stream=4M")
+    wait_for(lambda: subscribed(prod, 1), what="the consumer subscribed")
+    size = 48 << 20
+    base = bytearray(os.urandom(size + 4321))
+    versions = [bytes(base)]
+    base[(5 << 20) + 3:(5 << 20) + 9] = b"edited"          # one chunk changed, the rest unchanged
+    versions.append(bytes(base))
+    versions.append(bytes(base[:(20 << 20) + 77]))          # shorter: cut inside a chunk
+    versions.append(b"")
+    before = rss_anon_kb(c1.proc.pid)
+    p = prod.path("model.pt")
+    for i, data in enumerate(versions):
+        if i == 1:      # written in pieces, with a hole: previews move most of it before close
+            with open(p, "wb") as f:
+                f.write(data[:8 << 20])
+                f.seek(16 << 20)
+                f.write(data[16 << 20:])
+            data = data[:8 << 20] + bytes(8 << 20) + data[16 << 20:]
+        else:
+            write(p, data)
+        wait_version(c1.path("model.pt"), i)
+        check_bytes(c1.path("model.pt"), data)
+        st = status(c1)
+        assert st["ram"]["chunks"] == 0, st["ram"]
+        # the version's pages are held once, in one sealed file (older ones go once unread)
+        wait_for(lambda: sum(version_memfd_blocks(c1.proc.pid).values()) <= len(data) + (1 << 20),
+                 what="older versions' memory files to go")
+        seals = daemon_memfd_seals(c1.proc.pid)
+        assert all(s & (F_SEAL_WRITE | F_SEAL_SHRINK | F_SEAL_GROW) ==
+                   F_SEAL_WRITE | F_SEAL_SHRINK | F_SEAL_GROW for s in seals), seals
+    st = status(c1)
+    assert st["bytes_read"] == 0, "the daemon served reads: the first ones came before a memory file"
+    assert st["repl"]["bytes_streamed_used"] > 0
+    assert st["repl"]["bytes_reused"] > 0
+    grown = (rss_anon_kb(c1.proc.pid) - before) * 1024
+    assert grown < size // 4, "the daemon's own memory grew by %.2f x the file" % (grown / size)
+    assert "a read given up on" not in c1.read_log()

@@ -391,25 +391,62 @@ static void test_spare_gives_way_to_a_write(void **state)
 }
 
 /* A sealed copy of chunks is byte-exact, and chunk memory and hashes agree with the chunks'. */
-static void test_sealed_copy_of_chunks(void **state)
+/*
+ * A landing: bytes stored through the writable mapping (as the fabric's
+ * reads do) at their offsets, a hole punched out, the size cut inside a
+ * page; at the finish the same address reads the same bytes, read-only,
+ * the file is sealed (writes refused by the kernel), its pages charged
+ * once, and a data made of it reads them.  Past the budget, -ENOSPC.
+ */
+static void test_mfile_landing_becomes_the_sealed_version(void **state)
 {
-	struct vp_pool *pool = *state;
-	size_t len = 2 * CHUNK + 5;
-	char *buf = malloc(len);
-	uint64_t h1[3], h2[3];
-	struct vp_data *d = vp_data_new(pool), *m;
+	struct vp_pool *pool = vp_pool_new(CHUNK, 16 * CHUNK, 0);
+	size_t size = 3 * CHUNK + 777;
+	char *buf = malloc(4 * CHUNK), *base, out[16];
+	struct vp_mfile *mf;
+	struct vp_data *d;
+	int err, seals;
 
-	fill(buf, len, 3);
-	assert_int_equal(vp_data_write(d, buf, len, 0, 0), (ssize_t)len);
-	m = vp_data_sealed_copy(d, 0);
-	assert_non_null(m);
-	assert_true(vp_data_fd(m) >= 0);
-	assert_int_equal(vp_data_chunk_hashes(d, h1, 3), 0);
-	assert_int_equal(vp_data_chunk_hashes(m, h2, 3), 0);
-	assert_memory_equal(h1, h2, sizeof(h1));
-	assert_memory_equal(vp_data_chunk_mem(m, 2), buf + 2 * CHUNK, 5);
+	(void)state;
+	fill(buf, 4 * CHUNK, 9);
+	mf = vp_mfile_new(pool, &err);
+	assert_non_null(mf);
+	base = vp_mfile_land_map(mf, 4 * CHUNK, &err);
+	assert_non_null(base);
+	assert_int_equal(vp_mfile_land_grow(mf, 17 * CHUNK, 0), -EINVAL);	/* past the reserve */
+	assert_int_equal(vp_mfile_land_grow(mf, 4 * CHUNK, 0), 0);		/* a preview's, larger */
+	memcpy(base, buf, 4 * CHUNK);
+	assert_int_equal(vp_mfile_land_zero(mf, CHUNK, CHUNK), 0);		/* a hole now */
+	assert_int_equal(vp_mfile_land_finish(mf, size), 0);
+	assert_true(vp_mfile_sealed(mf));
+	assert_ptr_equal(vp_mfile_map(mf, size), base);			/* the same address */
+	assert_memory_equal(base, buf, CHUNK);
+	for (size_t i = CHUNK; i < 2 * CHUNK; i += 4096)
+		assert_int_equal(base[i], 0);
+	assert_memory_equal(base + 2 * CHUNK, buf + 2 * CHUNK, size - 2 * CHUNK);
+	assert_int_equal(base[size], 0);		/* past the end, in its page: zeros */
+	seals = fcntl(mf->fd, F_GET_SEALS);
+	assert_true(seals & F_SEAL_WRITE);
+	assert_int_equal(pwrite(mf->fd, "x", 1, 0), -1);
+	assert_int_equal(errno, EPERM);
+	assert_int_equal(vp_pool_available(pool), 16 * CHUNK - ((size + 4095) & ~4095UL));
+	d = vp_data_from_mfile(pool, mf);
+	assert_non_null(d);
+	assert_int_equal(vp_data_size(d), size);
+	assert_true(vp_data_fd(d) >= 0);
+	assert_int_equal(vp_data_pread(d, out, sizeof(out), 2 * CHUNK), (ssize_t)sizeof(out));
+	assert_memory_equal(out, buf + 2 * CHUNK, sizeof(out));
 	vp_data_put(d);
-	vp_data_put(m);
+	assert_int_equal(vp_pool_available(pool), 16 * CHUNK);
+
+	/* a landing the budget cannot hold */
+	mf = vp_mfile_new(pool, &err);
+	assert_non_null(mf);
+	assert_non_null(vp_mfile_land_map(mf, 32 * CHUNK, &err));
+	assert_int_equal(vp_mfile_land_grow(mf, 32 * CHUNK, 0), -ENOSPC);
+	vp_mfile_put(mf);
+	assert_int_equal(vp_pool_available(pool), 16 * CHUNK);
+	vp_pool_free(pool);
 	free(buf);
 }
 
@@ -429,7 +466,7 @@ int main(void)
 		cmocka_unit_test(test_mfile_fallocate_reserves),
 		cmocka_unit_test(test_spare_taken_then_tail_freed_at_seal),
 		cmocka_unit_test(test_spare_gives_way_to_a_write),
-		cmocka_unit_test_setup_teardown(test_sealed_copy_of_chunks, setup, teardown),
+		cmocka_unit_test(test_mfile_landing_becomes_the_sealed_version),
 	};
 	return cmocka_run_group_tests_name("data", tests, setup, teardown);
 }
