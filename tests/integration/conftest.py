@@ -319,11 +319,43 @@ class Mount:
 
     def kill9(self):
         os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            # A thread of the daemon's own was in a syscall on its own mount (a consumer
+            # installs through it) whose request a FUSE thread had already read: the
+            # kernel waits for the answer without a timeout, and the /dev/fuse descriptor
+            # that would end the wait belongs to the dying process.  Aborting the
+            # connection answers it, as `umount -f` would.
+            abort_fuse_connection(self.mnt)
+            self.proc.wait()
         self.stderr.close()
         self.proc = None
         # the kernel keeps the dead mount until it is unmounted
         subprocess.run(["fusermount3", "-uz", self.mnt], capture_output=True)
+
+
+def abort_fuse_connection(mnt):
+    """Aborts the FUSE connection of the file system mounted at mnt (fusectl, mounted
+    here for the call where the machine has not)."""
+    dev = None
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            w = line.split()
+            if w[4] == mnt:
+                dev = w[2].split(":")[1]
+    if dev is None:
+        return
+    ctl = "/sys/fs/fuse/connections"
+    mounted = os.path.ismount(ctl)
+    if not mounted:
+        subprocess.run(["mount", "-t", "fusectl", "fusectl", ctl], check=True)
+    try:
+        with open(os.path.join(ctl, dev, "abort"), "w") as f:
+            f.write("1")
+    finally:
+        if not mounted:
+            subprocess.run(["umount", ctl], check=True)
 
 
 def drop_utab_entries(base):
