@@ -61,8 +61,9 @@ struct vp_mfile {
 	uint32_t *hash_gen;		/* the chunk's write count when hashed */
 	uint32_t *gen;			/* writes that touched each chunk */
 	size_t nhashes;
-	char *wmap;			/* a landing's writable mapping (below); NULL: none */
+	char *wmap;			/* a landing's (or a mapped spare's) writable mapping; NULL: none */
 	size_t wmap_len;
+	int landing;			/* wmap is a landing's (vp_mfile_land_map) */
 };
 
 /*
@@ -132,6 +133,8 @@ const char *vp_mfile_map(struct vp_mfile *mf, uint64_t len);
  *    else -ENOSPC) and mapped ahead, so that no landing pays a fault.
  *  - vp_mfile_land_zero: [off, off + len) reads as zeros again (its pages
  *    freed): a hole where an early landing put bytes.
+ *  - vp_mfile_land_release: a range's pages and charge go (a landing
+ *    given up: only the chunks a late read may write are kept).
  *  - vp_mfile_land_finish: the file's size becomes size, a read-only
  *    mapping of the same pages takes the writable one's place at the same
  *    address (pointers into it stay valid, for reading: mf->map), and the
@@ -142,6 +145,10 @@ char *vp_mfile_land_map(struct vp_mfile *mf, size_t reserve, int *err);
 int vp_mfile_land_grow(struct vp_mfile *mf, uint64_t size, double wait_s);
 int vp_mfile_land_zero(struct vp_mfile *mf, uint64_t off, uint64_t len);
 int vp_mfile_land_finish(struct vp_mfile *mf, uint64_t size);
+/* Frees the pages of [off, off + len) and gives their charge back (a landing given up). */
+void vp_mfile_land_release(struct vp_mfile *mf, uint64_t off, uint64_t len);
+/* Bytes charged to the budget for mf. */
+uint64_t vp_mfile_charged(struct vp_mfile *mf);
 
 /*
  * The xxh3-64 of chunk idx (len bytes from idx * chunk_size) of a sealed
@@ -169,13 +176,23 @@ ssize_t vp_mfile_copy_out(struct vp_mfile *mf, int out_fd, uint64_t off,
  * pages a version does not fill are freed at its seal.
  *
  * vp_mspare_new() starts the thread (bytes 0: no spare, NULL returned)
- * and registers the spare with the pool, for vp_mfile_new().
+ * and registers the spare with the pool, for vp_mfile_new(); mapped: a
+ * consumer's (below).
  */
 struct vp_mspare;
 
-struct vp_mspare *vp_mspare_new(struct vp_pool *pool, uint64_t bytes);
+struct vp_mspare *vp_mspare_new(struct vp_pool *pool, uint64_t bytes, int mapped);
 void vp_mspare_free(struct vp_mspare *sp);
 void vp_mspare_drop(struct vp_mspare *sp);
+/*
+ * A consumer's spare is mapped: its pages allocated, zeroed and mapped
+ * writable ahead, for the next landing to take as they are.  It is made
+ * at the start and then when asked: vp_mspare_fit(), after each install,
+ * with the size of the version installed (it grows to the largest asked
+ * for, and the caller caps it), so that the next one is made while the
+ * node is idle, not while a version lands.
+ */
+void vp_mspare_fit(struct vp_mspare *sp, uint64_t bytes);
 /* Waits up to timeout_s for a spare to be ready; 1 if one is. */
 int vp_mspare_wait_ready(struct vp_mspare *sp, double timeout_s);
 

@@ -489,6 +489,12 @@ bool vp_ns_lock_held(const struct vp_ns *ns);
 void vp_ns_set_installer(struct vp_ns *ns, pid_t tid);
 /* Consumer: the installer's syscalls returned; raises the events they held back. */
 void vp_ns_installed(struct vp_ns *ns);
+/*
+ * Consumer: a version of size bytes was installed; the spare for the next
+ * landing is made now, as large (at most a quarter of ram_cache), if
+ * ram_spare is on.
+ */
+void vp_ns_spare_fit(struct vp_ns *ns, uint64_t size);
 
 /*
  * Consumer: the next open (or create) of path by the installer thread

@@ -142,7 +142,7 @@ static int open_cache(struct vp_ns *ns, char *err, size_t errlen)
 	/* a spare of at most a quarter of the cache: it must never crowd versions out */
 	if (cfg->ram_spare)
 		ns->spare = vp_mspare_new(ns->pool, cfg->ram_spare < cfg->ram_cache / 4 ?
-					  cfg->ram_spare : cfg->ram_cache / 4);
+					  cfg->ram_spare : cfg->ram_cache / 4, cfg->subscribe[0] != 0);
 	if (cfg->publish == VP_PUBLISH_SCHEDULE) {
 		ns->sched = vp_sched_new(cfg, err, errlen);
 		if (!ns->sched) {
@@ -153,6 +153,13 @@ static int open_cache(struct vp_ns *ns, char *err, size_t errlen)
 		vp_sched_on_plan(ns->sched, vp_publish_schedule_changed, ns);
 	}
 	return 0;
+}
+
+void vp_ns_spare_fit(struct vp_ns *ns, uint64_t size)
+{
+	uint64_t cap = ns->cfg.ram_cache / 4;
+
+	vp_mspare_fit(ns->spare, size < cap ? size : cap);
 }
 
 static void close_cache(struct vp_ns *ns)

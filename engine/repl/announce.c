@@ -198,7 +198,7 @@ static uint64_t prefetch_held(struct vp_repl *r)
 	uint64_t n = 0;
 
 	LIST_FOREACH(pf, &r->cons.prefetch, link)
-		n += pf->land ? pf->land->size : 0;
+		n += pf->land ? vp_mfile_charged(pf->land->mf) : 0;
 	return n;
 }
 
@@ -230,14 +230,15 @@ static struct prefetch *prefetch_get(struct vp_repl *r, const char *path,
 		uint64_t max = vp_config_max_file_size(&r->cfg), cs = vp_pool_chunk_size(r->pool);
 		int err;
 
-		if (max > VP_MAX_LAND)
-			max = VP_MAX_LAND;
+		/* previews never hold more than a quarter of the cache (below) */
+		if (max > r->cfg.ram_cache / 4)
+			max = r->cfg.ram_cache / 4;
 		pf = calloc(1, sizeof(*pf));
 		if (!pf || !(pf->path = strdup(path))) {
 			free(pf);
 			return NULL;
 		}
-		/* the file's final size is not known yet: room for the largest one */
+		/* the file's final size is not known yet: room for all a preview may hold */
 		pf->land = repl_land_new(r, (max + cs - 1) / cs * cs, &err);
 		if (!pf->land) {
 			free(pf->path);
@@ -304,11 +305,26 @@ static void consumer_preview(struct vp_repl *r, const struct vp_msg *m)
 		bytes += end - start;
 	}
 	if (nreq && repl_land_grow(r, pf->land, want, 0)) {
-		/* the cache is full (no waiting for a preview): the rest moves at commit */
-		for (size_t k = 0; k < nreq; k++)
-			pf->mem[fetched[k]] = NULL;
-		nreq = 0;
+		/*
+		 * The cache is full (no waiting for a preview): only what fits
+		 * in the landing as it is moves now, the rest at commit.  A chunk
+		 * fetched before keeps its place (its hash is 0: fetched again).
+		 */
+		size_t keep = 0;
+
 		bytes = 0;
+		for (size_t k = 0; k < nreq; k++) {
+			uint32_t i = fetched[k];
+			uint64_t end = (uint64_t)i * a->chunk_size + chunk_len(a, i);
+
+			if (end > pf->land->size) {
+				pf->mem[i] = NULL;	/* never fetched: nothing of it is there */
+				continue;
+			}
+			fetched[keep++] = i;
+			bytes += chunk_len(a, i);
+		}
+		nreq = keep;
 	}
 	/* a relay offers what it holds of the preview; children take those too */
 	rc = repl_fetch_chunks(r, a, pf->mem, fetched, nreq, &bad);
@@ -484,7 +500,8 @@ static int announce_plan(struct vp_repl *r, const announce_t *a, struct announce
 	uint64_t old_size = old ? vp_data_size(old) : 0;
 	int rc = 0, taken = 0;
 
-	if (pf && pf->version == a->version && pf->land && !pf->land->tainted) {
+	if (pf && pf->version == a->version && pf->land && !pf->land->tainted &&
+	    a->size <= pf->land->reserve) {
 		pl->land = pf->land;	/* the chunks fetched while the file was written are in place */
 		pf->land = NULL;
 		taken = 1;
@@ -509,11 +526,10 @@ static int announce_plan(struct vp_repl *r, const announce_t *a, struct announce
 
 		if (taken && early)
 			pf->mem[i] = NULL;	/* the plan's now */
-		if (!r->cons.asm_refs[i].key) {	/* a hole */
-			if (taken && early) {
+		if (!r->cons.asm_refs[i].key) {	/* a hole: no page (a preview's bytes, or populated ahead) */
+			if (taken && early)
 				repl_unexpose_mem(r, early);
-				rc = vp_mfile_land_zero(pl->land->mf, start, len);
-			}
+			rc = vp_mfile_land_zero(pl->land->mf, start, len);
 			continue;
 		}
 		pl->mem[i] = at;
@@ -568,6 +584,8 @@ static struct vp_data *land_copy(struct vp_repl *r, const announce_t *a,
 			continue;
 		n = vp_data_write(d, pl->mem[i], (size_t)len, (uint64_t)i * a->chunk_size,
 				  r->cfg.cache_wait);
+		if (in_land(pl->land, pl->mem[i]))	/* its pages go as the copy's come */
+			repl_land_release(r, pl->land, (char *)pl->mem[i] - pl->land->base, len);
 		if (n != (ssize_t)len) {
 			*err = n < 0 ? (int)n : -EIO;
 			vp_data_put(d);
@@ -578,10 +596,16 @@ static struct vp_data *land_copy(struct vp_repl *r, const announce_t *a,
 		vp_data_put(d);
 		d = NULL;
 	}
-	if (d)
+	if (d) {
 		vp_data_seal(d);
-	vp_log(LOG_INFO, "repl", "'%s' version %" PRIu64 ": copied out of a memory file a read given up on may still write",
-	       a->path, a->version);
+		if (vp_data_fd(d) < 0) {	/* not sealed (logged) */
+			*err = -EIO;
+			vp_data_put(d);
+			d = NULL;
+		}
+	}
+	vp_log(LOG_INFO, "repl", "'%s' version %" PRIu64 ": %s out of a memory file a read given up on may still write",
+	       a->path, a->version, d ? "copied" : "not copied");
 	return d;
 }
 
@@ -603,9 +627,12 @@ static int announce_install(struct vp_repl *r, const announce_t *a, double t0,
 		/* its pages are the version's: the seal makes them immutable, and nothing is copied */
 		mf = repl_land_seal(r, pl->land, a->size, &rc);
 		pl->land = NULL;
-		pl->d = mf ? vp_data_from_mfile(r->pool, mf) : NULL;
-		if (mf && !pl->d)
+		pl->d = mf ? vp_data_from_mfile(r->pool, vp_mfile_get(mf)) : NULL;
+		if (mf && !pl->d) {
 			rc = -ENOMEM;
+			repl_unexpose_seq(r, a->seq);	/* before its mapping goes */
+		}
+		vp_mfile_put(mf);
 		free(pl->mem);	/* pointers into the landing */
 		pl->mem = NULL;
 	}
@@ -631,6 +658,7 @@ static int announce_install(struct vp_repl *r, const announce_t *a, double t0,
 	r->cons.installed++;
 	repl_ahead_clear(r, a->path);
 	repl_publish_stats(r);
+	vp_ns_spare_fit(r->ns, a->size);	/* the next version's pages, made while we are idle */
 	if ((a->flags & VP_ANNOUNCE_RELAY) && r->relay.nchildren)
 		*pinned = repl_rpin_add(r, a->seq, pl->d);	/* our children may still read it */
 	vp_metrics_notify_latency(vp_now() - t_in);

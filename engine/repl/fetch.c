@@ -167,12 +167,32 @@ static void land_free(struct land *l)
 	free(l);
 }
 
+void repl_land_release(struct vp_repl *r, struct land *l, uint64_t off, uint64_t len)
+{
+	(void)r;
+	for (size_t k = 0; k < l->nbad && k < LAND_MAX_BAD; k++)
+		if (l->bad[k] < off + len && off < l->bad[k] + vp_pool_chunk_size(r->pool))
+			return;		/* a read given up on may land there */
+	if (l->nbad <= LAND_MAX_BAD)
+		vp_mfile_land_release(l->mf, off, len);
+}
+
+/* A tainted landing: every page but those a read given up on may write goes now. */
+static void land_shrink(struct vp_repl *r, struct land *l)
+{
+	uint64_t cs = vp_pool_chunk_size(r->pool);
+
+	for (uint64_t off = 0; off < l->size; off += cs)
+		repl_land_release(r, l, off, off + cs > l->size ? l->size - off : cs);
+}
+
 void repl_land_put(struct vp_repl *r, struct land *l)
 {
 	if (!l)
 		return;
 	land_unlink(r, l);
 	if (l->tainted) {
+		land_shrink(r, l);
 		LIST_INSERT_HEAD(&r->cons.dead_lands, l, link);	/* freed by repl_quarantine_release */
 		return;
 	}
@@ -250,7 +270,11 @@ void repl_quarantine(struct vp_repl *r, void *mem)
 
 	repl_unexpose_mem(r, mem);
 	if (l) {
-		l->tainted = 1;	/* the whole memory file: kept until no such read is left */
+		/* the memory file is kept until no such read is left; only these chunks matter then */
+		l->tainted = 1;
+		if (l->nbad < LAND_MAX_BAD)
+			l->bad[l->nbad] = (uint64_t)((char *)mem - l->base);
+		l->nbad++;
 		return;
 	}
 	q = realloc(r->cons.quarantine, (r->cons.nquarantine + 1) * sizeof(*q));

@@ -196,7 +196,11 @@ struct land {
 	uint64_t size;			/* the file's size now (grown to) */
 	struct slab_mr reg;		/* [base, base + reg.len) registered; protected by slab_lock */
 	int tainted;
+	uint64_t bad[8];		/* offsets of the chunks a read given up on may write */
+	size_t nbad;			/* more than LAND_MAX_BAD: all of it is kept */
 };
+
+#define LAND_MAX_BAD 8
 
 #define VP_MAX_LAND (1ULL << 44)	/* address space a preview's landing maps, at most */
 LIST_HEAD(land_list, land);
@@ -479,6 +483,8 @@ struct land *repl_land_new(struct vp_repl *r, uint64_t reserve, int *err);
 int repl_land_grow(struct vp_repl *r, struct land *l, uint64_t size, double wait_s);
 struct land *repl_land_of(struct vp_repl *r, const void *mem);
 void repl_land_put(struct vp_repl *r, struct land *l);
+/* The pages of [off, off + len) of l go (uncharged), unless a read given up on may write there. */
+void repl_land_release(struct vp_repl *r, struct land *l, uint64_t off, uint64_t len);
 struct vp_mfile *repl_land_seal(struct vp_repl *r, struct land *l, uint64_t size, int *err);
 /*
  * The fabric is going: closed 0, every landing's registration closes

@@ -382,6 +382,7 @@ static void consumer_release(struct vp_repl *r)
 	free(r->cons.asm_refs);
 	while ((pf = LIST_FIRST(&r->cons.prefetch)))
 		repl_prefetch_drop(r, pf);
+	repl_lands_fabric_gone(r, 1);	/* a tainted one among them: the fabric is gone already */
 	repl_seen_clear(r);
 	free(r->cons.seen);
 	vp_sess_clear(&r->cons.sess);

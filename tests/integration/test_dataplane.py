@@ -358,3 +358,41 @@ def test_a_consumers_versions_land_in_their_memory_files(world):
     grown = (rss_anon_kb(c1.proc.pid) - before) * 1024
     assert grown < size // 4, "the daemon's own memory grew by %.2f x the file" % (grown / size)
     assert "a read given up on" not in c1.read_log()
+
+
+def spare_inodes(pid):
+    """The inodes of the daemon's memory files that read as zeros (a spare)."""
+    found = set()
+    for link in daemon_memfds(pid):
+        with open(link, "rb") as f:
+            head = f.read(1 << 16)
+        if head and not head.strip(b"\0"):
+            found.add(os.stat(link).st_ino)
+    return found
+
+
+def test_a_consumers_next_version_lands_in_its_spare(world):
+    """ram_spare on a consumer: after each install a spare as large as that version is
+    made (at most a quarter of ram_cache; its pages allocated, zeroed and mapped ahead),
+    and the next version lands in that very memory file."""
+    net, prod, (c1,) = cluster(world, consumers=1, opts=",ram_cache=256M,ram_spare=4M,repl_stream=0")
+    wait_for(lambda: subscribed(prod, 1), what="the consumer subscribed")
+    wait_for(lambda: status(c1)["ram"]["spare"] == 4 << 20, what="the first spare")
+    size = (24 << 20) + 5
+    page_size = (size + 4095) & ~4095
+    write(prod.path("model.pt"), os.urandom(size))
+    wait_version(c1.path("model.pt"), 0)
+    wait_for(lambda: status(c1)["ram"]["spare"] == page_size, what="a spare of the version's size")
+    spare = spare_inodes(c1.proc.pid)       # zeros: not the version's random bytes
+    assert len(spare) == 1, spare
+    data = os.urandom(size)
+    write(prod.path("model.pt"), data)
+    wait_version(c1.path("model.pt"), 1)
+    check_bytes(c1.path("model.pt"), data)
+    wait_for(lambda: status(c1)["ram"]["spare"] == page_size, what="the next spare")
+    held = version_memfd_blocks(c1.proc.pid)
+    assert held.get(next(iter(spare))) == page_size, (spare, held)  # the new version's now
+    assert not spare & spare_inodes(c1.proc.pid)
+    assert len(held) == 2, held      # the version and the new spare: the old version is gone
+    st = status(c1)["ram"]
+    assert st["used"] == st["memory_files"] + st["spare"] + st["chunks"]

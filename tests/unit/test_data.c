@@ -329,7 +329,7 @@ static void test_mfile_fallocate_reserves(void **state)
 static void test_spare_taken_then_tail_freed_at_seal(void **state)
 {
 	struct vp_pool *pool = vp_pool_new(CHUNK, 32 * CHUNK, 0);
-	struct vp_mspare *sp = vp_mspare_new(pool, 4 * CHUNK);
+	struct vp_mspare *sp = vp_mspare_new(pool, 4 * CHUNK, 0);
 	struct vp_mspare_stats st;
 	struct vp_mfile *mf;
 	struct stat sb;
@@ -367,7 +367,7 @@ static void test_spare_taken_then_tail_freed_at_seal(void **state)
 static void test_spare_gives_way_to_a_write(void **state)
 {
 	struct vp_pool *pool = vp_pool_new(CHUNK, 16 * CHUNK, 0);
-	struct vp_mspare *sp = vp_mspare_new(pool, 4 * CHUNK);
+	struct vp_mspare *sp = vp_mspare_new(pool, 4 * CHUNK, 0);
 	char *buf = calloc(1, 14 * CHUNK);
 	struct vp_mspare_stats st;
 	struct vp_mfile *mf;
