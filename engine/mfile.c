@@ -201,6 +201,27 @@ ssize_t vp_mfile_write_fd(struct vp_mfile *mf, uint64_t off, size_t len, double 
 	return n;
 }
 
+/*
+ * The file was cut (or grown) to size: every page past the new end goes,
+ * the ones allocated ahead too, with their charge; the chunks between the
+ * two ends changed (cut, or zeros now).  mf->lock held.
+ */
+static void resized_locked(struct vp_mfile *mf, uint64_t size)
+{
+	uint64_t keep = PAGE_ROUND(size);
+
+	VP_ASSERT_LOCKED(&mf->lock);
+	drop_ahead_locked(mf, size);
+	if (keep < mf->alloc) {
+		vp_pool_uncharge(mf->pool, mf->alloc - keep);
+		mf->alloc = keep;
+	}
+	if (size != mf->size)
+		written_locked(mf, size < mf->size ? size : mf->size,
+			       (size_t)(size < mf->size ? mf->size - size : size - mf->size));
+	mf->size = size;
+}
+
 int vp_mfile_truncate(struct vp_mfile *mf, uint64_t size)
 {
 	int rc = 0;
@@ -212,19 +233,7 @@ int vp_mfile_truncate(struct vp_mfile *mf, uint64_t size)
 		rc = -errno;
 	} else {
 		/* a cut frees every page past the new end, the ones allocated ahead too */
-		uint64_t keep = PAGE_ROUND(size);
-
-		drop_ahead_locked(mf, size);
-
-		if (keep < mf->alloc) {
-			vp_pool_uncharge(mf->pool, mf->alloc - keep);
-			mf->alloc = keep;
-		}
-		/* the chunks between the two ends changed (cut, or zeros now) */
-		if (size != mf->size)
-			written_locked(mf, size < mf->size ? size : mf->size,
-				       (size_t)(size < mf->size ? mf->size - size : size - mf->size));
-		mf->size = size;
+		resized_locked(mf, size);
 	}
 	pthread_mutex_unlock(&mf->lock);
 	return rc;
@@ -494,15 +503,7 @@ int vp_mfile_land_finish(struct vp_mfile *mf, uint64_t size)
 		rc = -errno;
 		goto out_unlock;
 	}
-	drop_ahead_locked(mf, size);
-	if (mf->alloc > keep) {
-		vp_pool_uncharge(mf->pool, mf->alloc - keep);
-		mf->alloc = keep;
-	}
-	if (size != mf->size)
-		written_locked(mf, size < mf->size ? size : mf->size,
-			       (size_t)(size < mf->size ? mf->size - size : size - mf->size));
-	mf->size = size;
+	resized_locked(mf, size);
 	/* the same pages, read-only, at the same address: no instant where it is unmapped */
 	if (keep && mmap(mf->wmap, keep, PROT_READ, MAP_SHARED | MAP_FIXED, mf->rofd, 0) == MAP_FAILED) {
 		rc = -errno;
