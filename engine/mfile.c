@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/sendfile.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <xxhash.h>
 
@@ -417,6 +418,7 @@ char *vp_mfile_land_map(struct vp_mfile *mf, size_t reserve, int *err)
 
 int vp_mfile_land_grow(struct vp_mfile *mf, uint64_t size, double wait_s)
 {
+	struct stat st;
 	uint64_t from;
 	int rc;
 
@@ -431,8 +433,10 @@ int vp_mfile_land_grow(struct vp_mfile *mf, uint64_t size, double wait_s)
 		return 0;
 	}
 	rc = reserve_locked(mf, size, wait_s);
-	/* a mapped spare's file is its size already: never cut here (that would free its pages) */
-	if (!rc && size > mf->ahead && ftruncate(mf->fd, (off_t)size) != 0)
+	/* a mapped spare's file may be larger already: never cut here (that would free its pages) */
+	if (!rc && fstat(mf->fd, &st) != 0)
+		rc = -errno;
+	if (!rc && size > (uint64_t)st.st_size && ftruncate(mf->fd, (off_t)size) != 0)
 		rc = -errno;
 	if (!rc)
 		mf->size = size;
@@ -451,32 +455,33 @@ int vp_mfile_land_grow(struct vp_mfile *mf, uint64_t size, double wait_s)
 
 int vp_mfile_land_zero(struct vp_mfile *mf, uint64_t off, uint64_t len)
 {
+	uint64_t from, to, pages;
 	int rc = 0;
 
 	pthread_mutex_lock(&mf->lock);
-	if (mf->sealed || off >= mf->size)
-		rc = mf->sealed ? -EPERM : 0;
-	else if (fallocate(mf->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off,
-			   (off_t)(off + len > mf->size ? mf->size - off : len)) != 0)
+	if (mf->sealed) {
+		rc = -EPERM;
+		goto out_unlock;
+	}
+	if (off >= mf->size)
+		goto out_unlock;
+	if (off + len > mf->size)
+		len = mf->size - off;
+	if (fallocate(mf->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off, (off_t)len) != 0) {
 		rc = -errno;
+		goto out_unlock;
+	}
+	/* the whole pages in it are freed: their charge goes back */
+	from = PAGE_ROUND(off);
+	to = (off + len) & ~4095ULL;
+	pages = to > from ? to - from : 0;
+	if (pages > mf->alloc)
+		pages = mf->alloc;
+	mf->alloc -= pages;
+	vp_pool_uncharge(mf->pool, pages);
+out_unlock:
 	pthread_mutex_unlock(&mf->lock);
 	return rc;
-}
-
-void vp_mfile_land_release(struct vp_mfile *mf, uint64_t off, uint64_t len)
-{
-	uint64_t pages;
-
-	pthread_mutex_lock(&mf->lock);
-	off = PAGE_ROUND(off);
-	len = len > 4096 ? (len & ~4095ULL) : 0;
-	if (len && !mf->sealed &&
-	    fallocate(mf->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off, (off_t)len) == 0) {
-		pages = len < mf->alloc ? len : mf->alloc;
-		mf->alloc -= pages;
-		vp_pool_uncharge(mf->pool, pages);
-	}
-	pthread_mutex_unlock(&mf->lock);
 }
 
 uint64_t vp_mfile_charged(struct vp_mfile *mf)
@@ -714,7 +719,6 @@ static void *spare_main(void *arg)
 	while (!sp->stop) {
 		double now = vp_now();
 		struct vp_mfile *mf;
-
 		uint64_t bytes;
 
 		/* a mapped spare is made when asked: not while the version that took the last one still lands */

@@ -131,10 +131,10 @@ const char *vp_mfile_map(struct vp_mfile *mf, uint64_t len);
  *  - vp_mfile_land_grow: the file grows to size (never shrinks; at most
  *    the reserve), its pages charged to the budget (waiting up to wait_s,
  *    else -ENOSPC) and mapped ahead, so that no landing pays a fault.
- *  - vp_mfile_land_zero: [off, off + len) reads as zeros again (its pages
- *    freed): a hole where an early landing put bytes.
- *  - vp_mfile_land_release: a range's pages and charge go (a landing
- *    given up: only the chunks a late read may write are kept).
+ *  - vp_mfile_land_zero: [off, off + len) reads as zeros again, its pages
+ *    freed and their charge given back: a hole (where an early landing
+ *    may have put bytes), or a landing given up on, but for the chunks a
+ *    late read may still write.
  *  - vp_mfile_land_finish: the file's size becomes size, a read-only
  *    mapping of the same pages takes the writable one's place at the same
  *    address (pointers into it stay valid, for reading: mf->map), and the
@@ -145,8 +145,6 @@ char *vp_mfile_land_map(struct vp_mfile *mf, size_t reserve, int *err);
 int vp_mfile_land_grow(struct vp_mfile *mf, uint64_t size, double wait_s);
 int vp_mfile_land_zero(struct vp_mfile *mf, uint64_t off, uint64_t len);
 int vp_mfile_land_finish(struct vp_mfile *mf, uint64_t size);
-/* Frees the pages of [off, off + len) and gives their charge back (a landing given up). */
-void vp_mfile_land_release(struct vp_mfile *mf, uint64_t off, uint64_t len);
 /* Bytes charged to the budget for mf. */
 uint64_t vp_mfile_charged(struct vp_mfile *mf);
 

@@ -169,12 +169,11 @@ static void land_free(struct land *l)
 
 void repl_land_release(struct vp_repl *r, struct land *l, uint64_t off, uint64_t len)
 {
-	(void)r;
 	for (size_t k = 0; k < l->nbad && k < LAND_MAX_BAD; k++)
 		if (l->bad[k] < off + len && off < l->bad[k] + vp_pool_chunk_size(r->pool))
 			return;		/* a read given up on may land there */
 	if (l->nbad <= LAND_MAX_BAD)
-		vp_mfile_land_release(l->mf, off, len);
+		(void)vp_mfile_land_zero(l->mf, off, len);	/* best effort: it only frees memory */
 }
 
 /* A tainted landing: every page but those a read given up on may write goes now. */

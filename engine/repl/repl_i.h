@@ -188,6 +188,8 @@ struct slab_mr {			/* cache memory, registered as a local read target only */
  * given up on may still land: the landing is then tainted, never sealed
  * nor reused, and freed once the fabric has no such read left.
  */
+#define LAND_MAX_BAD 8
+
 struct land {
 	LIST_ENTRY(land) link;		/* cons.lands, or cons.dead_lands once given up */
 	struct vp_mfile *mf;
@@ -196,13 +198,9 @@ struct land {
 	uint64_t size;			/* the file's size now (grown to) */
 	struct slab_mr reg;		/* [base, base + reg.len) registered; protected by slab_lock */
 	int tainted;
-	uint64_t bad[8];		/* offsets of the chunks a read given up on may write */
+	uint64_t bad[LAND_MAX_BAD];	/* offsets of the chunks a read given up on may write */
 	size_t nbad;			/* more than LAND_MAX_BAD: all of it is kept */
 };
-
-#define LAND_MAX_BAD 8
-
-#define VP_MAX_LAND (1ULL << 44)	/* address space a preview's landing maps, at most */
 LIST_HEAD(land_list, land);
 
 /* A consumer's subscription, in the order it goes through. */

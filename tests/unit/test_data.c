@@ -429,7 +429,9 @@ static void test_mfile_landing_becomes_the_sealed_version(void **state)
 	assert_true(seals & F_SEAL_WRITE);
 	assert_int_equal(pwrite(mf->fd, "x", 1, 0), -1);
 	assert_int_equal(errno, EPERM);
-	assert_int_equal(vp_pool_available(pool), 16 * CHUNK - ((size + 4095) & ~4095UL));
+	/* charged for its pages at most (the hole's charge went back with its pages) */
+	assert_true(vp_pool_available(pool) >= 16 * CHUNK - ((size + 4095) & ~4095UL));
+	assert_true(vp_pool_available(pool) < 16 * CHUNK - 2 * CHUNK);
 	d = vp_data_from_mfile(pool, mf);
 	assert_non_null(d);
 	assert_int_equal(vp_data_size(d), size);
