@@ -149,6 +149,12 @@ int vp_mfile_land_finish(struct vp_mfile *mf, uint64_t size);
 uint64_t vp_mfile_charged(struct vp_mfile *mf);
 
 /*
+ * The huge page size memory files' mappings are aligned to and advised
+ * for (0: 4 KiB pages only), and the shmem_enabled mode it comes from.
+ */
+size_t vp_mfile_huge(const char **mode);
+
+/*
  * The xxh3-64 of chunk idx (len bytes from idx * chunk_size) of a sealed
  * file, cached.
  */

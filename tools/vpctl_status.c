@@ -43,6 +43,10 @@ static void print_tiers(const json_t *st)
 	       vpctl_size(vpctl_num(st, "tiers.ram.budget"), b, sizeof(b)),
 	       vpctl_size(vpctl_num(st, "ram.memory_files"), c, sizeof(c)),
 	       vpctl_size(vpctl_num(st, "ram.spare"), d, sizeof(d)));
+	if (vpctl_num(st, "memory_pages.bytes") > 0)
+		printf("  %-14s %lld KiB (shmem_enabled=%s)\n", "memory pages",
+		       (long long)vpctl_num(st, "memory_pages.bytes") >> 10,
+		       vpctl_str(st, "memory_pages.shmem_enabled"));
 	if (*vpctl_str(st, "read_path.mode"))
 		printf("  %-14s %s: %s\n", "read path", vpctl_str(st, "read_path.mode"),
 		       vpctl_str(st, "read_path.why"));

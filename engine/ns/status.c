@@ -305,6 +305,8 @@ json_t *vp_ns_status(struct vp_ns *ns)
 	struct vp_flush_queue q;
 	struct file_counts fc;
 	json_t *st, *paths;
+	const char *mode;
+	size_t huge = vp_mfile_huge(&mode);
 
 	vp_pool_get_stats(ns->pool, &ps);
 	pthread_mutex_lock(&ns->lock);
@@ -317,7 +319,7 @@ json_t *vp_ns_status(struct vp_ns *ns)
 	}
 	vp_mspare_get_stats(ns->spare, &sps);
 	st = json_pack("{s:o,s:i,s:I,s:o,s:o,s:{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I},s:I,s:I,s:o,"
-		       "s:I,s:I,s:o,s:I,s:I,s:I,s:o,s:{s:s,s:o}}",
+		       "s:I,s:I,s:o,s:I,s:I,s:I,s:o,s:{s:s,s:o},s:{s:I,s:o}}",
 		       "pfs_dir", vp_json_name(ns->pfs_dir),
 		       "pid", (int)getpid(),
 		       "open_files", (json_int_t)__atomic_load_n(&ns->open_handles, __ATOMIC_RELAXED),
@@ -343,7 +345,9 @@ json_t *vp_ns_status(struct vp_ns *ns)
 		       "bytes_read", (json_int_t)__atomic_load_n(&ns->st_bytes_read, __ATOMIC_RELAXED),
 		       "paths", paths,
 		       "read_path", "mode", ns->read_path[0] ? ns->read_path : "daemon",
-		       "why", vp_json_name(ns->read_path_why));
+		       "why", vp_json_name(ns->read_path_why),
+		       "memory_pages", "bytes", (json_int_t)(huge ? huge : 4096),
+		       "shmem_enabled", vp_json_name(mode));
 	pthread_mutex_unlock(&ns->lock);
 	return st;
 }

@@ -396,3 +396,83 @@ def test_a_consumers_next_version_lands_in_its_spare(world):
     assert len(held) == 2, held      # the version and the new spare: the old version is gone
     st = status(c1)["ram"]
     assert st["used"] == st["memory_files"] + st["spare"] + st["chunks"]
+
+
+THP_SHMEM = "/sys/kernel/mm/transparent_hugepage/shmem_enabled"
+
+
+@pytest.fixture
+def shmem_advise():
+    """shmem_enabled=advise for one test (a machine-wide knob), put back after it;
+    yields the huge page size."""
+    try:
+        with open(THP_SHMEM) as f:
+            old = f.read().split("[")[1].split("]")[0]
+        with open("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size") as f:
+            huge = int(f.read())
+    except (OSError, IndexError, ValueError):
+        pytest.skip("this kernel has no transparent huge pages for shmem")
+    with open(THP_SHMEM, "w") as f:
+        f.write("advise")
+    try:
+        yield huge
+    finally:
+        with open(THP_SHMEM, "w") as f:
+            f.write(old)
+
+
+def daemon_maps(pid):
+    """The daemon's mappings of memory files: perms, and the smaps fields in bytes."""
+    maps, cur = [], None
+    with open("/proc/%d/smaps" % pid) as f:
+        for line in f:
+            head = line.split()
+            if "-" in head[0] and len(head) >= 5:       # a mapping's first line
+                cur = {"perms": head[1]} if "viperfs-version" in line else None
+                if cur is not None:
+                    maps.append(cur)
+            elif cur is not None and len(head) == 3 and head[2] == "kB":
+                cur[head[0].rstrip(":")] = int(head[1]) << 10
+    return maps
+
+
+def test_memory_files_say_which_pages_they_get(world):
+    m = world.mount()
+    with open(THP_SHMEM) as f:
+        mode = f.read().split("[")[1].split("]")[0]
+    pages = status(m)["memory_pages"]
+    assert pages["shmem_enabled"] == mode
+    assert pages["bytes"] == 4096 if mode in ("never", "deny") else pages["bytes"] > 4096
+    assert "memory files: %d KiB pages (shmem_enabled=%s" % (pages["bytes"] >> 10, mode) in m.read_log()
+    out = m.ctl("status", m.mnt).stdout
+    assert "memory pages   %d KiB (shmem_enabled=%s)" % (pages["bytes"] >> 10, mode) in out
+
+
+def test_a_consumers_versions_land_in_huge_pages_where_shmem_allows(world, shmem_advise):
+    """With shmem_enabled=advise, a landing's memory file and the spare made after it
+    are backed by huge pages, and the versions read back byte-exact."""
+    huge = shmem_advise
+    net, prod, (c1,) = cluster(world, consumers=1, opts=",ram_cache=512M,ram_spare=4M,repl_stream=0")
+    wait_for(lambda: subscribed(prod, 1), what="the consumer subscribed")
+    assert status(c1)["memory_pages"] == {"bytes": huge, "shmem_enabled": "advise"}
+    assert "memory files: %d KiB pages (shmem_enabled=advise)" % (huge >> 10) in c1.read_log()
+    wait_for(lambda: status(c1)["ram"]["spare"] == 4 << 20, what="the first spare")
+    size = (40 << 20) + 5
+    page_size = (size + 4095) & ~4095
+    before = meminfo_kb("ShmemHugePages") << 10
+    data = os.urandom(size)
+    write(prod.path("model.pt"), data)
+    wait_version(c1.path("model.pt"), 0)
+    check_bytes(c1.path("model.pt"), data)
+    # the next spare is made (mapped by the daemon, ahead) in huge pages too
+    wait_for(lambda: status(c1)["ram"]["spare"] == page_size, what="a spare of the version's size")
+    grown = (meminfo_kb("ShmemHugePages") << 10) - before
+    assert grown >= size, "%.2f x the file in huge pages, for a version and a spare" % (grown / size)
+    spare = [m for m in daemon_maps(c1.proc.pid) if m["perms"].startswith("rw")]
+    assert len(spare) == 1 and spare[0]["ShmemPmdMapped"] >= size // 2, spare
+    # and the next version lands in it
+    data = os.urandom(size)
+    write(prod.path("model.pt"), data)
+    wait_version(c1.path("model.pt"), 1)
+    check_bytes(c1.path("model.pt"), data)
+    assert status(c1)["ram"]["chunks"] == 0
