@@ -53,6 +53,15 @@ def write_file(path, buf, size, fsync=False):
     return time.perf_counter() - t0
 
 
+def shmem_enabled():
+    """The machine's shmem huge page mode: memory files get 2 MiB pages unless 'never'."""
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/shmem_enabled") as f:
+            return f.read().split("[")[1].split("]")[0]
+    except (OSError, IndexError):
+        return "unknown"
+
+
 def read_file(path, buf):
     """Reads the whole file; returns (seconds, bytes)."""
     mv = memoryview(buf)

@@ -25,6 +25,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from conftest import World  # noqa: E402
+import bench  # noqa: E402
 from bench_repl import start_waiters, write_file  # noqa: E402
 
 
@@ -119,8 +120,8 @@ def main():
                 rows.append((rate, n_cons, fanout, lat, lat / one, tx / size, cpu, floor))
     finally:
         w.cleanup()
-    print("viperfs fan-out bench: %.2f GiB checkpoint, %d runs, medians; %d cores" %
-          (size / (1 << 30), a.runs, os.cpu_count()))
+    print("viperfs fan-out bench: %.2f GiB checkpoint, %d runs, medians; %d cores; shmem_enabled=%s" %
+          (size / (1 << 30), a.runs, os.cpu_count(), bench.shmem_enabled()))
     print("%-10s %-9s %-12s %10s %10s %14s %8s %10s" % ("link", "consumers", "relay_fanout", "latency s",
                                                         "vs 1 cons", "producer sent", "CPU s", "CPU floor"))
     for rate, n_cons, fanout, lat, ratio, copies, cpu, floor in rows:

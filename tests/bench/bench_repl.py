@@ -180,8 +180,9 @@ while True:
 
     med = {k: statistics.median(v) for k, v in res.items() if v}
     wire = size / (med["raw"] * 1e9)
-    print("viperfs replication bench: %.2f GiB checkpoint, %d runs, medians; %d cores; repl_stream=%s" %
-          (size / (1 << 30), a.runs, os.cpu_count(), a.stream if a.stream is not None else "default"))
+    print("viperfs replication bench: %.2f GiB checkpoint, %d runs, medians; %d cores; repl_stream=%s; "
+          "shmem_enabled=%s" % (size / (1 << 30), a.runs, os.cpu_count(),
+                                a.stream if a.stream is not None else "default", bench.shmem_enabled()))
     rows = [
         ("raw libfabric RMA read (tcp, veth)", wire, "%.2f GB/s" % med["raw"]),
         ("update latency: viperfs, 1 consumer", med["vp1"], "bench_pfs.py has the baselines"),
