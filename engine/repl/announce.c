@@ -230,15 +230,20 @@ static struct prefetch *prefetch_get(struct vp_repl *r, const char *path,
 		uint64_t max = vp_config_max_file_size(&r->cfg), cs = vp_pool_chunk_size(r->pool);
 		int err;
 
-		/* previews never hold more than a quarter of the cache (below) */
-		if (max > r->cfg.ram_cache / 4)
-			max = r->cfg.ram_cache / 4;
 		pf = calloc(1, sizeof(*pf));
 		if (!pf || !(pf->path = strdup(path))) {
 			free(pf);
 			return NULL;
 		}
-		/* the file's final size is not known yet: room for all a preview may hold */
+		/*
+		 * The file's final size is not known yet: address space (only
+		 * that) for the largest file we accept, so that the version's
+		 * announce takes this landing over whatever its size.  A smaller
+		 * one made the announce land anew beside it, the version held
+		 * and the preview's bytes with it: a cache of twice the file
+		 * could not take the next version.  The bytes previews hold stay
+		 * within a quarter of the cache (consumer_preview).
+		 */
 		pf->land = repl_land_new(r, (max + cs - 1) / cs * cs, &err);
 		if (!pf->land) {
 			free(pf->path);

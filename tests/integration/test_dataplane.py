@@ -476,3 +476,28 @@ def test_a_consumers_versions_land_in_huge_pages_where_shmem_allows(world, shmem
     wait_version(c1.path("model.pt"), 1)
     check_bytes(c1.path("model.pt"), data)
     assert status(c1)["ram"]["chunks"] == 0
+
+
+def test_a_consumer_with_twice_the_file_in_cache_takes_every_streamed_version(world):
+    """Streamed previews of a file larger than a quarter of the consumer's cache land
+    where the version's announce takes them over: with room for twice the file (the
+    version held and the next one), every version is installed, byte-exact.  (The
+    previews' landing once had room for a quarter of the cache only, so the announce
+    landed anew beside it and waited for space it never got: ENOSPC.)"""
+    size = 48 << 20
+    net, prod, (c1,) = cluster(world, consumers=1, opts=",repl_stream=4M,ram_spare=0,cache_wait=2",
+                               consumer_opts=[",ram_cache=%d,ram_spare=0,cache_wait=2" % (2 * size + (8 << 20))])
+    wait_for(lambda: subscribed(prod, 1), what="the consumer subscribed")
+    p = prod.path("model.pt")
+    for i in range(3):
+        data = os.urandom(size)
+        with open(p, "wb") as f:       # in pieces, so previews move most of it while written
+            for off in range(0, size, 4 << 20):
+                f.write(data[off:off + (4 << 20)])
+                f.flush()
+        wait_version(c1.path("model.pt"), i, timeout=30)
+        check_bytes(c1.path("model.pt"), data)
+    st = status(c1)
+    assert st["repl"]["bytes_streamed_used"] > 0, "no preview was used: the test tests nothing"
+    assert st["ram"]["enospc"] == 0, st["ram"]
+    assert "No space left on device" not in c1.read_log()
