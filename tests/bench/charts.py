@@ -19,7 +19,8 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-SERIES = [("vp1", "viperfs, 1 consumer"), ("vp3", "viperfs, 3 consumers"),
+SERIES = [("vp1", "viperfs, 1 consumer"), ("vp1gap", "viperfs, 1 consumer, gaps"),
+          ("vp3", "viperfs, 3 consumers"),
           ("poll1", "PFS+fsync, 1 s poll"), ("poll15", "PFS+fsync, 15 s poll"),
           ("rename", "PFS, temp+rename, 1 s poll"), ("rsync", "rsync at close()")]
 
