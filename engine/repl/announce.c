@@ -191,14 +191,19 @@ void repl_prefetch_drop(struct vp_repl *r, struct prefetch *pf)
 	free(pf);
 }
 
-/* Bytes the previews hold. */
+/*
+ * Bytes the previews hold: their landings' sizes.  Not the pages charged:
+ * a landing that took the spare has them all ahead (a quarter of the cache,
+ * made for the next version), and counting those stopped every preview
+ * after the first install at its first chunk.
+ */
 static uint64_t prefetch_held(struct vp_repl *r)
 {
 	struct prefetch *pf;
 	uint64_t n = 0;
 
 	LIST_FOREACH(pf, &r->cons.prefetch, link)
-		n += pf->land ? vp_mfile_charged(pf->land->mf) : 0;
+		n += pf->land ? pf->land->size : 0;
 	return n;
 }
 

@@ -274,6 +274,7 @@ def run_viperfs(s, version, nth):
     w.stderr.readline()     # "waiting": armed (or it answered at once)
     t_open, t_close = write_version(path, s.size, version)
     out, err = w.communicate(timeout=330)
+    t_notified = time.time()
     if w.returncode:
         raise RuntimeError("viperctl wait: %s" % err)
     torn = 0
@@ -281,7 +282,8 @@ def run_viperfs(s, version, nth):
         torn += 1
         if torn > 3:
             return {"stall": t_close - t_open, "latency": None, "torn": torn}
-    return {"stall": t_close - t_open, "latency": time.time() - t_close, "torn": torn}
+    return {"stall": t_close - t_open, "latency": time.time() - t_close, "torn": torn,
+            "notified": t_notified - t_close}
 
 
 def measure(size, runs, methods, pfs_dir=None, log=print, vp_opts=""):
@@ -312,9 +314,10 @@ def measure(size, runs, methods, pfs_dir=None, log=print, vp_opts=""):
                     r = run_viperfs(s, v, version[m])
                     s.prod.flush()      # untimed: its flush must not slow the next method
                 res[m].append(r)
-                log("  %-8s run %d: stall %6.3f s, latency %s, torn %d" % (
+                log("  %-8s run %d: stall %6.3f s, latency %s, torn %d%s" % (
                     m, run + 1, r["stall"],
-                    "%.3f s" % r["latency"] if r["latency"] is not None else "missed", r["torn"]))
+                    "%.3f s" % r["latency"] if r["latency"] is not None else "missed", r["torn"],
+                    " (notified after %.3f s)" % r["notified"] if "notified" in r else ""))
         if s.prod:
             s.prod.flush()      # viperfs' flush goes to the same volume: it must have landed
             cp = os.path.join(s.cons_pfs, "viperfs", "ckpt.pt")

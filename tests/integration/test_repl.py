@@ -339,6 +339,36 @@ def test_chunks_stream_while_the_file_is_written(world):
     assert st["bytes_streamed"] + st["bytes_in"] >= len(data) + (1 << 20)
 
 
+def test_previews_stream_after_the_consumer_made_its_spare(world):
+    """Previews land in the consumer's spare: with a spare made (a quarter of
+    its cache, at mount and again after each install), every version's
+    previews move while it is written, the second as the first.  (The spare's
+    pages, charged ahead, once counted as bytes previews held: a preview
+    whose landing took the spare stopped at its first chunk, and each
+    version then moved whole after close.)"""
+    size, cache = 32 << 20, 96 << 20       # the file is larger than the spare (cache / 4)
+    net, prod, (c1,) = cluster(world, consumers=1, opts=",repl_stream=4M",
+                               consumer_opts=[",ram_cache=%d,ram_spare=64M" % cache])
+    wait_for(lambda: subscribed(prod, 1), what="the consumer subscribed")
+    p = prod.path("model.pt")
+    for i in range(2):
+        data = os.urandom(size)
+        if i:       # the spare of the quarter: made after the install, with idle CPU
+            wait_for(lambda: status(c1)["ram"]["spare"] == cache // 4, what="the consumer's spare")
+        before = status(c1)["repl"]["bytes_streamed"]
+        with open(p, "wb") as f:
+            f.write(data[:size // 2])
+            f.flush()
+            wait_for(lambda: status(c1)["repl"]["bytes_streamed"] - before >= 8 << 20,
+                     what="previews of version %d to arrive" % (i + 1))
+            f.write(data[size // 2:])
+        wait_version(c1.path("model.pt"), i)
+        assert read(c1.path("model.pt")) == data
+    st = status(c1)
+    assert st["repl"]["bytes_streamed_used"] >= 16 << 20, st["repl"]
+    assert st["ram"]["enospc"] == 0, st["ram"]
+
+
 def test_producer_killed_while_streaming_a_file(world):
     """Previews fetched, then the producer dies before close: the consumer keeps what it had."""
     net, prod, (c1,) = cluster(world, consumers=1, opts=",repl_stream=2M")
