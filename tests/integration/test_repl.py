@@ -369,6 +369,34 @@ def test_previews_stream_after_the_consumer_made_its_spare(world):
     assert st["ram"]["enospc"] == 0, st["ram"]
 
 
+def test_previews_give_way_to_a_committed_version(world):
+    """Previews take up to half of the consumer's cache, but a committed
+    version that needs their room gets it: the previews of a file still
+    being written are dropped before the version waits for space (else it
+    waited cache_wait and was refused, ENOSPC)."""
+    cache = 64 << 20
+    net, prod, (c1,) = cluster(world, consumers=1, opts=",repl_stream=4M",
+                               consumer_opts=[",ram_cache=%d,ram_spare=0,cache_wait=2" % cache])
+    wait_for(lambda: subscribed(prod, 1), what="the consumer subscribed")
+    a = os.urandom(24 << 20)
+    b = os.urandom(52 << 20)       # with a's previews held, more than the cache has free
+    with open(prod.path("a.bin"), "wb") as f:
+        f.write(a)
+        f.flush()
+        # more than a quarter of the cache moves early (half is the bound)
+        wait_for(lambda: status(c1)["repl"]["bytes_streamed"] >= 20 << 20, what="a's previews")
+        write(prod.path("b.bin"), b)
+        wait_version(c1.path("b.bin"), 0, timeout=30)
+        assert read(c1.path("b.bin")) == b
+        assert not os.path.exists(c1.path("a.bin"))
+        f.truncate(4096)        # what fits beside b: a's version is its first page
+    wait_version(c1.path("a.bin"), 0, timeout=30)
+    assert read(c1.path("a.bin")) == a[:4096]
+    st = status(c1)
+    assert st["repl"]["bytes_streamed_used"] < 20 << 20, st["repl"]    # a's previews were dropped
+    assert "No space left on device" not in c1.read_log()
+
+
 def test_producer_killed_while_streaming_a_file(world):
     """Previews fetched, then the producer dies before close: the consumer keeps what it had."""
     net, prod, (c1,) = cluster(world, consumers=1, opts=",repl_stream=2M")
