@@ -494,7 +494,7 @@ static const struct opt options[] = {
 	{ .name = "repl_inflight", .group = G_REPL, .parse = parse_positive, FIELD(repl_inflight), .def = "8",
 	  .help = "RMA reads of 1 MiB in flight per transfer" },
 	{ .name = "repl_stream", .group = G_REPL, .parse = parse_size_opt, FIELD(repl_stream), .def = "16M",
-	  .help = "producer: while a file is being written, offer consumers its finished chunks every this many bytes, so little is left to move at close (0: ship at close only)" },
+	  .help = "producer: while a file is being written, offer consumers its finished chunks every this many bytes, so little is left to move at close; a consumer holds at most half of its ram_cache of them (0: ship at close only)" },
 	{ .name = "on_update", .group = G_OPS, .parse = parse_string_opt, FIELD(on_update), .def = "",
 	  .help = "shell command run for each new version, with VIPERFS_PATH, VIPERFS_VERSION, VIPERFS_SIZE set (for servers with a load API)" },
 	{ .name = "on_update_timeout", .group = G_OPS, .parse = parse_seconds_opt, FIELD(on_update_timeout), .def = "60",
