@@ -41,6 +41,8 @@ def main():
     ap.add_argument("--fsync", action="store_true")
     ap.add_argument("--no-save", action="store_true")
     ap.add_argument("--calibrate", type=int, default=0)
+    ap.add_argument("--saves", type=int, default=0,
+                    help="no training: the checkpoint saved this many times into --dir, the stalls printed")
     ap.add_argument("--out")
     a = ap.parse_args()
     torch.set_num_threads(1)
@@ -89,6 +91,15 @@ def main():
         return t, time.monotonic()
 
     state = cc.make_state({k: v.clone() for k, v in model.state_dict().items()}, pad, 0, 0)
+    if a.saves:
+        # the reference: the same torch.save with nothing behind it (tmpfs, no consumer)
+        stalls = []
+        for i in range(a.saves):
+            ts, te = save(i, 0)
+            stalls.append(te - ts)
+        os.unlink(path)
+        print(json.dumps({"stalls": stalls}), flush=True)
+        return 0
     save(0, 0)      # checkpoint 0, before the clock: the consumers' first model
     log = open(os.path.join(a.dir, a.log), "w")
     log.write("iter,loss\n")
