@@ -582,6 +582,16 @@ out_unlock:
 	return rc;
 }
 
+uint64_t vp_mfile_charged(struct vp_mfile *mf)
+{
+	uint64_t n;
+
+	pthread_mutex_lock(&mf->lock);
+	n = mf->alloc;
+	pthread_mutex_unlock(&mf->lock);
+	return n;
+}
+
 int vp_mfile_land_finish(struct vp_mfile *mf, uint64_t size)
 {
 	size_t keep = (size_t)PAGE_ROUND(size);

@@ -145,6 +145,8 @@ char *vp_mfile_land_map(struct vp_mfile *mf, size_t reserve, int *err);
 int vp_mfile_land_grow(struct vp_mfile *mf, uint64_t size, double wait_s);
 int vp_mfile_land_zero(struct vp_mfile *mf, uint64_t off, uint64_t len);
 int vp_mfile_land_finish(struct vp_mfile *mf, uint64_t size);
+/* Bytes charged to the budget for mf (a spare's pages ahead included). */
+uint64_t vp_mfile_charged(struct vp_mfile *mf);
 
 /*
  * The huge page size memory files' mappings are aligned to and advised

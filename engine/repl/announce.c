@@ -207,18 +207,28 @@ static uint64_t prefetch_held(struct vp_repl *r)
 	return n;
 }
 
-/* Drops the previews of every file but path: a committed version needs their room. */
-static void prefetch_give_way(struct vp_repl *r, const char *path)
+/*
+ * A committed version of path needs need more bytes of the cache: the
+ * spare goes first (a charge found short would drop it anyway), then the
+ * previews of other files, least recently fed first, until the budget has
+ * them free.  Previews never make a committed version wait or fail.
+ */
+static void prefetch_give_way(struct vp_repl *r, const char *path, uint64_t need)
 {
-	struct prefetch *pf, *next;
+	if (vp_pool_available(r->pool) >= need)
+		return;
+	vp_mspare_drop(vp_pool_spare(r->pool));
+	while (vp_pool_available(r->pool) < need) {
+		struct prefetch *pf, *lru = NULL;
 
-	for (pf = LIST_FIRST(&r->cons.prefetch); pf; pf = next) {
-		next = LIST_NEXT(pf, link);
-		if (strcmp(pf->path, path)) {
-			vp_log(LOG_DEBUG, "repl", "previews of '%s' version %" PRIu64 " dropped: '%s' needs the room",
-			       pf->path, pf->version, path);
-			repl_prefetch_drop(r, pf);
-		}
+		LIST_FOREACH(pf, &r->cons.prefetch, link)
+			if (strcmp(pf->path, path) && (!lru || pf->touched < lru->touched))
+				lru = pf;
+		if (!lru)
+			return;
+		vp_log(LOG_DEBUG, "repl", "previews of '%s' version %" PRIu64 " dropped: '%s' needs the room",
+		       lru->path, lru->version, path);
+		repl_prefetch_drop(r, lru);
 	}
 }
 
@@ -547,11 +557,11 @@ static int announce_plan(struct vp_repl *r, const announce_t *a, struct announce
 		pl->land = repl_land_new(r, a->size ? (a->size + cs - 1) / cs * cs : cs, &rc);
 	}
 	if (pl->land) {
-		rc = repl_land_grow(r, pl->land, a->size, 0);
-		if (rc == -ENOSPC) {	/* previews of other files give way before we wait */
-			prefetch_give_way(r, a->path);
-			rc = repl_land_grow(r, pl->land, a->size, r->cfg.cache_wait);
-		}
+		uint64_t have = vp_mfile_charged(pl->land->mf), want = (a->size + 4095) & ~4095ULL;
+
+		if (want > have)	/* previews of other files give way before we wait */
+			prefetch_give_way(r, a->path, want - have);
+		rc = repl_land_grow(r, pl->land, a->size, r->cfg.cache_wait);
 	}
 	for (uint32_t i = 0; !rc && i < a->nchunks; i++) {
 		uint64_t start = (uint64_t)i * a->chunk_size, len = chunk_len(a, i);
@@ -658,6 +668,7 @@ static int announce_install(struct vp_repl *r, const announce_t *a, double t0,
 	int rc = 0;
 
 	if (pl->land->tainted) {
+		prefetch_give_way(r, a->path, a->size);	/* a second copy of the version, rare */
 		pl->d = land_copy(r, a, pl, &rc);
 	} else {
 		/* its pages are the version's: the seal makes them immutable, and nothing is copied */

@@ -371,9 +371,10 @@ def test_previews_stream_after_the_consumer_made_its_spare(world):
 
 def test_previews_give_way_to_a_committed_version(world):
     """Previews take up to half of the consumer's cache, but a committed
-    version that needs their room gets it: the previews of a file still
-    being written are dropped before the version waits for space (else it
-    waited cache_wait and was refused, ENOSPC)."""
+    version that needs their room gets it: the previews of other files
+    still being written are dropped, least recently fed first and only as
+    many as it needs, before it charges its landing (else it waited
+    cache_wait and was refused, ENOSPC)."""
     cache = 64 << 20
     net, prod, (c1,) = cluster(world, consumers=1, opts=",repl_stream=4M",
                                consumer_opts=[",ram_cache=%d,ram_spare=0,cache_wait=2" % cache])
@@ -394,6 +395,7 @@ def test_previews_give_way_to_a_committed_version(world):
     assert read(c1.path("a.bin")) == a[:4096]
     st = status(c1)
     assert st["repl"]["bytes_streamed_used"] < 20 << 20, st["repl"]    # a's previews were dropped
+    assert st["ram"]["enospc"] == 0, st["ram"]     # b never found the cache short: room was made first
     assert "No space left on device" not in c1.read_log()
 
 
