@@ -193,9 +193,9 @@ void repl_prefetch_drop(struct vp_repl *r, struct prefetch *pf)
 
 /*
  * Bytes the previews hold: their landings' sizes.  Not the pages charged:
- * a landing that took the spare has them all ahead (a quarter of the cache,
- * made for the next version), and counting those stopped every preview
- * after the first install at its first chunk.
+ * a landing that took the spare has them all ahead (up to a quarter of the
+ * cache, made for the next version), and counting those stopped every
+ * preview after the first install at its first chunk.
  */
 static uint64_t prefetch_held(struct vp_repl *r)
 {
@@ -668,7 +668,8 @@ static int announce_install(struct vp_repl *r, const announce_t *a, double t0,
 	int rc = 0;
 
 	if (pl->land->tainted) {
-		prefetch_give_way(r, a->path, a->size);	/* a second copy of the version, rare */
+		/* a second copy, rare: room for all of it, as the landing may keep every page */
+		prefetch_give_way(r, a->path, a->size);
 		pl->d = land_copy(r, a, pl, &rc);
 	} else {
 		/* its pages are the version's: the seal makes them immutable, and nothing is copied */

@@ -199,7 +199,7 @@ while True:
         # what streaming takes off the latency it may add to the write
         ("  its producer stall (open -> close)", med["stall1"],
          "open -> last byte read: %.4f s" % statistics.median(
-             a + b for a, b in zip(res["stall1"], res["vp1"]))),
+             stall + lat for stall, lat in zip(res["stall1"], res["vp1"]))),
         *([("update latency: 1 consumer, %g s gaps" % a.gap, med["vp1gap"],
             "%.2fx the raw transfer (the spare is ready)" % (med["vp1gap"] / wire))] if "vp1gap" in med else []),
         ("update latency: viperfs, 3 consumers", med["vp3"],

@@ -353,8 +353,8 @@ def test_previews_stream_after_the_consumer_made_its_spare(world):
     p = prod.path("model.pt")
     for i in range(2):
         data = os.urandom(size)
-        if i:       # the spare of the quarter: made after the install, with idle CPU
-            wait_for(lambda: status(c1)["ram"]["spare"] == cache // 4, what="the consumer's spare")
+        # a spare of the quarter, for each version: made at mount, and after the install with idle CPU
+        wait_for(lambda: status(c1)["ram"]["spare"] == cache // 4, what="the consumer's spare")
         before = status(c1)["repl"]["bytes_streamed"]
         with open(p, "wb") as f:
             f.write(data[:size // 2])
